@@ -1,0 +1,47 @@
+"""Text normalisation shared by dedup, decontamination and row ids.
+
+One place decides what "the same text" means, so exact dedup, near-dup shingling and
+benchmark matching agree with each other.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+_WHITESPACE = re.compile(r"\s+")
+# Unicode-aware "punctuation or symbol": anything that is not a word character or space.
+_PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class NormalizeOptions:
+    """What to ignore when comparing texts. Defaults suit exact dedup of instruction data."""
+
+    unicode_nfkc: bool = True
+    lowercase: bool = True
+    collapse_whitespace: bool = True
+    strip_punctuation: bool = False
+
+
+DEFAULT_OPTIONS = NormalizeOptions()
+
+
+def normalize_text(text: str, options: NormalizeOptions = DEFAULT_OPTIONS) -> str:
+    """Return ``text`` in the canonical form used for equality comparisons."""
+    if options.unicode_nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if options.lowercase:
+        text = text.casefold()
+    if options.strip_punctuation:
+        text = _PUNCTUATION.sub(" ", text)
+    if options.collapse_whitespace:
+        text = _WHITESPACE.sub(" ", text).strip()
+    return text
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens after NFKC: the unit for n-gram shingles and overlap."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
