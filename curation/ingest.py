@@ -12,15 +12,19 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from curation.config import SourceConfig
+import pyarrow as pa
+
+from curation.config import ProjectConfig, SourceConfig
 from curation.mappings import MAPPING_FUNCTIONS, RecordError
-from curation.schema import Row, content_key, make_row_id, new_row
+from curation.schema import Row, content_key, make_row_id, new_row, rows_to_table, utcnow
+from curation.warehouse import StagedWrite, canonical_ddl, quote
 
 RAW_TEXT_LIMIT = 65_536
 """Quarantined raw text is kept up to this many characters (the rest is marked as cut)."""
@@ -270,7 +274,7 @@ def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at
             if source.annotator_field:
                 extra.pop(source.annotator_field, None)
             row.update(
-                row_id=make_row_id(source.name, key, str(occurrence)),
+                row_id=make_row_id(source.name, display_path, key, str(occurrence)),
                 source=source.name,
                 source_uri=f"{uri}/{item.part}" if item.part else uri,
                 license=source.license,
@@ -288,3 +292,112 @@ def _annotator(value: Any, source: SourceConfig) -> str | None:
         return None
     annotator = value.get(source.annotator_field)
     return None if annotator is None else str(annotator)
+
+
+QUARANTINE_DDL = ("source VARCHAR, source_uri VARCHAR, file VARCHAR, record_no BIGINT, line_no BIGINT, "
+                  "error VARCHAR, raw_text VARCHAR, ingested_at TIMESTAMP")
+INGESTED_FILES_DDL = ("source VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT, rows BIGINT, "
+                      "quarantined BIGINT, ingested_at TIMESTAMP")
+_QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("source_uri", pa.string()), ("file", pa.string()),
+                                ("record_no", pa.int64()), ("line_no", pa.int64()), ("error", pa.string()),
+                                ("raw_text", pa.string()), ("ingested_at", pa.timestamp("us"))])
+
+
+@dataclass
+class FileResult:
+    source: str
+    file: str
+    status: str  # "ingested", "unchanged" or "removed"
+    rows: int = 0
+    quarantined: int = 0
+
+
+@dataclass
+class IngestSummary:
+    files: list[FileResult]
+
+    @property
+    def rows_added(self) -> int:
+        return sum(f.rows for f in self.files if f.status == "ingested")
+
+    @property
+    def quarantined_added(self) -> int:
+        return sum(f.quarantined for f in self.files if f.status == "ingested")
+
+
+def path_for_uri(path: Path, base_dir: Path) -> str:
+    """How a file is named in source_uri: relative to the project file when possible."""
+    try:
+        return path.resolve().relative_to(base_dir.resolve()).as_posix()
+    except ValueError:
+        return os.path.relpath(path.resolve(), base_dir.resolve()).replace(os.sep, "/")
+
+
+def ingest_sources(project: ProjectConfig, staged: StagedWrite,
+                   progress: Callable[[str], None] | None = None) -> IngestSummary:
+    """Write new versions of ``raw``, ``quarantine`` and ``ingested_files`` into ``staged``.
+
+    Files whose content hash was already ingested are carried over without being read again, so
+    re-ingesting unchanged files adds nothing; changed files replace their previous rows; files
+    that disappeared (or whose source was removed from the project file) leave the tables.
+    """
+    connection = staged.connection
+    existing = {r[0] for r in connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    previous: dict[tuple[str, str], str] = {}
+    if "ingested_files" in existing:
+        previous = {(s, f): h for s, f, h in connection.execute(
+            "SELECT source, file, sha256 FROM ingested_files").fetchall()}
+
+    plan: list[tuple[SourceConfig, Path, str, str]] = []
+    for source in project.sources:
+        files = project.source_files(source)
+        if not files:
+            raise FileNotFoundError(f"source {source.name!r}: no file matches {source.path!r} "
+                                    f"(relative to {project.base_dir}); fix 'path' in the project file")
+        for path in files:
+            plan.append((source, path, path_for_uri(path, project.base_dir), file_digest(path)))
+    kept = [(s.name, shown) for s, _, shown, digest in plan if previous.get((s.name, shown)) == digest]
+    current = {(s.name, shown) for s, _, shown, _ in plan}
+
+    raw_table = staged.create("raw", canonical_ddl())
+    quarantine_table = staged.create("quarantine", QUARANTINE_DDL)
+    files_table = staged.create("ingested_files", INGESTED_FILES_DDL)
+    results = [FileResult(s, f, "removed") for (s, f) in previous if (s, f) not in current]
+    if kept:
+        connection.register("_kept", pa.table({"source": [k[0] for k in kept], "file": [k[1] for k in kept]}))
+        for table, staging in (("raw", raw_table), ("quarantine", quarantine_table),
+                               ("ingested_files", files_table)):
+            file_expr = "split_part(t.source_uri, '#', 1)" if table == "raw" else "t.file"
+            connection.execute(f"INSERT INTO {staging} SELECT t.* FROM {quote(table)} t "
+                               f"JOIN _kept k ON t.source = k.source AND {file_expr} = k.file")
+        connection.unregister("_kept")
+        results += [FileResult(s, f, "unchanged") for s, f in kept]
+
+    ingested_at = utcnow()
+    kept_set = set(kept)
+    for source, path, shown, digest in plan:
+        if (source.name, shown) in kept_set:
+            continue
+        if progress:
+            progress(f"ingesting {source.name}: {shown}")
+        result = FileResult(source.name, shown, "ingested")
+        rows: list[Row] = []
+        quarantined: list[dict[str, Any]] = []
+        for item in ingest_file(path, shown, source, ingested_at, project.ingest.max_record_bytes):
+            if isinstance(item, Quarantined):
+                quarantined.append(vars(item) | {"ingested_at": ingested_at})
+                result.quarantined += 1
+            else:
+                rows.append(item)
+                result.rows += 1
+            if len(rows) >= project.ingest.batch_rows:
+                staged.append(raw_table, rows_to_table(rows))
+                rows.clear()
+        staged.append(raw_table, rows_to_table(rows))
+        staged.append_rows(quarantine_table, quarantined, _QUARANTINE_SCHEMA)
+        connection.execute(f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [source.name, shown, digest, path.stat().st_size, result.rows, result.quarantined,
+                            ingested_at])
+        results.append(result)
+    return IngestSummary(results)

@@ -76,7 +76,7 @@ class _Reader:
                 continue
             found = True
             self.used.add(key)
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
+            if not isinstance(value, str):
                 raise RecordError(f"field {key!r} must be a string, got {type(value).__name__}")
             value = str(value)
             if value.strip():

@@ -1,0 +1,1 @@
+"""Dataset versions as Dagster assets: thin wiring around curation/."""

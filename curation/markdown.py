@@ -1,0 +1,31 @@
+"""Small Markdown renderers shared by asset metadata and reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("\n", " ⏎ ").replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+                   width: int = 80) -> str:
+    """Rows as a Markdown table; long cells are shortened to ``width`` characters."""
+    if not rows:
+        return "_(none)_"
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), width) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def counts_table(counts: Mapping[str, int], key: str, total: int | None = None) -> str:
+    total = total if total is not None else sum(counts.values())
+    rows = [{key: k, "rows": v, "share": f"{v / total:.1%}" if total else "-"}
+            for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    return markdown_table(rows)
