@@ -1,13 +1,20 @@
 """The Dagster code location: every asset, check, sensor, schedule and resource of Distillery."""
 
-from __future__ import annotations
+from dagster import Definitions, define_asset_job
 
-from dagster import Definitions
-
+from assets.deduped import deduped
+from assets.filtered import filtered
+from assets.formatted import formatted
 from assets.raw import raw
+from assets.synthetic import synthetic
+from assets.synthetic_mixed import synthetic_mixed
+from checks import ALL_CHECKS
 from resources import ProjectResource, WarehouseResource
 
-defs = Definitions(
-    assets=[raw],
-    resources={"project": ProjectResource(), "warehouse": WarehouseResource()},
-)
+ASSETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
+CHECKS = ALL_CHECKS
+RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource()}
+
+distill_job = define_asset_job("distill", selection="*", description="Materialize every dataset version.")
+
+defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[distill_job], resources=RESOURCES)

@@ -8,6 +8,7 @@ from curation.markdown import markdown_table
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
+
 @asset(group_name="datasets", pool=POOL, kinds={"duckdb"}, code_version="raw-1", owners=["team:data"])
 def raw(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:
     """Canonical rows from every source in the project file (file + record number in source_uri).

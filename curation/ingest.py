@@ -244,12 +244,15 @@ def read_records(path: Path, fmt: str, max_bytes: int) -> Iterator[Record]:
 
 
 def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at: datetime,
-                max_bytes: int) -> Iterator[Row | Quarantined]:
-    """Every record of one file becomes rows or a quarantine entry — never nothing."""
+                max_bytes: int, counter: FileResult | None = None) -> Iterator[Row | Quarantined]:
+    """Every record of one file becomes rows or a quarantine entry — never nothing. ``counter.records``
+    counts the records read, independently of what became of them (the conservation check's input)."""
     fmt = file_format(path, source.format)
     mapping = MAPPING_FUNCTIONS[source.mapping]
     seen_content: dict[str, int] = {}
     for record in read_records(path, fmt, max_bytes):
+        if counter is not None:
+            counter.records += 1
         uri = f"{display_path}#{record.record_no}"
         error = record.error
         mapped = []
@@ -296,7 +299,7 @@ def _annotator(value: Any, source: SourceConfig) -> str | None:
 
 QUARANTINE_DDL = ("source VARCHAR, source_uri VARCHAR, file VARCHAR, record_no BIGINT, line_no BIGINT, "
                   "error VARCHAR, raw_text VARCHAR, ingested_at TIMESTAMP")
-INGESTED_FILES_DDL = ("source VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT, rows BIGINT, "
+INGESTED_FILES_DDL = ("source VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT, records BIGINT, rows BIGINT, "
                       "quarantined BIGINT, ingested_at TIMESTAMP")
 _QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("source_uri", pa.string()), ("file", pa.string()),
                                 ("record_no", pa.int64()), ("line_no", pa.int64()), ("error", pa.string()),
@@ -308,6 +311,7 @@ class FileResult:
     source: str
     file: str
     status: str  # "ingested", "unchanged" or "removed"
+    records: int = 0
     rows: int = 0
     quarantined: int = 0
 
@@ -384,7 +388,7 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
         result = FileResult(source.name, shown, "ingested")
         rows: list[Row] = []
         quarantined: list[dict[str, Any]] = []
-        for item in ingest_file(path, shown, source, ingested_at, project.ingest.max_record_bytes):
+        for item in ingest_file(path, shown, source, ingested_at, project.ingest.max_record_bytes, result):
             if isinstance(item, Quarantined):
                 quarantined.append(vars(item) | {"ingested_at": ingested_at})
                 result.quarantined += 1
@@ -396,8 +400,8 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
                 rows.clear()
         staged.append(raw_table, rows_to_table(rows))
         staged.append_rows(quarantine_table, quarantined, _QUARANTINE_SCHEMA)
-        connection.execute(f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [source.name, shown, digest, path.stat().st_size, result.rows, result.quarantined,
-                            ingested_at])
+        connection.execute(f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [source.name, shown, digest, path.stat().st_size, result.records, result.rows,
+                            result.quarantined, ingested_at])
         results.append(result)
     return IngestSummary(results)

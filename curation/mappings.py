@@ -78,7 +78,6 @@ class _Reader:
             self.used.add(key)
             if not isinstance(value, str):
                 raise RecordError(f"field {key!r} must be a string, got {type(value).__name__}")
-            value = str(value)
             if value.strip():
                 parts.append(value)
         if not found:

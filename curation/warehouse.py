@@ -82,6 +82,8 @@ class Warehouse:
     def write(self, asset: str) -> Iterator[StagedWrite]:
         """Stage new versions of tables, then swap them all in one transaction on success."""
         with self.connect() as connection:
+            # Shared tables exist from the first write on, so readers and checks can always query them.
+            connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
             staged = StagedWrite(connection, asset)
             try:
                 yield staged
@@ -171,3 +173,31 @@ def drop_orphan_staging(connection: duckdb.DuckDBPyConnection) -> list[str]:
     for name in names:
         connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
     return names
+
+
+def read_batches(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = (),
+                 batch_rows: int = 2_000) -> Iterator[pa.RecordBatch]:
+    """Stream a query's result as Arrow batches on a cursor of its own, so the caller can keep
+    writing through ``connection`` while reading."""
+    cursor = connection.cursor()
+    try:
+        relation = cursor.sql(sql, params=list(params)) if params else cursor.sql(sql)
+        # duckdb 2 renamed fetch_record_batch to to_arrow_reader.
+        to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+        yield from to_reader(batch_rows)
+    finally:
+        cursor.close()
+
+
+def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 2_000,
+               order_by: str = "row_id") -> Iterator[dict[str, Any]]:
+    """Decoded canonical rows of ``table`` in a deterministic order, one batch in memory at a time."""
+    from curation.schema import iter_rows
+
+    sql = f"SELECT * FROM {quote(table)} ORDER BY {quote(order_by)}"
+    yield from iter_rows(read_batches(connection, sql, batch_rows=batch_rows))
+
+
+def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
+    (count,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
+    return int(count)

@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"
+TOKENIZER = Path(__file__).resolve().parent / "tokenizer"
 
 CONCEPTS: dict[str, str] = {
     "photosynthesis": "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide "
@@ -231,6 +232,17 @@ def write_benchmark() -> None:
             handle.write(json.dumps(item) + "\n")
 
 
+def write_tokenizer() -> None:
+    """A small byte-level BPE trained on the demo text, with a ChatML template that marks assistant
+    turns for loss masks: the demo's stand-in for a target model's tokenizer (nothing downloaded)."""
+    from curation.tokenizer_build import train_tokenizer
+
+    texts: list[str] = []
+    for path in sorted(DATA.iterdir()):
+        texts.extend(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    train_tokenizer(texts, TOKENIZER, vocab_size=1500, template="chatml_generation")
+
+
 def main() -> None:
     DATA.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
@@ -239,7 +251,8 @@ def main() -> None:
     write_preference()
     write_noncommercial_csv()
     write_benchmark()
-    print(f"demo data written to {DATA}")
+    write_tokenizer()
+    print(f"demo data and tokenizer written to {DATA.parent}")
 
 
 if __name__ == "__main__":

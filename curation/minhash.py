@@ -1,0 +1,699 @@
+"""Batched MinHash signatures, LSH banding and exact Jaccard, compatible with ``datasketch``.
+
+Signatures equal ``datasketch.MinHash(num_perm, seed, hashfunc=MinHasher.hashfunc)`` ones under
+datasketch 2.x's default ``affine32`` scheme (MurmurHash3 32-bit finalizer on the input hash, then
+``a·h + b mod 2^32`` with datasketch's seeded ``a``/``b``), so they can be loaded as
+``LeanMinHash(seed=…, hashvalues=…, scheme="affine32")`` and used with its LSH and storage
+backends. The work is done for a whole batch of documents at once with numpy:
+
+* tokens are found on the UTF-8 bytes of the batch (one ``bytes.translate`` pass maps every
+  non-word byte to a space), not with a regular expression per document;
+* a token is hashed from unaligned 8-byte little-endian reads of the buffer, so hashing costs one
+  gather per 8 bytes of token instead of Python work per token;
+* the ``num_perm`` permutations are applied to blocks of shingles that fit in the CPU cache and
+  reduced per document with ``minimum.reduceat``; work buffers are allocated once and reused
+  because touching fresh memory pages is what dominates on small VMs.
+
+Tokens are exactly :func:`curation.normalize.words` (NFKC, casefold, ``\\w+``): ASCII documents take
+the byte path directly and the few others are normalised by that function first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# Hash primitives (numpy and pure-Python versions must agree bit for bit; tests check it).
+
+_M64 = (1 << 64) - 1
+_U64 = np.uint64
+# MurmurHash3 fmix64 constants (Appleby, public domain reference implementation).
+_F64_1 = 0xFF51AFD7ED558CCD
+_F64_2 = 0xC4CEB9FE1A85EC53
+# Seeds for the length and per-position weights of a word shingle (arbitrary odd constants).
+_LEN_MULT = 0x9E3779B97F4A7C15
+_POSITION_MULTS = (0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3, 0x589965CC75374CC3,
+                   0x1D8E4E27C47D124F, 0xD6E8FEB86659FD93, 0xCA5A826395121157, 0x87C37B91114253D5)
+MAX_WORD_N = len(_POSITION_MULTS)
+# datasketch's "empty" MinHash value under affine32.
+EMPTY_VALUE = np.uint32(0xFFFFFFFF)
+
+
+def _fmix64_int(h: int) -> int:
+    h ^= h >> 33
+    h = (h * _F64_1) & _M64
+    h ^= h >> 33
+    h = (h * _F64_2) & _M64
+    return h ^ (h >> 33)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3 fmix64 in place on a uint64 array (wrap-around multiplication is intended)."""
+    h ^= h >> _U64(33)
+    h *= _U64(_F64_1)
+    h ^= h >> _U64(33)
+    h *= _U64(_F64_2)
+    h ^= h >> _U64(33)
+    return h
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3 fmix32 in place, as datasketch applies it to every input hash (affine32)."""
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+def token_hash64(token: bytes) -> int:
+    """64-bit hash of one token (or one character n-gram): 8-byte chunks folded with fmix64."""
+    h = (len(token) * _LEN_MULT) & _M64
+    for start in range(0, len(token), 8):
+        h = _fmix64_int(h ^ int.from_bytes(token[start:start + 8], "little"))
+    return h
+
+
+def _combine_int(token_hashes: Sequence[int]) -> int:
+    acc = 0
+    for position, value in enumerate(token_hashes):
+        acc = (acc + value * _POSITION_MULTS[position]) & _M64
+    return _fmix64_int(acc)
+
+
+def _to_bytes(shingle: bytes | str) -> bytes:
+    return shingle.encode("utf-8") if isinstance(shingle, str) else shingle
+
+
+def word_shingle_hash64(shingle: bytes | str) -> int:
+    """64-bit hash of a word shingle given as its words joined by single spaces."""
+    return _combine_int([token_hash64(t) for t in _to_bytes(shingle).split(b" ")])
+
+
+def word_shingle_hash32(shingle: bytes | str) -> int:
+    """The 32-bit hash datasketch sees for a word shingle (high half of the 64-bit one)."""
+    return word_shingle_hash64(shingle) >> 32
+
+
+def char_shingle_hash64(shingle: bytes | str) -> int:
+    """64-bit hash of a character shingle (its UTF-8 bytes)."""
+    return _fmix64_int(token_hash64(_to_bytes(shingle)))
+
+
+def char_shingle_hash32(shingle: bytes | str) -> int:
+    return char_shingle_hash64(shingle) >> 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenising a batch.
+
+# Byte → byte table: ASCII letters lower-cased, ASCII [0-9_] kept, other ASCII → space, non-ASCII
+# bytes kept (only present after `words()` has already normalised the document).
+_WORD_TABLE = bytes(
+    (c + 32 if 65 <= c <= 90 else c) if (c >= 128 or chr(c).isalnum() or c == 95) else 32
+    for c in range(256)
+)
+_SPACE = 32
+_LOW_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [_M64], dtype=np.uint64)
+_PAD = b" " + b"\0" * 8  # trailing space ends the last token; zeros make 8-byte reads safe
+
+
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+
+
+def _clean_run(match: re.Match[str]) -> str:
+    # `\w` in Python's re is "isalnum() or underscore"; everything else in the run splits words.
+    return "".join(c if c.isalnum() else " " for c in match.group().casefold())
+
+
+def _word_bytes(text: str) -> bytes:
+    """A document as bytes whose non-space runs, after ``_WORD_TABLE``, are exactly
+    ``normalize.words(text)``. ASCII letters are lower-cased later by the table; only the
+    non-ASCII runs are case-folded and cleaned here (casefolding a whole string is slow)."""
+    if text.isascii():
+        return text.encode("ascii")
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    return _NON_ASCII_RUN.sub(_clean_run, text).encode("utf-8")
+
+
+def _char_bytes(text: str) -> bytes:
+    """Normalised text for character shingles: NFKC, casefold, whitespace collapsed (UTF-8 bytes;
+    for non-ASCII text a "character" n-gram is a byte n-gram)."""
+    if text.isascii():
+        return " ".join(text.lower().split()).encode("ascii")
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).encode("utf-8")
+
+
+def _u64_reader(buf: bytes) -> np.ndarray:
+    """uint64 little-endian read at every byte offset of ``buf`` (read-only, no copy)."""
+    return np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
+
+
+def _hash_spans(reader: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`token_hash64` over byte spans of the buffer behind ``reader``."""
+    h = lengths.astype(np.uint64) * _U64(_LEN_MULT)
+    first = reader[starts] & _LOW_MASKS[np.minimum(lengths, 8)]
+    h ^= first
+    _fmix64(h)
+    long_idx = np.flatnonzero(lengths > 8)
+    offset = 8
+    while long_idx.size:
+        rest = lengths[long_idx] - offset
+        chunk = reader[starts[long_idx] + offset] & _LOW_MASKS[np.minimum(rest, 8)]
+        sub = h[long_idx] ^ chunk
+        h[long_idx] = _fmix64(sub)
+        offset += 8
+        long_idx = long_idx[rest > 8]
+    return h
+
+
+@dataclass(frozen=True)
+class ShingleConfig:
+    """What a document's set is made of: word n-grams (default 5) or character n-grams."""
+
+    unit: Literal["word", "char"] = "word"
+    n: int = 5
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("word", "char"):
+            raise ValueError(f"ShingleConfig.unit must be 'word' or 'char', got {self.unit!r}")
+        limit = MAX_WORD_N if self.unit == "word" else 64
+        if not 1 <= self.n <= limit:
+            raise ValueError(f"ShingleConfig.n must be in 1..{limit} for {self.unit} shingles, got {self.n}")
+
+    def shingles(self, text: str) -> list[bytes]:
+        """The shingles of one document as bytes (slow reference; the batch path never builds them)."""
+        if self.unit == "word":
+            toks = _word_bytes(text).translate(_WORD_TABLE).split()
+            if not toks:
+                return []
+            if len(toks) < self.n:
+                return [b" ".join(toks)]
+            return [b" ".join(toks[i:i + self.n]) for i in range(len(toks) - self.n + 1)]
+        data = _char_bytes(text)
+        if not data:
+            return []
+        if len(data) < self.n:
+            return [data]
+        return [data[i:i + self.n] for i in range(len(data) - self.n + 1)]
+
+    @property
+    def hashfunc32(self) -> Callable[[bytes | str], int]:
+        """The ``hashfunc`` to give ``datasketch.MinHash`` so it reproduces our signatures."""
+        return word_shingle_hash32 if self.unit == "word" else char_shingle_hash32
+
+    @property
+    def hashfunc64(self) -> Callable[[bytes | str], int]:
+        return word_shingle_hash64 if self.unit == "word" else char_shingle_hash64
+
+
+DEFAULT_SHINGLES = ShingleConfig()
+
+
+@dataclass
+class ShingleBatch:
+    """Shingle hashes of a batch: document ``i`` owns ``hashes[offsets[i]:offsets[i+1]]``."""
+
+    hashes: np.ndarray  # uint64, in document order, duplicates kept
+    offsets: np.ndarray  # int64, len = n_docs + 1
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sets(self) -> list[np.ndarray]:
+        """Sorted unique 64-bit shingle hashes per document (what exact Jaccard is computed on)."""
+        return [np.unique(self.hashes[a:b]) for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+
+
+def shingle_batch(texts: Sequence[str], config: ShingleConfig) -> ShingleBatch:
+    """64-bit shingle hashes of every document in ``texts`` (a batch of ~1,000 suits the cache)."""
+    if config.unit == "word":
+        return _word_shingles(texts, config.n)
+    return _char_shingles(texts, config.n)
+
+
+def _batch_buffer(parts: list[bytes]) -> tuple[bytes, np.ndarray]:
+    """Documents joined by spaces, with a leading space, and each document's [start, end) bytes."""
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    starts = np.empty(len(parts), dtype=np.int64)
+    if len(parts):
+        starts[0] = 1
+        np.cumsum(lengths[:-1] + 1, out=starts[1:])
+        starts[1:] += 1
+    buf = b" " + b" ".join(parts) + _PAD
+    bounds = np.stack([starts, starts + lengths], axis=1) if len(parts) else np.zeros((0, 2), np.int64)
+    return buf, bounds
+
+
+def _word_shingles(texts: Sequence[str], n: int) -> ShingleBatch:
+    buf, bounds = _batch_buffer([_word_bytes(t) for t in texts])
+    buf = buf.translate(_WORD_TABLE)[:-8] + b"\0" * 8  # keep the zero padding after translate
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    is_word = (arr[:-8] != _SPACE).view(np.int8)
+    edges = np.flatnonzero(np.diff(is_word)) + 1
+    tok_start = edges[0::2]
+    tok_len = edges[1::2] - tok_start
+    reader = _u64_reader(buf)
+    tok_hash = _hash_spans(reader, tok_start, tok_len)
+    # Tokens per document: documents are separated by at least one space, so tokens never straddle.
+    word_off = np.searchsorted(tok_start, bounds[:, 0]) if len(texts) else np.zeros(0, np.int64)
+    word_off = np.append(word_off, tok_start.size).astype(np.int64)
+    n_words = np.diff(word_off)
+    n_shingles = np.where(n_words >= n, n_words - n + 1, np.minimum(n_words, 1))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(n_shingles, out=offsets[1:])
+    total_windows = max(tok_hash.size - n + 1, 0)
+    acc = np.zeros(total_windows, dtype=np.uint64)
+    for k in range(n):
+        acc += tok_hash[k:k + total_windows] * _U64(_POSITION_MULTS[k])
+    _fmix64(acc)
+    full = n_words >= n
+    out = np.empty(int(offsets[-1]), dtype=np.uint64)
+    if full.all():
+        keep = np.repeat(word_off[:-1], n_shingles) + _arange_within(n_shingles)
+        out[:] = acc[keep]
+    else:
+        docs = np.flatnonzero(full)
+        keep = np.repeat(word_off[docs], n_shingles[docs]) + _arange_within(n_shingles[docs])
+        dest = np.repeat(offsets[docs], n_shingles[docs]) + _arange_within(n_shingles[docs])
+        out[dest] = acc[keep]
+        for d in np.flatnonzero((~full) & (n_words > 0)):  # short documents: one shingle of all words
+            out[offsets[d]] = _combine_int([int(x) for x in tok_hash[word_off[d]:word_off[d + 1]]])
+    return ShingleBatch(out, offsets)
+
+
+def _arange_within(counts: np.ndarray) -> np.ndarray:
+    """[0..c0), [0..c1), … concatenated."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+
+
+def _char_shingles(texts: Sequence[str], n: int) -> ShingleBatch:
+    buf, bounds = _batch_buffer([_char_bytes(t) for t in texts])
+    reader = _u64_reader(buf)
+    lengths = bounds[:, 1] - bounds[:, 0]
+    n_shingles = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(n_shingles, out=offsets[1:])
+    starts = np.repeat(bounds[:, 0], n_shingles) + _arange_within(n_shingles)
+    span = np.repeat(np.minimum(lengths, n), n_shingles)
+    hashes = _fmix64(_hash_spans(reader, starts, span))
+    return ShingleBatch(hashes, offsets)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional compiled kernels (numba). Same hash definitions as above, fused into one pass over the
+# bytes so no per-shingle arrays are materialised; the numpy path is the fallback and the
+# reference the tests compare against.
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - exercised where numba is not installed
+    njit = None
+
+HAVE_JIT = njit is not None
+
+if njit is not None:
+    _J_F1 = np.uint64(_F64_1)
+    _J_F2 = np.uint64(_F64_2)
+    _J_S33 = np.uint64(33)
+    _J_LEN = np.uint64(_LEN_MULT)
+    _J_MULTS = np.array(_POSITION_MULTS, dtype=np.uint64)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _j_fmix64(h):  # pragma: no cover - compiled
+        h ^= h >> _J_S33
+        h *= _J_F1
+        h ^= h >> _J_S33
+        h *= _J_F2
+        h ^= h >> _J_S33
+        return h
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _j_update(shingle64, a, b, row):  # pragma: no cover - compiled
+        x = np.uint32(shingle64 >> np.uint64(32))
+        x ^= x >> np.uint32(16)
+        x = np.uint32(x * np.uint32(0x85EBCA6B))
+        x ^= x >> np.uint32(13)
+        x = np.uint32(x * np.uint32(0xC2B2AE35))
+        x ^= x >> np.uint32(16)
+        for p in range(a.size):
+            v = np.uint32(x * a[p] + b[p])
+            if v < row[p]:
+                row[p] = v
+
+    @njit(cache=True, nogil=True)
+    def _j_word_signatures(buf, buf64, masks, bounds, n, a, b, sig, counts):  # pragma: no cover - compiled
+        ring = np.zeros(8, dtype=np.uint64)
+        for d in range(bounds.shape[0]):
+            row = sig[d]
+            i = bounds[d, 0]
+            end = bounds[d, 1]
+            nt = 0
+            while i < end:
+                while i < end and buf[i] == 32:
+                    i += 1
+                if i >= end:
+                    break
+                j = i
+                while j < end and buf[j] != 32:
+                    j += 1
+                h = np.uint64(j - i) * _J_LEN
+                for k in range(i, j, 8):
+                    h = _j_fmix64(h ^ (buf64[k] & masks[min(j - k, 8)]))
+                for q in range(n - 1):  # slide the window of the last n token hashes
+                    ring[q] = ring[q + 1]
+                ring[n - 1] = h
+                nt += 1
+                if nt >= n:
+                    acc = np.uint64(0)
+                    for q in range(n):
+                        acc += ring[q] * _J_MULTS[q]
+                    _j_update(_j_fmix64(acc), a, b, row)
+                i = j
+            if 0 < nt < n:  # short document: one shingle of all its words
+                acc = np.uint64(0)
+                for q in range(nt):
+                    acc += ring[n - nt + q] * _J_MULTS[q]
+                _j_update(_j_fmix64(acc), a, b, row)
+            counts[d] = nt - n + 1 if nt >= n else min(nt, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures.
+
+_BLOCK = 2048  # shingles per permutation block: 2048 x 128 x 4 B = 1 MiB stays in L2
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters ``(a, b)`` for ``(num_perm, seed)``."""
+    # Same generator calls, in the same order, as datasketch.MinHash._init_permutations (affine32).
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+class MinHasher:
+    """Signatures for batches of documents under one (shingles, num_perm, seed) configuration."""
+
+    def __init__(self, num_perm: int = 128, seed: int = 1, shingles: ShingleConfig | None = None,
+                 use_jit: bool | None = None) -> None:
+        if num_perm < 2:
+            raise ValueError(f"num_perm must be at least 2, got {num_perm}")
+        self.num_perm = num_perm
+        self.seed = seed
+        self.shingles = shingles or ShingleConfig()
+        self.a, self.b = permutations(num_perm, seed)
+        self._work = np.empty((_BLOCK, num_perm), dtype=np.uint32)
+        # numba when installed (about 10x faster); the numpy path gives identical signatures.
+        self.use_jit = HAVE_JIT if use_jit is None else (use_jit and HAVE_JIT)
+
+    @property
+    def hashfunc(self) -> Callable[[bytes | str], int]:
+        """Shingle → 32-bit hash, for ``datasketch.MinHash(hashfunc=…)``."""
+        return self.shingles.hashfunc32
+
+    def shingle_batch(self, texts: Sequence[str]) -> ShingleBatch:
+        return shingle_batch(texts, self.shingles)
+
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), num_perm)`` uint32 signatures; an empty document gets all ``0xFFFFFFFF``."""
+        return self.signatures_and_counts(texts)[0]
+
+    def signatures_and_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Signatures and the number of shingles per document (0 = nothing to compare)."""
+        if self.use_jit and self.shingles.unit == "word":
+            buf, bounds = _batch_buffer([_word_bytes(t) for t in texts])
+            buf = buf.translate(_WORD_TABLE)[:-8] + b"\0" * 8
+            sig = np.full((len(texts), self.num_perm), EMPTY_VALUE, dtype=np.uint32)
+            counts = np.zeros(len(texts), dtype=np.int64)
+            _j_word_signatures(np.frombuffer(buf, dtype=np.uint8), _u64_reader(buf), _LOW_MASKS, bounds,
+                               self.shingles.n, self.a, self.b, sig, counts)
+            return sig, counts
+        batch = self.shingle_batch(texts)
+        return self.signatures_from_shingles(batch), batch.counts()
+
+    def signatures_from_shingles(self, batch: ShingleBatch) -> np.ndarray:
+        hv = (batch.hashes >> _U64(32)).astype(np.uint32)
+        _fmix32(hv)
+        n_docs = batch.offsets.size - 1
+        sig = np.full((n_docs, self.num_perm), EMPTY_VALUE, dtype=np.uint32)
+        counts = np.diff(batch.offsets)
+        nonempty = np.flatnonzero(counts > 0)
+        if nonempty.size == 0:
+            return sig
+        # Walk documents in blocks of whole documents whose shingles fit the work buffer.
+        offs = batch.offsets
+        i = 0
+        while i < nonempty.size:
+            first = nonempty[i]
+            limit = offs[first] + _BLOCK
+            j = int(np.searchsorted(offs, limit, side="right")) - 1  # docs [first, j) fit
+            j = max(j, first + 1)
+            lo, hi = int(offs[first]), int(offs[j])
+            if hi - lo > _BLOCK:  # one document larger than the block: reduce it in pieces
+                sig[first] = self._long_doc(hv[lo:hi])
+            else:
+                work = self._work[: hi - lo]
+                np.multiply(hv[lo:hi, None], self.a[None, :], out=work)
+                work += self.b
+                docs = nonempty[(nonempty >= first) & (nonempty < j)]
+                sig[docs] = np.minimum.reduceat(work, offs[docs] - lo, axis=0)
+            i = int(np.searchsorted(nonempty, j))
+        return sig
+
+    def _long_doc(self, hv: np.ndarray) -> np.ndarray:
+        out = np.full(self.num_perm, EMPTY_VALUE, dtype=np.uint32)
+        for lo in range(0, hv.size, _BLOCK):
+            part = hv[lo:lo + _BLOCK]
+            work = self._work[: part.size]
+            np.multiply(part[:, None], self.a[None, :], out=work)
+            work += self.b
+            np.minimum(out, work.min(axis=0), out=out)
+        return out
+
+    def datasketch_minhash(self, text: str):  # -> datasketch.MinHash (slow reference)
+        """The same document through ``datasketch.MinHash.update`` (for tests and interop)."""
+        from datasketch import MinHash
+
+        m = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=self.hashfunc)
+        for shingle in self.shingles.shingles(text):
+            m.update(shingle)
+        return m
+
+    def lean(self, signature: np.ndarray):  # -> datasketch.LeanMinHash
+        """A stored signature as a ``datasketch.LeanMinHash`` (serialisable, usable in its LSH)."""
+        from datasketch import LeanMinHash
+
+        return LeanMinHash(seed=self.seed, hashvalues=signature, scheme="affine32")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel signatures over batches.
+
+_WORKER: MinHasher | None = None
+
+
+def _init_worker(num_perm: int, seed: int, shingles: ShingleConfig, use_jit: bool) -> None:
+    global _WORKER
+    _WORKER = MinHasher(num_perm, seed, shingles, use_jit=use_jit)
+
+
+def _worker_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER is not None
+    return _WORKER.signatures_and_counts(texts)
+
+
+def iter_signature_batches(hasher: MinHasher, texts: Sequence[str], batch_size: int = 1000,
+                           workers: int = 1):
+    """Yield ``(start, signatures, shingle_counts)`` per batch, in order; ``workers > 1`` uses processes."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    starts = range(0, len(texts), batch_size)
+    if workers <= 1 or len(texts) <= batch_size:
+        for s in starts:
+            sig, counts = hasher.signatures_and_counts(texts[s:s + batch_size])
+            yield s, sig, counts
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                             initargs=(hasher.num_perm, hasher.seed, hasher.shingles, hasher.use_jit)) as pool:
+        chunks = (list(texts[s:s + batch_size]) for s in starts)
+        for s, (sig, counts) in zip(starts, pool.map(_worker_batch, chunks, chunksize=4), strict=True):
+            yield s, sig, counts
+
+
+def default_workers() -> int:
+    """Both cores where there are two; more processes than cores only adds overhead."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# LSH banding and candidates.
+
+def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """datasketch's optimal (bands, rows) for a Jaccard threshold (its own grid search)."""
+    from datasketch.lsh import _optimal_param  # private, but it *is* datasketch's choice
+
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"LSH threshold must be in (0, 1), got {threshold}")
+    return _optimal_param(threshold, num_perm, weights[0], weights[1])
+
+
+def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
+    """Probability that a pair with this Jaccard shares at least one band (S-curve)."""
+    return 1.0 - (1.0 - jaccard**rows) ** bands
+
+
+_BAND_MULTS = np.random.RandomState(0x5EED).randint(1, 1 << 62, size=64, dtype=np.int64).astype(np.uint64) * 2 + 1
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """``(n, bands)`` uint64 bucket keys: each band's ``rows`` values folded into one 64-bit hash."""
+    if bands * rows > signatures.shape[1]:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {signatures.shape[1]}")
+    if rows > _BAND_MULTS.size:
+        raise ValueError(f"rows per band must be at most {_BAND_MULTS.size}, got {rows}")
+    sig = signatures[:, : bands * rows].reshape(signatures.shape[0], bands, rows).astype(np.uint64)
+    sig *= _BAND_MULTS[:rows]
+    keys = sig.sum(axis=2, dtype=np.uint64)
+    keys ^= np.arange(bands, dtype=np.uint64) * _U64(0x9E3779B97F4A7C15)  # distinct key space per band
+    return _fmix64(keys)
+
+
+def _pairs_in_groups(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> np.ndarray:
+    """(i, j) index pairs that share a key; buckets over ``max_bucket`` pair each member with its
+    ``max_bucket`` successors only (a near-duplicate run is still chained together)."""
+    if sorted_keys.size < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    out = []
+    for gap in range(1, max_bucket + 1):
+        if gap > 1:
+            same = same[:-1] & (sorted_keys[gap:] == sorted_keys[:-gap])
+        hit = np.flatnonzero(same)
+        if hit.size == 0:
+            break
+        out.append(np.stack([order[hit], order[hit + gap]], axis=1))
+    if not out:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.concatenate(out)
+
+
+def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    if pairs.size == 0:
+        return pairs.reshape(0, 2)
+    lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+    hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+    keep = lo != hi
+    code = np.unique((lo[keep] << 32) | hi[keep])
+    return np.stack([code >> 32, code & 0xFFFFFFFF], axis=1)
+
+
+def candidate_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
+    """Unique ``(i, j)`` with ``i < j`` sharing at least one band key; ``keys`` is ``(n, bands)``."""
+    bands = keys.shape[1]
+    flat = keys.ravel()
+    order = np.argsort(flat, kind="stable")
+    doc = (order // bands).astype(np.int64)
+    return _unique_pairs(_pairs_in_groups(doc, flat[order], max_bucket))
+
+
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Row-wise MinHash estimate: share of equal signature positions."""
+    return (sig_a == sig_b).mean(axis=-1)
+
+
+class LSHIndex:
+    """Band keys of stored documents, queried by new batches (incremental dedup).
+
+    Holds ``bands`` uint64 keys and one int per band per document (about ``12·bands`` bytes per
+    document), built from persisted signatures — no shingling or MinHash of the stored corpus.
+    """
+
+    def __init__(self, bands: int, rows: int) -> None:
+        self.bands = bands
+        self.rows = rows
+        self._parts: list[np.ndarray] = []
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, signatures: np.ndarray) -> np.ndarray:
+        """Index signatures; returns their positions (0-based, in insertion order)."""
+        keys = band_keys(signatures, self.bands, self.rows)
+        self._parts.append(keys)
+        self._sorted = None
+        positions = np.arange(self._n, self._n + len(keys))
+        self._n += len(keys)
+        return positions
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._sorted is None:
+            flat = np.concatenate([p.ravel() for p in self._parts]) if self._parts else np.zeros(0, np.uint64)
+            order = np.argsort(flat, kind="stable")
+            self._sorted = (flat[order], (order // self.bands).astype(np.int64))
+            self._parts = [flat.reshape(-1, self.bands)] if flat.size else []
+        return self._sorted
+
+    def query(self, signatures: np.ndarray, max_per_key: int = 64) -> np.ndarray:
+        """``(query_row, stored_position)`` pairs sharing a band, unique; at most ``max_per_key``
+        stored documents per matching bucket."""
+        keys = band_keys(signatures, self.bands, self.rows).ravel()
+        sorted_keys, docs = self._index()
+        lo = np.searchsorted(sorted_keys, keys, side="left")
+        hi = np.searchsorted(sorted_keys, keys, side="right")
+        hits = np.minimum(hi - lo, max_per_key)
+        q = np.repeat(np.arange(keys.size) // self.bands, hits)
+        s = docs[np.repeat(lo, hits) + _arange_within(hits)]
+        if q.size == 0:
+            return np.zeros((0, 2), dtype=np.int64)
+        code = np.unique((q.astype(np.int64) << 32) | s)
+        return np.stack([code >> 32, code & 0xFFFFFFFF], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact Jaccard.
+
+def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:
+    """Jaccard of two sorted unique hash arrays (1.0 for two empty sets)."""
+    if set_a.size == 0 and set_b.size == 0:
+        return 1.0
+    if set_a.size > set_b.size:
+        set_a, set_b = set_b, set_a
+    if set_a.size == 0:
+        return 0.0
+    pos = np.searchsorted(set_b, set_a)
+    pos[pos == set_b.size] = 0
+    inter = int(np.count_nonzero(set_b[pos] == set_a))
+    return inter / (set_a.size + set_b.size - inter)
+
+
+def signature_bytes(signature: np.ndarray) -> bytes:
+    """A signature as little-endian bytes (a DuckDB BLOB); :func:`signature_from_bytes` reverses."""
+    return np.ascontiguousarray(signature, dtype="<u4").tobytes()
+
+
+def signature_from_bytes(blob: bytes, num_perm: int | None = None) -> np.ndarray:
+    sig = np.frombuffer(blob, dtype="<u4").astype(np.uint32)
+    if num_perm is not None and sig.size != num_perm:
+        raise ValueError(f"stored signature has {sig.size} values, expected num_perm={num_perm}; "
+                         "signatures from another configuration must be recomputed")
+    return sig
+

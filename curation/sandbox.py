@@ -1,0 +1,601 @@
+"""Run untrusted Python (model-generated code) in a contained child process.
+
+Layers, each used where this machine allows it (:func:`sandbox_capabilities` says which):
+
+* a fresh network namespace with only a downed loopback (``unshare --net``), so no
+  connection can leave the box; without one, a best-effort ``socket`` blocker instead;
+* a fresh pid namespace whose init (our bootstrap) runs the code as pid 2: when the code
+  exits or we kill the run, the kernel kills and reaps everything it started (no orphans,
+  no zombies), and the code cannot signal processes outside it;
+* a throw-away uid (when we are root): the child cannot write anywhere its uid does not
+  own, cannot signal our processes, and ``RLIMIT_NPROC`` is enforced (the kernel never
+  enforces it for root). The uid is unique per run, so leftovers can be found and killed;
+* rlimits set in the child before the code runs: CPU seconds, address space, process
+  count, file size, no core dumps;
+* a new session whose process group is SIGKILLed on wall-time expiry, followed by a sweep
+  of every process still owned by the run's uid (daemons that called ``setsid``);
+* an empty environment (nothing inherited, so no secrets), a private working directory that is
+  deleted afterwards, stdin/stdout/stderr as files (bounded by the file-size limit, so a
+  print loop cannot fill our memory) and output truncated to a bound when read back.
+
+Not covered: world-writable directories (``/tmp``, ``/dev/shm``) stay writable by the
+sandbox uid (each file bounded by ``max_file_bytes``), and world-readable files stay readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MAIN_FILE = "main.py"
+"""Name of the code file inside the working directory (tracebacks show it)."""
+
+# Range of throw-away uids/gids. Below 65534 (nobody) so it fits containers that map only
+# 64k ids; above the usual ranges of login (1000+) and system users.
+_UID_BASE = 40000
+_UID_SPAN = 20000
+
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class SandboxSetupError(RuntimeError):
+    """The sandbox itself could not start (the code never ran): a machine problem, not a verdict."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits for one run. Defaults suit short unit-test programs (HumanEval-style)."""
+
+    cpu_seconds: float = 10.0
+    # Wall time covers start-up and waiting on a busy machine, so it is looser than CPU time
+    # (the HumanEval README's own check used a 20 s timeout per task).
+    wall_seconds: float = 20.0
+    memory_bytes: int = 1 << 30
+    max_processes: int = 16
+    max_file_bytes: int = 16 << 20
+    network: bool = False
+    # How much of stdout/stderr comes back (head and tail are kept).
+    max_output_bytes: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "max_processes", "max_file_bytes",
+                     "max_output_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What a sandboxed run did. ``ok`` means exit status 0 and no limit hit."""
+
+    ok: bool
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    # "wall_time", "cpu_time", "memory", "file_size", "signal:<NAME>", or None.
+    killed_reason: str | None
+    duration_s: float
+
+
+# ---------------------------------------------------------------------------------------------
+# The bootstrap: runs first inside the child, applies limits, then executes main.py.
+# Written for any Python 3.8+, since the sandbox interpreter may not be ours.
+# ---------------------------------------------------------------------------------------------
+
+_BOOT = r"""
+import os, sys, traceback
+cfg = {cfg!r}
+
+
+def _setup():
+    import resource
+    for name, soft, hard in cfg["rlimits"]:
+        lim = getattr(resource, name)
+        try:
+            resource.setrlimit(lim, (soft, hard))
+        except (ValueError, OSError):
+            # Cannot raise above an inherited hard limit: clamp to it instead of running unlimited.
+            cur = resource.getrlimit(lim)[1]
+            if cur == resource.RLIM_INFINITY:
+                raise
+            resource.setrlimit(lim, (min(soft, cur), cur))
+    if cfg["readonly"]:
+        _readonly_mounts(cfg["workdir"].encode())
+    if cfg["uid"] is not None:
+        os.setgroups([])
+        os.setgid(cfg["uid"])
+        os.setuid(cfg["uid"])
+    if cfg["block_sockets"]:
+        _block_sockets()
+    if cfg["status_fd"] is not None:
+        _become_init(cfg["status_fd"])
+
+
+def _readonly_mounts(work):
+    # We are root in a private mount namespace: make every filesystem read-only except the
+    # working directory (bind-mounted onto itself first, so it stays writable). Open files, such as
+    # our stdout, belong to the outer namespace's mounts and stay writable.
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+
+    def mount(src, target, flags):
+        if libc.mount(src, target, None, flags, None) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "mount on %r: %s" % (target, os.strerror(e)))
+
+    MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+    # Flags a remount must repeat (the kernel refuses to drop them inside a user namespace).
+    keep_flags = {{"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048,
+                  "relatime": 1 << 21, "strictatime": 1 << 24}}
+    mount(None, b"/", MS_REC | MS_PRIVATE)
+    mount(work, work, MS_BIND)
+    with open("/proc/self/mountinfo", "rb") as f:
+        infos = [line.split() for line in f]
+    for info in infos:
+        target = info[4].decode("unicode_escape").encode("latin-1")  # mountinfo escapes as \040
+        if target == work or target.startswith((b"/proc", b"/sys")):
+            continue
+        if target.startswith(b"/dev") and not target.startswith((b"/dev/shm", b"/dev/mqueue")):
+            continue  # device nodes (/dev/null) must stay usable; shm and mqueue are writable dirs
+        keep = sum(keep_flags.get(o, 0) for o in info[5].decode().split(","))
+        mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+    os.chdir(work)
+
+
+def _block_sockets():
+    # Best effort only (C extensions and ctypes get around it): used where no namespace exists.
+    import socket, _socket
+
+    def denied(*a, **k):
+        raise PermissionError(1, "network access is disabled in this sandbox")
+
+    class NoSocket(socket.socket):
+        def __init__(self, *a, **k):
+            denied()
+
+    socket.socket = _socket.socket = NoSocket
+    for n in ("create_connection", "socketpair", "fromfd", "getaddrinfo", "gethostbyname",
+              "gethostbyname_ex", "create_server"):
+        if hasattr(socket, n):
+            setattr(socket, n, denied)
+
+
+def _become_init(status_fd):
+    # We are pid 1 of a fresh pid namespace. Run the code as pid 2 and stay behind as a minimal
+    # init: reap orphans, and when pid 2 ends, report its raw wait status and exit, which makes
+    # the kernel kill everything else left in the namespace.
+    child = os.fork()
+    if child == 0:
+        os.close(status_fd)
+        return
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(70)
+        except InterruptedError:
+            continue
+        if pid == child:
+            os.write(status_fd, str(status).encode())
+            if os.WIFEXITED(status):
+                os._exit(os.WEXITSTATUS(status))
+            os._exit(128 + os.WTERMSIG(status))
+
+
+try:
+    _setup()
+except BaseException as e:
+    msg = "setup-error: %s: %s" % (type(e).__name__, e)
+    if cfg["status_fd"] is not None:
+        os.write(cfg["status_fd"], msg.encode())
+    sys.stderr.write("distillery sandbox " + msg + "\n")
+    os._exit(125)
+sys.argv = [{main!r}]
+# A fresh __main__ module, as runpy does: the code sees none of this bootstrap's names (a
+# solution that forgot an import must fail here as it would anywhere else).
+import types
+main = types.ModuleType("__main__")
+main.__file__ = {main!r}
+main.__builtins__ = __builtins__
+sys.modules["__main__"] = main
+try:
+    with open({main!r}, encoding="utf-8") as f:
+        code = compile(f.read(), {main!r}, "exec", dont_inherit=True)
+    del f
+    exec(code, main.__dict__)
+except SystemExit:
+    raise
+except BaseException as e:
+    # Skip this bootstrap's own frame so the traceback starts in main.py.
+    traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+    sys.stderr.flush()
+    raise SystemExit(1)
+"""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How runs are launched on this machine (found once by probing, see :func:`_plan`)."""
+
+    python: str
+    unshare: str | None  # util-linux ``unshare`` when new namespaces (net, pid, mount) work here
+    readonly: bool  # all filesystems read-only except the working directory
+    drop_uid: bool  # we are root: run as a throw-away uid
+    python_version: str = ""
+    notes: tuple[str, ...] = ()
+
+
+_uid_lock = threading.Lock()
+_uids_in_use: set[int] = set()
+
+
+def _uid_owned_pids(uid: int, live_only: bool = False) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                # Zombies cannot be killed, only reaped by their parent; skip them when sweeping.
+                if live_only and _proc_state(name) in ("Z", "X"):
+                    continue
+                pids.append(int(name))
+            except OSError:
+                continue  # exited while we looked
+    return pids
+
+
+def _proc_state(pid: str) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2:][:1].decode()  # the comm field may contain spaces and ')'
+
+
+def _allocate_uid() -> int:
+    rng = random.Random()
+    with _uid_lock:
+        for _ in range(100):
+            uid = _UID_BASE + rng.randrange(_UID_SPAN)
+            # Skip uids used by a concurrent run here, or by any live process (another sandboxing
+            # process on the machine), so the final sweep only ever kills this run's processes.
+            if uid not in _uids_in_use and not _uid_owned_pids(uid):
+                _uids_in_use.add(uid)
+                return uid
+    raise RuntimeError("sandbox: no free throw-away uid found; too many concurrent runs?")
+
+
+def _release_uid(uid: int) -> None:
+    with _uid_lock:
+        _uids_in_use.discard(uid)
+
+
+def _kill_uid(uid: int, rounds: int = 50) -> int:
+    """SIGKILL every process owned by ``uid`` until none is left; return how many were killed."""
+    killed = 0
+    for _ in range(rounds):
+        pids = _uid_owned_pids(uid, live_only=True)
+        if not pids:
+            return killed
+        for pid in pids:
+            # A pidfd pins the process, so a pid recycled between the scan and the kill cannot
+            # hit an innocent process: re-check the owner through the pinned handle's /proc entry.
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    killed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        time.sleep(0.01)
+    return killed
+
+
+def _python_candidates() -> list[str]:
+    cands = [sys.executable, getattr(sys, "_base_executable", ""), os.path.realpath(sys.executable)]
+    cands += [shutil.which(n) or "" for n in (f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                                              "python3")]
+    cands += [f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}", "/usr/bin/python3"]
+    seen: list[str] = []
+    for c in cands:
+        if c and os.path.isfile(c) and c not in seen:
+            seen.append(c)
+    return seen
+
+
+@functools.lru_cache(maxsize=1)
+def _plan() -> _Plan:
+    is_root = os.geteuid() == 0
+    unshare = shutil.which("unshare") or ("/usr/bin/unshare" if os.path.exists("/usr/bin/unshare") else None)
+    probe = "import sys, json, math, re, collections\nprint('%d.%d.%d' % sys.version_info[:3])\n"
+    # Strongest first. The throw-away uid needs an interpreter it may read: a Python under /root
+    # (pyenv, a root-owned venv) is not, so a system Python may be picked instead of ours.
+    layers = [(True, True, True), (True, False, True), (False, False, True), (True, True, False),
+              (True, False, False), (False, False, False)]
+    failures: list[str] = []
+    for use_ns, readonly, drop in layers:
+        if (use_ns and not unshare) or (drop and not is_root):
+            continue
+        for py in _python_candidates():
+            plan = _Plan(py, unshare if use_ns else None, readonly, drop)
+            try:
+                res = _run(plan, probe, SandboxLimits(wall_seconds=30), "", {})
+            except (OSError, SandboxSetupError) as e:
+                failures.append(f"{plan}: {e}")
+                continue
+            if not (res.ok and res.stdout.strip()):
+                failures.append(f"{plan}: {res.stderr.strip()[-300:]}")
+                continue
+            notes = []
+            if py != sys.executable:
+                notes.append(f"sandbox interpreter {py}: ours ({sys.executable}) is not usable there")
+            if not use_ns:
+                notes.append("no namespaces: sockets blocked in-process (best effort), no pid namespace")
+            if not readonly:
+                notes.append("filesystems stay writable where the sandbox user may write")
+            if is_root and not drop:
+                notes.append("code runs as root: RLIMIT_NPROC is not enforced")
+            return _Plan(py, plan.unshare, readonly, drop, res.stdout.strip(), tuple(notes))
+    raise RuntimeError("sandbox: could not start Python in any sandbox configuration here; "
+                       "tried:\n" + "\n".join(failures[-6:]))
+
+
+def sandbox_capabilities() -> dict[str, Any]:
+    """Which isolation layers are active on this machine (for provenance records)."""
+    plan = _plan()
+    return {
+        "python": plan.python,
+        "python_version": plan.python_version,
+        "python_flags": ["-S", "-s", "-B"],
+        "network_namespace": plan.unshare is not None,
+        "pid_namespace": plan.unshare is not None,
+        "mount_namespace": plan.unshare is not None,
+        "readonly_filesystem": plan.readonly,
+        "socket_blocker": plan.unshare is None,
+        "throwaway_uid": plan.drop_uid,
+        "nproc_enforced": plan.drop_uid or os.geteuid() != 0,
+        "rlimits": ["RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CORE"],
+        "process_group_kill": True,
+        "uid_sweep": plan.drop_uid,
+        "scrubbed_env": True,
+        "temp_workdir": True,
+        "notes": list(plan.notes),
+    }
+
+
+def _rlimits(limits: SandboxLimits, nproc_base: int) -> list[tuple[str, int, int]]:
+    cpu = max(1, int(limits.cpu_seconds + 0.999))
+    return [
+        # Soft limit sends SIGXCPU; the hard limit one second later is a SIGKILL backstop.
+        ("RLIMIT_CPU", cpu, cpu + 1),
+        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_NPROC", nproc_base + limits.max_processes, nproc_base + limits.max_processes),
+        ("RLIMIT_FSIZE", limits.max_file_bytes, limits.max_file_bytes),
+        ("RLIMIT_CORE", 0, 0),
+    ]
+
+
+def _user_task_count(uid: int) -> int:
+    """Tasks (processes and threads) ``uid`` already runs: RLIMIT_NPROC counts them all."""
+    total = 0
+    for pid in _uid_owned_pids(uid):
+        try:
+            total += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            continue
+    return total
+
+
+def _read_bounded(path: Path, bound: int) -> str:
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= bound:
+            data = f.read()
+        else:
+            # The head shows what the program printed first, the tail how it ended (tracebacks).
+            head = f.read(bound // 2)
+            f.seek(size - bound // 2)
+            tail = f.read()
+            data = head + f"\n...[{size - len(head) - len(tail)} bytes truncated]...\n".encode() + tail
+    return data.decode("utf-8", errors="replace")
+
+
+def _killed_reason(code: int | None, timed_out: bool, stderr: str) -> str | None:
+    if timed_out:
+        return "wall_time"
+    if code is None or code == 0:
+        return None
+    if code == -signal.SIGXCPU:
+        return "cpu_time"
+    if code == -signal.SIGXFSZ:
+        return "file_size"
+    if code < 0:
+        try:
+            return f"signal:{signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal:{-code}"
+    last = stderr.rstrip().rsplit("\n", 1)[-1]
+    if last.startswith("MemoryError"):
+        return "memory"
+    # Python ignores SIGXFSZ, so an oversized write surfaces as OSError EFBIG instead.
+    if f"[Errno {errno.EFBIG}]" in last or "File too large" in last:
+        return "file_size"
+    return None
+
+
+def _remove_tree(path: str) -> None:
+    def fix_and_retry(func: Any, p: str, _exc: Any) -> None:
+        # Sandboxed code may have chmod-ed its own files away; we own the tree in the end.
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=fix_and_retry)
+    if os.path.exists(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _unshare_prefix(unshare: str, network: bool) -> list[str]:
+    # A pid namespace (everything the code starts dies with its init; --kill-child ties that init
+    # to the unshare process we start and may kill), a mount namespace (private mounts; unshare
+    # makes propagation private) and, unless allowed, a network namespace (no route out).
+    cmd = [unshare, "--pid", "--fork", "--kill-child", "--mount"]
+    if not network:
+        cmd.append("--net")
+    if os.geteuid() != 0:
+        cmd.append("--map-root-user")  # a user namespace lets an unprivileged user own the others
+    return [*cmd, "--"]
+
+
+def _exit_code(returncode: int, status_path: Path) -> int:
+    """The code's own exit status: from the init's report when it ran under one (see _BOOT)."""
+    try:
+        raw = status_path.read_text().strip()
+    except OSError:
+        raw = ""
+    if not raw.isdigit():
+        return returncode
+    status = int(raw)
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _wait_unreaped(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until ``proc`` exits, leaving it a zombie; False on timeout."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):
+        # No pidfd (old kernel): reaping wait; the group kill after it is then slightly racy.
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        # A pidfd turns readable when the process exits, without reaping it.
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(pidfd)
+
+
+def run_python(code: str, limits: SandboxLimits | None = None, stdin: str = "",
+               files: dict[str, str] | None = None) -> SandboxResult:
+    """Run ``code`` as ``main.py`` in a fresh sandbox and return what happened.
+
+    ``files`` are extra text files written next to ``main.py`` (name -> content), e.g. a module the
+    code imports. Nothing the code writes survives the call.
+    """
+    for name in files or {}:
+        if os.path.basename(name) != name or name in ("", ".", "..", MAIN_FILE):
+            raise ValueError(f"sandbox file name {name!r} must be a plain file name (not {MAIN_FILE})")
+    return _run(_plan(), code, limits or SandboxLimits(), stdin, files or {})
+
+
+def _run(plan: _Plan, code: str, limits: SandboxLimits, stdin: str, files: dict[str, str]) -> SandboxResult:
+    uid = _allocate_uid() if plan.drop_uid else None
+    root = tempfile.mkdtemp(prefix="distillery-sandbox-")
+    try:
+        return _run_in(root, plan, uid, code, limits, stdin, files)
+    finally:
+        if uid is not None:
+            _kill_uid(uid)
+            _release_uid(uid)
+        _remove_tree(root)
+
+
+def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxLimits, stdin: str,
+            files: dict[str, str]) -> SandboxResult:
+    work = os.path.join(root, "work")
+    os.mkdir(work, 0o700)
+    for name, content in {**files, MAIN_FILE: code}.items():
+        with open(os.path.join(work, name), "w", encoding="utf-8") as f:
+            f.write(content)
+    if uid is not None:
+        os.chmod(root, 0o711)  # the uid may enter its own dir but not list ours
+        for name in [".", *os.listdir(work)]:
+            os.chown(os.path.join(work, name), uid, uid)
+    in_path, out_path, err_path = (Path(root, n) for n in ("stdin", "stdout", "stderr"))
+    in_path.write_text(stdin, encoding="utf-8")
+
+    namespaces = plan.unshare is not None
+    status_path = Path(root, "status")
+    status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if namespaces else None
+    # The bootstrap's init process counts against RLIMIT_NPROC too, hence the + 1.
+    nproc_base = (0 if uid is not None else _user_task_count(os.getuid())) + (1 if namespaces else 0)
+    cfg = {"rlimits": _rlimits(limits, nproc_base), "status_fd": status_fd, "workdir": work,
+           "readonly": plan.readonly and namespaces, "uid": uid if namespaces else None,
+           "block_sockets": not limits.network and not namespaces}
+    boot = _BOOT.format(cfg=cfg, main=MAIN_FILE)
+    cmd: list[str] = []
+    kw: dict[str, Any] = {}
+    if namespaces:
+        # The bootstrap sets up mounts as root, then drops to the uid itself.
+        cmd += _unshare_prefix(plan.unshare or "unshare", limits.network)
+        kw = {"pass_fds": (status_fd,)}
+    elif uid is not None:
+        kw = {"user": uid, "group": uid, "extra_groups": []}
+    # -S: no site-packages, -s: no user site, -B: no .pyc writes. Not -I/-E: the environment is
+    # already ours alone, and -E would drop PYTHONHASHSEED, which makes runs repeatable.
+    cmd += [plan.python, "-S", "-s", "-B", "-c", boot]
+    env = {"PATH": _SAFE_PATH, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+           "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+    start = time.monotonic()
+    timed_out = False
+    with in_path.open("rb") as fin, out_path.open("wb") as fout, err_path.open("wb") as ferr:
+        try:
+            proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
+                                    start_new_session=True, close_fds=True, **kw)
+        finally:
+            if status_fd is not None:
+                os.close(status_fd)
+        try:
+            timed_out = not _wait_unreaped(proc, limits.wall_seconds)
+        finally:
+            # Kill the whole group even after a normal exit: background children must not outlive us.
+            # The leader is not reaped yet, so its pid cannot have been recycled as another group's id.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    duration = time.monotonic() - start
+    stdout = _read_bounded(out_path, limits.max_output_bytes)
+    stderr = _read_bounded(err_path, limits.max_output_bytes)
+    if namespaces and not timed_out:
+        raw = status_path.read_text(errors="replace").strip()
+        if not raw or raw.startswith("setup-error"):
+            # The code never ran: unshare or the bootstrap failed. Not the code's fault, so not a result.
+            detail = raw or stderr.strip()[-500:] or f"exit status {proc.returncode}"
+            raise SandboxSetupError(f"sandbox setup failed ({plan.python}, namespaces via {plan.unshare}): "
+                                    f"{detail}")
+    exit_code = None if timed_out else _exit_code(proc.returncode, status_path)
+    reason = _killed_reason(exit_code, timed_out, stderr)
+    return SandboxResult(ok=exit_code == 0 and reason is None, exit_code=exit_code, stdout=stdout,
+                         stderr=stderr, timed_out=timed_out, killed_reason=reason, duration_s=duration)
+
+
+def result_dict(result: SandboxResult) -> dict[str, Any]:
+    """The result as a JSON-ready dict (for ``extra`` or provenance)."""
+    return asdict(result)
