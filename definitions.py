@@ -10,6 +10,7 @@ from assets.synthetic import synthetic
 from assets.synthetic_mixed import synthetic_mixed
 from checks import ALL_CHECKS
 from resources import ProjectResource, WarehouseResource
+from sensors import landing_files_sensor, nightly_schedule, run_failure_alert
 
 ASSETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
 CHECKS = ALL_CHECKS
@@ -17,4 +18,5 @@ RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource()}
 
 distill_job = define_asset_job("distill", selection="*", description="Materialize every dataset version.")
 
-defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[distill_job], resources=RESOURCES)
+defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[distill_job], schedules=[nightly_schedule],
+                   sensors=[landing_files_sensor, run_failure_alert], resources=RESOURCES)

@@ -106,7 +106,6 @@ _ELEMENT_NAMES = (
 )
 _HTML_ELEMENTS = frozenset(_ELEMENT_NAMES.split())
 _RESIDUE_TAG = re.compile(r"</?(?:" + "|".join(sorted(_HTML_ELEMENTS)) + r")(?:\s[^<>]*)?/?>", re.IGNORECASE)
-_ANY_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 _ENTITY = re.compile(r"&(?:nbsp|amp|lt|gt|quot|apos|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
 # Markup that means "this is a document or program", not residue around prose.
 _HTML_IS_CODE = re.compile(r"<!DOCTYPE|<html|<head|<body|<script|<style|<\?php|<\?xml|<%|<form|<input"
@@ -144,7 +143,8 @@ def _html_fragment_to_text(fragment: str) -> str:
 
 
 def _expected_words(fragment: str) -> list[str]:
-    return words(html.unescape(_ANY_TAG.sub(" ", fragment)))
+    # Only known HTML tags may disappear: "List<String>" next to a <b> must survive intact.
+    return words(html.unescape(_RESIDUE_TAG.sub(" ", fragment)))
 
 
 @register_cleaner("html_to_text")
@@ -197,10 +197,10 @@ _MD_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"!\[([^\]\n]*)\]\([^)\s]+(?:\s+\"[^\"]*\")?\)"), r"\1", "images"),
     (re.compile(r"\[([^\]\n]+)\]\([^)\s]+(?:\s+\"[^\"]*\")?\)"), r"\1", "links"),
     (re.compile(r"^#{1,6}[ \t]+", re.MULTILINE), "", "headings"),
-    (re.compile(r"(\*\*|__)(?=\S)([^\n]*?\S)\1"), r"\2", "bold"),
-    # Single * or _ only between non-word characters, so a*b*c and snake_case_names survive.
+    (re.compile(r"\*\*(?=\S)([^\n]*?\S)\*\*"), r"\1", "bold"),
+    # Single * only between non-word characters, so a*b*c survives. Underscore emphasis is left
+    # alone: outside code spans it is far more often __init__ or snake_case than formatting.
     (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]*?\S)\*(?![\w*])"), r"\1", "italics"),
-    (re.compile(r"(?<![\w_])_(?=\S)([^_\n]*?\S)_(?![\w_])"), r"\1", "italics"),
     (re.compile(r"^[ \t]*(?:-{3,}|\*{3,}|_{3,})[ \t]*$", re.MULTILINE), "", "rules"),
 )
 
@@ -213,7 +213,7 @@ class MarkdownResidue:
     name: str = "markdown"
 
     def strip(self, text: str) -> tuple[str, str | None]:
-        if not any(ch in text for ch in "*_#[-"):
+        if not any(ch in text for ch in "*#[-_"):
             return text, None
         pieces = _FENCE.split(text)
         fired: list[str] = []
@@ -274,3 +274,44 @@ class NormalizeWhitespace:
 
     def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
         return apply_to_texts(row, self.name, self.normalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# PII and secrets (detection in curation.pii)
+# ---------------------------------------------------------------------------------------------
+
+
+@register_cleaner("pii")
+@dataclass(frozen=True)
+class PiiRedactor:
+    """Replace personal data and secrets with typed placeholders such as [EMAIL] (curation.pii).
+
+    ``entities`` limits which types are redacted (default: every regex-detected type). Types to drop
+    instead of redact go to the ``pii`` filter and are left out here."""
+
+    name: str = "pii"
+    entities: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from curation.pii import REGEX_ENTITIES
+
+        chosen = tuple(self.entities) if self.entities is not None else REGEX_ENTITIES
+        unknown = sorted(set(chosen) - set(REGEX_ENTITIES))
+        if unknown:
+            raise ValueError(f"cleaner pii: unknown entities {unknown}; known: {', '.join(REGEX_ENTITIES)}")
+        object.__setattr__(self, "entities", tuple(e for e in chosen if e not in set(self.exclude)))
+
+    def _redact(self, text: str) -> tuple[str, str | None]:
+        from curation.pii import redact
+
+        redacted, matches = redact(text, self.entities)
+        if not matches:
+            return text, None
+        counts: dict[str, int] = {}
+        for match in matches:
+            counts[match.entity] = counts.get(match.entity, 0) + 1
+        return redacted, "redacted " + ", ".join(f"{n} {entity}" for entity, n in sorted(counts.items()))
+
+    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
+        return apply_to_texts(row, self.name, self._redact)

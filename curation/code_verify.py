@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from curation.sandbox import SandboxLimits, SandboxResult, run_python
@@ -55,7 +55,7 @@ class VerifyResult:
     """Outcome of checking one solution.
 
     ``status`` is one of ``passed``, ``syntax_error``, ``lint_error``, ``failed`` (a test assertion
-    or an exception), ``timeout`` or ``resource_limit`` (CPU, memory or file size).
+    or an exception), ``timeout`` (wall or CPU time) or ``resource_limit`` (memory, file size, disk).
     """
 
     passed: bool
@@ -64,7 +64,6 @@ class VerifyResult:
     error_type: str | None = None
     lint: tuple[LintIssue, ...] = ()
     sandbox: SandboxResult | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def check_python_syntax(code: str, filename: str = "main.py") -> str | None:
@@ -144,6 +143,9 @@ def failure_message(result: SandboxResult, limits: SandboxLimits) -> tuple[str, 
     if result.killed_reason == "file_size":
         return (f"The program wrote more than {limits.max_file_bytes >> 20} MiB to a file or its output."
                 + (f"\n{summary}" if summary else ""), exc_name)
+    if result.killed_reason == "disk":
+        return (f"The program stored more than {limits.max_disk_bytes >> 20} MiB of files."
+                + (f"\n{summary}" if summary else ""), exc_name)
     if summary:
         return summary, exc_name
     tail = result.stderr.strip()[-MAX_MESSAGE_CHARS:]
@@ -185,7 +187,11 @@ def _summarize_traceback(stderr: str) -> tuple[str, str | None]:
 
 
 def verify_program(program: str, limits: SandboxLimits | None = None, lint: bool = True) -> VerifyResult:
-    """Syntax check, lint, then run ``program`` in the sandbox; it passes when it exits cleanly."""
+    """Syntax check, lint, then run ``program`` in the sandbox; it passes when it exits cleanly.
+
+    Raises :class:`curation.sandbox.SandboxSetupError` when the sandbox cannot start: that is no
+    verdict on the program, and must not be recorded as a failure.
+    """
     limits = limits or SandboxLimits()
     error = check_python_syntax(program)
     if error is not None:
@@ -201,7 +207,7 @@ def verify_program(program: str, limits: SandboxLimits | None = None, lint: bool
     message, exc_name = failure_message(result, limits)
     if result.killed_reason in ("wall_time", "cpu_time"):
         status = "timeout"
-    elif result.killed_reason in ("memory", "file_size"):
+    elif result.killed_reason in ("memory", "file_size", "disk"):
         status = "resource_limit"
     else:
         status = "failed"

@@ -26,12 +26,12 @@ from curation.minhash import (
     LSHIndex,
     MinHasher,
     ShingleConfig,
-    band_keys,
+    band_keys_chunked,
     candidate_pairs,
     estimated_jaccard,
-    exact_jaccard,
     iter_signature_batches,
     lsh_params,
+    pairs_jaccard,
 )
 from curation.normalize import DEFAULT_OPTIONS, NormalizeOptions, normalize_text
 from curation.schema import Row, prompt_text, response_text
@@ -72,8 +72,12 @@ def field_parts(row: Row, fields: FieldSet) -> list[str]:
 
 
 def dedup_text(row: Row, fields: FieldSet) -> str:
-    """The compared text of a row as one string (what near-duplicate shingles are taken from)."""
-    return "\n".join(p for p in field_parts(row, fields) if p)
+    """The compared text of a row as one string (what near-duplicate shingles are taken from):
+    contents only, without the kind and role labels the exact key includes."""
+    parts = field_parts(row, fields)
+    if fields == "conversation":
+        parts = parts[1:2] + parts[3::2]
+    return "\n".join(p for p in parts if p)
 
 
 def exact_key(row: Row, fields: FieldSet, options: NormalizeOptions = DEFAULT_OPTIONS) -> str:
@@ -284,28 +288,37 @@ def compute_signatures(texts: Sequence[str], config: NearConfig,
     return sig, counts
 
 
-def verify_pairs(pairs: np.ndarray, sets_a: Callable[[int], np.ndarray], sets_b: Callable[[int], np.ndarray],
-                 threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Keep pairs whose exact Jaccard >= threshold; returns (pairs, jaccard)."""
-    jac = np.array([exact_jaccard(sets_a(int(i)), sets_b(int(j))) for i, j in pairs], dtype=np.float64)
-    keep = jac >= threshold - 1e-12
-    return pairs[keep], jac[keep]
+def pair_jaccards(hasher: MinHasher, pairs: np.ndarray, left_texts: Callable[[np.ndarray], Sequence[str]],
+                  right_texts: Callable[[np.ndarray], Sequence[str]] | None = None,
+                  chunk: int = 4096) -> np.ndarray:
+    """Exact shingle Jaccard of each ``(left, right)`` pair, recomputing the shingle sets of only
+    the documents involved, a chunk of pairs at a time (memory stays bounded). ``right_texts``
+    defaults to ``left_texts`` (pairs within one collection)."""
+    out = np.empty(len(pairs), dtype=np.float64)
+    order = np.argsort(pairs[:, 0], kind="stable") if len(pairs) else np.zeros(0, np.int64)
+    for lo in range(0, len(order), chunk):
+        sel = order[lo:lo + chunk]
+        part = pairs[sel]
+        if right_texts is None:
+            ids = np.unique(part)
+            values, offsets = hasher.shingle_sets(left_texts(ids))
+            local = np.searchsorted(ids, part)
+        else:
+            left_ids, right_ids = np.unique(part[:, 0]), np.unique(part[:, 1])
+            texts = list(left_texts(left_ids)) + list(right_texts(right_ids))
+            values, offsets = hasher.shingle_sets(texts)
+            local = np.stack([np.searchsorted(left_ids, part[:, 0]),
+                              left_ids.size + np.searchsorted(right_ids, part[:, 1])], axis=1)
+        out[sel] = pairs_jaccard(values, offsets, local)
+    return out
 
 
-class _SetCache:
-    """Exact shingle sets, computed only for the documents that need verifying."""
-
-    def __init__(self, hasher: MinHasher, texts: Callable[[np.ndarray], Sequence[str]], needed: np.ndarray,
-                 batch_size: int) -> None:
-        self.sets: dict[int, np.ndarray] = {}
-        needed = np.unique(needed)
-        for lo in range(0, needed.size, batch_size):
-            idx = needed[lo:lo + batch_size]
-            for i, s in zip(idx, hasher.shingle_batch(texts(idx)).sets(), strict=True):
-                self.sets[int(i)] = s
-
-    def __call__(self, i: int) -> np.ndarray:
-        return self.sets[i]
+def _estimates(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    out = np.empty(len(pairs), dtype=np.float64)
+    for lo in range(0, len(pairs), chunk):
+        part = pairs[lo:lo + chunk]
+        out[lo:lo + chunk] = estimated_jaccard(signatures[part[:, 0]], signatures[part[:, 1]])
+    return out
 
 
 def near_duplicate_pairs(texts: Sequence[str], config: NearConfig = NearConfig(),
@@ -320,16 +333,15 @@ def near_duplicate_pairs(texts: Sequence[str], config: NearConfig = NearConfig()
         signatures, shingle_counts = compute_signatures(texts, config, hasher)
     bands, rows = config.params
     usable = np.flatnonzero(shingle_counts > 0)
-    keys = band_keys(signatures[usable], bands, rows)
-    cand = usable[candidate_pairs(keys, config.max_bucket)]
+    cand = usable[candidate_pairs(band_keys_chunked(signatures, usable, bands, rows), config.max_bucket)]
     result = NearResult(signatures, shingle_counts, np.zeros((0, 2), np.int64), np.zeros(0), len(cand))
     if len(cand):
-        est = estimated_jaccard(signatures[cand[:, 0]], signatures[cand[:, 1]])
-        cand = cand[est >= config.threshold - config.estimate_margin]
+        cand = cand[_estimates(signatures, cand) >= config.threshold - config.estimate_margin]
     result.n_verified = len(cand)
     if len(cand):
-        cache = _SetCache(hasher, lambda idx: [texts[i] for i in idx], cand.ravel(), config.batch_size)
-        result.pairs, result.jaccard = verify_pairs(cand, cache, cache, config.threshold)
+        jac = pair_jaccards(hasher, cand, lambda idx: [texts[i] for i in idx])
+        keep = jac >= config.threshold - 1e-12
+        result.pairs, result.jaccard = cand[keep], jac[keep]
     return result
 
 
@@ -370,10 +382,19 @@ def near_clusters(rows: Sequence[Row], result: NearResult, config: NearConfig,
             if x not in best or j > best[x][1] or (j == best[x][1] and y < best[x][0]):
                 best[x] = (y, j)
     texts = texts if texts is not None else [dedup_text(r, config.fields) for r in rows]
-    cache = _SetCache(config.hasher(), lambda idx: [texts[i] for i in idx], involved, config.batch_size)
+    kept_of: dict[int, int] = {}
+    ordered_groups = []
+    for members in groups.values():
+        members = sorted(members)
+        kept = members[policy.choose([rows[i] for i in members], members)]
+        kept_of.update({i: kept for i in members if i != kept})
+        ordered_groups.append(members)
+    to_kept = np.array(sorted(kept_of.items()), dtype=np.int64).reshape(-1, 2)
+    jac = pair_jaccards(config.hasher(), to_kept, lambda idx: [texts[i] for i in idx])
+    similarity = {int(i): float(j) for i, j in zip(to_kept[:, 0], jac, strict=True)}
     method = f"near:{config.fields}:{config.shingles.unit}{config.shingles.n}"
-    return _cluster_records(rows, groups.values(), method, policy,
-                            similarity=lambda i, k: exact_jaccard(cache(i), cache(k)), links=best)
+    return _cluster_records(rows, ordered_groups, method, policy,
+                            similarity=lambda i, k: similarity[i], links=best)
 
 
 def near_duplicates(rows: Sequence[Row], config: NearConfig = NearConfig(),
@@ -423,11 +444,10 @@ class NearDupIndex:
         cand = cand[usable[cand[:, 0]]] if len(cand) else cand
         if len(cand) == 0:
             return np.zeros((0, 2), np.int64), np.zeros(0)
-        hasher = self.config.hasher()
-        new_sets = _SetCache(hasher, lambda idx: [texts[i] for i in idx], cand[:, 0], self.config.batch_size)
-        old_sets = _SetCache(hasher, lambda idx: fetch_texts([self.row_ids[i] for i in idx]), cand[:, 1],
-                             self.config.batch_size)
-        return verify_pairs(cand, new_sets, old_sets, self.config.threshold)
+        jac = pair_jaccards(self.config.hasher(), cand, lambda idx: [texts[i] for i in idx],
+                            lambda idx: fetch_texts([self.row_ids[i] for i in idx]))
+        keep = jac >= self.config.threshold - 1e-12
+        return cand[keep], jac[keep]
 
 
 def incremental_near_duplicates(rows: Sequence[Row], index: NearDupIndex,
@@ -741,10 +761,38 @@ def with_license_note(row: Row, members: Sequence[ClusterMember], rows_by_id: di
 
 
 __all__ = [
-    "CLUSTER_SCHEMA", "FIELD_SETS", "BoilerplateConfig", "ClusterMember", "ConflictConfig", "DedupConfig",
-    "DedupResult", "Edit", "ExactConfig", "KeepPolicy", "NearConfig", "NearDupIndex", "NearResult",
-    "WithinConfig", "boilerplate_keys", "clusters_table", "compute_signatures", "dedup_rows", "dedup_text",
-    "default_quality", "exact_duplicates", "exact_key", "field_parts", "incremental_near_duplicates",
-    "near_clusters", "near_duplicate_pairs", "near_duplicates", "paragraph_counts", "remove_repeats",
-    "remove_repeats_in_row", "same_prompt_conflicts", "strip_boilerplate", "verify_pairs", "with_license_note",
+    "CLUSTER_SCHEMA",
+    "FIELD_SETS",
+    "BoilerplateConfig",
+    "ClusterMember",
+    "ConflictConfig",
+    "DedupConfig",
+    "DedupResult",
+    "Edit",
+    "ExactConfig",
+    "KeepPolicy",
+    "NearConfig",
+    "NearDupIndex",
+    "NearResult",
+    "WithinConfig",
+    "boilerplate_keys",
+    "clusters_table",
+    "compute_signatures",
+    "dedup_rows",
+    "dedup_text",
+    "default_quality",
+    "exact_duplicates",
+    "exact_key",
+    "field_parts",
+    "incremental_near_duplicates",
+    "near_clusters",
+    "near_duplicate_pairs",
+    "near_duplicates",
+    "pair_jaccards",
+    "paragraph_counts",
+    "remove_repeats",
+    "remove_repeats_in_row",
+    "same_prompt_conflicts",
+    "strip_boilerplate",
+    "with_license_note",
 ]

@@ -66,7 +66,7 @@ CLEANERS: dict[str, Callable[..., Cleaner]] = {}
 
 # What runs when the project file says nothing. Language ID and the blocklist are opt-in: which
 # languages and which terms are unwanted is a policy choice the user must make explicitly.
-DEFAULT_CLEANERS: tuple[str, ...] = ("fix_encoding", "html_to_text", "whitespace")
+DEFAULT_CLEANERS: tuple[str, ...] = ("fix_encoding", "html_to_text", "pii", "whitespace")
 DEFAULT_FILTERS: tuple[str, ...] = (
     "empty", "chosen_equals_rejected", "chat_tokens", "length", "encoding", "refusal", "echo",
     "repetition", "gopher_quality",
@@ -156,10 +156,29 @@ def build_filters(config: Mapping[str, Any] | None = None) -> list[Filter]:
 def build_cleaners(config: Mapping[str, Any] | None = None) -> list[Cleaner]:
     """Cleaners from the ``filters: cleaners:`` sub-section (same syntax as :func:`build_filters`).
 
-    Cleaners run in :data:`DEFAULT_CLEANERS` order (encoding repair before HTML before whitespace),
-    then any extra ones in config order, unless ``order`` says otherwise.
+    Cleaners run in :data:`DEFAULT_CLEANERS` order (encoding repair before HTML), then any extra
+    ones in config order, with ``whitespace`` last so it tidies what the others leave behind;
+    ``order`` overrides all of this.
     """
-    return [c for _, c in _build("cleaner", CLEANERS, DEFAULT_CLEANERS, config)]
+    built = _build("cleaner", CLEANERS, DEFAULT_CLEANERS, config)
+    if not (config or {}).get("order"):
+        built.sort(key=lambda item: item[0] == "whitespace")  # stable: only moves whitespace last
+    return [c for _, c in built]
+
+
+def build_chain(config: Mapping[str, Any] | None = None) -> tuple[list[Cleaner], list[Filter]]:
+    """Cleaners and filters from the whole ``filters:`` section, e.g. (YAML)::
+
+        filters:
+          cleaners: {markdown: true}            # opt-in cleaner; html_to_text: false turns one off
+          length: {min_response_words: 3}
+          echo: false
+          language: {allowed: [en], by_source: {forum_fr: [fr]}}
+          patterns: {preset: unsolicited_suggestions}
+          order: [language]                     # optional: these first, the rest cheapest first
+    """
+    config = dict(config or {})
+    return build_cleaners(config.get("cleaners")), build_filters(config)
 
 
 def describe_registry() -> dict[str, dict[str, str]]:
@@ -235,6 +254,15 @@ def derived_id(row: Row, parent_id: str) -> str:
     return make_row_id(parent_id, "clean", content_key(row))
 
 
+class FilterError(RuntimeError):
+    """A filter or cleaner failed on a row; the message names both."""
+
+
+def _step_error(kind: str, name: str, row_id: str, error: Exception) -> FilterError:
+    return FilterError(f"{kind} {name!r} failed on row {row_id}: {type(error).__name__}: {error}. "
+                       f"Fix the row upstream or switch the {kind} off in the project file's filters section.")
+
+
 def run_filters(rows: Iterable[Row], cleaners: Sequence[Cleaner] = (), filters: Sequence[Filter] = (), *,
                 batch_size: int = 1024, stats: FilterStats | None = None, reid: bool = True,
                 timed: bool = False) -> Iterator[FilterBatch]:
@@ -262,7 +290,10 @@ def run_filters(rows: Iterable[Row], cleaners: Sequence[Cleaner] = (), filters: 
         edits: list[Edit] = []
         for cleaner in cleaners:
             start = clock() if timed else 0.0
-            row, made = cleaner(row)
+            try:
+                row, made = cleaner(row)
+            except Exception as error:
+                raise _step_error("cleaner", cleaner.name, parent_id, error) from error
             if timed:
                 stats.seconds[cleaner.name] = stats.seconds.get(cleaner.name, 0.0) + clock() - start
             stats.seen[cleaner.name] += 1
@@ -273,7 +304,10 @@ def run_filters(rows: Iterable[Row], cleaners: Sequence[Cleaner] = (), filters: 
         for flt in filters:
             stats.seen[flt.name] += 1
             start = clock() if timed else 0.0
-            rejection = flt(row)
+            try:
+                rejection = flt(row)
+            except Exception as error:
+                raise _step_error("filter", flt.name, parent_id, error) from error
             if timed:
                 stats.seconds[flt.name] = stats.seconds.get(flt.name, 0.0) + clock() - start
             if rejection is not None:

@@ -20,6 +20,7 @@ the byte path directly and the few others are normalised by that function first.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import unicodedata
@@ -125,6 +126,9 @@ _WORD_TABLE = bytes(
 _SPACE = 32
 _LOW_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [_M64], dtype=np.uint64)
 _PAD = b" " + b"\0" * 8  # trailing space ends the last token; zeros make 8-byte reads safe
+_TABLE_ARRAY = np.frombuffer(_WORD_TABLE, dtype=np.uint8).copy()
+_NO_OUTPUT = np.zeros(0, dtype=np.uint64)
+_NO_SIG = np.zeros((0, 0), dtype=np.uint32)
 
 
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
@@ -357,24 +361,31 @@ if njit is not None:
                 row[p] = v
 
     @njit(cache=True, nogil=True)
-    def _j_word_signatures(buf, buf64, masks, bounds, n, a, b, sig, counts):  # pragma: no cover - compiled
+    def _j_words(raw, table, scratch, scratch64, masks, bounds, n, a, b, sig, out, counts):  # pragma: no cover
+        """Tokenise, hash and shingle a batch. With ``out`` empty, fold shingles into ``sig``;
+        otherwise write the 64-bit shingle hashes to ``out`` (``counts`` then gives the split)."""
+        for i in range(raw.size):  # the _WORD_TABLE translation, into a reused buffer
+            scratch[i] = table[raw[i]]
+        for i in range(raw.size, raw.size + 8):
+            scratch[i] = 0
+        write = out.size > 0
+        w = 0
         ring = np.zeros(8, dtype=np.uint64)
         for d in range(bounds.shape[0]):
-            row = sig[d]
             i = bounds[d, 0]
             end = bounds[d, 1]
             nt = 0
             while i < end:
-                while i < end and buf[i] == 32:
+                while i < end and scratch[i] == 32:
                     i += 1
                 if i >= end:
                     break
                 j = i
-                while j < end and buf[j] != 32:
+                while j < end and scratch[j] != 32:
                     j += 1
                 h = np.uint64(j - i) * _J_LEN
                 for k in range(i, j, 8):
-                    h = _j_fmix64(h ^ (buf64[k] & masks[min(j - k, 8)]))
+                    h = _j_fmix64(h ^ (scratch64[k] & masks[min(j - k, 8)]))
                 for q in range(n - 1):  # slide the window of the last n token hashes
                     ring[q] = ring[q + 1]
                 ring[n - 1] = h
@@ -383,14 +394,55 @@ if njit is not None:
                     acc = np.uint64(0)
                     for q in range(n):
                         acc += ring[q] * _J_MULTS[q]
-                    _j_update(_j_fmix64(acc), a, b, row)
+                    acc = _j_fmix64(acc)
+                    if write:
+                        out[w] = acc
+                        w += 1
+                    else:
+                        _j_update(acc, a, b, sig[d])
                 i = j
             if 0 < nt < n:  # short document: one shingle of all its words
                 acc = np.uint64(0)
                 for q in range(nt):
                     acc += ring[n - nt + q] * _J_MULTS[q]
-                _j_update(_j_fmix64(acc), a, b, row)
+                acc = _j_fmix64(acc)
+                if write:
+                    out[w] = acc
+                    w += 1
+                else:
+                    _j_update(acc, a, b, sig[d])
             counts[d] = nt - n + 1 if nt >= n else min(nt, 1)
+
+    @njit(cache=True, nogil=True)
+    def _j_sort_unique(values, offsets, new_offsets):  # pragma: no cover - compiled
+        """Sort each document's hashes and drop repeats, compacting in place."""
+        w = 0
+        new_offsets[0] = 0
+        for d in range(offsets.size - 1):
+            seg = np.sort(values[offsets[d]:offsets[d + 1]])
+            for k in range(seg.size):
+                if k == 0 or seg[k] != seg[k - 1]:
+                    values[w] = seg[k]
+                    w += 1
+            new_offsets[d + 1] = w
+
+    @njit(cache=True, nogil=True)
+    def _j_pair_jaccard(values, offsets, left, right, out):  # pragma: no cover - compiled
+        for p in range(left.size):
+            i, i_end = offsets[left[p]], offsets[left[p] + 1]
+            j, j_end = offsets[right[p]], offsets[right[p] + 1]
+            size = (i_end - i) + (j_end - j)
+            inter = 0
+            while i < i_end and j < j_end:
+                if values[i] == values[j]:
+                    inter += 1
+                    i += 1
+                    j += 1
+                elif values[i] < values[j]:
+                    i += 1
+                else:
+                    j += 1
+            out[p] = 1.0 if size == 0 else inter / (size - inter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,6 +474,8 @@ class MinHasher:
         self._work = np.empty((_BLOCK, num_perm), dtype=np.uint32)
         # numba when installed (about 10x faster); the numpy path gives identical signatures.
         self.use_jit = HAVE_JIT if use_jit is None else (use_jit and HAVE_JIT)
+        self._scratch = np.zeros(0, dtype=np.uint8)
+        self._scratch64 = np.zeros(0, dtype=np.uint64)
 
     @property
     def hashfunc(self) -> Callable[[bytes | str], int]:
@@ -437,16 +491,50 @@ class MinHasher:
 
     def signatures_and_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Signatures and the number of shingles per document (0 = nothing to compare)."""
+        sig = np.full((len(texts), self.num_perm), EMPTY_VALUE, dtype=np.uint32)
         if self.use_jit and self.shingles.unit == "word":
-            buf, bounds = _batch_buffer([_word_bytes(t) for t in texts])
-            buf = buf.translate(_WORD_TABLE)[:-8] + b"\0" * 8
-            sig = np.full((len(texts), self.num_perm), EMPTY_VALUE, dtype=np.uint32)
             counts = np.zeros(len(texts), dtype=np.int64)
-            _j_word_signatures(np.frombuffer(buf, dtype=np.uint8), _u64_reader(buf), _LOW_MASKS, bounds,
-                               self.shingles.n, self.a, self.b, sig, counts)
+            self._run_word_kernel(texts, sig, _NO_OUTPUT, counts)
             return sig, counts
         batch = self.shingle_batch(texts)
         return self.signatures_from_shingles(batch), batch.counts()
+
+    def _run_word_kernel(self, texts: Sequence[str], sig: np.ndarray, out: np.ndarray, counts: np.ndarray) -> None:
+        parts = [_word_bytes(t) for t in texts]
+        raw = b" ".join([b"", *parts, b""])  # leading and trailing space, one copy
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        bounds = np.empty((len(parts), 2), dtype=np.int64)
+        if len(parts):
+            np.cumsum(lengths + 1, out=bounds[:, 1])
+            bounds[:, 0] = bounds[:, 1] - lengths
+        if self._scratch.size < len(raw) + 8:  # grown rarely, then reused: fresh pages are slow
+            self._scratch = np.zeros(max(len(raw) + 8, 2 * self._scratch.size), dtype=np.uint8)
+            self._scratch64 = np.ndarray((self._scratch.size - 7,), dtype="<u8", buffer=self._scratch,
+                                         strides=(1,))
+        _j_words(np.frombuffer(raw, dtype=np.uint8), _TABLE_ARRAY, self._scratch, self._scratch64, _LOW_MASKS,
+                 bounds, self.shingles.n, self.a, self.b, sig, out, counts)
+
+    def shingle_sets(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted unique 64-bit shingle hashes per document as (values, offsets): the exact sets."""
+        if self.use_jit and self.shingles.unit == "word":
+            capacity = sum(len(t) for t in texts) + len(texts)  # >= number of tokens
+            out = np.empty(max(capacity, 1), dtype=np.uint64)
+            counts = np.zeros(len(texts), dtype=np.int64)
+            self._run_word_kernel(texts, _NO_SIG, out, counts)
+            offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            values = out[: offsets[-1]]
+        else:
+            batch = self.shingle_batch(texts)
+            values, offsets = batch.hashes.copy(), batch.offsets
+        if HAVE_JIT:
+            new_offsets = np.empty_like(offsets)
+            _j_sort_unique(values, offsets, new_offsets)
+            return values[: new_offsets[-1]].copy(), new_offsets
+        sets = [np.unique(values[a:b]) for a, b in itertools.pairwise(offsets.tolist())]
+        new_offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+        np.cumsum([s.size for s in sets], out=new_offsets[1:])
+        return (np.concatenate(sets) if sets else np.zeros(0, np.uint64)), new_offsets
 
     def signatures_from_shingles(self, batch: ShingleBatch) -> np.ndarray:
         hv = (batch.hashes >> _U64(32)).astype(np.uint32)
@@ -594,23 +682,31 @@ def _pairs_in_groups(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int
     return np.concatenate(out)
 
 
-def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    if pairs.size == 0:
-        return pairs.reshape(0, 2)
-    lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-    hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-    keep = lo != hi
-    code = np.unique((lo[keep] << 32) | hi[keep])
+def candidate_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
+    """Unique ``(i, j)`` with ``i < j`` sharing at least one band key; ``keys`` is ``(n, bands)``.
+    One band at a time, so the sort needs ~24 bytes per document, not per document and band."""
+    found = []
+    for band in range(keys.shape[1]):
+        column = np.ascontiguousarray(keys[:, band])
+        order = np.argsort(column, kind="stable")
+        pairs = _pairs_in_groups(order, column[order], max_bucket)
+        if pairs.size:
+            lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+            hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+            found.append(np.unique((lo << 32) | hi))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    code = np.unique(np.concatenate(found))
     return np.stack([code >> 32, code & 0xFFFFFFFF], axis=1)
 
 
-def candidate_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
-    """Unique ``(i, j)`` with ``i < j`` sharing at least one band key; ``keys`` is ``(n, bands)``."""
-    bands = keys.shape[1]
-    flat = keys.ravel()
-    order = np.argsort(flat, kind="stable")
-    doc = (order // bands).astype(np.int64)
-    return _unique_pairs(_pairs_in_groups(doc, flat[order], max_bucket))
+def band_keys_chunked(signatures: np.ndarray, rows_idx: np.ndarray, bands: int, rows: int,
+                      chunk: int = 4096) -> np.ndarray:
+    """:func:`band_keys` of ``signatures[rows_idx]`` without a full-size uint64 copy of the signatures."""
+    keys = np.empty((rows_idx.size, bands), dtype=np.uint64)
+    for lo in range(0, rows_idx.size, chunk):
+        keys[lo:lo + chunk] = band_keys(signatures[rows_idx[lo:lo + chunk]], bands, rows)
+    return keys
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -683,6 +779,19 @@ def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:
     pos[pos == set_b.size] = 0
     inter = int(np.count_nonzero(set_b[pos] == set_a))
     return inter / (set_a.size + set_b.size - inter)
+
+
+def pairs_jaccard(values: np.ndarray, offsets: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Exact Jaccard for index pairs into a CSR of sorted unique sets (see :meth:`MinHasher.shingle_sets`)."""
+    out = np.empty(len(pairs), dtype=np.float64)
+    if len(pairs) == 0:
+        return out
+    if HAVE_JIT:
+        _j_pair_jaccard(values, offsets, np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), out)
+        return out
+    for k, (a, b) in enumerate(pairs.tolist()):
+        out[k] = exact_jaccard(values[offsets[a]:offsets[a + 1]], values[offsets[b]:offsets[b + 1]])
+    return out
 
 
 def signature_bytes(signature: np.ndarray) -> bytes:

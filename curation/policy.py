@@ -105,3 +105,22 @@ class LicenseFilter:
         if allowed:
             return None
         return Rejection(self.name, why, row.get("license"))
+
+
+@register_filter("pii")
+@dataclass(frozen=True)
+class PiiFilter:
+    """Drop rows that contain the given kinds of personal data or secrets (instead of redacting them)."""
+
+    name: str = "pii"
+    cost: float = 2.0
+    entities: tuple[str, ...] = ("PRIVATE_KEY",)
+
+    def __call__(self, row: Row) -> Rejection | None:
+        from curation.pii import find_pii
+
+        matches = find_pii(all_text(row), self.entities)
+        if not matches:
+            return None
+        return Rejection(self.name, f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})",
+                         matches[0].entity)

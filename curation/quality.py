@@ -29,6 +29,22 @@ from curation.schema import Row, all_text, prompt_text, response_text
 RESPONSE_KINDS = frozenset({"sft", "chat", "preference", "reward", "tool"})
 
 
+def _turns(row: Row) -> list[str]:
+    """Each model turn on its own (chosen completion of preference rows), or the text/prompt.
+
+    Judged per turn: in a multi-turn chat, later answers legitimately repeat earlier ones
+    (a revised essay, the same code again "in a code block"), which is not degeneration.
+    """
+    kind = row.get("kind")
+    if kind == "text":
+        return [row.get("text") or ""]
+    if kind == "prompt":
+        return [prompt_text(row)]
+    messages = row.get("chosen") if kind == "preference" else [
+        m for m in row.get("messages") or [] if m.get("role") == "assistant"]
+    return [m.get("content") or "" for m in messages or []]
+
+
 def _main_text(row: Row) -> str:
     """The text a quality judgement is about: the response, or the text/prompt where there is none."""
     kind = row.get("kind")
@@ -44,9 +60,10 @@ def _main_text(row: Row) -> str:
 # ---------------------------------------------------------------------------------------------
 
 # Whole-response placeholders seen in public instruction sets (Alpaca's "<noinput>"/"<nooutput>",
-# generator stubs) and C4's "lorem ipsum". "None"/"null" are left out: they are real answers.
+# generator stubs) and C4's "lorem ipsum". "None", "null" and "NA" are left out: they are real answers
+# ("NA" is sodium).
 DEFAULT_PLACEHOLDERS: tuple[str, ...] = (
-    r"n/?a", r"todo", r"tbd", r"<no ?(?:input|output)>", r"no (?:output|response|answer)",
+    r"n/a", r"todo", r"tbd", r"<no ?(?:input|output)>", r"no (?:output|response|answer)",
     r"(?:\.|…|-|\?|_)+", r"lorem ipsum\b.*", r"(?:insert|your) (?:answer|response|text) here",
 )
 
@@ -278,7 +295,7 @@ DEFAULT_IDENTITY_PATTERNS: tuple[str, ...] = (
     r"\bas an? (?:large )?language model\b",
     r"\bas an? ai(?: assistant| chatbot)?,",
     r"\bi(?:'m| am) (?:just )?an? (?:ai|artificial intelligence)(?: language model| assistant)?\b",
-    r"\b(?:trained|developed|created) by openai\b",
+    r"\bi (?:was|am|'m) (?:\w+ )?(?:trained|developed|created|made) by openai\b",
     r"\bmy (?:knowledge )?cut-?off (?:date)?\b",
 )
 # Boilerplate refusals; counted only at the start of a response, where a refusal sits (an
@@ -328,14 +345,14 @@ class Refusal:
     def __call__(self, row: Row) -> Rejection | None:
         if row.get("kind") not in RESPONSE_KINDS:
             return None
-        text = response_text(row).replace("\u2019", "'")
-        head = text[: self.refusal_window]
-        match = self._refusal.search(head)  # type: ignore[attr-defined]
-        if match:
-            return Rejection(self.name, "boilerplate refusal", match.group(0))
-        match = self._identity.search(text)  # type: ignore[attr-defined]
-        if match:
-            return Rejection(self.name, "AI-identity boilerplate", match.group(0))
+        for turn in _turns(row):
+            text = turn.replace("\u2019", "'")
+            match = self._refusal.search(text, 0, self.refusal_window)  # type: ignore[attr-defined]
+            if match:
+                return Rejection(self.name, "boilerplate refusal", match.group(0))
+            match = self._identity.search(text)  # type: ignore[attr-defined]
+            if match:
+                return Rejection(self.name, "AI-identity boilerplate", match.group(0))
         return None
 
 
@@ -468,23 +485,28 @@ def _duplicate_fraction(parts: list[str]) -> tuple[float, float]:
 @register_filter("repetition")
 @dataclass(frozen=True)
 class Repetition:
-    """Repeated lines, paragraphs and n-grams (Gopher Table A1 thresholds), and degenerate loops.
+    """Degenerate loops in any row; Gopher's repeated lines/paragraphs/n-grams rules on documents.
 
-    Adaptations for instruction data: the checks run on the response (the text of ``text``
-    rows, the prompt of ``prompt`` rows); lines and paragraphs without a letter ("}", "</div>")
-    are ignored and n-grams are counted with code spans and tags removed, since code repeats
-    itself legitimately. Gopher's rules apply from ``min_words`` = 200 words: on shorter,
-    correct answers the n-gram shares exceed Gopher's limits by construction (measured with
-    raw tokens: a 50-word floor rejects 22% of gsm8k answers and 4% of code-alpaca outputs,
-    100 words 4.6%/0.7%, 200 words 0.05%/0%). Short degenerate loops ("I like it. I like
-    it. …") are caught instead by ``max_loop_share``: more than 80% of the prose characters
-    inside repeated 10-grams, from 30 words on (no false positive on gsm8k, code-alpaca or
-    llms-from-scratch).
+    Gopher Table A1's thresholds were set on web pages. On instruction answers they reject
+    legitimate structure — a song's chorus, a weekly plan repeating "Warm-up: …", an outline,
+    a revised draft — so by default they apply to ``text`` rows only (``gopher_kinds``).
+    Measured on answers: with a 50-word floor they reject 22% of gsm8k answers and 4% of
+    code-alpaca outputs (short correct answers exceed the n-gram shares by construction); even
+    with a 200-word floor, 41 of 167 long OASST assistant turns (25%).
+
+    Every row is checked for degenerate loops ("I like it. I like it. …", one paragraph over
+    and over): more than ``max_loop_share`` (80%) of the prose characters inside repeated
+    10-grams, from 30 words on — zero false positives on gsm8k, code-alpaca,
+    llms-from-scratch, self-instruct and fastchat, 4 of 687 OASST turns. Judged per model turn;
+    n-grams are counted on prose (code spans and tags removed — gsm8k's <<48/2=24>> calculator
+    annotations repeat every number); lines and paragraphs without a letter ("}", "</div>")
+    are ignored, since code repeats them legitimately.
     """
 
     name: str = "repetition"
     cost: float = 10.0
-    min_words: int = 200
+    gopher_kinds: Sequence[str] = ("text",)
+    min_words: int = 50  # Gopher's minimum document length; raise it if you add instruction kinds
     loop_min_words: int = 30
     max_loop_share: float = 0.8
     loop_ngram: int = 10
@@ -496,7 +518,14 @@ class Repetition:
     duplicate_ngram: Mapping[int, float] = field(default_factory=lambda: dict(GOPHER_DUP_NGRAM))
 
     def __call__(self, row: Row) -> Rejection | None:
-        text = _main_text(row)
+        gopher = row.get("kind") in self.gopher_kinds
+        for turn in _turns(row):
+            found = self._check(turn, gopher)
+            if found:
+                return found
+        return None
+
+    def _check(self, text: str, gopher: bool) -> Rejection | None:
         # Gate on whitespace-separated words, so one long token (a regex, a URL) is not "a text".
         if len(text.split()) < min(self.loop_min_words, self.min_words):
             return None
@@ -510,7 +539,7 @@ class Repetition:
                 return Rejection(self.name, f"degenerate loop: repeated {self.loop_ngram}-grams cover "
                                  f"> {self.max_loop_share} of the text", round(share, 3))
         tokens = prose
-        if len(tokens) < self.min_words:
+        if not gopher or len(tokens) < self.min_words:
             return None
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if _has_letter(p)]
         lines = [line.strip() for line in text.split("\n") if _has_letter(line)]

@@ -6,10 +6,15 @@ Layers, each used where this machine allows it (:func:`sandbox_capabilities` say
   connection can leave the box; without one, a best-effort ``socket`` blocker instead;
 * a fresh pid namespace whose init (our bootstrap) runs the code as pid 2: when the code
   exits or we kill the run, the kernel kills and reaps everything it started (no orphans,
-  no zombies), and the code cannot signal processes outside it;
+  no zombies), and the code can neither see (own ``/proc``) nor signal processes outside it;
+* a fresh mount namespace in which every filesystem is read-only except the working
+  directory, itself a size-capped tmpfs (``max_disk_bytes``), so nothing can be written
+  outside it and no disk can be filled;
 * a throw-away uid (when we are root): the child cannot write anywhere its uid does not
   own, cannot signal our processes, and ``RLIMIT_NPROC`` is enforced (the kernel never
   enforces it for root). The uid is unique per run, so leftovers can be found and killed;
+* no capabilities and no way to gain any (``PR_SET_NO_NEW_PRIVS``, so setuid binaries do
+  not elevate), including as root of a user namespace;
 * rlimits set in the child before the code runs: CPU seconds, address space, process
   count, file size, no core dumps;
 * a new session whose process group is SIGKILLed on wall-time expiry, followed by a sweep
@@ -18,8 +23,11 @@ Layers, each used where this machine allows it (:func:`sandbox_capabilities` say
   deleted afterwards, stdin/stdout/stderr as files (bounded by the file-size limit, so a
   print loop cannot fill our memory) and output truncated to a bound when read back.
 
-Not covered: world-writable directories (``/tmp``, ``/dev/shm``) stay writable by the
-sandbox uid (each file bounded by ``max_file_bytes``), and world-readable files stay readable.
+Not covered: world-readable files stay readable (the code may read the repository, never
+secrets kept out of reach of an unprivileged user); without the mount layer, world-writable
+directories (``/tmp``, ``/dev/shm``) stay writable. Where namespaces are missing (no
+``unshare``, no user namespaces) the network block is only an in-process best effort.
+:class:`SandboxSetupError` means the sandbox could not start: no verdict on the code.
 """
 
 from __future__ import annotations
@@ -67,13 +75,16 @@ class SandboxLimits:
     memory_bytes: int = 1 << 30
     max_processes: int = 16
     max_file_bytes: int = 16 << 20
+    # Everything the code may store in its working directory (a tmpfs of this size, where the
+    # read-only layer is available; see sandbox_capabilities()["workdir_tmpfs"]).
+    max_disk_bytes: int = 64 << 20
     network: bool = False
     # How much of stdout/stderr comes back (head and tail are kept).
     max_output_bytes: int = 64 << 10
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "max_processes", "max_file_bytes",
-                     "max_output_bytes"):
+                     "max_disk_bytes", "max_output_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -87,7 +98,7 @@ class SandboxResult:
     stdout: str
     stderr: str
     timed_out: bool
-    # "wall_time", "cpu_time", "memory", "file_size", "signal:<NAME>", or None.
+    # "wall_time", "cpu_time", "memory", "file_size", "disk", "signal:<NAME>", or None.
     killed_reason: str | None
     duration_s: float
 
@@ -115,36 +126,50 @@ def _setup():
                 raise
             resource.setrlimit(lim, (min(soft, cur), cur))
     if cfg["readonly"]:
-        _readonly_mounts(cfg["workdir"].encode())
+        _readonly_mounts(cfg["workdir"].encode(), cfg["disk_bytes"], cfg["uid"])
     if cfg["uid"] is not None:
         os.setgroups([])
         os.setgid(cfg["uid"])
         os.setuid(cfg["uid"])
+    if cfg["status_fd"] is not None:
+        _drop_privileges()
     if cfg["block_sockets"]:
         _block_sockets()
     if cfg["status_fd"] is not None:
         _become_init(cfg["status_fd"])
 
 
-def _readonly_mounts(work):
+def _readonly_mounts(work, disk_bytes, uid):
     # We are root in a private mount namespace: make every filesystem read-only except the
-    # working directory (bind-mounted onto itself first, so it stays writable). Open files, such as
-    # our stdout, belong to the outer namespace's mounts and stay writable.
+    # working directory, which becomes a size-capped tmpfs (so no write can fill a disk). Open
+    # files, such as our stdout, belong to the outer namespace's mounts and stay writable.
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 
-    def mount(src, target, flags):
-        if libc.mount(src, target, None, flags, None) != 0:
+    def mount(src, target, flags, fstype=None, data=None):
+        if libc.mount(src, target, fstype, flags, data) != 0:
             e = ctypes.get_errno()
             raise OSError(e, "mount on %r: %s" % (target, os.strerror(e)))
 
-    MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
     # Flags a remount must repeat (the kernel refuses to drop them inside a user namespace).
     keep_flags = {{"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048,
                   "relatime": 1 << 21, "strictatime": 1 << 24}}
     mount(None, b"/", MS_REC | MS_PRIVATE)
-    mount(work, work, MS_BIND)
+    # The tmpfs hides what the parent wrote there (main.py...): carry it over.
+    saved = {{}}
+    for name in os.listdir(work):
+        with open(os.path.join(work, name), "rb") as f:
+            saved[name] = f.read()
+    opts = "size=%d,mode=0700" % disk_bytes + (",uid=%d,gid=%d" % (uid, uid) if uid is not None else "")
+    mount(b"tmpfs", work, MS_NOSUID | MS_NODEV, b"tmpfs", opts.encode())
+    for name, data in saved.items():
+        path = os.path.join(work, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        if uid is not None:
+            os.chown(path, uid, uid)
     with open("/proc/self/mountinfo", "rb") as f:
         infos = [line.split() for line in f]
     for info in infos:
@@ -156,6 +181,32 @@ def _readonly_mounts(work):
         keep = sum(keep_flags.get(o, 0) for o in info[5].decode().split(","))
         mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
     os.chdir(work)
+
+
+def _drop_privileges():
+    # In a user namespace (unprivileged host) the code would run as that namespace's root and could
+    # simply remount everything writable again: drop every capability for good. Everywhere, forbid
+    # gaining privileges through setuid binaries (su, mount...).
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(ret, what):
+        if ret != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+
+    PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 24, 28, 38
+    if os.getuid() == 0:
+        # SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP and SECBIT_KEEP_CAPS_LOCKED, each locked: uid 0
+        # gets no capabilities back on exec.
+        check(libc.prctl(PR_SET_SECUREBITS, 0x2F, 0, 0, 0), "securebits")
+        for cap in range(64):
+            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                break  # past the last capability this kernel knows
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2 words): all empty
+        check(libc.capset(header, data), "capset")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
 def _block_sockets():
@@ -246,6 +297,8 @@ _uids_in_use: set[int] = set()
 
 
 def _uid_owned_pids(uid: int, live_only: bool = False) -> list[int]:
+    if not os.path.isdir("/proc"):
+        return []  # not Linux: nothing to sweep (and no namespaces either)
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -371,7 +424,10 @@ def sandbox_capabilities() -> dict[str, Any]:
         "pid_namespace": plan.unshare is not None,
         "mount_namespace": plan.unshare is not None,
         "readonly_filesystem": plan.readonly,
+        "workdir_tmpfs": plan.readonly,
         "socket_blocker": plan.unshare is None,
+        "no_capabilities": plan.unshare is not None or plan.drop_uid,
+        "no_new_privs": plan.unshare is not None,
         "throwaway_uid": plan.drop_uid,
         "nproc_enforced": plan.drop_uid or os.geteuid() != 0,
         "rlimits": ["RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CORE"],
@@ -440,6 +496,8 @@ def _killed_reason(code: int | None, timed_out: bool, stderr: str) -> str | None
     # Python ignores SIGXFSZ, so an oversized write surfaces as OSError EFBIG instead.
     if f"[Errno {errno.EFBIG}]" in last or "File too large" in last:
         return "file_size"
+    if f"[Errno {errno.ENOSPC}]" in last:
+        return "disk"  # the working directory's tmpfs is full (max_disk_bytes)
     return None
 
 
@@ -460,7 +518,9 @@ def _unshare_prefix(unshare: str, network: bool) -> list[str]:
     # A pid namespace (everything the code starts dies with its init; --kill-child ties that init
     # to the unshare process we start and may kill), a mount namespace (private mounts; unshare
     # makes propagation private) and, unless allowed, a network namespace (no route out).
-    cmd = [unshare, "--pid", "--fork", "--kill-child", "--mount"]
+    # --mount-proc: a /proc of the new pid namespace, so the code cannot read other processes'
+    # command lines (which may carry tokens).
+    cmd = [unshare, "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
     if not network:
         cmd.append("--net")
     if os.geteuid() != 0:
@@ -546,6 +606,7 @@ def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxL
     # The bootstrap's init process counts against RLIMIT_NPROC too, hence the + 1.
     nproc_base = (0 if uid is not None else _user_task_count(os.getuid())) + (1 if namespaces else 0)
     cfg = {"rlimits": _rlimits(limits, nproc_base), "status_fd": status_fd, "workdir": work,
+           "disk_bytes": limits.max_disk_bytes,
            "readonly": plan.readonly and namespaces, "uid": uid if namespaces else None,
            "block_sockets": not limits.network and not namespaces}
     boot = _BOOT.format(cfg=cfg, main=MAIN_FILE)

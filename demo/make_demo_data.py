@@ -130,7 +130,7 @@ def write_alpaca(rng: random.Random) -> None:
         # fake PII and secrets
         {"instruction": "Draft a short reply to a customer asking for a refund.", "input": "",
          "output": "Dear Ms. Rivera, your refund has been approved. If you have questions, write to "
-                   "maria.rivera@example.com or call +1 415 555 0134. Best regards, Support."},
+                   "maria.rivera@rivera-family.net or call +1 415 555 0134. Best regards, Support."},
         {"instruction": "How do I configure the AWS CLI?", "input": "",
          "output": "Run aws configure and enter your keys, for example AKIAIOSFODNN7EXAMPLE as the access key id "
                    "and your secret key. Never commit these keys to a repository."},

@@ -71,6 +71,7 @@ def test_html_kept_when_the_prompt_is_about_markup():
 @pytest.mark.parametrize("text", [
     "if a<b and c>d then print <br> done",       # the parser would eat "b and c" as a tag
     "List<String> names = new ArrayList<>();",   # generics
+    "Use a List<String> here, <b>not</b> an array",  # prose with residue and a generic: ambiguous
     "48/2 = <<48/2=24>>24 clips",                # gsm8k calculator annotations
     "<!DOCTYPE html><html><body><p>x</p></body></html>",
     "#include <iostream>\nint main() { return 0; }",
@@ -111,9 +112,11 @@ def test_code_alpaca_legitimate_html_is_never_edited():
 # --- Markdown -------------------------------------------------------------------------------
 
 def test_markdown_residue_removed_outside_code():
-    text = "# Title\n**Bold** and *it* with [a link](https://x.org). a*b*c, snake_case_name, `**kept**`"
+    text = ("# Title\n**Bold** and *it* with [a link](https://x.org). a*b*c, snake_case_name, __init__, "
+            "`**kept**`\n```\n# comment\n```")
     cleaned, edits = MarkdownResidue()(sft("Q", text))
-    assert response_of(cleaned) == "Title\nBold and it with a link. a*b*c, snake_case_name, `**kept**`"
+    assert response_of(cleaned) == ("Title\nBold and it with a link. a*b*c, snake_case_name, __init__, "
+                                    "`**kept**`\n```\n# comment\n```")
     assert edits[0].description.startswith("markdown removed:")
 
 

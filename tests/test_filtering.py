@@ -14,8 +14,10 @@ from curation.filtering import (
     DEFAULT_CLEANERS,
     DEFAULT_FILTERS,
     FILTERS,
+    FilterError,
     FilterStats,
     Rejection,
+    build_chain,
     build_cleaners,
     build_filters,
     describe_registry,
@@ -67,6 +69,14 @@ def test_config_switches_off_tunes_adds_and_orders():
     assert next(f for f in filters if f.name == "length").min_response_words == 5
     only = build_filters({"defaults": False, "blocklist": {"terms": ["x"]}})
     assert [f.name for f in only] == ["blocklist"]
+
+
+def test_build_chain_reads_the_whole_filters_section():
+    cleaners, filters = build_chain({"cleaners": {"markdown": True, "html_to_text": False},
+                                     "echo": False, "language": {"allowed": ["en"]}})
+    assert [c.name for c in cleaners] == ["fix_encoding", "pii", "markdown", "whitespace"]
+    names = [f.name for f in filters]
+    assert "language" in names and "echo" not in names and "cleaners" not in names
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -138,7 +148,7 @@ def test_edited_rows_get_a_derived_id_and_a_lineage_edge():
     assert edge.parent_id == "messy" and edge.child_id == kept[0]["row_id"] != "messy"
     assert edge.operation == "clean:html_to_text,whitespace"
     assert [e.where for e in edge.edits] == ["messages[1].content", "messages[1].content"]
-    assert stats.edits == {"fix_encoding": 0, "html_to_text": 1, "whitespace": 1}
+    assert stats.edits == {"fix_encoding": 0, "html_to_text": 1, "pii": 0, "whitespace": 1}
     # Same content → same derived id (re-runs are stable); reid=False keeps the parent's id.
     again, *_ = collect([sft("messy", "Capital?", "  <b>Paris</b>  ")], build_cleaners())
     assert again[0]["row_id"] == kept[0]["row_id"]
@@ -151,6 +161,17 @@ def test_runner_reads_arrow_batches_and_returns_tables():
     batches = list(run_filters(iter_rows(table.to_batches(max_chunksize=2)), build_cleaners(), build_filters()))
     out = batches[0].kept_table()
     assert out.schema == table.schema and out.num_rows == len(batches[0].kept)
+
+
+def test_a_crashing_filter_names_itself_and_the_row():
+    class Broken:
+        name, cost = "broken", 1.0
+
+        def __call__(self, row):
+            return 1 / 0
+
+    with pytest.raises(FilterError, match=r"filter 'broken' failed on row ok1: ZeroDivisionError"):
+        collect(_sample_rows(), filters=[Broken()])
 
 
 # --- preview --------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def test_empty_filter_rejects(row, reason):
 @pytest.mark.parametrize("row", [
     sft("What is 2+2?", "4"),
     sft("What does print(None) show?", "None"),
+    sft("Chemical symbol of sodium?", "Na"),
     prompt_row("Write a poem"),
 ])
 def test_empty_filter_keeps_short_real_answers(row):
@@ -179,6 +180,7 @@ def test_refusal_only_at_the_start_and_not_on_prompts():
     long_answer = "Paris is the capital. " * 20 + "I'm sorry, but I cannot say more."
     assert Refusal()(sft("Capital of France?", long_answer)) is None
     assert Refusal()(prompt_row("As an AI language model, what do you think?")) is None
+    assert Refusal()(sft("What is ChatGPT?", "ChatGPT is a model created by OpenAI.")) is None
 
 
 def test_user_behaviour_patterns_and_presets():
@@ -218,8 +220,23 @@ def test_repetition_catches_loops_and_duplicated_lines():
     assert flt(loop).reason.startswith("degenerate loop")
     unique = [" ".join(f"w{i}x{j}" for j in range(8)) for i in range(40)]
     lines = "\n".join(unique + ["Bake the bread for half an hour."] * 30)
-    rejection = flt(sft("Recipe?", lines))
+    rejection = flt(text_row(lines))
     assert rejection.reason == "duplicate lines fraction > 0.3" and rejection.value == round(29 / 70, 3)
+    assert flt(sft("Recipe?", lines)) is None  # Gopher's rules are for documents by default …
+    assert Repetition(gopher_kinds=["sft"])(sft("Recipe?", lines)) == rejection  # … unless asked
+
+
+def test_repetition_judges_each_chat_turn_on_its_own():
+    answer = ("Dogs are loyal companions. They guard the house, play with children and love long walks. "
+              "Cats are independent animals that hunt mice, sleep most of the day and purr when happy.")
+    row = new_row(row_id="c", kind="chat", messages=[
+        {"role": "user", "content": "Write about pets"}, {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Again please"}, {"role": "assistant", "content": answer}])
+    assert Repetition()(row) is None  # the whole chat is 100% repeated 10-grams, each turn is not
+    looping = new_row(row_id="c", kind="chat", messages=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Story?"}, {"role": "assistant", "content": "Once upon a time. " * 20}])
+    assert Repetition()(looping).reason.startswith("degenerate loop")
 
 
 def test_repetition_keeps_code_and_short_repetitive_answers():

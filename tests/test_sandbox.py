@@ -142,28 +142,76 @@ def test_world_writable_directories_are_read_only() -> None:
     assert not Path("/tmp/distillery-sandbox-escape").exists()
 
 
+@pytest.mark.skipif(not CAPS["workdir_tmpfs"], reason="needs a mount namespace for the tmpfs")
+def test_stored_files_are_capped_by_the_disk_limit() -> None:
+    fill = "i = 0\nwhile True:\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))\n    i += 1\n"
+    res = run_python(fill, SandboxLimits(max_disk_bytes=8 << 20, wall_seconds=10))
+    assert not res.ok and res.killed_reason == "disk" and res.duration_s < 5
+    assert "No space left on device" in res.stderr
+
+
+def _pids_with_token(token: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.mark.skipif(not (CAPS["pid_namespace"] or CAPS["uid_sweep"]),
                     reason="needs a pid namespace or a throw-away uid to find escaped processes")
 def test_no_process_outlives_the_run() -> None:
-    # A daemon that leaves the process group (setsid) and would sleep for a minute; /proc/self
-    # names its pid as this machine sees it.
+    # A daemon that leaves the process group (setsid) and would sleep for a minute, marked with a
+    # token in its command line so this test can find it from outside.
+    token = f"distillery-daemon-{os.getpid()}-{time.monotonic_ns()}"
     code = (
         "import os, sys, time\n"
-        "r, w = os.pipe()\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
-        "    os.write(w, os.readlink('/proc/self').encode())\n"
-        "    time.sleep(60)\n"
-        "    os._exit(0)\n"
-        "print(os.read(r, 32).decode())\n"
+        f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {token!r}])\n"
+        "time.sleep(1.5)\n"
+    )
+    seen_during: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 1.2
+        while not seen_during and time.monotonic() < deadline:
+            seen_during.extend(_pids_with_token(token))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    res = run_python(code, TIGHT)
+    watcher.join()
+    assert res.ok, res
+    assert seen_during, "the daemon never showed up: this test would not notice a leak"
+    deadline = time.monotonic() + 2
+    while _pids_with_token(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pids_with_token(token) == []
+
+
+@pytest.mark.skipif(not CAPS["no_new_privs"], reason="needs the namespace layer")
+def test_code_holds_no_capabilities_and_cannot_remount() -> None:
+    code = (
+        "import ctypes, os\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(status.split('CapEff:')[1].split()[0], status.split('NoNewPrivs:')[1].split()[0])\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.mount(None, b'/', None, 32 | 4096, None))  # MS_REMOUNT | MS_BIND, read-write\n"
     )
     res = run_python(code, TIGHT)
-    assert res.ok, res
-    pid = int(res.stdout.strip())
-    deadline = time.monotonic() + 2
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists()
+    assert res.ok and res.stdout.split() == ["0000000000000000", "1", "-1"], res
+
+
+@pytest.mark.skipif(not CAPS["pid_namespace"], reason="needs a pid namespace")
+def test_code_cannot_see_other_processes() -> None:
+    res = run_python("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n")
+    assert res.ok and res.stdout.strip() == "[1, 2]"  # its init and itself
 
 
 def test_output_is_bounded_and_keeps_head_and_tail() -> None:

@@ -1,0 +1,28 @@
+"""The code location loads as the UI and daemon load it."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from definitions import defs
+
+
+def test_definitions_validate() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_five_dataset_versions_in_order_with_checks() -> None:
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"} <= keys
+    upstream = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+                for k in graph.get_all_asset_keys()}
+    assert upstream["deduped"] == {"raw"} and upstream["filtered"] == {"deduped"}
+    assert upstream["synthetic_mixed"] == {"filtered", "synthetic"} and upstream["formatted"] == {"synthetic_mixed"}
+    checked = {key.asset_key.to_user_string() for key in graph.asset_check_keys}
+    assert checked >= {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"}
+
+
+def test_every_asset_writes_through_the_single_writer_pool() -> None:
+    for asset in defs.assets:
+        assert asset.op.pool == "duckdb_writer", asset.key

@@ -1,0 +1,159 @@
+"""The whole graph on the bundled demo through a real Dagster run, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from tests.conftest import DEMO_CONFIG
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProcessResult, Path]:
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILLERY_HOME", str(home))
+        patch.delenv("DISTILLERY_CONFIG", raising=False)
+        from definitions import ASSETS, CHECKS
+        from resources import ProjectResource, WarehouseResource
+
+        resources = {"project": ProjectResource(config_path=str(DEMO_CONFIG)),
+                     "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb"))}
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([*ASSETS, *CHECKS], instance=instance, resources=resources, raise_on_error=False)
+            yield result, home / "warehouse.duckdb"
+
+
+@pytest.fixture
+def db(demo_run) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect(str(demo_run[1]), read_only=True)
+    yield connection
+    connection.close()
+
+
+def test_every_asset_materializes_and_every_check_passes(demo_run) -> None:
+    result, _ = demo_run
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"}
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) >= 15
+    assert [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed] == []
+
+
+def test_planted_malformed_records_are_quarantined(db) -> None:
+    errors = [r[0] for r in db.execute("SELECT error FROM quarantine ORDER BY source, record_no").fetchall()]
+    expected = ["conversations[0].from is 'narrator'", "invalid JSON", "must be a string, got int",
+                "missing required field 'output'", "empty instruction", "expected a JSON object",
+                "undecodable bytes", "oversized record"]
+    for fragment in expected:
+        assert sum(fragment in e for e in errors) == 1, fragment
+    assert len(errors) == len(expected)
+
+
+def test_row_counts_add_up_through_the_stages(db) -> None:
+    def n(sql: str) -> int:
+        return db.execute(sql).fetchone()[0]
+    lines = sum(1 for _ in open(DEMO_CONFIG.parent / "data" / "alpaca_sft.jsonl", "rb"))
+    assert n("SELECT records FROM ingested_files WHERE file = 'data/alpaca_sft.jsonl'") == lines
+    assert n("SELECT count(*) FROM raw") == n("SELECT sum(rows) FROM ingested_files")
+    removed = n("SELECT count(*) FROM dedup_clusters WHERE row_id <> kept_row_id")
+    assert removed >= 2  # the planted duplicate SFT record and the copied conversation
+    assert n("SELECT count(*) FROM deduped") == n("SELECT count(*) FROM raw") - removed
+    assert n("SELECT count(*) FROM filtered") == n("SELECT count(*) FROM deduped") - n(
+        "SELECT count(*) FROM filter_rejections")
+    assert n("SELECT count(*) FROM synthetic_mixed") == n("SELECT count(*) FROM filtered") + n(
+        "SELECT count(*) FROM synthetic") - n("SELECT count(*) FROM mix_excluded")
+    assert n("SELECT count(*) FROM formatted") == n("SELECT count(*) FROM synthetic_mixed") - n(
+        "SELECT count(*) FROM format_rejections")
+
+
+def test_low_quality_rows_are_rejected_with_reasons(db) -> None:
+    by_filter = dict(db.execute("SELECT filter, count(*) FROM filter_rejections GROUP BY 1").fetchall())
+    for name in ("empty", "echo", "refusal", "chosen_equals_rejected"):
+        assert by_filter.get(name, 0) >= 1, name
+    assert db.execute("SELECT count(*) FROM filter_rejections WHERE reason = ''").fetchone()[0] == 0
+
+
+def test_benchmark_leak_is_removed_before_formatting(db) -> None:
+    leaked = db.execute("SELECT benchmark, item_id FROM contamination").fetchall()
+    assert ("demo_bench", "1#turn1") in leaked
+    assert db.execute("SELECT count(*) FROM formatted WHERE text ILIKE '%poem about the ocean at night%'"
+                      ).fetchone()[0] == 0
+
+
+def walk_to_raw(db: duckdb.DuckDBPyConnection, row_id: str) -> list[tuple[str, str, str]]:
+    chain = []
+    while True:
+        edge = db.execute("SELECT parent_id, asset, operation FROM lineage WHERE child_id = ?", [row_id]).fetchone()
+        if edge is None:
+            return chain
+        chain.append(edge)
+        row_id = edge[0]
+
+
+def test_lineage_from_a_formatted_row_back_to_its_file_and_record(db) -> None:
+    row_id, parent = db.execute(
+        "SELECT f.row_id, f.parent_id FROM formatted f JOIN lineage l ON l.child_id = f.parent_id "
+        "AND l.asset = 'filtered' AND l.operation LIKE '%html_to_text%'").fetchone()  # the HTML-cleaned row
+    chain = walk_to_raw(db, row_id)
+    assert [(asset, op.split(":")[0]) for _, asset, op in chain] == [("formatted", "format"), ("filtered", "clean")]
+    root = chain[-1][0]
+    source_uri, source_license = db.execute("SELECT source_uri, license FROM raw WHERE row_id = ?",
+                                            [root]).fetchone()
+    file, record = source_uri.split("#")
+    line = (DEMO_CONFIG.parent / file).read_bytes().splitlines()[int(record) - 1]  # JSONL: record = line here
+    raw_output = db.execute("SELECT messages->>'$[1].content' FROM raw WHERE row_id = ?", [root]).fetchone()[0]
+    assert json.loads(line)["output"] == raw_output and "<p>" in raw_output
+    formatted_text = db.execute("SELECT text FROM formatted WHERE row_id = ?", [row_id]).fetchone()[0]
+    assert "<p>" not in formatted_text and "404 Not Found" in formatted_text
+    assert source_license == "Apache-2.0"
+
+
+def test_pii_is_redacted_with_typed_placeholders_and_recorded(db) -> None:
+    texts = " ".join(r[0] for r in db.execute("SELECT CAST(messages AS VARCHAR) FROM filtered").fetchall())
+    for secret in ("maria.rivera@rivera-family.net", "415 555 0134", "AKIAIOSFODNN7EXAMPLE", "4111 1111 1111 1111"):
+        assert secret not in texts
+    for placeholder in ("[EMAIL]", "[PHONE]", "[API_KEY]", "[CREDIT_CARD]"):
+        assert placeholder in texts
+    details = [r[0] for r in db.execute("SELECT detail FROM lineage WHERE operation LIKE '%pii%'").fetchall()]
+    assert any("EMAIL" in d for d in details)
+
+
+def test_synthetic_rows_have_provenance_and_inherit_the_strictest_licence(db) -> None:
+    rows = db.execute("SELECT s.row_id, s.license, s.origin, p.teacher_model, p.parent_ids FROM synthetic s "
+                      "JOIN provenance p USING (row_id)").fetchall()
+    assert rows and len(rows) == db.execute("SELECT count(*) FROM synthetic").fetchone()[0]
+    for row_id, license, origin, teacher, parents in rows:
+        assert teacher == "distillery-procedural"
+        for parent in json.loads(parents):
+            parent_license = db.execute("SELECT license FROM filtered WHERE row_id = ?", [parent]).fetchone()[0]
+            if parent_license == "CC-BY-NC-4.0":
+                assert license == "CC-BY-NC-4.0"
+        assert origin in ("augmented", "synthetic")
+
+
+def test_formatted_rows_fit_the_budget_and_carry_masks(db) -> None:
+    longest, masks, splits = db.execute(
+        "SELECT max(n_tokens), count(*) FILTER (assistant_mask IS NOT NULL), list(DISTINCT split) FROM formatted"
+    ).fetchone()
+    assert longest <= 512
+    assert masks == db.execute("SELECT count(*) FROM formatted").fetchone()[0]
+    assert sorted(splits) == ["eval", "train"]
+
+
+def test_materialization_metadata_shows_in_the_ui(demo_run) -> None:
+    result, _ = demo_run
+    events = {e.asset_key.to_user_string(): e.materialization.metadata
+              for e in result.get_asset_materialization_events()}
+    raw = events["raw"]
+    assert raw["dagster/row_count"].value > 0
+    assert {c.name for c in raw["dagster/column_schema"].value.columns} >= {"row_id", "messages", "license"}
+    assert raw["quarantined"].value >= 1
+    assert "column_lineage" in str(events["formatted"].keys()) or "dagster/column_lineage" in events["formatted"]
