@@ -2,7 +2,9 @@
 
 from dagster import Definitions, define_asset_job
 
+from assets.compliance import compliance_report
 from assets.deduped import deduped
+from assets.exports import exports
 from assets.filtered import filtered
 from assets.formatted import formatted
 from assets.raw import raw
@@ -10,13 +12,16 @@ from assets.synthetic import synthetic
 from assets.synthetic_mixed import synthetic_mixed
 from checks import ALL_CHECKS
 from resources import ProjectResource, WarehouseResource
+from resources.teachers import TeacherResource
 from sensors import landing_files_sensor, nightly_schedule, run_failure_alert
 
-ASSETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
+DATASETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
+ASSETS = [*DATASETS, exports, compliance_report]
 CHECKS = ALL_CHECKS
-RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource()}
+RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource(), "teacher": TeacherResource()}
 
-distill_job = define_asset_job("distill", selection="*", description="Materialize every dataset version.")
+distill_job = define_asset_job("distill", selection="*", description="Materialize every dataset version, "
+                               "the exports and the compliance report.")
 
 defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[distill_job], schedules=[nightly_schedule],
                    sensors=[landing_files_sensor, run_failure_alert], resources=RESOURCES)

@@ -1,4 +1,5 @@
-"""The ``distillery`` command: run the pipeline through Dagster, open the UI, preview filters.
+"""The ``distillery`` command: run the pipeline through Dagster, open the UI, preview filters, audit a
+row's provenance and write the compliance report of a dataset version.
 
 Runs started here use the persistent Dagster instance under ``$DISTILLERY_HOME/dagster``, so they
 show up in ``distillery ui`` (or ``dagster dev``) afterwards.
@@ -7,6 +8,7 @@ show up in ``distillery ui`` (or ``dagster dev``) afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -109,23 +111,93 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """Run the cleaners and filters on a sample of a table and print what they would do."""
     _set_home(args)
     _load_config_or_exit()
-    from assets.filtered import filter_settings
-    from curation.filtering import build_cleaners, build_filters, preview, preview_markdown
+    import duckdb
+
+    from assets.filtered import project_chain
+    from curation.filtering import preview, preview_markdown
     from curation.home import project_config_path
     from curation.schema import iter_rows
-    from curation.warehouse import Warehouse, quote, read_batches
+    from curation.warehouse import WarehouseBusy, quote, read_batches
 
     config = load_project(project_config_path())
-    cleaners = build_cleaners(config.filters.get("cleaners"))
-    filters = build_filters(filter_settings(config.filters, config.policy.intended_use, config.policy.licenses))
-    warehouse = Warehouse(warehouse_path())
-    with warehouse.connect(read_only=True) as connection:
-        batches = read_batches(
-            connection, f"SELECT * FROM {quote(args.table)} USING SAMPLE reservoir({int(args.sample)} ROWS) "
-            "REPEATABLE (0)")
-        result = preview(iter_rows(batches), cleaners, filters)
+    cleaners, filters = project_chain(config)
+    try:
+        with _open_read_only() as connection:
+            batches = read_batches(
+                connection, f"SELECT * FROM {quote(args.table)} USING SAMPLE reservoir({int(args.sample)} ROWS) "
+                "REPEATABLE (0)")
+            result = preview(iter_rows(batches), cleaners, filters)
+    except (FileNotFoundError, WarehouseBusy) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except duckdb.CatalogException:
+        print(f"error: the warehouse has no table {args.table!r} yet; run `distillery run --select raw,deduped` "
+              "first (or pass --table)", file=sys.stderr)
+        return 2
     print(preview_markdown(result))
     return 0
+
+
+def _open_read_only(timeout_s: float = 10.0):
+    """The warehouse, read-only; a run holding the file is reported, not waited on for long."""
+    from curation.warehouse import Warehouse
+
+    return Warehouse(warehouse_path(), lock_timeout_s=timeout_s).connect(read_only=True)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The full chain of one row (by row_id or file#record) back to the raw records, and where it went."""
+    _set_home(args)
+    from curation.audit import RowNotFound, audit_row
+    from curation.warehouse import WarehouseBusy
+
+    try:
+        with _open_read_only() as connection:
+            audits = [audit_row(connection, key) for key in args.row_id]
+    except (FileNotFoundError, WarehouseBusy) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RowNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        payload = [a.as_dict() for a in audits]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(a.to_text() for a in audits))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the compliance report of a dataset version (Markdown, HTML, JSON, violations.csv)."""
+    _set_home(args)
+    _load_config_or_exit()
+    from curation.audit import discover
+    from curation.home import project_config_path, reports_dir
+    from curation.report import CompliancePolicy, build_report, write_report
+    from curation.warehouse import WarehouseBusy, content_hash
+
+    config = load_project(project_config_path())
+    try:
+        policy = CompliancePolicy.from_config(config.policy)
+    except ValueError as error:
+        print(f"error: {project_config_path()}: {error}", file=sys.stderr)
+        return 2
+    if args.intended_use:
+        policy = CompliancePolicy(args.intended_use, policy.licenses, policy.teachers)
+    try:
+        with _open_read_only() as connection:
+            version = content_hash(connection, args.table) if args.table in discover(connection).datasets else ""
+            report = build_report(connection, policy, args.table, data_version=version, project=config.name,
+                                  project_file_hash=config.file_hash)
+            out = Path(args.out) if args.out else reports_dir() / version
+            paths = write_report(connection, report, out)
+    except (FileNotFoundError, WarehouseBusy, LookupError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary_markdown())
+    print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return 1 if args.check and not report.compliant else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--table", default="deduped", help="table to sample (default: deduped)")
     prev.add_argument("--sample", type=int, default=500)
     prev.set_defaults(func=cmd_preview)
+
+    aud = sub.add_parser("audit", help="a row's full chain back to its raw records: sources, licences, every "
+                                       "operation, teacher, judge; where it went or why it stopped")
+    aud.add_argument("row_id", nargs="+", help="row id (any dataset version) or the file#record it was read from")
+    aud.add_argument("--json", action="store_true", help="machine-readable output")
+    aud.add_argument("--home")
+    aud.set_defaults(func=cmd_audit)
+
+    rep = sub.add_parser("report", help="compliance report of a dataset version (Markdown, HTML, violations.csv)")
+    rep.add_argument("--config")
+    rep.add_argument("--home")
+    rep.add_argument("--table", default="formatted", help="dataset version to report on (default: formatted)")
+    rep.add_argument("--out", help="folder for the report (default: $DISTILLERY_HOME/reports/<data version>)")
+    rep.add_argument("--intended-use", choices=["research", "commercial"],
+                     help="judge against this use instead of the project file's policy.intended_use")
+    rep.add_argument("--check", action="store_true", help="exit with status 1 when any row violates the policy")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

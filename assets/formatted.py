@@ -1,11 +1,14 @@
 """formatted: rows rendered with the target model's tokenizer and chat template, decontaminated against
-the benchmarks, split into train/eval and tagged with nested subsets."""
+the benchmarks, verified (control tokens, round trip, generation prompt), split into train/eval with
+near-duplicates and derived rows kept together, and tagged with nested subsets."""
+
+import json
 
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.chat_format import format_row, load_tokenizer
+from curation.chat_format import format_row
 from curation.decontam import (
     ContaminationIndex,
     FlaggedRow,
@@ -19,11 +22,13 @@ from curation.formatting import (
     FORMAT_REJECTIONS_DDL,
     FORMATTED_COLUMNS,
     formatted_record,
-    root_ancestors,
+    load_format_tokenizer,
     split_groups,
+    verify_row,
 )
 from curation.markdown import counts_table
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
+from curation.schema import JSON_COLUMNS
 from curation.split import assign_splits, nested_subsets
 from curation.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_rows
 from resources import ProjectResource, WarehouseResource
@@ -31,26 +36,26 @@ from resources.warehouse import POOL
 
 
 @asset(group_name="datasets", pool=POOL, deps=["synthetic_mixed"], kinds={"duckdb"},
-       code_version="formatted-1", owners=["team:data"])
+       code_version="formatted-2", owners=["team:data"])
 def formatted(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
               ) -> MaterializeResult:
-    """Training-ready rows: rendered text, token counts and assistant-only loss masks, split and subset.
-    Rows over the token budget or unrenderable → `format_rejections`; benchmark matches → `contamination`."""
+    """Training-ready rows: rendered text, token ids, counts and assistant-only loss masks, split and subset.
+    Benchmark matches, unrenderable or over-long rows, rows whose content holds control tokens and rows
+    that do not survive a render/parse round trip → `format_rejections` with the reason."""
     config = project.load()
     settings = config.format
-    local = config.resolve(settings.tokenizer)
-    tokenizer = load_tokenizer(local if local.is_dir() else settings.tokenizer, settings.chat_template)
+    tokenizer = load_format_tokenizer(config)
     benchmarks = [item for b in settings.benchmarks
                   for item in load_benchmark(config.resolve(b.path), b.name, b.text_fields, b.id_field)]
     index = ContaminationIndex(benchmarks) if benchmarks else None
     with warehouse.get().write("formatted") as staged:
         connection = staged.connection
+        tables = _tables(connection)
         keys = connection.execute("SELECT row_id, kind, source FROM synthetic_mixed").fetchall()
-        edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset IN ('filtered', 'synthetic')"
-                                   ).fetchall() if "lineage" in _tables(connection) else []
+        edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset <> 'formatted'").fetchall()
         clusters = dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall()
-                        ) if "dedup_clusters" in _tables(connection) else {}
-        groups = split_groups([k[0] for k in keys], root_ancestors(edges), clusters)
+                        ) if "dedup_clusters" in tables else {}
+        groups = split_groups([k[0] for k in keys], edges, clusters)
         splits = assign_splits([{"row_id": r, "kind": k, "source": s} for r, k, s in keys], settings.eval_fraction,
                                settings.seed, group_key=groups)
         subsets = nested_subsets([k[0] for k in keys], seed=settings.seed)
@@ -74,33 +79,53 @@ def formatted(context: AssetExecutionContext, project: ProjectResource, warehous
                 rejected.append((row["row_id"], "length" if reason.startswith("dropped") else "render", reason, None))
                 continue
             record = formatted_record(row, rendered, splits[row["row_id"]], subsets[row["row_id"]])
+            verification = verify_row(record, tokenizer)
+            if verification.problem:
+                stage, why = verification.problem
+                rejected.append((row["row_id"], stage, why, ", ".join(verification.leaked_tokens) or None))
+                continue
+            record.update(round_trip=verification.round_trip, generation_prompt_ok=verification.generation_prompt_ok)
             records.append(record)
             edges_out.append(lineage_record(record["row_id"], row["row_id"], "formatted", "format",
-                                            f"template {rendered.template_id}, {rendered.n_tokens} tokens"))
+                                            f"template {rendered.template_id}, {rendered.n_tokens} tokens"
+                                            + (f"; {rendered.truncation}" if rendered.truncation else "")))
             if len(records) >= config.ingest.batch_rows:
                 _flush(staged, table, records)
         _flush(staged, table, records)
         staged.append_rows(lineage, edges_out, LINEAGE_SCHEMA)
-        for row_id, stage, reason, detail in rejected:
-            connection.execute(f"INSERT INTO {rejections} VALUES (?, ?, ?, ?)", [row_id, stage, reason, detail])
+        if rejected:
+            connection.executemany(f"INSERT INTO {rejections} VALUES (?, ?, ?, ?)", [list(r) for r in rejected])
         for item in flagged:
             for match in item.records():
                 connection.execute(f"INSERT INTO {contamination} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                    [match["row_id"], match.get("source"), match["benchmark"], match["item_id"],
                                     match["kind"], match["overlap"], match["ratio"], match["n"]])
-        staging = staged.staging_name("formatted")
-        metadata = dataset_metadata(connection, staging, parents=["synthetic_mixed"])
-        split_counts = dict(connection.execute(f"SELECT split, count(*) FROM {quote(staging)} GROUP BY 1").fetchall())
-        tokens = connection.execute(f"SELECT sum(n_tokens), max(n_tokens), avg(n_tokens) FROM {quote(staging)}"
-                                    ).fetchone()
+        staging = quote(staged.staging_name("formatted"))
+        metadata = dataset_metadata(connection, staged.staging_name("formatted"), parents=["synthetic_mixed"])
+        split_counts = dict(connection.execute(f"SELECT split, count(*) FROM {staging} GROUP BY 1").fetchall())
+        tokens = connection.execute(
+            f"SELECT sum(n_tokens), max(n_tokens), avg(n_tokens), quantile_disc(n_tokens, 0.5), "
+            f"quantile_disc(n_tokens, 0.9), count(*) FILTER (truncation IS NOT NULL), "
+            f"any_value(template_id), any_value(tokenizer_id) FROM {staging}").fetchone()
+        mask_sources = dict(connection.execute(f"SELECT mask_source, count(*) FROM {staging} GROUP BY 1").fetchall())
+    by_stage: dict[str, int] = {}
+    for _, stage, _, _ in rejected:
+        by_stage[stage] = by_stage.get(stage, 0) + 1
     report = contamination_report(flagged, index) if index else {}
-    context.log.info(f"formatted: {len(keys) - len(rejected)} rows, {len(rejected)} rejected")
+    context.log.info(f"formatted: {len(keys) - len(rejected)} rows, {len(rejected)} rejected {by_stage}")
     metadata |= {
         "dagster/table_name": "warehouse.main.formatted",
         "tokenizer": tokenizer.name_or_path,
-        "template_id": records[0]["template_id"] if records else "",
+        "tokenizer_id": tokens[7] or "",
+        "template_id": tokens[6] or "",
+        "max_tokens": settings.max_tokens,
+        "length_policy": settings.length_policy,
         "rows_rejected": len(rejected),
+        "rows_rejected_by_stage": MetadataValue.json(by_stage),
+        "rows_truncated": int(tokens[5] or 0),
         "tokens_total": int(tokens[0] or 0), "tokens_max": int(tokens[1] or 0), "tokens_mean": float(tokens[2] or 0),
+        "tokens_p50": int(tokens[3] or 0), "tokens_p90": int(tokens[4] or 0),
+        "mask_sources": MetadataValue.json(mask_sources),
         "splits": MetadataValue.md(counts_table(split_counts, "split")),
         "contamination": MetadataValue.md(render_report_markdown(report) if report else "_no benchmarks configured_"),
     }
@@ -119,8 +144,5 @@ def _flush(staged, table: str, records: list[dict]) -> None:
 
 
 def _encode(records: list[dict]) -> list[dict]:
-    import json
-
-    from curation.schema import JSON_COLUMNS
     return [{k: (json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v)
              for k, v in r.items()} for r in records]

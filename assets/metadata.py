@@ -17,7 +17,7 @@ from dagster import (
 
 from curation.markdown import counts_table, markdown_table
 from curation.schema import COLUMN_SPECS
-from curation.warehouse import quote
+from curation.warehouse import content_hash, quote
 
 _DAGSTER_TYPES = {"VARCHAR": "string", "JSON": "json", "DOUBLE": "float", "TIMESTAMP": "timestamp",
                   "BIGINT": "int", "INTEGER": "int", "BOOLEAN": "bool"}
@@ -47,18 +47,6 @@ def count_by(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> 
         f"SELECT coalesce(CAST({quote(column)} AS VARCHAR), '(null)'), count(*) FROM {quote(table)} GROUP BY 1"
     ).fetchall()
     return {str(key): int(count) for key, count in rows}
-
-
-def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
-    """An order-independent hash of every row's content: the table's data version. When a row was
-    ingested is not content, so re-running on the same data gives the same version."""
-    columns = [r[0] for r in connection.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-        [table]).fetchall() if r[0] != "ingested_at"]
-    selected = ", ".join(quote(c) for c in columns)
-    (value,) = connection.execute(f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t"
-                                  ).fetchone()
-    return f"{(value or 0):016x}"
 
 
 def preview(connection: duckdb.DuckDBPyConnection, table: str, limit: int = 8,

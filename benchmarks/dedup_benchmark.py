@@ -7,7 +7,7 @@ word 5-gram Jaccard far below 0.8. The ground truth is *every* pair with word 5-
 found exactly (AllPairs prefix filtering, Bayardo et al. 2007, then exact set intersection) on an
 independent tokenisation, so natural near duplicates in the docstrings count too.
 
-Reported in one run: docs/s of the near-duplicate stage on one and on two processes, the ratio to
+Reported in one run: docs/s of the near-duplicate stage on one and on two threads, the ratio to
 plain datasketch (one MinHash per document, ``update`` per shingle, ``MinHashLSH`` at 0.8) measured
 on a sample, precision and recall at Jaccard >= 0.8 by Jaccard band (ours, and datasketch's LSH at
 0.8 reporting its candidates), and peak memory (tracemalloc) at two corpus sizes.
@@ -24,7 +24,7 @@ import math
 import os
 import re
 import resource
-import sys
+import sysconfig
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -46,8 +46,8 @@ _DOCSTRING = re.compile(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\')', re.S)
 
 def docstring_pool(max_words: int = 4_000_000) -> list[list[str]]:
     """Distinct docstrings (as word lists, whitespace-split) from the interpreter's own sources."""
-    roots = sorted({Path(p) for p in sys.path if p.endswith(("site-packages", "lib/python3.11"))
-                    and Path(p).is_dir()} | {Path(os.__file__).parent})
+    paths = sysconfig.get_paths()
+    roots = sorted({Path(paths[key]) for key in ("purelib", "platlib", "stdlib") if Path(paths[key]).is_dir()})
     seen: set[str] = set()
     units: list[list[str]] = []
     total = 0
@@ -150,27 +150,36 @@ def all_pairs(values: np.ndarray, offsets: np.ndarray, t: float) -> dict[tuple[i
     sizes = np.diff(offsets)
     doc_of = np.repeat(np.arange(sizes.size), sizes)
     uniq, inverse, df = np.unique(values, return_inverse=True, return_counts=True)
-    rank = np.argsort(np.argsort(df * (uniq.size + 1) + np.arange(uniq.size), kind="stable"), kind="stable")
+    # Global order: rarest first (ties by value), as a rank per distinct token.
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(df.astype(np.int64) * (uniq.size + 1) + np.arange(uniq.size))] = np.arange(uniq.size)
     token_rank = rank[inverse]
-    order = np.lexsort((token_rank, doc_of))
+    del uniq, inverse, df, rank
+    # Each document's tokens by rank (documents are already contiguous): one sort on a packed key.
+    order = np.argsort((doc_of.astype(np.int64) << 32) | token_rank)
     pos_in_doc = np.arange(values.size) - np.repeat(offsets[:-1], sizes)
     prefix_len = sizes - np.ceil(t * sizes).astype(np.int64) + 1
-    sorted_doc = doc_of[order]
-    in_prefix = pos_in_doc < prefix_len[sorted_doc]
+    in_prefix = pos_in_doc < prefix_len[doc_of]
     tok = token_rank[order][in_prefix]
-    doc = sorted_doc[in_prefix]
-    by_tok = np.lexsort((doc, tok))
+    doc = doc_of[in_prefix]
+    by_tok = np.argsort((tok << 32) | doc)
     tok, doc = tok[by_tok], doc[by_tok]
     starts = np.flatnonzero(np.r_[True, tok[1:] != tok[:-1]])
-    ends = np.r_[starts[1:], tok.size]
-    candidates: set[tuple[int, int]] = set()
-    for s, e in zip(starts[(ends - starts) > 1], ends[(ends - starts) > 1], strict=True):
-        group = doc[s:e].tolist()
-        for i in range(len(group)):
-            for j in range(i + 1, len(group)):
-                a, b = group[i], group[j]
-                if min(sizes[a], sizes[b]) >= t * max(sizes[a], sizes[b]):
-                    candidates.add((a, b) if a < b else (b, a))
+    run = np.diff(np.r_[starts, tok.size])
+    start, size = starts[run > 1], run[run > 1]
+    pos = np.repeat(start, size) + np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+    rank_in = pos - np.repeat(start, size)
+    bucket = np.repeat(size, size)
+    codes = []
+    for gap in range(1, int(size.max()) if size.size else 1):
+        live = rank_in + gap < bucket
+        pos, rank_in, bucket = pos[live], rank_in[live], bucket[live]
+        a, b = doc[pos], doc[pos + gap]
+        ok = np.minimum(sizes[a], sizes[b]) >= t * np.maximum(sizes[a], sizes[b])  # length filter
+        lo, hi = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
+        codes.append((lo.astype(np.int64) << 32) | hi)
+    code = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+    candidates = zip((code >> 32).tolist(), (code & 0xFFFFFFFF).tolist(), strict=True)
     truth = {}
     for a, b in candidates:
         j = jaccard_csr(values, offsets, a, b)
@@ -182,45 +191,57 @@ def all_pairs(values: np.ndarray, offsets: np.ndarray, t: float) -> dict[tuple[i
 # ---------------------------------------------------------------------------------------------
 # Runs.
 
-def run_ours(texts: Sequence[str], workers: int) -> tuple[float, dict[tuple[int, int], float], int, int]:
+class Clock:
+    """Wall and CPU seconds of a block: CPU time (all threads of this process) is what to compare
+    when other work shares the machine; wall time is what a user waits."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def run_ours(texts: Sequence[str], workers: int) -> tuple[Clock, dict[tuple[int, int], float], int, int]:
     config = NearConfig(threshold=THRESHOLD, workers=workers)
     gc.collect()
-    start = time.perf_counter()
-    result = near_duplicate_pairs(texts, config)
-    elapsed = time.perf_counter() - start
+    with Clock() as clock:
+        result = near_duplicate_pairs(texts, config)
     pairs = {(int(a), int(b)): float(j) for (a, b), j in zip(result.pairs, result.jaccard, strict=True)}
-    return elapsed, pairs, result.n_candidates, result.n_verified
+    return clock, pairs, result.n_candidates, result.n_verified
 
 
-def run_datasketch(texts: Sequence[str]) -> float:
-    """docs/s of plain datasketch: MinHash per document, update per shingle, MinHashLSH(0.8)."""
+def run_datasketch(texts: Sequence[str]) -> Clock:
+    """Plain datasketch: MinHash per document, update per shingle, MinHashLSH(0.8) query + insert."""
     from datasketch import MinHash, MinHashLSH
 
-    start = time.perf_counter()
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
-    for i, text in enumerate(texts):
-        toks = words(text)
-        m = MinHash(num_perm=128)
-        for k in range(max(1, len(toks) - 4)):
-            m.update(" ".join(toks[k:k + 5]).encode("utf-8"))
-        lsh.query(m)
-        lsh.insert(i, m)
-    return len(texts) / (time.perf_counter() - start)
+    with Clock() as clock:
+        lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
+        for i, text in enumerate(texts):
+            toks = words(text)
+            m = MinHash(num_perm=128)
+            for k in range(max(1, len(toks) - 4)):
+                m.update(" ".join(toks[k:k + 5]).encode("utf-8"))
+            lsh.query(m)
+            lsh.insert(i, m)
+    return clock
 
 
-def run_datasketch_bulk(texts: Sequence[str]) -> float:
+def run_datasketch_bulk(texts: Sequence[str]) -> Clock:
     from datasketch import MinHash, MinHashLSH
 
-    start = time.perf_counter()
-    sets = []
-    for text in texts:
-        toks = words(text)
-        sets.append([" ".join(toks[k:k + 5]).encode("utf-8") for k in range(max(1, len(toks) - 4))])
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
-    for i, m in enumerate(MinHash.bulk(sets, num_perm=128)):
-        lsh.query(m)
-        lsh.insert(i, m)
-    return len(texts) / (time.perf_counter() - start)
+    with Clock() as clock:
+        sets = []
+        for text in texts:
+            toks = words(text)
+            sets.append([" ".join(toks[k:k + 5]).encode("utf-8") for k in range(max(1, len(toks) - 4))])
+        lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
+        for i, m in enumerate(MinHash.bulk(sets, num_perm=128)):
+            lsh.query(m)
+            lsh.insert(i, m)
+    return clock
 
 
 def plain_lsh_pairs(texts: Sequence[str]) -> dict[tuple[int, int], float]:
@@ -233,17 +254,22 @@ def plain_lsh_pairs(texts: Sequence[str]) -> dict[tuple[int, int], float]:
     return {(int(x), int(y)): 0.0 for x, y in candidate_pairs(band_keys(sig, b, r))}
 
 
-def peak_memory(texts: Sequence[str]) -> float:
-    """Peak MiB allocated (tracemalloc: Python objects and numpy buffers) by the stage, one process."""
+def peak_memory(texts: Sequence[str], keep_signatures: bool) -> float:
+    """Peak MiB allocated (tracemalloc: Python objects and numpy buffers) by the stage, one thread.
+    ``keep_signatures=False`` is the streaming mode: each signature batch goes to a sink (here it
+    is dropped; the asset writes it to the warehouse) and only band keys and 16-bit sketches stay."""
     gc.collect()
     tracemalloc.start()
-    near_duplicate_pairs(texts, NearConfig(threshold=THRESHOLD, workers=1))
+    near_duplicate_pairs(texts, NearConfig(threshold=THRESHOLD, workers=1),
+                         sink=None if keep_signatures else (lambda start, sig, counts: None),
+                         keep_signatures=keep_signatures)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak / 2**20
 
 
-def score(found: dict[tuple[int, int], float], truth: dict[tuple[int, int], float]) -> list[tuple[str, int, int, float]]:
+def score(found: dict[tuple[int, int], float],
+          truth: dict[tuple[int, int], float]) -> list[tuple[str, int, int, float]]:
     rows = []
     for lo, hi in BANDS:
         band = {p for p, j in truth.items() if lo <= j < hi}
@@ -276,23 +302,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     MinHasher().signatures(texts[:10])  # compile/load the kernels outside the timings
     sample = texts[: args.baseline_docs]
-    base_rate = run_datasketch(sample)
-    bulk_rate = run_datasketch_bulk(sample)
-    t1, ours1, cand, verified = run_ours(texts, 1)
-    t2, ours2, _, _ = run_ours(texts, 2)
-    assert ours1 == ours2, "one and two processes must find the same pairs"
+    load_before = os.getloadavg()[0]
+    base = run_datasketch(sample)
+    bulk = run_datasketch_bulk(sample)
+    c1, ours1, cand, verified = run_ours(texts, 1)
+    c2, ours2, _, _ = run_ours(texts, 2)
+    assert ours1 == ours2, "one and two threads must find the same pairs"
+    load_after = os.getloadavg()[0]
     plain = plain_lsh_pairs(texts)
 
     print("\nthroughput (near-duplicate stage: shingles, signatures, LSH, exact verification)")
-    print(f"  {'method':<42}{'docs/s':>12}{'x baseline':>12}")
-    print(f"  {'datasketch MinHash.update + MinHashLSH':<42}{base_rate:>12,.0f}{1:>12.1f}")
-    print(f"  {'datasketch MinHash.bulk + MinHashLSH':<42}{bulk_rate:>12,.0f}{bulk_rate / base_rate:>12.1f}")
-    for label, t in (("curation.dedup, 1 process", t1), ("curation.dedup, 2 processes", t2)):
-        rate = len(texts) / t
-        print(f"  {label:<42}{rate:>12,.0f}{rate / base_rate:>12.1f}")
+    print(f"  {'method':<40}{'docs/s':>10}{'docs/CPU-s':>12}{'x baseline':>12}")
+    base_wall, base_cpu = len(sample) / base.wall, len(sample) / base.cpu
+    for label, n, clock in (("datasketch MinHash.update + MinHashLSH", len(sample), base),
+                            ("datasketch MinHash.bulk + MinHashLSH", len(sample), bulk),
+                            ("curation.dedup, 1 thread", len(texts), c1),
+                            ("curation.dedup, 2 threads", len(texts), c2)):
+        print(f"  {label:<40}{n / clock.wall:>10,.0f}{n / clock.cpu:>12,.0f}{n / clock.wall / base_wall:>12.1f}")
     b, r = NearConfig().params
     print(f"  (ours: {b} bands x {r} rows = datasketch's optimum for 0.6; {cand:,} candidate pairs, "
-          f"{verified:,} verified exactly; baseline measured on {len(sample):,} docs)")
+          f"{verified:,} verified exactly; baseline measured on {len(sample):,} docs; "
+          f"load average {load_before:.1f} before, {load_after:.1f} after on {os.cpu_count()} cores; "
+          f"x baseline by CPU time: {len(texts) / c1.cpu / base_cpu:.0f})")
 
     print(f"\nquality against the ground truth at Jaccard >= {THRESHOLD}")
     for label, found in (("curation.dedup", ours1), (f"datasketch LSH at 0.8 {lsh_params(THRESHOLD, 128)}", plain)):
@@ -300,15 +331,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         precision = tp / len(found) if found else math.nan
         recall = tp / len(truth) if truth else math.nan
         print(f"  {label}: precision {precision:.4f}  recall {recall:.4f}  ({len(found):,} pairs reported)")
-        for band, n, hit, rec in score(found, truth):
+        for band, n, _hit, rec in score(found, truth):
             print(f"      true J in {band:<14} {n:>8,} pairs  recall {rec:.4f}")
 
     small = texts[: len(texts) // 4]
-    mem_small, mem_full = peak_memory(small), peak_memory(texts)
+    print("\npeak memory of the stage (tracemalloc, one thread)")
+    for keep, label in ((True, "signatures kept in memory"), (False, "signatures streamed to a sink")):
+        mem_small, mem_full = peak_memory(small, keep), peak_memory(texts, keep)
+        per_million = (mem_full - mem_small) / (len(texts) - len(small)) * 1e6 / 1024
+        print(f"  {label:<31}{len(small):>9,} docs: {mem_small:7.1f} MiB{len(texts):>10,} docs: "
+              f"{mem_full:7.1f} MiB  -> +{per_million:.2f} GiB per million docs")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("\npeak memory of the stage (tracemalloc, one process)")
-    print(f"  {len(small):>9,} docs: {mem_small:8.1f} MiB   {len(texts):>9,} docs: {mem_full:8.1f} MiB   "
-          f"-> {mem_full / len(texts) * 1e6 / 1024:.2f} GiB per million docs")
     print(f"  (process max RSS including corpus and ground truth: {rss:,.0f} MiB)")
 
 

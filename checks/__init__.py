@@ -1,5 +1,10 @@
 """Asset checks: each dataset asset's contract, visible (and, for training data, blocking) in the UI."""
 
-from checks.datasets import ALL_CHECKS
+from checks.datasets import DATASET_CHECKS
+from checks.expectations import SUITE_CHECKS
+from checks.filtered import FILTERED_CHECKS
+from checks.formatted import FORMATTED_CHECKS
+
+ALL_CHECKS = [*DATASET_CHECKS, *FILTERED_CHECKS, *SUITE_CHECKS, *FORMATTED_CHECKS]
 
 __all__ = ["ALL_CHECKS"]

@@ -94,37 +94,11 @@ def synthetic_share_within_cap(context: AssetCheckExecutionContext, project: Pro
                             metadata={"synthetic_share": float(share), "cap": cap})
 
 
-@asset_check(asset="formatted", name="within_token_budget", blocking=True, pool=POOL,
-             description="Every formatted row fits format.max_tokens.")
-def formatted_within_budget(context: AssetCheckExecutionContext, project: ProjectResource,
-                            warehouse: WarehouseResource) -> AssetCheckResult:
-    budget = project.load().format.max_tokens
-    with warehouse.get().connect() as connection:
-        over, longest = connection.execute(
-            "SELECT count(*) FILTER (n_tokens > ?), max(n_tokens) FROM formatted", [budget]).fetchone()
-    return AssetCheckResult(passed=over == 0, metadata={"over_budget": int(over), "longest": int(longest or 0),
-                                                        "max_tokens": budget})
-
-
-@asset_check(asset="formatted", name="no_benchmark_contamination", blocking=True, pool=POOL,
-             description="No formatted row matches a configured benchmark item (exact or n-gram).")
-def formatted_not_contaminated(context: AssetCheckExecutionContext, warehouse: WarehouseResource
-                               ) -> AssetCheckResult:
-    with warehouse.get().connect() as connection:
-        (leaked,) = connection.execute(
-            "SELECT count(*) FROM formatted f JOIN contamination c ON c.row_id = f.parent_id").fetchone()
-        (removed,) = connection.execute("SELECT count(DISTINCT row_id) FROM contamination").fetchone()
-    return AssetCheckResult(passed=leaked == 0, metadata={"contaminated_rows_left": int(leaked),
-                                                          "contaminated_rows_removed": int(removed)})
-
-
-ALL_CHECKS: list[AssetChecksDefinition] = [
+DATASET_CHECKS: list[AssetChecksDefinition] = [
     *(conformance_check(asset) for asset in DATASETS),
     *(conservation_check(asset) for asset in STAGES),
     raw_records_conserved,
     synthetic_provenance_complete,
     synthetic_share_within_cap,
-    formatted_within_budget,
-    formatted_not_contaminated,
 ]
 

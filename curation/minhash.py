@@ -4,28 +4,32 @@ Signatures equal ``datasketch.MinHash(num_perm, seed, hashfunc=MinHasher.hashfun
 datasketch 2.x's default ``affine32`` scheme (MurmurHash3 32-bit finalizer on the input hash, then
 ``a·h + b mod 2^32`` with datasketch's seeded ``a``/``b``), so they can be loaded as
 ``LeanMinHash(seed=…, hashvalues=…, scheme="affine32")`` and used with its LSH and storage
-backends. The work is done for a whole batch of documents at once with numpy:
+backends. Work is done a batch of ~1,000 documents at a time:
 
-* tokens are found on the UTF-8 bytes of the batch (one ``bytes.translate`` pass maps every
-  non-word byte to a space), not with a regular expression per document;
-* a token is hashed from unaligned 8-byte little-endian reads of the buffer, so hashing costs one
-  gather per 8 bytes of token instead of Python work per token;
-* the ``num_perm`` permutations are applied to blocks of shingles that fit in the CPU cache and
-  reduced per document with ``minimum.reduceat``; work buffers are allocated once and reused
-  because touching fresh memory pages is what dominates on small VMs.
+* the batch is one UTF-8 buffer; a 256-entry table lower-cases ASCII letters and turns every other
+  non-word byte into a space, so tokens are runs of non-space bytes (no regex per document);
+* a token is hashed from unaligned 8-byte little-endian reads of the buffer (one fmix64 per
+  8 bytes); a word n-gram hash is a position-weighted sum of its token hashes, then fmix64;
+* with numba installed a compiled kernel does all of that and the ``num_perm`` permutations in one
+  pass per document, releasing the GIL so threads can share the cores; without it the same hashes
+  are computed with numpy (identical results, several times slower);
+* buffers are allocated once and reused: touching fresh memory pages dominates on small VMs.
 
 Tokens are exactly :func:`curation.normalize.words` (NFKC, casefold, ``\\w+``): ASCII documents take
-the byte path directly and the few others are normalised by that function first.
+the byte path directly; in the others only the non-ASCII runs are normalised in Python first.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
+import threading
 import unicodedata
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,23 +135,60 @@ _NO_OUTPUT = np.zeros(0, dtype=np.uint64)
 _NO_SIG = np.zeros((0, 0), dtype=np.uint32)
 
 
-_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+# A run of non-ASCII bytes with the ASCII character before it: NFKC can compose that character
+# with combining marks in the run (e.g. "e" + U+0301), and never reaches further (ASCII characters
+# are starters that nothing composes onto), so normalising the run alone is exact.
+_NON_ASCII_RUN = re.compile(rb"[\x00-\x7f]?[\x80-\xff]+")
 
 
-def _clean_run(match: re.Match[str]) -> str:
-    # `\w` in Python's re is "isalnum() or underscore"; everything else in the run splits words.
-    return "".join(c if c.isalnum() else " " for c in match.group().casefold())
+@functools.lru_cache(maxsize=8192)
+def _clean_run(run: bytes) -> bytes:
+    # `\w` in Python's re is "isalnum() or underscore"; every other character splits words.
+    text = unicodedata.normalize("NFKC", run.decode("utf-8")).casefold()
+    return "".join(c if c.isalnum() or c == "_" else " " for c in text).encode("utf-8")
+
+
+def _word_buffer(texts: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """The batch as one buffer ``" doc0 doc1 … "`` for ``_WORD_TABLE`` and each document's
+    [start, end) bytes. Non-ASCII runs are found with numpy over the whole buffer (a regex per
+    document cost more than the hashing) and replaced by :func:`_clean_run` output."""
+    parts = [t.encode("utf-8") for t in texts]
+    raw = b" ".join([b"", *parts, b""])
+    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    bounds = np.empty((len(parts), 2), dtype=np.int64)
+    if len(parts):
+        np.cumsum(lengths + 1, out=bounds[:, 1])
+        bounds[:, 0] = bounds[:, 1] - lengths
+    if raw.isascii():
+        return raw, bounds
+    high = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) >= 0x80)  # few: nonzero on bool is fast
+    cut = np.flatnonzero(np.diff(high) > 1) + 1
+    run_start = high[np.r_[0, cut]] - 1  # with the ASCII byte before each run (raw starts with a space)
+    run_end = high[np.r_[cut - 1, high.size - 1]] + 1
+    pieces: list[bytes] = []
+    deltas = np.empty(run_end.size, dtype=np.int64)
+    pos = 0
+    for k, (lo, hi) in enumerate(zip(run_start.tolist(), run_end.tolist(), strict=True)):
+        pieces.append(raw[pos:lo])
+        cleaned = _clean_run(raw[lo:hi])
+        pieces.append(cleaned)
+        deltas[k] = len(cleaned) - (hi - lo)
+        pos = hi
+    pieces.append(raw[pos:])
+    # A run at a document's start begins with the separator space, which stays one space, so a
+    # document's start moves by the runs ending before it and its end by the runs ending by then.
+    shift = np.r_[0, np.cumsum(deltas)]
+    bounds += shift[np.searchsorted(run_end, bounds, side="right")]
+    return b"".join(pieces), bounds
 
 
 def _word_bytes(text: str) -> bytes:
     """A document as bytes whose non-space runs, after ``_WORD_TABLE``, are exactly
     ``normalize.words(text)``. ASCII letters are lower-cased later by the table; only the
-    non-ASCII runs are case-folded and cleaned here (casefolding a whole string is slow)."""
+    non-ASCII runs are normalised and case-folded here (doing the whole string is slow)."""
     if text.isascii():
         return text.encode("ascii")
-    if not unicodedata.is_normalized("NFKC", text):
-        text = unicodedata.normalize("NFKC", text)
-    return _NON_ASCII_RUN.sub(_clean_run, text).encode("utf-8")
+    return _NON_ASCII_RUN.sub(lambda m: _clean_run(m.group()), text.encode("utf-8"))
 
 
 def _char_bytes(text: str) -> bytes:
@@ -234,9 +275,6 @@ class ShingleBatch:
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def sets(self) -> list[np.ndarray]:
-        """Sorted unique 64-bit shingle hashes per document (what exact Jaccard is computed on)."""
-        return [np.unique(self.hashes[a:b]) for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
 
 
 def shingle_batch(texts: Sequence[str], config: ShingleConfig) -> ShingleBatch:
@@ -428,21 +466,52 @@ if njit is not None:
 
     @njit(cache=True, nogil=True)
     def _j_pair_jaccard(values, offsets, left, right, out):  # pragma: no cover - compiled
+        """Exact Jaccard of unsorted hash multisets taken as sets: an open-addressing table per
+        pair (values are fmix64 outputs, so their low bits index it directly), no sorting."""
+        longest = 1
+        for d in range(offsets.size - 1):
+            longest = max(longest, offsets[d + 1] - offsets[d])
+        size = 1
+        while size < 4 * longest:
+            size *= 2
+        mask = np.uint64(size - 1)
+        keys = np.zeros(size, dtype=np.uint64)
+        state = np.zeros(size, dtype=np.uint8)  # 0 empty, 1 in left, 2 in both, 3 right only
+        used = np.zeros(size, dtype=np.int64)
         for p in range(left.size):
-            i, i_end = offsets[left[p]], offsets[left[p] + 1]
-            j, j_end = offsets[right[p]], offsets[right[p] + 1]
-            size = (i_end - i) + (j_end - j)
+            n_used = 0
+            n_left = 0
+            for k in range(offsets[left[p]], offsets[left[p] + 1]):
+                v = values[k]
+                slot = np.int64(v & mask)
+                while state[slot] != 0 and keys[slot] != v:
+                    slot = (slot + 1) & (size - 1)
+                if state[slot] == 0:
+                    state[slot] = 1
+                    keys[slot] = v
+                    used[n_used] = slot
+                    n_used += 1
+                    n_left += 1
             inter = 0
-            while i < i_end and j < j_end:
-                if values[i] == values[j]:
+            right_only = 0
+            for k in range(offsets[right[p]], offsets[right[p] + 1]):
+                v = values[k]
+                slot = np.int64(v & mask)
+                while state[slot] != 0 and keys[slot] != v:
+                    slot = (slot + 1) & (size - 1)
+                if state[slot] == 0:
+                    state[slot] = 3
+                    keys[slot] = v
+                    used[n_used] = slot
+                    n_used += 1
+                    right_only += 1
+                elif state[slot] == 1:
+                    state[slot] = 2
                     inter += 1
-                    i += 1
-                    j += 1
-                elif values[i] < values[j]:
-                    i += 1
-                else:
-                    j += 1
-            out[p] = 1.0 if size == 0 else inter / (size - inter)
+            union = n_left + right_only
+            out[p] = 1.0 if union == 0 else inter / union
+            for k in range(n_used):
+                state[used[k]] = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +545,7 @@ class MinHasher:
         self.use_jit = HAVE_JIT if use_jit is None else (use_jit and HAVE_JIT)
         self._scratch = np.zeros(0, dtype=np.uint8)
         self._scratch64 = np.zeros(0, dtype=np.uint64)
+        self._out = np.zeros(0, dtype=np.uint64)
 
     @property
     def hashfunc(self) -> Callable[[bytes | str], int]:
@@ -494,33 +564,45 @@ class MinHasher:
         sig = np.full((len(texts), self.num_perm), EMPTY_VALUE, dtype=np.uint32)
         if self.use_jit and self.shingles.unit == "word":
             counts = np.zeros(len(texts), dtype=np.int64)
-            self._run_word_kernel(texts, sig, _NO_OUTPUT, counts)
+            self._run_word_kernel(texts, sig, counts)
             return sig, counts
         batch = self.shingle_batch(texts)
         return self.signatures_from_shingles(batch), batch.counts()
 
-    def _run_word_kernel(self, texts: Sequence[str], sig: np.ndarray, out: np.ndarray, counts: np.ndarray) -> None:
-        parts = [_word_bytes(t) for t in texts]
-        raw = b" ".join([b"", *parts, b""])  # leading and trailing space, one copy
-        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-        bounds = np.empty((len(parts), 2), dtype=np.int64)
-        if len(parts):
-            np.cumsum(lengths + 1, out=bounds[:, 1])
-            bounds[:, 0] = bounds[:, 1] - lengths
+    def _run_word_kernel(self, texts: Sequence[str], sig: np.ndarray, counts: np.ndarray,
+                         want_hashes: bool = False) -> np.ndarray:
+        raw, bounds = _word_buffer(texts)
         if self._scratch.size < len(raw) + 8:  # grown rarely, then reused: fresh pages are slow
             self._scratch = np.zeros(max(len(raw) + 8, 2 * self._scratch.size), dtype=np.uint8)
             self._scratch64 = np.ndarray((self._scratch.size - 7,), dtype="<u8", buffer=self._scratch,
                                          strides=(1,))
+        out = _NO_OUTPUT
+        if want_hashes:
+            # Tokens are separated by at least one byte: at most len/2 + 1 shingles per document.
+            capacity = len(raw) // 2 + len(texts) + 1
+            if self._out.size < capacity:
+                self._out = np.empty(max(capacity, 2 * self._out.size), dtype=np.uint64)
+            out = self._out
         _j_words(np.frombuffer(raw, dtype=np.uint8), _TABLE_ARRAY, self._scratch, self._scratch64, _LOW_MASKS,
                  bounds, self.shingles.n, self.a, self.b, sig, out, counts)
+        return out
+
+    def shingle_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """64-bit shingle hashes per document as (values, offsets), in text order, repeats kept."""
+        if self.use_jit and self.shingles.unit == "word":
+            counts = np.zeros(len(texts), dtype=np.int64)
+            out = self._run_word_kernel(texts, _NO_SIG, counts, want_hashes=True)
+            offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            return out[: offsets[-1]].copy(), offsets
+        batch = self.shingle_batch(texts)
+        return batch.hashes, batch.offsets
 
     def shingle_sets(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Sorted unique 64-bit shingle hashes per document as (values, offsets): the exact sets."""
         if self.use_jit and self.shingles.unit == "word":
-            capacity = sum(len(t) for t in texts) + len(texts)  # >= number of tokens
-            out = np.empty(max(capacity, 1), dtype=np.uint64)
             counts = np.zeros(len(texts), dtype=np.int64)
-            self._run_word_kernel(texts, _NO_SIG, out, counts)
+            out = self._run_word_kernel(texts, _NO_SIG, counts, want_hashes=True)
             offsets = np.zeros(len(texts) + 1, dtype=np.int64)
             np.cumsum(counts, out=offsets[1:])
             values = out[: offsets[-1]]
@@ -594,22 +676,13 @@ class MinHasher:
 # ---------------------------------------------------------------------------------------------
 # Parallel signatures over batches.
 
-_WORKER: MinHasher | None = None
-
-
-def _init_worker(num_perm: int, seed: int, shingles: ShingleConfig, use_jit: bool) -> None:
-    global _WORKER
-    _WORKER = MinHasher(num_perm, seed, shingles, use_jit=use_jit)
-
-
-def _worker_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    assert _WORKER is not None
-    return _WORKER.signatures_and_counts(texts)
-
-
 def iter_signature_batches(hasher: MinHasher, texts: Sequence[str], batch_size: int = 1000,
-                           workers: int = 1):
-    """Yield ``(start, signatures, shingle_counts)`` per batch, in order; ``workers > 1`` uses processes."""
+                           workers: int = 1) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(start, signatures, shingle_counts)`` per batch, in order.
+
+    ``workers > 1`` uses threads: the compiled kernel releases the GIL, so threads share the texts
+    without pickling them (a process pool spent more time copying 300 MB of text than it saved).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     starts = range(0, len(texts), batch_size)
@@ -618,15 +691,28 @@ def iter_signature_batches(hasher: MinHasher, texts: Sequence[str], batch_size: 
             sig, counts = hasher.signatures_and_counts(texts[s:s + batch_size])
             yield s, sig, counts
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(hasher.num_perm, hasher.seed, hasher.shingles, hasher.use_jit)) as pool:
-        chunks = (list(texts[s:s + batch_size]) for s in starts)
-        for s, (sig, counts) in zip(starts, pool.map(_worker_batch, chunks, chunksize=4), strict=True):
-            yield s, sig, counts
+    local = threading.local()
+
+    def work(start: int) -> tuple[np.ndarray, np.ndarray]:
+        own = getattr(local, "hasher", None)
+        if own is None:  # one hasher per thread: each has its own scratch buffer
+            own = local.hasher = MinHasher(hasher.num_perm, hasher.seed, hasher.shingles, hasher.use_jit)
+        return own.signatures_and_counts(texts[start:start + batch_size])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[int, Future[tuple[np.ndarray, np.ndarray]]]] = deque()
+        for s in starts:
+            pending.append((s, pool.submit(work, s)))
+            if len(pending) > 2 * workers:  # bounded read-ahead keeps memory flat
+                start, future = pending.popleft()
+                yield (start, *future.result())
+        while pending:
+            start, future = pending.popleft()
+            yield (start, *future.result())
 
 
 def default_workers() -> int:
-    """Both cores where there are two; more processes than cores only adds overhead."""
+    """One thread per core (two on the 2-core machines this was measured on), at most 8."""
     return max(1, min(os.cpu_count() or 1, 8))
 
 
@@ -664,22 +750,27 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _pairs_in_groups(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> np.ndarray:
-    """(i, j) index pairs that share a key; buckets over ``max_bucket`` pair each member with its
-    ``max_bucket`` successors only (a near-duplicate run is still chained together)."""
+    """(i, j) index pairs that share a key; in buckets over ``max_bucket`` each member is paired
+    with its ``max_bucket`` successors only (a near-duplicate run is still chained together)."""
     if sorted_keys.size < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    same = sorted_keys[1:] == sorted_keys[:-1]
-    out = []
-    for gap in range(1, max_bucket + 1):
-        if gap > 1:
-            same = same[:-1] & (sorted_keys[gap:] == sorted_keys[:-gap])
-        hit = np.flatnonzero(same)
-        if hit.size == 0:
-            break
-        out.append(np.stack([order[hit], order[hit + gap]], axis=1))
-    if not out:
+    run_start = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    run_size = np.diff(np.r_[run_start, sorted_keys.size])
+    multi = run_size > 1
+    start, size = run_start[multi], run_size[multi]
+    if start.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.concatenate(out)
+    pos = np.repeat(start, size) + _arange_within(size)  # every member of a shared bucket
+    rank = _arange_within(size)
+    bucket = np.repeat(size, size)
+    out = []
+    for gap in range(1, min(int(size.max()) - 1, max_bucket) + 1):
+        live = rank + gap < bucket
+        pos, rank, bucket = pos[live], rank[live], bucket[live]
+        if pos.size == 0:
+            break
+        out.append(np.stack([order[pos], order[pos + gap]], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
 
 
 def candidate_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
@@ -688,25 +779,16 @@ def candidate_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
     found = []
     for band in range(keys.shape[1]):
         column = np.ascontiguousarray(keys[:, band])
-        order = np.argsort(column, kind="stable")
+        order = np.argsort(column)  # numpy's SIMD sort; ties only matter in buckets over max_bucket
         pairs = _pairs_in_groups(order, column[order], max_bucket)
         if pairs.size:
             lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
             hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-            found.append(np.unique((lo << 32) | hi))
+            found.append((lo << 32) | hi)
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     code = np.unique(np.concatenate(found))
     return np.stack([code >> 32, code & 0xFFFFFFFF], axis=1)
-
-
-def band_keys_chunked(signatures: np.ndarray, rows_idx: np.ndarray, bands: int, rows: int,
-                      chunk: int = 4096) -> np.ndarray:
-    """:func:`band_keys` of ``signatures[rows_idx]`` without a full-size uint64 copy of the signatures."""
-    keys = np.empty((rows_idx.size, bands), dtype=np.uint64)
-    for lo in range(0, rows_idx.size, chunk):
-        keys[lo:lo + chunk] = band_keys(signatures[rows_idx[lo:lo + chunk]], bands, rows)
-    return keys
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -782,7 +864,8 @@ def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:
 
 
 def pairs_jaccard(values: np.ndarray, offsets: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Exact Jaccard for index pairs into a CSR of sorted unique sets (see :meth:`MinHasher.shingle_sets`)."""
+    """Exact Jaccard (as sets) for index pairs into a CSR of hashes, sorted or not, repeats allowed
+    (:meth:`MinHasher.shingle_hashes` or :meth:`MinHasher.shingle_sets`)."""
     out = np.empty(len(pairs), dtype=np.float64)
     if len(pairs) == 0:
         return out
@@ -790,7 +873,8 @@ def pairs_jaccard(values: np.ndarray, offsets: np.ndarray, pairs: np.ndarray) ->
         _j_pair_jaccard(values, offsets, np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), out)
         return out
     for k, (a, b) in enumerate(pairs.tolist()):
-        out[k] = exact_jaccard(values[offsets[a]:offsets[a + 1]], values[offsets[b]:offsets[b + 1]])
+        out[k] = exact_jaccard(np.unique(values[offsets[a]:offsets[a + 1]]),
+                               np.unique(values[offsets[b]:offsets[b + 1]]))
     return out
 
 

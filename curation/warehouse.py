@@ -201,3 +201,15 @@ def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: in
 def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
     (count,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
     return int(count)
+
+
+def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
+    """An order-independent hash of every row's content: the table's data version. When a row was
+    ingested is not content, so re-running on the same data gives the same version."""
+    columns = [r[0] for r in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [table]).fetchall() if r[0] != "ingested_at"]
+    selected = ", ".join(quote(c) for c in columns)
+    (value,) = connection.execute(f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t"
+                                  ).fetchone()
+    return f"{(value or 0):016x}"

@@ -124,7 +124,7 @@ def test_fastchat_prompt_level_and_conversation_level_differ() -> None:
 
 def _near_rows() -> tuple[list[Row], float]:
     base = _words(200, "w")
-    edited = base[:90] + ["x", "y", "z"] + base[96:]  # one contiguous span replaced
+    edited = [*base[:90], "x", "y", "z", *base[96:]]  # one contiguous span replaced
     unrelated = _words(200, "u")
     texts = [" ".join(base), " ".join(edited), " ".join(unrelated)]
     rows = [text_row("base", texts[0], license="MIT"), text_row("edit", texts[1], license="CC-BY-NC-4.0"),
@@ -263,3 +263,46 @@ def test_policy_quality_then_earliest() -> None:
     assert rows[policy.choose(rows, [0, 1])]["row_id"] == "full"
     tied = [sft("first", "Q?", "A."), sft("second", "Q?", "B.")]
     assert tied[policy.choose(tied, [0, 1])]["row_id"] == "first"
+
+
+def test_streaming_signatures_give_the_same_pairs() -> None:
+    rows, _ = _near_rows()
+    texts = [dedup_text(r, "prompt_response") for r in rows] * 2  # exact copies too
+    kept = near_duplicate_pairs(texts, NearConfig(batch_size=2))
+    batches: list[tuple[int, np.ndarray]] = []
+    streamed = near_duplicate_pairs(texts, NearConfig(batch_size=2), keep_signatures=False,
+                                    sink=lambda start, sig, counts: batches.append((start, sig)))
+    assert streamed.signatures is None
+    assert streamed.pairs.tolist() == kept.pairs.tolist() and len(kept.pairs) == 7  # 3 copies + 4 near
+    np.testing.assert_array_equal(np.concatenate([s for _, s in sorted(batches, key=lambda b: b[0])]),
+                                  kept.signatures)
+
+
+def test_incremental_cluster_follows_its_kept_row_to_the_stored_one() -> None:
+    base = _words(250, "w")
+    first = [*base[:40], *_words(16, "a"), *base[56:]]  # ~0.85 to base
+    second = [*first[:160], *_words(16, "b"), *first[176:]]  # ~0.85 to first, ~0.72 to base
+    texts = [" ".join(t) for t in (base, first, second)]
+    assert _set_jaccard(texts[0], texts[1]) >= 0.8 and _set_jaccard(texts[1], texts[2]) >= 0.8
+    assert _set_jaccard(texts[0], texts[2]) < 0.8
+    index = NearDupIndex(NearConfig())
+    sig, _ = compute_signatures(texts[:1], index.config)
+    index.add(["stored"], sig)
+    rows = [text_row("first", texts[1]), text_row("second", texts[2])]
+    members, _ = incremental_near_duplicates(rows, index, lambda ids: [texts[0] for _ in ids])
+    by_row = {m.row_id: m for m in members}
+    assert set(by_row) == {"first", "second"} and all(m.removed for m in members)
+    assert by_row["first"].kept_row_id == "stored" == by_row["second"].kept_row_id
+    assert by_row["second"].jaccard == pytest.approx(_set_jaccard(texts[0], texts[2]), abs=1e-9)
+    assert by_row["second"].matched_row_id == "first"
+    assert by_row["second"].matched_jaccard == pytest.approx(_set_jaccard(texts[1], texts[2]), abs=1e-9)
+    assert len(index) == 1
+
+
+def test_rows_with_nothing_to_compare_are_not_duplicates() -> None:
+    rows = [new_row(row_id=f"a{i}", kind="chat", origin="human",
+                    messages=[{"role": "assistant", "content": f"unprompted {i}"}]) for i in range(3)]
+    assert exact_duplicates(rows, ExactConfig(fields="first_prompt")) == []
+    copies = [{**r, "row_id": r["row_id"] + "-copy"} for r in rows]
+    members = exact_duplicates(rows + copies, ExactConfig(fields="conversation"))
+    assert sorted(m.row_id for m in members if m.removed) == ["a0-copy", "a1-copy", "a2-copy"]

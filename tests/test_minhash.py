@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from curation.minhash import (
     exact_jaccard,
     iter_signature_batches,
     lsh_params,
+    pairs_jaccard,
     signature_bytes,
     signature_from_bytes,
     token_hash64,
+    word_shingle_hash64,
 )
 from curation.normalize import words
 
@@ -173,3 +176,36 @@ def test_bad_configuration_is_reported() -> None:
         ShingleConfig("sentence", 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n must be"):
         ShingleConfig("word", 9)
+
+
+@pytest.mark.parametrize("use_jit", [False, True] if HAVE_JIT else [False])
+def test_exact_sets_and_pair_jaccard_match_python_sets(use_jit: bool) -> None:
+    hasher = MinHasher(use_jit=use_jit)
+    texts = _corpus_texts()
+    texts.append("la la la la la la la la la la la la")  # repeated shingles count once
+    values, offsets = hasher.shingle_hashes(texts)
+    set_values, set_offsets = hasher.shingle_sets(texts)
+    pairs = np.array([(i, j) for i in range(0, len(texts), 7) for j in range(len(texts))], dtype=np.int64)
+    from_hashes = pairs_jaccard(values, offsets, pairs)
+    from_sets = pairs_jaccard(set_values, set_offsets, pairs)
+    python_sets = [set(hasher.shingles.shingles(t)) for t in texts]
+    for (i, j), a, b in zip(pairs.tolist(), from_hashes, from_sets, strict=True):
+        union = python_sets[i] | python_sets[j]
+        expected = len(python_sets[i] & python_sets[j]) / len(union) if union else 1.0
+        assert a == pytest.approx(expected, abs=1e-12) and b == pytest.approx(expected, abs=1e-12)
+    sizes = np.diff(set_offsets)
+    assert sizes.tolist() == [len(s) for s in python_sets]
+
+
+def test_batch_tokens_equal_normalize_words_on_random_unicode() -> None:
+    # Letters, digits, marks, punctuation and symbols from many scripts, including characters that
+    # NFKC composes with a preceding ASCII letter (e + U+0301) or expands (U+FB01 -> "fi").
+    alphabet = ("aZ9_ -.,'\"\n\té\u0301\u0327ßİΣςﬁ①Ａ＿—“”…─│ß中文ж\u200b\u00a0ǅ\u2163٣ﷺ") * 3
+    rng = random.Random(7)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    hasher = MinHasher(shingles=ShingleConfig("word", 1))
+    values, offsets = hasher.shingle_hashes(texts)
+    for i, text in enumerate(texts):
+        toks = words(text)
+        expected = [word_shingle_hash64(t) for t in toks] or []
+        assert values[offsets[i]:offsets[i + 1]].tolist() == expected, repr(text)

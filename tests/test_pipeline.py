@@ -22,9 +22,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProc
         patch.delenv("DISTILLERY_CONFIG", raising=False)
         from definitions import ASSETS, CHECKS
         from resources import ProjectResource, WarehouseResource
+        from resources.teachers import TeacherResource
 
         resources = {"project": ProjectResource(config_path=str(DEMO_CONFIG)),
-                     "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb"))}
+                     "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")), "teacher": TeacherResource()}
         with dg.instance_for_test() as instance:
             result = dg.materialize([*ASSETS, *CHECKS], instance=instance, resources=resources, raise_on_error=False)
             yield result, home / "warehouse.duckdb"
@@ -41,7 +42,8 @@ def test_every_asset_materializes_and_every_check_passes(demo_run) -> None:
     result, _ = demo_run
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"}
+    assert materialized == {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted", "exports",
+                            "compliance_report"}
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) >= 15
     assert [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed] == []
@@ -60,7 +62,7 @@ def test_planted_malformed_records_are_quarantined(db) -> None:
 def test_row_counts_add_up_through_the_stages(db) -> None:
     def n(sql: str) -> int:
         return db.execute(sql).fetchone()[0]
-    lines = sum(1 for _ in open(DEMO_CONFIG.parent / "data" / "alpaca_sft.jsonl", "rb"))
+    lines = len((DEMO_CONFIG.parent / "data" / "alpaca_sft.jsonl").read_bytes().splitlines())
     assert n("SELECT records FROM ingested_files WHERE file = 'data/alpaca_sft.jsonl'") == lines
     assert n("SELECT count(*) FROM raw") == n("SELECT sum(rows) FROM ingested_files")
     removed = n("SELECT count(*) FROM dedup_clusters WHERE row_id <> kept_row_id")
@@ -99,7 +101,7 @@ def walk_to_raw(db: duckdb.DuckDBPyConnection, row_id: str) -> list[tuple[str, s
 
 
 def test_lineage_from_a_formatted_row_back_to_its_file_and_record(db) -> None:
-    row_id, parent = db.execute(
+    row_id, _parent = db.execute(
         "SELECT f.row_id, f.parent_id FROM formatted f JOIN lineage l ON l.child_id = f.parent_id "
         "AND l.asset = 'filtered' AND l.operation LIKE '%html_to_text%'").fetchone()  # the HTML-cleaned row
     chain = walk_to_raw(db, row_id)
@@ -130,7 +132,7 @@ def test_synthetic_rows_have_provenance_and_inherit_the_strictest_licence(db) ->
     rows = db.execute("SELECT s.row_id, s.license, s.origin, p.teacher_model, p.parent_ids FROM synthetic s "
                       "JOIN provenance p USING (row_id)").fetchall()
     assert rows and len(rows) == db.execute("SELECT count(*) FROM synthetic").fetchone()[0]
-    for row_id, license, origin, teacher, parents in rows:
+    for _row_id, license, origin, teacher, parents in rows:
         assert teacher == "distillery-procedural"
         for parent in json.loads(parents):
             parent_license = db.execute("SELECT license FROM filtered WHERE row_id = ?", [parent]).fetchone()[0]
