@@ -93,7 +93,8 @@ def test_truncated_gzip_quarantines_the_rest(tmp_path: Path) -> None:
 
 def test_unknown_role_in_sharegpt_names_the_turn(tmp_path: Path) -> None:
     path = tmp_path / "chat.json"
-    path.write_text(json.dumps([{"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}]}]))
+    turns = [{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}]
+    path.write_text(json.dumps([{"conversations": turns}]))
     _, quarantined = run(path, mapping="sharegpt")
     assert "conversations[1].from is 'robot'" in quarantined[0].error
 
