@@ -7,6 +7,7 @@ from assets.deduped import deduped
 from assets.exports import exports
 from assets.filtered import filtered
 from assets.formatted import formatted
+from assets.inspection import inspection
 from assets.raw import raw
 from assets.synthetic import synthetic
 from assets.synthetic_mixed import synthetic_mixed
@@ -16,7 +17,7 @@ from resources.teachers import TeacherResource
 from sensors import landing_files_sensor, nightly_schedule, run_failure_alert
 
 DATASETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
-ASSETS = [*DATASETS, exports, compliance_report]
+ASSETS = [*DATASETS, exports, compliance_report, inspection]
 CHECKS = ALL_CHECKS
 RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource(), "teacher": TeacherResource()}
 

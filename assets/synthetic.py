@@ -16,6 +16,7 @@ from curation.synth import (
     parse_model_registry,
     registered_teacher,
     rejection_record,
+    select_seeds,
     synthesize,
 )
 from curation.verify import VerifySettings
@@ -34,8 +35,8 @@ def synthetic(context: AssetExecutionContext, project: ProjectResource, warehous
     config = project.load()
     synthesis = config.synthesis
     # `judge` and `verify` are read when the project file has them (typed fields proposed to the lead).
-    judge_spec = getattr(synthesis, "judge", None)
-    settings = VerifySettings.from_mapping(getattr(synthesis, "verify", None))
+    judge_spec = synthesis.judge
+    settings = VerifySettings.from_mapping(synthesis.verify)
     policy = LicensePolicy.with_overrides(config.policy.licenses)
     registry = parse_model_registry(config.policy.teachers)
     created_at = utcnow()
@@ -43,7 +44,7 @@ def synthetic(context: AssetExecutionContext, project: ProjectResource, warehous
             warehouse.get().write("synthetic") as staged:
         info = registered_teacher(model.info, registry)
         ctx = SynthContext(model, info, policy, registry, seed=synthesis.seed)
-        seeds = list(table_rows(staged.connection, "filtered"))
+        seeds = select_seeds(table_rows(staged.connection, "filtered"), synthesis.methods, synthesis.seed)
         result = synthesize(ctx, seeds, synthesis.methods, judge, settings, config.policy.intended_use, created_at,
                             base_dir=config.base_dir)
         table = staged.create("synthetic", canonical_ddl())

@@ -23,9 +23,7 @@ def synthetic_mixed(context: AssetExecutionContext, project: ProjectResource, wa
     """Filtered (real) rows plus synthetic rows: per-source quotas (`mix.quotas`), target weights over one
     dimension (`mix.weights`), and model-made rows at most `mix.synthetic_cap` of the total."""
     mix = project.load().mix
-    # `weights` and `quotas` are read when the project file has them (typed fields proposed to the lead).
-    policy = MixPolicy.from_config(mix.synthetic_cap, mix.seed, getattr(mix, "weights", None),
-                                   getattr(mix, "quotas", None))
+    policy = MixPolicy.from_config(mix.synthetic_cap, mix.seed, mix.weights, mix.quotas)
     if policy.dimension is None:
         value_sql, params = "NULL", []
     elif policy.dimension in COLUMNS:

@@ -71,13 +71,19 @@ class DedupConfig(_Strict):
 
 class SynthesisConfig(_Strict):
     teacher: dict[str, Any] = Field(default_factory=lambda: {"backend": "procedural"})
+    judge: dict[str, Any] | Literal["procedural", "teacher"] | None = Field(
+        default=None, description="Judge model spec, 'teacher' (warned: self-judging) or the procedural default.")
     methods: dict[str, Any] = Field(default_factory=lambda: {"perturbation": {"count": 50}})
+    verify: dict[str, Any] = Field(default_factory=dict, description="Verification settings (min_judge_score…).")
     seed: int = 0
 
 
 class MixConfig(_Strict):
     synthetic_cap: float = Field(default=0.3, ge=0.0, le=1.0,
                                  description="Maximum share of synthetic rows in synthetic_mixed.")
+    weights: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Target weights per dimension, e.g. {kind: {sft: 0.7, chat: 0.3}}.")
+    quotas: dict[str, int] = Field(default_factory=dict, description="Maximum rows per source.")
     seed: int = 0
 
 
@@ -100,10 +106,18 @@ class FormatConfig(_Strict):
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
 
+class TeacherTerms(_Strict):
+    """A model registry entry: the licence and terms attached to a teacher's outputs."""
+
+    license: str | None = None
+    terms: str = ""
+    forbids: list[Literal["research", "commercial"]] = Field(default_factory=list)
+
+
 class PolicyConfig(_Strict):
     intended_use: Literal["research", "commercial"] = "research"
     licenses: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    teachers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    teachers: dict[str, TeacherTerms] = Field(default_factory=dict)
 
 
 class ProjectConfig(_Strict):

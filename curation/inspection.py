@@ -121,6 +121,7 @@ class VersionInspection:
     categories: dict[str, dict[str, int]] = field(default_factory=dict)
     splits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     crosstabs: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    lengths_by_source: dict[str, dict[str, dict[str, float | int | None]]] = field(default_factory=dict)
     languages: dict[str, int] = field(default_factory=dict)
     language_sample: int = 0
     outliers: list[dict[str, Any]] = field(default_factory=list)
@@ -135,7 +136,8 @@ class VersionInspection:
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready summary (no histograms), for machine-readable metadata."""
         return {"table": self.table, "rows": self.rows, "synthetic_share": round(self.synthetic_share, 4),
-                "distributions": self.distributions, "categories": self.categories,
+                "distributions": self.distributions, "categories": self.categories, "splits": self.splits,
+                "lengths_by_source": self.lengths_by_source,
                 "languages": {"sample_rows": self.language_sample, "counts": self.languages},
                 "outliers": len(self.outliers), "agreement": self.agreement}
 
@@ -357,7 +359,7 @@ def inspect_version(connection: duckdb.DuckDBPyConnection, table: str,
             for column in ("kind", "origin", "license"):
                 result.crosstabs[f"{column}_by_{by}"] = crosstab(connection, column, by)
         for measure in ("prompt_chars", "response_chars") + (("n_tokens",) if "n_tokens" in columns else ()):
-            result.crosstabs[f"{measure}_by_source"] = distribution(connection, measure, by="source")  # type: ignore
+            result.lengths_by_source[measure] = distribution(connection, measure, by="source")
         result.outliers = outliers(connection, [m for m in ("prompt_chars", "response_chars", "n_tokens")
                                                 if m in measures])
     finally:
@@ -429,11 +431,11 @@ def plot_lengths(version: VersionInspection) -> bytes:
 def plot_by_source(version: VersionInspection) -> bytes:
     """Box plots (whiskers p5–p95) of prompt and response length per source, from SQL quantiles."""
     plt = _pyplot()
-    measures = [m for m in ("prompt_chars", "response_chars", "n_tokens") if f"{m}_by_source" in version.crosstabs]
+    measures = list(version.lengths_by_source)
     figure, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 0.5 + 0.45 * max(
         2, len(version.categories.get("source", {})))), squeeze=False)
     for ax, measure in zip(axes[0], measures, strict=True):
-        groups = version.crosstabs[f"{measure}_by_source"]
+        groups = version.lengths_by_source[measure]
         stats = [{"label": g, "whislo": s["p05"], "q1": s["p25"], "med": s["median"], "q3": s["p75"],
                   "whishi": s["p95"], "fliers": []} for g, s in groups.items() if s["count"]]
         if stats:

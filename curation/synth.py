@@ -27,11 +27,12 @@ models that generated its parents, from the policy's model registry.
 from __future__ import annotations
 
 import gzip
+import heapq
 import itertools
 import json
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -221,7 +222,7 @@ def perturbation_candidates(ctx: SynthContext, seeds: Sequence[Row], settings: M
     robustness to messy user input (Belinkov & Bisk 2018)."""
     count, rate = int(settings.get("count", 0)), float(settings.get("rate", 0.15))
     kinds = tuple(settings.get("kinds", PERTURBATIONS))
-    eligible = [r for r in seeds if r.get("kind") in ("sft", "chat") and _first_user_index(r) is not None]
+    eligible = [r for r in seeds if _eligibility("perturbation", settings)(r)]
     out: list[Candidate] = []
     for position, parent in enumerate(_pick(eligible, count, ctx.seed, "perturbation")):
         kind = kinds[position % len(kinds)]
@@ -662,6 +663,44 @@ def validate_methods(methods: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                              "(task_id, prompt, test, entry_point), and 'license': the SPDX id of that file")
         out[name] = settings
     return out
+
+
+def _eligibility(method: str, settings: Mapping[str, Any]) -> Callable[[Row], bool] | None:
+    """Which seed rows a method may pick from (None: the method takes no seed rows)."""
+    if method == "perturbation":
+        return lambda r: r.get("kind") in ("sft", "chat") and _first_user_index(r) is not None
+    if method in ("responses", "preference"):
+        kinds = tuple(settings.get("seed_kinds", ["prompt", "sft"]))
+        return lambda r: r.get("kind") in kinds and _first_user_index(r) is not None
+    if method == "reverse_instruction":
+        min_words = int(settings.get("min_words", 120))
+        return lambda r: (t := _long_human_text(r)) is not None and len(t.split()) >= min_words
+    return None
+
+
+_PURPOSE = {"perturbation": "perturbation", "responses": "responses", "preference": "preference",
+            "reverse_instruction": "reverse"}
+
+
+def select_seeds(rows: Iterable[Row], methods: Mapping[str, Any], seed: int) -> list[Row]:
+    """The seed rows the methods will pick, in one streaming pass: per method, the ``count`` eligible rows
+    with the smallest seeded hash (what each method's own pick chooses), so memory is bounded by the
+    counts, not by the size of ``filtered`` (DESIGN.md §5)."""
+    plan = validate_methods(methods)
+    wanted = [(name, _eligibility(name, settings), int(settings.get("count", 0))) for name, settings in plan.items()]
+    wanted = [(name, test, count) for name, test, count in wanted if test is not None and count > 0]
+    heaps: dict[str, list[tuple[float, str, Row]]] = {name: [] for name, _, _ in wanted}
+    for row in rows:
+        for name, test, count in wanted:
+            if not test(row):
+                continue
+            item = (-stable_unit(seed, _PURPOSE[name], row["row_id"]), row["row_id"], row)  # max-heap on the key
+            if len(heaps[name]) < count:
+                heapq.heappush(heaps[name], item)
+            elif item[0] > heaps[name][0][0]:
+                heapq.heapreplace(heaps[name], item)
+    chosen = {row_id: row for heap in heaps.values() for _, row_id, row in heap}
+    return [chosen[k] for k in sorted(chosen)]
 
 
 def generate_candidates(ctx: SynthContext, seeds: Sequence[Row], methods: Mapping[str, Any], judge: Any = None,

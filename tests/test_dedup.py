@@ -31,6 +31,7 @@ from curation.dedup import (
     remove_repeats,
     same_prompt_conflicts,
     strip_boilerplate,
+    with_license_note,
 )
 from curation.minhash import ShingleConfig, signature_bytes, signature_from_bytes
 from curation.normalize import NormalizeOptions
@@ -105,6 +106,10 @@ def test_seed_tasks_collapse_and_keep_the_permissive_licence() -> None:
     # One query explains a removed row: which row it duplicates and how similar.
     table = clusters_table(result.members)
     assert table.num_rows == 350 and set(table.column("method").to_pylist()) == {"exact:prompt_response"}
+    # The kept row carries the absorbed row's provenance too.
+    noted = with_license_note(result.kept[0], result.members, by_id)
+    assert [(s["source"], s["license"]) for s in noted["extra"]["dedup_sources"]] == [
+        ("stanford-alpaca-seed-tasks", "CC-BY-NC-4.0")]
 
 
 def test_fastchat_prompt_level_and_conversation_level_differ() -> None:

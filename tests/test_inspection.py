@@ -193,3 +193,27 @@ def test_inspection_asset_reports_in_metadata_and_html(home: Path) -> None:
     assert report == home / "reports" / "inspection" / "index.html" and report.exists()
     kinds = Counter(r["kind"] for r in rows)
     assert metadata["raw_stats"].value["categories"]["kind"] == dict(kinds)
+
+
+def test_text_rows_are_measured_by_their_text_and_have_no_turns() -> None:
+    connection = duckdb.connect()
+    load(connection, "raw", [new_row(row_id="t1", kind="text", source="web", license="CC0-1.0", origin="human",
+                                     text="Plain text for pretraining, seven words."),
+                             new_row(row_id="c1", kind="chat", source="chat", license="MIT", origin="human",
+                                     messages=[{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Hello!"},
+                                               {"role": "user", "content": "Bye"}])])
+    result = inspect_version(connection, "raw", language_rows=0)
+    by_source = {line["source"]: line for line in result.splits["source"]}
+    assert by_source["web"]["prompt_chars_median"] == len("Plain text for pretraining, seven words.")
+    assert by_source["web"]["turns_mean"] is None and by_source["chat"]["turns_mean"] == 2
+    assert by_source["chat"]["prompt_chars_median"] == len("Hi\nBye")
+
+
+def test_an_empty_version_still_gets_a_report(tmp_path: Path) -> None:
+    connection = duckdb.connect()
+    load(connection, "filtered", [])
+    result = inspect_version(connection, "filtered")
+    assert result.rows == 0 and result.outliers == [] and result.languages == {}
+    report, pngs = write_report(tmp_path, [result])
+    assert "filtered" in report.read_text() and set(pngs["filtered"]) == {"lengths", "by_source", "composition"}

@@ -43,7 +43,7 @@ def test_every_asset_materializes_and_every_check_passes(demo_run) -> None:
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted", "exports",
-                            "compliance_report"}
+                            "compliance_report", "inspection"}
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) >= 15
     assert [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed] == []

@@ -24,6 +24,7 @@ from curation.synth import (
     parse_model_registry,
     policy_violation,
     registered_teacher,
+    select_seeds,
     synthesize,
     terms_violations,
     validate_methods,
@@ -309,3 +310,17 @@ def test_reference_solutions_pass_first_time_through_the_method(humaneval, tmp_p
     assert len(result.accepted) == 3 and result.rejected == []
     assert all(s.provenance.verification["method_checks"]["repair_rounds"] == 0 for s in result.accepted)
     assert len(teacher.requests) == 3  # no repair round asked for
+
+
+def test_streaming_seed_selection_picks_what_the_methods_pick_from_everything() -> None:
+    seeds = [seed_row(f"s{i:03d}", f"What is {i} + {i}?", f"{2 * i}") for i in range(150)]
+    seeds += [seed_row(f"p{i:03d}", f"What is {i} * 3?", kind="prompt") for i in range(150)]
+    methods = {"perturbation": {"count": 7}, "responses": {"count": 5}, "arithmetic": {"count": 2}}
+    selected = select_seeds(iter(seeds), methods, seed=3)
+    assert len(selected) <= 12
+    ctx = SynthContext(ProceduralTeacher(), ProceduralTeacher().info, LicensePolicy(), {}, seed=3)
+    full = synthesize(ctx, seeds, methods, ProceduralJudge(), VerifySettings(), "research", NOW)
+    streamed = synthesize(ctx, selected, methods, ProceduralJudge(), VerifySettings(), "research", NOW)
+    assert [s.row["row_id"] for s in streamed.accepted] == [s.row["row_id"] for s in full.accepted]
+    assert [c.row["row_id"] for c in streamed.rejected] == [c.row["row_id"] for c in full.rejected]
+    assert len(full.accepted) + len(full.rejected) == 7 + 5 + 2 and len(full.accepted) >= 10
