@@ -1,5 +1,6 @@
 """Checks every dataset version carries: canonical schema, row conservation, and stage-specific rules."""
 
+import hashlib
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -11,8 +12,10 @@ from dagster import (
 
 from curation.accounting import STAGES, raw_conservation, unaccounted
 from curation.conformance import column_problems, violations
+from curation.dedup import config_from_settings, exact_key
 from curation.markdown import markdown_table
-from resources import WarehouseResource
+from curation.warehouse import table_rows
+from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 DATASETS = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
@@ -61,9 +64,50 @@ def raw_records_conserved(context: AssetCheckExecutionContext, warehouse: Wareho
         "files_out_of_balance": MetadataValue.md(markdown_table(broken))})
 
 
+@asset_check(asset="deduped", name="no_exact_duplicates", blocking=True, pool=POOL,
+             description="No two deduped rows share the normalised field set exact dedup compares.")
+def deduped_no_exact_duplicates(context: AssetCheckExecutionContext, project: ProjectResource,
+                                warehouse: WarehouseResource) -> AssetCheckResult:
+    settings = project.load().dedup
+    config = config_from_settings(settings.exact_fields, settings.lowercase, settings.strip_punctuation,
+                                  False, False, False)
+    seen: dict[str, str] = {}
+    duplicates: list[tuple[str, str]] = []
+    with warehouse.get().connect() as connection:
+        for row in table_rows(connection, "deduped"):
+            key = hashlib.sha256(exact_key(row, config.exact.fields, config.exact.normalize).encode()).hexdigest()
+            if key in seen:
+                duplicates.append((seen[key], row["row_id"]))
+            else:
+                seen[key] = row["row_id"]
+    return AssetCheckResult(passed=not duplicates, metadata={
+        "rows_checked": len(seen) + len(duplicates), "duplicate_pairs": len(duplicates),
+        "sample": MetadataValue.json(duplicates[:10]), "fields": settings.exact_fields})
+
+
+@asset_check(asset="deduped", name="removed_rows_point_to_kept_rows", blocking=True, pool=POOL,
+             description="Every row removed as a duplicate names a kept row that is in deduped (or whose "
+                         "cleaned copy is, through lineage), so each removal is explained by one query.")
+def deduped_removed_point_to_kept(context: AssetCheckExecutionContext, warehouse: WarehouseResource
+                                  ) -> AssetCheckResult:
+    with warehouse.get().connect() as connection:
+        dangling, removed = connection.execute(
+            "WITH kept AS (SELECT row_id FROM deduped UNION SELECT parent_id FROM lineage WHERE asset = 'deduped') "
+            "SELECT count(*) FILTER (kept_row_id NOT IN (SELECT row_id FROM kept)), count(*) "
+            "FROM dedup_clusters WHERE removed").fetchone()
+        (wrong_similarity,) = connection.execute(
+            "SELECT count(*) FROM dedup_clusters WHERE removed AND (jaccard IS NULL OR jaccard <= 0 OR jaccard > 1)"
+        ).fetchone()
+    return AssetCheckResult(passed=dangling == 0 and wrong_similarity == 0, metadata={
+        "removed_rows": int(removed), "pointing_to_missing_rows": int(dangling),
+        "without_valid_similarity": int(wrong_similarity)})
+
+
 DATASET_CHECKS: list[AssetChecksDefinition] = [
     *(conformance_check(asset) for asset in DATASETS),
     *(conservation_check(asset) for asset in STAGES),
     raw_records_conserved,
+    deduped_no_exact_duplicates,
+    deduped_removed_point_to_kept,
 ]
 

@@ -27,7 +27,7 @@ class Accounting:
 
 
 STAGES: dict[str, Accounting] = {
-    "deduped": Accounting("deduped", ("raw",), (("dedup_clusters", "row_id <> kept_row_id"),),
+    "deduped": Accounting("deduped", ("raw",), (("dedup_clusters", "removed"),),
                           lineage_edges=True),
     "filtered": Accounting("filtered", ("deduped",), (("filter_rejections", "TRUE"),), lineage_edges=True),
     "synthetic_mixed": Accounting("synthetic_mixed", ("filtered", "synthetic"), (("mix_excluded", "TRUE"),)),

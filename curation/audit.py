@@ -224,7 +224,7 @@ def _edges_up(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, id
                                       f"{table}.parent_ids"))
     if tables.has("dedup_clusters"):  # the duplicates a kept row stands for
         edges += [_absorbed(r) for r in _fetch(
-            connection, "SELECT * FROM dedup_clusters WHERE kept_row_id <> row_id AND kept_row_id "
+            connection, "SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND kept_row_id "
                         f"{_IN_IDS} ORDER BY kept_row_id, row_id", ids)]
     return edges
 
@@ -237,7 +237,8 @@ def _edges_down(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, 
                         "ORDER BY asset, parent_id, child_id", ids)]
     if tables.has("dedup_clusters"):  # a removed duplicate lives on in the row that was kept
         edges += [_absorbed(r) for r in _fetch(
-            connection, f"SELECT * FROM dedup_clusters WHERE kept_row_id <> row_id AND row_id {_IN_IDS}", ids)]
+            connection, f"SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND row_id {_IN_IDS}",
+            ids)]
     return edges
 
 

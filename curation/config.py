@@ -61,12 +61,16 @@ class IngestConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    exact_fields: Literal["prompt", "prompt_response", "conversation"] = "conversation"
+    """Deduplication settings; each stage's mapping is passed to its dataclass in curation.dedup
+    (``near: false`` etc. switches a stage off)."""
+
+    exact_fields: Literal["first_prompt", "prompt", "prompt_response", "conversation"] = "prompt_response"
     lowercase: bool = True
     strip_punctuation: bool = False
-    near: dict[str, Any] = Field(default_factory=dict)
-    paragraphs: dict[str, Any] = Field(default_factory=dict)
-    conflicts: dict[str, Any] = Field(default_factory=dict)
+    near: dict[str, Any] | bool = Field(default_factory=dict, description="threshold, num_perm, unit, n, fields…")
+    within: dict[str, Any] | bool = Field(default_factory=dict, description="Repeated paragraphs inside a row.")
+    boilerplate: dict[str, Any] | bool = Field(default_factory=dict, description="Paragraphs repeated across rows.")
+    conflicts: dict[str, Any] = Field(default_factory=dict, description="Same prompt, different responses.")
 
 
 class SynthesisConfig(_Strict):

@@ -14,7 +14,7 @@ import math
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -466,11 +466,43 @@ def near_clusters(rows: Sequence[Row], result: NearResult, config: NearConfig,
                             similarity=lambda i, k: similarity[i], links=best)
 
 
-def near_duplicates(rows: Sequence[Row], config: NearConfig = NearConfig(),
-                    policy: KeepPolicy = KeepPolicy()) -> tuple[list[ClusterMember], NearResult]:
-    """Near-duplicate clusters of ``rows`` on ``config.fields``; also returns signatures to persist."""
+SignatureStore = Mapping[str, tuple[np.ndarray, int]]
+"""Known signatures by :func:`signature_key`: (signature, shingle count)."""
+
+
+def signature_key(text: str, config: NearConfig) -> str:
+    """What a stored signature is valid for: the compared text and every setting that shapes it."""
+    settings = f"{config.num_perm}:{config.seed}:{config.shingles.unit}:{config.shingles.n}"
+    return hashlib.sha256(f"{settings}\x1f{text}".encode()).hexdigest()[:32]
+
+
+def signatures_with_store(texts: Sequence[str], config: NearConfig, known: SignatureStore
+                          ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Signatures of ``texts``, computing only those ``known`` lacks; also their keys and how many
+    were computed (0 on unchanged input: no MinHash work)."""
+    keys = [signature_key(t, config) for t in texts]
+    signatures = np.empty((len(texts), config.num_perm), dtype=np.uint32)
+    counts = np.empty(len(texts), dtype=np.int64)
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    for i, key in enumerate(keys):
+        if key in known:
+            signatures[i], counts[i] = known[key]
+    if missing:
+        computed, computed_counts = compute_signatures([texts[i] for i in missing], config)
+        signatures[missing], counts[missing] = computed, computed_counts
+    return signatures, counts, keys, len(missing)
+
+
+def near_duplicates(rows: Sequence[Row], config: NearConfig = NearConfig(), policy: KeepPolicy = KeepPolicy(),
+                    known: SignatureStore | None = None) -> tuple[list[ClusterMember], NearResult]:
+    """Near-duplicate clusters of ``rows`` on ``config.fields``; also returns signatures to persist.
+    With ``known`` (signatures persisted by an earlier run) only new texts are MinHashed."""
     texts = [dedup_text(r, config.fields) for r in rows]
-    result = near_duplicate_pairs(texts, config)
+    if known is None:
+        result = near_duplicate_pairs(texts, config)
+    else:
+        signatures, counts, _, _ = signatures_with_store(texts, config, known)
+        result = near_duplicate_pairs(texts, config, signatures, counts)
     return near_clusters(rows, result, config, policy, texts), result
 
 
@@ -669,6 +701,21 @@ class BoilerplateConfig:
     min_fraction: float = 0.001
     min_chars: int = 30
     normalize: NormalizeOptions = DEFAULT_OPTIONS
+    # Only model-side text and documents: in instruction data a prompt shared by many rows ("Multiply the
+    # two numbers.") with different inputs is the task itself, while boilerplate — sign-offs, disclaimers,
+    # "I hope this helps!" — lives in responses and scraped documents.
+    roles: tuple[str, ...] = ("assistant",)
+
+
+def _boilerplate_locations(row: Row, config: BoilerplateConfig) -> Iterable[tuple[str, str]]:
+    """Text rows' text and the messages whose role is in ``config.roles`` (chosen/rejected are assistant)."""
+    for location, text in _locations(row):
+        if location == "text" or location.startswith(("chosen", "rejected")):
+            yield location, text
+            continue
+        column, k = location[:-1].split("[")
+        if row[column][int(k)].get("role") in config.roles:
+            yield location, text
 
 
 def _paragraph_keys(text: str, config: BoilerplateConfig) -> Iterable[tuple[str, str]]:
@@ -688,7 +735,8 @@ def paragraph_counts(rows: Iterable[Row], config: BoilerplateConfig = Boilerplat
     n = 0
     for row in rows:
         n += 1
-        counts.update({key for _, text in _locations(row) for _, key in _paragraph_keys(text, config)})
+        counts.update({key for _, text in _boilerplate_locations(row, config)
+                       for _, key in _paragraph_keys(text, config)})
     return counts, n
 
 
@@ -702,7 +750,7 @@ def strip_boilerplate(row: Row, keys: set[str], config: BoilerplateConfig = Boil
     """Remove boilerplate paragraphs from a row. A field made only of boilerplate is left as it is
     (a stock answer that is the whole response is content, not decoration; filters judge it)."""
     edits: list[Edit] = []
-    for location, text in list(_locations(row)):
+    for location, text in list(_boilerplate_locations(row, config)):
         hits = [unit for unit, key in _paragraph_keys(text, config) if key in keys]
         if not hits:
             continue
@@ -785,15 +833,20 @@ class DedupResult:
     edits: list[Edit]
     signatures: np.ndarray | None  # aligned with the rows that reached the near stage
     signature_row_ids: list[str]
+    signature_keys: list[str] = field(default_factory=list)  # signature_key of each, to persist them
+    shingle_counts: np.ndarray | None = None
+    signatures_computed: int = 0  # MinHash work done (0 on unchanged input with known signatures)
 
     @property
     def removed_ids(self) -> set[str]:
         return {m.row_id for m in self.members if m.removed}
 
 
-def dedup_rows(rows: Sequence[Row], config: DedupConfig = DedupConfig()) -> DedupResult:
+def dedup_rows(rows: Sequence[Row], config: DedupConfig = DedupConfig(),
+               known_signatures: SignatureStore | None = None) -> DedupResult:
     """In-text edits, then exact, near and same-prompt dedup, each on the previous stage's survivors.
-    Each removed row appears once in ``members`` (the stage that removed it)."""
+    Each removed row appears once in ``members`` (the stage that removed it). ``known_signatures``
+    (persisted by an earlier run, see :func:`signature_key`) spares MinHash work on texts seen before."""
     rows = list(rows)
     edits: list[Edit] = []
     if config.within is not None:
@@ -823,17 +876,19 @@ def dedup_rows(rows: Sequence[Row], config: DedupConfig = DedupConfig()) -> Dedu
         stage = exact_duplicates(rows, config.exact, config.policy)
         members.extend(stage)
         rows = survivors(rows, stage)
-    signatures = None
-    sig_ids: list[str] = []
+    result = DedupResult([], [], edits, None, [])
     if config.near is not None and rows:
-        stage, result = near_duplicates(rows, config.near, config.policy)
+        texts = [dedup_text(r, config.near.fields) for r in rows]
+        signatures, counts, keys, computed = signatures_with_store(texts, config.near, known_signatures or {})
+        pairs = near_duplicate_pairs(texts, config.near, signatures, counts)
+        stage = near_clusters(rows, pairs, config.near, config.policy, texts)
         members.extend(stage)
-        signatures, sig_ids = result.signatures, [r["row_id"] for r in rows]
+        result = DedupResult([], [], edits, signatures, [r["row_id"] for r in rows], keys, counts, computed)
         rows = survivors(rows, stage)
     stage = same_prompt_conflicts(rows, config.conflicts, config.policy)
     members.extend(stage)
-    rows = survivors(rows, stage)
-    return DedupResult(rows, members, edits, signatures, sig_ids)
+    result.kept, result.members = survivors(rows, stage), members
+    return result
 
 
 def with_license_note(row: Row, members: Sequence[ClusterMember], rows_by_id: dict[str, Row]) -> Row:
@@ -884,3 +939,31 @@ __all__ = [
     "strip_boilerplate",
     "with_license_note",
 ]
+
+
+def config_from_settings(exact_fields: FieldSet = "prompt_response", lowercase: bool = True,
+                         strip_punctuation: bool = False, near: Mapping[str, Any] | bool = True,
+                         within: Mapping[str, Any] | bool = True, boilerplate: Mapping[str, Any] | bool = True,
+                         conflicts: Mapping[str, Any] | None = None) -> DedupConfig:
+    """A :class:`DedupConfig` from the project file's ``dedup:`` section, with errors naming the key."""
+    normalize = NormalizeOptions(lowercase=lowercase, strip_punctuation=strip_punctuation)
+
+    def build(name: str, factory: Callable[..., Any], settings: Mapping[str, Any] | bool, **fixed: Any) -> Any:
+        if settings is False:
+            return None
+        params = dict(settings) if isinstance(settings, Mapping) else {}
+        try:
+            return factory(**fixed, **params)
+        except TypeError as error:
+            raise ValueError(f"dedup.{name}: {error}; see the README for the keys it takes") from error
+
+    near_settings = dict(near) if isinstance(near, Mapping) else near
+    if isinstance(near_settings, dict) and ("unit" in near_settings or "n" in near_settings):
+        near_settings["shingles"] = ShingleConfig(near_settings.pop("unit", "word"), near_settings.pop("n", 5))
+    return DedupConfig(
+        within=build("within", WithinConfig, within, normalize=normalize),
+        boilerplate=build("boilerplate", BoilerplateConfig, boilerplate, normalize=normalize),
+        exact=ExactConfig(fields=exact_fields, normalize=normalize),
+        near=build("near", NearConfig, near_settings),
+        conflicts=build("conflicts", ConflictConfig, dict(conflicts or {}), normalize=normalize) or ConflictConfig(),
+    )

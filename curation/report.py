@@ -263,7 +263,8 @@ def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target: str) -
     # A kept row stands for the duplicates removed in its favour: their licences add obligations
     # (credit every copy's source), not restrictions (the kept copy's own licence grants the use).
     absorbed = ("SELECT DISTINCT a.row_id, d.row_id AS duplicate FROM _report_anc a JOIN dedup_clusters d "
-                "ON d.kept_row_id = a.ancestor AND d.row_id <> d.kept_row_id" if tables.has("dedup_clusters")
+                "ON d.kept_row_id = a.ancestor AND d.removed AND d.row_id <> d.kept_row_id"
+                if tables.has("dedup_clusters")
                 else "SELECT NULL::VARCHAR AS row_id, NULL::VARCHAR AS duplicate WHERE false")
     run(f"CREATE OR REPLACE TEMP TABLE _report_absorbed AS {absorbed}")
     run("CREATE OR REPLACE TEMP TABLE _report_wanted AS SELECT ancestor AS row_id FROM _report_anc "

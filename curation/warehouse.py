@@ -189,12 +189,19 @@ def read_batches(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequen
         cursor.close()
 
 
+SOURCE_ORDER = ("ingested_at, source, split_part(source_uri, '#', 1), "
+                "TRY_CAST(split_part(split_part(source_uri, '#', 2), '/', 1) AS BIGINT), source_uri, row_id")
+"""Rows as they stood in their sources: file by file, record by record (numeric, not string, order)."""
+
+
 def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 2_000,
                order_by: str = "row_id") -> Iterator[dict[str, Any]]:
-    """Decoded canonical rows of ``table`` in a deterministic order, one batch in memory at a time."""
+    """Decoded canonical rows of ``table`` in a deterministic order, one batch in memory at a time.
+    ``order_by`` is a column name, or :data:`SOURCE_ORDER`."""
     from curation.schema import iter_rows
 
-    sql = f"SELECT * FROM {quote(table)} ORDER BY {quote(order_by)}"
+    order = SOURCE_ORDER if order_by == SOURCE_ORDER else quote(order_by)
+    sql = f"SELECT * FROM {quote(table)} ORDER BY {order}"
     yield from iter_rows(read_batches(connection, sql, batch_rows=batch_rows))
 
 

@@ -117,9 +117,9 @@ def write_alpaca(rng: random.Random) -> None:
     extra = [
         # exact duplicate (same record twice)
         rows[0],
-        # near duplicate: same answer, one word changed in the question
-        {"instruction": rows[1]["instruction"].replace("Explain", "Please explain"), "input": "",
-         "output": rows[1]["output"]},
+        # near duplicate: the same question, the answer with one more sentence (word 5-gram Jaccard ~0.85)
+        {"instruction": rows[1]["instruction"], "input": "",
+         "output": rows[1]["output"] + " That is the short version."},
         # HTML residue from a scraped answer
         {"instruction": "What does HTTP status 404 mean?", "input": "",
          "output": "<p>The <b>404 Not Found</b> status means the server could not find the requested page.</p>"

@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from assets.deduped import CLUSTERS_DDL
 from curation.audit import RowNotFound, audit_row
 from curation.formatting import FORMAT_REJECTIONS_DDL, FORMATTED_COLUMNS
 from curation.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA, lineage_record
@@ -24,8 +25,6 @@ from curation.schema import new_row, rows_to_table
 from curation.synth import REJECTIONS_DDL as SYNTH_REJECTIONS_DDL
 from curation.warehouse import LINEAGE_DDL, canonical_ddl
 
-CLUSTERS_DDL = ("cluster_id VARCHAR NOT NULL, row_id VARCHAR NOT NULL, kept_row_id VARCHAR NOT NULL, "
-                "method VARCHAR NOT NULL, jaccard DOUBLE, reason VARCHAR")  # assets/deduped.py
 REJECTIONS_DDL = "row_id VARCHAR NOT NULL, filter VARCHAR NOT NULL, reason VARCHAR NOT NULL, value VARCHAR"
 EXCLUDED_DDL = "row_id VARCHAR NOT NULL, reason VARCHAR NOT NULL"
 QUARANTINE_DDL = ("source VARCHAR, source_uri VARCHAR, file VARCHAR, record_no BIGINT, line_no BIGINT, "
@@ -88,7 +87,9 @@ def build_warehouse(path: Path, extra_raw: list[dict] | None = None) -> None:
     connection.register("_in", pa.Table.from_pylist(edges, schema=LINEAGE_SCHEMA))
     connection.execute("INSERT INTO lineage SELECT * FROM _in")
     connection.execute(f"CREATE TABLE dedup_clusters ({CLUSTERS_DDL})")
-    connection.execute("INSERT INTO dedup_clusters VALUES ('c1', 'd1', 'k1', 'minhash', 0.85, 'near duplicate')")
+    connection.execute("INSERT INTO dedup_clusters VALUES "
+                       "('c1', 'k1', 'k1', 'near:w5', 1.0, 'k1', 1.0, false, 'kept'), "
+                       "('c1', 'd1', 'k1', 'near:w5', 0.85, 'k1', 0.85, true, 'near duplicate')")
     connection.execute(f"CREATE TABLE provenance ({PROVENANCE_DDL})")
     names = PROVENANCE_SCHEMA.names  # by name, so columns a newer layout adds stay NULL
     provenance = [dict(zip(names, values, strict=True)) for values in (
@@ -155,13 +156,13 @@ def test_redacted_row_names_the_edit_and_never_shows_the_secret(db) -> None:
 def test_near_duplicate_kept_row_lists_the_copies_it_stands_for(db) -> None:
     audit = audit_row(db, "f_k1")
     absorbed = [e for e in audit.upstream if e.relation == "absorbed"]
-    assert [(e.child_id, e.parent_id, e.operation) for e in absorbed] == [("k1", "d1", "dedup:minhash")]
+    assert [(e.child_id, e.parent_id, e.operation) for e in absorbed] == [("k1", "d1", "dedup:near:w5")]
     assert "jaccard 0.850" in absorbed[0].detail
     assert {(o.row_id, o.info["source"], o.info["license"]) for o in audit.origins()} == {
         ("k1", "forum", "MIT"), ("d1", "scrape", "CC-BY-SA-4.0")}
     assert audit.licenses() == ["CC-BY-SA-4.0", "MIT"]
     removed = audit_row(db, "d1")
-    assert removed.status() == "removed at deduped as a duplicate of k1 (dedup:minhash)"
+    assert removed.status() == "removed at deduped as a duplicate of k1 (dedup:near:w5)"
     assert "f_k1" in {e.child_id for e in removed.downstream}
 
 

@@ -159,3 +159,37 @@ def test_materialization_metadata_shows_in_the_ui(demo_run) -> None:
     assert {c.name for c in raw["dagster/column_schema"].value.columns} >= {"row_id", "messages", "license"}
     assert raw["quarantined"].value >= 1
     assert "column_lineage" in str(events["formatted"].keys()) or "dagster/column_lineage" in events["formatted"]
+
+
+def test_duplicates_are_explained_and_the_earlier_record_is_kept(db) -> None:
+    rows = db.execute(
+        "SELECT d.method, d.jaccard, r.source_uri, k.source_uri, d.reason FROM dedup_clusters d "
+        "JOIN raw r ON r.row_id = d.row_id JOIN raw k ON k.row_id = d.kept_row_id WHERE d.removed "
+        "ORDER BY d.method, r.source_uri").fetchall()
+    methods = [r[0] for r in rows]
+    assert "exact:prompt_response" in methods and any(m.startswith("near:") for m in methods)
+    near = next(r for r in rows if r[0].startswith("near:"))
+    assert 0.8 <= near[1] < 1.0  # the planted near copy, with its verified word 5-gram Jaccard
+    for _, _, removed_uri, kept_uri, reason in rows:
+        assert removed_uri.split("#")[0] == kept_uri.split("#")[0]
+        assert int(kept_uri.split("#")[1]) < int(removed_uri.split("#")[1]), reason  # earlier record kept
+    edits = db.execute("SELECT operation FROM lineage WHERE asset = 'deduped'").fetchall()
+    assert ("dedup:repeated_paragraph",) in edits
+
+
+def test_rerun_on_unchanged_input_does_no_minhash_work(demo_run) -> None:
+    _, warehouse = demo_run
+    from definitions import ASSETS
+    from resources import ProjectResource, WarehouseResource
+
+    deduped_asset = next(a for a in ASSETS if a.key.to_user_string() == "deduped")
+    resources = {"project": ProjectResource(config_path=str(DEMO_CONFIG)),
+                 "warehouse": WarehouseResource(path=str(warehouse))}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([deduped_asset], instance=instance, resources=resources)
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["minhash_computed"].value == 0
+    assert metadata["signatures_reused"].value > 0
+    first = {e.asset_key.to_user_string(): e.materialization.metadata for e in
+             demo_run[0].get_asset_materialization_events()}["deduped"]
+    assert metadata["data_version"].value == first["data_version"].value
