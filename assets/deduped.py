@@ -16,7 +16,7 @@ from curation.markdown import counts_table, markdown_table
 from curation.minhash import signature_bytes, signature_from_bytes
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.schema import rows_to_table
-from curation.warehouse import LINEAGE_DDL, SOURCE_ORDER, canonical_ddl, table_rows
+from curation.warehouse import LINEAGE_DDL, SOURCE_ORDER, canonical_ddl, table_names, table_rows
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -39,7 +39,7 @@ def deduped(context: AssetExecutionContext, project: ProjectResource, warehouse:
     with warehouse.get().write("deduped") as staged:
         connection = staged.connection
         known = {}
-        if "dedup_signatures" in _tables(connection) and config.near is not None:
+        if "dedup_signatures" in table_names(connection) and config.near is not None:
             known = {key: (signature_from_bytes(blob, config.near.num_perm), shingles) for key, blob, shingles
                      in connection.execute("SELECT signature_key, signature, shingles FROM dedup_signatures"
                                            ).fetchall()}
@@ -98,11 +98,6 @@ def deduped(context: AssetExecutionContext, project: ProjectResource, warehouse:
             "conflicts": config.conflicts.mode}),
     }
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))
-
-
-def _tables(connection) -> set[str]:
-    return {r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
 
 
 def _largest_clusters(members, by_id: dict, largest: list[tuple[str, int]]) -> str:

@@ -30,7 +30,7 @@ from curation.markdown import counts_table
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.schema import JSON_COLUMNS
 from curation.split import assign_splits, nested_subsets
-from curation.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_rows
+from curation.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_names, table_rows
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -50,7 +50,7 @@ def formatted(context: AssetExecutionContext, project: ProjectResource, warehous
     index = ContaminationIndex(benchmarks) if benchmarks else None
     with warehouse.get().write("formatted") as staged:
         connection = staged.connection
-        tables = _tables(connection)
+        tables = table_names(connection)
         keys = connection.execute("SELECT row_id, kind, source FROM synthetic_mixed").fetchall()
         edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset <> 'formatted'").fetchall()
         clusters = dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall()
@@ -130,11 +130,6 @@ def formatted(context: AssetExecutionContext, project: ProjectResource, warehous
         "contamination": MetadataValue.md(render_report_markdown(report) if report else "_no benchmarks configured_"),
     }
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))
-
-
-def _tables(connection) -> set[str]:
-    return {r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
 
 
 def _flush(staged, table: str, records: list[dict]) -> None:

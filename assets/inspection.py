@@ -9,9 +9,9 @@ from curation.inspection import (
     markdown_summary,
     plot_overview,
     png_markdown,
-    tables,
     write_report,
 )
+from curation.warehouse import table_names
 from resources import WarehouseResource
 from resources.warehouse import POOL
 
@@ -30,7 +30,7 @@ def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
             else None
         data_versions[version] = str(value.value) if value is not None else ""
     with warehouse.get().connect(read_only=True) as connection:
-        present = [v for v in VERSIONS if v in tables(connection)]
+        present = [v for v in VERSIONS if v in table_names(connection)]
         inspected = [inspect_version(connection, version) for version in present]
     missing = [v for v in VERSIONS if v not in present]
     if missing:

@@ -54,9 +54,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.formatting import iter_formatted_rows
+from curation.ingest import file_digest
 from curation.licenses import LicensePolicy
 from curation.markdown import markdown_table
 from curation.schema import Row
+from curation.warehouse import table_names
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -154,14 +156,6 @@ def export_records(row: Row) -> Iterator[tuple[str, dict[str, Any]]]:
 # --------------------------------------------------------------------------- writing
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _JsonlWriters:
     """One open JSONL file per (config, split), hashed while written."""
 
@@ -235,15 +229,10 @@ def _query(connection: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _tables(connection: duckdb.DuckDBPyConnection) -> set[str]:
-    return {r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
-
-
 def describe_formatted(connection: duckdb.DuckDBPyConnection, info: ExportInfo) -> dict[str, Any]:
     """Licences (with their obligations), attribution list, teachers, tokenizer/template and what was
     removed at formatting: the manifest's account of the rows in ``formatted``."""
-    tables = _tables(connection)
+    tables = table_names(connection)
     policy = LicensePolicy.with_overrides(info.license_overrides)
     licenses = []
     for item in _query(connection, "SELECT license, count(*) AS rows FROM formatted GROUP BY 1 ORDER BY 2 DESC, 1"):
@@ -321,7 +310,7 @@ def verify_export(folder: str | Path) -> list[str]:
         path = folder / relative
         if not path.is_file():
             problems.append(f"{relative}: missing")
-        elif _sha256(path) != expected["sha256"]:
+        elif file_digest(path) != expected["sha256"]:
             problems.append(f"{relative}: content differs from the manifest's sha256")
     if data_version(manifest) != manifest.get("data_version"):
         problems.append("manifest fields were edited: they no longer hash to its data_version")
@@ -413,7 +402,7 @@ def write_export(connection: duckdb.DuckDBPyConnection, root: str | Path, info: 
         for relative in files:
             target = staging / relative.replace(".jsonl", ".parquet")
             count = jsonl_to_parquet(staging / relative, target, batch_rows)
-            parquet[str(target.relative_to(staging))] = {"sha256": _sha256(target), "rows": count,
+            parquet[str(target.relative_to(staging))] = {"sha256": file_digest(target), "rows": count,
                                                          "bytes": target.stat().st_size}
         manifest = {"data_version": version, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     **manifest, "parquet_files": parquet}

@@ -24,7 +24,7 @@ import pyarrow as pa
 from curation.config import ProjectConfig, SourceConfig
 from curation.mappings import MAPPING_FUNCTIONS, RecordError
 from curation.schema import Row, content_key, make_row_id, new_row, rows_to_table, utcnow
-from curation.warehouse import StagedWrite, canonical_ddl, quote
+from curation.warehouse import StagedWrite, canonical_ddl, quote, table_names
 
 RAW_TEXT_LIMIT = 65_536
 """Quarantined raw text is kept up to this many characters (the rest is marked as cut)."""
@@ -346,8 +346,7 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
     that disappeared (or whose source was removed from the project file) leave the tables.
     """
     connection = staged.connection
-    existing = {r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    existing = table_names(connection)
     previous: dict[tuple[str, str], str] = {}
     if "ingested_files" in existing:
         previous = {(s, f): h for s, f, h in connection.execute(

@@ -67,9 +67,7 @@ def _columns(connection: duckdb.DuckDBPyConnection, table: str) -> set[str]:
         [table]).fetchall()}
 
 
-def tables(connection: duckdb.DuckDBPyConnection) -> set[str]:
-    return {r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+
 
 
 def _first_extra(keys: Sequence[str]) -> str:

@@ -13,14 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from curation.config import ProjectConfig
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from curation.ingest import file_digest
 
 
 def _split(state: str | None) -> tuple[str, str]:
@@ -42,7 +35,7 @@ def file_states(project: ProjectConfig, previous: Mapping[str, str] | None = Non
             stat = Path(path).stat()
             stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
             old_stamp, old_sha = _split(previous.get(key))
-            sha = old_sha if old_stamp == stamp and old_sha else _sha256(Path(path))
+            sha = old_sha if old_stamp == stamp and old_sha else file_digest(Path(path))
             states[key] = f"{stamp}:{sha}"
     return states
 

@@ -26,6 +26,12 @@ LINEAGE_DDL = ("child_id VARCHAR NOT NULL, parent_id VARCHAR NOT NULL, asset VAR
 """One edge per derivation; ``detail`` says what changed (e.g. which cleaner edited which field)."""
 
 
+def table_names(connection: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables in the warehouse's main schema."""
+    return {r[0] for r in connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+
+
 def quote(identifier: str) -> str:
     """Quote a SQL identifier (table or column name) safely."""
     return '"' + identifier.replace('"', '""') + '"'
@@ -75,8 +81,7 @@ class Warehouse:
         if not self.path.exists():
             return set()
         with self.connect(read_only=True) as connection:
-            return {r[0] for r in connection.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            return table_names(connection)
 
     @contextlib.contextmanager
     def write(self, asset: str) -> Iterator[StagedWrite]:

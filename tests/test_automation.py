@@ -104,8 +104,8 @@ def test_unchanged_files_are_not_read_again(project: Path, monkeypatch: pytest.M
     with dg.instance_for_test() as instance:
         _, _, cursor = evaluate(instance, None)
         hashed: list[Path] = []
-        real = landing._sha256
-        monkeypatch.setattr(landing, "_sha256", lambda path: hashed.append(path) or real(path))
+        real = landing.file_digest
+        monkeypatch.setattr(landing, "file_digest", lambda path: hashed.append(path) or real(path))
         evaluate(instance, cursor)
         assert hashed == []
         (project / "landing" / "chat.json").write_text("[]")
