@@ -14,12 +14,14 @@ from assets.synthetic_mixed import synthetic_mixed
 from checks import ALL_CHECKS
 from resources import ProjectResource, WarehouseResource
 from resources.teachers import TeacherResource
+from resources.tokenizer import TokenizerResource
 from sensors import landing_files_sensor, nightly_schedule, run_failure_alert
 
 DATASETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
 ASSETS = [*DATASETS, exports, compliance_report, inspection]
 CHECKS = ALL_CHECKS
-RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource(), "teacher": TeacherResource()}
+RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource(), "teacher": TeacherResource(),
+             "tokenizer": TokenizerResource()}
 
 distill_job = define_asset_job("distill", selection="*", description="Materialize every dataset version, "
                                "the exports and the compliance report.")

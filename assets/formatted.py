@@ -22,7 +22,6 @@ from curation.formatting import (
     FORMAT_REJECTIONS_DDL,
     FORMATTED_COLUMNS,
     formatted_record,
-    load_format_tokenizer,
     split_groups,
     verify_row,
 )
@@ -32,19 +31,20 @@ from curation.schema import JSON_COLUMNS
 from curation.split import assign_splits, nested_subsets
 from curation.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_names, table_rows
 from resources import ProjectResource, WarehouseResource
+from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL
 
 
 @asset(group_name="datasets", pool=POOL, deps=["synthetic_mixed"], kinds={"duckdb"},
        code_version="formatted-2", owners=["team:data"])
-def formatted(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-              ) -> MaterializeResult:
+def formatted(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource,
+              tokenizer: TokenizerResource) -> MaterializeResult:
     """Training-ready rows: rendered text, token ids, counts and assistant-only loss masks, split and subset.
     Benchmark matches, unrenderable or over-long rows, rows whose content holds control tokens and rows
     that do not survive a render/parse round trip → `format_rejections` with the reason."""
     config = project.load()
     settings = config.format
-    tokenizer = load_format_tokenizer(config)
+    tokenizer = tokenizer.load(config)
     benchmarks = [item for b in settings.benchmarks
                   for item in load_benchmark(config.resolve(b.path), b.name, b.text_fields, b.id_field)]
     index = ContaminationIndex(benchmarks) if benchmarks else None

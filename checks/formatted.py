@@ -10,7 +10,6 @@ from curation.decontam import ContaminationIndex, check_row, load_benchmark
 from curation.export import MANIFEST, verify_export
 from curation.formatting import (
     iter_formatted_rows,
-    load_format_tokenizer,
     split_leaks,
     stored_tokens_problem,
     verify_row,
@@ -18,6 +17,7 @@ from curation.formatting import (
 from curation.home import exports_dir
 from curation.markdown import markdown_table
 from resources import ProjectResource, WarehouseResource
+from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL
 
 _SAMPLE = 10  # failing rows shown in the check's metadata
@@ -101,8 +101,8 @@ def formatted_splits_disjoint(context: AssetCheckExecutionContext, warehouse: Wa
                          "rendering then parsing back gives the messages; the generation prompt is exactly what "
                          "precedes the reply (what inference will send); stored token ids decode to the stored text.")
 def formatted_round_trip_ok(context: AssetCheckExecutionContext, project: ProjectResource,
-                            warehouse: WarehouseResource) -> AssetCheckResult:
-    tokenizer = load_format_tokenizer(project.load())
+                            warehouse: WarehouseResource, tokenizer: TokenizerResource) -> AssetCheckResult:
+    tokenizer = tokenizer.load(project.load())
     failures: Counter[str] = Counter()
     sample: list[dict[str, str]] = []
     levels: Counter[str] = Counter()

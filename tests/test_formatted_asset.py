@@ -89,7 +89,9 @@ def _write_project(folder: Path, template: str | None = None) -> Path:
 
 def _resources(config: Path, warehouse: Path) -> dict:
     from resources import ProjectResource, WarehouseResource
-    return {"project": ProjectResource(config_path=str(config)), "warehouse": WarehouseResource(path=str(warehouse))}
+    from resources.tokenizer import TokenizerResource
+    return {"project": ProjectResource(config_path=str(config)), "warehouse": WarehouseResource(path=str(warehouse)),
+            "tokenizer": TokenizerResource()}
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProc
         from definitions import ASSETS, CHECKS
         from resources import ProjectResource, WarehouseResource
         from resources.teachers import TeacherResource
+        from resources.tokenizer import TokenizerResource
 
         resources = {"project": ProjectResource(config_path=str(DEMO_CONFIG)),
-                     "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")), "teacher": TeacherResource()}
+                     "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")), "teacher": TeacherResource(),
+                     "tokenizer": TokenizerResource()}
         with dg.instance_for_test() as instance:
             result = dg.materialize([*ASSETS, *CHECKS], instance=instance, resources=resources, raise_on_error=False)
             yield result, home / "warehouse.duckdb"

@@ -37,17 +37,14 @@ def project_file(directory: Path, synthesis: dict, policy: dict | None = None) -
 def run_pipeline(home: Path, config: Path, cache: Path) -> dg.ExecuteInProcessResult:
     import definitions
     from checks import ALL_CHECKS
-    from checks.synthetic import SYNTHETIC_CHECKS
     from resources import ProjectResource, WarehouseResource
     from resources.teachers import TeacherResource
+    from resources.tokenizer import TokenizerResource
 
-    # The checks of checks/synthetic.py once each, whether or not ALL_CHECKS already lists them (and
-    # without the older versions of two of them that checks/datasets.py carried).
-    mine = {(k.asset_key, k.name) for c in SYNTHETIC_CHECKS for k in c.check_keys}
-    checks = [c for c in ALL_CHECKS if not any((k.asset_key, k.name) in mine for k in c.check_keys)]
-    checks += SYNTHETIC_CHECKS
-    assets = getattr(definitions, "DATASETS", definitions.ASSETS)  # the datasets; not exports or reports
-    resources = {"project": ProjectResource(config_path=str(config)),
+    assets = definitions.DATASETS  # the datasets; not exports or reports
+    keys = {a.key for a in assets}
+    checks = [c for c in ALL_CHECKS if all(k.asset_key in keys for k in c.check_keys)]
+    resources = {"project": ProjectResource(config_path=str(config)), "tokenizer": TokenizerResource(),
                  "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
                  "teacher": TeacherResource(cache_path=str(cache))}
     with dg.instance_for_test() as instance:
