@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,7 +103,10 @@ def _print_summary(result: object) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     _set_home(args)
-    command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    # The dagster script of this interpreter's environment, so `.venv/bin/distillery ui` works unactivated.
+    beside = Path(sys.executable).parent / "dagster"
+    dagster = str(beside) if beside.exists() else shutil.which("dagster") or "dagster"
+    command = [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}", file=sys.stderr)
     return subprocess.call(command, cwd=PROJECT_ROOT)
 
