@@ -14,8 +14,9 @@ from assets.metadata import dataset_metadata
 from curation.config import ProjectConfig, SourceConfig
 from curation.filtering import Cleaner, Filter, FilterStats, build_cleaners, build_filters, run_filters
 from curation.markdown import markdown_table
+from curation.progress import reported
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.warehouse import LINEAGE_DDL, canonical_ddl, table_rows
+from curation.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, table_rows
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -149,7 +150,8 @@ def filtered(context: AssetExecutionContext, project: ProjectResource, warehouse
         kept = staged.create("filtered", canonical_ddl())
         rejected = staged.create("filter_rejections", REJECTIONS_DDL)
         lineage = staged.partition("lineage", LINEAGE_DDL)
-        rows = table_rows(staged.connection, "deduped")
+        rows = reported(table_rows(staged.connection, "deduped"), context.log.info, "filtering",
+                        count_rows(staged.connection, "deduped"))
         for batch in run_filters(rows, cleaners, filters, stats=stats, batch_size=config.ingest.batch_rows,
                                  timed=True):
             staged.append(kept, batch.kept_table())

@@ -26,6 +26,7 @@ from curation.formatting import (
     verify_row,
 )
 from curation.markdown import counts_table
+from curation.progress import reported
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.schema import JSON_COLUMNS
 from curation.split import assign_splits, nested_subsets
@@ -66,7 +67,7 @@ def formatted(context: AssetExecutionContext, project: ProjectResource, warehous
         lineage = staged.partition("lineage", LINEAGE_DDL)
         flagged: list[FlaggedRow] = []
         records, edges_out, rejected = [], [], []
-        for row in table_rows(connection, "synthetic_mixed"):
+        for row in reported(table_rows(connection, "synthetic_mixed"), context.log.info, "formatting", len(keys)):
             matches = check_row(row, index) if index else []
             if matches:
                 flagged.append(FlaggedRow(row["row_id"], row["source"], matches))

@@ -211,7 +211,7 @@ def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: in
 
 
 def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
-    (count,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
+    ((count,),) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()
     return int(count)
 
 
