@@ -334,8 +334,20 @@ def pair_jaccards(hasher: MinHasher, pairs: np.ndarray, left_texts: Callable[[np
         part = pairs[sel]
         if right_texts is None:
             ids = np.unique(part)
-            values, offsets = own.shingle_hashes(left_texts(ids))
+            texts = left_texts(ids)
             idx = np.searchsorted(ids, part)
+            # Identical texts have identical shingle sets, so their Jaccard is exactly 1.0 without
+            # hashing (exact copies are ~10% of candidate pairs; ~18% fewer documents to re-hash).
+            same = np.fromiter((texts[i] == texts[j] for i, j in idx.tolist()), dtype=bool, count=len(idx))
+            if same.any():
+                out[sel[same]] = 1.0
+                sel, idx = sel[~same], idx[~same]
+                if not len(sel):
+                    return
+                needed = np.unique(idx)
+                texts = [texts[i] for i in needed.tolist()]
+                idx = np.searchsorted(needed, idx)
+            values, offsets = own.shingle_hashes(texts)
         else:
             left_ids, right_ids = np.unique(part[:, 0]), np.unique(part[:, 1])
             values, offsets = own.shingle_hashes(list(left_texts(left_ids)) + list(right_texts(right_ids)))
@@ -401,7 +413,7 @@ def near_duplicate_pairs(texts: Sequence[str], config: NearConfig = NearConfig()
                 sink(start, sig, c)
         signatures, shingle_counts = full, counts
     usable = np.flatnonzero(counts > 0)
-    cand = usable[candidate_pairs(keys[usable], config.max_bucket)]
+    cand = usable[candidate_pairs(keys[usable], config.max_bucket, config.workers)]
     del keys
     result = NearResult(signatures, shingle_counts, np.zeros((0, 2), np.int64), np.zeros(0), len(cand))
     if len(cand):

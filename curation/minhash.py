@@ -12,7 +12,9 @@ backends. Work is done a batch of ~1,000 documents at a time:
   8 bytes); a word n-gram hash is a position-weighted sum of its token hashes, then fmix64;
 * with numba installed a compiled kernel does all of that and the ``num_perm`` permutations in one
   pass per document, releasing the GIL so threads can share the cores; without it the same hashes
-  are computed with numpy (identical results, several times slower);
+  are computed with numpy (identical results, several times slower). The kernel finds token
+  boundaries 8 bytes at a time (SWAR) and applies the permutations per document, permutation-outer,
+  so the min over shingles stays in vector registers;
 * buffers are allocated once and reused: touching fresh memory pages dominates on small VMs.
 
 Tokens are exactly :func:`curation.normalize.words` (NFKC, casefold, ``\\w+``): ASCII documents take
@@ -763,11 +765,16 @@ def default_workers() -> int:
 
 def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
     """datasketch's optimal (bands, rows) for a Jaccard threshold (its own grid search)."""
-    from datasketch.lsh import _optimal_param  # private, but it *is* datasketch's choice
-
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"LSH threshold must be in (0, 1), got {threshold}")
-    return _optimal_param(threshold, num_perm, weights[0], weights[1])
+    return _optimal_param(float(threshold), int(num_perm), float(weights[0]), float(weights[1]))
+
+
+@functools.lru_cache(maxsize=64)  # datasketch's grid search costs ~10 ms per call
+def _optimal_param(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
+    from datasketch.lsh import _optimal_param  # private, but it *is* datasketch's choice
+
+    return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
 
 
 def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
@@ -815,18 +822,28 @@ def _pairs_in_groups(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int
     return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
 
 
-def candidate_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
+def candidate_pairs(keys: np.ndarray, max_bucket: int = 64, workers: int = 1) -> np.ndarray:
     """Unique ``(i, j)`` with ``i < j`` sharing at least one band key; ``keys`` is ``(n, bands)``.
-    One band at a time, so the sort needs ~24 bytes per document, not per document and band."""
-    found = []
-    for band in range(keys.shape[1]):
+    One band at a time, so the sort needs ~24 bytes per document, not per document and band.
+    ``workers > 1`` sorts bands on threads (numpy's sort releases the GIL): run serially this was
+    the largest single-threaded part of the two-thread stage. The result does not depend on it."""
+
+    def band_codes(band: int) -> np.ndarray | None:
         column = np.ascontiguousarray(keys[:, band])
         order = np.argsort(column)  # numpy's SIMD sort; ties only matter in buckets over max_bucket
         pairs = _pairs_in_groups(order, column[order], max_bucket)
-        if pairs.size:
-            lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-            hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-            found.append((lo << 32) | hi)
+        if not pairs.size:
+            return None
+        lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+        hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+        return (lo << 32) | hi
+
+    bands = range(keys.shape[1])
+    if workers > 1 and len(bands) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # at most `workers` bands in memory
+            found = [c for c in pool.map(band_codes, bands) if c is not None]
+    else:
+        found = [c for c in map(band_codes, bands) if c is not None]
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     code = np.unique(np.concatenate(found))
