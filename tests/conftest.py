@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,3 +22,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
     return home
+
+
+def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`distillery ARGS --home HOME` in a subprocess, as a user runs it: no inherited Distillery or Dagster
+    settings from the test environment."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
+    environment |= env or {}
+    return subprocess.run([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=300)

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def distillery(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
-    environment |= env or {}
-    return subprocess.run([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=300)
-
-
 def test_run_then_rerun_selected_asset(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first = distillery("run", home=home)
+    first = run_cli("run", home=home)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "checks:" in first.stdout and " 0 failed" in first.stdout
     assert "ingesting demo_sft" in first.stderr, "progress is shown"
@@ -36,7 +26,7 @@ def test_run_then_rerun_selected_asset(tmp_path: Path) -> None:
     assert {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted", "lineage",
             "quarantine", "provenance"} <= tables
 
-    again = distillery("run", "--select", "raw", home=home)
+    again = run_cli("run", "--select", "raw", home=home)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "raw" in again.stdout and "formatted" not in again.stdout
     with duckdb.connect(str(warehouse), read_only=True) as connection:
@@ -52,13 +42,13 @@ def test_bad_config_is_reported_with_the_key(tmp_path: Path) -> None:
     config = tmp_path / "distillery.yaml"
     config.write_text("sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT, colour: red}\n"
                       "format: {tokenizer: t}\n")
-    result = distillery("run", "--config", str(config), home=tmp_path / "home")
+    result = run_cli("run", "--config", str(config), home=tmp_path / "home")
     assert result.returncode == 2
     assert "sources.0.colour: unknown key" in result.stderr
 
 
 def test_unknown_asset_in_select(tmp_path: Path) -> None:
-    result = distillery("run", "--select", "rawr", home=tmp_path / "home")
+    result = run_cli("run", "--select", "rawr", home=tmp_path / "home")
     assert result.returncode == 2 and "unknown asset(s) ['rawr']" in result.stderr
 
 
@@ -66,6 +56,6 @@ def test_missing_source_file_names_the_source(tmp_path: Path) -> None:
     config = tmp_path / "distillery.yaml"
     config.write_text("sources:\n  - {name: mine, path: nowhere/*.jsonl, mapping: alpaca, license: MIT}\n"
                       "format: {tokenizer: t}\n")
-    result = distillery("run", "--config", str(config), "--select", "raw", home=tmp_path / "home")
+    result = run_cli("run", "--config", str(config), "--select", "raw", home=tmp_path / "home")
     assert result.returncode == 1
     assert "source 'mine': no file matches 'nowhere/*.jsonl'" in result.stderr

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, run_cli
 from tests.test_filtered_checks import materialize
 
 pytestmark = pytest.mark.slow
@@ -27,12 +24,6 @@ QA = [
                                                                   "provide information about that topic."},
     {"instruction": "Name a planet with rings.", "output": "Saturn has the most visible rings."},
 ]
-
-
-def distillery(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
-    return subprocess.run([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=300)
 
 
 def counts_table(markdown: str) -> dict[str, tuple[int, int | None]]:
@@ -76,7 +67,7 @@ def test_preview_shows_what_would_be_removed_and_why_and_writes_nothing(staged_p
     warehouse = home / "warehouse.duckdb"
     before = sha256(warehouse)
 
-    shown = distillery("preview", "--config", str(config), "--sample", "5000", home=home)
+    shown = run_cli("preview", "--config", str(config), "--sample", "5000", home=home)
     assert shown.returncode == 0, shown.stderr[-3000:]
     out = shown.stdout
     assert "### Would be removed" in out
@@ -98,7 +89,7 @@ def test_preview_shows_what_would_be_removed_and_why_and_writes_nothing(staged_p
 
 def test_preview_on_the_whole_table_predicts_the_real_run(staged_project) -> None:
     config, home = staged_project
-    shown = distillery("preview", "--config", str(config), "--sample", "100000", home=home)
+    shown = run_cli("preview", "--config", str(config), "--sample", "100000", home=home)
     assert shown.returncode == 0, shown.stderr[-3000:]
     predicted = {step: rejected for step, (_, rejected) in counts_table(shown.stdout).items() if rejected}
 
@@ -111,13 +102,13 @@ def test_preview_on_the_whole_table_predicts_the_real_run(staged_project) -> Non
 
 def test_preview_of_a_small_sample_reads_only_that_many_rows(staged_project) -> None:
     config, home = staged_project
-    shown = distillery("preview", "--config", str(config), "--sample", "40", home=home)
+    shown = run_cli("preview", "--config", str(config), "--sample", "40", home=home)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "**40** rows in" in shown.stdout
     assert all(seen <= 40 for seen, _ in counts_table(shown.stdout).values())
 
 
 def test_preview_before_any_run_says_what_to_do(tmp_path: Path) -> None:
-    shown = distillery("preview", home=tmp_path / "empty-home")
+    shown = run_cli("preview", home=tmp_path / "empty-home")
     assert shown.returncode != 0
     assert "distillery run" in shown.stderr

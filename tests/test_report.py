@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +14,7 @@ import yaml
 
 from curation.config import load_project
 from curation.report import CompliancePolicy, build_report, write_report
-from tests.conftest import DEMO_CONFIG, REPO
+from tests.conftest import DEMO_CONFIG, run_cli
 from tests.test_audit import build_warehouse
 
 PROJECT = """\
@@ -126,12 +123,6 @@ def test_missing_table_says_to_run_first(db, policy) -> None:
         build_report(db, policy, "exports")
 
 
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
-    return subprocess.run([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Path) -> None:
     from assets.compliance import compliance_report
@@ -174,7 +165,7 @@ def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Pat
             "WHERE l.operation = 'clean:pii' ORDER BY 1 LIMIT 1").fetchall()[0]
     assert nc_rows > 0 and taught > 0
 
-    commercial = _cli("report", "--config", str(config), "--intended-use", "commercial", "--check", home=home)
+    commercial = run_cli("report", "--config", str(config), "--intended-use", "commercial", "--check", home=home)
     assert commercial.returncode == 1, commercial.stderr[-2000:]
     written = json.loads((home / "reports" / version / "compliance.json").read_text())
     by_rule = {}
@@ -182,11 +173,11 @@ def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Pat
         by_rule[item["rule"]] = by_rule.get(item["rule"], 0) + item["rows"]
     assert by_rule["licence"] == nc_rows and by_rule["teacher-terms"] == taught
 
-    audit = _cli("audit", redacted[0], "--json", home=home)
+    audit = run_cli("audit", redacted[0], "--json", home=home)
     assert audit.returncode == 0, audit.stderr[-2000:]
     chain = json.loads(audit.stdout)
     assert chain["status"].startswith("in formatted")
     assert redacted[1] in [o["row_id"] for o in chain["origins"]]
     assert any(e["operation"] == "clean:pii" for e in chain["upstream"])
-    missing = _cli("audit", "no-such-row", home=home)
+    missing = run_cli("audit", "no-such-row", home=home)
     assert missing.returncode == 1 and "no row 'no-such-row'" in missing.stderr
