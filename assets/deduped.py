@@ -1,8 +1,6 @@
 """deduped: one row per group of duplicates (exact, near, same prompt); every removed row points to the row
 it duplicates in `dedup_clusters`, with the verified similarity and why that row was kept."""
 
-import base64
-import io
 from collections import Counter
 
 import numpy as np
@@ -12,7 +10,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from assets.metadata import dataset_metadata
 from curation.dedup import clusters_table, config_from_settings, dedup_rows, with_license_note
 from curation.filtering import derived_id
-from curation.markdown import counts_table, markdown_table
+from curation.markdown import counts_table, figure_png, markdown_table, png_markdown
 from curation.minhash import signature_bytes, signature_from_bytes
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.schema import rows_to_table
@@ -127,8 +125,4 @@ def _histogram(sizes: list[int]) -> str:
     axis.set_xlabel("rows per cluster")
     axis.set_ylabel("clusters")
     axis.set_title("Duplicate cluster sizes")
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return f"![cluster sizes](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return png_markdown(figure_png(figure, dpi=100), "cluster sizes")

@@ -1,8 +1,6 @@
 """filtered: cleaned rows that pass every quality, language and policy filter; each rejection kept with
 its reason in `filter_rejections`, each edit as a lineage edge."""
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,7 +11,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from assets.metadata import dataset_metadata
 from curation.config import ProjectConfig, SourceConfig
 from curation.filtering import Cleaner, Filter, FilterStats, build_cleaners, build_filters, run_filters
-from curation.markdown import markdown_table
+from curation.markdown import figure_png, markdown_table, png_markdown
 from curation.progress import reported
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, table_rows
@@ -107,19 +105,13 @@ def rejections_plot(counts: Mapping[str, int]) -> str:
 
     names = list(shown)[::-1]  # first filter at the top
     figure, axes = plt.subplots(figsize=(6, 0.35 * len(names) + 0.9), dpi=80)
-    try:
-        axes.barh(names, [shown[n] for n in names], color="#4c72b0")
-        for y, name in enumerate(names):
-            axes.annotate(str(shown[name]), (shown[name], y), xytext=(3, 0), textcoords="offset points",
-                          va="center", fontsize=8)
-        axes.set_xlabel("rows rejected (first filter to reject wins)")
-        axes.spines[["top", "right"]].set_visible(False)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    return f"![rejections per filter](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    axes.barh(names, [shown[n] for n in names], color="#4c72b0")
+    for y, name in enumerate(names):
+        axes.annotate(str(shown[name]), (shown[name], y), xytext=(3, 0), textcoords="offset points",
+                      va="center", fontsize=8)
+    axes.set_xlabel("rows rejected (first filter to reject wins)")
+    axes.spines[["top", "right"]].set_visible(False)
+    return png_markdown(figure_png(figure), "rejections per filter")
 
 
 def rejection_examples(connection: duckdb.DuckDBPyConnection, rejections: str, source_table: str,

@@ -8,9 +8,9 @@ from curation.inspection import (
     inspect_version,
     markdown_summary,
     plot_overview,
-    png_markdown,
     write_report,
 )
+from curation.markdown import png_markdown
 from curation.warehouse import table_names
 from resources import WarehouseResource
 from resources.warehouse import POOL

@@ -5,8 +5,8 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.markdown import markdown_table
-from curation.mix import MixItem, MixPolicy, format_report, mix_plot_png, mix_report, plan_mix, plot_markdown
+from curation.markdown import markdown_table, png_markdown
+from curation.mix import MixItem, MixPolicy, format_report, mix_plot_png, mix_report, plan_mix
 from curation.schema import COLUMNS
 from curation.warehouse import canonical_ddl, quote
 from resources import ProjectResource, WarehouseResource
@@ -60,7 +60,7 @@ def synthetic_mixed(context: AssetExecutionContext, project: ProjectResource, wa
         "synthetic_kept": plan.synthetic_kept,
         "mix": MetadataValue.md(f"Target: model-made ≤ {plan.cap:.0%}; actual {plan.synthetic_share:.1%}\n\n"
                                 + markdown_table(format_report(report)) + "\n\n"
-                                + plot_markdown(mix_plot_png(report))),
+                                + png_markdown(mix_plot_png(report), "target vs actual mix")),
         "mix_report": MetadataValue.json(report),
         "excluded_by_reason": MetadataValue.md(markdown_table(
             [{"reason": k, "rows": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])])),

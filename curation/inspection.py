@@ -20,9 +20,7 @@ Definitions (the report repeats them):
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections import Counter
@@ -35,7 +33,7 @@ from typing import Any
 
 import duckdb
 
-from curation.markdown import counts_table, markdown_table
+from curation.markdown import counts_table, figure_png, markdown_table, png_markdown
 from curation.schema import iter_rows
 from curation.warehouse import quote, read_batches
 
@@ -383,14 +381,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=72)
-    _pyplot().close(figure)
-    return buffer.getvalue()
-
-
 def _bars(ax: Any, counts: Mapping[str, int], title: str, top: int = 10) -> None:
     items = list(counts.items())[:top]
     if len(counts) > top:
@@ -423,7 +413,7 @@ def plot_lengths(version: VersionInspection) -> bytes:
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=8)
     figure.suptitle(f"{version.table}: {version.rows} rows", fontsize=11)
-    return _png(figure)
+    return figure_png(figure, dpi=72)
 
 
 def plot_by_source(version: VersionInspection) -> bytes:
@@ -441,7 +431,7 @@ def plot_by_source(version: VersionInspection) -> bytes:
             ax.set_xscale("symlog")
         ax.set_title(f"{measure.replace('_', ' ')} by source (p5–p95)", fontsize=10)
         ax.tick_params(labelsize=8)
-    return _png(figure)
+    return figure_png(figure, dpi=72)
 
 
 def plot_composition(version: VersionInspection) -> bytes:
@@ -466,7 +456,7 @@ def plot_composition(version: VersionInspection) -> bytes:
     _bars(axes[1][0], version.languages, f"language (sample of {version.language_sample})")
     _bars(axes[1][1], version.categories.get("teacher", {}), "teacher / generator")
     _bars(axes[1][2], version.categories.get("task_type", {}), "task type (extra.category…)")
-    return _png(figure)
+    return figure_png(figure, dpi=72)
 
 
 def plot_overview(versions: Sequence[VersionInspection]) -> bytes:
@@ -485,12 +475,7 @@ def plot_overview(versions: Sequence[VersionInspection]) -> bytes:
     ax.tick_params(labelsize=8)
     if origins:
         ax.legend(fontsize=8)
-    return _png(figure)
-
-
-def png_markdown(png: bytes, alt: str) -> str:
-    """An inline Markdown image (base64 PNG) for Dagster's Markdown metadata."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return figure_png(figure, dpi=72)
 
 
 def plots(version: VersionInspection) -> dict[str, bytes]:

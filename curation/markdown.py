@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,3 +31,21 @@ def counts_table(counts: Mapping[str, int], key: str, total: int | None = None) 
     rows = [{key: k, "rows": v, "share": f"{v / total:.1%}" if total else "-"}
             for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
     return markdown_table(rows)
+
+
+def figure_png(figure: Any, dpi: float | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", **({"dpi": dpi} if dpi else {}))
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """An inline Markdown image (base64 PNG): how plots show in Dagster's Markdown metadata and in reports."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

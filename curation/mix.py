@@ -14,14 +14,13 @@ runs, independent of input order. Every row left out gets a reason.
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation.markdown import figure_png
 from curation.split import stable_unit
 
 
@@ -218,12 +217,4 @@ def mix_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     ax.set_ylabel("share of the mix")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def plot_markdown(png: bytes, alt: str = "target vs actual mix") -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+    return figure_png(fig)
