@@ -2,7 +2,6 @@
 the benchmarks, verified (control tokens, round trip, generation prompt), split into train/eval with
 near-duplicates and derived rows kept together, and tagged with nested subsets."""
 
-import json
 
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
@@ -28,7 +27,7 @@ from curation.formatting import (
 from curation.markdown import counts_table
 from curation.progress import reported
 from curation.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.schema import JSON_COLUMNS
+from curation.schema import COLUMNS, encode_row
 from curation.split import assign_splits, nested_subsets
 from curation.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_names, table_rows
 from resources import ProjectResource, WarehouseResource
@@ -140,5 +139,5 @@ def _flush(staged, table: str, records: list[dict]) -> None:
 
 
 def _encode(records: list[dict]) -> list[dict]:
-    return [{k: (json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v)
-             for k, v in r.items()} for r in records]
+    """Canonical columns encoded like every other dataset table; the formatting columns as they are."""
+    return [encode_row(r) | {k: v for k, v in r.items() if k not in COLUMNS} for r in records]
