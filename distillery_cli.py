@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curation.config import ConfigError, load_project
-from curation.home import DEMO_CONFIG, ensure_dagster_home, warehouse_path
+from curation.core.config import ConfigError, load_project
+from curation.core.home import DEMO_CONFIG, ensure_dagster_home, warehouse_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -118,10 +118,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     import duckdb
 
     from assets.filtered import project_chain
-    from curation.filtering import preview, preview_markdown
-    from curation.home import project_config_path
-    from curation.schema import iter_rows
-    from curation.warehouse import WarehouseBusy, quote, read_batches
+    from curation.core.home import project_config_path
+    from curation.core.schema import iter_rows
+    from curation.core.warehouse import WarehouseBusy, quote, read_batches
+    from curation.filter.runner import preview, preview_markdown
 
     config = load_project(project_config_path())
     cleaners, filters = project_chain(config)
@@ -144,7 +144,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def _open_read_only(timeout_s: float = 10.0):
     """The warehouse, read-only; a run holding the file is reported, not waited on for long."""
-    from curation.warehouse import Warehouse
+    from curation.core.warehouse import Warehouse
 
     return Warehouse(warehouse_path(), lock_timeout_s=timeout_s).connect(read_only=True)
 
@@ -152,8 +152,8 @@ def _open_read_only(timeout_s: float = 10.0):
 def cmd_audit(args: argparse.Namespace) -> int:
     """The full chain of one row (by row_id or file#record) back to the raw records, and where it went."""
     _set_home(args)
-    from curation.audit import RowNotFound, audit_row
-    from curation.warehouse import WarehouseBusy
+    from curation.audit.trace import RowNotFound, audit_row
+    from curation.core.warehouse import WarehouseBusy
 
     try:
         with _open_read_only() as connection:
@@ -176,10 +176,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the compliance report of a dataset version (Markdown, HTML, JSON, violations.csv)."""
     _set_home(args)
     _load_config_or_exit()
-    from curation.audit import discover
-    from curation.home import project_config_path, reports_dir
-    from curation.report import CompliancePolicy, build_report, write_report
-    from curation.warehouse import WarehouseBusy, content_hash
+    from curation.audit.report import CompliancePolicy, build_report, write_report
+    from curation.audit.trace import discover
+    from curation.core.home import project_config_path, reports_dir
+    from curation.core.warehouse import WarehouseBusy, content_hash
 
     config = load_project(project_config_path())
     try:

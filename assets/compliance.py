@@ -3,9 +3,9 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from curation.home import reports_dir
-from curation.report import CompliancePolicy, build_report, write_report
-from curation.warehouse import content_hash
+from curation.audit.report import CompliancePolicy, build_report, write_report
+from curation.core.home import reports_dir
+from curation.core.warehouse import content_hash
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

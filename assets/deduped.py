@@ -8,13 +8,12 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.dedup import clusters_table, config_from_settings, dedup_rows, with_license_note
-from curation.filtering import derived_id
-from curation.markdown import counts_table, figure_png, markdown_table, png_markdown
-from curation.minhash import signature_bytes, signature_from_bytes
-from curation.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.schema import rows_to_table
-from curation.warehouse import LINEAGE_DDL, SOURCE_ORDER, canonical_ddl, table_names, table_rows
+from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown
+from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
+from curation.core.schema import derived_id, rows_to_table
+from curation.core.warehouse import LINEAGE_DDL, SOURCE_ORDER, canonical_ddl, table_names, table_rows
+from curation.dedup.minhash import signature_bytes, signature_from_bytes
+from curation.dedup.stages import clusters_table, config_from_settings, dedup_rows, with_license_note
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

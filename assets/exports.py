@@ -3,10 +3,10 @@ directly, with a manifest; one immutable folder per data version under $DISTILLE
 
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from curation.export import CONFIGS, ExportInfo, write_export
-from curation.home import exports_dir
-from curation.markdown import markdown_table
-from curation.warehouse import content_hash
+from curation.core.home import exports_dir
+from curation.core.markdown import markdown_table
+from curation.core.warehouse import content_hash
+from curation.format.export import CONFIGS, ExportInfo, write_export
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

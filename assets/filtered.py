@@ -9,12 +9,12 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.config import ProjectConfig, SourceConfig
-from curation.filtering import Cleaner, Filter, FilterStats, build_cleaners, build_filters, run_filters
-from curation.markdown import figure_png, markdown_table, png_markdown
-from curation.progress import reported
-from curation.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, table_rows
+from curation.core.config import ProjectConfig, SourceConfig
+from curation.core.markdown import figure_png, markdown_table, png_markdown
+from curation.core.progress import reported
+from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, table_rows
+from curation.filter.runner import Cleaner, Filter, FilterStats, build_cleaners, build_filters, run_filters
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

@@ -7,8 +7,12 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.chat_format import format_row
-from curation.decontam import (
+from curation.core.markdown import counts_table
+from curation.core.progress import reported
+from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
+from curation.core.schema import COLUMNS, encode_row
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_names, table_rows
+from curation.format.decontam import (
     ContaminationIndex,
     FlaggedRow,
     check_row,
@@ -16,7 +20,7 @@ from curation.decontam import (
     load_benchmark,
     render_report_markdown,
 )
-from curation.formatting import (
+from curation.format.records import (
     CONTAMINATION_DDL,
     FORMAT_REJECTIONS_DDL,
     FORMATTED_COLUMNS,
@@ -24,12 +28,8 @@ from curation.formatting import (
     split_groups,
     verify_row,
 )
-from curation.markdown import counts_table
-from curation.progress import reported
-from curation.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.schema import COLUMNS, encode_row
-from curation.split import assign_splits, nested_subsets
-from curation.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_names, table_rows
+from curation.format.render import format_row
+from curation.format.split import assign_splits, nested_subsets
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL

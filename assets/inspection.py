@@ -2,16 +2,16 @@
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
-from curation.home import reports_dir
-from curation.inspection import (
+from curation.audit.inspection import (
     VERSIONS,
     inspect_version,
     markdown_summary,
     plot_overview,
     write_report,
 )
-from curation.markdown import png_markdown
-from curation.warehouse import table_names
+from curation.core.home import reports_dir
+from curation.core.markdown import png_markdown
+from curation.core.warehouse import table_names
 from resources import WarehouseResource
 from resources.warehouse import POOL
 

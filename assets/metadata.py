@@ -15,9 +15,9 @@ from dagster import (
     TableSchema,
 )
 
-from curation.markdown import counts_table, markdown_table
-from curation.schema import COLUMN_SPECS
-from curation.warehouse import content_hash, quote
+from curation.core.markdown import counts_table, markdown_table
+from curation.core.schema import COLUMN_SPECS
+from curation.core.warehouse import content_hash, quote
 
 _DAGSTER_TYPES = {"VARCHAR": "string", "JSON": "json", "DOUBLE": "float", "TIMESTAMP": "timestamp",
                   "BIGINT": "int", "INTEGER": "int", "BOOLEAN": "bool"}

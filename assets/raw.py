@@ -3,8 +3,8 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.ingest import ingest_sources
-from curation.markdown import markdown_table
+from curation.core.markdown import markdown_table
+from curation.ingest.sources import ingest_sources
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

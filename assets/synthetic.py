@@ -5,11 +5,12 @@ verified, each with a `provenance` record and lineage edges to its parents. Reje
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.licenses import LicensePolicy
-from curation.markdown import markdown_table
-from curation.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA
-from curation.schema import rows_to_table, utcnow
-from curation.synth import (
+from curation.core.licenses import LicensePolicy
+from curation.core.markdown import markdown_table
+from curation.core.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA
+from curation.core.schema import rows_to_table, utcnow
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, table_rows
+from curation.synth.methods import (
     REJECTIONS_DDL,
     REJECTIONS_SCHEMA,
     SynthContext,
@@ -19,8 +20,7 @@ from curation.synth import (
     select_seeds,
     synthesize,
 )
-from curation.verify import VerifySettings
-from curation.warehouse import LINEAGE_DDL, canonical_ddl, table_rows
+from curation.synth.verify import VerifySettings
 from resources import ProjectResource, WarehouseResource
 from resources.teachers import TeacherResource
 from resources.warehouse import POOL

@@ -5,10 +5,10 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.markdown import markdown_table, png_markdown
-from curation.mix import MixItem, MixPolicy, format_report, mix_plot_png, mix_report, plan_mix
-from curation.schema import COLUMNS
-from curation.warehouse import canonical_ddl, quote
+from curation.core.markdown import markdown_table, png_markdown
+from curation.core.schema import COLUMNS
+from curation.core.warehouse import canonical_ddl, quote
+from curation.synth.mix import MixItem, MixPolicy, format_report, mix_plot_png, mix_report, plan_mix
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

@@ -1,4 +1,4 @@
-"""Near-duplicate stage benchmark: curation.dedup against plain datasketch, on real text.
+"""Near-duplicate stage benchmark: curation.dedup.stages against plain datasketch, on real text.
 
 Corpus: documents of 50-400 words cut from Python docstrings of the installed packages and the
 standard library, plus injected exact copies and near copies. Near copies are made by editing
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.dedup import NearConfig, near_duplicate_pairs
-from curation.minhash import MinHasher, band_keys, candidate_pairs, lsh_params
-from curation.normalize import words
+from curation.core.normalize import words
+from curation.dedup.minhash import MinHasher, band_keys, candidate_pairs, lsh_params
+from curation.dedup.stages import NearConfig, near_duplicate_pairs
 
 THRESHOLD = 0.8
 BANDS = ((0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0), (1.0, 1.01))
@@ -111,7 +111,7 @@ def build_corpus(n_docs: int, seed: int = 0) -> tuple[list[str], int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact ground truth (independent of curation.minhash: its own tokens, ids and 64-bit keys).
+# Exact ground truth (independent of curation.dedup.minhash: its own tokens, ids and 64-bit keys).
 
 def shingle_sets(texts: Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique 64-bit word n-gram keys per document (CSR: values, offsets)."""
@@ -316,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     base_wall, base_cpu = len(sample) / base.wall, len(sample) / base.cpu
     for label, n, clock in (("datasketch MinHash.update + MinHashLSH", len(sample), base),
                             ("datasketch MinHash.bulk + MinHashLSH", len(sample), bulk),
-                            ("curation.dedup, 1 thread", len(texts), c1),
-                            ("curation.dedup, 2 threads", len(texts), c2)):
+                            ("Distillery, 1 thread", len(texts), c1),
+                            ("Distillery, 2 threads", len(texts), c2)):
         print(f"  {label:<40}{n / clock.wall:>10,.0f}{n / clock.cpu:>12,.0f}{n / clock.wall / base_wall:>12.1f}")
     b, r = NearConfig().params
     print(f"  (ours: {b} bands x {r} rows = datasketch's optimum for 0.6; {cand:,} candidate pairs, "
@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"x baseline by CPU time: {len(texts) / c1.cpu / base_cpu:.0f})")
 
     print(f"\nquality against the ground truth at Jaccard >= {THRESHOLD}")
-    for label, found in (("curation.dedup", ours1), (f"datasketch LSH at 0.8 {lsh_params(THRESHOLD, 128)}", plain)):
+    for label, found in (("Distillery", ours1), (f"datasketch LSH at 0.8 {lsh_params(THRESHOLD, 128)}", plain)):
         tp = sum(1 for p in found if p in truth)
         precision = tp / len(found) if found else math.nan
         recall = tp / len(truth) if truth else math.nan

@@ -1,4 +1,4 @@
-"""Precision and recall of ``curation.pii`` on presidio-research's synthetic PII sentences.
+"""Precision and recall of ``curation.filter.pii`` on presidio-research's synthetic PII sentences.
 
 Usage: ``python benchmarks/pii_eval.py [path/to/synth_dataset_v2.json] [--ner spacy[:MODEL]]``
 Prints a Markdown table per entity type.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.pii import REGEX_ENTITIES, NerBackend, find_pii
+from curation.filter.pii import REGEX_ENTITIES, NerBackend, find_pii
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio-synth-pii" / \
     "synth_dataset_v2.json"
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ner = None
     if args.ner:
-        from curation.pii_ner import backend_from_spec
+        from curation.filter.pii_ner import backend_from_spec
         ner = backend_from_spec(args.ner)
     records = load_presidio(args.path)
     started = time.perf_counter()

@@ -10,11 +10,11 @@ from dagster import (
     asset_check,
 )
 
-from curation.accounting import STAGES, raw_conservation, unaccounted
-from curation.conformance import column_problems, violations
-from curation.dedup import config_from_settings, exact_key
-from curation.markdown import markdown_table
-from curation.warehouse import table_rows
+from curation.core.accounting import STAGES, raw_conservation, unaccounted
+from curation.core.conformance import column_problems, violations
+from curation.core.markdown import markdown_table
+from curation.core.warehouse import table_rows
+from curation.dedup.stages import config_from_settings, exact_key
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

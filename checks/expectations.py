@@ -25,9 +25,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from curation.config import ProjectConfig
-from curation.markdown import markdown_table
-from curation.warehouse import quote
+from curation.core.config import ProjectConfig
+from curation.core.markdown import markdown_table
+from curation.core.warehouse import quote
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -214,13 +214,13 @@ def suite_check(asset: str, suite: SuiteBuilder, frame: FrameBuilder, name: str 
 # --------------------------------------------------------------------------- suites of other datasets
 
 ROW_ID_PATTERN = r"^[0-9a-f]{20}$"
-"""curation.schema.make_row_id: 20 hex characters of a sha256."""
+"""curation.core.schema.make_row_id: 20 hex characters of a sha256."""
 
 
 def raw_suite(project: ProjectConfig) -> list[Expectation]:
     """Ingested rows carry a well-formed id, a source and a licence the project file declares (a row
     from a source since removed from the file, or relabelled, shows up here), and known kinds."""
-    from curation.schema import KINDS, ORIGINS
+    from curation.core.schema import KINDS, ORIGINS
 
     declared = {s.license for s in project.sources} | set(project.policy.licenses)
     return [*not_null("row_id", "kind", "source", "source_uri", "license", "origin"),

@@ -29,18 +29,18 @@ from checks.expectations import (
     sample_relation,
     suite_check,
 )
-from curation.config import ProjectConfig
-from curation.filtering import Cleaner, Filter
-from curation.licenses import LicensePolicy
-from curation.markdown import markdown_table
-from curation.schema import KINDS, ORIGINS, all_text, iter_rows, prompt_text, response_text
-from curation.warehouse import read_batches
+from curation.core.config import ProjectConfig
+from curation.core.licenses import LicensePolicy
+from curation.core.markdown import markdown_table
+from curation.core.schema import KINDS, ORIGINS, all_text, iter_rows, prompt_text, response_text
+from curation.core.warehouse import read_batches
+from curation.filter.runner import Cleaner, Filter
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("row_id", "kind", "source", "source_uri", "license", "origin")
 # Kinds whose rows carry an answer; `prompt` rows have none and `text` rows are one block (the
-# length filter's own split, curation.quality.LengthBounds).
+# length filter's own split, curation.filter.quality.LengthBounds).
 RESPONSE_KINDS = ("sft", "chat", "preference", "reward", "tool")
 
 
@@ -128,7 +128,7 @@ def pii_left(rows: Iterable[dict[str, Any]], entities: Collection[str], sample: 
              ) -> tuple[int, Counter[str], list[dict[str, Any]]]:
     """(rows scanned, rows with a match per entity type, a few hits). Hits name the row, the type and
     the offset but never the matched text: the check's metadata must not republish the secret."""
-    from curation.pii import find_pii
+    from curation.filter.pii import find_pii
 
     scanned, per_entity, hits = 0, Counter[str](), []
     for row in rows:
@@ -181,7 +181,7 @@ def filtered_no_pii_left(context: AssetCheckExecutionContext, config: PiiScanCon
 def license_breakdown(connection: duckdb.DuckDBPyConnection, table: str, project: ProjectConfig
                       ) -> list[dict[str, Any]]:
     """Rows per licence in ``table`` and whether the project's policy allows it for its intended use."""
-    from curation.warehouse import quote
+    from curation.core.warehouse import quote
 
     policy = LicensePolicy.with_overrides(project.policy.licenses)
     result = []
@@ -195,7 +195,7 @@ def license_breakdown(connection: duckdb.DuckDBPyConnection, table: str, project
 def license_check(asset: str) -> AssetChecksDefinition:
     @asset_check(asset=asset, name="licenses_allowed", blocking=True, pool=POOL,
                  description=f"Every {asset} row's licence allows the project's policy.intended_use "
-                             "(curation.licenses; the project's policy.licenses extend the table).")
+                             "(curation.core.licenses; the project's policy.licenses extend the table).")
     def _check(context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
                ) -> AssetCheckResult:
         config = project.load()

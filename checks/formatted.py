@@ -6,16 +6,16 @@ from collections import Counter
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, MetadataValue, asset_check
 
-from curation.decontam import ContaminationIndex, check_row, load_benchmark
-from curation.export import MANIFEST, verify_export
-from curation.formatting import (
+from curation.core.home import exports_dir
+from curation.core.markdown import markdown_table
+from curation.format.decontam import ContaminationIndex, check_row, load_benchmark
+from curation.format.export import MANIFEST, verify_export
+from curation.format.records import (
     iter_formatted_rows,
     split_leaks,
     stored_tokens_problem,
     verify_row,
 )
-from curation.home import exports_dir
-from curation.markdown import markdown_table
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL

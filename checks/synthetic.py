@@ -3,10 +3,10 @@ teacher terms against the intended use, and tested code."""
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, MetadataValue, asset_check
 
-from curation.licenses import LicensePolicy
-from curation.markdown import markdown_table
-from curation.synth import parse_model_registry, terms_violations
-from curation.warehouse import table_rows
+from curation.core.licenses import LicensePolicy
+from curation.core.markdown import markdown_table
+from curation.core.warehouse import table_rows
+from curation.synth.methods import parse_model_registry, terms_violations
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

@@ -235,7 +235,7 @@ def write_benchmark() -> None:
 def write_tokenizer() -> None:
     """A small byte-level BPE trained on the demo text, with a ChatML template that marks assistant
     turns for loss masks: the demo's stand-in for a target model's tokenizer (nothing downloaded)."""
-    from curation.tokenizer_build import train_tokenizer
+    from curation.format.tokenizers import train_tokenizer
 
     texts: list[str] = []
     for path in sorted(DATA.iterdir()):

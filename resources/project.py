@@ -3,8 +3,8 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from curation.config import ProjectConfig, load_project
-from curation.home import project_config_path
+from curation.core.config import ProjectConfig, load_project
+from curation.core.home import project_config_path
 
 
 class ProjectResource(ConfigurableResource):

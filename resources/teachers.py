@@ -22,11 +22,11 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from curation.generation_cache import CachedTeacher, GenerationCache
-from curation.home import distillery_home
-from curation.judges import ProceduralJudge
-from curation.teachers import Teacher, build_teacher
-from curation.verify import ModelJudge
+from curation.core.home import distillery_home
+from curation.synth.cache import CachedTeacher, GenerationCache
+from curation.synth.judges import ProceduralJudge
+from curation.synth.teachers import Teacher, build_teacher
+from curation.synth.verify import ModelJudge
 
 _OVERRIDABLE = ("backend", "model", "base_url", "model_dir", "license", "terms", "revision")
 

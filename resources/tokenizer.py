@@ -1,8 +1,8 @@
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from curation.config import ProjectConfig
-from curation.formatting import load_format_tokenizer
+from curation.core.config import ProjectConfig
+from curation.format.records import load_format_tokenizer
 
 
 class TokenizerResource(ConfigurableResource):

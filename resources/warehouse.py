@@ -3,8 +3,8 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from curation.home import warehouse_path
-from curation.warehouse import Warehouse
+from curation.core.home import warehouse_path
+from curation.core.warehouse import Warehouse
 
 POOL = "duckdb_writer"
 """Concurrency pool of every asset and check that opens the DuckDB file (one slot)."""

@@ -32,9 +32,9 @@ from dagster import (
     sensor,
 )
 
-from curation.config import ConfigError, load_project
-from curation.home import distillery_home, project_config_path
-from curation.landing import changed_files, changed_sources, file_states, state_key
+from curation.core.config import ConfigError, load_project
+from curation.core.home import distillery_home, project_config_path
+from curation.ingest.landing import changed_files, changed_sources, file_states, state_key
 
 ALERT_FILE_ENV = "DISTILLERY_ALERT_FILE"
 ALERT_WEBHOOK_ENV = "DISTILLERY_ALERT_WEBHOOK"

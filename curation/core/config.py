@@ -1,0 +1,197 @@
+"""The project file (``distillery.yaml``): sources, stage settings and policy.
+
+Validation is strict (unknown keys are errors, so a typo never silently falls back to a default)
+and every error names the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from curation.core.schema import KINDS
+
+FORMATS = ("jsonl", "json", "csv", "parquet")
+MAPPINGS = ("alpaca", "self_instruct", "sharegpt", "openai", "preference", "hh", "oasst", "gsm8k",
+            "prompts", "text", "reward")
+
+
+class ConfigError(ValueError):
+    """The project file is invalid; the message says where and what is expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """One input source: where its files are, how to read them and under which licence."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Unique name; letters, digits, _ . -")
+    path: str = Field(description="File path or glob, relative to the project file.")
+    format: Literal["jsonl", "json", "csv", "parquet"] | None = Field(
+        default=None, description="Inferred from the extension when omitted (.gz is read transparently).")
+    mapping: Literal[MAPPINGS] = Field(description="Built-in shape of the records.")  # type: ignore[valid-type]
+    fields: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Override the mapping's field names, e.g. {instruction: question}.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Mapping options (e.g. oasst mode).")
+    kind: Literal[KINDS] | None = Field(default=None)  # type: ignore[valid-type]
+    license: str = Field(min_length=1, description="SPDX id, or a LicenseRef- declared under policy.")
+    origin: Literal["human", "synthetic"] = "human"
+    generator: str | None = Field(default=None, description="Model that wrote the rows when origin is synthetic.")
+    annotator_field: str | None = None
+    allowed_languages: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _synthetic_needs_generator(self) -> SourceConfig:
+        if self.origin == "synthetic" and not self.generator:
+            raise ValueError("origin is 'synthetic', so 'generator' must name the model that wrote the rows")
+        return self
+
+
+class IngestConfig(_Strict):
+    max_record_bytes: int = Field(default=1_000_000, gt=0,
+                                  description="Records larger than this are quarantined as oversized.")
+    batch_rows: int = Field(default=2_000, gt=0)
+
+
+class DedupConfig(_Strict):
+    """Deduplication settings; each stage's mapping is passed to its dataclass in curation.dedup.stages
+    (``near: false`` etc. switches a stage off)."""
+
+    exact_fields: Literal["first_prompt", "prompt", "prompt_response", "conversation"] = "prompt_response"
+    lowercase: bool = True
+    strip_punctuation: bool = False
+    near: dict[str, Any] | bool = Field(default_factory=dict, description="threshold, num_perm, unit, n, fields…")
+    within: dict[str, Any] | bool = Field(default_factory=dict, description="Repeated paragraphs inside a row.")
+    boilerplate: dict[str, Any] | bool = Field(default_factory=dict, description="Paragraphs repeated across rows.")
+    conflicts: dict[str, Any] = Field(default_factory=dict, description="Same prompt, different responses.")
+
+
+class SynthesisConfig(_Strict):
+    teacher: dict[str, Any] = Field(default_factory=lambda: {"backend": "procedural"})
+    judge: dict[str, Any] | Literal["procedural", "teacher"] | None = Field(
+        default=None, description="Judge model spec, 'teacher' (warned: self-judging) or the procedural default.")
+    methods: dict[str, Any] = Field(default_factory=lambda: {"perturbation": {"count": 50}})
+    verify: dict[str, Any] = Field(default_factory=dict, description="Verification settings (min_judge_score…).")
+    seed: int = 0
+
+
+class MixConfig(_Strict):
+    synthetic_cap: float = Field(default=0.3, ge=0.0, le=1.0,
+                                 description="Maximum share of synthetic rows in synthetic_mixed.")
+    weights: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Target weights per dimension, e.g. {kind: {sft: 0.7, chat: 0.3}}.")
+    quotas: dict[str, int] = Field(default_factory=dict, description="Maximum rows per source.")
+    seed: int = 0
+
+
+class BenchmarkConfig(_Strict):
+    name: str
+    path: str
+    text_fields: list[str] = Field(default_factory=lambda: ["turns"])
+    id_field: str | None = None
+
+
+class FormatConfig(_Strict):
+    tokenizer: str = Field(description="Local tokenizer directory (relative to the project file) or hub id.")
+    chat_template: str | None = Field(
+        default=None, description="Template name or Jinja text; overrides the tokenizer's.")
+    system_prompt: str | None = None
+    max_tokens: int = Field(default=2048, gt=0)
+    length_policy: Literal["drop", "truncate"] = "drop"
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+
+
+class TeacherTerms(_Strict):
+    """A model registry entry: the licence and terms attached to a teacher's outputs."""
+
+    license: str | None = None
+    terms: str = ""
+    forbids: list[Literal["research", "commercial"]] = Field(default_factory=list)
+
+
+class PolicyConfig(_Strict):
+    intended_use: Literal["research", "commercial"] = "research"
+    licenses: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    teachers: dict[str, TeacherTerms] = Field(default_factory=dict)
+
+
+class ProjectConfig(_Strict):
+    name: str = "distillery"
+    sources: list[SourceConfig] = Field(min_length=1)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    filters: dict[str, Any] = Field(default_factory=dict)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    format: FormatConfig
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    # Set by load_project, not by the file.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    file_hash: str = Field(default="", exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for source in sources:
+            if source.name in seen:
+                raise ValueError(f"source name {source.name!r} is used twice; names must be unique")
+            seen.add(source.name)
+        return sources
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the project file, relative to the file's folder."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def source_files(self, source: SourceConfig) -> list[Path]:
+        """The files a source's path or glob matches now, sorted for determinism."""
+        pattern = str(self.resolve(source.path))
+        matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+        return [p for p in matches if p.is_file()]
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: the project file is invalid:"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the README's project-file reference)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif item["type"] == "literal_error":
+            message = f"{item['msg']}, got {item.get('input')!r}"
+        lines.append(f"  - {location or '<top level>'}: {message}")
+    return "\n".join(lines)
+
+
+def load_project(path: str | Path) -> ProjectConfig:
+    """Read and validate a project file; raise :class:`ConfigError` naming every bad key."""
+    path = Path(path).resolve()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: project file not found (pass --config or set DISTILLERY_CONFIG)") from exc
+    try:
+        raw = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'sources' and 'format' at the top level")
+    try:
+        project = ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+    return project.model_copy(update={"base_dir": path.parent,
+                                      "file_hash": hashlib.sha256(data).hexdigest()[:16]})

@@ -1,0 +1,94 @@
+"""The texts of a canonical row and the code inside them: one walker, one code-fence rule.
+
+Every stage that reads or edits a row's texts (cleaners, PII redaction, in-row repeats, language
+and quality heuristics) goes through :func:`text_fields` and :func:`with_texts`, so "which fields
+hold text" and "how an edit is written back" are decided once. Likewise every stage that must
+leave code alone (HTML and Markdown cleaners, language ID, repetition heuristics, in-row repeats,
+code extraction from a teacher's reply) recognises code with the patterns built here from
+:data:`FENCE_MARKERS`, so they agree on what counts as code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Row = dict[str, Any]
+
+MESSAGE_COLUMNS: tuple[str, ...] = ("messages", "chosen", "rejected")
+"""Columns holding message lists (``{role, content, ...}``), in the order they are walked."""
+
+FENCE_MARKERS: tuple[str, ...] = ("```", "~~~")
+"""CommonMark's two code-fence markers: a block opened by one is closed by the same."""
+
+_FENCED_BLOCK = "|".join(rf"{re.escape(m)}.*?(?:{re.escape(m)}|\Z)" for m in FENCE_MARKERS)
+
+FENCED_CODE = re.compile(_FENCED_BLOCK, re.DOTALL)
+"""A fenced code block, unterminated blocks running to the end of the text."""
+
+CODE_SPANS = re.compile(rf"({_FENCED_BLOCK}|`[^`\n]+`)", re.DOTALL)
+"""Fenced blocks and inline code spans. One capturing group, so ``CODE_SPANS.split(text)``
+alternates prose (even indices) and code (odd indices)."""
+
+FENCE_LINE = re.compile(r"^(?:" + "|".join(re.escape(m) for m in FENCE_MARKERS) + ")", re.MULTILINE)
+"""The start of a line that opens or closes a fenced block."""
+
+
+def first_fenced_block(text: str, languages: tuple[str, ...] = ()) -> str | None:
+    """The body of the first fenced block in ``text`` whose info string is empty or one of
+    ``languages`` (any info string when none are given); ``None`` when there is no such block."""
+    info = "(?:" + "|".join(re.escape(name) for name in languages) + ")?" if languages else r"[^\n]*"
+    found = [match for marker in FENCE_MARKERS
+             if (match := re.search(rf"{re.escape(marker)}{info}[ \t]*\n(.*?)(?:{re.escape(marker)}|\Z)",
+                                    text, re.DOTALL))]
+    return min(found, key=lambda match: match.start()).group(1) if found else None
+
+
+@dataclass(frozen=True)
+class TextField:
+    """One text of a row: ``column`` is ``text`` or a message column, ``index`` the message position."""
+
+    column: str
+    index: int | None
+    text: str
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (self.column, self.index)
+
+    @property
+    def where(self) -> str:
+        """``text`` or ``messages[1].content``: how edits and rejections name the field."""
+        return self.column if self.index is None else f"{self.column}[{self.index}].content"
+
+
+def text_fields(row: Mapping[str, Any]) -> Iterator[TextField]:
+    """Every non-empty text of ``row``: ``text``, then each message's string ``content`` in
+    ``messages``, ``chosen`` and ``rejected`` order."""
+    text = row.get("text")
+    if isinstance(text, str) and text:
+        yield TextField("text", None, text)
+    for column in MESSAGE_COLUMNS:
+        for index, message in enumerate(row.get(column) or []):
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                yield TextField(column, index, content)
+
+
+def with_texts(row: Row, replacements: Mapping[tuple[str, int | None], str]) -> Row:
+    """A copy of ``row`` with the texts at ``replacements``' keys (:attr:`TextField.key`) replaced.
+    Only the changed columns and messages are copied; ``row`` itself is never mutated, and with no
+    replacements it is returned as is."""
+    if not replacements:
+        return row
+    out = dict(row)
+    for (column, index), text in replacements.items():
+        if index is None:
+            out[column] = text
+            continue
+        if out[column] is row[column]:
+            out[column] = list(row[column])
+        out[column][index] = {**out[column][index], "content": text}
+    return out

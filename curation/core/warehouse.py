@@ -1,0 +1,227 @@
+"""The DuckDB warehouse: one file, each asset owns its tables, every write is all-or-nothing.
+
+A write stages new versions of an asset's tables under temporary names and swaps them in with
+one transaction, so a crash at any point leaves the previous version of every table intact and
+readers never see a half-written table. Tables shared by several assets (``lineage``) are
+partitioned by an ``asset`` column and each asset replaces only its own partition, inside the
+same transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from curation.core.schema import COLUMN_SPECS
+
+LINEAGE_DDL = ("child_id VARCHAR NOT NULL, parent_id VARCHAR NOT NULL, asset VARCHAR NOT NULL, "
+               "operation VARCHAR NOT NULL, detail VARCHAR")
+"""One edge per derivation; ``detail`` says what changed (e.g. which cleaner edited which field)."""
+
+
+def table_names(connection: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables in the warehouse's main schema."""
+    return {r[0] for r in connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+
+
+def quote(identifier: str) -> str:
+    """Quote a SQL identifier (table or column name) safely."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def canonical_ddl(extra_columns: Sequence[tuple[str, str]] = ()) -> str:
+    """Column definitions of the canonical row, plus any asset-specific columns."""
+    columns = [(name, sql) for name, sql, _ in COLUMN_SPECS] + list(extra_columns)
+    return ", ".join(f"{quote(name)} {sql}" for name, sql in columns)
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process holds the DuckDB file."""
+
+
+class Warehouse:
+    """A DuckDB file with staged, transactional table replacement."""
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; waits for a writer in another process, then says clearly who blocks."""
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no warehouse yet; run `distillery run` first")
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                connection = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise WarehouseBusy(
+                        f"{self.path} is locked by another process (a run in progress?): {exc}. "
+                        "Wait for it to finish and try again.") from exc
+                time.sleep(0.5)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def tables(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        with self.connect(read_only=True) as connection:
+            return table_names(connection)
+
+    @contextlib.contextmanager
+    def write(self, asset: str) -> Iterator[StagedWrite]:
+        """Stage new versions of tables, then swap them all in one transaction on success."""
+        with self.connect() as connection:
+            # Shared tables exist from the first write on, so readers and checks can always query them.
+            connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
+            staged = StagedWrite(connection, asset)
+            try:
+                yield staged
+            except BaseException:
+                staged.discard()
+                raise
+            staged.commit()
+
+
+class StagedWrite:
+    """Tables written during one asset materialization, swapped in together at the end."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, asset: str) -> None:
+        self.connection = connection
+        self.asset = asset
+        self._token = uuid.uuid4().hex[:8]
+        self._replace: dict[str, str] = {}  # final table -> staging table
+        self._partitions: dict[str, tuple[str, str]] = {}  # shared table -> (staging, its DDL)
+
+    def staging_name(self, table: str) -> str:
+        return f"_stage_{table}_{self._token}"
+
+    def create(self, table: str, ddl: str) -> str:
+        """Create the staging version of ``table``; returns its quoted name to write into."""
+        staging = self.staging_name(table)
+        self.connection.execute(f"CREATE TABLE {quote(staging)} ({ddl})")
+        self._replace[table] = staging
+        return quote(staging)
+
+    def create_as(self, table: str, select_sql: str, params: Sequence[Any] = ()) -> str:
+        staging = self.staging_name(table)
+        self.connection.execute(f"CREATE TABLE {quote(staging)} AS {select_sql}", list(params))
+        self._replace[table] = staging
+        return quote(staging)
+
+    def partition(self, table: str, ddl: str) -> str:
+        """Stage this asset's partition of a shared table (rows with asset = this asset)."""
+        staging = self.staging_name(table)
+        self.connection.execute(f"CREATE TABLE {quote(staging)} ({ddl})")
+        self._partitions[table] = (staging, ddl)
+        return quote(staging)
+
+    def append(self, staged_table: str, batch: pa.Table | pa.RecordBatch) -> None:
+        """Append an Arrow batch to a staging table (columns matched by name)."""
+        if batch.num_rows == 0:
+            return
+        columns = ", ".join(quote(name) for name in batch.schema.names)
+        self.connection.register("_incoming", batch)
+        try:
+            self.connection.execute(f"INSERT INTO {staged_table} ({columns}) SELECT {columns} FROM _incoming")
+        finally:
+            self.connection.unregister("_incoming")
+
+    def append_rows(self, staged_table: str, records: Iterable[dict[str, Any]], schema: pa.Schema) -> None:
+        self.append(staged_table, pa.Table.from_pylist(list(records), schema=schema))
+
+    def commit(self) -> None:
+        connection = self.connection
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            for table, staging in self._replace.items():
+                connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+                connection.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+            for table, (staging, ddl) in self._partitions.items():
+                connection.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
+                connection.execute(f"DELETE FROM {quote(table)} WHERE asset = ?", [self.asset])
+                connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {quote(staging)}")
+                connection.execute(f"DROP TABLE {quote(staging)}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        staged = list(self._replace.values()) + [s for s, _ in self._partitions.values()]
+        for staging in staged:
+            with contextlib.suppress(duckdb.Error):
+                self.connection.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+
+
+def drop_orphan_staging(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """Remove staging tables left by a process that died before it could clean up."""
+    names = [r[0] for r in connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '\\_stage\\_%' ESCAPE '\\'"
+    ).fetchall()]
+    for name in names:
+        connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+    return names
+
+
+def read_batches(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = (),
+                 batch_rows: int = 2_000) -> Iterator[pa.RecordBatch]:
+    """Stream a query's result as Arrow batches on a cursor of its own, so the caller can keep
+    writing through ``connection`` while reading."""
+    cursor = connection.cursor()
+    try:
+        relation = cursor.sql(sql, params=list(params)) if params else cursor.sql(sql)
+        # duckdb 2 renamed fetch_record_batch to to_arrow_reader.
+        to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+        yield from to_reader(batch_rows)
+    finally:
+        cursor.close()
+
+
+SOURCE_ORDER = ("ingested_at, source, split_part(source_uri, '#', 1), "
+                "TRY_CAST(split_part(split_part(source_uri, '#', 2), '/', 1) AS BIGINT), source_uri, row_id")
+"""Rows as they stood in their sources: file by file, record by record (numeric, not string, order)."""
+
+
+def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 2_000,
+               order_by: str = "row_id") -> Iterator[dict[str, Any]]:
+    """Decoded canonical rows of ``table`` in a deterministic order, one batch in memory at a time.
+    ``order_by`` is a column name, or :data:`SOURCE_ORDER`."""
+    from curation.core.schema import iter_rows
+
+    order = SOURCE_ORDER if order_by == SOURCE_ORDER else quote(order_by)
+    sql = f"SELECT * FROM {quote(table)} ORDER BY {order}"
+    yield from iter_rows(read_batches(connection, sql, batch_rows=batch_rows))
+
+
+def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
+    ((count,),) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()
+    return int(count)
+
+
+def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
+    """An order-independent hash of every row's content: the table's data version. When a row was
+    ingested is not content, so re-running on the same data gives the same version."""
+    columns = [r[0] for r in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [table]).fetchall() if r[0] != "ingested_at"]
+    selected = ", ".join(quote(c) for c in columns)
+    (value,) = connection.execute(f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t"
+                                  ).fetchone()
+    return f"{(value or 0):016x}"

@@ -1,0 +1,317 @@
+"""Cleaners: edits that repair a row instead of dropping it, each recorded as an :class:`Edit`.
+
+Every cleaner walks the row's human-readable fields (``text`` and the ``content`` of
+``messages``, ``chosen`` and ``rejected``), never mutates its input, and returns the same row
+object when nothing changed (so the runner can tell edited rows apart cheaply).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import ftfy
+from selectolax.lexbor import LexborHTMLParser
+
+from curation.core.normalize import words
+from curation.core.schema import Row, prompt_text
+from curation.filter.runner import Edit, register_cleaner
+
+TextFn = Callable[[str], tuple[str, str | None]]
+"""A text edit: returns the new text and a description of the change (None: unchanged)."""
+
+
+def text_fields(row: Row) -> Iterator[tuple[str, str]]:
+    """``(where, text)`` for every non-empty text field, ``where`` like ``messages[1].content``."""
+    if row.get("text"):
+        yield "text", row["text"]
+    for column in ("messages", "chosen", "rejected"):
+        for i, message in enumerate(row.get(column) or []):
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                yield f"{column}[{i}].content", content
+
+
+def apply_to_texts(row: Row, cleaner: str, fn: TextFn) -> tuple[Row, list[Edit]]:
+    """Apply ``fn`` to each text field; copy only what changed and describe every change."""
+    edits: list[Edit] = []
+    new_row: Row | None = None
+    for where, text in text_fields(row):
+        new_text, description = fn(text)
+        if description is None or new_text == text:
+            continue
+        if new_row is None:
+            new_row = dict(row)
+        edits.append(Edit(cleaner, where, description))
+        if where == "text":
+            new_row["text"] = new_text
+            continue
+        column, index = where.split("[", 1)
+        i = int(index.split("]", 1)[0])
+        messages = list(new_row[column])
+        messages[i] = {**messages[i], "content": new_text}
+        new_row[column] = messages
+    return (new_row if new_row is not None else row), edits
+
+
+# ---------------------------------------------------------------------------------------------
+# Mojibake and Unicode repair (ftfy)
+# ---------------------------------------------------------------------------------------------
+
+# Control characters ftfy removes; pure-ASCII text without them has nothing for ftfy to fix, and
+# skipping it keeps this cleaner nearly free on English data.
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@register_cleaner("fix_encoding")
+@dataclass(frozen=True)
+class FixEncoding:
+    """Repair mojibake, broken surrogates and control characters with ftfy (Speer 2019)."""
+
+    name: str = "fix_encoding"
+    # Off by default: these change legitimate text rather than repair it. HTML entities are the
+    # HTML cleaner's business (and are meaningful inside code); curly quotes and full-width
+    # characters are correct typography in many languages.
+    unescape_html: bool = False
+    uncurl_quotes: bool = False
+    fix_character_width: bool = False
+
+    def _config(self) -> ftfy.TextFixerConfig:
+        return ftfy.TextFixerConfig(unescape_html=self.unescape_html, uncurl_quotes=self.uncurl_quotes,
+                                    fix_character_width=self.fix_character_width, explain=True)
+
+    def fix(self, text: str) -> tuple[str, str | None]:
+        if text.isascii() and not _ASCII_CONTROL.search(text):
+            return text, None
+        fixed, explanation = ftfy.fix_and_explain(text, config=self._config())
+        if fixed == text:
+            return text, None
+        steps = ", ".join(f"{op} {arg}" for op, arg in explanation or []) or "unicode repair"
+        return fixed, f"ftfy: {steps}"
+
+    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
+        return apply_to_texts(row, self.name, self.fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML residue → text (selectolax), leaving code and rows about markup alone
+# ---------------------------------------------------------------------------------------------
+
+_ELEMENT_NAMES = (
+    "a abbr address article aside b big blockquote body br caption center cite code dd del details div "
+    "dl dt em figcaption figure font footer h1 h2 h3 h4 h5 h6 head header hr i img ins kbd li main mark "
+    "nav ol p pre q s small span strike strong sub summary sup table tbody td tfoot th thead tr tt u ul"
+)
+_HTML_ELEMENTS = frozenset(_ELEMENT_NAMES.split())
+_RESIDUE_TAG = re.compile(r"</?(?:" + "|".join(sorted(_HTML_ELEMENTS)) + r")(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_ENTITY = re.compile(r"&(?:nbsp|amp|lt|gt|quot|apos|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
+# Markup that means "this is a document or program", not residue around prose.
+_HTML_IS_CODE = re.compile(r"<!DOCTYPE|<html|<head|<body|<script|<style|<\?php|<\?xml|<%|<form|<input"
+                           r"|<template|\{\{|\{%", re.IGNORECASE)
+# Lines that look like program text (C-family, Python, shell); one is enough to leave a message alone.
+_CODE_LINE = re.compile(r"[{};]\s*$|^\s*(?:#include|import |from \S+ import|def |class |function |"
+                        r"const |let |var |public |private |return |SELECT |<\?)", re.MULTILINE)
+# Prompts about markup: the HTML in the answer is the point (code-alpaca "create an HTML page …").
+_MARKUP_TOPIC = re.compile(r"\b(?:html5?|xhtml|xml|css|svg|dom|jsx|tsx|react|vue|angular|markup|tags?|"
+                           r"web ?pages?|websites?|templates?|php|jsp|jinja|django|flask|bootstrap|jquery|"
+                           r"javascript|js|scrap(?:e|ing)|beautifulsoup|selectolax|parser|elements?|"
+                           r"email|newsletter|markdown)\b", re.IGNORECASE)
+_FENCE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.DOTALL)
+_BLOCK_TAGS = "p,div,tr,h1,h2,h3,h4,h5,h6,blockquote,pre,table,hr,dt,dd,section,article,header,footer"
+
+
+def _html_fragment_to_text(fragment: str) -> str:
+    tree = LexborHTMLParser(f"<body>{fragment}</body>")
+    body = tree.body
+    if body is None:
+        return fragment
+    for node in body.css(_BLOCK_TAGS):
+        node.insert_before("\n")
+        node.insert_after("\n")
+    for node in body.css("br,ul,ol,dl"):  # lists: each <li> starts its own line below
+        node.insert_after("\n")
+    for node in body.css("li"):
+        node.insert_before("\n- ")
+    text = body.text(separator="")
+    # HTML collapses runs of spaces when rendering; do the same so "&nbsp; " leaves one space.
+    text = re.sub(r"[ \t\xa0]{2,}", " ", text.replace("\xa0", " "))
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip("\n")
+
+
+def _expected_words(fragment: str) -> list[str]:
+    # Only known HTML tags may disappear: "List<String>" next to a <b> must survive intact.
+    return words(html.unescape(_RESIDUE_TAG.sub(" ", fragment)))
+
+
+@register_cleaner("html_to_text")
+@dataclass(frozen=True)
+class HtmlToText:
+    """Turn HTML residue around prose into text; code, code blocks and rows about markup are kept."""
+
+    name: str = "html_to_text"
+    respect_topic: bool = True
+
+    def convert(self, text: str) -> tuple[str, str | None]:
+        if ("<" not in text or not _RESIDUE_TAG.search(text)) and ("&" not in text or not _ENTITY.search(text)):
+            return text, None
+        if _HTML_IS_CODE.search(text) or _CODE_LINE.search(text):
+            return text, None
+        pieces = _FENCE.split(text)
+        changed, tags = False, 0
+        for i in range(0, len(pieces), 2):  # even indices are prose; odd ones are code spans
+            prose = pieces[i]
+            n_tags = len(_RESIDUE_TAG.findall(prose))
+            if not n_tags and not _ENTITY.search(prose):
+                continue
+            converted = _html_fragment_to_text(prose)
+            # Guard: a real parser may read "a<b" or "List<T>" as markup. Accept the result only if
+            # it keeps exactly the words of the input minus its tags, so no prose is ever lost.
+            if words(converted) != _expected_words(prose):
+                return text, None
+            # Keep the spacing that joined this piece to its neighbouring code spans.
+            lead = prose[: len(prose) - len(prose.lstrip())]
+            trail = prose[len(prose.rstrip()):]
+            pieces[i] = lead + converted.strip() + trail if converted.strip() else lead + trail
+            changed, tags = True, tags + n_tags
+        if not changed:
+            return text, None
+        return "".join(pieces), f"HTML residue to text ({tags} tags removed, entities decoded)"
+
+    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
+        cleaned, edits = apply_to_texts(row, self.name, self.convert)
+        # Checked only for rows with residue: the topic regex is the costly part on clean data.
+        if edits and self.respect_topic and _MARKUP_TOPIC.search(prompt_text(row)):
+            return row, []
+        return cleaned, edits
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown residue (opt-in: for targets that must be plain text)
+# ---------------------------------------------------------------------------------------------
+
+_MD_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"!\[([^\]\n]*)\]\([^)\s]+(?:\s+\"[^\"]*\")?\)"), r"\1", "images"),
+    (re.compile(r"\[([^\]\n]+)\]\([^)\s]+(?:\s+\"[^\"]*\")?\)"), r"\1", "links"),
+    (re.compile(r"^#{1,6}[ \t]+", re.MULTILINE), "", "headings"),
+    (re.compile(r"\*\*(?=\S)([^\n]*?\S)\*\*"), r"\1", "bold"),
+    # Single * only between non-word characters, so a*b*c survives. Underscore emphasis is left
+    # alone: outside code spans it is far more often __init__ or snake_case than formatting.
+    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]*?\S)\*(?![\w*])"), r"\1", "italics"),
+    (re.compile(r"^[ \t]*(?:-{3,}|\*{3,}|_{3,})[ \t]*$", re.MULTILINE), "", "rules"),
+)
+
+
+@register_cleaner("markdown")
+@dataclass(frozen=True)
+class MarkdownResidue:
+    """Strip Markdown formatting (links, emphasis, headings) outside code; opt-in."""
+
+    name: str = "markdown"
+
+    def strip(self, text: str) -> tuple[str, str | None]:
+        if not any(ch in text for ch in "*#[-_"):
+            return text, None
+        pieces = _FENCE.split(text)
+        fired: list[str] = []
+        for i in range(0, len(pieces), 2):
+            for pattern, replacement, label in _MD_RULES:
+                new, n = pattern.subn(replacement, pieces[i])
+                if n:
+                    pieces[i] = new
+                    if label not in fired:
+                        fired.append(label)
+        if not fired:
+            return text, None
+        return "".join(pieces), "markdown removed: " + ", ".join(fired)
+
+    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
+        return apply_to_texts(row, self.name, self.strip)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whitespace normalisation
+# ---------------------------------------------------------------------------------------------
+
+_WS_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"\r\n?"), "\n", "CR line endings"),
+    # No-break and narrow no-break spaces are scraping residue in instruction data; zero-width
+    # space and BOM are invisible noise. ZWJ/ZWNJ are kept: they matter in emoji and Persian.
+    (re.compile(r"[\u00a0\u202f]"), " ", "no-break spaces"),
+    (re.compile(r"[\u200b\ufeff]"), "", "zero-width characters"),
+    (re.compile(r"[ \t]+$", re.MULTILINE), "", "trailing spaces"),
+    (re.compile(r"\n{3,}"), "\n\n", "runs of blank lines"),
+)
+_WS_ANY = re.compile(r"[\r\u00a0\u202f\u200b\ufeff]|[ \t]\n|\n\n\n")
+_INDENTED_START = re.compile(r"\A\n*[ \t]+\S[^\n]*\n(?:[ \t]*\n)*[ \t]+\S")
+
+
+@register_cleaner("whitespace")
+@dataclass(frozen=True)
+class NormalizeWhitespace:
+    """Unify line endings, drop trailing spaces and extra blank lines, trim the ends (indent kept)."""
+
+    name: str = "whitespace"
+
+    def normalize(self, text: str) -> tuple[str, str | None]:
+        if not _WS_ANY.search(text) and not text[:1].isspace() and not text[-1:].isspace():
+            return text, None  # fast path: most rows are already clean
+        fired: list[str] = []
+        for pattern, replacement, label in _WS_RULES:
+            new, n = pattern.subn(replacement, text)
+            if n:
+                text = new
+                fired.append(label)
+        # Leading indentation of a code answer is meaningful; otherwise trim both ends.
+        trimmed = text.strip("\n").rstrip() if _INDENTED_START.match(text) else text.strip()
+        if trimmed != text:
+            text = trimmed
+            fired.append("leading/trailing whitespace")
+        return text, ("whitespace: " + ", ".join(fired)) if fired else None
+
+    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
+        return apply_to_texts(row, self.name, self.normalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# PII and secrets (detection in curation.filter.pii)
+# ---------------------------------------------------------------------------------------------
+
+
+@register_cleaner("pii")
+@dataclass(frozen=True)
+class PiiRedactor:
+    """Replace personal data and secrets with typed placeholders such as [EMAIL] (curation.filter.pii).
+
+    ``entities`` limits which types are redacted (default: every regex-detected type). Types to drop
+    instead of redact go to the ``pii`` filter and are left out here."""
+
+    name: str = "pii"
+    entities: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from curation.filter.pii import REGEX_ENTITIES
+
+        chosen = tuple(self.entities) if self.entities is not None else REGEX_ENTITIES
+        unknown = sorted(set(chosen) - set(REGEX_ENTITIES))
+        if unknown:
+            raise ValueError(f"cleaner pii: unknown entities {unknown}; known: {', '.join(REGEX_ENTITIES)}")
+        object.__setattr__(self, "entities", tuple(e for e in chosen if e not in set(self.exclude)))
+
+    def _redact(self, text: str) -> tuple[str, str | None]:
+        from curation.filter.pii import redact
+
+        redacted, matches = redact(text, self.entities)
+        if not matches:
+            return text, None
+        counts: dict[str, int] = {}
+        for match in matches:
+            counts[match.entity] = counts.get(match.entity, 0) + 1
+        return redacted, "redacted " + ", ".join(f"{n} {entity}" for entity, n in sorted(counts.items()))
+
+    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
+        return apply_to_texts(row, self.name, self._redact)

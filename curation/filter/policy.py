@@ -1,0 +1,126 @@
+"""Policy filters: a blocklist of terms and patterns, and the licence gate.
+
+Both are opt-in: which words are unacceptable and what a build is for are the user's decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.core.schema import Row, all_text, prompt_text, response_text
+from curation.filter.runner import Rejection, register_filter
+
+
+def _read_terms(path: str) -> list[str]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"filter blocklist: terms_file {str(file)!r} does not exist; give a text file with "
+                         "one term per line (lines starting with # are comments)")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    return [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]
+
+
+@register_filter("blocklist")
+@dataclass(frozen=True)
+class Blocklist:
+    """Drop rows containing a blocked term (whole words, case-insensitive) or matching a pattern."""
+
+    name: str = "blocklist"
+    cost: float = 2.0
+    terms: Sequence[str] = ()
+    terms_file: str | None = None
+    patterns: Sequence[str] = ()
+    where: str = "all"  # all, prompt or response
+    case_sensitive: bool = False
+
+    _term_re: Any = field(default=None, init=False, repr=False)
+    _patterns: Any = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.where not in ("all", "prompt", "response"):
+            raise ValueError(f"filter blocklist: where must be all, prompt or response, got {self.where!r}")
+        terms = list(self.terms) + (_read_terms(self.terms_file) if self.terms_file else [])
+        if not terms and not self.patterns:
+            raise ValueError("filter blocklist: give terms (a list), terms_file (one term per line) or patterns")
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+        if terms:
+            # Longest first so "bad word" wins over "bad"; \b keeps "class" from matching "ass".
+            # Any run of whitespace between the words of a multi-word term ("credit  card").
+            alternation = "|".join(r"\s+".join(re.escape(w) for w in t.split())
+                                   for t in sorted(set(terms), key=len, reverse=True))
+            object.__setattr__(self, "_term_re", re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", flags))
+        compiled = []
+        for pattern in self.patterns:
+            try:
+                compiled.append(re.compile(pattern, flags))
+            except re.error as error:
+                raise ValueError(f"filter blocklist: pattern {pattern!r} is not a valid regular expression: "
+                                 f"{error}") from error
+        object.__setattr__(self, "_patterns", tuple(compiled))
+
+    def __call__(self, row: Row) -> Rejection | None:
+        if self.where == "prompt":
+            text = prompt_text(row)
+        elif self.where == "response":
+            text = response_text(row)
+        else:
+            text = all_text(row)
+        if self._term_re is not None:
+            match = self._term_re.search(text)
+            if match:
+                return Rejection(self.name, "blocked term", match.group(0))
+        for pattern in self._patterns:
+            match = pattern.search(text)
+            if match:
+                return Rejection(self.name, f"blocked pattern {pattern.pattern!r}", match.group(0)[:80])
+        return None
+
+
+@register_filter("license")
+@dataclass(frozen=True)
+class LicenseFilter:
+    """Drop rows whose licence does not allow the build's intended use (policy in curation.core.licenses)."""
+
+    name: str = "license"
+    cost: float = 0.05
+    intended_use: str = "research"
+    licenses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    _policy: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from curation.core.licenses import INTENDED_USES, LicensePolicy
+
+        if self.intended_use not in INTENDED_USES:
+            raise ValueError(f"filter license: intended_use must be one of {INTENDED_USES}, "
+                             f"got {self.intended_use!r}")
+        object.__setattr__(self, "_policy", LicensePolicy.with_overrides(self.licenses))
+
+    def __call__(self, row: Row) -> Rejection | None:
+        allowed, why = self._policy.allows(row.get("license"), self.intended_use)
+        if allowed:
+            return None
+        return Rejection(self.name, why, row.get("license"))
+
+
+@register_filter("pii")
+@dataclass(frozen=True)
+class PiiFilter:
+    """Drop rows that contain the given kinds of personal data or secrets (instead of redacting them)."""
+
+    name: str = "pii"
+    cost: float = 2.0
+    entities: tuple[str, ...] = ("PRIVATE_KEY",)
+
+    def __call__(self, row: Row) -> Rejection | None:
+        from curation.filter.pii import find_pii
+
+        matches = find_pii(all_text(row), self.entities)
+        if not matches:
+            return None
+        return Rejection(self.name, f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})",
+                         matches[0].entity)

@@ -1,0 +1,596 @@
+"""Render canonical rows for the target model: chat template, token counts, loss masks, checks.
+
+Everything goes through the tokenizer's own ``apply_chat_template`` so the text we count and
+mask is byte-for-byte what a trainer using the same tokenizer would build. Layouts:
+
+* sft / chat / tool / reward: the whole conversation; ``assistant_mask`` marks the tokens the
+  assistant wrote (content, tool calls and its end-of-turn token), never headers or other roles.
+* prompt: user turns plus the generation prompt; nothing to learn, so the mask is all zeros.
+* preference: ``prompt`` / ``chosen`` / ``rejected`` strings split the way TRL's DPOTrainer
+  splits them (``trl/data_utils.py``, ``maybe_apply_chat_template``): prompt rendered with the
+  generation prompt, each completion = rendering(prompt + completion) minus the prompt prefix.
+* text: the raw text, every token trained on.
+
+Tools for tool rows are read from ``row["extra"]["tools"]`` (where the ingest mappings keep them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import weakref
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from curation.core.schema import Message, Row
+from curation.format.tokenizers import TEMPLATE_NAMES, load_template, template_id
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only the type checker needs it here
+    from transformers import PreTrainedTokenizerBase
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_CHAT_KINDS = ("sft", "chat", "tool", "reward", "prompt")
+# Marker line our ChatML templates put before the tool list in the system turn (see chatml.jinja).
+_CHATML_TOOLS_HEADER = "# Tools\nYou may call these functions"
+
+LengthPolicy = Literal["drop", "truncate"]
+Tools = list[dict[str, Any]] | None
+"""JSON-schema tool definitions, as transformers' ``apply_chat_template(tools=...)`` takes them."""
+
+
+@dataclass
+class RenderedRow:
+    """One row rendered for the target model; :meth:`to_record` gives the ``formatted`` columns."""
+
+    row_id: str | None
+    kind: str
+    text: str
+    """Full rendering; for preference rows the prompt rendering."""
+    n_tokens: int
+    """Tokens the trainer sees; for preference rows prompt + the longer completion."""
+    input_ids: list[int]
+    assistant_mask: list[int]
+    """1 for tokens that carry loss. Empty for preference rows: the prompt/completion split is the mask."""
+    mask_source: str
+    """generation (template markers), offsets (incremental rendering), content_search (template not
+    prefix-stable: content located by search), all (text rows), none (no assistant turn) or empty."""
+    template_id: str
+    tokenizer_id: str
+    messages: list[Message]
+    """What was rendered (system prompt added, earliest turns dropped); the prompt side for preference."""
+    prompt: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    n_prompt_tokens: int | None = None
+    n_chosen_tokens: int | None = None
+    n_rejected_tokens: int | None = None
+    chosen_messages: list[Message] | None = None
+    rejected_messages: list[Message] | None = None
+    tools: Tools = None
+    truncation: str | None = None
+    """Set by :func:`apply_length_policy` when the row was cut, with what was cut."""
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready dict (messages and masks as lists) for the formatted table or an export."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_chat_template(chat_template: str) -> str:
+    """A template given in the project file: a shipped name, a path to a .jinja file, or Jinja text."""
+    if chat_template in TEMPLATE_NAMES:
+        return load_template(chat_template)
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    path = Path(chat_template)
+    if path.suffix == ".jinja" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"chat template file {chat_template!r} does not exist")
+        return path.read_text(encoding="utf-8")
+    raise ValueError(
+        f"chat_template {chat_template!r} is neither a shipped template ({', '.join(TEMPLATE_NAMES)}), "
+        "a .jinja file nor Jinja text; fix format.chat_template in the project file"
+    )
+
+
+def load_tokenizer(path_or_id: str | Path, chat_template: str | None = None, *,
+                   allow_network: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory (or a hub id, from the local cache unless allow_network).
+
+    ``chat_template`` (shipped name, .jinja path or Jinja text) replaces the tokenizer's own. Offsets
+    are needed for loss masks, so only fast (Rust-backed) tokenizers are accepted.
+    """
+    from transformers import AutoTokenizer
+
+    source = str(path_or_id)
+    path = Path(source).expanduser()
+    local = path.is_dir()
+    if not local and (path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise FileNotFoundError(
+            f"tokenizer directory {source!r} does not exist (or is not a directory); point format.tokenizer "
+            "at a folder holding tokenizer.json and tokenizer_config.json"
+        )
+    if local and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"tokenizer directory {source!r} holds neither tokenizer.json nor "
+                                "tokenizer_config.json; build one with curation.format.tokenizers or save_pretrained")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if local else source,
+                                                  local_files_only=local or not allow_network)
+    except (OSError, ValueError) as error:
+        hint = ("it is not a local directory and is not in the local Hugging Face cache; download it where a "
+                "network exists, or pass allow_network=True") if not local else "the directory is incomplete"
+        raise FileNotFoundError(f"cannot load tokenizer {source!r}: {hint} ({error})") from error
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"tokenizer {source!r} is not a fast tokenizer; loss masks need character offsets, "
+                         "so save it with tokenizer.json (transformers converts most slow tokenizers)")
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(chat_template)
+    return tokenizer
+
+
+_TOKENIZER_IDS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, str] = weakref.WeakKeyDictionary()
+
+
+def tokenizer_id(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Stable id of the vocabulary and pre/post-processing (hash of tokenizer.json), cached per object."""
+    cached = _TOKENIZER_IDS.get(tokenizer)
+    if cached is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        serial = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+        cached = hashlib.sha256(serial.encode("utf-8")).hexdigest()[:16]
+        _TOKENIZER_IDS[tokenizer] = cached
+    return cached
+
+
+def _template_text(tokenizer: PreTrainedTokenizerBase, tools: Tools = None) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+            "set format.chat_template "
+            f"in the project file (one of {', '.join(TEMPLATE_NAMES)}, a .jinja path or Jinja text)"
+        )
+    return tokenizer.get_chat_template(None, tools)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
+            add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    # A token counts when it overlaps a span, as transformers does for {% generation %} blocks, so both
+    # mask sources agree on tokens that straddle a boundary.
+    mask = [0] * len(offsets)
+    for index, (start, end) in enumerate(offsets):
+        if any(end > s and start < e for s, e in spans):
+            mask[index] = 1
+    return mask
+
+
+def _assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
+                     full: str) -> tuple[list[tuple[int, int]], bool]:
+    """Character spans of assistant turns in ``full``, by incremental rendering.
+
+    Turn i spans from the end of render(messages[:i], generation prompt) to the end of
+    render(messages[:i+1]) minus trailing whitespace: content, tool calls and the end-of-turn token,
+    as the {% generation %} templates mark it. Where the template is not prefix-stable (it rewrites
+    earlier turns), fall back to finding the content text; the flag says whether that happened.
+    """
+    spans: list[tuple[int, int]] = []
+    exact = True
+    cursor = 0
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        if index > 0:
+            before = _render(tokenizer, messages[:index], tools, add_generation_prompt=True)
+            upto = _render(tokenizer, messages[: index + 1], tools)
+            if upto.startswith(before) and full.startswith(upto):
+                end = len(upto.rstrip())
+                spans.append((len(before), max(end, len(before))))
+                cursor = len(upto)
+                continue
+        exact = False
+        content = message.get("content") or ""
+        position = full.find(content, cursor) if content else -1
+        if position >= 0:
+            spans.append((position, position + len(content)))
+            cursor = position + len(content)
+    return spans, exact
+
+
+def _chat_encoding(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
+                   add_generation_prompt: bool = False) -> tuple[str, list[int], list[int], str]:
+    """Rendered text, ids and assistant mask of a conversation, with where the mask came from."""
+    template = _template_text(tokenizer, tools)
+    text = _render(tokenizer, messages, tools, add_generation_prompt)
+    if not any(m.get("role") == "assistant" for m in messages):
+        ids, _ = _encode(tokenizer, text)
+        return text, ids, [0] * len(ids), "none"
+    if _GENERATION_TAG.search(template):
+        out = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True,
+                                            add_generation_prompt=add_generation_prompt)
+        return text, list(out["input_ids"]), list(out["assistant_masks"]), "generation"
+    ids, offsets = _encode(tokenizer, text)
+    spans, exact = _assistant_spans(tokenizer, messages, tools, text)
+    return text, ids, _mask_from_spans(offsets, spans), "offsets" if exact else "content_search"
+
+
+def _with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
+    # A row's own system message wins: it was written for that conversation.
+    if not system_prompt or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def _row_tools(row: Row) -> Tools:
+    extra = row.get("extra") or {}
+    tools = extra.get("tools") if isinstance(extra, dict) else None
+    if isinstance(tools, str):  # some sources store the schema list as a JSON string
+        tools = json.loads(tools)
+    return tools or None
+
+
+def _render_parts(tokenizer: PreTrainedTokenizerBase, kind: str, messages: list[Message], tools: Tools,
+                  chosen: list[Message] | None = None, rejected: list[Message] | None = None,
+                  text: str | None = None) -> dict[str, Any]:
+    if kind == "text":
+        ids, _ = _encode(tokenizer, text or "")
+        return {"text": text or "", "n_tokens": len(ids), "input_ids": ids, "assistant_mask": [1] * len(ids),
+                "mask_source": "all"}
+    if kind == "preference":
+        prompt = _render(tokenizer, messages, tools, add_generation_prompt=True)
+        parts: dict[str, Any] = {"text": prompt, "prompt": prompt, "input_ids": [], "assistant_mask": [],
+                                 "mask_source": "empty"}
+        parts["n_prompt_tokens"] = len(_encode(tokenizer, prompt)[0])
+        for side, completion in (("chosen", chosen), ("rejected", rejected)):
+            full = _render(tokenizer, messages + list(completion or []), tools)
+            if not full.startswith(prompt):
+                raise RenderError(f"the rendering of prompt + {side} does not start with the "
+                                 "prompt rendering, so the template cannot split prompt and completion")
+            parts[side] = full[len(prompt):]
+            parts[f"n_{side}_tokens"] = len(_encode(tokenizer, parts[side])[0])
+        # TRL tokenizes prompt and completion separately and concatenates, so counts add up the same way.
+        longest = max(parts["n_chosen_tokens"], parts["n_rejected_tokens"])
+        parts["n_tokens"] = parts["n_prompt_tokens"] + longest
+        return parts
+    rendered, ids, mask, source = _chat_encoding(tokenizer, messages, tools,
+                                                 add_generation_prompt=kind == "prompt")
+    return {"text": rendered, "n_tokens": len(ids), "input_ids": ids, "assistant_mask": mask,
+            "mask_source": source}
+
+
+class RenderError(ValueError):
+    """A row the template cannot render (bad shape, or the template refuses it); the run goes on
+    without the row. Configuration errors (no chat template, missing tokenizer) are not this."""
+
+
+def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *,
+               system_prompt: str | None = None) -> RenderedRow:
+    """Render one canonical row with the tokenizer's chat template (see the module doc for layouts).
+
+    Raises :class:`RenderError` for rows that cannot be rendered, ValueError for configuration errors.
+    """
+    from jinja2 import TemplateError
+
+    kind = row.get("kind")
+    row_id = row.get("row_id")
+    chosen = rejected = None
+    try:
+        tools = _row_tools(row)
+    except json.JSONDecodeError as error:
+        raise RenderError(f"row {row_id}: extra.tools is not valid JSON ({error})") from error
+    if kind == "text":
+        if not isinstance(row.get("text"), str):
+            raise RenderError(f"row {row_id}: text row has no text")
+        messages: list[Message] = []
+        template = getattr(tokenizer, "chat_template", None) or ""
+    elif kind in _CHAT_KINDS or kind == "preference":
+        if not row.get("messages"):
+            raise RenderError(f"row {row_id}: {kind} row has no messages")
+        messages = _with_system_prompt(row["messages"], system_prompt)
+        if kind == "preference":
+            chosen, rejected = row.get("chosen") or [], row.get("rejected") or []
+            if not chosen or not rejected:
+                raise RenderError(f"row {row_id}: preference row needs both chosen and rejected messages")
+        template = _template_text(tokenizer, tools)
+    else:
+        raise RenderError(f"row {row_id}: unknown kind {kind!r}; expected one of sft, chat, tool, prompt, "
+                          "reward, preference, text")
+    try:
+        parts = _render_parts(tokenizer, kind, messages, tools, chosen, rejected, row.get("text"))
+    except (TemplateError, RenderError) as error:
+        raise RenderError(f"row {row_id}: {error}") from error
+    return RenderedRow(row_id=row_id, kind=kind, messages=messages, chosen_messages=chosen,
+                       rejected_messages=rejected, tools=tools, template_id=template_id(template),
+                       tokenizer_id=tokenizer_id(tokenizer), **parts)
+
+
+def format_row(row: Row, tokenizer: PreTrainedTokenizerBase, *, max_tokens: int,
+               policy: LengthPolicy = "drop", system_prompt: str | None = None) -> tuple[RenderedRow | None, str]:
+    """Render then apply the length policy: what the ``formatted`` asset does per row.
+
+    A row that cannot be rendered comes back as (None, "render_error: ...") so it is recorded, not
+    lost; configuration errors still raise.
+    """
+    try:
+        rendered = render_row(row, tokenizer, system_prompt=system_prompt)
+    except RenderError as error:
+        return None, f"render_error: {error}"
+    return apply_length_policy(rendered, max_tokens, policy, tokenizer=tokenizer)
+
+
+# --------------------------------------------------------------------------- length policy
+
+
+def _drop_earliest_exchange(messages: list[Message]) -> list[Message] | None:
+    """Messages without the earliest exchange (system kept), still starting on a user turn; None if
+    only one exchange is left."""
+    head = 1 if messages and messages[0].get("role") == "system" else 0
+    body = messages[head:]
+    later_users = [i for i, m in enumerate(body) if m.get("role") == "user" and i > 0]
+    if not later_users:
+        return None
+    return messages[:head] + body[later_users[0]:]
+
+
+def apply_length_policy(rendered: RenderedRow, max_tokens: int, policy: LengthPolicy, *,
+                        tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[RenderedRow | None, str]:
+    """Keep, cut or drop a rendered row against ``max_tokens``; returns (row or None, reason).
+
+    ``drop``: over-long rows are dropped. ``truncate`` (needs ``tokenizer`` for re-rendering):
+    1. conversations lose whole earliest exchanges (system prompt kept, still starting on a user
+       turn), which keeps every remaining turn intact — what multi-turn SFT recipes do;
+    2. if the last exchange alone is still too long and its prompt part fits, the token sequence
+       is cut inside the final assistant turn; the end-of-turn token is lost with it, so the model
+       is never taught to stop mid-answer;
+    3. text rows keep their first ``max_tokens`` tokens;
+    4. preference and prompt rows are dropped once dropping earliest exchanges is not enough:
+       cutting a completion would change what the pair compares, a prompt without its end is not
+       a prompt.
+    Reasons start with a stable code: ``within_limit``, ``dropped_too_long``,
+    ``truncated_earliest_turns``, ``truncated_last_assistant``, ``truncated_text``.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    if policy not in ("drop", "truncate"):
+        raise ValueError(f"length policy {policy!r} is not one of drop, truncate")
+    original = rendered.n_tokens
+    if original <= max_tokens:
+        return rendered, "within_limit"
+    too_long = f"dropped_too_long: {original} tokens > max_tokens {max_tokens}"
+    if policy == "drop":
+        return None, too_long
+    if tokenizer is None:
+        raise ValueError("apply_length_policy(policy='truncate') needs the tokenizer to re-render the row")
+
+    if rendered.kind == "text":
+        keep = rendered.input_ids[:max_tokens]
+        _, offsets = _encode(tokenizer, rendered.text)
+        cut = offsets[max_tokens - 1][1] if keep else 0
+        reason = f"truncated_text: kept first {max_tokens} of {original} tokens"
+        return replace(rendered, text=rendered.text[:cut], input_ids=keep, n_tokens=len(keep),
+                       assistant_mask=rendered.assistant_mask[:max_tokens], truncation=reason), reason
+
+    current = rendered
+    dropped = 0
+    while current.n_tokens > max_tokens and current.kind != "prompt":
+        shorter = _drop_earliest_exchange(current.messages)
+        if shorter is None:
+            break
+        dropped += 1
+        parts = _render_parts(tokenizer, current.kind, shorter, current.tools, current.chosen_messages,
+                              current.rejected_messages)
+        current = replace(current, messages=shorter, **parts)
+    if current.n_tokens <= max_tokens:
+        reason = (f"truncated_earliest_turns: dropped {dropped} earliest exchange(s), "
+                  f"{original} -> {current.n_tokens} tokens")
+        return replace(current, truncation=reason), reason
+
+    if current.kind in ("preference", "prompt") or current.messages[-1].get("role") != "assistant":
+        still = f" (still {current.n_tokens} after dropping earliest turns)" if dropped else ""
+        return None, too_long + still
+    prompt_text = _render(tokenizer, current.messages[:-1], current.tools, add_generation_prompt=True)
+    if not current.text.startswith(prompt_text):
+        return None, too_long + " (template is not prefix-stable, cannot cut the last turn safely)"
+    _, offsets = _encode(tokenizer, current.text)
+    prompt_len = len(_encode(tokenizer, prompt_text)[0])
+    if prompt_len >= max_tokens:
+        return None, too_long + f" (the prompt of the last exchange alone has {prompt_len} tokens)"
+    cut = offsets[max_tokens - 1][1]
+    reason = (f"truncated_last_assistant: dropped {dropped} earliest exchange(s) and cut the last assistant "
+              f"turn, {original} -> {max_tokens} tokens")
+    return replace(current, text=current.text[:cut], input_ids=current.input_ids[:max_tokens],
+                   assistant_mask=current.assistant_mask[:max_tokens], n_tokens=max_tokens,
+                   truncation=reason), reason
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Tokens the template uses as markup: special tokens plus added tokens written by the template
+    (the same rule transformers uses for ``sanitize_control_tokens``)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = "\0".join(template.values())
+    found = set(tokenizer.all_special_tokens)
+    for token in tokenizer.added_tokens_decoder.values():
+        if token.special or (token.content in template and not token.content.isspace()):
+            found.add(token.content)
+    return sorted(t for t in found if t)
+
+
+def _row_strings(row: Row) -> list[str]:
+    strings = [row["text"]] if isinstance(row.get("text"), str) else []
+    for column in ("messages", "chosen", "rejected"):
+        for message in row.get(column) or []:
+            if isinstance(message.get("content"), str):
+                strings.append(message["content"])
+            for call in message.get("tool_calls") or []:
+                strings.append(json.dumps(call, ensure_ascii=False))
+    tools = (row.get("extra") or {}).get("tools") if isinstance(row.get("extra"), dict) else None
+    if tools:  # tool schemas are rendered into the system turn too
+        strings.append(tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False))
+    return strings
+
+
+def special_tokens_in_content(row: Row, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Control tokens of the template that appear inside the row's own text (a leak: the model would
+    read a turn boundary where the author wrote text). Sorted, unique."""
+    tokens = control_tokens(tokenizer)
+    leaked = {token for text in _row_strings(row) for token in tokens if token in text}
+    return sorted(leaked)
+
+
+def _family(template_name_or_tokenizer: Any) -> str | None:
+    if isinstance(template_name_or_tokenizer, str) and template_name_or_tokenizer in TEMPLATE_NAMES:
+        template = load_template(template_name_or_tokenizer)
+    elif isinstance(template_name_or_tokenizer, str):
+        template = template_name_or_tokenizer
+    else:
+        template = getattr(template_name_or_tokenizer, "chat_template", None) or ""
+    if "<|im_start|>" in template:
+        return "chatml"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    return None
+
+
+_CHATML_TURN = re.compile(r"<\|im_start\|>([^\n]*)\n(.*?)<\|im_end\|>\n?", re.DOTALL)
+_LLAMA3_TURN = re.compile(r"<\|start_header_id\|>(.*?)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.DOTALL)
+_TOOL_CALL = re.compile(r"\n?<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
+
+
+def _parse_turns(text: str, pattern: re.Pattern[str], open_header: str) -> list[tuple[str, str]]:
+    turns: list[tuple[str, str]] = []
+    position = 0
+    for match in pattern.finditer(text):
+        if text[position:match.start()].strip():
+            raise ValueError(f"unparsed text at character {position}: {text[position:match.start()][:60]!r}")
+        turns.append((match.group(1), match.group(2)))
+        position = match.end()
+    rest = text[position:]
+    # A trailing generation prompt is the opening of the next assistant turn, not a message.
+    if rest.strip() and rest != open_header:
+        raise ValueError(f"unparsed text at character {position}: {rest[:60]!r}")
+    return turns
+
+
+def parse_rendered(text: str, template_name_or_tokenizer: Any) -> list[Message]:
+    """Messages back from a rendering by a shipped family (ChatML, Llama 3); tool definitions in the
+    ChatML system turn are removed, tool calls come back as ``tool_calls``."""
+    family = _family(template_name_or_tokenizer)
+    if family == "llama3":
+        text = text.removeprefix("<|begin_of_text|>")
+        turns = _parse_turns(text, _LLAMA3_TURN, "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        return [{"role": role, "content": content} for role, content in turns]
+    if family != "chatml":
+        raise ValueError("parse_rendered knows the chatml and llama3 layouts only; this template is neither")
+    messages: list[Message] = []
+    for role, content in _parse_turns(text, _CHATML_TURN, "<|im_start|>assistant\n"):
+        if role == "system" and _CHATML_TOOLS_HEADER in content:
+            content = content[:content.index(_CHATML_TOOLS_HEADER)].removesuffix("\n\n")
+            if not content:
+                continue
+        message: Message = {"role": role, "content": content}
+        if role == "assistant" and "<tool_call>" in content:
+            calls = []
+            for match in _TOOL_CALL.finditer(content):
+                call = json.loads(match.group(1))
+                calls.append({"type": "function",
+                              "function": {"name": call.get("name"), "arguments": call.get("arguments")}})
+            message["content"] = content[:content.index("<tool_call>")].removesuffix("\n")
+            message["tool_calls"] = calls
+        messages.append(message)
+    return messages
+
+
+def _comparable(message: Message) -> tuple[str, str, list[tuple[Any, Any]]]:
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call)
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            with contextlib.suppress(json.JSONDecodeError):  # not JSON: compare the raw string
+                arguments = json.loads(arguments)
+        calls.append((function.get("name"), json.dumps(arguments, sort_keys=True)))
+    return message.get("role") or "", message.get("content") or "", calls
+
+
+def _conversations(row: Row) -> list[list[Message]]:
+    messages = list(row.get("messages") or [])
+    if row.get("kind") == "preference":
+        return [messages + list(row.get("chosen") or []), messages + list(row.get("rejected") or [])]
+    return [messages]
+
+
+def round_trip_ok(row: Row, tokenizer: PreTrainedTokenizerBase) -> tuple[bool, str]:
+    """Does the row survive rendering? Parse the rendering back to the same messages and
+    decode(encode(rendering)) to the same text. Templates outside the shipped families get a weaker
+    check: every content string appears in the rendering, in order."""
+    tools = _row_tools(row)
+    if row.get("kind") == "text":
+        text = row.get("text") or ""
+        ids, _ = _encode(tokenizer, text)
+        if tokenizer.decode(ids) != text:
+            return False, "decode(encode(text)) differs from the text"
+        return True, "ok"
+    family = _family(tokenizer)
+    for conversation in _conversations(row):
+        rendered = _render(tokenizer, conversation, tools)
+        if tokenizer.decode(_encode(tokenizer, rendered)[0]) != rendered:
+            return False, "decode(encode(rendering)) differs from the rendering"
+        if family is None:
+            cursor = 0
+            for index, message in enumerate(conversation):
+                position = rendered.find(message.get("content") or "", cursor)
+                if position < 0:
+                    role = message.get("role")
+                    return False, f"message {index} ({role}) content not found in the rendering"
+                cursor = position + len(message.get("content") or "")
+            continue
+        try:
+            parsed = parse_rendered(rendered, tokenizer)
+        except ValueError as error:
+            return False, f"rendering does not parse back: {error}"
+        if len(parsed) != len(conversation):
+            return False, f"parsed {len(parsed)} messages back from {len(conversation)}"
+        for index, (original, back) in enumerate(zip(conversation, parsed, strict=True)):
+            if _comparable(original) != _comparable(back):
+                return False, f"message {index} ({original.get('role')}) differs after rendering and parsing"
+    return True, "ok" if family else "ok (content-order check: no parser for this template)"
+
+
+def generation_prompt_matches(messages: list[Message], tokenizer: PreTrainedTokenizerBase, *,
+                              tools: Tools = None) -> bool:
+    """Is render(history, add_generation_prompt=True) exactly what precedes the last assistant reply
+    in render(history + reply)? I.e. inference sends what training saw, and the model's first
+    generated text is the reply itself (a generation prompt that stops short, e.g. without the
+    newline after the role, is a string prefix but would make the model generate the newline)."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    if last <= 0:
+        raise ValueError("generation_prompt_matches needs a conversation with an assistant turn after "
+                         "at least one other message")
+    prompt = _render(tokenizer, messages[:last], tools, add_generation_prompt=True)
+    full = _render(tokenizer, messages[: last + 1], tools)
+    if not full.startswith(prompt) or len(full) == len(prompt):
+        return False
+    content = messages[last].get("content") or ""
+    # Tool-call-only replies have no content to anchor on; the prefix test is all we can check.
+    return full[len(prompt):].startswith(content) if content else True

@@ -1,0 +1,62 @@
+"""What changed in the sources' landing files since the last look (for the landing sensor).
+
+A file's state is ``size:mtime_ns:sha256``. The content hash is what decides "changed": size and
+mtime only say when it is worth re-reading a file, so an unchanged file is never read again and a
+file that was merely touched (same bytes, new mtime) starts no run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from curation.core.config import ProjectConfig
+from curation.ingest.sources import file_digest
+
+
+def _split(state: str | None) -> tuple[str, str]:
+    """``(size:mtime, sha)`` of a stored state; older cursors held ``size:mtime`` only."""
+    if not state:
+        return "", ""
+    stamp, _, sha = state.rpartition(":") if state.count(":") >= 2 else (state, "", "")
+    return stamp, sha
+
+
+def file_states(project: ProjectConfig, previous: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``source:path`` → ``size:mtime_ns:sha256`` for every file the sources match now. Files whose size
+    and mtime equal the previous state keep its hash without being read."""
+    previous = previous or {}
+    states: dict[str, str] = {}
+    for source in project.sources:
+        for path in project.source_files(source):
+            key = f"{source.name}:{path}"
+            stat = Path(path).stat()
+            stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+            old_stamp, old_sha = _split(previous.get(key))
+            sha = old_sha if old_stamp == stamp and old_sha else file_digest(Path(path))
+            states[key] = f"{stamp}:{sha}"
+    return states
+
+
+def changed_files(previous: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """Files added or whose content changed (removed files need no new run of their own)."""
+    return sorted(key for key, state in current.items() if _split(previous.get(key))[1] != _split(state)[1])
+
+
+def changed_sources(changed: list[str]) -> list[str]:
+    """Source names of ``source:path`` keys."""
+    return sorted({key.split(":", 1)[0] for key in changed})
+
+
+def content_key(states: Mapping[str, str]) -> str:
+    """A short id of the landing content (paths and hashes, not mtimes)."""
+    content = {key: _split(state)[1] for key, state in states.items()}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def state_key(current: Mapping[str, str], previous: Mapping[str, str] | None = None) -> str:
+    """The run key of a change from ``previous`` to ``current``: the same change never starts two runs,
+    while going back to an earlier content (A → B → A) is a new change and does start one."""
+    return f"{content_key(previous or {})}-{content_key(current)}"

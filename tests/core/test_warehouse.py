@@ -1,0 +1,118 @@
+"""The warehouse: staged writes swapped in one transaction, idempotent ingestion, quoting."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from curation.core.config import load_project
+from curation.core.warehouse import Warehouse, quote
+from curation.ingest.sources import ingest_sources
+from tests.conftest import DEMO_CONFIG
+
+
+def demo_copy(tmp_path: Path) -> Path:
+    """The demo project copied to a temp dir so tests can change its files."""
+    target = tmp_path / "project"
+    shutil.copytree(DEMO_CONFIG.parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return target / "distillery.yaml"
+
+
+def ingest(warehouse: Warehouse, config: Path):
+    with warehouse.write("raw") as staged:
+        return ingest_sources(load_project(config), staged)
+
+
+def count(warehouse: Warehouse, table: str) -> int:
+    with warehouse.connect(read_only=True) as connection:
+        return connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
+
+
+def test_reingesting_unchanged_files_adds_nothing_and_reads_nothing(tmp_path: Path) -> None:
+    config = demo_copy(tmp_path)
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    first = ingest(warehouse, config)
+    rows, quarantined = count(warehouse, "raw"), count(warehouse, "quarantine")
+    assert first.rows_added == rows > 0 and first.quarantined_added == quarantined > 0
+    second = ingest(warehouse, config)
+    assert second.rows_added == 0 and {f.status for f in second.files} == {"unchanged"}
+    assert (count(warehouse, "raw"), count(warehouse, "quarantine")) == (rows, quarantined)
+    with warehouse.connect(read_only=True) as connection:
+        ids = connection.execute("SELECT count(DISTINCT row_id) FROM raw").fetchone()[0]
+    assert ids == rows
+
+
+def test_changed_file_replaces_its_rows_only(tmp_path: Path) -> None:
+    config = demo_copy(tmp_path)
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    ingest(warehouse, config)
+    before = count(warehouse, "raw")
+    preference = config.parent / "data" / "preference.jsonl"
+    preference.write_text(preference.read_text() + '{"prompt": "Name a colour.", "chosen": "Blue.", '
+                                                    '"rejected": "No."}\n')
+    summary = ingest(warehouse, config)
+    statuses = {f.file: f.status for f in summary.files}
+    assert statuses["data/preference.jsonl"] == "ingested"
+    assert [s for f, s in statuses.items() if f != "data/preference.jsonl"] == ["unchanged"] * 3
+    assert count(warehouse, "raw") == before + 1
+
+
+def test_crash_mid_write_leaves_previous_tables_intact(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.write("demo") as staged:
+        table = staged.create("things", "id INTEGER")
+        staged.connection.execute(f"INSERT INTO {table} VALUES (1), (2)")
+    with pytest.raises(RuntimeError, match="power cut"), warehouse.write("demo") as staged:
+        table = staged.create("things", "id INTEGER")
+        staged.connection.execute(f"INSERT INTO {table} VALUES (3)")
+        raise RuntimeError("power cut")
+    with warehouse.connect(read_only=True) as connection:
+        assert connection.execute("SELECT list(id ORDER BY id) FROM things").fetchone()[0] == [1, 2]
+        names = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert not any(name.startswith("_stage_") for name in names), "staging tables are cleaned up"
+
+
+def test_failure_during_swap_rolls_back_every_table(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.write("demo") as staged:
+        staged.connection.execute(f"INSERT INTO {staged.create('a', 'x INTEGER')} VALUES (1)")
+        staged.connection.execute(f"INSERT INTO {staged.create('b', 'x INTEGER')} VALUES (1)")
+    with pytest.raises(duckdb.Error), warehouse.write("demo") as staged:
+        staged.connection.execute(f"INSERT INTO {staged.create('a', 'x INTEGER')} VALUES (2)")
+        staged.create("b", "x INTEGER")
+        # Sabotage: the staging table of b disappears, so the swap fails after a was swapped.
+        staged.connection.execute(f"DROP TABLE {quote(staged.staging_name('b'))}")
+    with warehouse.connect(read_only=True) as connection:
+        assert connection.execute("SELECT x FROM a").fetchall() == [(1,)]
+        assert connection.execute("SELECT x FROM b").fetchall() == [(1,)]
+
+
+def test_partitions_of_shared_tables_are_replaced_per_asset(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    ddl = "child_id VARCHAR, parent_id VARCHAR, asset VARCHAR, operation VARCHAR, detail VARCHAR"
+    for asset, rows in (("one", 2), ("two", 3), ("one", 1)):
+        with warehouse.write(asset) as staged:
+            table = staged.partition("lineage", ddl)
+            for i in range(rows):
+                staged.connection.execute(f"INSERT INTO {table} VALUES (?, 'p', ?, 'op', NULL)", [f"c{i}", asset])
+    with warehouse.connect(read_only=True) as connection:
+        counts = dict(connection.execute("SELECT asset, count(*) FROM lineage GROUP BY 1").fetchall())
+    assert counts == {"one": 1, "two": 3}
+
+
+def test_names_are_quoted(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    hostile = 'x"; DROP TABLE lineage; --'
+    with warehouse.write("demo") as staged:
+        staged.connection.execute(f"INSERT INTO {staged.create(hostile, 'v INTEGER')} VALUES (7)")
+    assert hostile in warehouse.tables() and "lineage" in warehouse.tables()
+    assert quote('a"b') == '"a""b"'
+
+
+def test_read_only_open_of_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="distillery run"), \
+            Warehouse(tmp_path / "none.duckdb").connect(read_only=True):
+        pass

@@ -1,0 +1,218 @@
+"""The filter registry, the runner (batching, first rejection wins, stats, edits) and the preview."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from curation.core.schema import iter_rows, new_row, rows_to_table
+from curation.filter.runner import (
+    DEFAULT_CLEANERS,
+    DEFAULT_FILTERS,
+    FILTERS,
+    FilterError,
+    FilterStats,
+    Rejection,
+    build_chain,
+    build_cleaners,
+    build_filters,
+    describe_registry,
+    preview,
+    preview_markdown,
+    register_filter,
+    run_filters,
+)
+from tests.conftest import SHARED_DATA
+
+
+def sft(row_id: str, prompt: str, response: str) -> dict:
+    return new_row(row_id=row_id, kind="sft", source="t", messages=[
+        {"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+
+
+def collect(rows, cleaners=(), filters=(), **kwargs):
+    stats = FilterStats()
+    kept, rejected, edited, sizes = [], [], [], []
+    for batch in run_filters(rows, cleaners, filters, stats=stats, **kwargs):
+        kept += batch.kept
+        rejected += batch.rejected
+        edited += batch.edited
+        sizes.append(len(batch.kept) + len(batch.rejected))
+    return kept, rejected, edited, stats, sizes
+
+
+# --- registry -------------------------------------------------------------------------------
+
+def test_default_chain_is_documented_and_cheapest_first():
+    filters = build_filters()
+    assert sorted(f.name for f in filters) == sorted(DEFAULT_FILTERS)
+    costs = [f.cost for f in filters]
+    assert costs == sorted(costs)
+    assert [c.name for c in build_cleaners()] == list(DEFAULT_CLEANERS)
+    docs = describe_registry()
+    assert set(DEFAULT_FILTERS) <= set(docs["filters"]) and all(docs["filters"].values())
+
+
+def test_config_switches_off_tunes_adds_and_orders():
+    filters = build_filters({"echo": False, "length": {"min_response_words": 5},
+                             "patterns": {"preset": "unsolicited_suggestions"},
+                             "order": ["repetition", "empty"]})
+    names = [f.name for f in filters]
+    assert "echo" not in names and "patterns" in names
+    assert names[:2] == ["repetition", "empty"]
+    assert next(f for f in filters if f.name == "length").min_response_words == 5
+    only = build_filters({"defaults": False, "blocklist": {"terms": ["x"]}})
+    assert [f.name for f in only] == ["blocklist"]
+
+
+def test_build_chain_reads_the_whole_filters_section():
+    cleaners, filters = build_chain({"cleaners": {"markdown": True, "html_to_text": False},
+                                     "echo": False, "language": {"allowed": ["en"]}})
+    assert [c.name for c in cleaners] == ["fix_encoding", "pii", "markdown", "whitespace"]
+    names = [f.name for f in filters]
+    assert "language" in names and "echo" not in names and "cleaners" not in names
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"no_such_filter": {}}, "unknown filter 'no_such_filter'.*known filters:.*empty"),
+    ({"length": {"min_words": 3}}, "filter 'length': bad parameters"),
+    ({"length": 5}, "parameters must be a mapping"),
+    ({"order": ["language"]}, "not enabled"),
+])
+def test_config_errors_name_the_filter(config, message):
+    with pytest.raises(ValueError, match=message):
+        build_filters(config)
+
+
+def test_adding_a_filter_is_a_few_lines():
+    @register_filter("has_question_mark")
+    @dataclass(frozen=True)
+    class NeedsQuestion:
+        name: str = "has_question_mark"
+        cost: float = 0.01
+
+        def __call__(self, row):
+            return None if "?" in row["messages"][0]["content"] else Rejection(self.name, "not a question")
+
+    try:
+        filters = build_filters({"defaults": False, "has_question_mark": True})
+        kept, rejected, _, stats, _ = collect([sft("a", "Why?", "Because."), sft("b", "Do it.", "Done.")],
+                                              filters=filters)
+        assert [r["row_id"] for r in kept] == ["a"]
+        assert rejected[0].as_record() == {"row_id": "b", "filter": "has_question_mark",
+                                           "reason": "not a question", "value": None}
+        assert stats.rejected == {"has_question_mark": 1}
+    finally:
+        FILTERS.pop("has_question_mark")
+
+
+# --- runner ---------------------------------------------------------------------------------
+
+def _sample_rows() -> list[dict]:
+    return [
+        sft("ok1", "What is 2+2?", "4"),
+        sft("empty", "What is 2+2?", ""),
+        sft("token", "What is 2+2?", "4<|im_end|>"),
+        sft("refusal", "Tell me a joke", "As an AI language model, I cannot tell jokes."),
+        sft("messy", "Capital of France?", "  The capital is <b>Paris</b>.  \r\n"),
+        sft("ok2", "Name a colour.", "Blue."),
+    ]
+
+
+def test_runner_first_rejection_wins_and_stats_add_up():
+    rows = _sample_rows()
+    before = copy.deepcopy(rows)
+    kept, rejected, edited, stats, sizes = collect(rows, build_cleaners(), build_filters(), batch_size=4)
+    assert sizes == [4, 2]
+    assert [r["row_id"] for r in kept if not r["row_id"].startswith("ok")] == [edited[0].child_id]
+    assert {r.row_id: r.rejection.filter for r in rejected} == {
+        "empty": "empty", "token": "chat_tokens", "refusal": "refusal"}
+    assert stats.rows_in == 6 and stats.rows_kept == 3 and stats.rows_edited == 1
+    assert stats.rows_kept + sum(stats.rejected.values()) == stats.rows_in
+    order = [f.name for f in build_filters()]
+    for earlier, later in itertools.pairwise(order):  # a filter sees what earlier ones passed
+        assert stats.seen[later] == stats.seen[earlier] - stats.rejected[earlier]
+    assert rows == before  # the runner never mutates its input
+
+
+def test_edited_rows_get_a_derived_id_and_a_lineage_edge():
+    kept, _, edited, stats, _ = collect([sft("messy", "Capital?", "  <b>Paris</b>  ")], build_cleaners())
+    assert kept[0]["messages"][1]["content"] == "Paris"
+    edge = edited[0]
+    assert edge.parent_id == "messy" and edge.child_id == kept[0]["row_id"] != "messy"
+    assert edge.operation == "clean:html_to_text,whitespace"
+    assert [e.where for e in edge.edits] == ["messages[1].content", "messages[1].content"]
+    assert stats.edits == {"fix_encoding": 0, "html_to_text": 1, "pii": 0, "whitespace": 1}
+    # Same content → same derived id (re-runs are stable); reid=False keeps the parent's id.
+    again, *_ = collect([sft("messy", "Capital?", "  <b>Paris</b>  ")], build_cleaners())
+    assert again[0]["row_id"] == kept[0]["row_id"]
+    same, *_ = collect([sft("messy", "Capital?", "  <b>Paris</b>  ")], build_cleaners(), reid=False)
+    assert same[0]["row_id"] == "messy"
+
+
+def test_runner_reads_arrow_batches_and_returns_tables():
+    table = rows_to_table(_sample_rows())
+    batches = list(run_filters(iter_rows(table.to_batches(max_chunksize=2)), build_cleaners(), build_filters()))
+    out = batches[0].kept_table()
+    assert out.schema == table.schema and out.num_rows == len(batches[0].kept)
+
+
+def test_a_crashing_filter_names_itself_and_the_row():
+    class Broken:
+        name, cost = "broken", 1.0
+
+        def __call__(self, row):
+            return 1 / 0
+
+    with pytest.raises(FilterError, match=r"filter 'broken' failed on row ok1: ZeroDivisionError"):
+        collect(_sample_rows(), filters=[Broken()])
+
+
+# --- preview --------------------------------------------------------------------------------
+
+def test_preview_shows_what_would_be_removed_and_why():
+    result = preview(_sample_rows(), build_cleaners(), build_filters(), examples=1)
+    assert set(result.rejected_examples) == {"empty", "chat_tokens", "refusal"}
+    row_id, rejection, snippet = result.rejected_examples["refusal"][0]
+    assert row_id == "refusal" and "As an AI language model" in snippet
+    assert rejection.reason == "AI-identity boilerplate"
+    markdown = preview_markdown(result)
+    assert "**6** rows in, **3** kept (50.0%), **1** edited." in markdown
+    assert "| refusal | `refusal` | AI-identity boilerplate |" in markdown
+    assert "| html_to_text | `messy` | messages[1].content | HTML residue to text" in markdown
+
+
+# --- public data ----------------------------------------------------------------------------
+
+def _alpaca(file: Path) -> list[dict]:
+    rows = []
+    for i, rec in enumerate(json.loads(file.read_text(encoding="utf-8"))):
+        prompt = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
+        if "chosen" in rec:
+            rows.append(new_row(row_id=str(i), kind="preference", messages=[{"role": "user", "content": prompt}],
+                                chosen=[{"role": "assistant", "content": rec["chosen"]}],
+                                rejected=[{"role": "assistant", "content": rec["rejected"]}]))
+        else:
+            rows.append(sft(str(i), prompt, rec["output"]))
+    return rows
+
+
+def test_default_chain_on_code_alpaca_drops_only_the_empty_outputs():
+    rows = _alpaca(SHARED_DATA / "code-alpaca-2k" / "code_alpaca_2k.json")
+    kept, rejected, edited, stats, _ = collect(rows, build_cleaners(), build_filters())
+    assert {(r.row_id, r.rejection.reason) for r in rejected} == {("237", "empty response"),
+                                                                  ("1859", "empty response")}
+    assert stats.edits["html_to_text"] == 0  # HTML in code answers is the point here
+    assert len(kept) == 2015 and len(edited) == stats.rows_edited
+
+
+def test_default_chain_on_llms_from_scratch_drops_the_degenerate_pairs():
+    rows = _alpaca(SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json")
+    _, rejected, _, _, _ = collect(rows, build_cleaners(), build_filters())
+    assert sorted(int(r.row_id) for r in rejected) == [122, 226, 400, 566, 628, 676]
+    assert {r.rejection.filter for r in rejected} == {"chosen_equals_rejected"}

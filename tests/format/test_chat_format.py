@@ -1,0 +1,384 @@
+"""Rendering rows for the target model: templates, token counts, loss masks, length policy, checks.
+
+Each shipped template family gets a byte-level BPE trained in the test session on real public
+conversations (../shared/data), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from curation.format.render import (
+    RenderedRow,
+    RenderError,
+    apply_length_policy,
+    format_row,
+    generation_prompt_matches,
+    load_tokenizer,
+    parse_rendered,
+    render_row,
+    resolve_chat_template,
+    round_trip_ok,
+    special_tokens_in_content,
+    tokenizer_id,
+)
+from curation.format.tokenizers import TEMPLATE_NAMES, TEMPLATE_SPECS, load_template, train_tokenizer
+from tests.conftest import SHARED_DATA
+
+EOS = {name: spec.eos for name, spec in TEMPLATE_SPECS.items()}
+
+
+def _fastchat_rows() -> list[dict]:
+    roles = {"human": "user", "gpt": "assistant"}
+    records = json.loads((SHARED_DATA / "fastchat-dummy-conversation" / "dummy_conversation.json").read_text())
+    return [{"row_id": r["id"], "kind": "chat",
+             "messages": [{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]]}
+            for r in records]
+
+
+def _preference_rows() -> list[dict]:
+    records = json.loads((SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json")
+                         .read_text())
+    rows = []
+    for index, r in enumerate(records):
+        prompt = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
+        rows.append({"row_id": f"pref{index}", "kind": "preference",
+                     "messages": [{"role": "user", "content": prompt}],
+                     "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                     "rejected": [{"role": "assistant", "content": r["rejected"]}]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def fastchat() -> list[dict]:
+    return _fastchat_rows()
+
+
+@pytest.fixture(scope="session")
+def preference() -> list[dict]:
+    return _preference_rows()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory, fastchat, preference) -> dict[str, Path]:
+    texts = [m["content"] for row in fastchat for m in row["messages"]]
+    texts += [row["chosen"][0]["content"] for row in preference]
+    base = tmp_path_factory.mktemp("tokenizers")
+    return {name: train_tokenizer(texts, base / name, vocab_size=2000, template=name)
+            for name in TEMPLATE_NAMES}
+
+
+@pytest.fixture(scope="session")
+def toks(tokenizer_dirs) -> dict:
+    return {name: load_tokenizer(path) for name, path in tokenizer_dirs.items()}
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOL_ROW = {
+    "row_id": "t1", "kind": "tool", "extra": {"tools": TOOLS},
+    "messages": [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function",
+                         "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "name": "get_weather", "content": "{\"temp_c\": 18}"},
+        {"role": "assistant", "content": "It is 18 °C in Paris."},
+    ],
+}
+CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+
+
+def _masked_text(tok, rendered: RenderedRow) -> str:
+    return tok.decode([i for i, m in zip(rendered.input_ids, rendered.assistant_mask, strict=True) if m])
+
+
+# --------------------------------------------------------------------------- tokenizer_build
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_trained_tokenizer_loads_offline_with_template_and_atomic_control_tokens(tokenizer_dirs, name):
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dirs[name]), local_files_only=True)
+    assert tok.chat_template == load_template(name)
+    assert tok.eos_token == TEMPLATE_SPECS[name].eos
+    for token in TEMPLATE_SPECS[name].special:
+        assert len(tok.encode(token, add_special_tokens=False)) == 1, token
+    text = "Ünïcode ✓ 日本語 and emoji 🙂\n\ttabs"  # byte-level: nothing is unknown, decoding is exact
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_training_is_deterministic(tmp_path):
+    # The demo rebuilds its tokenizer offline; formatted rows record its id, which must not drift.
+    texts = ["the quick brown fox", "jumps over the lazy dog", "pack my box with five dozen jugs"] * 20
+    first = train_tokenizer(texts, tmp_path / "a", vocab_size=300)
+    second = train_tokenizer(texts, tmp_path / "b", vocab_size=300)
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
+    assert tokenizer_id(load_tokenizer(first)) == tokenizer_id(load_tokenizer(second))
+
+
+def test_unknown_template_name_is_a_clear_error(tmp_path):
+    with pytest.raises(KeyError, match="shipped templates"):
+        train_tokenizer(["a b c"], tmp_path, template="nope")
+    with pytest.raises(ValueError, match=r"format\.chat_template"):
+        resolve_chat_template("nope")
+
+
+# --------------------------------------------------------------------------- rendering layouts
+
+
+def test_chatml_and_llama3_layouts_are_exact(toks):
+    row = {"kind": "chat", "messages": CHAT[:2]}
+    assert render_row(row, toks["chatml"], system_prompt="Be brief.").text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n")
+    assert render_row(row, toks["llama3"]).text == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>")
+
+
+def test_system_prompt_added_only_when_row_has_none(toks):
+    own = {"kind": "sft", "messages": [{"role": "system", "content": "Row system."}, *CHAT[:2]]}
+    rendered = render_row(own, toks["chatml"], system_prompt="Default system.")
+    assert "Row system." in rendered.text and "Default system." not in rendered.text
+    assert render_row({"kind": "sft", "messages": CHAT[:2]}, toks["chatml"]).messages[0]["role"] == "user"
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_assistant_mask_covers_exactly_assistant_content_and_end_of_turn(toks, name):
+    tok = toks[name]
+    rendered = render_row({"kind": "chat", "messages": CHAT}, tok, system_prompt="Sys")
+    assert len(rendered.assistant_mask) == len(rendered.input_ids) == rendered.n_tokens
+    assert rendered.mask_source == ("generation" if name == "chatml_generation" else "offsets")
+    assert _masked_text(tok, rendered) == f"Hello!{EOS[name]}4{EOS[name]}"
+
+
+def test_offset_masks_equal_generation_marker_masks_on_real_conversations(toks, fastchat):
+    # Same vocabulary, same rendering; one mask from {% generation %}, the other from offsets.
+    for row in fastchat[:60]:
+        by_offsets = render_row(row, toks["chatml"])
+        by_markers = render_row(row, toks["chatml_generation"])
+        assert by_offsets.input_ids == by_markers.input_ids, row["row_id"]
+        assert by_offsets.assistant_mask == by_markers.assistant_mask, row["row_id"]
+        expected = "".join(m["content"] + "<|im_end|>" for m in row["messages"] if m["role"] == "assistant")
+        assert _masked_text(toks["chatml"], by_offsets) == expected
+
+
+def test_mask_falls_back_to_content_search_for_templates_that_rewrite_history(tokenizer_dirs):
+    # A template that shows only the last assistant reply in full: not prefix-stable.
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                "{{ m.content if (loop.last or m.role != 'assistant') else '...' }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok = load_tokenizer(tokenizer_dirs["chatml"], chat_template=template)
+    rendered = render_row({"kind": "chat", "messages": CHAT}, tok)
+    assert rendered.mask_source == "content_search"
+    # The earlier reply is shown as "..." in the final rendering: nothing of it to train on.
+    assert _masked_text(tok, rendered) == "4<|im_end|>"
+
+
+def test_token_counts_match_the_tokenizer(toks, fastchat):
+    tok = toks["llama3"]
+    for row in fastchat[:20]:
+        rendered = render_row(row, tok)
+        assert rendered.n_tokens == len(tok.apply_chat_template(row["messages"], tokenize=True,
+                                                                return_dict=False))
+
+
+def test_preference_rows_follow_trl_prompt_completion_split(toks, preference):
+    for name, tok in toks.items():
+        for row in preference[:15]:
+            rendered = render_row(row, tok)
+            full_chosen = tok.apply_chat_template(row["messages"] + row["chosen"], tokenize=False)
+            assert rendered.prompt == tok.apply_chat_template(row["messages"], tokenize=False,
+                                                              add_generation_prompt=True)
+            assert rendered.prompt + rendered.chosen == full_chosen
+            assert rendered.chosen.rstrip("\n").endswith(row["chosen"][0]["content"] + EOS[name])
+            assert rendered.rejected.rstrip("\n").endswith(row["rejected"][0]["content"] + EOS[name])
+            assert rendered.text == rendered.prompt
+            assert rendered.n_tokens == rendered.n_prompt_tokens + max(rendered.n_chosen_tokens,
+                                                                       rendered.n_rejected_tokens)
+
+
+def test_text_prompt_and_reward_rows(toks):
+    tok = toks["chatml"]
+    text = render_row({"kind": "text", "text": "Plain pretraining text."}, tok)
+    assert text.n_tokens == len(tok("Plain pretraining text.", add_special_tokens=False)["input_ids"])
+    assert text.text == "Plain pretraining text." and set(text.assistant_mask) == {1}
+    prompt = render_row({"kind": "prompt", "messages": [{"role": "user", "content": "Name a colour."}]}, tok)
+    assert prompt.text.endswith("<|im_start|>assistant\n") and set(prompt.assistant_mask) == {0}
+    reward = render_row({"kind": "reward", "messages": CHAT[:2], "score": 0.7}, tok)
+    assert _masked_text(tok, reward) == "Hello!<|im_end|>"
+
+
+def test_tool_rows_render_tools_and_calls_and_parse_back(toks):
+    for name in ("chatml", "chatml_generation"):
+        tok = toks[name]
+        rendered = render_row(TOOL_ROW, tok)
+        assert rendered.text.startswith("<|im_start|>system\n# Tools")
+        assert '"name": "get_weather"' in rendered.text and "<|im_start|>tool\n" in rendered.text
+        assert _masked_text(tok, rendered) == (
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+            "It is 18 °C in Paris.<|im_end|>")
+        parsed = parse_rendered(rendered.text, tok)
+        assert [m["role"] for m in parsed] == ["user", "assistant", "tool", "assistant"]
+        call = parsed[1]["tool_calls"][0]["function"]
+        assert call == {"name": "get_weather", "arguments": {"city": "Paris"}}
+        assert round_trip_ok(TOOL_ROW, tok) == (True, "ok")
+    with pytest.raises(RenderError, match="t1: the llama3 template does not render tools"):
+        render_row(TOOL_ROW, toks["llama3"])
+
+
+def test_missing_tokenizer_and_missing_template_are_clear_errors(tmp_path, tokenizer_dirs):
+    with pytest.raises(FileNotFoundError, match="no/such/dir"):
+        load_tokenizer(tmp_path / "no/such/dir")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty.*neither tokenizer\.json"):
+        load_tokenizer(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
+        load_tokenizer("someone/not-cached-model-xyz")
+    tok = load_tokenizer(tokenizer_dirs["chatml"])
+    tok.chat_template = None
+    with pytest.raises(ValueError, match=r"no chat template.*format\.chat_template") as raised:
+        render_row({"kind": "chat", "messages": CHAT[:2]}, tok)
+    assert not isinstance(raised.value, RenderError)  # a configuration error must stop the run
+    with pytest.raises(ValueError, match="no chat template"):  # format_row must not swallow it either
+        format_row({"kind": "chat", "messages": CHAT[:2]}, tok, max_tokens=100)
+    swapped = load_tokenizer(tokenizer_dirs["chatml"], chat_template="llama3")
+    assert render_row({"kind": "chat", "messages": CHAT[:2]}, swapped).text.count("<|start_header_id|>") == 2
+
+
+# --------------------------------------------------------------------------- length policy
+
+
+def _long_chat(turns: int) -> dict:
+    messages = [{"role": "system", "content": "You are terse."}]
+    for i in range(turns):
+        messages += [{"role": "user", "content": f"Question {i}: " + "tell me more " * 5},
+                     {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 5}]
+    return {"row_id": "long", "kind": "chat", "messages": messages}
+
+
+def test_drop_policy_drops_with_reason_and_keeps_short_rows(toks):
+    tok = toks["chatml"]
+    rendered = render_row(_long_chat(4), tok)
+    assert apply_length_policy(rendered, rendered.n_tokens, "drop") == (rendered, "within_limit")
+    kept, reason = apply_length_policy(rendered, rendered.n_tokens - 1, "drop")
+    assert kept is None and reason.startswith("dropped_too_long") and str(rendered.n_tokens) in reason
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_truncate_drops_earliest_exchanges_keeping_system_and_whole_turns(toks, name):
+    tok = toks[name]
+    rendered = render_row(_long_chat(4), tok)
+    budget = rendered.n_tokens * 6 // 10
+    cut, reason = apply_length_policy(rendered, budget, "truncate", tokenizer=tok)
+    assert reason.startswith("truncated_earliest_turns") and cut.truncation == reason
+    assert cut.n_tokens <= budget
+    assert cut.messages[0]["role"] == "system" and cut.messages[1]["role"] == "user"
+    assert cut.messages[-1]["content"].startswith("Answer 3")  # the latest exchanges survive
+    assert cut.n_tokens == render_row({"kind": "chat", "messages": cut.messages}, tok).n_tokens
+    assert _masked_text(tok, cut).endswith(EOS[name])
+
+
+def test_truncate_cuts_last_assistant_turn_when_one_exchange_is_too_long(toks):
+    tok = toks["chatml"]
+    row = {"kind": "sft", "messages": [{"role": "user", "content": "Write a lot."},
+                                       {"role": "assistant", "content": "word " * 200}]}
+    rendered = render_row(row, tok)
+    cut, reason = apply_length_policy(rendered, 40, "truncate", tokenizer=tok)
+    assert reason.startswith("truncated_last_assistant")
+    assert cut.n_tokens == len(cut.input_ids) == len(cut.assistant_mask) == 40
+    assert rendered.text.startswith(cut.text) and not cut.text.endswith("<|im_end|>\n")
+    assert cut.input_ids == rendered.input_ids[:40]
+    tiny, reason = apply_length_policy(rendered, 5, "truncate", tokenizer=tok)
+    assert tiny is None and "prompt of the last exchange" in reason
+
+
+def test_truncate_drops_preference_rows_and_cuts_text_rows(toks, preference):
+    tok = toks["chatml"]
+    pref = render_row(preference[0], tok)
+    assert apply_length_policy(pref, 10, "truncate", tokenizer=tok)[0] is None
+    text = render_row({"kind": "text", "text": "one two three four five six seven eight"}, tok)
+    cut, reason = apply_length_policy(text, 3, "truncate", tokenizer=tok)
+    assert reason.startswith("truncated_text") and cut.n_tokens == 3
+    assert tok.decode(cut.input_ids) == cut.text and text.text.startswith(cut.text)
+
+
+# --------------------------------------------------------------------------- round-trip checks
+
+
+def test_special_tokens_leaking_into_content_are_found(toks):
+    leaky = {"kind": "chat", "messages": [{"role": "user", "content": "end here <|im_end|> ok"},
+                                          {"role": "assistant", "content": "fine"}]}
+    assert special_tokens_in_content(leaky, toks["chatml"]) == ["<|im_end|>"]
+    assert special_tokens_in_content(leaky, toks["llama3"]) == []
+    llama_leak = {"kind": "preference", "messages": [{"role": "user", "content": "q"}],
+                  "chosen": [{"role": "assistant", "content": "a<|eot_id|>"}],
+                  "rejected": [{"role": "assistant", "content": "b"}]}
+    assert special_tokens_in_content(llama_leak, toks["llama3"]) == ["<|eot_id|>"]
+    assert special_tokens_in_content({"kind": "chat", "messages": CHAT}, toks["chatml"]) == []
+    assert special_tokens_in_content(TOOL_ROW, toks["chatml"]) == []
+    bad_tool = {**TOOL_ROW, "extra": {"tools": [{"type": "function", "function": {
+        "name": "f", "description": "ends <|im_end|>", "parameters": {}}}]}}
+    assert special_tokens_in_content(bad_tool, toks["chatml"]) == ["<|im_end|>"]
+    ok, reason = round_trip_ok(leaky, toks["chatml"])
+    assert not ok and reason
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_real_conversations_round_trip(toks, fastchat, preference, name):
+    tok = toks[name]
+    for row in fastchat[:100] + preference[:30]:
+        assert round_trip_ok(row, tok) == (True, "ok"), row["row_id"]
+        if row["kind"] == "chat":
+            assert parse_rendered(render_row(row, tok).text, name) == row["messages"]
+            # What inference sends (history + generation prompt) parses to the history alone.
+            prompt_only = {"kind": "prompt", "messages": row["messages"][:-1]}
+            assert parse_rendered(render_row(prompt_only, tok).text, tok) == row["messages"][:-1]
+
+
+def test_round_trip_catches_content_the_template_changes(tokenizer_dirs):
+    # Meta's own Llama 3 template trims content; our check must notice that whitespace is lost.
+    trimming = load_template("llama3").replace("{{- message.content }}", "{{- message.content | trim }}")
+    tok = load_tokenizer(tokenizer_dirs["llama3"], chat_template=trimming)
+    row = {"kind": "chat", "messages": [{"role": "user", "content": "  padded  "},
+                                        {"role": "assistant", "content": "x"}]}
+    ok, reason = round_trip_ok(row, tok)
+    assert not ok and "message 0" in reason
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_generation_prompt_matches_for_shipped_templates(toks, name):
+    assert generation_prompt_matches(CHAT, toks[name])
+
+
+def test_generation_prompt_mismatch_is_detected(tokenizer_dirs):
+    # Inference would send "<|im_start|>assistant" without the newline training put after the role:
+    # a string prefix still, but the model would first have to generate the newline itself.
+    bad = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|im_start|>assistant{% endif %}")
+    tok = load_tokenizer(tokenizer_dirs["chatml"], chat_template=bad)
+    assert not generation_prompt_matches(CHAT, tok)
+    tok.chat_template = bad.replace("<|im_start|>assistant{%", "<|im_start|>assistant\n{%")
+    assert generation_prompt_matches(CHAT, tok)
+    with pytest.raises(ValueError, match="assistant turn"):
+        generation_prompt_matches(CHAT[:1], tok)
+
+
+def test_format_row_records_unrenderable_rows_instead_of_raising(toks):
+    tok = toks["llama3"]
+    assert format_row(TOOL_ROW, tok, max_tokens=1000) == (
+        None, "render_error: row t1: the llama3 template does not render tools; "
+              "use the chatml or chatml_generation template")
+    assert format_row({"row_id": "e", "kind": "chat", "messages": []}, tok, max_tokens=1000)[1] == (
+        "render_error: row e: chat row has no messages")
+    kept, reason = format_row({"kind": "chat", "messages": CHAT}, tok, max_tokens=1000, system_prompt="S")
+    assert reason == "within_limit" and kept.messages[0] == {"role": "system", "content": "S"}
+    assert json.loads(json.dumps(kept.to_record()))["n_tokens"] == kept.n_tokens
+    dropped, reason = format_row({"kind": "chat", "messages": CHAT}, tok, max_tokens=5, policy="drop")
+    assert dropped is None and reason.startswith("dropped_too_long")

@@ -1,0 +1,276 @@
+"""Exports of `formatted`: layouts that `datasets`, pandas and TRL read, the manifest, immutability."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from curation.core.provenance import PROVENANCE_DDL
+from curation.core.schema import JSON_COLUMNS, new_row
+from curation.core.warehouse import canonical_ddl
+from curation.format.export import (
+    ExportError,
+    ExportInfo,
+    export_records,
+    jsonl_to_parquet,
+    verify_export,
+    write_export,
+)
+from curation.format.records import FORMATTED_COLUMNS, formatted_record, verify_row
+from curation.format.render import format_row, load_tokenizer
+from tests.conftest import REPO
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+LONG_ANSWER = " ".join(f"Step {i}: keep stirring the sauce slowly." for i in range(40))
+
+
+def _row(row_id: str, kind: str, **fields) -> dict:
+    defaults = {"source": "alpaca", "source_uri": f"data/alpaca.jsonl#{row_id}", "license": "Apache-2.0",
+                "origin": "human"}
+    return new_row(row_id=row_id, kind=kind, **{**defaults, **fields})
+
+
+def _user_assistant(question: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+INPUT_ROWS = [  # (row, split, max_tokens, length policy)
+    (_row("sft1", "sft", messages=_user_assistant("What is the capital of France?", "Paris is the capital.")),
+     "train", 4096, "drop"),
+    (_row("chat1", "chat", source="chat", source_uri="data/chat.json#3", license="CC-BY-4.0",
+          messages=[*_user_assistant("Hi", "Hello!"), *_user_assistant("2+2?", "4")]), "eval", 4096, "drop"),
+    (_row("tool1", "tool", source="tools", source_uri="data/tools.jsonl#1", license="MIT", extra={"tools": TOOLS},
+          messages=[{"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": "", "tool_calls": [
+                        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                    {"role": "tool", "name": "get_weather", "content": "{\"temp_c\": 18}"},
+                    {"role": "assistant", "content": "It is 18 °C in Paris."}]), "train", 4096, "drop"),
+    (_row("syn1", "sft", origin="synthetic", generator="teacher-x", license="CC-BY-NC-4.0", source="seeds",
+          source_uri="data/seeds.jsonl#9", messages=_user_assistant("Name a prime.", "7 is prime.")),
+     "train", 4096, "drop"),
+    (_row("pref1", "preference", source="prefs", source_uri="data/prefs.jsonl#1", license="MIT",
+          messages=[{"role": "user", "content": "Say hello politely."}],
+          chosen=[{"role": "assistant", "content": "Hello, nice to meet you."}],
+          rejected=[{"role": "assistant", "content": "What do you want?"}]), "train", 4096, "drop"),
+    (_row("text1", "text", source="web", source_uri="data/web.txt#1", license="CC0-1.0",
+          text="Plain text for language modelling."), "eval", 4096, "drop"),
+    (_row("prompt1", "prompt", messages=[{"role": "user", "content": "Write a haiku about rain."}]),
+     "train", 4096, "drop"),
+    (_row("long1", "sft", messages=_user_assistant("How do I make sauce?", LONG_ANSWER)), "train", 40, "truncate"),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(REPO / "demo" / "tokenizer")
+
+
+def _encode(record: dict) -> dict:
+    return {k: json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v
+            for k, v in record.items()}
+
+
+def build_formatted(path: Path, tokenizer, rows=INPUT_ROWS) -> dict[str, dict]:
+    """A warehouse with `formatted` (rendered by the real code), provenance and format_rejections."""
+    records = {}
+    for row, split, max_tokens, policy in rows:
+        rendered, reason = format_row(row, tokenizer, max_tokens=max_tokens, policy=policy)
+        assert rendered is not None, reason
+        record = formatted_record(row, rendered, split, 0.5 if row["row_id"] == "sft1" else 1.0)
+        verification = verify_row(record, tokenizer)
+        record.update(round_trip=verification.round_trip, generation_prompt_ok=verification.generation_prompt_ok)
+        records[row["row_id"]] = record
+    connection = duckdb.connect(str(path))
+    connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")
+    table = pa.Table.from_pylist([_encode(r) for r in records.values()])
+    connection.register("incoming", table)
+    connection.execute(f"INSERT INTO formatted ({', '.join(table.schema.names)}) "
+                       f"SELECT {', '.join(table.schema.names)} FROM incoming")
+    connection.execute(f"CREATE TABLE provenance ({PROVENANCE_DDL})")
+    connection.execute("INSERT INTO provenance (row_id, method, teacher_backend, teacher_model, teacher_revision, "
+                       "teacher_license) VALUES ('syn1', 'self_instruct', 'transformers', 'teacher-x', 'abc123', "
+                       "'Apache-2.0')")
+    connection.execute("CREATE TABLE format_rejections (row_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR)")
+    connection.execute("INSERT INTO format_rejections VALUES ('gone', 'decontamination', 'matches', 'bench:1')")
+    connection.close()
+    return records
+
+
+INFO = ExportInfo(project="unit", project_file_hash="feedface", intended_use="research", tokenizer="demo/tokenizer",
+                  chat_template=None, max_tokens=4096, length_policy="drop", eval_fraction=0.2, seed=0,
+                  benchmarks=["bench"])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer):
+    base = tmp_path_factory.mktemp("export")
+    records = build_formatted(base / "w.duckdb", tokenizer)
+    with duckdb.connect(str(base / "w.duckdb"), read_only=True) as connection:
+        result = write_export(connection, base / "exports", INFO)
+    return result, records, base
+
+
+def _without_nulls(value):
+    """Parquet gives every struct the union of keys (missing ones null); TRL strips them the same way."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def test_every_layout_loads_with_datasets_from_the_dataset_card(exported, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    result, records, _ = exported
+    loaded = {config: datasets.load_dataset(str(result.path), config, cache_dir=str(tmp_path))
+              for config in ("sft", "sft_tokenized", "preference", "preference_text", "prompts", "text")}
+    counts = {config: {split: d.num_rows for split, d in dd.items()} for config, dd in loaded.items()}
+    assert counts == {"sft": {"train": 3, "eval": 1}, "sft_tokenized": {"train": 4, "eval": 1},
+                      "preference": {"train": 1}, "preference_text": {"train": 1}, "prompts": {"train": 1},
+                      "text": {"eval": 1}}
+    sft = {r["id"]: r for r in loaded["sft"]["train"]}
+    sft1, tool1 = records["sft1"], records["tool1"]
+    assert _without_nulls(sft[sft1["row_id"]]["messages"]) == sft1["messages"]
+    assert _without_nulls(sft[tool1["row_id"]]["messages"]) == tool1["messages"]
+    assert _without_nulls(sft[tool1["row_id"]]["tools"]) == TOOLS
+    assert sft[sft1["row_id"]]["license"] == "Apache-2.0" and sft[sft1["row_id"]]["subset"] == 0.5
+    preference = loaded["preference"]["train"][0]
+    assert preference["prompt"] == [{"role": "user", "content": "Say hello politely."}]
+    assert preference["chosen"][0]["content"] == "Hello, nice to meet you."
+    assert preference["rejected"][0]["content"] == "What do you want?"
+    assert loaded["text"]["eval"][0]["text"] == "Plain text for language modelling."
+    default = datasets.load_dataset(str(result.path), cache_dir=str(tmp_path))  # no config name: sft
+    assert default["train"]["id"] == loaded["sft"]["train"]["id"]
+
+
+def test_jsonl_loads_with_datasets_and_pandas_and_matches_parquet(exported, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    result, _, _ = exported
+    for config in ("sft", "sft_tokenized", "preference", "preference_text"):
+        jsonl = result.path / config / "train.jsonl"
+        from_json = datasets.load_dataset("json", data_files=str(jsonl), split="train", cache_dir=str(tmp_path))
+        frame = pd.read_json(jsonl, lines=True)
+        parquet = pd.read_parquet(result.path / config / "train.parquet")
+        assert from_json.num_rows == len(frame) == len(parquet)
+        assert list(frame["id"]) == list(parquet["id"]) == from_json["id"]
+        assert list(frame.columns) == list(parquet.columns)
+
+
+def test_tokenized_layout_carries_exact_ids_and_assistant_only_masks(exported, tokenizer) -> None:
+    result, records, _ = exported
+    frame = pd.read_parquet(result.path / "sft_tokenized" / "train.parquet").set_index("id")
+    sft1 = frame.loc[records["sft1"]["row_id"]]
+    ids, mask = list(sft1["input_ids"]), list(sft1["assistant_masks"])
+    assert len(ids) == len(mask) == sft1["n_tokens"]
+    assert tokenizer.decode(ids) == sft1["text"] == records["sft1"]["text"]
+    # The loss covers the reply and its end-of-turn token, nothing of the user turn or the headers.
+    assert tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "Paris is the capital.<|im_end|>"
+    long1 = frame.loc[records["long1"]["row_id"]]
+    assert long1["n_tokens"] == 40 and len(long1["input_ids"]) == 40
+    assert not tokenizer.decode(list(long1["input_ids"])).endswith("<|im_end|>")  # cut reply: no stop token
+
+
+def test_rows_cut_inside_the_reply_are_only_in_the_tokenized_layout(exported) -> None:
+    result, records, _ = exported
+    long_id = records["long1"]["row_id"]
+    assert records["long1"]["truncation"].startswith("truncated_last_assistant")
+    sft_ids = set(pd.read_json(result.path / "sft" / "train.jsonl", lines=True)["id"])
+    tokenized_ids = set(pd.read_json(result.path / "sft_tokenized" / "train.jsonl", lines=True)["id"])
+    assert long_id not in sft_ids and long_id in tokenized_ids
+    assert tokenized_ids - sft_ids == {long_id}
+
+
+def test_preference_text_is_the_trl_split_of_the_rendering(exported, tokenizer) -> None:
+    result, records, _ = exported
+    row = pd.read_parquet(result.path / "preference_text" / "train.parquet").iloc[0]
+    pref = records["pref1"]
+    full = tokenizer.apply_chat_template(pref["messages"] + pref["chosen"], tokenize=False)
+    assert row["prompt"] + row["chosen"] == full
+    assert row["prompt"].endswith("<|im_start|>assistant\n") and row["chosen"].startswith("Hello, nice")
+
+
+def test_manifest_lists_versions_counts_licences_attribution_teachers_and_tokenizer(exported) -> None:
+    result, records, _ = exported
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["data_version"] == result.data_version == result.path.name
+    assert manifest["project_file_hash"] == "feedface" and manifest["rows"]["sft"] == {"train": 3, "eval": 1}
+    licenses = {lic["license"]: lic for lic in manifest["licenses"]}
+    assert licenses["CC-BY-NC-4.0"]["commercial"] is False and licenses["CC-BY-4.0"]["attribution"] is True
+    assert licenses["Apache-2.0"]["rows"] == 3  # sft1, prompt1, long1
+    credited = {(a["source"], a["license"]): a["files"] for a in manifest["attribution"]}
+    assert credited[("chat", "CC-BY-4.0")] == ["data/chat.json"]
+    assert ("web", "CC0-1.0") not in credited  # CC0 asks for no attribution
+    teachers = manifest["teachers"]
+    assert [(t["model"], t["revision"], t["rows"]) for t in teachers] == [("teacher-x", "abc123", 1)]
+    assert manifest["tokenizer"]["tokenizer_id"] == records["sft1"]["tokenizer_id"]
+    assert manifest["tokenizer"]["template_id"] == records["sft1"]["template_id"]
+    assert manifest["rows_removed_at_formatting"] == {"decontamination": 1}
+    assert set(manifest["files"]) == {f"{c}/{s}.jsonl" for c, splits in manifest["rows"].items() for s in splits}
+    assert verify_export(result.path) == []
+
+
+def test_an_export_is_immutable_and_a_new_data_version_gets_a_new_folder(exported, tokenizer) -> None:
+    result, _, base = exported
+    root = base / "exports"
+    before = {p: p.stat().st_mtime_ns for p in result.path.rglob("*")}
+    with duckdb.connect(str(base / "w.duckdb"), read_only=True) as connection:
+        again = write_export(connection, root, INFO)
+    assert again.reused and again.data_version == result.data_version
+    assert {p: p.stat().st_mtime_ns for p in result.path.rglob("*")} == before
+
+    changed = [(row, split, n, policy) for row, split, n, policy in INPUT_ROWS if row["row_id"] != "prompt1"]
+    build_formatted(base / "w2.duckdb", tokenizer, changed)
+    with duckdb.connect(str(base / "w2.duckdb"), read_only=True) as connection:
+        newer = write_export(connection, root, INFO)
+    assert not newer.reused and newer.data_version != result.data_version
+    assert "prompts" not in newer.manifest["rows"]
+    assert verify_export(result.path) == [] and verify_export(newer.path) == []
+    assert (root / "LATEST").read_text().strip() == newer.data_version
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+    # A changed project file (same rows) is a new version too: the manifest is part of the hash.
+    with duckdb.connect(str(base / "w2.duckdb"), read_only=True) as connection:
+        other = write_export(connection, root, ExportInfo(**{**INFO.__dict__, "project_file_hash": "beef"}))
+    assert other.data_version not in (newer.data_version, result.data_version)
+
+    (newer.path / "sft" / "train.jsonl").write_text("{}\n")  # someone edits a published version
+    assert verify_export(newer.path) == ["sft/train.jsonl: content differs from the manifest's sha256"]
+    with duckdb.connect(str(base / "w2.duckdb"), read_only=True) as connection, \
+            pytest.raises(ExportError, match="immutable"):
+        write_export(connection, root, INFO)
+    assert (newer.path / "sft" / "train.jsonl").read_text() == "{}\n"  # left as found, not overwritten
+
+
+def test_parquet_conversion_unions_nested_keys_and_names_the_file_on_bad_types(tmp_path) -> None:
+    source = tmp_path / "train.jsonl"
+    source.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n"
+                      + json.dumps({"messages": [{"role": "tool", "content": "b", "name": "f"}]}) + "\n")
+    assert jsonl_to_parquet(source, tmp_path / "train.parquet", batch_rows=1) == 2
+    back = pd.read_parquet(tmp_path / "train.parquet")["messages"].tolist()
+    assert back[0][0]["name"] is None and back[1][0]["name"] == "f"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"score": 1}\n{"score": "high"}\n')
+    with pytest.raises(ExportError, match=r"bad\.jsonl"):
+        jsonl_to_parquet(bad, tmp_path / "bad.parquet", batch_rows=1)
+
+
+def test_unknown_kind_is_an_error_naming_the_row() -> None:
+    with pytest.raises(ExportError, match="row r9: unknown kind 'video'"):
+        list(export_records({"row_id": "r9", "kind": "video"}))
+
+
+def test_no_temporary_folder_is_left_when_an_export_fails(tmp_path) -> None:
+    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")
+    connection.execute("INSERT INTO formatted (row_id, kind, split) VALUES ('r1', 'video', 'train')")
+    with pytest.raises(ExportError):
+        write_export(connection, tmp_path / "exports", INFO)
+    assert os.listdir(tmp_path / "exports") == []

@@ -1,0 +1,152 @@
+"""Deterministic, stratified, grouped train/eval splits and nested subsets."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+
+from curation.format.split import assign_splits, nested_subsets, split_summary, stable_unit, subset
+
+
+def _rows(seed: int = 1) -> list[dict[str, Any]]:
+    """Three strata of different sizes; rows come in near-duplicate clusters of 1-4 rows."""
+    rng = random.Random(seed)
+    rows = []
+    for kind, source, count in (("sft", "alpaca", 1200), ("chat", "oasst", 400), ("preference", "hh", 90)):
+        made = 0
+        while made < count:
+            size = min(rng.choice([1, 1, 1, 2, 3, 4]), count - made)
+            cluster = f"{source}-c{made}"
+            for k in range(size):
+                rows.append({"row_id": f"{source}-{made + k}", "kind": kind, "source": source,
+                             "cluster_id": cluster if size > 1 else None})
+            made += size
+    return rows
+
+
+def test_same_rows_in_any_order_give_the_same_split() -> None:
+    rows = _rows()
+    first = assign_splits(rows, 0.1, seed=7, group_key="cluster_id")
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    assert assign_splits(shuffled, 0.1, seed=7, group_key="cluster_id") == first
+    assert set(first) == {r["row_id"] for r in rows}
+    # Another seed picks other rows (but the same counts per stratum).
+    other = assign_splits(rows, 0.1, seed=8, group_key="cluster_id")
+    assert other != first
+
+
+def test_clusters_never_straddle_the_split() -> None:
+    rows = _rows()
+    splits = assign_splits(rows, 0.2, seed=0, group_key="cluster_id")
+    by_cluster: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["cluster_id"]:
+            by_cluster[row["cluster_id"]].add(splits[row["row_id"]])
+    assert by_cluster and all(len(sides) == 1 for sides in by_cluster.values())
+    # Clusters do land in eval too, not only in train.
+    assert any(sides == {"eval"} for sides in by_cluster.values())
+
+
+def test_each_stratum_gets_its_share() -> None:
+    rows = _rows()
+    splits = assign_splits(rows, 0.1, seed=0, group_key="cluster_id")
+    for entry in split_summary(rows, splits):
+        # Target is eval_fraction x rows rounded to a neighbouring integer.
+        assert abs(entry["eval"] - 0.1 * entry["rows"]) < 1, entry
+    assert [(e["kind"], e["source"], e["rows"]) for e in split_summary(rows, splits)] == [
+        ("chat", "oasst", 400), ("preference", "hh", 90), ("sft", "alpaca", 1200)]
+
+
+def test_many_tiny_strata_keep_the_overall_fraction() -> None:
+    # 300 sources of 2 rows: rounding each stratum's 0.2 rows to 0 would leave eval empty.
+    rows = [{"row_id": f"s{s}-{k}", "kind": "sft", "source": f"s{s}"} for s in range(300) for k in range(2)]
+    splits = assign_splits(rows, 0.1, seed=0)
+    share = Counter(splits.values())["eval"] / len(rows)
+    assert 0.06 < share < 0.14
+
+
+def test_a_group_across_strata_follows_its_majority() -> None:
+    rows = [{"row_id": f"a{k}", "kind": "sft", "source": "a"} for k in range(50)]
+    rows += [{"row_id": f"b{k}", "kind": "sft", "source": "b"} for k in range(50)]
+    # Group "x": two rows of source a, one of source b (a paraphrase that crossed sources).
+    groups = {"a0": "x", "a1": "x", "b0": "x"}
+    seen_in_eval = 0
+    for seed in range(20):
+        splits = assign_splits(rows, 0.3, seed=seed, group_key=groups)
+        assert len({splits["a0"], splits["a1"], splits["b0"]}) == 1
+        in_eval = splits["a0"] == "eval"
+        seen_in_eval += in_eval
+        summary = {e["source"]: e["eval"] for e in split_summary(rows, splits)}
+        # Source a is the group's stratum, so stratum b is its 49 other rows: 0.3 x 49 = 14.7 -> 14 or
+        # 15 eval rows, plus b0 when the group is in eval.
+        assert summary["b"] - in_eval in (14, 15)
+    assert 0 < seen_in_eval < 20
+
+
+def test_fraction_edges_and_errors() -> None:
+    rows = _rows()[:100]
+    assert set(assign_splits(rows, 0.0).values()) == {"train"}
+    assert set(assign_splits(rows, 1.0).values()) == {"eval"}
+    with pytest.raises(ValueError, match="eval_fraction"):
+        assign_splits(rows, 1.5)
+    with pytest.raises(ValueError, match="row_id"):
+        assign_splits([{"kind": "sft"}], 0.1)
+    with pytest.raises(ValueError, match="appears twice"):
+        assign_splits([rows[0], rows[0]], 0.1)
+
+
+def test_stable_unit_is_fixed_and_uniform() -> None:
+    assert stable_unit(0, "split", "abc") == stable_unit(0, "split", "abc")
+    assert stable_unit(0, "split", "abc") != stable_unit(0, "subset", "abc")
+    values = [stable_unit(3, "t", str(k)) for k in range(20000)]
+    assert all(0.0 <= v < 1.0 for v in values)
+    assert abs(sum(v < 0.25 for v in values) / len(values) - 0.25) < 0.02
+
+
+# ---- nested subsets ----------------------------------------------------------------------
+
+def test_subsets_are_nested_and_sized() -> None:
+    ids = [f"r{k}" for k in range(20000)]
+    levels = nested_subsets(ids, (0.25, 0.5, 1.0), seed=1)
+    quarter, half, full = subset(levels, 0.25), subset(levels, 0.5), subset(levels, 1.0)
+    assert quarter < half < full == set(ids)
+    assert abs(len(quarter) / len(ids) - 0.25) < 0.02
+    assert abs(len(half) / len(ids) - 0.5) < 0.02
+
+
+def test_subsets_are_stable_when_rows_are_added() -> None:
+    old = [f"r{k}" for k in range(1000)]
+    new = old + [f"new{k}" for k in range(500)]
+    before = nested_subsets(old, seed=5)
+    after = nested_subsets(list(reversed(new)), seed=5)
+    assert all(after[row_id] == level for row_id, level in before.items())
+    assert nested_subsets(old, seed=6) != before
+
+
+def test_full_set_is_implied_and_fractions_validated() -> None:
+    levels = nested_subsets([f"r{k}" for k in range(100)], (0.1, 0.3), seed=0)
+    assert set(levels.values()) <= {0.1, 0.3, 1.0} and 1.0 in levels.values()
+    for bad in ((0.5, 0.25), (0.0, 1.0), (0.5, 0.5), (), (1.5,)):
+        with pytest.raises(ValueError, match="fractions"):
+            nested_subsets(["a"], bad)
+
+
+def test_stratified_subsets_take_each_stratum_share() -> None:
+    ids = [f"r{k}" for k in range(1000)]
+    strata = {row_id: ("code" if k < 100 else "chat") for k, row_id in enumerate(ids)}
+    levels = nested_subsets(ids, (0.1, 0.5, 1.0), seed=2, strata=strata)
+    for fraction in (0.1, 0.5):
+        chosen = subset(levels, fraction)
+        per_stratum = Counter(strata[r] for r in chosen)
+        assert abs(per_stratum["code"] - 100 * fraction) < 1
+        assert abs(per_stratum["chat"] - 900 * fraction) < 1
+    assert subset(levels, 0.1) < subset(levels, 0.5) < subset(levels, 1.0)
+    shuffled = ids[:]
+    random.Random(0).shuffle(shuffled)
+    assert nested_subsets(shuffled, (0.1, 0.5, 1.0), seed=2, strata=strata) == levels
+    with pytest.raises(KeyError, match="no stratum"):
+        nested_subsets(["unknown"], strata=strata)

@@ -1,0 +1,263 @@
+"""The OpenAI-compatible teacher against real HTTP servers on loopback.
+
+A small stdlib server scripts failures (429, 5xx, slow replies) and counts what it received;
+the slow test talks to a real `transformers serve` process on a tiny random model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from curation.synth.cache import CachedTeacher, GenerationCache
+from curation.synth.teachers import (
+    ChatRequest,
+    GenerationParams,
+    OpenAICompatibleTeacher,
+    TeacherError,
+    parse_retry_after,
+)
+
+SECRET = "sk-test-0123456789abcdef-DO-NOT-LEAK"
+
+# (status, headers, body, delay seconds) for the n-th request (0-based) with this JSON body.
+Reply = tuple[int, dict[str, str], dict[str, Any] | str, float]
+
+
+def ok(content: str) -> Reply:
+    body = {"id": "x", "object": "chat.completion", "model": "fake",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    return 200, {}, body, 0.0
+
+
+@dataclass
+class FakeServer:
+    script: Callable[[int, dict[str, Any]], Reply]
+    received: list[dict[str, Any]] = field(default_factory=list)
+    auth_headers: list[str | None] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    base_url: str = ""
+
+    @property
+    def count(self) -> int:
+        return len(self.received)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Callable[[int, dict[str, Any]], Reply]], FakeServer]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(script: Callable[[int, dict[str, Any]], Reply]) -> FakeServer:
+        state = FakeServer(script)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep pytest output clean
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with state.lock:
+                    n = state.count
+                    state.received.append(body)
+                    state.auth_headers.append(self.headers.get("Authorization"))
+                    state.in_flight += 1
+                    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+                try:
+                    status, headers, payload, delay = state.script(n, body)
+                    time.sleep(delay)
+                    data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                    self.send_response(status)
+                    for k, v in {"Content-Type": "application/json", **headers}.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+                finally:
+                    with state.lock:
+                        state.in_flight -= 1
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        state.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        return state
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def teacher_for(server: FakeServer, **kwargs: Any) -> OpenAICompatibleTeacher:
+    defaults: dict[str, Any] = {"api_key": SECRET, "license": "LicenseRef-test", "terms": "no-competing-models",
+                                "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5.0}
+    return OpenAICompatibleTeacher(server.base_url, "fake-model", **{**defaults, **kwargs})
+
+
+def ask(text: str) -> ChatRequest:
+    return ChatRequest(({"role": "user", "content": text},), GenerationParams(max_new_tokens=16, seed=3))
+
+
+def test_sends_the_chat_completions_protocol(serve: Any) -> None:
+    server = serve(lambda n, body: ok("reply to " + body["messages"][-1]["content"]))
+    out = teacher_for(server).generate([ask("a"), ask("b")])
+    assert [g.text for g in out] == ["reply to a", "reply to b"]
+    assert out[0].finish_reason == "stop" and out[0].completion_tokens == 2
+    body = server.received[0]
+    assert body["model"] == "fake-model" and body["max_tokens"] == 16 and body["seed"] == 3
+    assert body["messages"][0]["role"] == "user"
+    assert server.auth_headers == [f"Bearer {SECRET}"] * 2
+
+
+def test_retries_429_honouring_retry_after(serve: Any) -> None:
+    def script(n: int, body: dict[str, Any]) -> Reply:
+        return (429, {"Retry-After": "1"}, {"error": "rate limited"}, 0.0) if n == 0 else ok("fine")
+
+    server = serve(script)
+    started = time.monotonic()
+    out = teacher_for(server).generate([ask("a")])
+    assert out[0].text == "fine" and server.count == 2
+    assert time.monotonic() - started >= 1.0  # waited as the server asked, not the 0.05 s back-off cap
+
+
+def test_retries_5xx_then_gives_up_with_a_clear_error(serve: Any) -> None:
+    server = serve(lambda n, body: (503, {}, "overloaded", 0.0))
+    with pytest.raises(TeacherError, match=r"failed after 3 attempts; last: HTTP 503") as info:
+        teacher_for(server, max_retries=2).generate([ask("a")])
+    assert server.count == 3
+    assert SECRET not in str(info.value)
+
+
+def test_does_not_retry_client_errors(serve: Any) -> None:
+    server = serve(lambda n, body: (400, {}, {"error": {"message": "bad model"}}, 0.0))
+    with pytest.raises(TeacherError, match=r"refused the request.*HTTP 400.*not retried"):
+        teacher_for(server).generate([ask("a")])
+    assert server.count == 1
+
+
+def test_timeouts_are_retried(serve: Any) -> None:
+    server = serve(lambda n, body: (*ok("late")[:3], 1.5) if n == 0 else ok("quick"))
+    out = teacher_for(server, timeout_s=0.3).generate([ask("a")])
+    assert out[0].text == "quick" and server.count == 2
+    slow = serve(lambda n, body: (*ok("late")[:3], 1.0))
+    with pytest.raises(TeacherError, match=r"timed out after 0\.2s"):
+        teacher_for(slow, timeout_s=0.2, max_retries=1).generate([ask("a")])
+    assert slow.count == 2
+
+
+def test_concurrency_is_bounded(serve: Any) -> None:
+    server = serve(lambda n, body: (*ok("x")[:3], 0.1))
+    teacher_for(server, concurrency=3).generate([ask(str(i)) for i in range(12)])
+    assert server.count == 12
+    assert 2 <= server.max_in_flight <= 3  # parallel, but never above the limit
+
+
+def test_key_never_appears_in_repr_info_logs_or_errors(serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # A hostile server echoing the Authorization header back in its error body.
+    server = serve(lambda n, body: (500, {}, f"bad auth header Bearer {SECRET}", 0.0))
+    teacher = teacher_for(server, max_retries=1)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TeacherError) as info:
+        teacher.generate([ask("a")])
+    assert server.count == 2
+    for text in (repr(teacher), str(teacher), str(teacher.info), json.dumps(teacher.info.as_dict()),
+                 str(info.value), repr(info.value), caplog.text, repr(vars(teacher))):
+        assert SECRET not in text
+    assert "***" in str(info.value)
+    with pytest.raises(TypeError, match="not picklable"):
+        import pickle
+
+        pickle.dumps(teacher)
+
+
+def test_cache_second_run_makes_zero_requests_and_partial_failures_are_kept(serve: Any, tmp_path: Path) -> None:
+    # Requests whose prompt is "bad" fail permanently; the others must be cached anyway.
+    server = serve(lambda n, body: (500, {}, "boom", 0.0) if body["messages"][-1]["content"] == "bad"
+                   else ok("answer " + body["messages"][-1]["content"]))
+    requests = [ask("q1"), ask("bad"), ask("q2")]
+    with GenerationCache(tmp_path / "c.duckdb") as cache:
+        with pytest.raises(TeacherError, match="1 of 3 requests failed"):
+            CachedTeacher(teacher_for(server, max_retries=0), cache).generate(requests)
+        assert len(cache) == 2
+    server.script = lambda n, body: ok("answer " + body["messages"][-1]["content"])
+    sent = server.count
+    with GenerationCache(tmp_path / "c.duckdb") as cache:
+        out = CachedTeacher(teacher_for(server), cache).generate(requests)
+        assert server.count == sent + 1  # only the failed one is sent again
+        assert [g.text for g in out] == ["answer q1", "answer bad", "answer q2"]
+        teacher = teacher_for(server)
+        again = CachedTeacher(teacher, cache).generate(requests)
+    assert server.count == sent + 1 and teacher.requests_sent == 0
+    assert all(g.cached for g in again)
+
+
+def test_connection_refused_is_retried_then_reported() -> None:
+    from tests.model_fixtures import free_port
+
+    teacher = OpenAICompatibleTeacher(f"http://127.0.0.1:{free_port()}/v1", "m", api_key=SECRET, license="MIT",
+                                      max_retries=2, backoff_base_s=0.01, timeout_s=2)
+    with pytest.raises(TeacherError, match="failed after 3 attempts; last: connection error"):
+        teacher.generate([ask("a")])
+    assert teacher.requests_sent == 3
+
+
+def test_extra_body_is_sent_and_keys_the_cache(serve: Any) -> None:
+    server = serve(lambda n, body: ok(f"stop={body.get('stop')}"))
+    plain, with_stop = teacher_for(server), teacher_for(server, extra_body={"stop": ["\n"]})
+    with GenerationCache(":memory:") as cache:
+        a = CachedTeacher(plain, cache).generate([ask("q")])
+        b = CachedTeacher(with_stop, cache).generate([ask("q")])
+    assert server.count == 2 and server.received[1]["stop"] == ["\n"]
+    assert (a[0].text, b[0].text) == ("stop=None", "stop=['\\n']")
+
+
+def test_malformed_reply_is_a_clear_error(serve: Any) -> None:
+    server = serve(lambda n, body: (200, {}, {"not": "chat"}, 0.0))
+    with pytest.raises(TeacherError, match="not a chat-completions reply"):
+        teacher_for(server).generate([ask("a")])
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+
+
+def test_bad_configuration_is_rejected() -> None:
+    with pytest.raises(ValueError, match="http"):
+        OpenAICompatibleTeacher("localhost:8000", "m", license="MIT")
+
+
+@pytest.mark.slow
+def test_against_transformers_serve(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from tests.model_fixtures import ServeProcess, build_tiny_chat_model
+
+    model_dir = build_tiny_chat_model(tmp_path / "tiny-llama")
+    with ServeProcess(model_dir) as served:
+        requests = [ask("hello"), ask("what is two plus three ?"), ask("write a short poem")]
+        teacher = OpenAICompatibleTeacher(served.base_url, str(model_dir), api_key=None, license="Apache-2.0",
+                                          concurrency=2, timeout_s=30)
+        with GenerationCache(tmp_path / "c.duckdb") as cache:
+            first = CachedTeacher(teacher, cache).generate(requests)
+            assert teacher.requests_sent == 3
+            assert all(g.finish_reason in {"stop", "length"} and g.completion_tokens for g in first)
+            again_teacher = OpenAICompatibleTeacher(served.base_url, str(model_dir), license="Apache-2.0")
+            again = CachedTeacher(again_teacher, cache).generate(requests)
+    assert again_teacher.requests_sent == 0
+    assert [g.text for g in again] == [g.text for g in first]
