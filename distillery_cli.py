@@ -117,10 +117,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     _load_config_or_exit()
     import duckdb
 
-    from assets.filtered import project_chain
     from curation.core.home import project_config_path
     from curation.core.schema import iter_rows
     from curation.core.warehouse import WarehouseBusy, quote, read_batches
+    from curation.filter.chain import project_chain
     from curation.filter.runner import preview, preview_markdown
 
     config = load_project(project_config_path())
@@ -204,6 +204,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if args.check and not report.compliant else 0
 
 
+def reference_pages() -> dict[str, str]:
+    """The reference pages generated from the registries: file name in docs/ → its Markdown."""
+    from curation.filter.base import reference_markdown as filters_reference
+    from curation.ingest.mappings import mappings_reference
+    from curation.synth.methods import methods_reference
+
+    return {"filters.md": filters_reference(), "mappings.md": mappings_reference(),
+            "synthesis-methods.md": methods_reference()}
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    folder = Path(args.out) if args.out else PROJECT_ROOT / "docs"
+    stale = []
+    for name, text in reference_pages().items():
+        path = folder / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    if stale:
+        print(f"out of date with the registries: {', '.join(stale)}; regenerate with `distillery reference`",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="judge against this use instead of the project file's policy.intended_use")
     rep.add_argument("--check", action="store_true", help="exit with status 1 when any row violates the policy")
     rep.set_defaults(func=cmd_report)
+
+    ref = sub.add_parser("reference", help="write the reference pages generated from the registries (filters, "
+                                           "mappings, synthesis methods) into docs/")
+    ref.add_argument("--out", help="folder to write them to (default: the docs/ folder beside this program)")
+    ref.add_argument("--check", action="store_true", help="write nothing; exit with status 1 when a page is stale")
+    ref.set_defaults(func=cmd_reference)
     return parser
 
 

@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from assets.metadata import dataset_metadata
 from curation.core.markdown import markdown_table
-from curation.ingest.sources import ingest_sources
+from curation.ingest.sources import ingest_sources, quarantine_overview
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -16,21 +16,14 @@ def raw(context: AssetExecutionContext, project: ProjectResource, warehouse: War
     config = project.load()
     with warehouse.get().write("raw") as staged:
         summary = ingest_sources(config, staged, progress=context.log.info)
-        connection = staged.connection
-        staging = staged.staging_name("raw")
-        metadata = dataset_metadata(connection, staging)
-        (quarantined,) = connection.execute(
-            f'SELECT count(*) FROM "{staged.staging_name("quarantine")}"').fetchone()
-        errors = connection.execute(
-            f'SELECT source, source_uri, line_no, error FROM "{staged.staging_name("quarantine")}" '
-            "ORDER BY source, record_no LIMIT 20").fetchall()
+        metadata = dataset_metadata(staged.connection, staged.staging_name("raw"))
+        quarantined, quarantine_sample = quarantine_overview(staged)
     metadata["dagster/table_name"] = "warehouse.main.raw"
     metadata |= {
-        "quarantined": int(quarantined),
+        "quarantined": quarantined,
         "rows_added": summary.rows_added,
         "files": MetadataValue.md(markdown_table([vars(f) for f in summary.files])),
-        "quarantine_sample": MetadataValue.md(markdown_table(
-            [dict(zip(("source", "source_uri", "line", "error"), e, strict=True)) for e in errors], width=100)),
+        "quarantine_sample": MetadataValue.md(markdown_table(quarantine_sample, width=100)),
         "project_file_hash": config.file_hash,
     }
     return MaterializeResult(metadata=metadata)

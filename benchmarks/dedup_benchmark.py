@@ -1,4 +1,4 @@
-"""Near-duplicate stage benchmark: curation.dedup.stages against plain datasketch, on real text.
+"""Near-duplicate stage benchmark: curation.dedup.near against plain datasketch, on real text.
 
 Corpus: documents of 50-400 words cut from Python docstrings of the installed packages and the
 standard library, plus injected exact copies and near copies. Near copies are made by editing
@@ -34,7 +34,7 @@ import numpy as np
 
 from curation.core.normalize import words
 from curation.dedup.minhash import MinHasher, band_keys, candidate_pairs, lsh_params
-from curation.dedup.stages import NearConfig, near_duplicate_pairs
+from curation.dedup.near import NearConfig, near_duplicate_pairs
 
 THRESHOLD = 0.8
 BANDS = ((0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0), (1.0, 1.01))

@@ -16,7 +16,6 @@ driver's licence number shaped like an SSN): real PII, wrongly typed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.filter.pii import REGEX_ENTITIES, NerBackend, find_pii
+from curation.ingest.readers import read_objects
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio-synth-pii" / \
     "synth_dataset_v2.json"
@@ -74,8 +74,7 @@ def load_presidio(path: Path = DEFAULT_PATH) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"presidio synthetic PII data not found at {path}; pass its path "
                                 "(shared/data/presidio-synth-pii/synth_dataset_v2.json)")
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+    return [record for _, record in read_objects(path)]
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -14,7 +14,8 @@ from curation.core.accounting import STAGES, raw_conservation, unaccounted
 from curation.core.conformance import column_problems, violations
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import table_rows
-from curation.dedup.stages import config_from_settings, exact_key
+from curation.dedup.exact import exact_key
+from curation.dedup.stage import plan_from_project
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -68,21 +69,19 @@ def raw_records_conserved(context: AssetCheckExecutionContext, warehouse: Wareho
              description="No two deduped rows share the normalised field set exact dedup compares.")
 def deduped_no_exact_duplicates(context: AssetCheckExecutionContext, project: ProjectResource,
                                 warehouse: WarehouseResource) -> AssetCheckResult:
-    settings = project.load().dedup
-    config = config_from_settings(settings.exact_fields, settings.lowercase, settings.strip_punctuation,
-                                  False, False, False)
+    exact = plan_from_project(project.load().dedup).exact
     seen: dict[str, str] = {}
     duplicates: list[tuple[str, str]] = []
     with warehouse.get().connect() as connection:
         for row in table_rows(connection, "deduped"):
-            key = hashlib.sha256(exact_key(row, config.exact.fields, config.exact.normalize).encode()).hexdigest()
+            key = hashlib.sha256(exact_key(row, exact.fields, exact.normalize).encode()).hexdigest()
             if key in seen:
                 duplicates.append((seen[key], row["row_id"]))
             else:
                 seen[key] = row["row_id"]
     return AssetCheckResult(passed=not duplicates, metadata={
         "rows_checked": len(seen) + len(duplicates), "duplicate_pairs": len(duplicates),
-        "sample": MetadataValue.json(duplicates[:10]), "fields": settings.exact_fields})
+        "sample": MetadataValue.json(duplicates[:10]), "fields": exact.fields})
 
 
 @asset_check(asset="deduped", name="removed_rows_point_to_kept_rows", blocking=True, pool=POOL,

@@ -18,7 +18,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.filtered import project_chain
 from checks.expectations import (
     Expectation,
     between,
@@ -34,14 +33,13 @@ from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
 from curation.core.schema import KINDS, ORIGINS, all_text, iter_rows, prompt_text, response_text
 from curation.core.warehouse import read_batches
-from curation.filter.runner import Cleaner, Filter
+from curation.filter.base import Cleaner, Filter
+from curation.filter.chain import project_chain
+from curation.filter.quality import RESPONSE_KINDS
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("row_id", "kind", "source", "source_uri", "license", "origin")
-# Kinds whose rows carry an answer; `prompt` rows have none and `text` rows are one block (the
-# length filter's own split, curation.filter.quality.LengthBounds).
-RESPONSE_KINDS = ("sft", "chat", "preference", "reward", "tool")
 
 
 # --------------------------------------------------------------------------- the GE suite
@@ -69,7 +67,7 @@ def filtered_suite(project: ProjectConfig) -> list[Expectation]:
 
 def length_columns(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Canonical columns plus instruction/response lengths measured as the `length` filter measures
-    them (words = whitespace split); NULL where a side does not apply to the row's kind."""
+    them (words = whitespace split, its kinds with a response); NULL where a side does not apply."""
     records = []
     for row in rows:
         kind = row.get("kind")

@@ -8,14 +8,12 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDef
 
 from curation.core.home import exports_dir
 from curation.core.markdown import markdown_table
-from curation.format.decontam import ContaminationIndex, check_row, load_benchmark
+from curation.format.decontam import ContaminationIndex, check_row
 from curation.format.export import MANIFEST, verify_export
-from curation.format.records import (
-    iter_formatted_rows,
-    split_leaks,
-    stored_tokens_problem,
-    verify_row,
-)
+from curation.format.split import split_leaks
+from curation.format.stage import load_benchmarks
+from curation.format.table import iter_formatted_rows
+from curation.format.verify import stored_tokens_problem, verify_row
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL
@@ -54,8 +52,7 @@ def formatted_within_token_budget(context: AssetCheckExecutionContext, project: 
 def formatted_no_contamination_left(context: AssetCheckExecutionContext, project: ProjectResource,
                                     warehouse: WarehouseResource) -> AssetCheckResult:
     config = project.load()
-    items = [item for b in config.format.benchmarks
-             for item in load_benchmark(config.resolve(b.path), b.name, b.text_fields, b.id_field)]
+    items = load_benchmarks(config)
     index = ContaminationIndex(items) if items else None
     found, scanned = [], 0
     with warehouse.get().connect() as connection:

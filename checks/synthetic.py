@@ -6,7 +6,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDef
 from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import table_rows
-from curation.synth.methods import parse_model_registry, terms_violations
+from curation.synth.terms import parse_model_registry, terms_violations
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 

@@ -26,7 +26,7 @@ from curation.core.home import distillery_home
 from curation.synth.cache import CachedTeacher, GenerationCache
 from curation.synth.judges import ProceduralJudge
 from curation.synth.teachers import Teacher, build_teacher
-from curation.synth.verify import ModelJudge
+from curation.synth.verify import Judge, ModelJudge
 
 _OVERRIDABLE = ("backend", "model", "base_url", "model_dir", "license", "terms", "revision")
 
@@ -62,7 +62,7 @@ class TeacherResource(ConfigurableResource):
 
     @contextlib.contextmanager
     def open(self, project_spec: Mapping[str, Any], judge_spec: Mapping[str, Any] | str | None = None,
-             base_dir: Path | None = None) -> Iterator[tuple[Teacher, Any]]:
+             base_dir: Path | None = None) -> Iterator[tuple[Teacher, Judge]]:
         """(teacher, judge) for one materialization; the cache file is closed when the block ends."""
         spec = self.teacher_spec(project_spec)
         teacher = build_teacher(spec, api_key=self.api_key, base_dir=base_dir)
@@ -77,7 +77,7 @@ class TeacherResource(ConfigurableResource):
 
     @staticmethod
     def _judge(spec: Mapping[str, Any] | str | None, teacher: Teacher, cache: GenerationCache | None,
-               base_dir: Path | None) -> Any:
+               base_dir: Path | None) -> Judge:
         # Default: the offline procedural judge. "teacher": the teacher judges itself (warned about).
         if spec is None or spec == "procedural" or (isinstance(spec, Mapping) and
                                                      spec.get("backend", "procedural") == "procedural"):

@@ -2,7 +2,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from curation.core.config import ProjectConfig
-from curation.format.records import load_format_tokenizer
+from curation.format.render import load_format_tokenizer
 
 
 class TokenizerResource(ConfigurableResource):

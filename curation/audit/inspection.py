@@ -23,7 +23,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +35,7 @@ import duckdb
 
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown
 from curation.core.schema import iter_rows
-from curation.core.warehouse import quote, read_batches
+from curation.core.warehouse import quote, read_batches, table_names
 
 VERSIONS: tuple[str, ...] = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
 """Dataset versions inspected, in pipeline order (the five of the spine plus the teacher's output)."""
@@ -157,9 +157,9 @@ def histogram(connection: duckdb.DuckDBPyConnection, measure: str, bins: int = 3
     """(low, high, count) of ``measure``: ``bins`` equal-width bins of ln(1 + value) between the smallest
     and the largest value; a small integer measure (turns) gets one bin per value instead."""
     col = quote(measure)
-    low, top, distinct = connection.execute(
+    [(low, top, distinct)] = connection.execute(
         f"SELECT min(ln(1 + {col})), max(ln(1 + {col})), count(DISTINCT {col}) FROM {quote(table)} "
-        f"WHERE {col} >= 0").fetchone()
+        f"WHERE {col} >= 0").fetchall()
     if top is None:
         return []
     if measure == "turns" or distinct <= 1:
@@ -216,9 +216,9 @@ def outliers(connection: duckdb.DuckDBPyConnection, measures: Sequence[str] = ("
     found: list[dict[str, Any]] = []
     for measure in measures:
         col = quote(measure)
-        q1, q3 = connection.execute(
+        [(q1, q3)] = connection.execute(
             f"SELECT quantile_cont(ln(1 + {col}), 0.25), quantile_cont(ln(1 + {col}), 0.75) FROM {quote(table)} "
-            f"WHERE {col} IS NOT NULL").fetchone()
+            f"WHERE {col} IS NOT NULL").fetchall()
         if q1 is None:
             continue
         low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
@@ -263,14 +263,14 @@ def krippendorff_alpha_nominal(units: Mapping[Any, Sequence[Any]]) -> float | No
     From the coincidence matrix (Krippendorff 2011, "Computing Krippendorff's Alpha-Reliability"):
     alpha = 1 − (n − 1) · Σ_c o_cc' / Σ_c≠k n_c·n_k. None when every pairable label is the same
     (no variation: alpha is undefined)."""
-    coincidences: Counter[tuple[Any, Any]] = Counter()
+    coincidences: defaultdict[tuple[Any, Any], float] = defaultdict(float)  # weights are fractions 1/(m-1)
     for labels in units.values():
         m = len(labels)
         if m < 2:
             continue
         for i, j in ((i, j) for i in range(m) for j in range(m) if i != j):
             coincidences[(labels[i], labels[j])] += 1.0 / (m - 1)
-    totals: Counter[Any] = Counter()
+    totals: defaultdict[Any, float] = defaultdict(float)
     for (c, _), weight in coincidences.items():
         totals[c] += weight
     n = sum(totals.values())
@@ -308,8 +308,8 @@ def agreement(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, An
         "multi AS (SELECT item FROM labels GROUP BY item HAVING count(DISTINCT annotator) >= 2) "
         "SELECT item, list(label ORDER BY annotator) FROM (SELECT DISTINCT item, annotator, label FROM labels "
         "JOIN multi USING (item)) GROUP BY item").fetchall()
-    (ranked,) = connection.execute(
-        f"SELECT count(*) FROM {quote(table)} WHERE json_exists(extra, '$.ranks')").fetchone()
+    [(ranked,)] = connection.execute(
+        f"SELECT count(*) FROM {quote(table)} WHERE json_exists(extra, '$.ranks')").fetchall()
     units = {item: labels for item, labels in labelled}
     result: dict[str, Any] = {
         "preference_items_with_several_annotators": len(units),
@@ -342,7 +342,7 @@ def inspect_version(connection: duckdb.DuckDBPyConnection, table: str,
                          "(no row_id column); materialize it first")
     connection.execute(f"CREATE OR REPLACE TEMP TABLE {quote(MEASURES_TABLE)} AS {measures_sql(table, columns)}")
     try:
-        (rows,) = connection.execute(f"SELECT count(*) FROM {quote(MEASURES_TABLE)}").fetchone()
+        [(rows,)] = connection.execute(f"SELECT count(*) FROM {quote(MEASURES_TABLE)}").fetchall()
         result = VersionInspection(table=table, rows=int(rows))
         measures = [m for m in LENGTH_MEASURES if m != "n_tokens" or "n_tokens" in columns]
         for measure in measures:
@@ -424,8 +424,9 @@ def plot_by_source(version: VersionInspection) -> bytes:
         2, len(version.categories.get("source", {})))), squeeze=False)
     for ax, measure in zip(axes[0], measures, strict=True):
         groups = version.lengths_by_source[measure]
-        stats = [{"label": g, "whislo": s["p05"], "q1": s["p25"], "med": s["median"], "q3": s["p75"],
-                  "whishi": s["p95"], "fliers": []} for g, s in groups.items() if s["count"]]
+        stats: list[dict[str, Any]] = [
+            {"label": g, "whislo": s["p05"], "q1": s["p25"], "med": s["median"], "q3": s["p75"], "whishi": s["p95"],
+             "fliers": []} for g, s in groups.items() if s["count"]]
         if stats:
             ax.bxp(stats, vert=False, showfliers=False)
             ax.set_xscale("symlog")
@@ -483,6 +484,14 @@ def plots(version: VersionInspection) -> dict[str, bytes]:
             "composition": plot_composition(version)}
 
 
+def inspect_versions(connection: duckdb.DuckDBPyConnection) -> tuple[list[VersionInspection], list[str]]:
+    """Every dataset version of :data:`VERSIONS` present in the warehouse, inspected; and the names of
+    those not materialized yet."""
+    present = table_names(connection)
+    inspected = [inspect_version(connection, version) for version in VERSIONS if version in present]
+    return inspected, [version for version in VERSIONS if version not in present]
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 DEFINITIONS_MD = (
@@ -518,6 +527,20 @@ def markdown_summary(version: VersionInspection, images: Mapping[str, bytes] | N
     parts.append("**inter-annotator agreement**\n\n" + markdown_table(
         [{"statistic": k, "value": v} for k, v in version.agreement.items()], width=200))
     return "\n\n".join(parts)
+
+
+def overview_markdown(versions: Sequence[VersionInspection], data_versions: Mapping[str, str]) -> str:
+    """One line per inspected version: rows, synthetic share, outliers and its data version."""
+    return "\n".join(["| version | rows | synthetic share | outliers | data version |", "|---|---|---|---|---|"]
+                     + [f"| {v.table} | {v.rows} | {v.synthetic_share:.1%} | {len(v.outliers)} | "
+                        f"{data_versions.get(v.table, '')} |" for v in versions])
+
+
+def overview_plot_markdown(versions: Sequence[VersionInspection]) -> str:
+    """The rows-per-version-by-origin plot inline, or a note when nothing was inspected."""
+    if not versions:
+        return "_no dataset version in the warehouse yet_"
+    return png_markdown(plot_overview(versions), "rows per version by origin")
 
 
 def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:

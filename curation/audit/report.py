@@ -13,7 +13,7 @@ The report answers a reviewer who signs off a training set:
   synthesis recorded in the row (``extra.terms``);
 * the teachers' terms as declared in the project file's ``policy.teachers`` registry
   (``{model: {license, terms, forbids: [intended uses]}}``, parsed by
-  :func:`curation.synth.methods.parse_model_registry`);
+  :func:`curation.synth.terms.parse_model_registry`);
 * the data version and project-file hash it describes.
 
 All set work runs in DuckDB (a recursive walk of ``lineage`` and ``provenance.parent_ids`` from
@@ -41,7 +41,7 @@ from curation.core.licenses import LicensePolicy
 from curation.core.markdown import counts_table, markdown_table
 from curation.core.schema import utcnow
 from curation.core.warehouse import quote
-from curation.synth.methods import ModelTerms, parse_model_registry
+from curation.synth.terms import ModelTerms, parse_model_registry
 
 # --- the policy: licences and the teachers' registry -------------------------------------------
 
@@ -182,7 +182,7 @@ def build_report(connection: duckdb.DuckDBPyConnection, policy: CompliancePolicy
           FROM {target} t JOIN _report_teachers m ON m.row_id = t.row_id
           JOIN _report_teacher_verdict v ON v.teacher = m.teacher WHERE v.rule IS NOT NULL)""")
 
-    # Restrictions synthesis carried into the row itself (extra.terms, curation.synth.methods.inherited_terms):
+    # Restrictions synthesis carried into the row itself (extra.terms, curation.synth.terms.inherited_terms):
     # they hold even when the registry that produced them has changed since.
     run(f"""INSERT INTO _report_violations
         SELECT t.row_id, t.source, t.source_uri, t.license, 'recorded-terms',

@@ -15,7 +15,7 @@ changes here:
 
 Each step looks up a whole frontier of ids at once with a semi-join that DuckDB pushes into the
 table scans, so an audit costs a few dozen scans of key columns whatever the chain's length:
-well under a second on a million-row warehouse (``tests/test_audit.py`` measures it). The
+well under a second on a million-row warehouse (``tests/audit/test_audit.py`` measures it). The
 audit only reads, and never shows row content: the parents of a redacted row still hold the
 secret that was redacted.
 """
@@ -110,9 +110,9 @@ class Audit:
     def licenses(self) -> list[str]:
         """Every licence on the chain: the rows' own, and the teachers' recorded in provenance."""
         ids = {e.parent_id for e in self.upstream} | ({self.row_id} if self.row_id else set())
-        found = {self.rows[i].info.get("license") for i in ids if i in self.rows}
-        found |= {self.rows[i].provenance.get("teacher_license") for i in ids
-                  if i in self.rows and self.rows[i].provenance}
+        rows = [self.rows[i] for i in ids if i in self.rows]
+        found = {row.info.get("license") for row in rows}
+        found |= {row.provenance.get("teacher_license") for row in rows if row.provenance}
         return sorted(x for x in found if x)
 
     def teachers(self) -> list[str]:
@@ -125,7 +125,8 @@ class Audit:
             if row.info.get("origin") not in (None, "human") and row.info.get("generator"):
                 found.add(row.info["generator"])
             if row.provenance:
-                found |= {row.provenance.get("teacher_model"), row.provenance.get("judge_model")} - {None}
+                models = (row.provenance.get("teacher_model"), row.provenance.get("judge_model"))
+                found |= {model for model in models if model is not None}
         return sorted(found)
 
     def status(self) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from curation.core.warehouse import quote
+from curation.core.warehouse import fetch_one, quote
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def unaccounted(connection: duckdb.DuckDBPyConnection, stage: Accounting) -> Con
           (SELECT list(row_id ORDER BY row_id)[:5] FROM input WHERE row_id NOT IN (SELECT row_id FROM kept)
                                         AND row_id NOT IN (SELECT row_id FROM removed))
     """
-    rows_in, rows_out, removed_n, missing, unexplained, double, sample = connection.execute(sql).fetchone()
+    rows_in, rows_out, removed_n, missing, unexplained, double, sample = fetch_one(connection, sql)
     return ConservationReport(rows_in, rows_out, removed_n, missing, unexplained, double, tuple(sample or ()))
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticKnownError
 
 from curation.core.schema import KINDS
+from curation.ingest.mappings import MAPPINGS
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
-MAPPINGS = ("alpaca", "self_instruct", "sharegpt", "openai", "preference", "hh", "oasst", "gsm8k",
-            "prompts", "text", "reward")
 
 
 class ConfigError(ValueError):
@@ -36,16 +36,43 @@ class SourceConfig(_Strict):
     path: str = Field(description="File path or glob, relative to the project file.")
     format: Literal["jsonl", "json", "csv", "parquet"] | None = Field(
         default=None, description="Inferred from the extension when omitted (.gz is read transparently).")
-    mapping: Literal[MAPPINGS] = Field(description="Built-in shape of the records.")  # type: ignore[valid-type]
+    mapping: str = Field(description="Shape of the records: a registered mapping (docs/mappings.md).")
     fields: dict[str, str | list[str]] = Field(
         default_factory=dict, description="Override the mapping's field names, e.g. {instruction: question}.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Mapping options (e.g. oasst mode).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The mapping's settings (e.g. oasst mode), checked by its options model.")
     kind: Literal[KINDS] | None = Field(default=None)  # type: ignore[valid-type]
     license: str = Field(min_length=1, description="SPDX id, or a LicenseRef- declared under policy.")
     origin: Literal["human", "synthetic"] = "human"
     generator: str | None = Field(default=None, description="Model that wrote the rows when origin is synthetic.")
     annotator_field: str | None = None
     allowed_languages: list[str] | None = None
+
+    @field_validator("mapping")
+    @classmethod
+    def _registered_mapping(cls, name: str) -> str:
+        if name not in MAPPINGS:
+            # Reported like a Literal field's error ("Input should be 'alpaca', … or 'reward'"), so the
+            # message lists every registered mapping.
+            known = [repr(known_name) for known_name in MAPPINGS]
+            expected = ", ".join(known[:-1]) + f" or {known[-1]}" if len(known) > 1 else "".join(known)
+            raise PydanticKnownError("literal_error", {"expected": expected})
+        return name
+
+    @field_validator("options")
+    @classmethod
+    def _options_fit_the_mapping(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("mapping")
+        if name is None:  # the mapping itself is invalid and already reported
+            return options
+        try:
+            MAPPINGS[name].parse_options(options)
+        except ValidationError as error:
+            # Re-raised as this field's errors, so each keeps its own key path (sources.0.options.mode).
+            raise ValidationError.from_exception_data(cls.__name__, [
+                InitErrorDetails(type=PydanticCustomError(item["type"], item["msg"]), loc=item["loc"],
+                                 input=item["input"]) for item in error.errors()]) from None
+        return options
 
     @model_validator(mode="after")
     def _synthetic_needs_generator(self) -> SourceConfig:
@@ -61,8 +88,8 @@ class IngestConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    """Deduplication settings; each stage's mapping is passed to its dataclass in curation.dedup.stages
-    (``near: false`` etc. switches a stage off)."""
+    """Deduplication settings; each step's mapping is passed to its settings dataclass in curation/dedup
+    (:func:`curation.dedup.stage.plan_from_project`; ``near: false`` etc. switches a step off)."""
 
     exact_fields: Literal["first_prompt", "prompt", "prompt_response", "conversation"] = "prompt_response"
     lowercase: bool = True

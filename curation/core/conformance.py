@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from curation.core.schema import COLUMN_SPECS, KINDS, ORIGINS, ROLES
-from curation.core.warehouse import quote
+from curation.core.warehouse import fetch_one, quote
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -47,8 +47,7 @@ def violations(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, i
     quoted = quote(table)
     found = {}
     for rule, condition in RULES.items():
-        (count,) = connection.execute(
-            f"SELECT count(*) FROM {quoted} WHERE {condition.format(table=quoted)}").fetchone()
+        (count,) = fetch_one(connection, f"SELECT count(*) FROM {quoted} WHERE {condition.format(table=quoted)}")
         if count:
             found[rule] = int(count)
     return found

@@ -49,3 +49,12 @@ def figure_png(figure: Any, dpi: float | None = None) -> bytes:
 def png_markdown(png: bytes, alt: str) -> str:
     """An inline Markdown image (base64 PNG): how plots show in Dagster's Markdown metadata and in reports."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+REGENERATE_REFERENCES = "distillery reference"
+"""The command that rewrites every generated reference page in docs/ (filters, mappings, synthesis methods)."""
+
+
+def generated_notice(registry: str) -> str:
+    """The line at the top of a reference page generated from ``registry``, saying how to regenerate it."""
+    return f"<!-- Generated from {registry} by `{REGENERATE_REFERENCES}`; do not edit by hand. -->"

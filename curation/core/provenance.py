@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-
-from curation.synth.teachers import TeacherInfo
 
 PROVENANCE_DDL = ("row_id VARCHAR NOT NULL, method VARCHAR NOT NULL, teacher_backend VARCHAR, "
                   "teacher_model VARCHAR, teacher_revision VARCHAR, teacher_license VARCHAR, teacher_terms VARCHAR, "
@@ -27,6 +25,20 @@ PROVENANCE_SCHEMA = pa.schema([
 
 LINEAGE_SCHEMA = pa.schema([("child_id", pa.string()), ("parent_id", pa.string()), ("asset", pa.string()),
                             ("operation", pa.string()), ("detail", pa.string())])
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """Who produced a generation: what provenance records for every synthetic row."""
+
+    backend: str
+    model: str
+    revision: str
+    license: str
+    terms: str = ""  # short id or text of usage terms, e.g. "no-competing-models"
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

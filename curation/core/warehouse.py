@@ -210,8 +210,16 @@ def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: in
     yield from iter_rows(read_batches(connection, sql, batch_rows=batch_rows))
 
 
+def fetch_one(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+    """The one row of a query that always returns exactly one (an aggregate); an error if it returns none."""
+    rows = connection.execute(sql, list(params)).fetchall()  # fetchall: no open result left on the connection
+    if len(rows) != 1:
+        raise LookupError(f"expected one row, got {len(rows)}, from: {sql}")
+    return tuple(rows[0])
+
+
 def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
-    ((count,),) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()
+    (count,) = fetch_one(connection, f"SELECT count(*) FROM {quote(table)}")
     return int(count)
 
 
@@ -222,6 +230,5 @@ def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
         "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
         [table]).fetchall() if r[0] != "ingested_at"]
     selected = ", ".join(quote(c) for c in columns)
-    (value,) = connection.execute(f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t"
-                                  ).fetchone()
+    (value,) = fetch_one(connection, f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t")
     return f"{(value or 0):016x}"

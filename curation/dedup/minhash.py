@@ -367,12 +367,12 @@ def _char_shingles(texts: Sequence[str], n: int) -> ShingleBatch:
 try:
     from numba import njit
     from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM cttz intrinsic
+
+    HAVE_JIT = True
 except ImportError:  # pragma: no cover - exercised where numba is not installed
-    njit = None
+    HAVE_JIT = False
 
-HAVE_JIT = njit is not None
-
-if njit is not None:
+if HAVE_JIT:
     _J_F1 = np.uint64(_F64_1)
     _J_F2 = np.uint64(_F64_2)
     _J_S33 = np.uint64(33)

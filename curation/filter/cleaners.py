@@ -1,15 +1,14 @@
 """Cleaners: edits that repair a row instead of dropping it, each recorded as an :class:`Edit`.
 
-Every cleaner walks the row's human-readable fields (``text`` and the ``content`` of
-``messages``, ``chosen`` and ``rejected``), never mutates its input, and returns the same row
-object when nothing changed (so the runner can tell edited rows apart cheaply).
+Each is a :class:`curation.filter.base.Cleaner` editing one text at a time (``clean_text``); the
+base applies it to every text of the row. Default cleaners run in the order they are defined here
+(encoding repair before HTML), whitespace last.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import ftfy
@@ -17,44 +16,9 @@ from selectolax.lexbor import LexborHTMLParser
 
 from curation.core.normalize import words
 from curation.core.schema import Row, prompt_text
-from curation.filter.runner import Edit, register_cleaner
-
-TextFn = Callable[[str], tuple[str, str | None]]
-"""A text edit: returns the new text and a description of the change (None: unchanged)."""
-
-
-def text_fields(row: Row) -> Iterator[tuple[str, str]]:
-    """``(where, text)`` for every non-empty text field, ``where`` like ``messages[1].content``."""
-    if row.get("text"):
-        yield "text", row["text"]
-    for column in ("messages", "chosen", "rejected"):
-        for i, message in enumerate(row.get(column) or []):
-            content = message.get("content")
-            if isinstance(content, str) and content:
-                yield f"{column}[{i}].content", content
-
-
-def apply_to_texts(row: Row, cleaner: str, fn: TextFn) -> tuple[Row, list[Edit]]:
-    """Apply ``fn`` to each text field; copy only what changed and describe every change."""
-    edits: list[Edit] = []
-    new_row: Row | None = None
-    for where, text in text_fields(row):
-        new_text, description = fn(text)
-        if description is None or new_text == text:
-            continue
-        if new_row is None:
-            new_row = dict(row)
-        edits.append(Edit(cleaner, where, description))
-        if where == "text":
-            new_row["text"] = new_text
-            continue
-        column, index = where.split("[", 1)
-        i = int(index.split("]", 1)[0])
-        messages = list(new_row[column])
-        messages[i] = {**messages[i], "content": new_text}
-        new_row[column] = messages
-    return (new_row if new_row is not None else row), edits
-
+from curation.core.texts import CODE_SPANS
+from curation.filter.base import Cleaner, Edit
+from curation.filter.pii import REGEX_ENTITIES, redact
 
 # ---------------------------------------------------------------------------------------------
 # Mojibake and Unicode repair (ftfy)
@@ -65,12 +29,12 @@ def apply_to_texts(row: Row, cleaner: str, fn: TextFn) -> tuple[Row, list[Edit]]
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-@register_cleaner("fix_encoding")
 @dataclass(frozen=True)
-class FixEncoding:
+class FixEncoding(Cleaner):
     """Repair mojibake, broken surrogates and control characters with ftfy (Speer 2019)."""
 
-    name: str = "fix_encoding"
+    name = "fix_encoding"
+    default = True
     # Off by default: these change legitimate text rather than repair it. HTML entities are the
     # HTML cleaner's business (and are meaningful inside code); curly quotes and full-width
     # characters are correct typography in many languages.
@@ -82,7 +46,7 @@ class FixEncoding:
         return ftfy.TextFixerConfig(unescape_html=self.unescape_html, uncurl_quotes=self.uncurl_quotes,
                                     fix_character_width=self.fix_character_width, explain=True)
 
-    def fix(self, text: str) -> tuple[str, str | None]:
+    def clean_text(self, text: str) -> tuple[str, str | None]:
         if text.isascii() and not _ASCII_CONTROL.search(text):
             return text, None
         fixed, explanation = ftfy.fix_and_explain(text, config=self._config())
@@ -90,9 +54,6 @@ class FixEncoding:
             return text, None
         steps = ", ".join(f"{op} {arg}" for op, arg in explanation or []) or "unicode repair"
         return fixed, f"ftfy: {steps}"
-
-    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
-        return apply_to_texts(row, self.name, self.fix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +79,6 @@ _MARKUP_TOPIC = re.compile(r"\b(?:html5?|xhtml|xml|css|svg|dom|jsx|tsx|react|vue
                            r"web ?pages?|websites?|templates?|php|jsp|jinja|django|flask|bootstrap|jquery|"
                            r"javascript|js|scrap(?:e|ing)|beautifulsoup|selectolax|parser|elements?|"
                            r"email|newsletter|markdown)\b", re.IGNORECASE)
-_FENCE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.DOTALL)
 _BLOCK_TAGS = "p,div,tr,h1,h2,h3,h4,h5,h6,blockquote,pre,table,hr,dt,dd,section,article,header,footer"
 
 
@@ -147,20 +107,20 @@ def _expected_words(fragment: str) -> list[str]:
     return words(html.unescape(_RESIDUE_TAG.sub(" ", fragment)))
 
 
-@register_cleaner("html_to_text")
 @dataclass(frozen=True)
-class HtmlToText:
+class HtmlToText(Cleaner):
     """Turn HTML residue around prose into text; code, code blocks and rows about markup are kept."""
 
-    name: str = "html_to_text"
+    name = "html_to_text"
+    default = True
     respect_topic: bool = True
 
-    def convert(self, text: str) -> tuple[str, str | None]:
+    def clean_text(self, text: str) -> tuple[str, str | None]:
         if ("<" not in text or not _RESIDUE_TAG.search(text)) and ("&" not in text or not _ENTITY.search(text)):
             return text, None
         if _HTML_IS_CODE.search(text) or _CODE_LINE.search(text):
             return text, None
-        pieces = _FENCE.split(text)
+        pieces = CODE_SPANS.split(text)
         changed, tags = False, 0
         for i in range(0, len(pieces), 2):  # even indices are prose; odd ones are code spans
             prose = pieces[i]
@@ -181,8 +141,8 @@ class HtmlToText:
             return text, None
         return "".join(pieces), f"HTML residue to text ({tags} tags removed, entities decoded)"
 
-    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
-        cleaned, edits = apply_to_texts(row, self.name, self.convert)
+    def clean(self, row: Row) -> tuple[Row, list[Edit]]:
+        cleaned, edits = super().clean(row)
         # Checked only for rows with residue: the topic regex is the costly part on clean data.
         if edits and self.respect_topic and _MARKUP_TOPIC.search(prompt_text(row)):
             return row, []
@@ -205,17 +165,16 @@ _MD_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
 )
 
 
-@register_cleaner("markdown")
 @dataclass(frozen=True)
-class MarkdownResidue:
+class MarkdownResidue(Cleaner):
     """Strip Markdown formatting (links, emphasis, headings) outside code; opt-in."""
 
-    name: str = "markdown"
+    name = "markdown"
 
-    def strip(self, text: str) -> tuple[str, str | None]:
+    def clean_text(self, text: str) -> tuple[str, str | None]:
         if not any(ch in text for ch in "*#[-_"):
             return text, None
-        pieces = _FENCE.split(text)
+        pieces = CODE_SPANS.split(text)
         fired: list[str] = []
         for i in range(0, len(pieces), 2):
             for pattern, replacement, label in _MD_RULES:
@@ -228,8 +187,39 @@ class MarkdownResidue:
             return text, None
         return "".join(pieces), "markdown removed: " + ", ".join(fired)
 
-    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
-        return apply_to_texts(row, self.name, self.strip)
+
+# ---------------------------------------------------------------------------------------------
+# PII and secrets (detection in curation.filter.pii)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PiiRedactor(Cleaner):
+    """Replace personal data and secrets with typed placeholders such as [EMAIL] (curation.filter.pii).
+
+    ``entities`` limits which types are redacted (default: every regex-detected type). Types to drop
+    instead of redact go to the ``pii`` filter and are left out here."""
+
+    name = "pii"
+    default = True
+    entities: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        chosen = tuple(self.entities) if self.entities is not None else REGEX_ENTITIES
+        unknown = sorted(set(chosen) - set(REGEX_ENTITIES))
+        if unknown:
+            raise ValueError(f"cleaner pii: unknown entities {unknown}; known: {', '.join(REGEX_ENTITIES)}")
+        object.__setattr__(self, "entities", tuple(e for e in chosen if e not in set(self.exclude)))
+
+    def clean_text(self, text: str) -> tuple[str, str | None]:
+        redacted, matches = redact(text, self.entities)
+        if not matches:
+            return text, None
+        counts: dict[str, int] = {}
+        for match in matches:
+            counts[match.entity] = counts.get(match.entity, 0) + 1
+        return redacted, "redacted " + ", ".join(f"{n} {entity}" for entity, n in sorted(counts.items()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,14 +239,14 @@ _WS_ANY = re.compile(r"[\r\u00a0\u202f\u200b\ufeff]|[ \t]\n|\n\n\n")
 _INDENTED_START = re.compile(r"\A\n*[ \t]+\S[^\n]*\n(?:[ \t]*\n)*[ \t]+\S")
 
 
-@register_cleaner("whitespace")
 @dataclass(frozen=True)
-class NormalizeWhitespace:
+class NormalizeWhitespace(Cleaner):
     """Unify line endings, drop trailing spaces and extra blank lines, trim the ends (indent kept)."""
 
-    name: str = "whitespace"
+    name = "whitespace"
+    default = True
 
-    def normalize(self, text: str) -> tuple[str, str | None]:
+    def clean_text(self, text: str) -> tuple[str, str | None]:
         if not _WS_ANY.search(text) and not text[:1].isspace() and not text[-1:].isspace():
             return text, None  # fast path: most rows are already clean
         fired: list[str] = []
@@ -271,47 +261,3 @@ class NormalizeWhitespace:
             text = trimmed
             fired.append("leading/trailing whitespace")
         return text, ("whitespace: " + ", ".join(fired)) if fired else None
-
-    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
-        return apply_to_texts(row, self.name, self.normalize)
-
-
-# ---------------------------------------------------------------------------------------------
-# PII and secrets (detection in curation.filter.pii)
-# ---------------------------------------------------------------------------------------------
-
-
-@register_cleaner("pii")
-@dataclass(frozen=True)
-class PiiRedactor:
-    """Replace personal data and secrets with typed placeholders such as [EMAIL] (curation.filter.pii).
-
-    ``entities`` limits which types are redacted (default: every regex-detected type). Types to drop
-    instead of redact go to the ``pii`` filter and are left out here."""
-
-    name: str = "pii"
-    entities: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        from curation.filter.pii import REGEX_ENTITIES
-
-        chosen = tuple(self.entities) if self.entities is not None else REGEX_ENTITIES
-        unknown = sorted(set(chosen) - set(REGEX_ENTITIES))
-        if unknown:
-            raise ValueError(f"cleaner pii: unknown entities {unknown}; known: {', '.join(REGEX_ENTITIES)}")
-        object.__setattr__(self, "entities", tuple(e for e in chosen if e not in set(self.exclude)))
-
-    def _redact(self, text: str) -> tuple[str, str | None]:
-        from curation.filter.pii import redact
-
-        redacted, matches = redact(text, self.entities)
-        if not matches:
-            return text, None
-        counts: dict[str, int] = {}
-        for match in matches:
-            counts[match.entity] = counts.get(match.entity, 0) + 1
-        return redacted, "redacted " + ", ".join(f"{n} {entity}" for entity, n in sorted(counts.items()))
-
-    def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
-        return apply_to_texts(row, self.name, self._redact)

@@ -18,12 +18,12 @@ from functools import lru_cache
 from typing import Any
 
 from curation.core.schema import Row, prompt_text, response_text
-from curation.filter.runner import Rejection, register_filter
+from curation.core.texts import CODE_SPANS
+from curation.filter.base import Filter, Verdict
 
-# Code, URLs and e-mail addresses say nothing about the natural language of a row and confuse
-# a character-n-gram classifier ("def f(x): return x+1" comes out as Spanish).
-_NOT_LANGUAGE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]*`|https?://\S+|\S+@\S+\.\w+|<[^<>]*>",
-                           re.DOTALL)
+# Code (the shared fence rule), URLs, e-mail addresses and tags say nothing about the natural language
+# of a row and confuse a character-n-gram classifier ("def f(x): return x+1" comes out as Spanish).
+_NOT_LANGUAGE = re.compile(rf"{CODE_SPANS.pattern}|https?://\S+|\S+@\S+\.\w+|<[^<>]*>", re.DOTALL)
 
 
 @lru_cache(maxsize=1)
@@ -58,9 +58,8 @@ def language_sample(row: Row, fields: str = "prompt", max_chars: int = 2000) -> 
     return _NOT_LANGUAGE.sub(" ", text[: max_chars * 2])[:max_chars]
 
 
-@register_filter("language")
 @dataclass(frozen=True)
-class LanguageFilter:
+class LanguageFilter(Filter):
     """Keep rows in the allowed languages (globally or per source), identified offline by fastText.
 
     A row is dropped when another language is identified with probability ≥ ``min_score``
@@ -74,8 +73,8 @@ class LanguageFilter:
     language in translation tasks, and unfenced code answers confuse the model.
     """
 
-    name: str = "language"
-    cost: float = 5.0
+    name = "language"
+    cost = 5.0
     allowed: Sequence[str] | None = ("en",)
     by_source: Mapping[str, Sequence[str]] = field(default_factory=dict)
     min_score: float = 0.65
@@ -96,7 +95,7 @@ class LanguageFilter:
     def allowed_for(self, row: Row) -> Sequence[str] | None:
         return self.by_source.get(row.get("source") or "", self.allowed)
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         allowed = self.allowed_for(row)
         if not allowed:
             return None  # no restriction for this source
@@ -110,4 +109,4 @@ class LanguageFilter:
         allowed_score = sum(score for lang, score in ranked if lang in allowed)
         if best in allowed or best_score < self.min_score or allowed_score >= self.min_score:
             return None
-        return Rejection(self.name, f"language {best} ({best_score:.2f}), allowed: {', '.join(allowed)}", best)
+        return f"language {best} ({best_score:.2f}), allowed: {', '.join(allowed)}", best

@@ -9,7 +9,7 @@ in a contact card and a count elsewhere), so loose shapes need a context word ne
 Presidio's context enhancement does; only unambiguous shapes (``+`` prefix, North-American
 ``(415) 555-0100`` style) fire on their own.
 
-Person names need a model; pass an :class:`NerBackend` (see ``curation/pii_ner.py``).
+Person names need a model; pass an :class:`NerBackend` (see ``curation/filter/pii_ner.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -468,29 +465,3 @@ def redact(text: str, entities: Collection[str] | None = None,
     parts.append(text[cursor:])
     return "".join(parts), matches
 
-
-def redact_row(row: Row, entities: Collection[str] | None = None,
-               ner: NerBackend | None = None) -> tuple[Row, list[PiiMatch]]:
-    """A copy of a canonical row with ``text`` and every message ``content`` redacted.
-
-    Returns the new row and all matches (offsets are per field, useful for counts and types).
-    """
-    out = dict(row)
-    found: list[PiiMatch] = []
-    if isinstance(row.get("text"), str):
-        out["text"], matches = redact(row["text"], entities, ner)
-        found.extend(matches)
-    for column in ("messages", "chosen", "rejected"):
-        messages = row.get(column)
-        if not messages:
-            continue
-        new_messages = []
-        for message in messages:
-            content = message.get("content")
-            if isinstance(content, str):
-                redacted, matches = redact(content, entities, ner)
-                found.extend(matches)
-                message = {**message, "content": redacted}
-            new_messages.append(message)
-        out[column] = new_messages
-    return out, found

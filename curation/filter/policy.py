@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curation.core.licenses import INTENDED_USES, LicensePolicy
 from curation.core.schema import Row, all_text, prompt_text, response_text
-from curation.filter.runner import Rejection, register_filter
+from curation.filter.base import Filter, Verdict
+from curation.filter.pii import find_pii
 
 
 def _read_terms(path: str) -> list[str]:
@@ -24,21 +26,20 @@ def _read_terms(path: str) -> list[str]:
     return [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]
 
 
-@register_filter("blocklist")
 @dataclass(frozen=True)
-class Blocklist:
+class Blocklist(Filter):
     """Drop rows containing a blocked term (whole words, case-insensitive) or matching a pattern."""
 
-    name: str = "blocklist"
-    cost: float = 2.0
+    name = "blocklist"
+    cost = 2.0
     terms: Sequence[str] = ()
     terms_file: str | None = None
     patterns: Sequence[str] = ()
     where: str = "all"  # all, prompt or response
     case_sensitive: bool = False
 
-    _term_re: Any = field(default=None, init=False, repr=False)
-    _patterns: Any = field(default=(), init=False, repr=False)
+    _term_re: re.Pattern[str] | None = field(default=None, init=False, repr=False)
+    _patterns: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.where not in ("all", "prompt", "response"):
@@ -62,7 +63,7 @@ class Blocklist:
                                  f"{error}") from error
         object.__setattr__(self, "_patterns", tuple(compiled))
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         if self.where == "prompt":
             text = prompt_text(row)
         elif self.where == "response":
@@ -72,55 +73,49 @@ class Blocklist:
         if self._term_re is not None:
             match = self._term_re.search(text)
             if match:
-                return Rejection(self.name, "blocked term", match.group(0))
+                return ("blocked term", match.group(0))
         for pattern in self._patterns:
             match = pattern.search(text)
             if match:
-                return Rejection(self.name, f"blocked pattern {pattern.pattern!r}", match.group(0)[:80])
+                return (f"blocked pattern {pattern.pattern!r}", match.group(0)[:80])
         return None
 
 
-@register_filter("license")
 @dataclass(frozen=True)
-class LicenseFilter:
+class LicenseFilter(Filter):
     """Drop rows whose licence does not allow the build's intended use (policy in curation.core.licenses)."""
 
-    name: str = "license"
-    cost: float = 0.05
+    name = "license"
+    cost = 0.05
     intended_use: str = "research"
     licenses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    _policy: Any = field(default=None, init=False, repr=False)
+    _policy: LicensePolicy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from curation.core.licenses import INTENDED_USES, LicensePolicy
-
         if self.intended_use not in INTENDED_USES:
             raise ValueError(f"filter license: intended_use must be one of {INTENDED_USES}, "
                              f"got {self.intended_use!r}")
         object.__setattr__(self, "_policy", LicensePolicy.with_overrides(self.licenses))
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         allowed, why = self._policy.allows(row.get("license"), self.intended_use)
         if allowed:
             return None
-        return Rejection(self.name, why, row.get("license"))
+        return (why, row.get("license"))
 
 
-@register_filter("pii")
 @dataclass(frozen=True)
-class PiiFilter:
+class PiiFilter(Filter):
     """Drop rows that contain the given kinds of personal data or secrets (instead of redacting them)."""
 
-    name: str = "pii"
-    cost: float = 2.0
+    name = "pii"
+    cost = 2.0
     entities: tuple[str, ...] = ("PRIVATE_KEY",)
 
-    def __call__(self, row: Row) -> Rejection | None:
-        from curation.filter.pii import find_pii
-
+    def decide(self, row: Row) -> Verdict:
         matches = find_pii(all_text(row), self.entities)
         if not matches:
             return None
-        return Rejection(self.name, f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})",
+        return (f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})",
                          matches[0].entity)

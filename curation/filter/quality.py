@@ -1,4 +1,4 @@
-"""Quality heuristics for instruction, chat and preference data (each a filter; see filtering.py).
+"""Quality heuristics for instruction, chat and preference data (each a filter; see curation/filter/base.py).
 
 Sources of the defaults:
 
@@ -24,7 +24,8 @@ from ftfy.badness import is_bad
 
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row, all_text, prompt_text, response_text
-from curation.filter.runner import Rejection, register_filter
+from curation.core.texts import CODE_SPANS, text_fields
+from curation.filter.base import Filter, Verdict
 
 RESPONSE_KINDS = frozenset({"sft", "chat", "preference", "reward", "tool"})
 
@@ -68,32 +69,34 @@ DEFAULT_PLACEHOLDERS: tuple[str, ...] = (
 )
 
 
-@register_filter("empty")
 @dataclass(frozen=True)
-class EmptyFilter:
+class EmptyFilter(Filter):
     """Empty instruction, empty/placeholder response, empty assistant turn, empty text."""
 
-    name: str = "empty"
-    cost: float = 0.1
+    name = "empty"
+    cost = 0.1
+    default = True
     placeholders: Sequence[str] = DEFAULT_PLACEHOLDERS
+
+    _placeholder: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pattern = re.compile(r"\s*(?:" + "|".join(self.placeholders) + r")\s*", re.IGNORECASE | re.DOTALL)
         object.__setattr__(self, "_placeholder", pattern)
 
-    def _check_response(self, text: str, what: str) -> Rejection | None:
+    def _check_response(self, text: str, what: str) -> Verdict:
         if not text.strip():
-            return Rejection(self.name, f"empty {what}", None)
-        if len(text) < 200 and self._placeholder.fullmatch(text):  # type: ignore[attr-defined]
-            return Rejection(self.name, f"placeholder {what}", text.strip()[:80])
+            return f"empty {what}"
+        if len(text) < 200 and self._placeholder.fullmatch(text):
+            return (f"placeholder {what}", text.strip()[:80])
         return None
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         kind = row.get("kind")
         if kind == "text":
-            return None if (row.get("text") or "").strip() else Rejection(self.name, "empty text", None)
+            return None if (row.get("text") or "").strip() else "empty text"
         if not prompt_text(row).strip() and kind != "chat":
-            return Rejection(self.name, "empty instruction", None)
+            return "empty instruction"
         if kind == "prompt":
             return None
         if kind == "preference":
@@ -105,7 +108,7 @@ class EmptyFilter:
             return None
         assistant = [m for m in row.get("messages") or [] if m.get("role") == "assistant"]
         if kind in RESPONSE_KINDS and not assistant:
-            return Rejection(self.name, "no assistant turn", None)
+            return "no assistant turn"
         for i, message in enumerate(assistant):
             if message.get("tool_calls"):
                 continue  # a tool call carries no content by design
@@ -123,17 +126,17 @@ class EmptyFilter:
 _LOOSE = NormalizeOptions(unicode_nfkc=True, lowercase=True, collapse_whitespace=True)
 
 
-@register_filter("chosen_equals_rejected")
 @dataclass(frozen=True)
-class ChosenEqualsRejected:
+class ChosenEqualsRejected(Filter):
     """Preference rows whose chosen and rejected completions are the same (no signal to learn)."""
 
-    name: str = "chosen_equals_rejected"
-    cost: float = 0.2
+    name = "chosen_equals_rejected"
+    cost = 0.2
+    default = True
     # Case and whitespace differences carry no preference either.
     ignore_case_and_spacing: bool = True
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         if row.get("kind") != "preference":
             return None
         chosen = "\n".join(m.get("content") or "" for m in row.get("chosen") or [])
@@ -141,7 +144,7 @@ class ChosenEqualsRejected:
         if self.ignore_case_and_spacing:
             chosen, rejected = normalize_text(chosen, _LOOSE), normalize_text(rejected, _LOOSE)
         if chosen == rejected:
-            return Rejection(self.name, "chosen identical to rejected", None)
+            return "chosen identical to rejected"
         return None
 
 
@@ -160,18 +163,20 @@ DEFAULT_CHAT_TOKENS: tuple[str, ...] = (
 )
 
 
-@register_filter("chat_tokens")
 @dataclass(frozen=True)
-class ChatTokens:
+class ChatTokens(Filter):
     """Special chat-template tokens (<|im_start|>, [INST], <|eot_id|>, …) inside any content."""
 
-    name: str = "chat_tokens"
-    cost: float = 1.0
+    name = "chat_tokens"
+    cost = 1.0
+    default = True
     tokens: Sequence[str] = DEFAULT_CHAT_TOKENS
     extra_tokens: Sequence[str] = ()
     # <s> and </s> are also HTML (strikethrough), so they count only where a tokenizer puts them:
     # at the very start or end of a message.
     sentence_markers: bool = True
+
+    _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         alternatives = [re.escape(t) for t in (*self.tokens, *self.extra_tokens)]
@@ -179,19 +184,17 @@ class ChatTokens:
             alternatives += [r"\A\s*</?s>", r"</?s>\s*\Z"]
         object.__setattr__(self, "_pattern", re.compile("|".join(alternatives)) if alternatives else None)
 
-    def __call__(self, row: Row) -> Rejection | None:
-        pattern = self._pattern  # type: ignore[attr-defined]
+    def decide(self, row: Row) -> Verdict:
+        pattern = self._pattern
         if pattern is None:
             return None
-        texts: list[str] = [row["text"]] if row.get("text") else []
-        for column in ("messages", "chosen", "rejected"):
-            texts.extend(m.get("content") or "" for m in row.get(column) or [])
-        for text in texts:
+        for text_field in text_fields(row):
+            text = text_field.text
             if "<" not in text and "[" not in text:
                 continue
             match = pattern.search(text)
             if match:
-                return Rejection(self.name, "chat template token in content", match.group(0).strip())
+                return ("chat template token in content", match.group(0).strip())
         return None
 
 
@@ -199,9 +202,8 @@ class ChatTokens:
 # Length bounds
 # ---------------------------------------------------------------------------------------------
 
-@register_filter("length")
 @dataclass(frozen=True)
-class LengthBounds:
+class LengthBounds(Filter):
     """Instruction and response length bounds, in words (and optionally characters).
 
     Defaults: at least 1 word each side — instruction data has legitimate one-word answers
@@ -211,8 +213,9 @@ class LengthBounds:
     rows no instruction; the response of a preference row is its chosen completion.
     """
 
-    name: str = "length"
-    cost: float = 0.5
+    name = "length"
+    cost = 0.5
+    default = True
     min_prompt_words: int | None = 1
     max_prompt_words: int | None = 100_000
     min_response_words: int | None = 1
@@ -223,22 +226,22 @@ class LengthBounds:
     max_response_chars: int | None = None
 
     def _check(self, text: str, side: str, min_words: int | None, max_words: int | None,
-               min_chars: int | None, max_chars: int | None) -> Rejection | None:
+               min_chars: int | None, max_chars: int | None) -> Verdict:
         n_chars = len(text)
         if min_chars is not None and n_chars < min_chars:
-            return Rejection(self.name, f"{side} shorter than {min_chars} characters", n_chars)
+            return (f"{side} shorter than {min_chars} characters", n_chars)
         if max_chars is not None and n_chars > max_chars:
-            return Rejection(self.name, f"{side} longer than {max_chars} characters", n_chars)
+            return (f"{side} longer than {max_chars} characters", n_chars)
         if min_words is None and max_words is None:
             return None
         n_words = len(text.split())
         if min_words is not None and n_words < min_words:
-            return Rejection(self.name, f"{side} shorter than {min_words} words", n_words)
+            return (f"{side} shorter than {min_words} words", n_words)
         if max_words is not None and n_words > max_words:
-            return Rejection(self.name, f"{side} longer than {max_words} words", n_words)
+            return (f"{side} longer than {max_words} words", n_words)
         return None
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         kind = row.get("kind")
         if kind != "text":
             found = self._check(prompt_text(row), "instruction", self.min_prompt_words, self.max_prompt_words,
@@ -259,28 +262,28 @@ class LengthBounds:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-@register_filter("encoding")
 @dataclass(frozen=True)
-class BrokenEncoding:
+class BrokenEncoding(Filter):
     """U+FFFD replacement characters, control characters or mojibake that ftfy could not repair."""
 
-    name: str = "encoding"
-    cost: float = 2.0
+    name = "encoding"
+    cost = 2.0
+    default = True
     max_replacement_chars: int = 0
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         text = all_text(row)
         if text.isascii():
             control = _CONTROL.search(text)
-            return Rejection(self.name, "control character", repr(control.group(0))) if control else None
+            return ("control character", repr(control.group(0))) if control else None
         n_bad = text.count("\ufffd")
         if n_bad > self.max_replacement_chars:
-            return Rejection(self.name, "U+FFFD replacement characters (lost bytes)", n_bad)
+            return ("U+FFFD replacement characters (lost bytes)", n_bad)
         control = _CONTROL.search(text)
         if control:
-            return Rejection(self.name, "control character", repr(control.group(0)))
+            return ("control character", repr(control.group(0)))
         if is_bad(text):  # ftfy's mojibake detector; the fix_encoding cleaner already tried to repair
-            return Rejection(self.name, "mojibake", None)
+            return "mojibake"
         return None
 
 
@@ -322,16 +325,19 @@ def _compile(patterns: Sequence[str] | Mapping[str, str], where: str) -> list[tu
     return compiled
 
 
-@register_filter("refusal")
 @dataclass(frozen=True)
-class Refusal:
+class Refusal(Filter):
     """Boilerplate refusals and "As an AI language model" self-descriptions in the response."""
 
-    name: str = "refusal"
-    cost: float = 3.0
+    name = "refusal"
+    cost = 3.0
+    default = True
     identity_patterns: Sequence[str] = DEFAULT_IDENTITY_PATTERNS
     refusal_patterns: Sequence[str] = DEFAULT_REFUSAL_PATTERNS
     refusal_window: int = 200  # characters from the start of the response
+
+    _identity: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _refusal: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _compile(self.identity_patterns, "filter refusal, identity_patterns")  # clear error per pattern
@@ -342,17 +348,17 @@ class Refusal:
         object.__setattr__(self, "_identity", re.compile(identity, re.IGNORECASE))
         object.__setattr__(self, "_refusal", re.compile(refusal, re.IGNORECASE))
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         if row.get("kind") not in RESPONSE_KINDS:
             return None
         for turn in _turns(row):
             text = turn.replace("\u2019", "'")
-            match = self._refusal.search(text, 0, self.refusal_window)  # type: ignore[attr-defined]
+            match = self._refusal.search(text, 0, self.refusal_window)
             if match:
-                return Rejection(self.name, "boilerplate refusal", match.group(0))
-            match = self._identity.search(text)  # type: ignore[attr-defined]
+                return ("boilerplate refusal", match.group(0))
+            match = self._identity.search(text)
             if match:
-                return Rejection(self.name, "AI-identity boilerplate", match.group(0))
+                return ("AI-identity boilerplate", match.group(0))
         return None
 
 
@@ -368,13 +374,12 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 
-@register_filter("patterns")
 @dataclass(frozen=True)
-class BehaviourPatterns:
+class BehaviourPatterns(Filter):
     """User-defined behaviour patterns (regular expressions) to remove, e.g. unsolicited suggestions."""
 
-    name: str = "patterns"
-    cost: float = 3.0
+    name = "patterns"
+    cost = 3.0
     patterns: Sequence[str] | Mapping[str, str] = ()
     preset: str | Sequence[str] | None = None
     where: str = "response"  # response, prompt or all
@@ -395,7 +400,7 @@ class BehaviourPatterns:
                              f"({', '.join(sorted(PRESETS))})")
         object.__setattr__(self, "_compiled", compiled)
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         if self.where == "response":
             text = response_text(row)
         elif self.where == "prompt":
@@ -406,7 +411,7 @@ class BehaviourPatterns:
         for label, pattern in self._compiled:
             match = pattern.search(text)
             if match:
-                return Rejection(self.name, f"behaviour pattern: {label}", match.group(0))
+                return (f"behaviour pattern: {label}", match.group(0))
         return None
 
 
@@ -420,9 +425,8 @@ def _shingles(tokens: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
-@register_filter("echo")
 @dataclass(frozen=True)
-class Echo:
+class Echo(Filter):
     """Response that repeats the instruction instead of answering it.
 
     Rejects when the normalised response equals the instruction, or when their word 3-gram
@@ -430,12 +434,13 @@ class Echo:
     "fix the grammar" change enough 3-grams to stay well below it).
     """
 
-    name: str = "echo"
-    cost: float = 4.0
+    name = "echo"
+    cost = 4.0
+    default = True
     threshold: float = 0.9
     ngram: int = 3
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         if row.get("kind") not in RESPONSE_KINDS:
             return None
         prompt, response = prompt_text(row), response_text(row)
@@ -446,7 +451,7 @@ class Echo:
         if not prompt_words or not response_words:
             return None
         if prompt_words == response_words:
-            return Rejection(self.name, "response repeats the instruction", 1.0)
+            return ("response repeats the instruction", 1.0)
         # Cheap bound: Jaccard ≤ min/max of the set sizes, so very different lengths cannot echo.
         small, large = sorted((len(prompt_words), len(response_words)))
         if small < self.threshold * large:
@@ -454,7 +459,7 @@ class Echo:
         a, b = _shingles(prompt_words, self.ngram), _shingles(response_words, self.ngram)
         jaccard = len(a & b) / len(a | b)
         if jaccard >= self.threshold:
-            return Rejection(self.name, "response repeats the instruction", round(jaccard, 3))
+            return ("response repeats the instruction", round(jaccard, 3))
         return None
 
 
@@ -482,9 +487,8 @@ def _duplicate_fraction(parts: list[str]) -> tuple[float, float]:
     return dup_count / len(parts), (dup_chars / total_chars if total_chars else 0.0)
 
 
-@register_filter("repetition")
 @dataclass(frozen=True)
-class Repetition:
+class Repetition(Filter):
     """Degenerate loops in any row; Gopher's repeated lines/paragraphs/n-grams rules on documents.
 
     Gopher Table A1's thresholds were set on web pages. On instruction answers they reject
@@ -503,8 +507,9 @@ class Repetition:
     are ignored, since code repeats them legitimately.
     """
 
-    name: str = "repetition"
-    cost: float = 10.0
+    name = "repetition"
+    cost = 10.0
+    default = True
     gopher_kinds: Sequence[str] = ("text",)
     min_words: int = 50  # Gopher's minimum document length; raise it if you add instruction kinds
     loop_min_words: int = 30
@@ -517,7 +522,7 @@ class Repetition:
     top_ngram: Mapping[int, float] = field(default_factory=lambda: dict(GOPHER_TOP_NGRAM))
     duplicate_ngram: Mapping[int, float] = field(default_factory=lambda: dict(GOPHER_DUP_NGRAM))
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         gopher = row.get("kind") in self.gopher_kinds
         for turn in _turns(row):
             found = self._check(turn, gopher)
@@ -525,7 +530,7 @@ class Repetition:
                 return found
         return None
 
-    def _check(self, text: str, gopher: bool) -> Rejection | None:
+    def _check(self, text: str, gopher: bool) -> Verdict:
         # Gate on whitespace-separated words, so one long token (a regex, a URL) is not "a text".
         if len(text.split()) < min(self.loop_min_words, self.min_words):
             return None
@@ -536,7 +541,7 @@ class Repetition:
             lengths = [len(t) for t in prose]
             share = _duplicated_ngram_share(prose, lengths, sum(lengths), self.loop_ngram)
             if share > self.max_loop_share:
-                return Rejection(self.name, f"degenerate loop: repeated {self.loop_ngram}-grams cover "
+                return (f"degenerate loop: repeated {self.loop_ngram}-grams cover "
                                  f"> {self.max_loop_share} of the text", round(share, 3))
         tokens = prose
         if not gopher or len(tokens) < self.min_words:
@@ -550,9 +555,9 @@ class Repetition:
                 continue
             frac, chars = _duplicate_fraction(parts)
             if frac > max_frac:
-                return Rejection(self.name, f"duplicate {label} fraction > {max_frac}", round(frac, 3))
+                return (f"duplicate {label} fraction > {max_frac}", round(frac, 3))
             if chars > max_chars:
-                return Rejection(self.name, f"duplicate {label} character fraction > {max_chars}",
+                return (f"duplicate {label} character fraction > {max_chars}",
                                  round(chars, 3))
         lengths = [len(t) for t in tokens]
         total = sum(lengths)
@@ -562,17 +567,18 @@ class Repetition:
             if count > 1:
                 share = count * sum(len(t) for t in gram) / total
                 if share > limit:
-                    return Rejection(self.name, f"top {n}-gram character fraction > {limit}", round(share, 3))
+                    return (f"top {n}-gram character fraction > {limit}", round(share, 3))
         for n, limit in sorted(self.duplicate_ngram.items()):
             share = _duplicated_ngram_share(tokens, lengths, total, n)
             if share == 0.0:
                 break  # no repeated n-gram means no repeated longer n-gram either
             if share > limit:
-                return Rejection(self.name, f"duplicate {n}-gram character fraction > {limit}", round(share, 3))
+                return (f"duplicate {n}-gram character fraction > {limit}", round(share, 3))
         return None
 
 
-_CODE_OR_TAG = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|<[^<>]*>", re.DOTALL)
+# Code (the shared fence rule: ``` and ~~~ blocks, inline spans) and tags, which n-gram counts skip.
+_CODE_OR_TAG = re.compile(rf"{CODE_SPANS.pattern}|<[^<>]*>", re.DOTALL)
 
 
 def _has_letter(text: str) -> bool:
@@ -599,9 +605,8 @@ def _duplicated_ngram_share(tokens: list[str], lengths: list[int], total: int, n
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 
 
-@register_filter("gopher_quality")
 @dataclass(frozen=True)
-class GopherQuality:
+class GopherQuality(Filter):
     """Gopher App. A document-quality rules, for ``text`` rows (web-like documents) by default.
 
     50–100,000 words; mean word length 3–10 characters; "#" and "…" each at most 0.1 per word;
@@ -611,8 +616,9 @@ class GopherQuality:
     stop-word and letter rules by design (add kinds to apply it to them).
     """
 
-    name: str = "gopher_quality"
-    cost: float = 6.0
+    name = "gopher_quality"
+    cost = 6.0
+    default = True
     kinds: Sequence[str] = ("text",)
     min_words: int = 50
     max_words: int = 100_000
@@ -624,37 +630,37 @@ class GopherQuality:
     min_alpha_words: float = 0.8
     min_stop_words: int = 2
 
-    def __call__(self, row: Row) -> Rejection | None:
+    def decide(self, row: Row) -> Verdict:
         if row.get("kind") not in self.kinds:
             return None
         text = _main_text(row)
         tokens = text.split()
         n = len(tokens)
         if n < self.min_words:
-            return Rejection(self.name, f"fewer than {self.min_words} words", n)
+            return (f"fewer than {self.min_words} words", n)
         if n > self.max_words:
-            return Rejection(self.name, f"more than {self.max_words} words", n)
+            return (f"more than {self.max_words} words", n)
         mean = sum(len(t) for t in tokens) / n
         if not self.min_mean_word_length <= mean <= self.max_mean_word_length:
-            return Rejection(self.name, "mean word length outside "
+            return ("mean word length outside "
                              f"{self.min_mean_word_length}–{self.max_mean_word_length}", round(mean, 2))
         for symbol in ("#", "..."):
             ratio = (text.count(symbol) + (text.count("…") if symbol == "..." else 0)) / n
             if ratio > self.max_symbol_word_ratio:
-                return Rejection(self.name, f"'{symbol}' per word > {self.max_symbol_word_ratio}", round(ratio, 3))
+                return (f"'{symbol}' per word > {self.max_symbol_word_ratio}", round(ratio, 3))
         lines = [line.strip() for line in text.split("\n") if line.strip()]
         if lines:
             bullets = sum(line.startswith(("•", "-", "*", "‣", "◦")) for line in lines) / len(lines)
             if bullets > self.max_bullet_lines:
-                return Rejection(self.name, f"bullet lines > {self.max_bullet_lines}", round(bullets, 3))
+                return (f"bullet lines > {self.max_bullet_lines}", round(bullets, 3))
             ellipsis = sum(line.endswith(("...", "…")) for line in lines) / len(lines)
             if ellipsis > self.max_ellipsis_lines:
-                return Rejection(self.name, f"lines ending in an ellipsis > {self.max_ellipsis_lines}",
+                return (f"lines ending in an ellipsis > {self.max_ellipsis_lines}",
                                  round(ellipsis, 3))
         alpha = sum(_has_letter(t) for t in tokens) / n
         if alpha < self.min_alpha_words:
-            return Rejection(self.name, f"words with a letter < {self.min_alpha_words}", round(alpha, 3))
+            return (f"words with a letter < {self.min_alpha_words}", round(alpha, 3))
         stops = len(GOPHER_STOP_WORDS.intersection(w.lower().strip(".,;:!?\"'()") for w in tokens))
         if stops < self.min_stop_words:
-            return Rejection(self.name, f"fewer than {self.min_stop_words} distinct stop words", stops)
+            return (f"fewer than {self.min_stop_words} distinct stop words", stops)
         return None

@@ -25,10 +25,6 @@ O(words in the row), independent of the number of benchmark items.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +33,7 @@ from typing import Any, Literal
 
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row
+from curation.ingest.readers import UnreadableFile, read_objects
 
 # Exact comparison ignores everything normalisation can ignore, punctuation included.
 EXACT_OPTIONS = NormalizeOptions(strip_punctuation=True)
@@ -98,50 +95,14 @@ class FlaggedRow:
 # Loading benchmark files
 # --------------------------------------------------------------------------------------------
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig")
-
-
-def _read_records(path: Path) -> Iterator[dict[str, Any]]:
-    name = path.name.lower().removesuffix(".gz")
-    with _open_text(path) as handle:
-        if name.endswith(".jsonl") or name.endswith(".ndjson"):
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"benchmark file {path}, line {number}: not valid JSON "
-                                     f"({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"benchmark file {path}, line {number}: expected a JSON object per line")
-                yield record
-        elif name.endswith(".json"):
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"benchmark file {path}: not valid JSON ({error.msg}, "
-                                 f"line {error.lineno})") from None
-            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise ValueError(f"benchmark file {path}: expected a JSON array of objects")
-            yield from data
-        elif name.endswith(".csv"):
-            yield from csv.DictReader(handle)
-        else:
-            raise ValueError(f"benchmark file {path}: unsupported extension; use .jsonl, .json or .csv "
-                             "(optionally .gz)")
-
-
 def _guess(record: Mapping[str, Any], candidates: Sequence[str]) -> str | None:
     return next((name for name in candidates if record.get(name) not in (None, "", [])), None)
 
 
 def load_benchmark(path: str | Path, name: str, text_fields: Sequence[str] | None = None,
                    id_field: str | None = None) -> list[BenchmarkItem]:
-    """Read a benchmark file (JSONL, JSON array or CSV; ``.gz`` allowed) into items.
+    """Read a benchmark file (JSONL, JSON array, CSV or Parquet; ``.gz`` allowed) into items, through the
+    same readers as ingestion; a record that cannot be read stops the load with its line.
 
     String ``text_fields`` of a record are joined into one item; each element of a list field
     (MT-bench ``turns``) becomes its own item, id ``<id>#turn<k>`` (1-based), so every turn is
@@ -154,28 +115,43 @@ def load_benchmark(path: str | Path, name: str, text_fields: Sequence[str] | Non
         raise FileNotFoundError(f"benchmark {name!r}: file {path} does not exist; check its path in the "
                                 "project file")
     items: list[BenchmarkItem] = []
-    for number, record in enumerate(_read_records(path), start=1):
-        fields = list(text_fields) if text_fields else [_guess(record, _TEXT_FIELD_GUESSES)]
-        if fields == [None] or not any(record.get(f) not in (None, "", []) for f in fields):
-            raise ValueError(f"benchmark {name!r} ({path}), record {number}: no text in fields "
-                             f"{fields if text_fields else list(_TEXT_FIELD_GUESSES)}; record keys are "
-                             f"{sorted(record)}; set text_fields for this benchmark")
-        id_name = id_field or _guess(record, _ID_FIELD_GUESSES)
-        if id_field and record.get(id_field) is None:
-            raise ValueError(f"benchmark {name!r} ({path}), record {number}: id field {id_field!r} missing; "
-                             f"record keys are {sorted(record)}")
-        base_id = str(record[id_name]) if id_name else str(number)
-        joined: list[str] = []
-        for field_name in fields:
-            value = record.get(field_name)
-            if isinstance(value, list):
-                label = "turn" if field_name == "turns" else field_name
-                items.extend(BenchmarkItem(name, f"{base_id}#{label}{k}", str(text))
-                             for k, text in enumerate(value, start=1) if str(text).strip())
-            elif value not in (None, ""):
-                joined.append(str(value))
-        if joined:
-            items.append(BenchmarkItem(name, base_id, "\n".join(joined)))
+    try:
+        for number, record in read_objects(path):
+            items += _record_items(record, number, name, path, text_fields, id_field)
+    except UnreadableFile as error:
+        raise ValueError(f"benchmark {name!r}: {error}") from None
+    return items
+
+
+def _record_items(record: Mapping[str, Any], number: int, name: str, path: Path, text_fields: Sequence[str] | None,
+                  id_field: str | None) -> list[BenchmarkItem]:
+    """The items of one benchmark record (see :func:`load_benchmark`)."""
+    if text_fields:
+        fields = list(text_fields)
+    else:
+        guessed = _guess(record, _TEXT_FIELD_GUESSES)
+        fields = [guessed] if guessed else []
+    if not any(record.get(f) not in (None, "", []) for f in fields):
+        raise ValueError(f"benchmark {name!r} ({path}), record {number}: no text in fields "
+                         f"{fields if text_fields else list(_TEXT_FIELD_GUESSES)}; record keys are "
+                         f"{sorted(record)}; set text_fields for this benchmark")
+    id_name = id_field or _guess(record, _ID_FIELD_GUESSES)
+    if id_field and record.get(id_field) is None:
+        raise ValueError(f"benchmark {name!r} ({path}), record {number}: id field {id_field!r} missing; "
+                         f"record keys are {sorted(record)}")
+    base_id = str(record[id_name]) if id_name else str(number)
+    items: list[BenchmarkItem] = []
+    joined: list[str] = []
+    for field_name in fields:
+        value = record.get(field_name)
+        if isinstance(value, list):
+            label = "turn" if field_name == "turns" else field_name
+            items.extend(BenchmarkItem(name, f"{base_id}#{label}{k}", str(text))
+                         for k, text in enumerate(value, start=1) if str(text).strip())
+        elif value not in (None, ""):
+            joined.append(str(value))
+    if joined:
+        items.append(BenchmarkItem(name, base_id, "\n".join(joined)))
     return items
 
 
@@ -378,21 +354,6 @@ def check_row(row: Row, index: ContaminationIndex, fields: Fields = "prompt") ->
             if current is None or _strength(match) > _strength(current):
                 best[key] = match
     return list(best.values())
-
-
-def decontaminate_rows(rows: Iterable[Row], index: ContaminationIndex, fields: Fields = "prompt",
-                       remove: bool = True) -> tuple[list[Row], list[FlaggedRow]]:
-    """Split rows into (kept, flagged). With ``remove=False`` flagged rows are kept too (flag only)."""
-    kept: list[Row] = []
-    flagged: list[FlaggedRow] = []
-    for row in rows:
-        matches = check_row(row, index, fields)
-        if matches:
-            flagged.append(FlaggedRow(str(row.get("row_id")), row.get("source"), tuple(matches)))
-            if remove:
-                continue
-        kept.append(row)
-    return kept, flagged
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -57,8 +57,11 @@ from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
 from curation.core.schema import Row
 from curation.core.warehouse import table_names
-from curation.format.records import iter_formatted_rows
-from curation.ingest.sources import file_digest
+from curation.format.table import iter_formatted_rows
+from curation.ingest.readers import file_digest
+
+if TYPE_CHECKING:
+    from curation.core.config import ProjectConfig
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -88,6 +91,17 @@ class ExportResult:
     reused: bool
     manifest: dict[str, Any]
 
+    def rows_markdown(self) -> str:
+        """Rows per config and split, with the config's layout."""
+        return markdown_table([{"config": config, "split": split, "rows": rows, "layout": CONFIGS.get(config, "")}
+                               for config, splits in self.manifest["rows"].items() for split, rows in splits.items()])
+
+    def files_markdown(self) -> str:
+        """Every JSONL and Parquet file with its rows, size and (shortened) hash."""
+        files = {**self.manifest["files"], **self.manifest["parquet_files"]}
+        return markdown_table([{"file": name, "rows": entry["rows"], "bytes": entry["bytes"],
+                                "sha256": entry["sha256"][:16]} for name, entry in files.items()])
+
 
 @dataclass
 class ExportInfo:
@@ -106,6 +120,17 @@ class ExportInfo:
     benchmarks: list[str] = field(default_factory=list)
     formatted_data_version: str | None = None
     license_overrides: Mapping[str, Mapping[str, object]] | None = None
+
+    @classmethod
+    def from_config(cls, config: ProjectConfig, formatted_data_version: str) -> ExportInfo:
+        """The project file's name, hash, intended use, licence overrides and ``format:`` settings."""
+        settings = config.format
+        return cls(project=config.name, project_file_hash=config.file_hash, intended_use=config.policy.intended_use,
+                   tokenizer=settings.tokenizer, chat_template=settings.chat_template,
+                   max_tokens=settings.max_tokens, length_policy=settings.length_policy,
+                   system_prompt=settings.system_prompt, eval_fraction=settings.eval_fraction, seed=settings.seed,
+                   benchmarks=[b.name for b in settings.benchmarks], formatted_data_version=formatted_data_version,
+                   license_overrides=config.policy.licenses)
 
 
 # --------------------------------------------------------------------------- rows → records
@@ -261,9 +286,9 @@ def describe_formatted(connection: duckdb.DuckDBPyConnection, info: ExportInfo) 
         SELECT generator AS model, source, origin, count(*) AS rows FROM formatted f
         WHERE generator IS NOT NULL {provenance_join} GROUP BY ALL ORDER BY 1, 2""")
     teachers += [{"method": "declared by source", **d} for d in declared]
-    tokenizer = connection.execute(
+    [(tokenizer_ids, template_ids, truncated_rows, tokens_total)] = connection.execute(
         "SELECT list(DISTINCT tokenizer_id ORDER BY tokenizer_id), list(DISTINCT template_id ORDER BY template_id), "
-        "count(*) FILTER (truncation IS NOT NULL), coalesce(sum(n_tokens), 0) FROM formatted").fetchone()
+        "count(*) FILTER (truncation IS NOT NULL), coalesce(sum(n_tokens), 0) FROM formatted").fetchall()
     rejected = {}
     if "format_rejections" in tables:
         rejected = dict(connection.execute(
@@ -272,12 +297,12 @@ def describe_formatted(connection: duckdb.DuckDBPyConnection, info: ExportInfo) 
         "licenses": licenses,
         "attribution": attribution,
         "teachers": teachers,
-        "tokenizer": {"name": info.tokenizer, "tokenizer_id": _single(tokenizer[0]),
-                      "chat_template": info.chat_template, "template_id": _single(tokenizer[1]),
+        "tokenizer": {"name": info.tokenizer, "tokenizer_id": _single(tokenizer_ids),
+                      "chat_template": info.chat_template, "template_id": _single(template_ids),
                       "max_tokens": info.max_tokens, "length_policy": info.length_policy,
                       "system_prompt": info.system_prompt},
-        "tokens_total": int(tokenizer[3]),
-        "rows_truncated": int(tokenizer[2]),
+        "tokens_total": int(tokens_total),
+        "rows_truncated": int(truncated_rows),
         "rows_removed_at_formatting": rejected,
         "decontaminated_against": list(info.benchmarks),
     }

@@ -21,15 +21,18 @@ import hashlib
 import json
 import re
 import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from curation.core.schema import Message, Row
 from curation.format.tokenizers import TEMPLATE_NAMES, load_template, template_id
 
 if TYPE_CHECKING:  # transformers takes seconds to import; only the type checker needs it here
     from transformers import PreTrainedTokenizerBase
+
+    from curation.core.config import ProjectConfig
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _CHAT_KINDS = ("sft", "chat", "tool", "reward", "prompt")
@@ -133,6 +136,14 @@ def load_tokenizer(path_or_id: str | Path, chat_template: str | None = None, *,
     return tokenizer
 
 
+def load_format_tokenizer(config: ProjectConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer and chat template of ``format:`` in the project file (a directory relative to the
+    project file, else a hub id from the local cache)."""
+    settings = config.format
+    local = config.resolve(settings.tokenizer)
+    return load_tokenizer(local if local.is_dir() else settings.tokenizer, settings.chat_template)
+
+
 _TOKENIZER_IDS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, str] = weakref.WeakKeyDictionary()
 
 
@@ -160,10 +171,16 @@ def _template_text(tokenizer: PreTrainedTokenizerBase, tools: Tools = None) -> s
 # --------------------------------------------------------------------------- rendering
 
 
+def _template_tools(tools: Tools) -> list[Any] | None:
+    # transformers types ``tools`` as a list of dicts or callables; a list is invariant, so say "any list".
+    return tools or None
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
             add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    # apply_chat_template returns the rendered string when tokenize=False (its annotation is the union).
+    return cast(str, tokenizer.apply_chat_template(messages, tools=_template_tools(tools), tokenize=False,
+                                                   add_generation_prompt=add_generation_prompt))
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -222,9 +239,10 @@ def _chat_encoding(tokenizer: PreTrainedTokenizerBase, messages: list[Message], 
         ids, _ = _encode(tokenizer, text)
         return text, ids, [0] * len(ids), "none"
     if _GENERATION_TAG.search(template):
-        out = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True,
-                                            add_generation_prompt=add_generation_prompt)
+        # return_dict=True gives a BatchEncoding (a dict); the annotation is the union of every mode.
+        out = cast(Mapping[str, Any], tokenizer.apply_chat_template(
+            messages, tools=_template_tools(tools), tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt))
         return text, list(out["input_ids"]), list(out["assistant_masks"]), "generation"
     ids, offsets = _encode(tokenizer, text)
     spans, exact = _assistant_spans(tokenizer, messages, tools, text)

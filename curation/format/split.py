@@ -2,7 +2,8 @@
 
 Every decision comes from a seeded 64-bit hash (xxh3) of an id, never from input order or a
 global random state, so the same rows and seed give the same result on any machine, in any
-order, under any partitioning of the work.
+order, under any partitioning of the work. Rows that share an origin (lineage) or a near-duplicate
+cluster form one split group (:func:`split_groups`), and :func:`split_leaks` re-checks a stored split.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import xxhash
+
+from curation.core.unionfind import UnionFind
 
 Split = Literal["train", "eval"]
 
@@ -160,3 +163,55 @@ def nested_subsets(row_ids: Iterable[str], fractions: Sequence[float] = (0.25, 0
 def subset(assignment: Mapping[str, float], fraction: float) -> set[str]:
     """The row_ids of the subset for ``fraction`` from a :func:`nested_subsets` result."""
     return {row_id for row_id, smallest in assignment.items() if smallest <= fraction}
+
+
+# --------------------------------------------------------------------------- split groups
+
+
+def split_groups(row_ids: Iterable[str], edges: Iterable[tuple[str, str]],
+                 clusters: Mapping[str, str]) -> dict[str, str]:
+    """Group id per row: rows connected through any lineage edge ``(child, parent)`` or sharing a
+    near-duplicate cluster (``row_id -> cluster_id``) share a group, so a cleaned copy, a perturbation,
+    a paraphrase or a second answer to the same instruction never lands in another split than its
+    origin. Every parent of a multi-parent row is followed, not only the first.
+
+    The group id is the smallest member key (``r:<row_id>`` or ``c:<cluster_id>``), so it does not
+    depend on edge order; :func:`assign_splits` hashes it, so changing it would move rows between splits."""
+    sets: UnionFind[str] = UnionFind()
+    for child, parent in edges:
+        sets.union(f"r:{child}", f"r:{parent}")
+    for row_id, cluster_id in clusters.items():
+        sets.union(f"r:{row_id}", f"c:{cluster_id}")
+    return {row_id: sets.find(f"r:{row_id}") for row_id in row_ids}
+
+
+def split_leaks(row_splits: Mapping[str, tuple[str, str]], edges: Iterable[tuple[str, str]],
+                clusters: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Ancestors and near-duplicate clusters reached from both splits (the check behind
+    ``splits_disjoint_by_cluster``).
+
+    ``row_splits`` maps a formatted row's id to ``(parent_id, split)``. Each row's ancestors are
+    walked through every edge; an ancestor (or its cluster) seen from a train row and an eval row is
+    a leak: the two rows share an origin. Written as a walk, not as :func:`split_groups`' union-find,
+    so the check does not trust the code it checks."""
+    parents: dict[str, list[str]] = defaultdict(list)
+    for child, parent in edges:
+        parents[child].append(parent)
+    seen_from: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row_id, (parent_id, split) in row_splits.items():
+        stack, visited = [parent_id], set()
+        while stack:
+            node = stack.pop()
+            if node in visited:
+                continue
+            visited.add(node)
+            stack.extend(parents.get(node, ()))
+        keys = {f"row {node}" for node in visited}
+        keys |= {f"cluster {clusters[node]}" for node in visited if node in clusters}
+        for key in keys:
+            seen_from[key][split].append(row_id)
+    leaks = []
+    for key, by_split in sorted(seen_from.items()):
+        if len(by_split) > 1:
+            leaks.append({"shared": key, **{split: sorted(ids)[:5] for split, ids in sorted(by_split.items())}})
+    return leaks

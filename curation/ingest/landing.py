@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from curation.core.config import ProjectConfig
-from curation.ingest.sources import file_digest
+from curation.ingest.readers import file_digest
 
 
 def _split(state: str | None) -> tuple[str, str]:

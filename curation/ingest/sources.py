@@ -1,89 +1,27 @@
-"""Read source files into canonical rows; quarantine, with a reason, every record that cannot be read.
-
-Reading is streaming for JSONL, CSV and Parquet. Bytes that are not UTF-8 are decoded with
-``surrogateescape`` so that one bad byte costs one record (quarantined as undecodable), not the
-file. A JSON array that is truncated keeps every element before the damage.
+"""Ingest the project's sources into ``raw``: every record read (:mod:`curation.ingest.readers`) becomes
+canonical rows through its source's mapping (:mod:`curation.ingest.mappings`) or, with the reason, a
+``quarantine`` entry; ``ingested_files`` remembers each file's hash so unchanged files are not read again.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
-import io
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
 from curation.core.schema import Row, content_key, make_row_id, new_row, rows_to_table, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_names
-from curation.ingest.mappings import MAPPING_FUNCTIONS, RecordError
+from curation.ingest.mappings import RecordError, mapping_spec
+from curation.ingest.readers import file_digest, file_format, read_records
 
 RAW_TEXT_LIMIT = 65_536
 """Quarantined raw text is kept up to this many characters (the rest is marked as cut)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One record as read from a file, parsed or not."""
-
-    record_no: int  # 1-based position among the file's records
-    line_no: int | None  # 1-based line where the record starts, when the format has lines
-    raw_text: str
-    value: Any = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    source: str
-    source_uri: str
-    file: str
-    record_no: int
-    line_no: int | None
-    error: str
-    raw_text: str
-
-
-def file_format(path: Path, declared: str | None) -> str:
-    if declared:
-        return declared
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-    ext = suffixes[-1].lstrip(".") if suffixes else ""
-    if ext in ("jsonl", "ndjson"):
-        return "jsonl"
-    if ext in ("json", "csv", "parquet"):
-        return ext
-    raise ValueError(f"{path}: cannot tell the format from the extension {ext!r}; set 'format' on the source")
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    with path.open("rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
-
-
-def _has_undecodable(text: str) -> int | None:
-    """Index of the first byte that was not valid UTF-8 (a lone surrogate after surrogateescape)."""
-    for index, char in enumerate(text):
-        if "\udc80" <= char <= "\udcff":
-            return index
-    return None
 
 
 def _shown(text: str) -> str:
@@ -94,153 +32,17 @@ def _shown(text: str) -> str:
     return shown
 
 
-def _check_text(text: str, max_bytes: int) -> str | None:
-    size = len(text.encode("utf-8", "surrogateescape"))
-    if size > max_bytes:
-        return (f"oversized record: {size} bytes, over ingest.max_record_bytes={max_bytes} "
-                "(raise the limit in the project file if such records are expected)")
-    bad = _has_undecodable(text)
-    if bad is not None:
-        return (f"undecodable bytes: not valid UTF-8 at character {bad + 1} of the record "
-                "(re-encode the file as UTF-8)")
-    return None
+@dataclass(frozen=True)
+class Quarantined:
+    """A record that could not become rows, with where it is and why (a row of ``quarantine``)."""
 
-
-def _parse_json_record(text: str) -> tuple[Any, str | None]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-    if not isinstance(value, dict):
-        return None, f"expected a JSON object per record, got {type(value).__name__}"
-    return value, None
-
-
-def read_jsonl(path: Path, max_bytes: int) -> Iterator[Record]:
-    record_no = 0
-    with _open_binary(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            text = line.decode("utf-8", "surrogateescape").rstrip("\r\n")
-            if not text.strip():
-                continue
-            record_no += 1
-            error = _check_text(text, max_bytes)
-            value = None
-            if error is None:
-                value, error = _parse_json_record(text)
-            yield Record(record_no, line_no, text, value, error)
-
-
-def read_json(path: Path, max_bytes: int) -> Iterator[Record]:
-    """A JSON array of objects (or one object). Elements are decoded one by one, so a truncated
-    file yields every element before the damage and one quarantined record for the rest."""
-    with _open_binary(path) as handle:
-        text = handle.read().decode("utf-8", "surrogateescape")
-    decoder = json.JSONDecoder()
-    position = len(text) - len(text.lstrip())
-    if not text.startswith("[", position):
-        yield from _single_json(text, max_bytes)
-        return
-    position += 1
-    record_no = 0
-    while True:
-        position = _skip_separators(text, position)
-        if position >= len(text):
-            record_no += 1
-            yield Record(record_no, text.count("\n", 0, position) + 1, "",
-                         error="truncated JSON: the file ends before the closing ']' (was it cut off?)")
-            return
-        if text[position] == "]":
-            trailing = text[position + 1:].strip()
-            if trailing:
-                record_no += 1
-                yield Record(record_no, text.count("\n", 0, position) + 1, trailing,
-                             error="unexpected text after the closing ']'")
-            return
-        record_no += 1
-        line_no = text.count("\n", 0, position) + 1
-        try:
-            value, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as exc:
-            rest = text[position:]
-            yield Record(record_no, line_no, rest,
-                         error=f"invalid or truncated JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-                               f"the rest of the file from here could not be read")
-            return
-        raw = text[position:end]
-        error = _check_text(raw, max_bytes)
-        if error is None and not isinstance(value, dict):
-            error = f"expected a JSON object per record, got {type(value).__name__}"
-        yield Record(record_no, line_no, raw, value if error is None else None, error)
-        position = end
-
-
-def _skip_separators(text: str, position: int) -> int:
-    while position < len(text) and (text[position].isspace() or text[position] == ","):
-        position += 1
-    return position
-
-
-def _single_json(text: str, max_bytes: int) -> Iterator[Record]:
-    error = _check_text(text, max_bytes)
-    value = None
-    if error is None:
-        value, error = _parse_json_record(text)
-        if error:
-            error += " (a .json source must hold an array of objects or one object)"
-    yield Record(1, 1, text, value, error)
-
-
-def read_csv(path: Path, max_bytes: int) -> Iterator[Record]:
-    with _open_binary(path) as binary:
-        stream = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(stream)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        record_no = 0
-        line_no = reader.line_num + 1
-        for cells in reader:
-            start_line, line_no = line_no, reader.line_num + 1
-            if not any(cell.strip() for cell in cells):
-                continue
-            record_no += 1
-            raw = ",".join(cells)
-            error = _check_text(raw, max_bytes)
-            value = None
-            if error is None and len(cells) != len(header):
-                error = f"row has {len(cells)} fields but the header has {len(header)} (unbalanced quotes?)"
-            if error is None:
-                value = dict(zip(header, cells, strict=True))
-            yield Record(record_no, start_line, raw, value, error)
-
-
-def read_parquet(path: Path, max_bytes: int) -> Iterator[Record]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        yield Record(1, None, "", error=f"unreadable Parquet file: {exc}")
-        return
-    record_no = 0
-    for batch in parquet.iter_batches(batch_size=1024):
-        for value in batch.to_pylist():
-            record_no += 1
-            raw = json.dumps(value, ensure_ascii=False, default=str)
-            error = _check_text(raw, max_bytes)
-            yield Record(record_no, None, raw, value if error is None else None, error)
-
-
-READERS = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet}
-
-
-def read_records(path: Path, fmt: str, max_bytes: int) -> Iterator[Record]:
-    try:
-        yield from READERS[fmt](path, max_bytes)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        yield Record(0, None, "", error=f"file could not be read to the end: {exc}")
+    source: str
+    source_uri: str
+    file: str
+    record_no: int
+    line_no: int | None
+    error: str
+    raw_text: str
 
 
 def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at: datetime,
@@ -248,7 +50,8 @@ def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at
     """Every record of one file becomes rows or a quarantine entry — never nothing. ``counter.records``
     counts the records read, independently of what became of them (the conservation check's input)."""
     fmt = file_format(path, source.format)
-    mapping = MAPPING_FUNCTIONS[source.mapping]
+    mapping = mapping_spec(source.mapping)
+    options = mapping.parse_options(source.options)  # validated when the project file was loaded
     seen_content: dict[str, int] = {}
     for record in read_records(path, fmt, max_bytes):
         if counter is not None:
@@ -258,7 +61,7 @@ def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at
         mapped = []
         if error is None:
             try:
-                mapped = mapping(record.value, source.fields, source.options)
+                mapped = mapping.map(record.value, source.fields, options)
                 annotator = _annotator(record.value, source)
             except RecordError as exc:
                 error = str(exc)
@@ -404,3 +207,14 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
                             result.quarantined, ingested_at])
         results.append(result)
     return IngestSummary(results)
+
+
+def quarantine_overview(staged: StagedWrite, sample_size: int = 20) -> tuple[int, list[dict[str, Any]]]:
+    """How many records the new ``quarantine`` holds, and the first ``sample_size`` of them (by source and
+    record number) as ``{source, source_uri, line, error}``: what the raw asset shows."""
+    connection = staged.connection
+    table = quote(staged.staging_name("quarantine"))
+    (count,) = connection.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
+    sample = connection.execute(f"SELECT source, source_uri, line_no, error FROM {table} "
+                                "ORDER BY source, record_no LIMIT ?", [sample_size]).fetchall()
+    return int(count), [dict(zip(("source", "source_uri", "line", "error"), entry, strict=True)) for entry in sample]

@@ -1,2 +1,11 @@
-"""synthetic and synthetic_mixed: teachers, synthesis methods, judges and verification, the sandbox for
-generated code, the generation cache, and the mix of real and synthetic rows under a cap."""
+"""synthetic and synthetic_mixed.
+
+* ``stage`` — the ``synthetic`` asset's entry point (:class:`~curation.synth.stage.SynthesisPlan`): seeds,
+  methods, verification, the licence and terms policy, the rejection records.
+* ``methods/`` — one module per synthesis method, registered with its settings model.
+* ``teachers``, ``cache`` — teacher backends and the crash-safe generation cache.
+* ``verify``, ``judges``, ``code_verify``, ``sandbox`` — verdicts on candidates, the AI and procedural judges,
+  and the sandbox that runs generated code against its unit tests.
+* ``terms`` — licences and usage terms of teacher models (``policy.teachers``) and how they propagate.
+* ``mix`` — the ``synthetic_mixed`` asset: real and synthetic rows under quotas, weights and a synthetic cap.
+"""

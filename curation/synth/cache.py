@@ -17,8 +17,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from curation.core.provenance import TeacherInfo
 from curation.core.schema import utcnow
-from curation.synth.teachers import ChatRequest, Generation, ResultCallback, TeacherInfo
+from curation.synth.teachers import ChatRequest, Generation, ResultCallback
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _ARROW = pa.schema([("cache_key", pa.string()), ("model", pa.string()), ("revision", pa.string()),
@@ -114,7 +115,7 @@ class GenerationCache:
     def put_many(self, entries: Sequence[tuple[TeacherInfo, ChatRequest, Generation, str]]) -> list[str]:
         """Store (info, request, generation, extra) entries in one transaction; returns their keys."""
         now = utcnow()
-        records = [[cache_key(info, request, extra), info.model, info.revision, prompt_json(request),
+        records: list[list[Any]] = [[cache_key(info, request, extra), info.model, info.revision, prompt_json(request),
                     params_json(request), gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens,
                     now] for info, request, gen, extra in entries]
         if not records:

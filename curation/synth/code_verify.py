@@ -90,11 +90,6 @@ def _ruff_binary() -> str | None:
     return shutil.which("ruff")
 
 
-def lint_backend() -> str | None:
-    """The linter :func:`lint_python` uses here (``"ruff"``), or ``None`` when none is installed."""
-    return "ruff" if _ruff_binary() else None
-
-
 def lint_python(code: str, select: str = "F", timeout_s: float = 30.0) -> list[LintIssue]:
     """Pyflakes-family findings (ruff's ``F`` rules) for ``code``; empty when no linter is installed.
 

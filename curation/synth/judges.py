@@ -14,7 +14,8 @@ from fractions import Fraction
 from typing import Literal
 
 from curation.core.normalize import words
-from curation.synth.teachers import ChatRequest, GenerationParams, Teacher, TeacherInfo, solve_arithmetic, solve_units
+from curation.core.provenance import TeacherInfo
+from curation.synth.teachers import ChatRequest, GenerationParams, Teacher, solve_arithmetic, solve_units
 
 Winner = Literal["a", "b", "tie"]
 
@@ -71,7 +72,7 @@ def parse_preference(reply: str) -> Literal["A", "B", "C"] | None:
     """"A", "B" or "C" (tie) from the last [[X]] token, or a reply that is only "A"/"B"; else None."""
     found = _VERDICT.findall(reply)
     if found:
-        return found[-1]  # type: ignore[no-any-return]
+        return found[-1]
     bare = _BARE_VERDICT.match(reply)
     return bare.group(1).upper() if bare else None  # type: ignore[return-value]
 
@@ -158,7 +159,8 @@ _REFUSAL = re.compile(r"^\s*(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:'|no
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def _mentions(response: str, value: str) -> bool:
+def mentions_value(response: str, value: str) -> bool:
+    """Whether a number in ``response`` equals ``value`` exactly (a computed answer, "…" when rounded)."""
     target = Fraction(value.rstrip("…"))  # a rounded expectation is met by its 6-decimal rounding
     for token in _NUMBER.findall(response):
         try:
@@ -203,7 +205,7 @@ class ProceduralJudge:
             arithmetic = solve_arithmetic(prompt)
             expected = arithmetic[1] if arithmetic is not None else None
         if expected is not None:
-            ok = _mentions(response, expected)
+            ok = mentions_value(response, expected)
             return RubricVerdict(5 if ok else 1, f"expected {expected}: {'found' if ok else 'not found'}")
         if _REFUSAL.search(response):
             return RubricVerdict(2, "refusal")
@@ -220,7 +222,8 @@ class ProceduralJudge:
         out: list[PairwiseVerdict] = []
         for prompt, a, b in items:
             sa, sb = self.score_one(prompt, a), self.score_one(prompt, b)
-            winner: Winner = "a" if sa.score > sb.score else "b" if sb.score > sa.score else "tie"  # type: ignore[operator]
+            a_score, b_score = sa.score or 0, sb.score or 0  # never None here: every branch of score_one scores
+            winner: Winner = "a" if a_score > b_score else "b" if b_score > a_score else "tie"
             raw = f"a: {sa.score} ({sa.raw}); b: {sb.score} ({sb.raw})"
             out.append(PairwiseVerdict(winner=winner, consistent=True, raw_ab=raw, raw_ba=raw))
         return out

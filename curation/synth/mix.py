@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.core.markdown import figure_png
+import duckdb
+import pyarrow as pa
+
+from curation.core.markdown import figure_png, markdown_table, png_markdown
+from curation.core.schema import COLUMNS
+from curation.core.warehouse import quote
 from curation.format.split import stable_unit
 
 
@@ -51,7 +56,8 @@ class MixPolicy:
     def from_config(cls, synthetic_cap: float, seed: int, weights: Mapping[str, Mapping[str, float]] | None,
                     quotas: Mapping[str, int] | None) -> MixPolicy:
         """From ``mix``: ``weights: {dimension: {value: weight}}`` (one dimension) and ``quotas: {source: rows}``."""
-        dimension, targets = None, {}
+        dimension: str | None = None
+        targets: Mapping[str, float] = {}
         if weights:
             if len(weights) != 1:
                 raise ValueError(f"mix.weights: give one dimension (e.g. kind, source or task_type), got "
@@ -160,16 +166,6 @@ def plan_mix(items: Sequence[MixItem], policy: MixPolicy) -> MixPlan:
                    synthetic_kept=sum(i.from_teacher for i in kept_items), cap=policy.synthetic_cap)
 
 
-def choose_synthetic(synthetic_ids: list[str], human: int, model_made_sources: int, cap: float,
-                     seed: int) -> tuple[set[str], MixPlan]:
-    """Which teacher rows join the mix when every source row is kept (no weights, no quotas)."""
-    items = ([MixItem(f"h{i}", "_", "human") for i in range(human)]
-             + [MixItem(f"m{i}", "_", "synthetic") for i in range(model_made_sources)]
-             + [MixItem(row_id, "synthetic", "synthetic", from_teacher=True) for row_id in synthetic_ids])
-    plan = plan_mix(items, MixPolicy(cap, seed))
-    return {r for r in synthetic_ids if r in plan.kept}, plan
-
-
 def mix_report(items: Sequence[MixItem], plan: MixPlan, policy: MixPolicy) -> list[dict[str, Any]]:
     """Target vs actual: one row per weighted value (or per origin without weights), then the synthetic share."""
     kept = [i for i in items if i.row_id in plan.kept]
@@ -179,16 +175,19 @@ def mix_report(items: Sequence[MixItem], plan: MixPlan, policy: MixPolicy) -> li
     if shares:
         available = Counter(i.value for i in items)
         actual = Counter(i.value for i in kept)
-        for value in sorted(set(shares) | {v for v in actual if v is not None}):
+        values: set[str] = set(shares)
+        values.update(v for v in actual if v is not None)
+        for value in sorted(values):
             rows.append({"dimension": policy.dimension, "value": value, "target": shares.get(value, 0.0),
                          "available": available.get(value, 0), "rows": actual.get(value, 0),
                          "actual": actual.get(value, 0) / total if total else 0.0})
     else:
-        available = Counter(i.origin for i in items)
-        actual = Counter(i.origin for i in kept)
-        for origin in sorted(available):
-            rows.append({"dimension": "origin", "value": origin, "target": None, "available": available[origin],
-                         "rows": actual.get(origin, 0), "actual": actual.get(origin, 0) / total if total else 0.0})
+        by_origin = Counter(i.origin for i in items)
+        kept_by_origin = Counter(i.origin for i in kept)
+        for origin in sorted(by_origin):
+            rows.append({"dimension": "origin", "value": origin, "target": None, "available": by_origin[origin],
+                         "rows": kept_by_origin.get(origin, 0),
+                         "actual": kept_by_origin.get(origin, 0) / total if total else 0.0})
     rows.append({"dimension": "model-made", "value": "share (≤ cap)", "target": policy.synthetic_cap,
                  "available": sum(i.model_made for i in items), "rows": plan.model_made,
                  "actual": plan.synthetic_share})
@@ -218,3 +217,66 @@ def mix_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     return figure_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic_mixed stage on the warehouse
+# ---------------------------------------------------------------------------------------------
+
+MIX_EXCLUDED_DDL = "row_id VARCHAR NOT NULL, reason VARCHAR NOT NULL"
+MIX_EXCLUDED_SCHEMA = pa.schema([("row_id", pa.string()), ("reason", pa.string())])
+_PARENTS = ("filtered", "synthetic")
+
+
+def mix_items(connection: duckdb.DuckDBPyConnection, dimension: str | None) -> list[MixItem]:
+    """What the mix needs of every ``filtered`` (real) and ``synthetic`` (teacher) row, by row id; ``dimension``
+    is a canonical column or an ``extra`` field such as ``task_type``."""
+    params: list[str] = []
+    if dimension is None:
+        value_sql = "NULL"
+    elif dimension in COLUMNS:
+        value_sql = f"CAST({quote(dimension)} AS VARCHAR)"
+    else:  # an extra field such as task_type or domain
+        value_sql, params = "json_extract_string(extra, ?)", [f"$.{dimension}"] * 2
+    return [MixItem(*r) for r in connection.execute(
+        f"SELECT row_id, source, origin, {value_sql}, false FROM filtered UNION ALL "
+        f"SELECT row_id, source, origin, {value_sql}, true FROM synthetic ORDER BY row_id", params).fetchall()]
+
+
+def insert_kept_rows(connection: duckdb.DuckDBPyConnection, table: str, kept: Iterable[str]) -> None:
+    """Copy the kept rows of ``filtered`` and ``synthetic`` into ``table`` (an existing canonical table)."""
+    connection.register("_kept", pa.table({"row_id": sorted(kept)}))
+    try:
+        for parent in _PARENTS:
+            connection.execute(f"INSERT INTO {table} SELECT p.* FROM {quote(parent)} p JOIN _kept k USING (row_id)")
+    finally:
+        connection.unregister("_kept")
+
+
+@dataclass(frozen=True)
+class MixResult:
+    items: list[MixItem]
+    plan: MixPlan
+    report: list[dict[str, Any]]  # target vs actual (mix_report)
+
+    def excluded_records(self) -> list[dict[str, str]]:
+        """``mix_excluded`` rows: every row left out, with the reason."""
+        return [{"row_id": r, "reason": why} for r, why in sorted(self.plan.excluded.items())]
+
+    def excluded_by_reason(self) -> list[dict[str, Any]]:
+        reasons = Counter(self.plan.excluded.values())
+        return [{"reason": k, "rows": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+
+    def summary_markdown(self) -> str:
+        """The target and actual share, the report table and its plot (for the asset's metadata)."""
+        plan = self.plan
+        return (f"Target: model-made ≤ {plan.cap:.0%}; actual {plan.synthetic_share:.1%}\n\n"
+                + markdown_table(format_report(self.report)) + "\n\n"
+                + png_markdown(mix_plot_png(self.report), "target vs actual mix"))
+
+
+def mix_warehouse(connection: duckdb.DuckDBPyConnection, policy: MixPolicy) -> MixResult:
+    """The mix of the warehouse's ``filtered`` and ``synthetic`` tables under ``policy``."""
+    items = mix_items(connection, policy.dimension)
+    plan = plan_mix(items, policy)
+    return MixResult(items, plan, mix_report(items, plan, policy))

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -655,8 +655,3 @@ def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxL
     reason = _killed_reason(exit_code, timed_out, stderr)
     return SandboxResult(ok=exit_code == 0 and reason is None, exit_code=exit_code, stdout=stdout,
                          stderr=stderr, timed_out=timed_out, killed_reason=reason, duration_s=duration)
-
-
-def result_dict(result: SandboxResult) -> dict[str, Any]:
-    """The result as a JSON-ready dict (for ``extra`` or provenance)."""
-    return asdict(result)

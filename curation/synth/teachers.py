@@ -27,31 +27,19 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx2
 
+from curation.core.provenance import TeacherInfo
+
 log = logging.getLogger(__name__)
 
 Message = Mapping[str, Any]
 ResultCallback = Callable[[int, "Generation"], None]
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """Who produced a generation: what provenance records for every synthetic row."""
-
-    backend: str
-    model: str
-    revision: str
-    license: str
-    terms: str = ""  # short id or text of usage terms, e.g. "no-competing-models"
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -209,16 +197,17 @@ def solve_arithmetic(text: str) -> tuple[str, str] | None:
 
 
 # Factors to the SI base unit of each dimension (exact by definition: NIST SP 811, Appendix B).
-_UNITS: dict[str, tuple[str, Fraction]] = {}
-for _dim, _table in {
-    "length": {"mm": "1/1000", "cm": "1/100", "m": "1", "km": "1000", "in": "0.0254", "ft": "0.3048",
-               "yd": "0.9144", "mi": "1609.344"},
-    "mass": {"mg": "1/1000000", "g": "1/1000", "kg": "1", "lb": "0.45359237", "oz": "0.028349523125"},
-    "time": {"s": "1", "min": "60", "h": "3600", "day": "86400", "week": "604800"},
-    "volume": {"ml": "1/1000", "l": "1"},
-}.items():
-    for _unit, _factor in _table.items():
-        _UNITS[_unit] = (_dim, Fraction(_factor))
+_UNITS: dict[str, tuple[str, Fraction]] = {
+    unit: (dimension, Fraction(factor))
+    for dimension, factors in {
+        "length": {"mm": "1/1000", "cm": "1/100", "m": "1", "km": "1000", "in": "0.0254", "ft": "0.3048",
+                   "yd": "0.9144", "mi": "1609.344"},
+        "mass": {"mg": "1/1000000", "g": "1/1000", "kg": "1", "lb": "0.45359237", "oz": "0.028349523125"},
+        "time": {"s": "1", "min": "60", "h": "3600", "day": "86400", "week": "604800"},
+        "volume": {"ml": "1/1000", "l": "1"},
+    }.items()
+    for unit, factor in factors.items()
+}
 
 _UNIT_ALIASES = {
     "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m",
@@ -481,7 +470,9 @@ class TransformersTeacher:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         if not self._tokenizer.chat_template:
             raise ValueError(f"tokenizer in {self.model_dir} has no chat template; add one to use it as a teacher")
-        self._model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype).to(self.device)
+        # transformers' stub types .to() as taking a model; a device string is what it accepts at runtime.
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+        self._model = model.to(self.device)  # type: ignore[arg-type]
         self._model.eval()
 
     def generate(self, requests: Sequence[ChatRequest],

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from curation.core.normalize import normalize_text, words
+from curation.core.provenance import TeacherInfo
 from curation.core.schema import Row, prompt_text, response_text
+from curation.filter.base import Rejection
 from curation.filter.quality import BrokenEncoding, Echo, EmptyFilter, LengthBounds, Refusal, Repetition
-from curation.filter.runner import Rejection
-from curation.synth.judges import RubricVerdict, self_judging_warning
-from curation.synth.teachers import TeacherInfo
+from curation.synth.judges import PairwiseVerdict, RubricVerdict, self_judging_warning
 
 # Iglewicz & Hoaglin (1993), "How to Detect and Handle Outliers": |modified z| > 3.5 is an outlier.
 OUTLIER_Z = 3.5
@@ -42,9 +42,13 @@ _RAW_CHARS = 500  # judge replies are stored shortened: enough to see why, not a
 
 
 class Judge(Protocol):
+    """Scores (prompt, response) pairs 1–5; compares two responses to a prompt in both orders."""
+
     info: TeacherInfo
 
     def score(self, items: Sequence[tuple[str, str]]) -> list[RubricVerdict]: ...
+
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[PairwiseVerdict]: ...
 
 
 @dataclass(frozen=True)
@@ -295,5 +299,5 @@ class ModelJudge:
     def score(self, items: Sequence[tuple[str, str]]) -> list[RubricVerdict]:
         return self.rubric.score(items)
 
-    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[PairwiseVerdict]:
         return self.pairwise.compare(items)

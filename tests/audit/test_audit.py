@@ -17,13 +17,13 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from assets.deduped import CLUSTERS_DDL
 from curation.audit.trace import RowNotFound, audit_row
 from curation.core.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA, lineage_record
 from curation.core.schema import new_row, rows_to_table
 from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
-from curation.format.records import FORMAT_REJECTIONS_DDL, FORMATTED_COLUMNS
-from curation.synth.methods import REJECTIONS_DDL as SYNTH_REJECTIONS_DDL
+from curation.dedup.clusters import CLUSTERS_DDL
+from curation.format.table import FORMAT_REJECTIONS_DDL, FORMATTED_COLUMNS
+from curation.synth.stage import REJECTIONS_DDL as SYNTH_REJECTIONS_DDL
 
 REJECTIONS_DDL = "row_id VARCHAR NOT NULL, filter VARCHAR NOT NULL, reason VARCHAR NOT NULL, value VARCHAR"
 EXCLUDED_DDL = "row_id VARCHAR NOT NULL, reason VARCHAR NOT NULL"

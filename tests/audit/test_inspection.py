@@ -188,6 +188,7 @@ def test_inspection_asset_reports_in_metadata_and_html(home: Path) -> None:
     assert metadata["versions_inspected"].value == ["raw"]
     assert metadata["versions_missing"].value == ["deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"]
     assert metadata["raw_stats"].value["rows"] == len(rows)
+    assert f"| raw | {len(rows)} |" in metadata["overview"].value
     assert metadata["raw"].value.count("data:image/png;base64,") == 3
     report = Path(metadata["report"].value)
     assert report == home / "reports" / "inspection" / "index.html" and report.exists()

@@ -5,36 +5,36 @@ from __future__ import annotations
 import json
 import random
 
+import duckdb
 import numpy as np
 import pytest
 
+from curation.core.config import DedupConfig
 from curation.core.normalize import NormalizeOptions
-from curation.core.schema import Row, make_row_id, new_row
+from curation.core.schema import Row, make_row_id, new_row, rows_to_table
+from curation.core.warehouse import canonical_ddl
+from curation.dedup.clusters import KeepPolicy, clusters_table, with_license_note
+from curation.dedup.conflicts import ConflictConfig, same_prompt_conflicts
+from curation.dedup.exact import ExactConfig, exact_duplicates
+from curation.dedup.fields import dedup_text
 from curation.dedup.minhash import ShingleConfig, signature_bytes, signature_from_bytes
-from curation.dedup.stages import (
-    BoilerplateConfig,
-    ConflictConfig,
-    DedupConfig,
-    ExactConfig,
-    KeepPolicy,
+from curation.dedup.near import (
     NearConfig,
     NearDupIndex,
-    WithinConfig,
-    boilerplate_keys,
-    clusters_table,
     compute_signatures,
-    dedup_rows,
-    dedup_text,
-    exact_duplicates,
     incremental_near_duplicates,
     near_duplicate_pairs,
     near_duplicates,
+)
+from curation.dedup.repeats import (
+    BoilerplateConfig,
+    WithinConfig,
+    boilerplate_keys,
     paragraph_counts,
     remove_repeats,
-    same_prompt_conflicts,
     strip_boilerplate,
-    with_license_note,
 )
+from curation.dedup.stage import DedupPlan, dedup_rows, run_dedup
 from tests.conftest import SHARED_DATA
 
 
@@ -91,7 +91,7 @@ def _seed_rows() -> list[Row]:
 
 def test_seed_tasks_collapse_and_keep_the_permissive_licence() -> None:
     rows = _seed_rows()  # the CC-BY-NC copy comes first in the input on purpose
-    result = dedup_rows(rows, DedupConfig(near=None))
+    result = dedup_rows(rows, DedupPlan(near=None))
     assert len(result.kept) == 175
     assert {r["license"] for r in result.kept} == {"Apache-2.0"}
     removed = [m for m in result.members if m.removed]
@@ -309,3 +309,44 @@ def test_rows_with_nothing_to_compare_are_not_duplicates() -> None:
     copies = [{**r, "row_id": r["row_id"] + "-copy"} for r in rows]
     members = exact_duplicates(rows + copies, ExactConfig(fields="conversation"))
     assert sorted(m.row_id for m in members if m.removed) == ["a0-copy", "a1-copy", "a2-copy"]
+
+
+# --- the asset's run over the warehouse --------------------------------------------------------
+
+def _warehouse_with_raw(rows: list[Row]) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    connection.execute(f"CREATE TABLE raw ({canonical_ddl()})")
+    connection.register("_raw", rows_to_table(rows))
+    connection.execute("INSERT INTO raw SELECT * FROM _raw")
+    connection.unregister("_raw")
+    return connection
+
+
+def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -> None:
+    para = "This paragraph is repeated by a copy-paste accident."
+    rows = [sft("nc", "What is 2+2?", "Four.", license="CC-BY-NC-4.0", source="a", source_uri="a.jsonl#0"),
+            sft("mit", "What is 2+2?", "Four.", license="MIT", source="b", source_uri="b.jsonl#0"),
+            sft("rep", "Tell me twice.", f"{para}\n\nSomething else.\n\n{para}", license="MIT", source="b",
+                source_uri="b.jsonl#1")]
+    connection = _warehouse_with_raw(rows)
+    run = run_dedup(connection, DedupConfig())
+    published = {r["source_uri"]: r for r in run.tables["deduped"][1].to_pylist()}
+    assert set(published) == {"b.jsonl#0", "b.jsonl#1"}  # the NC copy is absorbed by the MIT row
+    assert json.loads(published["b.jsonl#0"]["extra"])["dedup_sources"][0]["license"] == "CC-BY-NC-4.0"
+    # The edited row is published under a derived id; its lineage edge names what was removed, and where.
+    edited = published["b.jsonl#1"]
+    assert edited["row_id"] != "rep" and json.loads(edited["messages"])[1]["content"].count(para) == 1
+    assert [(e["child_id"], e["parent_id"], e["operation"]) for e in run.lineage] == [
+        (edited["row_id"], "rep", "dedup:repeated_paragraph")]
+    assert run.lineage[0]["detail"] == f"messages[1]: removed repeated_paragraph {para!r}"
+    assert run.counts() == {"removed": 1, "edited_rows": 1, "flagged_not_removed": 0, "minhash_computed": 2,
+                            "signatures_reused": 0}
+    assert run.tables["dedup_clusters"][1].num_rows == 2
+    # A second run over the same rows reads the persisted signatures instead of MinHashing again.
+    ddl, signatures = run.tables["dedup_signatures"]
+    connection.execute(f"CREATE TABLE dedup_signatures ({ddl})")
+    connection.register("_signatures", signatures)
+    connection.execute("INSERT INTO dedup_signatures SELECT * FROM _signatures")
+    again = run_dedup(connection, DedupConfig())
+    assert again.counts()["minhash_computed"] == 0 and again.counts()["signatures_reused"] == 2
+    assert again.tables["deduped"][1].equals(run.tables["deduped"][1])

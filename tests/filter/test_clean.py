@@ -9,7 +9,8 @@ import re
 import pytest
 
 from curation.core.schema import new_row
-from curation.filter.cleaners import FixEncoding, HtmlToText, MarkdownResidue, NormalizeWhitespace, apply_to_texts
+from curation.filter.chain import build_cleaners
+from curation.filter.cleaners import FixEncoding, HtmlToText, MarkdownResidue, NormalizeWhitespace
 from tests.conftest import SHARED_DATA
 
 
@@ -119,7 +120,6 @@ def test_markdown_residue_removed_outside_code():
 
 
 def test_markdown_cleaner_is_not_in_the_default_chain():
-    from curation.filter.runner import build_cleaners
     assert "markdown" not in [c.name for c in build_cleaners()]
     assert "markdown" in [c.name for c in build_cleaners({"markdown": True})]
 
@@ -144,14 +144,25 @@ def test_whitespace_clean_row_is_returned_as_is():
     assert NormalizeWhitespace()(row) == (row, [])
 
 
-# --- field walking --------------------------------------------------------------------------
+# --- field walking -------------------------------------------------------------------------
 
-def test_apply_to_texts_edits_every_field_and_copies():
+def test_a_cleaner_edits_every_text_field_and_copies_only_what_changed():
     row = new_row(row_id="p", kind="preference", messages=[{"role": "user", "content": "q "}],
                   chosen=[{"role": "assistant", "content": " a"}], rejected=[{"role": "assistant", "content": "b"}])
     before = copy.deepcopy(row)
-    cleaned, edits = apply_to_texts(row, "strip", lambda t: (t.strip(), "stripped"))
+    cleaned, edits = NormalizeWhitespace()(row)
     assert [e.where for e in edits] == ["messages[0].content", "chosen[0].content"]
     assert cleaned["messages"][0]["content"] == "q" and cleaned["chosen"][0]["content"] == "a"
     assert cleaned["rejected"] is row["rejected"]
     assert row == before
+    text_row = new_row(row_id="t", kind="text", text="  body  ")
+    assert NormalizeWhitespace()(text_row)[0]["text"] == "body"
+
+
+def test_tilde_fenced_code_is_left_alone_like_backtick_fenced_code():
+    for fence in ("```", "~~~"):
+        text = f"Use **bold** here.\n{fence}md\n**kept** <b>kept</b>\n{fence}\nand <b>this</b> too."
+        cleaned, _ = MarkdownResidue()(sft("Q", text))
+        assert response_of(cleaned) == f"Use bold here.\n{fence}md\n**kept** <b>kept</b>\n{fence}\nand <b>this</b> too."
+        cleaned, _ = HtmlToText()(sft("Q", text))
+        assert response_of(cleaned) == f"Use **bold** here.\n{fence}md\n**kept** <b>kept</b>\n{fence}\nand this too."

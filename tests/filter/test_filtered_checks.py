@@ -291,8 +291,7 @@ def sources(**allowed: list[str] | None) -> list:
 
 
 def test_allowed_languages_restrict_only_their_source_unless_a_global_list_is_set() -> None:
-    from assets.filtered import filter_settings
-    from curation.filter.runner import build_filters
+    from curation.filter.chain import build_filters, filter_settings
 
     settings = filter_settings({}, "research", {}, sources(forum=["fr"], docs=None))
     assert settings["language"] == {"allowed": None, "by_source": {"forum": ["fr"]}}
@@ -313,7 +312,7 @@ def test_allowed_languages_restrict_only_their_source_unless_a_global_list_is_se
     ({"language": {"by_source": {"froum": ["fr"]}}}, "names ['froum'], which are not sources"),
 ])
 def test_contradictory_language_settings_are_errors(filters: dict, message: str) -> None:
-    from assets.filtered import filter_settings
+    from curation.filter.chain import filter_settings
 
     with pytest.raises(ValueError, match=re.escape(message)):
         filter_settings(filters, "research", {}, sources(forum=["fr"]))

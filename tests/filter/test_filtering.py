@@ -10,24 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from curation.core.config import load_project
 from curation.core.schema import iter_rows, new_row, rows_to_table
-from curation.filter.runner import (
-    DEFAULT_CLEANERS,
-    DEFAULT_FILTERS,
-    FILTERS,
-    FilterError,
-    FilterStats,
-    Rejection,
-    build_chain,
-    build_cleaners,
-    build_filters,
-    describe_registry,
-    preview,
-    preview_markdown,
-    register_filter,
-    run_filters,
-)
-from tests.conftest import SHARED_DATA
+from curation.filter.base import CLEANERS, FILTERS, Cleaner, Filter, FilterError, FilterStats, reference_markdown
+from curation.filter.chain import build_cleaners, build_filters, project_chain
+from curation.filter.runner import preview, preview_markdown, run_filters
+from tests.conftest import DEMO_CONFIG, SHARED_DATA
 
 
 def sft(row_id: str, prompt: str, response: str) -> dict:
@@ -46,16 +34,29 @@ def collect(rows, cleaners=(), filters=(), **kwargs):
     return kept, rejected, edited, stats, sizes
 
 
+@pytest.fixture
+def registry():
+    """Filters and cleaners a test defines are forgotten afterwards (the registry is process-wide)."""
+    filters, cleaners = dict(FILTERS), dict(CLEANERS)
+    yield
+    FILTERS.clear()
+    FILTERS.update(filters)
+    CLEANERS.clear()
+    CLEANERS.update(cleaners)
+
+
 # --- registry -------------------------------------------------------------------------------
 
-def test_default_chain_is_documented_and_cheapest_first():
+def test_default_chain_is_cheapest_first_with_the_cleaners_in_their_order():
     filters = build_filters()
-    assert sorted(f.name for f in filters) == sorted(DEFAULT_FILTERS)
+    assert [f.name for f in filters] == ["empty", "chosen_equals_rejected", "length", "chat_tokens", "encoding",
+                                         "refusal", "echo", "gopher_quality", "repetition"]
     costs = [f.cost for f in filters]
     assert costs == sorted(costs)
-    assert [c.name for c in build_cleaners()] == list(DEFAULT_CLEANERS)
-    docs = describe_registry()
-    assert set(DEFAULT_FILTERS) <= set(docs["filters"]) and all(docs["filters"].values())
+    assert [c.name for c in build_cleaners()] == ["fix_encoding", "html_to_text", "pii", "whitespace"]
+    # Opt-in: which languages, terms and extra behaviours are unwanted is the user's decision.
+    assert {"language", "blocklist", "patterns", "license", "pii"} <= set(FILTERS) - {f.name for f in filters}
+    assert "markdown" in CLEANERS
 
 
 def test_config_switches_off_tunes_adds_and_orders():
@@ -70,16 +71,20 @@ def test_config_switches_off_tunes_adds_and_orders():
     assert [f.name for f in only] == ["blocklist"]
 
 
-def test_build_chain_reads_the_whole_filters_section():
-    cleaners, filters = build_chain({"cleaners": {"markdown": True, "html_to_text": False},
-                                     "echo": False, "language": {"allowed": ["en"]}})
+def test_project_chain_reads_the_whole_filters_section():
+    config = load_project(DEMO_CONFIG)
+    config = config.model_copy(update={"filters": {"cleaners": {"markdown": True, "html_to_text": False},
+                                                   "echo": False, "language": {"allowed": ["en"]}}})
+    cleaners, filters = project_chain(config)
     assert [c.name for c in cleaners] == ["fix_encoding", "pii", "markdown", "whitespace"]
     names = [f.name for f in filters]
     assert "language" in names and "echo" not in names and "cleaners" not in names
+    assert names[0] == "license"  # bound to the project's intended use, and the cheapest
 
 
 @pytest.mark.parametrize(("config", "message"), [
     ({"no_such_filter": {}}, "unknown filter 'no_such_filter'.*known filters:.*empty"),
+    ({"no_such_filter": False}, "unknown filter 'no_such_filter'"),
     ({"length": {"min_words": 3}}, "filter 'length': bad parameters"),
     ({"length": 5}, "parameters must be a mapping"),
     ({"order": ["language"]}, "not enabled"),
@@ -89,26 +94,79 @@ def test_config_errors_name_the_filter(config, message):
         build_filters(config)
 
 
-def test_adding_a_filter_is_a_few_lines():
-    @register_filter("has_question_mark")
+def test_adding_a_filter_is_one_class(registry):
+    # Nothing else changes: defining the class registers it, the project file can name it, the runner
+    # counts it and records its rejections, and the reference table lists it.
     @dataclass(frozen=True)
-    class NeedsQuestion:
-        name: str = "has_question_mark"
-        cost: float = 0.01
+    class NeedsQuestion(Filter):
+        """Prompts that are not questions."""
 
-        def __call__(self, row):
-            return None if "?" in row["messages"][0]["content"] else Rejection(self.name, "not a question")
+        name = "has_question_mark"
+        cost = 0.01
+        marker: str = "?"
 
-    try:
-        filters = build_filters({"defaults": False, "has_question_mark": True})
-        kept, rejected, _, stats, _ = collect([sft("a", "Why?", "Because."), sft("b", "Do it.", "Done.")],
-                                              filters=filters)
-        assert [r["row_id"] for r in kept] == ["a"]
-        assert rejected[0].as_record() == {"row_id": "b", "filter": "has_question_mark",
-                                           "reason": "not a question", "value": None}
-        assert stats.rejected == {"has_question_mark": 1}
-    finally:
-        FILTERS.pop("has_question_mark")
+        def decide(self, row):
+            return None if self.marker in row["messages"][0]["content"] else "not a question"
+
+    filters = build_filters({"defaults": False, "has_question_mark": True})
+    kept, rejected, _, stats, _ = collect([sft("a", "Why?", "Because."), sft("b", "Do it.", "Done.")],
+                                          filters=filters)
+    assert [r["row_id"] for r in kept] == ["a"]
+    assert rejected[0].as_record() == {"row_id": "b", "filter": "has_question_mark",
+                                       "reason": "not a question", "value": None}
+    assert stats.seen == {"has_question_mark": 2} and stats.rejected == {"has_question_mark": 1}
+    assert ("(../tests/filter/test_filtering.py) | off | 0.01 | `marker` = `'?'` | Prompts that are not questions. |"
+            in reference_markdown())
+
+
+def test_adding_a_cleaner_is_one_class(registry):
+    @dataclass(frozen=True)
+    class Shout(Cleaner):
+        """Upper-case every text."""
+
+        name = "shout"
+
+        def clean_text(self, text):
+            return text.upper(), "upper-cased"
+
+    (cleaner,) = build_cleaners({"defaults": False, "shout": True})
+    kept, _, edited, stats, _ = collect([sft("a", "hi", "HO")], cleaners=[cleaner])
+    assert [m["content"] for m in kept[0]["messages"]] == ["HI", "HO"]
+    assert [(e.cleaner, e.where, e.description) for e in edited[0].edits] == [
+        ("shout", "messages[0].content", "upper-cased")]  # the unchanged answer is no edit
+    assert stats.edits == {"shout": 1}
+
+
+def test_a_step_that_cannot_be_built_from_config_is_refused_when_defined(registry):
+    with pytest.raises(TypeError, match="must declare a numeric cost"):
+        class NoCost(Filter):
+            """x"""
+
+            name = "no_cost"
+
+            def decide(self, row):
+                return None
+    with pytest.raises(TypeError, match="needs a docstring"):
+        class NoDoc(Filter):
+            name, cost = "no_doc", 1.0
+
+            def decide(self, row):
+                return None
+    with pytest.raises(TypeError, match=r"already taken by curation\.filter\.quality\.EmptyFilter"):
+        class Empty(Filter):
+            """Another "empty"."""
+
+            name, cost = "empty", 1.0
+
+            def decide(self, row):
+                return None
+    with pytest.raises(TypeError, match="must implement clean_text"):
+        class DoesNothing(Cleaner):
+            """x"""
+
+            name = "does_nothing"
+    assert build_filters({"defaults": False}) == [] and "no_cost" not in FILTERS and "does_nothing" not in CLEANERS
+    assert FILTERS["empty"].__module__ == "curation.filter.quality"
 
 
 # --- runner ---------------------------------------------------------------------------------
@@ -162,15 +220,30 @@ def test_runner_reads_arrow_batches_and_returns_tables():
     assert out.schema == table.schema and out.num_rows == len(batches[0].kept)
 
 
-def test_a_crashing_filter_names_itself_and_the_row():
-    class Broken:
+def test_a_crashing_step_names_itself_and_the_row(registry):
+    @dataclass(frozen=True)
+    class Broken(Filter):
+        """Fails on every row."""
+
         name, cost = "broken", 1.0
 
-        def __call__(self, row):
+        def decide(self, row):
             return 1 / 0
 
     with pytest.raises(FilterError, match=r"filter 'broken' failed on row ok1: ZeroDivisionError"):
         collect(_sample_rows(), filters=[Broken()])
+
+    @dataclass(frozen=True)
+    class BrokenCleaner(Cleaner):
+        """Fails on every text."""
+
+        name = "broken_cleaner"
+
+        def clean_text(self, text):
+            raise KeyError(text)
+
+    with pytest.raises(FilterError, match=r"cleaner 'broken_cleaner' failed on row ok1: KeyError"):
+        collect(_sample_rows(), cleaners=[BrokenCleaner()])
 
 
 # --- preview --------------------------------------------------------------------------------

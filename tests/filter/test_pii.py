@@ -10,6 +10,7 @@ import re
 import pytest
 
 from benchmarks.pii_eval import evaluate, load_presidio
+from curation.filter.cleaners import PiiRedactor
 from curation.filter.pii import (
     ENTITIES,
     PiiMatch,
@@ -18,7 +19,6 @@ from curation.filter.pii import (
     luhn_valid,
     placeholder,
     redact,
-    redact_row,
     shannon_entropy,
     ssn_valid,
 )
@@ -246,20 +246,23 @@ def test_placeholders_are_never_detected_again() -> None:
         assert redact(once) == (once, [])
 
 
-def test_redact_row_covers_every_text_field() -> None:
+def test_pii_cleaner_redacts_every_text_field_and_says_what() -> None:
     row = {"row_id": "r1", "kind": "preference", "text": None, "source": "s",
            "messages": [{"role": "user", "content": "I am jane@corp.com"}],
-           "chosen": [{"role": "assistant", "content": "Call 415-555-0100"}],
+           "chosen": [{"role": "assistant", "content": "Call 415-555-0100 or 415-555-0199"}],
            "rejected": [{"role": "assistant", "content": "No PII"}]}
-    out, matches = redact_row(row)
+    out, edits = PiiRedactor()(row)
     assert out["messages"][0]["content"] == "I am [EMAIL]"
-    assert out["chosen"][0]["content"] == "Call [PHONE]"
-    assert out["rejected"] == row["rejected"]
+    assert out["chosen"][0]["content"] == "Call [PHONE] or [PHONE]"
+    assert out["rejected"] is row["rejected"]
     assert out["source"] == "s"
     assert row["messages"][0]["content"] == "I am jane@corp.com"  # the input is not mutated
-    assert sorted(m.entity for m in matches) == ["EMAIL", "PHONE"]
-    text_row, text_matches = redact_row({"kind": "text", "text": "ssn 123-45-6789"})
-    assert text_row["text"] == "ssn [US_SSN]" and len(text_matches) == 1
+    assert [(e.where, e.description) for e in edits] == [("messages[0].content", "redacted 1 EMAIL"),
+                                                         ("chosen[0].content", "redacted 2 PHONE")]
+    text_row, text_edits = PiiRedactor()({"kind": "text", "text": "ssn 123-45-6789"})
+    assert text_row["text"] == "ssn [US_SSN]" and [e.where for e in text_edits] == ["text"]
+    kept, _ = PiiRedactor(exclude=("PHONE",))(row)
+    assert kept["chosen"] is row["chosen"]  # excluded types are left for the pii filter to drop
 
 
 # ------------------------------------------------------------------ NER backend interface

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from curation.core.schema import new_row
+from curation.filter.chain import build_filters
 from curation.filter.policy import Blocklist, LicenseFilter
-from curation.filter.runner import build_filters
 
 
 def sft(prompt: str, response: str, license: str | None = "MIT") -> dict:

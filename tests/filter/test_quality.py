@@ -245,6 +245,13 @@ def test_repetition_keeps_code_and_short_repetitive_answers():
     assert Repetition()(sft("How many amoebae?", math)) is None
 
 
+def test_repetition_counts_tilde_fenced_code_as_code_like_backtick_fenced_code():
+    body = "print('hello world from the loop body of this demo')\n" * 12
+    assert Repetition()(sft("Print it twelve times", "Run this:\n" + body)).reason.startswith("degenerate loop")
+    for fence in ("```", "~~~"):  # CommonMark's two fences: the same code, fenced, is not a loop
+        assert Repetition()(sft("Print it twelve times", f"Run this:\n{fence}python\n{body}{fence}")) is None
+
+
 def test_repetition_on_public_data_has_few_false_positives():
     rows = alpaca_rows(SHARED_DATA / "code-alpaca-2k" / "code_alpaca_2k.json")
     rows += alpaca_rows(SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json")

@@ -99,7 +99,7 @@ def _masked_text(tok, rendered: RenderedRow) -> str:
     return tok.decode([i for i, m in zip(rendered.input_ids, rendered.assistant_mask, strict=True) if m])
 
 
-# --------------------------------------------------------------------------- tokenizer_build
+# --------------------------------------------------------------------------- tokenizers
 
 
 @pytest.mark.parametrize("name", TEMPLATE_NAMES)

@@ -13,9 +13,10 @@ from curation.core.schema import Row, make_row_id, new_row
 from curation.format.decontam import (
     BenchmarkItem,
     ContaminationIndex,
+    Fields,
+    FlaggedRow,
     check_row,
     contamination_report,
-    decontaminate_rows,
     load_benchmark,
     render_report_markdown,
 )
@@ -28,7 +29,18 @@ def _prompt_rows(items: list[BenchmarkItem]) -> list[Row]:
                     messages=[{"role": "user", "content": item.text}]) for item in items]
 
 
-def _flagged_pairs(flagged: list) -> set[tuple[str, str]]:
+def _flag(rows: list[Row], index: ContaminationIndex, fields: Fields = "prompt") -> list[FlaggedRow]:
+    """The rows the formatted stage rejects as contaminated, recorded as it records them: ``check_row`` per
+    row, a ``FlaggedRow`` for each row with a match."""
+    flagged = []
+    for row in rows:
+        matches = check_row(row, index, fields)
+        if matches:
+            flagged.append(FlaggedRow(row["row_id"], row["source"], tuple(matches)))
+    return flagged
+
+
+def _flagged_pairs(flagged: list[FlaggedRow]) -> set[tuple[str, str]]:
     return {(row.row_id, m.item_id) for row in flagged for m in row.matches}
 
 
@@ -106,8 +118,27 @@ def test_load_errors_name_the_benchmark_and_the_fix(tmp_path: Path) -> None:
         load_benchmark(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", "humaneval", text_fields=["turns"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"turns": ["ok"]}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ValueError, match=r"benchmark 'bad': .*bad.jsonl, line 2: invalid JSON"):
         load_benchmark(bad, "bad")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("What is 2+2?\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"benchmark 'notes': .*use \.jsonl, \.json, \.csv or \.parquet"):
+        load_benchmark(notes, "notes")
+
+
+def test_benchmarks_are_read_by_the_ingestion_readers_parquet_included(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "bench.parquet"
+    pq.write_table(pa.Table.from_pylist([{"task_id": "T/0", "prompt": "Reverse a list."},
+                                         {"task_id": "T/1", "prompt": "Sort a list."}]), path)
+    assert load_benchmark(path, "tiny") == [BenchmarkItem("tiny", "T/0", "Reverse a list."),
+                                            BenchmarkItem("tiny", "T/1", "Sort a list.")]
+    truncated = tmp_path / "cut.json"
+    truncated.write_text('[{"prompt": "Reverse a list."},\n {"prompt": "Sort', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"cut\.json, line 2: invalid or truncated JSON"):
+        load_benchmark(truncated, "cut")
 
 
 # ---- known overlaps between the shared benchmarks -------------------------------------------
@@ -115,11 +146,10 @@ def test_load_errors_name_the_benchmark_and_the_fix(tmp_path: Path) -> None:
 def test_vicuna_vs_mt_bench_flags_exactly_the_two_shared_questions(
         vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(mt_bench)  # both turns of every question
-    kept, flagged = decontaminate_rows(_prompt_rows(vicuna), index)
+    flagged = _flag(_prompt_rows(vicuna), index)
     # README: vicuna IDs 67 and 77 are MT-bench questions 130 and 81.
     assert _flagged_pairs(flagged) == {("67#turn1", "130#turn1"), ("77#turn1", "81#turn1")}
     assert all(m.kind == "exact" and m.ratio == 1.0 for row in flagged for m in row.matches)
-    assert len(kept) == len(vicuna) - 2
 
     report = contamination_report(flagged, index)
     assert report["mt-bench"]["items_total"] == 160
@@ -135,23 +165,23 @@ def test_mt_bench_conversations_vs_vicuna_checks_every_turn(
         conversations.setdefault(item.item_id.split("#")[0], []).append({"role": "user", "content": item.text})
     rows = [new_row(row_id=qid, kind="chat", source="mt-bench", messages=turns)
             for qid, turns in conversations.items()]
-    _, flagged = decontaminate_rows(rows, ContaminationIndex(vicuna))
+    flagged = _flag(rows, ContaminationIndex(vicuna))
     assert _flagged_pairs(flagged) == {("81", "77#turn1"), ("130", "67#turn1")}
 
 
 def test_vicuna_vs_wizardlm_flags_exactly_the_two_shared_questions(
         vicuna: list[BenchmarkItem], wizardlm: list[BenchmarkItem]) -> None:
-    _, flagged = decontaminate_rows(_prompt_rows(vicuna), ContaminationIndex(wizardlm))
+    flagged = _flag(_prompt_rows(vicuna), ContaminationIndex(wizardlm))
     # README: vicuna IDs 26 and 39 are WizardLM test-set items 135 and 110.
     assert _flagged_pairs(flagged) == {("26#turn1", "135"), ("39#turn1", "110")}
-    _, reverse = decontaminate_rows(_prompt_rows(wizardlm), ContaminationIndex(vicuna))
+    reverse = _flag(_prompt_rows(wizardlm), ContaminationIndex(vicuna))
     assert _flagged_pairs(reverse) == {("135", "26#turn1"), ("110", "39#turn1")}
 
 
 def test_one_index_over_several_benchmarks_reports_each(
         vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem], wizardlm: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(mt_bench + wizardlm)
-    _, flagged = decontaminate_rows(_prompt_rows(vicuna), index)
+    flagged = _flag(_prompt_rows(vicuna), index)
     report = contamination_report(flagged, index)
     assert {name: entry["rows_hit"] for name, entry in report.items()} == {"mt-bench": 2, "wizardlm": 2}
     markdown = render_report_markdown(report)
@@ -167,13 +197,12 @@ def test_code_alpaca_vs_humaneval_default_flags_nothing_small_n_does(
     default = ContaminationIndex(humaneval)
     assert default.n == 13
     for fields in ("prompt", "all"):
-        kept, flagged = decontaminate_rows(code_alpaca_rows, default, fields=fields)
-        assert flagged == [] and len(kept) == len(code_alpaca_rows), fields
+        assert _flag(code_alpaca_rows, default, fields) == [], fields
 
     # README: 31 Code-Alpaca rows share an 8-word n-gram with a HumanEval prompt, all generic
     # phrasing or number runs; with n=8 and no common-n-gram rules they are all flagged.
     loose = ContaminationIndex(humaneval, n=8, common_ngram_max_df=None, ignore_trivial=False)
-    _, flagged = decontaminate_rows(code_alpaca_rows, loose)
+    flagged = _flag(code_alpaca_rows, loose)
     assert len(flagged) == 31
     # They are incidental: no row shares even a tenth of a HumanEval prompt's 8-grams.
     assert max(m.ratio for row in flagged for m in row.matches) < 0.1
@@ -253,7 +282,8 @@ def test_ngrams_common_in_a_background_corpus_are_ignored() -> None:
     assert ContaminationIndex([item], background=background).check(rest) != []
 
 
-def test_flag_only_keeps_rows_and_fields_choose_what_is_scanned(vicuna: list[BenchmarkItem]) -> None:
+def test_fields_choose_what_is_scanned_and_flags_become_contamination_records(
+        vicuna: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(vicuna)
     answer_leak = new_row(row_id=make_row_id("t", "1"), kind="sft", source="toy",
                           messages=[{"role": "user", "content": "Give me a study tip."},
@@ -261,17 +291,17 @@ def test_flag_only_keeps_rows_and_fields_choose_what_is_scanned(vicuna: list[Ben
     clean = new_row(row_id=make_row_id("t", "2"), kind="sft", source="toy",
                     messages=[{"role": "user", "content": "Name a colour."},
                               {"role": "assistant", "content": "Blue."}])
-    kept, flagged = decontaminate_rows([answer_leak, clean], index, fields="prompt")
-    assert flagged == [] and kept == [answer_leak, clean]
-    kept, flagged = decontaminate_rows([answer_leak, clean], index, fields="all")
-    assert kept == [clean] and [f.row_id for f in flagged] == [answer_leak["row_id"]]
-    kept, flagged = decontaminate_rows([answer_leak, clean], index, fields="all", remove=False)
-    assert kept == [answer_leak, clean] and len(flagged) == 1
-    record = flagged[0].records()[0]
-    assert record["benchmark"] == "vicuna-bench" and record["item_id"] == "1#turn1"
-    assert record["row_id"] == answer_leak["row_id"] and record["source"] == "toy"
+    # The formatted stage scans the user turns (the default): a benchmark question as an answer passes.
+    assert check_row(answer_leak, index) == [] and check_row(clean, index) == []
+    flagged = _flag([answer_leak, clean], index, fields="all")
+    assert [f.row_id for f in flagged] == [answer_leak["row_id"]]
+    # One `contamination` table record per match, as the formatted stage writes them.
+    (record,) = flagged[0].records()
+    assert record == {"row_id": answer_leak["row_id"], "source": "toy", "benchmark": "vicuna-bench",
+                      "item_id": "1#turn1", "kind": "exact", "overlap": record["overlap"], "ratio": 1.0, "n": 0}
+    assert record["overlap"].startswith("how can i improve my time management skills")
     with pytest.raises(ValueError, match="fields"):
-        decontaminate_rows([clean], index, fields="response")  # type: ignore[arg-type]
+        check_row(clean, index, fields="response")  # type: ignore[arg-type]
 
 
 def test_clean_benchmarks_still_appear_in_the_report(vicuna: list[BenchmarkItem]) -> None:
@@ -295,9 +325,9 @@ def test_gsm8k_train_is_clean_and_checked_quickly(
     assert len(rows) == 7473
     index = ContaminationIndex(vicuna + mt_bench + wizardlm + humaneval)
     start = time.perf_counter()
-    kept, flagged = decontaminate_rows(rows, index, fields="all")
+    flagged = _flag(rows, index, fields="all")
     elapsed = time.perf_counter() - start
-    assert flagged == [] and len(kept) == 7473
+    assert flagged == []
     # ~1 s here; a generous bound that an O(rows x items) scan (600 items) would break.
     assert elapsed < 15, elapsed
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from curation.core.config import FormatConfig
 from curation.core.provenance import PROVENANCE_DDL
 from curation.core.schema import JSON_COLUMNS, new_row
 from curation.core.warehouse import canonical_ddl
@@ -22,8 +23,9 @@ from curation.format.export import (
     verify_export,
     write_export,
 )
-from curation.format.records import FORMATTED_COLUMNS, formatted_record, verify_row
-from curation.format.render import format_row, load_tokenizer
+from curation.format.render import load_tokenizer
+from curation.format.stage import Rejection, format_and_verify
+from curation.format.table import FORMATTED_COLUMNS
 from tests.conftest import REPO
 
 TOOLS = [{"type": "function", "function": {
@@ -82,11 +84,9 @@ def build_formatted(path: Path, tokenizer, rows=INPUT_ROWS) -> dict[str, dict]:
     """A warehouse with `formatted` (rendered by the real code), provenance and format_rejections."""
     records = {}
     for row, split, max_tokens, policy in rows:
-        rendered, reason = format_row(row, tokenizer, max_tokens=max_tokens, policy=policy)
-        assert rendered is not None, reason
-        record = formatted_record(row, rendered, split, 0.5 if row["row_id"] == "sft1" else 1.0)
-        verification = verify_row(record, tokenizer)
-        record.update(round_trip=verification.round_trip, generation_prompt_ok=verification.generation_prompt_ok)
+        settings = FormatConfig(tokenizer="demo/tokenizer", max_tokens=max_tokens, length_policy=policy)
+        record = format_and_verify(row, tokenizer, settings, split, 0.5 if row["row_id"] == "sft1" else 1.0)
+        assert not isinstance(record, Rejection), record
         records[row["row_id"]] = record
     connection = duckdb.connect(str(path))
     connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")

@@ -13,7 +13,7 @@ import pytest
 
 from curation.core.schema import new_row, rows_to_table
 from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
-from curation.format.records import split_groups, split_leaks
+from curation.format.split import split_groups, split_leaks
 from tests.conftest import REPO
 
 BENCHMARK_QUESTION = "Which planet in our solar system has the largest number of confirmed moons today?"
@@ -21,11 +21,16 @@ BENCHMARK_QUESTION = "Which planet in our solar system has the largest number of
 
 def test_split_groups_join_every_parent_and_near_duplicate_cluster() -> None:
     edges = [("p1", "a1"), ("p2", "a1"), ("s", "x"), ("s", "y")]  # s was made from both x and y
-    groups = split_groups(["a1", "p1", "p2", "x", "y", "s", "c1", "c2", "lone"], edges, {"c1": "k", "c2": "k"})
+    row_ids = ["a1", "p1", "p2", "x", "y", "s", "c1", "c2", "lone"]
+    groups = split_groups(row_ids, edges, {"c1": "k", "c2": "k"})
     assert groups["a1"] == groups["p1"] == groups["p2"]
     assert groups["x"] == groups["y"] == groups["s"]
     assert groups["c1"] == groups["c2"]
     assert len({groups[r] for r in ("a1", "x", "c1", "lone")}) == 4
+    # The split hashes the group id, so it must be the smallest member key whatever the edge order:
+    # otherwise re-running on the same rows could move a group to the other split.
+    assert (groups["a1"], groups["s"], groups["c1"], groups["lone"]) == ("r:a1", "r:s", "c:k", "r:lone")
+    assert split_groups(row_ids, edges[::-1], {"c2": "k", "c1": "k"}) == groups
 
 
 def test_split_leaks_name_the_shared_ancestor_or_cluster() -> None:
@@ -170,6 +175,8 @@ def test_exports_are_written_once_and_reused(run) -> None:
     assert manifest["rows"]["sft"]["train"] + manifest["rows"]["sft"].get("eval", 0) == len(ROWS) - 3
     assert manifest["rows_removed_at_formatting"] == {"decontamination": 1, "length": 1, "special_tokens": 1}
     assert metadata["reused_existing_version"].value is False
+    assert f"| sft | train | {manifest['rows']['sft']['train']} |" in metadata["rows"].value
+    assert "| sft/train.jsonl |" in metadata["files"].value
     [second] = again.get_asset_materialization_events()
     assert second.materialization.metadata["data_version"].value == version
     assert second.materialization.metadata["reused_existing_version"].value is True

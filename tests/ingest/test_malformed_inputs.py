@@ -64,6 +64,17 @@ def test_truncated_json_array_keeps_elements_before_the_damage(tmp_path: Path) -
     assert quarantined[0].record_no == 3
 
 
+def test_json_array_elements_carry_the_line_they_start_on(tmp_path: Path) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([GOOD, 42, GOOD, GOOD], indent=2))
+    rows, quarantined = run(path)
+    assert len(rows) == 3 and [(q.record_no, q.line_no) for q in quarantined] == [(2, 7)]
+    path.write_text(json.dumps([GOOD, GOOD], indent=2) + "\n\nnot json")
+    _, quarantined = run(path)
+    assert [(q.record_no, q.line_no, q.error) for q in quarantined] == [
+        (3, 12, "unexpected text after the closing ']'")]
+
+
 def test_json_array_with_a_bad_element_type(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
     path.write_text(json.dumps([GOOD, 42, GOOD]))

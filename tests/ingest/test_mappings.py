@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from curation.ingest.mappings import MAPPING_FUNCTIONS, RecordError, parse_hh_transcript
+from curation.ingest.mappings import MAPPINGS, Mapped, RecordError, parse_hh_transcript
 
 
-def run(mapping: str, record: dict, fields: dict | None = None, options: dict | None = None):
-    return MAPPING_FUNCTIONS[mapping](record, fields or {}, options or {})
+def run(mapping: str, record: dict, fields: dict | None = None, options: dict | None = None) -> list[Mapped]:
+    """One record through a registered mapping, as the ingester calls it."""
+    spec = MAPPINGS[mapping]
+    return spec.map(record, fields or {}, spec.parse_options(options or {}))
 
 
 def test_hh_transcripts_split_into_shared_prompt_and_completions() -> None:

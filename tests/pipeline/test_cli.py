@@ -59,3 +59,4 @@ def test_missing_source_file_names_the_source(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(config), "--select", "raw", home=tmp_path / "home")
     assert result.returncode == 1
     assert "source 'mine': no file matches 'nowhere/*.jsonl'" in result.stderr
+

@@ -14,7 +14,6 @@ from curation.synth.code_verify import (
     VerifyResult,
     build_humaneval_program,
     check_python_syntax,
-    lint_backend,
     lint_python,
     run_unit_tests,
 )
@@ -23,7 +22,6 @@ from tests.conftest import SHARED_DATA
 
 HUMANEVAL = SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"
 needs_humaneval = pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"{HUMANEVAL} not present")
-needs_ruff = pytest.mark.skipif(lint_backend() is None, reason="no linter (ruff) installed")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,6 @@ def test_syntax_check_reports_position_and_catches_compiler_errors() -> None:
     assert check_python_syntax("x = 1\x00\n") is not None
 
 
-@needs_ruff
 def test_lint_finds_undefined_names_as_fatal_and_unused_imports_as_not() -> None:
     issues = lint_python("import os\n\ndef f(x):\n    return math.sqrt(x)\n")
     by_code = {i.code: i for i in issues}
@@ -83,13 +80,12 @@ def test_syntax_and_lint_errors_fail_before_running(tasks: list[dict[str, Any]])
     task = tasks[2]
     syntax = _run(task, "    return number %% \n")
     assert syntax.status == "syntax_error" and syntax.sandbox is None and "line" in syntax.message
-    if lint_backend() is not None:
-        # Correct logic but a forgotten import: caught by lint without a sandbox run.
-        lint = _run(task, "    return number - math.floor(number)\n")
-        assert lint.status == "lint_error" and lint.sandbox is None and "math" in lint.message
-        # With lint off, the same code fails in the sandbox with a NameError.
-        ran = _run(task, "    return number - math.floor(number)\n", lint=False)
-        assert ran.status == "failed" and ran.error_type == "NameError"
+    # Correct logic but a forgotten import: caught by lint (ruff, a dev dependency) without a sandbox run.
+    lint = _run(task, "    return number - math.floor(number)\n")
+    assert lint.status == "lint_error" and lint.sandbox is None and "math" in lint.message
+    # With lint off, the same code fails in the sandbox with a NameError.
+    ran = _run(task, "    return number - math.floor(number)\n", lint=False)
+    assert ran.status == "failed" and ran.error_type == "NameError"
 
 
 @needs_humaneval

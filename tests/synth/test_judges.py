@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from curation.core.provenance import TeacherInfo
 from curation.synth.cache import CachedTeacher, GenerationCache
 from curation.synth.judges import (
     PairwiseJudge,
@@ -17,7 +18,7 @@ from curation.synth.judges import (
     parse_score,
     self_judging_warning,
 )
-from curation.synth.teachers import ChatRequest, Generation, ResultCallback, TeacherInfo
+from curation.synth.teachers import ChatRequest, Generation, ResultCallback
 
 
 class ScriptedJudge:

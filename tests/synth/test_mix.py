@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
 
+import duckdb
 import pytest
 
+from curation.core.schema import new_row, rows_to_table
+from curation.core.warehouse import canonical_ddl
 from curation.synth.mix import (
     MixItem,
     MixPolicy,
-    choose_synthetic,
+    insert_kept_rows,
     mix_plot_png,
     mix_report,
+    mix_warehouse,
     plan_mix,
     synthetic_budget,
 )
@@ -40,8 +45,6 @@ def test_cap_keeps_a_stable_seeded_subset_of_teacher_rows() -> None:
     random.Random(0).shuffle(shuffled)
     assert plan_mix(shuffled, MixPolicy(0.3, seed=1)).kept == plan.kept  # independent of input order
     assert plan_mix(pool, MixPolicy(0.3, seed=2)).kept != plan.kept  # the seed decides
-    kept, legacy = choose_synthetic([f"t{i}" for i in range(100)], 70, 0, 0.3, 1)
-    assert kept == {r for r in plan.kept if r.startswith("t")} and legacy.synthetic_kept == 30
 
 
 def test_model_made_source_rows_are_dropped_only_when_they_alone_exceed_the_cap() -> None:
@@ -112,3 +115,31 @@ def test_plot_is_a_png() -> None:
     policy = MixPolicy(0.3)
     png = mix_plot_png(mix_report(pool, plan_mix(pool, policy), policy))
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_the_warehouse_mix_weighs_an_extra_field_and_copies_exactly_the_kept_rows() -> None:
+    def row(row_id: str, origin: str, task_type: str) -> dict:
+        return new_row(row_id=row_id, kind="sft", source="s", source_uri=f"s#{row_id}", license="MIT", origin=origin,
+                       messages=[{"role": "user", "content": row_id}], extra={"task_type": task_type})
+
+    connection = duckdb.connect()
+    for table, rows in (("filtered", [row(f"h{i}", "human", "math" if i < 4 else "code") for i in range(8)]),
+                        ("synthetic", [row(f"t{i}", "synthetic", "math") for i in range(6)])):
+        connection.execute(f"CREATE TABLE {table} ({canonical_ddl()})")
+        connection.register("batch", rows_to_table(rows))
+        connection.execute(f"INSERT INTO {table} SELECT * FROM batch")
+        connection.unregister("batch")
+    policy = MixPolicy.from_config(0.25, 0, {"task_type": {"math": 1, "code": 1}}, None)
+    result = mix_warehouse(connection, policy)
+    assert {i.row_id: i.value for i in result.items}["t0"] == "math"  # read from extra
+    assert result.plan.synthetic_kept == 0 and result.plan.human == 8  # the weights leave no room for math rows
+    connection.execute(f"CREATE TABLE mixed ({canonical_ddl()})")
+    insert_kept_rows(connection, "mixed", result.plan.kept)
+    copied = connection.execute("SELECT row_id, extra FROM mixed ORDER BY row_id").fetchall()
+    assert [r for r, _ in copied] == sorted(result.plan.kept) == [f"h{i}" for i in range(8)]
+    # Whole rows are copied, not just their ids.
+    assert [json.loads(extra)["task_type"] for _, extra in copied] == ["math"] * 4 + ["code"] * 4
+    records = result.excluded_records()
+    assert [r["row_id"] for r in records] == [f"t{i}" for i in range(6)]
+    assert result.excluded_by_reason() == [{"reason": records[0]["reason"], "rows": 6}]
+    assert "| model-made |" in result.summary_markdown()

@@ -11,26 +11,22 @@ from datetime import datetime
 import pytest
 
 from curation.core.licenses import LicensePolicy
+from curation.core.provenance import TeacherInfo
 from curation.core.schema import new_row
 from curation.synth.judges import ProceduralJudge
-from curation.synth.methods import (
-    SynthContext,
-    code_candidates,
-    completion_for,
-    coverage_matrix,
-    extract_code,
-    generate_candidates,
+from curation.synth.methods import SynthContext, generate_candidates, select_seeds, validate_methods
+from curation.synth.methods.code import CodeSettings, code_candidates, completion_for, extract_code
+from curation.synth.methods.instructions import InstructionsSettings, coverage_matrix
+from curation.synth.stage import synthesize
+from curation.synth.teachers import ChatRequest, Generation, ProceduralTeacher
+from curation.synth.terms import (
     inherited_terms,
     parse_model_registry,
     policy_violation,
     registered_teacher,
-    select_seeds,
-    synthesize,
     terms_violations,
-    validate_methods,
 )
-from curation.synth.teachers import ChatRequest, Generation, ProceduralTeacher, TeacherInfo
-from curation.synth.verify import VerifySettings
+from curation.synth.verify import Judge, VerifySettings
 from tests.conftest import SHARED_DATA
 
 NOW = datetime(2026, 1, 1)
@@ -51,9 +47,13 @@ class ScriptedTeacher:
         return [Generation(self.reply(r.messages_list()), "stop") for r in requests]
 
 
-def context(teacher, registry=None, policy=None) -> SynthContext:
+PROCEDURAL_JUDGE = ProceduralJudge()
+
+
+def context(teacher, registry=None, policy=None, judge: Judge | None = PROCEDURAL_JUDGE) -> SynthContext:
     reg = parse_model_registry(registry or {})
-    return SynthContext(teacher, registered_teacher(teacher.info, reg), policy or LicensePolicy(), reg, seed=0)
+    return SynthContext(teacher, registered_teacher(teacher.info, reg), policy or LicensePolicy(), reg, seed=0,
+                        judge=judge)
 
 
 def seed_row(row_id: str, prompt: str, response: str | None = None, license: str = "Apache-2.0",
@@ -67,7 +67,7 @@ def seed_row(row_id: str, prompt: str, response: str | None = None, license: str
 
 def test_procedural_templates_are_verified_by_their_computed_answers() -> None:
     result = synthesize(context(ProceduralTeacher()), [], {"arithmetic": {"count": 6}, "units": {"count": 6}},
-                        ProceduralJudge(), VerifySettings(), "research", NOW)
+                        VerifySettings(), "research", NOW)
     assert len(result.accepted) == 12 and result.rejected == []
     for s in result.accepted:
         expected = s.row["extra"]["expected_answer"]
@@ -78,8 +78,7 @@ def test_procedural_templates_are_verified_by_their_computed_answers() -> None:
 
 def test_a_teacher_that_gets_the_arithmetic_wrong_is_rejected_with_the_expected_value() -> None:
     wrong = ScriptedTeacher(lambda m: "The answer is 123456789.")
-    result = synthesize(context(wrong), [], {"arithmetic": {"count": 4}}, ProceduralJudge(), VerifySettings(),
-                        "research", NOW)
+    result = synthesize(context(wrong), [], {"arithmetic": {"count": 4}}, VerifySettings(), "research", NOW)
     assert result.accepted == [] and len(result.rejected) == 4
     assert all(c.rejected.startswith("answer does not contain the computed") for c in result.rejected)
 
@@ -87,7 +86,7 @@ def test_a_teacher_that_gets_the_arithmetic_wrong_is_rejected_with_the_expected_
 def test_perturbation_keeps_the_human_response_and_links_its_parent() -> None:
     seeds = [seed_row(f"s{i}", f"Explain the idea number {i} of this lesson in simple words", f"Answer {i}.")
              for i in range(6)]
-    result = synthesize(context(ProceduralTeacher()), seeds, {"perturbation": {"count": 3}}, ProceduralJudge(),
+    result = synthesize(context(ProceduralTeacher()), seeds, {"perturbation": {"count": 3}},
                         VerifySettings(), "research", NOW)
     assert len(result.accepted) == 3
     for s in result.accepted:
@@ -111,8 +110,7 @@ def test_licence_and_terms_propagate_to_the_strictest() -> None:
     nc = seed_row("nc", "What does photosynthesis produce?", license="CC-BY-NC-4.0", kind="prompt")
     by_model = seed_row("gen", "Why are leaves green in photosynthesis?", license="MIT", kind="prompt",
                         origin="synthetic", generator="old-writer")
-    result = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, ProceduralJudge(), VerifySettings(),
-                        "research", NOW)
+    result = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, VerifySettings(), "research", NOW)
     rows = {s.provenance.parent_ids[0]: s.row for s in result.accepted}
     assert rows["nc"]["license"] == "CC-BY-NC-4.0"  # stricter than the teacher's licence
     assert rows["gen"]["license"] == "LicenseRef-acme"  # MIT parent, teacher's licence is stricter
@@ -126,8 +124,7 @@ def test_licence_and_terms_propagate_to_the_strictest() -> None:
                                                                   "commercial use"
     assert policy_violation(rows["gen"], "research", policy) is None
     # In a commercial build the rows are rejected with the reason, and never accepted.
-    commercial = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, ProceduralJudge(), VerifySettings(),
-                            "commercial", NOW)
+    commercial = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, VerifySettings(), "commercial", NOW)
     assert commercial.accepted == []
     assert {c.rejected for c in commercial.rejected} == {"policy: terms of acme/teacher-7b forbid commercial use",
                                                          "policy: terms of acme/teacher-7b, old-writer forbid "
@@ -146,16 +143,17 @@ def test_registry_entries_are_validated() -> None:
 
 
 def test_coverage_matrix_crosses_every_axis_and_generates_missing_lists() -> None:
-    cells = coverage_matrix({"topics": ["a", "b"], "task_types": ["explain", "list"], "formats": ["json", "table"],
-                             "lengths": ["short", "long"], "typos": True})
+    cells = coverage_matrix(InstructionsSettings(topics=["a", "b"], task_types=["explain", "list"],
+                                                 formats=["json", "table"], lengths=["short", "long"], typos=True))
     assert len(cells) == 2 * 2 * 2 * 2 * 2
     assert {(c["typos"], c["length"]) for c in cells} == {(False, "short"), (True, "short"), (False, "long"),
                                                           (True, "long")}
     lister = ScriptedTeacher(lambda m: "1. Volcanoes\n- Tides\n\nVolcanoes\n")
-    cells = coverage_matrix({"task_types": ["explain"]}, context(lister))
+    cells = coverage_matrix(InstructionsSettings(task_types=["explain"]), context(lister))
     assert [c["topic"] for c in cells] == ["Volcanoes", "Tides"]
-    with pytest.raises(ValueError, match="lengths"):
-        coverage_matrix({"topics": ["a"], "task_types": ["b"], "lengths": ["huge"]})
+    with pytest.raises(ValueError, match=r"synthesis\.methods\.instructions\.lengths\.0: Input should be 'short', "
+                                         r"'medium' or 'long' \(got 'huge'\)"):
+        validate_methods({"instructions": {"topics": ["a"], "task_types": ["b"], "lengths": ["huge"]}})
 
 
 def _instruction_writer(messages: list[dict]) -> str:
@@ -170,8 +168,7 @@ def _instruction_writer(messages: list[dict]) -> str:
 def test_instructions_from_the_matrix_get_responses_and_off_topic_ones_are_rejected() -> None:
     teacher = ScriptedTeacher(_instruction_writer)
     settings = {"count": 4, "topics": ["volcanoes", "tides"], "task_types": ["explain"], "per_instruction": 2}
-    result = synthesize(context(teacher), [], {"instructions": settings}, ProceduralJudge(), VerifySettings(),
-                        "research", NOW)
+    result = synthesize(context(teacher), [], {"instructions": settings}, VerifySettings(), "research", NOW)
     accepted_topics = {s.row["extra"]["topic"] for s in result.accepted}
     assert accepted_topics == {"volcanoes"} and len(result.accepted) == 2  # two responses, different seeds
     assert {s.provenance.generation_params["seed"] for s in result.accepted} == {0, 1}
@@ -190,7 +187,7 @@ def test_reverse_instruction_keeps_the_human_text_as_the_response() -> None:
                   license="CC-BY-4.0", origin="human")
     teacher = ScriptedTeacher(lambda m: "Write an essay about how bees live and make honey.", license="CC0-1.0")
     result = synthesize(context(teacher), [doc], {"reverse_instruction": {"count": 1, "min_words": 50}},
-                        ProceduralJudge(), VerifySettings(), "research", NOW)
+                        VerifySettings(), "research", NOW)
     (s,) = result.accepted
     assert s.row["messages"] == [{"role": "user", "content": "Write an essay about how bees live and make honey."},
                                  {"role": "assistant", "content": essay}]
@@ -202,7 +199,7 @@ def test_reverse_instruction_keeps_the_human_text_as_the_response() -> None:
 def test_several_responses_per_instruction_and_what_the_procedural_teacher_cannot_do() -> None:
     seeds = [seed_row("p", "What is 12 * 12?", kind="prompt"), seed_row("q", "Write a haiku about rain", kind="prompt")]
     result = synthesize(context(ProceduralTeacher()), seeds, {"responses": {"count": 2, "per_instruction": 2}},
-                        ProceduralJudge(), VerifySettings(), "research", NOW)
+                        VerifySettings(), "research", NOW)
     assert len(result.accepted) == 2 and all("144" in s.row["messages"][1]["content"] for s in result.accepted)
     assert [c.rejected.startswith("teacher cannot do this") for c in result.rejected] == [True, True]
 
@@ -211,7 +208,7 @@ def test_preference_pairs_take_the_best_and_worst_when_both_judge_orders_agree()
     samples = iter(["12 * 12 = 144", "It is 140.", "144", "Maybe 150."] * 2)
     teacher = ScriptedTeacher(lambda m: next(samples))
     seeds = [seed_row("p", "What is 12 * 12?", kind="prompt")]
-    result = synthesize(context(teacher), seeds, {"preference": {"count": 1, "samples": 4}}, ProceduralJudge(),
+    result = synthesize(context(teacher), seeds, {"preference": {"count": 1, "samples": 4}},
                         VerifySettings(), "research", NOW)
     (s,) = result.accepted
     assert s.row["kind"] == "preference" and s.row["chosen"][0]["content"] == "12 * 12 = 144"
@@ -221,7 +218,7 @@ def test_preference_pairs_take_the_best_and_worst_when_both_judge_orders_agree()
     assert s.provenance.judge_score == 5.0 and s.provenance.judge_model == "distillery-procedural-judge"
     # All samples equally good: no pair, recorded as a rejection.
     same = synthesize(context(ScriptedTeacher(lambda m: "144")), seeds, {"preference": {"count": 1, "samples": 3}},
-                      ProceduralJudge(), VerifySettings(), "research", NOW)
+                      VerifySettings(), "research", NOW)
     assert same.accepted == [] and same.rejected[0].rejected.startswith("no pair")
 
 
@@ -230,17 +227,34 @@ def test_method_settings_are_validated_with_clear_errors() -> None:
         validate_methods({"paraphrase": {"count": 1}})
     with pytest.raises(ValueError, match="unknown keys \\['n'\\]"):
         validate_methods({"responses": {"count": 1, "n": 2}})
-    with pytest.raises(ValueError, match="needs 'problems'"):
+    with pytest.raises(ValueError, match=r"^synthesis\.methods\.code: needs 'problems'"):
         validate_methods({"code": {"count": 1}})
+    with pytest.raises(ValueError, match=r"^synthesis\.methods\.code\.problems: Input should be a valid string "
+                                         r"\(got 7\)$"):
+        validate_methods({"code": {"count": 1, "problems": 7, "license": "MIT"}})
+    with pytest.raises(ValueError, match=r"^synthesis\.methods\.perturbation\.count: Input should be greater than or "
+                                         r"equal to 0 \(got -1\)$"):
+        validate_methods({"perturbation": {"count": -1}})
+    with pytest.raises(ValueError, match=r"^synthesis\.methods\.perturbation\.kinds: unknown \['typos'\]"):
+        validate_methods({"perturbation": {"count": 1, "kinds": ["typos"]}})
+    with pytest.raises(ValueError, match=r"^synthesis\.methods\.preference\.samples: Input should be greater than or "
+                                         r"equal to 2"):
+        validate_methods({"preference": {"count": 1, "samples": 1}})
+    with pytest.raises(ValueError, match=r"^synthesis\.methods\.units: expected a mapping"):
+        validate_methods({"units": 5})
     with pytest.raises(ValueError, match="needs a judge"):
-        generate_candidates(context(ProceduralTeacher()), [seed_row("p", "What is 2 + 2?", kind="prompt")],
-                            {"preference": {"count": 1}}, judge=None)
+        generate_candidates(context(ProceduralTeacher(), judge=None), [seed_row("p", "What is 2 + 2?", kind="prompt")],
+                            {"preference": {"count": 1}})
 
 
 def test_code_extraction_accepts_a_full_function_or_a_body() -> None:
     problem = {"entry_point": "add", "prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n"}
     assert extract_code("Sure:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.") == \
         "def add(a, b):\n    return a + b"
+    # Tilde fences are fences too (CommonMark), and the first block wins whichever fence it uses.
+    assert extract_code("Here:\n~~~python\ndef add(a, b):\n    return a + b\n~~~\nand a test:\n```\nadd(1, 2)\n```") \
+        == "def add(a, b):\n    return a + b"
+    assert extract_code("return a + b") == "return a + b"  # no fence: the reply is the code
     assert completion_for(problem, "def add(a, b):\n    return a + b").startswith("\ndef add")
     assert completion_for(problem, "return a + b") == "    return a + b\n"
 
@@ -283,8 +297,8 @@ def test_code_loop_repairs_with_feedback_and_drops_what_never_passes(humaneval) 
     tasks = {k: humaneval[k] for k in ("HumanEval/0", "HumanEval/2", "HumanEval/4")}
     teacher = RepairingTeacher(tasks, hopeless={"HumanEval/4"})
     ctx = context(teacher)
-    candidates = code_candidates(ctx, list(tasks.values()), {"max_repairs": 2, "license": "CC-BY-SA-4.0",
-                                                            "problems": "HumanEval.jsonl.gz"})
+    candidates = code_candidates(ctx, list(tasks.values()), CodeSettings(max_repairs=2, license="CC-BY-SA-4.0",
+                                                                         problems="HumanEval.jsonl.gz"))
     by_task = {c.row["extra"]["task_id"]: c for c in candidates}
     for task_id in ("HumanEval/0", "HumanEval/2"):
         c = by_task[task_id]
@@ -306,7 +320,7 @@ def test_reference_solutions_pass_first_time_through_the_method(humaneval, tmp_p
     problems = tmp_path / "problems.jsonl"
     problems.write_text("\n".join(json.dumps(t) for t in picked))
     result = synthesize(context(teacher), [], {"code": {"count": 3, "problems": str(problems), "license": "MIT"}},
-                        ProceduralJudge(), VerifySettings(), "research", NOW)
+                        VerifySettings(), "research", NOW)
     assert len(result.accepted) == 3 and result.rejected == []
     assert all(s.provenance.verification["method_checks"]["repair_rounds"] == 0 for s in result.accepted)
     assert len(teacher.requests) == 3  # no repair round asked for
@@ -318,9 +332,10 @@ def test_streaming_seed_selection_picks_what_the_methods_pick_from_everything() 
     methods = {"perturbation": {"count": 7}, "responses": {"count": 5}, "arithmetic": {"count": 2}}
     selected = select_seeds(iter(seeds), methods, seed=3)
     assert len(selected) <= 12
-    ctx = SynthContext(ProceduralTeacher(), ProceduralTeacher().info, LicensePolicy(), {}, seed=3)
-    full = synthesize(ctx, seeds, methods, ProceduralJudge(), VerifySettings(), "research", NOW)
-    streamed = synthesize(ctx, selected, methods, ProceduralJudge(), VerifySettings(), "research", NOW)
+    ctx = SynthContext(ProceduralTeacher(), ProceduralTeacher().info, LicensePolicy(), {}, seed=3,
+                       judge=ProceduralJudge())
+    full = synthesize(ctx, seeds, methods, VerifySettings(), "research", NOW)
+    streamed = synthesize(ctx, selected, methods, VerifySettings(), "research", NOW)
     assert [s.row["row_id"] for s in streamed.accepted] == [s.row["row_id"] for s in full.accepted]
     assert [c.row["row_id"] for c in streamed.rejected] == [c.row["row_id"] for c in full.rejected]
     assert len(full.accepted) + len(full.rejected) == 7 + 5 + 2 and len(full.accepted) >= 10

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from curation.core.provenance import TeacherInfo
 from curation.synth.cache import CachedTeacher, GenerationCache, cache_key
 from curation.synth.teachers import (
     PERTURBATIONS,
@@ -22,7 +23,6 @@ from curation.synth.teachers import (
     ProceduralTeacher,
     ResultCallback,
     Teacher,
-    TeacherInfo,
     arithmetic_problem,
     convert_units,
     format_number,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from curation.core.provenance import TeacherInfo
 from curation.core.schema import new_row
 from curation.synth.judges import ProceduralJudge, RubricVerdict
-from curation.synth.teachers import ChatRequest, Generation, TeacherInfo
+from curation.synth.teachers import ChatRequest, Generation
 from curation.synth.verify import (
     Candidate,
     ModelJudge,

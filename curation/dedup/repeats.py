@@ -1,0 +1,193 @@
+"""Repeated text: a paragraph (or line) repeated inside one row, and boilerplate paragraphs shared by
+many rows. The row is kept and the text removed from it; each removal is a :class:`RemovedText`.
+Fenced code blocks are never edited (``x = 1`` twice in a program is not an accident)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions, normalize_text
+from curation.core.schema import Row
+from curation.core.texts import FENCE_LINE, TextField, text_fields, with_texts
+
+
+@dataclass(frozen=True)
+class RemovedText:
+    """Text removed from a kept row (repeated paragraph inside it, or cross-document boilerplate)."""
+
+    row_id: str
+    location: str  # "text" or "messages[2]" / "chosen[0]" / "rejected[0]"
+    operation: str  # "repeated_paragraph", "repeated_line" or "boilerplate"
+    removed: str
+
+
+def _location(text_field: TextField) -> str:
+    """How a removal names its field (in ``RemovedText.location`` and so in lineage): ``text`` or
+    ``messages[2]``, without the ``.content`` that :attr:`TextField.where` adds."""
+    return text_field.column if text_field.index is None else f"{text_field.column}[{text_field.index}]"
+
+
+_PARAGRAPH_SPLIT = re.compile(r"\n[ \t]*\n")
+
+
+def _blocks(text: str) -> list[tuple[str, bool]]:
+    """The text as (block, is_code) pieces; fenced code blocks are never edited."""
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    fences = [m.start() for m in FENCE_LINE.finditer(text)]
+    for open_at, close_at in zip(fences[0::2], fences[1::2], strict=False):
+        end = text.find("\n", close_at)
+        end = len(text) if end < 0 else end + 1
+        out.append((text[pos:open_at], False))
+        out.append((text[open_at:end], True))
+        pos = end
+    out.append((text[pos:], False))
+    return [(b, code) for b, code in out if b]
+
+
+def _key(unit: str, options: NormalizeOptions) -> str:
+    return normalize_text(unit, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeats inside one row.
+
+@dataclass(frozen=True)
+class WithinConfig:
+    """Repeated units inside one text: ``paragraph`` (blank-line separated) or ``line``.
+    Units shorter than ``min_chars`` (after normalisation) are never removed: short lines such as
+    ``}`` or list bullets repeat legitimately."""
+
+    unit: Literal["paragraph", "line"] = "paragraph"
+    min_chars: int = 20
+    normalize: NormalizeOptions = DEFAULT_OPTIONS
+
+
+def remove_repeats(text: str, config: WithinConfig = WithinConfig()) -> tuple[str, list[str]]:
+    """``text`` with later repeats of a paragraph (or line) removed; returns (text, removed units)."""
+    seen: set[str] = set()
+    removed: list[str] = []
+    pieces: list[str] = []
+    splitter = _PARAGRAPH_SPLIT if config.unit == "paragraph" else re.compile(r"\n")
+    joiner = "\n\n" if config.unit == "paragraph" else "\n"
+    for block, is_code in _blocks(text):
+        if is_code:
+            pieces.append(block)
+            continue
+        kept_units = []
+        for unit in splitter.split(block):
+            key = _key(unit, config.normalize)
+            if len(key) >= config.min_chars and key in seen:
+                removed.append(unit)
+                continue
+            seen.add(key)
+            kept_units.append(unit)
+        pieces.append(joiner.join(kept_units))
+    return ("".join(pieces), removed) if removed else (text, [])
+
+
+def remove_repeats_in_row(row: Row, config: WithinConfig = WithinConfig()) -> tuple[Row, list[RemovedText]]:
+    """Apply :func:`remove_repeats` to each text field and message of a row (row kept, removals recorded)."""
+    removals: list[RemovedText] = []
+    replacements: dict[tuple[str, int | None], str] = {}
+    for text_field in text_fields(row):
+        new_text, removed = remove_repeats(text_field.text, config)
+        if removed:
+            replacements[text_field.key] = new_text
+            removals.extend(RemovedText(row["row_id"], _location(text_field), f"repeated_{config.unit}", r)
+                            for r in removed)
+    return with_texts(row, replacements), removals
+
+
+# ---------------------------------------------------------------------------------------------
+# Boilerplate across rows.
+
+@dataclass(frozen=True)
+class BoilerplateConfig:
+    """A paragraph is boilerplate when it occurs in at least ``min_docs`` rows and in at least
+    ``min_fraction`` of all rows (the C4 cleaning removed repeated spans across documents the same
+    way; these thresholds are ours and configurable)."""
+
+    min_docs: int = 10
+    min_fraction: float = 0.001
+    min_chars: int = 30
+    normalize: NormalizeOptions = DEFAULT_OPTIONS
+    # Only model-side text and documents: in instruction data a prompt shared by many rows ("Multiply the
+    # two numbers.") with different inputs is the task itself, while boilerplate — sign-offs, disclaimers,
+    # "I hope this helps!" — lives in responses and scraped documents.
+    roles: tuple[str, ...] = ("assistant",)
+
+
+def _boilerplate_fields(row: Row, config: BoilerplateConfig) -> Iterator[TextField]:
+    """Text rows' text and the messages whose role is in ``config.roles`` (chosen/rejected are assistant)."""
+    for text_field in text_fields(row):
+        if text_field.column != "messages" or row["messages"][text_field.index].get("role") in config.roles:
+            yield text_field
+
+
+def _paragraph_keys(text: str, config: BoilerplateConfig) -> Iterable[tuple[str, str]]:
+    for block, is_code in _blocks(text):
+        if is_code:
+            continue
+        for unit in _PARAGRAPH_SPLIT.split(block):
+            key = _key(unit, config.normalize)
+            if len(key) >= config.min_chars:
+                yield unit, hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def paragraph_counts(rows: Iterable[Row], config: BoilerplateConfig = BoilerplateConfig()) -> tuple[Counter[str], int]:
+    """How many rows each (normalised, hashed) paragraph occurs in, and the number of rows.
+    Streams: only the counter is held."""
+    counts: Counter[str] = Counter()
+    n = 0
+    for row in rows:
+        n += 1
+        counts.update({key for text_field in _boilerplate_fields(row, config)
+                       for _, key in _paragraph_keys(text_field.text, config)})
+    return counts, n
+
+
+def boilerplate_keys(counts: Counter[str], n_rows: int, config: BoilerplateConfig = BoilerplateConfig()) -> set[str]:
+    floor = max(config.min_docs, math.ceil(config.min_fraction * n_rows))
+    return {key for key, c in counts.items() if c >= floor}
+
+
+def strip_boilerplate(row: Row, keys: set[str], config: BoilerplateConfig = BoilerplateConfig()
+                      ) -> tuple[Row, list[RemovedText]]:
+    """Remove boilerplate paragraphs from a row. A field made only of boilerplate is left as it is
+    (a stock answer that is the whole response is content, not decoration; filters judge it)."""
+    removals: list[RemovedText] = []
+    replacements: dict[tuple[str, int | None], str] = {}
+    for text_field in _boilerplate_fields(row, config):
+        text = text_field.text
+        hits = [unit for unit, key in _paragraph_keys(text, config) if key in keys]
+        if not hits:
+            continue
+        pieces = []
+        removed = []
+        for block, is_code in _blocks(text):
+            if is_code:
+                pieces.append(block)
+                continue
+            units = _PARAGRAPH_SPLIT.split(block)
+            kept = []
+            for unit in units:
+                key = _key(unit, config.normalize)
+                digest = hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
+                if len(key) >= config.min_chars and digest in keys:
+                    removed.append(unit)
+                else:
+                    kept.append(unit)
+            pieces.append("\n\n".join(kept))
+        new_text = "".join(pieces)
+        if not new_text.strip():
+            continue
+        replacements[text_field.key] = new_text.strip("\n") if new_text != text else text
+        removals.extend(RemovedText(row["row_id"], _location(text_field), "boilerplate", r) for r in removed)
+    return with_texts(row, replacements), removals

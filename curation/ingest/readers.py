@@ -1,0 +1,293 @@
+"""Read data files record by record: JSONL, JSON, CSV and Parquet, gzip-compressed or not.
+
+The one reader layer of the project: ingestion reads sources through :func:`read_records` and
+quarantines the records that come back with an ``error``; files that must be read whole
+(decontamination benchmarks, evaluation sets) go through :func:`read_objects`, which stops at the
+first such record instead.
+
+Reading is streaming for JSONL, CSV and Parquet. Bytes that are not UTF-8 are decoded with
+``surrogateescape`` so that one bad byte costs one record (reported as undecodable), not the
+file. A JSON array that is truncated keeps every element before the damage. Gzip is recognised by
+its magic bytes, whatever the file is called.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as read from a file, parsed (``value``, a dict) or not (``error``, the reason)."""
+
+    record_no: int  # 1-based position among the file's records (0: the file itself failed)
+    line_no: int | None  # 1-based line where the record starts, when the format has lines
+    raw_text: str
+    value: Any = None
+    error: str | None = None
+
+
+class UnreadableFile(ValueError):
+    """A file that must be read whole holds a record that cannot be read (the message says where and why)."""
+
+
+def format_from_extension(path: Path) -> str | None:
+    """``jsonl``, ``json``, ``csv`` or ``parquet`` from the file name (``.gz`` ignored); None if unknown."""
+    ext = _last_extension(path)
+    if ext in ("jsonl", "ndjson"):
+        return "jsonl"
+    if ext in ("json", "csv", "parquet"):
+        return ext
+    return None
+
+
+def file_format(path: Path, declared: str | None) -> str:
+    """A source file's format: the one declared on the source, else the one its extension names."""
+    if declared:
+        return declared
+    fmt = format_from_extension(path)
+    if fmt is None:
+        ext = _last_extension(path)
+        raise ValueError(f"{path}: cannot tell the format from the extension {ext!r}; set 'format' on the source")
+    return fmt
+
+
+def _last_extension(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    return suffixes[-1].lstrip(".") if suffixes else ""
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of the file's bytes (what "this file changed" means everywhere)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_binary(path: Path, skip_bom: bool = False) -> gzip.GzipFile | io.BufferedReader:
+    """The file's bytes, decompressed when it is gzip; with ``skip_bom`` a leading UTF-8 byte-order mark
+    (written by some Windows tools) is not part of the content."""
+    with path.open("rb") as probe:
+        magic = probe.read(2)
+    handle = gzip.GzipFile(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")
+    if skip_bom and handle.read(len(UTF8_BOM)) != UTF8_BOM:
+        handle.seek(0)
+    return handle
+
+
+# --------------------------------------------------------------------------------------------
+# Why a record cannot be read (the quarantine reasons)
+# --------------------------------------------------------------------------------------------
+
+def _first_undecodable(text: str) -> int | None:
+    """Index of the first byte that was not valid UTF-8 (a lone surrogate after surrogateescape)."""
+    for index, char in enumerate(text):
+        if "\udc80" <= char <= "\udcff":
+            return index
+    return None
+
+
+def _text_error(text: str, max_bytes: int | None) -> str | None:
+    """Why a record's raw text cannot be used: over the size limit (None: no limit) or not UTF-8."""
+    if max_bytes is not None:
+        size = len(text.encode("utf-8", "surrogateescape"))
+        if size > max_bytes:
+            return (f"oversized record: {size} bytes, over ingest.max_record_bytes={max_bytes} "
+                    "(raise the limit in the project file if such records are expected)")
+    bad = _first_undecodable(text)
+    if bad is not None:
+        return (f"undecodable bytes: not valid UTF-8 at character {bad + 1} of the record "
+                "(re-encode the file as UTF-8)")
+    return None
+
+
+def _parse_json_object(text: str) -> tuple[Any, str | None]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    if not isinstance(value, dict):
+        return None, f"expected a JSON object per record, got {type(value).__name__}"
+    return value, None
+
+
+# --------------------------------------------------------------------------------------------
+# One reader per format
+# --------------------------------------------------------------------------------------------
+
+def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+    """One JSON object per line; blank lines are not records."""
+    record_no = 0
+    with open_binary(path, skip_bom) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            text = line.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            if not text.strip():
+                continue
+            record_no += 1
+            error = _text_error(text, max_bytes)
+            value = None
+            if error is None:
+                value, error = _parse_json_object(text)
+            yield Record(record_no, line_no, text, value, error)
+
+
+def read_json(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+    """A JSON array of objects (or one object). Elements are decoded one by one, so a truncated
+    file yields every element before the damage and one unreadable record for the rest."""
+    with open_binary(path, skip_bom) as handle:
+        text = handle.read().decode("utf-8", "surrogateescape")
+    decoder = json.JSONDecoder()
+    position = len(text) - len(text.lstrip())
+    if not text.startswith("[", position):
+        yield from _single_json(text, max_bytes)
+        return
+    lines = _LineCounter(text)
+    position += 1
+    record_no = 0
+    while True:
+        position = _skip_separators(text, position)
+        if position >= len(text):
+            record_no += 1
+            yield Record(record_no, lines.at(position), "",
+                         error="truncated JSON: the file ends before the closing ']' (was it cut off?)")
+            return
+        if text[position] == "]":
+            trailing = text[position + 1:].strip()
+            if trailing:
+                record_no += 1
+                yield Record(record_no, lines.at(position), trailing,
+                             error="unexpected text after the closing ']'")
+            return
+        record_no += 1
+        line_no = lines.at(position)
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            rest = text[position:]
+            yield Record(record_no, line_no, rest,
+                         error=f"invalid or truncated JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+                               f"the rest of the file from here could not be read")
+            return
+        raw = text[position:end]
+        error = _text_error(raw, max_bytes)
+        if error is None and not isinstance(value, dict):
+            error = f"expected a JSON object per record, got {type(value).__name__}"
+        yield Record(record_no, line_no, raw, value if error is None else None, error)
+        position = end
+
+
+class _LineCounter:
+    """1-based line number of a position in a text, counting only the newlines not yet counted (positions
+    only grow while an array is read, so a file costs one pass instead of one pass per element)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.position = 0
+        self.line = 1
+
+    def at(self, position: int) -> int:
+        self.line += self.text.count("\n", self.position, position)
+        self.position = position
+        return self.line
+
+
+def _skip_separators(text: str, position: int) -> int:
+    while position < len(text) and (text[position].isspace() or text[position] == ","):
+        position += 1
+    return position
+
+
+def _single_json(text: str, max_bytes: int | None) -> Iterator[Record]:
+    error = _text_error(text, max_bytes)
+    value = None
+    if error is None:
+        value, error = _parse_json_object(text)
+        if error:
+            error += " (a .json source must hold an array of objects or one object)"
+    yield Record(1, 1, text, value, error)
+
+
+def read_csv(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+    """A header row, then one record per row; rows of blank cells only are not records."""
+    with open_binary(path, skip_bom) as binary:
+        stream = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(stream)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        record_no = 0
+        line_no = reader.line_num + 1
+        for cells in reader:
+            start_line, line_no = line_no, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue
+            record_no += 1
+            raw = ",".join(cells)
+            error = _text_error(raw, max_bytes)
+            value = None
+            if error is None and len(cells) != len(header):
+                error = f"row has {len(cells)} fields but the header has {len(header)} (unbalanced quotes?)"
+            if error is None:
+                value = dict(zip(header, cells, strict=True))
+            yield Record(record_no, start_line, raw, value, error)
+
+
+def read_parquet(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+    """One record per table row (``skip_bom`` is meaningless for a binary format and ignored)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        yield Record(1, None, "", error=f"unreadable Parquet file: {exc}")
+        return
+    record_no = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for value in batch.to_pylist():
+            record_no += 1
+            raw = json.dumps(value, ensure_ascii=False, default=str)
+            error = _text_error(raw, max_bytes)
+            yield Record(record_no, None, raw, value if error is None else None, error)
+
+
+READERS: dict[str, Callable[[Path, int | None, bool], Iterator[Record]]] = {
+    "jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet}
+
+
+def read_records(path: Path, fmt: str, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+    """Every record of a file, readable or not; a file that breaks off (truncated gzip, I/O error) ends
+    with one record numbered 0 that says so. ``max_bytes``: larger records are errors (None: no limit)."""
+    try:
+        yield from READERS[fmt](path, max_bytes, skip_bom)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        yield Record(0, None, "", error=f"file could not be read to the end: {exc}")
+
+
+def read_objects(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(record number, object)`` for every record of a file that must be read whole; raises
+    :class:`UnreadableFile` naming the line (or record) of the first one that cannot be read.
+    The format comes from the extension unless given; a leading byte-order mark is skipped."""
+    fmt = fmt or format_from_extension(path)
+    if fmt is None:
+        raise UnreadableFile(f"{path}: cannot tell the format from the extension {_last_extension(path)!r}; "
+                             "use .jsonl, .json, .csv or .parquet (optionally .gz)")
+    for record in read_records(path, fmt, max_bytes=None, skip_bom=True):
+        if record.error is not None:
+            where = (f"line {record.line_no}" if record.line_no is not None
+                     else f"record {record.record_no}" if record.record_no else "")
+            raise UnreadableFile(f"{path}{', ' + where if where else ''}: {record.error}")
+        yield record.record_no, record.value
