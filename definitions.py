@@ -20,11 +20,22 @@ from sensors import landing_files_sensor, nightly_schedule, run_failure_alert
 DATASETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
 ASSETS = [*DATASETS, exports, compliance_report, inspection]
 CHECKS = ALL_CHECKS
-RESOURCES = {"project": ProjectResource(), "warehouse": WarehouseResource(), "teacher": TeacherResource(),
-             "tokenizer": TokenizerResource()}
+RESOURCES = {
+    "project": ProjectResource(),
+    "warehouse": WarehouseResource(),
+    "teacher": TeacherResource(),
+    "tokenizer": TokenizerResource(),
+}
 
-distill_job = define_asset_job("distill", selection="*", description="Materialize every dataset version, "
-                               "the exports and the compliance report.")
+distill_job = define_asset_job(
+    "distill", selection="*", description="Materialize every dataset version, the exports and the compliance report."
+)
 
-defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[distill_job], schedules=[nightly_schedule],
-                   sensors=[landing_files_sensor, run_failure_alert], resources=RESOURCES)
+defs = Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[distill_job],
+    schedules=[nightly_schedule],
+    sensors=[landing_files_sensor, run_failure_alert],
+    resources=RESOURCES,
+)

@@ -59,8 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         downstream = [n.rstrip("+") for n in names if n.endswith("+")]
         if downstream:
             selection = selection | dg.AssetSelection.assets(*downstream).downstream()
-    print(f"Distillery home: {os.environ['DISTILLERY_HOME']}\nProject file: "
-          f"{os.environ.get('DISTILLERY_CONFIG', DEMO_CONFIG)}", file=sys.stderr)
+    print(
+        f"Distillery home: {os.environ['DISTILLERY_HOME']}\nProject file: "
+        f"{os.environ.get('DISTILLERY_CONFIG', DEMO_CONFIG)}",
+        file=sys.stderr,
+    )
     result = dg.materialize(
         [*ASSETS, *CHECKS],
         selection=selection,
@@ -73,8 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(result)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success:
-        print("\nThe run FAILED; see the errors above (the previous version of every table is intact).",
-              file=sys.stderr)
+        print(
+            "\nThe run FAILED; see the errors above (the previous version of every table is intact).", file=sys.stderr
+        )
         return 1
     if any(e.severity.value == "ERROR" for e in failed_checks):
         return 1
@@ -89,15 +93,19 @@ def _print_summary(result: object) -> None:
         metadata = materialization.metadata
         rows = metadata.get("dagster/row_count")
         version = metadata.get("data_version")
-        print(f"{materialization.asset_key.to_user_string():<16} {rows.value if rows else '-':>6}     "
-              f"{version.value if version else '-'}")
+        print(
+            f"{materialization.asset_key.to_user_string():<16} {rows.value if rows else '-':>6}     "
+            f"{version.value if version else '-'}"
+        )
     evaluations = result.get_asset_check_evaluations()  # type: ignore[attr-defined]
     passed = sum(1 for e in evaluations if e.passed)
     print(f"\nchecks: {passed} passed, {len(evaluations) - passed} failed")
     for evaluation in evaluations:
         if not evaluation.passed:
-            print(f"  FAILED {evaluation.asset_key.to_user_string()}:{evaluation.check_name} "
-                  f"({evaluation.severity.value})")
+            print(
+                f"  FAILED {evaluation.asset_key.to_user_string()}:{evaluation.check_name} "
+                f"({evaluation.severity.value})"
+            )
     print(f"warehouse: {warehouse_path()}")
 
 
@@ -128,15 +136,19 @@ def cmd_preview(args: argparse.Namespace) -> int:
     try:
         with _open_read_only() as connection:
             batches = read_batches(
-                connection, f"SELECT * FROM {quote(args.table)} USING SAMPLE reservoir({int(args.sample)} ROWS) "
-                "REPEATABLE (0)")
+                connection,
+                f"SELECT * FROM {quote(args.table)} USING SAMPLE reservoir({int(args.sample)} ROWS) REPEATABLE (0)",
+            )
             result = preview(iter_rows(batches), cleaners, filters)
     except (FileNotFoundError, WarehouseBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except duckdb.CatalogException:
-        print(f"error: the warehouse has no table {args.table!r} yet; run `distillery run --select raw,deduped` "
-              "first (or pass --table)", file=sys.stderr)
+        print(
+            f"error: the warehouse has no table {args.table!r} yet; run `distillery run --select raw,deduped` "
+            "first (or pass --table)",
+            file=sys.stderr,
+        )
         return 2
     print(preview_markdown(result))
     return 0
@@ -192,8 +204,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         with _open_read_only() as connection:
             version = content_hash(connection, args.table) if args.table in discover(connection).datasets else ""
-            report = build_report(connection, policy, args.table, data_version=version, project=config.name,
-                                  project_file_hash=config.file_hash)
+            report = build_report(
+                connection,
+                policy,
+                args.table,
+                data_version=version,
+                project=config.name,
+                project_file_hash=config.file_hash,
+            )
             out = Path(args.out) if args.out else reports_dir() / version
             paths = write_report(connection, report, out)
     except (FileNotFoundError, WarehouseBusy, LookupError) as error:
@@ -210,8 +228,11 @@ def reference_pages() -> dict[str, str]:
     from curation.ingest.mappings import mappings_reference
     from curation.synth.methods import methods_reference
 
-    return {"filters.md": filters_reference(), "mappings.md": mappings_reference(),
-            "synthesis-methods.md": methods_reference()}
+    return {
+        "filters.md": filters_reference(),
+        "mappings.md": mappings_reference(),
+        "synthesis-methods.md": methods_reference(),
+    }
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
@@ -227,8 +248,10 @@ def cmd_reference(args: argparse.Namespace) -> int:
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
     if stale:
-        print(f"out of date with the registries: {', '.join(stale)}; regenerate with `distillery reference`",
-              file=sys.stderr)
+        print(
+            f"out of date with the registries: {', '.join(stale)}; regenerate with `distillery reference`",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -257,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--sample", type=int, default=500)
     prev.set_defaults(func=cmd_preview)
 
-    aud = sub.add_parser("audit", help="a row's full chain back to its raw records: sources, licences, every "
-                                       "operation, teacher, judge; where it went or why it stopped")
+    aud = sub.add_parser(
+        "audit",
+        help="a row's full chain back to its raw records: sources, licences, every "
+        "operation, teacher, judge; where it went or why it stopped",
+    )
     aud.add_argument("row_id", nargs="+", help="row id (any dataset version) or the file#record it was read from")
     aud.add_argument("--json", action="store_true", help="machine-readable output")
     aud.add_argument("--home")
@@ -269,13 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--home")
     rep.add_argument("--table", default="formatted", help="dataset version to report on (default: formatted)")
     rep.add_argument("--out", help="folder for the report (default: $DISTILLERY_HOME/reports/<data version>)")
-    rep.add_argument("--intended-use", choices=["research", "commercial"],
-                     help="judge against this use instead of the project file's policy.intended_use")
+    rep.add_argument(
+        "--intended-use",
+        choices=["research", "commercial"],
+        help="judge against this use instead of the project file's policy.intended_use",
+    )
     rep.add_argument("--check", action="store_true", help="exit with status 1 when any row violates the policy")
     rep.set_defaults(func=cmd_report)
 
-    ref = sub.add_parser("reference", help="write the reference pages generated from the registries (filters, "
-                                           "mappings, synthesis methods) into docs/")
+    ref = sub.add_parser(
+        "reference",
+        help="write the reference pages generated from the registries (filters, "
+        "mappings, synthesis methods) into docs/",
+    )
     ref.add_argument("--out", help="folder to write them to (default: the docs/ folder beside this program)")
     ref.add_argument("--check", action="store_true", help="write nothing; exit with status 1 when a page is stale")
     ref.set_defaults(func=cmd_reference)

@@ -10,10 +10,17 @@ from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="reports", pool=POOL, deps=["formatted"], kinds={"duckdb", "html"}, code_version="compliance-1",
-       owners=["team:data"])
-def compliance_report(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-                      ) -> MaterializeResult:
+@asset(
+    group_name="reports",
+    pool=POOL,
+    deps=["formatted"],
+    kinds={"duckdb", "html"},
+    code_version="compliance-1",
+    owners=["team:data"],
+)
+def compliance_report(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     """Rows of `formatted` by licence, origin, source and teacher; attribution and share-alike obligations;
     the teachers' terms; every row violating the policy for `policy.intended_use`, with the reason.
     Markdown, HTML, JSON and the full `violations.csv`."""
@@ -21,24 +28,34 @@ def compliance_report(context: AssetExecutionContext, project: ProjectResource, 
     policy = CompliancePolicy.from_config(config.policy)
     with warehouse.get().connect() as connection:
         version = content_hash(connection, "formatted")
-        report = build_report(connection, policy, "formatted", data_version=version, project=config.name,
-                              project_file_hash=config.file_hash)
+        report = build_report(
+            connection,
+            policy,
+            "formatted",
+            data_version=version,
+            project=config.name,
+            project_file_hash=config.file_hash,
+        )
         out = reports_dir() / version
         paths = write_report(connection, report, out)
-    context.log.info(f"compliance report: {report.violating_rows} of {report.rows} rows violate the "
-                     f"{policy.intended_use} policy; {paths['html']}")
-    return MaterializeResult(metadata={
-        "dagster/uri": paths["html"].as_uri(),
-        "report_html": MetadataValue.path(str(paths["html"])),
-        "report_markdown": MetadataValue.path(str(paths["markdown"])),
-        "violations_csv": MetadataValue.path(str(paths["violations"])),
-        "summary": MetadataValue.md(report.summary_markdown()),
-        "data_version": version,
-        "project_file_hash": config.file_hash,
-        "intended_use": policy.intended_use,
-        "rows": report.rows,
-        "violating_rows": report.violating_rows,
-        "compliant": report.compliant,
-        "violations_by_rule": MetadataValue.json(report.violations_by_rule),
-        "attribution": MetadataValue.json(report.attribution),
-    })
+    context.log.info(
+        f"compliance report: {report.violating_rows} of {report.rows} rows violate the "
+        f"{policy.intended_use} policy; {paths['html']}"
+    )
+    return MaterializeResult(
+        metadata={
+            "dagster/uri": paths["html"].as_uri(),
+            "report_html": MetadataValue.path(str(paths["html"])),
+            "report_markdown": MetadataValue.path(str(paths["markdown"])),
+            "violations_csv": MetadataValue.path(str(paths["violations"])),
+            "summary": MetadataValue.md(report.summary_markdown()),
+            "data_version": version,
+            "project_file_hash": config.file_hash,
+            "intended_use": policy.intended_use,
+            "rows": report.rows,
+            "violating_rows": report.violating_rows,
+            "compliant": report.compliant,
+            "violations_by_rule": MetadataValue.json(report.violations_by_rule),
+            "attribution": MetadataValue.json(report.attribution),
+        }
+    )

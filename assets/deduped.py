@@ -11,10 +11,10 @@ from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["raw"], kinds={"duckdb"}, code_version="deduped-1",
-       owners=["team:data"])
-def deduped(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-            ) -> MaterializeResult:
+@asset(group_name="datasets", pool=POOL, deps=["raw"], kinds={"duckdb"}, code_version="deduped-1", owners=["team:data"])
+def deduped(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     """Raw rows without repeated paragraphs and boilerplate (edits → lineage), exact duplicates (normalised
     field set), near duplicates (MinHash LSH, verified by exact Jaccard) and conflicting answers to one prompt.
     Signatures persist in `dedup_signatures`, so unchanged rows are never MinHashed again."""
@@ -25,7 +25,10 @@ def deduped(context: AssetExecutionContext, project: ProjectResource, warehouse:
             staged.append(staged.create(table, ddl), data)
         staged.append_rows(staged.partition("lineage", LINEAGE_DDL), run.lineage, LINEAGE_SCHEMA)
         metadata = dataset_metadata(staged.connection, staged.staging_name("deduped"), parents=["raw"])
-    metadata |= {"dagster/table_name": "warehouse.main.deduped", **run.counts(),
-                 **{name: MetadataValue.md(text) for name, text in run.markdown().items()},
-                 "parameters": MetadataValue.json(run.parameters())}
+    metadata |= {
+        "dagster/table_name": "warehouse.main.deduped",
+        **run.counts(),
+        **{name: MetadataValue.md(text) for name, text in run.markdown().items()},
+        "parameters": MetadataValue.json(run.parameters()),
+    }
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))

@@ -11,10 +11,17 @@ from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["formatted"], kinds={"parquet", "json"},
-       code_version="exports-1", owners=["team:data"])
-def exports(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-            ) -> MaterializeResult:
+@asset(
+    group_name="datasets",
+    pool=POOL,
+    deps=["formatted"],
+    kinds={"parquet", "json"},
+    code_version="exports-1",
+    owners=["team:data"],
+)
+def exports(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     """SFT (`messages`, and pre-tokenized `input_ids` + `assistant_masks`), preference (`prompt`/`chosen`/
     `rejected`), prompt, reward and text layouts, train and eval, in JSONL and Parquet, plus `manifest.json`
     (data version, row counts, licences and attribution, teachers, tokenizer and template, project-file
@@ -24,8 +31,10 @@ def exports(context: AssetExecutionContext, project: ProjectResource, warehouse:
         info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
         result = write_export(connection, exports_dir(), info, batch_rows=config.ingest.batch_rows)
     manifest = result.manifest
-    context.log.info(f"exports: data version {result.data_version} at {result.path}"
-                     + (" (unchanged, reused)" if result.reused else ""))
+    context.log.info(
+        f"exports: data version {result.data_version} at {result.path}"
+        + (" (unchanged, reused)" if result.reused else "")
+    )
     return MaterializeResult(
         data_version=DataVersion(result.data_version),
         metadata={
@@ -41,4 +50,5 @@ def exports(context: AssetExecutionContext, project: ProjectResource, warehouse:
             "teachers": MetadataValue.md(markdown_table(manifest["teachers"])),
             "tokenizer": MetadataValue.json(manifest["tokenizer"]),
             "manifest": MetadataValue.path(str(result.path / "manifest.json")),
-        })
+        },
+    )

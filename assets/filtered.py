@@ -11,10 +11,17 @@ from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["deduped"], kinds={"duckdb"}, code_version="filtered-2",
-       owners=["team:data"])
-def filtered(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-             ) -> MaterializeResult:
+@asset(
+    group_name="datasets",
+    pool=POOL,
+    deps=["deduped"],
+    kinds={"duckdb"},
+    code_version="filtered-2",
+    owners=["team:data"],
+)
+def filtered(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     """Deduplicated rows cleaned (encoding, HTML residue, PII, whitespace) and filtered (quality, language
     per source, policy, licence for the intended use), cheapest filter first unless `filters.order` says
     otherwise. Rejected rows → `filter_rejections` (filter, reason, value)."""
@@ -22,15 +29,18 @@ def filtered(context: AssetExecutionContext, project: ProjectResource, warehouse
     cleaners, filters = project_chain(config)
     context.log.info("filter order: " + ", ".join(f.name for f in filters))
     with warehouse.get().write("filtered") as staged:
-        tables = filter_table(staged, "deduped", cleaners, filters, batch_rows=config.ingest.batch_rows,
-                              log=context.log.info)
+        tables = filter_table(
+            staged, "deduped", cleaners, filters, batch_rows=config.ingest.batch_rows, log=context.log.info
+        )
         metadata = dataset_metadata(staged.connection, staged.staging_name("filtered"), parents=["deduped"])
         summary = summarize(staged.connection, tables.rejections, "deduped", tables.stats, cleaners, filters)
     stats = tables.stats
     context.log.info(f"filtered: kept {stats.rows_kept} of {stats.rows_in}, edited {stats.rows_edited}")
     metadata |= {
         "dagster/table_name": "warehouse.main.filtered",
-        "rows_in": stats.rows_in, "rows_rejected": stats.rows_in - stats.rows_kept, "rows_edited": stats.rows_edited,
+        "rows_in": stats.rows_in,
+        "rows_rejected": stats.rows_in - stats.rows_kept,
+        "rows_edited": stats.rows_edited,
         "per_filter": MetadataValue.md(summary.per_filter),
         "rejections_plot": MetadataValue.md(summary.rejections_plot),
         "rejected_by_filter": MetadataValue.json(dict(stats.rejected)),

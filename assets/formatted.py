@@ -11,10 +11,17 @@ from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["synthetic_mixed"], kinds={"duckdb"},
-       code_version="formatted-2", owners=["team:data"])
-def formatted(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource,
-              tokenizer: TokenizerResource) -> MaterializeResult:
+@asset(
+    group_name="datasets",
+    pool=POOL,
+    deps=["synthetic_mixed"],
+    kinds={"duckdb"},
+    code_version="formatted-2",
+    owners=["team:data"],
+)
+def formatted(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource, tokenizer: TokenizerResource
+) -> MaterializeResult:
     """Training-ready rows: rendered text, token ids, counts and assistant-only loss masks, split and subset.
     Benchmark matches, unrenderable or over-long rows, rows whose content holds control tokens and rows
     that do not survive a render/parse round trip → `format_rejections` with the reason."""
@@ -36,8 +43,11 @@ def formatted(context: AssetExecutionContext, project: ProjectResource, warehous
         "rows_rejected": len(result.rejections),
         "rows_rejected_by_stage": MetadataValue.json(result.rejected_by_stage),
         "rows_truncated": tokens.truncated_rows,
-        "tokens_total": tokens.total, "tokens_max": tokens.longest, "tokens_mean": tokens.mean,
-        "tokens_p50": tokens.p50, "tokens_p90": tokens.p90,
+        "tokens_total": tokens.total,
+        "tokens_max": tokens.longest,
+        "tokens_mean": tokens.mean,
+        "tokens_p50": tokens.p50,
+        "tokens_p90": tokens.p90,
         "mask_sources": MetadataValue.json(result.mask_sources),
         "splits": MetadataValue.md(result.splits_markdown()),
         "contamination": MetadataValue.md(result.contamination_markdown()),

@@ -17,8 +17,14 @@ from resources import WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="inspection", pool=POOL, deps=list(VERSIONS), kinds={"duckdb", "html"},
-       code_version="inspection-0", owners=["team:data"])
+@asset(
+    group_name="inspection",
+    pool=POOL,
+    deps=list(VERSIONS),
+    kinds={"duckdb", "html"},
+    code_version="inspection-0",
+    owners=["team:data"],
+)
 def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Per dataset version: prompt/response length (characters, words; tokens in `formatted`), turns,
     kinds, sources, licences, languages (sample), origin and teachers, task types and topics where
@@ -47,6 +53,5 @@ def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
 def _latest_data_version(context: AssetExecutionContext, version: str) -> str:
     """The data version the asset's latest materialization reported ("" before the first)."""
     event = context.instance.get_latest_materialization_event(AssetKey(version))
-    value = event.asset_materialization.metadata.get("data_version") if event and event.asset_materialization \
-        else None
+    value = event.asset_materialization.metadata.get("data_version") if event and event.asset_materialization else None
     return str(value.value) if value is not None else ""

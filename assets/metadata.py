@@ -19,27 +19,42 @@ from curation.core.markdown import counts_table, markdown_table
 from curation.core.schema import COLUMN_SPECS
 from curation.core.warehouse import content_hash, quote
 
-_DAGSTER_TYPES = {"VARCHAR": "string", "JSON": "json", "DOUBLE": "float", "TIMESTAMP": "timestamp",
-                  "BIGINT": "int", "INTEGER": "int", "BOOLEAN": "bool"}
+_DAGSTER_TYPES = {
+    "VARCHAR": "string",
+    "JSON": "json",
+    "DOUBLE": "float",
+    "TIMESTAMP": "timestamp",
+    "BIGINT": "int",
+    "INTEGER": "int",
+    "BOOLEAN": "bool",
+}
 
 
 def table_schema(connection: duckdb.DuckDBPyConnection, table: str) -> TableSchema:
     """The table's real columns, described from the canonical spec where they are canonical."""
     descriptions = {name: description for name, _, description in COLUMN_SPECS}
     columns = connection.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-        "ORDER BY ordinal_position", [table]).fetchall()
-    return TableSchema(columns=[TableColumn(name=name, type=_DAGSTER_TYPES.get(sql_type, sql_type.lower()),
-                                            description=descriptions.get(name))
-                                for name, sql_type in columns])
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return TableSchema(
+        columns=[
+            TableColumn(
+                name=name, type=_DAGSTER_TYPES.get(sql_type, sql_type.lower()), description=descriptions.get(name)
+            )
+            for name, sql_type in columns
+        ]
+    )
 
 
 def column_lineage(parents: Sequence[str], columns: Sequence[str] | None = None) -> TableColumnLineage:
     """Each canonical column of a derived dataset comes from the same column of its parents."""
     names = columns or [name for name, _, _ in COLUMN_SPECS]
-    return TableColumnLineage(deps_by_column={
-        name: [TableColumnDep(asset_key=AssetKey(parent), column_name=name) for parent in parents]
-        for name in names})
+    return TableColumnLineage(
+        deps_by_column={
+            name: [TableColumnDep(asset_key=AssetKey(parent), column_name=name) for parent in parents] for name in names
+        }
+    )
 
 
 def count_by(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> dict[str, int]:
@@ -49,17 +64,25 @@ def count_by(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> 
     return {str(key): int(count) for key, count in rows}
 
 
-def preview(connection: duckdb.DuckDBPyConnection, table: str, limit: int = 8,
-            columns: Sequence[str] = ("row_id", "kind", "source", "license", "origin", "messages")) -> str:
+def preview(
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    limit: int = 8,
+    columns: Sequence[str] = ("row_id", "kind", "source", "license", "origin", "messages"),
+) -> str:
     cursor = connection.execute(
         f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} USING SAMPLE reservoir({int(limit)} ROWS) "
-        "REPEATABLE (42) ORDER BY row_id")
+        "REPEATABLE (42) ORDER BY row_id"
+    )
     names = [d[0] for d in cursor.description]
     return markdown_table([dict(zip(names, r, strict=True)) for r in cursor.fetchall()], width=60)
 
 
-def dataset_metadata(connection: duckdb.DuckDBPyConnection, table: str, parents: Sequence[str] = (),
-                     ) -> dict[str, Any]:
+def dataset_metadata(
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    parents: Sequence[str] = (),
+) -> dict[str, Any]:
     """Row count, schema, column lineage, breakdowns and a preview for a canonical dataset table."""
     (rows,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
     metadata: dict[str, Any] = {

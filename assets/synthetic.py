@@ -15,17 +15,26 @@ from resources.teachers import TeacherResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["filtered"], kinds={"duckdb"}, code_version="synthetic-2",
-       owners=["team:data"])
-def synthetic(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource,
-              teacher: TeacherResource) -> MaterializeResult:
+@asset(
+    group_name="datasets",
+    pool=POOL,
+    deps=["filtered"],
+    kinds={"duckdb"},
+    code_version="synthetic-2",
+    owners=["team:data"],
+)
+def synthetic(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource, teacher: TeacherResource
+) -> MaterializeResult:
     """The teacher's accepted output. Methods and counts come from the project file's `synthesis`
     section; the procedural teacher (offline, deterministic) is the default."""
     config = project.load()
     plan = SynthesisPlan.from_config(config)
     created_at = utcnow()
-    with teacher.open(config.synthesis.teacher, config.synthesis.judge, config.base_dir) as (model, judge), \
-            warehouse.get().write("synthetic") as staged:
+    with (
+        teacher.open(config.synthesis.teacher, config.synthesis.judge, config.base_dir) as (model, judge),
+        warehouse.get().write("synthetic") as staged,
+    ):
         result = plan.run(model, judge, table_rows(staged.connection, "filtered"), created_at)
         table = staged.create("synthetic", canonical_ddl())
         provenance = staged.create("provenance", PROVENANCE_DDL)
@@ -40,8 +49,10 @@ def synthetic(context: AssetExecutionContext, project: ProjectResource, warehous
         cached_generations = len(cache) if cache is not None else 0
     for warning in result.warnings:
         context.log.warning(warning)
-    context.log.info(f"synthetic: {len(result.accepted)} accepted, {len(result.rejected)} rejected candidates "
-                     f"from teacher {result.teacher.model}")
+    context.log.info(
+        f"synthetic: {len(result.accepted)} accepted, {len(result.rejected)} rejected candidates "
+        f"from teacher {result.teacher.model}"
+    )
     metadata |= {
         "dagster/table_name": "warehouse.main.synthetic",
         "teacher": MetadataValue.json(result.teacher.as_dict()),

@@ -11,10 +11,17 @@ from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["filtered", "synthetic"], kinds={"duckdb"},
-       code_version="synthetic_mixed-2", owners=["team:data"])
-def synthetic_mixed(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-                    ) -> MaterializeResult:
+@asset(
+    group_name="datasets",
+    pool=POOL,
+    deps=["filtered", "synthetic"],
+    kinds={"duckdb"},
+    code_version="synthetic_mixed-2",
+    owners=["team:data"],
+)
+def synthetic_mixed(
+    context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+) -> MaterializeResult:
     """Filtered (real) rows plus synthetic rows: per-source quotas (`mix.quotas`), target weights over one
     dimension (`mix.weights`), and model-made rows at most `mix.synthetic_cap` of the total."""
     mix = project.load().mix
@@ -25,11 +32,14 @@ def synthetic_mixed(context: AssetExecutionContext, project: ProjectResource, wa
         insert_kept_rows(staged.connection, table, result.plan.kept)
         excluded = staged.create("mix_excluded", MIX_EXCLUDED_DDL)
         staged.append_rows(excluded, result.excluded_records(), MIX_EXCLUDED_SCHEMA)
-        metadata = dataset_metadata(staged.connection, staged.staging_name("synthetic_mixed"),
-                                    parents=["filtered", "synthetic"])
+        metadata = dataset_metadata(
+            staged.connection, staged.staging_name("synthetic_mixed"), parents=["filtered", "synthetic"]
+        )
     plan = result.plan
-    context.log.info(f"synthetic_mixed: {plan.synthetic_kept}/{plan.synthetic_available} synthetic rows kept "
-                     f"(model-made share {plan.synthetic_share:.1%}, cap {plan.cap:.0%})")
+    context.log.info(
+        f"synthetic_mixed: {plan.synthetic_kept}/{plan.synthetic_available} synthetic rows kept "
+        f"(model-made share {plan.synthetic_share:.1%}, cap {plan.cap:.0%})"
+    )
     metadata |= {
         "dagster/table_name": "warehouse.main.synthetic_mixed",
         "synthetic_share": plan.synthetic_share,

@@ -44,6 +44,7 @@ _DOCSTRING = re.compile(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\')', re.S)
 # ---------------------------------------------------------------------------------------------
 # Corpus.
 
+
 def docstring_pool(max_words: int = 4_000_000) -> list[list[str]]:
     """Distinct docstrings (as word lists, whitespace-split) from the interpreter's own sources."""
     paths = sysconfig.get_paths()
@@ -80,9 +81,9 @@ def _span_edit(doc: list[str], rng: np.random.Generator, vocab: list[str]) -> li
         op = rng.integers(3)
         fresh = [vocab[k] for k in rng.integers(0, len(vocab), span)]
         if op == 0:
-            out[at:at + span] = fresh
+            out[at : at + span] = fresh
         elif op == 1:
-            del out[at:at + span]
+            del out[at : at + span]
         else:
             out[at:at] = fresh
     return out
@@ -113,6 +114,7 @@ def build_corpus(n_docs: int, seed: int = 0) -> tuple[list[str], int, int]:
 # ---------------------------------------------------------------------------------------------
 # Exact ground truth (independent of curation.dedup.minhash: its own tokens, ids and 64-bit keys).
 
+
 def shingle_sets(texts: Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique 64-bit word n-gram keys per document (CSR: values, offsets)."""
     ascii_word = re.compile(r"\w+")
@@ -131,7 +133,7 @@ def shingle_sets(texts: Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarr
             m = ids.size - n + 1
             keys = ids[:m].copy()
             for k in range(1, n):
-                keys = keys * mult + ids[k:k + m]
+                keys = keys * mult + ids[k : k + m]
         keys = np.unique(keys)
         parts.append(keys)
         offsets[i + 1] = offsets[i] + keys.size
@@ -139,7 +141,7 @@ def shingle_sets(texts: Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarr
 
 
 def jaccard_csr(values: np.ndarray, offsets: np.ndarray, a: int, b: int) -> float:
-    x, y = values[offsets[a]:offsets[a + 1]], values[offsets[b]:offsets[b + 1]]
+    x, y = values[offsets[a] : offsets[a + 1]], values[offsets[b] : offsets[b + 1]]
     inter = np.intersect1d(x, y, assume_unique=True).size
     union = x.size + y.size - inter
     return inter / union if union else 1.0
@@ -191,6 +193,7 @@ def all_pairs(values: np.ndarray, offsets: np.ndarray, t: float) -> dict[tuple[i
 # ---------------------------------------------------------------------------------------------
 # Runs.
 
+
 class Clock:
     """Wall and CPU seconds of a block: CPU time (all threads of this process) is what to compare
     when other work shares the machine; wall time is what a user waits."""
@@ -223,7 +226,7 @@ def run_datasketch(texts: Sequence[str]) -> Clock:
             toks = words(text)
             m = MinHash(num_perm=128)
             for k in range(max(1, len(toks) - 4)):
-                m.update(" ".join(toks[k:k + 5]).encode("utf-8"))
+                m.update(" ".join(toks[k : k + 5]).encode("utf-8"))
             lsh.query(m)
             lsh.insert(i, m)
     return clock
@@ -236,7 +239,7 @@ def run_datasketch_bulk(texts: Sequence[str]) -> Clock:
         sets = []
         for text in texts:
             toks = words(text)
-            sets.append([" ".join(toks[k:k + 5]).encode("utf-8") for k in range(max(1, len(toks) - 4))])
+            sets.append([" ".join(toks[k : k + 5]).encode("utf-8") for k in range(max(1, len(toks) - 4))])
         lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
         for i, m in enumerate(MinHash.bulk(sets, num_perm=128)):
             lsh.query(m)
@@ -249,7 +252,7 @@ def plain_lsh_pairs(texts: Sequence[str]) -> dict[tuple[int, int], float]:
     Uses our signatures, which equal datasketch's for the same hash function (tested), and
     datasketch's own (bands, rows) for 0.8."""
     hasher = MinHasher(128, 1)
-    sig = np.concatenate([hasher.signatures(texts[i:i + 1000]) for i in range(0, len(texts), 1000)])
+    sig = np.concatenate([hasher.signatures(texts[i : i + 1000]) for i in range(0, len(texts), 1000)])
     b, r = lsh_params(THRESHOLD, 128)
     return {(int(x), int(y)): 0.0 for x, y in candidate_pairs(band_keys(sig, b, r))}
 
@@ -260,45 +263,60 @@ def peak_memory(texts: Sequence[str], keep_signatures: bool) -> float:
     is dropped; the asset writes it to the warehouse) and only band keys and 16-bit sketches stay."""
     gc.collect()
     tracemalloc.start()
-    near_duplicate_pairs(texts, NearConfig(threshold=THRESHOLD, workers=1),
-                         sink=None if keep_signatures else (lambda start, sig, counts: None),
-                         keep_signatures=keep_signatures)
+    near_duplicate_pairs(
+        texts,
+        NearConfig(threshold=THRESHOLD, workers=1),
+        sink=None if keep_signatures else (lambda start, sig, counts: None),
+        keep_signatures=keep_signatures,
+    )
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak / 2**20
 
 
-def score(found: dict[tuple[int, int], float],
-          truth: dict[tuple[int, int], float]) -> list[tuple[str, int, int, float]]:
+def score(
+    found: dict[tuple[int, int], float], truth: dict[tuple[int, int], float]
+) -> list[tuple[str, int, int, float]]:
     rows = []
     for lo, hi in BANDS:
         band = {p for p, j in truth.items() if lo <= j < hi}
         hit = sum(1 for p in band if p in found)
-        rows.append((f"[{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'}", len(band), hit,
-                     hit / len(band) if band else math.nan))
+        rows.append(
+            (
+                f"[{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'}",
+                len(band),
+                hit,
+                hit / len(band) if band else math.nan,
+            )
+        )
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=200_000)
-    parser.add_argument("--baseline-docs", type=int, default=3000,
-                        help="sample size for the (slow) plain datasketch throughput")
+    parser.add_argument(
+        "--baseline-docs", type=int, default=3000, help="sample size for the (slow) plain datasketch throughput"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
     texts, n_exact, n_near = build_corpus(args.docs, args.seed)
     n_words = sum(t.count(" ") + 1 for t in texts)
-    print(f"corpus: {len(texts):,} docs, {n_words / len(texts):.0f} words/doc on average, "
-          f"{n_exact:,} exact and {n_near:,} span-edited copies injected ({time.perf_counter() - t0:.1f}s)")
+    print(
+        f"corpus: {len(texts):,} docs, {n_words / len(texts):.0f} words/doc on average, "
+        f"{n_exact:,} exact and {n_near:,} span-edited copies injected ({time.perf_counter() - t0:.1f}s)"
+    )
 
     t0 = time.perf_counter()
     values, offsets = shingle_sets(texts)
     truth = all_pairs(values, offsets, THRESHOLD)
     del values, offsets
-    print(f"ground truth: {len(truth):,} pairs with word-5-gram Jaccard >= {THRESHOLD} "
-          f"(exact all-pairs, {time.perf_counter() - t0:.1f}s)")
+    print(
+        f"ground truth: {len(truth):,} pairs with word-5-gram Jaccard >= {THRESHOLD} "
+        f"(exact all-pairs, {time.perf_counter() - t0:.1f}s)"
+    )
 
     MinHasher().signatures(texts[:10])  # compile/load the kernels outside the timings
     sample = texts[: args.baseline_docs]
@@ -314,16 +332,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\nthroughput (near-duplicate stage: shingles, signatures, LSH, exact verification)")
     print(f"  {'method':<40}{'docs/s':>10}{'docs/CPU-s':>12}{'x baseline':>12}")
     base_wall, base_cpu = len(sample) / base.wall, len(sample) / base.cpu
-    for label, n, clock in (("datasketch MinHash.update + MinHashLSH", len(sample), base),
-                            ("datasketch MinHash.bulk + MinHashLSH", len(sample), bulk),
-                            ("Distillery, 1 thread", len(texts), c1),
-                            ("Distillery, 2 threads", len(texts), c2)):
+    for label, n, clock in (
+        ("datasketch MinHash.update + MinHashLSH", len(sample), base),
+        ("datasketch MinHash.bulk + MinHashLSH", len(sample), bulk),
+        ("Distillery, 1 thread", len(texts), c1),
+        ("Distillery, 2 threads", len(texts), c2),
+    ):
         print(f"  {label:<40}{n / clock.wall:>10,.0f}{n / clock.cpu:>12,.0f}{n / clock.wall / base_wall:>12.1f}")
     b, r = NearConfig().params
-    print(f"  (ours: {b} bands x {r} rows = datasketch's optimum for 0.6; {cand:,} candidate pairs, "
-          f"{verified:,} verified exactly; baseline measured on {len(sample):,} docs; "
-          f"load average {load_before:.1f} before, {load_after:.1f} after on {os.cpu_count()} cores; "
-          f"x baseline by CPU time: {len(texts) / c1.cpu / base_cpu:.0f})")
+    print(
+        f"  (ours: {b} bands x {r} rows = datasketch's optimum for 0.6; {cand:,} candidate pairs, "
+        f"{verified:,} verified exactly; baseline measured on {len(sample):,} docs; "
+        f"load average {load_before:.1f} before, {load_after:.1f} after on {os.cpu_count()} cores; "
+        f"x baseline by CPU time: {len(texts) / c1.cpu / base_cpu:.0f})"
+    )
 
     print(f"\nquality against the ground truth at Jaccard >= {THRESHOLD}")
     for label, found in (("Distillery", ours1), (f"datasketch LSH at 0.8 {lsh_params(THRESHOLD, 128)}", plain)):
@@ -339,8 +361,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for keep, label in ((True, "signatures kept in memory"), (False, "signatures streamed to a sink")):
         mem_small, mem_full = peak_memory(small, keep), peak_memory(texts, keep)
         per_million = (mem_full - mem_small) / (len(texts) - len(small)) * 1e6 / 1024
-        print(f"  {label:<31}{len(small):>9,} docs: {mem_small:7.1f} MiB{len(texts):>10,} docs: "
-              f"{mem_full:7.1f} MiB  -> +{per_million:.2f} GiB per million docs")
+        print(
+            f"  {label:<31}{len(small):>9,} docs: {mem_small:7.1f} MiB{len(texts):>10,} docs: "
+            f"{mem_full:7.1f} MiB  -> +{per_million:.2f} GiB per million docs"
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  (process max RSS including corpus and ground truth: {rss:,.0f} MiB)")
 

@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from curation.filter.pii import REGEX_ENTITIES, NerBackend, find_pii
 from curation.ingest.readers import read_objects
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio-synth-pii" / \
-    "synth_dataset_v2.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio-synth-pii" / "synth_dataset_v2.json"
 
 # presidio entity type → ours. Types not listed (GPE, ORGANIZATION, DATE_TIME, …) are not
 # targets, but their spans still count for "FP on other PII".
@@ -72,8 +71,10 @@ class EntityScore:
 def load_presidio(path: Path = DEFAULT_PATH) -> list[dict]:
     """The presidio-research synthetic sentences ({full_text, spans, …})."""
     if not path.exists():
-        raise FileNotFoundError(f"presidio synthetic PII data not found at {path}; pass its path "
-                                "(shared/data/presidio-synth-pii/synth_dataset_v2.json)")
+        raise FileNotFoundError(
+            f"presidio synthetic PII data not found at {path}; pass its path "
+            "(shared/data/presidio-synth-pii/synth_dataset_v2.json)"
+        )
     return [record for _, record in read_objects(path)]
 
 
@@ -88,8 +89,7 @@ def evaluate(records: Iterable[dict], ner: NerBackend | None = None) -> dict[str
     scores: dict[str, EntityScore] = {}
     for record in records:
         text = record["full_text"]
-        gold = [(GOLD_TO_OURS.get(s["entity_type"]), (s["start_position"], s["end_position"]))
-                for s in record["spans"]]
+        gold = [(GOLD_TO_OURS.get(s["entity_type"]), (s["start_position"], s["end_position"])) for s in record["spans"]]
         predicted = find_pii(text, ner=ner)
         for entity, span in gold:
             if entity not in searched:
@@ -110,12 +110,16 @@ def evaluate(records: Iterable[dict], ner: NerBackend | None = None) -> dict[str
 
 
 def markdown_table(scores: dict[str, EntityScore]) -> str:
-    lines = ["| Entity | Gold | TP | FP | FP on other PII | FN | Precision | Recall |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Entity | Gold | TP | FP | FP on other PII | FN | Precision | Recall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for entity in sorted(scores):
         s = scores[entity]
-        lines.append(f"| {entity} | {s.gold} | {s.tp} | {s.fp} | {s.fp_other_pii} | {s.fn} | "
-                     f"{s.precision:.3f} | {s.recall:.3f} |")
+        lines.append(
+            f"| {entity} | {s.gold} | {s.tp} | {s.fp} | {s.fp_other_pii} | {s.fn} | "
+            f"{s.precision:.3f} | {s.recall:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -127,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     ner = None
     if args.ner:
         from curation.filter.pii_ner import backend_from_spec
+
         ner = backend_from_spec(args.ner)
     records = load_presidio(args.path)
     started = time.perf_counter()
     scores = evaluate(records, ner=ner)
     elapsed = time.perf_counter() - started
     print(markdown_table(scores))
-    print(f"\n{len(records)} sentences from {args.path.name}, {elapsed:.2f} s; "
-          "rule: predicted span is TP if it overlaps a gold span of the same type.")
+    print(
+        f"\n{len(records)} sentences from {args.path.name}, {elapsed:.2f} s; "
+        "rule: predicted span is TP if it overlaps a gold span of the same type."
+    )
     return 0
 
 

@@ -40,8 +40,11 @@ once GE is imported, so the default keeps a check cheap next to the asset it gua
 class ExpectationsConfig(Config):
     """Run config of a suite check (set it in the launchpad under ops.<check>.config)."""
 
-    sample_rows: int = Field(default=DEFAULT_SAMPLE_ROWS, gt=0,
-                             description="Validate at most this many rows (a seeded reservoir sample beyond).")
+    sample_rows: int = Field(
+        default=DEFAULT_SAMPLE_ROWS,
+        gt=0,
+        description="Validate at most this many rows (a seeded reservoir sample beyond).",
+    )
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ def in_set(column: str, values: Iterable[Any]) -> Expectation:
 
 def between(column: str, min_value: float | None = None, max_value: float | None = None) -> Expectation:
     """Values within [min_value, max_value]; NULLs are ignored (GE's rule), so pair with not_null."""
-    return Expectation("ExpectColumnValuesToBeBetween", {"column": column, "min_value": min_value,
-                                                         "max_value": max_value})
+    return Expectation(
+        "ExpectColumnValuesToBeBetween", {"column": column, "min_value": min_value, "max_value": max_value}
+    )
 
 
 def unique(column: str) -> Expectation:
@@ -75,8 +79,9 @@ def unique(column: str) -> Expectation:
 
 
 def lengths_between(column: str, min_value: int | None = None, max_value: int | None = None) -> Expectation:
-    return Expectation("ExpectColumnValueLengthsToBeBetween", {"column": column, "min_value": min_value,
-                                                                "max_value": max_value})
+    return Expectation(
+        "ExpectColumnValueLengthsToBeBetween", {"column": column, "min_value": min_value, "max_value": max_value}
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,9 @@ class SuiteOutcome:
             "successful_expectations": int(stats.get("successful_expectations") or 0),
             "unsuccessful_expectations": int(stats.get("unsuccessful_expectations") or 0),
             "success_percent": float(stats.get("success_percent") or 0.0),
-            "rows_validated": self.rows_validated, "rows_total": self.rows_total, "sampled": self.sampled,
+            "rows_validated": self.rows_validated,
+            "rows_total": self.rows_total,
+            "sampled": self.sampled,
             "results": MetadataValue.md(markdown_table(self.results, width=60)),
             "failures": MetadataValue.json(self.failures()),
         }
@@ -128,41 +135,57 @@ def _result_row(result: Any) -> dict[str, Any]:
     arguments = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
     examples = details.get("partial_unexpected_list") or []
     return {
-        "expectation": config.type, "column": config.kwargs.get("column", ""), "success": bool(result.success),
+        "expectation": config.type,
+        "column": config.kwargs.get("column", ""),
+        "success": bool(result.success),
         "arguments": ", ".join(f"{k}={v}" for k, v in arguments.items()),
         "unexpected_count": details.get("unexpected_count"),
-        "unexpected_percent": (None if details.get("unexpected_percent") is None
-                               else round(float(details["unexpected_percent"]), 3)),
+        "unexpected_percent": (
+            None if details.get("unexpected_percent") is None else round(float(details["unexpected_percent"]), 3)
+        ),
         # Values only, a few: enough to see what is wrong (e.g. a kind no one declared).
         "examples": ", ".join(str(v)[:40] for v in examples[:5]),
         "error": (result.exception_info or {}).get("exception_message") if not result.success else None,
     }
 
 
-def validate_frame(frame: pd.DataFrame, suite: str, expectations: Sequence[Expectation],
-                   rows_total: int | None = None) -> SuiteOutcome:
+def validate_frame(
+    frame: pd.DataFrame, suite: str, expectations: Sequence[Expectation], rows_total: int | None = None
+) -> SuiteOutcome:
     """Validate ``frame`` against ``expectations`` with Great Expectations; one whole-frame batch."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     context = _ge_context()
-    batch = (context.data_sources.add_pandas("distillery").add_dataframe_asset(suite)
-             .add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame}))
+    batch = (
+        context.data_sources.add_pandas("distillery")
+        .add_dataframe_asset(suite)
+        .add_batch_definition_whole_dataframe("whole")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
     ge_suite = gx.ExpectationSuite(name=suite)
     for spec in expectations:
         factory = getattr(gxe, spec.type, None)
         if factory is None:
-            raise ValueError(f"suite {suite}: {spec.type!r} is not an expectation in great_expectations."
-                             "expectations (use the class name, e.g. ExpectColumnValuesToNotBeNull)")
+            raise ValueError(
+                f"suite {suite}: {spec.type!r} is not an expectation in great_expectations."
+                "expectations (use the class name, e.g. ExpectColumnValuesToNotBeNull)"
+            )
         ge_suite.add_expectation(factory(**dict(spec.kwargs)))
     result = batch.validate(ge_suite)
-    return SuiteOutcome(suite=suite, success=bool(result.success), statistics=dict(result.statistics),
-                        results=[_result_row(r) for r in result.results], rows_validated=len(frame),
-                        rows_total=len(frame) if rows_total is None else rows_total)
+    return SuiteOutcome(
+        suite=suite,
+        success=bool(result.success),
+        statistics=dict(result.statistics),
+        results=[_result_row(r) for r in result.results],
+        rows_validated=len(frame),
+        rows_total=len(frame) if rows_total is None else rows_total,
+    )
 
 
-def sample_relation(connection: duckdb.DuckDBPyConnection, table: str, sample_rows: int,
-                    columns: Sequence[str] = ("*",)) -> tuple[str, int]:
+def sample_relation(
+    connection: duckdb.DuckDBPyConnection, table: str, sample_rows: int, columns: Sequence[str] = ("*",)
+) -> tuple[str, int]:
     """SQL selecting ``columns`` of at most ``sample_rows`` rows of ``table`` (seeded, so a re-run
     checks the same rows), and the table's full row count."""
     (total,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
@@ -180,34 +203,56 @@ SuiteBuilder = Callable[[ProjectConfig], list[Expectation]]
 
 def columns_frame(table: str, columns: Sequence[str]) -> FrameBuilder:
     """A frame builder that pulls plain columns of ``table`` (a sample when the table is large)."""
-    def build(connection: duckdb.DuckDBPyConnection, project: ProjectConfig, sample_rows: int
-              ) -> tuple[pd.DataFrame, int]:
+
+    def build(
+        connection: duckdb.DuckDBPyConnection, project: ProjectConfig, sample_rows: int
+    ) -> tuple[pd.DataFrame, int]:
         sql, total = sample_relation(connection, table, sample_rows, columns)
         return connection.execute(sql).df(), total
+
     return build
 
 
-def suite_check(asset: str, suite: SuiteBuilder, frame: FrameBuilder, name: str = "expectations",
-                description: str = "", blocking: bool = True,
-                severity: AssetCheckSeverity = AssetCheckSeverity.ERROR) -> AssetChecksDefinition:
+def suite_check(
+    asset: str,
+    suite: SuiteBuilder,
+    frame: FrameBuilder,
+    name: str = "expectations",
+    description: str = "",
+    blocking: bool = True,
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
+) -> AssetChecksDefinition:
     """An asset check that validates ``frame(...)`` against ``suite(project)`` with Great Expectations.
 
     Fails when any expectation fails; the metadata carries GE's statistics and each expectation's
     result, so the UI shows which column broke which rule and example values.
     """
-    @asset_check(asset=asset, name=name, blocking=blocking, pool=POOL,
-                 description=description or f"Great Expectations suite on {asset} (sample of "
-                                            f"{DEFAULT_SAMPLE_ROWS:,} rows unless configured).")
-    def _check(context: AssetCheckExecutionContext, config: ExpectationsConfig, project: ProjectResource,
-               warehouse: WarehouseResource) -> AssetCheckResult:
+
+    @asset_check(
+        asset=asset,
+        name=name,
+        blocking=blocking,
+        pool=POOL,
+        description=description
+        or f"Great Expectations suite on {asset} (sample of {DEFAULT_SAMPLE_ROWS:,} rows unless configured).",
+    )
+    def _check(
+        context: AssetCheckExecutionContext,
+        config: ExpectationsConfig,
+        project: ProjectResource,
+        warehouse: WarehouseResource,
+    ) -> AssetCheckResult:
         settings = project.load()
         with warehouse.get().connect() as connection:
             data, total = frame(connection, settings, config.sample_rows)
         outcome = validate_frame(data, f"{asset}_{name}", suite(settings), rows_total=total)
         if not outcome.success:
-            context.log.warning(f"{asset}: {len(outcome.failures())} expectation(s) failed: "
-                                + "; ".join(f"{f['expectation']}({f['column']})" for f in outcome.failures()))
+            context.log.warning(
+                f"{asset}: {len(outcome.failures())} expectation(s) failed: "
+                + "; ".join(f"{f['expectation']}({f['column']})" for f in outcome.failures())
+            )
         return AssetCheckResult(passed=outcome.success, severity=severity, metadata=outcome.metadata())
+
     return _check
 
 
@@ -223,31 +268,46 @@ def raw_suite(project: ProjectConfig) -> list[Expectation]:
     from curation.core.schema import KINDS, ORIGINS
 
     declared = {s.license for s in project.sources} | set(project.policy.licenses)
-    return [*not_null("row_id", "kind", "source", "source_uri", "license", "origin"),
-            Expectation("ExpectColumnValuesToMatchRegex", {"column": "row_id", "regex": ROW_ID_PATTERN}),
-            unique("row_id"), in_set("kind", KINDS), in_set("origin", ORIGINS),
-            in_set("source", sorted(s.name for s in project.sources)), in_set("license", sorted(declared))]
+    return [
+        *not_null("row_id", "kind", "source", "source_uri", "license", "origin"),
+        Expectation("ExpectColumnValuesToMatchRegex", {"column": "row_id", "regex": ROW_ID_PATTERN}),
+        unique("row_id"),
+        in_set("kind", KINDS),
+        in_set("origin", ORIGINS),
+        in_set("source", sorted(s.name for s in project.sources)),
+        in_set("license", sorted(declared)),
+    ]
 
 
 raw_expectations = suite_check(
-    "raw", raw_suite, columns_frame("raw", ("row_id", "kind", "source", "source_uri", "license", "origin")),
-    blocking=False, severity=AssetCheckSeverity.WARN,
+    "raw",
+    raw_suite,
+    columns_frame("raw", ("row_id", "kind", "source", "source_uri", "license", "origin")),
+    blocking=False,
+    severity=AssetCheckSeverity.WARN,
     description="Great Expectations suite on raw: well-formed unique ids, known kinds and origins, sources and "
-                "licences declared in the project file (a warning: raw keeps rows of sources since removed).")
+    "licences declared in the project file (a warning: raw keeps rows of sources since removed).",
+)
 
 
 def formatted_suite(project: ProjectConfig) -> list[Expectation]:
     """Training rows: an id, a parent, a split, a rendered text and a token count within the budget."""
-    return [*not_null("row_id", "parent_id", "split", "text", "n_tokens"), unique("row_id"),
-            in_set("split", ("train", "eval")), between("n_tokens", 1, project.format.max_tokens),
-            lengths_between("text", min_value=1)]
+    return [
+        *not_null("row_id", "parent_id", "split", "text", "n_tokens"),
+        unique("row_id"),
+        in_set("split", ("train", "eval")),
+        between("n_tokens", 1, project.format.max_tokens),
+        lengths_between("text", min_value=1),
+    ]
 
 
 formatted_expectations = suite_check(
-    "formatted", formatted_suite,
+    "formatted",
+    formatted_suite,
     columns_frame("formatted", ("row_id", "parent_id", "split", "text", "n_tokens")),
     description="Great Expectations suite on formatted: ids, parents, train/eval split, non-empty rendered "
-                "text and token counts within format.max_tokens.")
+    "text and token counts within format.max_tokens.",
+)
 
 SUITE_CHECKS: list[AssetChecksDefinition] = [raw_expectations, formatted_expectations]
 """Suites of datasets other than `filtered` (whose suite is in checks/filtered.py)."""

@@ -44,6 +44,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("row_id", "kind", "source", "source_uri", "
 
 # --------------------------------------------------------------------------- the GE suite
 
+
 def _length_filter(filters: Sequence[Filter]) -> Filter | None:
     return next((f for f in filters if f.name == "length"), None)
 
@@ -51,8 +52,13 @@ def _length_filter(filters: Sequence[Filter]) -> Filter | None:
 def filtered_suite(project: ProjectConfig) -> list[Expectation]:
     """Required columns present, kind/origin in their domains, and instruction/response lengths within
     the bounds the project's `length` filter enforces (so the suite fails if that filter was bypassed)."""
-    expectations = [*not_null(*REQUIRED_COLUMNS), in_set("kind", KINDS), in_set("origin", ORIGINS),
-                    lengths_between("row_id", min_value=1), lengths_between("license", min_value=1)]
+    expectations = [
+        *not_null(*REQUIRED_COLUMNS),
+        in_set("kind", KINDS),
+        in_set("origin", ORIGINS),
+        lengths_between("row_id", min_value=1),
+        lengths_between("license", min_value=1),
+    ]
     length = _length_filter(project_chain(project)[1])
     if length is not None:
         for side, column in (("prompt", "prompt_words"), ("response", "response_words")):
@@ -72,30 +78,38 @@ def length_columns(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for row in rows:
         kind = row.get("kind")
         prompt = prompt_text(row) if kind != "text" else None
-        response = response_text(row) if kind in RESPONSE_KINDS else (row.get("text") or "") if kind == "text" \
-            else None
-        records.append({**{c: row.get(c) for c in REQUIRED_COLUMNS},
-                        "prompt_words": None if prompt is None else len(prompt.split()),
-                        "prompt_chars": None if prompt is None else len(prompt),
-                        "response_words": None if response is None else len(response.split()),
-                        "response_chars": None if response is None else len(response)})
-    frame = pd.DataFrame.from_records(records, columns=[*REQUIRED_COLUMNS, "prompt_words", "prompt_chars",
-                                                        "response_words", "response_chars"])
+        response = response_text(row) if kind in RESPONSE_KINDS else (row.get("text") or "") if kind == "text" else None
+        records.append(
+            {
+                **{c: row.get(c) for c in REQUIRED_COLUMNS},
+                "prompt_words": None if prompt is None else len(prompt.split()),
+                "prompt_chars": None if prompt is None else len(prompt),
+                "response_words": None if response is None else len(response.split()),
+                "response_chars": None if response is None else len(response),
+            }
+        )
+    frame = pd.DataFrame.from_records(
+        records, columns=[*REQUIRED_COLUMNS, "prompt_words", "prompt_chars", "response_words", "response_chars"]
+    )
     for column in ("prompt_words", "prompt_chars", "response_words", "response_chars"):
         frame[column] = frame[column].astype("Int64")  # keep NULLs as NULLs, not floats
     return frame
 
 
-def filtered_frame(connection: duckdb.DuckDBPyConnection, project: ProjectConfig, sample_rows: int
-                   ) -> tuple[pd.DataFrame, int]:
+def filtered_frame(
+    connection: duckdb.DuckDBPyConnection, project: ProjectConfig, sample_rows: int
+) -> tuple[pd.DataFrame, int]:
     sql, total = sample_relation(connection, "filtered", sample_rows)
     return length_columns(iter_rows(read_batches(connection, sql))), total
 
 
 filtered_expectations = suite_check(
-    "filtered", filtered_suite, filtered_frame,
+    "filtered",
+    filtered_suite,
+    filtered_frame,
     description="Great Expectations suite: required columns non-null, kind and origin in their domains, "
-                "instruction/response lengths within the length filter's bounds (sample, configurable).")
+    "instruction/response lengths within the length filter's bounds (sample, configurable).",
+)
 
 
 def rejections_suite(project: ProjectConfig) -> list[Expectation]:
@@ -105,13 +119,17 @@ def rejections_suite(project: ProjectConfig) -> list[Expectation]:
 
 
 rejections_explained = suite_check(
-    "filtered", rejections_suite, columns_frame("filter_rejections", ("row_id", "filter", "reason")),
+    "filtered",
+    rejections_suite,
+    columns_frame("filter_rejections", ("row_id", "filter", "reason")),
     name="rejections_explained",
     description="Great Expectations suite on filter_rejections: every rejected row names an enabled filter "
-                "and a non-empty reason.")
+    "and a non-empty reason.",
+)
 
 
 # --------------------------------------------------------------------------- PII left after redaction
+
 
 def pii_policy(cleaners: Sequence[Cleaner], filters: Sequence[Filter]) -> tuple[str, ...]:
     """The PII types the project removes: those the `pii` cleaner redacts and the `pii` filter drops."""
@@ -122,8 +140,9 @@ def pii_policy(cleaners: Sequence[Cleaner], filters: Sequence[Filter]) -> tuple[
     return tuple(entities)
 
 
-def pii_left(rows: Iterable[dict[str, Any]], entities: Collection[str], sample: int = 10
-             ) -> tuple[int, Counter[str], list[dict[str, Any]]]:
+def pii_left(
+    rows: Iterable[dict[str, Any]], entities: Collection[str], sample: int = 10
+) -> tuple[int, Counter[str], list[dict[str, Any]]]:
     """(rows scanned, rows with a match per entity type, a few hits). Hits name the row, the type and
     the offset but never the matched text: the check's metadata must not republish the secret."""
     from curation.filter.pii import find_pii
@@ -135,8 +154,15 @@ def pii_left(rows: Iterable[dict[str, Any]], entities: Collection[str], sample: 
         for entity in dict.fromkeys(m.entity for m in matches):
             per_entity[entity] += 1
         if matches and len(hits) < sample:
-            hits.append({"row_id": row["row_id"], "source": row.get("source"), "entity": matches[0].entity,
-                         "offset": matches[0].start, "length": matches[0].end - matches[0].start})
+            hits.append(
+                {
+                    "row_id": row["row_id"],
+                    "source": row.get("source"),
+                    "entity": matches[0].entity,
+                    "offset": matches[0].start,
+                    "length": matches[0].end - matches[0].start,
+                }
+            )
     return scanned, per_entity, hits
 
 
@@ -144,21 +170,32 @@ class PiiScanConfig(Config):
     """Run config of `no_pii_left`. The scan costs about as much as the redaction did (~3,500 rows/s
     on one core), so very large tables may be checked on a sample instead."""
 
-    sample_rows: int | None = Field(default=None, gt=0,
-                                    description="Scan a seeded sample of this many rows; unset: every row.")
+    sample_rows: int | None = Field(
+        default=None, gt=0, description="Scan a seeded sample of this many rows; unset: every row."
+    )
 
 
-@asset_check(asset="filtered", name="no_pii_left", blocking=True, pool=POOL,
-             description="No PII type that the project redacts (pii cleaner) or drops (pii filter) is still "
-                         "detectable in any filtered row (every row unless a sample is configured); hits are "
-                         "reported by row, type and offset, never with the text.")
-def filtered_no_pii_left(context: AssetCheckExecutionContext, config: PiiScanConfig, project: ProjectResource,
-                         warehouse: WarehouseResource) -> AssetCheckResult:
+@asset_check(
+    asset="filtered",
+    name="no_pii_left",
+    blocking=True,
+    pool=POOL,
+    description="No PII type that the project redacts (pii cleaner) or drops (pii filter) is still "
+    "detectable in any filtered row (every row unless a sample is configured); hits are "
+    "reported by row, type and offset, never with the text.",
+)
+def filtered_no_pii_left(
+    context: AssetCheckExecutionContext, config: PiiScanConfig, project: ProjectResource, warehouse: WarehouseResource
+) -> AssetCheckResult:
     entities = pii_policy(*project_chain(project.load()))
     if not entities:
-        return AssetCheckResult(passed=True, metadata={
-            "entities": MetadataValue.json([]),
-            "note": "the pii cleaner and the pii filter are both off: the project keeps personal data"})
+        return AssetCheckResult(
+            passed=True,
+            metadata={
+                "entities": MetadataValue.json([]),
+                "note": "the pii cleaner and the pii filter are both off: the project keeps personal data",
+            },
+        )
     with warehouse.get().connect() as connection:
         if config.sample_rows is None:
             sql, total = "SELECT * FROM filtered ORDER BY row_id", None
@@ -167,43 +204,64 @@ def filtered_no_pii_left(context: AssetCheckExecutionContext, config: PiiScanCon
         scanned, per_entity, hits = pii_left(iter_rows(read_batches(connection, sql)), entities)
     if per_entity:
         context.log.warning(f"filtered: PII left in {sum(per_entity.values())} row(s): {dict(per_entity)}")
-    return AssetCheckResult(passed=not per_entity, metadata={
-        "rows_scanned": scanned, "rows_total": scanned if total is None else total,
-        "rows_with_pii": sum(per_entity.values()),
-        "entities": MetadataValue.json(list(entities)), "rows_by_entity": MetadataValue.json(dict(per_entity)),
-        "hits": MetadataValue.md(markdown_table(hits))})
+    return AssetCheckResult(
+        passed=not per_entity,
+        metadata={
+            "rows_scanned": scanned,
+            "rows_total": scanned if total is None else total,
+            "rows_with_pii": sum(per_entity.values()),
+            "entities": MetadataValue.json(list(entities)),
+            "rows_by_entity": MetadataValue.json(dict(per_entity)),
+            "hits": MetadataValue.md(markdown_table(hits)),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- licences
 
-def license_breakdown(connection: duckdb.DuckDBPyConnection, table: str, project: ProjectConfig
-                      ) -> list[dict[str, Any]]:
+
+def license_breakdown(
+    connection: duckdb.DuckDBPyConnection, table: str, project: ProjectConfig
+) -> list[dict[str, Any]]:
     """Rows per licence in ``table`` and whether the project's policy allows it for its intended use."""
     from curation.core.warehouse import quote
 
     policy = LicensePolicy.with_overrides(project.policy.licenses)
     result = []
     for license_id, rows in connection.execute(
-            f"SELECT license, count(*) FROM {quote(table)} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall():
+        f"SELECT license, count(*) FROM {quote(table)} GROUP BY 1 ORDER BY 2 DESC, 1"
+    ).fetchall():
         allowed, why = policy.allows(license_id, project.policy.intended_use)
         result.append({"license": license_id, "rows": int(rows), "allowed": allowed, "why_not": why or None})
     return result
 
 
 def license_check(asset: str) -> AssetChecksDefinition:
-    @asset_check(asset=asset, name="licenses_allowed", blocking=True, pool=POOL,
-                 description=f"Every {asset} row's licence allows the project's policy.intended_use "
-                             "(curation.core.licenses; the project's policy.licenses extend the table).")
-    def _check(context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-               ) -> AssetCheckResult:
+    @asset_check(
+        asset=asset,
+        name="licenses_allowed",
+        blocking=True,
+        pool=POOL,
+        description=f"Every {asset} row's licence allows the project's policy.intended_use "
+        "(curation.core.licenses; the project's policy.licenses extend the table).",
+    )
+    def _check(
+        context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
         config = project.load()
         with warehouse.get().connect() as connection:
             breakdown = license_breakdown(connection, asset, config)
         bad = [b for b in breakdown if not b["allowed"]]
-        return AssetCheckResult(passed=not bad, metadata={
-            "intended_use": config.policy.intended_use, "rows_disallowed": sum(b["rows"] for b in bad),
-            "licenses": MetadataValue.md(markdown_table(breakdown)),
-            "disallowed": MetadataValue.json({str(b["license"]): b["why_not"] for b in bad})})
+        return AssetCheckResult(
+            passed=not bad,
+            metadata={
+                "intended_use": config.policy.intended_use,
+                "rows_disallowed": sum(b["rows"] for b in bad),
+                "licenses": MetadataValue.md(markdown_table(breakdown)),
+                "disallowed": MetadataValue.json({str(b["license"]): b["why_not"] for b in bad}),
+            },
+        )
+
     return _check
 
 

@@ -11,67 +11,110 @@ from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset_check(asset="synthetic", name="provenance_complete", blocking=True, pool=POOL,
-             description="Every synthetic or augmented row has a provenance record naming its method, teacher "
-                         "model, revision and licence, with its verification verdicts; every parent it names "
-                         "exists in filtered and is linked by a lineage edge.")
-def synthetic_provenance_complete(context: AssetCheckExecutionContext, warehouse: WarehouseResource
-                                  ) -> AssetCheckResult:
+@asset_check(
+    asset="synthetic",
+    name="provenance_complete",
+    blocking=True,
+    pool=POOL,
+    description="Every synthetic or augmented row has a provenance record naming its method, teacher "
+    "model, revision and licence, with its verification verdicts; every parent it names "
+    "exists in filtered and is linked by a lineage edge.",
+)
+def synthetic_provenance_complete(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
     with warehouse.get().connect() as connection:
         (rows,) = connection.execute("SELECT count(*) FROM synthetic").fetchone()
         (missing,) = connection.execute(
             "SELECT count(*) FROM synthetic s LEFT JOIN provenance p USING (row_id) WHERE p.row_id IS NULL "
             "OR p.method IS NULL OR p.teacher_model IS NULL OR p.teacher_revision IS NULL "
-            "OR p.teacher_license IS NULL OR p.verification IS NULL").fetchone()
+            "OR p.teacher_license IS NULL OR p.verification IS NULL"
+        ).fetchone()
         (orphans,) = connection.execute(
-            "SELECT count(*) FROM provenance p WHERE p.row_id NOT IN (SELECT row_id FROM synthetic)").fetchone()
+            "SELECT count(*) FROM provenance p WHERE p.row_id NOT IN (SELECT row_id FROM synthetic)"
+        ).fetchone()
         (no_edge, unknown_parent) = connection.execute(
             "WITH parents AS (SELECT p.row_id, unnest(CAST(p.parent_ids AS VARCHAR[])) AS parent_id FROM provenance p) "
             "SELECT count(*) FILTER (NOT EXISTS (SELECT 1 FROM lineage l WHERE l.asset = 'synthetic' "
             "  AND l.child_id = parents.row_id AND l.parent_id = parents.parent_id)), "
-            "count(*) FILTER (parent_id NOT IN (SELECT row_id FROM filtered)) FROM parents").fetchone()
-        sample = [r[0] for r in connection.execute(
-            "SELECT s.row_id FROM synthetic s LEFT JOIN provenance p USING (row_id) WHERE p.row_id IS NULL "
-            "ORDER BY 1 LIMIT 5").fetchall()]
+            "count(*) FILTER (parent_id NOT IN (SELECT row_id FROM filtered)) FROM parents"
+        ).fetchone()
+        sample = [
+            r[0]
+            for r in connection.execute(
+                "SELECT s.row_id FROM synthetic s LEFT JOIN provenance p USING (row_id) WHERE p.row_id IS NULL "
+                "ORDER BY 1 LIMIT 5"
+            ).fetchall()
+        ]
     passed = missing == 0 and orphans == 0 and no_edge == 0 and unknown_parent == 0
-    return AssetCheckResult(passed=passed, metadata={
-        "synthetic_rows": int(rows), "without_complete_provenance": int(missing),
-        "provenance_without_row": int(orphans), "parents_without_lineage": int(no_edge),
-        "parents_not_in_filtered": int(unknown_parent), "sample_without_provenance": MetadataValue.json(sample)})
+    return AssetCheckResult(
+        passed=passed,
+        metadata={
+            "synthetic_rows": int(rows),
+            "without_complete_provenance": int(missing),
+            "provenance_without_row": int(orphans),
+            "parents_without_lineage": int(no_edge),
+            "parents_not_in_filtered": int(unknown_parent),
+            "sample_without_provenance": MetadataValue.json(sample),
+        },
+    )
 
 
-@asset_check(asset="synthetic_mixed", name="synthetic_share_within_cap", blocking=True, pool=POOL,
-             description="Model-made rows (any origin other than human) are at most mix.synthetic_cap of the mix.")
-def synthetic_share_within_cap(context: AssetCheckExecutionContext, project: ProjectResource,
-                               warehouse: WarehouseResource) -> AssetCheckResult:
+@asset_check(
+    asset="synthetic_mixed",
+    name="synthetic_share_within_cap",
+    blocking=True,
+    pool=POOL,
+    description="Model-made rows (any origin other than human) are at most mix.synthetic_cap of the mix.",
+)
+def synthetic_share_within_cap(
+    context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+) -> AssetCheckResult:
     cap = project.load().mix.synthetic_cap
     with warehouse.get().connect() as connection:
         share, model_made, total = connection.execute(
             "SELECT coalesce(avg(CASE WHEN origin <> 'human' THEN 1.0 ELSE 0.0 END), 0), "
-            "count(*) FILTER (origin <> 'human'), count(*) FROM synthetic_mixed").fetchone()
-    return AssetCheckResult(passed=float(share) <= cap + 1e-9, metadata={
-        "synthetic_share": float(share), "cap": cap, "model_made_rows": int(model_made), "rows": int(total)})
+            "count(*) FILTER (origin <> 'human'), count(*) FROM synthetic_mixed"
+        ).fetchone()
+    return AssetCheckResult(
+        passed=float(share) <= cap + 1e-9,
+        metadata={"synthetic_share": float(share), "cap": cap, "model_made_rows": int(model_made), "rows": int(total)},
+    )
 
 
 def terms_check(asset: str) -> AssetChecksDefinition:
-    @asset_check(asset=asset, name="licence_and_terms_allow_use", blocking=True, pool=POOL,
-                 description=f"No {asset} row whose licence, inherited teacher terms, or generating model's "
-                             "registered terms (policy.teachers) forbid policy.intended_use.")
-    def _check(context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
-               ) -> AssetCheckResult:
+    @asset_check(
+        asset=asset,
+        name="licence_and_terms_allow_use",
+        blocking=True,
+        pool=POOL,
+        description=f"No {asset} row whose licence, inherited teacher terms, or generating model's "
+        "registered terms (policy.teachers) forbid policy.intended_use.",
+    )
+    def _check(
+        context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
         config = project.load()
         policy = LicensePolicy.with_overrides(config.policy.licenses)
         registry = parse_model_registry(config.policy.teachers)
         use = config.policy.intended_use
         with warehouse.get().connect() as connection:
             count, sample = terms_violations(table_rows(connection, asset), registry, policy, use)
-        return AssetCheckResult(passed=count == 0, metadata={
-            "intended_use": use, "violations": count, "sample": MetadataValue.md(markdown_table(sample))})
+        return AssetCheckResult(
+            passed=count == 0,
+            metadata={"intended_use": use, "violations": count, "sample": MetadataValue.md(markdown_table(sample))},
+        )
+
     return _check
 
 
-@asset_check(asset="synthetic", name="code_rows_passed_tests", blocking=True, pool=POOL,
-             description="Every synthetic code row passed its unit tests in the sandbox.")
+@asset_check(
+    asset="synthetic",
+    name="code_rows_passed_tests",
+    blocking=True,
+    pool=POOL,
+    description="Every synthetic code row passed its unit tests in the sandbox.",
+)
 def code_rows_passed_tests(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
     with warehouse.get().connect() as connection:
         rows, failed = connection.execute(

@@ -10,8 +10,10 @@ from curation.core.home import project_config_path
 class ProjectResource(ConfigurableResource):
     """The project file: sources, stage settings and policy."""
 
-    config_path: str = Field(default_factory=lambda: str(project_config_path()),
-                             description="Project file; defaults to $DISTILLERY_CONFIG or the bundled demo.")
+    config_path: str = Field(
+        default_factory=lambda: str(project_config_path()),
+        description="Project file; defaults to $DISTILLERY_CONFIG or the bundled demo.",
+    )
 
     def load(self) -> ProjectConfig:
         return load_project(self.config_path)

@@ -34,8 +34,11 @@ _OVERRIDABLE = ("backend", "model", "base_url", "model_dir", "license", "terms",
 class TeacherResource(ConfigurableResource):
     """Teacher and judge backends, with a crash-safe generation cache."""
 
-    backend: str | None = Field(default=None, description="procedural, transformers or openai-compatible; "
-                                "unset: the project file's synthesis.teacher.backend.")
+    backend: str | None = Field(
+        default=None,
+        description="procedural, transformers or openai-compatible; "
+        "unset: the project file's synthesis.teacher.backend.",
+    )
     model: str | None = Field(default=None, description="Model name sent to an OpenAI-compatible server.")
     base_url: str | None = Field(default=None, description="OpenAI-compatible server, e.g. http://host:8000/v1.")
     model_dir: str | None = Field(default=None, description="Local transformers model directory.")
@@ -43,8 +46,9 @@ class TeacherResource(ConfigurableResource):
     terms: str | None = Field(default=None, description="Short id of the teacher's usage terms.")
     revision: str | None = Field(default=None, description="Model revision or dated snapshot id.")
     api_key: str | None = Field(default=None, description="Set from an EnvVar; never logged.")
-    cache_path: str | None = Field(default=None, description="Generation cache file; default "
-                                   "$DISTILLERY_HOME/generation_cache.duckdb.")
+    cache_path: str | None = Field(
+        default=None, description="Generation cache file; default $DISTILLERY_HOME/generation_cache.duckdb."
+    )
     cache: bool = Field(default=True, description="Cache model generations (the procedural teacher never is).")
 
     def teacher_spec(self, project_spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,8 +65,12 @@ class TeacherResource(ConfigurableResource):
         return Path(self.cache_path) if self.cache_path else distillery_home() / "generation_cache.duckdb"
 
     @contextlib.contextmanager
-    def open(self, project_spec: Mapping[str, Any], judge_spec: Mapping[str, Any] | str | None = None,
-             base_dir: Path | None = None) -> Iterator[tuple[Teacher, Judge]]:
+    def open(
+        self,
+        project_spec: Mapping[str, Any],
+        judge_spec: Mapping[str, Any] | str | None = None,
+        base_dir: Path | None = None,
+    ) -> Iterator[tuple[Teacher, Judge]]:
         """(teacher, judge) for one materialization; the cache file is closed when the block ends."""
         spec = self.teacher_spec(project_spec)
         teacher = build_teacher(spec, api_key=self.api_key, base_dir=base_dir)
@@ -76,11 +84,15 @@ class TeacherResource(ConfigurableResource):
             yield teacher, self._judge(judge_spec, teacher, cache, base_dir)
 
     @staticmethod
-    def _judge(spec: Mapping[str, Any] | str | None, teacher: Teacher, cache: GenerationCache | None,
-               base_dir: Path | None) -> Judge:
+    def _judge(
+        spec: Mapping[str, Any] | str | None, teacher: Teacher, cache: GenerationCache | None, base_dir: Path | None
+    ) -> Judge:
         # Default: the offline procedural judge. "teacher": the teacher judges itself (warned about).
-        if spec is None or spec == "procedural" or (isinstance(spec, Mapping) and
-                                                     spec.get("backend", "procedural") == "procedural"):
+        if (
+            spec is None
+            or spec == "procedural"
+            or (isinstance(spec, Mapping) and spec.get("backend", "procedural") == "procedural")
+        ):
             return ProceduralJudge()
         if spec == "teacher":
             return ModelJudge(teacher)

@@ -13,8 +13,10 @@ POOL = "duckdb_writer"
 class WarehouseResource(ConfigurableResource):
     """The DuckDB file holding every dataset version and side table."""
 
-    path: str = Field(default_factory=lambda: str(warehouse_path()),
-                      description="DuckDB file; defaults to $DISTILLERY_HOME/warehouse.duckdb.")
+    path: str = Field(
+        default_factory=lambda: str(warehouse_path()),
+        description="DuckDB file; defaults to $DISTILLERY_HOME/warehouse.duckdb.",
+    )
 
     def get(self) -> Warehouse:
         return Warehouse(self.path)

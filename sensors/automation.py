@@ -41,20 +41,29 @@ ALERT_WEBHOOK_ENV = "DISTILLERY_ALERT_WEBHOOK"
 WEBHOOK_TIMEOUT_S = 10.0
 
 
-@schedule(cron_schedule="0 2 * * *", job_name="distill", execution_timezone="UTC",
-          default_status=DefaultScheduleStatus.STOPPED,
-          description="Materialize every dataset version nightly at 02:00 UTC (start it in the UI).")
+@schedule(
+    cron_schedule="0 2 * * *",
+    job_name="distill",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Materialize every dataset version nightly at 02:00 UTC (start it in the UI).",
+)
 def nightly_schedule(context: ScheduleEvaluationContext) -> RunRequest:
     # One run per scheduled time: a daemon that restarts and re-evaluates the same tick starts nothing new.
     scheduled = context.scheduled_execution_time
     stamp = scheduled.isoformat() if scheduled else datetime.now(UTC).isoformat(timespec="minutes")
-    return RunRequest(run_key=f"nightly-{stamp}", tags={"distillery/trigger": "nightly",
-                                                        "distillery/scheduled_for": stamp})
+    return RunRequest(
+        run_key=f"nightly-{stamp}", tags={"distillery/trigger": "nightly", "distillery/scheduled_for": stamp}
+    )
 
 
-@sensor(job_name="distill", minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED,
-        description="Start a run when a file matching a source's path is added or its content changes "
-                    "(sha256; a touched but unchanged file starts nothing).")
+@sensor(
+    job_name="distill",
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Start a run when a file matching a source's path is added or its content changes "
+    "(sha256; a touched but unchanged file starts nothing).",
+)
 def landing_files_sensor(context: SensorEvaluationContext):
     try:
         project = load_project(project_config_path())
@@ -68,16 +77,26 @@ def landing_files_sensor(context: SensorEvaluationContext):
     if not changed:
         return SkipReason(f"no landing file added or changed ({len(current)} files watched)")
     sources = changed_sources(changed)
-    return RunRequest(run_key=f"landing-{state_key(current, previous)}",
-                      tags={"distillery/trigger": "landing", "distillery/changed_files": str(len(changed)),
-                            "distillery/changed_sources": ",".join(sources)[:200]})
+    return RunRequest(
+        run_key=f"landing-{state_key(current, previous)}",
+        tags={
+            "distillery/trigger": "landing",
+            "distillery/changed_files": str(len(changed)),
+            "distillery/changed_sources": ",".join(sources)[:200],
+        },
+    )
 
 
 def alert_record(run_id: str, job: str, error: str | None, at: datetime | None = None) -> dict[str, Any]:
     """What an alert says about a failed run."""
     at = at or datetime.now(UTC)
-    return {"at": at.isoformat(), "run_id": run_id, "job": job, "error": error or "",
-            "text": f"Distillery run {run_id} of job {job} failed: {(error or '')[:500]}"}
+    return {
+        "at": at.isoformat(),
+        "run_id": run_id,
+        "job": job,
+        "error": error or "",
+        "text": f"Distillery run {run_id} of job {job} failed: {(error or '')[:500]}",
+    }
 
 
 def post_webhook(url: str, record: dict[str, Any], timeout: float = WEBHOOK_TIMEOUT_S) -> None:
@@ -85,8 +104,9 @@ def post_webhook(url: str, record: dict[str, Any], timeout: float = WEBHOOK_TIME
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RuntimeError(f"{ALERT_WEBHOOK_ENV} must be an http(s) URL (got scheme {parts.scheme!r})")
-    request = urllib.request.Request(url, data=json.dumps(record).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(record).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # scheme checked above: no file://
             response.read()
@@ -118,9 +138,12 @@ def deliver_alert(record: dict[str, Any], environ: dict[str, str] | None = None)
 
 # monitor_all_code_locations: runs started by `distillery run` (dagster.materialize) belong to no code
 # location, so only this setting lets the sensor see their failures too.
-@run_failure_sensor(default_status=DefaultSensorStatus.STOPPED, monitor_all_code_locations=True,
-                    description=f"Record every failed run in ${ALERT_FILE_ENV} (default $DISTILLERY_HOME/alerts.jsonl) "
-                                f"and POST it to ${ALERT_WEBHOOK_ENV} when set.")
+@run_failure_sensor(
+    default_status=DefaultSensorStatus.STOPPED,
+    monitor_all_code_locations=True,
+    description=f"Record every failed run in ${ALERT_FILE_ENV} (default $DISTILLERY_HOME/alerts.jsonl) "
+    f"and POST it to ${ALERT_WEBHOOK_ENV} when set.",
+)
 def run_failure_alert(context: RunFailureSensorContext) -> None:
     run = context.dagster_run
     record = alert_record(run.run_id, run.job_name, context.failure_event.message)

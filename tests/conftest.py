@@ -29,5 +29,11 @@ def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subpro
     settings from the test environment."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
     environment |= env or {}
-    return subprocess.run([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "distillery_cli", *args, "--home", str(home)],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -18,8 +18,18 @@ from packaging.requirements import Requirement
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
-FIRST_PARTY = {"assets", "checks", "curation", "resources", "sensors", "demo", "benchmarks", "tests", "definitions",
-               "distillery_cli"}
+FIRST_PARTY = {
+    "assets",
+    "checks",
+    "curation",
+    "resources",
+    "sensors",
+    "demo",
+    "benchmarks",
+    "tests",
+    "definitions",
+    "distillery_cli",
+}
 # Imported only inside a function that says how to install it, never required by a default build.
 OPTIONAL_IMPORTS = {"spacy"}
 
@@ -67,18 +77,24 @@ def test_mypy_is_clean_on_curation() -> None:
 
 
 def test_curation_never_imports_dagster() -> None:
-    offenders = {str(path.relative_to(REPO)): sorted(n for n in _imports(path) if n.split(".")[0] == "dagster")
-                 for path in _python_files("curation")}
+    offenders = {
+        str(path.relative_to(REPO)): sorted(n for n in _imports(path) if n.split(".")[0] == "dagster")
+        for path in _python_files("curation")
+    }
     assert not {k: v for k, v in offenders.items() if v}, "curation/ is plain Python; Dagster belongs in assets/ etc."
 
 
 def test_curation_has_no_import_cycles() -> None:
     """Module-level imports between curation modules form no cycle (lazy imports inside functions
     would hide one, so registration must not depend on them either)."""
-    modules = {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
-               for path in _python_files("curation")}
-    graph = {name: {m for m in _imports(path, top_level_only=True) if m in modules and m != name}
-             for name, path in modules.items()}
+    modules = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in _python_files("curation")
+    }
+    graph = {
+        name: {m for m in _imports(path, top_level_only=True) if m in modules and m != name}
+        for name, path in modules.items()
+    }
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(name: str, path: list[str]) -> list[str] | None:
@@ -93,7 +109,7 @@ def test_curation_has_no_import_cycles() -> None:
 
     for module in sorted(modules):
         if module not in state and (cycle := visit(module, [])):
-            pytest.fail("import cycle: " + " -> ".join(cycle[cycle.index(cycle[-1]):]))
+            pytest.fail("import cycle: " + " -> ".join(cycle[cycle.index(cycle[-1]) :]))
 
 
 @functools.cache
@@ -127,8 +143,11 @@ def _third_party(paths: list[Path]) -> set[str]:
 def test_every_import_is_declared_and_every_dependency_used() -> None:
     requirements = _requirements()
     declared = {group: set().union(*map(_modules, specs)) for group, specs in requirements.items()}
-    runtime = _third_party(_python_files("curation", "assets", "checks", "sensors", "resources", "definitions.py",
-                                         "distillery_cli.py", "demo"))
+    runtime = _third_party(
+        _python_files(
+            "curation", "assets", "checks", "sensors", "resources", "definitions.py", "distillery_cli.py", "demo"
+        )
+    )
     undeclared = runtime - declared["core"] - declared["models"] - OPTIONAL_IMPORTS
     assert not undeclared, f"imported by the pipeline but not in [project] dependencies: {sorted(undeclared)}"
     everything = runtime | _third_party(_python_files("tests", "benchmarks"))

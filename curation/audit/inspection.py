@@ -40,8 +40,14 @@ from curation.core.warehouse import quote, read_batches, table_names
 VERSIONS: tuple[str, ...] = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
 """Dataset versions inspected, in pipeline order (the five of the spine plus the teacher's output)."""
 
-LENGTH_MEASURES: tuple[str, ...] = ("prompt_chars", "response_chars", "prompt_words", "response_words",
-                                    "turns", "n_tokens")
+LENGTH_MEASURES: tuple[str, ...] = (
+    "prompt_chars",
+    "response_chars",
+    "prompt_words",
+    "response_words",
+    "turns",
+    "n_tokens",
+)
 SPLITS: tuple[str, ...] = ("source", "ingest_day", "annotator")
 CATEGORIES: tuple[str, ...] = ("kind", "source", "license", "origin", "teacher", "task_type", "topic")
 
@@ -60,12 +66,12 @@ _MESSAGES = '[{"role": "VARCHAR", "content": "VARCHAR"}]'
 
 
 def _columns(connection: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {r[0] for r in connection.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = 'main'",
-        [table]).fetchall()}
-
-
-
+    return {
+        r[0]
+        for r in connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = 'main'", [table]
+        ).fetchall()
+    }
 
 
 def _first_extra(keys: Sequence[str]) -> str:
@@ -80,8 +86,9 @@ def _words(expr: str) -> str:
 def measures_sql(table: str, columns: set[str]) -> str:
     """One row of measures and labels per row of ``table`` (no text is kept)."""
     user = "array_to_string([coalesce(m.content, '') for m in coalesce(msgs, []) if m.role = 'user'], chr(10))"
-    assistant = ("array_to_string([coalesce(m.content, '') for m in coalesce(msgs, []) if m.role = 'assistant'], "
-                 "chr(10))")
+    assistant = (
+        "array_to_string([coalesce(m.content, '') for m in coalesce(msgs, []) if m.role = 'assistant'], chr(10))"
+    )
     chosen = "array_to_string([coalesce(m.content, '') for m in coalesce(ch, [])], chr(10))"
     prompt = f"CASE WHEN kind = 'text' THEN coalesce(text, '') ELSE {user} END"
     response = f"CASE WHEN kind = 'preference' THEN {chosen} ELSE {assistant} END"
@@ -131,68 +138,92 @@ class VersionInspection:
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready summary (no histograms), for machine-readable metadata."""
-        return {"table": self.table, "rows": self.rows, "synthetic_share": round(self.synthetic_share, 4),
-                "distributions": self.distributions, "categories": self.categories, "splits": self.splits,
-                "lengths_by_source": self.lengths_by_source,
-                "languages": {"sample_rows": self.language_sample, "counts": self.languages},
-                "outliers": len(self.outliers), "agreement": self.agreement}
+        return {
+            "table": self.table,
+            "rows": self.rows,
+            "synthetic_share": round(self.synthetic_share, 4),
+            "distributions": self.distributions,
+            "categories": self.categories,
+            "splits": self.splits,
+            "lengths_by_source": self.lengths_by_source,
+            "languages": {"sample_rows": self.language_sample, "counts": self.languages},
+            "outliers": len(self.outliers),
+            "agreement": self.agreement,
+        }
 
 
-def distribution(connection: duckdb.DuckDBPyConnection, measure: str, by: str | None = None,
-                 table: str = MEASURES_TABLE) -> dict[str, dict[str, float | int | None]]:
+def distribution(
+    connection: duckdb.DuckDBPyConnection, measure: str, by: str | None = None, table: str = MEASURES_TABLE
+) -> dict[str, dict[str, float | int | None]]:
     """count, mean and quantiles of ``measure`` overall (key ``all``) or per value of ``by``."""
     group = quote(by) if by else "'all'"
     col = quote(measure)
     rows = connection.execute(
         f"SELECT {group} AS g, count({col}), avg({col}), min({col}), quantile_cont({col}, 0.05), "
         f"quantile_cont({col}, 0.25), quantile_cont({col}, 0.5), quantile_cont({col}, 0.75), "
-        f"quantile_cont({col}, 0.95), max({col}) FROM {quote(table)} GROUP BY 1 ORDER BY 1").fetchall()
+        f"quantile_cont({col}, 0.95), max({col}) FROM {quote(table)} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     names = ("count", "mean", "min", "p05", "p25", "median", "p75", "p95", "max")
-    return {str(g): {n: (None if v is None else round(float(v), 2) if n != "count" else int(v))
-                     for n, v in zip(names, values, strict=True)} for g, *values in rows}
+    return {
+        str(g): {
+            n: (None if v is None else round(float(v), 2) if n != "count" else int(v))
+            for n, v in zip(names, values, strict=True)
+        }
+        for g, *values in rows
+    }
 
 
-def histogram(connection: duckdb.DuckDBPyConnection, measure: str, bins: int = 30,
-              table: str = MEASURES_TABLE) -> list[tuple[float, float, int]]:
+def histogram(
+    connection: duckdb.DuckDBPyConnection, measure: str, bins: int = 30, table: str = MEASURES_TABLE
+) -> list[tuple[float, float, int]]:
     """(low, high, count) of ``measure``: ``bins`` equal-width bins of ln(1 + value) between the smallest
     and the largest value; a small integer measure (turns) gets one bin per value instead."""
     col = quote(measure)
     [(low, top, distinct)] = connection.execute(
-        f"SELECT min(ln(1 + {col})), max(ln(1 + {col})), count(DISTINCT {col}) FROM {quote(table)} "
-        f"WHERE {col} >= 0").fetchall()
+        f"SELECT min(ln(1 + {col})), max(ln(1 + {col})), count(DISTINCT {col}) FROM {quote(table)} WHERE {col} >= 0"
+    ).fetchall()
     if top is None:
         return []
     if measure == "turns" or distinct <= 1:
-        return [(float(v), float(v) + 1, int(n)) for v, n in connection.execute(
-            f"SELECT {col}, count(*) FROM {quote(table)} WHERE {col} >= 0 GROUP BY 1 ORDER BY 1").fetchall()]
+        return [
+            (float(v), float(v) + 1, int(n))
+            for v, n in connection.execute(
+                f"SELECT {col}, count(*) FROM {quote(table)} WHERE {col} >= 0 GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        ]
     width = (float(top) - float(low)) / bins
-    counts = dict(connection.execute(
-        f"SELECT least(CAST(floor((ln(1 + {col}) - ?) / ?) AS INTEGER), ?) AS b, count(*) FROM {quote(table)} "
-        f"WHERE {col} >= 0 GROUP BY 1", [low, width, bins - 1]).fetchall())
-    return [(math.expm1(low + i * width), math.expm1(low + (i + 1) * width), int(counts.get(i, 0)))
-            for i in range(bins)]
+    counts = dict(
+        connection.execute(
+            f"SELECT least(CAST(floor((ln(1 + {col}) - ?) / ?) AS INTEGER), ?) AS b, count(*) FROM {quote(table)} "
+            f"WHERE {col} >= 0 GROUP BY 1",
+            [low, width, bins - 1],
+        ).fetchall()
+    )
+    return [
+        (math.expm1(low + i * width), math.expm1(low + (i + 1) * width), int(counts.get(i, 0))) for i in range(bins)
+    ]
 
 
-def category_counts(connection: duckdb.DuckDBPyConnection, column: str, table: str = MEASURES_TABLE
-                    ) -> dict[str, int]:
-    rows = connection.execute(f"SELECT {quote(column)}, count(*) FROM {quote(table)} GROUP BY 1 "
-                              "ORDER BY 2 DESC, 1").fetchall()
+def category_counts(connection: duckdb.DuckDBPyConnection, column: str, table: str = MEASURES_TABLE) -> dict[str, int]:
+    rows = connection.execute(
+        f"SELECT {quote(column)}, count(*) FROM {quote(table)} GROUP BY 1 ORDER BY 2 DESC, 1"
+    ).fetchall()
     return {str(k): int(v) for k, v in rows}
 
 
-def crosstab(connection: duckdb.DuckDBPyConnection, column: str, by: str, table: str = MEASURES_TABLE
-             ) -> dict[str, dict[str, int]]:
+def crosstab(
+    connection: duckdb.DuckDBPyConnection, column: str, by: str, table: str = MEASURES_TABLE
+) -> dict[str, dict[str, int]]:
     """``{by value: {column value: rows}}``."""
     out: dict[str, dict[str, int]] = {}
     for group, value, n in connection.execute(
-            f"SELECT {quote(by)}, {quote(column)}, count(*) FROM {quote(table)} GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+        f"SELECT {quote(by)}, {quote(column)}, count(*) FROM {quote(table)} GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
     ).fetchall():
         out.setdefault(str(group), {})[str(value)] = int(n)
     return out
 
 
-def split_summary(connection: duckdb.DuckDBPyConnection, by: str, table: str = MEASURES_TABLE
-                  ) -> list[dict[str, Any]]:
+def split_summary(connection: duckdb.DuckDBPyConnection, by: str, table: str = MEASURES_TABLE) -> list[dict[str, Any]]:
     """One line per group: rows, median/p95 lengths, mean turns and tokens, human share."""
     rows = connection.execute(
         f"SELECT {quote(by)}, count(*), median(prompt_chars), quantile_cont(prompt_chars, 0.95), "
@@ -203,37 +234,63 @@ def split_summary(connection: duckdb.DuckDBPyConnection, by: str, table: str = M
     def num(value: Any, digits: int = 1) -> float | None:
         return None if value is None else round(float(value), digits)
 
-    return [{by: str(g), "rows": int(n), "prompt_chars_median": num(pm), "prompt_chars_p95": num(pp),
-             "response_chars_median": num(rm), "response_chars_p95": num(rp), "turns_mean": num(t, 2),
-             "tokens_mean": num(tok), "human_share": num(h, 3)}
-            for g, n, pm, pp, rm, rp, t, tok, h in rows]
+    return [
+        {
+            by: str(g),
+            "rows": int(n),
+            "prompt_chars_median": num(pm),
+            "prompt_chars_p95": num(pp),
+            "response_chars_median": num(rm),
+            "response_chars_p95": num(rp),
+            "turns_mean": num(t, 2),
+            "tokens_mean": num(tok),
+            "human_share": num(h, 3),
+        }
+        for g, n, pm, pp, rm, rp, t, tok, h in rows
+    ]
 
 
-def outliers(connection: duckdb.DuckDBPyConnection, measures: Sequence[str] = ("prompt_chars", "response_chars",
-             "n_tokens"), k: float = TUKEY_FAR_OUT, limit: int = 20, table: str = MEASURES_TABLE
-             ) -> list[dict[str, Any]]:
+def outliers(
+    connection: duckdb.DuckDBPyConnection,
+    measures: Sequence[str] = ("prompt_chars", "response_chars", "n_tokens"),
+    k: float = TUKEY_FAR_OUT,
+    limit: int = 20,
+    table: str = MEASURES_TABLE,
+) -> list[dict[str, Any]]:
     """Rows beyond Tukey's far-out fences on ln(1 + measure), most extreme first, ``limit`` per measure."""
     found: list[dict[str, Any]] = []
     for measure in measures:
         col = quote(measure)
         [(q1, q3)] = connection.execute(
             f"SELECT quantile_cont(ln(1 + {col}), 0.25), quantile_cont(ln(1 + {col}), 0.75) FROM {quote(table)} "
-            f"WHERE {col} IS NOT NULL").fetchall()
+            f"WHERE {col} IS NOT NULL"
+        ).fetchall()
         if q1 is None:
             continue
         low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
         for row_id, source, value, _distance in connection.execute(
-                f"SELECT row_id, source, {col}, greatest(? - ln(1 + {col}), ln(1 + {col}) - ?) AS d "
-                f"FROM {quote(table)} WHERE {col} IS NOT NULL AND (ln(1 + {col}) < ? OR ln(1 + {col}) > ?) "
-                "ORDER BY d DESC, row_id LIMIT ?", [low, high, low, high, limit]).fetchall():
+            f"SELECT row_id, source, {col}, greatest(? - ln(1 + {col}), ln(1 + {col}) - ?) AS d "
+            f"FROM {quote(table)} WHERE {col} IS NOT NULL AND (ln(1 + {col}) < ? OR ln(1 + {col}) > ?) "
+            "ORDER BY d DESC, row_id LIMIT ?",
+            [low, high, low, high, limit],
+        ).fetchall():
             side = "long" if math.log1p(value) > high else "short"
-            found.append({"measure": measure, "row_id": row_id, "source": source, "value": int(value), "side": side,
-                          "fence": round(math.expm1(high if side == "long" else low), 1)})
+            found.append(
+                {
+                    "measure": measure,
+                    "row_id": row_id,
+                    "source": source,
+                    "value": int(value),
+                    "side": side,
+                    "fence": round(math.expm1(high if side == "long" else low), 1),
+                }
+            )
     return found
 
 
-def sample_languages(connection: duckdb.DuckDBPyConnection, table: str, rows: int = LANGUAGE_SAMPLE_ROWS,
-                     seed: int = 42) -> tuple[dict[str, dict[str, int]], int]:
+def sample_languages(
+    connection: duckdb.DuckDBPyConnection, table: str, rows: int = LANGUAGE_SAMPLE_ROWS, seed: int = 42
+) -> tuple[dict[str, dict[str, int]], int]:
     """Language of the prompt side of a reservoir sample, per source: ``({source: {lang: n}}, sampled)``.
 
     ``und`` marks rows with fewer than :data:`MIN_LETTERS` letters outside code (undecidable)."""
@@ -255,6 +312,7 @@ def sample_languages(connection: duckdb.DuckDBPyConnection, table: str, rows: in
 
 
 # --- inter-annotator agreement ---------------------------------------------------------------
+
 
 def krippendorff_alpha_nominal(units: Mapping[Any, Sequence[Any]]) -> float | None:
     """Krippendorff's alpha for nominal labels: ``units`` maps an item to the labels its annotators gave
@@ -299,17 +357,21 @@ def agreement(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, An
     *consensus* rank per message, not the individual rankers' labels, so they allow no agreement
     figure; they are counted and the report says so instead of inventing one."""
     # The label is which completion of the (canonically ordered) pair won, so labels compare across items.
-    pair = ("CAST(messages AS VARCHAR) || chr(31) || least(CAST(chosen AS VARCHAR), CAST(rejected AS VARCHAR)) "
-            "|| chr(31) || greatest(CAST(chosen AS VARCHAR), CAST(rejected AS VARCHAR))")
+    pair = (
+        "CAST(messages AS VARCHAR) || chr(31) || least(CAST(chosen AS VARCHAR), CAST(rejected AS VARCHAR)) "
+        "|| chr(31) || greatest(CAST(chosen AS VARCHAR), CAST(rejected AS VARCHAR))"
+    )
     labelled = connection.execute(
         f"WITH labels AS (SELECT md5({pair}) AS item, annotator, CASE WHEN CAST(chosen AS VARCHAR) <= "
         "CAST(rejected AS VARCHAR) THEN 'first' ELSE 'second' END AS label "
         f"FROM {quote(table)} WHERE kind = 'preference' AND annotator IS NOT NULL), "
         "multi AS (SELECT item FROM labels GROUP BY item HAVING count(DISTINCT annotator) >= 2) "
         "SELECT item, list(label ORDER BY annotator) FROM (SELECT DISTINCT item, annotator, label FROM labels "
-        "JOIN multi USING (item)) GROUP BY item").fetchall()
+        "JOIN multi USING (item)) GROUP BY item"
+    ).fetchall()
     [(ranked,)] = connection.execute(
-        f"SELECT count(*) FROM {quote(table)} WHERE json_exists(extra, '$.ranks')").fetchall()
+        f"SELECT count(*) FROM {quote(table)} WHERE json_exists(extra, '$.ranks')"
+    ).fetchall()
     units = {item: labels for item, labels in labelled}
     result: dict[str, Any] = {
         "preference_items_with_several_annotators": len(units),
@@ -321,8 +383,10 @@ def agreement(connection: duckdb.DuckDBPyConnection, table: str) -> dict[str, An
     if not units:
         notes.append("no item is labelled by two or more annotators, so no agreement can be computed")
     if ranked:
-        notes.append(f"{ranked} rows carry OASST ranks (extra.ranks); these are consensus ranks, one per "
-                     "message, not the individual rankers' labels, so they give no inter-annotator agreement")
+        notes.append(
+            f"{ranked} rows carry OASST ranks (extra.ranks); these are consensus ranks, one per "
+            "message, not the individual rankers' labels, so they give no inter-annotator agreement"
+        )
     result["note"] = "; ".join(notes) or "Krippendorff's alpha over preference judgements by different annotators"
     return result
 
@@ -333,13 +397,17 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 # --- one version ------------------------------------------------------------------------------
 
-def inspect_version(connection: duckdb.DuckDBPyConnection, table: str,
-                    language_rows: int = LANGUAGE_SAMPLE_ROWS) -> VersionInspection:
+
+def inspect_version(
+    connection: duckdb.DuckDBPyConnection, table: str, language_rows: int = LANGUAGE_SAMPLE_ROWS
+) -> VersionInspection:
     """Compute every statistic of one dataset version (a table with the canonical columns)."""
     columns = _columns(connection, table)
     if "row_id" not in columns:
-        raise ValueError(f"table {table!r} is not in the warehouse or is not a dataset version "
-                         "(no row_id column); materialize it first")
+        raise ValueError(
+            f"table {table!r} is not in the warehouse or is not a dataset version "
+            "(no row_id column); materialize it first"
+        )
     connection.execute(f"CREATE OR REPLACE TEMP TABLE {quote(MEASURES_TABLE)} AS {measures_sql(table, columns)}")
     try:
         [(rows,)] = connection.execute(f"SELECT count(*) FROM {quote(MEASURES_TABLE)}").fetchall()
@@ -356,8 +424,9 @@ def inspect_version(connection: duckdb.DuckDBPyConnection, table: str,
                 result.crosstabs[f"{column}_by_{by}"] = crosstab(connection, column, by)
         for measure in ("prompt_chars", "response_chars") + (("n_tokens",) if "n_tokens" in columns else ()):
             result.lengths_by_source[measure] = distribution(connection, measure, by="source")
-        result.outliers = outliers(connection, [m for m in ("prompt_chars", "response_chars", "n_tokens")
-                                                if m in measures])
+        result.outliers = outliers(
+            connection, [m for m in ("prompt_chars", "response_chars", "n_tokens") if m in measures]
+        )
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {quote(MEASURES_TABLE)}")
     if language_rows > 0 and rows:
@@ -373,11 +442,13 @@ def inspect_version(connection: duckdb.DuckDBPyConnection, table: str,
 
 # --- plots ------------------------------------------------------------------------------------
 
+
 def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in the Dagster process
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -395,9 +466,12 @@ def plot_lengths(version: VersionInspection) -> bytes:
     """Histograms of prompt/response characters, tokens (formatted) or words, and turns."""
     plt = _pyplot()
     third = "n_tokens" if "n_tokens" in version.histograms else "response_words"
-    panels = [("prompt_chars", "prompt length (characters)"), ("response_chars", "response length (characters)"),
-              (third, "example length (tokens)" if third == "n_tokens" else "response length (words)"),
-              ("turns", "user turns per conversation")]
+    panels = [
+        ("prompt_chars", "prompt length (characters)"),
+        ("response_chars", "response length (characters)"),
+        (third, "example length (tokens)" if third == "n_tokens" else "response length (words)"),
+        ("turns", "user turns per conversation"),
+    ]
     figure, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     for ax, (measure, title) in zip(axes, panels, strict=True):
         bins = version.histograms.get(measure) or []
@@ -420,13 +494,27 @@ def plot_by_source(version: VersionInspection) -> bytes:
     """Box plots (whiskers p5–p95) of prompt and response length per source, from SQL quantiles."""
     plt = _pyplot()
     measures = list(version.lengths_by_source)
-    figure, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 0.5 + 0.45 * max(
-        2, len(version.categories.get("source", {})))), squeeze=False)
+    figure, axes = plt.subplots(
+        1,
+        len(measures),
+        figsize=(5 * len(measures), 0.5 + 0.45 * max(2, len(version.categories.get("source", {})))),
+        squeeze=False,
+    )
     for ax, measure in zip(axes[0], measures, strict=True):
         groups = version.lengths_by_source[measure]
         stats: list[dict[str, Any]] = [
-            {"label": g, "whislo": s["p05"], "q1": s["p25"], "med": s["median"], "q3": s["p75"], "whishi": s["p95"],
-             "fliers": []} for g, s in groups.items() if s["count"]]
+            {
+                "label": g,
+                "whislo": s["p05"],
+                "q1": s["p25"],
+                "med": s["median"],
+                "q3": s["p75"],
+                "whishi": s["p95"],
+                "fliers": [],
+            }
+            for g, s in groups.items()
+            if s["count"]
+        ]
         if stats:
             ax.bxp(stats, vert=False, showfliers=False)
             ax.set_xscale("symlog")
@@ -480,8 +568,11 @@ def plot_overview(versions: Sequence[VersionInspection]) -> bytes:
 
 
 def plots(version: VersionInspection) -> dict[str, bytes]:
-    return {"lengths": plot_lengths(version), "by_source": plot_by_source(version),
-            "composition": plot_composition(version)}
+    return {
+        "lengths": plot_lengths(version),
+        "by_source": plot_by_source(version),
+        "composition": plot_composition(version),
+    }
 
 
 def inspect_versions(connection: duckdb.DuckDBPyConnection) -> tuple[list[VersionInspection], list[str]]:
@@ -499,7 +590,8 @@ DEFINITIONS_MD = (
     "characters and words in every version, tokens (`n_tokens`, target tokenizer) in `formatted` only. "
     "Turns = user messages. Outliers: Tukey far-out fences (k = 3) on ln(1 + length). Languages: fastText "
     f"lid.176 on the prompt side of a reservoir sample ({LANGUAGE_SAMPLE_ROWS} rows), `und` = fewer than "
-    f"{MIN_LETTERS} letters.")
+    f"{MIN_LETTERS} letters."
+)
 
 
 def _distribution_rows(version: VersionInspection) -> list[dict[str, Any]]:
@@ -508,8 +600,12 @@ def _distribution_rows(version: VersionInspection) -> list[dict[str, Any]]:
 
 def markdown_summary(version: VersionInspection, images: Mapping[str, bytes] | None = None) -> str:
     """Markdown for the Dagster UI: tables, plots inline as base64 PNG, outliers and agreement."""
-    parts = [f"### {version.table}: {version.rows} rows, synthetic share {version.synthetic_share:.1%}",
-             DEFINITIONS_MD, "**Lengths**", markdown_table(_distribution_rows(version))]
+    parts = [
+        f"### {version.table}: {version.rows} rows, synthetic share {version.synthetic_share:.1%}",
+        DEFINITIONS_MD,
+        "**Lengths**",
+        markdown_table(_distribution_rows(version)),
+    ]
     for name, png in (images or {}).items():
         parts.append(png_markdown(png, f"{version.table} {name}"))
     for column in ("kind", "origin", "license", "teacher", "task_type", "topic"):
@@ -517,23 +613,30 @@ def markdown_summary(version: VersionInspection, images: Mapping[str, bytes] | N
         if counts and list(counts) != [NONE]:
             parts.append(f"**by {column}**\n\n{counts_table(counts, column)}")
     if version.languages:
-        parts.append(f"**languages** (sample of {version.language_sample} rows)\n\n"
-                     f"{counts_table(version.languages, 'language')}")
+        parts.append(
+            f"**languages** (sample of {version.language_sample} rows)\n\n{counts_table(version.languages, 'language')}"
+        )
     for by in SPLITS:
         lines = version.splits.get(by, [])
         if lines and [line[by] for line in lines] != [NONE]:
             parts.append(f"**by {by}**\n\n{markdown_table(lines)}")
     parts.append(f"**outliers** ({len(version.outliers)})\n\n{markdown_table(version.outliers[:20])}")
-    parts.append("**inter-annotator agreement**\n\n" + markdown_table(
-        [{"statistic": k, "value": v} for k, v in version.agreement.items()], width=200))
+    parts.append(
+        "**inter-annotator agreement**\n\n"
+        + markdown_table([{"statistic": k, "value": v} for k, v in version.agreement.items()], width=200)
+    )
     return "\n\n".join(parts)
 
 
 def overview_markdown(versions: Sequence[VersionInspection], data_versions: Mapping[str, str]) -> str:
     """One line per inspected version: rows, synthetic share, outliers and its data version."""
-    return "\n".join(["| version | rows | synthetic share | outliers | data version |", "|---|---|---|---|---|"]
-                     + [f"| {v.table} | {v.rows} | {v.synthetic_share:.1%} | {len(v.outliers)} | "
-                        f"{data_versions.get(v.table, '')} |" for v in versions])
+    return "\n".join(
+        ["| version | rows | synthetic share | outliers | data version |", "|---|---|---|---|---|"]
+        + [
+            f"| {v.table} | {v.rows} | {v.synthetic_share:.1%} | {len(v.outliers)} | {data_versions.get(v.table, '')} |"
+            for v in versions
+        ]
+    )
 
 
 def overview_plot_markdown(versions: Sequence[VersionInspection]) -> str:
@@ -548,8 +651,12 @@ def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return "<p><em>(none)</em></p>"
     columns = list(rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in columns)
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -558,19 +665,34 @@ def _counts_rows(counts: Mapping[str, int], key: str) -> list[dict[str, Any]]:
     return [{key: k, "rows": v, "share": f"{v / total:.1%}" if total else "-"} for k, v in counts.items()]
 
 
-def render_html(versions: Sequence[VersionInspection], images: Mapping[str, Mapping[str, str]],
-                title: str = "Distillery inspection", versions_info: Mapping[str, str] | None = None) -> str:
+def render_html(
+    versions: Sequence[VersionInspection],
+    images: Mapping[str, Mapping[str, str]],
+    title: str = "Distillery inspection",
+    versions_info: Mapping[str, str] | None = None,
+) -> str:
     """A self-describing HTML report; ``images[table][name]`` is the PNG's path relative to the report."""
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-           "body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;margin:.5em 0}"
-           "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px} th{background:#eee} img{max-width:100%}"
-           "</style></head><body>",
-           f"<h1>{html.escape(title)}</h1><p>Generated {datetime.now(UTC).isoformat(timespec='seconds')}. "
-           f"{html.escape(DEFINITIONS_MD)}</p>",
-           _html_table([{"version": v.table, "rows": v.rows, "synthetic share": f"{v.synthetic_share:.1%}",
-                         "data version": (versions_info or {}).get(v.table, ""), "outliers": len(v.outliers)}
-                        for v in versions]),
-           "<img alt='rows per version' src='overview.png'>" if versions else ""]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px} th{background:#eee} img{max-width:100%}"
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p>Generated {datetime.now(UTC).isoformat(timespec='seconds')}. "
+        f"{html.escape(DEFINITIONS_MD)}</p>",
+        _html_table(
+            [
+                {
+                    "version": v.table,
+                    "rows": v.rows,
+                    "synthetic share": f"{v.synthetic_share:.1%}",
+                    "data version": (versions_info or {}).get(v.table, ""),
+                    "outliers": len(v.outliers),
+                }
+                for v in versions
+            ]
+        ),
+        "<img alt='rows per version' src='overview.png'>" if versions else "",
+    ]
     for version in versions:
         out.append(f"<h2 id='{html.escape(version.table)}'>{html.escape(version.table)}</h2>")
         out.append("<h3>Lengths</h3>" + _html_table(_distribution_rows(version)))
@@ -581,21 +703,26 @@ def render_html(versions: Sequence[VersionInspection], images: Mapping[str, Mapp
             if counts and list(counts) != [NONE]:
                 out.append(f"<h3>by {html.escape(column)}</h3>" + _html_table(_counts_rows(counts, column)))
         if version.languages:
-            out.append(f"<h3>languages (sample of {version.language_sample} rows)</h3>"
-                       + _html_table(_counts_rows(version.languages, "language")))
+            out.append(
+                f"<h3>languages (sample of {version.language_sample} rows)</h3>"
+                + _html_table(_counts_rows(version.languages, "language"))
+            )
         for by in SPLITS:
             lines = version.splits.get(by, [])
             if lines and [line[by] for line in lines] != [NONE]:
                 out.append(f"<h3>split by {html.escape(by)}</h3>" + _html_table(lines))
         out.append(f"<h3>outliers ({len(version.outliers)})</h3>" + _html_table(version.outliers))
-        out.append("<h3>inter-annotator agreement</h3>" + _html_table(
-            [{"statistic": k, "value": v} for k, v in version.agreement.items()]))
+        out.append(
+            "<h3>inter-annotator agreement</h3>"
+            + _html_table([{"statistic": k, "value": v} for k, v in version.agreement.items()])
+        )
     out.append("</body></html>")
     return "\n".join(out)
 
 
-def write_report(out_dir: Path, versions: Iterable[VersionInspection],
-                 versions_info: Mapping[str, str] | None = None) -> tuple[Path, dict[str, dict[str, bytes]]]:
+def write_report(
+    out_dir: Path, versions: Iterable[VersionInspection], versions_info: Mapping[str, str] | None = None
+) -> tuple[Path, dict[str, dict[str, bytes]]]:
     """Write ``index.html``, one PNG per plot and ``stats.json`` under ``out_dir``; return the report path
     and the PNG bytes per version (for the Dagster UI)."""
     out_dir.mkdir(parents=True, exist_ok=True)

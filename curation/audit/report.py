@@ -64,8 +64,9 @@ class CompliancePolicy:
     def license_problem(self, spdx: str | None) -> tuple[str, str] | None:
         """(rule, reason) when rows under ``spdx`` may not be used; unknown licences always are flagged."""
         if self.licenses.lookup(spdx) is None:
-            return "unknown-licence", (f"licence {spdx or '(missing)'} is unknown: declare its terms under "
-                                       "policy.licenses")
+            return "unknown-licence", (
+                f"licence {spdx or '(missing)'} is unknown: declare its terms under policy.licenses"
+            )
         allowed, why = self.licenses.allows(spdx, self.intended_use)
         return None if allowed else ("licence", why)
 
@@ -73,8 +74,10 @@ class CompliancePolicy:
         """(rule, reason) when data written by ``model`` may not be used for the intended use."""
         entry = self.teachers.get(model)
         if entry and self.intended_use in entry.forbids:
-            return "teacher-terms", (f"teacher {model}: its terms ({entry.terms or 'see policy.teachers'}) forbid "
-                                     f"{self.intended_use} use of its outputs")
+            return "teacher-terms", (
+                f"teacher {model}: its terms ({entry.terms or 'see policy.teachers'}) forbid "
+                f"{self.intended_use} use of its outputs"
+            )
         license_ = (entry.license if entry else None) or recorded_license
         if license_:
             problem = self.license_problem(license_)
@@ -82,8 +85,9 @@ class CompliancePolicy:
                 return "teacher-licence", f"teacher {model}: {problem[1]}"
             return None
         if entry is None and self.intended_use == "commercial":
-            return "teacher-undeclared", (f"teacher {model} has no recorded licence and is not declared under "
-                                          "policy.teachers")
+            return "teacher-undeclared", (
+                f"teacher {model} has no recorded licence and is not declared under policy.teachers"
+            )
         return None
 
 
@@ -125,15 +129,18 @@ class ComplianceReport:
 
     def summary_markdown(self) -> str:
         """The short version for asset metadata: verdict, counts, violations by rule."""
-        verdict = ("**compliant**" if self.compliant else
-                   f"**{self.violating_rows} of {self.rows} rows violate the policy**")
-        return "\n\n".join([
-            f"`{self.table}` version `{self.data_version}`, project file `{self.project_file_hash}`, "
-            f"intended use **{self.intended_use}**: {verdict}",
-            "**by licence**\n\n" + counts_table(self.by_license, "license", self.rows),
-            "**by teacher**\n\n" + counts_table(self.by_teacher, "teacher", self.rows),
-            "**violations**\n\n" + markdown_table(self.violations_by_rule, width=120),
-        ])
+        verdict = (
+            "**compliant**" if self.compliant else f"**{self.violating_rows} of {self.rows} rows violate the policy**"
+        )
+        return "\n\n".join(
+            [
+                f"`{self.table}` version `{self.data_version}`, project file `{self.project_file_hash}`, "
+                f"intended use **{self.intended_use}**: {verdict}",
+                "**by licence**\n\n" + counts_table(self.by_license, "license", self.rows),
+                "**by teacher**\n\n" + counts_table(self.by_teacher, "teacher", self.rows),
+                "**violations**\n\n" + markdown_table(self.violations_by_rule, width=120),
+            ]
+        )
 
     def to_markdown(self) -> str:
         return _render(MARKDOWN_TEMPLATE, self, autoescape=False)
@@ -142,22 +149,35 @@ class ComplianceReport:
         return _render(HTML_TEMPLATE, self, autoescape=True)
 
 
-def build_report(connection: duckdb.DuckDBPyConnection, policy: CompliancePolicy, table: str = "formatted", *,
-                 data_version: str = "", project: str = "", project_file_hash: str = "",
-                 sample: int = 200) -> ComplianceReport:
+def build_report(
+    connection: duckdb.DuckDBPyConnection,
+    policy: CompliancePolicy,
+    table: str = "formatted",
+    *,
+    data_version: str = "",
+    project: str = "",
+    project_file_hash: str = "",
+    sample: int = 200,
+) -> ComplianceReport:
     """Judge every row of ``table``. Leaves temp table ``_report_violations`` on ``connection`` for
     :func:`write_violations_csv`."""
     tables = discover(connection)
     if table not in tables.datasets:
-        raise LookupError(f"no dataset table {table!r} in the warehouse (have: {', '.join(tables.datasets) or 'none'})"
-                          "; run `distillery run` first")
+        raise LookupError(
+            f"no dataset table {table!r} in the warehouse (have: {', '.join(tables.datasets) or 'none'})"
+            "; run `distillery run` first"
+        )
     target = quote(table)
     _ancestry(connection, tables, target)
     run = connection.execute
 
     # Judge the few distinct licences and teachers in Python, with the same rules as the licence filter.
-    licences = [r[0] for r in run("SELECT DISTINCT license FROM _report_rows UNION SELECT DISTINCT license "
-                                  f"FROM {target}").fetchall()]
+    licences = [
+        r[0]
+        for r in run(
+            f"SELECT DISTINCT license FROM _report_rows UNION SELECT DISTINCT license FROM {target}"
+        ).fetchall()
+    ]
     verdicts = [(lic, *(policy.license_problem(lic) or (None, None))) for lic in licences]
     _register(connection, "_report_lic", ["license", "rule", "reason"], verdicts)
     teachers = run("SELECT teacher, any_value(teacher_license) FROM _report_teachers GROUP BY 1").fetchall()
@@ -184,25 +204,31 @@ def build_report(connection: duckdb.DuckDBPyConnection, policy: CompliancePolicy
 
     # Restrictions synthesis carried into the row itself (extra.terms, curation.synth.terms.inherited_terms):
     # they hold even when the registry that produced them has changed since.
-    run(f"""INSERT INTO _report_violations
+    run(
+        f"""INSERT INTO _report_violations
         SELECT t.row_id, t.source, t.source_uri, t.license, 'recorded-terms',
                'the row records terms of ' || coalesce(array_to_string(CAST(json_extract_string(t.extra,
                '$.terms.models[*]') AS VARCHAR[]), ', '), 'a teacher') || ' that forbid ' || $use || ' use'
         FROM {target} t
         WHERE list_contains(CAST(json_extract_string(t.extra, '$.terms.forbids[*]') AS VARCHAR[]), $use)
           AND t.row_id NOT IN (SELECT row_id FROM _report_violations WHERE rule = 'teacher-terms')""",
-        {"use": policy.intended_use})
+        {"use": policy.intended_use},
+    )
     (rows,) = run(f"SELECT count(*) FROM {target}").fetchall()[0]
     by_teacher = _counts(connection, "SELECT teacher, count(DISTINCT row_id) FROM _report_teachers GROUP BY 1")
-    (no_teacher,) = run(f"SELECT count(*) FROM {target} WHERE row_id NOT IN (SELECT row_id FROM _report_teachers)"
-                        ).fetchall()[0]
+    (no_teacher,) = run(
+        f"SELECT count(*) FROM {target} WHERE row_id NOT IN (SELECT row_id FROM _report_teachers)"
+    ).fetchall()[0]
     if no_teacher:
         by_teacher["(none: human-written)"] = int(no_teacher)
-    obligations = _dicts(connection, """
+    obligations = _dicts(
+        connection,
+        """
         SELECT license, source, string_agg(DISTINCT file, ', ' ORDER BY file) AS files,
                count(DISTINCT row_id) AS source_rows
         FROM (SELECT r.row_id, r.license, r.source, split_part(r.source_uri, '#', 1) AS file
-              FROM _report_rows r WHERE r.in_raw) GROUP BY 1, 2 ORDER BY 1, 2""")  # every raw row that reached it
+              FROM _report_rows r WHERE r.in_raw) GROUP BY 1, 2 ORDER BY 1, 2""",
+    )  # every raw row that reached it
     attribution, share_alike, non_commercial = [], [], []
     for item in obligations:
         terms = policy.licenses.lookup(item["license"])
@@ -213,30 +239,54 @@ def build_report(connection: duckdb.DuckDBPyConnection, policy: CompliancePolicy
         if terms and not terms.commercial:
             non_commercial.append(item)
     teacher_rows = []
-    recorded = {r["teacher"]: r for r in _dicts(connection, """
+    recorded = {
+        r["teacher"]: r
+        for r in _dicts(
+            connection,
+            """
         SELECT m.teacher, count(DISTINCT m.row_id) AS rows, string_agg(DISTINCT m.teacher_license, ', ') AS licenses,
                v.rule, v.reason
-        FROM _report_teachers m JOIN _report_teacher_verdict v USING (teacher) GROUP BY m.teacher, v.rule, v.reason""")}
+        FROM _report_teachers m JOIN _report_teacher_verdict v USING (teacher) GROUP BY m.teacher, v.rule, v.reason""",
+        )
+    }
     for model in sorted(set(recorded) | set(policy.teachers)):
         entry = policy.teachers.get(model)
         found = recorded.get(model, {})
-        teacher_rows.append({
-            "teacher": model, "rows": int(found.get("rows") or 0), "declared": entry is not None,
-            "license": (entry.license if entry else None) or found.get("licenses"),
-            "terms": entry.terms if entry else "", "forbids": ", ".join(entry.forbids) if entry else "",
-            "verdict": found.get("reason") or ("ok" if found else "not used in this version")})
+        teacher_rows.append(
+            {
+                "teacher": model,
+                "rows": int(found.get("rows") or 0),
+                "declared": entry is not None,
+                "license": (entry.license if entry else None) or found.get("licenses"),
+                "terms": entry.terms if entry else "",
+                "forbids": ", ".join(entry.forbids) if entry else "",
+                "verdict": found.get("reason") or ("ok" if found else "not used in this version"),
+            }
+        )
     return ComplianceReport(
-        project=project, table=table, data_version=data_version, project_file_hash=project_file_hash,
-        intended_use=policy.intended_use, generated_at=utcnow(), rows=int(rows),
+        project=project,
+        table=table,
+        data_version=data_version,
+        project_file_hash=project_file_hash,
+        intended_use=policy.intended_use,
+        generated_at=utcnow(),
+        rows=int(rows),
         by_license=_counts(connection, f"SELECT license, count(*) FROM {target} GROUP BY 1"),
         by_origin=_counts(connection, f"SELECT origin, count(*) FROM {target} GROUP BY 1"),
         by_source=_counts(connection, f"SELECT source, count(*) FROM {target} GROUP BY 1"),
-        by_teacher=by_teacher, attribution=attribution, share_alike=share_alike, non_commercial=non_commercial,
+        by_teacher=by_teacher,
+        attribution=attribution,
+        share_alike=share_alike,
+        non_commercial=non_commercial,
         teachers=teacher_rows,
-        violations_by_rule=_dicts(connection, "SELECT rule, reason, count(DISTINCT row_id) AS rows FROM "
-                                              "_report_violations GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"),
-        violations=_dicts(connection, "SELECT * FROM _report_violations ORDER BY row_id, rule, reason LIMIT ?",
-                          [int(sample)]),
+        violations_by_rule=_dicts(
+            connection,
+            "SELECT rule, reason, count(DISTINCT row_id) AS rows FROM "
+            "_report_violations GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+        ),
+        violations=_dicts(
+            connection, "SELECT * FROM _report_violations ORDER BY row_id, rule, reason LIMIT ?", [int(sample)]
+        ),
         violating_rows=int(run("SELECT count(DISTINCT row_id) FROM _report_violations").fetchall()[0][0]),
         violations_total=int(run("SELECT count(*) FROM _report_violations").fetchall()[0][0]),
         unknown_licenses=sorted(str(lic) for lic, rule, _ in verdicts if rule == "unknown-licence"),
@@ -250,8 +300,9 @@ def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target: str) -
     run = connection.execute
     edges = ["SELECT child_id, parent_id FROM lineage"] if tables.has("lineage") else []
     if tables.has("provenance"):
-        edges.append("SELECT row_id, unnest(CAST(json_extract_string(parent_ids, '$[*]') AS VARCHAR[])) "
-                     "FROM provenance")
+        edges.append(
+            "SELECT row_id, unnest(CAST(json_extract_string(parent_ids, '$[*]') AS VARCHAR[])) FROM provenance"
+        )
     edge_sql = " UNION ".join(edges) or "SELECT NULL::VARCHAR, NULL::VARCHAR WHERE false"
     run(f"CREATE OR REPLACE TEMP TABLE _report_edges AS SELECT DISTINCT * FROM ({edge_sql}) e(child_id, parent_id)")
     # UNION (not UNION ALL) makes the recursion stop on a cycle.
@@ -262,32 +313,43 @@ def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target: str) -
         SELECT * FROM anc""")
     # A kept row stands for the duplicates removed in its favour: their licences add obligations
     # (credit every copy's source), not restrictions (the kept copy's own licence grants the use).
-    absorbed = ("SELECT DISTINCT a.row_id, d.row_id AS duplicate FROM _report_anc a JOIN dedup_clusters d "
-                "ON d.kept_row_id = a.ancestor AND d.removed AND d.row_id <> d.kept_row_id"
-                if tables.has("dedup_clusters")
-                else "SELECT NULL::VARCHAR AS row_id, NULL::VARCHAR AS duplicate WHERE false")
+    absorbed = (
+        "SELECT DISTINCT a.row_id, d.row_id AS duplicate FROM _report_anc a JOIN dedup_clusters d "
+        "ON d.kept_row_id = a.ancestor AND d.removed AND d.row_id <> d.kept_row_id"
+        if tables.has("dedup_clusters")
+        else "SELECT NULL::VARCHAR AS row_id, NULL::VARCHAR AS duplicate WHERE false"
+    )
     run(f"CREATE OR REPLACE TEMP TABLE _report_absorbed AS {absorbed}")
-    run("CREATE OR REPLACE TEMP TABLE _report_wanted AS SELECT ancestor AS row_id FROM _report_anc "
-        "UNION SELECT duplicate FROM _report_absorbed")
+    run(
+        "CREATE OR REPLACE TEMP TABLE _report_wanted AS SELECT ancestor AS row_id FROM _report_anc "
+        "UNION SELECT duplicate FROM _report_absorbed"
+    )
     # Same id, same row: take its fields from the earliest table that holds it (an anti-join per
     # table is much cheaper than grouping every copy of every id).
-    run("CREATE OR REPLACE TEMP TABLE _report_rows (row_id VARCHAR, license VARCHAR, source VARCHAR, "
-        "source_uri VARCHAR, origin VARCHAR, generator VARCHAR, in_raw BOOLEAN)")
+    run(
+        "CREATE OR REPLACE TEMP TABLE _report_rows (row_id VARCHAR, license VARCHAR, source VARCHAR, "
+        "source_uri VARCHAR, origin VARCHAR, generator VARCHAR, in_raw BOOLEAN)"
+    )
     for table in tables.datasets:
         run(f"""INSERT INTO _report_rows SELECT row_id, license, source, source_uri, origin, generator,
-                {'true' if table == 'raw' else 'false'} FROM {quote(table)}
+                {"true" if table == "raw" else "false"} FROM {quote(table)}
             WHERE row_id IN (SELECT row_id FROM _report_wanted)
               AND row_id NOT IN (SELECT row_id FROM _report_rows)""")
-    teachers = ["SELECT a.row_id, r.generator AS teacher, NULL::VARCHAR AS teacher_license FROM _report_anc a "
-                "JOIN _report_rows r ON r.row_id = a.ancestor WHERE r.origin <> 'human' AND r.generator IS NOT NULL"]
+    teachers = [
+        "SELECT a.row_id, r.generator AS teacher, NULL::VARCHAR AS teacher_license FROM _report_anc a "
+        "JOIN _report_rows r ON r.row_id = a.ancestor WHERE r.origin <> 'human' AND r.generator IS NOT NULL"
+    ]
     if tables.has("provenance"):
-        teachers.append("SELECT a.row_id, p.teacher_model, p.teacher_license FROM _report_anc a "
-                        "JOIN provenance p ON p.row_id = a.ancestor WHERE p.teacher_model IS NOT NULL")
+        teachers.append(
+            "SELECT a.row_id, p.teacher_model, p.teacher_license FROM _report_anc a "
+            "JOIN provenance p ON p.row_id = a.ancestor WHERE p.teacher_model IS NOT NULL"
+        )
     run(f"CREATE OR REPLACE TEMP TABLE _report_teachers AS SELECT DISTINCT * FROM ({' UNION ALL '.join(teachers)})")
 
 
-def _register(connection: duckdb.DuckDBPyConnection, name: str, columns: Sequence[str],
-              rows: Sequence[Sequence[Any]]) -> None:
+def _register(
+    connection: duckdb.DuckDBPyConnection, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
     data = pa.table({c: pa.array([r[i] for r in rows], pa.string()) for i, c in enumerate(columns)})
     connection.register("_report_incoming", data)
     try:
@@ -322,8 +384,12 @@ def write_violations_csv(connection: duckdb.DuckDBPyConnection, path: Path) -> i
 def write_report(connection: duckdb.DuckDBPyConnection, report: ComplianceReport, out_dir: Path) -> dict[str, Path]:
     """compliance.md, compliance.html, compliance.json and violations.csv under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out_dir / "compliance.md", "html": out_dir / "compliance.html",
-             "json": out_dir / "compliance.json", "violations": out_dir / "violations.csv"}
+    paths = {
+        "markdown": out_dir / "compliance.md",
+        "html": out_dir / "compliance.html",
+        "json": out_dir / "compliance.json",
+        "violations": out_dir / "violations.csv",
+    }
     paths["markdown"].write_text(report.to_markdown(), encoding="utf-8")
     paths["html"].write_text(report.to_html(), encoding="utf-8")
     paths["json"].write_text(json.dumps(report.as_dict(), indent=2, default=str), encoding="utf-8")
@@ -335,8 +401,9 @@ def write_report(connection: duckdb.DuckDBPyConnection, report: ComplianceReport
 
 
 def _render(template: str, report: ComplianceReport, autoescape: bool) -> str:
-    environment = jinja2.Environment(autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
-                                     undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        autoescape=autoescape, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined
+    )
     environment.filters["md"] = lambda rows, width=100: markdown_table(rows, width=width)
     environment.filters["counts"] = lambda counts, key: counts_table(counts, key, report.rows)
     environment.filters["pct"] = lambda n: f"{n / report.rows:.1%}" if report.rows else "-"

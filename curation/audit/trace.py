@@ -37,22 +37,47 @@ STAGE_ORDER: tuple[str, ...] = ("raw", "deduped", "filtered", "synthetic", "synt
 """The spine's dataset tables in the order rows move through them (others sort after, by name)."""
 
 STOPPED_AT: dict[str, str] = {
-    "quarantine": "raw", "dedup_clusters": "deduped", "filter_rejections": "filtered",
-    "synthetic_rejections": "synthetic", "mix_excluded": "synthetic_mixed", "format_rejections": "formatted",
+    "quarantine": "raw",
+    "dedup_clusters": "deduped",
+    "filter_rejections": "filtered",
+    "synthetic_rejections": "synthetic",
+    "mix_excluded": "synthetic_mixed",
+    "format_rejections": "formatted",
     "contamination": "formatted",
 }
 """Side tables that record a row's removal, and the stage that removed it."""
 
 INFO_COLUMNS: tuple[str, ...] = (
-    "kind", "source", "source_uri", "license", "origin", "generator", "annotator", "ingested_at",
-    "split", "template_id", "tokenizer_id", "n_tokens", "truncation")
+    "kind",
+    "source",
+    "source_uri",
+    "license",
+    "origin",
+    "generator",
+    "annotator",
+    "ingested_at",
+    "split",
+    "template_id",
+    "tokenizer_id",
+    "n_tokens",
+    "truncation",
+)
 """What the audit shows of a row: where it came from and under which terms, never its content."""
 
 _JSON_FIELDS = ("generation_params", "parent_ids", "verification")
 _SKIP_TABLES = {"lineage", "provenance", "dedup_clusters", "quarantine"}
 _KEY_COLUMNS = ("row_id", "candidate_id")  # how side tables name the row (a rejected candidate never was a row)
-_CONTENT_COLUMNS = {"messages", "chosen", "rejected", "text", "candidate", "raw_text", "prompt_text", "chosen_text",
-                    "rejected_text"}
+_CONTENT_COLUMNS = {
+    "messages",
+    "chosen",
+    "rejected",
+    "text",
+    "candidate",
+    "raw_text",
+    "prompt_text",
+    "chosen_text",
+    "rejected_text",
+}
 """Columns holding row content: never shown (a redacted row's parents still hold the secret)."""
 MAX_ROWS = 5_000
 """Stop a walk after this many rows (a seed row can have many generated descendants)."""
@@ -136,16 +161,24 @@ class Audit:
         return row_status(self, self.row_id)
 
     def as_dict(self) -> dict[str, Any]:
-        return _jsonable({
-            "query": self.query, "row_id": self.row_id, "status": self.status(),
-            "licenses": self.licenses(), "teachers": self.teachers(),
-            "origins": [{"row_id": r.row_id, **{k: r.info.get(k) for k in ("source", "source_uri", "license")}}
-                        for r in self.origins()],
-            "rows": {k: asdict(v) for k, v in self.rows.items()},
-            "upstream": [asdict(e) for e in self.upstream],
-            "downstream": [asdict(e) for e in self.downstream],
-            "quarantine": self.quarantine, "truncated": self.truncated,
-        })
+        return _jsonable(
+            {
+                "query": self.query,
+                "row_id": self.row_id,
+                "status": self.status(),
+                "licenses": self.licenses(),
+                "teachers": self.teachers(),
+                "origins": [
+                    {"row_id": r.row_id, **{k: r.info.get(k) for k in ("source", "source_uri", "license")}}
+                    for r in self.origins()
+                ],
+                "rows": {k: asdict(v) for k, v in self.rows.items()},
+                "upstream": [asdict(e) for e in self.upstream],
+                "downstream": [asdict(e) for e in self.downstream],
+                "quarantine": self.quarantine,
+                "truncated": self.truncated,
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, ensure_ascii=False)
@@ -178,15 +211,21 @@ def discover(connection: duckdb.DuckDBPyConnection) -> WarehouseTables:
     """The tables an audit reads, found from the catalog so new stages are covered."""
     columns: dict[str, list[str]] = {}
     for table, column in connection.execute(
-            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
-            "AND table_catalog = current_database() ORDER BY table_name, ordinal_position").fetchall():
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
+        "AND table_catalog = current_database() ORDER BY table_name, ordinal_position"
+    ).fetchall():
         if not table.startswith("_stage_"):  # a write in progress (or a crashed one): not data
             columns.setdefault(table, []).append(column)
     canonical = set(COLUMNS)
-    datasets = sorted((t for t, cols in columns.items() if canonical <= set(cols)),
-                      key=lambda t: (STAGE_ORDER.index(t) if t in STAGE_ORDER else len(STAGE_ORDER), t))
-    notes = sorted(t for t, cols in columns.items()
-                   if set(_KEY_COLUMNS) & set(cols) and t not in datasets and t not in _SKIP_TABLES)
+    datasets = sorted(
+        (t for t, cols in columns.items() if canonical <= set(cols)),
+        key=lambda t: (STAGE_ORDER.index(t) if t in STAGE_ORDER else len(STAGE_ORDER), t),
+    )
+    notes = sorted(
+        t
+        for t, cols in columns.items()
+        if set(_KEY_COLUMNS) & set(cols) and t not in datasets and t not in _SKIP_TABLES
+    )
     return WarehouseTables(tuple(datasets), tuple(notes), {t: tuple(c) for t, c in columns.items()})
 
 
@@ -206,54 +245,98 @@ _IN_IDS = "IN (SELECT unnest(CAST($ids AS VARCHAR[])))"
 def _edges_up(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, ids: set[str]) -> list[Edge]:
     edges: list[Edge] = []
     if tables.has("lineage"):
-        edges += [Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"]) for r in _fetch(
-            connection, f"SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE child_id {_IN_IDS} "
-                        "ORDER BY asset, child_id, parent_id", ids)]
+        edges += [
+            Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"])
+            for r in _fetch(
+                connection,
+                f"SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE child_id {_IN_IDS} "
+                "ORDER BY asset, child_id, parent_id",
+                ids,
+            )
+        ]
     if tables.has("provenance"):  # parents a generator declared, in case a stage wrote no lineage edge
-        for r in _fetch(connection, "SELECT row_id, method, parent_ids FROM provenance WHERE row_id "
-                                    f"{_IN_IDS} AND json_array_length(parent_ids) > 0", ids):
+        for r in _fetch(
+            connection,
+            "SELECT row_id, method, parent_ids FROM provenance WHERE row_id "
+            f"{_IN_IDS} AND json_array_length(parent_ids) > 0",
+            ids,
+        ):
             for parent in json.loads(r["parent_ids"]):
                 edges.append(Edge(r["row_id"], str(parent), "synthetic", r["method"], "provenance.parent_ids"))
     for table in tables.notes:  # a rejected candidate names its would-be parents in its side table
         if "parent_ids" in tables.columns[table]:
             key = tables.key_column(table)
             method = "method" if "method" in tables.columns[table] else "NULL"
-            for r in _fetch(connection, f"SELECT {quote(key)} AS id, {method} AS method, parent_ids FROM "
-                                        f"{quote(table)} WHERE {quote(key)} {_IN_IDS}", ids):
+            for r in _fetch(
+                connection,
+                f"SELECT {quote(key)} AS id, {method} AS method, parent_ids FROM "
+                f"{quote(table)} WHERE {quote(key)} {_IN_IDS}",
+                ids,
+            ):
                 for parent in json.loads(r["parent_ids"] or "[]"):
-                    edges.append(Edge(r["id"], str(parent), STOPPED_AT.get(table, table), r["method"] or table,
-                                      f"{table}.parent_ids"))
+                    edges.append(
+                        Edge(
+                            r["id"],
+                            str(parent),
+                            STOPPED_AT.get(table, table),
+                            r["method"] or table,
+                            f"{table}.parent_ids",
+                        )
+                    )
     if tables.has("dedup_clusters"):  # the duplicates a kept row stands for
-        edges += [_absorbed(r) for r in _fetch(
-            connection, "SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND kept_row_id "
-                        f"{_IN_IDS} ORDER BY kept_row_id, row_id", ids)]
+        edges += [
+            _absorbed(r)
+            for r in _fetch(
+                connection,
+                "SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND kept_row_id "
+                f"{_IN_IDS} ORDER BY kept_row_id, row_id",
+                ids,
+            )
+        ]
     return edges
 
 
 def _edges_down(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, ids: set[str]) -> list[Edge]:
     edges: list[Edge] = []
     if tables.has("lineage"):
-        edges += [Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"]) for r in _fetch(
-            connection, f"SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE parent_id {_IN_IDS} "
-                        "ORDER BY asset, parent_id, child_id", ids)]
+        edges += [
+            Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"])
+            for r in _fetch(
+                connection,
+                f"SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE parent_id {_IN_IDS} "
+                "ORDER BY asset, parent_id, child_id",
+                ids,
+            )
+        ]
     if tables.has("dedup_clusters"):  # a removed duplicate lives on in the row that was kept
-        edges += [_absorbed(r) for r in _fetch(
-            connection, f"SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND row_id {_IN_IDS}",
-            ids)]
+        edges += [
+            _absorbed(r)
+            for r in _fetch(
+                connection,
+                f"SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND row_id {_IN_IDS}",
+                ids,
+            )
+        ]
     return edges
 
 
 def _absorbed(record: dict[str, Any]) -> Edge:
     jaccard = record.get("jaccard")
-    detail = ", ".join(x for x in (f"cluster {record.get('cluster_id')}",
-                                   f"jaccard {jaccard:.3f}" if jaccard is not None else "",
-                                   record.get("reason") or "") if x)
-    return Edge(record["kept_row_id"], record["row_id"], "deduped", f"dedup:{record.get('method')}", detail,
-                "absorbed")
+    detail = ", ".join(
+        x
+        for x in (
+            f"cluster {record.get('cluster_id')}",
+            f"jaccard {jaccard:.3f}" if jaccard is not None else "",
+            record.get("reason") or "",
+        )
+        if x
+    )
+    return Edge(record["kept_row_id"], record["row_id"], "deduped", f"dedup:{record.get('method')}", detail, "absorbed")
 
 
-def _walk(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, start: str, up: bool,
-          limit: int) -> tuple[list[Edge], bool]:
+def _walk(
+    connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, start: str, up: bool, limit: int
+) -> tuple[list[Edge], bool]:
     seen, frontier, edges, known = {start}, {start}, [], set()
     step = _edges_up if up else _edges_down
     while frontier:
@@ -274,8 +357,7 @@ def _walk(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, start:
     return edges, False
 
 
-def _describe(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, ids: set[str]
-              ) -> dict[str, AuditedRow]:
+def _describe(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, ids: set[str]) -> dict[str, AuditedRow]:
     rows = {i: AuditedRow(i) for i in ids}
     for table in tables.datasets:
         wanted = [c for c in INFO_COLUMNS if c in tables.columns[table]]
@@ -300,8 +382,9 @@ def _describe(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, id
     return rows
 
 
-def resolve(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, key: str
-            ) -> tuple[str | None, list[dict[str, Any]]]:
+def resolve(
+    connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, key: str
+) -> tuple[str | None, list[dict[str, Any]]]:
     """The row id a query names: a row id, or a ``file#record`` source_uri (which may name a
     quarantined record). Returns (row_id or None, quarantine records)."""
     key = key.strip()
@@ -310,28 +393,39 @@ def resolve(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, key:
             return key, []
     keyed = [("lineage", "child_id"), ("dedup_clusters", "row_id")] + [(t, tables.key_column(t)) for t in tables.notes]
     for table, column in keyed:
-        if tables.has(table) and connection.execute(
-                f"SELECT 1 FROM {quote(table)} WHERE {quote(column)} = ? LIMIT 1", [key]).fetchall():
+        if (
+            tables.has(table)
+            and connection.execute(f"SELECT 1 FROM {quote(table)} WHERE {quote(column)} = ? LIMIT 1", [key]).fetchall()
+        ):
             return key, []
     if "raw" in tables.datasets:
-        matches = [r[0] for r in connection.execute(
-            "SELECT row_id FROM raw WHERE source_uri = ? OR source_uri LIKE ? ORDER BY source_uri LIMIT 10",
-            [key, key.replace("%", "\\%") + "/%"]).fetchall()]
+        matches = [
+            r[0]
+            for r in connection.execute(
+                "SELECT row_id FROM raw WHERE source_uri = ? OR source_uri LIKE ? ORDER BY source_uri LIMIT 10",
+                [key, key.replace("%", "\\%") + "/%"],
+            ).fetchall()
+        ]
         if len(matches) == 1:
             return matches[0], []
         if matches:
-            raise RowNotFound(f"{key!r} names several rows (a multi-row record): {', '.join(matches)}; "
-                              "audit one of these row ids")
+            raise RowNotFound(
+                f"{key!r} names several rows (a multi-row record): {', '.join(matches)}; audit one of these row ids"
+            )
     if tables.has("quarantine"):
-        cursor = connection.execute("SELECT source, source_uri, file, record_no, line_no, error, ingested_at "
-                                    "FROM quarantine WHERE source_uri = ? ORDER BY record_no", [key])
+        cursor = connection.execute(
+            "SELECT source, source_uri, file, record_no, line_no, error, ingested_at "
+            "FROM quarantine WHERE source_uri = ? ORDER BY record_no",
+            [key],
+        )
         names = [d[0] for d in cursor.description]
         found = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
         if found:
             return None, found
     looked = ", ".join([*tables.datasets, "lineage", "dedup_clusters", *tables.notes, "quarantine"])
-    raise RowNotFound(f"no row {key!r} in the warehouse (looked in {looked}); give a row_id or a source_uri "
-                      "like file.jsonl#12")
+    raise RowNotFound(
+        f"no row {key!r} in the warehouse (looked in {looked}); give a row_id or a source_uri like file.jsonl#12"
+    )
 
 
 def audit_row(connection: duckdb.DuckDBPyConnection, key: str, limit: int = MAX_ROWS) -> Audit:
@@ -344,8 +438,7 @@ def audit_row(connection: duckdb.DuckDBPyConnection, key: str, limit: int = MAX_
     downstream, cut_down = _walk(connection, tables, row_id, up=False, limit=limit)
     ids = {row_id} | {e.parent_id for e in upstream} | {e.child_id for e in upstream}
     ids |= {e.parent_id for e in downstream} | {e.child_id for e in downstream}
-    return Audit(key, row_id, _describe(connection, tables, ids), upstream, downstream,
-                 truncated=cut_up or cut_down)
+    return Audit(key, row_id, _describe(connection, tables, ids), upstream, downstream, truncated=cut_up or cut_down)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -389,16 +482,20 @@ def _row_line(row: AuditedRow | None, row_id: str) -> str:
     if info.get("annotator"):
         parts.append(f"annotator {info['annotator']}")
     if info.get("template_id"):
-        parts.append(f"split {info.get('split')}, template {info['template_id']}, tokenizer "
-                     f"{info.get('tokenizer_id')}, {info.get('n_tokens')} tokens")
+        parts.append(
+            f"split {info.get('split')}, template {info['template_id']}, tokenizer "
+            f"{info.get('tokenizer_id')}, {info.get('n_tokens')} tokens"
+        )
     return "  ".join(parts)
 
 
 def _provenance_lines(provenance: dict[str, Any]) -> list[str]:
     p = provenance
-    lines = [f"generated by {p.get('teacher_model')} rev {p.get('teacher_revision')} "
-             f"({p.get('teacher_backend')}, licence {p.get('teacher_license')}, terms {p.get('teacher_terms') or '-'})"
-             f" via {p.get('method')}"]
+    lines = [
+        f"generated by {p.get('teacher_model')} rev {p.get('teacher_revision')} "
+        f"({p.get('teacher_backend')}, licence {p.get('teacher_license')}, terms {p.get('teacher_terms') or '-'})"
+        f" via {p.get('method')}"
+    ]
     lines.append(f"template {p.get('prompt_template') or '-'}  params {json.dumps(p.get('generation_params'))}")
     if p.get("judge_model") or p.get("judge_score") is not None:
         lines.append(f"judged by {p.get('judge_model')} with score {p.get('judge_score')}")
@@ -435,8 +532,9 @@ def render_text(audit: Audit) -> str:
             lines.append(f"{pad}    {_note_line(note)}")
         for edge in audit.parents(row_id):
             verb = "absorbed duplicate" if edge.relation == "absorbed" else "from"
-            lines.append(f"{pad}  <- {edge.operation} in {edge.asset}{': ' + edge.detail if edge.detail else ''}"
-                         f" ({verb})")
+            lines.append(
+                f"{pad}  <- {edge.operation} in {edge.asset}{': ' + edge.detail if edge.detail else ''} ({verb})"
+            )
             emit(edge.parent_id, depth + 2)
 
     lines.append("Chain (the row, then what it was made from):")
@@ -444,11 +542,15 @@ def render_text(audit: Audit) -> str:
     if audit.downstream:
         lines += ["", "What it became:"]
         for edge in audit.downstream:
-            lines.append(f"  {edge.parent_id} -> {edge.child_id}  {edge.operation} in {edge.asset}: "
-                         f"{row_status(audit, edge.child_id)}")
+            lines.append(
+                f"  {edge.parent_id} -> {edge.child_id}  {edge.operation} in {edge.asset}: "
+                f"{row_status(audit, edge.child_id)}"
+            )
     lines += ["", "Origins:"]
-    lines += [f"  {r.row_id}  {r.info.get('source')}  {r.info.get('source_uri')}  {r.info.get('license')}"
-              for r in audit.origins()] or ["  (none in raw: generated from scratch)"]
+    lines += [
+        f"  {r.row_id}  {r.info.get('source')}  {r.info.get('source_uri')}  {r.info.get('license')}"
+        for r in audit.origins()
+    ] or ["  (none in raw: generated from scratch)"]
     lines.append(f"Licences on the chain: {', '.join(audit.licenses()) or '-'}")
     lines.append(f"Models on the chain: {', '.join(audit.teachers()) or '-'}")
     if audit.truncated:
@@ -464,4 +566,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
-

@@ -27,12 +27,12 @@ class Accounting:
 
 
 STAGES: dict[str, Accounting] = {
-    "deduped": Accounting("deduped", ("raw",), (("dedup_clusters", "removed"),),
-                          lineage_edges=True),
+    "deduped": Accounting("deduped", ("raw",), (("dedup_clusters", "removed"),), lineage_edges=True),
     "filtered": Accounting("filtered", ("deduped",), (("filter_rejections", "TRUE"),), lineage_edges=True),
     "synthetic_mixed": Accounting("synthetic_mixed", ("filtered", "synthetic"), (("mix_excluded", "TRUE"),)),
-    "formatted": Accounting("formatted", ("synthetic_mixed",), (("format_rejections", "TRUE"),),
-                            parent_column="parent_id"),
+    "formatted": Accounting(
+        "formatted", ("synthetic_mixed",), (("format_rejections", "TRUE"),), parent_column="parent_id"
+    ),
 }
 
 
@@ -59,8 +59,10 @@ def unaccounted(connection: duckdb.DuckDBPyConnection, stage: Accounting) -> Con
     else:
         kept = f"SELECT row_id FROM {out}"
         if stage.lineage_edges:  # an edited row carries a new id; its edge names the input row
-            kept = (f"SELECT coalesce(l.parent_id, o.row_id) AS row_id FROM {out} o LEFT JOIN lineage l "
-                    f"ON l.child_id = o.row_id AND l.asset = '{stage.asset}'")
+            kept = (
+                f"SELECT coalesce(l.parent_id, o.row_id) AS row_id FROM {out} o LEFT JOIN lineage l "
+                f"ON l.child_id = o.row_id AND l.asset = '{stage.asset}'"
+            )
     removed = " UNION ".join(f"SELECT row_id FROM {quote(t)} WHERE {cond}" for t, cond in stage.side_tables)
     sql = f"""
         WITH input AS ({inputs}), kept AS ({kept}), removed AS ({removed})

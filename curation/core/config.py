@@ -35,12 +35,15 @@ class SourceConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Unique name; letters, digits, _ . -")
     path: str = Field(description="File path or glob, relative to the project file.")
     format: Literal["jsonl", "json", "csv", "parquet"] | None = Field(
-        default=None, description="Inferred from the extension when omitted (.gz is read transparently).")
+        default=None, description="Inferred from the extension when omitted (.gz is read transparently)."
+    )
     mapping: str = Field(description="Shape of the records: a registered mapping (docs/mappings.md).")
     fields: dict[str, str | list[str]] = Field(
-        default_factory=dict, description="Override the mapping's field names, e.g. {instruction: question}.")
+        default_factory=dict, description="Override the mapping's field names, e.g. {instruction: question}."
+    )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="The mapping's settings (e.g. oasst mode), checked by its options model.")
+        default_factory=dict, description="The mapping's settings (e.g. oasst mode), checked by its options model."
+    )
     kind: Literal[KINDS] | None = Field(default=None)  # type: ignore[valid-type]
     license: str = Field(min_length=1, description="SPDX id, or a LicenseRef- declared under policy.")
     origin: Literal["human", "synthetic"] = "human"
@@ -69,9 +72,15 @@ class SourceConfig(_Strict):
             MAPPINGS[name].parse_options(options)
         except ValidationError as error:
             # Re-raised as this field's errors, so each keeps its own key path (sources.0.options.mode).
-            raise ValidationError.from_exception_data(cls.__name__, [
-                InitErrorDetails(type=PydanticCustomError(item["type"], item["msg"]), loc=item["loc"],
-                                 input=item["input"]) for item in error.errors()]) from None
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(item["type"], item["msg"]), loc=item["loc"], input=item["input"]
+                    )
+                    for item in error.errors()
+                ],
+            ) from None
         return options
 
     @model_validator(mode="after")
@@ -82,8 +91,9 @@ class SourceConfig(_Strict):
 
 
 class IngestConfig(_Strict):
-    max_record_bytes: int = Field(default=1_000_000, gt=0,
-                                  description="Records larger than this are quarantined as oversized.")
+    max_record_bytes: int = Field(
+        default=1_000_000, gt=0, description="Records larger than this are quarantined as oversized."
+    )
     batch_rows: int = Field(default=2_000, gt=0)
 
 
@@ -103,17 +113,20 @@ class DedupConfig(_Strict):
 class SynthesisConfig(_Strict):
     teacher: dict[str, Any] = Field(default_factory=lambda: {"backend": "procedural"})
     judge: dict[str, Any] | Literal["procedural", "teacher"] | None = Field(
-        default=None, description="Judge model spec, 'teacher' (warned: self-judging) or the procedural default.")
+        default=None, description="Judge model spec, 'teacher' (warned: self-judging) or the procedural default."
+    )
     methods: dict[str, Any] = Field(default_factory=lambda: {"perturbation": {"count": 50}})
     verify: dict[str, Any] = Field(default_factory=dict, description="Verification settings (min_judge_score…).")
     seed: int = 0
 
 
 class MixConfig(_Strict):
-    synthetic_cap: float = Field(default=0.3, ge=0.0, le=1.0,
-                                 description="Maximum share of synthetic rows in synthetic_mixed.")
+    synthetic_cap: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Maximum share of synthetic rows in synthetic_mixed."
+    )
     weights: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="Target weights per dimension, e.g. {kind: {sft: 0.7, chat: 0.3}}.")
+        default_factory=dict, description="Target weights per dimension, e.g. {kind: {sft: 0.7, chat: 0.3}}."
+    )
     quotas: dict[str, int] = Field(default_factory=dict, description="Maximum rows per source.")
     seed: int = 0
 
@@ -128,7 +141,8 @@ class BenchmarkConfig(_Strict):
 class FormatConfig(_Strict):
     tokenizer: str = Field(description="Local tokenizer directory (relative to the project file) or hub id.")
     chat_template: str | None = Field(
-        default=None, description="Template name or Jinja text; overrides the tokenizer's.")
+        default=None, description="Template name or Jinja text; overrides the tokenizer's."
+    )
     system_prompt: str | None = None
     max_tokens: int = Field(default=2048, gt=0)
     length_policy: Literal["drop", "truncate"] = "drop"
@@ -220,5 +234,4 @@ def load_project(path: str | Path) -> ProjectConfig:
         project = ProjectConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(path, exc)) from None
-    return project.model_copy(update={"base_dir": path.parent,
-                                      "file_hash": hashlib.sha256(data).hexdigest()[:16]})
+    return project.model_copy(update={"base_dir": path.parent, "file_hash": hashlib.sha256(data).hexdigest()[:16]})

@@ -21,18 +21,22 @@ RULES: dict[str, str] = {
     "license is missing": "license IS NULL OR license = ''",
     "model-made row without generator": "origin <> 'human' AND generator IS NULL",
     "messages is not a non-empty list": "kind <> 'text' AND (messages IS NULL OR json_type(messages) <> 'ARRAY' "
-                                        "OR json_array_length(messages) = 0)",
+    "OR json_array_length(messages) = 0)",
     "message role is not system/user/assistant/tool": (
         "kind <> 'text' AND EXISTS (SELECT 1 FROM unnest(CAST(json_extract_string(messages, '$[*].role') "
-        f"AS VARCHAR[])) AS r(role) WHERE role IS NULL OR role NOT IN {_in(ROLES)})"),
+        f"AS VARCHAR[])) AS r(role) WHERE role IS NULL OR role NOT IN {_in(ROLES)})"
+    ),
     "preference row without chosen and rejected": "kind = 'preference' AND (chosen IS NULL OR rejected IS NULL)",
     "text row without text": "kind = 'text' AND (text IS NULL OR text = '')",
 }
 
 
 def column_problems(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    actual = dict(connection.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]).fetchall())
+    actual = dict(
+        connection.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
+        ).fetchall()
+    )
     problems = []
     for name, sql_type, _ in COLUMN_SPECS:
         if name not in actual:

@@ -38,11 +38,9 @@ _BUILTIN: tuple[LicenseTerms, ...] = (
     LicenseTerms("ODC-By-1.0", commercial=True, attribution=True),
     LicenseTerms("GPL-3.0-only", commercial=True, attribution=True, share_alike=True),
     LicenseTerms("CC-BY-NC-4.0", commercial=False, attribution=True, note="non-commercial"),
-    LicenseTerms("CC-BY-NC-SA-4.0", commercial=False, attribution=True, share_alike=True,
-                 note="non-commercial"),
+    LicenseTerms("CC-BY-NC-SA-4.0", commercial=False, attribution=True, share_alike=True, note="non-commercial"),
     LicenseTerms("CC-BY-NC-3.0", commercial=False, attribution=True, note="non-commercial"),
-    LicenseTerms("CC-BY-ND-4.0", commercial=True, training=False, attribution=True,
-                 note="no derivatives"),
+    LicenseTerms("CC-BY-ND-4.0", commercial=True, training=False, attribution=True, note="no derivatives"),
 )
 
 

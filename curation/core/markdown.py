@@ -14,8 +14,7 @@ def _cell(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-                   width: int = 80) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, width: int = 80) -> str:
     """Rows as a Markdown table; long cells are shortened to ``width`` characters."""
     if not rows:
         return "_(none)_"
@@ -28,8 +27,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 def counts_table(counts: Mapping[str, int], key: str, total: int | None = None) -> str:
     total = total if total is not None else sum(counts.values())
-    rows = [{key: k, "rows": v, "share": f"{v / total:.1%}" if total else "-"}
-            for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    rows = [
+        {key: k, "rows": v, "share": f"{v / total:.1%}" if total else "-"}
+        for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    ]
     return markdown_table(rows)
 
 

@@ -9,8 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def reported(items: Iterable[T], report: Callable[[str], None], label: str, total: int | None = None,
-             every_s: float = 10.0) -> Iterator[T]:
+def reported(
+    items: Iterable[T], report: Callable[[str], None], label: str, total: int | None = None, every_s: float = 10.0
+) -> Iterator[T]:
     """Yield ``items`` unchanged, calling ``report("<label>: n of total rows (r/s)")`` at most every
     ``every_s`` seconds and once at the end, so a long stage shows it is moving without flooding the log."""
     start = last = time.monotonic()

@@ -10,21 +10,41 @@ from typing import Any
 
 import pyarrow as pa
 
-PROVENANCE_DDL = ("row_id VARCHAR NOT NULL, method VARCHAR NOT NULL, teacher_backend VARCHAR, "
-                  "teacher_model VARCHAR, teacher_revision VARCHAR, teacher_license VARCHAR, teacher_terms VARCHAR, "
-                  "generation_params JSON, prompt_template VARCHAR, parent_ids JSON, judge_model VARCHAR, "
-                  "judge_score DOUBLE, verification JSON, created_at TIMESTAMP")
+PROVENANCE_DDL = (
+    "row_id VARCHAR NOT NULL, method VARCHAR NOT NULL, teacher_backend VARCHAR, "
+    "teacher_model VARCHAR, teacher_revision VARCHAR, teacher_license VARCHAR, teacher_terms VARCHAR, "
+    "generation_params JSON, prompt_template VARCHAR, parent_ids JSON, judge_model VARCHAR, "
+    "judge_score DOUBLE, verification JSON, created_at TIMESTAMP"
+)
 
-PROVENANCE_SCHEMA = pa.schema([
-    ("row_id", pa.string()), ("method", pa.string()), ("teacher_backend", pa.string()),
-    ("teacher_model", pa.string()), ("teacher_revision", pa.string()), ("teacher_license", pa.string()),
-    ("teacher_terms", pa.string()), ("generation_params", pa.string()), ("prompt_template", pa.string()),
-    ("parent_ids", pa.string()), ("judge_model", pa.string()), ("judge_score", pa.float64()),
-    ("verification", pa.string()), ("created_at", pa.timestamp("us")),
-])
+PROVENANCE_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("method", pa.string()),
+        ("teacher_backend", pa.string()),
+        ("teacher_model", pa.string()),
+        ("teacher_revision", pa.string()),
+        ("teacher_license", pa.string()),
+        ("teacher_terms", pa.string()),
+        ("generation_params", pa.string()),
+        ("prompt_template", pa.string()),
+        ("parent_ids", pa.string()),
+        ("judge_model", pa.string()),
+        ("judge_score", pa.float64()),
+        ("verification", pa.string()),
+        ("created_at", pa.timestamp("us")),
+    ]
+)
 
-LINEAGE_SCHEMA = pa.schema([("child_id", pa.string()), ("parent_id", pa.string()), ("asset", pa.string()),
-                            ("operation", pa.string()), ("detail", pa.string())])
+LINEAGE_SCHEMA = pa.schema(
+    [
+        ("child_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("asset", pa.string()),
+        ("operation", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -58,17 +78,24 @@ class Provenance:
 
     def as_record(self) -> dict[str, Any]:
         return {
-            "row_id": self.row_id, "method": self.method, "teacher_backend": self.teacher.backend,
-            "teacher_model": self.teacher.model, "teacher_revision": self.teacher.revision,
-            "teacher_license": self.teacher.license, "teacher_terms": self.teacher.terms or None,
+            "row_id": self.row_id,
+            "method": self.method,
+            "teacher_backend": self.teacher.backend,
+            "teacher_model": self.teacher.model,
+            "teacher_revision": self.teacher.revision,
+            "teacher_license": self.teacher.license,
+            "teacher_terms": self.teacher.terms or None,
             "generation_params": json.dumps(self.generation_params, sort_keys=True),
-            "prompt_template": self.prompt_template, "parent_ids": json.dumps(list(self.parent_ids)),
-            "judge_model": self.judge_model, "judge_score": self.judge_score,
-            "verification": json.dumps(self.verification, sort_keys=True), "created_at": self.created_at,
+            "prompt_template": self.prompt_template,
+            "parent_ids": json.dumps(list(self.parent_ids)),
+            "judge_model": self.judge_model,
+            "judge_score": self.judge_score,
+            "verification": json.dumps(self.verification, sort_keys=True),
+            "created_at": self.created_at,
         }
 
 
-def lineage_record(child_id: str, parent_id: str, asset: str, operation: str,
-                   detail: str | None = None) -> dict[str, str | None]:
-    return {"child_id": child_id, "parent_id": parent_id, "asset": asset, "operation": operation,
-            "detail": detail}
+def lineage_record(
+    child_id: str, parent_id: str, asset: str, operation: str, detail: str | None = None
+) -> dict[str, str | None]:
+    return {"child_id": child_id, "parent_id": parent_id, "asset": asset, "operation": operation, "detail": detail}

@@ -46,8 +46,7 @@ COLUMN_SPECS: tuple[tuple[str, str, str], ...] = (
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in COLUMN_SPECS)
 
-_ARROW_TYPES = {"VARCHAR": pa.string(), "JSON": pa.string(), "DOUBLE": pa.float64(),
-                "TIMESTAMP": pa.timestamp("us")}
+_ARROW_TYPES = {"VARCHAR": pa.string(), "JSON": pa.string(), "DOUBLE": pa.float64(), "TIMESTAMP": pa.timestamp("us")}
 ARROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[sql]) for name, sql, _ in COLUMN_SPECS])
 
 
@@ -118,16 +117,14 @@ def prompt_text(row: Row) -> str:
     """The user-side text of a row: all user turns (or the text of a text row)."""
     if row.get("kind") == "text":
         return row.get("text") or ""
-    return "\n".join(m.get("content") or "" for m in (row.get("messages") or [])
-                     if m.get("role") == "user")
+    return "\n".join(m.get("content") or "" for m in (row.get("messages") or []) if m.get("role") == "user")
 
 
 def response_text(row: Row) -> str:
     """The model-side text: assistant turns, or the chosen completion of preference rows."""
     if row.get("kind") == "preference":
         return "\n".join(m.get("content") or "" for m in (row.get("chosen") or []))
-    return "\n".join(m.get("content") or "" for m in (row.get("messages") or [])
-                     if m.get("role") == "assistant")
+    return "\n".join(m.get("content") or "" for m in (row.get("messages") or []) if m.get("role") == "assistant")
 
 
 def all_text(row: Row) -> str:

@@ -40,9 +40,11 @@ def first_fenced_block(text: str, languages: tuple[str, ...] = ()) -> str | None
     """The body of the first fenced block in ``text`` whose info string is empty or one of
     ``languages`` (any info string when none are given); ``None`` when there is no such block."""
     info = "(?:" + "|".join(re.escape(name) for name in languages) + ")?" if languages else r"[^\n]*"
-    found = [match for marker in FENCE_MARKERS
-             if (match := re.search(rf"{re.escape(marker)}{info}[ \t]*\n(.*?)(?:{re.escape(marker)}|\Z)",
-                                    text, re.DOTALL))]
+    found = [
+        match
+        for marker in FENCE_MARKERS
+        if (match := re.search(rf"{re.escape(marker)}{info}[ \t]*\n(.*?)(?:{re.escape(marker)}|\Z)", text, re.DOTALL))
+    ]
     return min(found, key=lambda match: match.start()).group(1) if found else None
 
 

@@ -21,15 +21,21 @@ import pyarrow as pa
 
 from curation.core.schema import COLUMN_SPECS
 
-LINEAGE_DDL = ("child_id VARCHAR NOT NULL, parent_id VARCHAR NOT NULL, asset VARCHAR NOT NULL, "
-               "operation VARCHAR NOT NULL, detail VARCHAR")
+LINEAGE_DDL = (
+    "child_id VARCHAR NOT NULL, parent_id VARCHAR NOT NULL, asset VARCHAR NOT NULL, "
+    "operation VARCHAR NOT NULL, detail VARCHAR"
+)
 """One edge per derivation; ``detail`` says what changed (e.g. which cleaner edited which field)."""
 
 
 def table_names(connection: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the tables in the warehouse's main schema."""
-    return {r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    return {
+        r[0]
+        for r in connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+        ).fetchall()
+    }
 
 
 def quote(identifier: str) -> str:
@@ -70,7 +76,8 @@ class Warehouse:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise WarehouseBusy(
                         f"{self.path} is locked by another process (a run in progress?): {exc}. "
-                        "Wait for it to finish and try again.") from exc
+                        "Wait for it to finish and try again."
+                    ) from exc
                 time.sleep(0.5)
         try:
             yield connection
@@ -172,16 +179,20 @@ class StagedWrite:
 
 def drop_orphan_staging(connection: duckdb.DuckDBPyConnection) -> list[str]:
     """Remove staging tables left by a process that died before it could clean up."""
-    names = [r[0] for r in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '\\_stage\\_%' ESCAPE '\\'"
-    ).fetchall()]
+    names = [
+        r[0]
+        for r in connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '\\_stage\\_%' ESCAPE '\\'"
+        ).fetchall()
+    ]
     for name in names:
         connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
     return names
 
 
-def read_batches(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = (),
-                 batch_rows: int = 2_000) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    connection: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = (), batch_rows: int = 2_000
+) -> Iterator[pa.RecordBatch]:
     """Stream a query's result as Arrow batches on a cursor of its own, so the caller can keep
     writing through ``connection`` while reading."""
     cursor = connection.cursor()
@@ -194,13 +205,16 @@ def read_batches(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequen
         cursor.close()
 
 
-SOURCE_ORDER = ("ingested_at, source, split_part(source_uri, '#', 1), "
-                "TRY_CAST(split_part(split_part(source_uri, '#', 2), '/', 1) AS BIGINT), source_uri, row_id")
+SOURCE_ORDER = (
+    "ingested_at, source, split_part(source_uri, '#', 1), "
+    "TRY_CAST(split_part(split_part(source_uri, '#', 2), '/', 1) AS BIGINT), source_uri, row_id"
+)
 """Rows as they stood in their sources: file by file, record by record (numeric, not string, order)."""
 
 
-def table_rows(connection: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 2_000,
-               order_by: str = "row_id") -> Iterator[dict[str, Any]]:
+def table_rows(
+    connection: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 2_000, order_by: str = "row_id"
+) -> Iterator[dict[str, Any]]:
     """Decoded canonical rows of ``table`` in a deterministic order, one batch in memory at a time.
     ``order_by`` is a column name, or :data:`SOURCE_ORDER`."""
     from curation.core.schema import iter_rows
@@ -226,9 +240,13 @@ def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
 def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
     """An order-independent hash of every row's content: the table's data version. When a row was
     ingested is not content, so re-running on the same data gives the same version."""
-    columns = [r[0] for r in connection.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-        [table]).fetchall() if r[0] != "ingested_at"]
+    columns = [
+        r[0]
+        for r in connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]
+        ).fetchall()
+        if r[0] != "ingested_at"
+    ]
     selected = ", ".join(quote(c) for c in columns)
     (value,) = fetch_one(connection, f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t")
     return f"{(value or 0):016x}"

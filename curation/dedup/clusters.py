@@ -47,8 +47,15 @@ class KeepPolicy:
 
     def sort_key(self, row: Row, position: int) -> tuple[Any, ...]:
         ingested = row.get("ingested_at")
-        return (_ORIGIN_RANK.get(row.get("origin") or "", 3), -self.license_rank(row.get("license")),
-                -self.quality(row), ingested is None, str(ingested or ""), position, row.get("row_id") or "")
+        return (
+            _ORIGIN_RANK.get(row.get("origin") or "", 3),
+            -self.license_rank(row.get("license")),
+            -self.quality(row),
+            ingested is None,
+            str(ingested or ""),
+            position,
+            row.get("row_id") or "",
+        )
 
     def choose(self, rows: Sequence[Row], positions: Sequence[int]) -> int:
         """Index (into ``rows``) of the row to keep."""
@@ -60,8 +67,10 @@ class KeepPolicy:
         if a[0] != b[0]:
             return f"origin {kept.get('origin')} preferred to {removed.get('origin')}"
         if a[1] != b[1]:
-            return (f"licence {kept.get('license')} more permissive than {removed.get('license')}; "
-                    f"the removed row's source and licence stay on record in dedup_clusters")
+            return (
+                f"licence {kept.get('license')} more permissive than {removed.get('license')}; "
+                f"the removed row's source and licence stay on record in dedup_clusters"
+            )
         if a[2] != b[2]:
             return "higher quality signal (non-empty response, quality/score)"
         if a[3:5] != b[3:5]:
@@ -75,6 +84,7 @@ DEFAULT_POLICY = KeepPolicy()
 
 # ---------------------------------------------------------------------------------------------
 # The record of each member.
+
 
 @dataclass(frozen=True)
 class ClusterMember:
@@ -96,15 +106,25 @@ class ClusterMember:
     reason: str
 
 
-CLUSTER_SCHEMA = pa.schema([
-    ("cluster_id", pa.string()), ("row_id", pa.string()), ("kept_row_id", pa.string()),
-    ("method", pa.string()), ("jaccard", pa.float64()), ("matched_row_id", pa.string()),
-    ("matched_jaccard", pa.float64()), ("removed", pa.bool_()), ("reason", pa.string()),
-])
+CLUSTER_SCHEMA = pa.schema(
+    [
+        ("cluster_id", pa.string()),
+        ("row_id", pa.string()),
+        ("kept_row_id", pa.string()),
+        ("method", pa.string()),
+        ("jaccard", pa.float64()),
+        ("matched_row_id", pa.string()),
+        ("matched_jaccard", pa.float64()),
+        ("removed", pa.bool_()),
+        ("reason", pa.string()),
+    ]
+)
 
-CLUSTERS_DDL = ("cluster_id VARCHAR NOT NULL, row_id VARCHAR NOT NULL, kept_row_id VARCHAR NOT NULL, "
-                "method VARCHAR NOT NULL, jaccard DOUBLE, matched_row_id VARCHAR, matched_jaccard DOUBLE, "
-                "removed BOOLEAN NOT NULL, reason VARCHAR")
+CLUSTERS_DDL = (
+    "cluster_id VARCHAR NOT NULL, row_id VARCHAR NOT NULL, kept_row_id VARCHAR NOT NULL, "
+    "method VARCHAR NOT NULL, jaccard DOUBLE, matched_row_id VARCHAR, matched_jaccard DOUBLE, "
+    "removed BOOLEAN NOT NULL, reason VARCHAR"
+)
 """Columns of the warehouse's ``dedup_clusters`` table (:data:`CLUSTER_SCHEMA` in SQL)."""
 
 
@@ -113,10 +133,15 @@ def clusters_table(members: Iterable[ClusterMember]) -> pa.Table:
     return pa.Table.from_pylist([m.__dict__ for m in members], schema=CLUSTER_SCHEMA)
 
 
-def cluster_members(rows: Sequence[Row], groups: Iterable[Sequence[int]], method: str, policy: KeepPolicy,
-                    similarity: Callable[[int, int], float] | None = None,
-                    links: dict[int, tuple[int, float]] | None = None,
-                    remove: bool = True) -> list[ClusterMember]:
+def cluster_members(
+    rows: Sequence[Row],
+    groups: Iterable[Sequence[int]],
+    method: str,
+    policy: KeepPolicy,
+    similarity: Callable[[int, int], float] | None = None,
+    links: dict[int, tuple[int, float]] | None = None,
+    remove: bool = True,
+) -> list[ClusterMember]:
     """The records of clusters given as groups of indices into ``rows``: one kept row per group
     (by ``policy``), the others removed (or only flagged with ``remove=False``).
     ``similarity(member, kept)`` is each member's verified similarity to its kept row (1.0 when
@@ -130,19 +155,34 @@ def cluster_members(rows: Sequence[Row], groups: Iterable[Sequence[int]], method
         cluster_id = f"{method}:{kept_id}"
         for i in members:
             if i == kept:
-                out.append(ClusterMember(cluster_id, kept_id, kept_id, method, 1.0, kept_id, 1.0, False,
-                                         f"kept: best of {len(members)} by policy"))
+                out.append(
+                    ClusterMember(
+                        cluster_id,
+                        kept_id,
+                        kept_id,
+                        method,
+                        1.0,
+                        kept_id,
+                        1.0,
+                        False,
+                        f"kept: best of {len(members)} by policy",
+                    )
+                )
                 continue
             jac = similarity(i, kept) if similarity else 1.0
             match, match_j = links.get(i, (kept, jac)) if links else (kept, jac)
             reason = policy.reason(rows[kept], rows[i], kept, i)
-            out.append(ClusterMember(cluster_id, rows[i]["row_id"], kept_id, method, jac, rows[match]["row_id"],
-                                     match_j, remove, reason))
+            out.append(
+                ClusterMember(
+                    cluster_id, rows[i]["row_id"], kept_id, method, jac, rows[match]["row_id"], match_j, remove, reason
+                )
+            )
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Provenance of absorbed copies.
+
 
 def with_license_note(row: Row, members: Sequence[ClusterMember], rows_by_id: Mapping[str, Row]) -> Row:
     """The kept row with the licences of the rows it absorbed listed in ``extra.dedup_sources``
@@ -151,6 +191,13 @@ def with_license_note(row: Row, members: Sequence[ClusterMember], rows_by_id: Ma
     if not absorbed:
         return row
     extra = dict(row.get("extra") or {})
-    extra["dedup_sources"] = [{"row_id": r["row_id"], "source": r.get("source"), "license": r.get("license"),
-                               "source_uri": r.get("source_uri")} for r in absorbed]
+    extra["dedup_sources"] = [
+        {
+            "row_id": r["row_id"],
+            "source": r.get("source"),
+            "license": r.get("license"),
+            "source_uri": r.get("source_uri"),
+        }
+        for r in absorbed
+    ]
     return {**row, "extra": extra}

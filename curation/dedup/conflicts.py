@@ -27,8 +27,9 @@ class ConflictConfig:
     normalize: NormalizeOptions = DEFAULT_OPTIONS
 
 
-def same_prompt_conflicts(rows: Sequence[Row], config: ConflictConfig = ConflictConfig(),
-                          policy: KeepPolicy = DEFAULT_POLICY) -> list[ClusterMember]:
+def same_prompt_conflicts(
+    rows: Sequence[Row], config: ConflictConfig = ConflictConfig(), policy: KeepPolicy = DEFAULT_POLICY
+) -> list[ClusterMember]:
     """Clusters of rows sharing a prompt with at least two distinct responses."""
     if config.mode == "off":
         return []
@@ -42,5 +43,6 @@ def same_prompt_conflicts(rows: Sequence[Row], config: ConflictConfig = Conflict
         responses = {normalize_text(response_text(rows[i]), config.normalize) for i in members}
         if len(members) > 1 and len(responses) > 1:
             conflicted.append(members)
-    return cluster_members(rows, conflicted, f"same_prompt:{config.prompt_fields}", policy,
-                           remove=config.mode == "keep_best")
+    return cluster_members(
+        rows, conflicted, f"same_prompt:{config.prompt_fields}", policy, remove=config.mode == "keep_best"
+    )

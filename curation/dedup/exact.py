@@ -27,8 +27,9 @@ class ExactConfig:
     normalize: NormalizeOptions = DEFAULT_OPTIONS
 
 
-def exact_duplicates(rows: Sequence[Row], config: ExactConfig = ExactConfig(),
-                     policy: KeepPolicy = DEFAULT_POLICY) -> list[ClusterMember]:
+def exact_duplicates(
+    rows: Sequence[Row], config: ExactConfig = ExactConfig(), policy: KeepPolicy = DEFAULT_POLICY
+) -> list[ClusterMember]:
     """Clusters of rows whose normalised field set is identical (only clusters of two or more).
     Rows with nothing in the compared fields (e.g. no user turn for ``first_prompt``) are skipped:
     empty is not a duplicate of empty."""

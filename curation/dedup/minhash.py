@@ -47,8 +47,16 @@ _F64_1 = 0xFF51AFD7ED558CCD
 _F64_2 = 0xC4CEB9FE1A85EC53
 # Seeds for the length and per-position weights of a word shingle (arbitrary odd constants).
 _LEN_MULT = 0x9E3779B97F4A7C15
-_POSITION_MULTS = (0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3, 0x589965CC75374CC3,
-                   0x1D8E4E27C47D124F, 0xD6E8FEB86659FD93, 0xCA5A826395121157, 0x87C37B91114253D5)
+_POSITION_MULTS = (
+    0xA0761D6478BD642F,
+    0xE7037ED1A0B428DB,
+    0x8EBC6AF09C88C6E3,
+    0x589965CC75374CC3,
+    0x1D8E4E27C47D124F,
+    0xD6E8FEB86659FD93,
+    0xCA5A826395121157,
+    0x87C37B91114253D5,
+)
 MAX_WORD_N = len(_POSITION_MULTS)
 # datasketch's "empty" MinHash value under affine32.
 EMPTY_VALUE = np.uint32(0xFFFFFFFF)
@@ -86,7 +94,7 @@ def token_hash64(token: bytes) -> int:
     """64-bit hash of one token (or one character n-gram): 8-byte chunks folded with fmix64."""
     h = (len(token) * _LEN_MULT) & _M64
     for start in range(0, len(token), 8):
-        h = _fmix64_int(h ^ int.from_bytes(token[start:start + 8], "little"))
+        h = _fmix64_int(h ^ int.from_bytes(token[start : start + 8], "little"))
     return h
 
 
@@ -126,8 +134,7 @@ def char_shingle_hash32(shingle: bytes | str) -> int:
 # Byte → byte table: ASCII letters lower-cased, ASCII [0-9_] kept, other ASCII → space, non-ASCII
 # bytes kept (only present after `words()` has already normalised the document).
 _WORD_TABLE = bytes(
-    (c + 32 if 65 <= c <= 90 else c) if (c >= 128 or chr(c).isalnum() or c == 95) else 32
-    for c in range(256)
+    (c + 32 if 65 <= c <= 90 else c) if (c >= 128 or chr(c).isalnum() or c == 95) else 32 for c in range(256)
 )
 _SPACE = 32
 _LOW_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [_M64], dtype=np.uint64)
@@ -246,13 +253,13 @@ class ShingleConfig:
                 return []
             if len(toks) < self.n:
                 return [b" ".join(toks)]
-            return [b" ".join(toks[i:i + self.n]) for i in range(len(toks) - self.n + 1)]
+            return [b" ".join(toks[i : i + self.n]) for i in range(len(toks) - self.n + 1)]
         data = _char_bytes(text)
         if not data:
             return []
         if len(data) < self.n:
             return [data]
-        return [data[i:i + self.n] for i in range(len(data) - self.n + 1)]
+        return [data[i : i + self.n] for i in range(len(data) - self.n + 1)]
 
     @property
     def hashfunc32(self) -> Callable[[bytes | str], int]:
@@ -276,7 +283,6 @@ class ShingleBatch:
 
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
-
 
 
 def shingle_batch(texts: Sequence[str], config: ShingleConfig) -> ShingleBatch:
@@ -319,7 +325,7 @@ def _word_shingles(texts: Sequence[str], n: int) -> ShingleBatch:
     total_windows = max(tok_hash.size - n + 1, 0)
     acc = np.zeros(total_windows, dtype=np.uint64)
     for k in range(n):
-        acc += tok_hash[k:k + total_windows] * _U64(_POSITION_MULTS[k])
+        acc += tok_hash[k : k + total_windows] * _U64(_POSITION_MULTS[k])
     _fmix64(acc)
     full = n_words >= n
     out = np.empty(int(offsets[-1]), dtype=np.uint64)
@@ -332,7 +338,7 @@ def _word_shingles(texts: Sequence[str], n: int) -> ShingleBatch:
         dest = np.repeat(offsets[docs], n_shingles[docs]) + _arange_within(n_shingles[docs])
         out[dest] = acc[keep]
         for d in np.flatnonzero((~full) & (n_words > 0)):  # short documents: one shingle of all words
-            out[offsets[d]] = _combine_int([int(x) for x in tok_hash[word_off[d]:word_off[d + 1]]])
+            out[offsets[d]] = _combine_int([int(x) for x in tok_hash[word_off[d] : word_off[d + 1]]])
     return ShingleBatch(out, offsets)
 
 
@@ -356,7 +362,6 @@ def _char_shingles(texts: Sequence[str], n: int) -> ShingleBatch:
     span = np.repeat(np.minimum(lengths, n), n_shingles)
     hashes = _fmix64(_hash_spans(reader, starts, span))
     return ShingleBatch(hashes, offsets)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +506,7 @@ if HAVE_JIT:
         w = 0
         new_offsets[0] = 0
         for d in range(offsets.size - 1):
-            seg = np.sort(values[offsets[d]:offsets[d + 1]])
+            seg = np.sort(values[offsets[d] : offsets[d + 1]])
             for k in range(seg.size):
                 if k == 0 or seg[k] != seg[k - 1]:
                     values[w] = seg[k]
@@ -576,8 +581,9 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 class MinHasher:
     """Signatures for batches of documents under one (shingles, num_perm, seed) configuration."""
 
-    def __init__(self, num_perm: int = 128, seed: int = 1, shingles: ShingleConfig | None = None,
-                 use_jit: bool | None = None) -> None:
+    def __init__(
+        self, num_perm: int = 128, seed: int = 1, shingles: ShingleConfig | None = None, use_jit: bool | None = None
+    ) -> None:
         if num_perm < 2:
             raise ValueError(f"num_perm must be at least 2, got {num_perm}")
         self.num_perm = num_perm
@@ -613,13 +619,13 @@ class MinHasher:
         batch = self.shingle_batch(texts)
         return self.signatures_from_shingles(batch), batch.counts()
 
-    def _run_word_kernel(self, texts: Sequence[str], sig: np.ndarray, counts: np.ndarray,
-                         want_hashes: bool = False) -> np.ndarray:
+    def _run_word_kernel(
+        self, texts: Sequence[str], sig: np.ndarray, counts: np.ndarray, want_hashes: bool = False
+    ) -> np.ndarray:
         raw, bounds = _word_buffer(texts)
         if self._scratch.size < len(raw) + 8:  # grown rarely, then reused: fresh pages are slow
             self._scratch = np.zeros(max(len(raw) + 8, 2 * self._scratch.size), dtype=np.uint8)
-            self._scratch64 = np.ndarray((self._scratch.size - 7,), dtype="<u8", buffer=self._scratch,
-                                         strides=(1,))
+            self._scratch64 = np.ndarray((self._scratch.size - 7,), dtype="<u8", buffer=self._scratch, strides=(1,))
         out = _NO_OUTPUT
         if want_hashes:
             # Tokens are separated by at least one byte: at most len/2 + 1 shingles per document.
@@ -627,8 +633,20 @@ class MinHasher:
             if self._out.size < capacity:
                 self._out = np.empty(max(capacity, 2 * self._out.size), dtype=np.uint64)
             out = self._out
-        _j_words(np.frombuffer(raw, dtype=np.uint8), _TABLE_ARRAY, self._scratch, self._scratch64, _LOW_MASKS,
-                 bounds, self.shingles.n, self.a, self.b, sig, out, counts)
+        _j_words(
+            np.frombuffer(raw, dtype=np.uint8),
+            _TABLE_ARRAY,
+            self._scratch,
+            self._scratch64,
+            _LOW_MASKS,
+            bounds,
+            self.shingles.n,
+            self.a,
+            self.b,
+            sig,
+            out,
+            counts,
+        )
         return out
 
     def shingle_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -694,7 +712,7 @@ class MinHasher:
     def _long_doc(self, hv: np.ndarray) -> np.ndarray:
         out = np.full(self.num_perm, EMPTY_VALUE, dtype=np.uint32)
         for lo in range(0, hv.size, _BLOCK):
-            part = hv[lo:lo + _BLOCK]
+            part = hv[lo : lo + _BLOCK]
             work = self._work[: part.size]
             np.multiply(part[:, None], self.a[None, :], out=work)
             work += self.b
@@ -720,8 +738,10 @@ class MinHasher:
 # ---------------------------------------------------------------------------------------------
 # Parallel signatures over batches.
 
-def iter_signature_batches(hasher: MinHasher, texts: Sequence[str], batch_size: int = 1000,
-                           workers: int = 1) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+
+def iter_signature_batches(
+    hasher: MinHasher, texts: Sequence[str], batch_size: int = 1000, workers: int = 1
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(start, signatures, shingle_counts)`` per batch, in order.
 
     ``workers > 1`` uses threads: the compiled kernel releases the GIL, so threads share the texts
@@ -732,7 +752,7 @@ def iter_signature_batches(hasher: MinHasher, texts: Sequence[str], batch_size: 
     starts = range(0, len(texts), batch_size)
     if workers <= 1 or len(texts) <= batch_size:
         for s in starts:
-            sig, counts = hasher.signatures_and_counts(texts[s:s + batch_size])
+            sig, counts = hasher.signatures_and_counts(texts[s : s + batch_size])
             yield s, sig, counts
         return
     local = threading.local()
@@ -741,7 +761,7 @@ def iter_signature_batches(hasher: MinHasher, texts: Sequence[str], batch_size: 
         own = getattr(local, "hasher", None)
         if own is None:  # one hasher per thread: each has its own scratch buffer
             own = local.hasher = MinHasher(hasher.num_perm, hasher.seed, hasher.shingles, hasher.use_jit)
-        return own.signatures_and_counts(texts[start:start + batch_size])
+        return own.signatures_and_counts(texts[start : start + batch_size])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[tuple[int, Future[tuple[np.ndarray, np.ndarray]]]] = deque()
@@ -762,6 +782,7 @@ def default_workers() -> int:
 
 # ---------------------------------------------------------------------------------------------
 # LSH banding and candidates.
+
 
 def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
     """datasketch's optimal (bands, rows) for a Jaccard threshold (its own grid search)."""
@@ -908,6 +929,7 @@ class LSHIndex:
 # ---------------------------------------------------------------------------------------------
 # Exact Jaccard.
 
+
 def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:
     """Jaccard of two sorted unique hash arrays (1.0 for two empty sets)."""
     if set_a.size == 0 and set_b.size == 0:
@@ -932,8 +954,9 @@ def pairs_jaccard(values: np.ndarray, offsets: np.ndarray, pairs: np.ndarray) ->
         _j_pair_jaccard(values, offsets, np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), out)
         return out
     for k, (a, b) in enumerate(pairs.tolist()):
-        out[k] = exact_jaccard(np.unique(values[offsets[a]:offsets[a + 1]]),
-                               np.unique(values[offsets[b]:offsets[b + 1]]))
+        out[k] = exact_jaccard(
+            np.unique(values[offsets[a] : offsets[a + 1]]), np.unique(values[offsets[b] : offsets[b + 1]])
+        )
     return out
 
 
@@ -945,7 +968,8 @@ def signature_bytes(signature: np.ndarray) -> bytes:
 def signature_from_bytes(blob: bytes, num_perm: int | None = None) -> np.ndarray:
     sig = np.frombuffer(blob, dtype="<u4").astype(np.uint32)
     if num_perm is not None and sig.size != num_perm:
-        raise ValueError(f"stored signature has {sig.size} values, expected num_perm={num_perm}; "
-                         "signatures from another configuration must be recomputed")
+        raise ValueError(
+            f"stored signature has {sig.size} values, expected num_perm={num_perm}; "
+            "signatures from another configuration must be recomputed"
+        )
     return sig
-

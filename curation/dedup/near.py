@@ -81,15 +81,16 @@ class NearResult:
     n_verified: int = 0
 
 
-def compute_signatures(texts: Sequence[str], config: NearConfig,
-                       hasher: MinHasher | None = None) -> tuple[np.ndarray, np.ndarray]:
+def compute_signatures(
+    texts: Sequence[str], config: NearConfig, hasher: MinHasher | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Signatures and shingle counts of all texts, in batches (threads if ``config.workers > 1``)."""
     hasher = hasher or config.hasher()
     sig = np.empty((len(texts), config.num_perm), dtype=np.uint32)
     counts = np.empty(len(texts), dtype=np.int64)
     for start, s, c in iter_signature_batches(hasher, texts, config.batch_size, config.workers):
-        sig[start:start + len(s)] = s
-        counts[start:start + len(c)] = c
+        sig[start : start + len(s)] = s
+        counts[start : start + len(c)] = c
     return sig, counts
 
 
@@ -112,9 +113,14 @@ def _component_order(pairs: np.ndarray) -> np.ndarray:
     return np.argsort(label[local[:, 0]], kind="stable")
 
 
-def pair_jaccards(hasher: MinHasher, pairs: np.ndarray, left_texts: Callable[[np.ndarray], Sequence[str]],
-                  right_texts: Callable[[np.ndarray], Sequence[str]] | None = None,
-                  chunk: int = 2048, workers: int = 1) -> np.ndarray:
+def pair_jaccards(
+    hasher: MinHasher,
+    pairs: np.ndarray,
+    left_texts: Callable[[np.ndarray], Sequence[str]],
+    right_texts: Callable[[np.ndarray], Sequence[str]] | None = None,
+    chunk: int = 2048,
+    workers: int = 1,
+) -> np.ndarray:
     """Exact shingle Jaccard of each ``(left, right)`` pair, recomputing the shingles of only the
     documents involved, a chunk of pairs at a time (memory stays bounded). ``right_texts``
     defaults to ``left_texts`` (pairs within one collection)."""
@@ -127,7 +133,7 @@ def pair_jaccards(hasher: MinHasher, pairs: np.ndarray, left_texts: Callable[[np
         own = getattr(local, "hasher", None)
         if own is None:
             own = local.hasher = MinHasher(hasher.num_perm, hasher.seed, hasher.shingles, hasher.use_jit)
-        sel = order[lo:lo + chunk]
+        sel = order[lo : lo + chunk]
         part = pairs[sel]
         if right_texts is None:
             ids = np.unique(part)
@@ -148,8 +154,9 @@ def pair_jaccards(hasher: MinHasher, pairs: np.ndarray, left_texts: Callable[[np
         else:
             left_ids, right_ids = np.unique(part[:, 0]), np.unique(part[:, 1])
             values, offsets = own.shingle_hashes(list(left_texts(left_ids)) + list(right_texts(right_ids)))
-            idx = np.stack([np.searchsorted(left_ids, part[:, 0]),
-                            left_ids.size + np.searchsorted(right_ids, part[:, 1])], axis=1)
+            idx = np.stack(
+                [np.searchsorted(left_ids, part[:, 0]), left_ids.size + np.searchsorted(right_ids, part[:, 1])], axis=1
+            )
         out[sel] = pairs_jaccard(values, offsets, idx)
 
     starts = range(0, len(order), chunk)
@@ -165,19 +172,22 @@ def pair_jaccards(hasher: MinHasher, pairs: np.ndarray, left_texts: Callable[[np
 def _estimates(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 4096) -> np.ndarray:
     out = np.empty(len(pairs), dtype=np.float64)
     for lo in range(0, len(pairs), chunk):
-        part = pairs[lo:lo + chunk]
-        out[lo:lo + chunk] = estimated_jaccard(signatures[part[:, 0]], signatures[part[:, 1]])
+        part = pairs[lo : lo + chunk]
+        out[lo : lo + chunk] = estimated_jaccard(signatures[part[:, 0]], signatures[part[:, 1]])
     return out
 
 
 SignatureSink = Callable[[int, np.ndarray, np.ndarray], None]
 
 
-def near_duplicate_pairs(texts: Sequence[str], config: NearConfig = NearConfig(),
-                         signatures: np.ndarray | None = None,
-                         shingle_counts: np.ndarray | None = None,
-                         sink: SignatureSink | None = None,
-                         keep_signatures: bool = True) -> NearResult:
+def near_duplicate_pairs(
+    texts: Sequence[str],
+    config: NearConfig = NearConfig(),
+    signatures: np.ndarray | None = None,
+    shingle_counts: np.ndarray | None = None,
+    sink: SignatureSink | None = None,
+    keep_signatures: bool = True,
+) -> NearResult:
     """All pairs within ``texts`` with exact shingle Jaccard >= ``config.threshold``.
 
     Pass stored ``signatures`` (and counts) to skip the MinHash work for documents seen before.
@@ -191,10 +201,12 @@ def near_duplicate_pairs(texts: Sequence[str], config: NearConfig = NearConfig()
     keys = np.empty((n, bands), dtype=np.uint64)
     if signatures is not None and shingle_counts is not None:
         if len(signatures) != n or len(shingle_counts) != n:
-            raise ValueError(f"{len(signatures)} stored signatures and {len(shingle_counts)} counts "
-                             f"for {n} texts: pass one per text, in the same order")
+            raise ValueError(
+                f"{len(signatures)} stored signatures and {len(shingle_counts)} counts "
+                f"for {n} texts: pass one per text, in the same order"
+            )
         for lo in range(0, n, 4096):
-            keys[lo:lo + 4096] = band_keys(signatures[lo:lo + 4096], bands, rows)
+            keys[lo : lo + 4096] = band_keys(signatures[lo : lo + 4096], bands, rows)
         sketch, counts = signatures, shingle_counts
     else:
         counts = np.empty(n, dtype=np.int64)
@@ -223,9 +235,13 @@ def near_duplicate_pairs(texts: Sequence[str], config: NearConfig = NearConfig()
     return result
 
 
-def near_clusters(rows: Sequence[Row], result: NearResult, config: NearConfig,
-                  policy: KeepPolicy = DEFAULT_POLICY,
-                  texts: Sequence[str] | None = None) -> list[ClusterMember]:
+def near_clusters(
+    rows: Sequence[Row],
+    result: NearResult,
+    config: NearConfig,
+    policy: KeepPolicy = DEFAULT_POLICY,
+    texts: Sequence[str] | None = None,
+) -> list[ClusterMember]:
     """Union-find clusters over verified pairs, one kept row each, with the exact Jaccard of every
     member to its kept row and the verified neighbour that linked it."""
     if len(result.pairs) == 0:
@@ -253,8 +269,7 @@ def near_clusters(rows: Sequence[Row], result: NearResult, config: NearConfig,
     jac = pair_jaccards(config.hasher(), to_kept, lambda idx: [texts[i] for i in idx])
     similarity = {int(i): float(j) for i, j in zip(to_kept[:, 0], jac, strict=True)}
     method = f"near:{config.fields}:{config.shingles.unit}{config.shingles.n}"
-    return cluster_members(rows, ordered_groups, method, policy,
-                           similarity=lambda i, k: similarity[i], links=best)
+    return cluster_members(rows, ordered_groups, method, policy, similarity=lambda i, k: similarity[i], links=best)
 
 
 SignatureStore = Mapping[str, tuple[np.ndarray, int]]
@@ -267,8 +282,9 @@ def signature_key(text: str, config: NearConfig) -> str:
     return hashlib.sha256(f"{settings}\x1f{text}".encode()).hexdigest()[:32]
 
 
-def signatures_with_store(texts: Sequence[str], config: NearConfig, known: SignatureStore
-                          ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+def signatures_with_store(
+    texts: Sequence[str], config: NearConfig, known: SignatureStore
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Signatures of ``texts``, computing only those ``known`` lacks; also their keys and how many
     were computed (0 on unchanged input: no MinHash work)."""
     keys = [signature_key(t, config) for t in texts]
@@ -284,8 +300,12 @@ def signatures_with_store(texts: Sequence[str], config: NearConfig, known: Signa
     return signatures, counts, keys, len(missing)
 
 
-def near_duplicates(rows: Sequence[Row], config: NearConfig = NearConfig(), policy: KeepPolicy = DEFAULT_POLICY,
-                    known: SignatureStore | None = None) -> tuple[list[ClusterMember], NearResult]:
+def near_duplicates(
+    rows: Sequence[Row],
+    config: NearConfig = NearConfig(),
+    policy: KeepPolicy = DEFAULT_POLICY,
+    known: SignatureStore | None = None,
+) -> tuple[list[ClusterMember], NearResult]:
     """Near-duplicate clusters of ``rows`` on ``config.fields``; also returns signatures to persist.
     With ``known`` (signatures persisted by an earlier run) only new texts are MinHashed."""
     texts = [dedup_text(r, config.fields) for r in rows]
@@ -321,33 +341,46 @@ class NearDupIndex:
         if len(row_ids) != len(signatures):
             raise ValueError(f"{len(row_ids)} row ids but {len(signatures)} signatures")
         if signatures.shape[1:] != (self.config.num_perm,):
-            raise ValueError(f"signatures have shape {signatures.shape}, expected (n, {self.config.num_perm}); "
-                             "they were made with another num_perm and must be recomputed")
+            raise ValueError(
+                f"signatures have shape {signatures.shape}, expected (n, {self.config.num_perm}); "
+                "they were made with another num_perm and must be recomputed"
+            )
         self.index.add(signatures)
         for rid in row_ids:
             self._known[rid] = len(self.row_ids)
             self.row_ids.append(rid)
 
-    def query(self, texts: Sequence[str], signatures: np.ndarray, shingle_counts: np.ndarray,
-              fetch_texts: Callable[[list[str]], Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    def query(
+        self,
+        texts: Sequence[str],
+        signatures: np.ndarray,
+        shingle_counts: np.ndarray,
+        fetch_texts: Callable[[list[str]], Sequence[str]],
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Verified ``(new_index, stored_position)`` pairs with their exact Jaccard."""
         usable = shingle_counts > 0
         cand = self.index.query(signatures, self.config.max_bucket)
         cand = cand[usable[cand[:, 0]]] if len(cand) else cand
         if len(cand) == 0:
             return np.zeros((0, 2), np.int64), np.zeros(0)
-        jac = pair_jaccards(self.config.hasher(), cand, lambda idx: [texts[i] for i in idx],
-                            lambda idx: fetch_texts([self.row_ids[i] for i in idx]))
+        jac = pair_jaccards(
+            self.config.hasher(),
+            cand,
+            lambda idx: [texts[i] for i in idx],
+            lambda idx: fetch_texts([self.row_ids[i] for i in idx]),
+        )
         keep = jac >= self.config.threshold - 1e-12
         return cand[keep], jac[keep]
 
 
-def incremental_near_duplicates(rows: Sequence[Row], index: NearDupIndex,
-                                fetch_texts: Callable[[list[str]], Sequence[str]],
-                                policy: KeepPolicy = DEFAULT_POLICY,
-                                signatures: np.ndarray | None = None,
-                                shingle_counts: np.ndarray | None = None,
-                                ) -> tuple[list[ClusterMember], NearResult]:
+def incremental_near_duplicates(
+    rows: Sequence[Row],
+    index: NearDupIndex,
+    fetch_texts: Callable[[list[str]], Sequence[str]],
+    policy: KeepPolicy = DEFAULT_POLICY,
+    signatures: np.ndarray | None = None,
+    shingle_counts: np.ndarray | None = None,
+) -> tuple[list[ClusterMember], NearResult]:
     """Dedup a new batch against itself and against ``index`` (the stored corpus), then add the
     batch's surviving rows to ``index``.
 
@@ -370,21 +403,44 @@ def incremental_near_duplicates(rows: Sequence[Row], index: NearDupIndex,
         method = f"near:{config.fields}:{config.shingles.unit}{config.shingles.n}:existing"
         position = {r["row_id"]: i for i, r in enumerate(rows)}
         # Members whose batch-kept row matched a stored row (and that did not match one themselves).
-        follow = [(position[m.row_id], best[position[m.kept_row_id]][0], m) for m in members
-                  if m.row_id != m.kept_row_id and position[m.kept_row_id] in best
-                  and position[m.row_id] not in best]
-        jac = pair_jaccards(config.hasher(), np.array([(i, pos) for i, pos, _ in follow], np.int64).reshape(-1, 2),
-                            lambda idx: [texts[i] for i in idx],
-                            lambda idx: fetch_texts([index.row_ids[i] for i in idx]))
-        redirected = {m.row_id: ClusterMember(f"{method}:{index.row_ids[pos]}", m.row_id, index.row_ids[pos],
-                                              method, float(j), m.kept_row_id, m.jaccard, True,
-                                              "its cluster's kept row duplicates an already stored row")
-                      for (_, pos, m), j in zip(follow, jac, strict=True)}
+        follow = [
+            (position[m.row_id], best[position[m.kept_row_id]][0], m)
+            for m in members
+            if m.row_id != m.kept_row_id and position[m.kept_row_id] in best and position[m.row_id] not in best
+        ]
+        jac = pair_jaccards(
+            config.hasher(),
+            np.array([(i, pos) for i, pos, _ in follow], np.int64).reshape(-1, 2),
+            lambda idx: [texts[i] for i in idx],
+            lambda idx: fetch_texts([index.row_ids[i] for i in idx]),
+        )
+        redirected = {
+            m.row_id: ClusterMember(
+                f"{method}:{index.row_ids[pos]}",
+                m.row_id,
+                index.row_ids[pos],
+                method,
+                float(j),
+                m.kept_row_id,
+                m.jaccard,
+                True,
+                "its cluster's kept row duplicates an already stored row",
+            )
+            for (_, pos, m), j in zip(follow, jac, strict=True)
+        }
         for i, (pos, j) in best.items():
             kept_id = index.row_ids[pos]
-            redirected[rows[i]["row_id"]] = ClusterMember(f"{method}:{kept_id}", rows[i]["row_id"], kept_id,
-                                                          method, j, kept_id, j, True,
-                                                          "an already stored row is kept")
+            redirected[rows[i]["row_id"]] = ClusterMember(
+                f"{method}:{kept_id}",
+                rows[i]["row_id"],
+                kept_id,
+                method,
+                j,
+                kept_id,
+                j,
+                True,
+                "an already stored row is kept",
+            )
         members = [redirected.get(m.row_id, m) for m in members]
         listed = {m.row_id for m in members}
         members += [m for rid, m in sorted(redirected.items()) if rid not in listed]
@@ -393,4 +449,3 @@ def incremental_near_duplicates(rows: Sequence[Row], index: NearDupIndex,
     if result.signatures is not None:
         index.add([rows[i]["row_id"] for i in survivors], result.signatures[survivors])
     return members, result
-

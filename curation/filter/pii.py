@@ -39,8 +39,18 @@ NerBackend = Callable[[str], list[PiiMatch]]
 # Highest priority first: when spans overlap, the earlier entity wins (a GitHub token inside
 # ``password = "ghp_…"`` is an API_KEY, an SSN-shaped number is not re-read as a phone).
 ENTITIES: tuple[str, ...] = (
-    "PRIVATE_KEY", "URL_CREDENTIALS", "API_KEY", "EMAIL", "IBAN", "CREDIT_CARD", "US_SSN",
-    "IP_ADDRESS", "PHONE", "SECRET", "STREET_ADDRESS", "PERSON",
+    "PRIVATE_KEY",
+    "URL_CREDENTIALS",
+    "API_KEY",
+    "EMAIL",
+    "IBAN",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IP_ADDRESS",
+    "PHONE",
+    "SECRET",
+    "STREET_ADDRESS",
+    "PERSON",
 )
 _PRIORITY = {name: i for i, name in enumerate(ENTITIES)}
 
@@ -51,6 +61,7 @@ def placeholder(entity: str) -> str:
 
 
 # ---------------------------------------------------------------- validators
+
 
 def luhn_valid(number: str) -> bool:
     """Luhn (mod-10) checksum over the digits of ``number`` (ISO/IEC 7812-1)."""
@@ -71,16 +82,94 @@ def luhn_valid(number: str) -> bool:
 # country not listed is rejected: a length check on top of mod-97 keeps random
 # alphanumerics (1 in 97 pass mod-97 by chance) out.
 IBAN_LENGTHS: dict[str, int] = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
-    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
-    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
-    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
-    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
-    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
-    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
-    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
-    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BI": 27,
+    "BR": 29,
+    "BY": 28,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DJ": 27,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FK": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IQ": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LC": 32,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "LY": 25,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MN": 20,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NI": 28,
+    "NL": 18,
+    "NO": 15,
+    "OM": 23,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "RU": 33,
+    "SA": 24,
+    "SC": 31,
+    "SD": 18,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "SO": 23,
+    "ST": 25,
+    "SV": 28,
+    "TL": 23,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VA": 22,
+    "VG": 24,
+    "XK": 20,
+    "YE": 30,
 }
 
 
@@ -95,8 +184,7 @@ def iban_valid(iban: str) -> bool:
 
 def ssn_valid(area: str, group: str, serial: str) -> bool:
     """SSA rules: area not 000, 666 or 900-999; group not 00; serial not 0000."""
-    return (area not in ("000", "666") and not area.startswith("9")
-            and group != "00" and serial != "0000")
+    return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
 
 
 def shannon_entropy(text: str) -> float:
@@ -119,8 +207,9 @@ _EMAIL = re.compile(
 
 
 # RFC 2606 / RFC 6761 reserved names: documentation addresses that can belong to no one.
-_RESERVED_DOMAIN = re.compile(r"@(?:[^@]*\.)?(?:example\.(?:com|net|org)|[^@]*\.(?:example|test|invalid|localhost))$",
-                              re.IGNORECASE)
+_RESERVED_DOMAIN = re.compile(
+    r"@(?:[^@]*\.)?(?:example\.(?:com|net|org)|[^@]*\.(?:example|test|invalid|localhost))$", re.IGNORECASE
+)
 
 
 def _emails(text: str) -> Iterator[Span]:
@@ -142,18 +231,18 @@ def _url_credentials(text: str) -> Iterator[Span]:
 # config/gitleaks.toml) and the vendors' own documentation of their prefixes.
 _API_KEY = re.compile(
     r"(?<![A-Za-z0-9])(?:"
-    r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}"          # AWS access key id
-    r"|gh[pousr]_[A-Za-z0-9]{36,255}"                  # GitHub classic tokens
-    r"|github_pat_[A-Za-z0-9_]{22,255}"                # GitHub fine-grained tokens
-    r"|sk-ant-[a-z]{3,6}\d{2}-[A-Za-z0-9_-]{80,}"      # Anthropic
-    r"|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}"   # OpenAI project/service keys
-    r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}"      # OpenAI legacy keys
-    r"|sk-[A-Za-z0-9]{32,}"                            # other OpenAI-style sk- keys
-    r"|AIza[0-9A-Za-z_-]{35}"                          # Google API key
-    r"|xox[abposr]-[A-Za-z0-9-]{10,}"                  # Slack
-    r"|(?:sk|rk)_live_[0-9A-Za-z]{24,}"                # Stripe live keys
-    r"|hf_[A-Za-z0-9]{34,}"                            # Hugging Face
-    r"|glpat-[A-Za-z0-9_-]{20,}"                       # GitLab personal access token
+    r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}"  # AWS access key id
+    r"|gh[pousr]_[A-Za-z0-9]{36,255}"  # GitHub classic tokens
+    r"|github_pat_[A-Za-z0-9_]{22,255}"  # GitHub fine-grained tokens
+    r"|sk-ant-[a-z]{3,6}\d{2}-[A-Za-z0-9_-]{80,}"  # Anthropic
+    r"|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}"  # OpenAI project/service keys
+    r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}"  # OpenAI legacy keys
+    r"|sk-[A-Za-z0-9]{32,}"  # other OpenAI-style sk- keys
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|(?:sk|rk)_live_[0-9A-Za-z]{24,}"  # Stripe live keys
+    r"|hf_[A-Za-z0-9]{34,}"  # Hugging Face
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab personal access token
     r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # JSON Web Token
     r")(?![A-Za-z0-9])"
 )
@@ -320,8 +409,8 @@ def _phones(text: str) -> Iterator[Span]:
         if (_PHONE_STRONG.match(candidate) and n_digits >= 10) or candidate.startswith("+"):
             yield m.span()
             continue
-        before = text[max(0, m.start() - 40):m.start()]
-        after = text[m.end():m.end() + 15]
+        before = text[max(0, m.start() - 40) : m.start()]
+        after = text[m.end() : m.end() + 15]
         if _PHONE_CONTEXT_BEFORE.search(before) or _PHONE_CONTEXT_AFTER.match(after):
             yield m.span()
 
@@ -424,8 +513,7 @@ def _check_entities(entities: Collection[str] | None) -> Collection[str]:
     return entities
 
 
-def find_pii(text: str, entities: Collection[str] | None = None,
-             ner: NerBackend | None = None) -> list[PiiMatch]:
+def find_pii(text: str, entities: Collection[str] | None = None, ner: NerBackend | None = None) -> list[PiiMatch]:
     """Non-overlapping PII spans in ``text``, sorted by position.
 
     ``entities`` limits the types searched (default: all). ``ner`` adds model-based matches
@@ -447,8 +535,9 @@ def find_pii(text: str, entities: Collection[str] | None = None,
     return sorted(chosen, key=lambda m: m.start)
 
 
-def redact(text: str, entities: Collection[str] | None = None,
-           ner: NerBackend | None = None) -> tuple[str, list[PiiMatch]]:
+def redact(
+    text: str, entities: Collection[str] | None = None, ner: NerBackend | None = None
+) -> tuple[str, list[PiiMatch]]:
     """``text`` with every match replaced by its placeholder (``[EMAIL]``), and the matches.
 
     Placeholders are never detected again, so redacting twice changes nothing.
@@ -459,9 +548,8 @@ def redact(text: str, entities: Collection[str] | None = None,
     parts: list[str] = []
     cursor = 0
     for m in matches:
-        parts.append(text[cursor:m.start])
+        parts.append(text[cursor : m.start])
         parts.append(placeholder(m.entity))
         cursor = m.end
     parts.append(text[cursor:])
     return "".join(parts), matches
-

@@ -33,8 +33,10 @@ class SpacyPersonBackend:
                 # Only the entity recogniser is needed; the parser and lemmatizer cost time.
                 nlp = spacy.load(model, exclude=["parser", "lemmatizer", "attribute_ruler", "tagger"])
             except OSError as exc:
-                raise OSError(f"spaCy model {model!r} is not installed; install its package "
-                              "(nothing is downloaded at run time) or pick another model") from exc
+                raise OSError(
+                    f"spaCy model {model!r} is not installed; install its package "
+                    "(nothing is downloaded at run time) or pick another model"
+                ) from exc
         self.nlp = nlp
         self.model = model
 
@@ -42,8 +44,11 @@ class SpacyPersonBackend:
         matches: list[PiiMatch] = []
         for offset, chunk in _chunks(text, getattr(self.nlp, "max_length", 1_000_000)):
             doc = self.nlp(chunk)
-            matches.extend(PiiMatch("PERSON", offset + ent.start_char, offset + ent.end_char, ent.text)
-                           for ent in doc.ents if ent.label_ in _PERSON_LABELS)
+            matches.extend(
+                PiiMatch("PERSON", offset + ent.start_char, offset + ent.end_char, ent.text)
+                for ent in doc.ents
+                if ent.label_ in _PERSON_LABELS
+            )
         return matches
 
 

@@ -20,8 +20,10 @@ from curation.filter.pii import find_pii
 def _read_terms(path: str) -> list[str]:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ValueError(f"filter blocklist: terms_file {str(file)!r} does not exist; give a text file with "
-                         "one term per line (lines starting with # are comments)")
+        raise ValueError(
+            f"filter blocklist: terms_file {str(file)!r} does not exist; give a text file with "
+            "one term per line (lines starting with # are comments)"
+        )
     lines = file.read_text(encoding="utf-8").splitlines()
     return [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]
 
@@ -51,16 +53,18 @@ class Blocklist(Filter):
         if terms:
             # Longest first so "bad word" wins over "bad"; \b keeps "class" from matching "ass".
             # Any run of whitespace between the words of a multi-word term ("credit  card").
-            alternation = "|".join(r"\s+".join(re.escape(w) for w in t.split())
-                                   for t in sorted(set(terms), key=len, reverse=True))
+            alternation = "|".join(
+                r"\s+".join(re.escape(w) for w in t.split()) for t in sorted(set(terms), key=len, reverse=True)
+            )
             object.__setattr__(self, "_term_re", re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", flags))
         compiled = []
         for pattern in self.patterns:
             try:
                 compiled.append(re.compile(pattern, flags))
             except re.error as error:
-                raise ValueError(f"filter blocklist: pattern {pattern!r} is not a valid regular expression: "
-                                 f"{error}") from error
+                raise ValueError(
+                    f"filter blocklist: pattern {pattern!r} is not a valid regular expression: {error}"
+                ) from error
         object.__setattr__(self, "_patterns", tuple(compiled))
 
     def decide(self, row: Row) -> Verdict:
@@ -94,8 +98,7 @@ class LicenseFilter(Filter):
 
     def __post_init__(self) -> None:
         if self.intended_use not in INTENDED_USES:
-            raise ValueError(f"filter license: intended_use must be one of {INTENDED_USES}, "
-                             f"got {self.intended_use!r}")
+            raise ValueError(f"filter license: intended_use must be one of {INTENDED_USES}, got {self.intended_use!r}")
         object.__setattr__(self, "_policy", LicensePolicy.with_overrides(self.licenses))
 
     def decide(self, row: Row) -> Verdict:
@@ -117,5 +120,4 @@ class PiiFilter(Filter):
         matches = find_pii(all_text(row), self.entities)
         if not matches:
             return None
-        return (f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})",
-                         matches[0].entity)
+        return (f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})", matches[0].entity)

@@ -41,8 +41,11 @@ def _turns(row: Row) -> list[str]:
         return [row.get("text") or ""]
     if kind == "prompt":
         return [prompt_text(row)]
-    messages = row.get("chosen") if kind == "preference" else [
-        m for m in row.get("messages") or [] if m.get("role") == "assistant"]
+    messages = (
+        row.get("chosen")
+        if kind == "preference"
+        else [m for m in row.get("messages") or [] if m.get("role") == "assistant"]
+    )
     return [m.get("content") or "" for m in messages or []]
 
 
@@ -64,8 +67,14 @@ def _main_text(row: Row) -> str:
 # generator stubs) and C4's "lorem ipsum". "None", "null" and "NA" are left out: they are real answers
 # ("NA" is sodium).
 DEFAULT_PLACEHOLDERS: tuple[str, ...] = (
-    r"n/a", r"todo", r"tbd", r"<no ?(?:input|output)>", r"no (?:output|response|answer)",
-    r"(?:\.|…|-|\?|_)+", r"lorem ipsum\b.*", r"(?:insert|your) (?:answer|response|text) here",
+    r"n/a",
+    r"todo",
+    r"tbd",
+    r"<no ?(?:input|output)>",
+    r"no (?:output|response|answer)",
+    r"(?:\.|…|-|\?|_)+",
+    r"lorem ipsum\b.*",
+    r"(?:insert|your) (?:answer|response|text) here",
 )
 
 
@@ -112,8 +121,10 @@ class EmptyFilter(Filter):
         for i, message in enumerate(assistant):
             if message.get("tool_calls"):
                 continue  # a tool call carries no content by design
-            found = self._check_response(message.get("content") or "", "response" if i == 0 and
-                                         len(assistant) == 1 else f"assistant turn {i + 1}")
+            found = self._check_response(
+                message.get("content") or "",
+                "response" if i == 0 and len(assistant) == 1 else f"assistant turn {i + 1}",
+            )
             if found:
                 return found
         return None
@@ -156,10 +167,26 @@ class ChosenEqualsRejected(Filter):
 # and sentencepiece control tokens. A row containing one was rendered with a template upstream
 # and would teach the model to emit control tokens as text.
 DEFAULT_CHAT_TOKENS: tuple[str, ...] = (
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|begin_of_text|>", "<|end_of_text|>",
-    "<|start_header_id|>", "<|end_header_id|>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>",
-    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<start_of_turn>", "<end_of_turn>",
-    "<|pad|>", "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "[INST]",
+    "[/INST]",
+    "<<SYS>>",
+    "<</SYS>>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|pad|>",
+    "<unk>",
 )
 
 
@@ -202,6 +229,7 @@ class ChatTokens(Filter):
 # Length bounds
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LengthBounds(Filter):
     """Instruction and response length bounds, in words (and optionally characters).
@@ -225,8 +253,15 @@ class LengthBounds(Filter):
     min_response_chars: int | None = None
     max_response_chars: int | None = None
 
-    def _check(self, text: str, side: str, min_words: int | None, max_words: int | None,
-               min_chars: int | None, max_chars: int | None) -> Verdict:
+    def _check(
+        self,
+        text: str,
+        side: str,
+        min_words: int | None,
+        max_words: int | None,
+        min_chars: int | None,
+        max_chars: int | None,
+    ) -> Verdict:
         n_chars = len(text)
         if min_chars is not None and n_chars < min_chars:
             return (f"{side} shorter than {min_chars} characters", n_chars)
@@ -244,14 +279,25 @@ class LengthBounds(Filter):
     def decide(self, row: Row) -> Verdict:
         kind = row.get("kind")
         if kind != "text":
-            found = self._check(prompt_text(row), "instruction", self.min_prompt_words, self.max_prompt_words,
-                                self.min_prompt_chars, self.max_prompt_chars)
+            found = self._check(
+                prompt_text(row),
+                "instruction",
+                self.min_prompt_words,
+                self.max_prompt_words,
+                self.min_prompt_chars,
+                self.max_prompt_chars,
+            )
             if found:
                 return found
         if kind in RESPONSE_KINDS or kind == "text":
-            return self._check(_main_text(row), "response" if kind != "text" else "text",
-                               self.min_response_words, self.max_response_words,
-                               self.min_response_chars, self.max_response_chars)
+            return self._check(
+                _main_text(row),
+                "response" if kind != "text" else "text",
+                self.min_response_words,
+                self.max_response_words,
+                self.min_response_chars,
+                self.max_response_chars,
+            )
         return None
 
 
@@ -320,8 +366,7 @@ def _compile(patterns: Sequence[str] | Mapping[str, str], where: str) -> list[tu
         try:
             compiled.append((label, re.compile(pattern, re.IGNORECASE)))
         except re.error as error:
-            raise ValueError(f"{where}: pattern {pattern!r} is not a valid regular expression: {error}") \
-                from error
+            raise ValueError(f"{where}: pattern {pattern!r} is not a valid regular expression: {error}") from error
     return compiled
 
 
@@ -396,8 +441,10 @@ class BehaviourPatterns(Filter):
                 raise ValueError(f"filter patterns: unknown preset {preset!r}; known: {sorted(PRESETS)}")
             compiled += _compile(PRESETS[preset], f"filter patterns, preset {preset}")
         if not compiled:
-            raise ValueError("filter patterns: give at least one pattern (patterns: [...]) or a preset "
-                             f"({', '.join(sorted(PRESETS))})")
+            raise ValueError(
+                "filter patterns: give at least one pattern (patterns: [...]) or a preset "
+                f"({', '.join(sorted(PRESETS))})"
+            )
         object.__setattr__(self, "_compiled", compiled)
 
     def decide(self, row: Row) -> Verdict:
@@ -419,10 +466,11 @@ class BehaviourPatterns(Filter):
 # Response that echoes the instruction
 # ---------------------------------------------------------------------------------------------
 
+
 def _shingles(tokens: list[str], n: int) -> set[tuple[str, ...]]:
     if len(tokens) < n:
         return {tuple(tokens)} if tokens else set()
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 @dataclass(frozen=True)
@@ -541,24 +589,26 @@ class Repetition(Filter):
             lengths = [len(t) for t in prose]
             share = _duplicated_ngram_share(prose, lengths, sum(lengths), self.loop_ngram)
             if share > self.max_loop_share:
-                return (f"degenerate loop: repeated {self.loop_ngram}-grams cover "
-                                 f"> {self.max_loop_share} of the text", round(share, 3))
+                return (
+                    f"degenerate loop: repeated {self.loop_ngram}-grams cover > {self.max_loop_share} of the text",
+                    round(share, 3),
+                )
         tokens = prose
         if not gopher or len(tokens) < self.min_words:
             return None
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if _has_letter(p)]
         lines = [line.strip() for line in text.split("\n") if _has_letter(line)]
         for parts, label, max_frac, max_chars in (
-                (paragraphs, "paragraphs", self.max_duplicate_paragraphs, self.max_duplicate_paragraph_chars),
-                (lines, "lines", self.max_duplicate_lines, self.max_duplicate_line_chars)):
+            (paragraphs, "paragraphs", self.max_duplicate_paragraphs, self.max_duplicate_paragraph_chars),
+            (lines, "lines", self.max_duplicate_lines, self.max_duplicate_line_chars),
+        ):
             if len(parts) < 2:
                 continue
             frac, chars = _duplicate_fraction(parts)
             if frac > max_frac:
                 return (f"duplicate {label} fraction > {max_frac}", round(frac, 3))
             if chars > max_chars:
-                return (f"duplicate {label} character fraction > {max_chars}",
-                                 round(chars, 3))
+                return (f"duplicate {label} character fraction > {max_chars}", round(chars, 3))
         lengths = [len(t) for t in tokens]
         total = sum(lengths)
         for n, limit in sorted(self.top_ngram.items()):
@@ -590,11 +640,11 @@ def _duplicated_ngram_share(tokens: list[str], lengths: list[int], total: int, n
     first: dict[tuple[str, ...], int] = {}
     covered = bytearray(len(tokens))
     for i in range(len(tokens) - n + 1):
-        gram = tuple(tokens[i:i + n])
+        gram = tuple(tokens[i : i + n])
         j = first.setdefault(gram, i)
         if j != i:
-            covered[i:i + n] = b"\x01" * n
-            covered[j:j + n] = b"\x01" * n
+            covered[i : i + n] = b"\x01" * n
+            covered[j : j + n] = b"\x01" * n
     return sum(length for length, c in zip(lengths, covered, strict=True) if c) / total if total else 0.0
 
 
@@ -642,8 +692,7 @@ class GopherQuality(Filter):
             return (f"more than {self.max_words} words", n)
         mean = sum(len(t) for t in tokens) / n
         if not self.min_mean_word_length <= mean <= self.max_mean_word_length:
-            return ("mean word length outside "
-                             f"{self.min_mean_word_length}–{self.max_mean_word_length}", round(mean, 2))
+            return (f"mean word length outside {self.min_mean_word_length}–{self.max_mean_word_length}", round(mean, 2))
         for symbol in ("#", "..."):
             ratio = (text.count(symbol) + (text.count("…") if symbol == "..." else 0)) / n
             if ratio > self.max_symbol_word_ratio:
@@ -655,8 +704,7 @@ class GopherQuality(Filter):
                 return (f"bullet lines > {self.max_bullet_lines}", round(bullets, 3))
             ellipsis = sum(line.endswith(("...", "…")) for line in lines) / len(lines)
             if ellipsis > self.max_ellipsis_lines:
-                return (f"lines ending in an ellipsis > {self.max_ellipsis_lines}",
-                                 round(ellipsis, 3))
+                return (f"lines ending in an ellipsis > {self.max_ellipsis_lines}", round(ellipsis, 3))
         alpha = sum(_has_letter(t) for t in tokens) / n
         if alpha < self.min_alpha_words:
             return (f"words with a letter < {self.min_alpha_words}", round(alpha, 3))

@@ -24,6 +24,7 @@ from curation.filter.base import Cleaner, Edit, Filter, FilterStats, Rejection
 # Runner
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RejectedRow:
     """One ``filter_rejections`` record (``row_id`` is the input row's id)."""
@@ -33,8 +34,12 @@ class RejectedRow:
 
     def as_record(self) -> dict[str, Any]:
         value = self.rejection.value
-        return {"row_id": self.row_id, "filter": self.rejection.filter, "reason": self.rejection.reason,
-                "value": None if value is None else str(value)}
+        return {
+            "row_id": self.row_id,
+            "filter": self.rejection.filter,
+            "reason": self.rejection.reason,
+            "value": None if value is None else str(value),
+        }
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,16 @@ class FilterBatch:
         return rows_to_table(self.kept)
 
 
-def run_filters(rows: Iterable[Row], cleaners: Sequence[Cleaner] = (), filters: Sequence[Filter] = (), *,
-                batch_size: int = 1024, stats: FilterStats | None = None, reid: bool = True,
-                timed: bool = False) -> Iterator[FilterBatch]:
+def run_filters(
+    rows: Iterable[Row],
+    cleaners: Sequence[Cleaner] = (),
+    filters: Sequence[Filter] = (),
+    *,
+    batch_size: int = 1024,
+    stats: FilterStats | None = None,
+    reid: bool = True,
+    timed: bool = False,
+) -> Iterator[FilterBatch]:
     """Clean then filter ``rows``, yielding one :class:`FilterBatch` per ``batch_size`` input rows.
 
     Filters see the cleaned row; the first rejection wins, so pass them cheapest first (as
@@ -130,8 +142,15 @@ class FilteredTables:
     stats: FilterStats
 
 
-def filter_table(staged: StagedWrite, source: str, cleaners: Sequence[Cleaner], filters: Sequence[Filter], *,
-                 batch_rows: int, log: Callable[[str], None]) -> FilteredTables:
+def filter_table(
+    staged: StagedWrite,
+    source: str,
+    cleaners: Sequence[Cleaner],
+    filters: Sequence[Filter],
+    *,
+    batch_rows: int,
+    log: Callable[[str], None],
+) -> FilteredTables:
     """Clean and filter the warehouse table ``source`` into the staged ``filtered`` table, one
     ``filter_rejections`` record per dropped row and one lineage edge per edited row (its edits as the
     detail); ``log`` gets progress lines."""
@@ -143,14 +162,21 @@ def filter_table(staged: StagedWrite, source: str, cleaners: Sequence[Cleaner], 
     for batch in run_filters(rows, cleaners, filters, stats=stats, batch_size=batch_rows, timed=True):
         staged.append(kept, batch.kept_table())
         staged.append_rows(rejections, [rejected.as_record() for rejected in batch.rejected], REJECTIONS_SCHEMA)
-        staged.append_rows(lineage, [lineage_record(edited.child_id, edited.parent_id, "filtered", edited.operation,
-                                                    edited.detail) for edited in batch.edited], LINEAGE_SCHEMA)
+        staged.append_rows(
+            lineage,
+            [
+                lineage_record(edited.child_id, edited.parent_id, "filtered", edited.operation, edited.detail)
+                for edited in batch.edited
+            ],
+            LINEAGE_SCHEMA,
+        )
     return FilteredTables(kept, rejections, stats)
 
 
 # ---------------------------------------------------------------------------------------------
 # Preview
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Preview:
@@ -166,8 +192,9 @@ def _snippet(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def preview(rows_sample: Iterable[Row], cleaners: Sequence[Cleaner] = (), filters: Sequence[Filter] = (),
-            *, examples: int = 3) -> Preview:
+def preview(
+    rows_sample: Iterable[Row], cleaners: Sequence[Cleaner] = (), filters: Sequence[Filter] = (), *, examples: int = 3
+) -> Preview:
     """Run the chain on a sample and keep up to ``examples`` examples of each reason to drop/edit."""
     stats = FilterStats()
     originals: dict[str, Row] = {}
@@ -200,9 +227,12 @@ def _md(text: str) -> str:
 def stats_markdown(stats: FilterStats) -> str:
     """A Markdown table of per-step counts (asset metadata, reports)."""
     kept_pct = 100.0 * stats.rows_kept / stats.rows_in if stats.rows_in else 0.0
-    lines = [f"**{stats.rows_in}** rows in, **{stats.rows_kept}** kept ({kept_pct:.1f}%), "
-             f"**{stats.rows_edited}** edited.", "", "| step | seen | rejected | edits |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"**{stats.rows_in}** rows in, **{stats.rows_kept}** kept ({kept_pct:.1f}%), **{stats.rows_edited}** edited.",
+        "",
+        "| step | seen | rejected | edits |",
+        "|---|---:|---:|---:|",
+    ]
     for name, seen in stats.seen.items():
         lines.append(f"| {name} | {seen} | {stats.rejected.get(name, '')} | {stats.edits.get(name, '')} |")
     return "\n".join(lines)
@@ -212,8 +242,13 @@ def preview_markdown(result: Preview) -> str:
     """The preview as Markdown: the counts table, then examples of each drop and edit reason."""
     parts = [stats_markdown(result.stats)]
     if result.rejected_examples:
-        parts += ["", "### Would be removed", "", "| filter | row_id | reason | value | text |",
-                  "|---|---|---|---|---|"]
+        parts += [
+            "",
+            "### Would be removed",
+            "",
+            "| filter | row_id | reason | value | text |",
+            "|---|---|---|---|---|",
+        ]
         for name, items in result.rejected_examples.items():
             for row_id, rej, text in items:
                 value = "" if rej.value is None else _snippet(str(rej.value), 40)

@@ -95,12 +95,14 @@ class FlaggedRow:
 # Loading benchmark files
 # --------------------------------------------------------------------------------------------
 
+
 def _guess(record: Mapping[str, Any], candidates: Sequence[str]) -> str | None:
     return next((name for name in candidates if record.get(name) not in (None, "", [])), None)
 
 
-def load_benchmark(path: str | Path, name: str, text_fields: Sequence[str] | None = None,
-                   id_field: str | None = None) -> list[BenchmarkItem]:
+def load_benchmark(
+    path: str | Path, name: str, text_fields: Sequence[str] | None = None, id_field: str | None = None
+) -> list[BenchmarkItem]:
     """Read a benchmark file (JSONL, JSON array, CSV or Parquet; ``.gz`` allowed) into items, through the
     same readers as ingestion; a record that cannot be read stops the load with its line.
 
@@ -112,8 +114,7 @@ def load_benchmark(path: str | Path, name: str, text_fields: Sequence[str] | Non
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark {name!r}: file {path} does not exist; check its path in the "
-                                "project file")
+        raise FileNotFoundError(f"benchmark {name!r}: file {path} does not exist; check its path in the project file")
     items: list[BenchmarkItem] = []
     try:
         for number, record in read_objects(path):
@@ -123,8 +124,14 @@ def load_benchmark(path: str | Path, name: str, text_fields: Sequence[str] | Non
     return items
 
 
-def _record_items(record: Mapping[str, Any], number: int, name: str, path: Path, text_fields: Sequence[str] | None,
-                  id_field: str | None) -> list[BenchmarkItem]:
+def _record_items(
+    record: Mapping[str, Any],
+    number: int,
+    name: str,
+    path: Path,
+    text_fields: Sequence[str] | None,
+    id_field: str | None,
+) -> list[BenchmarkItem]:
     """The items of one benchmark record (see :func:`load_benchmark`)."""
     if text_fields:
         fields = list(text_fields)
@@ -132,13 +139,17 @@ def _record_items(record: Mapping[str, Any], number: int, name: str, path: Path,
         guessed = _guess(record, _TEXT_FIELD_GUESSES)
         fields = [guessed] if guessed else []
     if not any(record.get(f) not in (None, "", []) for f in fields):
-        raise ValueError(f"benchmark {name!r} ({path}), record {number}: no text in fields "
-                         f"{fields if text_fields else list(_TEXT_FIELD_GUESSES)}; record keys are "
-                         f"{sorted(record)}; set text_fields for this benchmark")
+        raise ValueError(
+            f"benchmark {name!r} ({path}), record {number}: no text in fields "
+            f"{fields if text_fields else list(_TEXT_FIELD_GUESSES)}; record keys are "
+            f"{sorted(record)}; set text_fields for this benchmark"
+        )
     id_name = id_field or _guess(record, _ID_FIELD_GUESSES)
     if id_field and record.get(id_field) is None:
-        raise ValueError(f"benchmark {name!r} ({path}), record {number}: id field {id_field!r} missing; "
-                         f"record keys are {sorted(record)}")
+        raise ValueError(
+            f"benchmark {name!r} ({path}), record {number}: id field {id_field!r} missing; "
+            f"record keys are {sorted(record)}"
+        )
     base_id = str(record[id_name]) if id_name else str(number)
     items: list[BenchmarkItem] = []
     joined: list[str] = []
@@ -146,8 +157,11 @@ def _record_items(record: Mapping[str, Any], number: int, name: str, path: Path,
         value = record.get(field_name)
         if isinstance(value, list):
             label = "turn" if field_name == "turns" else field_name
-            items.extend(BenchmarkItem(name, f"{base_id}#{label}{k}", str(text))
-                         for k, text in enumerate(value, start=1) if str(text).strip())
+            items.extend(
+                BenchmarkItem(name, f"{base_id}#{label}{k}", str(text))
+                for k, text in enumerate(value, start=1)
+                if str(text).strip()
+            )
         elif value not in (None, ""):
             joined.append(str(value))
     if joined:
@@ -164,7 +178,7 @@ Gram = tuple[str, ...]
 
 def _grams(tokens: Sequence[str], n: int) -> Iterator[tuple[int, Gram]]:
     for i in range(len(tokens) - n + 1):
-        yield i, tuple(tokens[i:i + n])
+        yield i, tuple(tokens[i : i + n])
 
 
 def _is_trivial(gram: Gram) -> bool:
@@ -185,7 +199,7 @@ def _spans_text(tokens: Sequence[str], starts: Iterable[int], length: int) -> st
         else:
             spans.append([start, start + length])
     text = " … ".join(" ".join(tokens[a:b]) for a, b in spans)
-    return text if len(text) <= _MAX_OVERLAP_CHARS else text[:_MAX_OVERLAP_CHARS - 1] + "…"
+    return text if len(text) <= _MAX_OVERLAP_CHARS else text[: _MAX_OVERLAP_CHARS - 1] + "…"
 
 
 class ContaminationIndex:
@@ -200,10 +214,17 @@ class ContaminationIndex:
     :func:`_is_trivial`). Ignored n-grams are in :attr:`common_ngrams`.
     """
 
-    def __init__(self, items: Iterable[BenchmarkItem], n: int = DEFAULT_N, min_n: int = DEFAULT_MIN_N,
-                 common_ngram_max_df: int | None = DEFAULT_COMMON_MAX_DF,
-                 background: Iterable[str] | None = None, background_max_df: int = DEFAULT_COMMON_MAX_DF,
-                 min_overlap_ratio: float = 0.0, ignore_trivial: bool = True) -> None:
+    def __init__(
+        self,
+        items: Iterable[BenchmarkItem],
+        n: int = DEFAULT_N,
+        min_n: int = DEFAULT_MIN_N,
+        common_ngram_max_df: int | None = DEFAULT_COMMON_MAX_DF,
+        background: Iterable[str] | None = None,
+        background_max_df: int = DEFAULT_COMMON_MAX_DF,
+        min_overlap_ratio: float = 0.0,
+        ignore_trivial: bool = True,
+    ) -> None:
         if n < 1 or not 1 <= min_n <= n:
             raise ValueError(f"need 1 <= min_n <= n, got n={n}, min_n={min_n}")
         if not 0.0 <= min_overlap_ratio <= 1.0:
@@ -245,8 +266,9 @@ class ContaminationIndex:
             common.update(self._background_common(background, set(grams), set(short_df), background_max_df))
         self.common_ngrams: frozenset[Gram] = frozenset(common)
 
-        self._grams: dict[Gram, tuple[int, ...]] = {g: tuple(sorted(owners)) for g, owners in grams.items()
-                                                    if g not in common}
+        self._grams: dict[Gram, tuple[int, ...]] = {
+            g: tuple(sorted(owners)) for g, owners in grams.items() if g not in common
+        }
         self._usable: Counter[int] = Counter()
         for owners in self._grams.values():
             self._usable.update(owners)
@@ -257,8 +279,9 @@ class ContaminationIndex:
             else:
                 del self._short[prefix]
 
-    def _background_common(self, background: Iterable[str], grams: set[Gram], shorts: set[Gram],
-                           max_df: int) -> set[Gram]:
+    def _background_common(
+        self, background: Iterable[str], grams: set[Gram], shorts: set[Gram], max_df: int
+    ) -> set[Gram]:
         """Benchmark n-grams (and short items) present in more than ``max_df`` background texts."""
         df: Counter[Gram] = Counter()
         short_lengths = sorted({len(s) for s in shorts})
@@ -298,27 +321,40 @@ class ContaminationIndex:
         if self._short:
             for start, prefix in _grams(tokens, self.min_n):
                 for index, sequence in self._short.get(prefix, ()):
-                    if index not in exact_hits and index not in short_hits \
-                            and tuple(tokens[start:start + len(sequence)]) == sequence:
+                    if (
+                        index not in exact_hits
+                        and index not in short_hits
+                        and tuple(tokens[start : start + len(sequence)]) == sequence
+                    ):
                         short_hits[index] = (start, len(sequence))
 
         for index in sorted(set(found) | set(short_hits)):
             item = self.items[index]
             if index in short_hits:
                 start, length = short_hits[index]
-                matches.append(Match(item.benchmark, item.item_id, "ngram",
-                                     _spans_text(tokens, [start], length), 1.0, length))
+                matches.append(
+                    Match(item.benchmark, item.item_id, "ngram", _spans_text(tokens, [start], length), 1.0, length)
+                )
                 continue
             ratio = len(found[index]) / self._usable[index]
             if ratio >= self.min_overlap_ratio:
-                matches.append(Match(item.benchmark, item.item_id, "ngram",
-                                     _spans_text(tokens, starts[index], self.n), round(ratio, 4), self.n))
+                matches.append(
+                    Match(
+                        item.benchmark,
+                        item.item_id,
+                        "ngram",
+                        _spans_text(tokens, starts[index], self.n),
+                        round(ratio, 4),
+                        self.n,
+                    )
+                )
         return matches
 
 
 # --------------------------------------------------------------------------------------------
 # Rows
 # --------------------------------------------------------------------------------------------
+
 
 def row_segments(row: Row, fields: Fields = "prompt") -> list[str]:
     """The texts of a row checked one by one: each user turn (``prompt``) or every message (``all``).
@@ -360,6 +396,7 @@ def check_row(row: Row, index: ContaminationIndex, fields: Fields = "prompt") ->
 # Report
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _BenchmarkStats:
     items_total: int | None = None
@@ -369,8 +406,9 @@ class _BenchmarkStats:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def contamination_report(flagged: Iterable[FlaggedRow], index: ContaminationIndex | None = None,
-                         max_examples: int = 5) -> dict[str, dict[str, Any]]:
+def contamination_report(
+    flagged: Iterable[FlaggedRow], index: ContaminationIndex | None = None, max_examples: int = 5
+) -> dict[str, dict[str, Any]]:
     """Per benchmark: items hit, rows hit, matches by kind and a few examples.
 
     With ``index`` every indexed benchmark appears, clean ones with zeros, so a report also proves
@@ -387,27 +425,46 @@ def contamination_report(flagged: Iterable[FlaggedRow], index: ContaminationInde
             entry.rows.add(row.row_id)
             entry.kinds[match.kind] += 1
             if len(entry.examples) < max_examples:
-                entry.examples.append({"row_id": row.row_id, "source": row.source, "item_id": match.item_id,
-                                       "kind": match.kind, "ratio": match.ratio, "overlap": match.overlap})
-    return {name: {"items_total": s.items_total, "items_hit": len(s.items), "rows_hit": len(s.rows),
-                   "matches_exact": s.kinds["exact"], "matches_ngram": s.kinds["ngram"],
-                   "item_ids": sorted(s.items), "examples": s.examples}
-            for name, s in sorted(stats.items())}
+                entry.examples.append(
+                    {
+                        "row_id": row.row_id,
+                        "source": row.source,
+                        "item_id": match.item_id,
+                        "kind": match.kind,
+                        "ratio": match.ratio,
+                        "overlap": match.overlap,
+                    }
+                )
+    return {
+        name: {
+            "items_total": s.items_total,
+            "items_hit": len(s.items),
+            "rows_hit": len(s.rows),
+            "matches_exact": s.kinds["exact"],
+            "matches_ngram": s.kinds["ngram"],
+            "item_ids": sorted(s.items),
+            "examples": s.examples,
+        }
+        for name, s in sorted(stats.items())
+    }
 
 
 def render_report_markdown(report: Mapping[str, Mapping[str, Any]]) -> str:
     """The report as a Markdown summary table plus examples (for asset metadata and reports)."""
-    lines = ["| benchmark | items | items hit | rows hit | exact | n-gram |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| benchmark | items | items hit | rows hit | exact | n-gram |", "|---|---:|---:|---:|---:|---:|"]
     for name, entry in report.items():
         total = "?" if entry.get("items_total") is None else entry["items_total"]
-        lines.append(f"| {name} | {total} | {entry['items_hit']} | {entry['rows_hit']} | "
-                     f"{entry['matches_exact']} | {entry['matches_ngram']} |")
+        lines.append(
+            f"| {name} | {total} | {entry['items_hit']} | {entry['rows_hit']} | "
+            f"{entry['matches_exact']} | {entry['matches_ngram']} |"
+        )
     for name, entry in report.items():
         if entry["examples"]:
             lines += ["", f"**{name}** examples:", ""]
             for ex in entry["examples"]:
                 overlap = str(ex["overlap"]).replace("|", "\\|").replace("\n", " ")
-                lines.append(f"- row `{ex['row_id']}` ↔ item `{ex['item_id']}` ({ex['kind']}, "
-                             f"ratio {ex['ratio']:.2f}): {overlap}")
+                lines.append(
+                    f"- row `{ex['row_id']}` ↔ item `{ex['item_id']}` ({ex['kind']}, "
+                    f"ratio {ex['ratio']:.2f}): {overlap}"
+                )
     return "\n".join(lines) + "\n"

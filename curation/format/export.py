@@ -93,14 +93,23 @@ class ExportResult:
 
     def rows_markdown(self) -> str:
         """Rows per config and split, with the config's layout."""
-        return markdown_table([{"config": config, "split": split, "rows": rows, "layout": CONFIGS.get(config, "")}
-                               for config, splits in self.manifest["rows"].items() for split, rows in splits.items()])
+        return markdown_table(
+            [
+                {"config": config, "split": split, "rows": rows, "layout": CONFIGS.get(config, "")}
+                for config, splits in self.manifest["rows"].items()
+                for split, rows in splits.items()
+            ]
+        )
 
     def files_markdown(self) -> str:
         """Every JSONL and Parquet file with its rows, size and (shortened) hash."""
         files = {**self.manifest["files"], **self.manifest["parquet_files"]}
-        return markdown_table([{"file": name, "rows": entry["rows"], "bytes": entry["bytes"],
-                                "sha256": entry["sha256"][:16]} for name, entry in files.items()])
+        return markdown_table(
+            [
+                {"file": name, "rows": entry["rows"], "bytes": entry["bytes"], "sha256": entry["sha256"][:16]}
+                for name, entry in files.items()
+            ]
+        )
 
 
 @dataclass
@@ -125,12 +134,21 @@ class ExportInfo:
     def from_config(cls, config: ProjectConfig, formatted_data_version: str) -> ExportInfo:
         """The project file's name, hash, intended use, licence overrides and ``format:`` settings."""
         settings = config.format
-        return cls(project=config.name, project_file_hash=config.file_hash, intended_use=config.policy.intended_use,
-                   tokenizer=settings.tokenizer, chat_template=settings.chat_template,
-                   max_tokens=settings.max_tokens, length_policy=settings.length_policy,
-                   system_prompt=settings.system_prompt, eval_fraction=settings.eval_fraction, seed=settings.seed,
-                   benchmarks=[b.name for b in settings.benchmarks], formatted_data_version=formatted_data_version,
-                   license_overrides=config.policy.licenses)
+        return cls(
+            project=config.name,
+            project_file_hash=config.file_hash,
+            intended_use=config.policy.intended_use,
+            tokenizer=settings.tokenizer,
+            chat_template=settings.chat_template,
+            max_tokens=settings.max_tokens,
+            length_policy=settings.length_policy,
+            system_prompt=settings.system_prompt,
+            eval_fraction=settings.eval_fraction,
+            seed=settings.seed,
+            benchmarks=[b.name for b in settings.benchmarks],
+            formatted_data_version=formatted_data_version,
+            license_overrides=config.policy.licenses,
+        )
 
 
 # --------------------------------------------------------------------------- rows → records
@@ -160,14 +178,38 @@ def export_records(row: Row) -> Iterator[tuple[str, dict[str, Any]]]:
             if tools:
                 record["tools"] = tools
             yield "sft", {**record, **meta}
-        yield "sft_tokenized", {**base, "input_ids": _ids(row.get("input_ids")),
-                                "assistant_masks": _ids(row.get("assistant_mask")), "n_tokens": row.get("n_tokens"),
-                                "text": row.get("text"), **meta}
+        yield (
+            "sft_tokenized",
+            {
+                **base,
+                "input_ids": _ids(row.get("input_ids")),
+                "assistant_masks": _ids(row.get("assistant_mask")),
+                "n_tokens": row.get("n_tokens"),
+                "text": row.get("text"),
+                **meta,
+            },
+        )
     elif kind == "preference":
-        yield "preference", {**base, "prompt": row.get("messages"), "chosen": row.get("chosen"),
-                             "rejected": row.get("rejected"), **meta}
-        yield "preference_text", {**base, "prompt": row.get("prompt_text"), "chosen": row.get("chosen_text"),
-                                  "rejected": row.get("rejected_text"), **meta}
+        yield (
+            "preference",
+            {
+                **base,
+                "prompt": row.get("messages"),
+                "chosen": row.get("chosen"),
+                "rejected": row.get("rejected"),
+                **meta,
+            },
+        )
+        yield (
+            "preference_text",
+            {
+                **base,
+                "prompt": row.get("prompt_text"),
+                "chosen": row.get("chosen_text"),
+                "rejected": row.get("rejected_text"),
+                **meta,
+            },
+        )
     elif kind == "prompt":
         yield "prompts", {**base, "prompt": row.get("messages"), **meta}
     elif kind == "reward":
@@ -204,8 +246,11 @@ class _JsonlWriters:
         summary = {}
         for relative, (handle, digest, count) in sorted(self.files.items()):
             handle.close()
-            summary[relative] = {"sha256": digest.hexdigest(), "rows": count[0],
-                                 "bytes": (self.folder / relative).stat().st_size}
+            summary[relative] = {
+                "sha256": digest.hexdigest(),
+                "rows": count[0],
+                "bytes": (self.folder / relative).stat().st_size,
+            }
         return summary
 
 
@@ -230,11 +275,16 @@ def jsonl_to_parquet(source: Path, target: Path, batch_rows: int = 2_000) -> int
             # from_pylist would take the columns of the first row only; union them over the chunk.
             columns = list(dict.fromkeys(key for record in chunk for key in record))
             chunk_schema = pa.Table.from_pydict({c: [r.get(c) for r in chunk] for c in columns}).schema
-            schema = chunk_schema if schema is None else pa.unify_schemas([schema, chunk_schema],
-                                                                           promote_options="permissive")
+            schema = (
+                chunk_schema
+                if schema is None
+                else pa.unify_schemas([schema, chunk_schema], promote_options="permissive")
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise ExportError(f"{source}: rows have incompatible value types for Parquet ({error}); "
-                              "a field holds different JSON types across rows") from error
+            raise ExportError(
+                f"{source}: rows have incompatible value types for Parquet ({error}); "
+                "a field holds different JSON types across rows"
+            ) from error
     if schema is None:
         return 0
     rows = 0
@@ -262,45 +312,69 @@ def describe_formatted(connection: duckdb.DuckDBPyConnection, info: ExportInfo) 
     licenses = []
     for item in _query(connection, "SELECT license, count(*) AS rows FROM formatted GROUP BY 1 ORDER BY 2 DESC, 1"):
         terms = policy.lookup(item["license"])
-        licenses.append({"license": item["license"], "rows": item["rows"], "known": terms is not None,
-                         "commercial": terms.commercial if terms else None,
-                         "attribution": terms.attribution if terms else None,
-                         "share_alike": terms.share_alike if terms else None,
-                         "note": terms.note if terms else "unknown licence: check before use"})
+        licenses.append(
+            {
+                "license": item["license"],
+                "rows": item["rows"],
+                "known": terms is not None,
+                "commercial": terms.commercial if terms else None,
+                "attribution": terms.attribution if terms else None,
+                "share_alike": terms.share_alike if terms else None,
+                "note": terms.note if terms else "unknown licence: check before use",
+            }
+        )
     needs_credit = [lic["license"] for lic in licenses if lic["attribution"] or not lic["known"]]
-    attribution = _query(connection, """
+    attribution = _query(
+        connection,
+        """
         SELECT source, license, count(*) AS rows,
                list(DISTINCT split_part(source_uri, '#', 1) ORDER BY split_part(source_uri, '#', 1)) AS files
-        FROM formatted WHERE list_contains(?, license) GROUP BY 1, 2 ORDER BY 1, 2""", [needs_credit])
+        FROM formatted WHERE list_contains(?, license) GROUP BY 1, 2 ORDER BY 1, 2""",
+        [needs_credit],
+    )
     teachers: list[dict[str, Any]] = []
     if "provenance" in tables:
-        teachers = _query(connection, """
+        teachers = _query(
+            connection,
+            """
             SELECT p.method, p.teacher_backend AS backend, p.teacher_model AS model,
                    p.teacher_revision AS revision, p.teacher_license AS license, p.teacher_terms AS terms,
                    count(*) AS rows
             FROM formatted f JOIN provenance p ON p.row_id = f.parent_id
-            GROUP BY ALL ORDER BY model, method, revision""")
-    provenance_join = ("AND NOT EXISTS (SELECT 1 FROM provenance p WHERE p.row_id = f.parent_id)"
-                       if "provenance" in tables else "")
-    declared = _query(connection, f"""
+            GROUP BY ALL ORDER BY model, method, revision""",
+        )
+    provenance_join = (
+        "AND NOT EXISTS (SELECT 1 FROM provenance p WHERE p.row_id = f.parent_id)" if "provenance" in tables else ""
+    )
+    declared = _query(
+        connection,
+        f"""
         SELECT generator AS model, source, origin, count(*) AS rows FROM formatted f
-        WHERE generator IS NOT NULL {provenance_join} GROUP BY ALL ORDER BY 1, 2""")
+        WHERE generator IS NOT NULL {provenance_join} GROUP BY ALL ORDER BY 1, 2""",
+    )
     teachers += [{"method": "declared by source", **d} for d in declared]
     [(tokenizer_ids, template_ids, truncated_rows, tokens_total)] = connection.execute(
         "SELECT list(DISTINCT tokenizer_id ORDER BY tokenizer_id), list(DISTINCT template_id ORDER BY template_id), "
-        "count(*) FILTER (truncation IS NOT NULL), coalesce(sum(n_tokens), 0) FROM formatted").fetchall()
+        "count(*) FILTER (truncation IS NOT NULL), coalesce(sum(n_tokens), 0) FROM formatted"
+    ).fetchall()
     rejected = {}
     if "format_rejections" in tables:
-        rejected = dict(connection.execute(
-            "SELECT stage, count(*) FROM format_rejections GROUP BY 1 ORDER BY 1").fetchall())
+        rejected = dict(
+            connection.execute("SELECT stage, count(*) FROM format_rejections GROUP BY 1 ORDER BY 1").fetchall()
+        )
     return {
         "licenses": licenses,
         "attribution": attribution,
         "teachers": teachers,
-        "tokenizer": {"name": info.tokenizer, "tokenizer_id": _single(tokenizer_ids),
-                      "chat_template": info.chat_template, "template_id": _single(template_ids),
-                      "max_tokens": info.max_tokens, "length_policy": info.length_policy,
-                      "system_prompt": info.system_prompt},
+        "tokenizer": {
+            "name": info.tokenizer,
+            "tokenizer_id": _single(tokenizer_ids),
+            "chat_template": info.chat_template,
+            "template_id": _single(template_ids),
+            "max_tokens": info.max_tokens,
+            "length_policy": info.length_policy,
+            "system_prompt": info.system_prompt,
+        },
         "tokens_total": int(tokens_total),
         "rows_truncated": int(truncated_rows),
         "rows_removed_at_formatting": rejected,
@@ -362,27 +436,57 @@ def dataset_card(manifest: Mapping[str, Any]) -> str:
             lines += [f"  - split: {split}", f"    path: {config}/{split}.parquet"]
     licenses = sorted({lic["license"] for lic in manifest["licenses"] if lic["license"]})
     lines.append(f"license: {licenses[0].lower() if len(licenses) == 1 else 'other'}")
-    lines += ["---", "", f"# {manifest['project']} — data version `{manifest['data_version']}`", "",
-              "Built by Distillery. This folder is immutable: a new data version is written to a new folder.", "",
-              "```python", "from datasets import load_dataset",
-              "sft = load_dataset(\"<this folder>\", \"sft\")  # or: sft_tokenized, preference, ...", "```", "",
-              "## Rows", ""]
-    rows = [{"config": c, "split": s, "rows": n, "layout": CONFIGS.get(c, "")}
-            for c, splits in manifest["rows"].items() for s, n in splits.items()]
-    lines += [markdown_table(rows), "", "## Licences", "",
-              markdown_table(manifest["licenses"], ["license", "rows", "commercial", "attribution", "share_alike",
-                                                    "note"]), "",
-              "## Attribution", "", markdown_table(manifest["attribution"]), "",
-              "## Teachers", "", markdown_table(manifest["teachers"]), "",
-              "## Tokenizer and template", "", "```json", json.dumps(manifest["tokenizer"], indent=2), "```", ""]
+    lines += [
+        "---",
+        "",
+        f"# {manifest['project']} — data version `{manifest['data_version']}`",
+        "",
+        "Built by Distillery. This folder is immutable: a new data version is written to a new folder.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        'sft = load_dataset("<this folder>", "sft")  # or: sft_tokenized, preference, ...',
+        "```",
+        "",
+        "## Rows",
+        "",
+    ]
+    rows = [
+        {"config": c, "split": s, "rows": n, "layout": CONFIGS.get(c, "")}
+        for c, splits in manifest["rows"].items()
+        for s, n in splits.items()
+    ]
+    lines += [
+        markdown_table(rows),
+        "",
+        "## Licences",
+        "",
+        markdown_table(manifest["licenses"], ["license", "rows", "commercial", "attribution", "share_alike", "note"]),
+        "",
+        "## Attribution",
+        "",
+        markdown_table(manifest["attribution"]),
+        "",
+        "## Teachers",
+        "",
+        markdown_table(manifest["teachers"]),
+        "",
+        "## Tokenizer and template",
+        "",
+        "```json",
+        json.dumps(manifest["tokenizer"], indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the export
 
 
-def write_export(connection: duckdb.DuckDBPyConnection, root: str | Path, info: ExportInfo,
-                 batch_rows: int = 2_000) -> ExportResult:
+def write_export(
+    connection: duckdb.DuckDBPyConnection, root: str | Path, info: ExportInfo, batch_rows: int = 2_000
+) -> ExportResult:
     """Write (or reuse) the export of ``formatted`` under ``root/<data_version>/``.
 
     Rows stream from DuckDB to JSONL one batch at a time; Parquet is converted from the JSONL. If the
@@ -427,12 +531,20 @@ def write_export(connection: duckdb.DuckDBPyConnection, root: str | Path, info: 
         for relative in files:
             target = staging / relative.replace(".jsonl", ".parquet")
             count = jsonl_to_parquet(staging / relative, target, batch_rows)
-            parquet[str(target.relative_to(staging))] = {"sha256": file_digest(target), "rows": count,
-                                                         "bytes": target.stat().st_size}
-        manifest = {"data_version": version, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    **manifest, "parquet_files": parquet}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n",
-                                        encoding="utf-8")
+            parquet[str(target.relative_to(staging))] = {
+                "sha256": file_digest(target),
+                "rows": count,
+                "bytes": target.stat().st_size,
+            }
+        manifest = {
+            "data_version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **manifest,
+            "parquet_files": parquet,
+        }
+        (staging / MANIFEST).write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+        )
         (staging / CARD).write_text(dataset_card(manifest), encoding="utf-8")
         try:
             os.rename(staging, final)  # atomic on one file system; fails if another writer got there first
@@ -451,8 +563,10 @@ def _reuse(final: Path, staging: Path) -> ExportResult:
     shutil.rmtree(staging, ignore_errors=True)
     problems = verify_export(final)
     if problems:
-        raise ExportError(f"export folder {final} exists but no longer matches its manifest: {'; '.join(problems)}. "
-                          "Exports are immutable and this one was modified: move it away, then export again.")
+        raise ExportError(
+            f"export folder {final} exists but no longer matches its manifest: {'; '.join(problems)}. "
+            "Exports are immutable and this one was modified: move it away, then export again."
+        )
     manifest = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
     _point_latest(final.parent, final.name)
     return ExportResult(final.name, final, True, manifest)

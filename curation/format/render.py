@@ -101,8 +101,9 @@ def resolve_chat_template(chat_template: str) -> str:
     )
 
 
-def load_tokenizer(path_or_id: str | Path, chat_template: str | None = None, *,
-                   allow_network: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    path_or_id: str | Path, chat_template: str | None = None, *, allow_network: bool = False
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (or a hub id, from the local cache unless allow_network).
 
     ``chat_template`` (shipped name, .jinja path or Jinja text) replaces the tokenizer's own. Offsets
@@ -119,18 +120,29 @@ def load_tokenizer(path_or_id: str | Path, chat_template: str | None = None, *,
             "at a folder holding tokenizer.json and tokenizer_config.json"
         )
     if local and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"tokenizer directory {source!r} holds neither tokenizer.json nor "
-                                "tokenizer_config.json; build one with curation.format.tokenizers or save_pretrained")
+        raise FileNotFoundError(
+            f"tokenizer directory {source!r} holds neither tokenizer.json nor "
+            "tokenizer_config.json; build one with curation.format.tokenizers or save_pretrained"
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if local else source,
-                                                  local_files_only=local or not allow_network)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path) if local else source, local_files_only=local or not allow_network
+        )
     except (OSError, ValueError) as error:
-        hint = ("it is not a local directory and is not in the local Hugging Face cache; download it where a "
-                "network exists, or pass allow_network=True") if not local else "the directory is incomplete"
+        hint = (
+            (
+                "it is not a local directory and is not in the local Hugging Face cache; download it where a "
+                "network exists, or pass allow_network=True"
+            )
+            if not local
+            else "the directory is incomplete"
+        )
         raise FileNotFoundError(f"cannot load tokenizer {source!r}: {hint} ({error})") from error
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"tokenizer {source!r} is not a fast tokenizer; loss masks need character offsets, "
-                         "so save it with tokenizer.json (transformers converts most slow tokenizers)")
+        raise ValueError(
+            f"tokenizer {source!r} is not a fast tokenizer; loss masks need character offsets, "
+            "so save it with tokenizer.json (transformers converts most slow tokenizers)"
+        )
     if chat_template is not None:
         tokenizer.chat_template = resolve_chat_template(chat_template)
     return tokenizer
@@ -176,11 +188,16 @@ def _template_tools(tools: Tools) -> list[Any] | None:
     return tools or None
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
-            add_generation_prompt: bool = False) -> str:
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools, add_generation_prompt: bool = False
+) -> str:
     # apply_chat_template returns the rendered string when tokenize=False (its annotation is the union).
-    return cast(str, tokenizer.apply_chat_template(messages, tools=_template_tools(tools), tokenize=False,
-                                                   add_generation_prompt=add_generation_prompt))
+    return cast(
+        str,
+        tokenizer.apply_chat_template(
+            messages, tools=_template_tools(tools), tokenize=False, add_generation_prompt=add_generation_prompt
+        ),
+    )
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -198,8 +215,9 @@ def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]
     return mask
 
 
-def _assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
-                     full: str) -> tuple[list[tuple[int, int]], bool]:
+def _assistant_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools, full: str
+) -> tuple[list[tuple[int, int]], bool]:
     """Character spans of assistant turns in ``full``, by incremental rendering.
 
     Turn i spans from the end of render(messages[:i], generation prompt) to the end of
@@ -230,8 +248,9 @@ def _assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
     return spans, exact
 
 
-def _chat_encoding(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools,
-                   add_generation_prompt: bool = False) -> tuple[str, list[int], list[int], str]:
+def _chat_encoding(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools, add_generation_prompt: bool = False
+) -> tuple[str, list[int], list[int], str]:
     """Rendered text, ids and assistant mask of a conversation, with where the mask came from."""
     template = _template_text(tokenizer, tools)
     text = _render(tokenizer, messages, tools, add_generation_prompt)
@@ -240,9 +259,17 @@ def _chat_encoding(tokenizer: PreTrainedTokenizerBase, messages: list[Message], 
         return text, ids, [0] * len(ids), "none"
     if _GENERATION_TAG.search(template):
         # return_dict=True gives a BatchEncoding (a dict); the annotation is the union of every mode.
-        out = cast(Mapping[str, Any], tokenizer.apply_chat_template(
-            messages, tools=_template_tools(tools), tokenize=True, return_dict=True,
-            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt))
+        out = cast(
+            Mapping[str, Any],
+            tokenizer.apply_chat_template(
+                messages,
+                tools=_template_tools(tools),
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                add_generation_prompt=add_generation_prompt,
+            ),
+        )
         return text, list(out["input_ids"]), list(out["assistant_masks"]), "generation"
     ids, offsets = _encode(tokenizer, text)
     spans, exact = _assistant_spans(tokenizer, messages, tools, text)
@@ -264,33 +291,49 @@ def _row_tools(row: Row) -> Tools:
     return tools or None
 
 
-def _render_parts(tokenizer: PreTrainedTokenizerBase, kind: str, messages: list[Message], tools: Tools,
-                  chosen: list[Message] | None = None, rejected: list[Message] | None = None,
-                  text: str | None = None) -> dict[str, Any]:
+def _render_parts(
+    tokenizer: PreTrainedTokenizerBase,
+    kind: str,
+    messages: list[Message],
+    tools: Tools,
+    chosen: list[Message] | None = None,
+    rejected: list[Message] | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
     if kind == "text":
         ids, _ = _encode(tokenizer, text or "")
-        return {"text": text or "", "n_tokens": len(ids), "input_ids": ids, "assistant_mask": [1] * len(ids),
-                "mask_source": "all"}
+        return {
+            "text": text or "",
+            "n_tokens": len(ids),
+            "input_ids": ids,
+            "assistant_mask": [1] * len(ids),
+            "mask_source": "all",
+        }
     if kind == "preference":
         prompt = _render(tokenizer, messages, tools, add_generation_prompt=True)
-        parts: dict[str, Any] = {"text": prompt, "prompt": prompt, "input_ids": [], "assistant_mask": [],
-                                 "mask_source": "empty"}
+        parts: dict[str, Any] = {
+            "text": prompt,
+            "prompt": prompt,
+            "input_ids": [],
+            "assistant_mask": [],
+            "mask_source": "empty",
+        }
         parts["n_prompt_tokens"] = len(_encode(tokenizer, prompt)[0])
         for side, completion in (("chosen", chosen), ("rejected", rejected)):
             full = _render(tokenizer, messages + list(completion or []), tools)
             if not full.startswith(prompt):
-                raise RenderError(f"the rendering of prompt + {side} does not start with the "
-                                 "prompt rendering, so the template cannot split prompt and completion")
-            parts[side] = full[len(prompt):]
+                raise RenderError(
+                    f"the rendering of prompt + {side} does not start with the "
+                    "prompt rendering, so the template cannot split prompt and completion"
+                )
+            parts[side] = full[len(prompt) :]
             parts[f"n_{side}_tokens"] = len(_encode(tokenizer, parts[side])[0])
         # TRL tokenizes prompt and completion separately and concatenates, so counts add up the same way.
         longest = max(parts["n_chosen_tokens"], parts["n_rejected_tokens"])
         parts["n_tokens"] = parts["n_prompt_tokens"] + longest
         return parts
-    rendered, ids, mask, source = _chat_encoding(tokenizer, messages, tools,
-                                                 add_generation_prompt=kind == "prompt")
-    return {"text": rendered, "n_tokens": len(ids), "input_ids": ids, "assistant_mask": mask,
-            "mask_source": source}
+    rendered, ids, mask, source = _chat_encoding(tokenizer, messages, tools, add_generation_prompt=kind == "prompt")
+    return {"text": rendered, "n_tokens": len(ids), "input_ids": ids, "assistant_mask": mask, "mask_source": source}
 
 
 class RenderError(ValueError):
@@ -298,8 +341,7 @@ class RenderError(ValueError):
     without the row. Configuration errors (no chat template, missing tokenizer) are not this."""
 
 
-def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *,
-               system_prompt: str | None = None) -> RenderedRow:
+def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *, system_prompt: str | None = None) -> RenderedRow:
     """Render one canonical row with the tokenizer's chat template (see the module doc for layouts).
 
     Raises :class:`RenderError` for rows that cannot be rendered, ValueError for configuration errors.
@@ -328,19 +370,34 @@ def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *,
                 raise RenderError(f"row {row_id}: preference row needs both chosen and rejected messages")
         template = _template_text(tokenizer, tools)
     else:
-        raise RenderError(f"row {row_id}: unknown kind {kind!r}; expected one of sft, chat, tool, prompt, "
-                          "reward, preference, text")
+        raise RenderError(
+            f"row {row_id}: unknown kind {kind!r}; expected one of sft, chat, tool, prompt, reward, preference, text"
+        )
     try:
         parts = _render_parts(tokenizer, kind, messages, tools, chosen, rejected, row.get("text"))
     except (TemplateError, RenderError) as error:
         raise RenderError(f"row {row_id}: {error}") from error
-    return RenderedRow(row_id=row_id, kind=kind, messages=messages, chosen_messages=chosen,
-                       rejected_messages=rejected, tools=tools, template_id=template_id(template),
-                       tokenizer_id=tokenizer_id(tokenizer), **parts)
+    return RenderedRow(
+        row_id=row_id,
+        kind=kind,
+        messages=messages,
+        chosen_messages=chosen,
+        rejected_messages=rejected,
+        tools=tools,
+        template_id=template_id(template),
+        tokenizer_id=tokenizer_id(tokenizer),
+        **parts,
+    )
 
 
-def format_row(row: Row, tokenizer: PreTrainedTokenizerBase, *, max_tokens: int,
-               policy: LengthPolicy = "drop", system_prompt: str | None = None) -> tuple[RenderedRow | None, str]:
+def format_row(
+    row: Row,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_tokens: int,
+    policy: LengthPolicy = "drop",
+    system_prompt: str | None = None,
+) -> tuple[RenderedRow | None, str]:
     """Render then apply the length policy: what the ``formatted`` asset does per row.
 
     A row that cannot be rendered comes back as (None, "render_error: ...") so it is recorded, not
@@ -364,11 +421,12 @@ def _drop_earliest_exchange(messages: list[Message]) -> list[Message] | None:
     later_users = [i for i, m in enumerate(body) if m.get("role") == "user" and i > 0]
     if not later_users:
         return None
-    return messages[:head] + body[later_users[0]:]
+    return messages[:head] + body[later_users[0] :]
 
 
-def apply_length_policy(rendered: RenderedRow, max_tokens: int, policy: LengthPolicy, *,
-                        tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[RenderedRow | None, str]:
+def apply_length_policy(
+    rendered: RenderedRow, max_tokens: int, policy: LengthPolicy, *, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[RenderedRow | None, str]:
     """Keep, cut or drop a rendered row against ``max_tokens``; returns (row or None, reason).
 
     ``drop``: over-long rows are dropped. ``truncate`` (needs ``tokenizer`` for re-rendering):
@@ -402,8 +460,14 @@ def apply_length_policy(rendered: RenderedRow, max_tokens: int, policy: LengthPo
         _, offsets = _encode(tokenizer, rendered.text)
         cut = offsets[max_tokens - 1][1] if keep else 0
         reason = f"truncated_text: kept first {max_tokens} of {original} tokens"
-        return replace(rendered, text=rendered.text[:cut], input_ids=keep, n_tokens=len(keep),
-                       assistant_mask=rendered.assistant_mask[:max_tokens], truncation=reason), reason
+        return replace(
+            rendered,
+            text=rendered.text[:cut],
+            input_ids=keep,
+            n_tokens=len(keep),
+            assistant_mask=rendered.assistant_mask[:max_tokens],
+            truncation=reason,
+        ), reason
 
     current = rendered
     dropped = 0
@@ -412,12 +476,14 @@ def apply_length_policy(rendered: RenderedRow, max_tokens: int, policy: LengthPo
         if shorter is None:
             break
         dropped += 1
-        parts = _render_parts(tokenizer, current.kind, shorter, current.tools, current.chosen_messages,
-                              current.rejected_messages)
+        parts = _render_parts(
+            tokenizer, current.kind, shorter, current.tools, current.chosen_messages, current.rejected_messages
+        )
         current = replace(current, messages=shorter, **parts)
     if current.n_tokens <= max_tokens:
-        reason = (f"truncated_earliest_turns: dropped {dropped} earliest exchange(s), "
-                  f"{original} -> {current.n_tokens} tokens")
+        reason = (
+            f"truncated_earliest_turns: dropped {dropped} earliest exchange(s), {original} -> {current.n_tokens} tokens"
+        )
         return replace(current, truncation=reason), reason
 
     if current.kind in ("preference", "prompt") or current.messages[-1].get("role") != "assistant":
@@ -431,11 +497,18 @@ def apply_length_policy(rendered: RenderedRow, max_tokens: int, policy: LengthPo
     if prompt_len >= max_tokens:
         return None, too_long + f" (the prompt of the last exchange alone has {prompt_len} tokens)"
     cut = offsets[max_tokens - 1][1]
-    reason = (f"truncated_last_assistant: dropped {dropped} earliest exchange(s) and cut the last assistant "
-              f"turn, {original} -> {max_tokens} tokens")
-    return replace(current, text=current.text[:cut], input_ids=current.input_ids[:max_tokens],
-                   assistant_mask=current.assistant_mask[:max_tokens], n_tokens=max_tokens,
-                   truncation=reason), reason
+    reason = (
+        f"truncated_last_assistant: dropped {dropped} earliest exchange(s) and cut the last assistant "
+        f"turn, {original} -> {max_tokens} tokens"
+    )
+    return replace(
+        current,
+        text=current.text[:cut],
+        input_ids=current.input_ids[:max_tokens],
+        assistant_mask=current.assistant_mask[:max_tokens],
+        n_tokens=max_tokens,
+        truncation=reason,
+    ), reason
 
 
 # --------------------------------------------------------------------------- checks
@@ -499,8 +572,8 @@ def _parse_turns(text: str, pattern: re.Pattern[str], open_header: str) -> list[
     turns: list[tuple[str, str]] = []
     position = 0
     for match in pattern.finditer(text):
-        if text[position:match.start()].strip():
-            raise ValueError(f"unparsed text at character {position}: {text[position:match.start()][:60]!r}")
+        if text[position : match.start()].strip():
+            raise ValueError(f"unparsed text at character {position}: {text[position : match.start()][:60]!r}")
         turns.append((match.group(1), match.group(2)))
         position = match.end()
     rest = text[position:]
@@ -523,7 +596,7 @@ def parse_rendered(text: str, template_name_or_tokenizer: Any) -> list[Message]:
     messages: list[Message] = []
     for role, content in _parse_turns(text, _CHATML_TURN, "<|im_start|>assistant\n"):
         if role == "system" and _CHATML_TOOLS_HEADER in content:
-            content = content[:content.index(_CHATML_TOOLS_HEADER)].removesuffix("\n\n")
+            content = content[: content.index(_CHATML_TOOLS_HEADER)].removesuffix("\n\n")
             if not content:
                 continue
         message: Message = {"role": role, "content": content}
@@ -531,9 +604,10 @@ def parse_rendered(text: str, template_name_or_tokenizer: Any) -> list[Message]:
             calls = []
             for match in _TOOL_CALL.finditer(content):
                 call = json.loads(match.group(1))
-                calls.append({"type": "function",
-                              "function": {"name": call.get("name"), "arguments": call.get("arguments")}})
-            message["content"] = content[:content.index("<tool_call>")].removesuffix("\n")
+                calls.append(
+                    {"type": "function", "function": {"name": call.get("name"), "arguments": call.get("arguments")}}
+                )
+            message["content"] = content[: content.index("<tool_call>")].removesuffix("\n")
             message["tool_calls"] = calls
         messages.append(message)
     return messages
@@ -595,20 +669,22 @@ def round_trip_ok(row: Row, tokenizer: PreTrainedTokenizerBase) -> tuple[bool, s
     return True, "ok" if family else "ok (content-order check: no parser for this template)"
 
 
-def generation_prompt_matches(messages: list[Message], tokenizer: PreTrainedTokenizerBase, *,
-                              tools: Tools = None) -> bool:
+def generation_prompt_matches(
+    messages: list[Message], tokenizer: PreTrainedTokenizerBase, *, tools: Tools = None
+) -> bool:
     """Is render(history, add_generation_prompt=True) exactly what precedes the last assistant reply
     in render(history + reply)? I.e. inference sends what training saw, and the model's first
     generated text is the reply itself (a generation prompt that stops short, e.g. without the
     newline after the role, is a string prefix but would make the model generate the newline)."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     if last <= 0:
-        raise ValueError("generation_prompt_matches needs a conversation with an assistant turn after "
-                         "at least one other message")
+        raise ValueError(
+            "generation_prompt_matches needs a conversation with an assistant turn after at least one other message"
+        )
     prompt = _render(tokenizer, messages[:last], tools, add_generation_prompt=True)
     full = _render(tokenizer, messages[: last + 1], tools)
     if not full.startswith(prompt) or len(full) == len(prompt):
         return False
     content = messages[last].get("content") or ""
     # Tool-call-only replies have no content to anchor on; the prefix test is all we can check.
-    return full[len(prompt):].startswith(content) if content else True
+    return full[len(prompt) :].startswith(content) if content else True

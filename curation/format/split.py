@@ -45,9 +45,13 @@ def _rounded_count(exact: float, seed: int | str, stratum: str) -> int:
     return math.floor(exact + stable_unit(seed, "round", stratum))
 
 
-def assign_splits(rows: Iterable[Mapping[str, Any]], eval_fraction: float, seed: int | str = 0,
-                  stratify_by: Sequence[str] = ("kind", "source"),
-                  group_key: str | Mapping[str, str] | None = None) -> dict[str, Split]:
+def assign_splits(
+    rows: Iterable[Mapping[str, Any]],
+    eval_fraction: float,
+    seed: int | str = 0,
+    stratify_by: Sequence[str] = ("kind", "source"),
+    group_key: str | Mapping[str, str] | None = None,
+) -> dict[str, Split]:
     """Map each row_id to ``"train"`` or ``"eval"``; stratified, grouped and deterministic.
 
     ``rows`` are mappings with ``row_id`` and the ``stratify_by`` fields. ``group_key`` names a
@@ -102,8 +106,9 @@ def assign_splits(rows: Iterable[Mapping[str, Any]], eval_fraction: float, seed:
     return {row_id: ("eval" if group in eval_groups else "train") for row_id, group in row_group.items()}
 
 
-def split_summary(rows: Iterable[Mapping[str, Any]], splits: Mapping[str, Split],
-                  stratify_by: Sequence[str] = ("kind", "source")) -> list[dict[str, Any]]:
+def split_summary(
+    rows: Iterable[Mapping[str, Any]], splits: Mapping[str, Split], stratify_by: Sequence[str] = ("kind", "source")
+) -> list[dict[str, Any]]:
     """Rows and eval share per stratum (for asset metadata), sorted by stratum."""
     counts: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
     for row in rows:
@@ -111,8 +116,9 @@ def split_summary(rows: Iterable[Mapping[str, Any]], splits: Mapping[str, Split]
     summary = []
     for stratum, c in sorted(counts.items()):
         n = c["train"] + c["eval"]
-        summary.append({**dict(zip(stratify_by, stratum, strict=True)), "rows": n, "eval": c["eval"],
-                        "eval_share": c["eval"] / n})
+        summary.append(
+            {**dict(zip(stratify_by, stratum, strict=True)), "rows": n, "eval": c["eval"], "eval_share": c["eval"] / n}
+        )
     return summary
 
 
@@ -124,8 +130,12 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     return values if values[-1] == 1.0 else (*values, 1.0)
 
 
-def nested_subsets(row_ids: Iterable[str], fractions: Sequence[float] = (0.25, 0.5, 1.0),
-                   seed: int | str = 0, strata: Mapping[str, Hashable] | None = None) -> dict[str, float]:
+def nested_subsets(
+    row_ids: Iterable[str],
+    fractions: Sequence[float] = (0.25, 0.5, 1.0),
+    seed: int | str = 0,
+    strata: Mapping[str, Hashable] | None = None,
+) -> dict[str, float]:
     """Map each row_id to the smallest fraction whose subset contains it.
 
     The subset for ``f`` is every row mapped to a value <= ``f``, so subsets are nested by
@@ -168,8 +178,9 @@ def subset(assignment: Mapping[str, float], fraction: float) -> set[str]:
 # --------------------------------------------------------------------------- split groups
 
 
-def split_groups(row_ids: Iterable[str], edges: Iterable[tuple[str, str]],
-                 clusters: Mapping[str, str]) -> dict[str, str]:
+def split_groups(
+    row_ids: Iterable[str], edges: Iterable[tuple[str, str]], clusters: Mapping[str, str]
+) -> dict[str, str]:
     """Group id per row: rows connected through any lineage edge ``(child, parent)`` or sharing a
     near-duplicate cluster (``row_id -> cluster_id``) share a group, so a cleaned copy, a perturbation,
     a paraphrase or a second answer to the same instruction never lands in another split than its
@@ -185,8 +196,9 @@ def split_groups(row_ids: Iterable[str], edges: Iterable[tuple[str, str]],
     return {row_id: sets.find(f"r:{row_id}") for row_id in row_ids}
 
 
-def split_leaks(row_splits: Mapping[str, tuple[str, str]], edges: Iterable[tuple[str, str]],
-                clusters: Mapping[str, str]) -> list[dict[str, Any]]:
+def split_leaks(
+    row_splits: Mapping[str, tuple[str, str]], edges: Iterable[tuple[str, str]], clusters: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """Ancestors and near-duplicate clusters reached from both splits (the check behind
     ``splits_disjoint_by_cluster``).
 

@@ -109,30 +109,48 @@ class FormatResult:
 
 def load_benchmarks(config: ProjectConfig) -> list[BenchmarkItem]:
     """Every item of the benchmarks listed under ``format.benchmarks`` (paths relative to the project file)."""
-    return [item for benchmark in config.format.benchmarks
-            for item in load_benchmark(config.resolve(benchmark.path), benchmark.name, benchmark.text_fields,
-                                       benchmark.id_field)]
+    return [
+        item
+        for benchmark in config.format.benchmarks
+        for item in load_benchmark(
+            config.resolve(benchmark.path), benchmark.name, benchmark.text_fields, benchmark.id_field
+        )
+    ]
 
 
-def plan_splits(connection: duckdb.DuckDBPyConnection, keys: list[tuple[str, str, str]], settings: FormatConfig
-                ) -> tuple[dict[str, Split], dict[str, float]]:
+def plan_splits(
+    connection: duckdb.DuckDBPyConnection, keys: list[tuple[str, str, str]], settings: FormatConfig
+) -> tuple[dict[str, Split], dict[str, float]]:
     """Split and smallest nested subset per input row (``keys``: row_id, kind, source). Rows joined by
     lineage (from any earlier asset) or by a near-duplicate cluster share a split."""
     edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset <> 'formatted'").fetchall()
-    clusters = dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall()
-                    ) if "dedup_clusters" in table_names(connection) else {}
+    clusters = (
+        dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall())
+        if "dedup_clusters" in table_names(connection)
+        else {}
+    )
     groups = split_groups([k[0] for k in keys], edges, clusters)
-    splits = assign_splits([{"row_id": r, "kind": k, "source": s} for r, k, s in keys], settings.eval_fraction,
-                           settings.seed, group_key=groups)
+    splits = assign_splits(
+        [{"row_id": r, "kind": k, "source": s} for r, k, s in keys],
+        settings.eval_fraction,
+        settings.seed,
+        group_key=groups,
+    )
     subsets = nested_subsets([k[0] for k in keys], seed=settings.seed)
     return splits, subsets
 
 
-def format_and_verify(row: Row, tokenizer: PreTrainedTokenizerBase, settings: FormatConfig, split: str,
-                      subset: float) -> dict[str, Any] | Rejection:
+def format_and_verify(
+    row: Row, tokenizer: PreTrainedTokenizerBase, settings: FormatConfig, split: str, subset: float
+) -> dict[str, Any] | Rejection:
     """Render one (decontaminated) row and verify the rendering: its ``formatted`` record, or why not."""
-    rendered, reason = format_row(row, tokenizer, max_tokens=settings.max_tokens, policy=settings.length_policy,
-                                  system_prompt=settings.system_prompt)
+    rendered, reason = format_row(
+        row,
+        tokenizer,
+        max_tokens=settings.max_tokens,
+        policy=settings.length_policy,
+        system_prompt=settings.system_prompt,
+    )
     if rendered is None:
         return Rejection(row["row_id"], "length" if reason.startswith("dropped") else "render", reason, None)
     record = formatted_record(row, rendered, split, subset)
@@ -153,8 +171,12 @@ def _quiet(_: str) -> None:
     pass
 
 
-def format_rows(staged: StagedWrite, config: ProjectConfig, tokenizer: PreTrainedTokenizerBase,
-                report: Callable[[str], None] = _quiet) -> FormatResult:
+def format_rows(
+    staged: StagedWrite,
+    config: ProjectConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    report: Callable[[str], None] = _quiet,
+) -> FormatResult:
     """Format ``synthetic_mixed`` into the staged ``formatted``, ``format_rejections`` and ``contamination``
     tables and this asset's lineage partition; ``report`` receives progress lines."""
     settings = config.format
@@ -176,16 +198,23 @@ def format_rows(staged: StagedWrite, config: ProjectConfig, tokenizer: PreTraine
         matches = check_row(row, index) if index else []
         if matches:
             flagged.append(FlaggedRow(row["row_id"], row["source"], tuple(matches)))
-            rejections.append(Rejection(row["row_id"], "decontamination", "matches a benchmark item",
-                                        f"{matches[0].benchmark}:{matches[0].item_id}"))
+            rejections.append(
+                Rejection(
+                    row["row_id"],
+                    "decontamination",
+                    "matches a benchmark item",
+                    f"{matches[0].benchmark}:{matches[0].item_id}",
+                )
+            )
             continue
         outcome = format_and_verify(row, tokenizer, settings, splits[row["row_id"]], subsets[row["row_id"]])
         if isinstance(outcome, Rejection):
             rejections.append(outcome)
             continue
         records.append(outcome)
-        edges_out.append(lineage_record(outcome["row_id"], row["row_id"], "formatted", "format",
-                                        _lineage_detail(outcome)))
+        edges_out.append(
+            lineage_record(outcome["row_id"], row["row_id"], "formatted", "format", _lineage_detail(outcome))
+        )
         if len(records) >= config.ingest.batch_rows:
             staged.append(table, formatted_batch(records))
             records.clear()
@@ -193,8 +222,9 @@ def format_rows(staged: StagedWrite, config: ProjectConfig, tokenizer: PreTraine
         staged.append(table, formatted_batch(records))
     staged.append_rows(lineage, edges_out, LINEAGE_SCHEMA)
     staged.append_rows(rejections_table, [r._asdict() for r in rejections], FORMAT_REJECTIONS_SCHEMA)
-    staged.append_rows(contamination_table, [match for item in flagged for match in item.records()],
-                       CONTAMINATION_SCHEMA)
+    staged.append_rows(
+        contamination_table, [match for item in flagged for match in item.records()], CONTAMINATION_SCHEMA
+    )
 
     staging = quote(staged.staging_name("formatted"))
     return FormatResult(
@@ -212,9 +242,17 @@ def token_stats(connection: duckdb.DuckDBPyConnection, quoted_table: str) -> Tok
     row = connection.execute(
         f"SELECT sum(n_tokens), max(n_tokens), avg(n_tokens), quantile_disc(n_tokens, 0.5), "
         f"quantile_disc(n_tokens, 0.9), count(*) FILTER (truncation IS NOT NULL), "
-        f"any_value(template_id), any_value(tokenizer_id) FROM {quoted_table}").fetchone()
+        f"any_value(template_id), any_value(tokenizer_id) FROM {quoted_table}"
+    ).fetchone()
     assert row is not None  # an aggregate without GROUP BY always returns one row
     total, longest, mean, p50, p90, truncated, template, tokenizer = row
-    return TokenStats(total=int(total or 0), longest=int(longest or 0), mean=float(mean or 0), p50=int(p50 or 0),
-                      p90=int(p90 or 0), truncated_rows=int(truncated or 0), template_id=template or "",
-                      tokenizer_id=tokenizer or "")
+    return TokenStats(
+        total=int(total or 0),
+        longest=int(longest or 0),
+        mean=float(mean or 0),
+        p50=int(p50 or 0),
+        p90=int(p90 or 0),
+        truncated_rows=int(truncated or 0),
+        template_id=template or "",
+        tokenizer_id=tokenizer or "",
+    )

@@ -42,14 +42,26 @@ dropped by truncation), so re-rendering ``messages`` gives ``text``. ``input_ids
 
 # format_rejections.stage: decontamination, render, length, special_tokens or round_trip (in the order applied).
 FORMAT_REJECTIONS_DDL = "row_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR"
-FORMAT_REJECTIONS_SCHEMA = pa.schema([("row_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-                                      ("detail", pa.string())])
+FORMAT_REJECTIONS_SCHEMA = pa.schema(
+    [("row_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
 # One row per benchmark match of a removed row (curation.format.decontam.FlaggedRow.records).
-CONTAMINATION_DDL = ("row_id VARCHAR NOT NULL, source VARCHAR, benchmark VARCHAR, item_id VARCHAR, kind VARCHAR, "
-                     "overlap VARCHAR, ratio DOUBLE, n BIGINT")
-CONTAMINATION_SCHEMA = pa.schema([("row_id", pa.string()), ("source", pa.string()), ("benchmark", pa.string()),
-                                  ("item_id", pa.string()), ("kind", pa.string()), ("overlap", pa.string()),
-                                  ("ratio", pa.float64()), ("n", pa.int64())])
+CONTAMINATION_DDL = (
+    "row_id VARCHAR NOT NULL, source VARCHAR, benchmark VARCHAR, item_id VARCHAR, kind VARCHAR, "
+    "overlap VARCHAR, ratio DOUBLE, n BIGINT"
+)
+CONTAMINATION_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("source", pa.string()),
+        ("benchmark", pa.string()),
+        ("item_id", pa.string()),
+        ("kind", pa.string()),
+        ("overlap", pa.string()),
+        ("ratio", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
 
 
 def formatted_record(row: Row, rendered: RenderedRow, split: str, subset: float) -> dict[str, Any]:
@@ -86,8 +98,9 @@ def formatted_batch(records: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([encode_row(r) | {k: v for k, v in r.items() if k not in COLUMNS} for r in records])
 
 
-def iter_formatted_rows(connection: duckdb.DuckDBPyConnection, table: str = "formatted",
-                        batch_rows: int = 2_000) -> Iterator[Row]:
+def iter_formatted_rows(
+    connection: duckdb.DuckDBPyConnection, table: str = "formatted", batch_rows: int = 2_000
+) -> Iterator[Row]:
     """Stored ``formatted`` rows with every column (``curation.core.schema.iter_rows`` keeps only the canonical
     ones), JSON columns decoded, in ``(split, row_id)`` order, one batch in memory at a time."""
     json_columns = (*JSON_COLUMNS, "input_ids", "assistant_mask")

@@ -45,8 +45,7 @@ TEMPLATE_SPECS: dict[str, TemplateSpec] = {
     "chatml": _CHATML,
     "chatml_generation": _CHATML,
     "llama3": TemplateSpec(
-        special=("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                 "<|eot_id|>"),
+        special=("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
         eos="<|eot_id|>",
         pad="<|end_of_text|>",
         bos="<|begin_of_text|>",

@@ -32,8 +32,11 @@ class Verification:
     def problem(self) -> tuple[str, str] | None:
         """(stage, reason) of the failure that keeps the row out of training, or None."""
         if self.leaked_tokens:
-            return ("special_tokens", "message content contains the template's control tokens "
-                    f"{list(self.leaked_tokens)}; the model would read a turn boundary where the author wrote text")
+            return (
+                "special_tokens",
+                "message content contains the template's control tokens "
+                f"{list(self.leaked_tokens)}; the model would read a turn boundary where the author wrote text",
+            )
         if not self.round_trip_passed:
             return "round_trip", self.round_trip
         return None

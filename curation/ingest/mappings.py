@@ -59,8 +59,13 @@ class FieldReader:
     """Reads the declared fields of one record under the source's names, remembering which keys were read
     (the rest is the row's ``extra``)."""
 
-    def __init__(self, record: Mapping[str, Any], defaults: Mapping[str, FieldKeys],
-                 renamed: Mapping[str, FieldKeys] | None = None, optional: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        record: Mapping[str, Any],
+        defaults: Mapping[str, FieldKeys],
+        renamed: Mapping[str, FieldKeys] | None = None,
+        optional: Collection[str] = (),
+    ) -> None:
         self.record = record
         self.defaults = defaults
         self.renamed = renamed or {}
@@ -86,7 +91,8 @@ class FieldReader:
         present = ", ".join(sorted(map(str, self.record))) or "none"
         return RecordError(
             f"missing required field {' + '.join(repr(k) for k in keys)} (the {logical}); record has keys: "
-            f"{present}. Set fields.{logical} in the project file if it is named differently")
+            f"{present}. Set fields.{logical} in the project file if it is named differently"
+        )
 
     def raw(self, logical: str) -> Any:
         """The value of a field as it is (the first key only when several are named)."""
@@ -156,14 +162,15 @@ class MappingSpec:
         """A source's ``options`` as this mapping's settings (pydantic ``ValidationError`` if they do not fit)."""
         return self.options.model_validate(dict(options))
 
-    def map(self, record: Mapping[str, Any], renamed: Mapping[str, FieldKeys],
-            options: MappingOptions) -> list[Mapped]:
+    def map(self, record: Mapping[str, Any], renamed: Mapping[str, FieldKeys], options: MappingOptions) -> list[Mapped]:
         """The rows of one record, its fields read under the source's names (``renamed``)."""
         rows = self.function(FieldReader(record, self.fields, renamed, self.optional), options)
         for row in rows:
             if row.kind not in self.kinds:  # the declaration is what docs and users rely on
-                raise RuntimeError(f"mapping {self.name!r} produced a {row.kind!r} row but declares the kinds "
-                                   f"{list(self.kinds)}; fix its @mapping(kinds=...)")
+                raise RuntimeError(
+                    f"mapping {self.name!r} produced a {row.kind!r} row but declares the kinds "
+                    f"{list(self.kinds)}; fix its @mapping(kinds=...)"
+                )
         return rows
 
 
@@ -171,8 +178,15 @@ MAPPINGS: dict[str, MappingSpec] = {}
 """Every mapping by name, in registration order (filled by :func:`mapping`)."""
 
 
-def mapping(name: str, *, doc: str, kinds: Collection[str], fields: Mapping[str, FieldKeys],
-            optional: Collection[str] = (), options: type[MappingOptions] = NoOptions) -> Callable[[_Fn], _Fn]:
+def mapping(
+    name: str,
+    *,
+    doc: str,
+    kinds: Collection[str],
+    fields: Mapping[str, FieldKeys],
+    optional: Collection[str] = (),
+    options: type[MappingOptions] = NoOptions,
+) -> Callable[[_Fn], _Fn]:
     """Register the decorated function as the mapping ``name``.
 
     ``doc``: what a record looks like (one line, shown in docs/mappings.md). ``kinds``: the row kinds it
@@ -180,20 +194,25 @@ def mapping(name: str, *, doc: str, kinds: Collection[str], fields: Mapping[str,
     can rename them. ``optional``: fields that may be absent. ``options``: the settings model of
     ``options`` in the project file; the function receives it validated.
     """
+
     def register(function: _Fn) -> _Fn:
         if name in MAPPINGS:
-            raise ValueError(f"mapping {name!r} is registered twice ({MAPPINGS[name].function.__qualname__} "
-                             f"and {function.__qualname__})")
+            raise ValueError(
+                f"mapping {name!r} is registered twice ({MAPPINGS[name].function.__qualname__} "
+                f"and {function.__qualname__})"
+            )
         unknown_kinds = [kind for kind in kinds if kind not in KINDS]
         if unknown_kinds or not kinds:
             raise ValueError(f"mapping {name!r}: kinds must be some of {list(KINDS)}, got {list(kinds)}")
         if not set(optional) <= set(fields):
-            raise ValueError(f"mapping {name!r}: optional fields {sorted(set(optional) - set(fields))} "
-                             "are not declared in fields")
+            raise ValueError(
+                f"mapping {name!r}: optional fields {sorted(set(optional) - set(fields))} are not declared in fields"
+            )
         if not (isinstance(options, type) and issubclass(options, MappingOptions)):
             raise TypeError(f"mapping {name!r}: options must be a MappingOptions subclass, got {options!r}")
         MAPPINGS[name] = MappingSpec(name, function, doc, dict(fields), frozenset(optional), options, tuple(kinds))
         return function
+
     return register
 
 
@@ -209,6 +228,7 @@ def mapping_spec(name: str) -> MappingSpec:
 # Helpers shared by the built-in mappings
 # --------------------------------------------------------------------------------------------
 
+
 def _require_content(*texts: str | None, what: str = "content") -> None:
     if not any(t and t.strip() for t in texts):
         raise RecordError(f"empty {what}: nothing to train on")
@@ -222,8 +242,9 @@ def _assistant(content: str) -> Message:
     return {"role": "assistant", "content": content}
 
 
-def _messages_from_list(turns: Any, role_key: str, content_key: str, role_map: Mapping[str, str],
-                        field_name: str) -> list[Message]:
+def _messages_from_list(
+    turns: Any, role_key: str, content_key: str, role_map: Mapping[str, str], field_name: str
+) -> list[Message]:
     if not isinstance(turns, list) or not turns:
         raise RecordError(f"field {field_name!r} must be a non-empty list of turns")
     messages: list[Message] = []
@@ -238,8 +259,7 @@ def _messages_from_list(turns: Any, role_key: str, content_key: str, role_map: M
             if isinstance(content, list):  # OpenAI content parts: keep the text parts
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             else:
-                raise RecordError(f"{field_name}[{index}].{content_key} must be a string, "
-                                  f"got {type(content).__name__}")
+                raise RecordError(f"{field_name}[{index}].{content_key} must be a string, got {type(content).__name__}")
         message: Message = {"role": role_map[role], "content": content or ""}
         for optional in ("name", "tool_calls", "tool_call_id"):
             if turn.get(optional) is not None:
@@ -273,7 +293,7 @@ def parse_hh_transcript(transcript: str) -> list[Message]:
 
 def _split_common_prefix(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], ...]:
     shared = 0
-    while (shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]):
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
     # The completion must start at an assistant turn.
     while shared > 0 and chosen[shared]["role"] != "assistant":
@@ -285,10 +305,15 @@ def _split_common_prefix(chosen: list[Message], rejected: list[Message]) -> tupl
 # The built-in mappings
 # --------------------------------------------------------------------------------------------
 
-@mapping("alpaca", kinds=["sft"], fields={"instruction": ["instruction", "input"], "output": "output",
-                                          "system": "system"}, optional=["system"],
-         doc="Instruction tuning: `{instruction, input, output}`, optional `system`; the input is appended to "
-             "the instruction.")
+
+@mapping(
+    "alpaca",
+    kinds=["sft"],
+    fields={"instruction": ["instruction", "input"], "output": "output", "system": "system"},
+    optional=["system"],
+    doc="Instruction tuning: `{instruction, input, output}`, optional `system`; the input is appended to "
+    "the instruction.",
+)
 def map_alpaca(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     instruction = fields.text("instruction")
     output = fields.text("output")
@@ -299,8 +324,12 @@ def map_alpaca(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     return [Mapped(kind="sft", messages=messages, extra=fields.extra())]
 
 
-@mapping("self_instruct", kinds=["sft"], fields={"instruction": "instruction", "instances": "instances"},
-         doc="Self-Instruct seed tasks: an `instruction` and `instances: [{input, output}]`; one row per instance.")
+@mapping(
+    "self_instruct",
+    kinds=["sft"],
+    fields={"instruction": "instruction", "instances": "instances"},
+    doc="Self-Instruct seed tasks: an `instruction` and `instances: [{input, output}]`; one row per instance.",
+)
 def map_self_instruct(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     instruction = fields.text("instruction")
     _require_content(instruction, what="instruction")
@@ -316,15 +345,32 @@ def map_self_instruct(fields: FieldReader, options: NoOptions) -> list[Mapped]:
         output = inner.text("output")
         extra = fields.extra() | ({"instance": inner.extra()} if inner.extra() else {})
         extra.pop("instances", None)
-        rows.append(Mapped(kind="sft", messages=[_user(prompt), _assistant(output or "")], extra=extra,
-                           part=f"instance{index}" if len(instances) > 1 else None))
+        rows.append(
+            Mapped(
+                kind="sft",
+                messages=[_user(prompt), _assistant(output or "")],
+                extra=extra,
+                part=f"instance{index}" if len(instances) > 1 else None,
+            )
+        )
     return rows
 
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
-                   "system": "system", "tool": "tool", "observation": "tool", "function": "tool",
-                   "function_call": "assistant"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "observation": "tool",
+    "function": "tool",
+    "function_call": "assistant",
+}
 
 
 class ShareGptOptions(MappingOptions):
@@ -332,18 +378,27 @@ class ShareGptOptions(MappingOptions):
     content_key: str = Field(default="value", description="Key of a turn's text.")
 
 
-@mapping("sharegpt", kinds=["chat", "tool"], fields={"conversations": "conversations"}, options=ShareGptOptions,
-         doc="ShareGPT conversations: `conversations: [{from, value}]` with speakers human/gpt/system/tool…; "
-             "rows with tool turns are `tool` rows.")
+@mapping(
+    "sharegpt",
+    kinds=["chat", "tool"],
+    fields={"conversations": "conversations"},
+    options=ShareGptOptions,
+    doc="ShareGPT conversations: `conversations: [{from, value}]` with speakers human/gpt/system/tool…; "
+    "rows with tool turns are `tool` rows.",
+)
 def map_sharegpt(fields: FieldReader, options: ShareGptOptions) -> list[Mapped]:
     turns = fields.raw("conversations")
     messages = _messages_from_list(turns, options.role_key, options.content_key, _SHAREGPT_ROLES, "conversations")
     return [Mapped(kind=_chat_kind(messages), messages=messages, extra=fields.extra())]
 
 
-@mapping("openai", kinds=["chat", "tool"], fields={"messages": "messages"},
-         doc="OpenAI chat format: `messages: [{role, content}]` (content parts, `tool_calls`, `tool_call_id` "
-             "kept); a record with `tools` or tool turns is a `tool` row.")
+@mapping(
+    "openai",
+    kinds=["chat", "tool"],
+    fields={"messages": "messages"},
+    doc="OpenAI chat format: `messages: [{role, content}]` (content parts, `tool_calls`, `tool_call_id` "
+    "kept); a record with `tools` or tool turns is a `tool` row.",
+)
 def map_openai(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     turns = fields.raw("messages")
     roles = {r: r for r in ("system", "user", "assistant", "tool")} | {"developer": "system"}
@@ -352,9 +407,13 @@ def map_openai(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     return [Mapped(kind=_chat_kind(messages) if "tools" not in extra else "tool", messages=messages, extra=extra)]
 
 
-@mapping("preference", kinds=["preference"], fields={"chosen": "chosen", "rejected": "rejected", "prompt": "prompt"},
-         doc="Preference pairs: `{prompt, chosen, rejected}` strings, or `chosen`/`rejected` message lists whose "
-             "shared first turns are the prompt.")
+@mapping(
+    "preference",
+    kinds=["preference"],
+    fields={"chosen": "chosen", "rejected": "rejected", "prompt": "prompt"},
+    doc="Preference pairs: `{prompt, chosen, rejected}` strings, or `chosen`/`rejected` message lists whose "
+    "shared first turns are the prompt.",
+)
 def map_preference(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     chosen_raw = fields.raw("chosen")
     rejected_raw = fields.raw("rejected")
@@ -363,21 +422,39 @@ def map_preference(fields: FieldReader, options: NoOptions) -> list[Mapped]:
         chosen = _messages_from_list(chosen_raw, "role", "content", roles, "chosen")
         rejected = _messages_from_list(rejected_raw, "role", "content", roles, "rejected")
         prompt_turns, chosen_tail, rejected_tail = _split_common_prefix(chosen, rejected)
-        return [Mapped(kind="preference", messages=prompt_turns, chosen=chosen_tail, rejected=rejected_tail,
-                       extra=fields.extra())]
+        return [
+            Mapped(
+                kind="preference",
+                messages=prompt_turns,
+                chosen=chosen_tail,
+                rejected=rejected_tail,
+                extra=fields.extra(),
+            )
+        ]
     for name, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
         if not isinstance(value, str):
             raise RecordError(f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
     prompt = fields.text("prompt")
     _require_content(prompt, what="prompt")
     _require_content(chosen_raw, rejected_raw, what="completions")
-    return [Mapped(kind="preference", messages=[_user(prompt or "")], chosen=[_assistant(chosen_raw)],
-                   rejected=[_assistant(rejected_raw)], extra=fields.extra())]
+    return [
+        Mapped(
+            kind="preference",
+            messages=[_user(prompt or "")],
+            chosen=[_assistant(chosen_raw)],
+            rejected=[_assistant(rejected_raw)],
+            extra=fields.extra(),
+        )
+    ]
 
 
-@mapping("hh", kinds=["preference"], fields={"chosen": "chosen", "rejected": "rejected"},
-         doc="Anthropic HH: `chosen` and `rejected` full transcripts (`\\n\\nHuman: … \\n\\nAssistant: …`); "
-             "their shared turns are the prompt.")
+@mapping(
+    "hh",
+    kinds=["preference"],
+    fields={"chosen": "chosen", "rejected": "rejected"},
+    doc="Anthropic HH: `chosen` and `rejected` full transcripts (`\\n\\nHuman: … \\n\\nAssistant: …`); "
+    "their shared turns are the prompt.",
+)
 def map_hh(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     chosen_text = fields.text("chosen")
     rejected_text = fields.text("rejected")
@@ -386,8 +463,9 @@ def map_hh(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     prompt, chosen_tail, rejected_tail = _split_common_prefix(chosen, rejected)
     if not prompt:
         raise RecordError("chosen and rejected transcripts share no prompt turns")
-    return [Mapped(kind="preference", messages=prompt, chosen=chosen_tail, rejected=rejected_tail,
-                   extra=fields.extra())]
+    return [
+        Mapped(kind="preference", messages=prompt, chosen=chosen_tail, rejected=rejected_tail, extra=fields.extra())
+    ]
 
 
 _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
@@ -395,13 +473,20 @@ _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 
 class OasstOptions(MappingOptions):
     mode: Literal["threads", "best", "preference"] = Field(
-        default="threads", description="`threads`: one chat row per root-to-leaf thread; `best`: the best-ranked "
-                                       "thread only; `preference`: a pair per two ranked sibling replies.")
+        default="threads",
+        description="`threads`: one chat row per root-to-leaf thread; `best`: the best-ranked "
+        "thread only; `preference`: a pair per two ranked sibling replies.",
+    )
 
 
-@mapping("oasst", kinds=["chat", "preference"], fields={"prompt": "prompt"}, options=OasstOptions,
-         doc="OpenAssistant message trees: `prompt` is the root message `{message_id, role, text, rank, replies}`; "
-             "deleted messages and their subtrees are skipped.")
+@mapping(
+    "oasst",
+    kinds=["chat", "preference"],
+    fields={"prompt": "prompt"},
+    options=OasstOptions,
+    doc="OpenAssistant message trees: `prompt` is the root message `{message_id, role, text, rank, replies}`; "
+    "deleted messages and their subtrees are skipped.",
+)
 def map_oasst(fields: FieldReader, options: OasstOptions) -> list[Mapped]:
     """An OASST message tree → one chat row per root-to-leaf thread (``mode: threads``), the
     best-ranked thread only (``mode: best``), or preference pairs of ranked siblings
@@ -414,8 +499,7 @@ def map_oasst(fields: FieldReader, options: OasstOptions) -> list[Mapped]:
     def message_of(node: dict[str, Any]) -> Message:
         role = _OASST_ROLES.get(node.get("role", ""))
         if role is None or not isinstance(node.get("text"), str):
-            raise RecordError(f"message {node.get('message_id')!r} has role {node.get('role')!r} "
-                              "or non-string text")
+            raise RecordError(f"message {node.get('message_id')!r} has role {node.get('role')!r} or non-string text")
         return {"role": role, "content": node["text"]}
 
     def live_replies(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -424,28 +508,46 @@ def map_oasst(fields: FieldReader, options: OasstOptions) -> list[Mapped]:
 
     def row_for(path: list[dict[str, Any]], part: str) -> Mapped:
         synthetic = [n.get("model_name") or "unknown" for n in path if n.get("synthetic")]
-        return Mapped(kind="chat", messages=[message_of(n) for n in path], part=part,
-                      origin="synthetic" if synthetic else None,
-                      generator=",".join(sorted(set(synthetic))) or None,
-                      extra=tree_extra | {"message_ids": [n.get("message_id") for n in path],
-                                          "ranks": [n.get("rank") for n in path],
-                                          "review_results": [n.get("review_result") for n in path],
-                                          "langs": sorted({n["lang"] for n in path if n.get("lang")})})
+        return Mapped(
+            kind="chat",
+            messages=[message_of(n) for n in path],
+            part=part,
+            origin="synthetic" if synthetic else None,
+            generator=",".join(sorted(set(synthetic))) or None,
+            extra=tree_extra
+            | {
+                "message_ids": [n.get("message_id") for n in path],
+                "ranks": [n.get("rank") for n in path],
+                "review_results": [n.get("review_result") for n in path],
+                "langs": sorted({n["lang"] for n in path if n.get("lang")}),
+            },
+        )
 
     rows: list[Mapped] = []
     if options.mode == "preference":
+
         def walk_pairs(path: list[dict[str, Any]]) -> None:
             node = path[-1]
             ranked = [r for r in live_replies(node) if r.get("rank") is not None and r.get("role") == "assistant"]
             for i, better in enumerate(ranked):
-                for worse in ranked[i + 1:]:
-                    rows.append(Mapped(kind="preference", messages=[message_of(n) for n in path],
-                                       chosen=[message_of(better)], rejected=[message_of(worse)],
-                                       part=f"{better.get('message_id')}>{worse.get('message_id')}",
-                                       extra=tree_extra | {"message_ids": [n.get("message_id") for n in path],
-                                                           "ranks": [better.get("rank"), worse.get("rank")]}))
+                for worse in ranked[i + 1 :]:
+                    rows.append(
+                        Mapped(
+                            kind="preference",
+                            messages=[message_of(n) for n in path],
+                            chosen=[message_of(better)],
+                            rejected=[message_of(worse)],
+                            part=f"{better.get('message_id')}>{worse.get('message_id')}",
+                            extra=tree_extra
+                            | {
+                                "message_ids": [n.get("message_id") for n in path],
+                                "ranks": [better.get("rank"), worse.get("rank")],
+                            },
+                        )
+                    )
             for reply in live_replies(node):
                 walk_pairs([*path, reply])
+
         walk_pairs([root])
     elif options.mode == "best":
         path = [root]
@@ -453,20 +555,26 @@ def map_oasst(fields: FieldReader, options: OasstOptions) -> list[Mapped]:
             path.append(live_replies(path[-1])[0])
         rows.append(row_for(path, "best"))
     else:
+
         def walk(path: list[dict[str, Any]]) -> None:
             replies = live_replies(path[-1])
             if not replies:
                 rows.append(row_for(path, "thread" + str(len(rows))))
             for reply in replies:
                 walk([*path, reply])
+
         walk([root])
     if not rows or not root["text"].strip():
         raise RecordError("empty content: the tree has no usable thread")
     return rows
 
 
-@mapping("gsm8k", kinds=["sft"], fields={"question": "question", "answer": "answer"},
-         doc="GSM8K maths: `{question, answer}`; the number after `####` is kept as `extra.final_answer`.")
+@mapping(
+    "gsm8k",
+    kinds=["sft"],
+    fields={"question": "question", "answer": "answer"},
+    doc="GSM8K maths: `{question, answer}`; the number after `####` is kept as `extra.final_answer`.",
+)
 def map_gsm8k(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     question = fields.text("question")
     answer = fields.text("answer")
@@ -478,9 +586,13 @@ def map_gsm8k(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     return [Mapped(kind="sft", messages=[_user(question or ""), _assistant(answer or "")], extra=extra)]
 
 
-@mapping("prompts", kinds=["prompt"], fields={"prompt": "prompt"},
-         doc="Prompt-only files (benchmarks, prompt lists): `prompt` is a string, or a list of strings that "
-             "becomes one user turn each (MT-bench `turns`).")
+@mapping(
+    "prompts",
+    kinds=["prompt"],
+    fields={"prompt": "prompt"},
+    doc="Prompt-only files (benchmarks, prompt lists): `prompt` is a string, or a list of strings that "
+    "becomes one user turn each (MT-bench `turns`).",
+)
 def map_prompts(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     key = fields.single_key("prompt")
     value = fields.record.get(key) if key else None
@@ -496,16 +608,24 @@ def map_prompts(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     return [Mapped(kind="prompt", messages=[_user(t) for t in turns], extra=fields.extra())]
 
 
-@mapping("text", kinds=["text"], fields={"text": "text"},
-         doc="Plain documents: `{text}` (pre-training style rows, no messages).")
+@mapping(
+    "text",
+    kinds=["text"],
+    fields={"text": "text"},
+    doc="Plain documents: `{text}` (pre-training style rows, no messages).",
+)
 def map_text(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     text = fields.text("text")
     _require_content(text, what="text")
     return [Mapped(kind="text", text=text, extra=fields.extra())]
 
 
-@mapping("reward", kinds=["reward"], fields={"prompt": "prompt", "response": "response", "score": "score"},
-         doc="Scored responses for reward modelling: `{prompt, response, score}` with a numeric score.")
+@mapping(
+    "reward",
+    kinds=["reward"],
+    fields={"prompt": "prompt", "response": "response", "score": "score"},
+    doc="Scored responses for reward modelling: `{prompt, response, score}` with a numeric score.",
+)
 def map_reward(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     prompt = fields.text("prompt")
     response = fields.text("response")
@@ -513,13 +633,20 @@ def map_reward(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     if isinstance(score, bool) or not isinstance(score, int | float):
         raise RecordError(f"field 'score' must be a number, got {type(score).__name__}")
     _require_content(prompt, what="prompt")
-    return [Mapped(kind="reward", messages=[_user(prompt or ""), _assistant(response or "")], score=float(score),
-                   extra=fields.extra())]
+    return [
+        Mapped(
+            kind="reward",
+            messages=[_user(prompt or ""), _assistant(response or "")],
+            score=float(score),
+            extra=fields.extra(),
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # The reference page (docs/mappings.md)
 # --------------------------------------------------------------------------------------------
+
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
@@ -544,8 +671,9 @@ def _yaml_value(value: Any) -> str:
 
 
 def _option_line(name: str, info: FieldInfo) -> str:
-    default = ("required" if info.is_required()
-               else f"default `{_yaml_value(info.get_default(call_default_factory=True))}`")
+    default = (
+        "required" if info.is_required() else f"default `{_yaml_value(info.get_default(call_default_factory=True))}`"
+    )
     description = f": {info.description}" if info.description else ""
     return f"`{name}` ({_option_type(info)}, {default}){description}"
 
@@ -566,10 +694,11 @@ def mappings_reference() -> str:
         "|---|---|---|---|---|",
     ]
     for spec in MAPPINGS.values():
-        fields = "<br>".join(f"`{logical}` ← {_field_keys(keys)}" + (" (optional)" if logical in spec.optional else "")
-                             for logical, keys in spec.fields.items())
+        fields = "<br>".join(
+            f"`{logical}` ← {_field_keys(keys)}" + (" (optional)" if logical in spec.optional else "")
+            for logical, keys in spec.fields.items()
+        )
         options = "<br>".join(_option_line(name, info) for name, info in spec.options.model_fields.items()) or "—"
         kinds = ", ".join(f"`{kind}`" for kind in spec.kinds)
         lines.append(f"| `{spec.name}` | {_cell(spec.doc)} | {_cell(fields)} | {_cell(options)} | {kinds} |")
     return "\n".join(lines) + "\n"
-

@@ -92,6 +92,7 @@ def open_binary(path: Path, skip_bom: bool = False) -> gzip.GzipFile | io.Buffer
 # Why a record cannot be read (the quarantine reasons)
 # --------------------------------------------------------------------------------------------
 
+
 def _first_undecodable(text: str) -> int | None:
     """Index of the first byte that was not valid UTF-8 (a lone surrogate after surrogateescape)."""
     for index, char in enumerate(text):
@@ -105,12 +106,13 @@ def _text_error(text: str, max_bytes: int | None) -> str | None:
     if max_bytes is not None:
         size = len(text.encode("utf-8", "surrogateescape"))
         if size > max_bytes:
-            return (f"oversized record: {size} bytes, over ingest.max_record_bytes={max_bytes} "
-                    "(raise the limit in the project file if such records are expected)")
+            return (
+                f"oversized record: {size} bytes, over ingest.max_record_bytes={max_bytes} "
+                "(raise the limit in the project file if such records are expected)"
+            )
     bad = _first_undecodable(text)
     if bad is not None:
-        return (f"undecodable bytes: not valid UTF-8 at character {bad + 1} of the record "
-                "(re-encode the file as UTF-8)")
+        return f"undecodable bytes: not valid UTF-8 at character {bad + 1} of the record (re-encode the file as UTF-8)"
     return None
 
 
@@ -127,6 +129,7 @@ def _parse_json_object(text: str) -> tuple[Any, str | None]:
 # --------------------------------------------------------------------------------------------
 # One reader per format
 # --------------------------------------------------------------------------------------------
+
 
 def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
     """One JSON object per line; blank lines are not records."""
@@ -161,15 +164,18 @@ def read_json(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iter
         position = _skip_separators(text, position)
         if position >= len(text):
             record_no += 1
-            yield Record(record_no, lines.at(position), "",
-                         error="truncated JSON: the file ends before the closing ']' (was it cut off?)")
+            yield Record(
+                record_no,
+                lines.at(position),
+                "",
+                error="truncated JSON: the file ends before the closing ']' (was it cut off?)",
+            )
             return
         if text[position] == "]":
-            trailing = text[position + 1:].strip()
+            trailing = text[position + 1 :].strip()
             if trailing:
                 record_no += 1
-                yield Record(record_no, lines.at(position), trailing,
-                             error="unexpected text after the closing ']'")
+                yield Record(record_no, lines.at(position), trailing, error="unexpected text after the closing ']'")
             return
         record_no += 1
         line_no = lines.at(position)
@@ -177,9 +183,13 @@ def read_json(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iter
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             rest = text[position:]
-            yield Record(record_no, line_no, rest,
-                         error=f"invalid or truncated JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-                               f"the rest of the file from here could not be read")
+            yield Record(
+                record_no,
+                line_no,
+                rest,
+                error=f"invalid or truncated JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+                f"the rest of the file from here could not be read",
+            )
             return
         raw = text[position:end]
         error = _text_error(raw, max_bytes)
@@ -265,7 +275,11 @@ def read_parquet(path: Path, max_bytes: int | None, skip_bom: bool = False) -> I
 
 
 READERS: dict[str, Callable[[Path, int | None, bool], Iterator[Record]]] = {
-    "jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet}
+    "jsonl": read_jsonl,
+    "json": read_json,
+    "csv": read_csv,
+    "parquet": read_parquet,
+}
 
 
 def read_records(path: Path, fmt: str, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
@@ -283,11 +297,18 @@ def read_objects(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict
     The format comes from the extension unless given; a leading byte-order mark is skipped."""
     fmt = fmt or format_from_extension(path)
     if fmt is None:
-        raise UnreadableFile(f"{path}: cannot tell the format from the extension {_last_extension(path)!r}; "
-                             "use .jsonl, .json, .csv or .parquet (optionally .gz)")
+        raise UnreadableFile(
+            f"{path}: cannot tell the format from the extension {_last_extension(path)!r}; "
+            "use .jsonl, .json, .csv or .parquet (optionally .gz)"
+        )
     for record in read_records(path, fmt, max_bytes=None, skip_bom=True):
         if record.error is not None:
-            where = (f"line {record.line_no}" if record.line_no is not None
-                     else f"record {record.record_no}" if record.record_no else "")
+            where = (
+                f"line {record.line_no}"
+                if record.line_no is not None
+                else f"record {record.record_no}"
+                if record.record_no
+                else ""
+            )
             raise UnreadableFile(f"{path}{', ' + where if where else ''}: {record.error}")
         yield record.record_no, record.value

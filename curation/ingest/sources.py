@@ -45,8 +45,14 @@ class Quarantined:
     raw_text: str
 
 
-def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at: datetime,
-                max_bytes: int, counter: FileResult | None = None) -> Iterator[Row | Quarantined]:
+def ingest_file(
+    path: Path,
+    display_path: str,
+    source: SourceConfig,
+    ingested_at: datetime,
+    max_bytes: int,
+    counter: FileResult | None = None,
+) -> Iterator[Row | Quarantined]:
     """Every record of one file becomes rows or a quarantine entry — never nothing. ``counter.records``
     counts the records read, independently of what became of them (the conservation check's input)."""
     fmt = file_format(path, source.format)
@@ -66,12 +72,19 @@ def ingest_file(path: Path, display_path: str, source: SourceConfig, ingested_at
             except RecordError as exc:
                 error = str(exc)
         if error is not None:
-            yield Quarantined(source.name, uri, display_path, record.record_no, record.line_no, error,
-                              _shown(record.raw_text))
+            yield Quarantined(
+                source.name, uri, display_path, record.record_no, record.line_no, error, _shown(record.raw_text)
+            )
             continue
         for item in mapped:
-            row = new_row(kind=source.kind or item.kind, messages=item.messages, chosen=item.chosen,
-                          rejected=item.rejected, score=item.score, text=item.text)
+            row = new_row(
+                kind=source.kind or item.kind,
+                messages=item.messages,
+                chosen=item.chosen,
+                rejected=item.rejected,
+                score=item.score,
+                text=item.text,
+            )
             key = content_key(row)
             # The n-th identical record in a file gets its own id, stable under reordering.
             occurrence = seen_content.get(key, 0)
@@ -100,13 +113,26 @@ def _annotator(value: Any, source: SourceConfig) -> str | None:
     return None if annotator is None else str(annotator)
 
 
-QUARANTINE_DDL = ("source VARCHAR, source_uri VARCHAR, file VARCHAR, record_no BIGINT, line_no BIGINT, "
-                  "error VARCHAR, raw_text VARCHAR, ingested_at TIMESTAMP")
-INGESTED_FILES_DDL = ("source VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT, records BIGINT, rows BIGINT, "
-                      "quarantined BIGINT, ingested_at TIMESTAMP")
-_QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("source_uri", pa.string()), ("file", pa.string()),
-                                ("record_no", pa.int64()), ("line_no", pa.int64()), ("error", pa.string()),
-                                ("raw_text", pa.string()), ("ingested_at", pa.timestamp("us"))])
+QUARANTINE_DDL = (
+    "source VARCHAR, source_uri VARCHAR, file VARCHAR, record_no BIGINT, line_no BIGINT, "
+    "error VARCHAR, raw_text VARCHAR, ingested_at TIMESTAMP"
+)
+INGESTED_FILES_DDL = (
+    "source VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT, records BIGINT, rows BIGINT, "
+    "quarantined BIGINT, ingested_at TIMESTAMP"
+)
+_QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("source_uri", pa.string()),
+        ("file", pa.string()),
+        ("record_no", pa.int64()),
+        ("line_no", pa.int64()),
+        ("error", pa.string()),
+        ("raw_text", pa.string()),
+        ("ingested_at", pa.timestamp("us")),
+    ]
+)
 
 
 @dataclass
@@ -140,8 +166,9 @@ def path_for_uri(path: Path, base_dir: Path) -> str:
         return os.path.relpath(path.resolve(), base_dir.resolve()).replace(os.sep, "/")
 
 
-def ingest_sources(project: ProjectConfig, staged: StagedWrite,
-                   progress: Callable[[str], None] | None = None) -> IngestSummary:
+def ingest_sources(
+    project: ProjectConfig, staged: StagedWrite, progress: Callable[[str], None] | None = None
+) -> IngestSummary:
     """Write new versions of ``raw``, ``quarantine`` and ``ingested_files`` into ``staged``.
 
     Files whose content hash was already ingested are carried over without being read again, so
@@ -152,15 +179,18 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
     existing = table_names(connection)
     previous: dict[tuple[str, str], str] = {}
     if "ingested_files" in existing:
-        previous = {(s, f): h for s, f, h in connection.execute(
-            "SELECT source, file, sha256 FROM ingested_files").fetchall()}
+        previous = {
+            (s, f): h for s, f, h in connection.execute("SELECT source, file, sha256 FROM ingested_files").fetchall()
+        }
 
     plan: list[tuple[SourceConfig, Path, str, str]] = []
     for source in project.sources:
         files = project.source_files(source)
         if not files:
-            raise FileNotFoundError(f"source {source.name!r}: no file matches {source.path!r} "
-                                    f"(relative to {project.base_dir}); fix 'path' in the project file")
+            raise FileNotFoundError(
+                f"source {source.name!r}: no file matches {source.path!r} "
+                f"(relative to {project.base_dir}); fix 'path' in the project file"
+            )
         for path in files:
             plan.append((source, path, path_for_uri(path, project.base_dir), file_digest(path)))
     kept = [(s.name, shown) for s, _, shown, digest in plan if previous.get((s.name, shown)) == digest]
@@ -172,11 +202,12 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
     results = [FileResult(s, f, "removed") for (s, f) in previous if (s, f) not in current]
     if kept:
         connection.register("_kept", pa.table({"source": [k[0] for k in kept], "file": [k[1] for k in kept]}))
-        for table, staging in (("raw", raw_table), ("quarantine", quarantine_table),
-                               ("ingested_files", files_table)):
+        for table, staging in (("raw", raw_table), ("quarantine", quarantine_table), ("ingested_files", files_table)):
             file_expr = "split_part(t.source_uri, '#', 1)" if table == "raw" else "t.file"
-            connection.execute(f"INSERT INTO {staging} SELECT t.* FROM {quote(table)} t "
-                               f"JOIN _kept k ON t.source = k.source AND {file_expr} = k.file")
+            connection.execute(
+                f"INSERT INTO {staging} SELECT t.* FROM {quote(table)} t "
+                f"JOIN _kept k ON t.source = k.source AND {file_expr} = k.file"
+            )
         connection.unregister("_kept")
         results += [FileResult(s, f, "unchanged") for s, f in kept]
 
@@ -202,9 +233,19 @@ def ingest_sources(project: ProjectConfig, staged: StagedWrite,
                 rows.clear()
         staged.append(raw_table, rows_to_table(rows))
         staged.append_rows(quarantine_table, quarantined, _QUARANTINE_SCHEMA)
-        connection.execute(f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [source.name, shown, digest, path.stat().st_size, result.records, result.rows,
-                            result.quarantined, ingested_at])
+        connection.execute(
+            f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                source.name,
+                shown,
+                digest,
+                path.stat().st_size,
+                result.records,
+                result.rows,
+                result.quarantined,
+                ingested_at,
+            ],
+        )
         results.append(result)
     return IngestSummary(results)
 
@@ -215,6 +256,7 @@ def quarantine_overview(staged: StagedWrite, sample_size: int = 20) -> tuple[int
     connection = staged.connection
     table = quote(staged.staging_name("quarantine"))
     (count,) = connection.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
-    sample = connection.execute(f"SELECT source, source_uri, line_no, error FROM {table} "
-                                "ORDER BY source, record_no LIMIT ?", [sample_size]).fetchall()
+    sample = connection.execute(
+        f"SELECT source, source_uri, line_no, error FROM {table} ORDER BY source, record_no LIMIT ?", [sample_size]
+    ).fetchall()
     return int(count), [dict(zip(("source", "source_uri", "line", "error"), entry, strict=True)) for entry in sample]

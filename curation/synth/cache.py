@@ -22,10 +22,20 @@ from curation.core.schema import utcnow
 from curation.synth.teachers import ChatRequest, Generation, ResultCallback
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_ARROW = pa.schema([("cache_key", pa.string()), ("model", pa.string()), ("revision", pa.string()),
-                    ("prompt_json", pa.string()), ("params_json", pa.string()), ("text", pa.string()),
-                    ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
-                    ("completion_tokens", pa.int32()), ("created_at", pa.timestamp("us"))])
+_ARROW = pa.schema(
+    [
+        ("cache_key", pa.string()),
+        ("model", pa.string()),
+        ("revision", pa.string()),
+        ("prompt_json", pa.string()),
+        ("params_json", pa.string()),
+        ("text", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("created_at", pa.timestamp("us")),
+    ]
+)
 _COLUMNS = tuple(_ARROW.names)
 _LOOKUP_CHUNK = 10_000  # keys per IN-list query: keeps one bound list parameter small
 
@@ -99,13 +109,16 @@ class GenerationCache:
         found: dict[str, Generation] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), _LOOKUP_CHUNK):
-            chunk = unique[start:start + _LOOKUP_CHUNK]
+            chunk = unique[start : start + _LOOKUP_CHUNK]
             rows = self.con.execute(
                 f"SELECT cache_key, text, finish_reason, prompt_tokens, completion_tokens FROM {self._table} "
-                "WHERE cache_key IN (SELECT unnest($keys::VARCHAR[]))", {"keys": chunk}).fetchall()
+                "WHERE cache_key IN (SELECT unnest($keys::VARCHAR[]))",
+                {"keys": chunk},
+            ).fetchall()
             for key, text, finish, p_tok, c_tok in rows:
-                found[key] = Generation(text=text, finish_reason=finish, cached=True, prompt_tokens=p_tok,
-                                        completion_tokens=c_tok)
+                found[key] = Generation(
+                    text=text, finish_reason=finish, cached=True, prompt_tokens=p_tok, completion_tokens=c_tok
+                )
         return found
 
     def put(self, info: TeacherInfo, request: ChatRequest, generation: Generation, extra: str = "") -> str:
@@ -115,9 +128,21 @@ class GenerationCache:
     def put_many(self, entries: Sequence[tuple[TeacherInfo, ChatRequest, Generation, str]]) -> list[str]:
         """Store (info, request, generation, extra) entries in one transaction; returns their keys."""
         now = utcnow()
-        records: list[list[Any]] = [[cache_key(info, request, extra), info.model, info.revision, prompt_json(request),
-                    params_json(request), gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens,
-                    now] for info, request, gen, extra in entries]
+        records: list[list[Any]] = [
+            [
+                cache_key(info, request, extra),
+                info.model,
+                info.revision,
+                prompt_json(request),
+                params_json(request),
+                gen.text,
+                gen.finish_reason,
+                gen.prompt_tokens,
+                gen.completion_tokens,
+                now,
+            ]
+            for info, request, gen, extra in entries
+        ]
         if not records:
             return []
         sql = f"INSERT OR IGNORE INTO {self._table} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -143,8 +168,9 @@ class CachedTeacher:
     process can lose them — at most ``write_batch - 1``.
     """
 
-    def __init__(self, teacher: Any, cache: GenerationCache, *, cache_unsupported: bool = False,
-                 write_batch: int = 1) -> None:
+    def __init__(
+        self, teacher: Any, cache: GenerationCache, *, cache_unsupported: bool = False, write_batch: int = 1
+    ) -> None:
         if write_batch < 1:
             raise ValueError(f"write_batch must be >= 1, got {write_batch}")
         self.teacher = teacher
@@ -159,8 +185,7 @@ class CachedTeacher:
     def __repr__(self) -> str:
         return f"CachedTeacher({self.teacher!r})"
 
-    def generate(self, requests: Sequence[ChatRequest],
-                 on_result: ResultCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         keys = [cache_key(self.info, r, self.extra) for r in requests]
         hits = self.cache.get_many(keys)
         results: list[Generation | None] = [hits.get(k) for k in keys]

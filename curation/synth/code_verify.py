@@ -100,11 +100,30 @@ def lint_python(code: str, select: str = "F", timeout_s: float = 30.0) -> list[L
         return []
     target = f"py{sys.version_info[0]}{sys.version_info[1]}"
     # --isolated: the project's own ruff config (ignores, line length) must not change verdicts.
-    cmd = [ruff, "check", "--isolated", "--select", select, "--target-version", target,
-           "--output-format", "json", "--stdin-filename", "main.py", "-"]
+    cmd = [
+        ruff,
+        "check",
+        "--isolated",
+        "--select",
+        select,
+        "--target-version",
+        target,
+        "--output-format",
+        "json",
+        "--stdin-filename",
+        "main.py",
+        "-",
+    ]
     try:
-        done = subprocess.run(cmd, input=code, capture_output=True, text=True, timeout=timeout_s,
-                              check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        done = subprocess.run(
+            cmd,
+            input=code,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
     except subprocess.TimeoutExpired as e:
         raise RuntimeError(f"ruff did not finish linting within {timeout_s} s") from e
     if done.returncode not in (0, 1):
@@ -126,21 +145,36 @@ def build_humaneval_program(prompt: str, completion: str, test: str, entry_point
 def failure_message(result: SandboxResult, limits: SandboxLimits) -> tuple[str, str | None]:
     """A short, teacher-readable account of why a sandboxed run failed, and the exception name."""
     if result.killed_reason == "wall_time":
-        return (f"Timeout: the program did not finish within {limits.wall_seconds:g} s "
-                "(an infinite loop, or far too slow).", None)
+        return (
+            f"Timeout: the program did not finish within {limits.wall_seconds:g} s "
+            "(an infinite loop, or far too slow).",
+            None,
+        )
     if result.killed_reason == "cpu_time":
-        return (f"Timeout: the program used more than {limits.cpu_seconds:g} s of CPU time "
-                "(an infinite loop, or far too slow).", None)
+        return (
+            f"Timeout: the program used more than {limits.cpu_seconds:g} s of CPU time "
+            "(an infinite loop, or far too slow).",
+            None,
+        )
     summary, exc_name = _summarize_traceback(result.stderr)
     if result.killed_reason == "memory":
-        return (f"MemoryError: the program exceeded the memory limit of {limits.memory_bytes >> 20} MiB."
-                + (f"\n{summary}" if summary else ""), "MemoryError")
+        return (
+            f"MemoryError: the program exceeded the memory limit of {limits.memory_bytes >> 20} MiB."
+            + (f"\n{summary}" if summary else ""),
+            "MemoryError",
+        )
     if result.killed_reason == "file_size":
-        return (f"The program wrote more than {limits.max_file_bytes >> 20} MiB to a file or its output."
-                + (f"\n{summary}" if summary else ""), exc_name)
+        return (
+            f"The program wrote more than {limits.max_file_bytes >> 20} MiB to a file or its output."
+            + (f"\n{summary}" if summary else ""),
+            exc_name,
+        )
     if result.killed_reason == "disk":
-        return (f"The program stored more than {limits.max_disk_bytes >> 20} MiB of files."
-                + (f"\n{summary}" if summary else ""), exc_name)
+        return (
+            f"The program stored more than {limits.max_disk_bytes >> 20} MiB of files."
+            + (f"\n{summary}" if summary else ""),
+            exc_name,
+        )
     if summary:
         return summary, exc_name
     tail = result.stderr.strip()[-MAX_MESSAGE_CHARS:]
@@ -159,8 +193,13 @@ def _summarize_traceback(stderr: str) -> tuple[str, str | None]:
     for i, ln in enumerate(lines):
         m = _FRAME.match(ln)
         if m:
-            frames.append([f'line {m["line"]}, in {m["func"]}' if m["file"] == "main.py"
-                           else f'{m["file"]}, line {m["line"]}, in {m["func"]}'])
+            frames.append(
+                [
+                    f"line {m['line']}, in {m['func']}"
+                    if m["file"] == "main.py"
+                    else f"{m['file']}, line {m['line']}, in {m['func']}"
+                ]
+            )
         elif ln.startswith("    ") and frames:
             frames[-1].append(ln.strip())
         elif not ln.startswith(" "):
@@ -209,8 +248,9 @@ def verify_program(program: str, limits: SandboxLimits | None = None, lint: bool
     return VerifyResult(False, status, message, exc_name, issues, result)
 
 
-def run_unit_tests(prompt: str, completion: str, test: str, entry_point: str,
-                   limits: SandboxLimits | None = None, lint: bool = True) -> VerifyResult:
+def run_unit_tests(
+    prompt: str, completion: str, test: str, entry_point: str, limits: SandboxLimits | None = None, lint: bool = True
+) -> VerifyResult:
     """Run a HumanEval-style ``test`` (defining ``check(candidate)``) against ``prompt + completion``."""
     if not entry_point.isidentifier():
         raise ValueError(f"entry_point must be a Python identifier, got {entry_point!r}")

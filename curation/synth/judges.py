@@ -34,7 +34,7 @@ DEFAULT_RUBRIC = (
 _RUBRIC_TEMPLATE = (
     "You are an impartial judge. Evaluate the assistant's response to the user's request "
     "against the rubric.\n\n[Rubric]\n{rubric}\n\n[User request]\n{prompt}\n\n[Response]\n{response}\n\n"
-    "Explain briefly, then end with a final line exactly of the form \"Score: N\" with N from 1 to 5."
+    'Explain briefly, then end with a final line exactly of the form "Score: N" with N from 1 to 5.'
 )
 
 # Pairwise wording and the [[A]]/[[B]]/[[C]] verdict tokens follow MT-Bench's pairwise judge
@@ -44,7 +44,7 @@ _PAIRWISE_TEMPLATE = (
     "decide which one is better (helpfulness, correctness, following instructions). Do not let the "
     "order, the length or the style of the responses influence you.\n\n[User request]\n{prompt}\n\n"
     "[Response A]\n{first}\n\n[Response B]\n{second}\n\n"
-    "Explain briefly, then end with \"[[A]]\" if A is better, \"[[B]]\" if B is better, or \"[[C]]\" for a tie."
+    'Explain briefly, then end with "[[A]]" if A is better, "[[B]]" if B is better, or "[[C]]" for a tie.'
 )
 
 _SCORE_PATTERNS = (
@@ -69,7 +69,7 @@ def parse_score(reply: str) -> int | None:
 
 
 def parse_preference(reply: str) -> Literal["A", "B", "C"] | None:
-    """"A", "B" or "C" (tie) from the last [[X]] token, or a reply that is only "A"/"B"; else None."""
+    """ "A", "B" or "C" (tie) from the last [[X]] token, or a reply that is only "A"/"B"; else None."""
     found = _VERDICT.findall(reply)
     if found:
         return found[-1]
@@ -96,8 +96,7 @@ class PairwiseVerdict:
 class RubricJudge:
     """Scores (prompt, response) pairs 1–5 against a rubric with a teacher model as the judge."""
 
-    def __init__(self, teacher: Teacher, rubric: str = DEFAULT_RUBRIC,
-                 params: GenerationParams = JUDGE_PARAMS) -> None:
+    def __init__(self, teacher: Teacher, rubric: str = DEFAULT_RUBRIC, params: GenerationParams = JUDGE_PARAMS) -> None:
         self.teacher = teacher
         self.rubric = rubric
         self.params = params
@@ -154,8 +153,11 @@ class PairwiseJudge:
 
 # Refusal openers seen in chat data; the same kind of list open filters use to drop refusals
 # (e.g. the "unfiltered" ShareGPT/WizardLM cleaning scripts).
-_REFUSAL = re.compile(r"^\s*(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:'|no)t|i cannot|as an ai\b|"
-                      r"as a language model)", re.I)
+_REFUSAL = re.compile(
+    r"^\s*(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:'|no)t|i cannot|as an ai\b|"
+    r"as a language model)",
+    re.I,
+)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -172,7 +174,7 @@ def mentions_value(response: str, value: str) -> bool:
 
 
 def _distinct_trigram_ratio(tokens: list[str]) -> float:
-    grams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+    grams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
@@ -188,8 +190,9 @@ class ProceduralJudge:
 
     def __init__(self, *, min_trigram_ratio: float = 0.5) -> None:
         self.min_trigram_ratio = min_trigram_ratio
-        self.info = TeacherInfo(backend="procedural", model="distillery-procedural-judge", revision="1",
-                                license="CC0-1.0", terms="")
+        self.info = TeacherInfo(
+            backend="procedural", model="distillery-procedural-judge", revision="1", license="CC0-1.0", terms=""
+        )
 
     def __repr__(self) -> str:
         return "ProceduralJudge()"
@@ -253,5 +256,7 @@ def self_judging_warning(judge: TeacherInfo, teacher: TeacherInfo) -> str | None
     """A warning text for logs and metadata when :func:`judge_is_teacher`, else None."""
     if not judge_is_teacher(judge, teacher):
         return None
-    return (f"judge {judge.model!r} is the teacher's own model ({teacher.model!r}): LLM judges favour their "
-            "own outputs, so its scores are optimistic; configure a different judge model")
+    return (
+        f"judge {judge.model!r} is the teacher's own model ({teacher.model!r}): LLM judges favour their "
+        "own outputs, so its scores are optimistic; configure a different judge model"
+    )

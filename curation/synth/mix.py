@@ -53,20 +53,31 @@ class MixPolicy:
     quotas: Mapping[str, int] = field(default_factory=dict)  # source -> most rows it may contribute
 
     @classmethod
-    def from_config(cls, synthetic_cap: float, seed: int, weights: Mapping[str, Mapping[str, float]] | None,
-                    quotas: Mapping[str, int] | None) -> MixPolicy:
+    def from_config(
+        cls,
+        synthetic_cap: float,
+        seed: int,
+        weights: Mapping[str, Mapping[str, float]] | None,
+        quotas: Mapping[str, int] | None,
+    ) -> MixPolicy:
         """From ``mix``: ``weights: {dimension: {value: weight}}`` (one dimension) and ``quotas: {source: rows}``."""
         dimension: str | None = None
         targets: Mapping[str, float] = {}
         if weights:
             if len(weights) != 1:
-                raise ValueError(f"mix.weights: give one dimension (e.g. kind, source or task_type), got "
-                                 f"{sorted(weights)}; several at once cannot all be met")
+                raise ValueError(
+                    f"mix.weights: give one dimension (e.g. kind, source or task_type), got "
+                    f"{sorted(weights)}; several at once cannot all be met"
+                )
             ((dimension, targets),) = weights.items()
-            if not targets or any(not isinstance(w, int | float) or w < 0 for w in targets.values()) \
-                    or sum(targets.values()) <= 0:
-                raise ValueError(f"mix.weights.{dimension}: expected {{value: weight >= 0}} with a positive sum, "
-                                 f"got {targets!r}")
+            if (
+                not targets
+                or any(not isinstance(w, int | float) or w < 0 for w in targets.values())
+                or sum(targets.values()) <= 0
+            ):
+                raise ValueError(
+                    f"mix.weights.{dimension}: expected {{value: weight >= 0}} with a positive sum, got {targets!r}"
+                )
         for source, quota in (quotas or {}).items():
             if not isinstance(quota, int) or quota < 0:
                 raise ValueError(f"mix.quotas.{source}: expected a row count >= 0, got {quota!r}")
@@ -130,8 +141,7 @@ def plan_mix(items: Sequence[MixItem], policy: MixPolicy) -> MixPlan:
         for value, members in groups.items():
             if shares.get(value or "", 0.0) <= 0:
                 for item in members:
-                    excluded[item.row_id] = (f"{policy.dimension}={value} has no target weight "
-                                             "(mix.weights)")
+                    excluded[item.row_id] = f"{policy.dimension}={value} has no target weight (mix.weights)"
         # A target with no rows at all cannot be met by any mix: it is left out (the report shows 0)
         # and the others are renormalised, rather than emptying the whole mix.
         present = {v: s for v, s in shares.items() if s > 0 and groups.get(v)}
@@ -142,8 +152,9 @@ def plan_mix(items: Sequence[MixItem], policy: MixPolicy) -> MixPlan:
         for value, share in present.items():
             target = math.floor(size * share + 1e-9)
             for item in _ranked(groups.get(value, []), policy.seed, "weight")[target:]:
-                excluded[item.row_id] = (f"over the target weight {share:.1%} of {policy.dimension}={value} "
-                                         "(mix.weights)")
+                excluded[item.row_id] = (
+                    f"over the target weight {share:.1%} of {policy.dimension}={value} (mix.weights)"
+                )
         pool = [i for i in pool if i.row_id not in excluded]
 
     human = sum(not i.model_made for i in pool)
@@ -160,10 +171,15 @@ def plan_mix(items: Sequence[MixItem], policy: MixPolicy) -> MixPlan:
             excluded[item.row_id] = reason
     kept = frozenset(i.row_id for i in items if i.row_id not in excluded)
     kept_items = [i for i in items if i.row_id in kept]
-    return MixPlan(kept, {i.row_id: excluded[i.row_id] for i in items if i.row_id in excluded},
-                   human=sum(not i.model_made for i in kept_items), model_made=sum(i.model_made for i in kept_items),
-                   synthetic_available=sum(i.from_teacher for i in items),
-                   synthetic_kept=sum(i.from_teacher for i in kept_items), cap=policy.synthetic_cap)
+    return MixPlan(
+        kept,
+        {i.row_id: excluded[i.row_id] for i in items if i.row_id in excluded},
+        human=sum(not i.model_made for i in kept_items),
+        model_made=sum(i.model_made for i in kept_items),
+        synthetic_available=sum(i.from_teacher for i in items),
+        synthetic_kept=sum(i.from_teacher for i in kept_items),
+        cap=policy.synthetic_cap,
+    )
 
 
 def mix_report(items: Sequence[MixItem], plan: MixPlan, policy: MixPolicy) -> list[dict[str, Any]]:
@@ -178,26 +194,49 @@ def mix_report(items: Sequence[MixItem], plan: MixPlan, policy: MixPolicy) -> li
         values: set[str] = set(shares)
         values.update(v for v in actual if v is not None)
         for value in sorted(values):
-            rows.append({"dimension": policy.dimension, "value": value, "target": shares.get(value, 0.0),
-                         "available": available.get(value, 0), "rows": actual.get(value, 0),
-                         "actual": actual.get(value, 0) / total if total else 0.0})
+            rows.append(
+                {
+                    "dimension": policy.dimension,
+                    "value": value,
+                    "target": shares.get(value, 0.0),
+                    "available": available.get(value, 0),
+                    "rows": actual.get(value, 0),
+                    "actual": actual.get(value, 0) / total if total else 0.0,
+                }
+            )
     else:
         by_origin = Counter(i.origin for i in items)
         kept_by_origin = Counter(i.origin for i in kept)
         for origin in sorted(by_origin):
-            rows.append({"dimension": "origin", "value": origin, "target": None, "available": by_origin[origin],
-                         "rows": kept_by_origin.get(origin, 0),
-                         "actual": kept_by_origin.get(origin, 0) / total if total else 0.0})
-    rows.append({"dimension": "model-made", "value": "share (≤ cap)", "target": policy.synthetic_cap,
-                 "available": sum(i.model_made for i in items), "rows": plan.model_made,
-                 "actual": plan.synthetic_share})
+            rows.append(
+                {
+                    "dimension": "origin",
+                    "value": origin,
+                    "target": None,
+                    "available": by_origin[origin],
+                    "rows": kept_by_origin.get(origin, 0),
+                    "actual": kept_by_origin.get(origin, 0) / total if total else 0.0,
+                }
+            )
+    rows.append(
+        {
+            "dimension": "model-made",
+            "value": "share (≤ cap)",
+            "target": policy.synthetic_cap,
+            "available": sum(i.model_made for i in items),
+            "rows": plan.model_made,
+            "actual": plan.synthetic_share,
+        }
+    )
     return rows
 
 
 def format_report(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The report with shares as percentages, for a Markdown table."""
-    return [{**r, "target": "-" if r["target"] is None else f"{r['target']:.1%}", "actual": f"{r['actual']:.1%}"}
-            for r in rows]
+    return [
+        {**r, "target": "-" if r["target"] is None else f"{r['target']:.1%}", "actual": f"{r['actual']:.1%}"}
+        for r in rows
+    ]
 
 
 def mix_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -238,9 +277,14 @@ def mix_items(connection: duckdb.DuckDBPyConnection, dimension: str | None) -> l
         value_sql = f"CAST({quote(dimension)} AS VARCHAR)"
     else:  # an extra field such as task_type or domain
         value_sql, params = "json_extract_string(extra, ?)", [f"$.{dimension}"] * 2
-    return [MixItem(*r) for r in connection.execute(
-        f"SELECT row_id, source, origin, {value_sql}, false FROM filtered UNION ALL "
-        f"SELECT row_id, source, origin, {value_sql}, true FROM synthetic ORDER BY row_id", params).fetchall()]
+    return [
+        MixItem(*r)
+        for r in connection.execute(
+            f"SELECT row_id, source, origin, {value_sql}, false FROM filtered UNION ALL "
+            f"SELECT row_id, source, origin, {value_sql}, true FROM synthetic ORDER BY row_id",
+            params,
+        ).fetchall()
+    ]
 
 
 def insert_kept_rows(connection: duckdb.DuckDBPyConnection, table: str, kept: Iterable[str]) -> None:
@@ -270,9 +314,12 @@ class MixResult:
     def summary_markdown(self) -> str:
         """The target and actual share, the report table and its plot (for the asset's metadata)."""
         plan = self.plan
-        return (f"Target: model-made ≤ {plan.cap:.0%}; actual {plan.synthetic_share:.1%}\n\n"
-                + markdown_table(format_report(self.report)) + "\n\n"
-                + png_markdown(mix_plot_png(self.report), "target vs actual mix"))
+        return (
+            f"Target: model-made ≤ {plan.cap:.0%}; actual {plan.synthetic_share:.1%}\n\n"
+            + markdown_table(format_report(self.report))
+            + "\n\n"
+            + png_markdown(mix_plot_png(self.report), "target vs actual mix")
+        )
 
 
 def mix_warehouse(connection: duckdb.DuckDBPyConnection, policy: MixPolicy) -> MixResult:

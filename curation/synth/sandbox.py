@@ -83,8 +83,15 @@ class SandboxLimits:
     max_output_bytes: int = 64 << 10
 
     def __post_init__(self) -> None:
-        for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "max_processes", "max_file_bytes",
-                     "max_disk_bytes", "max_output_bytes"):
+        for name in (
+            "cpu_seconds",
+            "wall_seconds",
+            "memory_bytes",
+            "max_processes",
+            "max_file_bytes",
+            "max_disk_bytes",
+            "max_output_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -317,7 +324,7 @@ def _uid_owned_pids(uid: int, live_only: bool = False) -> list[int]:
 def _proc_state(pid: str) -> str:
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
-    return stat[stat.rindex(b")") + 2:][:1].decode()  # the comm field may contain spaces and ')'
+    return stat[stat.rindex(b")") + 2 :][:1].decode()  # the comm field may contain spaces and ')'
 
 
 def _allocate_uid() -> int:
@@ -366,8 +373,7 @@ def _kill_uid(uid: int, rounds: int = 50) -> int:
 
 def _python_candidates() -> list[str]:
     cands = [sys.executable, getattr(sys, "_base_executable", ""), os.path.realpath(sys.executable)]
-    cands += [shutil.which(n) or "" for n in (f"python{sys.version_info[0]}.{sys.version_info[1]}",
-                                              "python3")]
+    cands += [shutil.which(n) or "" for n in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3")]
     cands += [f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}", "/usr/bin/python3"]
     seen: list[str] = []
     for c in cands:
@@ -383,8 +389,14 @@ def _plan() -> _Plan:
     probe = "import sys, json, math, re, collections\nprint('%d.%d.%d' % sys.version_info[:3])\n"
     # Strongest first. The throw-away uid needs an interpreter it may read: a Python under /root
     # (pyenv, a root-owned venv) is not, so a system Python may be picked instead of ours.
-    layers = [(True, True, True), (True, False, True), (False, False, True), (True, True, False),
-              (True, False, False), (False, False, False)]
+    layers = [
+        (True, True, True),
+        (True, False, True),
+        (False, False, True),
+        (True, True, False),
+        (True, False, False),
+        (False, False, False),
+    ]
     failures: list[str] = []
     for use_ns, readonly, drop in layers:
         if (use_ns and not unshare) or (drop and not is_root):
@@ -409,8 +421,9 @@ def _plan() -> _Plan:
             if is_root and not drop:
                 notes.append("code runs as root: RLIMIT_NPROC is not enforced")
             return _Plan(py, plan.unshare, readonly, drop, res.stdout.strip(), tuple(notes))
-    raise RuntimeError("sandbox: could not start Python in any sandbox configuration here; "
-                       "tried:\n" + "\n".join(failures[-6:]))
+    raise RuntimeError(
+        "sandbox: could not start Python in any sandbox configuration here; tried:\n" + "\n".join(failures[-6:])
+    )
 
 
 def sandbox_capabilities() -> dict[str, Any]:
@@ -561,8 +574,9 @@ def _wait_unreaped(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         os.close(pidfd)
 
 
-def run_python(code: str, limits: SandboxLimits | None = None, stdin: str = "",
-               files: dict[str, str] | None = None) -> SandboxResult:
+def run_python(
+    code: str, limits: SandboxLimits | None = None, stdin: str = "", files: dict[str, str] | None = None
+) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh sandbox and return what happened.
 
     ``files`` are extra text files written next to ``main.py`` (name -> content), e.g. a module the
@@ -586,8 +600,9 @@ def _run(plan: _Plan, code: str, limits: SandboxLimits, stdin: str, files: dict[
         _remove_tree(root)
 
 
-def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxLimits, stdin: str,
-            files: dict[str, str]) -> SandboxResult:
+def _run_in(
+    root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxLimits, stdin: str, files: dict[str, str]
+) -> SandboxResult:
     work = os.path.join(root, "work")
     os.mkdir(work, 0o700)
     for name, content in {**files, MAIN_FILE: code}.items():
@@ -605,10 +620,15 @@ def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxL
     status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if namespaces else None
     # The bootstrap's init process counts against RLIMIT_NPROC too, hence the + 1.
     nproc_base = (0 if uid is not None else _user_task_count(os.getuid())) + (1 if namespaces else 0)
-    cfg = {"rlimits": _rlimits(limits, nproc_base), "status_fd": status_fd, "workdir": work,
-           "disk_bytes": limits.max_disk_bytes,
-           "readonly": plan.readonly and namespaces, "uid": uid if namespaces else None,
-           "block_sockets": not limits.network and not namespaces}
+    cfg = {
+        "rlimits": _rlimits(limits, nproc_base),
+        "status_fd": status_fd,
+        "workdir": work,
+        "disk_bytes": limits.max_disk_bytes,
+        "readonly": plan.readonly and namespaces,
+        "uid": uid if namespaces else None,
+        "block_sockets": not limits.network and not namespaces,
+    }
     boot = _BOOT.format(cfg=cfg, main=MAIN_FILE)
     cmd: list[str] = []
     kw: dict[str, Any] = {}
@@ -621,15 +641,32 @@ def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxL
     # -S: no site-packages, -s: no user site, -B: no .pyc writes. Not -I/-E: the environment is
     # already ours alone, and -E would drop PYTHONHASHSEED, which makes runs repeatable.
     cmd += [plan.python, "-S", "-s", "-B", "-c", boot]
-    env = {"PATH": _SAFE_PATH, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-           "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        "PATH": _SAFE_PATH,
+        "HOME": work,
+        "TMPDIR": work,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
     start = time.monotonic()
     timed_out = False
     with in_path.open("rb") as fin, out_path.open("wb") as fout, err_path.open("wb") as ferr:
         try:
-            proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
-                                    start_new_session=True, close_fds=True, **kw)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=fin,
+                stdout=fout,
+                stderr=ferr,
+                cwd=work,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                **kw,
+            )
         finally:
             if status_fd is not None:
                 os.close(status_fd)
@@ -649,9 +686,15 @@ def _run_in(root: str, plan: _Plan, uid: int | None, code: str, limits: SandboxL
         if not raw or raw.startswith("setup-error"):
             # The code never ran: unshare or the bootstrap failed. Not the code's fault, so not a result.
             detail = raw or stderr.strip()[-500:] or f"exit status {proc.returncode}"
-            raise SandboxSetupError(f"sandbox setup failed ({plan.python}, namespaces via {plan.unshare}): "
-                                    f"{detail}")
+            raise SandboxSetupError(f"sandbox setup failed ({plan.python}, namespaces via {plan.unshare}): {detail}")
     exit_code = None if timed_out else _exit_code(proc.returncode, status_path)
     reason = _killed_reason(exit_code, timed_out, stderr)
-    return SandboxResult(ok=exit_code == 0 and reason is None, exit_code=exit_code, stdout=stdout,
-                         stderr=stderr, timed_out=timed_out, killed_reason=reason, duration_s=duration)
+    return SandboxResult(
+        ok=exit_code == 0 and reason is None,
+        exit_code=exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        killed_reason=reason,
+        duration_s=duration,
+    )

@@ -22,15 +22,26 @@ from curation.synth.teachers import Teacher
 from curation.synth.terms import ModelTerms, parse_model_registry, policy_violation, registered_teacher
 from curation.synth.verify import Candidate, Judge, VerifySettings, verify_candidates
 
-REJECTIONS_DDL = ("candidate_id VARCHAR NOT NULL, method VARCHAR NOT NULL, reason VARCHAR NOT NULL, "
-                  "parent_ids JSON, teacher_model VARCHAR, judge_score DOUBLE, candidate JSON, verification JSON, "
-                  "created_at TIMESTAMP")
+REJECTIONS_DDL = (
+    "candidate_id VARCHAR NOT NULL, method VARCHAR NOT NULL, reason VARCHAR NOT NULL, "
+    "parent_ids JSON, teacher_model VARCHAR, judge_score DOUBLE, candidate JSON, verification JSON, "
+    "created_at TIMESTAMP"
+)
 
 
-REJECTIONS_SCHEMA = pa.schema([
-    ("candidate_id", pa.string()), ("method", pa.string()), ("reason", pa.string()), ("parent_ids", pa.string()),
-    ("teacher_model", pa.string()), ("judge_score", pa.float64()), ("candidate", pa.string()),
-    ("verification", pa.string()), ("created_at", pa.timestamp("us"))])
+REJECTIONS_SCHEMA = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("method", pa.string()),
+        ("reason", pa.string()),
+        ("parent_ids", pa.string()),
+        ("teacher_model", pa.string()),
+        ("judge_score", pa.float64()),
+        ("candidate", pa.string()),
+        ("verification", pa.string()),
+        ("created_at", pa.timestamp("us")),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -44,19 +55,38 @@ def accepted_row(c: Candidate, info: TeacherInfo, created_at: datetime, judge_mo
     """An accepted candidate as a row, its provenance (with every verdict) and its lineage edges."""
     row = {**c.row, "ingested_at": created_at}
     scored = "judge" in c.verification or c.method == "preference"
-    return SyntheticRow(row, Provenance(row["row_id"], c.method, info, created_at, c.generation_params,
-                                       c.prompt_template, c.parent_ids,
-                                       judge_model=judge_model if scored else None, judge_score=c.judge_score,
-                                       verification=c.verification), c.lineage)
+    return SyntheticRow(
+        row,
+        Provenance(
+            row["row_id"],
+            c.method,
+            info,
+            created_at,
+            c.generation_params,
+            c.prompt_template,
+            c.parent_ids,
+            judge_model=judge_model if scored else None,
+            judge_score=c.judge_score,
+            verification=c.verification,
+        ),
+        c.lineage,
+    )
 
 
 def rejection_record(c: Candidate, info: TeacherInfo, created_at: datetime) -> dict[str, Any]:
     """One ``synthetic_rejections`` row: the candidate as it was, why it was dropped, every verdict."""
     candidate = {k: v for k, v in c.row.items() if k != "ingested_at" and v is not None}
-    return {"candidate_id": c.row["row_id"], "method": c.method, "reason": c.rejected or "rejected",
-            "parent_ids": json.dumps(list(c.parent_ids)), "teacher_model": info.model, "judge_score": c.judge_score,
-            "candidate": json.dumps(candidate, ensure_ascii=False, default=str),
-            "verification": json.dumps(c.verification, sort_keys=True, default=str), "created_at": created_at}
+    return {
+        "candidate_id": c.row["row_id"],
+        "method": c.method,
+        "reason": c.rejected or "rejected",
+        "parent_ids": json.dumps(list(c.parent_ids)),
+        "teacher_model": info.model,
+        "judge_score": c.judge_score,
+        "candidate": json.dumps(candidate, ensure_ascii=False, default=str),
+        "verification": json.dumps(c.verification, sort_keys=True, default=str),
+        "created_at": created_at,
+    }
 
 
 @dataclass
@@ -80,8 +110,7 @@ class SynthesisResult:
         return [rejection_record(c, self.teacher, self.created_at) for c in self.rejected]
 
     def rejections_sample(self, limit: int = 10) -> list[dict[str, Any]]:
-        return [{"method": c.method, "reason": c.rejected, "candidate": c.row["row_id"]}
-                for c in self.rejected[:limit]]
+        return [{"method": c.method, "reason": c.rejected, "candidate": c.row["row_id"]} for c in self.rejected[:limit]]
 
     def counts(self) -> list[dict[str, Any]]:
         """Per method: candidates, accepted, rejected, and the most common rejection reason."""
@@ -93,14 +122,26 @@ class SynthesisResult:
             entry["rejected"] += 1
             reason = (c.rejected or "").split(":")[0]
             entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
-        return [{"method": m, "candidates": v["accepted"] + v["rejected"], "accepted": v["accepted"],
-                 "rejected": v["rejected"],
-                 "top_rejection": max(v["reasons"].items(), key=lambda kv: kv[1])[0] if v["reasons"] else ""}
-                for m, v in sorted(table.items())]
+        return [
+            {
+                "method": m,
+                "candidates": v["accepted"] + v["rejected"],
+                "accepted": v["accepted"],
+                "rejected": v["rejected"],
+                "top_rejection": max(v["reasons"].items(), key=lambda kv: kv[1])[0] if v["reasons"] else "",
+            }
+            for m, v in sorted(table.items())
+        ]
 
 
-def synthesize(ctx: SynthContext, seeds: Sequence[Row], methods: Mapping[str, Any], verify_settings: VerifySettings,
-               intended_use: str, created_at: datetime) -> SynthesisResult:
+def synthesize(
+    ctx: SynthContext,
+    seeds: Sequence[Row],
+    methods: Mapping[str, Any],
+    verify_settings: VerifySettings,
+    intended_use: str,
+    created_at: datetime,
+) -> SynthesisResult:
     """Generate, verify (with ``ctx.judge``), apply the licence/terms policy; split into accepted rows and
     rejected candidates."""
     candidates = generate_candidates(ctx, seeds, methods)
@@ -130,18 +171,26 @@ class SynthesisPlan:
     @classmethod
     def from_config(cls, config: ProjectConfig) -> SynthesisPlan:
         synthesis = config.synthesis
-        plan = cls(synthesis.methods, VerifySettings.from_mapping(synthesis.verify),
-                   LicensePolicy.with_overrides(config.policy.licenses), parse_model_registry(config.policy.teachers),
-                   config.policy.intended_use, synthesis.seed, config.base_dir)
+        plan = cls(
+            synthesis.methods,
+            VerifySettings.from_mapping(synthesis.verify),
+            LicensePolicy.with_overrides(config.policy.licenses),
+            parse_model_registry(config.policy.teachers),
+            config.policy.intended_use,
+            synthesis.seed,
+            config.base_dir,
+        )
         validate_methods(plan.methods)
         return plan
 
-    def run(self, teacher: Teacher, judge: Judge | None, filtered: Iterable[Row], created_at: datetime
-            ) -> SynthesisResult:
+    def run(
+        self, teacher: Teacher, judge: Judge | None, filtered: Iterable[Row], created_at: datetime
+    ) -> SynthesisResult:
         """Pick the seed rows out of ``filtered`` in one streaming pass, then synthesize with ``teacher`` as
         the policy registers it."""
         info = registered_teacher(teacher.info, self.registry)
-        ctx = SynthContext(teacher, info, self.policy, self.registry, seed=self.seed, judge=judge,
-                           base_dir=self.base_dir)
+        ctx = SynthContext(
+            teacher, info, self.policy, self.registry, seed=self.seed, judge=judge, base_dir=self.base_dir
+        )
         seeds = select_seeds(filtered, self.methods, self.seed)
         return synthesize(ctx, seeds, self.methods, self.verify, self.intended_use, created_at)

@@ -103,8 +103,7 @@ class Teacher(Protocol):
 
     info: TeacherInfo
 
-    def generate(self, requests: Sequence[ChatRequest],
-                 on_result: ResultCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         """Generations in request order; ``on_result(index, generation)`` fires as each one finishes."""
         ...
 
@@ -138,11 +137,41 @@ _NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 _EXPR = re.compile(rf"[-(\s]*{_NUM}(?:\s*[-+*/]\s*[(\s]*-?{_NUM}[)\s]*)+")
 # Words allowed around the expression: the solver answers arithmetic *questions*, so a date
 # like 2024-01-15 inside a story is not taken for a subtraction.
-_FRAME = frozenset(("what", "whats", "what's", "is", "are", "do", "does", "you", "get", "for", "the", "value",
-                    "of", "result", "answer", "please", "solve", "compute", "calculate", "evaluate", "find",
-                    "work", "out", "equal", "equals", "to"))
+_FRAME = frozenset(
+    (
+        "what",
+        "whats",
+        "what's",
+        "is",
+        "are",
+        "do",
+        "does",
+        "you",
+        "get",
+        "for",
+        "the",
+        "value",
+        "of",
+        "result",
+        "answer",
+        "please",
+        "solve",
+        "compute",
+        "calculate",
+        "evaluate",
+        "find",
+        "work",
+        "out",
+        "equal",
+        "equals",
+        "to",
+    )
+)
 _BINOPS: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
 }
 
 
@@ -185,7 +214,7 @@ def solve_arithmetic(text: str) -> tuple[str, str] | None:
     match = _EXPR.search(work)
     if match is None:
         return None
-    rest = (work[:match.start()] + " " + work[match.end():]).casefold()
+    rest = (work[: match.start()] + " " + work[match.end() :]).casefold()
     if any(w not in _FRAME for w in re.findall(r"[a-z']+", rest)) or re.search(r"\d", rest):
         return None
     expression = re.sub(r"\s+", " ", match.group(0).replace(",", "")).strip()
@@ -200,8 +229,16 @@ def solve_arithmetic(text: str) -> tuple[str, str] | None:
 _UNITS: dict[str, tuple[str, Fraction]] = {
     unit: (dimension, Fraction(factor))
     for dimension, factors in {
-        "length": {"mm": "1/1000", "cm": "1/100", "m": "1", "km": "1000", "in": "0.0254", "ft": "0.3048",
-                   "yd": "0.9144", "mi": "1609.344"},
+        "length": {
+            "mm": "1/1000",
+            "cm": "1/100",
+            "m": "1",
+            "km": "1000",
+            "in": "0.0254",
+            "ft": "0.3048",
+            "yd": "0.9144",
+            "mi": "1609.344",
+        },
         "mass": {"mg": "1/1000000", "g": "1/1000", "kg": "1", "lb": "0.45359237", "oz": "0.028349523125"},
         "time": {"s": "1", "min": "60", "h": "3600", "day": "86400", "week": "604800"},
         "volume": {"ml": "1/1000", "l": "1"},
@@ -210,12 +247,42 @@ _UNITS: dict[str, tuple[str, Fraction]] = {
 }
 
 _UNIT_ALIASES = {
-    "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m",
-    "metre": "m", "kilometer": "km", "kilometre": "km", "inch": "in", "inches": "in", "foot": "ft",
-    "feet": "ft", "yard": "yd", "mile": "mi", "milligram": "mg", "gram": "g", "kilogram": "kg",
-    "pound": "lb", "lbs": "lb", "ounce": "oz", "second": "s", "sec": "s", "minute": "min", "hour": "h",
-    "hr": "h", "days": "day", "weeks": "week", "milliliter": "ml", "millilitre": "ml", "liter": "l",
-    "litre": "l", "celsius": "c", "°c": "c", "fahrenheit": "f", "°f": "f", "kelvin": "k",
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "centimeter": "cm",
+    "centimetre": "cm",
+    "meter": "m",
+    "metre": "m",
+    "kilometer": "km",
+    "kilometre": "km",
+    "inch": "in",
+    "inches": "in",
+    "foot": "ft",
+    "feet": "ft",
+    "yard": "yd",
+    "mile": "mi",
+    "milligram": "mg",
+    "gram": "g",
+    "kilogram": "kg",
+    "pound": "lb",
+    "lbs": "lb",
+    "ounce": "oz",
+    "second": "s",
+    "sec": "s",
+    "minute": "min",
+    "hour": "h",
+    "hr": "h",
+    "days": "day",
+    "weeks": "week",
+    "milliliter": "ml",
+    "millilitre": "ml",
+    "liter": "l",
+    "litre": "l",
+    "celsius": "c",
+    "°c": "c",
+    "fahrenheit": "f",
+    "°f": "f",
+    "kelvin": "k",
 }
 _TEMPERATURES = {"c", "f", "k"}
 _UNIT_WORD = r"((?:degrees?\s+)?°?[a-zA-Z]+)"
@@ -282,19 +349,57 @@ def solve_units(text: str) -> tuple[str, str, str, str] | None:
     return number, source, target, format_number(result)
 
 
-_ARITH_TEMPLATES = ("What is {expr}?", "Compute {expr}.", "Calculate {expr}.", "Evaluate {expr}.",
-                    "What do you get for {expr}?")
-_ARITH_ANSWERS = ("{expr} = {result}", "The answer is {result}, since {expr} = {result}.",
-                  "{expr} = {result}. The answer is {result}.")
-_UNIT_TEMPLATES = ("Convert {value} {source} to {target}.", "How many {target} are in {value} {source}?",
-                   "What is {value} {source} in {target}?")
+_ARITH_TEMPLATES = (
+    "What is {expr}?",
+    "Compute {expr}.",
+    "Calculate {expr}.",
+    "Evaluate {expr}.",
+    "What do you get for {expr}?",
+)
+_ARITH_ANSWERS = (
+    "{expr} = {result}",
+    "The answer is {result}, since {expr} = {result}.",
+    "{expr} = {result}. The answer is {result}.",
+)
+_UNIT_TEMPLATES = (
+    "Convert {value} {source} to {target}.",
+    "How many {target} are in {value} {source}?",
+    "What is {value} {source} in {target}?",
+)
 _UNIT_ANSWERS = ("{value} {source} = {result} {target}.", "{value} {source} is {result} {target}.")
-_UNIT_PAIRS = (("km", "m"), ("m", "cm"), ("kg", "g"), ("h", "min"), ("l", "ml"), ("mi", "km"),
-               ("ft", "in"), ("lb", "kg"), ("c", "f"), ("f", "c"), ("day", "h"), ("week", "day"))
-_UNIT_NAMES = {"km": "kilometers", "m": "meters", "cm": "centimeters", "kg": "kilograms", "g": "grams",
-               "h": "hours", "min": "minutes", "l": "liters", "ml": "milliliters", "mi": "miles",
-               "ft": "feet", "in": "inches", "lb": "pounds", "c": "degrees Celsius",
-               "f": "degrees Fahrenheit", "day": "days", "week": "weeks"}
+_UNIT_PAIRS = (
+    ("km", "m"),
+    ("m", "cm"),
+    ("kg", "g"),
+    ("h", "min"),
+    ("l", "ml"),
+    ("mi", "km"),
+    ("ft", "in"),
+    ("lb", "kg"),
+    ("c", "f"),
+    ("f", "c"),
+    ("day", "h"),
+    ("week", "day"),
+)
+_UNIT_NAMES = {
+    "km": "kilometers",
+    "m": "meters",
+    "cm": "centimeters",
+    "kg": "kilograms",
+    "g": "grams",
+    "h": "hours",
+    "min": "minutes",
+    "l": "liters",
+    "ml": "milliliters",
+    "mi": "miles",
+    "ft": "feet",
+    "in": "inches",
+    "lb": "pounds",
+    "c": "degrees Celsius",
+    "f": "degrees Fahrenheit",
+    "day": "days",
+    "week": "weeks",
+}
 
 
 def arithmetic_problem(rng: random.Random) -> tuple[str, str]:
@@ -313,16 +418,16 @@ def unit_problem(rng: random.Random) -> tuple[str, str]:
     value = rng.randint(1, 500) if source not in _TEMPERATURES else rng.randint(-40, 120)
     result = convert_units(Fraction(value), source, target)
     assert result is not None
-    question = rng.choice(_UNIT_TEMPLATES).format(value=value, source=_UNIT_NAMES[source],
-                                                  target=_UNIT_NAMES[target])
+    question = rng.choice(_UNIT_TEMPLATES).format(value=value, source=_UNIT_NAMES[source], target=_UNIT_NAMES[target])
     return question, format_number(result)
 
 
 # Keyboard neighbours for substitution typos (QWERTY rows), the common noise model in
 # robustness work such as Belinkov & Bisk 2018 ("Synthetic and natural noise").
 _QWERTY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-_NEIGHBOURS = {ch: "".join(row[j] for j in (i - 1, i + 1) if 0 <= j < len(row))
-               for row in _QWERTY_ROWS for i, ch in enumerate(row)}
+_NEIGHBOURS = {
+    ch: "".join(row[j] for j in (i - 1, i + 1) if 0 <= j < len(row)) for row in _QWERTY_ROWS for i, ch in enumerate(row)
+}
 _TOKENS = re.compile(r"\w+|\W+", re.UNICODE)
 PERTURBATIONS: tuple[str, ...] = ("typo", "word_swap", "casing")
 
@@ -333,13 +438,13 @@ def _typo(word: str, rng: random.Random) -> str:
     i = rng.randrange(len(word) - 1)
     kind = rng.choice(("swap", "drop", "double", "neighbour"))
     if kind == "swap":
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
     if kind == "drop":
-        return word[:i] + word[i + 1:]
+        return word[:i] + word[i + 1 :]
     if kind == "double":
         return word[:i] + word[i] + word[i:]
     near = _NEIGHBOURS.get(word[i].lower())
-    return word[:i] + rng.choice(near) + word[i + 1:] if near else word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + rng.choice(near) + word[i + 1 :] if near else word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
 def perturb(text: str, kind: str, *, seed: int = 0, rate: float = 0.15) -> str:
@@ -369,8 +474,7 @@ def perturb(text: str, kind: str, *, seed: int = 0, rate: float = 0.15) -> str:
         if kind == "typo":
             tokens[i] = _typo(tokens[i], rng)
         else:  # only casings that differ, so every chosen word really changes
-            options = sorted({f(tokens[i]) for f in (str.upper, str.lower, str.capitalize, str.swapcase)}
-                             - {tokens[i]})
+            options = sorted({f(tokens[i]) for f in (str.upper, str.lower, str.capitalize, str.swapcase)} - {tokens[i]})
             tokens[i] = rng.choice(options) if options else tokens[i]
     return "".join(tokens)
 
@@ -385,8 +489,13 @@ class ProceduralTeacher:
     def __init__(self, seed: int = 0, *, license: str = "CC0-1.0", terms: str = "") -> None:
         # Output comes from this project's own templates, so it carries no model's terms.
         self.seed = seed
-        self.info = TeacherInfo(backend="procedural", model="distillery-procedural",
-                                revision=PROCEDURAL_VERSION, license=license, terms=terms)
+        self.info = TeacherInfo(
+            backend="procedural",
+            model="distillery-procedural",
+            revision=PROCEDURAL_VERSION,
+            license=license,
+            terms=terms,
+        )
 
     def __repr__(self) -> str:
         return f"ProceduralTeacher(seed={self.seed})"
@@ -403,8 +512,7 @@ class ProceduralTeacher:
             return rng.choice(_ARITH_ANSWERS).format(expr=expr, result=result)
         return None
 
-    def generate(self, requests: Sequence[ChatRequest],
-                 on_result: ResultCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         out: list[Generation] = []
         for i, request in enumerate(requests):
             text = self.answer(_last_user(request.messages), request.params.seed)
@@ -418,6 +526,7 @@ class ProceduralTeacher:
 # ---------------------------------------------------------------------------------------------
 # transformers: a local model directory.
 # ---------------------------------------------------------------------------------------------
+
 
 def hash_model_dir(model_dir: Path, chunk_size: int = 1 << 20) -> str:
     """sha256 over every file's relative path and bytes: a revision for a local model directory."""
@@ -436,22 +545,36 @@ def hash_model_dir(model_dir: Path, chunk_size: int = 1 << 20) -> str:
 class TransformersTeacher:
     """A local model directory generated with ``transformers``, in left-padded batches."""
 
-    def __init__(self, model_dir: str | Path, *, license: str, terms: str = "", model_id: str | None = None,
-                 revision: str | None = None, batch_size: int = 8, device: str = "cpu",
-                 dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        license: str,
+        terms: str = "",
+        model_id: str | None = None,
+        revision: str | None = None,
+        batch_size: int = 8,
+        device: str = "cpu",
+        dtype: str = "auto",
+    ) -> None:
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in model directory {self.model_dir}; "
-                                    "point model_dir at a saved transformers model")
+            raise FileNotFoundError(
+                f"no config.json in model directory {self.model_dir}; point model_dir at a saved transformers model"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
         # Hashing reads every weight file once; pass `revision` (e.g. a hub commit) to skip it.
-        self.info = TeacherInfo(backend="transformers", model=model_id or self.model_dir.name,
-                                revision=revision or hash_model_dir(self.model_dir), license=license,
-                                terms=terms)
+        self.info = TeacherInfo(
+            backend="transformers",
+            model=model_id or self.model_dir.name,
+            revision=revision or hash_model_dir(self.model_dir),
+            license=license,
+            terms=terms,
+        )
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -475,8 +598,7 @@ class TransformersTeacher:
         self._model = model.to(self.device)  # type: ignore[arg-type]
         self._model.eval()
 
-    def generate(self, requests: Sequence[ChatRequest],
-                 on_result: ResultCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         import torch
 
         self._load()
@@ -489,14 +611,22 @@ class TransformersTeacher:
         eos = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
         for params, indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
-                batch = indices[start:start + self.batch_size]
-                prompts = [self._tokenizer.apply_chat_template(requests[i].messages_list(), tokenize=False,
-                                                               add_generation_prompt=True) for i in batch]
-                enc = self._tokenizer(prompts, return_tensors="pt", padding=True,
-                                      add_special_tokens=False).to(self.device)
+                batch = indices[start : start + self.batch_size]
+                prompts = [
+                    self._tokenizer.apply_chat_template(
+                        requests[i].messages_list(), tokenize=False, add_generation_prompt=True
+                    )
+                    for i in batch
+                ]
+                enc = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                    self.device
+                )
                 sample = params.temperature > 0
-                kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sample,
-                                          "pad_token_id": self._tokenizer.pad_token_id}
+                kwargs: dict[str, Any] = {
+                    "max_new_tokens": params.max_new_tokens,
+                    "do_sample": sample,
+                    "pad_token_id": self._tokenizer.pad_token_id,
+                }
                 if sample:
                     kwargs.update(temperature=params.temperature, top_p=params.top_p)
                     torch.manual_seed(params.seed)
@@ -504,15 +634,18 @@ class TransformersTeacher:
                     kwargs.update(temperature=None, top_p=None, top_k=None)
                 with torch.no_grad():
                     out = self._model.generate(**enc, **kwargs)
-                new = out[:, enc["input_ids"].shape[1]:]
+                new = out[:, enc["input_ids"].shape[1] :]
                 prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
                 for row, i in enumerate(batch):
                     ids = new[row].tolist()
                     stop_at = next((k for k, t in enumerate(ids) if t in eos), None)
                     kept = ids if stop_at is None else ids[:stop_at]
-                    gen = Generation(text=self._tokenizer.decode(kept, skip_special_tokens=True),
-                                     finish_reason="stop" if stop_at is not None else "length",
-                                     prompt_tokens=int(prompt_lens[row]), completion_tokens=len(kept))
+                    gen = Generation(
+                        text=self._tokenizer.decode(kept, skip_special_tokens=True),
+                        finish_reason="stop" if stop_at is not None else "length",
+                        prompt_tokens=int(prompt_lens[row]),
+                        completion_tokens=len(kept),
+                    )
                     results[i] = gen
                     if on_result is not None:
                         on_result(i, gen)
@@ -568,11 +701,24 @@ class OpenAICompatibleTeacher:
     id when there is one; it is part of the cache key.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, license: str,
-                 terms: str = "", revision: str = "unversioned", concurrency: int = 8, max_retries: int = 5,
-                 timeout_s: float = 60.0, backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
-                 max_retry_after_s: float = 120.0, extra_body: Mapping[str, Any] | None = None,
-                 send_seed: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        license: str,
+        terms: str = "",
+        revision: str = "unversioned",
+        concurrency: int = 8,
+        max_retries: int = 5,
+        timeout_s: float = 60.0,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_retry_after_s: float = 120.0,
+        extra_body: Mapping[str, Any] | None = None,
+        send_seed: bool = True,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
@@ -587,8 +733,9 @@ class OpenAICompatibleTeacher:
         self.extra_body = dict(extra_body or {})
         self.send_seed = send_seed
         self._api_key = _Secret(api_key) if api_key else None
-        self.info = TeacherInfo(backend="openai-compatible", model=model, revision=revision, license=license,
-                                terms=terms)
+        self.info = TeacherInfo(
+            backend="openai-compatible", model=model, revision=revision, license=license, terms=terms
+        )
         self.requests_sent = 0  # HTTP attempts, retries included: lets callers (and tests) see traffic
 
     def __repr__(self) -> str:
@@ -616,8 +763,13 @@ class OpenAICompatibleTeacher:
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         p = request.params
-        body: dict[str, Any] = {"model": self.info.model, "messages": request.messages_list(),
-                                "temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_new_tokens}
+        body: dict[str, Any] = {
+            "model": self.info.model,
+            "messages": request.messages_list(),
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_new_tokens,
+        }
         if self.send_seed:
             body["seed"] = p.seed
         body.update(self.extra_body)
@@ -627,7 +779,7 @@ class OpenAICompatibleTeacher:
         if retry_after is not None:
             return min(retry_after, self.max_retry_after_s)
         # Exponential back-off with full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter").
-        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
     async def _one(self, client: httpx2.AsyncClient, sem: asyncio.Semaphore, request: ChatRequest) -> Generation:
         url = f"{self.base_url}/chat/completions"
@@ -662,14 +814,22 @@ class OpenAICompatibleTeacher:
             choice = payload["choices"][0]
             text = choice["message"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise TeacherError(self._scrub(f"{self.base_url}: not a chat-completions reply "
-                                           f"({type(exc).__name__}): {response.text[:300]}")) from None
+            raise TeacherError(
+                self._scrub(
+                    f"{self.base_url}: not a chat-completions reply ({type(exc).__name__}): {response.text[:300]}"
+                )
+            ) from None
         usage = payload.get("usage") or {}
-        return Generation(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                          prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+        return Generation(
+            text=text,
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
 
-    async def agenerate(self, requests: Sequence[ChatRequest],
-                        on_result: ResultCallback | None = None) -> list[Generation]:
+    async def agenerate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[Generation]:
         """Async form of :meth:`generate`: every request concurrently, at most ``concurrency`` in flight."""
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
@@ -690,12 +850,13 @@ class OpenAICompatibleTeacher:
             await asyncio.gather(*(run(i, client) for i in range(len(requests))))
         if errors:
             done = sum(r is not None for r in results)
-            raise TeacherError(f"{len(errors)} of {len(requests)} requests failed ({done} succeeded and were "
-                               f"reported); first: {errors[0]}")
+            raise TeacherError(
+                f"{len(errors)} of {len(requests)} requests failed ({done} succeeded and were "
+                f"reported); first: {errors[0]}"
+            )
         return [g for g in results if g is not None]
 
-    def generate(self, requests: Sequence[ChatRequest],
-                 on_result: ResultCallback | None = None) -> list[Generation]:
+    def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         coro_factory = lambda: self.agenerate(requests, on_result)  # noqa: E731
         try:
             asyncio.get_running_loop()
@@ -713,14 +874,26 @@ class OpenAICompatibleTeacher:
 _SPEC_KEYS: dict[str, set[str]] = {
     "procedural": {"seed", "license", "terms"},
     "transformers": {"model_dir", "license", "terms", "model_id", "revision", "batch_size", "device", "dtype"},
-    "openai-compatible": {"base_url", "model", "api_key_env", "license", "terms", "revision", "concurrency",
-                          "max_retries", "timeout_s", "backoff_base_s", "backoff_max_s", "max_retry_after_s",
-                          "extra_body", "send_seed"},
+    "openai-compatible": {
+        "base_url",
+        "model",
+        "api_key_env",
+        "license",
+        "terms",
+        "revision",
+        "concurrency",
+        "max_retries",
+        "timeout_s",
+        "backoff_base_s",
+        "backoff_max_s",
+        "max_retry_after_s",
+        "extra_body",
+        "send_seed",
+    },
 }
 
 
-def build_teacher(spec: Mapping[str, Any], *, api_key: str | None = None,
-                  base_dir: Path | None = None) -> Teacher:
+def build_teacher(spec: Mapping[str, Any], *, api_key: str | None = None, base_dir: Path | None = None) -> Teacher:
     """A teacher from a project-file mapping such as ``{"backend": "procedural", "seed": 0}``.
 
     ``api_key`` is for callers that resolve secrets themselves (a Dagster ``EnvVar``); otherwise
@@ -731,13 +904,15 @@ def build_teacher(spec: Mapping[str, Any], *, api_key: str | None = None,
     if backend not in _SPEC_KEYS:
         raise ValueError(f"unknown teacher backend {backend!r}; choose one of {sorted(_SPEC_KEYS)}")
     if "api_key" in spec:  # checked first so the message says where the key belongs
-        raise ValueError("put the API key in an environment variable and name it with api_key_env, "
-                         "never in the project file")
+        raise ValueError(
+            "put the API key in an environment variable and name it with api_key_env, never in the project file"
+        )
     options = {k: v for k, v in spec.items() if k != "backend"}
     unknown = set(options) - _SPEC_KEYS[backend]
     if unknown:
-        raise ValueError(f"teacher backend {backend!r} does not take {sorted(unknown)}; "
-                         f"allowed: {sorted(_SPEC_KEYS[backend])}")
+        raise ValueError(
+            f"teacher backend {backend!r} does not take {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS[backend])}"
+        )
     if backend == "procedural":
         return ProceduralTeacher(**options)
     for required in ("license",) + (("model_dir",) if backend == "transformers" else ("base_url", "model")):

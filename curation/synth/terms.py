@@ -38,12 +38,15 @@ def parse_model_registry(entries: Mapping[str, Any] | None) -> dict[str, ModelTe
             raise ValueError(f"policy.teachers.{model}: expected a mapping with license, terms, forbids")
         unknown = set(fields) - {"license", "terms", "forbids"}
         if unknown:
-            raise ValueError(f"policy.teachers.{model}: unknown keys {sorted(unknown)}; "
-                             "allowed: license, terms, forbids")
+            raise ValueError(
+                f"policy.teachers.{model}: unknown keys {sorted(unknown)}; allowed: license, terms, forbids"
+            )
         forbids = fields.get("forbids") or []
         if isinstance(forbids, str) or any(use not in INTENDED_USES for use in forbids):
-            raise ValueError(f"policy.teachers.{model}.forbids must be a list of intended uses from "
-                             f"{list(INTENDED_USES)}, got {forbids!r}")
+            raise ValueError(
+                f"policy.teachers.{model}.forbids must be a list of intended uses from "
+                f"{list(INTENDED_USES)}, got {forbids!r}"
+            )
         registry[model] = ModelTerms(model, fields.get("license"), str(fields.get("terms") or ""), tuple(forbids))
     return registry
 
@@ -56,8 +59,9 @@ def registered_teacher(info: TeacherInfo, registry: Mapping[str, ModelTerms]) ->
     return replace(info, license=entry.license or info.license, terms=entry.terms or info.terms)
 
 
-def inherited_terms(parents: Sequence[Row], teacher: TeacherInfo,
-                    registry: Mapping[str, ModelTerms]) -> dict[str, list[str]]:
+def inherited_terms(
+    parents: Sequence[Row], teacher: TeacherInfo, registry: Mapping[str, ModelTerms]
+) -> dict[str, list[str]]:
     """Union of the restrictions of the teacher, the parents' generators and the parents' own inherited
     terms: a restriction never disappears downstream. Empty lists when nothing restricts the row."""
     forbids: set[str] = set()
@@ -94,8 +98,9 @@ def policy_violation(row: Row, intended_use: str, policy: LicensePolicy) -> str 
     return None if allowed else why
 
 
-def terms_violations(rows: Iterable[Row], registry: Mapping[str, ModelTerms], policy: LicensePolicy,
-                     intended_use: str, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+def terms_violations(
+    rows: Iterable[Row], registry: Mapping[str, ModelTerms], policy: LicensePolicy, intended_use: str, limit: int = 20
+) -> tuple[int, list[dict[str, Any]]]:
     """Rows whose licence, inherited terms, or generator's registered terms forbid ``intended_use``:
     (count, a sample). The registry is consulted again here, so a model whose terms changed after the
     run is still caught."""
@@ -109,6 +114,12 @@ def terms_violations(rows: Iterable[Row], registry: Mapping[str, ModelTerms], po
         if why is not None:
             count += 1
             if len(sample) < limit:
-                sample.append({"row_id": row["row_id"], "license": row.get("license"),
-                               "generator": row.get("generator"), "why": why})
+                sample.append(
+                    {
+                        "row_id": row["row_id"],
+                        "license": row.get("license"),
+                        "generator": row.get("generator"),
+                        "why": why,
+                    }
+                )
     return count, sample

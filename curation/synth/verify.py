@@ -73,11 +73,13 @@ class VerifySettings:
             values["heuristics"] = tuple(values["heuristics"])
             bad = set(values["heuristics"]) - set(_HEURISTICS)
             if bad:
-                raise ValueError(f"synthesis.verify.heuristics: unknown {sorted(bad)}; "
-                                 f"choose from {sorted(_HEURISTICS)}")
+                raise ValueError(
+                    f"synthesis.verify.heuristics: unknown {sorted(bad)}; choose from {sorted(_HEURISTICS)}"
+                )
         if values.get("on_conflict", "flag") not in ("flag", "keep_best"):
-            raise ValueError("synthesis.verify.on_conflict must be 'flag' or 'keep_best', "
-                             f"got {values['on_conflict']!r}")
+            raise ValueError(
+                f"synthesis.verify.on_conflict must be 'flag' or 'keep_best', got {values['on_conflict']!r}"
+            )
         if not 1 <= int(values.get("min_judge_score", 3)) <= 5:
             raise ValueError("synthesis.verify.min_judge_score must be within 1–5")
         return cls(**values)
@@ -140,9 +142,40 @@ def heuristic_verdicts(row: Row, filters: Sequence[Any]) -> tuple[dict[str, Any]
     return verdicts, first
 
 
-_STOP = frozenset(("a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "how", "in", "into", "is", "it",
-                   "of", "on", "or", "the", "to", "what", "when", "where", "which", "who", "why", "with", "your",
-                   "you", "about"))
+_STOP = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "how",
+        "in",
+        "into",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "your",
+        "you",
+        "about",
+    )
+)
 
 
 def _stem(word: str) -> str:
@@ -179,8 +212,11 @@ def modified_z_scores(values: Sequence[float]) -> list[float]:
 def _stats(row: Row, generated: str) -> dict[str, float]:
     text = prompt_text(row) if generated == "instruction" else response_text(row)
     tokens = words(text)
-    return {"log_chars": math.log1p(len(text)), "log_words": math.log1p(len(tokens)),
-            "distinct_word_ratio": len(set(tokens)) / len(tokens) if tokens else 0.0}
+    return {
+        "log_chars": math.log1p(len(text)),
+        "log_words": math.log1p(len(tokens)),
+        "distinct_word_ratio": len(set(tokens)) / len(tokens) if tokens else 0.0,
+    }
 
 
 def _reject(candidate: Candidate, reason: str) -> None:
@@ -188,8 +224,12 @@ def _reject(candidate: Candidate, reason: str) -> None:
         candidate.rejected = reason
 
 
-def verify_candidates(candidates: Sequence[Candidate], judge: Judge | None, teacher: TeacherInfo,
-                      settings: VerifySettings = VerifySettings()) -> list[str]:
+def verify_candidates(
+    candidates: Sequence[Candidate],
+    judge: Judge | None,
+    teacher: TeacherInfo,
+    settings: VerifySettings = VerifySettings(),
+) -> list[str]:
     """Verify ``candidates`` in place (``verification``, ``judge_score``, ``rejected``); return warnings.
 
     Rejected candidates keep every verdict computed before and after the failing step that is
@@ -217,12 +257,18 @@ def verify_candidates(candidates: Sequence[Candidate], judge: Judge | None, teac
 
     to_judge = [c for c in candidates if c.accepted and not c.skip_judge]
     if judge is not None and to_judge:
-        items = [(prompt_text(c.row), response_text(c.row) if c.row.get("kind") != "text" else c.row["text"])
-                 for c in to_judge]
+        items = [
+            (prompt_text(c.row), response_text(c.row) if c.row.get("kind") != "text" else c.row["text"])
+            for c in to_judge
+        ]
         for c, verdict in zip(to_judge, judge.score(items), strict=True):
             c.judge_score = None if verdict.score is None else float(verdict.score)
-            c.verification["judge"] = {"model": judge.info.model, "score": verdict.score,
-                                       "raw": verdict.raw[:_RAW_CHARS], "min_score": settings.min_judge_score}
+            c.verification["judge"] = {
+                "model": judge.info.model,
+                "score": verdict.score,
+                "raw": verdict.raw[:_RAW_CHARS],
+                "min_score": settings.min_judge_score,
+            }
             if verdict.score is None:
                 _reject(c, "judge gave no parseable score")
             elif verdict.score < settings.min_judge_score:

@@ -33,8 +33,13 @@ def load(connection: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) ->
 
 
 def shared_rows(relative: str, mapping: str, **settings) -> list[dict]:
-    source = SourceConfig(name=relative.split("/")[0], path=relative, mapping=mapping,
-                          license=settings.pop("license", "Apache-2.0"), **settings)
+    source = SourceConfig(
+        name=relative.split("/")[0],
+        path=relative,
+        mapping=mapping,
+        license=settings.pop("license", "Apache-2.0"),
+        **settings,
+    )
     items = list(ingest_file(SHARED_DATA / relative, relative, source, utcnow(), 1_000_000))
     return [i for i in items if not isinstance(i, Quarantined)]
 
@@ -52,9 +57,12 @@ def test_lengths_in_sql_match_the_python_definitions_row_by_row(oasst) -> None:
     connection, rows = oasst
     from curation.audit.inspection import measures_sql
 
-    measured = {r[0]: r[1:] for r in connection.execute(
-        f"SELECT row_id, prompt_chars, response_chars, response_words, turns FROM ({measures_sql('raw', set())})"
-    ).fetchall()}
+    measured = {
+        r[0]: r[1:]
+        for r in connection.execute(
+            f"SELECT row_id, prompt_chars, response_chars, response_words, turns FROM ({measures_sql('raw', set())})"
+        ).fetchall()
+    }
     assert len(measured) == len(rows) == 626  # README: 626 root-to-leaf threads
     for row in rows:
         prompt, response = prompt_text(row), response_text(row)
@@ -83,13 +91,36 @@ def test_oasst_threads_known_answers(oasst) -> None:
 
 def test_outliers_are_the_rows_beyond_tukeys_far_out_fences() -> None:
     connection = duckdb.connect()
-    normal = [new_row(row_id=f"r{i}", kind="sft", source="s", license="MIT", origin="human",
-                      messages=[{"role": "user", "content": "q" * (40 + i)},
-                                {"role": "assistant", "content": "a" * (100 + 3 * i)}]) for i in range(40)]
-    huge = new_row(row_id="huge", kind="sft", source="s", license="MIT", origin="human",
-                   messages=[{"role": "user", "content": "q" * 45}, {"role": "assistant", "content": "a" * 50_000}])
-    tiny = new_row(row_id="tiny", kind="sft", source="s", license="MIT", origin="human",
-                   messages=[{"role": "user", "content": "q" * 45}, {"role": "assistant", "content": "ok"}])
+    normal = [
+        new_row(
+            row_id=f"r{i}",
+            kind="sft",
+            source="s",
+            license="MIT",
+            origin="human",
+            messages=[
+                {"role": "user", "content": "q" * (40 + i)},
+                {"role": "assistant", "content": "a" * (100 + 3 * i)},
+            ],
+        )
+        for i in range(40)
+    ]
+    huge = new_row(
+        row_id="huge",
+        kind="sft",
+        source="s",
+        license="MIT",
+        origin="human",
+        messages=[{"role": "user", "content": "q" * 45}, {"role": "assistant", "content": "a" * 50_000}],
+    )
+    tiny = new_row(
+        row_id="tiny",
+        kind="sft",
+        source="s",
+        license="MIT",
+        origin="human",
+        messages=[{"role": "user", "content": "q" * 45}, {"role": "assistant", "content": "ok"}],
+    )
     load(connection, "raw", [*normal, huge, tiny])
     result = inspect_version(connection, "raw", language_rows=0)
     flagged = {(o["row_id"], o["measure"], o["side"]) for o in result.outliers}
@@ -105,8 +136,9 @@ def test_categories_and_splits_by_source_and_annotator() -> None:
     result = inspect_version(connection, "raw", language_rows=0)
     # README: 80 questions, 10 per category, 2 turns each.
     assert result.rows == 80
-    assert result.categories["task_type"] == {c: 10 for c in ("coding", "extraction", "humanities", "math",
-                                                              "reasoning", "roleplay", "stem", "writing")}
+    assert result.categories["task_type"] == {
+        c: 10 for c in ("coding", "extraction", "humanities", "math", "reasoning", "roleplay", "stem", "writing")
+    }
     assert result.distributions["turns"]["min"] == result.distributions["turns"]["max"] == 2
     by_annotator = {line["annotator"]: line["rows"] for line in result.splits["annotator"]}
     assert by_annotator == {"(none)": 50, "alice": 30}
@@ -117,8 +149,12 @@ def test_categories_and_splits_by_source_and_annotator() -> None:
 def test_krippendorff_alpha_reference_example() -> None:
     # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", nominal example with four
     # observers and missing values: alpha = 0.743.
-    observers = ["1 2 3 3 2 1 4 1 2 . . .", "1 2 3 3 2 2 4 1 2 5 . 3",
-                 ". 3 3 3 2 3 4 2 2 5 1 .", "1 2 3 3 2 4 4 1 2 5 1 ."]
+    observers = [
+        "1 2 3 3 2 1 4 1 2 . . .",
+        "1 2 3 3 2 2 4 1 2 5 . 3",
+        ". 3 3 3 2 3 4 2 2 5 1 .",
+        "1 2 3 3 2 4 4 1 2 5 1 .",
+    ]
     table = [line.split() for line in observers]
     units = {u: [obs[u] for obs in table if obs[u] != "."] for u in range(12)}
     assert round(krippendorff_alpha_nominal(units), 3) == 0.743
@@ -130,22 +166,35 @@ def test_krippendorff_alpha_reference_example() -> None:
 def test_agreement_over_preference_judgements_by_several_annotators() -> None:
     def judgement(item: int, annotator: str, first_wins: bool) -> dict:
         better, worse = ("A", "B") if first_wins else ("B", "A")
-        return new_row(row_id=f"{item}-{annotator}", kind="preference", source="prefs", license="MIT",
-                       origin="human", annotator=annotator, messages=[{"role": "user", "content": f"q{item}"}],
-                       chosen=[{"role": "assistant", "content": f"{better}{item}"}],
-                       rejected=[{"role": "assistant", "content": f"{worse}{item}"}])
+        return new_row(
+            row_id=f"{item}-{annotator}",
+            kind="preference",
+            source="prefs",
+            license="MIT",
+            origin="human",
+            annotator=annotator,
+            messages=[{"role": "user", "content": f"q{item}"}],
+            chosen=[{"role": "assistant", "content": f"{better}{item}"}],
+            rejected=[{"role": "assistant", "content": f"{worse}{item}"}],
+        )
 
     connection = duckdb.connect()
-    rows = [judgement(1, "ann1", True), judgement(1, "ann2", True), judgement(1, "ann3", False),
-            judgement(2, "ann1", False), judgement(2, "ann2", False),
-            judgement(3, "ann1", True)]  # item 3 has one label: not pairable
+    rows = [
+        judgement(1, "ann1", True),
+        judgement(1, "ann2", True),
+        judgement(1, "ann3", False),
+        judgement(2, "ann1", False),
+        judgement(2, "ann2", False),
+        judgement(3, "ann1", True),
+    ]  # item 3 has one label: not pairable
     load(connection, "raw", rows)
     result = inspect_version(connection, "raw", language_rows=0).agreement
     assert result["preference_items_with_several_annotators"] == 2
     assert result["pairwise_agreement"] == pytest.approx(round(2 / 4, 3))  # item 1: 1 of 3 pairs, item 2: 1 of 1
     # Same value computed by hand from the coincidence matrix: labels per item {A,A,B}, {B,B}.
-    assert result["krippendorff_alpha_nominal"] == pytest.approx(round(krippendorff_alpha_nominal(
-        {1: ["A", "A", "B"], 2: ["B", "B"]}), 3))
+    assert result["krippendorff_alpha_nominal"] == pytest.approx(
+        round(krippendorff_alpha_nominal({1: ["A", "A", "B"], 2: ["B", "B"]}), 3)
+    )
 
 
 def test_plots_are_pngs_and_the_report_links_them(tmp_path: Path, oasst) -> None:
@@ -175,14 +224,20 @@ def test_inspection_asset_reports_in_metadata_and_html(home: Path) -> None:
     from resources import WarehouseResource
 
     source = SourceConfig(name="demo_sft", path="data/alpaca_sft.jsonl", mapping="alpaca", license="Apache-2.0")
-    rows = [i for i in ingest_file(DEMO_CONFIG.parent / source.path, source.path, source, utcnow(), 20_000)
-            if not isinstance(i, Quarantined)]
+    rows = [
+        i
+        for i in ingest_file(DEMO_CONFIG.parent / source.path, source.path, source, utcnow(), 20_000)
+        if not isinstance(i, Quarantined)
+    ]
     home.mkdir(parents=True)
     with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
         load(connection, "raw", rows)
     with dg.instance_for_test() as instance:
-        result = dg.materialize([inspection], instance=instance,
-                                resources={"warehouse": WarehouseResource(path=str(home / "warehouse.duckdb"))})
+        result = dg.materialize(
+            [inspection],
+            instance=instance,
+            resources={"warehouse": WarehouseResource(path=str(home / "warehouse.duckdb"))},
+        )
         (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
     assert metadata["versions_inspected"].value == ["raw"]
@@ -198,12 +253,32 @@ def test_inspection_asset_reports_in_metadata_and_html(home: Path) -> None:
 
 def test_text_rows_are_measured_by_their_text_and_have_no_turns() -> None:
     connection = duckdb.connect()
-    load(connection, "raw", [new_row(row_id="t1", kind="text", source="web", license="CC0-1.0", origin="human",
-                                     text="Plain text for pretraining, seven words."),
-                             new_row(row_id="c1", kind="chat", source="chat", license="MIT", origin="human",
-                                     messages=[{"role": "user", "content": "Hi"},
-                                               {"role": "assistant", "content": "Hello!"},
-                                               {"role": "user", "content": "Bye"}])])
+    load(
+        connection,
+        "raw",
+        [
+            new_row(
+                row_id="t1",
+                kind="text",
+                source="web",
+                license="CC0-1.0",
+                origin="human",
+                text="Plain text for pretraining, seven words.",
+            ),
+            new_row(
+                row_id="c1",
+                kind="chat",
+                source="chat",
+                license="MIT",
+                origin="human",
+                messages=[
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "Bye"},
+                ],
+            ),
+        ],
+    )
     result = inspect_version(connection, "raw", language_rows=0)
     by_source = {line["source"]: line for line in result.splits["source"]}
     assert by_source["web"]["prompt_chars_median"] == len("Plain text for pretraining, seven words.")

@@ -56,15 +56,18 @@ def test_commercial_build_lists_every_violating_row_and_why(db, policy) -> None:
     assert _violations(report) == {
         ("f_nc1", "licence"),  # non-commercial source
         ("f_s1", "teacher-terms"),  # teacher-x's terms forbid commercial use
-        ("f_r1", "unknown-licence"), ("f_r1", "teacher-undeclared"),  # teacher-y: no licence, not declared
+        ("f_r1", "unknown-licence"),
+        ("f_r1", "teacher-undeclared"),  # teacher-y: no licence, not declared
         ("f_r1", "recorded-terms"),  # synthesis recorded teacher-y's terms in the row (f_s1's are listed once)
         ("f_z1", "inherited-licence"),  # labelled Apache-2.0, but paraphrased from the non-commercial row
     }
     assert report.violating_rows == 4 and report.violations_total == 6 and not report.compliant
     reasons = {(v["row_id"], v["rule"]): v["reason"] for v in report.violations}
     assert reasons[("f_nc1", "licence")] == "CC-BY-NC-4.0 is non-commercial: not allowed in a commercial build"
-    assert "teacher-x" in reasons[("f_s1", "teacher-terms")] and "no-competing-models" in reasons[
-        ("f_s1", "teacher-terms")]
+    assert (
+        "teacher-x" in reasons[("f_s1", "teacher-terms")]
+        and "no-competing-models" in reasons[("f_s1", "teacher-terms")]
+    )
     assert reasons[("f_z1", "inherited-licence")].startswith("derived from 1 row(s) under CC-BY-NC-4.0 (e.g. nc1")
     assert reasons[("f_r1", "recorded-terms")] == "the row records terms of teacher-y that forbid commercial use"
     assert report.unknown_licenses == ["LicenseRef-teacher-y"]
@@ -81,15 +84,25 @@ def test_research_build_flags_only_the_unknown_licence(db, policy) -> None:
 def test_counts_and_obligations(db, policy) -> None:
     report = build_report(db, policy)
     assert report.rows == 8
-    assert report.by_license == {"CC-BY-4.0": 3, "Apache-2.0": 2, "MIT": 1, "CC-BY-NC-4.0": 1,
-                                 "LicenseRef-teacher-y": 1}
+    assert report.by_license == {
+        "CC-BY-4.0": 3,
+        "Apache-2.0": 2,
+        "MIT": 1,
+        "CC-BY-NC-4.0": 1,
+        "LicenseRef-teacher-y": 1,
+    }
     assert report.by_origin == {"human": 5, "synthetic": 1, "augmented": 2}
     assert report.by_teacher == {"(none: human-written)": 5, "teacher-x": 1, "teacher-y": 1, "teacher-z": 1}
     attribution = {(a["license"], a["source"], a["files"], a["source_rows"]) for a in report.attribution}
     # The absorbed near-duplicate's source is credited too; the filtered-out row (x1) is not.
-    assert attribution == {("CC-BY-4.0", "wiki", "data/a.jsonl", 1), ("CC-BY-4.0", "docs", "data/docs.jsonl", 1),
-                           ("Apache-2.0", "mail", "data/a.jsonl", 1), ("MIT", "forum", "data/b.jsonl", 1),
-                           ("CC-BY-SA-4.0", "scrape", "data/c.jsonl", 1), ("CC-BY-NC-4.0", "nc_qa", "data/nc.csv", 1)}
+    assert attribution == {
+        ("CC-BY-4.0", "wiki", "data/a.jsonl", 1),
+        ("CC-BY-4.0", "docs", "data/docs.jsonl", 1),
+        ("Apache-2.0", "mail", "data/a.jsonl", 1),
+        ("MIT", "forum", "data/b.jsonl", 1),
+        ("CC-BY-SA-4.0", "scrape", "data/c.jsonl", 1),
+        ("CC-BY-NC-4.0", "nc_qa", "data/nc.csv", 1),
+    }
     assert [(s["license"], s["source"]) for s in report.share_alike] == [("CC-BY-SA-4.0", "scrape")]
     assert [(s["license"], s["source"]) for s in report.non_commercial] == [("CC-BY-NC-4.0", "nc_qa")]
     teachers = {t["teacher"]: t for t in report.teachers}
@@ -102,8 +115,9 @@ def test_counts_and_obligations(db, policy) -> None:
 
 def test_files_carry_the_version_hash_and_the_full_violation_list(db, policy, tmp_path: Path) -> None:
     project = load_project(tmp_path / "distillery.yaml")
-    report = build_report(db, policy, data_version="0123abcd", project=project.name,
-                          project_file_hash=project.file_hash, sample=2)
+    report = build_report(
+        db, policy, data_version="0123abcd", project=project.name, project_file_hash=project.file_hash, sample=2
+    )
     paths = write_report(db, report, tmp_path / "out")
     markdown, html = paths["markdown"].read_text(), paths["html"].read_text()
     for text in (markdown, html):
@@ -136,19 +150,27 @@ def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Pat
     project["format"]["tokenizer"] = str(DEMO_CONFIG.parent / project["format"]["tokenizer"])
     for benchmark in project["format"].get("benchmarks", []):
         benchmark["path"] = str(DEMO_CONFIG.parent / benchmark["path"])
-    project["policy"]["teachers"] = {"distillery-procedural": {"license": "CC0-1.0", "terms": "no-competing-models",
-                                                               "forbids": ["commercial"]}}
+    project["policy"]["teachers"] = {
+        "distillery-procedural": {"license": "CC0-1.0", "terms": "no-competing-models", "forbids": ["commercial"]}
+    }
     config = tmp_path / "distillery.yaml"
     config.write_text(yaml.safe_dump(project))
     home = tmp_path / "home"
-    resources = {**RESOURCES, "project": ProjectResource(config_path=str(config)),
-                 "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb"))}
+    resources = {
+        **RESOURCES,
+        "project": ProjectResource(config_path=str(config)),
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+    }
     with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
         patch.setenv("DISTILLERY_HOME", str(home))
-        result = dg.materialize([*[a for a in ASSETS if a.key != compliance_report.key], compliance_report],
-                                instance=instance, resources=resources)
-        metadata = instance.get_latest_materialization_event(dg.AssetKey("compliance_report")
-                                                             ).asset_materialization.metadata
+        result = dg.materialize(
+            [*[a for a in ASSETS if a.key != compliance_report.key], compliance_report],
+            instance=instance,
+            resources=resources,
+        )
+        metadata = instance.get_latest_materialization_event(
+            dg.AssetKey("compliance_report")
+        ).asset_materialization.metadata
     assert result.success
     version = metadata["data_version"].value
     html = Path(metadata["report_html"].value)
@@ -158,11 +180,13 @@ def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Pat
 
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
         nc_rows = connection.execute("SELECT count(*) FROM formatted WHERE license = 'CC-BY-NC-4.0'").fetchall()[0][0]
-        taught = connection.execute("SELECT count(*) FROM formatted WHERE generator = 'distillery-procedural'"
-                                    ).fetchall()[0][0]
+        taught = connection.execute(
+            "SELECT count(*) FROM formatted WHERE generator = 'distillery-procedural'"
+        ).fetchall()[0][0]
         redacted = connection.execute(
             "SELECT f.row_id, l.parent_id FROM lineage l JOIN formatted f ON f.parent_id = l.child_id "
-            "WHERE l.operation = 'clean:pii' ORDER BY 1 LIMIT 1").fetchall()[0]
+            "WHERE l.operation = 'clean:pii' ORDER BY 1 LIMIT 1"
+        ).fetchall()[0]
     assert nc_rows > 0 and taught > 0
 
     commercial = run_cli("report", "--config", str(config), "--intended-use", "commercial", "--check", home=home)

@@ -41,15 +41,18 @@ def test_minimal_file_gets_defaults_and_base_dir(tmp_path: Path) -> None:
     assert project.resolve("data.jsonl") == tmp_path / "data.jsonl"
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (("mapping: alpaca", "mapping: alpacca"), "sources.0.mapping: Input should be 'alpaca'"),
-    (("license: MIT", "licence: MIT"), "sources.0.licence: unknown key"),
-    (("license: MIT", "license: ''"), "sources.0.license"),
-    (("    path: data.jsonl\n", ""), "sources.0.path: required key is missing"),
-    (("tokenizer: tok", "tokenizer: tok\n  max_tokens: -5"), "format.max_tokens: Input should be greater than 0"),
-    (("format:", "mix:\n  synthetic_cap: 1.5\nformat:"), "mix.synthetic_cap"),
-    (("license: MIT", "license: MIT\n    origin: synthetic"), "'generator' must name the model"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("mapping: alpaca", "mapping: alpacca"), "sources.0.mapping: Input should be 'alpaca'"),
+        (("license: MIT", "licence: MIT"), "sources.0.licence: unknown key"),
+        (("license: MIT", "license: ''"), "sources.0.license"),
+        (("    path: data.jsonl\n", ""), "sources.0.path: required key is missing"),
+        (("tokenizer: tok", "tokenizer: tok\n  max_tokens: -5"), "format.max_tokens: Input should be greater than 0"),
+        (("format:", "mix:\n  synthetic_cap: 1.5\nformat:"), "mix.synthetic_cap"),
+        (("license: MIT", "license: MIT\n    origin: synthetic"), "'generator' must name the model"),
+    ],
+)
 def test_invalid_files_name_the_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_project(write(tmp_path, MINIMAL.replace(*change)))

@@ -51,8 +51,9 @@ def test_changed_file_replaces_its_rows_only(tmp_path: Path) -> None:
     ingest(warehouse, config)
     before = count(warehouse, "raw")
     preference = config.parent / "data" / "preference.jsonl"
-    preference.write_text(preference.read_text() + '{"prompt": "Name a colour.", "chosen": "Blue.", '
-                                                    '"rejected": "No."}\n')
+    preference.write_text(
+        preference.read_text() + '{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."}\n'
+    )
     summary = ingest(warehouse, config)
     statuses = {f.file: f.status for f in summary.files}
     assert statuses["data/preference.jsonl"] == "ingested"
@@ -113,6 +114,8 @@ def test_names_are_quoted(tmp_path: Path) -> None:
 
 
 def test_read_only_open_of_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="distillery run"), \
-            Warehouse(tmp_path / "none.duckdb").connect(read_only=True):
+    with (
+        pytest.raises(FileNotFoundError, match="distillery run"),
+        Warehouse(tmp_path / "none.duckdb").connect(read_only=True),
+    ):
         pass

@@ -39,9 +39,13 @@ from tests.conftest import SHARED_DATA
 
 
 def sft(row_id: str, prompt: str, response: str, **fields: object) -> Row:
-    return new_row(row_id=row_id, kind="sft", origin=fields.pop("origin", "human"),
-                   messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                   **fields)
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        origin=fields.pop("origin", "human"),
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        **fields,
+    )
 
 
 def text_row(row_id: str, text: str, **fields: object) -> Row:
@@ -59,6 +63,7 @@ def _set_jaccard(a: str, b: str, n: int = 5) -> float:
 
 
 # --- exact -----------------------------------------------------------------------------------
+
 
 def test_exact_ignores_case_whitespace_and_optionally_punctuation() -> None:
     rows = [sft("a", "What is  2+2?", "Four."), sft("b", "what is 2+2?\n", "four."), sft("c", "What is 2+2", "Four")]
@@ -84,8 +89,16 @@ def _seed_rows() -> list[Row]:
             record = json.loads(line)
             instance = record["instances"][0]
             prompt = record["instruction"] + (f"\n\n{instance['input']}" if instance["input"] else "")
-            rows.append(sft(make_row_id(folder, str(k)), prompt, instance["output"], source=folder, license=spdx,
-                            source_uri=f"{folder}/seed_tasks.jsonl#{k}"))
+            rows.append(
+                sft(
+                    make_row_id(folder, str(k)),
+                    prompt,
+                    instance["output"],
+                    source=folder,
+                    license=spdx,
+                    source_uri=f"{folder}/seed_tasks.jsonl#{k}",
+                )
+            )
     return rows
 
 
@@ -107,16 +120,29 @@ def test_seed_tasks_collapse_and_keep_the_permissive_licence() -> None:
     # The kept row carries the absorbed row's provenance too.
     noted = with_license_note(result.kept[0], result.members, by_id)
     assert [(s["source"], s["license"]) for s in noted["extra"]["dedup_sources"]] == [
-        ("stanford-alpaca-seed-tasks", "CC-BY-NC-4.0")]
+        ("stanford-alpaca-seed-tasks", "CC-BY-NC-4.0")
+    ]
 
 
 def test_fastchat_prompt_level_and_conversation_level_differ() -> None:
     convs = json.loads((SHARED_DATA / "fastchat-dummy-conversation" / "dummy_conversation.json").read_text())
-    rows = [new_row(row_id=c["id"], kind="chat", origin="human", license="Apache-2.0",
-                    messages=[{"role": "user" if m["from"] == "human" else "assistant", "content": m["value"]}
-                              for m in c["conversations"]]) for c in convs]
-    removed = {fields: sum(m.removed for m in exact_duplicates(rows, ExactConfig(fields=fields)))
-               for fields in ("conversation", "prompt", "first_prompt")}
+    rows = [
+        new_row(
+            row_id=c["id"],
+            kind="chat",
+            origin="human",
+            license="Apache-2.0",
+            messages=[
+                {"role": "user" if m["from"] == "human" else "assistant", "content": m["value"]}
+                for m in c["conversations"]
+            ],
+        )
+        for c in convs
+    ]
+    removed = {
+        fields: sum(m.removed for m in exact_duplicates(rows, ExactConfig(fields=fields)))
+        for fields in ("conversation", "prompt", "first_prompt")
+    }
     assert removed["conversation"] == 0
     assert removed["first_prompt"] == 500 - 52
     distinct_user_turns = len({tuple(m["value"] for m in c["conversations"] if m["from"] == "human") for c in convs})
@@ -125,13 +151,17 @@ def test_fastchat_prompt_level_and_conversation_level_differ() -> None:
 
 # --- near ------------------------------------------------------------------------------------
 
+
 def _near_rows() -> tuple[list[Row], float]:
     base = _words(200, "w")
     edited = [*base[:90], "x", "y", "z", *base[96:]]  # one contiguous span replaced
     unrelated = _words(200, "u")
     texts = [" ".join(base), " ".join(edited), " ".join(unrelated)]
-    rows = [text_row("base", texts[0], license="MIT"), text_row("edit", texts[1], license="CC-BY-NC-4.0"),
-            text_row("other", texts[2])]
+    rows = [
+        text_row("base", texts[0], license="MIT"),
+        text_row("edit", texts[1], license="CC-BY-NC-4.0"),
+        text_row("other", texts[2]),
+    ]
     return rows, _set_jaccard(texts[0], texts[1])
 
 
@@ -193,9 +223,11 @@ def test_stored_signatures_skip_minhash_and_match() -> None:
 def test_incremental_batch_against_stored_corpus() -> None:
     base = _words(250, "w")
     old = [text_row("old1", " ".join(base)), text_row("old2", " ".join(_words(250, "v")))]
-    new = [text_row("new1", " ".join([*base[:120], "q", "r", *base[123:]])),  # near old1
-           text_row("new2", " ".join(_words(250, "n"))),
-           text_row("new3", " ".join([*_words(250, "n")[:-1], "end"]))]  # near new2
+    new = [
+        text_row("new1", " ".join([*base[:120], "q", "r", *base[123:]])),  # near old1
+        text_row("new2", " ".join(_words(250, "n"))),
+        text_row("new3", " ".join([*_words(250, "n")[:-1], "end"])),
+    ]  # near new2
     index = NearDupIndex(NearConfig())
     old_texts = {r["row_id"]: dedup_text(r, "prompt_response") for r in old}
     sig, _ = compute_signatures(list(old_texts.values()), index.config)
@@ -215,6 +247,7 @@ def test_incremental_batch_against_stored_corpus() -> None:
 
 # --- in-text edits ---------------------------------------------------------------------------
 
+
 def test_repeated_paragraphs_removed_code_untouched() -> None:
     para = "This paragraph is repeated by a copy-paste accident."
     code = "```python\nx = 1\nx = 1\n```\n"
@@ -222,8 +255,9 @@ def test_repeated_paragraphs_removed_code_untouched() -> None:
     cleaned, removed = remove_repeats(text)
     assert removed == [para]
     assert cleaned.count(para) == 1 and "x = 1\nx = 1" in cleaned and cleaned.count("ok") == 2  # short: kept
-    lines, removed_lines = remove_repeats("a long enough line of text\nb\na long enough line of text\nb",
-                                          WithinConfig(unit="line"))
+    lines, removed_lines = remove_repeats(
+        "a long enough line of text\nb\na long enough line of text\nb", WithinConfig(unit="line")
+    )
     assert removed_lines == ["a long enough line of text"]
     assert lines == "a long enough line of text\nb\nb"  # the short line repeats legitimately
 
@@ -245,11 +279,14 @@ def test_boilerplate_across_documents_removed_row_kept() -> None:
 
 # --- same instruction, different responses ---------------------------------------------------
 
+
 def test_conflicts_keep_best_by_policy_or_flag() -> None:
-    rows = [sft("syn", "Explain gravity.", "Synthetic answer.", origin="synthetic", license="Apache-2.0"),
-            sft("nc", "Explain gravity.", "Human answer, NC.", license="CC-BY-NC-4.0"),
-            sft("mit", "explain  gravity.", "Human answer, MIT.", license="MIT"),
-            sft("solo", "Something else?", "Fine.")]
+    rows = [
+        sft("syn", "Explain gravity.", "Synthetic answer.", origin="synthetic", license="Apache-2.0"),
+        sft("nc", "Explain gravity.", "Human answer, NC.", license="CC-BY-NC-4.0"),
+        sft("mit", "explain  gravity.", "Human answer, MIT.", license="MIT"),
+        sft("solo", "Something else?", "Fine."),
+    ]
     best = same_prompt_conflicts(rows)
     assert {m.row_id for m in best if m.removed} == {"syn", "nc"}
     assert {m.kept_row_id for m in best} == {"mit"}
@@ -273,12 +310,15 @@ def test_streaming_signatures_give_the_same_pairs() -> None:
     texts = [dedup_text(r, "prompt_response") for r in rows] * 2  # exact copies too
     kept = near_duplicate_pairs(texts, NearConfig(batch_size=2))
     batches: list[tuple[int, np.ndarray]] = []
-    streamed = near_duplicate_pairs(texts, NearConfig(batch_size=2), keep_signatures=False,
-                                    sink=lambda start, sig, counts: batches.append((start, sig)))
+    streamed = near_duplicate_pairs(
+        texts,
+        NearConfig(batch_size=2),
+        keep_signatures=False,
+        sink=lambda start, sig, counts: batches.append((start, sig)),
+    )
     assert streamed.signatures is None
     assert streamed.pairs.tolist() == kept.pairs.tolist() and len(kept.pairs) == 7  # 3 copies + 4 near
-    np.testing.assert_array_equal(np.concatenate([s for _, s in sorted(batches, key=lambda b: b[0])]),
-                                  kept.signatures)
+    np.testing.assert_array_equal(np.concatenate([s for _, s in sorted(batches, key=lambda b: b[0])]), kept.signatures)
 
 
 def test_incremental_cluster_follows_its_kept_row_to_the_stored_one() -> None:
@@ -303,8 +343,12 @@ def test_incremental_cluster_follows_its_kept_row_to_the_stored_one() -> None:
 
 
 def test_rows_with_nothing_to_compare_are_not_duplicates() -> None:
-    rows = [new_row(row_id=f"a{i}", kind="chat", origin="human",
-                    messages=[{"role": "assistant", "content": f"unprompted {i}"}]) for i in range(3)]
+    rows = [
+        new_row(
+            row_id=f"a{i}", kind="chat", origin="human", messages=[{"role": "assistant", "content": f"unprompted {i}"}]
+        )
+        for i in range(3)
+    ]
     assert exact_duplicates(rows, ExactConfig(fields="first_prompt")) == []
     copies = [{**r, "row_id": r["row_id"] + "-copy"} for r in rows]
     members = exact_duplicates(rows + copies, ExactConfig(fields="conversation"))
@@ -312,6 +356,7 @@ def test_rows_with_nothing_to_compare_are_not_duplicates() -> None:
 
 
 # --- the asset's run over the warehouse --------------------------------------------------------
+
 
 def _warehouse_with_raw(rows: list[Row]) -> duckdb.DuckDBPyConnection:
     connection = duckdb.connect()
@@ -324,10 +369,18 @@ def _warehouse_with_raw(rows: list[Row]) -> duckdb.DuckDBPyConnection:
 
 def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -> None:
     para = "This paragraph is repeated by a copy-paste accident."
-    rows = [sft("nc", "What is 2+2?", "Four.", license="CC-BY-NC-4.0", source="a", source_uri="a.jsonl#0"),
-            sft("mit", "What is 2+2?", "Four.", license="MIT", source="b", source_uri="b.jsonl#0"),
-            sft("rep", "Tell me twice.", f"{para}\n\nSomething else.\n\n{para}", license="MIT", source="b",
-                source_uri="b.jsonl#1")]
+    rows = [
+        sft("nc", "What is 2+2?", "Four.", license="CC-BY-NC-4.0", source="a", source_uri="a.jsonl#0"),
+        sft("mit", "What is 2+2?", "Four.", license="MIT", source="b", source_uri="b.jsonl#0"),
+        sft(
+            "rep",
+            "Tell me twice.",
+            f"{para}\n\nSomething else.\n\n{para}",
+            license="MIT",
+            source="b",
+            source_uri="b.jsonl#1",
+        ),
+    ]
     connection = _warehouse_with_raw(rows)
     run = run_dedup(connection, DedupConfig())
     published = {r["source_uri"]: r for r in run.tables["deduped"][1].to_pylist()}
@@ -337,10 +390,16 @@ def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -
     edited = published["b.jsonl#1"]
     assert edited["row_id"] != "rep" and json.loads(edited["messages"])[1]["content"].count(para) == 1
     assert [(e["child_id"], e["parent_id"], e["operation"]) for e in run.lineage] == [
-        (edited["row_id"], "rep", "dedup:repeated_paragraph")]
+        (edited["row_id"], "rep", "dedup:repeated_paragraph")
+    ]
     assert run.lineage[0]["detail"] == f"messages[1]: removed repeated_paragraph {para!r}"
-    assert run.counts() == {"removed": 1, "edited_rows": 1, "flagged_not_removed": 0, "minhash_computed": 2,
-                            "signatures_reused": 0}
+    assert run.counts() == {
+        "removed": 1,
+        "edited_rows": 1,
+        "flagged_not_removed": 0,
+        "minhash_computed": 2,
+        "signatures_reused": 0,
+    }
     assert run.tables["dedup_clusters"][1].num_rows == 2
     # A second run over the same rows reads the persisted signatures instead of MinHashing again.
     ddl, signatures = run.tables["dedup_signatures"]

@@ -60,8 +60,10 @@ def _datasketch(hasher: MinHasher, text: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("use_jit", [False, True] if HAVE_JIT else [False])
-@pytest.mark.parametrize(("unit", "n", "num_perm", "seed"), [("word", 5, 128, 1), ("word", 3, 64, 7),
-                                                             ("char", 5, 128, 1), ("char", 12, 32, 3)])
+@pytest.mark.parametrize(
+    ("unit", "n", "num_perm", "seed"),
+    [("word", 5, 128, 1), ("word", 3, 64, 7), ("char", 5, 128, 1), ("char", 12, 32, 3)],
+)
 def test_signatures_equal_datasketch(use_jit: bool, unit: str, n: int, num_perm: int, seed: int) -> None:
     hasher = MinHasher(num_perm, seed, ShingleConfig(unit, n), use_jit=use_jit)  # type: ignore[arg-type]
     texts = _corpus_texts()
@@ -94,7 +96,7 @@ def test_word_tokens_are_normalize_words() -> None:
     batch = MinHasher(shingles=one_grams).shingle_batch(_corpus_texts())
     for i, text in enumerate(_corpus_texts()):
         expected = [one_grams.hashfunc64(w) for w in words(text)]
-        assert batch.hashes[batch.offsets[i]:batch.offsets[i + 1]].tolist() == expected
+        assert batch.hashes[batch.offsets[i] : batch.offsets[i + 1]].tolist() == expected
 
 
 def test_token_hash_distinguishes_lengths_and_long_tokens() -> None:
@@ -206,4 +208,4 @@ def test_batch_tokens_equal_normalize_words_on_random_unicode() -> None:
     for i, text in enumerate(texts):
         toks = words(text)
         expected = [word_shingle_hash64(t) for t in toks] or []
-        assert values[offsets[i]:offsets[i + 1]].tolist() == expected, repr(text)
+        assert values[offsets[i] : offsets[i + 1]].tolist() == expected, repr(text)

@@ -15,8 +15,11 @@ from tests.conftest import SHARED_DATA
 
 
 def sft(prompt: str, response: str, row_id: str = "r1") -> dict:
-    return new_row(row_id=row_id, kind="sft", messages=[{"role": "user", "content": prompt},
-                                                         {"role": "assistant", "content": response}])
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    )
 
 
 def response_of(row: dict) -> str:
@@ -24,6 +27,7 @@ def response_of(row: dict) -> str:
 
 
 # --- ftfy -----------------------------------------------------------------------------------
+
 
 def test_fix_encoding_repairs_mojibake_and_records_how():
     row = sft("Translate", "SÃ£o Paulo Ã© grande")
@@ -47,9 +51,12 @@ def test_fix_encoding_removes_control_characters_from_ascii():
 
 # --- HTML -----------------------------------------------------------------------------------
 
+
 def test_html_residue_around_prose_becomes_text():
-    row = sft("What is the capital of France?",
-              "The capital is <b>Paris</b>.<br>It has &amp; more:<ul><li>museums</li><li>caf&eacute;s</li></ul>")
+    row = sft(
+        "What is the capital of France?",
+        "The capital is <b>Paris</b>.<br>It has &amp; more:<ul><li>museums</li><li>caf&eacute;s</li></ul>",
+    )
     cleaned, edits = HtmlToText()(row)
     assert response_of(cleaned) == "The capital is Paris.\nIt has & more:\n- museums\n- cafés"
     assert len(edits) == 1 and "tags removed" in edits[0].description
@@ -67,14 +74,17 @@ def test_html_kept_when_the_prompt_is_about_markup():
     assert cleaned is row and edits == []
 
 
-@pytest.mark.parametrize("text", [
-    "if a<b and c>d then print <br> done",       # the parser would eat "b and c" as a tag
-    "List<String> names = new ArrayList<>();",   # generics
-    "Use a List<String> here, <b>not</b> an array",  # prose with residue and a generic: ambiguous
-    "48/2 = <<48/2=24>>24 clips",                # gsm8k calculator annotations
-    "<!DOCTYPE html><html><body><p>x</p></body></html>",
-    "#include <iostream>\nint main() { return 0; }",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "if a<b and c>d then print <br> done",  # the parser would eat "b and c" as a tag
+        "List<String> names = new ArrayList<>();",  # generics
+        "Use a List<String> here, <b>not</b> an array",  # prose with residue and a generic: ambiguous
+        "48/2 = <<48/2=24>>24 clips",  # gsm8k calculator annotations
+        "<!DOCTYPE html><html><body><p>x</p></body></html>",
+        "#include <iostream>\nint main() { return 0; }",
+    ],
+)
 def test_html_cleaner_does_not_touch_code_or_math(text):
     row = sft("Explain", text)
     cleaned, edits = HtmlToText()(row)
@@ -82,11 +92,13 @@ def test_html_cleaner_does_not_touch_code_or_math(text):
 
 
 # Tag names of HTML elements (written independently of the cleaner's own list).
-_HTML_TAG = re.compile(r"</?(?:html|head|body|title|div|span|p|br|hr|a|b|i|u|em|strong|h[1-6]|ul|ol|li|table|tr|"
-                       r"td|th|thead|tbody|img|center|font|pre|code|small|sub|sup|blockquote|nav|header|"
-                       r"footer|main|section|article|aside|figure|caption|mark|s|q|del|ins|dl|dt|dd|big|"
-                       r"abbr|address|cite|details|summary|figcaption|kbd|strike|tfoot|tt)(?:\s[^<>]*)?/?>",
-                       re.IGNORECASE)
+_HTML_TAG = re.compile(
+    r"</?(?:html|head|body|title|div|span|p|br|hr|a|b|i|u|em|strong|h[1-6]|ul|ol|li|table|tr|"
+    r"td|th|thead|tbody|img|center|font|pre|code|small|sub|sup|blockquote|nav|header|"
+    r"footer|main|section|article|aside|figure|caption|mark|s|q|del|ins|dl|dt|dd|big|"
+    r"abbr|address|cite|details|summary|figcaption|kbd|strike|tfoot|tt)(?:\s[^<>]*)?/?>",
+    re.IGNORECASE,
+)
 
 
 def _code_alpaca_rows() -> list[dict]:
@@ -110,12 +122,16 @@ def test_code_alpaca_legitimate_html_is_never_edited():
 
 # --- Markdown -------------------------------------------------------------------------------
 
+
 def test_markdown_residue_removed_outside_code():
-    text = ("# Title\n**Bold** and *it* with [a link](https://x.org). a*b*c, snake_case_name, __init__, "
-            "`**kept**`\n```\n# comment\n```")
+    text = (
+        "# Title\n**Bold** and *it* with [a link](https://x.org). a*b*c, snake_case_name, __init__, "
+        "`**kept**`\n```\n# comment\n```"
+    )
     cleaned, edits = MarkdownResidue()(sft("Q", text))
-    assert response_of(cleaned) == ("Title\nBold and it with a link. a*b*c, snake_case_name, __init__, "
-                                    "`**kept**`\n```\n# comment\n```")
+    assert response_of(cleaned) == (
+        "Title\nBold and it with a link. a*b*c, snake_case_name, __init__, `**kept**`\n```\n# comment\n```"
+    )
     assert edits[0].description.startswith("markdown removed:")
 
 
@@ -125,6 +141,7 @@ def test_markdown_cleaner_is_not_in_the_default_chain():
 
 
 # --- whitespace -----------------------------------------------------------------------------
+
 
 def test_whitespace_normalised():
     cleaned, edits = NormalizeWhitespace()(sft("Q", "  Hello  \r\n\n\n\nworld\u00a0!\u200b \n"))
@@ -146,9 +163,15 @@ def test_whitespace_clean_row_is_returned_as_is():
 
 # --- field walking -------------------------------------------------------------------------
 
+
 def test_a_cleaner_edits_every_text_field_and_copies_only_what_changed():
-    row = new_row(row_id="p", kind="preference", messages=[{"role": "user", "content": "q "}],
-                  chosen=[{"role": "assistant", "content": " a"}], rejected=[{"role": "assistant", "content": "b"}])
+    row = new_row(
+        row_id="p",
+        kind="preference",
+        messages=[{"role": "user", "content": "q "}],
+        chosen=[{"role": "assistant", "content": " a"}],
+        rejected=[{"role": "assistant", "content": "b"}],
+    )
     before = copy.deepcopy(row)
     cleaned, edits = NormalizeWhitespace()(row)
     assert [e.where for e in edits] == ["messages[0].content", "chosen[0].content"]

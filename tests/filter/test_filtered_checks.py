@@ -19,16 +19,24 @@ LLMS_PREFERENCE = SHARED_DATA / "llms-from-scratch-preference" / "instruction-da
 TOKENIZER = REPO / "demo" / "tokenizer"
 
 FORUM_FR = [
-    {"instruction": "Quelle est la capitale de la France et pourquoi est-elle si célèbre dans le monde entier ?",
-     "output": "La capitale de la France est Paris, célèbre pour ses musées, sa cuisine et son histoire."},
-    {"instruction": "Peux-tu m'expliquer comment on prépare une bonne pâte à crêpes à la maison ?",
-     "output": "Mélangez la farine, les œufs, le lait et une pincée de sel, puis laissez reposer la pâte."},
-    {"instruction": "What is the best way to learn to play the guitar as an adult beginner?",
-     "output": "Practise a little every day, learn a few open chords first and play songs you enjoy."},
+    {
+        "instruction": "Quelle est la capitale de la France et pourquoi est-elle si célèbre dans le monde entier ?",
+        "output": "La capitale de la France est Paris, célèbre pour ses musées, sa cuisine et son histoire.",
+    },
+    {
+        "instruction": "Peux-tu m'expliquer comment on prépare une bonne pâte à crêpes à la maison ?",
+        "output": "Mélangez la farine, les œufs, le lait et une pincée de sel, puis laissez reposer la pâte.",
+    },
+    {
+        "instruction": "What is the best way to learn to play the guitar as an adult beginner?",
+        "output": "Practise a little every day, learn a few open chords first and play songs you enjoy.",
+    },
 ]
 CONTACTS = [
-    {"instruction": "Who should I write to about the order?",
-     "output": "Write to maria.rivera@rivera-family.net and mention the order number in the subject line."},
+    {
+        "instruction": "Who should I write to about the order?",
+        "output": "Write to maria.rivera@rivera-family.net and mention the order number in the subject line.",
+    },
     {"instruction": "Name a primary colour.", "output": "Red"},
 ]
 
@@ -38,11 +46,15 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def project(folder: Path, sources: str, *, intended_use: str = "research", filters: str = "{}",
-            name: str = "distillery.yaml") -> Path:
+def project(
+    folder: Path, sources: str, *, intended_use: str = "research", filters: str = "{}", name: str = "distillery.yaml"
+) -> Path:
     path = folder / name
-    path.write_text(f"sources:\n{sources}\nfilters: {filters}\nformat: {{tokenizer: {TOKENIZER}}}\n"
-                    f"policy: {{intended_use: {intended_use}}}\n", encoding="utf-8")
+    path.write_text(
+        f"sources:\n{sources}\nfilters: {filters}\nformat: {{tokenizer: {TOKENIZER}}}\n"
+        f"policy: {{intended_use: {intended_use}}}\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -57,16 +69,25 @@ def stage_defs():
     return assets, [c for c in ALL_CHECKS if all(k.asset_key in keys for k in c.check_keys)]
 
 
-def materialize(config: Path, warehouse: Path, selection: dg.AssetSelection | None = None,
-                run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+def materialize(
+    config: Path, warehouse: Path, selection: dg.AssetSelection | None = None, run_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
     from resources import ProjectResource, WarehouseResource
 
     assets, checks = stage_defs()
-    resources = {"project": ProjectResource(config_path=str(config)),
-                 "warehouse": WarehouseResource(path=str(warehouse))}
+    resources = {
+        "project": ProjectResource(config_path=str(config)),
+        "warehouse": WarehouseResource(path=str(warehouse)),
+    }
     with dg.instance_for_test() as instance:
-        return dg.materialize([*assets, *checks], selection=selection, instance=instance, resources=resources,
-                              raise_on_error=False, run_config=run_config)
+        return dg.materialize(
+            [*assets, *checks],
+            selection=selection,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=run_config,
+        )
 
 
 def evaluations(result: dg.ExecuteInProcessResult, asset: str = "filtered") -> dict[str, dg.AssetCheckEvaluation]:
@@ -80,11 +101,14 @@ def filtered_metadata(result: dg.ExecuteInProcessResult) -> dict:
 
 # ----------------------------------------------------------------------------- research build
 
+
 @pytest.fixture(scope="module")
 def research(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProcessResult, Path]:
     folder = tmp_path_factory.mktemp("research")
     write_jsonl(folder / "forum_fr.jsonl", FORUM_FR)
-    config = project(folder, f"""\
+    config = project(
+        folder,
+        f"""\
   - {{name: code_alpaca, path: {CODE_ALPACA}, mapping: alpaca, license: CC-BY-NC-4.0}}
   - name: llms_pref
     path: {LLMS_PREFERENCE}
@@ -93,7 +117,8 @@ def research(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProc
     license: Apache-2.0
     origin: synthetic
     generator: Llama-3.1-70B
-  - {{name: forum_fr, path: forum_fr.jsonl, mapping: alpaca, license: CC-BY-4.0, allowed_languages: [fr]}}""")
+  - {{name: forum_fr, path: forum_fr.jsonl, mapping: alpaca, license: CC-BY-4.0, allowed_languages: [fr]}}""",
+    )
     warehouse = folder / "warehouse.duckdb"
     return materialize(config, warehouse), warehouse
 
@@ -107,8 +132,11 @@ def research_db(research) -> duckdb.DuckDBPyConnection:
 
 def rejections_by_record(db: duckdb.DuckDBPyConnection, source: str) -> dict[int, tuple[str, str, str | None]]:
     """0-based record index in the source file → (filter, reason, value)."""
-    rows = db.execute("SELECT r.source_uri, f.filter, f.reason, f.value FROM filter_rejections f "
-                      "JOIN raw r USING (row_id) WHERE r.source = ?", [source]).fetchall()
+    rows = db.execute(
+        "SELECT r.source_uri, f.filter, f.reason, f.value FROM filter_rejections f "
+        "JOIN raw r USING (row_id) WHERE r.source = ?",
+        [source],
+    ).fetchall()
     return {int(uri.rsplit("#", 1)[1]) - 1: (flt, reason, value) for uri, flt, reason, value in rows}
 
 
@@ -117,8 +145,14 @@ def test_research_build_passes_every_check(research) -> None:
     result, _ = research
     assert result.success
     checks = evaluations(result)
-    assert {"expectations", "no_pii_left", "licenses_allowed", "rejections_explained", "rows_conserved",
-            "canonical_schema"} <= set(checks)
+    assert {
+        "expectations",
+        "no_pii_left",
+        "licenses_allowed",
+        "rejections_explained",
+        "rows_conserved",
+        "canonical_schema",
+    } <= set(checks)
     assert [name for name, e in checks.items() if not e.passed] == []
     suite = checks["expectations"].metadata
     assert suite["unsuccessful_expectations"].value == 0 and suite["evaluated_expectations"].value >= 10
@@ -134,15 +168,21 @@ def test_known_bad_rows_are_rejected_with_their_reason(research_db) -> None:
     # README answers: code-alpaca rows 237 and 1859 have an empty output; llms-from-scratch rows 122, 226,
     # 400, 566, 628, 676 have chosen == rejected. Nothing else in these two sources is rejected.
     assert rejections_by_record(research_db, "code_alpaca") == {
-        237: ("empty", "empty response", None), 1859: ("empty", "empty response", None)}
+        237: ("empty", "empty response", None),
+        1859: ("empty", "empty response", None),
+    }
     assert rejections_by_record(research_db, "llms_pref") == {
-        i: ("chosen_equals_rejected", "chosen identical to rejected", None) for i in (122, 226, 400, 566, 628, 676)}
+        i: ("chosen_equals_rejected", "chosen identical to rejected", None) for i in (122, 226, 400, 566, 628, 676)
+    }
 
 
 @pytest.mark.slow
 def test_code_alpacas_legitimate_html_is_kept_unchanged(research_db) -> None:
-    tag = re.compile(r"</?(?:html|head|body|div|span|p|a|h[1-6]|table|tr|td|th|ul|ol|li|form|input|button|img|"
-                     r"script|style|title|label|select|option|nav|header|footer)\b[^<>]*>", re.IGNORECASE)
+    tag = re.compile(
+        r"</?(?:html|head|body|div|span|p|a|h[1-6]|table|tr|td|th|ul|ol|li|form|input|button|img|"
+        r"script|style|title|label|select|option|nav|header|footer)\b[^<>]*>",
+        re.IGNORECASE,
+    )
     rows = research_db.execute("""
         SELECT CAST(r.messages AS VARCHAR), CAST(f.messages AS VARCHAR) FROM raw r
         LEFT JOIN lineage l ON l.parent_id = r.row_id AND l.asset = 'filtered'
@@ -158,8 +198,13 @@ def test_code_alpacas_legitimate_html_is_kept_unchanged(research_db) -> None:
 def test_allowed_languages_of_a_source_apply_only_to_that_source(research, research_db) -> None:
     assert rejections_by_record(research_db, "forum_fr") == {2: ("language", "language en (0.98), allowed: fr", "en")}
     # English code and preference rows are not restricted: no language rejection outside forum_fr.
-    assert research_db.execute("SELECT count(*) FROM filter_rejections f JOIN raw r USING (row_id) "
-                               "WHERE f.filter = 'language' AND r.source <> 'forum_fr'").fetchone()[0] == 0
+    assert (
+        research_db.execute(
+            "SELECT count(*) FROM filter_rejections f JOIN raw r USING (row_id) "
+            "WHERE f.filter = 'language' AND r.source <> 'forum_fr'"
+        ).fetchone()[0]
+        == 0
+    )
     metadata = filtered_metadata(research[0])
     assert metadata["language_policy"].value == {"allowed": None, "by_source": {"forum_fr": ["fr"]}}
 
@@ -183,12 +228,17 @@ def test_materialization_reports_per_filter_counts_a_plot_and_examples(research,
 
 # ----------------------------------------------------------------------------- commercial build
 
+
 @pytest.mark.slow
 def test_commercial_build_drops_the_non_commercial_source(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "contacts.jsonl", CONTACTS)
-    config = project(tmp_path, f"""\
+    config = project(
+        tmp_path,
+        f"""\
   - {{name: code_alpaca, path: {CODE_ALPACA}, mapping: alpaca, license: CC-BY-NC-4.0}}
-  - {{name: contacts, path: contacts.jsonl, mapping: alpaca, license: MIT}}""", intended_use="commercial")
+  - {{name: contacts, path: contacts.jsonl, mapping: alpaca, license: MIT}}""",
+        intended_use="commercial",
+    )
     result = materialize(config, tmp_path / "warehouse.duckdb")
     assert result.success
     checks = evaluations(result)
@@ -196,7 +246,8 @@ def test_commercial_build_drops_the_non_commercial_source(tmp_path: Path) -> Non
     assert checks["licenses_allowed"].metadata["intended_use"].value == "commercial"
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as db:
         assert db.execute("SELECT filter, reason, count(*) FROM filter_rejections GROUP BY ALL").fetchall() == [
-            ("license", "CC-BY-NC-4.0 is non-commercial: not allowed in a commercial build", 2017)]
+            ("license", "CC-BY-NC-4.0 is non-commercial: not allowed in a commercial build", 2017)
+        ]
         assert db.execute("SELECT DISTINCT source, license FROM filtered").fetchall() == [("contacts", "MIT")]
         # The e-mail address was redacted, so the PII check had something real to look at.
         texts = " ".join(r[0] for r in db.execute("SELECT CAST(messages AS VARCHAR) FROM filtered").fetchall())
@@ -205,17 +256,23 @@ def test_commercial_build_drops_the_non_commercial_source(tmp_path: Path) -> Non
 
 # ----------------------------------------------------------------------------- checks that must fail
 
+
 @pytest.mark.slow
 def test_licence_check_blocks_a_commercial_build_whose_licence_filter_is_off(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "qa.jsonl", FORUM_FR[2:] + CONTACTS[1:])
-    config = project(tmp_path, "  - {name: nc_qa, path: qa.jsonl, mapping: alpaca, license: CC-BY-NC-4.0}",
-                     intended_use="commercial", filters="{license: false}")
+    config = project(
+        tmp_path,
+        "  - {name: nc_qa, path: qa.jsonl, mapping: alpaca, license: CC-BY-NC-4.0}",
+        intended_use="commercial",
+        filters="{license: false}",
+    )
     result = materialize(config, tmp_path / "warehouse.duckdb")
     check = evaluations(result)["licenses_allowed"]
     assert not check.passed and check.blocking
     assert check.metadata["rows_disallowed"].value == 2
     assert check.metadata["disallowed"].value == {
-        "CC-BY-NC-4.0": "CC-BY-NC-4.0 is non-commercial: not allowed in a commercial build"}
+        "CC-BY-NC-4.0": "CC-BY-NC-4.0 is non-commercial: not allowed in a commercial build"
+    }
 
 
 @pytest.mark.slow
@@ -231,8 +288,9 @@ def test_suite_and_pii_checks_fail_when_the_filters_were_bypassed(tmp_path: Path
 
     from checks.filtered import filtered_expectations, filtered_no_pii_left
 
-    result = materialize(strict, warehouse, selection=dg.AssetSelection.checks(
-        filtered_expectations, filtered_no_pii_left))
+    result = materialize(
+        strict, warehouse, selection=dg.AssetSelection.checks(filtered_expectations, filtered_no_pii_left)
+    )
     checks = evaluations(result)
     assert set(checks) == {"expectations", "no_pii_left"}
     pii = checks["no_pii_left"]
@@ -248,10 +306,17 @@ def test_suite_and_pii_checks_fail_when_the_filters_were_bypassed(tmp_path: Path
 def test_suite_sample_size_is_configurable(research) -> None:
     from checks.filtered import filtered_expectations, filtered_no_pii_left
 
-    result = materialize(Path(str(research[1]).replace("warehouse.duckdb", "distillery.yaml")), research[1],
-                         selection=dg.AssetSelection.checks(filtered_expectations, filtered_no_pii_left),
-                         run_config={"ops": {"filtered_expectations": {"config": {"sample_rows": 500}},
-                                             "filtered_no_pii_left": {"config": {"sample_rows": 100}}}})
+    result = materialize(
+        Path(str(research[1]).replace("warehouse.duckdb", "distillery.yaml")),
+        research[1],
+        selection=dg.AssetSelection.checks(filtered_expectations, filtered_no_pii_left),
+        run_config={
+            "ops": {
+                "filtered_expectations": {"config": {"sample_rows": 500}},
+                "filtered_no_pii_left": {"config": {"sample_rows": 100}},
+            }
+        },
+    )
     with duckdb.connect(str(research[1]), read_only=True) as db:
         (kept,) = db.execute("SELECT count(*) FROM filtered").fetchone()
     pii = evaluations(result)["no_pii_left"]
@@ -265,17 +330,20 @@ def test_suite_sample_size_is_configurable(research) -> None:
 @pytest.mark.slow
 def test_raw_suite_warns_about_rows_whose_licence_the_project_no_longer_declares(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "contacts.jsonl", CONTACTS)
-    before = project(tmp_path, "  - {name: contacts, path: contacts.jsonl, mapping: alpaca, license: MIT}",
-                     name="before.yaml")
-    after = project(tmp_path, "  - {name: contacts, path: contacts.jsonl, mapping: alpaca, license: Apache-2.0}",
-                    name="after.yaml")
+    before = project(
+        tmp_path, "  - {name: contacts, path: contacts.jsonl, mapping: alpaca, license: MIT}", name="before.yaml"
+    )
+    after = project(
+        tmp_path, "  - {name: contacts, path: contacts.jsonl, mapping: alpaca, license: Apache-2.0}", name="after.yaml"
+    )
     warehouse = tmp_path / "warehouse.duckdb"
     assert materialize(before, warehouse, selection=dg.AssetSelection.assets("raw")).success
 
     from checks.expectations import raw_expectations
 
-    suite = evaluations(materialize(after, warehouse, selection=dg.AssetSelection.checks(raw_expectations)),
-                        "raw")["expectations"]
+    suite = evaluations(materialize(after, warehouse, selection=dg.AssetSelection.checks(raw_expectations)), "raw")[
+        "expectations"
+    ]
     assert not suite.passed and suite.severity == dg.AssetCheckSeverity.WARN and not suite.blocking
     (failure,) = suite.metadata["failures"].value
     assert (failure["column"], failure["unexpected_count"], failure["examples"]) == ("license", 2, "MIT, MIT")
@@ -283,11 +351,14 @@ def test_raw_suite_warns_about_rows_whose_licence_the_project_no_longer_declares
 
 # ----------------------------------------------------------------------------- units (no Dagster run)
 
+
 def sources(**allowed: list[str] | None) -> list:
     from curation.core.config import SourceConfig
 
-    return [SourceConfig(name=name, path="x.jsonl", mapping="alpaca", license="MIT", allowed_languages=langs)
-            for name, langs in allowed.items()]
+    return [
+        SourceConfig(name=name, path="x.jsonl", mapping="alpaca", license="MIT", allowed_languages=langs)
+        for name, langs in allowed.items()
+    ]
 
 
 def test_allowed_languages_restrict_only_their_source_unless_a_global_list_is_set() -> None:
@@ -299,18 +370,23 @@ def test_allowed_languages_restrict_only_their_source_unless_a_global_list_is_se
     assert language.allowed_for({"source": "forum"}) == ["fr"] and language.allowed_for({"source": "docs"}) is None
     # A global list stays in force for the other sources; `true` means the filter's default (English).
     assert filter_settings({"language": {"allowed": ["en", "de"]}}, "research", {}, sources(forum=["fr"]))[
-        "language"] == {"allowed": ["en", "de"], "by_source": {"forum": ["fr"]}}
+        "language"
+    ] == {"allowed": ["en", "de"], "by_source": {"forum": ["fr"]}}
     assert filter_settings({"language": True}, "research", {}, sources(forum=["fr"]))["language"] == {
-        "by_source": {"forum": ["fr"]}}
+        "by_source": {"forum": ["fr"]}
+    }
     # No per-source setting and no language section: the filter stays off (it is opt-in).
     assert "language" not in filter_settings({}, "research", {}, sources(docs=None))
 
 
-@pytest.mark.parametrize(("filters", "message"), [
-    ({"language": False}, "filters.language is false"),
-    ({"language": {"by_source": {"forum": ["de"]}}}, "disagrees with filters.language.by_source['forum']"),
-    ({"language": {"by_source": {"froum": ["fr"]}}}, "names ['froum'], which are not sources"),
-])
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ({"language": False}, "filters.language is false"),
+        ({"language": {"by_source": {"forum": ["de"]}}}, "disagrees with filters.language.by_source['forum']"),
+        ({"language": {"by_source": {"froum": ["fr"]}}}, "names ['froum'], which are not sources"),
+    ],
+)
 def test_contradictory_language_settings_are_errors(filters: dict, message: str) -> None:
     from curation.filter.chain import filter_settings
 
@@ -322,8 +398,12 @@ def test_pii_hits_name_the_row_and_type_but_never_the_text() -> None:
     from checks.filtered import pii_left
 
     def row(row_id: str, answer: str) -> dict:
-        return {"row_id": row_id, "source": "s", "kind": "sft",
-                "messages": [{"role": "user", "content": "mail me"}, {"role": "assistant", "content": answer}]}
+        return {
+            "row_id": row_id,
+            "source": "s",
+            "kind": "sft",
+            "messages": [{"role": "user", "content": "mail me"}, {"role": "assistant", "content": answer}],
+        }
 
     rows = [row("a", "at joe_doe@gmail.com or +44 20 7946 0958"), row("b", "[EMAIL] and [PHONE] stay redacted")]
     scanned, per_entity, hits = pii_left(rows, ("EMAIL", "PHONE"))
@@ -341,7 +421,9 @@ def test_great_expectations_suite_reports_which_column_broke_which_rule() -> Non
     assert not outcome.success
     assert outcome.statistics["evaluated_expectations"] == 3 and outcome.statistics["successful_expectations"] == 1
     assert [(f["expectation"], f["column"], f["unexpected_count"]) for f in outcome.failures()] == [
-        ("expect_column_values_to_be_in_set", "kind", 1), ("expect_column_values_to_not_be_null", "license", 1)]
+        ("expect_column_values_to_be_in_set", "kind", 1),
+        ("expect_column_values_to_not_be_null", "license", 1),
+    ]
     assert outcome.failures()[0]["examples"] == "bogus"
     assert outcome.metadata()["success_percent"] == pytest.approx(100 / 3)
 
@@ -354,7 +436,14 @@ def test_formatted_suite_holds_token_counts_to_the_projects_budget() -> None:
     from tests.conftest import DEMO_CONFIG
 
     demo = load_project(DEMO_CONFIG)  # format.max_tokens: 512
-    frame = pd.DataFrame({"row_id": ["a", "b", "c"], "parent_id": ["p", "q", "r"], "split": ["train", "eval", "test"],
-                          "text": ["x", "y", "z"], "n_tokens": [12, 512, 513]})
+    frame = pd.DataFrame(
+        {
+            "row_id": ["a", "b", "c"],
+            "parent_id": ["p", "q", "r"],
+            "split": ["train", "eval", "test"],
+            "text": ["x", "y", "z"],
+            "n_tokens": [12, 512, 513],
+        }
+    )
     failures = validate_frame(frame, "formatted", formatted_suite(demo)).failures()
     assert [(f["column"], f["examples"]) for f in failures] == [("split", "test"), ("n_tokens", "513")]

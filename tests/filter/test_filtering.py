@@ -19,8 +19,12 @@ from tests.conftest import DEMO_CONFIG, SHARED_DATA
 
 
 def sft(row_id: str, prompt: str, response: str) -> dict:
-    return new_row(row_id=row_id, kind="sft", source="t", messages=[
-        {"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        source="t",
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    )
 
 
 def collect(rows, cleaners=(), filters=(), **kwargs):
@@ -47,10 +51,20 @@ def registry():
 
 # --- registry -------------------------------------------------------------------------------
 
+
 def test_default_chain_is_cheapest_first_with_the_cleaners_in_their_order():
     filters = build_filters()
-    assert [f.name for f in filters] == ["empty", "chosen_equals_rejected", "length", "chat_tokens", "encoding",
-                                         "refusal", "echo", "gopher_quality", "repetition"]
+    assert [f.name for f in filters] == [
+        "empty",
+        "chosen_equals_rejected",
+        "length",
+        "chat_tokens",
+        "encoding",
+        "refusal",
+        "echo",
+        "gopher_quality",
+        "repetition",
+    ]
     costs = [f.cost for f in filters]
     assert costs == sorted(costs)
     assert [c.name for c in build_cleaners()] == ["fix_encoding", "html_to_text", "pii", "whitespace"]
@@ -60,9 +74,14 @@ def test_default_chain_is_cheapest_first_with_the_cleaners_in_their_order():
 
 
 def test_config_switches_off_tunes_adds_and_orders():
-    filters = build_filters({"echo": False, "length": {"min_response_words": 5},
-                             "patterns": {"preset": "unsolicited_suggestions"},
-                             "order": ["repetition", "empty"]})
+    filters = build_filters(
+        {
+            "echo": False,
+            "length": {"min_response_words": 5},
+            "patterns": {"preset": "unsolicited_suggestions"},
+            "order": ["repetition", "empty"],
+        }
+    )
     names = [f.name for f in filters]
     assert "echo" not in names and "patterns" in names
     assert names[:2] == ["repetition", "empty"]
@@ -73,8 +92,15 @@ def test_config_switches_off_tunes_adds_and_orders():
 
 def test_project_chain_reads_the_whole_filters_section():
     config = load_project(DEMO_CONFIG)
-    config = config.model_copy(update={"filters": {"cleaners": {"markdown": True, "html_to_text": False},
-                                                   "echo": False, "language": {"allowed": ["en"]}}})
+    config = config.model_copy(
+        update={
+            "filters": {
+                "cleaners": {"markdown": True, "html_to_text": False},
+                "echo": False,
+                "language": {"allowed": ["en"]},
+            }
+        }
+    )
     cleaners, filters = project_chain(config)
     assert [c.name for c in cleaners] == ["fix_encoding", "pii", "markdown", "whitespace"]
     names = [f.name for f in filters]
@@ -82,13 +108,16 @@ def test_project_chain_reads_the_whole_filters_section():
     assert names[0] == "license"  # bound to the project's intended use, and the cheapest
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"no_such_filter": {}}, "unknown filter 'no_such_filter'.*known filters:.*empty"),
-    ({"no_such_filter": False}, "unknown filter 'no_such_filter'"),
-    ({"length": {"min_words": 3}}, "filter 'length': bad parameters"),
-    ({"length": 5}, "parameters must be a mapping"),
-    ({"order": ["language"]}, "not enabled"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"no_such_filter": {}}, "unknown filter 'no_such_filter'.*known filters:.*empty"),
+        ({"no_such_filter": False}, "unknown filter 'no_such_filter'"),
+        ({"length": {"min_words": 3}}, "filter 'length': bad parameters"),
+        ({"length": 5}, "parameters must be a mapping"),
+        ({"order": ["language"]}, "not enabled"),
+    ],
+)
 def test_config_errors_name_the_filter(config, message):
     with pytest.raises(ValueError, match=message):
         build_filters(config)
@@ -109,14 +138,19 @@ def test_adding_a_filter_is_one_class(registry):
             return None if self.marker in row["messages"][0]["content"] else "not a question"
 
     filters = build_filters({"defaults": False, "has_question_mark": True})
-    kept, rejected, _, stats, _ = collect([sft("a", "Why?", "Because."), sft("b", "Do it.", "Done.")],
-                                          filters=filters)
+    kept, rejected, _, stats, _ = collect([sft("a", "Why?", "Because."), sft("b", "Do it.", "Done.")], filters=filters)
     assert [r["row_id"] for r in kept] == ["a"]
-    assert rejected[0].as_record() == {"row_id": "b", "filter": "has_question_mark",
-                                       "reason": "not a question", "value": None}
+    assert rejected[0].as_record() == {
+        "row_id": "b",
+        "filter": "has_question_mark",
+        "reason": "not a question",
+        "value": None,
+    }
     assert stats.seen == {"has_question_mark": 2} and stats.rejected == {"has_question_mark": 1}
-    assert ("(../tests/filter/test_filtering.py) | off | 0.01 | `marker` = `'?'` | Prompts that are not questions. |"
-            in reference_markdown())
+    assert (
+        "(../tests/filter/test_filtering.py) | off | 0.01 | `marker` = `'?'` | Prompts that are not questions. |"
+        in reference_markdown()
+    )
 
 
 def test_adding_a_cleaner_is_one_class(registry):
@@ -133,12 +167,14 @@ def test_adding_a_cleaner_is_one_class(registry):
     kept, _, edited, stats, _ = collect([sft("a", "hi", "HO")], cleaners=[cleaner])
     assert [m["content"] for m in kept[0]["messages"]] == ["HI", "HO"]
     assert [(e.cleaner, e.where, e.description) for e in edited[0].edits] == [
-        ("shout", "messages[0].content", "upper-cased")]  # the unchanged answer is no edit
+        ("shout", "messages[0].content", "upper-cased")
+    ]  # the unchanged answer is no edit
     assert stats.edits == {"shout": 1}
 
 
 def test_a_step_that_cannot_be_built_from_config_is_refused_when_defined(registry):
     with pytest.raises(TypeError, match="must declare a numeric cost"):
+
         class NoCost(Filter):
             """x"""
 
@@ -146,13 +182,17 @@ def test_a_step_that_cannot_be_built_from_config_is_refused_when_defined(registr
 
             def decide(self, row):
                 return None
+
     with pytest.raises(TypeError, match="needs a docstring"):
+
         class NoDoc(Filter):
             name, cost = "no_doc", 1.0
 
             def decide(self, row):
                 return None
+
     with pytest.raises(TypeError, match=r"already taken by curation\.filter\.quality\.EmptyFilter"):
+
         class Empty(Filter):
             """Another "empty"."""
 
@@ -160,16 +200,20 @@ def test_a_step_that_cannot_be_built_from_config_is_refused_when_defined(registr
 
             def decide(self, row):
                 return None
+
     with pytest.raises(TypeError, match="must implement clean_text"):
+
         class DoesNothing(Cleaner):
             """x"""
 
             name = "does_nothing"
+
     assert build_filters({"defaults": False}) == [] and "no_cost" not in FILTERS and "does_nothing" not in CLEANERS
     assert FILTERS["empty"].__module__ == "curation.filter.quality"
 
 
 # --- runner ---------------------------------------------------------------------------------
+
 
 def _sample_rows() -> list[dict]:
     return [
@@ -189,7 +233,10 @@ def test_runner_first_rejection_wins_and_stats_add_up():
     assert sizes == [4, 2]
     assert [r["row_id"] for r in kept if not r["row_id"].startswith("ok")] == [edited[0].child_id]
     assert {r.row_id: r.rejection.filter for r in rejected} == {
-        "empty": "empty", "token": "chat_tokens", "refusal": "refusal"}
+        "empty": "empty",
+        "token": "chat_tokens",
+        "refusal": "refusal",
+    }
     assert stats.rows_in == 6 and stats.rows_kept == 3 and stats.rows_edited == 1
     assert stats.rows_kept + sum(stats.rejected.values()) == stats.rows_in
     order = [f.name for f in build_filters()]
@@ -248,6 +295,7 @@ def test_a_crashing_step_names_itself_and_the_row(registry):
 
 # --- preview --------------------------------------------------------------------------------
 
+
 def test_preview_shows_what_would_be_removed_and_why():
     result = preview(_sample_rows(), build_cleaners(), build_filters(), examples=1)
     assert set(result.rejected_examples) == {"empty", "chat_tokens", "refusal"}
@@ -262,14 +310,21 @@ def test_preview_shows_what_would_be_removed_and_why():
 
 # --- public data ----------------------------------------------------------------------------
 
+
 def _alpaca(file: Path) -> list[dict]:
     rows = []
     for i, rec in enumerate(json.loads(file.read_text(encoding="utf-8"))):
         prompt = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
         if "chosen" in rec:
-            rows.append(new_row(row_id=str(i), kind="preference", messages=[{"role": "user", "content": prompt}],
-                                chosen=[{"role": "assistant", "content": rec["chosen"]}],
-                                rejected=[{"role": "assistant", "content": rec["rejected"]}]))
+            rows.append(
+                new_row(
+                    row_id=str(i),
+                    kind="preference",
+                    messages=[{"role": "user", "content": prompt}],
+                    chosen=[{"role": "assistant", "content": rec["chosen"]}],
+                    rejected=[{"role": "assistant", "content": rec["rejected"]}],
+                )
+            )
         else:
             rows.append(sft(str(i), prompt, rec["output"]))
     return rows
@@ -278,8 +333,7 @@ def _alpaca(file: Path) -> list[dict]:
 def test_default_chain_on_code_alpaca_drops_only_the_empty_outputs():
     rows = _alpaca(SHARED_DATA / "code-alpaca-2k" / "code_alpaca_2k.json")
     kept, rejected, edited, stats, _ = collect(rows, build_cleaners(), build_filters())
-    assert {(r.row_id, r.rejection.reason) for r in rejected} == {("237", "empty response"),
-                                                                  ("1859", "empty response")}
+    assert {(r.row_id, r.rejection.reason) for r in rejected} == {("237", "empty response"), ("1859", "empty response")}
     assert stats.edits["html_to_text"] == 0  # HTML in code answers is the point here
     assert len(kept) == 2015 and len(edited) == stats.rows_edited
 

@@ -14,8 +14,12 @@ from tests.conftest import SHARED_DATA
 
 
 def sft(prompt: str, response: str = "ok", source: str = "s") -> dict:
-    return new_row(row_id="r", kind="sft", source=source, messages=[
-        {"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+    return new_row(
+        row_id="r",
+        kind="sft",
+        source=source,
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    )
 
 
 FRENCH = "Pouvez-vous m'expliquer comment fonctionne la photosynthèse chez les plantes vertes ?"
@@ -33,6 +37,7 @@ def test_model_loads_without_network(monkeypatch):
     # The model ships inside the package: loading it must not open a socket.
     def no_network(*args, **kwargs):
         raise AssertionError("language identification tried to use the network")
+
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     language._detector.cache_clear()
@@ -64,8 +69,10 @@ def test_code_and_short_prompts_are_undecidable_and_kept():
 
 
 def test_translation_answers_do_not_count_by_default():
-    row = sft("Translate to French: Good morning, how are you today my friend?", "Bonjour, comment vas-tu "
-              "aujourd'hui mon ami ?")
+    row = sft(
+        "Translate to French: Good morning, how are you today my friend?",
+        "Bonjour, comment vas-tu aujourd'hui mon ami ?",
+    )
     assert LanguageFilter(allowed=["en"])(row) is None
     assert LanguageFilter(allowed=["en"], fields="response")(row).value == "fr"
 

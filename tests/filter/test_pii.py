@@ -32,6 +32,7 @@ def found(text: str, entity: str | None = None) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ validators
 
+
 def test_luhn_known_numbers() -> None:
     assert luhn_valid("79927398713")  # the worked example of ISO/IEC 7812
     assert not luhn_valid("79927398710")
@@ -50,8 +51,13 @@ def test_iban_checksum_and_length() -> None:
 
 def test_ssn_area_rules() -> None:
     assert ssn_valid("123", "45", "6789")
-    for area, group, serial in [("000", "12", "3456"), ("666", "12", "3456"), ("912", "34", "5678"),
-                                ("123", "00", "4567"), ("123", "45", "0000")]:
+    for area, group, serial in [
+        ("000", "12", "3456"),
+        ("666", "12", "3456"),
+        ("912", "34", "5678"),
+        ("123", "00", "4567"),
+        ("123", "45", "0000"),
+    ]:
         assert not ssn_valid(area, group, serial)
 
 
@@ -62,6 +68,7 @@ def test_entropy() -> None:
 
 # ------------------------------------------------------------------ detectors
 
+
 def test_email() -> None:
     assert found("Write to jane.doe+news@mail.example.co.uk.") == [("EMAIL", "jane.doe+news@mail.example.co.uk")]
     assert found("ping @jane on chat, or root@localhost") == []
@@ -70,32 +77,38 @@ def test_email() -> None:
     assert found("john.doe@example.co") == [("EMAIL", "john.doe@example.co")]
 
 
-@pytest.mark.parametrize("text, phone", [
-    ("Call +1 (415) 555-0100 now", "+1 (415) 555-0100"),
-    ("reach the desk on 415-555-0100 ext. 23.", "415-555-0100 ext. 23"),
-    ("or (415) 555-0100", "(415) 555-0100"),
-    ("Tel: +44 20 7946 0958", "+44 20 7946 0958"),
-    ("Can someone call me at 0490 75 40 81? Thanks", "0490 75 40 81"),
-    ("Phone:\n467 3395\n", "467 3395"),
-    ("Fax: 9498777106", "9498777106"),
-    ("Mobile: 03.93.92.16.85", "03.93.92.16.85"),
-    ("28-64-66-98 office", "28-64-66-98"),
-])
+@pytest.mark.parametrize(
+    "text, phone",
+    [
+        ("Call +1 (415) 555-0100 now", "+1 (415) 555-0100"),
+        ("reach the desk on 415-555-0100 ext. 23.", "415-555-0100 ext. 23"),
+        ("or (415) 555-0100", "(415) 555-0100"),
+        ("Tel: +44 20 7946 0958", "+44 20 7946 0958"),
+        ("Can someone call me at 0490 75 40 81? Thanks", "0490 75 40 81"),
+        ("Phone:\n467 3395\n", "467 3395"),
+        ("Fax: 9498777106", "9498777106"),
+        ("Mobile: 03.93.92.16.85", "03.93.92.16.85"),
+        ("28-64-66-98 office", "28-64-66-98"),
+    ],
+)
 def test_phone_found(text: str, phone: str) -> None:
     assert found(text) == [("PHONE", phone)]
 
 
-@pytest.mark.parametrize("text", [
-    "Total: 600+950+1250 = 2800",
-    "She paid 450,000-2000 = 448,000 dollars",
-    "Released on 2021-03-04 at 10:15:30",
-    "Born 12/25/1990 in Ohio",
-    "The population grew to 1 200 000 people",
-    "ISBN 978-3-16-148410-0",
-    "my driver's license number is 2270-66-1551",
-    "The office is at 17031 2202 Rissik St",
-    "pi is 3.14159265358979",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Total: 600+950+1250 = 2800",
+        "She paid 450,000-2000 = 448,000 dollars",
+        "Released on 2021-03-04 at 10:15:30",
+        "Born 12/25/1990 in Ohio",
+        "The population grew to 1 200 000 people",
+        "ISBN 978-3-16-148410-0",
+        "my driver's license number is 2270-66-1551",
+        "The office is at 17031 2202 Rissik St",
+        "pi is 3.14159265358979",
+    ],
+)
 def test_phone_not_found(text: str) -> None:
     assert found(text, "PHONE") == []
 
@@ -120,8 +133,16 @@ def test_ip_address() -> None:
     assert found("ssh to 192.168.1.20 then") == [("IP_ADDRESS", "192.168.1.20")]
     assert found("block 10.0.0.0/8") == [("IP_ADDRESS", "10.0.0.0/8")]
     assert found("host 2001:db8::8a2e:370:7334 is up") == [("IP_ADDRESS", "2001:db8::8a2e:370:7334")]
-    for text in ["version 1.2.3.4", "tag v1.2.3.4", "oid 1.3.6.1.4.1", "256.1.1.1",
-                 "connect to 127.0.0.1", "bind 0.0.0.0", "at 12:30:45", "std::vector<int> a::b"]:
+    for text in [
+        "version 1.2.3.4",
+        "tag v1.2.3.4",
+        "oid 1.3.6.1.4.1",
+        "256.1.1.1",
+        "connect to 127.0.0.1",
+        "bind 0.0.0.0",
+        "at 12:30:45",
+        "std::vector<int> a::b",
+    ]:
         assert found(text, "IP_ADDRESS") == [], text
 
 
@@ -145,16 +166,19 @@ AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0" + "k1L2m3N4o5P6"[:12] + "q7R8"
 
 
-@pytest.mark.parametrize("token", [
-    AWS_KEY_ID,
-    GITHUB_TOKEN,
-    "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
-    "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
-    "sk-" + "Q" * 10 + "a1b2c3d4e5" + "T3BlbkFJ" + "z9y8x7w6v5" + "u4t3s2r1q0",
-    "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
-    "xoxb-123456789012-abcdefABCDEF",
-    "hf_" + "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3h",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        AWS_KEY_ID,
+        GITHUB_TOKEN,
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
+        "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
+        "sk-" + "Q" * 10 + "a1b2c3d4e5" + "T3BlbkFJ" + "z9y8x7w6v5" + "u4t3s2r1q0",
+        "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
+        "xoxb-123456789012-abcdefABCDEF",
+        "hf_" + "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3h",
+    ],
+)
 def test_api_keys(token: str) -> None:
     assert found(f"token = {token}\n") == [("API_KEY", token)]
 
@@ -165,8 +189,9 @@ def test_aws_secret_key_needs_its_name() -> None:
 
 
 def test_private_key_block() -> None:
-    block = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7Zq3bYv0\nc2VjcmV0a2V5ZGF0YQ==\n"
-             "-----END RSA PRIVATE KEY-----")
+    block = (
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7Zq3bYv0\nc2VjcmV0a2V5ZGF0YQ==\n-----END RSA PRIVATE KEY-----"
+    )
     text, matches = redact(f"key:\n{block}\nthanks")
     assert text == "key:\n[PRIVATE_KEY]\nthanks"
     assert [m.text for m in matches] == [block]
@@ -183,18 +208,20 @@ def test_url_credentials_keep_the_host() -> None:
 
 def test_generic_secrets() -> None:
     assert found('password = "Tr0ub4dor&3xK9q"') == [("SECRET", "Tr0ub4dor&3xK9q")]
-    assert found('"api_key": "9f86d081884c7d659a2feaa0c55ad015"') == [
-        ("SECRET", "9f86d081884c7d659a2feaa0c55ad015")]
+    assert found('"api_key": "9f86d081884c7d659a2feaa0c55ad015"') == [("SECRET", "9f86d081884c7d659a2feaa0c55ad015")]
     assert found("const k = 'Zx8Qp2Lm9Rt4Vb7Nc1Kd6Fg3Hj5Ws0Ea'") == [("SECRET", "Zx8Qp2Lm9Rt4Vb7Nc1Kd6Fg3Hj5Ws0Ea")]
-    for text in ['password = "your_password_here"',
-                 'password = os.environ["DB_PASSWORD"]',
-                 'chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"',
-                 '<script integrity="sha384-JcKb8q3iqJ61gNV9KGb8thSsNjpSL0n8PARn9HuZOnIxN0hoP+VmmDGMN5t9UJ0Z">',
-                 'token = "short1"']:
+    for text in [
+        'password = "your_password_here"',
+        'password = os.environ["DB_PASSWORD"]',
+        'chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"',
+        '<script integrity="sha384-JcKb8q3iqJ61gNV9KGb8thSsNjpSL0n8PARn9HuZOnIxN0hoP+VmmDGMN5t9UJ0Z">',
+        'token = "short1"',
+    ]:
         assert found(text) == [], text
 
 
 # ------------------------------------------------------------------ combining and redacting
+
 
 def test_overlaps_resolved_by_priority() -> None:
     # The GitHub token sits inside a password assignment: one API_KEY match, not also a SECRET.
@@ -208,7 +235,7 @@ def test_matches_are_sorted_non_overlapping_and_exact() -> None:
     matches = find_pii(text)
     assert [m.entity for m in matches] == ["EMAIL", "PHONE", "US_SSN", "CREDIT_CARD"]
     for m in matches:
-        assert text[m.start:m.end] == m.text
+        assert text[m.start : m.end] == m.text
     assert all(a.end <= b.start for a, b in itertools.pairwise(matches))
 
 
@@ -247,18 +274,25 @@ def test_placeholders_are_never_detected_again() -> None:
 
 
 def test_pii_cleaner_redacts_every_text_field_and_says_what() -> None:
-    row = {"row_id": "r1", "kind": "preference", "text": None, "source": "s",
-           "messages": [{"role": "user", "content": "I am jane@corp.com"}],
-           "chosen": [{"role": "assistant", "content": "Call 415-555-0100 or 415-555-0199"}],
-           "rejected": [{"role": "assistant", "content": "No PII"}]}
+    row = {
+        "row_id": "r1",
+        "kind": "preference",
+        "text": None,
+        "source": "s",
+        "messages": [{"role": "user", "content": "I am jane@corp.com"}],
+        "chosen": [{"role": "assistant", "content": "Call 415-555-0100 or 415-555-0199"}],
+        "rejected": [{"role": "assistant", "content": "No PII"}],
+    }
     out, edits = PiiRedactor()(row)
     assert out["messages"][0]["content"] == "I am [EMAIL]"
     assert out["chosen"][0]["content"] == "Call [PHONE] or [PHONE]"
     assert out["rejected"] is row["rejected"]
     assert out["source"] == "s"
     assert row["messages"][0]["content"] == "I am jane@corp.com"  # the input is not mutated
-    assert [(e.where, e.description) for e in edits] == [("messages[0].content", "redacted 1 EMAIL"),
-                                                         ("chosen[0].content", "redacted 2 PHONE")]
+    assert [(e.where, e.description) for e in edits] == [
+        ("messages[0].content", "redacted 1 EMAIL"),
+        ("chosen[0].content", "redacted 2 PHONE"),
+    ]
     text_row, text_edits = PiiRedactor()({"kind": "text", "text": "ssn 123-45-6789"})
     assert text_row["text"] == "ssn [US_SSN]" and [e.where for e in text_edits] == ["text"]
     kept, _ = PiiRedactor(exclude=("PHONE",))(row)
@@ -266,6 +300,7 @@ def test_pii_cleaner_redacts_every_text_field_and_says_what() -> None:
 
 
 # ------------------------------------------------------------------ NER backend interface
+
 
 def fake_ner(text: str) -> list[PiiMatch]:
     return [PiiMatch("PERSON", m.start(), m.end(), m.group()) for m in re.finditer(r"Alice Smith|alice", text)]
@@ -312,7 +347,7 @@ def test_spacy_backend_splits_text_longer_than_the_model_limit() -> None:
     matches = SpacyPersonBackend(nlp=nlp)(text)
     assert len(seen) > 1
     assert [(m.start, m.text) for m in matches] == [(i, "Ada") for i in (0, 19, 29)]
-    assert all(text[m.start:m.end] == "Ada" for m in matches)
+    assert all(text[m.start : m.end] == "Ada" for m in matches)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("spacy") is not None, reason="spaCy is installed")
@@ -324,6 +359,7 @@ def test_spacy_backend_explains_missing_spacy() -> None:
 
 
 # ------------------------------------------------------------------ real data
+
 
 def test_gsm8k_arithmetic_is_not_redacted() -> None:
     naive_us_phone = re.compile(r"\d{3}[-.+\s]?\d{3}[-.+\s]?\d{4}")
@@ -344,10 +380,17 @@ def presidio_scores() -> dict:
     return evaluate(load_presidio(SHARED_DATA / "presidio-synth-pii" / "synth_dataset_v2.json"))
 
 
-@pytest.mark.parametrize("entity, target", [
-    ("EMAIL", 0.95), ("CREDIT_CARD", 0.95), ("IBAN", 0.95), ("IP_ADDRESS", 0.95), ("US_SSN", 0.95),
-    ("PHONE", 0.90),
-])
+@pytest.mark.parametrize(
+    "entity, target",
+    [
+        ("EMAIL", 0.95),
+        ("CREDIT_CARD", 0.95),
+        ("IBAN", 0.95),
+        ("IP_ADDRESS", 0.95),
+        ("US_SSN", 0.95),
+        ("PHONE", 0.90),
+    ],
+)
 def test_presidio_precision_and_recall(presidio_scores: dict, entity: str, target: float) -> None:
     score = presidio_scores[entity]
     assert score.gold > 0

@@ -10,8 +10,12 @@ from curation.filter.policy import Blocklist, LicenseFilter
 
 
 def sft(prompt: str, response: str, license: str | None = "MIT") -> dict:
-    return new_row(row_id="r", kind="sft", license=license, messages=[
-        {"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+    return new_row(
+        row_id="r",
+        kind="sft",
+        license=license,
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    )
 
 
 def test_blocklist_matches_whole_words_case_insensitively():

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.slow
 LLMS_PREFERENCE = SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json"
 QA = [
     {"instruction": "List three primary colours.", "output": ""},
-    {"instruction": "Tell me about the printing press.", "output": "I'm sorry, but as an AI language model I cannot "
-                                                                  "provide information about that topic."},
+    {
+        "instruction": "Tell me about the printing press.",
+        "output": "I'm sorry, but as an AI language model I cannot provide information about that topic.",
+    },
     {"instruction": "Name a planet with rings.", "output": "Saturn has the most visible rings."},
 ]
 

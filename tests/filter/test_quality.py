@@ -24,14 +24,21 @@ from tests.conftest import SHARED_DATA
 
 
 def sft(prompt: str, response: str, row_id: str = "r") -> dict:
-    return new_row(row_id=row_id, kind="sft", messages=[{"role": "user", "content": prompt},
-                                                         {"role": "assistant", "content": response}])
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+    )
 
 
 def pref(prompt: str, chosen: str, rejected: str, row_id: str = "p") -> dict:
-    return new_row(row_id=row_id, kind="preference", messages=[{"role": "user", "content": prompt}],
-                   chosen=[{"role": "assistant", "content": chosen}],
-                   rejected=[{"role": "assistant", "content": rejected}])
+    return new_row(
+        row_id=row_id,
+        kind="preference",
+        messages=[{"role": "user", "content": prompt}],
+        chosen=[{"role": "assistant", "content": chosen}],
+        rejected=[{"role": "assistant", "content": rejected}],
+    )
 
 
 def text_row(text: str) -> dict:
@@ -55,36 +62,50 @@ def alpaca_rows(file: Path) -> list[dict]:
 
 # --- empty / placeholder --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("row", "reason"), [
-    (sft("Say hi", ""), "empty response"),
-    (sft("Say hi", "   \n"), "empty response"),
-    (sft("", "Hello"), "empty instruction"),
-    (sft("Say hi", "<nooutput>"), "placeholder response"),
-    (sft("Say hi", "N/A"), "placeholder response"),
-    (sft("Write filler", "Lorem ipsum dolor sit amet"), "placeholder response"),
-    (pref("Q", "", "bad"), "empty chosen response"),
-    (text_row("  "), "empty text"),
-    (prompt_row(""), "empty instruction"),
-])
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (sft("Say hi", ""), "empty response"),
+        (sft("Say hi", "   \n"), "empty response"),
+        (sft("", "Hello"), "empty instruction"),
+        (sft("Say hi", "<nooutput>"), "placeholder response"),
+        (sft("Say hi", "N/A"), "placeholder response"),
+        (sft("Write filler", "Lorem ipsum dolor sit amet"), "placeholder response"),
+        (pref("Q", "", "bad"), "empty chosen response"),
+        (text_row("  "), "empty text"),
+        (prompt_row(""), "empty instruction"),
+    ],
+)
 def test_empty_filter_rejects(row, reason):
     rejection = EmptyFilter()(row)
     assert rejection is not None and rejection.reason == reason and rejection.filter == "empty"
 
 
-@pytest.mark.parametrize("row", [
-    sft("What is 2+2?", "4"),
-    sft("What does print(None) show?", "None"),
-    sft("Chemical symbol of sodium?", "Na"),
-    prompt_row("Write a poem"),
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        sft("What is 2+2?", "4"),
+        sft("What does print(None) show?", "None"),
+        sft("Chemical symbol of sodium?", "Na"),
+        prompt_row("Write a poem"),
+    ],
+)
 def test_empty_filter_keeps_short_real_answers(row):
     assert EmptyFilter()(row) is None
 
 
 def test_empty_filter_flags_an_empty_turn_inside_a_chat():
-    row = new_row(row_id="c", kind="chat", messages=[
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "and?"}, {"role": "assistant", "content": ""}])
+    row = new_row(
+        row_id="c",
+        kind="chat",
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and?"},
+            {"role": "assistant", "content": ""},
+        ],
+    )
     assert EmptyFilter()(row).reason == "empty assistant turn 2"
 
 
@@ -97,6 +118,7 @@ def test_code_alpaca_empty_outputs_are_exactly_rows_237_and_1859():
 
 
 # --- preference pairs -----------------------------------------------------------------------
+
 
 def test_chosen_equals_rejected_ignores_case_and_spacing_only():
     flt = ChosenEqualsRejected()
@@ -114,13 +136,17 @@ def test_llms_from_scratch_degenerate_pairs_are_the_six_known_rows():
 
 # --- chat tokens ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("content", "token"), [
-    ("Sure!<|im_end|>", "<|im_end|>"),
-    ("[INST] do it [/INST]", "[INST]"),
-    ("Answer<|eot_id|>", "<|eot_id|>"),
-    ("<s> Hello", "<s>"),
-    ("The end.</s>", "</s>"),
-])
+
+@pytest.mark.parametrize(
+    ("content", "token"),
+    [
+        ("Sure!<|im_end|>", "<|im_end|>"),
+        ("[INST] do it [/INST]", "[INST]"),
+        ("Answer<|eot_id|>", "<|eot_id|>"),
+        ("<s> Hello", "<s>"),
+        ("The end.</s>", "</s>"),
+    ],
+)
 def test_chat_tokens_leaking(content, token):
     rejection = ChatTokens()(sft("Q", content))
     assert rejection is not None and rejection.value == token
@@ -139,6 +165,7 @@ def test_chat_tokens_configurable():
 
 # --- length ---------------------------------------------------------------------------------
 
+
 def test_length_defaults_keep_one_word_answers_and_bounds_are_configurable():
     assert LengthBounds()(sft("What is 2+2?", "4")) is None
     strict = LengthBounds(min_response_words=3, max_prompt_chars=20)
@@ -155,6 +182,7 @@ def test_length_is_kind_aware():
 
 # --- encoding -------------------------------------------------------------------------------
 
+
 def test_broken_encoding():
     flt = BrokenEncoding()
     assert flt(sft("Q", "caf\ufffd au lait")).value == 1
@@ -165,12 +193,16 @@ def test_broken_encoding():
 
 # --- refusals and behaviour patterns --------------------------------------------------------
 
-@pytest.mark.parametrize("response", [
-    "As an AI language model, I don't have opinions.",
-    "I'm sorry, but I cannot help with that request.",
-    "I cannot fulfill this request.",
-    "Sure. Note that I am an AI developed by a lab and trained by OpenAI on data.",
-])
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "As an AI language model, I don't have opinions.",
+        "I'm sorry, but I cannot help with that request.",
+        "I cannot fulfill this request.",
+        "Sure. Note that I am an AI developed by a lab and trained by OpenAI on data.",
+    ],
+)
 def test_refusal_and_identity_boilerplate(response):
     assert Refusal()(sft("Tell me", response)) is not None
 
@@ -202,6 +234,7 @@ def test_behaviour_patterns_explain_bad_config():
 
 # --- echo -----------------------------------------------------------------------------------
 
+
 def test_echo():
     flt = Echo()
     prompt = "Write a sentence about the weather in London during the winter months."
@@ -212,6 +245,7 @@ def test_echo():
 
 
 # --- repetition -----------------------------------------------------------------------------
+
 
 def test_repetition_catches_loops_and_duplicated_lines():
     flt = Repetition()
@@ -226,15 +260,31 @@ def test_repetition_catches_loops_and_duplicated_lines():
 
 
 def test_repetition_judges_each_chat_turn_on_its_own():
-    answer = ("Dogs are loyal companions. They guard the house, play with children and love long walks. "
-              "Cats are independent animals that hunt mice, sleep most of the day and purr when happy.")
-    row = new_row(row_id="c", kind="chat", messages=[
-        {"role": "user", "content": "Write about pets"}, {"role": "assistant", "content": answer},
-        {"role": "user", "content": "Again please"}, {"role": "assistant", "content": answer}])
+    answer = (
+        "Dogs are loyal companions. They guard the house, play with children and love long walks. "
+        "Cats are independent animals that hunt mice, sleep most of the day and purr when happy."
+    )
+    row = new_row(
+        row_id="c",
+        kind="chat",
+        messages=[
+            {"role": "user", "content": "Write about pets"},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "Again please"},
+            {"role": "assistant", "content": answer},
+        ],
+    )
     assert Repetition()(row) is None  # the whole chat is 100% repeated 10-grams, each turn is not
-    looping = new_row(row_id="c", kind="chat", messages=[
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Story?"}, {"role": "assistant", "content": "Once upon a time. " * 20}])
+    looping = new_row(
+        row_id="c",
+        kind="chat",
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Story?"},
+            {"role": "assistant", "content": "Once upon a time. " * 20},
+        ],
+    )
     assert Repetition()(looping).reason.startswith("degenerate loop")
 
 
@@ -261,10 +311,13 @@ def test_repetition_on_public_data_has_few_false_positives():
 
 # --- Gopher document rules ------------------------------------------------------------------
 
+
 def test_gopher_quality_on_text_rows():
     flt = GopherQuality()
-    good = ("The history of the town is long and varied. It was founded by farmers who came to the valley "
-            "with their families, and over the years they built a church, a school and a market. ") * 3
+    good = (
+        "The history of the town is long and varied. It was founded by farmers who came to the valley "
+        "with their families, and over the years they built a church, a school and a market. "
+    ) * 3
     assert flt(text_row(good)) is None
     assert flt(text_row("too short to be a document")).reason == "fewer than 50 words"
     assert flt(text_row("#tag " * 60)).reason.startswith("'#' per word")

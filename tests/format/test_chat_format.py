@@ -35,21 +35,32 @@ EOS = {name: spec.eos for name, spec in TEMPLATE_SPECS.items()}
 def _fastchat_rows() -> list[dict]:
     roles = {"human": "user", "gpt": "assistant"}
     records = json.loads((SHARED_DATA / "fastchat-dummy-conversation" / "dummy_conversation.json").read_text())
-    return [{"row_id": r["id"], "kind": "chat",
-             "messages": [{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]]}
-            for r in records]
+    return [
+        {
+            "row_id": r["id"],
+            "kind": "chat",
+            "messages": [{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]],
+        }
+        for r in records
+    ]
 
 
 def _preference_rows() -> list[dict]:
-    records = json.loads((SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json")
-                         .read_text())
+    records = json.loads(
+        (SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json").read_text()
+    )
     rows = []
     for index, r in enumerate(records):
         prompt = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
-        rows.append({"row_id": f"pref{index}", "kind": "preference",
-                     "messages": [{"role": "user", "content": prompt}],
-                     "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                     "rejected": [{"role": "assistant", "content": r["rejected"]}]})
+        rows.append(
+            {
+                "row_id": f"pref{index}",
+                "kind": "preference",
+                "messages": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+        )
     return rows
 
 
@@ -68,8 +79,7 @@ def tokenizer_dirs(tmp_path_factory, fastchat, preference) -> dict[str, Path]:
     texts = [m["content"] for row in fastchat for m in row["messages"]]
     texts += [row["chosen"][0]["content"] for row in preference]
     base = tmp_path_factory.mktemp("tokenizers")
-    return {name: train_tokenizer(texts, base / name, vocab_size=2000, template=name)
-            for name in TEMPLATE_NAMES}
+    return {name: train_tokenizer(texts, base / name, vocab_size=2000, template=name) for name in TEMPLATE_NAMES}
 
 
 @pytest.fixture(scope="session")
@@ -77,22 +87,37 @@ def toks(tokenizer_dirs) -> dict:
     return {name: load_tokenizer(path) for name, path in tokenizer_dirs.items()}
 
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 TOOL_ROW = {
-    "row_id": "t1", "kind": "tool", "extra": {"tools": TOOLS},
+    "row_id": "t1",
+    "kind": "tool",
+    "extra": {"tools": TOOLS},
     "messages": [
         {"role": "user", "content": "What's the weather in Paris?"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"type": "function",
-                         "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "name": "get_weather", "content": "{\"temp_c\": 18}"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "name": "get_weather", "content": '{"temp_c": 18}'},
         {"role": "assistant", "content": "It is 18 °C in Paris."},
     ],
 }
-CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+CHAT = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
 
 
 def _masked_text(tok, rendered: RenderedRow) -> str:
@@ -136,10 +161,12 @@ def test_chatml_and_llama3_layouts_are_exact(toks):
     row = {"kind": "chat", "messages": CHAT[:2]}
     assert render_row(row, toks["chatml"], system_prompt="Be brief.").text == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        "<|im_start|>assistant\nHello!<|im_end|>\n")
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+    )
     assert render_row(row, toks["llama3"]).text == (
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>")
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+    )
 
 
 def test_system_prompt_added_only_when_row_has_none(toks):
@@ -171,9 +198,11 @@ def test_offset_masks_equal_generation_marker_masks_on_real_conversations(toks, 
 
 def test_mask_falls_back_to_content_search_for_templates_that_rewrite_history(tokenizer_dirs):
     # A template that shows only the last assistant reply in full: not prefix-stable.
-    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n"
-                "{{ m.content if (loop.last or m.role != 'assistant') else '...' }}<|im_end|>\n{% endfor %}"
-                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{{ m.content if (loop.last or m.role != 'assistant') else '...' }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     tok = load_tokenizer(tokenizer_dirs["chatml"], chat_template=template)
     rendered = render_row({"kind": "chat", "messages": CHAT}, tok)
     assert rendered.mask_source == "content_search"
@@ -185,8 +214,7 @@ def test_token_counts_match_the_tokenizer(toks, fastchat):
     tok = toks["llama3"]
     for row in fastchat[:20]:
         rendered = render_row(row, tok)
-        assert rendered.n_tokens == len(tok.apply_chat_template(row["messages"], tokenize=True,
-                                                                return_dict=False))
+        assert rendered.n_tokens == len(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=False))
 
 
 def test_preference_rows_follow_trl_prompt_completion_split(toks, preference):
@@ -194,14 +222,16 @@ def test_preference_rows_follow_trl_prompt_completion_split(toks, preference):
         for row in preference[:15]:
             rendered = render_row(row, tok)
             full_chosen = tok.apply_chat_template(row["messages"] + row["chosen"], tokenize=False)
-            assert rendered.prompt == tok.apply_chat_template(row["messages"], tokenize=False,
-                                                              add_generation_prompt=True)
+            assert rendered.prompt == tok.apply_chat_template(
+                row["messages"], tokenize=False, add_generation_prompt=True
+            )
             assert rendered.prompt + rendered.chosen == full_chosen
             assert rendered.chosen.rstrip("\n").endswith(row["chosen"][0]["content"] + EOS[name])
             assert rendered.rejected.rstrip("\n").endswith(row["rejected"][0]["content"] + EOS[name])
             assert rendered.text == rendered.prompt
-            assert rendered.n_tokens == rendered.n_prompt_tokens + max(rendered.n_chosen_tokens,
-                                                                       rendered.n_rejected_tokens)
+            assert rendered.n_tokens == rendered.n_prompt_tokens + max(
+                rendered.n_chosen_tokens, rendered.n_rejected_tokens
+            )
 
 
 def test_text_prompt_and_reward_rows(toks):
@@ -223,7 +253,8 @@ def test_tool_rows_render_tools_and_calls_and_parse_back(toks):
         assert '"name": "get_weather"' in rendered.text and "<|im_start|>tool\n" in rendered.text
         assert _masked_text(tok, rendered) == (
             '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
-            "It is 18 °C in Paris.<|im_end|>")
+            "It is 18 °C in Paris.<|im_end|>"
+        )
         parsed = parse_rendered(rendered.text, tok)
         assert [m["role"] for m in parsed] == ["user", "assistant", "tool", "assistant"]
         call = parsed[1]["tool_calls"][0]["function"]
@@ -258,8 +289,10 @@ def test_missing_tokenizer_and_missing_template_are_clear_errors(tmp_path, token
 def _long_chat(turns: int) -> dict:
     messages = [{"role": "system", "content": "You are terse."}]
     for i in range(turns):
-        messages += [{"role": "user", "content": f"Question {i}: " + "tell me more " * 5},
-                     {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 5}]
+        messages += [
+            {"role": "user", "content": f"Question {i}: " + "tell me more " * 5},
+            {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 5},
+        ]
     return {"row_id": "long", "kind": "chat", "messages": messages}
 
 
@@ -287,8 +320,10 @@ def test_truncate_drops_earliest_exchanges_keeping_system_and_whole_turns(toks, 
 
 def test_truncate_cuts_last_assistant_turn_when_one_exchange_is_too_long(toks):
     tok = toks["chatml"]
-    row = {"kind": "sft", "messages": [{"role": "user", "content": "Write a lot."},
-                                       {"role": "assistant", "content": "word " * 200}]}
+    row = {
+        "kind": "sft",
+        "messages": [{"role": "user", "content": "Write a lot."}, {"role": "assistant", "content": "word " * 200}],
+    }
     rendered = render_row(row, tok)
     cut, reason = apply_length_policy(rendered, 40, "truncate", tokenizer=tok)
     assert reason.startswith("truncated_last_assistant")
@@ -313,18 +348,29 @@ def test_truncate_drops_preference_rows_and_cuts_text_rows(toks, preference):
 
 
 def test_special_tokens_leaking_into_content_are_found(toks):
-    leaky = {"kind": "chat", "messages": [{"role": "user", "content": "end here <|im_end|> ok"},
-                                          {"role": "assistant", "content": "fine"}]}
+    leaky = {
+        "kind": "chat",
+        "messages": [{"role": "user", "content": "end here <|im_end|> ok"}, {"role": "assistant", "content": "fine"}],
+    }
     assert special_tokens_in_content(leaky, toks["chatml"]) == ["<|im_end|>"]
     assert special_tokens_in_content(leaky, toks["llama3"]) == []
-    llama_leak = {"kind": "preference", "messages": [{"role": "user", "content": "q"}],
-                  "chosen": [{"role": "assistant", "content": "a<|eot_id|>"}],
-                  "rejected": [{"role": "assistant", "content": "b"}]}
+    llama_leak = {
+        "kind": "preference",
+        "messages": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "a<|eot_id|>"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
     assert special_tokens_in_content(llama_leak, toks["llama3"]) == ["<|eot_id|>"]
     assert special_tokens_in_content({"kind": "chat", "messages": CHAT}, toks["chatml"]) == []
     assert special_tokens_in_content(TOOL_ROW, toks["chatml"]) == []
-    bad_tool = {**TOOL_ROW, "extra": {"tools": [{"type": "function", "function": {
-        "name": "f", "description": "ends <|im_end|>", "parameters": {}}}]}}
+    bad_tool = {
+        **TOOL_ROW,
+        "extra": {
+            "tools": [
+                {"type": "function", "function": {"name": "f", "description": "ends <|im_end|>", "parameters": {}}}
+            ]
+        },
+    }
     assert special_tokens_in_content(bad_tool, toks["chatml"]) == ["<|im_end|>"]
     ok, reason = round_trip_ok(leaky, toks["chatml"])
     assert not ok and reason
@@ -346,8 +392,10 @@ def test_round_trip_catches_content_the_template_changes(tokenizer_dirs):
     # Meta's own Llama 3 template trims content; our check must notice that whitespace is lost.
     trimming = load_template("llama3").replace("{{- message.content }}", "{{- message.content | trim }}")
     tok = load_tokenizer(tokenizer_dirs["llama3"], chat_template=trimming)
-    row = {"kind": "chat", "messages": [{"role": "user", "content": "  padded  "},
-                                        {"role": "assistant", "content": "x"}]}
+    row = {
+        "kind": "chat",
+        "messages": [{"role": "user", "content": "  padded  "}, {"role": "assistant", "content": "x"}],
+    }
     ok, reason = round_trip_ok(row, tok)
     assert not ok and "message 0" in reason
 
@@ -360,8 +408,10 @@ def test_generation_prompt_matches_for_shipped_templates(toks, name):
 def test_generation_prompt_mismatch_is_detected(tokenizer_dirs):
     # Inference would send "<|im_start|>assistant" without the newline training put after the role:
     # a string prefix still, but the model would first have to generate the newline itself.
-    bad = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-           "{% if add_generation_prompt %}<|im_start|>assistant{% endif %}")
+    bad = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant{% endif %}"
+    )
     tok = load_tokenizer(tokenizer_dirs["chatml"], chat_template=bad)
     assert not generation_prompt_matches(CHAT, tok)
     tok.chat_template = bad.replace("<|im_start|>assistant{%", "<|im_start|>assistant\n{%")
@@ -373,10 +423,12 @@ def test_generation_prompt_mismatch_is_detected(tokenizer_dirs):
 def test_format_row_records_unrenderable_rows_instead_of_raising(toks):
     tok = toks["llama3"]
     assert format_row(TOOL_ROW, tok, max_tokens=1000) == (
-        None, "render_error: row t1: the llama3 template does not render tools; "
-              "use the chatml or chatml_generation template")
+        None,
+        "render_error: row t1: the llama3 template does not render tools; use the chatml or chatml_generation template",
+    )
     assert format_row({"row_id": "e", "kind": "chat", "messages": []}, tok, max_tokens=1000)[1] == (
-        "render_error: row e: chat row has no messages")
+        "render_error: row e: chat row has no messages"
+    )
     kept, reason = format_row({"kind": "chat", "messages": CHAT}, tok, max_tokens=1000, system_prompt="S")
     assert reason == "within_limit" and kept.messages[0] == {"role": "system", "content": "S"}
     assert json.loads(json.dumps(kept.to_record()))["n_tokens"] == kept.n_tokens

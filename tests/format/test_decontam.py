@@ -25,8 +25,12 @@ from tests.conftest import SHARED_DATA
 
 def _prompt_rows(items: list[BenchmarkItem]) -> list[Row]:
     """Benchmark questions used as training prompts (one user turn each, row_id = item id)."""
-    return [new_row(row_id=item.item_id, kind="prompt", source=item.benchmark,
-                    messages=[{"role": "user", "content": item.text}]) for item in items]
+    return [
+        new_row(
+            row_id=item.item_id, kind="prompt", source=item.benchmark, messages=[{"role": "user", "content": item.text}]
+        )
+        for item in items
+    ]
 
 
 def _flag(rows: list[Row], index: ContaminationIndex, fields: Fields = "prompt") -> list[FlaggedRow]:
@@ -70,13 +74,19 @@ def code_alpaca_rows() -> list[Row]:
     rows = []
     for number, record in enumerate(records):
         prompt = (record["instruction"] + "\n" + record["input"]).strip()
-        rows.append(new_row(row_id=f"ca{number}", kind="sft", source="code-alpaca-2k",
-                            messages=[{"role": "user", "content": prompt},
-                                      {"role": "assistant", "content": record["output"]}]))
+        rows.append(
+            new_row(
+                row_id=f"ca{number}",
+                kind="sft",
+                source="code-alpaca-2k",
+                messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}],
+            )
+        )
     return rows
 
 
 # ---- loading --------------------------------------------------------------------------------
+
 
 def test_load_mt_bench_gives_one_item_per_turn(mt_bench: list[BenchmarkItem]) -> None:
     # README: 80 questions (IDs 81-160), each with 2 turns.
@@ -131,10 +141,16 @@ def test_benchmarks_are_read_by_the_ingestion_readers_parquet_included(tmp_path:
     import pyarrow.parquet as pq
 
     path = tmp_path / "bench.parquet"
-    pq.write_table(pa.Table.from_pylist([{"task_id": "T/0", "prompt": "Reverse a list."},
-                                         {"task_id": "T/1", "prompt": "Sort a list."}]), path)
-    assert load_benchmark(path, "tiny") == [BenchmarkItem("tiny", "T/0", "Reverse a list."),
-                                            BenchmarkItem("tiny", "T/1", "Sort a list.")]
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"task_id": "T/0", "prompt": "Reverse a list."}, {"task_id": "T/1", "prompt": "Sort a list."}]
+        ),
+        path,
+    )
+    assert load_benchmark(path, "tiny") == [
+        BenchmarkItem("tiny", "T/0", "Reverse a list."),
+        BenchmarkItem("tiny", "T/1", "Sort a list."),
+    ]
     truncated = tmp_path / "cut.json"
     truncated.write_text('[{"prompt": "Reverse a list."},\n {"prompt": "Sort', encoding="utf-8")
     with pytest.raises(ValueError, match=r"cut\.json, line 2: invalid or truncated JSON"):
@@ -143,8 +159,10 @@ def test_benchmarks_are_read_by_the_ingestion_readers_parquet_included(tmp_path:
 
 # ---- known overlaps between the shared benchmarks -------------------------------------------
 
+
 def test_vicuna_vs_mt_bench_flags_exactly_the_two_shared_questions(
-        vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem]) -> None:
+    vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem]
+) -> None:
     index = ContaminationIndex(mt_bench)  # both turns of every question
     flagged = _flag(_prompt_rows(vicuna), index)
     # README: vicuna IDs 67 and 77 are MT-bench questions 130 and 81.
@@ -158,19 +176,20 @@ def test_vicuna_vs_mt_bench_flags_exactly_the_two_shared_questions(
 
 
 def test_mt_bench_conversations_vs_vicuna_checks_every_turn(
-        vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem]) -> None:
+    vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem]
+) -> None:
     # Training rows are whole two-turn conversations; the shared question is their first turn.
     conversations: dict[str, list[dict[str, str]]] = {}
     for item in mt_bench:
         conversations.setdefault(item.item_id.split("#")[0], []).append({"role": "user", "content": item.text})
-    rows = [new_row(row_id=qid, kind="chat", source="mt-bench", messages=turns)
-            for qid, turns in conversations.items()]
+    rows = [new_row(row_id=qid, kind="chat", source="mt-bench", messages=turns) for qid, turns in conversations.items()]
     flagged = _flag(rows, ContaminationIndex(vicuna))
     assert _flagged_pairs(flagged) == {("81", "77#turn1"), ("130", "67#turn1")}
 
 
 def test_vicuna_vs_wizardlm_flags_exactly_the_two_shared_questions(
-        vicuna: list[BenchmarkItem], wizardlm: list[BenchmarkItem]) -> None:
+    vicuna: list[BenchmarkItem], wizardlm: list[BenchmarkItem]
+) -> None:
     flagged = _flag(_prompt_rows(vicuna), ContaminationIndex(wizardlm))
     # README: vicuna IDs 26 and 39 are WizardLM test-set items 135 and 110.
     assert _flagged_pairs(flagged) == {("26#turn1", "135"), ("39#turn1", "110")}
@@ -179,7 +198,8 @@ def test_vicuna_vs_wizardlm_flags_exactly_the_two_shared_questions(
 
 
 def test_one_index_over_several_benchmarks_reports_each(
-        vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem], wizardlm: list[BenchmarkItem]) -> None:
+    vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem], wizardlm: list[BenchmarkItem]
+) -> None:
     index = ContaminationIndex(mt_bench + wizardlm)
     flagged = _flag(_prompt_rows(vicuna), index)
     report = contamination_report(flagged, index)
@@ -192,8 +212,10 @@ def test_one_index_over_several_benchmarks_reports_each(
 
 # ---- false positives: HumanEval vs Code-Alpaca ----------------------------------------------
 
+
 def test_code_alpaca_vs_humaneval_default_flags_nothing_small_n_does(
-        humaneval: list[BenchmarkItem], code_alpaca_rows: list[Row]) -> None:
+    humaneval: list[BenchmarkItem], code_alpaca_rows: list[Row]
+) -> None:
     default = ContaminationIndex(humaneval)
     assert default.n == 13
     for fields in ("prompt", "all"):
@@ -220,6 +242,7 @@ def test_trivial_number_runs_are_not_evidence(humaneval: list[BenchmarkItem], co
 
 # ---- n-gram matching behaviour ---------------------------------------------------------------
 
+
 def test_benchmark_inside_a_longer_prompt_is_an_ngram_match(humaneval: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(humaneval)
     item = humaneval[0]
@@ -236,8 +259,9 @@ def test_benchmark_inside_a_longer_prompt_is_an_ngram_match(humaneval: list[Benc
 
 def test_exact_match_ignores_case_spacing_and_punctuation(mt_bench: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(mt_bench)
-    variant = "  IMPLEMENT a program to find the common elements in two arrays, without using any extra " \
-              "data-structures  "
+    variant = (
+        "  IMPLEMENT a program to find the common elements in two arrays, without using any extra data-structures  "
+    )
     matches = index.check(variant)
     assert [(m.item_id, m.kind) for m in matches] == [("130#turn1", "exact")]
 
@@ -255,8 +279,20 @@ def test_short_items_match_whole_when_at_least_min_n_words(vicuna: list[Benchmar
 
 def _template_items(count: int) -> list[BenchmarkItem]:
     template = "Write a python function that reads the input list and returns the number of"
-    tails = ["even values", "odd values", "prime values", "negative values", "zeros", "ones", "twos",
-             "threes", "duplicates", "palindromes", "squares", "cubes"]
+    tails = [
+        "even values",
+        "odd values",
+        "prime values",
+        "negative values",
+        "zeros",
+        "ones",
+        "twos",
+        "threes",
+        "duplicates",
+        "palindromes",
+        "squares",
+        "cubes",
+    ]
     return [BenchmarkItem("toy", str(k), f"{template} {tails[k]} in it.") for k in range(count)]
 
 
@@ -270,10 +306,16 @@ def test_ngrams_common_to_many_benchmark_items_are_ignored() -> None:
 
 
 def test_ngrams_common_in_a_background_corpus_are_ignored() -> None:
-    item = BenchmarkItem("toy", "1", "Licensed under the Apache License, Version 2.0 (the License); you may not "
-                         "use this file except in compliance with the License. Compute the sum of primes.")
-    boilerplate = "Licensed under the Apache License, Version 2.0 (the License); you may not use this file " \
-                  "except in compliance with the License."
+    item = BenchmarkItem(
+        "toy",
+        "1",
+        "Licensed under the Apache License, Version 2.0 (the License); you may not "
+        "use this file except in compliance with the License. Compute the sum of primes.",
+    )
+    boilerplate = (
+        "Licensed under the Apache License, Version 2.0 (the License); you may not use this file "
+        "except in compliance with the License."
+    )
     background = [f"{boilerplate} Module {k}." for k in range(11)]
     assert ContaminationIndex([item]).check(boilerplate) != []
     assert ContaminationIndex([item], background=background).check(boilerplate) == []
@@ -282,23 +324,39 @@ def test_ngrams_common_in_a_background_corpus_are_ignored() -> None:
     assert ContaminationIndex([item], background=background).check(rest) != []
 
 
-def test_fields_choose_what_is_scanned_and_flags_become_contamination_records(
-        vicuna: list[BenchmarkItem]) -> None:
+def test_fields_choose_what_is_scanned_and_flags_become_contamination_records(vicuna: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(vicuna)
-    answer_leak = new_row(row_id=make_row_id("t", "1"), kind="sft", source="toy",
-                          messages=[{"role": "user", "content": "Give me a study tip."},
-                                    {"role": "assistant", "content": vicuna[0].text}])
-    clean = new_row(row_id=make_row_id("t", "2"), kind="sft", source="toy",
-                    messages=[{"role": "user", "content": "Name a colour."},
-                              {"role": "assistant", "content": "Blue."}])
+    answer_leak = new_row(
+        row_id=make_row_id("t", "1"),
+        kind="sft",
+        source="toy",
+        messages=[
+            {"role": "user", "content": "Give me a study tip."},
+            {"role": "assistant", "content": vicuna[0].text},
+        ],
+    )
+    clean = new_row(
+        row_id=make_row_id("t", "2"),
+        kind="sft",
+        source="toy",
+        messages=[{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+    )
     # The formatted stage scans the user turns (the default): a benchmark question as an answer passes.
     assert check_row(answer_leak, index) == [] and check_row(clean, index) == []
     flagged = _flag([answer_leak, clean], index, fields="all")
     assert [f.row_id for f in flagged] == [answer_leak["row_id"]]
     # One `contamination` table record per match, as the formatted stage writes them.
     (record,) = flagged[0].records()
-    assert record == {"row_id": answer_leak["row_id"], "source": "toy", "benchmark": "vicuna-bench",
-                      "item_id": "1#turn1", "kind": "exact", "overlap": record["overlap"], "ratio": 1.0, "n": 0}
+    assert record == {
+        "row_id": answer_leak["row_id"],
+        "source": "toy",
+        "benchmark": "vicuna-bench",
+        "item_id": "1#turn1",
+        "kind": "exact",
+        "overlap": record["overlap"],
+        "ratio": 1.0,
+        "n": 0,
+    }
     assert record["overlap"].startswith("how can i improve my time management skills")
     with pytest.raises(ValueError, match="fields"):
         check_row(clean, index, fields="response")  # type: ignore[arg-type]
@@ -307,21 +365,41 @@ def test_fields_choose_what_is_scanned_and_flags_become_contamination_records(
 def test_clean_benchmarks_still_appear_in_the_report(vicuna: list[BenchmarkItem]) -> None:
     index = ContaminationIndex(vicuna)
     report = contamination_report([], index)
-    assert report == {"vicuna-bench": {"items_total": 80, "items_hit": 0, "rows_hit": 0, "matches_exact": 0,
-                                       "matches_ngram": 0, "item_ids": [], "examples": []}}
+    assert report == {
+        "vicuna-bench": {
+            "items_total": 80,
+            "items_hit": 0,
+            "rows_hit": 0,
+            "matches_exact": 0,
+            "matches_ngram": 0,
+            "item_ids": [],
+            "examples": [],
+        }
+    }
 
 
 def test_gsm8k_train_is_clean_and_checked_quickly(
-        vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem], wizardlm: list[BenchmarkItem],
-        humaneval: list[BenchmarkItem]) -> None:
+    vicuna: list[BenchmarkItem],
+    mt_bench: list[BenchmarkItem],
+    wizardlm: list[BenchmarkItem],
+    humaneval: list[BenchmarkItem],
+) -> None:
     # Negative control: grade-school maths vs chat and code benchmarks, questions and worked answers.
     rows = []
     with open(SHARED_DATA / "gsm8k-train" / "train.jsonl", encoding="utf-8") as handle:
         for number, line in enumerate(handle):
             record = json.loads(line)
-            rows.append(new_row(row_id=f"gsm{number}", kind="sft", source="gsm8k",
-                                messages=[{"role": "user", "content": record["question"]},
-                                          {"role": "assistant", "content": record["answer"]}]))
+            rows.append(
+                new_row(
+                    row_id=f"gsm{number}",
+                    kind="sft",
+                    source="gsm8k",
+                    messages=[
+                        {"role": "user", "content": record["question"]},
+                        {"role": "assistant", "content": record["answer"]},
+                    ],
+                )
+            )
     assert len(rows) == 7473
     index = ContaminationIndex(vicuna + mt_bench + wizardlm + humaneval)
     start = time.perf_counter()

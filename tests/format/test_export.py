@@ -28,15 +28,26 @@ from curation.format.stage import Rejection, format_and_verify
 from curation.format.table import FORMATTED_COLUMNS
 from tests.conftest import REPO
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 LONG_ANSWER = " ".join(f"Step {i}: keep stirring the sauce slowly." for i in range(40))
 
 
 def _row(row_id: str, kind: str, **fields) -> dict:
-    defaults = {"source": "alpaca", "source_uri": f"data/alpaca.jsonl#{row_id}", "license": "Apache-2.0",
-                "origin": "human"}
+    defaults = {
+        "source": "alpaca",
+        "source_uri": f"data/alpaca.jsonl#{row_id}",
+        "license": "Apache-2.0",
+        "origin": "human",
+    }
     return new_row(row_id=row_id, kind=kind, **{**defaults, **fields})
 
 
@@ -45,27 +56,99 @@ def _user_assistant(question: str, answer: str) -> list[dict]:
 
 
 INPUT_ROWS = [  # (row, split, max_tokens, length policy)
-    (_row("sft1", "sft", messages=_user_assistant("What is the capital of France?", "Paris is the capital.")),
-     "train", 4096, "drop"),
-    (_row("chat1", "chat", source="chat", source_uri="data/chat.json#3", license="CC-BY-4.0",
-          messages=[*_user_assistant("Hi", "Hello!"), *_user_assistant("2+2?", "4")]), "eval", 4096, "drop"),
-    (_row("tool1", "tool", source="tools", source_uri="data/tools.jsonl#1", license="MIT", extra={"tools": TOOLS},
-          messages=[{"role": "user", "content": "Weather in Paris?"},
-                    {"role": "assistant", "content": "", "tool_calls": [
-                        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-                    {"role": "tool", "name": "get_weather", "content": "{\"temp_c\": 18}"},
-                    {"role": "assistant", "content": "It is 18 °C in Paris."}]), "train", 4096, "drop"),
-    (_row("syn1", "sft", origin="synthetic", generator="teacher-x", license="CC-BY-NC-4.0", source="seeds",
-          source_uri="data/seeds.jsonl#9", messages=_user_assistant("Name a prime.", "7 is prime.")),
-     "train", 4096, "drop"),
-    (_row("pref1", "preference", source="prefs", source_uri="data/prefs.jsonl#1", license="MIT",
-          messages=[{"role": "user", "content": "Say hello politely."}],
-          chosen=[{"role": "assistant", "content": "Hello, nice to meet you."}],
-          rejected=[{"role": "assistant", "content": "What do you want?"}]), "train", 4096, "drop"),
-    (_row("text1", "text", source="web", source_uri="data/web.txt#1", license="CC0-1.0",
-          text="Plain text for language modelling."), "eval", 4096, "drop"),
-    (_row("prompt1", "prompt", messages=[{"role": "user", "content": "Write a haiku about rain."}]),
-     "train", 4096, "drop"),
+    (
+        _row("sft1", "sft", messages=_user_assistant("What is the capital of France?", "Paris is the capital.")),
+        "train",
+        4096,
+        "drop",
+    ),
+    (
+        _row(
+            "chat1",
+            "chat",
+            source="chat",
+            source_uri="data/chat.json#3",
+            license="CC-BY-4.0",
+            messages=[*_user_assistant("Hi", "Hello!"), *_user_assistant("2+2?", "4")],
+        ),
+        "eval",
+        4096,
+        "drop",
+    ),
+    (
+        _row(
+            "tool1",
+            "tool",
+            source="tools",
+            source_uri="data/tools.jsonl#1",
+            license="MIT",
+            extra={"tools": TOOLS},
+            messages=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                    ],
+                },
+                {"role": "tool", "name": "get_weather", "content": '{"temp_c": 18}'},
+                {"role": "assistant", "content": "It is 18 °C in Paris."},
+            ],
+        ),
+        "train",
+        4096,
+        "drop",
+    ),
+    (
+        _row(
+            "syn1",
+            "sft",
+            origin="synthetic",
+            generator="teacher-x",
+            license="CC-BY-NC-4.0",
+            source="seeds",
+            source_uri="data/seeds.jsonl#9",
+            messages=_user_assistant("Name a prime.", "7 is prime."),
+        ),
+        "train",
+        4096,
+        "drop",
+    ),
+    (
+        _row(
+            "pref1",
+            "preference",
+            source="prefs",
+            source_uri="data/prefs.jsonl#1",
+            license="MIT",
+            messages=[{"role": "user", "content": "Say hello politely."}],
+            chosen=[{"role": "assistant", "content": "Hello, nice to meet you."}],
+            rejected=[{"role": "assistant", "content": "What do you want?"}],
+        ),
+        "train",
+        4096,
+        "drop",
+    ),
+    (
+        _row(
+            "text1",
+            "text",
+            source="web",
+            source_uri="data/web.txt#1",
+            license="CC0-1.0",
+            text="Plain text for language modelling.",
+        ),
+        "eval",
+        4096,
+        "drop",
+    ),
+    (
+        _row("prompt1", "prompt", messages=[{"role": "user", "content": "Write a haiku about rain."}]),
+        "train",
+        4096,
+        "drop",
+    ),
     (_row("long1", "sft", messages=_user_assistant("How do I make sauce?", LONG_ANSWER)), "train", 40, "truncate"),
 ]
 
@@ -76,8 +159,10 @@ def tokenizer():
 
 
 def _encode(record: dict) -> dict:
-    return {k: json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v
-            for k, v in record.items()}
+    return {
+        k: json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v
+        for k, v in record.items()
+    }
 
 
 def build_formatted(path: Path, tokenizer, rows=INPUT_ROWS) -> dict[str, dict]:
@@ -92,21 +177,33 @@ def build_formatted(path: Path, tokenizer, rows=INPUT_ROWS) -> dict[str, dict]:
     connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")
     table = pa.Table.from_pylist([_encode(r) for r in records.values()])
     connection.register("incoming", table)
-    connection.execute(f"INSERT INTO formatted ({', '.join(table.schema.names)}) "
-                       f"SELECT {', '.join(table.schema.names)} FROM incoming")
+    connection.execute(
+        f"INSERT INTO formatted ({', '.join(table.schema.names)}) SELECT {', '.join(table.schema.names)} FROM incoming"
+    )
     connection.execute(f"CREATE TABLE provenance ({PROVENANCE_DDL})")
-    connection.execute("INSERT INTO provenance (row_id, method, teacher_backend, teacher_model, teacher_revision, "
-                       "teacher_license) VALUES ('syn1', 'self_instruct', 'transformers', 'teacher-x', 'abc123', "
-                       "'Apache-2.0')")
+    connection.execute(
+        "INSERT INTO provenance (row_id, method, teacher_backend, teacher_model, teacher_revision, "
+        "teacher_license) VALUES ('syn1', 'self_instruct', 'transformers', 'teacher-x', 'abc123', "
+        "'Apache-2.0')"
+    )
     connection.execute("CREATE TABLE format_rejections (row_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR)")
     connection.execute("INSERT INTO format_rejections VALUES ('gone', 'decontamination', 'matches', 'bench:1')")
     connection.close()
     return records
 
 
-INFO = ExportInfo(project="unit", project_file_hash="feedface", intended_use="research", tokenizer="demo/tokenizer",
-                  chat_template=None, max_tokens=4096, length_policy="drop", eval_fraction=0.2, seed=0,
-                  benchmarks=["bench"])
+INFO = ExportInfo(
+    project="unit",
+    project_file_hash="feedface",
+    intended_use="research",
+    tokenizer="demo/tokenizer",
+    chat_template=None,
+    max_tokens=4096,
+    length_policy="drop",
+    eval_fraction=0.2,
+    seed=0,
+    benchmarks=["bench"],
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +227,19 @@ def _without_nulls(value):
 def test_every_layout_loads_with_datasets_from_the_dataset_card(exported, tmp_path) -> None:
     datasets = pytest.importorskip("datasets")
     result, records, _ = exported
-    loaded = {config: datasets.load_dataset(str(result.path), config, cache_dir=str(tmp_path))
-              for config in ("sft", "sft_tokenized", "preference", "preference_text", "prompts", "text")}
+    loaded = {
+        config: datasets.load_dataset(str(result.path), config, cache_dir=str(tmp_path))
+        for config in ("sft", "sft_tokenized", "preference", "preference_text", "prompts", "text")
+    }
     counts = {config: {split: d.num_rows for split, d in dd.items()} for config, dd in loaded.items()}
-    assert counts == {"sft": {"train": 3, "eval": 1}, "sft_tokenized": {"train": 4, "eval": 1},
-                      "preference": {"train": 1}, "preference_text": {"train": 1}, "prompts": {"train": 1},
-                      "text": {"eval": 1}}
+    assert counts == {
+        "sft": {"train": 3, "eval": 1},
+        "sft_tokenized": {"train": 4, "eval": 1},
+        "preference": {"train": 1},
+        "preference_text": {"train": 1},
+        "prompts": {"train": 1},
+        "text": {"eval": 1},
+    }
     sft = {r["id"]: r for r in loaded["sft"]["train"]}
     sft1, tool1 = records["sft1"], records["tool1"]
     assert _without_nulls(sft[sft1["row_id"]]["messages"]) == sft1["messages"]
@@ -243,16 +347,22 @@ def test_an_export_is_immutable_and_a_new_data_version_gets_a_new_folder(exporte
 
     (newer.path / "sft" / "train.jsonl").write_text("{}\n")  # someone edits a published version
     assert verify_export(newer.path) == ["sft/train.jsonl: content differs from the manifest's sha256"]
-    with duckdb.connect(str(base / "w2.duckdb"), read_only=True) as connection, \
-            pytest.raises(ExportError, match="immutable"):
+    with (
+        duckdb.connect(str(base / "w2.duckdb"), read_only=True) as connection,
+        pytest.raises(ExportError, match="immutable"),
+    ):
         write_export(connection, root, INFO)
     assert (newer.path / "sft" / "train.jsonl").read_text() == "{}\n"  # left as found, not overwritten
 
 
 def test_parquet_conversion_unions_nested_keys_and_names_the_file_on_bad_types(tmp_path) -> None:
     source = tmp_path / "train.jsonl"
-    source.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n"
-                      + json.dumps({"messages": [{"role": "tool", "content": "b", "name": "f"}]}) + "\n")
+    source.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a"}]})
+        + "\n"
+        + json.dumps({"messages": [{"role": "tool", "content": "b", "name": "f"}]})
+        + "\n"
+    )
     assert jsonl_to_parquet(source, tmp_path / "train.parquet", batch_rows=1) == 2
     back = pd.read_parquet(tmp_path / "train.parquet")["messages"].tolist()
     assert back[0][0]["name"] is None and back[1][0]["name"] == "f"

@@ -38,24 +38,53 @@ def test_split_leaks_name_the_shared_ancestor_or_cluster() -> None:
     rows = {"f1": ("p1", "train"), "f2": ("p2", "train"), "f3": ("c1", "train"), "f4": ("c2", "train")}
     assert split_leaks(rows, edges, {"c1": "k", "c2": "k"}) == []
     leaks = split_leaks({**rows, "f2": ("p2", "eval"), "f4": ("c2", "eval")}, edges, {"c1": "k", "c2": "k"})
-    assert leaks == [{"shared": "cluster k", "eval": ["f4"], "train": ["f3"]},
-                     {"shared": "row a1", "eval": ["f2"], "train": ["f1"]}]
+    assert leaks == [
+        {"shared": "cluster k", "eval": ["f4"], "train": ["f3"]},
+        {"shared": "row a1", "eval": ["f2"], "train": ["f1"]},
+    ]
 
 
 def _sft(row_id: str, question: str, answer: str, **fields) -> dict:
-    return new_row(row_id=row_id, kind="sft", source=fields.pop("source", "qa"), license="MIT", origin="human",
-                   source_uri=f"data/qa.jsonl#{row_id}", messages=[{"role": "user", "content": question},
-                                                                   {"role": "assistant", "content": answer}], **fields)
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        source=fields.pop("source", "qa"),
+        license="MIT",
+        origin="human",
+        source_uri=f"data/qa.jsonl#{row_id}",
+        messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        **fields,
+    )
 
 
 ROWS = [
     _sft("a1", "What is the boiling point of water at sea level?", "100 degrees Celsius."),
-    new_row(row_id="p1", kind="sft", source="qa", license="MIT", origin="augmented", generator="procedural",
-            source_uri="data/qa.jsonl#a1", messages=[{"role": "user", "content": "Waht is the boiling point?"},
-                                                     {"role": "assistant", "content": "100 degrees Celsius."}]),
-    new_row(row_id="p2", kind="sft", source="qa", license="MIT", origin="augmented", generator="procedural",
-            source_uri="data/qa.jsonl#a1", messages=[{"role": "user", "content": "What is teh boiling point?"},
-                                                     {"role": "assistant", "content": "100 degrees Celsius."}]),
+    new_row(
+        row_id="p1",
+        kind="sft",
+        source="qa",
+        license="MIT",
+        origin="augmented",
+        generator="procedural",
+        source_uri="data/qa.jsonl#a1",
+        messages=[
+            {"role": "user", "content": "Waht is the boiling point?"},
+            {"role": "assistant", "content": "100 degrees Celsius."},
+        ],
+    ),
+    new_row(
+        row_id="p2",
+        kind="sft",
+        source="qa",
+        license="MIT",
+        origin="augmented",
+        generator="procedural",
+        source_uri="data/qa.jsonl#a1",
+        messages=[
+            {"role": "user", "content": "What is teh boiling point?"},
+            {"role": "assistant", "content": "100 degrees Celsius."},
+        ],
+    ),
     _sft("c1", "Name a primary colour.", "Red is a primary colour."),
     _sft("c2", "Name one primary colour.", "Blue is a primary colour."),
     *[_sft(f"b{i}", f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(8)],
@@ -71,21 +100,34 @@ def _write_warehouse(path: Path) -> None:
     connection.register("incoming", rows_to_table(ROWS))
     connection.execute("INSERT INTO synthetic_mixed SELECT * FROM incoming")
     connection.execute(f"CREATE TABLE lineage ({LINEAGE_DDL})")
-    connection.execute("INSERT INTO lineage VALUES ('p1', 'a1', 'synthetic', 'perturb', NULL), "
-                       "('p2', 'a1', 'synthetic', 'perturb', NULL)")
-    connection.execute("CREATE TABLE dedup_clusters (cluster_id VARCHAR, row_id VARCHAR, kept_row_id VARCHAR, "
-                       "method VARCHAR, jaccard DOUBLE, reason VARCHAR)")
-    connection.execute("INSERT INTO dedup_clusters VALUES ('k', 'c1', 'c1', 'near', 0.8, ''), "
-                       "('k', 'c2', 'c2', 'near', 0.8, '')")
+    connection.execute(
+        "INSERT INTO lineage VALUES ('p1', 'a1', 'synthetic', 'perturb', NULL), "
+        "('p2', 'a1', 'synthetic', 'perturb', NULL)"
+    )
+    connection.execute(
+        "CREATE TABLE dedup_clusters (cluster_id VARCHAR, row_id VARCHAR, kept_row_id VARCHAR, "
+        "method VARCHAR, jaccard DOUBLE, reason VARCHAR)"
+    )
+    connection.execute(
+        "INSERT INTO dedup_clusters VALUES ('k', 'c1', 'c1', 'near', 0.8, ''), ('k', 'c2', 'c2', 'near', 0.8, '')"
+    )
     connection.close()
 
 
 def _write_project(folder: Path, template: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench.jsonl").write_text(json.dumps({"question_id": 7, "turns": [BENCHMARK_QUESTION]}) + "\n")
-    lines = ["name: formatted-test", "sources:", "  - {name: qa, path: data/qa.jsonl, mapping: alpaca, license: MIT}",
-             "format:", f"  tokenizer: {REPO / 'demo' / 'tokenizer'}", "  max_tokens: 64", "  eval_fraction: 0.4",
-             "  benchmarks:", "    - {name: bench, path: bench.jsonl, text_fields: [turns], id_field: question_id}"]
+    lines = [
+        "name: formatted-test",
+        "sources:",
+        "  - {name: qa, path: data/qa.jsonl, mapping: alpaca, license: MIT}",
+        "format:",
+        f"  tokenizer: {REPO / 'demo' / 'tokenizer'}",
+        "  max_tokens: 64",
+        "  eval_fraction: 0.4",
+        "  benchmarks:",
+        "    - {name: bench, path: bench.jsonl, text_fields: [turns], id_field: question_id}",
+    ]
     if template:
         lines.insert(6, f"  chat_template: {template}")
     (folder / "distillery.yaml").write_text("\n".join(lines) + "\n")
@@ -95,8 +137,12 @@ def _write_project(folder: Path, template: str | None = None) -> Path:
 def _resources(config: Path, warehouse: Path) -> dict:
     from resources import ProjectResource, WarehouseResource
     from resources.tokenizer import TokenizerResource
-    return {"project": ProjectResource(config_path=str(config)), "warehouse": WarehouseResource(path=str(warehouse)),
-            "tokenizer": TokenizerResource()}
+
+    return {
+        "project": ProjectResource(config_path=str(config)),
+        "warehouse": WarehouseResource(path=str(warehouse)),
+        "tokenizer": TokenizerResource(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +158,9 @@ def run(tmp_path_factory: pytest.TempPathFactory):
 
         resources = _resources(config, base / "warehouse.duckdb")
         with dg.instance_for_test() as instance:
-            first = dg.materialize([formatted, exports, *FORMATTED_CHECKS], instance=instance, resources=resources,
-                                   raise_on_error=False)
+            first = dg.materialize(
+                [formatted, exports, *FORMATTED_CHECKS], instance=instance, resources=resources, raise_on_error=False
+            )
             again = dg.materialize([exports], instance=instance, resources=resources, raise_on_error=False)
             yield first, again, base, config
 
@@ -131,16 +178,23 @@ def test_formatted_and_exports_materialize_and_every_check_passes(run) -> None:
     assert first.success and again.success
     assert {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()} == {"formatted", "exports"}
     evaluations = {e.check_name: e for e in first.get_asset_check_evaluations()}
-    assert set(evaluations) == {"every_row_within_token_budget", "no_contamination_left",
-                                "splits_disjoint_by_cluster", "round_trip_ok", "published_versions_unchanged"}
+    assert set(evaluations) == {
+        "every_row_within_token_budget",
+        "no_contamination_left",
+        "splits_disjoint_by_cluster",
+        "round_trip_ok",
+        "published_versions_unchanged",
+    }
     assert [name for name, e in evaluations.items() if not e.passed] == []
     assert evaluations["no_contamination_left"].metadata["rows_scanned"].value == len(ROWS) - 3
 
 
 @pytest.mark.slow
 def test_rejected_rows_are_recorded_with_their_reason(db) -> None:
-    rejected = {r: (stage, reason) for r, stage, reason in
-                db.execute("SELECT row_id, stage, reason FROM format_rejections").fetchall()}
+    rejected = {
+        r: (stage, reason)
+        for r, stage, reason in db.execute("SELECT row_id, stage, reason FROM format_rejections").fetchall()
+    }
     assert set(rejected) == {"leak1", "bench1", "long1"}
     assert rejected["leak1"][0] == "special_tokens" and "<|im_end|>" in rejected["leak1"][1]
     assert rejected["bench1"][0] == "decontamination"
@@ -158,8 +212,10 @@ def test_derived_rows_and_near_duplicates_share_a_split(db) -> None:
 
 @pytest.mark.slow
 def test_formatted_rows_carry_tokens_masks_and_verification(db) -> None:
-    rows = db.execute("SELECT n_tokens, json_array_length(input_ids), json_array_length(assistant_mask), "
-                      "round_trip, generation_prompt_ok, mask_source FROM formatted").fetchall()
+    rows = db.execute(
+        "SELECT n_tokens, json_array_length(input_ids), json_array_length(assistant_mask), "
+        "round_trip, generation_prompt_ok, mask_source FROM formatted"
+    ).fetchall()
     assert all(n == ids == mask and n <= 64 for n, ids, mask, *_ in rows)
     assert {(rt, gp, ms) for *_, rt, gp, ms in rows} == {("ok", True, "generation")}
 
@@ -192,14 +248,18 @@ def tampered(run, tmp_path):
 
     def check(check_def, config_path: Path = config):
         resources = _resources(config_path, path)
-        return check_def(dg.build_asset_check_context(),
-                         **{k: v for k, v in resources.items() if k in check_def.required_resource_keys})
+        return check_def(
+            dg.build_asset_check_context(),
+            **{k: v for k, v in resources.items() if k in check_def.required_resource_keys},
+        )
+
     return duckdb.connect(str(path)), check
 
 
 @pytest.mark.slow
 def test_budget_check_fails_on_an_over_long_or_miscounted_row(tampered) -> None:
     from checks.formatted import formatted_within_token_budget
+
     connection, check = tampered
     connection.execute("UPDATE formatted SET n_tokens = 65 WHERE parent_id = 'b1'")
     connection.close()
@@ -212,6 +272,7 @@ def test_budget_check_fails_on_an_over_long_or_miscounted_row(tampered) -> None:
 @pytest.mark.slow
 def test_contamination_check_rescans_the_rows(tampered) -> None:
     from checks.formatted import formatted_no_contamination_left
+
     connection, check = tampered
     messages = json.dumps([{"role": "user", "content": BENCHMARK_QUESTION}, {"role": "assistant", "content": "?"}])
     connection.execute("UPDATE formatted SET messages = ? WHERE parent_id = 'b2'", [messages])
@@ -224,9 +285,11 @@ def test_contamination_check_rescans_the_rows(tampered) -> None:
 @pytest.mark.slow
 def test_split_check_fails_when_a_derived_row_crosses_the_split(tampered) -> None:
     from checks.formatted import formatted_splits_disjoint
+
     connection, check = tampered
-    connection.execute("UPDATE formatted SET split = CASE split WHEN 'train' THEN 'eval' ELSE 'train' END "
-                       "WHERE parent_id = 'p2'")
+    connection.execute(
+        "UPDATE formatted SET split = CASE split WHEN 'train' THEN 'eval' ELSE 'train' END WHERE parent_id = 'p2'"
+    )
     connection.close()
     result = check(formatted_splits_disjoint)
     assert not result.passed and result.metadata["shared_across_splits"].value == 1
@@ -236,11 +299,13 @@ def test_split_check_fails_when_a_derived_row_crosses_the_split(tampered) -> Non
 @pytest.mark.slow
 def test_round_trip_check_finds_control_tokens_and_broken_stored_tokens(tampered) -> None:
     from checks.formatted import formatted_round_trip_ok
+
     connection, check = tampered
     messages = json.dumps([{"role": "user", "content": "Hi<|im_end|>"}, {"role": "assistant", "content": "Hello"}])
     connection.execute("UPDATE formatted SET messages = ? WHERE parent_id = 'b3'", [messages])
-    connection.execute("UPDATE formatted SET input_ids = '[1, 2]', assistant_mask = '[0, 1]', n_tokens = 2 "
-                       "WHERE parent_id = 'b4'")
+    connection.execute(
+        "UPDATE formatted SET input_ids = '[1, 2]', assistant_mask = '[0, 1]', n_tokens = 2 WHERE parent_id = 'b4'"
+    )
     connection.close()
     result = check(formatted_round_trip_ok)
     assert not result.passed
@@ -252,6 +317,7 @@ def test_round_trip_check_finds_control_tokens_and_broken_stored_tokens(tampered
 def test_round_trip_check_fails_when_the_generation_prompt_differs_from_training(run, tampered, tmp_path) -> None:
     from checks.formatted import formatted_round_trip_ok
     from curation.format.tokenizers import load_template
+
     connection, check = tampered
     connection.close()
     # Inference would send "<|im_start|>assistant" without the newline training saw after the role.
@@ -277,6 +343,7 @@ def test_formatted_metadata_reports_tokens_and_rejections(run, db) -> None:
 @pytest.mark.slow
 def test_export_check_flags_a_published_version_edited_in_place(run, tmp_path, monkeypatch) -> None:
     from checks.formatted import exports_unchanged
+
     base = run[2]
     copy = tmp_path / "exports"
     shutil.copytree(base / "exports", copy)

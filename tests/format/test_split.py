@@ -21,8 +21,14 @@ def _rows(seed: int = 1) -> list[dict[str, Any]]:
             size = min(rng.choice([1, 1, 1, 2, 3, 4]), count - made)
             cluster = f"{source}-c{made}"
             for k in range(size):
-                rows.append({"row_id": f"{source}-{made + k}", "kind": kind, "source": source,
-                             "cluster_id": cluster if size > 1 else None})
+                rows.append(
+                    {
+                        "row_id": f"{source}-{made + k}",
+                        "kind": kind,
+                        "source": source,
+                        "cluster_id": cluster if size > 1 else None,
+                    }
+                )
             made += size
     return rows
 
@@ -58,7 +64,10 @@ def test_each_stratum_gets_its_share() -> None:
         # Target is eval_fraction x rows rounded to a neighbouring integer.
         assert abs(entry["eval"] - 0.1 * entry["rows"]) < 1, entry
     assert [(e["kind"], e["source"], e["rows"]) for e in split_summary(rows, splits)] == [
-        ("chat", "oasst", 400), ("preference", "hh", 90), ("sft", "alpaca", 1200)]
+        ("chat", "oasst", 400),
+        ("preference", "hh", 90),
+        ("sft", "alpaca", 1200),
+    ]
 
 
 def test_many_tiny_strata_keep_the_overall_fraction() -> None:
@@ -108,6 +117,7 @@ def test_stable_unit_is_fixed_and_uniform() -> None:
 
 
 # ---- nested subsets ----------------------------------------------------------------------
+
 
 def test_subsets_are_nested_and_sized() -> None:
     ids = [f"r{k}" for k in range(20000)]

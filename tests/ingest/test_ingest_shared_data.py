@@ -14,8 +14,13 @@ from tests.conftest import SHARED_DATA
 
 
 def ingest(relative: str, mapping: str, **settings) -> tuple[list[dict], list[Quarantined]]:
-    source = SourceConfig(name=relative.split("/")[0], path=relative, mapping=mapping,
-                          license=settings.pop("license", "Apache-2.0"), **settings)
+    source = SourceConfig(
+        name=relative.split("/")[0],
+        path=relative,
+        mapping=mapping,
+        license=settings.pop("license", "Apache-2.0"),
+        **settings,
+    )
     items = list(ingest_file(SHARED_DATA / relative, relative, source, utcnow(), 1_000_000))
     rows = [i for i in items if not isinstance(i, Quarantined)]
     return rows, [i for i in items if isinstance(i, Quarantined)]
@@ -57,9 +62,13 @@ def test_fastchat_sharegpt_conversations_become_role_content_messages() -> None:
 
 
 def test_llms_from_scratch_preference_prompt_from_instruction_and_input() -> None:
-    rows, quarantined = ingest("llms-from-scratch-preference/instruction-data-with-preference.json", "preference",
-                               fields={"prompt": ["instruction", "input"]}, origin="synthetic",
-                               generator="Llama-3.1-70B")
+    rows, quarantined = ingest(
+        "llms-from-scratch-preference/instruction-data-with-preference.json",
+        "preference",
+        fields={"prompt": ["instruction", "input"]},
+        origin="synthetic",
+        generator="Llama-3.1-70B",
+    )
     assert len(rows) == 1100 and not quarantined
     assert {r["kind"] for r in rows} == {"preference"}
     same = [i for i, r in enumerate(rows) if r["chosen"] == r["rejected"]]
@@ -86,8 +95,9 @@ def test_gsm8k_question_answer_with_final_answer_kept() -> None:
 
 
 def test_awesome_chatgpt_prompts_csv_is_prompt_only() -> None:
-    rows, quarantined = ingest("awesome-chatgpt-prompts/prompts.csv", "prompts", license="CC0-1.0",
-                               annotator_field="contributor")
+    rows, quarantined = ingest(
+        "awesome-chatgpt-prompts/prompts.csv", "prompts", license="CC0-1.0", annotator_field="contributor"
+    )
     assert len(rows) == 224 and not quarantined
     assert {r["kind"] for r in rows} == {"prompt"}
     assert all(roles(r) == ["user"] for r in rows)
@@ -98,17 +108,24 @@ def test_awesome_chatgpt_prompts_csv_is_prompt_only() -> None:
 
 
 def test_humaneval_gzip_read_transparently() -> None:
-    rows, quarantined = ingest("humaneval/HumanEval.jsonl.gz", "alpaca", license="MIT",
-                               fields={"instruction": "prompt", "output": "canonical_solution"})
+    rows, quarantined = ingest(
+        "humaneval/HumanEval.jsonl.gz",
+        "alpaca",
+        license="MIT",
+        fields={"instruction": "prompt", "output": "canonical_solution"},
+    )
     assert len(rows) == 164 and not quarantined
     assert rows[0]["extra"]["task_id"] == "HumanEval/0" and "test" in rows[0]["extra"]
 
 
-@pytest.mark.parametrize(("relative", "field", "count"), [
-    ("mt-bench/question.jsonl", "turns", 80),
-    ("vicuna-bench/question.jsonl", "turns", 80),
-    ("wizardlm-testset/WizardLM_testset.jsonl", "Instruction", 218),
-])
+@pytest.mark.parametrize(
+    ("relative", "field", "count"),
+    [
+        ("mt-bench/question.jsonl", "turns", 80),
+        ("vicuna-bench/question.jsonl", "turns", 80),
+        ("wizardlm-testset/WizardLM_testset.jsonl", "Instruction", 218),
+    ],
+)
 def test_prompt_only_benchmark_files(relative: str, field: str, count: int) -> None:
     rows, quarantined = ingest(relative, "prompts", fields={"prompt": field})
     assert len(rows) == count and not quarantined

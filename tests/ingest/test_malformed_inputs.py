@@ -27,16 +27,19 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("line", "reason"), [
-    (b'{"instruction": "Name a prime', "invalid JSON"),
-    (b'{"instruction": "What is 2+2?", "output": 4}', "must be a string, got int"),
-    (b'{"instruction": "Translate hello."}', "missing required field 'output'"),
-    (b'{"instruction": "  ", "output": ""}', "empty instruction"),
-    (b'["not", "an", "object"]', "expected a JSON object"),
-    (b'{"instruction": "Define caf\xe9.", "output": "A small restaurant."}', "undecodable bytes"),
-    (json.dumps({"instruction": "Repeat.", "output": "x" * 20_000}).encode(), "oversized record"),
-    (b'{"instruction": ["a", "list"], "output": "text"}', "must be a string, got list"),
-])
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"instruction": "Name a prime', "invalid JSON"),
+        (b'{"instruction": "What is 2+2?", "output": 4}', "must be a string, got int"),
+        (b'{"instruction": "Translate hello."}', "missing required field 'output'"),
+        (b'{"instruction": "  ", "output": ""}', "empty instruction"),
+        (b'["not", "an", "object"]', "expected a JSON object"),
+        (b'{"instruction": "Define caf\xe9.", "output": "A small restaurant."}', "undecodable bytes"),
+        (json.dumps({"instruction": "Repeat.", "output": "x" * 20_000}).encode(), "oversized record"),
+        (b'{"instruction": ["a", "list"], "output": "text"}', "must be a string, got list"),
+    ],
+)
 def test_each_broken_record_is_quarantined_with_its_reason(tmp_path: Path, line: bytes, reason: str) -> None:
     path = write_lines(tmp_path / "data.jsonl", [json.dumps(GOOD).encode(), line, json.dumps(GOOD).encode()])
     rows, quarantined = run(path)
@@ -72,7 +75,8 @@ def test_json_array_elements_carry_the_line_they_start_on(tmp_path: Path) -> Non
     path.write_text(json.dumps([GOOD, GOOD], indent=2) + "\n\nnot json")
     _, quarantined = run(path)
     assert [(q.record_no, q.line_no, q.error) for q in quarantined] == [
-        (3, 12, "unexpected text after the closing ']'")]
+        (3, 12, "unexpected text after the closing ']'")
+    ]
 
 
 def test_json_array_with_a_bad_element_type(tmp_path: Path) -> None:
@@ -84,8 +88,10 @@ def test_json_array_with_a_bad_element_type(tmp_path: Path) -> None:
 
 def test_csv_with_wrong_field_count_and_bad_bytes(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
-    path.write_bytes(b'question,answer\n"What is up?","Not much."\n"only one field"\n"caf\xe9?","yes"\n'
-                     b'"Quoted, with comma","An ""answer"" here"\n')
+    path.write_bytes(
+        b'question,answer\n"What is up?","Not much."\n"only one field"\n"caf\xe9?","yes"\n'
+        b'"Quoted, with comma","An ""answer"" here"\n'
+    )
     rows, quarantined = run(path, fields={"instruction": "question", "output": "answer"})
     assert [r["messages"][1]["content"] for r in rows] == ["Not much.", 'An "answer" here']
     reasons = sorted(q.error.split(":")[0] for q in quarantined)

@@ -60,6 +60,7 @@ def scratch_registry() -> Iterator[None]:
 
 # ---- the project file -----------------------------------------------------------------------
 
+
 def test_unknown_mapping_names_the_key_and_lists_every_registered_mapping(tmp_path: Path) -> None:
     message = config_error(tmp_path, "    mapping: alpacca\n    license: MIT")
     line = next(line for line in message.splitlines() if "sources.1.mapping" in line)
@@ -68,18 +69,27 @@ def test_unknown_mapping_names_the_key_and_lists_every_registered_mapping(tmp_pa
     assert all(f"'{name}'" in line for name in MAPPINGS)
 
 
-@pytest.mark.parametrize(("source", "expected"), [
-    ("    mapping: oasst\n    options: {mdoe: best}",
-     "  - sources.1.options.mdoe: unknown key (check the spelling"),
-    ("    mapping: oasst\n    options: {mode: all}",
-     "  - sources.1.options.mode: Input should be 'threads', 'best' or 'preference', got 'all'"),
-    ("    mapping: alpaca\n    options: {mode: best}",
-     "  - sources.1.options.mode: unknown key"),
-    ("    mapping: sharegpt\n    options: {role_key: [from]}",
-     "  - sources.1.options.role_key: Input should be a valid string"),
-])
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            "    mapping: oasst\n    options: {mdoe: best}",
+            "  - sources.1.options.mdoe: unknown key (check the spelling",
+        ),
+        (
+            "    mapping: oasst\n    options: {mode: all}",
+            "  - sources.1.options.mode: Input should be 'threads', 'best' or 'preference', got 'all'",
+        ),
+        ("    mapping: alpaca\n    options: {mode: best}", "  - sources.1.options.mode: unknown key"),
+        (
+            "    mapping: sharegpt\n    options: {role_key: [from]}",
+            "  - sources.1.options.role_key: Input should be a valid string",
+        ),
+    ],
+)
 def test_options_are_checked_by_the_mappings_model_and_errors_name_the_key_path(
-        tmp_path: Path, source: str, expected: str) -> None:
+    tmp_path: Path, source: str, expected: str
+) -> None:
     message = config_error(tmp_path, source + "\n    license: MIT")
     assert expected in message
     assert message.startswith(f"{tmp_path / 'distillery.yaml'}: the project file is invalid:")
@@ -98,24 +108,36 @@ def test_valid_options_load(tmp_path: Path) -> None:
 
 # ---- adding a mapping -----------------------------------------------------------------------
 
+
 def test_a_new_mapping_is_one_decorated_function(tmp_path: Path, scratch_registry: None) -> None:
     class QaOptions(MappingOptions):
         shout: bool = False
 
-    @mapping("qa_pairs", kinds=["sft"], fields={"question": "q", "answer": "a"}, options=QaOptions,
-             doc="Question/answer pairs: `{q, a}`.")
+    @mapping(
+        "qa_pairs",
+        kinds=["sft"],
+        fields={"question": "q", "answer": "a"},
+        options=QaOptions,
+        doc="Question/answer pairs: `{q, a}`.",
+    )
     def map_qa_pairs(fields: FieldReader, options: QaOptions) -> list[Mapped]:
         question, answer = fields.text("question") or "", fields.text("answer") or ""
         if options.shout:
             answer = answer.upper()
-        return [Mapped(kind="sft", messages=[{"role": "user", "content": question},
-                                             {"role": "assistant", "content": answer}], extra=fields.extra())]
+        return [
+            Mapped(
+                kind="sft",
+                messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                extra=fields.extra(),
+            )
+        ]
 
     records = [{"q": "Capital of France?", "reply": "Paris", "id": 1}, {"q": "No answer here", "id": 2}]
     (tmp_path / "first.jsonl").write_text(json.dumps({"instruction": "Hi", "output": "Hello"}) + "\n")
     (tmp_path / "second.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    config = project_file(tmp_path, "    mapping: qa_pairs\n    fields: {answer: reply}\n"
-                                    "    options: {shout: true}\n    license: MIT")
+    config = project_file(
+        tmp_path, "    mapping: qa_pairs\n    fields: {answer: reply}\n    options: {shout: true}\n    license: MIT"
+    )
     warehouse = Warehouse(tmp_path / "w.duckdb")
     with warehouse.write("raw") as staged:
         summary = ingest_sources(load_project(config), staged)
@@ -126,10 +148,12 @@ def test_a_new_mapping_is_one_decorated_function(tmp_path: Path, scratch_registr
     with warehouse.connect(read_only=True) as connection:
         (row,) = [r for r in table_rows(connection, "raw") if r["source"] == "second"]
     assert row["kind"] == "sft" and row["messages"][1]["content"] == "PARIS" and row["extra"] == {"id": 1}
-    assert "| `qa_pairs` | Question/answer pairs: `{q, a}`. | `question` ← `q`<br>`answer` ← `a` |" \
-        in mappings_reference()
+    assert (
+        "| `qa_pairs` | Question/answer pairs: `{q, a}`. | `question` ← `q`<br>`answer` ← `a` |" in mappings_reference()
+    )
     assert "sources.1.options.loud: unknown key" in config_error(
-        tmp_path, "    mapping: qa_pairs\n    options: {loud: true}\n    license: MIT")
+        tmp_path, "    mapping: qa_pairs\n    options: {loud: true}\n    license: MIT"
+    )
 
 
 def test_a_mapping_must_produce_only_the_kinds_it_declares(scratch_registry: None) -> None:
@@ -160,6 +184,7 @@ def test_reading_an_undeclared_field_is_a_programming_error() -> None:
 
 
 # ---- the reference page ---------------------------------------------------------------------
+
 
 def test_the_mappings_reference_lists_every_mapping_with_its_options_and_kinds() -> None:
     generated = mappings_reference()

@@ -30,13 +30,21 @@ def test_hh_rejects_text_that_is_not_a_transcript() -> None:
 
 
 def test_openai_messages_with_tools_become_tool_rows_and_keep_tools_in_extra() -> None:
-    record = {"messages": [{"role": "system", "content": "Be brief."},
-                           {"role": "user", "content": "Weather in Oslo?"},
-                           {"role": "assistant", "content": None,
-                            "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
-                           {"role": "tool", "content": "3°C", "tool_call_id": "c1"},
-                           {"role": "assistant", "content": "It is 3°C."}],
-              "tools": [{"type": "function", "function": {"name": "weather"}}], "id": 7}
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+            },
+            {"role": "tool", "content": "3°C", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "It is 3°C."},
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather"}}],
+        "id": 7,
+    }
     (row,) = run("openai", record)
     assert row.kind == "tool"
     assert row.messages[2]["tool_calls"][0]["function"]["name"] == "weather"
@@ -45,16 +53,27 @@ def test_openai_messages_with_tools_become_tool_rows_and_keep_tools_in_extra() -
 
 
 def test_openai_content_parts_keep_their_text() -> None:
-    (row,) = run("openai", {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "},
-                                                                      {"type": "text", "text": "there"}]},
-                                         {"role": "assistant", "content": "Hello."}]})
+    (row,) = run(
+        "openai",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        },
+    )
     assert row.messages[0]["content"] == "Hi there" and row.kind == "chat"
 
 
 def test_preference_with_message_lists_splits_the_common_prefix() -> None:
     prompt = [{"role": "user", "content": "Name a colour."}]
-    (row,) = run("preference", {"chosen": [*prompt, {"role": "assistant", "content": "Blue."}],
-                                "rejected": [*prompt, {"role": "assistant", "content": "No."}]})
+    (row,) = run(
+        "preference",
+        {
+            "chosen": [*prompt, {"role": "assistant", "content": "Blue."}],
+            "rejected": [*prompt, {"role": "assistant", "content": "No."}],
+        },
+    )
     assert row.messages == prompt and row.chosen[0]["content"] == "Blue." and row.rejected[0]["content"] == "No."
 
 
@@ -68,8 +87,11 @@ def test_reward_and_text_rows() -> None:
 
 
 def test_joined_fields_and_renamed_fields() -> None:
-    (row,) = run("alpaca", {"q": "Translate.", "ctx": "Bonjour", "a": "Hello"},
-                 fields={"instruction": ["q", "ctx"], "output": "a"})
+    (row,) = run(
+        "alpaca",
+        {"q": "Translate.", "ctx": "Bonjour", "a": "Hello"},
+        fields={"instruction": ["q", "ctx"], "output": "a"},
+    )
     assert row.messages[0]["content"] == "Translate.\n\nBonjour" and row.messages[1]["content"] == "Hello"
 
 
@@ -82,8 +104,17 @@ def test_missing_field_error_lists_the_keys_and_how_to_fix_it() -> None:
 
 
 def test_oasst_skips_deleted_messages() -> None:
-    tree = {"message_tree_id": "t", "prompt": {"message_id": "p", "role": "prompter", "text": "Hi?", "replies": [
-        {"message_id": "a", "role": "assistant", "text": "Hello!", "rank": 0, "replies": []},
-        {"message_id": "b", "role": "assistant", "text": "Spam", "deleted": True, "replies": []}]}}
+    tree = {
+        "message_tree_id": "t",
+        "prompt": {
+            "message_id": "p",
+            "role": "prompter",
+            "text": "Hi?",
+            "replies": [
+                {"message_id": "a", "role": "assistant", "text": "Hello!", "rank": 0, "replies": []},
+                {"message_id": "b", "role": "assistant", "text": "Spam", "deleted": True, "replies": []},
+            ],
+        },
+    }
     rows = run("oasst", tree)
     assert [r.messages[-1]["content"] for r in rows] == ["Hello!"]

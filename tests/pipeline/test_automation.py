@@ -61,8 +61,9 @@ def test_landing_sensor_runs_once_per_change_and_never_for_unchanged_files(proje
         assert first.run_key.startswith("landing-")
         assert first.tags["distillery/changed_files"] == "2"
         assert first.tags["distillery/changed_sources"] == "chat,sft"
-        assert sorted(json.loads(cursor)) == sorted([f"sft:{project / 'landing/sft/a.jsonl'}",
-                                                     f"chat:{project / 'landing/chat.json'}"])
+        assert sorted(json.loads(cursor)) == sorted(
+            [f"sft:{project / 'landing/sft/a.jsonl'}", f"chat:{project / 'landing/chat.json'}"]
+        )
 
         # Same files, same cursor: no run.
         requests, skip, same_cursor = evaluate(instance, cursor)
@@ -144,7 +145,8 @@ def test_nightly_schedule_requests_the_distill_job_once_per_tick() -> None:
     assert nightly_schedule.job_name == "distill" and nightly_schedule.cron_schedule == "0 2 * * *"
     (job,) = [j for j in defs.jobs if j.name == "distill"]
     assert {"raw", "deduped", "filtered", "synthetic_mixed", "formatted"} <= {
-        k.to_user_string() for k in job.selection.resolve(ASSETS)}
+        k.to_user_string() for k in job.selection.resolve(ASSETS)
+    }
     assert nightly_schedule in defs.schedules
 
 
@@ -168,8 +170,9 @@ def failure_context(instance: dg.DagsterInstance) -> dg.RunFailureSensorContext:
     run = instance.get_run_by_id(result.run_id)
     records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
     event = records[0].event_log_entry.dagster_event
-    return dg.build_run_status_sensor_context(sensor_name="run_failure_alert", dagster_event=event,
-                                              dagster_instance=instance, dagster_run=run).for_run_failure()
+    return dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alert", dagster_event=event, dagster_instance=instance, dagster_run=run
+    ).for_run_failure()
 
 
 def test_the_failure_sensor_finds_a_failed_run_and_alerts_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,9 +183,11 @@ def test_the_failure_sensor_finds_a_failed_run_and_alerts_once(home: Path, monke
     defs = dg.Definitions(sensors=[run_failure_alert], jobs=[failing_job])
     alerts = home / "alerts.jsonl"
     with dg.instance_for_test() as instance:
+
         def tick(cursor: str | None) -> str | None:
             return run_failure_alert.evaluate_tick(
-                dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)).cursor
+                dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+            ).cursor
 
         cursor = tick(None)
         assert not alerts.exists()
@@ -232,21 +237,27 @@ def test_a_failed_run_is_posted_to_the_webhook(tmp_path: Path, monkeypatch: pyte
     assert "SECRET-TOKEN" not in recorded
 
 
-def test_an_unreachable_webhook_still_records_the_alert_without_the_token(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_webhook_still_records_the_alert_without_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sensors.automation import alert_record, deliver_alert
 
     server = HTTPServer(("127.0.0.1", 0), _Collector)
     port = server.server_port
     server.server_close()  # nothing listens there now
     alert_file = tmp_path / "alerts.jsonl"
-    outcome = deliver_alert(alert_record("run-1", "distill", "boom"), {
-        "DISTILLERY_ALERT_FILE": str(alert_file),
-        "DISTILLERY_ALERT_WEBHOOK": f"http://127.0.0.1:{port}/hooks/SECRET-TOKEN"})
+    outcome = deliver_alert(
+        alert_record("run-1", "distill", "boom"),
+        {
+            "DISTILLERY_ALERT_FILE": str(alert_file),
+            "DISTILLERY_ALERT_WEBHOOK": f"http://127.0.0.1:{port}/hooks/SECRET-TOKEN",
+        },
+    )
     assert "host 127.0.0.1 failed" in outcome["webhook"]
     record = json.loads(alert_file.read_text())
     assert record["run_id"] == "run-1" and "127.0.0.1" in record["webhook_error"]
     assert "SECRET-TOKEN" not in alert_file.read_text() and "SECRET-TOKEN" not in outcome["webhook"]
     with pytest.raises(RuntimeError, match="must be an http"):
         from sensors.automation import post_webhook
+
         post_webhook("file:///etc/passwd", {})

@@ -23,8 +23,17 @@ def test_run_then_rerun_selected_asset(tmp_path: Path) -> None:
     with duckdb.connect(str(warehouse), read_only=True) as connection:
         tables = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         raw_rows = connection.execute("SELECT count(*) FROM raw").fetchone()[0]
-    assert {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted", "lineage",
-            "quarantine", "provenance"} <= tables
+    assert {
+        "raw",
+        "deduped",
+        "filtered",
+        "synthetic",
+        "synthetic_mixed",
+        "formatted",
+        "lineage",
+        "quarantine",
+        "provenance",
+    } <= tables
 
     again = run_cli("run", "--select", "raw", home=home)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -40,8 +49,9 @@ def test_run_then_rerun_selected_asset(tmp_path: Path) -> None:
 
 def test_bad_config_is_reported_with_the_key(tmp_path: Path) -> None:
     config = tmp_path / "distillery.yaml"
-    config.write_text("sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT, colour: red}\n"
-                      "format: {tokenizer: t}\n")
+    config.write_text(
+        "sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT, colour: red}\nformat: {tokenizer: t}\n"
+    )
     result = run_cli("run", "--config", str(config), home=tmp_path / "home")
     assert result.returncode == 2
     assert "sources.0.colour: unknown key" in result.stderr
@@ -54,9 +64,9 @@ def test_unknown_asset_in_select(tmp_path: Path) -> None:
 
 def test_missing_source_file_names_the_source(tmp_path: Path) -> None:
     config = tmp_path / "distillery.yaml"
-    config.write_text("sources:\n  - {name: mine, path: nowhere/*.jsonl, mapping: alpaca, license: MIT}\n"
-                      "format: {tokenizer: t}\n")
+    config.write_text(
+        "sources:\n  - {name: mine, path: nowhere/*.jsonl, mapping: alpaca, license: MIT}\nformat: {tokenizer: t}\n"
+    )
     result = run_cli("run", "--config", str(config), "--select", "raw", home=tmp_path / "home")
     assert result.returncode == 1
     assert "source 'mine': no file matches 'nowhere/*.jsonl'" in result.stderr
-

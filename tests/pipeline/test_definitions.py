@@ -15,8 +15,9 @@ def test_five_dataset_versions_in_order_with_checks() -> None:
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"} <= keys
-    upstream = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
-                for k in graph.get_all_asset_keys()}
+    upstream = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
+    }
     assert upstream["deduped"] == {"raw"} and upstream["filtered"] == {"deduped"}
     assert upstream["synthetic_mixed"] == {"filtered", "synthetic"} and upstream["formatted"] == {"synthetic_mixed"}
     checked = {key.asset_key.to_user_string() for key in graph.asset_check_keys}

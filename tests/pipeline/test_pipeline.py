@@ -25,9 +25,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProc
         from resources.teachers import TeacherResource
         from resources.tokenizer import TokenizerResource
 
-        resources = {"project": ProjectResource(config_path=str(DEMO_CONFIG)),
-                     "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")), "teacher": TeacherResource(),
-                     "tokenizer": TokenizerResource()}
+        resources = {
+            "project": ProjectResource(config_path=str(DEMO_CONFIG)),
+            "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+            "teacher": TeacherResource(),
+            "tokenizer": TokenizerResource(),
+        }
         with dg.instance_for_test() as instance:
             result = dg.materialize([*ASSETS, *CHECKS], instance=instance, resources=resources, raise_on_error=False)
             yield result, home / "warehouse.duckdb"
@@ -44,8 +47,17 @@ def test_every_asset_materializes_and_every_check_passes(demo_run) -> None:
     result, _ = demo_run
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted", "exports",
-                            "compliance_report", "inspection"}
+    assert materialized == {
+        "raw",
+        "deduped",
+        "filtered",
+        "synthetic",
+        "synthetic_mixed",
+        "formatted",
+        "exports",
+        "compliance_report",
+        "inspection",
+    }
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) >= 15
     assert [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed] == []
@@ -53,9 +65,16 @@ def test_every_asset_materializes_and_every_check_passes(demo_run) -> None:
 
 def test_planted_malformed_records_are_quarantined(db) -> None:
     errors = [r[0] for r in db.execute("SELECT error FROM quarantine ORDER BY source, record_no").fetchall()]
-    expected = ["conversations[0].from is 'narrator'", "invalid JSON", "must be a string, got int",
-                "missing required field 'output'", "empty instruction", "expected a JSON object",
-                "undecodable bytes", "oversized record"]
+    expected = [
+        "conversations[0].from is 'narrator'",
+        "invalid JSON",
+        "must be a string, got int",
+        "missing required field 'output'",
+        "empty instruction",
+        "expected a JSON object",
+        "undecodable bytes",
+        "oversized record",
+    ]
     for fragment in expected:
         assert sum(fragment in e for e in errors) == 1, fragment
     assert len(errors) == len(expected)
@@ -64,6 +83,7 @@ def test_planted_malformed_records_are_quarantined(db) -> None:
 def test_row_counts_add_up_through_the_stages(db) -> None:
     def n(sql: str) -> int:
         return db.execute(sql).fetchone()[0]
+
     lines = len((DEMO_CONFIG.parent / "data" / "alpaca_sft.jsonl").read_bytes().splitlines())
     assert n("SELECT records FROM ingested_files WHERE file = 'data/alpaca_sft.jsonl'") == lines
     assert n("SELECT count(*) FROM raw") == n("SELECT sum(rows) FROM ingested_files")
@@ -71,11 +91,14 @@ def test_row_counts_add_up_through_the_stages(db) -> None:
     assert removed >= 2  # the planted duplicate SFT record and the copied conversation
     assert n("SELECT count(*) FROM deduped") == n("SELECT count(*) FROM raw") - removed
     assert n("SELECT count(*) FROM filtered") == n("SELECT count(*) FROM deduped") - n(
-        "SELECT count(*) FROM filter_rejections")
+        "SELECT count(*) FROM filter_rejections"
+    )
     assert n("SELECT count(*) FROM synthetic_mixed") == n("SELECT count(*) FROM filtered") + n(
-        "SELECT count(*) FROM synthetic") - n("SELECT count(*) FROM mix_excluded")
+        "SELECT count(*) FROM synthetic"
+    ) - n("SELECT count(*) FROM mix_excluded")
     assert n("SELECT count(*) FROM formatted") == n("SELECT count(*) FROM synthetic_mixed") - n(
-        "SELECT count(*) FROM format_rejections")
+        "SELECT count(*) FROM format_rejections"
+    )
 
 
 def test_low_quality_rows_are_rejected_with_reasons(db) -> None:
@@ -88,8 +111,10 @@ def test_low_quality_rows_are_rejected_with_reasons(db) -> None:
 def test_benchmark_leak_is_removed_before_formatting(db) -> None:
     leaked = db.execute("SELECT benchmark, item_id FROM contamination").fetchall()
     assert ("demo_bench", "1#turn1") in leaked
-    assert db.execute("SELECT count(*) FROM formatted WHERE text ILIKE '%poem about the ocean at night%'"
-                      ).fetchone()[0] == 0
+    assert (
+        db.execute("SELECT count(*) FROM formatted WHERE text ILIKE '%poem about the ocean at night%'").fetchone()[0]
+        == 0
+    )
 
 
 def walk_to_raw(db: duckdb.DuckDBPyConnection, row_id: str) -> list[tuple[str, str, str]]:
@@ -105,12 +130,12 @@ def walk_to_raw(db: duckdb.DuckDBPyConnection, row_id: str) -> list[tuple[str, s
 def test_lineage_from_a_formatted_row_back_to_its_file_and_record(db) -> None:
     row_id, _parent = db.execute(
         "SELECT f.row_id, f.parent_id FROM formatted f JOIN lineage l ON l.child_id = f.parent_id "
-        "AND l.asset = 'filtered' AND l.operation LIKE '%html_to_text%'").fetchone()  # the HTML-cleaned row
+        "AND l.asset = 'filtered' AND l.operation LIKE '%html_to_text%'"
+    ).fetchone()  # the HTML-cleaned row
     chain = walk_to_raw(db, row_id)
     assert [(asset, op.split(":")[0]) for _, asset, op in chain] == [("formatted", "format"), ("filtered", "clean")]
     root = chain[-1][0]
-    source_uri, source_license = db.execute("SELECT source_uri, license FROM raw WHERE row_id = ?",
-                                            [root]).fetchone()
+    source_uri, source_license = db.execute("SELECT source_uri, license FROM raw WHERE row_id = ?", [root]).fetchone()
     file, record = source_uri.split("#")
     line = (DEMO_CONFIG.parent / file).read_bytes().splitlines()[int(record) - 1]  # JSONL: record = line here
     raw_output = db.execute("SELECT messages->>'$[1].content' FROM raw WHERE row_id = ?", [root]).fetchone()[0]
@@ -131,8 +156,10 @@ def test_pii_is_redacted_with_typed_placeholders_and_recorded(db) -> None:
 
 
 def test_synthetic_rows_have_provenance_and_inherit_the_strictest_licence(db) -> None:
-    rows = db.execute("SELECT s.row_id, s.license, s.origin, p.teacher_model, p.parent_ids FROM synthetic s "
-                      "JOIN provenance p USING (row_id)").fetchall()
+    rows = db.execute(
+        "SELECT s.row_id, s.license, s.origin, p.teacher_model, p.parent_ids FROM synthetic s "
+        "JOIN provenance p USING (row_id)"
+    ).fetchall()
     assert rows and len(rows) == db.execute("SELECT count(*) FROM synthetic").fetchone()[0]
     for _row_id, license, origin, teacher, parents in rows:
         assert teacher == "distillery-procedural"
@@ -154,8 +181,9 @@ def test_formatted_rows_fit_the_budget_and_carry_masks(db) -> None:
 
 def test_materialization_metadata_shows_in_the_ui(demo_run) -> None:
     result, _ = demo_run
-    events = {e.asset_key.to_user_string(): e.materialization.metadata
-              for e in result.get_asset_materialization_events()}
+    events = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
     raw = events["raw"]
     assert raw["dagster/row_count"].value > 0
     assert {c.name for c in raw["dagster/column_schema"].value.columns} >= {"row_id", "messages", "license"}
@@ -167,7 +195,8 @@ def test_duplicates_are_explained_and_the_earlier_record_is_kept(db) -> None:
     rows = db.execute(
         "SELECT d.method, d.jaccard, r.source_uri, k.source_uri, d.reason FROM dedup_clusters d "
         "JOIN raw r ON r.row_id = d.row_id JOIN raw k ON k.row_id = d.kept_row_id WHERE d.removed "
-        "ORDER BY d.method, r.source_uri").fetchall()
+        "ORDER BY d.method, r.source_uri"
+    ).fetchall()
     methods = [r[0] for r in rows]
     assert "exact:prompt_response" in methods and any(m.startswith("near:") for m in methods)
     near = next(r for r in rows if r[0].startswith("near:"))
@@ -185,13 +214,16 @@ def test_rerun_on_unchanged_input_does_no_minhash_work(demo_run) -> None:
     from resources import ProjectResource, WarehouseResource
 
     deduped_asset = next(a for a in ASSETS if a.key.to_user_string() == "deduped")
-    resources = {"project": ProjectResource(config_path=str(DEMO_CONFIG)),
-                 "warehouse": WarehouseResource(path=str(warehouse))}
+    resources = {
+        "project": ProjectResource(config_path=str(DEMO_CONFIG)),
+        "warehouse": WarehouseResource(path=str(warehouse)),
+    }
     with dg.instance_for_test() as instance:
         result = dg.materialize([deduped_asset], instance=instance, resources=resources)
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     assert metadata["minhash_computed"].value == 0
     assert metadata["signatures_reused"].value > 0
-    first = {e.asset_key.to_user_string(): e.materialization.metadata for e in
-             demo_run[0].get_asset_materialization_events()}["deduped"]
+    first = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in demo_run[0].get_asset_materialization_events()
+    }["deduped"]
     assert metadata["data_version"].value == first["data_version"].value

@@ -26,8 +26,13 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-DATASETS = {"raw": [], "deduped": ["raw"], "filtered": ["deduped"], "synthetic_mixed": ["filtered", "synthetic"],
-            "formatted": ["synthetic_mixed"]}
+DATASETS = {
+    "raw": [],
+    "deduped": ["raw"],
+    "filtered": ["deduped"],
+    "synthetic_mixed": ["filtered", "synthetic"],
+    "formatted": ["synthetic_mixed"],
+}
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 ASSETS_QUERY = """{ assetNodes { assetKey { path } groupName dependencyKeys { path }
   assetChecksOrError { __typename ... on AssetChecks { checks { name blocking
@@ -41,14 +46,18 @@ def find_or_install_browser() -> str:
         if path := shutil.which(name):
             return path
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        pytest.skip("no Chromium on this machine and it cannot be installed here (needs apt-get as root): "
-                    "install chromium-headless-shell or chromium to run the UI screenshot test")
+        pytest.skip(
+            "no Chromium on this machine and it cannot be installed here (needs apt-get as root): "
+            "install chromium-headless-shell or chromium to run the UI screenshot test"
+        )
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=180", "-y", "-q"]
     log = []
-    for command in ([*apt, "update"],
-                    [*apt, "install", "--no-install-recommends", "chromium-headless-shell", "fonts-dejavu-core"],
-                    [*apt, "install", "chromium"]):
+    for command in (
+        [*apt, "update"],
+        [*apt, "install", "--no-install-recommends", "chromium-headless-shell", "fonts-dejavu-core"],
+        [*apt, "install", "chromium"],
+    ):
         if command[-1] == "chromium" and any(shutil.which(b) for b in BROWSERS):
             break
         try:
@@ -64,8 +73,7 @@ def find_or_install_browser() -> str:
 
 def run_browser(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
     """Chromium in its own process group, so that no renderer or zygote outlives the test."""
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -84,8 +92,12 @@ def free_port() -> int:
 
 
 def graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         body = json.loads(response.read())
     assert "errors" not in body, body["errors"]
@@ -97,8 +109,14 @@ def ran_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home after a real `distillery run` on the bundled demo (persistent Dagster instance)."""
     home = tmp_path_factory.mktemp("ui") / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("DISTILLERY_CONFIG", "DAGSTER_HOME")}
-    done = subprocess.run([sys.executable, str(REPO / "distillery_cli.py"), "run", "--home", str(home)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "distillery_cli.py"), "run", "--home", str(home)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, f"distillery run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return home
 
@@ -109,12 +127,19 @@ def webserver(ran_home: Path, tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     log = tmp_path_factory.mktemp("webserver") / "webserver.log"
     env = {k: v for k, v in os.environ.items() if k != "DISTILLERY_CONFIG"} | {
-        "DAGSTER_HOME": str(ran_home / "dagster"), "DISTILLERY_HOME": str(ran_home)}
+        "DAGSTER_HOME": str(ran_home / "dagster"),
+        "DISTILLERY_HOME": str(ran_home),
+    }
     binary = Path(sys.executable).parent / "dagster-webserver"
     with log.open("w") as output:
-        process = subprocess.Popen([str(binary), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                                   cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [str(binary), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -177,13 +202,26 @@ def screenshot_ok(path: Path) -> None:
 def test_a_browser_renders_the_asset_graph(webserver: int, tmp_path: Path) -> None:
     browser = find_or_install_browser()
     graphql(webserver, "mutation { setNuxSeen }")  # otherwise a sign-up dialog covers the graph
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000", "--virtual-time-budget=20000"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=20000",
+    ]
     # The global lineage (/asset-groups) collapses each group into one box once there are several groups;
     # the datasets group's own lineage page always draws the dataset assets and their edges.
-    pages = {"global": f"http://127.0.0.1:{webserver}/asset-groups",
-             "datasets": f"http://127.0.0.1:{webserver}/locations/distillery/asset-groups/datasets/lineage"}
+    pages = {
+        "global": f"http://127.0.0.1:{webserver}/asset-groups",
+        "datasets": f"http://127.0.0.1:{webserver}/locations/distillery/asset-groups/datasets/lineage",
+    }
     keep = os.environ.get("DISTILLERY_UI_SCREENSHOT_DIR")  # keep copies (e.g. for the README) when asked
     for name, url in pages.items():
         screenshot = tmp_path / f"{name}.png"
@@ -205,8 +243,11 @@ def test_a_browser_renders_the_asset_graph(webserver: int, tmp_path: Path) -> No
 
 
 def test_inspection_plots_are_in_the_ui_metadata(webserver: int) -> None:
-    nodes = graphql(webserver, """{ assetNodes(assetKeys: [{path: ["inspection"]}]) { assetKey { path }
-        assetMaterializations(limit: 1) { metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } } } }""")
+    nodes = graphql(
+        webserver,
+        """{ assetNodes(assetKeys: [{path: ["inspection"]}]) { assetKey { path }
+        assetMaterializations(limit: 1) { metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } } } }""",
+    )
     if not nodes["assetNodes"]:
         pytest.skip("the inspection asset is not registered in definitions.py")
     (materialization,) = nodes["assetNodes"][0]["assetMaterializations"]

@@ -48,9 +48,11 @@ def _slots(prompt: str) -> tuple[str, str]:
     return first.group(1), second.group(1)
 
 
-ITEMS = [("What is 2 + 2?", "4", "The answer is 4, because 2 + 2 = 4."),
-         ("Name a colour.", "Blue is a colour of the sky.", "red"),
-         ("Say hi.", "hi", "hello there")]
+ITEMS = [
+    ("What is 2 + 2?", "4", "The answer is 4, because 2 + 2 = 4."),
+    ("Name a colour.", "Blue is a colour of the sky.", "red"),
+    ("Say hi.", "hi", "hello there"),
+]
 
 
 def test_a_judge_that_always_prefers_the_first_answer_is_entirely_discarded() -> None:
@@ -84,26 +86,36 @@ def test_ties_and_unparseable_verdicts() -> None:
     assert nothing.winner is None and not nothing.consistent
 
 
-@pytest.mark.parametrize(("reply", "score"), [
-    ("The answer is fine.\nScore: 4", 4),
-    ("Rating: 2/5", 2),
-    ("**Score:** 5", 5),
-    ("I'd give it [[3]].", 3),
-    ("3 out of 5", 3),
-    (" 1. ", 1),
-    ("Step 1 looks right, step 2 too.\nScore: 5", 5),
-    ("Score: 7", None),
-    ("no idea", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("The answer is fine.\nScore: 4", 4),
+        ("Rating: 2/5", 2),
+        ("**Score:** 5", 5),
+        ("I'd give it [[3]].", 3),
+        ("3 out of 5", 3),
+        (" 1. ", 1),
+        ("Step 1 looks right, step 2 too.\nScore: 5", 5),
+        ("Score: 7", None),
+        ("no idea", None),
+        ("", None),
+    ],
+)
 def test_parse_score(reply: str, score: int | None) -> None:
     assert parse_score(reply) == score
 
 
-@pytest.mark.parametrize(("reply", "verdict"), [
-    ("A is better [[A]]", "A"), ("[[A]] ... on reflection [[B]]", "B"), ("[[C]]", "C"),
-    ("B", "B"), ("Response A.", "A"), ("Both have merit", None),
-])
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("A is better [[A]]", "A"),
+        ("[[A]] ... on reflection [[B]]", "B"),
+        ("[[C]]", "C"),
+        ("B", "B"),
+        ("Response A.", "A"),
+        ("Both have merit", None),
+    ],
+)
 def test_parse_preference(reply: str, verdict: str | None) -> None:
     assert parse_preference(reply) == verdict
 
@@ -126,17 +138,20 @@ def test_judge_generations_are_cached(tmp_path: object) -> None:
     assert len(judge.prompts) == 2 * len(ITEMS)
 
 
-@pytest.mark.parametrize(("prompt", "response", "score"), [
-    ("What is 12 * 12?", "12 * 12 = 144", 5),
-    ("What is 12 * 12?", "It is 124.", 1),
-    ("Convert 2 km to m.", "That is 2,000 m.", 5),
-    ("What is 1/3?", "About 0.333333", 5),
-    ("Tell me a joke.", "", 1),
-    ("Tell me a joke.", "tell me a joke", 1),
-    ("Tell me a joke.", "I'm sorry, but I can't help with that.", 2),
-    ("Tell me a story.", "the cat sat on the mat " * 10, 2),
-    ("Tell me a joke.", "Why did the chicken cross the road? To get to the other side.", 3),
-])
+@pytest.mark.parametrize(
+    ("prompt", "response", "score"),
+    [
+        ("What is 12 * 12?", "12 * 12 = 144", 5),
+        ("What is 12 * 12?", "It is 124.", 1),
+        ("Convert 2 km to m.", "That is 2,000 m.", 5),
+        ("What is 1/3?", "About 0.333333", 5),
+        ("Tell me a joke.", "", 1),
+        ("Tell me a joke.", "tell me a joke", 1),
+        ("Tell me a joke.", "I'm sorry, but I can't help with that.", 2),
+        ("Tell me a story.", "the cat sat on the mat " * 10, 2),
+        ("Tell me a joke.", "Why did the chicken cross the road? To get to the other side.", 3),
+    ],
+)
 def test_procedural_judge_known_scores(prompt: str, response: str, score: int) -> None:
     assert ProceduralJudge().score([(prompt, response)])[0].score == score
 
@@ -149,13 +164,16 @@ def test_procedural_judge_pairwise_is_order_independent() -> None:
     assert judge.compare([("Tell me a joke.", "knock knock", "why not")])[0].winner == "tie"
 
 
-@pytest.mark.parametrize(("judge_model", "teacher_model", "same"), [
-    ("meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", True),
-    ("llama-3.1-8b-instruct-awq", "meta-llama/Llama-3.1-8B-Instruct", True),
-    ("Qwen/Qwen2.5-7B-Instruct-GGUF", "qwen2.5-7b-instruct-q4_k_m", True),
-    ("Qwen/Qwen2.5-72B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", False),
-    ("distillery-procedural-judge", "distillery-procedural", False),
-])
+@pytest.mark.parametrize(
+    ("judge_model", "teacher_model", "same"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", True),
+        ("llama-3.1-8b-instruct-awq", "meta-llama/Llama-3.1-8B-Instruct", True),
+        ("Qwen/Qwen2.5-7B-Instruct-GGUF", "qwen2.5-7b-instruct-q4_k_m", True),
+        ("Qwen/Qwen2.5-72B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", False),
+        ("distillery-procedural-judge", "distillery-procedural", False),
+    ],
+)
 def test_judge_is_teacher(judge_model: str, teacher_model: str, same: bool) -> None:
     judge = TeacherInfo("openai-compatible", judge_model, "unversioned", "x")
     teacher = TeacherInfo("transformers", teacher_model, "sha256:abc", "x")

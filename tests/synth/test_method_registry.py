@@ -51,13 +51,28 @@ def word_count(ctx: SynthContext, seeds: Sequence[Row], settings: WordCountSetti
     for parent in settings.pick_seeds(seeds, ctx.seed):
         prompt = parent["messages"][0]["content"]
         row_id = make_row_id(parent["row_id"], "word_count", str(ctx.seed))
-        row = derived_row(ctx, [parent], row_id, kind="sft",
-                          messages=[{"role": "user", "content": prompt},
-                                    {"role": "assistant", "content": f"It has {len(prompt.split())} {settings.unit}."}],
-                          source_uri=f"teacher:{ctx.info.model}/word_count")
-        out.append(Candidate(row=row, method="word_count", parent_ids=(parent["row_id"],),
-                             lineage=(lineage_record(row_id, parent["row_id"], "synthetic", "word_count"),),
-                             prompt_template="word_count", checks={"counted": True}, skip_judge=True))
+        row = derived_row(
+            ctx,
+            [parent],
+            row_id,
+            kind="sft",
+            messages=[
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": f"It has {len(prompt.split())} {settings.unit}."},
+            ],
+            source_uri=f"teacher:{ctx.info.model}/word_count",
+        )
+        out.append(
+            Candidate(
+                row=row,
+                method="word_count",
+                parent_ids=(parent["row_id"],),
+                lineage=(lineage_record(row_id, parent["row_id"], "synthetic", "word_count"),),
+                prompt_template="word_count",
+                checks={"counted": True},
+                skip_judge=True,
+            )
+        )
     return out
 
 
@@ -69,29 +84,59 @@ def with_word_count(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def prompt_row(row_id: str, prompt: str) -> Row:
-    return new_row(row_id=row_id, kind="prompt", messages=[{"role": "user", "content": prompt}], source="seeds",
-                   source_uri=f"seeds.jsonl#{row_id}", license="MIT", origin="human")
+    return new_row(
+        row_id=row_id,
+        kind="prompt",
+        messages=[{"role": "user", "content": prompt}],
+        source="seeds",
+        source_uri=f"seeds.jsonl#{row_id}",
+        license="MIT",
+        origin="human",
+    )
 
 
 def test_the_built_in_methods_run_in_their_fixed_order() -> None:
     # The order decides which of two identical candidates is rejected as the duplicate: it must not drift.
-    assert [m.name for m in registered_methods()] == ["perturbation", "arithmetic", "units", "responses",
-                                                      "instructions", "reverse_instruction", "code", "preference"]
+    assert [m.name for m in registered_methods()] == [
+        "perturbation",
+        "arithmetic",
+        "units",
+        "responses",
+        "instructions",
+        "reverse_instruction",
+        "code",
+        "preference",
+    ]
 
 
 def test_a_method_registered_in_a_test_module_is_validated_dispatched_and_traced(with_word_count) -> None:
-    with pytest.raises(ValueError, match=r"^synthesis\.methods\.word_count: unknown keys \['units'\]; "
-                                         r"allowed: \['count', 'unit'\]$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^synthesis\.methods\.word_count: unknown keys \['units'\]; "
+        r"allowed: \['count', 'unit'\]$",
+    ):
         validate_methods({"word_count": {"count": 1, "units": "tokens"}})
-    with pytest.raises(ValueError, match=r"^synthesis\.methods\.word_count\.unit: String should have at least 1 "
-                                         r"character \(got ''\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^synthesis\.methods\.word_count\.unit: String should have at least 1 "
+        r"character \(got ''\)$",
+    ):
         validate_methods({"word_count": {"count": 1, "unit": ""}})
     with pytest.raises(ValueError, match="registered twice"):
         synthesis_method("word_count", WordCountSettings, order=1, produces="")(word_count)
 
     seeds = [prompt_row(f"p{i}", f"Name {i + 2} rivers in Europe") for i in range(5)]
-    seeds.append(new_row(row_id="t0", kind="text", text="Not a prompt.", source="seeds", source_uri="seeds#t0",
-                         license="MIT", origin="human"))
+    seeds.append(
+        new_row(
+            row_id="t0",
+            kind="text",
+            text="Not a prompt.",
+            source="seeds",
+            source_uri="seeds#t0",
+            license="MIT",
+            origin="human",
+        )
+    )
     methods = {"word_count": {"count": 2, "unit": "tokens"}, "arithmetic": {"count": 1}}
     ctx = SynthContext(ProceduralTeacher(), ProceduralTeacher().info, LicensePolicy(), {}, judge=ProceduralJudge())
     result = synthesize(ctx, seeds, methods, VerifySettings(), "research", NOW)
@@ -105,12 +150,13 @@ def test_a_method_registered_in_a_test_module_is_validated_dispatched_and_traced
         assert s.provenance.verification["method_checks"] == {"counted": True}
         assert s.lineage == (lineage_record(s.row["row_id"], parent_id, "synthetic", "word_count"),)
     # The streaming seed selection knows the new method's eligibility and pick.
-    assert {r["row_id"] for r in select_seeds(iter(seeds), methods, 0)} == \
-        {p for s in result.accepted[1:] for p in s.provenance.parent_ids}
+    assert {r["row_id"] for r in select_seeds(iter(seeds), methods, 0)} == {
+        p for s in result.accepted[1:] for p in s.provenance.parent_ids
+    }
     # And the reference lists it, with its settings.
     reference = methods_reference()
     assert "| `word_count` | `sft` rows | Answers each picked prompt with the number of its words. |" in reference
-    assert "| `unit` | str | `\"words\"` | What the answer counts. |" in reference
+    assert '| `unit` | str | `"words"` | What the answer counts. |' in reference
 
 
 def test_the_stage_refuses_bad_method_settings_before_any_model_is_loaded() -> None:
@@ -118,8 +164,13 @@ def test_the_stage_refuses_bad_method_settings_before_any_model_is_loaded() -> N
     bad = config.model_copy(update={"synthesis": SynthesisConfig(methods={"responses": {"count": 1, "n": 2}})})
     with pytest.raises(ValueError, match=r"synthesis\.methods\.responses: unknown keys \['n'\]"):
         SynthesisPlan.from_config(bad)
-    plan = SynthesisPlan.from_config(config.model_copy(update={"synthesis": SynthesisConfig(
-        methods={"arithmetic": {"count": 2}, "responses": {"count": 1}}, seed=4)}))
+    plan = SynthesisPlan.from_config(
+        config.model_copy(
+            update={
+                "synthesis": SynthesisConfig(methods={"arithmetic": {"count": 2}, "responses": {"count": 1}}, seed=4)
+            }
+        )
+    )
     seeds = (prompt_row(f"p{i}", f"What is {i} + {i}?") for i in range(30))  # streamed, read once
     result = plan.run(ProceduralTeacher(), ProceduralJudge(), seeds, NOW)
     assert [r["method"] for r in result.counts()] == ["responses", "template:arithmetic"]

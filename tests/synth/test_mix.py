@@ -22,8 +22,9 @@ from curation.synth.mix import (
 )
 
 
-def items(prefix: str, n: int, source: str = "s", origin: str = "human", value: str | None = None,
-          from_teacher: bool = False) -> list[MixItem]:
+def items(
+    prefix: str, n: int, source: str = "s", origin: str = "human", value: str | None = None, from_teacher: bool = False
+) -> list[MixItem]:
     return [MixItem(f"{prefix}{i}", source, origin, value, from_teacher) for i in range(n)]
 
 
@@ -48,8 +49,9 @@ def test_cap_keeps_a_stable_seeded_subset_of_teacher_rows() -> None:
 
 
 def test_model_made_source_rows_are_dropped_only_when_they_alone_exceed_the_cap() -> None:
-    pool = items("h", 7) + items("g", 6, "gen", "synthetic") + items("t", 5, "synthetic", "synthetic",
-                                                                    from_teacher=True)
+    pool = (
+        items("h", 7) + items("g", 6, "gen", "synthetic") + items("t", 5, "synthetic", "synthetic", from_teacher=True)
+    )
     plan = plan_mix(pool, MixPolicy(0.3))
     assert plan.synthetic_kept == 0 and plan.model_made == 3  # 3 / 10 = cap
     assert plan.synthetic_share == pytest.approx(0.3)
@@ -65,12 +67,17 @@ def test_quotas_cap_rows_per_source_preferring_human_rows() -> None:
 
 
 def test_weights_meet_the_target_shares_with_the_rows_available() -> None:
-    pool = (items("s", 60, value="sft") + items("c", 10, value="chat") + items("p", 30, value="preference")
-            + items("o", 4, value="tool"))
+    pool = (
+        items("s", 60, value="sft")
+        + items("c", 10, value="chat")
+        + items("p", 30, value="preference")
+        + items("o", 4, value="tool")
+    )
     policy = MixPolicy.from_config(1.0, 0, {"kind": {"sft": 2, "chat": 1, "preference": 1}}, None)
     plan = plan_mix(pool, policy)
-    kept = {v: sum(1 for i in pool if i.value == v and i.row_id in plan.kept) for v in ("sft", "chat", "preference",
-                                                                                         "tool")}
+    kept = {
+        v: sum(1 for i in pool if i.value == v and i.row_id in plan.kept) for v in ("sft", "chat", "preference", "tool")
+    }
     assert kept == {"sft": 20, "chat": 10, "preference": 10, "tool": 0}  # chat is the binding constraint
     assert plan.excluded["o0"] == "kind=tool has no target weight (mix.weights)"
     assert plan.excluded[next(r for r in plan.excluded if r.startswith("s"))].startswith("over the target weight 50.0%")
@@ -89,8 +96,11 @@ def test_a_target_without_rows_is_reported_not_allowed_to_empty_the_mix() -> Non
 
 
 def test_weights_then_cap_on_an_extra_dimension() -> None:
-    pool = (items("h", 10, value="math") + items("k", 40, value="code")
-            + items("t", 40, "synthetic", "synthetic", value="math", from_teacher=True))
+    pool = (
+        items("h", 10, value="math")
+        + items("k", 40, value="code")
+        + items("t", 40, "synthetic", "synthetic", value="math", from_teacher=True)
+    )
     policy = MixPolicy.from_config(0.2, 0, {"task_type": {"math": 1, "code": 1}}, None)
     plan = plan_mix(pool, policy)
     # Weights: 40 math rows (the 10 human ones first, then 30 teacher rows) and 40 code rows; then the cap
@@ -119,12 +129,22 @@ def test_plot_is_a_png() -> None:
 
 def test_the_warehouse_mix_weighs_an_extra_field_and_copies_exactly_the_kept_rows() -> None:
     def row(row_id: str, origin: str, task_type: str) -> dict:
-        return new_row(row_id=row_id, kind="sft", source="s", source_uri=f"s#{row_id}", license="MIT", origin=origin,
-                       messages=[{"role": "user", "content": row_id}], extra={"task_type": task_type})
+        return new_row(
+            row_id=row_id,
+            kind="sft",
+            source="s",
+            source_uri=f"s#{row_id}",
+            license="MIT",
+            origin=origin,
+            messages=[{"role": "user", "content": row_id}],
+            extra={"task_type": task_type},
+        )
 
     connection = duckdb.connect()
-    for table, rows in (("filtered", [row(f"h{i}", "human", "math" if i < 4 else "code") for i in range(8)]),
-                        ("synthetic", [row(f"t{i}", "synthetic", "math") for i in range(6)])):
+    for table, rows in (
+        ("filtered", [row(f"h{i}", "human", "math" if i < 4 else "code") for i in range(8)]),
+        ("synthetic", [row(f"t{i}", "synthetic", "math") for i in range(6)]),
+    ):
         connection.execute(f"CREATE TABLE {table} ({canonical_ddl()})")
         connection.register("batch", rows_to_table(rows))
         connection.execute(f"INSERT INTO {table} SELECT * FROM batch")

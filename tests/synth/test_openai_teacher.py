@@ -34,9 +34,13 @@ Reply = tuple[int, dict[str, str], dict[str, Any] | str, float]
 
 
 def ok(content: str) -> Reply:
-    body = {"id": "x", "object": "chat.completion", "model": "fake",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "fake",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
     return 200, {}, body, 0.0
 
 
@@ -104,8 +108,14 @@ def serve() -> Iterator[Callable[[Callable[[int, dict[str, Any]], Reply]], FakeS
 
 
 def teacher_for(server: FakeServer, **kwargs: Any) -> OpenAICompatibleTeacher:
-    defaults: dict[str, Any] = {"api_key": SECRET, "license": "LicenseRef-test", "terms": "no-competing-models",
-                                "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5.0}
+    defaults: dict[str, Any] = {
+        "api_key": SECRET,
+        "license": "LicenseRef-test",
+        "terms": "no-competing-models",
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "timeout_s": 5.0,
+    }
     return OpenAICompatibleTeacher(server.base_url, "fake-model", **{**defaults, **kwargs})
 
 
@@ -175,8 +185,16 @@ def test_key_never_appears_in_repr_info_logs_or_errors(serve: Any, caplog: pytes
     with pytest.raises(TeacherError) as info:
         teacher.generate([ask("a")])
     assert server.count == 2
-    for text in (repr(teacher), str(teacher), str(teacher.info), json.dumps(teacher.info.as_dict()),
-                 str(info.value), repr(info.value), caplog.text, repr(vars(teacher))):
+    for text in (
+        repr(teacher),
+        str(teacher),
+        str(teacher.info),
+        json.dumps(teacher.info.as_dict()),
+        str(info.value),
+        repr(info.value),
+        caplog.text,
+        repr(vars(teacher)),
+    ):
         assert SECRET not in text
     assert "***" in str(info.value)
     with pytest.raises(TypeError, match="not picklable"):
@@ -187,8 +205,13 @@ def test_key_never_appears_in_repr_info_logs_or_errors(serve: Any, caplog: pytes
 
 def test_cache_second_run_makes_zero_requests_and_partial_failures_are_kept(serve: Any, tmp_path: Path) -> None:
     # Requests whose prompt is "bad" fail permanently; the others must be cached anyway.
-    server = serve(lambda n, body: (500, {}, "boom", 0.0) if body["messages"][-1]["content"] == "bad"
-                   else ok("answer " + body["messages"][-1]["content"]))
+    server = serve(
+        lambda n, body: (
+            (500, {}, "boom", 0.0)
+            if body["messages"][-1]["content"] == "bad"
+            else ok("answer " + body["messages"][-1]["content"])
+        )
+    )
     requests = [ask("q1"), ask("bad"), ask("q2")]
     with GenerationCache(tmp_path / "c.duckdb") as cache:
         with pytest.raises(TeacherError, match="1 of 3 requests failed"):
@@ -209,8 +232,15 @@ def test_cache_second_run_makes_zero_requests_and_partial_failures_are_kept(serv
 def test_connection_refused_is_retried_then_reported() -> None:
     from tests.model_fixtures import free_port
 
-    teacher = OpenAICompatibleTeacher(f"http://127.0.0.1:{free_port()}/v1", "m", api_key=SECRET, license="MIT",
-                                      max_retries=2, backoff_base_s=0.01, timeout_s=2)
+    teacher = OpenAICompatibleTeacher(
+        f"http://127.0.0.1:{free_port()}/v1",
+        "m",
+        api_key=SECRET,
+        license="MIT",
+        max_retries=2,
+        backoff_base_s=0.01,
+        timeout_s=2,
+    )
     with pytest.raises(TeacherError, match="failed after 3 attempts; last: connection error"):
         teacher.generate([ask("a")])
     assert teacher.requests_sent == 3
@@ -251,8 +281,9 @@ def test_against_transformers_serve(tmp_path: Path) -> None:
     model_dir = build_tiny_chat_model(tmp_path / "tiny-llama")
     with ServeProcess(model_dir) as served:
         requests = [ask("hello"), ask("what is two plus three ?"), ask("write a short poem")]
-        teacher = OpenAICompatibleTeacher(served.base_url, str(model_dir), api_key=None, license="Apache-2.0",
-                                          concurrency=2, timeout_s=30)
+        teacher = OpenAICompatibleTeacher(
+            served.base_url, str(model_dir), api_key=None, license="Apache-2.0", concurrency=2, timeout_s=30
+        )
         with GenerationCache(tmp_path / "c.duckdb") as cache:
             first = CachedTeacher(teacher, cache).generate(requests)
             assert teacher.requests_sent == 3

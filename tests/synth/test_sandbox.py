@@ -17,8 +17,7 @@ from curation.synth.sandbox import SandboxLimits, run_python, sandbox_capabiliti
 
 CAPS = sandbox_capabilities()
 # Tight limits keep each containment test to a few seconds.
-TIGHT = SandboxLimits(cpu_seconds=2, wall_seconds=5, memory_bytes=256 << 20, max_processes=4,
-                      max_file_bytes=1 << 20)
+TIGHT = SandboxLimits(cpu_seconds=2, wall_seconds=5, memory_bytes=256 << 20, max_processes=4, max_file_bytes=1 << 20)
 
 
 def test_runs_code_with_stdin_and_exit_code() -> None:
@@ -105,8 +104,10 @@ def test_sleeping_code_hits_the_wall_time_limit() -> None:
     assert res.duration_s < 3
 
 
-@pytest.mark.skipif(not (CAPS["throwaway_uid"] or CAPS["readonly_filesystem"]),
-                    reason="needs a throw-away uid (root) or a read-only mount namespace")
+@pytest.mark.skipif(
+    not (CAPS["throwaway_uid"] or CAPS["readonly_filesystem"]),
+    reason="needs a throw-away uid (root) or a read-only mount namespace",
+)
 def test_writes_stay_inside_the_working_directory(tmp_path: Path) -> None:
     target = tmp_path / "escaped.txt"
     code = (
@@ -162,8 +163,10 @@ def _pids_with_token(token: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not (CAPS["pid_namespace"] or CAPS["uid_sweep"]),
-                    reason="needs a pid namespace or a throw-away uid to find escaped processes")
+@pytest.mark.skipif(
+    not (CAPS["pid_namespace"] or CAPS["uid_sweep"]),
+    reason="needs a pid namespace or a throw-away uid to find escaped processes",
+)
 def test_no_process_outlives_the_run() -> None:
     # A daemon that leaves the process group (setsid) and would sleep for a minute, marked with a
     # token in its command line so this test can find it from outside.

@@ -36,8 +36,9 @@ HUMANEVAL = SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"
 class ScriptedTeacher:
     """Answers with ``reply(messages) -> text``; records every request it was sent."""
 
-    def __init__(self, reply: Callable[[list[dict]], str], model: str = "acme/teacher-7b",
-                 license: str = "Apache-2.0") -> None:
+    def __init__(
+        self, reply: Callable[[list[dict]], str], model: str = "acme/teacher-7b", license: str = "Apache-2.0"
+    ) -> None:
         self.reply = reply
         self.info = TeacherInfo("openai-compatible", model, "2025-01", license)
         self.requests: list[ChatRequest] = []
@@ -52,22 +53,40 @@ PROCEDURAL_JUDGE = ProceduralJudge()
 
 def context(teacher, registry=None, policy=None, judge: Judge | None = PROCEDURAL_JUDGE) -> SynthContext:
     reg = parse_model_registry(registry or {})
-    return SynthContext(teacher, registered_teacher(teacher.info, reg), policy or LicensePolicy(), reg, seed=0,
-                        judge=judge)
+    return SynthContext(
+        teacher, registered_teacher(teacher.info, reg), policy or LicensePolicy(), reg, seed=0, judge=judge
+    )
 
 
-def seed_row(row_id: str, prompt: str, response: str | None = None, license: str = "Apache-2.0",
-             kind: str = "sft", **fields) -> dict:
+def seed_row(
+    row_id: str, prompt: str, response: str | None = None, license: str = "Apache-2.0", kind: str = "sft", **fields
+) -> dict:
     messages = [{"role": "user", "content": prompt}]
     if response is not None:
         messages.append({"role": "assistant", "content": response})
-    return new_row(**{"row_id": row_id, "kind": kind, "messages": messages, "source": "seeds",
-                      "source_uri": f"seeds.jsonl#{row_id}", "license": license, "origin": "human", **fields})
+    return new_row(
+        **{
+            "row_id": row_id,
+            "kind": kind,
+            "messages": messages,
+            "source": "seeds",
+            "source_uri": f"seeds.jsonl#{row_id}",
+            "license": license,
+            "origin": "human",
+            **fields,
+        }
+    )
 
 
 def test_procedural_templates_are_verified_by_their_computed_answers() -> None:
-    result = synthesize(context(ProceduralTeacher()), [], {"arithmetic": {"count": 6}, "units": {"count": 6}},
-                        VerifySettings(), "research", NOW)
+    result = synthesize(
+        context(ProceduralTeacher()),
+        [],
+        {"arithmetic": {"count": 6}, "units": {"count": 6}},
+        VerifySettings(),
+        "research",
+        NOW,
+    )
     assert len(result.accepted) == 12 and result.rejected == []
     for s in result.accepted:
         expected = s.row["extra"]["expected_answer"]
@@ -84,10 +103,13 @@ def test_a_teacher_that_gets_the_arithmetic_wrong_is_rejected_with_the_expected_
 
 
 def test_perturbation_keeps_the_human_response_and_links_its_parent() -> None:
-    seeds = [seed_row(f"s{i}", f"Explain the idea number {i} of this lesson in simple words", f"Answer {i}.")
-             for i in range(6)]
-    result = synthesize(context(ProceduralTeacher()), seeds, {"perturbation": {"count": 3}},
-                        VerifySettings(), "research", NOW)
+    seeds = [
+        seed_row(f"s{i}", f"Explain the idea number {i} of this lesson in simple words", f"Answer {i}.")
+        for i in range(6)
+    ]
+    result = synthesize(
+        context(ProceduralTeacher()), seeds, {"perturbation": {"count": 3}}, VerifySettings(), "research", NOW
+    )
     assert len(result.accepted) == 3
     for s in result.accepted:
         (parent_id,) = s.provenance.parent_ids
@@ -99,36 +121,50 @@ def test_perturbation_keeps_the_human_response_and_links_its_parent() -> None:
 
 
 def test_licence_and_terms_propagate_to_the_strictest() -> None:
-    registry = {"acme/teacher-7b": {"license": "LicenseRef-acme", "terms": "no-competing-models",
-                                    "forbids": ["commercial"]},
-                "old-writer": {"terms": "research-only", "forbids": ["commercial"]}}
-    policy = LicensePolicy.with_overrides({"LicenseRef-acme": {"commercial": True, "attribution": True,
-                                                               "share_alike": True}})
+    registry = {
+        "acme/teacher-7b": {"license": "LicenseRef-acme", "terms": "no-competing-models", "forbids": ["commercial"]},
+        "old-writer": {"terms": "research-only", "forbids": ["commercial"]},
+    }
+    policy = LicensePolicy.with_overrides(
+        {"LicenseRef-acme": {"commercial": True, "attribution": True, "share_alike": True}}
+    )
     teacher = ScriptedTeacher(lambda m: "Photosynthesis turns light, water and carbon dioxide into sugar.")
     ctx = context(teacher, registry, policy)
     assert ctx.info.license == "LicenseRef-acme" and ctx.info.terms == "no-competing-models"
     nc = seed_row("nc", "What does photosynthesis produce?", license="CC-BY-NC-4.0", kind="prompt")
-    by_model = seed_row("gen", "Why are leaves green in photosynthesis?", license="MIT", kind="prompt",
-                        origin="synthetic", generator="old-writer")
+    by_model = seed_row(
+        "gen",
+        "Why are leaves green in photosynthesis?",
+        license="MIT",
+        kind="prompt",
+        origin="synthetic",
+        generator="old-writer",
+    )
     result = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, VerifySettings(), "research", NOW)
     rows = {s.provenance.parent_ids[0]: s.row for s in result.accepted}
     assert rows["nc"]["license"] == "CC-BY-NC-4.0"  # stricter than the teacher's licence
     assert rows["gen"]["license"] == "LicenseRef-acme"  # MIT parent, teacher's licence is stricter
-    assert rows["nc"]["extra"]["terms"] == {"forbids": ["commercial"], "terms": ["no-competing-models"],
-                                            "models": ["acme/teacher-7b"]}
+    assert rows["nc"]["extra"]["terms"] == {
+        "forbids": ["commercial"],
+        "terms": ["no-competing-models"],
+        "models": ["acme/teacher-7b"],
+    }
     assert rows["gen"]["extra"]["terms"]["models"] == ["acme/teacher-7b", "old-writer"]
     # A grandchild inherits the restriction even from a teacher without terms.
     plain = TeacherInfo("procedural", "distillery-procedural", "1", "CC0-1.0")
     assert inherited_terms([rows["nc"]], plain, {})["forbids"] == ["commercial"]
-    assert policy_violation(rows["gen"], "commercial", policy) == "terms of acme/teacher-7b, old-writer forbid " \
-                                                                  "commercial use"
+    assert (
+        policy_violation(rows["gen"], "commercial", policy) == "terms of acme/teacher-7b, old-writer forbid "
+        "commercial use"
+    )
     assert policy_violation(rows["gen"], "research", policy) is None
     # In a commercial build the rows are rejected with the reason, and never accepted.
     commercial = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, VerifySettings(), "commercial", NOW)
     assert commercial.accepted == []
-    assert {c.rejected for c in commercial.rejected} == {"policy: terms of acme/teacher-7b forbid commercial use",
-                                                         "policy: terms of acme/teacher-7b, old-writer forbid "
-                                                         "commercial use"}
+    assert {c.rejected for c in commercial.rejected} == {
+        "policy: terms of acme/teacher-7b forbid commercial use",
+        "policy: terms of acme/teacher-7b, old-writer forbid commercial use",
+    }
     # The check re-reads the registry: a model whose terms were added later is still caught.
     untagged = {**rows["gen"], "extra": None}
     count, sample = terms_violations([untagged], parse_model_registry(registry), policy, "commercial")
@@ -143,16 +179,30 @@ def test_registry_entries_are_validated() -> None:
 
 
 def test_coverage_matrix_crosses_every_axis_and_generates_missing_lists() -> None:
-    cells = coverage_matrix(InstructionsSettings(topics=["a", "b"], task_types=["explain", "list"],
-                                                 formats=["json", "table"], lengths=["short", "long"], typos=True))
+    cells = coverage_matrix(
+        InstructionsSettings(
+            topics=["a", "b"],
+            task_types=["explain", "list"],
+            formats=["json", "table"],
+            lengths=["short", "long"],
+            typos=True,
+        )
+    )
     assert len(cells) == 2 * 2 * 2 * 2 * 2
-    assert {(c["typos"], c["length"]) for c in cells} == {(False, "short"), (True, "short"), (False, "long"),
-                                                          (True, "long")}
+    assert {(c["typos"], c["length"]) for c in cells} == {
+        (False, "short"),
+        (True, "short"),
+        (False, "long"),
+        (True, "long"),
+    }
     lister = ScriptedTeacher(lambda m: "1. Volcanoes\n- Tides\n\nVolcanoes\n")
     cells = coverage_matrix(InstructionsSettings(task_types=["explain"]), context(lister))
     assert [c["topic"] for c in cells] == ["Volcanoes", "Tides"]
-    with pytest.raises(ValueError, match=r"synthesis\.methods\.instructions\.lengths\.0: Input should be 'short', "
-                                         r"'medium' or 'long' \(got 'huge'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"synthesis\.methods\.instructions\.lengths\.0: Input should be 'short', "
+        r"'medium' or 'long' \(got 'huge'\)",
+    ):
         validate_methods({"instructions": {"topics": ["a"], "task_types": ["b"], "lengths": ["huge"]}})
 
 
@@ -161,8 +211,10 @@ def _instruction_writer(messages: list[dict]) -> str:
     if text.startswith("Write one"):
         topic = text.split("Topic: ")[1].split("\n")[0]
         return f"Explain {topic} to a curious student." if topic != "tides" else "Give me a pancake recipe."
-    return f"Here is a clear explanation: {text.removeprefix('Explain ').removesuffix(' to a curious student.')} " \
-           "works as described."
+    return (
+        f"Here is a clear explanation: {text.removeprefix('Explain ').removesuffix(' to a curious student.')} "
+        "works as described."
+    )
 
 
 def test_instructions_from_the_matrix_get_responses_and_off_topic_ones_are_rejected() -> None:
@@ -176,21 +228,38 @@ def test_instructions_from_the_matrix_get_responses_and_off_topic_ones_are_rejec
 
 
 def test_reverse_instruction_keeps_the_human_text_as_the_response() -> None:
-    essay = ("Bees pollinate flowers and make honey from nectar in their hives. A colony has one queen, "
-             "thousands of female workers and, in summer, a few hundred drones. Workers forage for nectar and "
-             "pollen, guard the entrance, clean cells and feed larvae; their tasks change as they age. Nectar "
-             "is passed from bee to bee, enzymes break its sugars down, and fanning wings evaporate the water "
-             "until the honey is thick enough to store. Wax comes from glands under the workers' abdomens and "
-             "is shaped into hexagonal cells, a form that holds the most honey for the least wax. In winter "
-             "the bees cluster around the queen and shiver their flight muscles to keep the centre warm.")
-    doc = new_row(row_id="doc", kind="text", text=essay, source="essays", source_uri="essays.jsonl#1",
-                  license="CC-BY-4.0", origin="human")
+    essay = (
+        "Bees pollinate flowers and make honey from nectar in their hives. A colony has one queen, "
+        "thousands of female workers and, in summer, a few hundred drones. Workers forage for nectar and "
+        "pollen, guard the entrance, clean cells and feed larvae; their tasks change as they age. Nectar "
+        "is passed from bee to bee, enzymes break its sugars down, and fanning wings evaporate the water "
+        "until the honey is thick enough to store. Wax comes from glands under the workers' abdomens and "
+        "is shaped into hexagonal cells, a form that holds the most honey for the least wax. In winter "
+        "the bees cluster around the queen and shiver their flight muscles to keep the centre warm."
+    )
+    doc = new_row(
+        row_id="doc",
+        kind="text",
+        text=essay,
+        source="essays",
+        source_uri="essays.jsonl#1",
+        license="CC-BY-4.0",
+        origin="human",
+    )
     teacher = ScriptedTeacher(lambda m: "Write an essay about how bees live and make honey.", license="CC0-1.0")
-    result = synthesize(context(teacher), [doc], {"reverse_instruction": {"count": 1, "min_words": 50}},
-                        VerifySettings(), "research", NOW)
+    result = synthesize(
+        context(teacher),
+        [doc],
+        {"reverse_instruction": {"count": 1, "min_words": 50}},
+        VerifySettings(),
+        "research",
+        NOW,
+    )
     (s,) = result.accepted
-    assert s.row["messages"] == [{"role": "user", "content": "Write an essay about how bees live and make honey."},
-                                 {"role": "assistant", "content": essay}]
+    assert s.row["messages"] == [
+        {"role": "user", "content": "Write an essay about how bees live and make honey."},
+        {"role": "assistant", "content": essay},
+    ]
     assert s.row["origin"] == "augmented" and s.row["license"] == "CC-BY-4.0"
     assert s.lineage[0]["parent_id"] == "doc" and s.lineage[0]["operation"] == "reverse_instruction"
     assert "Bees pollinate" in teacher.requests[0].messages[0]["content"]
@@ -198,8 +267,14 @@ def test_reverse_instruction_keeps_the_human_text_as_the_response() -> None:
 
 def test_several_responses_per_instruction_and_what_the_procedural_teacher_cannot_do() -> None:
     seeds = [seed_row("p", "What is 12 * 12?", kind="prompt"), seed_row("q", "Write a haiku about rain", kind="prompt")]
-    result = synthesize(context(ProceduralTeacher()), seeds, {"responses": {"count": 2, "per_instruction": 2}},
-                        VerifySettings(), "research", NOW)
+    result = synthesize(
+        context(ProceduralTeacher()),
+        seeds,
+        {"responses": {"count": 2, "per_instruction": 2}},
+        VerifySettings(),
+        "research",
+        NOW,
+    )
     assert len(result.accepted) == 2 and all("144" in s.row["messages"][1]["content"] for s in result.accepted)
     assert [c.rejected.startswith("teacher cannot do this") for c in result.rejected] == [True, True]
 
@@ -208,8 +283,9 @@ def test_preference_pairs_take_the_best_and_worst_when_both_judge_orders_agree()
     samples = iter(["12 * 12 = 144", "It is 140.", "144", "Maybe 150."] * 2)
     teacher = ScriptedTeacher(lambda m: next(samples))
     seeds = [seed_row("p", "What is 12 * 12?", kind="prompt")]
-    result = synthesize(context(teacher), seeds, {"preference": {"count": 1, "samples": 4}},
-                        VerifySettings(), "research", NOW)
+    result = synthesize(
+        context(teacher), seeds, {"preference": {"count": 1, "samples": 4}}, VerifySettings(), "research", NOW
+    )
     (s,) = result.accepted
     assert s.row["kind"] == "preference" and s.row["chosen"][0]["content"] == "12 * 12 = 144"
     assert s.row["rejected"][0]["content"] == "It is 140."
@@ -217,8 +293,14 @@ def test_preference_pairs_take_the_best_and_worst_when_both_judge_orders_agree()
     assert s.provenance.verification["method_checks"]["pairwise"]["consistent"] is True
     assert s.provenance.judge_score == 5.0 and s.provenance.judge_model == "distillery-procedural-judge"
     # All samples equally good: no pair, recorded as a rejection.
-    same = synthesize(context(ScriptedTeacher(lambda m: "144")), seeds, {"preference": {"count": 1, "samples": 3}},
-                      VerifySettings(), "research", NOW)
+    same = synthesize(
+        context(ScriptedTeacher(lambda m: "144")),
+        seeds,
+        {"preference": {"count": 1, "samples": 3}},
+        VerifySettings(),
+        "research",
+        NOW,
+    )
     assert same.accepted == [] and same.rejected[0].rejected.startswith("no pair")
 
 
@@ -229,31 +311,47 @@ def test_method_settings_are_validated_with_clear_errors() -> None:
         validate_methods({"responses": {"count": 1, "n": 2}})
     with pytest.raises(ValueError, match=r"^synthesis\.methods\.code: needs 'problems'"):
         validate_methods({"code": {"count": 1}})
-    with pytest.raises(ValueError, match=r"^synthesis\.methods\.code\.problems: Input should be a valid string "
-                                         r"\(got 7\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^synthesis\.methods\.code\.problems: Input should be a valid string "
+        r"\(got 7\)$",
+    ):
         validate_methods({"code": {"count": 1, "problems": 7, "license": "MIT"}})
-    with pytest.raises(ValueError, match=r"^synthesis\.methods\.perturbation\.count: Input should be greater than or "
-                                         r"equal to 0 \(got -1\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^synthesis\.methods\.perturbation\.count: Input should be greater than or "
+        r"equal to 0 \(got -1\)$",
+    ):
         validate_methods({"perturbation": {"count": -1}})
     with pytest.raises(ValueError, match=r"^synthesis\.methods\.perturbation\.kinds: unknown \['typos'\]"):
         validate_methods({"perturbation": {"count": 1, "kinds": ["typos"]}})
-    with pytest.raises(ValueError, match=r"^synthesis\.methods\.preference\.samples: Input should be greater than or "
-                                         r"equal to 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"^synthesis\.methods\.preference\.samples: Input should be greater than or "
+        r"equal to 2",
+    ):
         validate_methods({"preference": {"count": 1, "samples": 1}})
     with pytest.raises(ValueError, match=r"^synthesis\.methods\.units: expected a mapping"):
         validate_methods({"units": 5})
     with pytest.raises(ValueError, match="needs a judge"):
-        generate_candidates(context(ProceduralTeacher(), judge=None), [seed_row("p", "What is 2 + 2?", kind="prompt")],
-                            {"preference": {"count": 1}})
+        generate_candidates(
+            context(ProceduralTeacher(), judge=None),
+            [seed_row("p", "What is 2 + 2?", kind="prompt")],
+            {"preference": {"count": 1}},
+        )
 
 
 def test_code_extraction_accepts_a_full_function_or_a_body() -> None:
-    problem = {"entry_point": "add", "prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n"}
-    assert extract_code("Sure:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.") == \
-        "def add(a, b):\n    return a + b"
-    # Tilde fences are fences too (CommonMark), and the first block wins whichever fence it uses.
-    assert extract_code("Here:\n~~~python\ndef add(a, b):\n    return a + b\n~~~\nand a test:\n```\nadd(1, 2)\n```") \
+    problem = {"entry_point": "add", "prompt": 'def add(a, b):\n    """Add."""\n'}
+    assert (
+        extract_code("Sure:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.")
         == "def add(a, b):\n    return a + b"
+    )
+    # Tilde fences are fences too (CommonMark), and the first block wins whichever fence it uses.
+    assert (
+        extract_code("Here:\n~~~python\ndef add(a, b):\n    return a + b\n~~~\nand a test:\n```\nadd(1, 2)\n```")
+        == "def add(a, b):\n    return a + b"
+    )
     assert extract_code("return a + b") == "return a + b"  # no fence: the reply is the code
     assert completion_for(problem, "def add(a, b):\n    return a + b").startswith("\ndef add")
     assert completion_for(problem, "return a + b") == "    return a + b\n"
@@ -262,6 +360,7 @@ def test_code_extraction_accepts_a_full_function_or_a_body() -> None:
 # ---------------------------------------------------------------------------------------------
 # The code loop on HumanEval: a scripted teacher returns broken code first, the reference on repair.
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def humaneval() -> dict[str, dict]:
@@ -297,8 +396,9 @@ def test_code_loop_repairs_with_feedback_and_drops_what_never_passes(humaneval) 
     tasks = {k: humaneval[k] for k in ("HumanEval/0", "HumanEval/2", "HumanEval/4")}
     teacher = RepairingTeacher(tasks, hopeless={"HumanEval/4"})
     ctx = context(teacher)
-    candidates = code_candidates(ctx, list(tasks.values()), CodeSettings(max_repairs=2, license="CC-BY-SA-4.0",
-                                                                         problems="HumanEval.jsonl.gz"))
+    candidates = code_candidates(
+        ctx, list(tasks.values()), CodeSettings(max_repairs=2, license="CC-BY-SA-4.0", problems="HumanEval.jsonl.gz")
+    )
     by_task = {c.row["extra"]["task_id"]: c for c in candidates}
     for task_id in ("HumanEval/0", "HumanEval/2"):
         c = by_task[task_id]
@@ -315,12 +415,21 @@ def test_code_loop_repairs_with_feedback_and_drops_what_never_passes(humaneval) 
 
 def test_reference_solutions_pass_first_time_through_the_method(humaneval, tmp_path) -> None:
     picked = [humaneval[f"HumanEval/{i}"] for i in (1, 3, 7)]
-    teacher = ScriptedTeacher(lambda m: next(f"```python\n{t['prompt']}{t['canonical_solution']}```"
-                                             for t in picked if t["prompt"] in m[0]["content"]))
+    teacher = ScriptedTeacher(
+        lambda m: next(
+            f"```python\n{t['prompt']}{t['canonical_solution']}```" for t in picked if t["prompt"] in m[0]["content"]
+        )
+    )
     problems = tmp_path / "problems.jsonl"
     problems.write_text("\n".join(json.dumps(t) for t in picked))
-    result = synthesize(context(teacher), [], {"code": {"count": 3, "problems": str(problems), "license": "MIT"}},
-                        VerifySettings(), "research", NOW)
+    result = synthesize(
+        context(teacher),
+        [],
+        {"code": {"count": 3, "problems": str(problems), "license": "MIT"}},
+        VerifySettings(),
+        "research",
+        NOW,
+    )
     assert len(result.accepted) == 3 and result.rejected == []
     assert all(s.provenance.verification["method_checks"]["repair_rounds"] == 0 for s in result.accepted)
     assert len(teacher.requests) == 3  # no repair round asked for
@@ -332,8 +441,9 @@ def test_streaming_seed_selection_picks_what_the_methods_pick_from_everything() 
     methods = {"perturbation": {"count": 7}, "responses": {"count": 5}, "arithmetic": {"count": 2}}
     selected = select_seeds(iter(seeds), methods, seed=3)
     assert len(selected) <= 12
-    ctx = SynthContext(ProceduralTeacher(), ProceduralTeacher().info, LicensePolicy(), {}, seed=3,
-                       judge=ProceduralJudge())
+    ctx = SynthContext(
+        ProceduralTeacher(), ProceduralTeacher().info, LicensePolicy(), {}, seed=3, judge=ProceduralJudge()
+    )
     full = synthesize(ctx, seeds, methods, VerifySettings(), "research", NOW)
     streamed = synthesize(ctx, selected, methods, VerifySettings(), "research", NOW)
     assert [s.row["row_id"] for s in streamed.accepted] == [s.row["row_id"] for s in full.accepted]

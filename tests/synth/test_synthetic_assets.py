@@ -44,16 +44,22 @@ def run_pipeline(home: Path, config: Path, cache: Path) -> dg.ExecuteInProcessRe
     assets = definitions.DATASETS  # the datasets; not exports or reports
     keys = {a.key for a in assets}
     checks = [c for c in ALL_CHECKS if all(k.asset_key in keys for k in c.check_keys)]
-    resources = {"project": ProjectResource(config_path=str(config)), "tokenizer": TokenizerResource(),
-                 "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-                 "teacher": TeacherResource(cache_path=str(cache))}
+    resources = {
+        "project": ProjectResource(config_path=str(config)),
+        "tokenizer": TokenizerResource(),
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "teacher": TeacherResource(cache_path=str(cache)),
+    }
     with dg.instance_for_test() as instance:
         return dg.materialize([*assets, *checks], instance=instance, resources=resources, raise_on_error=False)
 
 
 def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    return next(e.materialization.metadata for e in result.get_asset_materialization_events()
-                if e.asset_key.to_user_string() == asset)
+    return next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == asset
+    )
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -63,11 +69,18 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 @pytest.fixture(scope="module")
 def procedural_run(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("procedural")
-    synthesis = {"teacher": {"backend": "procedural"}, "seed": 0, "methods": {
-        "perturbation": {"count": 12}, "arithmetic": {"count": 8}, "units": {"count": 8},
-        "responses": {"count": 6},
-        "instructions": {"count": 2, "topics": ["tides"], "task_types": ["explain", "compare"]},
-        "code": {"count": 2, "problems": str(HUMANEVAL), "license": "MIT"}}}
+    synthesis = {
+        "teacher": {"backend": "procedural"},
+        "seed": 0,
+        "methods": {
+            "perturbation": {"count": 12},
+            "arithmetic": {"count": 8},
+            "units": {"count": 8},
+            "responses": {"count": 6},
+            "instructions": {"count": 2, "topics": ["tides"], "task_types": ["explain", "compare"]},
+            "code": {"count": 2, "problems": str(HUMANEVAL), "license": "MIT"},
+        },
+    }
     config = project_file(root / "project", synthesis)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DISTILLERY_HOME", str(root / "home"))
@@ -82,15 +95,21 @@ def test_procedural_run_passes_every_check_and_records_each_verdict(procedural_r
     result, db, _ = procedural_run
     assert result.success
     assert [k for k, ok in check_results(result).items() if not ok] == []
-    assert {"synthetic:provenance_complete", "synthetic:code_rows_passed_tests",
-            "synthetic:licence_and_terms_allow_use", "synthetic_mixed:licence_and_terms_allow_use",
-            "synthetic_mixed:synthetic_share_within_cap"} <= set(check_results(result))
+    assert {
+        "synthetic:provenance_complete",
+        "synthetic:code_rows_passed_tests",
+        "synthetic:licence_and_terms_allow_use",
+        "synthetic_mixed:licence_and_terms_allow_use",
+        "synthetic_mixed:synthetic_share_within_cap",
+    } <= set(check_results(result))
     methods = dict(db.execute("SELECT method, count(*) FROM provenance GROUP BY 1").fetchall())
     assert methods["template:arithmetic"] == 8 and methods["template:units"] == 8
     assert methods["perturbation"] >= 10 and "code" not in methods
     # Every accepted row has its verdicts; judged rows name the judge.
-    assert db.execute("SELECT count(*) FROM provenance WHERE verification IS NULL OR verification = '{}'"
-                      ).fetchone()[0] == 0
+    assert (
+        db.execute("SELECT count(*) FROM provenance WHERE verification IS NULL OR verification = '{}'").fetchone()[0]
+        == 0
+    )
     # What the procedural teacher cannot do is rejected with that reason, never faked, never lost.
     reasons = dict(db.execute("SELECT method, any_value(reason) FROM synthetic_rejections GROUP BY 1").fetchall())
     assert reasons["instructions"].startswith("teacher cannot do this")
@@ -119,13 +138,20 @@ def tiny_model_run(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("tiny")
     model_dir = build_tiny_chat_model(root / "tiny-model")
-    synthesis = {"teacher": {"backend": "transformers", "model_dir": str(model_dir), "license": "Apache-2.0",
-                             "model_id": "tiny-random-llama"},
-                 "seed": 0, "methods": {
-                     "arithmetic": {"count": 3, "max_new_tokens": 24},
-                     "responses": {"count": 4, "max_new_tokens": 24},
-                     "instructions": {"count": 2, "topics": ["tides"], "task_types": ["explain"],
-                                      "max_new_tokens": 24}}}
+    synthesis = {
+        "teacher": {
+            "backend": "transformers",
+            "model_dir": str(model_dir),
+            "license": "Apache-2.0",
+            "model_id": "tiny-random-llama",
+        },
+        "seed": 0,
+        "methods": {
+            "arithmetic": {"count": 3, "max_new_tokens": 24},
+            "responses": {"count": 4, "max_new_tokens": 24},
+            "instructions": {"count": 2, "topics": ["tides"], "task_types": ["explain"], "max_new_tokens": 24},
+        },
+    }
     # The registry says the demo's model-written preference source may not be used for research.
     policy = {"teachers": {"demo-writer-v1": {"terms": "no-research", "forbids": ["research"]}}}
     config = project_file(root / "project", synthesis, policy)
@@ -143,8 +169,13 @@ def test_a_tiny_random_model_is_cached_and_its_gibberish_is_mostly_rejected(tiny
     accepted = db.execute("SELECT count(*) FROM synthetic").fetchone()[0]
     rejected = db.execute("SELECT count(*) FROM synthetic_rejections").fetchone()[0]
     assert rejected >= 6 and accepted <= rejected // 4
-    assert db.execute("SELECT count(*) FROM synthetic_rejections WHERE reason LIKE 'answer does not contain%' "
-                      "AND method = 'template:arithmetic'").fetchone()[0] >= 2
+    assert (
+        db.execute(
+            "SELECT count(*) FROM synthetic_rejections WHERE reason LIKE 'answer does not contain%' "
+            "AND method = 'template:arithmetic'"
+        ).fetchone()[0]
+        >= 2
+    )
     teacher = metadata_of(result, "synthetic")["teacher"].value
     assert teacher["backend"] == "transformers" and teacher["revision"].startswith("sha256:")
     with duckdb.connect(str(cache), read_only=True) as c:
@@ -159,27 +190,44 @@ def test_rows_whose_generator_terms_forbid_the_use_block_the_mix(tiny_model_run)
     assert checks["synthetic:licence_and_terms_allow_use"] is True
     # Blocking: the formatted dataset was not built from the mix.
     assert "formatted" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    evaluation = next(e for e in result.get_asset_check_evaluations()
-                      if e.check_name == "licence_and_terms_allow_use" and
-                      e.asset_key.to_user_string() == "synthetic_mixed")
-    assert evaluation.metadata["violations"].value == db.execute(
-        "SELECT count(*) FROM synthetic_mixed WHERE generator = 'demo-writer-v1'").fetchone()[0] > 0
+    evaluation = next(
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "licence_and_terms_allow_use" and e.asset_key.to_user_string() == "synthetic_mixed"
+    )
+    assert (
+        evaluation.metadata["violations"].value
+        == db.execute("SELECT count(*) FROM synthetic_mixed WHERE generator = 'demo-writer-v1'").fetchone()[0]
+        > 0
+    )
 
 
 def test_teacher_resource_overrides_the_project_spec_and_keeps_the_key_out_of_sight(tmp_path) -> None:
     from curation.synth.judges import ProceduralJudge
     from resources.teachers import TeacherResource
 
-    resource = TeacherResource(backend="openai-compatible", base_url="http://127.0.0.1:9/v1", model="m",
-                               license="Apache-2.0", api_key="sk-very-secret", cache_path=str(tmp_path / "c.duckdb"))
+    resource = TeacherResource(
+        backend="openai-compatible",
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        license="Apache-2.0",
+        api_key="sk-very-secret",
+        cache_path=str(tmp_path / "c.duckdb"),
+    )
     spec = resource.teacher_spec({"backend": "procedural", "seed": 3})
-    assert spec == {"backend": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m",
-                    "license": "Apache-2.0"}
+    assert spec == {
+        "backend": "openai-compatible",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m",
+        "license": "Apache-2.0",
+    }
     with resource.open({"backend": "procedural"}) as (teacher, judge):
         assert "sk-very-secret" not in repr(teacher) and "sk-very-secret" not in json.dumps(teacher.info.as_dict())
         assert isinstance(judge, ProceduralJudge)
-    with pytest.raises(ValueError, match=r"synthesis\.judge"), \
-            TeacherResource().open({"backend": "procedural"}, "gpt-judge"):
+    with (
+        pytest.raises(ValueError, match=r"synthesis\.judge"),
+        TeacherResource().open({"backend": "procedural"}, "gpt-judge"),
+    ):
         pass
 
 
@@ -220,12 +268,17 @@ def test_the_checks_fail_on_tampered_synthetic_data(procedural_run, tmp_path) ->
     with duckdb.connect(str(copy)) as db:
         child = db.execute("SELECT child_id FROM lineage WHERE asset = 'synthetic' LIMIT 1").fetchone()[0]
         db.execute("DELETE FROM lineage WHERE child_id = ?", [child])
-        db.execute("DELETE FROM provenance WHERE row_id = (SELECT min(row_id) FROM provenance "
-                   "WHERE method LIKE 'template:%')")
-        db.execute("INSERT INTO provenance (row_id, method, verification) VALUES "
-                   "('c1', 'code', '{\"method_checks\": {\"tests_passed\": false}}')")
-        db.execute("INSERT INTO synthetic_mixed SELECT * REPLACE (row_id || 'x' AS row_id, 'synthetic' AS origin) "
-                   "FROM synthetic_mixed")
+        db.execute(
+            "DELETE FROM provenance WHERE row_id = (SELECT min(row_id) FROM provenance WHERE method LIKE 'template:%')"
+        )
+        db.execute(
+            "INSERT INTO provenance (row_id, method, verification) VALUES "
+            "('c1', 'code', '{\"method_checks\": {\"tests_passed\": false}}')"
+        )
+        db.execute(
+            "INSERT INTO synthetic_mixed SELECT * REPLACE (row_id || 'x' AS row_id, 'synthetic' AS origin) "
+            "FROM synthetic_mixed"
+        )
     result = synthetic_provenance_complete(context, warehouse=warehouse)
     assert not result.passed
     assert result.metadata["parents_without_lineage"].value == 1

@@ -41,26 +41,30 @@ def ask(text: str, **params: object) -> ChatRequest:
 # ----------------------------------------------------------------------------- procedural
 
 
-@pytest.mark.parametrize(("question", "answer"), [
-    ("What is 12 + 7?", "19"),
-    ("Compute (3 + 4) * 5.", "35"),
-    ("what is 7 divided by 2", "3.5"),
-    ("What is 10 times 3 minus 4?", "26"),
-    ("What is 1,000 + 2,500?", "3500"),
-    ("What is 1/3?", "0.333333…"),
-    ("Convert 5 km to m.", "5000"),
-    ("How many minutes are in 2 hours?", "120"),
-    ("Convert 100 degrees Celsius to degrees Fahrenheit.", "212"),
-    ("Convert 1 mile to km", "1.609344"),
-])
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What is 12 + 7?", "19"),
+        ("Compute (3 + 4) * 5.", "35"),
+        ("what is 7 divided by 2", "3.5"),
+        ("What is 10 times 3 minus 4?", "26"),
+        ("What is 1,000 + 2,500?", "3500"),
+        ("What is 1/3?", "0.333333…"),
+        ("Convert 5 km to m.", "5000"),
+        ("How many minutes are in 2 hours?", "120"),
+        ("Convert 100 degrees Celsius to degrees Fahrenheit.", "212"),
+        ("Convert 1 mile to km", "1.609344"),
+    ],
+)
 def test_procedural_teacher_answers_exactly(question: str, answer: str) -> None:
     gen = ProceduralTeacher().generate([ask(question)])[0]
     assert gen.finish_reason == "stop"
     assert answer in gen.text
 
 
-@pytest.mark.parametrize("question", ["Write a poem about the sea.", "What happened on 2024-01-15?",
-                                      "Convert 5 km to kg.", "What is 3 / 0?"])
+@pytest.mark.parametrize(
+    "question", ["Write a poem about the sea.", "What happened on 2024-01-15?", "Convert 5 km to kg.", "What is 3 / 0?"]
+)
 def test_procedural_teacher_declines_what_rules_cannot_answer(question: str) -> None:
     gen = ProceduralTeacher().generate([ask(question)])[0]
     assert (gen.text, gen.finish_reason) == ("", "unsupported")
@@ -105,8 +109,6 @@ def test_unit_conversion_known_values() -> None:
     assert convert_units(Fraction(1), "m", "kg") is None
     assert format_number(Fraction(1, 8)) == "0.125"
     assert solve_arithmetic("What is 2 - 5?") == ("2 - 5", "-3")
-
-
 
 
 def test_unit_answers_agree_with_a_public_dataset() -> None:
@@ -226,8 +228,9 @@ def test_cache_table_contents_and_shared_connection() -> None:
     con = duckdb.connect(":memory:")
     cache = GenerationCache(con, table="gen_cache")
     CachedTeacher(ProceduralTeacher(), cache).generate([ask("What is 6 * 7?", seed=3), ask("poem please")])
-    rows = con.execute('SELECT model, revision, prompt_json, params_json, text, finish_reason FROM "gen_cache"'
-                       ).fetchall()
+    rows = con.execute(
+        'SELECT model, revision, prompt_json, params_json, text, finish_reason FROM "gen_cache"'
+    ).fetchall()
     assert len(rows) == 1  # "unsupported" replies are not cached, so a later rule may answer them
     model, revision, prompt, params, text, finish = rows[0]
     assert (model, revision, finish) == ("distillery-procedural", "1", "stop")
@@ -308,15 +311,30 @@ def test_build_teacher_from_project_spec(tmp_path: Path, monkeypatch: pytest.Mon
 
     assert build_teacher({"backend": "procedural", "seed": 3}).generate([ask("What is 2 * 3?")])[0].text
     monkeypatch.setenv("DISTILLERY_TEST_KEY", "sk-secret-value")
-    remote = build_teacher({"backend": "openai-compatible", "base_url": "http://127.0.0.1:1/v1", "model": "m",
-                            "license": "MIT", "api_key_env": "DISTILLERY_TEST_KEY", "concurrency": 2})
+    remote = build_teacher(
+        {
+            "backend": "openai-compatible",
+            "base_url": "http://127.0.0.1:1/v1",
+            "model": "m",
+            "license": "MIT",
+            "api_key_env": "DISTILLERY_TEST_KEY",
+            "concurrency": 2,
+        }
+    )
     assert isinstance(remote, OpenAICompatibleTeacher) and "sk-secret-value" not in repr(remote)
     assert remote.concurrency == 2 and remote.info.license == "MIT"
     with pytest.raises(ValueError, match="api_key_env"):
         build_teacher({"backend": "openai-compatible", "api_key": "sk-x", "base_url": "http://x", "model": "m"})
     with pytest.raises(ValueError, match="DISTILLERY_MISSING_KEY"):
-        build_teacher({"backend": "openai-compatible", "base_url": "http://x", "model": "m", "license": "MIT",
-                       "api_key_env": "DISTILLERY_MISSING_KEY"})
+        build_teacher(
+            {
+                "backend": "openai-compatible",
+                "base_url": "http://x",
+                "model": "m",
+                "license": "MIT",
+                "api_key_env": "DISTILLERY_MISSING_KEY",
+            }
+        )
     with pytest.raises(ValueError, match=r"does not take \['temprature'\]"):
         build_teacher({"backend": "procedural", "temprature": 1})
     with pytest.raises(ValueError, match="unknown teacher backend"):

@@ -21,9 +21,15 @@ TEACHER = TeacherInfo("openai-compatible", "acme/teacher-7b", "2024-01", "Apache
 
 
 def sft(row_id: str, prompt: str, response: str) -> dict:
-    return new_row(row_id=row_id, kind="sft", messages=[{"role": "user", "content": prompt},
-                                                        {"role": "assistant", "content": response}],
-                   source="synthetic", source_uri="t", license="CC0-1.0", origin="synthetic")
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        source="synthetic",
+        source_uri="t",
+        license="CC0-1.0",
+        origin="synthetic",
+    )
 
 
 class FixedJudge:
@@ -58,8 +64,14 @@ def test_each_heuristic_rejects_with_its_reason_and_every_verdict_is_kept() -> N
     assert by_id["g"].rejected.startswith("heuristic encoding")
     assert by_id["e"].accepted and by_id["e"].judge_score == 3.0
     # Every heuristic's verdict is stored, on rejected rows too.
-    assert set(by_id["b"].verification["heuristics"]) == {"empty", "length", "encoding", "echo", "repetition",
-                                                          "refusal"}
+    assert set(by_id["b"].verification["heuristics"]) == {
+        "empty",
+        "length",
+        "encoding",
+        "echo",
+        "repetition",
+        "refusal",
+    }
     assert by_id["b"].verification["heuristics"]["empty"] == "ok"
 
 
@@ -78,8 +90,12 @@ def test_judge_threshold_and_unparseable_scores_reject() -> None:
 def test_method_failures_and_exact_checks_skip_the_judge() -> None:
     judge = FixedJudge({})
     failed = Candidate(row=sft("f", "What is 2 + 2?", "5"), method="template:arithmetic", failed="wrong answer")
-    exact = Candidate(row=sft("t", "What is 2 + 2?", "4"), method="template:arithmetic", skip_judge=True,
-                      checks={"answer_matches": True})
+    exact = Candidate(
+        row=sft("t", "What is 2 + 2?", "4"),
+        method="template:arithmetic",
+        skip_judge=True,
+        checks={"answer_matches": True},
+    )
     verify_candidates([failed, exact], judge, TEACHER)
     assert judge.calls == 0
     assert failed.rejected == "wrong answer" and exact.accepted
@@ -89,10 +105,16 @@ def test_method_failures_and_exact_checks_skip_the_judge() -> None:
 def test_off_topic_rows_are_rejected_against_the_requested_topic() -> None:
     assert topic_overlap("photosynthesis in plants", "How do plants use photosynthetic pigments?") == 1.0
     assert topic_overlap("medieval castles", "Give me a recipe for pancakes") == 0.0
-    on = Candidate(row=sft("on", "Explain how medieval castles were defended.", "With walls and moats."),
-                   method="instructions", topic="medieval castles")
-    off = Candidate(row=sft("off", "Give me a pancake recipe.", "Mix flour, eggs and milk."),
-                    method="instructions", topic="medieval castles")
+    on = Candidate(
+        row=sft("on", "Explain how medieval castles were defended.", "With walls and moats."),
+        method="instructions",
+        topic="medieval castles",
+    )
+    off = Candidate(
+        row=sft("off", "Give me a pancake recipe.", "Mix flour, eggs and milk."),
+        method="instructions",
+        topic="medieval castles",
+    )
     verify_candidates([on, off], ProceduralJudge(), TEACHER)
     assert on.accepted and on.verification["topic"]["overlap"] == 1.0
     assert off.rejected.startswith("off-topic")
@@ -114,14 +136,18 @@ def test_length_outliers_are_found_by_modified_z_score() -> None:
 
 def test_same_instruction_with_different_answers_is_flagged_or_resolved() -> None:
     def pair() -> list[Candidate]:
-        return [Candidate(row=sft("p1", "Capital of Australia?", "Sydney."), method="responses"),
-                Candidate(row=sft("p2", "capital of  australia?", "Canberra."), method="responses")]
+        return [
+            Candidate(row=sft("p1", "Capital of Australia?", "Sydney."), method="responses"),
+            Candidate(row=sft("p2", "capital of  australia?", "Canberra."), method="responses"),
+        ]
+
     flagged = pair()
     verify_candidates(flagged, FixedJudge({"Sydney.": 3, "Canberra.": 5}), TEACHER)
     assert all(c.accepted and c.verification["conflict"] == {"same_instruction_answers": 2} for c in flagged)
     resolved = pair()
-    verify_candidates(resolved, FixedJudge({"Sydney.": 3, "Canberra.": 5}), TEACHER,
-                      VerifySettings(on_conflict="keep_best"))
+    verify_candidates(
+        resolved, FixedJudge({"Sydney.": 3, "Canberra.": 5}), TEACHER, VerifySettings(on_conflict="keep_best")
+    )
     assert resolved[0].rejected.startswith("same instruction answered differently") and resolved[1].accepted
 
 

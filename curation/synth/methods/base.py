@@ -26,9 +26,12 @@ class MethodSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    count: int = Field(default=0, ge=0, strict=True,
-                       description="How many candidates to make (seed rows, problems or matrix cells); 0 turns "
-                                   "the method off.")
+    count: int = Field(
+        default=0,
+        ge=0,
+        strict=True,
+        description="How many candidates to make (seed rows, problems or matrix cells); 0 turns the method off.",
+    )
 
     # Salt of the seeded hash that picks this method's seed rows (part of the candidate ids' history: a new
     # salt picks other rows); None for methods that take no seed rows.
@@ -45,15 +48,19 @@ class MethodSettings(BaseModel):
         if self.seed_salt is None:
             return []
         salt = self.seed_salt
-        return sorted((r for r in rows if self.eligible(r)),
-                      key=lambda r: stable_unit(seed, salt, r["row_id"]))[:self.count]
+        return sorted((r for r in rows if self.eligible(r)), key=lambda r: stable_unit(seed, salt, r["row_id"]))[
+            : self.count
+        ]
 
 
 class SeedInstructionSettings(MethodSettings):
     """Settings of methods that answer the instruction of seed rows (its first user message)."""
 
-    seed_kinds: list[str] = Field(default_factory=lambda: ["prompt", "sft"], min_length=1,
-                                  description="Kinds of filtered rows whose first instruction may seed the method.")
+    seed_kinds: list[str] = Field(
+        default_factory=lambda: ["prompt", "sft"],
+        min_length=1,
+        description="Kinds of filtered rows whose first instruction may seed the method.",
+    )
 
     @field_validator("seed_kinds")
     @classmethod
@@ -82,17 +89,30 @@ class SynthContext:
     limits: SandboxLimits | None = None  # sandbox limits for generated code; None: the defaults
 
 
-def derived_row(ctx: SynthContext, parents: Sequence[Row], row_id: str, extra: Mapping[str, Any] | None = None,
-                origin: str = "synthetic", base_license: str | None = None, **fields: Any) -> Row:
+def derived_row(
+    ctx: SynthContext,
+    parents: Sequence[Row],
+    row_id: str,
+    extra: Mapping[str, Any] | None = None,
+    origin: str = "synthetic",
+    base_license: str | None = None,
+    **fields: Any,
+) -> Row:
     """A new canonical row whose licence and terms are the strictest of its parents and teacher."""
     licenses = [p.get("license") for p in parents] + [ctx.info.license] + ([base_license] if base_license else [])
     terms = inherited_terms(parents, ctx.info, ctx.registry)
     extra_out = dict(extra or {})
     if terms["forbids"] or terms["terms"]:
         extra_out["terms"] = terms
-    return new_row(row_id=row_id, license=strictest(licenses, ctx.policy), origin=origin,
-                   generator=ctx.info.model, extra=extra_out or None,
-                   source=fields.pop("source", ctx.source), **fields)
+    return new_row(
+        row_id=row_id,
+        license=strictest(licenses, ctx.policy),
+        origin=origin,
+        generator=ctx.info.model,
+        extra=extra_out or None,
+        source=fields.pop("source", ctx.source),
+        **fields,
+    )
 
 
 def first_user_index(row: Row) -> int | None:
@@ -134,25 +154,53 @@ def params_record(p: GenerationParams) -> dict[str, Any]:
     return {"temperature": p.temperature, "max_new_tokens": p.max_new_tokens, "top_p": p.top_p, "seed": p.seed}
 
 
-def response_rows(ctx: SynthContext, method: str, parent: Row | None, instruction: str,
-                  generations: Sequence[Generation], params: Sequence[GenerationParams], *,
-                  extra: Mapping[str, Any] | None = None, topic: str | None = None,
-                  template: str = "instruction", lineage_op: str = "respond") -> list[Candidate]:
+def response_rows(
+    ctx: SynthContext,
+    method: str,
+    parent: Row | None,
+    instruction: str,
+    generations: Sequence[Generation],
+    params: Sequence[GenerationParams],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    topic: str | None = None,
+    template: str = "instruction",
+    lineage_op: str = "respond",
+) -> list[Candidate]:
     """One ``sft`` candidate per generated response to ``instruction`` (several when sampled with several
     seeds), linked to ``parent`` when the instruction came from a seed row."""
     out = []
     parents = [parent] if parent is not None else []
     for gen, p in zip(generations, params, strict=True):
         row_id = make_row_id("synthetic", method, instruction, str(p.seed), ctx.info.model)
-        row = derived_row(ctx, parents, row_id, extra=extra, kind="sft",
-                          messages=[{"role": "user", "content": instruction},
-                                    {"role": "assistant", "content": gen.text}],
-                          source_uri=f"teacher:{ctx.info.model}/{method}")
+        row = derived_row(
+            ctx,
+            parents,
+            row_id,
+            extra=extra,
+            kind="sft",
+            messages=[{"role": "user", "content": instruction}, {"role": "assistant", "content": gen.text}],
+            source_uri=f"teacher:{ctx.info.model}/{method}",
+        )
         ids = tuple(r["row_id"] for r in parents)
-        edges = tuple(lineage_record(row_id, pid, "synthetic", lineage_op, "response generated by the teacher")
-                      for pid in ids)
-        out.append(Candidate(row=row, method=method, parent_ids=ids, lineage=edges,
-                             generation_params={"temperature": p.temperature, "max_new_tokens": p.max_new_tokens,
-                                                "seed": p.seed, "finish_reason": gen.finish_reason},
-                             prompt_template=template, topic=topic, failed=unsupported(gen)))
+        edges = tuple(
+            lineage_record(row_id, pid, "synthetic", lineage_op, "response generated by the teacher") for pid in ids
+        )
+        out.append(
+            Candidate(
+                row=row,
+                method=method,
+                parent_ids=ids,
+                lineage=edges,
+                generation_params={
+                    "temperature": p.temperature,
+                    "max_new_tokens": p.max_new_tokens,
+                    "seed": p.seed,
+                    "finish_reason": gen.finish_reason,
+                },
+                prompt_template=template,
+                topic=topic,
+                failed=unsupported(gen),
+            )
+        )
     return out

@@ -21,28 +21,40 @@ from curation.synth.methods.registry import synthesis_method
 from curation.synth.teachers import ChatRequest, GenerationParams
 from curation.synth.verify import Candidate
 
-_CODE_PROMPT = ("Complete the following Python function. Reply with the complete function in one "
-                "```python code block.\n\n```python\n{prompt}```")
-_REPAIR_PROMPT = ("Your solution failed the unit tests:\n\n{message}\n\nFix it. Reply with the complete "
-                  "corrected function in one ```python code block.")
+_CODE_PROMPT = (
+    "Complete the following Python function. Reply with the complete function in one "
+    "```python code block.\n\n```python\n{prompt}```"
+)
+_REPAIR_PROMPT = (
+    "Your solution failed the unit tests:\n\n{message}\n\nFix it. Reply with the complete "
+    "corrected function in one ```python code block."
+)
 
 
 class CodeSettings(MethodSettings):
-    problems: str | None = Field(default=None, description="HumanEval-style JSONL file (task_id, prompt, test, "
-                                                           "entry_point; `.gz` read as such), relative to the "
-                                                           "project file.")
-    license: str | None = Field(default=None, description="SPDX id of the problems file; rows carry the stricter "
-                                                          "of it and the teacher's licence.")
-    max_repairs: int = Field(default=2, ge=0, description="Repair rounds after the first attempt, each with the "
-                                                          "error fed back.")
+    problems: str | None = Field(
+        default=None,
+        description="HumanEval-style JSONL file (task_id, prompt, test, "
+        "entry_point; `.gz` read as such), relative to the "
+        "project file.",
+    )
+    license: str | None = Field(
+        default=None,
+        description="SPDX id of the problems file; rows carry the stricter of it and the teacher's licence.",
+    )
+    max_repairs: int = Field(
+        default=2, ge=0, description="Repair rounds after the first attempt, each with the error fed back."
+    )
     max_new_tokens: int = Field(default=768, gt=0, description="Longest solution the teacher may write.")
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature.")
 
     @model_validator(mode="after")
     def _needs_problems(self) -> CodeSettings:
         if self.count and (self.problems is None or self.license is None):
-            raise ValueError("needs 'problems': a HumanEval-style JSONL file (task_id, prompt, test, entry_point), "
-                             "and 'license': the SPDX id of that file")
+            raise ValueError(
+                "needs 'problems': a HumanEval-style JSONL file (task_id, prompt, test, entry_point), "
+                "and 'license': the SPDX id of that file"
+            )
         return self
 
 
@@ -61,8 +73,10 @@ def load_code_problems(path: str | Path) -> list[dict[str, str]]:
             item = json.loads(line)
             missing = {"task_id", "prompt", "test", "entry_point"} - set(item)
             if missing:
-                raise ValueError(f"{path}:{number}: code problem lacks {sorted(missing)} "
-                                 "(HumanEval layout: task_id, prompt, test, entry_point)")
+                raise ValueError(
+                    f"{path}:{number}: code problem lacks {sorted(missing)} "
+                    "(HumanEval layout: task_id, prompt, test, entry_point)"
+                )
             problems.append(item)
     return problems
 
@@ -91,15 +105,15 @@ class _Attempt:
     passed: bool = False
 
 
-def code_candidates(ctx: SynthContext, problems: Sequence[Mapping[str, str]], settings: CodeSettings
-                    ) -> list[Candidate]:
+def code_candidates(
+    ctx: SynthContext, problems: Sequence[Mapping[str, str]], settings: CodeSettings
+) -> list[Candidate]:
     """Solve, test, repair (at most ``max_repairs`` rounds); every attempt is in the verification record.
 
     Raises :class:`curation.synth.sandbox.SandboxSetupError` when the sandbox cannot run: no verdict then.
     """
     max_repairs = settings.max_repairs
-    params = GenerationParams(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                              seed=ctx.seed)
+    params = GenerationParams(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, seed=ctx.seed)
     attempts = [_Attempt(p, list(user_turn(_CODE_PROMPT.format(prompt=p["prompt"]))), []) for p in problems]
     todo = attempts
     for round_no in range(max_repairs + 1):
@@ -111,13 +125,16 @@ def code_candidates(ctx: SynthContext, problems: Sequence[Mapping[str, str]], se
                 attempt.history.append({"round": round_no, "status": "no_code", "message": no_answer})
                 continue
             code = extract_code(gen.text)
-            result = run_unit_tests(problem["prompt"], completion_for(problem, code), problem["test"],
-                                    problem["entry_point"], ctx.limits)
+            result = run_unit_tests(
+                problem["prompt"], completion_for(problem, code), problem["test"], problem["entry_point"], ctx.limits
+            )
             attempt.solution = code
             attempt.passed = result.passed
             attempt.history.append({"round": round_no, "status": result.status, "message": result.message[:500]})
-            attempt.messages += [{"role": "assistant", "content": gen.text},
-                                 {"role": "user", "content": _REPAIR_PROMPT.format(message=result.message)}]
+            attempt.messages += [
+                {"role": "assistant", "content": gen.text},
+                {"role": "user", "content": _REPAIR_PROMPT.format(message=result.message)},
+            ]
         todo = [a for a in todo if not a.passed and a.history[-1]["status"] != "no_code"]
         if not todo:
             break
@@ -125,27 +142,43 @@ def code_candidates(ctx: SynthContext, problems: Sequence[Mapping[str, str]], se
     for attempt in attempts:
         problem = attempt.problem
         row_id = make_row_id("synthetic", "code", problem["task_id"], ctx.info.model, str(ctx.seed))
-        row = derived_row(ctx, [], row_id, base_license=settings.license,
-                          extra={"task_id": problem["task_id"], "entry_point": problem["entry_point"],
-                                 "task_type": "code"},
-                          kind="sft", messages=[attempt.messages[0],
-                                                {"role": "assistant",
-                                                 "content": f"```python\n{attempt.solution}\n```"}],
-                          source_uri=f"{settings.problems or 'code'}#{problem['task_id']}")
+        row = derived_row(
+            ctx,
+            [],
+            row_id,
+            base_license=settings.license,
+            extra={"task_id": problem["task_id"], "entry_point": problem["entry_point"], "task_type": "code"},
+            kind="sft",
+            messages=[attempt.messages[0], {"role": "assistant", "content": f"```python\n{attempt.solution}\n```"}],
+            source_uri=f"{settings.problems or 'code'}#{problem['task_id']}",
+        )
         last = attempt.history[-1]
         rounds = sum(1 for h in attempt.history if h["status"] != "no_code")
         checks = {"tests_passed": attempt.passed, "repair_rounds": max(0, rounds - 1), "attempts": attempt.history}
-        out.append(Candidate(row=row, method="code", generation_params={**params_record(params),
-                                                                         "max_repairs": max_repairs},
-                             prompt_template="code:solve+repair", checks=checks, skip_judge=attempt.passed,
-                             failed=None if attempt.passed else
-                             f"unit tests still fail after {rounds} attempt(s): {last['status']}" if rounds else
-                             f"teacher produced no code: {last['message']}"))
+        out.append(
+            Candidate(
+                row=row,
+                method="code",
+                generation_params={**params_record(params), "max_repairs": max_repairs},
+                prompt_template="code:solve+repair",
+                checks=checks,
+                skip_judge=attempt.passed,
+                failed=None
+                if attempt.passed
+                else f"unit tests still fail after {rounds} attempt(s): {last['status']}"
+                if rounds
+                else f"teacher produced no code: {last['message']}",
+            )
+        )
     return out
 
 
-@synthesis_method("code", CodeSettings, order=70,
-                  produces="`sft` rows, origin `synthetic`: a problem and a solution that passed its unit tests")
+@synthesis_method(
+    "code",
+    CodeSettings,
+    order=70,
+    produces="`sft` rows, origin `synthetic`: a problem and a solution that passed its unit tests",
+)
 def code(ctx: SynthContext, seeds: Sequence[Row], settings: CodeSettings) -> list[Candidate]:
     """Solutions to ``count`` problems of a HumanEval-style file, checked by parsing, linting and the unit
     tests in the sandbox, repaired with the error fed back; only passing solutions are kept."""
@@ -153,5 +186,5 @@ def code(ctx: SynthContext, seeds: Sequence[Row], settings: CodeSettings) -> lis
     if ctx.base_dir is not None and not path.is_absolute():
         path = ctx.base_dir / path
     problems = load_code_problems(path)
-    picked = sorted(problems, key=lambda p: stable_unit(ctx.seed, "code", p["task_id"]))[:settings.count]
+    picked = sorted(problems, key=lambda p: stable_unit(ctx.seed, "code", p["task_id"]))[: settings.count]
     return code_candidates(ctx, picked, settings)

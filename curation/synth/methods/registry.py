@@ -51,8 +51,9 @@ class SynthesisMethod(Generic[S]):
 REGISTRY: dict[str, SynthesisMethod[Any]] = {}
 
 
-def synthesis_method(name: str, settings: type[S], *, order: int, produces: str
-                     ) -> Callable[[MethodFunction[S]], MethodFunction[S]]:
+def synthesis_method(
+    name: str, settings: type[S], *, order: int, produces: str
+) -> Callable[[MethodFunction[S]], MethodFunction[S]]:
     """Register the decorated function as the synthesis method ``name`` with its settings model.
 
     ``order`` fixes when it runs among the others (candidate ids and rejections of duplicates depend on
@@ -62,8 +63,10 @@ def synthesis_method(name: str, settings: type[S], *, order: int, produces: str
 
     def register(generate: MethodFunction[S]) -> MethodFunction[S]:
         if name in REGISTRY:
-            raise ValueError(f"synthesis method {name!r} is registered twice "
-                             f"({REGISTRY[name].generate.__module__} and {generate.__module__})")
+            raise ValueError(
+                f"synthesis method {name!r} is registered twice "
+                f"({REGISTRY[name].generate.__module__} and {generate.__module__})"
+            )
         REGISTRY[name] = SynthesisMethod(name, settings, generate, order, produces)
         return generate
 
@@ -97,8 +100,9 @@ def validate_methods(methods: Mapping[str, Any]) -> dict[str, MethodSettings]:
     for name, raw in methods.items():
         method = REGISTRY.get(name)
         if method is None:
-            raise ValueError(f"synthesis.methods: unknown method {name!r}; "
-                             f"choose from {[m.name for m in registered_methods()]}")
+            raise ValueError(
+                f"synthesis.methods: unknown method {name!r}; choose from {[m.name for m in registered_methods()]}"
+            )
         if raw is not None and not isinstance(raw, Mapping):
             raise ValueError(f"synthesis.methods.{name}: expected a mapping of settings (count, …), got {raw!r}")
         try:
@@ -112,8 +116,11 @@ def select_seeds(rows: Iterable[Row], methods: Mapping[str, Any], seed: int) -> 
     """The seed rows the methods will pick, in one streaming pass: per method, the ``count`` eligible rows
     with the smallest seeded hash (what each method's own pick chooses), so memory is bounded by the
     counts, not by the size of ``filtered`` (DESIGN.md §5)."""
-    wanted = [(name, settings) for name, settings in validate_methods(methods).items()
-              if settings.seed_salt is not None and settings.count > 0]
+    wanted = [
+        (name, settings)
+        for name, settings in validate_methods(methods).items()
+        if settings.seed_salt is not None and settings.count > 0
+    ]
     heaps: dict[str, list[tuple[float, str, Row]]] = {name: [] for name, _ in wanted}
     for row in rows:
         for name, settings in wanted:
@@ -155,6 +162,7 @@ def _unique(candidates: list[Candidate]) -> list[Candidate]:
 # The reference: docs/synthesis-methods.md
 # ---------------------------------------------------------------------------------------------
 
+
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
         return annotation.__name__
@@ -168,19 +176,31 @@ def _default(value: Any) -> str:
 def methods_reference() -> str:
     """Every registered method as Markdown: what it makes, then its settings with types and defaults."""
     methods = registered_methods()
-    lines = ["# Synthesis methods", "",
-             generated_notice("the @synthesis_method registrations in curation/synth/methods"), "",
-             "Each method is a key under `synthesis.methods` in the project file, with the settings below; "
-             "it runs when its `count` is above 0, in the order of this table. Unknown methods, unknown keys "
-             "and invalid values are refused with the key named. A method is one module in "
-             "`curation/synth/methods/`, registered with `@synthesis_method`.", "",
-             markdown_table([{"method": f"`{m.name}`", "produces": m.produces, "what it does": m.summary}
-                             for m in methods], width=10_000)]
+    lines = [
+        "# Synthesis methods",
+        "",
+        generated_notice("the @synthesis_method registrations in curation/synth/methods"),
+        "",
+        "Each method is a key under `synthesis.methods` in the project file, with the settings below; "
+        "it runs when its `count` is above 0, in the order of this table. Unknown methods, unknown keys "
+        "and invalid values are refused with the key named. A method is one module in "
+        "`curation/synth/methods/`, registered with `@synthesis_method`.",
+        "",
+        markdown_table(
+            [{"method": f"`{m.name}`", "produces": m.produces, "what it does": m.summary} for m in methods],
+            width=10_000,
+        ),
+    ]
     for m in methods:
-        rows = [{"setting": f"`{key}`", "type": _type_name(field.annotation),
-                 "default": _default(field.get_default(call_default_factory=True)),
-                 "meaning": field.description or ""}
-                for key, field in m.settings.model_fields.items()]
+        rows = [
+            {
+                "setting": f"`{key}`",
+                "type": _type_name(field.annotation),
+                "default": _default(field.get_default(call_default_factory=True)),
+                "meaning": field.description or "",
+            }
+            for key, field in m.settings.model_fields.items()
+        ]
         lines += ["", f"## `{m.name}`", ""]
         lines += [line for paragraph in m.description for line in (paragraph, "")]
         lines += [markdown_table(rows, width=10_000)]

@@ -46,10 +46,15 @@ class ReverseInstructionSettings(MethodSettings):
         return bool(text) and len((text or "").split()) >= self.min_words
 
 
-@synthesis_method("reverse_instruction", ReverseInstructionSettings, order=60,
-                  produces="`sft` rows, origin `augmented`: a generated instruction, the human text as response")
-def reverse_instruction(ctx: SynthContext, seeds: Sequence[Row], settings: ReverseInstructionSettings
-                        ) -> list[Candidate]:
+@synthesis_method(
+    "reverse_instruction",
+    ReverseInstructionSettings,
+    order=60,
+    produces="`sft` rows, origin `augmented`: a generated instruction, the human text as response",
+)
+def reverse_instruction(
+    ctx: SynthContext, seeds: Sequence[Row], settings: ReverseInstructionSettings
+) -> list[Candidate]:
     """For ``count`` human texts of at least ``min_words`` words, generate the prompt; the text stays
     the response (origin ``augmented``: the answer is human-written)."""
     chosen = {r["row_id"] for r in settings.pick_seeds(seeds, ctx.seed)}
@@ -60,19 +65,40 @@ def reverse_instruction(ctx: SynthContext, seeds: Sequence[Row], settings: Rever
     for (parent, text), gen in zip(docs, gens, strict=True):
         instruction = gen.text.strip().strip('"').strip()
         row_id = make_row_id(parent["row_id"], "reverse_instruction", ctx.info.model, str(ctx.seed))
-        row = derived_row(ctx, [parent], row_id, extra=parent.get("extra"), origin="augmented", kind="sft",
-                          messages=[{"role": "user", "content": instruction},
-                                    {"role": "assistant", "content": text}],
-                          source=parent["source"], source_uri=parent["source_uri"],
-                          annotator=parent.get("annotator"))
+        row = derived_row(
+            ctx,
+            [parent],
+            row_id,
+            extra=parent.get("extra"),
+            origin="augmented",
+            kind="sft",
+            messages=[{"role": "user", "content": instruction}, {"role": "assistant", "content": text}],
+            source=parent["source"],
+            source_uri=parent["source_uri"],
+            annotator=parent.get("annotator"),
+        )
         problem = unsupported(gen)
         if problem is None and len(instruction.split()) >= len(text.split()):
             problem = "generated instruction is not shorter than the text it should elicit"
-        out.append(Candidate(
-            row=row, method="reverse_instruction", parent_ids=(parent["row_id"],),
-            lineage=(lineage_record(row_id, parent["row_id"], "synthetic", "reverse_instruction",
-                                    "instruction generated for the human-written response"),),
-            generation_params={"seed": ctx.seed, "max_new_tokens": params.max_new_tokens},
-            prompt_template="reverse_instruction", checks={"response": "human text kept verbatim"},
-            failed=problem, generated="instruction"))
+        out.append(
+            Candidate(
+                row=row,
+                method="reverse_instruction",
+                parent_ids=(parent["row_id"],),
+                lineage=(
+                    lineage_record(
+                        row_id,
+                        parent["row_id"],
+                        "synthetic",
+                        "reverse_instruction",
+                        "instruction generated for the human-written response",
+                    ),
+                ),
+                generation_params={"seed": ctx.seed, "max_new_tokens": params.max_new_tokens},
+                prompt_template="reverse_instruction",
+                checks={"response": "human text kept verbatim"},
+                failed=problem,
+                generated="instruction",
+            )
+        )
     return out

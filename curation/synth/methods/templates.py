@@ -21,8 +21,9 @@ class TemplateSettings(MethodSettings):
     max_new_tokens: int = Field(default=128, gt=0, description="Longest answer the teacher may write.")
 
 
-def template_candidates(ctx: SynthContext, method: str, make: Callable[[random.Random], tuple[str, str]],
-                        settings: TemplateSettings) -> list[Candidate]:
+def template_candidates(
+    ctx: SynthContext, method: str, make: Callable[[random.Random], tuple[str, str]], settings: TemplateSettings
+) -> list[Candidate]:
     """``count`` distinct problems from ``make``; the teacher answers, and the answer must contain the
     computed value (exact comparison of numbers)."""
     rng = random.Random(f"{ctx.seed}:{method}")
@@ -40,14 +41,26 @@ def template_candidates(ctx: SynthContext, method: str, make: Callable[[random.R
         answer = gen.text
         matches = bool(answer.strip()) and mentions_value(answer, expected)
         row_id = make_row_id("synthetic", method, question, str(ctx.seed))
-        row = derived_row(ctx, [], row_id, extra={"expected_answer": expected, "task_type": method},
-                          kind="sft", messages=[{"role": "user", "content": question},
-                                                {"role": "assistant", "content": answer}],
-                          source_uri=f"teacher:{ctx.info.model}/{method}")
-        out.append(Candidate(row=row, method=f"template:{method}", generation_params={"seed": ctx.seed},
-                             prompt_template=method, checks={"expected": expected, "answer_matches": matches},
-                             failed=None if matches else f"answer does not contain the computed {expected}",
-                             skip_judge=matches))
+        row = derived_row(
+            ctx,
+            [],
+            row_id,
+            extra={"expected_answer": expected, "task_type": method},
+            kind="sft",
+            messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            source_uri=f"teacher:{ctx.info.model}/{method}",
+        )
+        out.append(
+            Candidate(
+                row=row,
+                method=f"template:{method}",
+                generation_params={"seed": ctx.seed},
+                prompt_template=method,
+                checks={"expected": expected, "answer_matches": matches},
+                failed=None if matches else f"answer does not contain the computed {expected}",
+                skip_judge=matches,
+            )
+        )
     return out
 
 
