@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from curation.core.components import component_labels
 from curation.core.schema import Row
-from curation.core.unionfind import component_labels
 from curation.dedup.clusters import DEFAULT_POLICY, ClusterMember, KeepPolicy, cluster_members
 from curation.dedup.fields import FieldSet, dedup_text
 from curation.dedup.minhash import (
@@ -95,21 +95,12 @@ def compute_signatures(
 
 
 def _component_order(pairs: np.ndarray) -> np.ndarray:
-    """Pair order grouped by connected component (label propagation to the smallest member)."""
+    """Pair order grouped by connected component."""
     if len(pairs) == 0:
         return np.zeros(0, dtype=np.int64)
     ids, local = np.unique(pairs, return_inverse=True)
     local = local.reshape(-1, 2)
-    label = np.arange(ids.size)
-    while True:
-        low = np.minimum(label[local[:, 0]], label[local[:, 1]])
-        new = label.copy()
-        np.minimum.at(new, local[:, 0], low)
-        np.minimum.at(new, local[:, 1], low)
-        new = new[new]  # pointer jumping: long chains converge in log steps
-        if np.array_equal(new, label):
-            break
-        label = new
+    label = component_labels(ids.size, local)
     return np.argsort(label[local[:, 0]], kind="stable")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import xxhash
 
-from curation.core.unionfind import UnionFind
+from curation.core.components import smallest_member_groups
 
 Split = Literal["train", "eval"]
 
@@ -188,12 +188,11 @@ def split_groups(
 
     The group id is the smallest member key (``r:<row_id>`` or ``c:<cluster_id>``), so it does not
     depend on edge order; :func:`assign_splits` hashes it, so changing it would move rows between splits."""
-    sets: UnionFind[str] = UnionFind()
-    for child, parent in edges:
-        sets.union(f"r:{child}", f"r:{parent}")
-    for row_id, cluster_id in clusters.items():
-        sets.union(f"r:{row_id}", f"c:{cluster_id}")
-    return {row_id: sets.find(f"r:{row_id}") for row_id in row_ids}
+    ids = list(row_ids)
+    links = [(f"r:{child}", f"r:{parent}") for child, parent in edges]
+    links += [(f"r:{row_id}", f"c:{cluster_id}") for row_id, cluster_id in clusters.items()]
+    groups = smallest_member_groups((f"r:{row_id}" for row_id in ids), links)
+    return {row_id: groups[f"r:{row_id}"] for row_id in ids}
 
 
 def split_leaks(
