@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-Row = dict[str, Any]
+from curation.core.schema import Row
 
 MESSAGE_COLUMNS: tuple[str, ...] = ("messages", "chosen", "rejected")
 """Columns holding message lists (``{role, content, ...}``), in the order they are walked."""
@@ -32,20 +32,36 @@ CODE_SPANS = re.compile(rf"({_FENCED_BLOCK}|`[^`\n]+`)", re.DOTALL)
 """Fenced blocks and inline code spans. One capturing group, so ``CODE_SPANS.split(text)``
 alternates prose (even indices) and code (odd indices)."""
 
-FENCE_LINE = re.compile(r"^(?:" + "|".join(re.escape(m) for m in FENCE_MARKERS) + ")", re.MULTILINE)
-"""The start of a line that opens or closes a fenced block."""
+@dataclass(frozen=True)
+class FencedBlock:
+    """One fenced code block of a text: ``text[start:end]`` is the block with its fences."""
+
+    start: int
+    end: int
+    info: str  # what follows the opening fence on its line, e.g. "python"
+    body: str  # the code between the fences
+
+
+def fenced_blocks(text: str) -> Iterator[FencedBlock]:
+    """The fenced blocks of ``text`` in order (:data:`FENCED_CODE`). Blocks are found one after the
+    other, so a closing fence is never taken for the opening fence of another block."""
+    for match in FENCED_CODE.finditer(text):
+        block = match.group(0)
+        marker = block[:3]
+        inner = block[3:-3] if len(block) >= 6 and block.endswith(marker) else block[3:]
+        info, newline, body = inner.partition("\n")
+        if not newline:  # a one-line block such as ```code```: no info string
+            info, body = "", inner
+        yield FencedBlock(match.start(), match.end(), info.strip(), body)
 
 
 def first_fenced_block(text: str, languages: tuple[str, ...] = ()) -> str | None:
     """The body of the first fenced block in ``text`` whose info string is empty or one of
     ``languages`` (any info string when none are given); ``None`` when there is no such block."""
-    info = "(?:" + "|".join(re.escape(name) for name in languages) + ")?" if languages else r"[^\n]*"
-    found = [
-        match
-        for marker in FENCE_MARKERS
-        if (match := re.search(rf"{re.escape(marker)}{info}[ \t]*\n(.*?)(?:{re.escape(marker)}|\Z)", text, re.DOTALL))
-    ]
-    return min(found, key=lambda match: match.start()).group(1) if found else None
+    for block in fenced_blocks(text):
+        if not languages or block.info.lower() in ("", *languages):
+            return block.body
+    return None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions, normalize_text
 from curation.core.schema import Row
-from curation.core.texts import FENCE_LINE, TextField, text_fields, with_texts
+from curation.core.texts import TextField, fenced_blocks, text_fields, with_texts
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,13 @@ def _blocks(text: str) -> list[tuple[str, bool]]:
     """The text as (block, is_code) pieces; fenced code blocks are never edited."""
     out: list[tuple[str, bool]] = []
     pos = 0
-    fences = [m.start() for m in FENCE_LINE.finditer(text)]
-    for open_at, close_at in zip(fences[0::2], fences[1::2], strict=False):
-        end = text.find("\n", close_at)
+    for block in fenced_blocks(text):
+        if block.start < pos:  # inside the rest of the previous block's closing line
+            continue
+        end = text.find("\n", block.end)  # the closing fence's line belongs to the block
         end = len(text) if end < 0 else end + 1
-        out.append((text[pos:open_at], False))
-        out.append((text[open_at:end], True))
+        out.append((text[pos : block.start], False))
+        out.append((text[block.start : end], True))
         pos = end
     out.append((text[pos:], False))
     return [(b, code) for b, code in out if b]
