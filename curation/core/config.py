@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,4 +235,31 @@ def load_project(path: str | Path) -> ProjectConfig:
         project = ProjectConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(path, exc)) from None
-    return project.model_copy(update={"base_dir": path.parent, "file_hash": hashlib.sha256(data).hexdigest()[:16]})
+    project = project.model_copy(update={"base_dir": path.parent, "file_hash": hashlib.sha256(data).hexdigest()[:16]})
+    problems = stage_setting_problems(project)
+    if problems:
+        raise ConfigError("\n".join([f"{path}: the project file is invalid:", *(f"  - {p}" for p in problems)]))
+    return project
+
+
+def stage_setting_problems(project: ProjectConfig) -> list[str]:
+    """What the stages refuse in their sections — unknown filters or parameters, dedup steps, synthesis
+    methods and their settings — judged by the same registrations and builders the stages run, so a typo
+    fails when the file is loaded instead of halfway through a run."""
+    # Imported here, not at the top: every stage imports this module for ProjectConfig.
+    from curation.dedup.stage import plan_from_project
+    from curation.filter.chain import project_chain
+    from curation.synth.stage import SynthesisPlan
+
+    checks: list[Callable[[ProjectConfig], object]] = [
+        lambda p: plan_from_project(p.dedup),
+        project_chain,
+        SynthesisPlan.from_config,
+    ]
+    problems = []
+    for check in checks:
+        try:
+            check(project)
+        except (ValueError, TypeError) as error:
+            problems.append(str(error))
+    return problems

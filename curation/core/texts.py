@@ -32,6 +32,7 @@ CODE_SPANS = re.compile(rf"({_FENCED_BLOCK}|`[^`\n]+`)", re.DOTALL)
 """Fenced blocks and inline code spans. One capturing group, so ``CODE_SPANS.split(text)``
 alternates prose (even indices) and code (odd indices)."""
 
+
 @dataclass(frozen=True)
 class FencedBlock:
     """One fenced code block of a text: ``text[start:end]`` is the block with its fences."""

@@ -72,3 +72,28 @@ def test_missing_and_unparsable_files(tmp_path: Path) -> None:
         load_project(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_project(write(tmp_path, "sources: [unclosed"))
+
+
+def test_stage_settings_are_judged_by_their_registrations_when_the_file_loads(tmp_path: Path) -> None:
+    """A misspelt filter, dedup key or synthesis method fails at load, all named at once, instead of
+    halfway through a run after the earlier stages have done their work."""
+    path = write(
+        tmp_path,
+        MINIMAL
+        + """
+dedup:
+  near: {treshold: 0.8}
+filters:
+  lenght: {min_response_words: 2}
+synthesis:
+  methods:
+    perturbaton: {count: 5}
+""",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_project(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: the project file is invalid:")
+    assert "dedup.near: " in message and "treshold" in message
+    assert "unknown filter 'lenght'" in message
+    assert "perturbaton" in message
