@@ -10,7 +10,7 @@ from curation.audit.inspection import (
     markdown_summary,
     overview_markdown,
     overview_plot_markdown,
-    write_report,
+    write_inspection_report,
 )
 from curation.core.home import reports_dir
 from resources import WarehouseResource
@@ -35,7 +35,7 @@ def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
         inspected, missing = inspect_versions(connection)
     if missing:
         context.log.warning(f"inspection: not in the warehouse yet, skipped: {', '.join(missing)}")
-    report, pngs = write_report(reports_dir() / "inspection", inspected, data_versions)
+    report, pngs = write_inspection_report(reports_dir() / "inspection", inspected, data_versions)
     context.log.info(f"inspection report: {report}")
     metadata: dict[str, Any] = {
         "report": MetadataValue.path(str(report)),

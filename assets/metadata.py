@@ -17,8 +17,9 @@ from dagster import (
 
 from curation.core.markdown import counts_table, markdown_table
 from curation.core.schema import COLUMN_SPECS
-from curation.core.warehouse import content_hash, quote
+from curation.core.warehouse import content_hash, count_by, count_rows, sample_records, table_columns
 
+PREVIEW_COLUMNS = ("row_id", "kind", "source", "license", "origin", "messages")
 _DAGSTER_TYPES = {
     "VARCHAR": "string",
     "JSON": "json",
@@ -33,10 +34,7 @@ _DAGSTER_TYPES = {
 def table_schema(connection: duckdb.DuckDBPyConnection, table: str) -> TableSchema:
     """The table's real columns, described from the canonical spec where they are canonical."""
     descriptions = {name: description for name, _, description in COLUMN_SPECS}
-    columns = connection.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
+    columns = table_columns(connection, table)
     return TableSchema(
         columns=[
             TableColumn(
@@ -57,34 +55,13 @@ def column_lineage(parents: Sequence[str], columns: Sequence[str] | None = None)
     )
 
 
-def count_by(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> dict[str, int]:
-    rows = connection.execute(
-        f"SELECT coalesce(CAST({quote(column)} AS VARCHAR), '(null)'), count(*) FROM {quote(table)} GROUP BY 1"
-    ).fetchall()
-    return {str(key): int(count) for key, count in rows}
-
-
-def preview(
-    connection: duckdb.DuckDBPyConnection,
-    table: str,
-    limit: int = 8,
-    columns: Sequence[str] = ("row_id", "kind", "source", "license", "origin", "messages"),
-) -> str:
-    cursor = connection.execute(
-        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} USING SAMPLE reservoir({int(limit)} ROWS) "
-        "REPEATABLE (42) ORDER BY row_id"
-    )
-    names = [d[0] for d in cursor.description]
-    return markdown_table([dict(zip(names, r, strict=True)) for r in cursor.fetchall()], width=60)
-
-
 def dataset_metadata(
     connection: duckdb.DuckDBPyConnection,
     table: str,
     parents: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Row count, schema, column lineage, breakdowns and a preview for a canonical dataset table."""
-    (rows,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
+    rows = count_rows(connection, table)
     metadata: dict[str, Any] = {
         "dagster/row_count": int(rows),
         "dagster/table_name": f"warehouse.main.{table}",
@@ -99,5 +76,6 @@ def dataset_metadata(
         metadata[f"rows_by_{column}"] = MetadataValue.json(counts)
         summary.append(f"**by {column}**\n\n{counts_table(counts, column, rows)}")
     metadata["summary"] = MetadataValue.md("\n\n".join(summary))
-    metadata["preview"] = MetadataValue.md(preview(connection, table))
+    sample = sample_records(connection, table, PREVIEW_COLUMNS, limit=8)
+    metadata["preview"] = MetadataValue.md(markdown_table(sample, width=60))
     return metadata

@@ -1,6 +1,6 @@
 """Great Expectations 1.x suites inside Dagster asset checks, reusable by any asset.
 
-``dagster-ge`` pins GE < 1 and pandas < 3 (DAGSTER.md, "Checks"), so suites run here directly: an
+``dagster-ge`` pins GE < 1 and pandas < 3, so suites run here directly: an
 ephemeral GE context, a pandas datasource with a whole-dataframe batch, ``batch.validate(suite)``
 on a sample (or every row of a small table) pulled from DuckDB, and the GE statistics returned as
 check metadata. Expectations are plain :class:`Expectation` specs, resolved against

@@ -2,8 +2,7 @@
 intended use forbids, and every rejection explained. (Row conservation, filtered + rejected = input, is the
 shared `rows_conserved` check in checks/datasets.py.)"""
 
-from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
@@ -29,13 +28,13 @@ from checks.expectations import (
     suite_check,
 )
 from curation.core.config import ProjectConfig
-from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
-from curation.core.schema import KINDS, ORIGINS, all_text, iter_rows, prompt_text, response_text
+from curation.core.schema import KINDS, ORIGINS, iter_rows
 from curation.core.warehouse import read_batches
-from curation.filter.base import Cleaner, Filter
+from curation.filter.base import Filter
 from curation.filter.chain import project_chain
-from curation.filter.quality import RESPONSE_KINDS
+from curation.filter.quality import measured_sides
+from curation.filter.rechecks import license_breakdown, pii_left, pii_policy
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -76,9 +75,7 @@ def length_columns(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     them (words = whitespace split, its kinds with a response); NULL where a side does not apply."""
     records = []
     for row in rows:
-        kind = row.get("kind")
-        prompt = prompt_text(row) if kind != "text" else None
-        response = response_text(row) if kind in RESPONSE_KINDS else (row.get("text") or "") if kind == "text" else None
+        prompt, response = measured_sides(row)
         records.append(
             {
                 **{c: row.get(c) for c in REQUIRED_COLUMNS},
@@ -129,41 +126,6 @@ rejections_explained = suite_check(
 
 
 # --------------------------------------------------------------------------- PII left after redaction
-
-
-def pii_policy(cleaners: Sequence[Cleaner], filters: Sequence[Filter]) -> tuple[str, ...]:
-    """The PII types the project removes: those the `pii` cleaner redacts and the `pii` filter drops."""
-    entities: list[str] = []
-    for step in [*cleaners, *filters]:
-        if step.name == "pii":
-            entities += [e for e in getattr(step, "entities", None) or () if e not in entities]
-    return tuple(entities)
-
-
-def pii_left(
-    rows: Iterable[dict[str, Any]], entities: Collection[str], sample: int = 10
-) -> tuple[int, Counter[str], list[dict[str, Any]]]:
-    """(rows scanned, rows with a match per entity type, a few hits). Hits name the row, the type and
-    the offset but never the matched text: the check's metadata must not republish the secret."""
-    from curation.filter.pii import find_pii
-
-    scanned, per_entity, hits = 0, Counter[str](), []
-    for row in rows:
-        scanned += 1
-        matches = find_pii(all_text(row), entities)
-        for entity in dict.fromkeys(m.entity for m in matches):
-            per_entity[entity] += 1
-        if matches and len(hits) < sample:
-            hits.append(
-                {
-                    "row_id": row["row_id"],
-                    "source": row.get("source"),
-                    "entity": matches[0].entity,
-                    "offset": matches[0].start,
-                    "length": matches[0].end - matches[0].start,
-                }
-            )
-    return scanned, per_entity, hits
 
 
 class PiiScanConfig(Config):
@@ -218,22 +180,6 @@ def filtered_no_pii_left(
 
 
 # --------------------------------------------------------------------------- licences
-
-
-def license_breakdown(
-    connection: duckdb.DuckDBPyConnection, table: str, project: ProjectConfig
-) -> list[dict[str, Any]]:
-    """Rows per licence in ``table`` and whether the project's policy allows it for its intended use."""
-    from curation.core.warehouse import quote
-
-    policy = LicensePolicy.with_overrides(project.policy.licenses)
-    result = []
-    for license_id, rows in connection.execute(
-        f"SELECT license, count(*) FROM {quote(table)} GROUP BY 1 ORDER BY 2 DESC, 1"
-    ).fetchall():
-        allowed, why = policy.allows(license_id, project.policy.intended_use)
-        result.append({"license": license_id, "rows": int(rows), "allowed": allowed, "why_not": why or None})
-    return result
 
 
 def license_check(asset: str) -> AssetChecksDefinition:

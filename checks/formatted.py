@@ -10,10 +10,10 @@ from curation.core.home import exports_dir
 from curation.core.markdown import markdown_table
 from curation.format.decontam import ContaminationIndex, check_row
 from curation.format.export import MANIFEST, verify_export
+from curation.format.render_checks import stored_tokens_problem, verify_row
 from curation.format.split import split_leaks
 from curation.format.stage import load_benchmarks
 from curation.format.table import iter_formatted_rows
-from curation.format.verify import stored_tokens_problem, verify_row
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL

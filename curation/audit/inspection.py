@@ -7,7 +7,7 @@ no display needed), written next to an HTML report and returned as bytes for the
 
 Definitions (the report repeats them):
 
-* **prompt / response** text: exactly :func:`curation.core.schema.prompt_text` / ``response_text``
+* **prompt / response** text: exactly :func:`curation.core.texts.prompt_text` / ``response_text``
   (user turns joined by newlines; assistant turns, or the chosen completion of preference rows).
 * **characters** are Unicode code points; **words** are runs of non-whitespace.
 * **tokens** exist only in ``formatted`` (``n_tokens``: the whole rendered example with the
@@ -33,7 +33,7 @@ from typing import Any
 
 import duckdb
 
-from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown
+from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.schema import iter_rows
 from curation.core.warehouse import quote, read_batches, table_names
 
@@ -223,7 +223,7 @@ def crosstab(
     return out
 
 
-def split_summary(connection: duckdb.DuckDBPyConnection, by: str, table: str = MEASURES_TABLE) -> list[dict[str, Any]]:
+def group_summary(connection: duckdb.DuckDBPyConnection, by: str, table: str = MEASURES_TABLE) -> list[dict[str, Any]]:
     """One line per group: rows, median/p95 lengths, mean turns and tokens, human share."""
     rows = connection.execute(
         f"SELECT {quote(by)}, count(*), median(prompt_chars), quantile_cont(prompt_chars, 0.95), "
@@ -419,7 +419,7 @@ def inspect_version(
         for column in CATEGORIES:
             result.categories[column] = category_counts(connection, column)
         for by in SPLITS:
-            result.splits[by] = split_summary(connection, by)
+            result.splits[by] = group_summary(connection, by)
             for column in ("kind", "origin", "license"):
                 result.crosstabs[f"{column}_by_{by}"] = crosstab(connection, column, by)
         for measure in ("prompt_chars", "response_chars") + (("n_tokens",) if "n_tokens" in columns else ()):
@@ -443,15 +443,6 @@ def inspect_version(
 # --- plots ------------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in the Dagster process
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bars(ax: Any, counts: Mapping[str, int], title: str, top: int = 10) -> None:
     items = list(counts.items())[:top]
     if len(counts) > top:
@@ -464,7 +455,7 @@ def _bars(ax: Any, counts: Mapping[str, int], title: str, top: int = 10) -> None
 
 def plot_lengths(version: VersionInspection) -> bytes:
     """Histograms of prompt/response characters, tokens (formatted) or words, and turns."""
-    plt = _pyplot()
+    plt = pyplot()
     third = "n_tokens" if "n_tokens" in version.histograms else "response_words"
     panels = [
         ("prompt_chars", "prompt length (characters)"),
@@ -492,7 +483,7 @@ def plot_lengths(version: VersionInspection) -> bytes:
 
 def plot_by_source(version: VersionInspection) -> bytes:
     """Box plots (whiskers p5–p95) of prompt and response length per source, from SQL quantiles."""
-    plt = _pyplot()
+    plt = pyplot()
     measures = list(version.lengths_by_source)
     figure, axes = plt.subplots(
         1,
@@ -525,7 +516,7 @@ def plot_by_source(version: VersionInspection) -> bytes:
 
 def plot_composition(version: VersionInspection) -> bytes:
     """Bar charts: kinds, origins per source (stacked), licences, languages, teachers, task types."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(2, 3, figsize=(14, 6))
     _bars(axes[0][0], version.categories.get("kind", {}), "kind")
     ax = axes[0][1]
@@ -550,7 +541,7 @@ def plot_composition(version: VersionInspection) -> bytes:
 
 def plot_overview(versions: Sequence[VersionInspection]) -> bytes:
     """Rows of each version, stacked by origin: where rows leave the pipeline and where synthetic ones join."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, ax = plt.subplots(figsize=(7, 2.6))
     palette = {"human": "#55a868", "synthetic": "#c44e52", "augmented": "#dd8452"}
     origins = sorted({o for v in versions for o in v.categories.get("origin", {})})
@@ -720,7 +711,7 @@ def render_html(
     return "\n".join(out)
 
 
-def write_report(
+def write_inspection_report(
     out_dir: Path, versions: Iterable[VersionInspection], versions_info: Mapping[str, str] | None = None
 ) -> tuple[Path, dict[str, dict[str, bytes]]]:
     """Write ``index.html``, one PNG per plot and ``stats.json`` under ``out_dir``; return the report path

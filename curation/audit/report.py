@@ -1,4 +1,4 @@
-"""The compliance report of a dataset version (DESIGN.md §4): what is in it, under which terms, and
+"""The compliance report of a dataset version (docs/architecture.md §4): what is in it, under which terms, and
 every row that breaks the policy for the intended use, with the reason.
 
 The report answers a reviewer who signs off a training set:

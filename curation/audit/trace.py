@@ -1,4 +1,4 @@
-"""The audit of one row: its full chain back to the raw records, and where it went (DESIGN.md §4).
+"""The audit of one row: its full chain back to the raw records, and where it went (docs/architecture.md §4).
 
 The walk is generic over the warehouse's tables, so stages added later are covered without
 changes here:

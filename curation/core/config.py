@@ -19,8 +19,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticKnownEr
 from curation.core.schema import KINDS
 from curation.ingest.mappings import MAPPINGS
 
-FORMATS = ("jsonl", "json", "csv", "parquet")
-
 
 class ConfigError(ValueError):
     """The project file is invalid; the message says where and what is expected."""

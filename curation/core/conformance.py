@@ -1,4 +1,4 @@
-"""Does a dataset table hold canonical rows (DESIGN.md §3)? Each rule is one SQL count of violations."""
+"""Does a dataset table hold canonical rows (docs/architecture.md §3)? Each rule is one SQL count of violations."""
 
 from __future__ import annotations
 

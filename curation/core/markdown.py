@@ -34,10 +34,20 @@ def counts_table(counts: Mapping[str, int], key: str, total: int | None = None) 
     return markdown_table(rows)
 
 
-def figure_png(figure: Any, dpi: float | None = None) -> bytes:
-    """A matplotlib figure as PNG bytes; the figure is closed (pyplot keeps every open figure alive)."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend: no display on servers or in the Dagster process.
+    Imported on first use, so modules that only sometimes plot do not pay for matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure_png(figure: Any, dpi: float | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed (pyplot keeps every open figure alive)."""
+    plt = pyplot()
     buffer = io.BytesIO()
     try:
         figure.tight_layout()

@@ -1,5 +1,5 @@
 """Per-row provenance of synthetic and augmented rows, and the lineage edges of every derivation
-(DESIGN.md §4)."""
+(docs/architecture.md §4)."""
 
 from __future__ import annotations
 

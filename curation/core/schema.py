@@ -1,4 +1,4 @@
-"""The canonical row every dataset version shares (DESIGN.md §3).
+"""The canonical row every dataset version shares (docs/architecture.md §3).
 
 In Python a row is a plain ``dict`` with the keys of :data:`COLUMNS`; ``messages``,
 ``chosen``, ``rejected`` and ``extra`` hold Python objects (lists/dicts). In DuckDB and
@@ -111,32 +111,6 @@ def iter_rows(batches: Iterable[pa.RecordBatch]) -> Iterator[Row]:
     for batch in batches:
         for record in batch.to_pylist():
             yield decode_row(record)
-
-
-def prompt_text(row: Row) -> str:
-    """The user-side text of a row: all user turns (or the text of a text row)."""
-    if row.get("kind") == "text":
-        return row.get("text") or ""
-    return "\n".join(m.get("content") or "" for m in (row.get("messages") or []) if m.get("role") == "user")
-
-
-def response_text(row: Row) -> str:
-    """The model-side text: assistant turns, or the chosen completion of preference rows."""
-    if row.get("kind") == "preference":
-        return "\n".join(m.get("content") or "" for m in (row.get("chosen") or []))
-    return "\n".join(m.get("content") or "" for m in (row.get("messages") or []) if m.get("role") == "assistant")
-
-
-def all_text(row: Row) -> str:
-    """Every piece of human-readable content in the row, for scanning (PII, language, …)."""
-    parts: list[str] = []
-    if row.get("text"):
-        parts.append(row["text"])
-    for column in ("messages", "chosen", "rejected"):
-        for message in row.get(column) or []:
-            if message.get("content"):
-                parts.append(message["content"])
-    return "\n".join(parts)
 
 
 def utcnow() -> datetime:

@@ -1,8 +1,12 @@
 """The texts of a canonical row and the code inside them: one walker, one code-fence rule.
 
-Every stage that reads or edits a row's texts (cleaners, PII redaction, in-row repeats, language
-and quality heuristics) goes through :func:`text_fields` and :func:`with_texts`, so "which fields
-hold text" and "how an edit is written back" are decided once. Likewise every stage that must
+Every stage that reads or edits a row's texts (cleaners, PII redaction and scanning, in-row
+repeats, quality heuristics, decontamination) goes through :func:`text_fields` and
+:func:`with_texts` (or the views built on them: :func:`all_text`, :func:`prompt_text`,
+:func:`response_text`), so "which fields hold text" and "how an edit is written back" are decided
+once. Only code that needs a message's structure rather than its text — the exact-duplicate key
+(roles of empty tool-call turns) and the control-token leak check (tool-call arguments) — reads
+messages directly. Likewise every stage that must
 leave code alone (HTML and Markdown cleaners, language ID, repetition heuristics, in-row repeats,
 code extraction from a teacher's reply) recognises code with the patterns built here from
 :data:`FENCE_MARKERS`, so they agree on what counts as code.
@@ -72,6 +76,7 @@ class TextField:
     column: str
     index: int | None
     text: str
+    role: str | None = None  # the message's role; None for ``text``
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -93,7 +98,7 @@ def text_fields(row: Mapping[str, Any]) -> Iterator[TextField]:
         for index, message in enumerate(row.get(column) or []):
             content = message.get("content")
             if isinstance(content, str) and content:
-                yield TextField(column, index, content)
+                yield TextField(column, index, content, message.get("role"))
 
 
 def with_texts(row: Row, replacements: Mapping[tuple[str, int | None], str]) -> Row:
@@ -111,3 +116,22 @@ def with_texts(row: Row, replacements: Mapping[tuple[str, int | None], str]) -> 
             out[column] = list(row[column])
         out[column][index] = {**out[column][index], "content": text}
     return out
+
+
+def prompt_text(row: Row) -> str:
+    """The user-side text of a row: all user turns (or the text of a text row)."""
+    if row.get("kind") == "text":
+        return row.get("text") or ""
+    return "\n".join(m.get("content") or "" for m in (row.get("messages") or []) if m.get("role") == "user")
+
+
+def response_text(row: Row) -> str:
+    """The model-side text: assistant turns, or the chosen completion of preference rows."""
+    if row.get("kind") == "preference":
+        return "\n".join(m.get("content") or "" for m in (row.get("chosen") or []))
+    return "\n".join(m.get("content") or "" for m in (row.get("messages") or []) if m.get("role") == "assistant")
+
+
+def all_text(row: Mapping[str, Any]) -> str:
+    """Every text of the row (:func:`text_fields`) joined by newlines, for scanning (PII, blocklists, …)."""
+    return "\n".join(field.text for field in text_fields(row))

@@ -237,16 +237,42 @@ def count_rows(connection: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(count)
 
 
+def table_columns(connection: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """``(name, SQL type)`` of each column of ``table``, in table order."""
+    return [
+        (str(name), str(sql_type))
+        for name, sql_type in connection.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+    ]
+
+
+def count_by(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> dict[str, int]:
+    """Rows of ``table`` per value of ``column`` (NULL counted as ``(null)``)."""
+    rows = connection.execute(
+        f"SELECT coalesce(CAST({quote(column)} AS VARCHAR), '(null)'), count(*) FROM {quote(table)} GROUP BY 1"
+    ).fetchall()
+    return {str(key): int(count) for key, count in rows}
+
+
+def sample_records(
+    connection: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], limit: int
+) -> list[dict[str, Any]]:
+    """A seeded sample of ``limit`` rows of ``table`` (the same rows on every call), ordered by row id."""
+    cursor = connection.execute(
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} USING SAMPLE reservoir({int(limit)} ROWS) "
+        "REPEATABLE (42) ORDER BY row_id"
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
 def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
     """An order-independent hash of every row's content: the table's data version. When a row was
     ingested is not content, so re-running on the same data gives the same version."""
-    columns = [
-        r[0]
-        for r in connection.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]
-        ).fetchall()
-        if r[0] != "ingested_at"
-    ]
+    columns = [name for name, _ in table_columns(connection, table) if name != "ingested_at"]
     selected = ", ".join(quote(c) for c in columns)
     (value,) = fetch_one(connection, f"SELECT bit_xor(hash(t)) FROM (SELECT {selected} FROM {quote(table)}) AS t")
     return f"{(value or 0):016x}"

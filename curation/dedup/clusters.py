@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow as pa
 
 from curation.core.licenses import permissiveness_rank
-from curation.core.schema import Row, response_text
+from curation.core.schema import Row
+from curation.core.texts import response_text
 
 # ---------------------------------------------------------------------------------------------
 # Which row of a cluster is kept.
@@ -90,7 +91,7 @@ DEFAULT_POLICY = KeepPolicy()
 class ClusterMember:
     """One row of ``dedup_clusters``. Kept rows appear too, with ``row_id == kept_row_id``.
 
-    ``jaccard`` is the verified similarity to the kept row (1.0 for exact). With union-find a row
+    ``jaccard`` is the verified similarity to the kept row (1.0 for exact). Grouped by connected components, a row
     can join a cluster through a chain; ``matched_row_id``/``matched_jaccard`` then name the verified
     neighbour (similarity >= threshold) that linked it.
     """

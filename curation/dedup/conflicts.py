@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions, normalize_text
-from curation.core.schema import Row, prompt_text, response_text
+from curation.core.schema import Row
+from curation.core.texts import prompt_text, response_text
 from curation.dedup.clusters import DEFAULT_POLICY, ClusterMember, KeepPolicy, cluster_members
 from curation.dedup.exact import exact_key
 from curation.dedup.fields import FieldSet

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from curation.core.schema import Row, prompt_text, response_text
+from curation.core.schema import Row
+from curation.core.texts import prompt_text, response_text
 
 FieldSet = Literal["first_prompt", "prompt", "prompt_response", "conversation"]
 FIELD_SETS: tuple[str, ...] = ("first_prompt", "prompt", "prompt_response", "conversation")

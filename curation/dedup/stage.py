@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.core.config import DedupConfig
-from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown
+from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.normalize import NormalizeOptions
 from curation.core.provenance import lineage_record
 from curation.core.schema import Row, derived_id, rows_to_table
@@ -337,10 +337,7 @@ def cluster_size_histogram(sizes: Sequence[int]) -> str:
     """Cluster-size histogram as a PNG inside Markdown (the UI shows it inline)."""
     if not sizes:
         return "_no clusters_"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(5, 3))
     bin_edges = (np.arange(2, max(sizes) + 2) - 0.5).tolist()  # one bar per size, centred on it

@@ -15,8 +15,8 @@ import ftfy
 from selectolax.lexbor import LexborHTMLParser
 
 from curation.core.normalize import words
-from curation.core.schema import Row, prompt_text
-from curation.core.texts import CODE_SPANS
+from curation.core.schema import Row
+from curation.core.texts import CODE_SPANS, prompt_text
 from curation.filter.base import Cleaner, Edit
 from curation.filter.pii import REGEX_ENTITIES, redact
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from curation.core.schema import Row, prompt_text, response_text
-from curation.core.texts import CODE_SPANS
+from curation.core.schema import Row
+from curation.core.texts import CODE_SPANS, prompt_text, response_text
 from curation.filter.base import Filter, Verdict
 
 # Code (the shared fence rule), URLs, e-mail addresses and tags say nothing about the natural language

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from curation.core.licenses import INTENDED_USES, LicensePolicy
-from curation.core.schema import Row, all_text, prompt_text, response_text
+from curation.core.schema import Row
+from curation.core.texts import all_text, prompt_text, response_text
 from curation.filter.base import Filter, Verdict
 from curation.filter.pii import find_pii
 

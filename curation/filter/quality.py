@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from ftfy.badness import is_bad
 
 from curation.core.normalize import NormalizeOptions, normalize_text, words
-from curation.core.schema import Row, all_text, prompt_text, response_text
-from curation.core.texts import CODE_SPANS, text_fields
+from curation.core.schema import Row
+from curation.core.texts import CODE_SPANS, all_text, prompt_text, response_text, text_fields
 from curation.filter.base import Filter, Verdict
 
 RESPONSE_KINDS = frozenset({"sft", "chat", "preference", "reward", "tool"})
@@ -230,6 +230,15 @@ class ChatTokens(Filter):
 # ---------------------------------------------------------------------------------------------
 
 
+def measured_sides(row: Row) -> tuple[str | None, str | None]:
+    """The instruction and the response whose lengths ``length`` bounds (``None`` where a kind has no
+    such side: ``text`` rows have no instruction, ``prompt`` rows no response)."""
+    kind = row.get("kind")
+    prompt = prompt_text(row) if kind != "text" else None
+    response = _main_text(row) if kind in RESPONSE_KINDS or kind == "text" else None
+    return prompt, response
+
+
 @dataclass(frozen=True)
 class LengthBounds(Filter):
     """Instruction and response length bounds, in words (and optionally characters).
@@ -277,10 +286,10 @@ class LengthBounds(Filter):
         return None
 
     def decide(self, row: Row) -> Verdict:
-        kind = row.get("kind")
-        if kind != "text":
+        prompt, response = measured_sides(row)
+        if prompt is not None:
             found = self._check(
-                prompt_text(row),
+                prompt,
                 "instruction",
                 self.min_prompt_words,
                 self.max_prompt_words,
@@ -289,10 +298,10 @@ class LengthBounds(Filter):
             )
             if found:
                 return found
-        if kind in RESPONSE_KINDS or kind == "text":
+        if response is not None:
             return self._check(
-                _main_text(row),
-                "response" if kind != "text" else "text",
+                response,
+                "response" if row.get("kind") != "text" else "text",
                 self.min_response_words,
                 self.max_response_words,
                 self.min_response_chars,

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.core.schema import Row, all_text, derived_id, rows_to_table
+from curation.core.schema import Row, derived_id, rows_to_table
+from curation.core.texts import all_text
 from curation.core.warehouse import LINEAGE_DDL, StagedWrite, canonical_ddl, count_rows, table_rows
 from curation.filter.base import Cleaner, Edit, Filter, FilterStats, Rejection
 
@@ -84,7 +85,7 @@ def run_filters(
 
     Filters see the cleaned row; the first rejection wins, so pass them cheapest first (as
     :func:`curation.filter.chain.build_filters` returns them). With ``reid`` an edited row gets a new id
-    (:func:`derived_id`, DESIGN.md §3: derived rows get new ids) and the edge is in ``edited``.
+    (:func:`derived_id`, docs/architecture.md §3: derived rows get new ids) and the edge is in ``edited``.
     Pass ``stats`` to read counts afterwards; ``timed`` adds per-step seconds (small overhead).
     For Arrow input use ``run_filters(curation.core.schema.iter_rows(batches), ...)``.
     """

@@ -9,7 +9,7 @@ from typing import Any
 
 import duckdb
 
-from curation.core.markdown import figure_png, markdown_table, png_markdown
+from curation.core.markdown import figure_png, markdown_table, png_markdown, pyplot
 from curation.filter.base import Cleaner, Filter, FilterStats
 from curation.filter.language import LanguageFilter
 
@@ -56,10 +56,7 @@ def rejections_plot(counts: Mapping[str, int]) -> str:
     shown = {k: v for k, v in counts.items() if v}
     if not shown:
         return "_(no rejections)_"
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(shown)[::-1]  # first filter at the top
     figure, axes = plt.subplots(figsize=(6, 0.35 * len(names) + 0.9), dpi=80)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row
+from curation.core.texts import text_fields
 from curation.ingest.readers import UnreadableFile, read_objects
 
 # Exact comparison ignores everything normalisation can ignore, punctuation included.
@@ -364,16 +365,11 @@ def row_segments(row: Row, fields: Fields = "prompt") -> list[str]:
     """
     if fields not in ("prompt", "all"):
         raise ValueError(f"fields must be 'prompt' or 'all', got {fields!r}")
-    segments: list[str] = []
-    if row.get("text"):
-        segments.append(row["text"])
-    columns = ("messages",) if fields == "prompt" else ("messages", "chosen", "rejected")
-    for column in columns:
-        for message in row.get(column) or []:
-            content = message.get("content")
-            if content and (fields == "all" or message.get("role") == "user"):
-                segments.append(content)
-    return segments
+    return [
+        field.text
+        for field in text_fields(row)
+        if fields == "all" or field.column == "text" or (field.column == "messages" and field.role == "user")
+    ]
 
 
 def _strength(match: Match) -> tuple[bool, float]:

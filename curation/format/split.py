@@ -13,23 +13,10 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import xxhash
-
 from curation.core.components import smallest_member_groups
+from curation.core.hashing import stable_unit
 
 Split = Literal["train", "eval"]
-
-_TWO_64 = float(2**64)
-
-
-def stable_unit(seed: int | str, purpose: str, key: str) -> float:
-    """A uniform number in [0, 1) fixed by (seed, purpose, key).
-
-    ``purpose`` keeps independent decisions independent: the eval split and the 25% subset
-    must not pick the same rows just because they share a seed.
-    """
-    digest = xxhash.xxh3_64_intdigest(f"{seed}\x1f{purpose}\x1f{key}".encode())
-    return digest / _TWO_64
 
 
 def _stratum(row: Mapping[str, Any], stratify_by: Sequence[str]) -> tuple[str, ...]:
@@ -203,7 +190,7 @@ def split_leaks(
 
     ``row_splits`` maps a formatted row's id to ``(parent_id, split)``. Each row's ancestors are
     walked through every edge; an ancestor (or its cluster) seen from a train row and an eval row is
-    a leak: the two rows share an origin. Written as a walk, not as :func:`split_groups`' union-find,
+    a leak: the two rows share an origin. Written as a walk, not with :func:`split_groups`' connected components,
     so the check does not trust the code it checks."""
     parents: dict[str, list[str]] = defaultdict(list)
     for child, parent in edges:

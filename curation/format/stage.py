@@ -28,6 +28,7 @@ from curation.format.decontam import (
     render_report_markdown,
 )
 from curation.format.render import format_row
+from curation.format.render_checks import verify_row
 from curation.format.split import Split, assign_splits, nested_subsets, split_groups
 from curation.format.table import (
     CONTAMINATION_DDL,
@@ -38,7 +39,6 @@ from curation.format.table import (
     formatted_batch,
     formatted_record,
 )
-from curation.format.verify import verify_row
 
 if TYPE_CHECKING:
     import duckdb
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from curation.core.warehouse import StagedWrite
 
 
-class Rejection(NamedTuple):
+class FormatRejection(NamedTuple):
     """One row of ``format_rejections``."""
 
     row_id: str
@@ -77,7 +77,7 @@ class FormatResult:
     """What one run of the stage wrote, for the asset's log and metadata."""
 
     rows_in: int
-    rejections: list[Rejection]
+    rejections: list[FormatRejection]
     split_counts: dict[str, int]
     mask_sources: dict[str, int]
     tokens: TokenStats
@@ -142,7 +142,7 @@ def plan_splits(
 
 def format_and_verify(
     row: Row, tokenizer: PreTrainedTokenizerBase, settings: FormatConfig, split: str, subset: float
-) -> dict[str, Any] | Rejection:
+) -> dict[str, Any] | FormatRejection:
     """Render one (decontaminated) row and verify the rendering: its ``formatted`` record, or why not."""
     rendered, reason = format_row(
         row,
@@ -152,12 +152,12 @@ def format_and_verify(
         system_prompt=settings.system_prompt,
     )
     if rendered is None:
-        return Rejection(row["row_id"], "length" if reason.startswith("dropped") else "render", reason, None)
+        return FormatRejection(row["row_id"], "length" if reason.startswith("dropped") else "render", reason, None)
     record = formatted_record(row, rendered, split, subset)
     verification = verify_row(record, tokenizer)
     if verification.problem:
         stage, why = verification.problem
-        return Rejection(row["row_id"], stage, why, ", ".join(verification.leaked_tokens) or None)
+        return FormatRejection(row["row_id"], stage, why, ", ".join(verification.leaked_tokens) or None)
     record.update(round_trip=verification.round_trip, generation_prompt_ok=verification.generation_prompt_ok)
     return record
 
@@ -193,13 +193,13 @@ def format_rows(
     flagged: list[FlaggedRow] = []
     records: list[dict[str, Any]] = []
     edges_out: list[dict[str, str | None]] = []
-    rejections: list[Rejection] = []
+    rejections: list[FormatRejection] = []
     for row in reported(table_rows(connection, "synthetic_mixed"), report, "formatting", len(keys)):
         matches = check_row(row, index) if index else []
         if matches:
             flagged.append(FlaggedRow(row["row_id"], row["source"], tuple(matches)))
             rejections.append(
-                Rejection(
+                FormatRejection(
                     row["row_id"],
                     "decontamination",
                     "matches a benchmark item",
@@ -208,7 +208,7 @@ def format_rows(
             )
             continue
         outcome = format_and_verify(row, tokenizer, settings, splits[row["row_id"]], subsets[row["row_id"]])
-        if isinstance(outcome, Rejection):
+        if isinstance(outcome, FormatRejection):
             rejections.append(outcome)
             continue
         records.append(outcome)

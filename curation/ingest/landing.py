@@ -50,7 +50,7 @@ def changed_sources(changed: list[str]) -> list[str]:
     return sorted({key.split(":", 1)[0] for key in changed})
 
 
-def content_key(states: Mapping[str, str]) -> str:
+def files_fingerprint(states: Mapping[str, str]) -> str:
     """A short id of the landing content (paths and hashes, not mtimes)."""
     content = {key: _split(state)[1] for key, state in states.items()}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
@@ -59,4 +59,4 @@ def content_key(states: Mapping[str, str]) -> str:
 def state_key(current: Mapping[str, str], previous: Mapping[str, str] | None = None) -> str:
     """The run key of a change from ``previous`` to ``current``: the same change never starts two runs,
     while going back to an earlier content (A → B → A) is a new change and does start one."""
-    return f"{content_key(previous or {})}-{content_key(current)}"
+    return f"{files_fingerprint(previous or {})}-{files_fingerprint(current)}"

@@ -23,10 +23,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from curation.core.markdown import figure_png, markdown_table, png_markdown
+from curation.core.hashing import stable_unit
+from curation.core.markdown import figure_png, markdown_table, png_markdown, pyplot
 from curation.core.schema import COLUMNS
 from curation.core.warehouse import quote
-from curation.format.split import stable_unit
 
 
 @dataclass(frozen=True)
@@ -241,10 +241,7 @@ def format_report(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def mix_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """Grouped bars of target vs actual share per value (matplotlib, headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = [f"{r['dimension']}={r['value']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1), 3.2), dpi=90)

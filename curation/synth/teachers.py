@@ -1,4 +1,4 @@
-"""Teacher backends behind one interface (DESIGN.md §6).
+"""Teacher backends behind one interface (docs/architecture.md §6).
 
 A teacher turns chat requests into generations and says who it is (:class:`TeacherInfo`)
 so every synthetic row can record model, revision, licence and terms. Backends:

@@ -1,6 +1,6 @@
 """Model terms: the licences and usage terms of the models that wrote rows (project file ``policy.teachers``).
 
-Licences and terms propagate (DESIGN.md §4): a synthetic row carries the strictest licence of its parents
+Licences and terms propagate (docs/architecture.md §4): a synthetic row carries the strictest licence of its parents
 and its teacher, and the union of the usage restrictions (``forbids``) of its teacher and of the models
 that generated its parents. The ``synthetic`` asset applies them to every candidate, the licence-and-terms
 checks and the compliance report re-read them on the finished tables.

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from curation.core.normalize import normalize_text, words
 from curation.core.provenance import TeacherInfo
-from curation.core.schema import Row, prompt_text, response_text
+from curation.core.schema import Row
+from curation.core.texts import prompt_text, response_text
 from curation.filter.base import Rejection
 from curation.filter.quality import BrokenEncoding, Echo, EmptyFilter, LengthBounds, Refusal, Repetition
 from curation.synth.judges import PairwiseVerdict, RubricVerdict, self_judging_warning

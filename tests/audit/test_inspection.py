@@ -16,10 +16,11 @@ from curation.audit.inspection import (
     markdown_summary,
     pairwise_agreement,
     plots,
-    write_report,
+    write_inspection_report,
 )
 from curation.core.config import SourceConfig
-from curation.core.schema import new_row, prompt_text, response_text, rows_to_table, utcnow
+from curation.core.schema import new_row, rows_to_table, utcnow
+from curation.core.texts import prompt_text, response_text
 from curation.core.warehouse import canonical_ddl
 from curation.ingest.sources import Quarantined, ingest_file
 from tests.conftest import DEMO_CONFIG, SHARED_DATA
@@ -203,7 +204,7 @@ def test_plots_are_pngs_and_the_report_links_them(tmp_path: Path, oasst) -> None
     images = plots(result)
     assert set(images) == {"lengths", "by_source", "composition"}
     assert all(png.startswith(b"\x89PNG") and len(png) > 5_000 for png in images.values())
-    report, pngs = write_report(tmp_path / "report", [result], {"raw": "abc123"})
+    report, pngs = write_inspection_report(tmp_path / "report", [result], {"raw": "abc123"})
     text = report.read_text()
     for name in images:
         assert f"src='raw_{name}.png'" in text and (tmp_path / "report" / f"raw_{name}.png").exists()
@@ -291,5 +292,5 @@ def test_an_empty_version_still_gets_a_report(tmp_path: Path) -> None:
     load(connection, "filtered", [])
     result = inspect_version(connection, "filtered")
     assert result.rows == 0 and result.outliers == [] and result.languages == {}
-    report, pngs = write_report(tmp_path, [result])
+    report, pngs = write_inspection_report(tmp_path, [result])
     assert "filtered" in report.read_text() and set(pngs["filtered"]) == {"lengths", "by_source", "composition"}

@@ -395,7 +395,7 @@ def test_contradictory_language_settings_are_errors(filters: dict, message: str)
 
 
 def test_pii_hits_name_the_row_and_type_but_never_the_text() -> None:
-    from checks.filtered import pii_left
+    from curation.filter.rechecks import pii_left
 
     def row(row_id: str, answer: str) -> dict:
         return {

@@ -24,7 +24,7 @@ from curation.format.export import (
     write_export,
 )
 from curation.format.render import load_tokenizer
-from curation.format.stage import Rejection, format_and_verify
+from curation.format.stage import FormatRejection, format_and_verify
 from curation.format.table import FORMATTED_COLUMNS
 from tests.conftest import REPO
 
@@ -171,7 +171,7 @@ def build_formatted(path: Path, tokenizer, rows=INPUT_ROWS) -> dict[str, dict]:
     for row, split, max_tokens, policy in rows:
         settings = FormatConfig(tokenizer="demo/tokenizer", max_tokens=max_tokens, length_policy=policy)
         record = format_and_verify(row, tokenizer, settings, split, 0.5 if row["row_id"] == "sft1" else 1.0)
-        assert not isinstance(record, Rejection), record
+        assert not isinstance(record, FormatRejection), record
         records[row["row_id"]] = record
     connection = duckdb.connect(str(path))
     connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")

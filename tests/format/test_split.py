@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from curation.format.split import assign_splits, nested_subsets, split_summary, stable_unit, subset
+from curation.core.hashing import stable_unit
+from curation.format.split import assign_splits, nested_subsets, split_summary, subset
 
 
 def _rows(seed: int = 1) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -19,6 +19,14 @@ def test_run_then_rerun_selected_asset(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
     assert "checks:" in first.stdout and " 0 failed" in first.stdout
     assert "ingesting demo_sft" in first.stderr, "progress is shown"
+    # The README's quick start shows this run's output: it stays true (and a refactor that should not change
+    # behaviour is held to the same data versions).
+    readme = (REPO / "README.md").read_text()
+    shown = readme[
+        readme.index("asset             rows") : readme.index("checks:", readme.index("asset             rows"))
+    ]
+    printed = first.stdout[first.stdout.index("asset             rows") : first.stdout.index("checks:")]
+    assert printed.split() == shown.split(), "README's quick-start output is stale: paste this run's table"
     warehouse = home / "warehouse.duckdb"
     with duckdb.connect(str(warehouse), read_only=True) as connection:
         tables = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}

@@ -8,7 +8,7 @@ rules can answer exactly (arithmetic, unit conversions); for the other methods i
 One module per method, each registering a function with :func:`synthesis_method` together with its
 settings model (a :class:`MethodSettings` subclass). The registration is all there is: the project
 file's ``synthesis.methods`` is validated against the settings model, the method runs in its ``order``,
-and ``docs/synthesis-methods.md`` lists it (``python -m curation.synth.methods docs/synthesis-methods.md``).
+and ``docs/synthesis-methods.md`` lists it (``distillery reference``).
 Adding a method is one new module here plus its test; the package imports every module in it.
 """
 
@@ -31,7 +31,7 @@ from curation.synth.methods.registry import (
 
 
 def _import_method_modules() -> None:
-    # Modules whose name starts with "_" (``__main__``) are not methods.
+    # Modules whose name starts with "_" are private helpers, not methods.
     for module in pkgutil.iter_modules(__path__):
         if not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")

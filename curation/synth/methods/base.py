@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.core.hashing import stable_unit
 from curation.core.licenses import LicensePolicy, strictest
 from curation.core.provenance import TeacherInfo, lineage_record
 from curation.core.schema import KINDS, Row, make_row_id, new_row
-from curation.format.split import stable_unit
 from curation.synth.sandbox import SandboxLimits
 from curation.synth.teachers import Generation, GenerationParams, Teacher
 from curation.synth.terms import ModelTerms, inherited_terms

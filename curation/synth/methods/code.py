@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pydantic import Field, model_validator
 
+from curation.core.hashing import stable_unit
 from curation.core.schema import Row, make_row_id
 from curation.core.texts import first_fenced_block
-from curation.format.split import stable_unit
+from curation.ingest.readers import read_objects
 from curation.synth.code_verify import run_unit_tests
 from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, params_record, unsupported, user_turn
 from curation.synth.methods.registry import synthesis_method
@@ -58,26 +57,19 @@ class CodeSettings(MethodSettings):
         return self
 
 
-def _open_text(path: Path) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
 def load_code_problems(path: str | Path) -> list[dict[str, str]]:
-    """HumanEval-style problems ``{task_id, prompt, test, entry_point}`` from JSONL (``.gz`` read as such)."""
+    """HumanEval-style problems ``{task_id, prompt, test, entry_point}`` from a JSONL, JSON, CSV or Parquet file
+    (``.gz`` read as such), through the one reader layer."""
     path = Path(path)
     problems = []
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            missing = {"task_id", "prompt", "test", "entry_point"} - set(item)
-            if missing:
-                raise ValueError(
-                    f"{path}:{number}: code problem lacks {sorted(missing)} "
-                    "(HumanEval layout: task_id, prompt, test, entry_point)"
-                )
-            problems.append(item)
+    for number, item in read_objects(path):
+        missing = {"task_id", "prompt", "test", "entry_point"} - set(item)
+        if missing:
+            raise ValueError(
+                f"{path}, record {number}: code problem lacks {sorted(missing)} "
+                "(HumanEval layout: task_id, prompt, test, entry_point)"
+            )
+        problems.append(item)
     return problems
 
 

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from curation.core.hashing import stable_unit
 from curation.core.schema import Row, make_row_id
-from curation.format.split import stable_unit
 from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, response_rows, unsupported, user_turn
 from curation.synth.methods.registry import synthesis_method
 from curation.synth.teachers import ChatRequest, GenerationParams, perturb

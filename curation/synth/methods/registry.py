@@ -14,9 +14,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
+from curation.core.hashing import stable_unit
 from curation.core.markdown import generated_notice, markdown_table
 from curation.core.schema import Row, make_row_id
-from curation.format.split import stable_unit
 from curation.synth.methods.base import MethodSettings, SynthContext
 from curation.synth.verify import Candidate
 
@@ -115,7 +115,7 @@ def validate_methods(methods: Mapping[str, Any]) -> dict[str, MethodSettings]:
 def select_seeds(rows: Iterable[Row], methods: Mapping[str, Any], seed: int) -> list[Row]:
     """The seed rows the methods will pick, in one streaming pass: per method, the ``count`` eligible rows
     with the smallest seeded hash (what each method's own pick chooses), so memory is bounded by the
-    counts, not by the size of ``filtered`` (DESIGN.md §5)."""
+    counts, not by the size of ``filtered`` (docs/architecture.md §5)."""
     wanted = [
         (name, settings)
         for name, settings in validate_methods(methods).items()

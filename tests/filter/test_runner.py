@@ -148,7 +148,7 @@ def test_adding_a_filter_is_one_class(registry):
     }
     assert stats.seen == {"has_question_mark": 2} and stats.rejected == {"has_question_mark": 1}
     assert (
-        "(../tests/filter/test_filtering.py) | off | 0.01 | `marker` = `'?'` | Prompts that are not questions. |"
+        "(../tests/filter/test_runner.py) | off | 0.01 | `marker` = `'?'` | Prompts that are not questions. |"
         in reference_markdown()
     )
 
