@@ -61,6 +61,24 @@ class SourceConfig(_Strict):
             raise PydanticKnownError("literal_error", {"expected": expected})
         return name
 
+    @field_validator("fields")
+    @classmethod
+    def _fields_are_the_mappings(
+        cls, fields: dict[str, str | list[str]], info: ValidationInfo
+    ) -> dict[str, str | list[str]]:
+        name = info.data.get("mapping")
+        if name is None:  # the mapping itself is invalid and already reported
+            return fields
+        declared = MAPPINGS[name].fields
+        unknown = sorted(set(fields) - set(declared))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
+                f"mapping {name!r}, which reads {', '.join(map(repr, declared))} (keys are the mapping's field "
+                "names; values are your file's)"
+            )
+        return fields
+
     @field_validator("options")
     @classmethod
     def _options_fit_the_mapping(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:

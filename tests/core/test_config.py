@@ -97,3 +97,12 @@ synthesis:
     assert "dedup.near: " in message and "treshold" in message
     assert "unknown filter 'lenght'" in message
     assert "perturbaton" in message
+
+
+def test_a_misspelt_field_rename_is_an_error_naming_the_mappings_fields(tmp_path: Path) -> None:
+    """`fields` renames a mapping's fields; a key the mapping does not read would be silently ignored."""
+    path = write(tmp_path, MINIMAL.replace("mapping: alpaca", "mapping: alpaca\n    fields: {instrution: question}"))
+    with pytest.raises(ConfigError) as raised:
+        load_project(path)
+    assert "sources.0.fields: Value error, 'instrution' is not a field of mapping 'alpaca'" in str(raised.value)
+    assert "'instruction', 'output', 'system'" in str(raised.value)
