@@ -187,7 +187,8 @@ def cluster_members(
 
 def with_license_note(row: Row, members: Sequence[ClusterMember], rows_by_id: Mapping[str, Row]) -> Row:
     """The kept row with the licences of the rows it absorbed listed in ``extra.dedup_sources``
-    (so a merged row keeps both provenances on the row itself, not only in dedup_clusters)."""
+    (so a merged row keeps both provenances on the row itself, not only in dedup_clusters). ``members`` may
+    be all cluster members or just those absorbed by this row."""
     absorbed = [rows_by_id[m.row_id] for m in members if m.removed and m.kept_row_id == row["row_id"]]
     if not absorbed:
         return row

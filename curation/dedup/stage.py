@@ -6,7 +6,7 @@ to write and the figures to report out."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,15 +197,22 @@ def published_rows(result: DedupResult, rows_by_id: Mapping[str, Row]) -> tuple[
     """The kept rows as ``deduped`` stores them, and their lineage edges. A kept row lists the
     licences of the copies it absorbed (:func:`with_license_note`); a row whose text was edited gets
     a derived id, and its edge says what was removed and where."""
-    edited = {e.row_id for e in result.removed_texts}
+    # Grouped once, in their original order, so each kept row looks up its own (not a scan per row).
+    removed_by_row: dict[str, list[RemovedText]] = defaultdict(list)
+    for removal in result.removed_texts:
+        removed_by_row[removal.row_id].append(removal)
+    absorbed_by_kept: dict[str, list[ClusterMember]] = defaultdict(list)
+    for member in result.members:
+        if member.removed:
+            absorbed_by_kept[member.kept_row_id].append(member)
     kept: list[Row] = []
     edges: list[dict[str, Any]] = []
     for row in result.kept:
-        row = with_license_note(row, result.members, rows_by_id)
-        if row["row_id"] in edited:  # text changed: a new id, and the edge says what was removed
+        row = with_license_note(row, absorbed_by_kept.get(row["row_id"], ()), rows_by_id)
+        removed = removed_by_row.get(row["row_id"])
+        if removed:  # text changed: a new id, and the edge says what was removed
             parent = row["row_id"]
             row = {**row, "row_id": derived_id(row, parent)}
-            removed = [e for e in result.removed_texts if e.row_id == parent]
             edges.append(
                 lineage_record(
                     row["row_id"],
