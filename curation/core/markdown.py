@@ -14,6 +14,11 @@ def _cell(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def table_cell(text: str) -> str:
+    """``text`` safe inside one cell of a Markdown table: pipes escaped, on one line."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, width: int = 80) -> str:
     """Rows as a Markdown table; long cells are shortened to ``width`` characters."""
     if not rows:

@@ -38,7 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from curation.core.markdown import REGENERATE_REFERENCES, generated_notice
+from curation.core.markdown import REGENERATE_REFERENCES, generated_notice, table_cell
 from curation.core.schema import Row
 from curation.core.texts import text_fields, with_texts
 
@@ -278,10 +278,6 @@ def _name_and_source(name: str, cls: type) -> str:
     return f"`{name}`<br>[`{module.rsplit('.', 1)[-1]}.{cls.__qualname__}`](../{module.replace('.', '/')}.py)"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def reference_markdown() -> str:
     """docs/filters.md: every registered filter and cleaner with its default, cost, parameters and purpose."""
     lines = [
@@ -306,8 +302,8 @@ def reference_markdown() -> str:
     for name, filter_class in sorted(FILTERS.items(), key=lambda item: (item[1].cost, item[0])):
         lines.append(
             f"| {_name_and_source(name, filter_class)} | {'on' if filter_class.default else 'off'} | "
-            f"{filter_class.cost:g} | {_cell(_parameters(filter_class))} | "
-            f"{_cell(_first_line(filter_class))} |"
+            f"{filter_class.cost:g} | {table_cell(_parameters(filter_class))} | "
+            f"{table_cell(_first_line(filter_class))} |"
         )
     lines += [
         "",
@@ -322,7 +318,7 @@ def reference_markdown() -> str:
         cleaner_class = CLEANERS[name]
         lines.append(
             f"| {_name_and_source(name, cleaner_class)} | {'on' if cleaner_class.default else 'off'} | "
-            f"{_cell(_parameters(cleaner_class))} | {_cell(_first_line(cleaner_class))} |"
+            f"{table_cell(_parameters(cleaner_class))} | {table_cell(_first_line(cleaner_class))} |"
         )
     return "\n".join(lines) + "\n"
 

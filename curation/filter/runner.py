@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.core.markdown import table_cell
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.core.schema import Row, derived_id, rows_to_table
@@ -221,10 +222,6 @@ def preview(
     return Preview(stats, rejected_examples, edit_examples)
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def stats_markdown(stats: FilterStats) -> str:
     """A Markdown table of per-step counts (asset metadata, reports)."""
     kept_pct = 100.0 * stats.rows_kept / stats.rows_in if stats.rows_in else 0.0
@@ -253,10 +250,12 @@ def preview_markdown(result: Preview) -> str:
         for name, items in result.rejected_examples.items():
             for row_id, rej, text in items:
                 value = "" if rej.value is None else _snippet(str(rej.value), 40)
-                parts.append(f"| {name} | `{row_id}` | {_md(rej.reason)} | {_md(value)} | {_md(text)} |")
+                parts.append(
+                    f"| {name} | `{row_id}` | {table_cell(rej.reason)} | {table_cell(value)} | {table_cell(text)} |"
+                )
     if result.edit_examples:
         parts += ["", "### Would be edited", "", "| cleaner | row_id | where | change |", "|---|---|---|---|"]
         for name, edits in result.edit_examples.items():
             for row_id, edit in edits:
-                parts.append(f"| {name} | `{row_id}` | {edit.where} | {_md(edit.description)} |")
+                parts.append(f"| {name} | `{row_id}` | {edit.where} | {table_cell(edit.description)} |")
     return "\n".join(parts)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from curation.core.markdown import table_cell
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row
 from curation.core.texts import text_fields
@@ -458,7 +459,7 @@ def render_report_markdown(report: Mapping[str, Mapping[str, Any]]) -> str:
         if entry["examples"]:
             lines += ["", f"**{name}** examples:", ""]
             for ex in entry["examples"]:
-                overlap = str(ex["overlap"]).replace("|", "\\|").replace("\n", " ")
+                overlap = table_cell(str(ex["overlap"]))
                 lines.append(
                     f"- row `{ex['row_id']}` ↔ item `{ex['item_id']}` ({ex['kind']}, "
                     f"ratio {ex['ratio']:.2f}): {overlap}"

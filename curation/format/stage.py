@@ -9,6 +9,7 @@ with its split and subset, and a lineage edge to its input row.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -92,10 +93,7 @@ class FormatResult:
     @property
     def rejected_by_stage(self) -> dict[str, int]:
         """Rejections per stage, stages in the order they first rejected a row."""
-        by_stage: dict[str, int] = {}
-        for rejection in self.rejections:
-            by_stage[rejection.stage] = by_stage.get(rejection.stage, 0) + 1
-        return by_stage
+        return dict(Counter(rejection.stage for rejection in self.rejections))
 
     def summary(self) -> str:
         return f"formatted: {self.rows_out} rows, {len(self.rejections)} rejected {self.rejected_by_stage}"

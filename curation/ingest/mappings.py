@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
-from curation.core.markdown import generated_notice
+from curation.core.markdown import generated_notice, table_cell
 from curation.core.schema import KINDS, Message
 
 
@@ -648,10 +648,6 @@ def map_reward(fields: FieldReader, options: NoOptions) -> list[Mapped]:
 # --------------------------------------------------------------------------------------------
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def _field_keys(keys: FieldKeys) -> str:
     return " + ".join(f"`{k}`" for k in ([keys] if isinstance(keys, str) else keys))
 
@@ -700,5 +696,7 @@ def mappings_reference() -> str:
         )
         options = "<br>".join(_option_line(name, info) for name, info in spec.options.model_fields.items()) or "—"
         kinds = ", ".join(f"`{kind}`" for kind in spec.kinds)
-        lines.append(f"| `{spec.name}` | {_cell(spec.doc)} | {_cell(fields)} | {_cell(options)} | {kinds} |")
+        lines.append(
+            f"| `{spec.name}` | {table_cell(spec.doc)} | {table_cell(fields)} | {table_cell(options)} | {kinds} |"
+        )
     return "\n".join(lines) + "\n"
