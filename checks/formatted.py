@@ -12,7 +12,7 @@ from curation.format.decontam import ContaminationIndex, check_row
 from curation.format.export import MANIFEST, verify_export
 from curation.format.render_checks import stored_tokens_problem, verify_row
 from curation.format.split import split_leaks
-from curation.format.stage import load_benchmarks
+from curation.format.stage import load_benchmarks, split_links
 from curation.format.table import iter_formatted_rows
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
@@ -129,13 +129,7 @@ def formatted_splits_disjoint(context: AssetCheckExecutionContext, warehouse: Wa
             row_id: (parent, split)
             for row_id, parent, split in connection.execute("SELECT row_id, parent_id, split FROM formatted").fetchall()
         }
-        edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset <> 'formatted'").fetchall()
-        has_clusters = connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dedup_clusters'"
-        ).fetchone()[0]
-        clusters = (
-            dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall()) if has_clusters else {}
-        )
+        edges, clusters = split_links(connection)
     leaks = split_leaks(rows, edges, clusters)
     splits = Counter(split for _, split in rows.values())
     return AssetCheckResult(

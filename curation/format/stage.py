@@ -116,17 +116,24 @@ def load_benchmarks(config: ProjectConfig) -> list[BenchmarkItem]:
     ]
 
 
-def plan_splits(
-    connection: duckdb.DuckDBPyConnection, keys: list[tuple[str, str, str]], settings: FormatConfig
-) -> tuple[dict[str, Split], dict[str, float]]:
-    """Split and smallest nested subset per input row (``keys``: row_id, kind, source). Rows joined by
-    lineage (from any earlier asset) or by a near-duplicate cluster share a split."""
+def split_links(connection: duckdb.DuckDBPyConnection) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """What ties rows together across the split: lineage edges ``(child, parent)`` of every asset before
+    ``formatted``, and each row's near-duplicate cluster (none before ``deduped`` has run)."""
     edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset <> 'formatted'").fetchall()
     clusters = (
         dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall())
         if "dedup_clusters" in table_names(connection)
         else {}
     )
+    return edges, clusters
+
+
+def plan_splits(
+    connection: duckdb.DuckDBPyConnection, keys: list[tuple[str, str, str]], settings: FormatConfig
+) -> tuple[dict[str, Split], dict[str, float]]:
+    """Split and smallest nested subset per input row (``keys``: row_id, kind, source). Rows joined by
+    lineage (from any earlier asset) or by a near-duplicate cluster share a split."""
+    edges, clusters = split_links(connection)
     groups = split_groups([k[0] for k in keys], edges, clusters)
     splits = assign_splits(
         [{"row_id": r, "kind": k, "source": s} for r, k, s in keys],
