@@ -182,6 +182,16 @@ class PolicyConfig(_Strict):
     teachers: dict[str, TeacherTerms] = Field(default_factory=dict)
 
 
+class ComputeConfig(_Strict):
+    """Where the row-wise work runs (cleaners and filters, PII, rendering and token counts, MinHash)."""
+
+    workers: int | None = Field(
+        default=None,
+        gt=0,
+        description="Worker processes for row-wise work; all cores by default. Output is the same for any count.",
+    )
+
+
 class ProjectConfig(_Strict):
     name: str = "distillery"
     sources: list[SourceConfig] = Field(min_length=1)
@@ -192,6 +202,7 @@ class ProjectConfig(_Strict):
     mix: MixConfig = Field(default_factory=MixConfig)
     format: FormatConfig
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     # Set by load_project, not by the file.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import duckdb
@@ -120,8 +120,36 @@ def dedup_rows(
         rows = survivors(rows, stage)
     stage = same_prompt_conflicts(rows, plan.conflicts, plan.policy)
     members.extend(stage)
-    result.kept, result.members = survivors(rows, stage), members
+    result.kept, result.members = survivors(rows, stage), resolve_kept_rows(members)
     return result
+
+
+def resolve_kept_rows(members: Sequence[ClusterMember]) -> list[ClusterMember]:
+    """Point every member at the row that finally holds its content. A later step may remove the row an
+    earlier step kept (an exact cluster's kept row that is itself a near copy of another row); its absorbed
+    copies then follow it to that row, so ``kept_row_id`` always names a row in ``deduped`` (or its cleaned
+    copy). ``matched_row_id`` still names the row each was actually compared with."""
+    removed_into = {m.row_id: m.kept_row_id for m in members if m.removed}
+
+    def final(row_id: str) -> str:
+        chain = []
+        while row_id in removed_into:
+            chain.append(row_id)
+            row_id = removed_into[row_id]
+        for hop in chain:  # path compression: each chain is walked once
+            removed_into[hop] = row_id
+        return row_id
+
+    out = []
+    for member in members:
+        target = final(member.kept_row_id)
+        if member.kept_row_id != target:
+            # A kept row that lost later is listed again (removed) by that step, so its own kept entry goes.
+            if not member.removed:
+                continue
+            member = replace(member, kept_row_id=target)
+        out.append(member)
+    return out
 
 
 def plan_from_project(settings: DedupConfig) -> DedupPlan:
