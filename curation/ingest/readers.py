@@ -5,7 +5,8 @@ quarantines the records that come back with an ``error``; files that must be rea
 (decontamination benchmarks, evaluation sets) go through :func:`read_objects`, which stops at the
 first such record instead.
 
-Reading is streaming for JSONL, CSV and Parquet. Bytes that are not UTF-8 are decoded with
+Reading is streaming: memory follows the largest record, not the file (a JSON file holding one object
+rather than an array is that one record). Bytes that are not UTF-8 are decoded with
 ``surrogateescape`` so that one bad byte costs one record (reported as undecodable), not the
 file. A JSON array that is truncated keeps every element before the damage. Gzip is recognised by
 its magic bytes, whatever the file is called.
@@ -13,11 +14,13 @@ its magic bytes, whatever the file is called.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +106,20 @@ def _first_undecodable(text: str) -> int | None:
 
 def _text_error(text: str, max_bytes: int | None) -> str | None:
     """Why a record's raw text cannot be used: over the size limit (None: no limit) or not UTF-8."""
+    try:
+        # Raw text holds surrogates only where bytes were not UTF-8, so a strict encode that succeeds
+        # settles both questions at C speed; scanning every character in Python dominated reading.
+        clean_size: int | None = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        clean_size = None
     if max_bytes is not None:
-        size = len(text.encode("utf-8", "surrogateescape"))
+        size = clean_size if clean_size is not None else len(text.encode("utf-8", "surrogateescape"))
         if size > max_bytes:
             return (
                 f"oversized record: {size} bytes, over ingest.max_record_bytes={max_bytes} "
                 "(raise the limit in the project file if such records are expected)"
             )
-    bad = _first_undecodable(text)
+    bad = None if clean_size is not None else _first_undecodable(text)
     if bad is not None:
         return f"undecodable bytes: not valid UTF-8 at character {bad + 1} of the record (re-encode the file as UTF-8)"
     return None
@@ -147,51 +156,81 @@ def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Ite
             yield Record(record_no, line_no, text, value, error)
 
 
+_CHUNK_BYTES = 1 << 20
+"""Bytes read at a time from a JSON array (more while one element is larger than what is pending)."""
+_LOOKAHEAD = 32
+"""Characters past where the JSON decoder stops that it may have looked at (a number's exponent, the
+hex digits of ``\\uXXXX``, ``-Infinity``): with fewer than this left in the window the outcome might
+still change with the text that follows, so the window is refilled and the element decoded again."""
+_TAIL_LIMIT = 1 << 20
+"""Characters kept as the raw text of what follows a fatal error or the closing ']' (the text that
+follows can be most of a large file)."""
+# \s is exactly str.isspace(), the whitespace that str.strip() removes.
+_NON_SPACE = re.compile(r"\S")
+_NON_SEPARATOR = re.compile(r"[^\s,]")
+
+
 def read_json(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
-    """A JSON array of objects (or one object). Elements are decoded one by one, so a truncated
-    file yields every element before the damage and one unreadable record for the rest."""
+    """A JSON array of objects (or one object). Elements are decoded one by one from a window that slides
+    over the file, so memory follows the largest element, and a truncated file yields every element
+    before the damage and one unreadable record for the rest."""
     with open_binary(path, skip_bom) as handle:
-        text = handle.read().decode("utf-8", "surrogateescape")
+        window = _Window(handle)
+        position = window.skip(_NON_SPACE, 0, keep_text=True)
+        if not window.text.startswith("[", position):
+            yield from _single_json(window.read_to_end(), max_bytes)
+            return
+        yield from _array_elements(window, position + 1, max_bytes)
+
+
+def _array_elements(window: _Window, position: int, max_bytes: int | None) -> Iterator[Record]:
     decoder = json.JSONDecoder()
-    position = len(text) - len(text.lstrip())
-    if not text.startswith("[", position):
-        yield from _single_json(text, max_bytes)
-        return
-    lines = _LineCounter(text)
-    position += 1
     record_no = 0
     while True:
-        position = _skip_separators(text, position)
-        if position >= len(text):
+        position = window.skip(_NON_SEPARATOR, position)
+        if position >= len(window.text):
             record_no += 1
             yield Record(
                 record_no,
-                lines.at(position),
+                window.line_at(position),
                 "",
                 error="truncated JSON: the file ends before the closing ']' (was it cut off?)",
             )
             return
-        if text[position] == "]":
-            trailing = text[position + 1 :].strip()
+        if window.text[position] == "]":
+            line_no = window.line_at(position)
+            trailing, cut = window.tail(position + 1, strip=True)
             if trailing:
                 record_no += 1
-                yield Record(record_no, lines.at(position), trailing, error="unexpected text after the closing ']'")
+                reason = "unexpected text after the closing ']'" + _cut_note(cut)
+                yield Record(record_no, line_no, trailing, error=reason)
             return
         record_no += 1
-        line_no = lines.at(position)
-        try:
-            value, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as exc:
-            rest = text[position:]
-            yield Record(
-                record_no,
-                line_no,
-                rest,
-                error=f"invalid or truncated JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-                f"the rest of the file from here could not be read",
-            )
-            return
-        raw = text[position:end]
+        line_no = window.line_at(position)
+        while True:
+            try:
+                value, end = decoder.raw_decode(window.text, position)
+            except json.JSONDecodeError as exc:
+                # The failure is the file's own unless the decoder may have run into the end of the window:
+                # near that end, or anywhere for an unterminated string (reported where the string starts).
+                settled = exc.pos + _LOOKAHEAD <= len(window.text) and not exc.msg.startswith("Unterminated string")
+                if settled or window.eof:
+                    where = f"line {window.line_at(exc.pos)} column {window.column(exc.pos)}"
+                    rest, cut = window.tail(position, strip=False)
+                    yield Record(
+                        record_no,
+                        line_no,
+                        rest,
+                        error=f"invalid or truncated JSON at {where}: {exc.msg}; "
+                        f"the rest of the file from here could not be read{_cut_note(cut)}",
+                    )
+                    return
+            else:
+                if end + _LOOKAHEAD <= len(window.text) or window.eof:
+                    break
+            # Reading at least as much as is pending keeps a large element linear, not quadratic.
+            position = window.refill(position, len(window.text) - position)
+        raw = window.text[position:end]
         error = _text_error(raw, max_bytes)
         if error is None and not isinstance(value, dict):
             error = f"expected a JSON object per record, got {type(value).__name__}"
@@ -199,25 +238,88 @@ def read_json(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iter
         position = end
 
 
-class _LineCounter:
-    """1-based line number of a position in a text, counting only the newlines not yet counted (positions
-    only grow while an array is read, so a file costs one pass instead of one pass per element)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.position = 0
-        self.line = 1
-
-    def at(self, position: int) -> int:
-        self.line += self.text.count("\n", self.position, position)
-        self.position = position
-        return self.line
+def _cut_note(cut: bool) -> str:
+    return f" (the raw text keeps its first {_TAIL_LIMIT} characters)" if cut else ""
 
 
-def _skip_separators(text: str, position: int) -> int:
-    while position < len(text) and (text[position].isspace() or text[position] == ","):
-        position += 1
-    return position
+class _Window:
+    """The decoded text of a file read forward chunk by chunk: ``text`` holds only what has not been let
+    go of, and positions are indexes into it. Lines and columns are those of the whole file."""
+
+    def __init__(self, handle: gzip.GzipFile | io.BufferedReader) -> None:
+        self._handle = handle
+        # Incremental, so that a character split between two chunks decodes as if read whole.
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.text = ""
+        self.eof = False
+        self._offset = 0  # where text[0] is in the whole file's text
+        self._last_newline = -1  # where, in the whole file's text, the last newline before text[0] is
+        self._line = 1  # the line of text[self._counted]
+        self._counted = 0
+
+    def refill(self, keep: int, size: int = 0) -> int:
+        """Let go of the text before ``keep`` and read more bytes: ``size`` of them when that is more than
+        ``_CHUNK_BYTES``, else what one read brings (up to that); returns where ``keep`` is now."""
+        if keep > self._counted:
+            self.line_at(keep)
+        self._counted -= keep
+        newline = self.text.rfind("\n", 0, keep)
+        if newline >= 0:
+            self._last_newline = self._offset + newline
+        self._offset += keep
+        # One read, not as many as fill the chunk: a truncated gzip raises on the read that meets the cut and
+        # what came before it is lost, so small reads let the records before the cut through.
+        data = self._handle.read(size) if size > _CHUNK_BYTES else self._handle.read1(_CHUNK_BYTES)
+        self.eof = not data
+        self.text = self.text[keep:] + self._decoder.decode(data, final=self.eof)
+        return 0
+
+    def read_to_end(self) -> str:
+        """The text from ``text[0]`` to the end of the file."""
+        if not self.eof:
+            self.text += self._decoder.decode(self._handle.read(), final=True)
+            self.eof = True
+        return self.text
+
+    def skip(self, stop: re.Pattern[str], position: int, keep_text: bool = False) -> int:
+        """The first position from ``position`` on where ``stop`` matches, or the end of the text at the end
+        of the file; ``keep_text``: let go of nothing on the way."""
+        while True:
+            found = stop.search(self.text, position)
+            if found:
+                return found.start()
+            if self.eof:
+                return len(self.text)
+            position = len(self.text)
+            if keep_text:
+                self.refill(0)
+            else:
+                position = self.refill(position)
+
+    def line_at(self, position: int) -> int:
+        """The line of a position; positions asked for only grow, so the file's newlines are counted once."""
+        self._line += self.text.count("\n", self._counted, position)
+        self._counted = position
+        return self._line
+
+    def column(self, position: int) -> int:
+        """The 1-based column of a position, as :class:`json.JSONDecodeError` counts it in the whole text."""
+        newline = self.text.rfind("\n", 0, position)
+        return position - newline if newline >= 0 else self._offset + position - self._last_newline
+
+    def tail(self, position: int, strip: bool) -> tuple[str, bool]:
+        """The text from ``position`` to the end of the file (``strip``: without the surrounding whitespace),
+        cut to ``_TAIL_LIMIT`` characters, and whether it was cut."""
+        if strip:
+            position = self.skip(_NON_SPACE, position)
+        while len(self.text) - position <= _TAIL_LIMIT and not self.eof:
+            position = self.refill(position)
+        kept = self.text[position : position + _TAIL_LIMIT]
+        if len(self.text) - position > _TAIL_LIMIT and (
+            not strip or self.skip(_NON_SPACE, position + _TAIL_LIMIT) < len(self.text)
+        ):
+            return kept, True
+        return (kept.rstrip() if strip else kept), False
 
 
 def _single_json(text: str, max_bytes: int | None) -> Iterator[Record]:
