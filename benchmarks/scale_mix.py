@@ -239,7 +239,8 @@ def build_mix(directory: Path, rows: int, seed: int = 0) -> MixInfo:
                 for index in range(MALFORMED_PER_FILE):
                     handle.write('{"instruction": "truncated record ' + str(index) + "\n")
             malformed += MALFORMED_PER_FILE
-        sources.append({"name": path.stem, "path": item.name, "mapping": item.mapping, "license": item.license, **item.extra})
+        source = {"name": path.stem, "path": item.name, "mapping": item.mapping, "license": item.license}
+        sources.append(source | item.extra)
     _write_project(directory, sources)
     info = MixInfo(
         rows=sum(len(f.records) for f in [*files.values(), *mirrors.values()]),

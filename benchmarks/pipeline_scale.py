@@ -1,0 +1,297 @@
+"""The whole pipeline at scale, run the way a user runs it: ``distillery run`` in a subprocess.
+
+For each size the mix of :mod:`benchmarks.scale_mix` (SFT, chat and preference rows from the shared
+datasets, ~10% exact and ~5% near duplicates with known pairs, several licences, human and
+model-generated rows, a few malformed records) is built once and cached under ``--workdir``, then:
+
+* the first run, raw → formatted and every check: wall seconds, peak RSS of the whole process tree
+  (sampled from /proc every 0.2 s), warehouse size, and per step seconds and rows/s read from the
+  Dagster event log; checks' share of the step time;
+* the output verified: every record is a raw row or a quarantine entry, every known exact pair and
+  (reported as a rate) every known near pair collapsed to one row, all checks passed;
+* a re-run on unchanged input and a re-run after appending 1% new rows, as shares of the first run;
+* on the largest size, ``audit`` of sampled rows in-process (ms per row) and as a command, and
+  ``report`` as a command.
+
+Ratios are against baselines measured in the same run (the smaller size, the first run); nothing here
+is a timed test. Results are printed as Markdown and written to ``<workdir>/results.json``.
+
+    .venv/bin/python -m benchmarks.pipeline_scale                          # 250k, 500k, 1M
+    .venv/bin/python -m benchmarks.pipeline_scale --rows 20000 50000       # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psutil
+
+from benchmarks.scale_mix import REPO, build_mix
+
+CHECK_SEPARATOR = "_"
+
+
+@dataclass
+class RunFigures:
+    wall_s: float
+    peak_rss_mib: float
+    returncode: int
+    steps: dict[str, float] = field(default_factory=dict)  # step key -> seconds
+    output_tail: str = ""
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a step process may exit between listing and reading
+            total += member.memory_info().rss
+    return total
+
+
+def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
+    """Run a command, sampling the RSS of its whole process tree (Dagster runs each step in a child)."""
+    start = time.perf_counter()
+    popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
+    reader.start()
+    process = psutil.Process(popen.pid)
+    while popen.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, _tree_rss(process))
+        time.sleep(0.2)
+    reader.join()
+    wall = time.perf_counter() - start
+    return RunFigures(wall, peak / 2**20, popen.returncode, output_tail="".join(output)[-3000:])
+
+
+def _environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
+    return env | {"DISTILLERY_HOME": str(home)}
+
+
+def distillery(*args: str, home: Path) -> RunFigures:
+    return run_command([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], _environment(home))
+
+
+def step_seconds(home: Path) -> dict[str, float]:
+    """Seconds of each step of the home's latest run, from the Dagster event log."""
+    code = (
+        "import json, sys\n"
+        "from dagster import DagsterEventType, DagsterInstance\n"
+        "instance = DagsterInstance.get()\n"
+        "run = instance.get_runs(limit=1)[0]\n"
+        "start, seconds = {}, {}\n"
+        "for record in instance.all_logs(run.run_id):\n"
+        "    event = record.dagster_event\n"
+        "    if event is None: continue\n"
+        "    if event.event_type == DagsterEventType.STEP_START: start[event.step_key] = record.timestamp\n"
+        "    elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):\n"
+        "        seconds[event.step_key] = record.timestamp - start[event.step_key]\n"
+        "print(json.dumps(seconds))\n"
+    )
+    env = _environment(home) | {"DAGSTER_HOME": str(home / "dagster")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout)
+
+
+def asset_names() -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", "from definitions import ASSETS\nfor a in ASSETS: print(a.key.to_user_string())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    return set(out.stdout.split())
+
+
+def verify(home: Path, mix: Path) -> dict[str, Any]:
+    """Rows conserved, known duplicate pairs collapsed, from the warehouse itself."""
+    info = json.loads((mix / "duplicates.json").read_text("utf-8"))
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        (raw_rows,) = connection.execute("SELECT count(*) FROM raw").fetchone() or (0,)
+        (quarantined,) = connection.execute("SELECT count(*) FROM quarantine").fetchone() or (0,)
+
+        def collapsed(pairs: list[list[Any]]) -> float:
+            if not pairs:
+                return 1.0
+            connection.execute("CREATE OR REPLACE TEMP TABLE pairs (a VARCHAR, b VARCHAR)")
+            connection.executemany(
+                "INSERT INTO pairs VALUES (?, ?)", [(f"{a}#{i}", f"{b}#{j}") for a, i, b, j in pairs]
+            )
+            (together,) = connection.execute(
+                "SELECT count(*) FROM pairs p JOIN raw ra ON ra.source_uri = p.a JOIN raw rb ON rb.source_uri = p.b "
+                "WHERE NOT EXISTS "
+                "(SELECT 1 FROM dedup_clusters c WHERE c.removed AND c.row_id IN (ra.row_id, rb.row_id))"
+            ).fetchone() or (0,)
+            return 1 - together / len(pairs)
+
+        return {
+            "records": info["records"],
+            "raw_rows": raw_rows,
+            "quarantined": quarantined,
+            "conserved": raw_rows + quarantined == info["records"],
+            "exact_pairs_collapsed": collapsed(info["exact_pairs"]),
+            "near_pairs_collapsed": collapsed(info["near_pairs"]),
+        }
+
+
+def append_rows(mix: Path, share: float, seed: int) -> int:
+    """Append ``share`` new rows (another seed's records) to the mix's SFT file; returns how many."""
+    fresh = mix.parent / f"{mix.name}-append"
+    records = [line for line in (mix / "sft_alpaca.jsonl").read_text("utf-8").splitlines() if line.startswith("{")]
+    count = max(1, int(len(records) / 0.4 * share))  # the SFT file holds ~40% of the rows
+    build_mix(fresh, count * 3, seed=seed + 1)
+    new = [line for line in (fresh / "sft_alpaca.jsonl").read_text("utf-8").splitlines() if line.endswith("}")]
+    with (mix / "sft_alpaca.jsonl").open("a", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in new[:count])
+    shutil.rmtree(fresh)
+    return min(count, len(new))
+
+
+def time_audits(home: Path, samples: int = 20) -> dict[str, float]:
+    """ms per ``audit_row`` in-process (a warm connection, as the UI or a notebook holds one) and seconds
+    of ``distillery audit`` as a command."""
+    from curation.audit.trace import audit_row
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        (total,) = connection.execute("SELECT count(*) FROM formatted").fetchone() or (0,)
+        rng = random.Random(0)
+        offsets = sorted(rng.randrange(total) for _ in range(samples))
+        ids = [connection.execute("SELECT row_id FROM formatted LIMIT 1 OFFSET ?", [o]).fetchone()[0] for o in offsets]
+        audit_row(connection, ids[0])  # first call pays for table discovery and caches
+        timings = []
+        for row_id in ids:
+            start = time.perf_counter()
+            audit_row(connection, row_id)
+            timings.append((time.perf_counter() - start) * 1000)
+    command = distillery("audit", ids[0], home=home)
+    return {
+        "audit_ms_median": statistics.median(timings),
+        "audit_ms_max": max(timings),
+        "audit_command_s": command.wall_s,
+    }
+
+
+def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str, Any]:
+    mix = workdir / f"mix-{rows}"
+    if not (mix / "duplicates.json").exists():
+        started = time.perf_counter()
+        build_mix(mix, rows, seed)
+        print(f"built the {rows:,}-row mix in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    home = workdir / f"home-{rows}"
+    shutil.rmtree(home, ignore_errors=True)
+    config = str(mix / "distillery.yaml")
+    first = distillery("run", "--config", config, home=home)
+    if first.returncode != 0:
+        print(first.output_tail, file=sys.stderr)
+    first.steps = step_seconds(home)
+    result: dict[str, Any] = {
+        "rows": rows,
+        "first": first.__dict__ | {"output_tail": None},
+        "warehouse_mib": (home / "warehouse.duckdb").stat().st_size / 2**20,
+        "verified": verify(home, mix),
+        "rows_per_asset": asset_rows(home),
+    }
+    print(f"{rows:,} rows: first run {first.wall_s:.0f} s, peak RSS {first.peak_rss_mib:.0f} MiB", file=sys.stderr)
+    if reruns:
+        again = distillery("run", "--config", config, home=home)
+        result["rerun_unchanged"] = {"wall_s": again.wall_s, "returncode": again.returncode}
+        added = append_rows(mix, 0.01, seed)
+        more = distillery("run", "--config", config, home=home)
+        result["rerun_plus_1pct"] = {"wall_s": more.wall_s, "returncode": more.returncode, "rows_added": added}
+    return result
+
+
+def asset_rows(home: Path) -> dict[str, int]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        tables = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        names = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
+        return {
+            name: connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names if name in tables
+        }
+
+
+def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
+    lines = [
+        "| rows | wall s | peak RSS MiB | warehouse MiB | checks share | re-run | re-run +1% | conserved "
+        "| exact pairs | near pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        first = r["first"]
+        steps = first["steps"]
+        checks = sum(s for k, s in steps.items() if k not in assets)
+        share = checks / max(sum(steps.values()), 1e-9)
+        rerun = r.get("rerun_unchanged", {}).get("wall_s")
+        plus = r.get("rerun_plus_1pct", {}).get("wall_s")
+        rerun_share = "" if rerun is None else f"{rerun / first['wall_s']:.0%}"
+        plus_share = "" if plus is None else f"{plus / first['wall_s']:.0%}"
+        v = r["verified"]
+        lines.append(
+            f"| {r['rows']:,} | {first['wall_s']:.0f} | {first['peak_rss_mib']:.0f} | {r['warehouse_mib']:.0f} | "
+            f"{share:.0%} | {rerun_share} | {plus_share} | {v['conserved']} | "
+            f"{v['exact_pairs_collapsed']:.1%} | {v['near_pairs_collapsed']:.1%} |"
+        )
+    if len(results) > 1:
+        a, b = results[-2], results[-1]
+        lines.append(
+            f"\ntime({b['rows']:,}) / time({a['rows']:,}) = {b['first']['wall_s'] / a['first']['wall_s']:.2f} "
+            f"for {b['rows'] / a['rows']:.1f}x the rows"
+        )
+    last = results[-1]
+    lines.append(f"\nSteps of the {last['rows']:,}-row run (seconds, rows/s of the asset's output):\n")
+    lines.append("| step | s | rows/s |")
+    lines.append("|---|---|---|")
+    per_asset = defaultdict(float)
+    for key, seconds in sorted(last["first"]["steps"].items(), key=lambda kv: -kv[1]):
+        rows = last["rows_per_asset"].get(key)
+        per_asset[key] += seconds
+        lines.append(f"| {key} | {seconds:.1f} | {'' if not rows else f'{rows / seconds:,.0f}'} |")
+    for name in ("audit_ms_median", "audit_ms_max", "audit_command_s", "report_command_s"):
+        if name in last:
+            lines.append(f"\n{name}: {last[name]:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/distillery-scale"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-reruns", action="store_true", help="skip the re-runs (unchanged, +1%%)")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for rows in args.rows:
+        results.append(measure_size(rows, args.workdir, args.seed, not args.no_reruns))
+        (args.workdir / "results.json").write_text(json.dumps(results, indent=1), "utf-8")
+    largest = results[-1]
+    home = args.workdir / f"home-{largest['rows']}"
+    largest |= time_audits(home)
+    config = args.workdir / f"mix-{largest['rows']}" / "distillery.yaml"
+    report = distillery("report", "--config", str(config), home=home)
+    largest["report_command_s"] = report.wall_s
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=1), "utf-8")
+    print(markdown(results, asset_names()))
+
+
+if __name__ == "__main__":
+    main()
