@@ -38,10 +38,11 @@ def available_cores() -> int:
 
 
 def workers_for(rows: int, configured: int | None) -> int:
-    """How many worker processes a stage should use for ``rows`` rows: the configured count (all cores
-    when ``None``), fewer when there is not enough work to repay their start."""
-    wanted = available_cores() if configured is None else configured
-    return max(1, min(wanted, rows // MIN_ROWS_PER_WORKER))
+    """How many worker processes a stage should use for about ``rows`` rows: the configured count when the
+    project file sets one; otherwise all cores, fewer when there is not enough work to repay their start."""
+    if configured is not None:
+        return configured
+    return max(1, min(available_cores(), rows // MIN_ROWS_PER_WORKER))
 
 
 def map_ordered(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -140,8 +141,9 @@ def _parse_json_object(text: str) -> tuple[Any, str | None]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
-    """One JSON object per line; blank lines are not records."""
+def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False, parse: bool = True) -> Iterator[Record]:
+    """One JSON object per line; blank lines are not records. ``parse=False`` leaves each line unparsed
+    (``value`` and ``error`` None) for :func:`parse_record` to finish, e.g. in a worker process."""
     record_no = 0
     with open_binary(path, skip_bom) as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -149,11 +151,19 @@ def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Ite
             if not text.strip():
                 continue
             record_no += 1
-            error = _text_error(text, max_bytes)
-            value = None
-            if error is None:
-                value, error = _parse_json_object(text)
-            yield Record(record_no, line_no, text, value, error)
+            record = Record(record_no, line_no, text)
+            yield parse_record(record, max_bytes) if parse else record
+
+
+def parse_record(record: Record, max_bytes: int | None) -> Record:
+    """A record read with ``parse=False``, checked (size, encoding) and parsed; any other record as it is."""
+    if record.value is not None or record.error is not None:
+        return record
+    error = _text_error(record.raw_text, max_bytes)
+    value = None
+    if error is None:
+        value, error = _parse_json_object(record.raw_text)
+    return dataclasses.replace(record, value=value, error=error)
 
 
 _CHUNK_BYTES = 1 << 20
@@ -384,11 +394,18 @@ READERS: dict[str, Callable[[Path, int | None, bool], Iterator[Record]]] = {
 }
 
 
-def read_records(path: Path, fmt: str, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+def read_records(
+    path: Path, fmt: str, max_bytes: int | None, skip_bom: bool = False, parse: bool = True
+) -> Iterator[Record]:
     """Every record of a file, readable or not; a file that breaks off (truncated gzip, I/O error) ends
-    with one record numbered 0 that says so. ``max_bytes``: larger records are errors (None: no limit)."""
+    with one record numbered 0 that says so. ``max_bytes``: larger records are errors (None: no limit).
+    ``parse=False`` leaves JSONL lines for :func:`parse_record` (the other formats are parsed to find
+    where their records end)."""
     try:
-        yield from READERS[fmt](path, max_bytes, skip_bom)
+        if fmt == "jsonl":
+            yield from read_jsonl(path, max_bytes, skip_bom, parse)
+        else:
+            yield from READERS[fmt](path, max_bytes, skip_bom)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         yield Record(0, None, "", error=f"file could not be read to the end: {exc}")
 

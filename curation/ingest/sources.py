@@ -5,6 +5,8 @@ canonical rows through its source's mapping (:mod:`curation.ingest.mappings`) or
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,10 +17,18 @@ from typing import Any
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
+from curation.core.parallel import map_ordered, workers_for
 from curation.core.schema import Row, content_key, make_row_id, new_row, rows_to_table, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_names
 from curation.ingest.mappings import RecordError, mapping_spec
-from curation.ingest.readers import file_digest, file_format, read_records
+from curation.ingest.readers import Record, file_digest, file_format, parse_record, read_records
+
+BYTES_PER_RECORD_ESTIMATE = 1_000
+"""Files are not counted before they are read: their size over this guesses the rows, to decide whether
+worker processes would repay their start."""
+
+APPEND_ROWS = 20_000
+"""Rows per insert into the staged ``raw`` table."""
 
 RAW_TEXT_LIMIT = 65_536
 """Quarantined raw text is kept up to this many characters (the rest is marked as cut)."""
@@ -45,6 +55,89 @@ class Quarantined:
     raw_text: str
 
 
+@dataclass(frozen=True)
+class FileTask:
+    """What mapping one file's records needs: picklable, so worker processes map chunks of it."""
+
+    source: SourceConfig
+    display_path: str
+    ingested_at: datetime
+    max_bytes: int
+    options: Any = None  # the mapping's parsed options (validated when the project file was loaded)
+
+    @classmethod
+    def of(cls, source: SourceConfig, display_path: str, ingested_at: datetime, max_bytes: int) -> FileTask:
+        options = mapping_spec(source.mapping).parse_options(source.options)
+        return cls(source, display_path, ingested_at, max_bytes, options)
+
+
+def map_record(record: Record, task: FileTask) -> list[Row] | Quarantined:
+    """One record's canonical rows (without ``row_id``: see :class:`RowNumbering`) or its quarantine entry."""
+    source = task.source
+    record = parse_record(record, task.max_bytes)
+    uri = f"{task.display_path}#{record.record_no}"
+    error = record.error
+    mapped = []
+    if error is None:
+        try:
+            mapped = mapping_spec(source.mapping).map(record.value, source.fields, task.options)
+            annotator = _annotator(record.value, source)
+        except RecordError as exc:
+            error = str(exc)
+    if error is not None:
+        return Quarantined(
+            source.name, uri, task.display_path, record.record_no, record.line_no, error, _shown(record.raw_text)
+        )
+    rows = []
+    for item in mapped:
+        row = new_row(
+            kind=source.kind or item.kind,
+            messages=item.messages,
+            chosen=item.chosen,
+            rejected=item.rejected,
+            score=item.score,
+            text=item.text,
+        )
+        extra = dict(item.extra)
+        if source.annotator_field:
+            extra.pop(source.annotator_field, None)
+        row.update(
+            source=source.name,
+            source_uri=f"{uri}/{item.part}" if item.part else uri,
+            license=source.license,
+            origin=item.origin or source.origin,
+            generator=item.generator or source.generator,
+            annotator=annotator,
+            extra=extra or None,
+            ingested_at=task.ingested_at,
+        )
+        rows.append(row)
+    return rows
+
+
+class RowNumbering:
+    """Row ids of one file, in record order: source, file and content, plus which identical copy in the
+    file this is, so the n-th identical record gets its own id, stable under reordering. Holds a 16-byte
+    digest per distinct content of the file, not the content. :func:`first_copy` (the hashing, done where
+    the rows are mapped) gives the digest and the id of a first copy; :meth:`row_id` numbers the copies."""
+
+    def __init__(self, source: str, display_path: str) -> None:
+        self.source = source
+        self.display_path = display_path
+        self._seen: dict[bytes, int] = {}
+
+    def row_id(self, key: str, digest: bytes, first_id: str) -> str:
+        occurrence = self._seen.get(digest, 0)
+        self._seen[digest] = occurrence + 1
+        return first_id if occurrence == 0 else make_row_id(self.source, self.display_path, key, str(occurrence))
+
+
+def first_copy(source: str, display_path: str, key: str) -> tuple[bytes, str]:
+    """The digest :class:`RowNumbering` counts copies by, and the id of the first copy of ``key``."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return digest, make_row_id(source, display_path, key, "0")
+
+
 def ingest_file(
     path: Path,
     display_path: str,
@@ -53,57 +146,51 @@ def ingest_file(
     max_bytes: int,
     counter: FileResult | None = None,
 ) -> Iterator[Row | Quarantined]:
-    """Every record of one file becomes rows or a quarantine entry — never nothing. ``counter.records``
-    counts the records read, independently of what became of them (the conservation check's input)."""
-    fmt = file_format(path, source.format)
-    mapping = mapping_spec(source.mapping)
-    options = mapping.parse_options(source.options)  # validated when the project file was loaded
-    seen_content: dict[str, int] = {}
-    for record in read_records(path, fmt, max_bytes):
+    """Every record of one file becomes rows or a quarantine entry — never nothing, in record order.
+    ``counter.records`` counts the records read, independently of what became of them (the conservation
+    check's input). The stage itself maps chunks in worker processes (:func:`ingest_sources`)."""
+    task = FileTask.of(source, display_path, ingested_at, max_bytes)
+    numbering = RowNumbering(source.name, display_path)
+    for record in read_records(path, file_format(path, source.format), max_bytes):
         if counter is not None:
             counter.records += 1
-        uri = f"{display_path}#{record.record_no}"
-        error = record.error
-        mapped = []
-        if error is None:
-            try:
-                mapped = mapping.map(record.value, source.fields, options)
-                annotator = _annotator(record.value, source)
-            except RecordError as exc:
-                error = str(exc)
-        if error is not None:
-            yield Quarantined(
-                source.name, uri, display_path, record.record_no, record.line_no, error, _shown(record.raw_text)
-            )
+        item = map_record(record, task)
+        if isinstance(item, Quarantined):
+            yield item
             continue
-        for item in mapped:
-            row = new_row(
-                kind=source.kind or item.kind,
-                messages=item.messages,
-                chosen=item.chosen,
-                rejected=item.rejected,
-                score=item.score,
-                text=item.text,
-            )
+        for row in item:
             key = content_key(row)
-            # The n-th identical record in a file gets its own id, stable under reordering.
-            occurrence = seen_content.get(key, 0)
-            seen_content[key] = occurrence + 1
-            extra = dict(item.extra)
-            if source.annotator_field:
-                extra.pop(source.annotator_field, None)
-            row.update(
-                row_id=make_row_id(source.name, display_path, key, str(occurrence)),
-                source=source.name,
-                source_uri=f"{uri}/{item.part}" if item.part else uri,
-                license=source.license,
-                origin=item.origin or source.origin,
-                generator=item.generator or source.generator,
-                annotator=annotator,
-                extra=extra or None,
-                ingested_at=ingested_at,
-            )
+            row["row_id"] = numbering.row_id(key, *first_copy(source.name, display_path, key))
             yield row
+
+
+@dataclass
+class MappedChunk:
+    """A chunk of a file's records mapped in a worker: rows in Arrow (``row_id`` still empty), their
+    content keys in the same order, and the quarantine entries."""
+
+    file: tuple[str, str]  # source name, display path
+    rows: pa.Table
+    keys: list[str]
+    first_copies: list[tuple[bytes, str]]
+    quarantined: list[dict[str, Any]]
+    records: int
+
+
+def map_chunk(work: tuple[FileTask, list[Record]]) -> MappedChunk:
+    task, records = work
+    rows: list[Row] = []
+    quarantined: list[dict[str, Any]] = []
+    for record in records:
+        item = map_record(record, task)
+        if isinstance(item, Quarantined):
+            quarantined.append(vars(item) | {"ingested_at": task.ingested_at})
+        else:
+            rows.extend(item)
+    keys = [content_key(row) for row in rows]
+    first_copies = [first_copy(task.source.name, task.display_path, key) for key in keys]
+    file = (task.source.name, task.display_path)
+    return MappedChunk(file, rows_to_table(rows), keys, first_copies, quarantined, len(records))
 
 
 def _annotator(value: Any, source: SourceConfig) -> str | None:
@@ -213,31 +300,48 @@ def ingest_sources(
 
     ingested_at = utcnow()
     kept_set = set(kept)
-    for source, path, shown, digest in plan:
-        if (source.name, shown) in kept_set:
-            continue
-        if progress:
-            progress(f"ingesting {source.name}: {shown}")
-        result = FileResult(source.name, shown, "ingested")
-        rows: list[Row] = []
-        quarantined: list[dict[str, Any]] = []
-        for item in ingest_file(path, shown, source, ingested_at, project.ingest.max_record_bytes, result):
-            if isinstance(item, Quarantined):
-                quarantined.append(vars(item) | {"ingested_at": ingested_at})
-                result.quarantined += 1
-            else:
-                rows.append(item)
-                result.rows += 1
-            if len(rows) >= project.ingest.batch_rows:
-                staged.append(raw_table, rows_to_table(rows))
-                rows.clear()
-        staged.append(raw_table, rows_to_table(rows))
-        staged.append_rows(quarantine_table, quarantined, _QUARANTINE_SCHEMA)
+    todo = [
+        (source, path, shown, digest) for source, path, shown, digest in plan if (source.name, shown) not in kept_set
+    ]
+    chunk_rows = project.ingest.batch_rows
+
+    def chunks() -> Iterator[tuple[FileTask, list[Record]]]:
+        for source, path, shown, _ in todo:
+            if progress:
+                progress(f"ingesting {source.name}: {shown}")
+            task = FileTask.of(source, shown, ingested_at, project.ingest.max_record_bytes)
+            records = read_records(path, file_format(path, source.format), task.max_bytes, parse=False)
+            while chunk := list(itertools.islice(records, chunk_rows)):
+                yield task, chunk
+            yield task, []  # so that an empty file is listed too
+
+    # Reading is sequential; parsing, mapping and encoding (most of the work) run in the workers.
+    total_bytes = sum(path.stat().st_size for _, path, _, _ in todo)
+    workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
+    files = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
+    mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
+    for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
+        path, digest = files[source_name, shown]
+        result = FileResult(source_name, shown, "ingested")
+        numbering = RowNumbering(source_name, shown)
+        pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
+        for mapped in file_chunks:
+            ids = [numbering.row_id(key, *copy) for key, copy in zip(mapped.keys, mapped.first_copies, strict=True)]
+            pending.append(mapped.rows.set_column(0, "row_id", pa.array(ids, pa.string())))
+            if sum(t.num_rows for t in pending) >= APPEND_ROWS:
+                staged.append(raw_table, pa.concat_tables(pending))
+                pending.clear()
+            staged.append_rows(quarantine_table, mapped.quarantined, _QUARANTINE_SCHEMA)
+            result.records += mapped.records
+            result.rows += mapped.rows.num_rows
+            result.quarantined += len(mapped.quarantined)
+        if pending:
+            staged.append(raw_table, pa.concat_tables(pending))
         connection.execute(
             f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                source.name,
-                shown,
+                result.source,
+                result.file,
                 digest,
                 path.stat().st_size,
                 result.records,
