@@ -318,10 +318,10 @@ def ingest_sources(
     # Reading is sequential; parsing, mapping and encoding (most of the work) run in the workers.
     total_bytes = sum(path.stat().st_size for _, path, _, _ in todo)
     workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
-    files = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
+    file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
     mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
     for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
-        path, digest = files[source_name, shown]
+        path, digest = file_digests[source_name, shown]
         result = FileResult(source_name, shown, "ingested")
         numbering = RowNumbering(source_name, shown)
         pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
