@@ -13,10 +13,22 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from curation.core.config import ConfigError, load_project
+from curation.core.freshness import (
+    Freshness,
+    code_fingerprint,
+    forget_state,
+    project_fingerprint,
+    read_state,
+    record_state,
+    source_fingerprint,
+)
 from curation.core.home import DEMO_CONFIG, ensure_dagster_home, warehouse_path
+from curation.core.warehouse import Warehouse
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -48,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from definitions import ASSETS, CHECKS, RESOURCES
 
     selection = None
+    graph = _asset_graph(ASSETS)
+    freshness = _freshness(graph)
     if args.select:
-        known = {a.key.to_user_string() for a in ASSETS}
+        known = set(graph)
         names = [name.strip() for name in args.select.split(",") if name.strip()]
         unknown = [name for name in names if name.rstrip("+") not in known]
         if unknown:
@@ -59,6 +73,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         downstream = [n.rstrip("+") for n in names if n.endswith("+")]
         if downstream:
             selection = selection | dg.AssetSelection.assets(*downstream).downstream()
+    elif not args.force:
+        stale = freshness.stale()
+        if not stale:
+            print("Every asset is up to date (same code, project file, source files and upstream versions as its")
+            print("last materialization with all checks passing); nothing to do. --force runs everything anyway.")
+            _print_state(freshness)
+            return 0
+        if len(stale) < len(graph):
+            up_to_date = ", ".join(a for a in graph if a not in stale)
+            print(f"Up to date, not run again: {up_to_date}", file=sys.stderr)
+            selection = dg.AssetSelection.assets(*stale)
     print(
         f"Distillery home: {os.environ['DISTILLERY_HOME']}\nProject file: "
         f"{os.environ.get('DISTILLERY_CONFIG', DEMO_CONFIG)}",
@@ -74,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tags={"distillery/cli": "run"},
     )
     _print_summary(result)
+    _record_freshness(freshness, result)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success:
         print(
@@ -83,6 +109,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(e.severity.value == "ERROR" for e in failed_checks):
         return 1
     return 0
+
+
+def _asset_graph(assets: Sequence[Any]) -> dict[str, list[str]]:
+    """``{asset: its upstream assets}``, upstream first."""
+    upstream = {a.key.to_user_string(): sorted(k.to_user_string() for k in a.dependency_keys) for a in assets}
+    ordered: dict[str, list[str]] = {}
+    while len(ordered) < len(upstream):
+        for asset, parents in upstream.items():
+            if asset not in ordered and all(p in ordered or p not in upstream for p in parents):
+                ordered[asset] = [p for p in parents if p in upstream]
+    return ordered
+
+
+def _freshness(graph: dict[str, list[str]]) -> Freshness:
+    config = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
+    state = {}
+    if warehouse_path().exists():
+        with Warehouse(warehouse_path()).connect(read_only=True) as connection:
+            state = read_state(connection)
+    base = code_fingerprint() + project_fingerprint(config)
+    return Freshness(graph, state, base, source_fingerprint(config))
+
+
+def _record_freshness(freshness: Freshness, result: Any) -> None:
+    """Remember what this run materialized with every check passing, so an unchanged re-run skips it."""
+    materialized = {}
+    for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
+        metadata = event.materialization.metadata
+        version, rows = metadata.get("data_version"), metadata.get("dagster/row_count")
+        materialized[event.materialization.asset_key.to_user_string()] = (
+            version.value if version else None,
+            rows.value if rows else None,
+        )
+    failed = {
+        e.asset_key.to_user_string()
+        for e in result.get_asset_check_evaluations()  # type: ignore[attr-defined]
+        if not e.passed
+    }
+    record, forget = freshness.after_run(materialized, failed)
+    if not warehouse_path().exists():
+        return
+    with Warehouse(warehouse_path()).connect() as connection:
+        forget_state(connection, forget)
+        record_state(connection, record)
+
+
+def _print_state(freshness: Freshness) -> None:
+    print("\nasset             rows     data version")
+    for asset in freshness.graph:
+        state = freshness.state[asset]
+        rows = "-" if state.row_count is None else state.row_count
+        print(f"{asset:<16} {rows:>6}     {state.data_version or '-'}")
+    print(f"warehouse: {warehouse_path()}")
 
 
 def _print_summary(result: object) -> None:
@@ -265,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--home", help="state folder (default: $DISTILLERY_HOME or ./.distillery)")
     run.add_argument("--select", help="comma-separated assets, e.g. raw,deduped; filtered+ adds everything downstream")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--force", action="store_true", help="materialize every asset, even those that are up to date")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on this home")

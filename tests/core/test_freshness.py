@@ -1,0 +1,44 @@
+"""Which assets a run may skip: only those materialized, checks passing, from what they would be made of now."""
+
+from curation.core.freshness import AssetState, Freshness
+
+GRAPH = {"raw": [], "deduped": ["raw"], "filtered": ["deduped"], "report": ["raw", "filtered"]}
+
+
+def recorded(sources: str = "files-v1") -> Freshness:
+    """State after a good run of every asset on ``sources``."""
+    empty = Freshness(GRAPH, {}, "code+project", sources)
+    versions = {"raw": ("r1", 10), "deduped": ("d1", 9), "filtered": ("f1", 8), "report": (None, None)}
+    record, forget = empty.after_run(versions, failed=set())
+    assert not forget
+    return Freshness(GRAPH, record, "code+project", sources)
+
+
+def test_nothing_changed_nothing_is_stale() -> None:
+    assert Freshness(GRAPH, {}, "b", "s").stale() == list(GRAPH)
+    assert recorded().stale() == []
+
+
+def test_changed_sources_make_everything_downstream_stale() -> None:
+    state = recorded().state
+    assert Freshness(GRAPH, state, "code+project", "files-v2").stale() == list(GRAPH)
+
+
+def test_changed_code_or_project_file_makes_everything_stale() -> None:
+    state = recorded().state
+    assert Freshness(GRAPH, state, "other code", "files-v1").stale() == list(GRAPH)
+
+
+def test_an_upstream_version_not_seen_by_the_asset_makes_it_stale() -> None:
+    fresh = recorded()
+    state = dict(fresh.state)
+    state["deduped"] = AssetState(state["deduped"].fingerprint, "d2", 9)  # deduped re-made, filtered not
+    assert Freshness(GRAPH, state, "code+project", "files-v1").stale() == ["filtered", "report"]
+
+
+def test_a_failed_check_forgets_the_asset_and_what_was_made_from_it() -> None:
+    fresh = Freshness(GRAPH, {}, "code+project", "files-v1")
+    versions = {"raw": ("r1", 10), "deduped": ("d1", 9), "filtered": ("f1", 8), "report": (None, None)}
+    record, forget = fresh.after_run(versions, failed={"deduped"})
+    assert set(record) == {"raw"} and forget == {"deduped", "filtered", "report"}
+    assert Freshness(GRAPH, record, "code+project", "files-v1").stale() == ["deduped", "filtered", "report"]
