@@ -8,8 +8,8 @@ from assets.metadata import dataset_metadata
 from curation.core.markdown import markdown_table
 from curation.core.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA
 from curation.core.schema import rows_to_table, utcnow
-from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, table_rows
-from curation.synth.stage import REJECTIONS_DDL, REJECTIONS_SCHEMA, SynthesisPlan
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
+from curation.synth.stage import REJECTIONS_DDL, REJECTIONS_SCHEMA, SynthesisPlan, seed_rows
 from resources import ProjectResource, WarehouseResource
 from resources.teachers import TeacherResource
 from resources.warehouse import POOL
@@ -35,7 +35,8 @@ def synthetic(
         teacher.open(config.synthesis.teacher, config.synthesis.judge, config.base_dir) as (model, judge),
         warehouse.get().write("synthetic") as staged,
     ):
-        result = plan.run(model, judge, table_rows(staged.connection, "filtered"), created_at)
+        seeds = seed_rows(staged.connection, "filtered", plan.methods, plan.seed)
+        result = plan.run(model, judge, seeds, created_at)
         table = staged.create("synthetic", canonical_ddl())
         provenance = staged.create("provenance", PROVENANCE_DDL)
         rejections = staged.create("synthetic_rejections", REJECTIONS_DDL)

@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from assets.metadata import dataset_metadata
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import canonical_ddl
-from curation.synth.mix import MIX_EXCLUDED_DDL, MIX_EXCLUDED_SCHEMA, MixPolicy, insert_kept_rows, mix_warehouse
+from curation.synth.mix import MIX_EXCLUDED_DDL, MixPolicy, mix_warehouse
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -27,11 +27,9 @@ def synthetic_mixed(
     mix = project.load().mix
     policy = MixPolicy.from_config(mix.synthetic_cap, mix.seed, mix.weights, mix.quotas)
     with warehouse.get().write("synthetic_mixed") as staged:
-        result = mix_warehouse(staged.connection, policy)
         table = staged.create("synthetic_mixed", canonical_ddl())
-        insert_kept_rows(staged.connection, table, result.plan.kept)
         excluded = staged.create("mix_excluded", MIX_EXCLUDED_DDL)
-        staged.append_rows(excluded, result.excluded_records(), MIX_EXCLUDED_SCHEMA)
+        result = mix_warehouse(staged.connection, policy, table, excluded)
         metadata = dataset_metadata(
             staged.connection, staged.staging_name("synthetic_mixed"), parents=["filtered", "synthetic"]
         )
@@ -48,6 +46,6 @@ def synthetic_mixed(
         "synthetic_kept": plan.synthetic_kept,
         "mix": MetadataValue.md(result.summary_markdown()),
         "mix_report": MetadataValue.json(result.report),
-        "excluded_by_reason": MetadataValue.md(markdown_table(result.excluded_by_reason())),
+        "excluded_by_reason": MetadataValue.md(markdown_table(result.excluded_by_reason)),
     }
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))

@@ -1,23 +1,27 @@
-"""The ``synthetic`` stage: seed rows picked from ``filtered``, candidates from every configured method,
+"""The ``synthetic`` stage: seed rows picked from ``filtered`` (ranked in DuckDB, only the top of each
+method's ranking read into Python: :func:`seed_rows`), candidates from every configured method,
 verification, then the licence and terms policy; accepted rows with their provenance and lineage, rejected
 candidates with the reason and every verdict (``synthetic_rejections``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig
+from curation.core.hashing import stable_unit_sql
 from curation.core.licenses import LicensePolicy
 from curation.core.provenance import Provenance, TeacherInfo
-from curation.core.schema import Row
-from curation.synth.methods import SynthContext, generate_candidates, select_seeds, validate_methods
+from curation.core.schema import Row, iter_rows
+from curation.core.warehouse import quote, read_batches
+from curation.synth.methods import MethodSettings, SynthContext, generate_candidates, select_seeds, validate_methods
 from curation.synth.teachers import Teacher
 from curation.synth.terms import ModelTerms, parse_model_registry, policy_violation, registered_teacher
 from curation.synth.verify import Candidate, Judge, VerifySettings, verify_candidates
@@ -186,11 +190,49 @@ class SynthesisPlan:
     def run(
         self, teacher: Teacher, judge: Judge | None, filtered: Iterable[Row], created_at: datetime
     ) -> SynthesisResult:
-        """Pick the seed rows out of ``filtered`` in one streaming pass, then synthesize with ``teacher`` as
-        the policy registers it."""
+        """Pick the seed rows out of ``filtered`` (any rows that include the methods' picks, streamed once: the
+        whole table, or :func:`seed_rows`' choice), then synthesize with ``teacher`` as the policy registers it."""
         info = registered_teacher(teacher.info, self.registry)
         ctx = SynthContext(
             teacher, info, self.policy, self.registry, seed=self.seed, judge=judge, base_dir=self.base_dir
         )
         seeds = select_seeds(filtered, self.methods, self.seed)
         return synthesize(ctx, seeds, self.methods, self.verify, self.intended_use, created_at)
+
+
+def _ranked_pages(
+    connection: duckdb.DuckDBPyConnection, table: str, settings: MethodSettings, seed: int
+) -> Iterator[Row]:
+    """The rows of ``table`` in the order of ``settings``' seeded draw (then row id), a page at a time, each
+    page twice the last, up to the page that brings the ``count``-th eligible row (or the end of the table).
+    Each page is a top-N in DuckDB: no ranking of the whole table is sorted or stored."""
+    start, size, eligible = 0, max(2 * settings.count, 256), 0
+    with stable_unit_sql(connection, seed) as unit:
+        while eligible < settings.count:
+            page = read_batches(
+                connection,
+                f"""WITH page AS (
+                    SELECT row_id, {unit}(?, row_id) AS draw FROM {quote(table)}
+                    ORDER BY draw, row_id LIMIT {size} OFFSET {start})
+                SELECT t.* FROM {quote(table)} t JOIN page p USING (row_id) ORDER BY p.draw, p.row_id""",
+                [settings.seed_salt],
+            )
+            read = 0
+            for row in iter_rows(page):
+                read += 1
+                eligible += settings.eligible(row)
+                yield row
+            if read < size:
+                break
+            start, size = start + size, 2 * size
+
+
+def seed_rows(connection: duckdb.DuckDBPyConnection, table: str, methods: Mapping[str, Any], seed: int) -> list[Row]:
+    """The seed rows :func:`~curation.synth.methods.select_seeds` would pick out of the whole ``table``, reading
+    into Python only the top of each method's ranking (:func:`_ranked_pages`), not the table."""
+    chosen: dict[str, Row] = {}
+    for name, settings in validate_methods(methods).items():
+        if settings.seed_salt is not None and settings.count > 0:
+            pages = _ranked_pages(connection, table, settings, seed)
+            chosen |= {row["row_id"]: row for row in select_seeds(pages, {name: methods[name]}, seed)}
+    return [chosen[k] for k in sorted(chosen)]
