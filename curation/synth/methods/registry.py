@@ -1,6 +1,7 @@
 """The registry of synthesis methods: one decorator registers a method with its settings model, and the
-project file's validation (``synthesis.methods``), the run order, the seed selection (read from DuckDB in each method's draw order) and the
-reference in ``docs/synthesis-methods.md`` all read that one registration."""
+project file's validation (``synthesis.methods``), the run order, the seed selection (fed from DuckDB in
+each method's draw order) and the reference in ``docs/synthesis-methods.md`` all read that one
+registration."""
 
 from __future__ import annotations
 
