@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets.metadata import latest_data_version
 from curation.audit.inspection import (
     VERSIONS,
     inspect_versions,
@@ -22,7 +23,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=list(VERSIONS),
     kinds={"duckdb", "html"},
-    code_version="inspection-0",
+    code_version="inspection-1",
     owners=["team:data"],
 )
 def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
@@ -30,7 +31,7 @@ def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
     kinds, sources, licences, languages (sample), origin and teachers, task types and topics where
     `extra` names them; split by source, ingestion day and annotator; outliers; inter-annotator
     agreement where several annotators labelled one item. Report: `$DISTILLERY_HOME/reports/inspection/`."""
-    data_versions = {version: _latest_data_version(context, version) for version in VERSIONS}
+    data_versions = {version: latest_data_version(context.instance, version) for version in VERSIONS}
     with warehouse.get().connect(read_only=True) as connection:
         inspected, missing = inspect_versions(connection)
     if missing:
@@ -48,10 +49,3 @@ def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
         metadata[version.table] = MetadataValue.md(markdown_summary(version, pngs[version.table]))
         metadata[f"{version.table}_stats"] = MetadataValue.json(version.as_json())
     return MaterializeResult(metadata=metadata)
-
-
-def _latest_data_version(context: AssetExecutionContext, version: str) -> str:
-    """The data version the asset's latest materialization reported ("" before the first)."""
-    event = context.instance.get_latest_materialization_event(AssetKey(version))
-    value = event.asset_materialization.metadata.get("data_version") if event and event.asset_materialization else None
-    return str(value.value) if value is not None else ""

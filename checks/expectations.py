@@ -2,9 +2,10 @@
 
 ``dagster-ge`` pins GE < 1 and pandas < 3, so suites run here directly: an
 ephemeral GE context, a pandas datasource with a whole-dataframe batch, ``batch.validate(suite)``
-on a sample (or every row of a small table) pulled from DuckDB, and the GE statistics returned as
-check metadata. Expectations are plain :class:`Expectation` specs, resolved against
-``great_expectations.expectations`` only when a suite runs: GE takes ~5 s to import, and loading
+on a bounded sample (a seeded reservoir of ``sample_rows``, or every row of a small table) pulled from
+DuckDB, never a whole large table, and the GE statistics returned as check metadata, which says how
+many of the table's rows were validated. Expectations are plain :class:`Expectation` specs, resolved
+against ``great_expectations.expectations`` only when a suite runs: GE takes ~5 s to import, and loading
 the code location (every ``distillery`` command) must not pay that.
 """
 
@@ -27,14 +28,20 @@ from pydantic import Field
 
 from curation.core.config import ProjectConfig
 from curation.core.markdown import markdown_table
-from curation.core.warehouse import quote
+from curation.core.warehouse import count_rows, quote, sample_sql
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
+SAMPLE_SEED = 0
 DEFAULT_SAMPLE_ROWS = 20_000
 """Rows validated per suite. A table this small or smaller is validated whole; above it a seeded
 reservoir sample is. On 2 cores a 20,000-row suite of ~10 expectations takes well under a second
 once GE is imported, so the default keeps a check cheap next to the asset it guards."""
+
+
+def coverage(checked: int, total: int) -> str:
+    """What a check looked at, for its metadata: ``sampled N of M rows`` or ``all M rows``."""
+    return f"sampled {checked:,} of {total:,} rows (seeded reservoir)" if checked < total else f"all {total:,} rows"
 
 
 class ExpectationsConfig(Config):
@@ -114,6 +121,7 @@ class SuiteOutcome:
             "rows_validated": self.rows_validated,
             "rows_total": self.rows_total,
             "sampled": self.sampled,
+            "coverage": coverage(self.rows_validated, self.rows_total),
             "results": MetadataValue.md(markdown_table(self.results, width=60)),
             "failures": MetadataValue.json(self.failures()),
         }
@@ -187,13 +195,12 @@ def sample_relation(
     connection: duckdb.DuckDBPyConnection, table: str, sample_rows: int, columns: Sequence[str] = ("*",)
 ) -> tuple[str, int]:
     """SQL selecting ``columns`` of at most ``sample_rows`` rows of ``table`` (seeded, so a re-run
-    checks the same rows), and the table's full row count."""
-    (total,) = connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
-    selected = ", ".join(c if c == "*" else quote(c) for c in columns)
-    sql = f"SELECT {selected} FROM {quote(table)}"
-    if total > sample_rows:
-        sql += f" USING SAMPLE reservoir({int(sample_rows)} ROWS) REPEATABLE (0)"
-    return sql, int(total)
+    checks the same rows; only the sampled rows' columns are read), and the table's full row count."""
+    total = count_rows(connection, table)
+    if total <= sample_rows:
+        selected = ", ".join(c if c == "*" else quote(c) for c in columns)
+        return f"SELECT {selected} FROM {quote(table)}", total
+    return sample_sql(table, sample_rows, SAMPLE_SEED, columns), total
 
 
 FrameBuilder = Callable[[duckdb.DuckDBPyConnection, ProjectConfig, int], tuple[pd.DataFrame, int]]

@@ -168,7 +168,7 @@ def build_report(
             "; run `distillery run` first"
         )
     target = quote(table)
-    _ancestry(connection, tables, target)
+    _ancestry(connection, tables, table)
     run = connection.execute
 
     # Judge the few distinct licences and teachers in Python, with the same rules as the licence filter.
@@ -293,18 +293,20 @@ def build_report(
     )
 
 
-def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target: str) -> None:
-    """Temp tables: every (row, ancestor) pair of ``target`` along derivations (the row itself
+def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target_table: str) -> None:
+    """Temp tables: every (row, ancestor) pair of ``target_table`` along derivations (the row itself
     included), the duplicates those rows absorbed, the source and licence of all of them, and the
     models that wrote any part of each row."""
     run = connection.execute
+    target = quote(target_table)
     edges = ["SELECT child_id, parent_id FROM lineage"] if tables.has("lineage") else []
     if tables.has("provenance"):
         edges.append(
             "SELECT row_id, unnest(CAST(json_extract_string(parent_ids, '$[*]') AS VARCHAR[])) FROM provenance"
         )
     edge_sql = " UNION ".join(edges) or "SELECT NULL::VARCHAR, NULL::VARCHAR WHERE false"
-    run(f"CREATE OR REPLACE TEMP TABLE _report_edges AS SELECT DISTINCT * FROM ({edge_sql}) e(child_id, parent_id)")
+    # Duplicate edges cost nothing: the walk's UNION drops repeated (row, ancestor) pairs.
+    run(f"CREATE OR REPLACE TEMP TABLE _report_edges AS SELECT * FROM ({edge_sql}) e(child_id, parent_id)")
     # UNION (not UNION ALL) makes the recursion stop on a cycle.
     run(f"""CREATE OR REPLACE TEMP TABLE _report_anc AS
         WITH RECURSIVE anc(row_id, ancestor) AS (
@@ -324,17 +326,23 @@ def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target: str) -
         "CREATE OR REPLACE TEMP TABLE _report_wanted AS SELECT ancestor AS row_id FROM _report_anc "
         "UNION SELECT duplicate FROM _report_absorbed"
     )
-    # Same id, same row: take its fields from the earliest table that holds it (an anti-join per
-    # table is much cheaper than grouping every copy of every id).
+    # Same id, same row: its fields are the same in every table that holds it, so take them from the
+    # first that does: raw (which says the row is a source row), then the reported table (all of its rows
+    # are wanted), then the others. Each table is semi-joined with the ids still missing, which then
+    # shrink by an anti-join: much cheaper than grouping every copy of every id.
     run(
         "CREATE OR REPLACE TEMP TABLE _report_rows (row_id VARCHAR, license VARCHAR, source VARCHAR, "
         "source_uri VARCHAR, origin VARCHAR, generator VARCHAR, in_raw BOOLEAN)"
     )
-    for table in tables.datasets:
+    run("CREATE OR REPLACE TEMP TABLE _report_missing AS SELECT row_id FROM _report_wanted")
+    first = [t for t in ("raw", target_table) if t in tables.datasets]
+    for table in first + [t for t in tables.datasets if t not in first]:
         run(f"""INSERT INTO _report_rows SELECT row_id, license, source, source_uri, origin, generator,
-                {"true" if table == "raw" else "false"} FROM {quote(table)}
-            WHERE row_id IN (SELECT row_id FROM _report_wanted)
-              AND row_id NOT IN (SELECT row_id FROM _report_rows)""")
+                {"true" if table == "raw" else "false"} FROM {quote(table)} SEMI JOIN _report_missing USING (row_id)""")
+        run(
+            "CREATE OR REPLACE TEMP TABLE _report_missing AS SELECT row_id FROM _report_missing "
+            f"ANTI JOIN {quote(table)} USING (row_id)"
+        )
     teachers = [
         "SELECT a.row_id, r.generator AS teacher, NULL::VARCHAR AS teacher_license FROM _report_anc a "
         "JOIN _report_rows r ON r.row_id = a.ancestor WHERE r.origin <> 'human' AND r.generator IS NOT NULL"

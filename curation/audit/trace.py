@@ -13,9 +13,11 @@ changes here:
   ``mix_excluded``, ``format_rejections``, ``contamination``, …) contributes its records as notes,
   so a removed row says where and why it stopped.
 
-Each step looks up a whole frontier of ids at once with a semi-join that DuckDB pushes into the
-table scans, so an audit costs a few dozen scans of key columns whatever the chain's length:
-well under a second on a million-row warehouse (``tests/audit/test_audit.py`` measures it). The
+Each step looks up a whole frontier of ids at once, by the key column alone, so DuckDB answers
+with probes of the ART index every asset write creates on it
+(:data:`curation.core.warehouse.LOOKUP_COLUMNS`): an audit costs a few dozen index probes whatever
+the table sizes, tens of milliseconds on a million-row warehouse (``benchmarks/audit_scale.py``;
+a warehouse without the indexes is still read correctly, by scans). The
 audit only reads, and never shows row content: the parents of a redacted row still hold the
 secret that was redacted.
 """
@@ -232,47 +234,61 @@ def discover(connection: duckdb.DuckDBPyConnection) -> WarehouseTables:
 # --- the walk ----------------------------------------------------------------------------------
 
 
-def _fetch(connection: duckdb.DuckDBPyConnection, sql: str, ids: Iterable[str]) -> list[dict[str, Any]]:
-    """Rows of ``sql`` whose ``$ids`` parameter is bound to the id list (a semi-join, not N queries)."""
-    cursor = connection.execute(sql, {"ids": sorted(ids)})
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+_PROBE_IDS = 32
+"""Ids per lookup query: DuckDB answers ``column = ANY(list)`` with ART index probes up to ~50
+values (the lookup indexes of :data:`curation.core.warehouse.LOOKUP_COLUMNS`) and scans the
+column beyond, so a large frontier is looked up in chunks."""
+_PROBE_QUERIES = 32
+"""Beyond this many chunks one scan per table is cheaper (~40 ms per million rows) than the probes."""
 
 
-_IN_IDS = "IN (SELECT unnest(CAST($ids AS VARCHAR[])))"
+def _lookup(
+    connection: duckdb.DuckDBPyConnection, table: str, key: str, ids: Iterable[str], columns: str = "*"
+) -> list[dict[str, Any]]:
+    """Rows of ``table`` whose ``key`` is one of ``ids``. The key is the only condition in SQL: DuckDB
+    probes the index only when nothing else filters the scan, so callers filter the few rows found."""
+    wanted = sorted(ids)
+    size = _PROBE_IDS if len(wanted) <= _PROBE_IDS * _PROBE_QUERIES else len(wanted)
+    found: list[dict[str, Any]] = []
+    for i in range(0, len(wanted), size):
+        cursor = connection.execute(
+            f"SELECT {columns} FROM {quote(table)} WHERE {quote(key)} = ANY($ids)", {"ids": wanted[i : i + size]}
+        )
+        names = [d[0] for d in cursor.description]
+        found += [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    return found
+
+
+def _lineage(connection: duckdb.DuckDBPyConnection, key: str, ids: set[str]) -> list[Edge]:
+    records = _lookup(connection, "lineage", key, ids, "child_id, parent_id, asset, operation, detail")
+    other = "parent_id" if key == "child_id" else "child_id"
+    records.sort(key=lambda r: (r["asset"], r[key], r[other]))
+    return [Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"]) for r in records]
+
+
+def _absorbed_duplicates(connection: duckdb.DuckDBPyConnection, key: str, ids: set[str]) -> list[Edge]:
+    """Edges from kept rows to the duplicates removed in their favour, found by ``key`` (``kept_row_id``
+    going up from a kept row, ``row_id`` going down from a removed one)."""
+    records = [
+        r for r in _lookup(connection, "dedup_clusters", key, ids) if r["removed"] and r["kept_row_id"] != r["row_id"]
+    ]
+    records.sort(key=lambda r: (r["kept_row_id"], r["row_id"]))
+    return [_absorbed(r) for r in records]
 
 
 def _edges_up(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, ids: set[str]) -> list[Edge]:
     edges: list[Edge] = []
     if tables.has("lineage"):
-        edges += [
-            Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"])
-            for r in _fetch(
-                connection,
-                f"SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE child_id {_IN_IDS} "
-                "ORDER BY asset, child_id, parent_id",
-                ids,
-            )
-        ]
+        edges += _lineage(connection, "child_id", ids)
     if tables.has("provenance"):  # parents a generator declared, in case a stage wrote no lineage edge
-        for r in _fetch(
-            connection,
-            "SELECT row_id, method, parent_ids FROM provenance WHERE row_id "
-            f"{_IN_IDS} AND json_array_length(parent_ids) > 0",
-            ids,
-        ):
-            for parent in json.loads(r["parent_ids"]):
+        for r in _lookup(connection, "provenance", "row_id", ids, "row_id, method, parent_ids"):
+            for parent in json.loads(r["parent_ids"] or "[]"):
                 edges.append(Edge(r["row_id"], str(parent), "synthetic", r["method"], "provenance.parent_ids"))
     for table in tables.notes:  # a rejected candidate names its would-be parents in its side table
         if "parent_ids" in tables.columns[table]:
             key = tables.key_column(table)
             method = "method" if "method" in tables.columns[table] else "NULL"
-            for r in _fetch(
-                connection,
-                f"SELECT {quote(key)} AS id, {method} AS method, parent_ids FROM "
-                f"{quote(table)} WHERE {quote(key)} {_IN_IDS}",
-                ids,
-            ):
+            for r in _lookup(connection, table, key, ids, f"{quote(key)} AS id, {method} AS method, parent_ids"):
                 for parent in json.loads(r["parent_ids"] or "[]"):
                     edges.append(
                         Edge(
@@ -284,39 +300,16 @@ def _edges_up(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, id
                         )
                     )
     if tables.has("dedup_clusters"):  # the duplicates a kept row stands for
-        edges += [
-            _absorbed(r)
-            for r in _fetch(
-                connection,
-                "SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND kept_row_id "
-                f"{_IN_IDS} ORDER BY kept_row_id, row_id",
-                ids,
-            )
-        ]
+        edges += _absorbed_duplicates(connection, "kept_row_id", ids)
     return edges
 
 
 def _edges_down(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, ids: set[str]) -> list[Edge]:
     edges: list[Edge] = []
     if tables.has("lineage"):
-        edges += [
-            Edge(r["child_id"], r["parent_id"], r["asset"], r["operation"], r["detail"])
-            for r in _fetch(
-                connection,
-                f"SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE parent_id {_IN_IDS} "
-                "ORDER BY asset, parent_id, child_id",
-                ids,
-            )
-        ]
+        edges += _lineage(connection, "parent_id", ids)
     if tables.has("dedup_clusters"):  # a removed duplicate lives on in the row that was kept
-        edges += [
-            _absorbed(r)
-            for r in _fetch(
-                connection,
-                f"SELECT * FROM dedup_clusters WHERE removed AND kept_row_id <> row_id AND row_id {_IN_IDS}",
-                ids,
-            )
-        ]
+        edges += _absorbed_duplicates(connection, "row_id", ids)
     return edges
 
 
@@ -362,13 +355,13 @@ def _describe(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, id
     for table in tables.datasets:
         wanted = [c for c in INFO_COLUMNS if c in tables.columns[table]]
         select = ", ".join(quote(c) for c in ["row_id", *wanted])
-        for record in _fetch(connection, f"SELECT {select} FROM {quote(table)} WHERE row_id {_IN_IDS}", ids):
+        for record in _lookup(connection, table, "row_id", ids, select):
             row = rows[record.pop("row_id")]
             row.tables.append(table)
             for key, value in record.items():  # the earliest table wins; later ones add their own columns
                 row.info.setdefault(key, value)
     if tables.has("provenance"):
-        for record in _fetch(connection, f"SELECT * FROM provenance WHERE row_id {_IN_IDS}", ids):
+        for record in _lookup(connection, "provenance", "row_id", ids):
             for key in _JSON_FIELDS:
                 if isinstance(record.get(key), str):
                     record[key] = json.loads(record[key])
@@ -377,7 +370,7 @@ def _describe(connection: duckdb.DuckDBPyConnection, tables: WarehouseTables, id
         key = tables.key_column(table)
         shown = [c for c in tables.columns[table] if c not in _CONTENT_COLUMNS]
         select = ", ".join(quote(c) for c in shown)
-        for record in _fetch(connection, f"SELECT {select} FROM {quote(table)} WHERE {quote(key)} {_IN_IDS}", ids):
+        for record in _lookup(connection, table, key, ids, select):
             rows[record.pop(key)].notes.append({"table": table, "removed_at": STOPPED_AT.get(table), **record})
     return rows
 

@@ -4,7 +4,8 @@ A write stages new versions of an asset's tables under temporary names and swaps
 one transaction, so a crash at any point leaves the previous version of every table intact and
 readers never see a half-written table. Tables shared by several assets (``lineage``) are
 partitioned by an ``asset`` column and each asset replaces only its own partition, inside the
-same transaction.
+same transaction. Every table written gets ART indexes on the ids rows are looked up by
+(:data:`LOOKUP_COLUMNS`), so following one row through the warehouse costs index probes, not scans.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def canonical_ddl(extra_columns: Sequence[tuple[str, str]] = ()) -> str:
     return ", ".join(f"{quote(name)} {sql}" for name, sql in columns)
 
 
+DUCKDB_MEMORY_LIMIT = "1GB"
+"""DuckDB's own buffer for joins, sorts and cached pages; past it, it spills to disk next to the warehouse.
+Its default (80% of the machine's memory) lets one whole-table join take most of the RAM."""
+
+
 class WarehouseBusy(RuntimeError):
     """Another process holds the DuckDB file."""
 
@@ -70,7 +76,9 @@ class Warehouse:
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
-                connection = duckdb.connect(str(self.path), read_only=read_only)
+                connection = duckdb.connect(
+                    str(self.path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT}
+                )
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
@@ -158,12 +166,20 @@ class StagedWrite:
         try:
             for table, staging in self._replace.items():
                 connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+                # Indexed only now: DuckDB cannot rename a table that has an index.
                 connection.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+                index_lookup_columns(connection, table)
             for table, (staging, ddl) in self._partitions.items():
                 connection.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
+                (previous,) = fetch_one(
+                    connection, f"SELECT count(*) FROM {quote(table)} WHERE asset = ?", [self.asset]
+                )
+                if previous:  # DuckDB deletes ART keys one by one (~50 s per million); a rebuild takes ~1 s
+                    drop_lookup_indexes(connection, table)
                 connection.execute(f"DELETE FROM {quote(table)} WHERE asset = ?", [self.asset])
                 connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {quote(staging)}")
                 connection.execute(f"DROP TABLE {quote(staging)}")
+                index_lookup_columns(connection, table)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -175,6 +191,36 @@ class StagedWrite:
         for staging in staged:
             with contextlib.suppress(duckdb.Error):
                 self.connection.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+
+
+LOOKUP_COLUMNS: tuple[str, ...] = ("row_id", "candidate_id", "kept_row_id", "child_id")
+"""Columns rows are looked up by one id at a time (``distillery audit`` walks them). Every table an
+asset writes gets an ART index on each of these it has, so a lookup in a million-row table reads a
+few index nodes instead of scanning the column. ``lineage`` is walked both ways: its ``parent_id``
+is indexed too."""
+
+
+def lookup_columns(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The columns of ``table`` that :data:`LOOKUP_COLUMNS` indexes."""
+    keys = LOOKUP_COLUMNS + (("parent_id",) if table == "lineage" else ())
+    return [name for name, _ in table_columns(connection, table) if name in keys]
+
+
+def _index_name(table: str, column: str) -> str:
+    return quote(f"{table}__{column}")
+
+
+def index_lookup_columns(connection: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Create the ART index on each lookup column of ``table`` that has none yet."""
+    for column in lookup_columns(connection, table):
+        connection.execute(
+            f"CREATE INDEX IF NOT EXISTS {_index_name(table, column)} ON {quote(table)} ({quote(column)})"
+        )
+
+
+def drop_lookup_indexes(connection: duckdb.DuckDBPyConnection, table: str) -> None:
+    for column in lookup_columns(connection, table):
+        connection.execute(f"DROP INDEX IF EXISTS {_index_name(table, column)}")
 
 
 def drop_orphan_staging(connection: duckdb.DuckDBPyConnection) -> list[str]:
@@ -267,6 +313,19 @@ def sample_records(
     )
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def sample_sql(table: str, rows: int, seed: int = 42, columns: Sequence[str] = ("*",)) -> str:
+    """SQL selecting ``columns`` of a seeded reservoir sample of ``rows`` rows of ``table`` (every row when
+    it has fewer): the same rows on every call, whatever the thread count. The sample is drawn over
+    ``rowid`` alone and the scan then decodes the wanted columns of the sampled rows only; ``SELECT …
+    USING SAMPLE`` decodes them for every row (on a million rows: 0.05 s against 1.4 s for 500 rows of
+    four columns, 0.4 s against 1.5 s for 20,000)."""
+    selected = ", ".join(c if c == "*" else quote(c) for c in columns)
+    return (
+        f"SELECT {selected} FROM {quote(table)} WHERE rowid IN (SELECT rowid FROM {quote(table)} "
+        f"USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE ({int(seed)}))"
+    )
 
 
 def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:

@@ -294,3 +294,31 @@ def test_an_empty_version_still_gets_a_report(tmp_path: Path) -> None:
     assert result.rows == 0 and result.outliers == [] and result.languages == {}
     report, pngs = write_inspection_report(tmp_path, [result])
     assert "filtered" in report.read_text() and set(pngs["filtered"]) == {"lengths", "by_source", "composition"}
+
+
+def test_large_versions_are_counted_whole_and_measured_on_a_seeded_sample() -> None:
+    connection = duckdb.connect()
+    rows = [
+        new_row(
+            row_id=f"r{i:03d}",
+            kind="sft",
+            source="a" if i % 3 else "b",
+            license="MIT",
+            origin="human" if i % 4 else "synthetic",
+            generator=None if i % 4 else "teacher-x",
+            messages=[{"role": "user", "content": "q" * (1 + i)}, {"role": "assistant", "content": "answer"}],
+        )
+        for i in range(300)
+    ]
+    load(connection, "raw", rows)
+    result = inspect_version(connection, "raw", language_rows=0, sample_rows=50)
+    assert (result.rows, result.measured) == (300, 50)
+    assert result.categories["source"] == {"a": 200, "b": 100}
+    assert result.categories["origin"] == {"human": 225, "synthetic": 75}
+    by_source = {line["source"]: (line["rows"], line["human_share"]) for line in result.splits["source"]}
+    assert by_source == {"a": (200, 0.75), "b": (100, 0.75)}
+    assert result.crosstabs["origin_by_source"]["b"] == {"human": 75, "synthetic": 25}
+    assert result.distributions["prompt_chars"]["count"] == 50
+    assert "lengths and outliers: sampled 50 of 300 rows" in markdown_summary(result)
+    again = inspect_version(connection, "raw", language_rows=0, sample_rows=50)
+    assert again.distributions == result.distributions and again.outliers == result.outliers
