@@ -16,7 +16,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=["synthetic_mixed"],
     kinds={"duckdb"},
-    code_version="formatted-2",
+    code_version="formatted-3",
     owners=["team:data"],
 )
 def formatted(
@@ -40,7 +40,7 @@ def formatted(
         "template_id": tokens.template_id,
         "max_tokens": settings.max_tokens,
         "length_policy": settings.length_policy,
-        "rows_rejected": len(result.rejections),
+        "rows_rejected": result.rows_rejected,
         "rows_rejected_by_stage": MetadataValue.json(result.rejected_by_stage),
         "rows_truncated": tokens.truncated_rows,
         "tokens_total": tokens.total,

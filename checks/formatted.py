@@ -1,6 +1,7 @@
 """Blocking checks on `formatted`, the data that goes to training: token budget, contamination, split
-disjointness at cluster level and the template round trip. Each re-derives its answer from the stored
-rows (and the project file's tokenizer and benchmarks) rather than trusting what the asset recorded."""
+disjointness at cluster level and the template round trip. Each verifies what the asset recorded in SQL,
+over every row, and where independence needs a second computation (re-rendering, re-scanning against the
+benchmarks) repeats it on a fixed sample of rows, whatever the table's size; the metadata says how many."""
 
 from collections import Counter
 
@@ -8,17 +9,24 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDef
 
 from curation.core.home import exports_dir
 from curation.core.markdown import markdown_table
+from curation.core.warehouse import count_rows, fetch_one, table_names
 from curation.format.decontam import ContaminationIndex, check_row
 from curation.format.export import MANIFEST, verify_export
-from curation.format.render_checks import stored_tokens_problem, verify_row
+from curation.format.render_checks import stored_tokens_problem, verify_rows
 from curation.format.split import split_leaks
-from curation.format.stage import load_benchmarks, split_links
+from curation.format.stage import load_benchmarks
 from curation.format.table import iter_formatted_rows
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
 from resources.warehouse import POOL
 
 _SAMPLE = 10  # failing rows shown in the check's metadata
+RESCANNED_ROWS = 2_000
+"""Rows the contamination and round-trip checks compute again from scratch (the same rows every run)."""
+
+
+def _sampled(scanned: int, total: int) -> str:
+    return f"sampled {scanned} of {total}" if scanned < total else f"all {total}"
 
 
 @asset_check(
@@ -34,16 +42,18 @@ def formatted_within_token_budget(
 ) -> AssetCheckResult:
     budget = project.load().format.max_tokens
     with warehouse.get().connect() as connection:
-        over, missing, longest, p50, p90, p99, rows = connection.execute(
+        over, missing, longest, p50, p90, p99, rows = fetch_one(
+            connection,
             "SELECT count(*) FILTER (n_tokens > ?), count(*) FILTER (n_tokens IS NULL), max(n_tokens), "
             "quantile_disc(n_tokens, 0.5), quantile_disc(n_tokens, 0.9), quantile_disc(n_tokens, 0.99), count(*) "
             "FROM formatted",
             [budget],
-        ).fetchone()
-        (miscounted,) = connection.execute(
+        )
+        (miscounted,) = fetch_one(
+            connection,
             "SELECT count(*) FROM formatted WHERE kind <> 'preference' AND (json_array_length(input_ids) <> n_tokens "
-            "OR json_array_length(assistant_mask) <> n_tokens OR input_ids IS NULL)"
-        ).fetchone()
+            "OR json_array_length(assistant_mask) <> n_tokens OR input_ids IS NULL)",
+        )
         worst = connection.execute(
             "SELECT row_id, kind, n_tokens, truncation FROM formatted WHERE n_tokens > ? OR n_tokens IS NULL "
             "ORDER BY n_tokens DESC NULLS FIRST LIMIT ?",
@@ -73,8 +83,9 @@ def formatted_within_token_budget(
     name="no_contamination_left",
     blocking=True,
     pool=POOL,
-    description="Scanning every formatted row again against the configured benchmarks finds no match "
-    "(exact or n-gram), and no row flagged in `contamination` is still in `formatted`.",
+    description="No row flagged in `contamination` is still in `formatted`, every decontamination rejection "
+    "has its benchmark matches recorded, and scanning a fixed sample of formatted rows again against the "
+    "configured benchmarks finds no match (exact or n-gram).",
 )
 def formatted_no_contamination_left(
     context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
@@ -84,12 +95,18 @@ def formatted_no_contamination_left(
     index = ContaminationIndex(items) if items else None
     found, scanned = [], 0
     with warehouse.get().connect() as connection:
-        (flagged_left,) = connection.execute(
-            "SELECT count(*) FROM formatted f JOIN contamination c ON c.row_id = f.parent_id"
-        ).fetchone()
-        (removed,) = connection.execute("SELECT count(DISTINCT row_id) FROM contamination").fetchone()
+        (flagged_left,) = fetch_one(
+            connection, "SELECT count(*) FROM formatted f JOIN contamination c ON c.row_id = f.parent_id"
+        )
+        (removed,) = fetch_one(connection, "SELECT count(DISTINCT row_id) FROM contamination")
+        (unexplained,) = fetch_one(
+            connection,
+            "SELECT count(*) FROM format_rejections r WHERE stage = 'decontamination' "
+            "AND NOT EXISTS (SELECT 1 FROM contamination c WHERE c.row_id = r.row_id)",
+        )
+        total = count_rows(connection, "formatted")
         if index is not None:
-            for row in iter_formatted_rows(connection):
+            for row in iter_formatted_rows(connection, sample=RESCANNED_ROWS):
                 scanned += 1
                 for match in check_row(row, index):
                     found.append(
@@ -102,13 +119,15 @@ def formatted_no_contamination_left(
                         }
                     )
     return AssetCheckResult(
-        passed=flagged_left == 0 and not found,
+        passed=flagged_left == 0 and unexplained == 0 and not found,
         metadata={
             "benchmarks": [b.name for b in config.format.benchmarks],
             "benchmark_items": len(items),
             "rows_scanned": scanned,
+            "rescanned": _sampled(scanned, total) if index is not None else "no benchmarks configured",
             "matches_left": len(found),
             "flagged_rows_left": int(flagged_left),
+            "rejections_without_matches": int(unexplained),
             "contaminated_rows_removed": int(removed),
             "matches_sample": MetadataValue.md(markdown_table(found[:_SAMPLE])),
         },
@@ -125,22 +144,19 @@ def formatted_no_contamination_left(
 )
 def formatted_splits_disjoint(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
     with warehouse.get().connect() as connection:
-        rows = {
-            row_id: (parent, split)
-            for row_id, parent, split in connection.execute("SELECT row_id, parent_id, split FROM formatted").fetchall()
-        }
-        edges, clusters = split_links(connection)
-    leaks = split_leaks(rows, edges, clusters)
-    splits = Counter(split for _, split in rows.values())
+        splits = dict(connection.execute("SELECT split, count(*) FROM formatted GROUP BY 1 ORDER BY 1").fetchall())
+        (edges,) = fetch_one(connection, "SELECT count(*) FROM lineage WHERE asset <> 'formatted'")
+        members = count_rows(connection, "dedup_clusters") if "dedup_clusters" in table_names(connection) else 0
+        leaks, sample = split_leaks(connection, "formatted", _SAMPLE)
     return AssetCheckResult(
-        passed=not leaks,
+        passed=leaks == 0,
         metadata={
-            "rows": len(rows),
-            "rows_by_split": MetadataValue.json(dict(splits)),
-            "lineage_edges": len(edges),
-            "cluster_members": len(clusters),
-            "shared_across_splits": len(leaks),
-            "leaks_sample": MetadataValue.md(markdown_table(leaks[:_SAMPLE])),
+            "rows": sum(splits.values()),
+            "rows_by_split": MetadataValue.json(splits),
+            "lineage_edges": int(edges),
+            "cluster_members": members,
+            "shared_across_splits": leaks,
+            "leaks_sample": MetadataValue.md(markdown_table(sample)),
         },
     )
 
@@ -150,9 +166,10 @@ def formatted_splits_disjoint(context: AssetCheckExecutionContext, warehouse: Wa
     name="round_trip_ok",
     blocking=True,
     pool=POOL,
-    description="For every formatted row: no control token of the template inside message content; "
-    "rendering then parsing back gives the messages; the generation prompt is exactly what "
-    "precedes the reply (what inference will send); stored token ids decode to the stored text.",
+    description="Every formatted row recorded a passed round trip and a generation prompt that matches; on "
+    "a fixed sample, rendered again: no control token of the template inside message content, rendering "
+    "then parsing back gives the messages, the generation prompt is exactly what precedes the reply (what "
+    "inference will send), and the stored token ids decode to the stored text.",
 )
 def formatted_round_trip_ok(
     context: AssetCheckExecutionContext,
@@ -160,44 +177,55 @@ def formatted_round_trip_ok(
     warehouse: WarehouseResource,
     tokenizer: TokenizerResource,
 ) -> AssetCheckResult:
-    tokenizer = tokenizer.load(project.load())
+    target = tokenizer.load(project.load())
     failures: Counter[str] = Counter()
     sample: list[dict[str, str]] = []
-    levels: Counter[str] = Counter()
-    rows = 0
+
+    def failed(row_id: str, kind: str, name: str, detail: str, rows: int = 1) -> None:
+        failures[name] += rows
+        if len(sample) < _SAMPLE:
+            sample.append({"row_id": row_id, "kind": kind, "problem": name, "detail": detail})
+
     with warehouse.get().connect() as connection:
-        for row in iter_formatted_rows(connection):
-            rows += 1
-            verification = verify_row(row, tokenizer)
-            problems = []
+        levels = dict(connection.execute("SELECT round_trip, count(*) FROM formatted GROUP BY 1 ORDER BY 1").fetchall())
+        # What the asset recorded for every row (it rejects a failed round trip, so none should be stored).
+        recorded = {
+            "recorded_round_trip": "round_trip IS NULL OR NOT starts_with(round_trip, 'ok')",
+            "recorded_generation_prompt": "generation_prompt_ok = false",
+        }
+        for name, condition in recorded.items():
+            found = connection.execute(
+                f"SELECT row_id, kind, round_trip, count(*) OVER () FROM formatted WHERE {condition} "
+                "ORDER BY row_id LIMIT 1"
+            ).fetchall()
+            for row_id, kind, round_trip, rows in found:
+                failed(row_id, kind, name, f"round trip recorded as {round_trip!r}", rows=int(rows))
+        total = count_rows(connection, "formatted")
+        sampled = list(iter_formatted_rows(connection, sample=RESCANNED_ROWS))
+        for row, verification in zip(sampled, verify_rows(sampled, target), strict=True):
             if verification.leaked_tokens:
-                problems.append(("special_tokens_in_content", ", ".join(verification.leaked_tokens)))
+                failed(row["row_id"], row["kind"], "special_tokens_in_content", ", ".join(verification.leaked_tokens))
             if not verification.round_trip_passed:
-                problems.append(("round_trip", verification.round_trip))
-            else:
-                levels[verification.round_trip] += 1
+                failed(row["row_id"], row["kind"], "round_trip", verification.round_trip)
             if verification.generation_prompt_ok is False:
-                problems.append(
-                    (
-                        "generation_prompt",
-                        "render(history, add_generation_prompt=True) is not what "
-                        "precedes the reply in render(history + reply)",
-                    )
+                failed(
+                    row["row_id"],
+                    row["kind"],
+                    "generation_prompt",
+                    "render(history, add_generation_prompt=True) is not what precedes the reply in "
+                    "render(history + reply)",
                 )
-            stored = stored_tokens_problem(row, tokenizer)
+            stored = stored_tokens_problem(row, target)
             if stored:
-                problems.append(("stored_tokens", stored))
-            for name, detail in problems:
-                failures[name] += 1
-                if len(sample) < _SAMPLE:
-                    sample.append({"row_id": row["row_id"], "kind": row["kind"], "problem": name, "detail": detail})
+                failed(row["row_id"], row["kind"], "stored_tokens", stored)
     return AssetCheckResult(
         passed=not failures,
         metadata={
-            "rows": rows,
+            "rows": total,
+            "rendered_again": _sampled(len(sampled), total),
             "failures": MetadataValue.json(dict(failures)),
-            "round_trip_levels": MetadataValue.json(dict(levels)),
-            "tokenizer": tokenizer.name_or_path,
+            "round_trip_levels": MetadataValue.json({str(level): int(n) for level, n in levels.items()}),
+            "tokenizer": target.name_or_path,
             "failures_sample": MetadataValue.md(markdown_table(sample)),
         },
     )

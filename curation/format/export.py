@@ -33,13 +33,20 @@ The data version is a content hash of the JSONL files and of the manifest's desc
 (licences, teachers, tokenizer, template, project file), so any change gives a new folder. A folder is
 written under a temporary name and renamed into place; an existing version is verified and reused,
 never overwritten.
+
+Rows stream from DuckDB once: each JSONL line is written as its row arrives (token ids copied as stored,
+not decoded and encoded again) while each file's Parquet schema is inferred chunk by chunk; then Arrow's
+JSON reader turns each JSONL file into Parquet batch by batch. Memory holds a chunk per file, whatever
+the table's size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
+import math
 import os
 import shutil
 import uuid
@@ -51,13 +58,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
-from curation.core.schema import Row
-from curation.core.warehouse import table_names
-from curation.format.table import iter_formatted_rows
+from curation.core.schema import JSON_COLUMNS, Row
+from curation.core.warehouse import count_rows, fetch_one, read_batches, table_names
 from curation.ingest.readers import file_digest
 
 if TYPE_CHECKING:
@@ -154,16 +161,52 @@ class ExportInfo:
 # --------------------------------------------------------------------------- rows → records
 
 
-def _ids(value: Any) -> list[int]:
+class _Ids(str):
+    """A list of token ids as compact JSON text, written into a JSONL line as it is."""
+
+
+def _ids(value: Any) -> _Ids:
+    # Stored as json.dumps of a list of ints: dropping the spaces gives the compact form json.dumps
+    # writes with separators (",", ":"), without decoding a list that can hold thousands of ids.
     if isinstance(value, str):
-        value = json.loads(value)
-    return list(value or [])
+        return _Ids(value.replace(" ", ""))
+    return _Ids(json.dumps(list(value or []), separators=(",", ":")))
 
 
 def _tools(row: Row) -> Any:
     extra = row.get("extra")
     tools = extra.get("tools") if isinstance(extra, dict) else None
     return json.loads(tools) if isinstance(tools, str) else tools
+
+
+_RANGE_ROWS = 10_000
+"""Rows per range of row ids the export reads at a time (what DuckDB sorts at once)."""
+
+
+def _export_rows(connection: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[Row]:
+    """The stored ``formatted`` rows, message columns decoded and token ids left as their JSON text, each
+    split in row-id order. Read range by range of row ids, each range sorted by ``(split, row_id)``: every
+    file still gets its rows in row-id order, and DuckDB never sorts the whole wide table at once."""
+    ranges = math.ceil(count_rows(connection, "formatted") / _RANGE_ROWS)
+    bounds: list[str] = []
+    if ranges > 1:
+        (bounds,) = fetch_one(
+            connection,
+            "SELECT list_distinct(quantile_disc(row_id, ?)) FROM formatted",
+            [[k / ranges for k in range(1, ranges)]],
+        )
+    edges = [None, *sorted(bounds), None]
+    for low, high in itertools.pairwise(edges):
+        conditions = [c for c, bound in (("row_id >= ?", low), ("row_id < ?", high)) if bound is not None]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT * EXCLUDE (ingested_at) FROM formatted {where} ORDER BY split, row_id"
+        params = [bound for bound in (low, high) if bound is not None]
+        for batch in read_batches(connection, sql, params, batch_rows=batch_rows):
+            for record in batch.to_pylist():
+                for column in JSON_COLUMNS:
+                    if isinstance(record[column], str):
+                        record[column] = json.loads(record[column])
+                yield record
 
 
 def export_records(row: Row) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -223,75 +266,146 @@ def export_records(row: Row) -> Iterator[tuple[str, dict[str, Any]]]:
 # --------------------------------------------------------------------------- writing
 
 
-class _JsonlWriters:
-    """One open JSONL file per (config, split), hashed while written."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.files: dict[str, tuple[IO[bytes], Any, list[int]]] = {}
-
-    def write(self, config: str, split: str, record: Mapping[str, Any]) -> None:
-        relative = f"{config}/{split}.jsonl"
-        if relative not in self.files:
-            (self.folder / config).mkdir(parents=True, exist_ok=True)
-            self.files[relative] = ((self.folder / relative).open("wb"), hashlib.sha256(), [0])
-        handle, digest, count = self.files[relative]
-        # Fixed key order and separators: the same rows always give the same bytes, hence the same version.
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        handle.write(line)
-        digest.update(line)
-        count[0] += 1
-
-    def close(self) -> dict[str, dict[str, Any]]:
-        summary = {}
-        for relative, (handle, digest, count) in sorted(self.files.items()):
-            handle.close()
-            summary[relative] = {
-                "sha256": digest.hexdigest(),
-                "rows": count[0],
-                "bytes": (self.folder / relative).stat().st_size,
-            }
-        return summary
+# Fixed key order and separators: the same rows always give the same bytes, hence the same version.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def _jsonl_chunks(path: Path, rows: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            chunk.append(json.loads(line))
-            if len(chunk) >= rows:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
+def _json_line(record: Mapping[str, Any]) -> bytes:
+    """What ``json.dumps`` writes for the record, with token ids copied in as they are."""
+    if not any(isinstance(value, _Ids) for value in record.values()):
+        return (_ENCODER.encode(record) + "\n").encode("utf-8")
+    fields = (
+        _ENCODER.encode(key) + ":" + (value if isinstance(value, _Ids) else _ENCODER.encode(value))
+        for key, value in record.items()
+    )
+    return ("{" + ",".join(fields) + "}\n").encode("utf-8")
 
 
-def jsonl_to_parquet(source: Path, target: Path, batch_rows: int = 2_000) -> int:
-    """Convert a JSONL export file to Parquet in two streaming passes: infer one schema over every row
-    (nested keys unioned, missing ones null), then write batch by batch. Returns the row count."""
-    schema: pa.Schema | None = None
-    for chunk in _jsonl_chunks(source, batch_rows):
+class _ParquetSchema:
+    """The Parquet schema of one file's records: each chunk's columns typed as Arrow infers them from
+    the values (``pa.Table.from_pydict``: nested keys unioned, missing ones null), unified over chunks."""
+
+    def __init__(self, name: str, chunk_rows: int) -> None:
+        self.name = name
+        self.chunk_rows = chunk_rows
+        self.schema: pa.Schema | None = None
+        self.chunk: list[Mapping[str, Any]] = []
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        self.chunk.append(record)
+        if len(self.chunk) >= self.chunk_rows:
+            self._infer()
+
+    def result(self) -> pa.Schema | None:
+        self._infer()
+        return self.schema
+
+    def _infer(self) -> None:
+        if not self.chunk:
+            return
         try:
             # from_pylist would take the columns of the first row only; union them over the chunk.
-            columns = list(dict.fromkeys(key for record in chunk for key in record))
-            chunk_schema = pa.Table.from_pydict({c: [r.get(c) for r in chunk] for c in columns}).schema
-            schema = (
+            columns = list(dict.fromkeys(key for record in self.chunk for key in record))
+            values = {c: [_typed_like(record.get(c)) for record in self.chunk] for c in columns}
+            chunk_schema = pa.Table.from_pydict(values).schema
+            self.schema = (
                 chunk_schema
-                if schema is None
-                else pa.unify_schemas([schema, chunk_schema], promote_options="permissive")
+                if self.schema is None
+                else pa.unify_schemas([self.schema, chunk_schema], promote_options="permissive")
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise ExportError(
-                f"{source}: rows have incompatible value types for Parquet ({error}); "
+                f"{self.name}: rows have incompatible value types for Parquet ({error}); "
                 "a field holds different JSON types across rows"
             ) from error
+        self.chunk = []
+
+
+def _typed_like(value: Any) -> Any:
+    # Token ids are typed as a list of ints (list<null> when empty, as Arrow types an empty list).
+    if isinstance(value, _Ids):
+        return [] if value == "[]" else [0]
+    return value
+
+
+@dataclass
+class _ExportFile:
+    handle: IO[bytes]
+    digest: Any
+    schema: _ParquetSchema
+    rows: int = 0
+    longest_line: int = 0
+
+
+class _ExportFiles:
+    """One open JSONL file per (config, split), hashed while written, its Parquet schema inferred as it grows."""
+
+    def __init__(self, folder: Path, chunk_rows: int) -> None:
+        self.folder = folder
+        self.chunk_rows = chunk_rows
+        self.files: dict[str, _ExportFile] = {}
+
+    def write(self, config: str, split: str, record: Mapping[str, Any]) -> None:
+        relative = f"{config}/{split}.jsonl"
+        file = self.files.get(relative)
+        if file is None:
+            (self.folder / config).mkdir(parents=True, exist_ok=True)
+            handle = (self.folder / relative).open("wb")
+            file = self.files[relative] = _ExportFile(
+                handle, hashlib.sha256(), _ParquetSchema(relative, self.chunk_rows)
+            )
+        line = _json_line(record)
+        file.handle.write(line)
+        file.digest.update(line)
+        file.schema.add(record)
+        file.rows += 1
+        file.longest_line = max(file.longest_line, len(line))
+
+    def close(self) -> None:
+        for file in self.files.values():
+            file.handle.close()
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per JSONL file (relative path, sorted): sha256, rows and bytes, for the manifest."""
+        return {
+            relative: {
+                "sha256": file.digest.hexdigest(),
+                "rows": file.rows,
+                "bytes": (self.folder / relative).stat().st_size,
+            }
+            for relative, file in sorted(self.files.items())
+        }
+
+
+def jsonl_to_parquet(
+    source: Path, target: Path, batch_rows: int = 2_000, schema: pa.Schema | None = None, longest_line: int = 0
+) -> int:
+    """Convert a JSONL export file to Parquet, batch by batch with Arrow's JSON reader, and return the row
+    count. ``schema``: the file's Parquet schema when the writer inferred it (else inferred here in a first
+    pass over the file, ``batch_rows`` lines at a time); ``longest_line`` in bytes, if known."""
+    if schema is None:
+        inferred = _ParquetSchema(str(source), batch_rows)
+        with source.open("rb") as handle:
+            for line in handle:
+                inferred.add(json.loads(line))
+                longest_line = max(longest_line, len(line))
+        schema = inferred.result()
     if schema is None:
         return 0
+    # A block must hold the longest line whole.
+    read = pa_json.ReadOptions(block_size=max(1 << 20, 2 * longest_line))
+    parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
     rows = 0
-    with pq.ParquetWriter(target, schema) as writer:
-        for chunk in _jsonl_chunks(source, batch_rows):
-            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-            rows += len(chunk)
+    try:
+        with pq.ParquetWriter(target, schema) as writer:
+            for batch in pa_json.open_json(source, read_options=read, parse_options=parse):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise ExportError(
+            f"{source}: rows have incompatible value types for Parquet ({error}); "
+            "a field holds different JSON types across rows"
+        ) from error
     return rows
 
 
@@ -498,14 +612,15 @@ def write_export(
     staging = root / f".tmp-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        writers = _JsonlWriters(staging)
+        writers = _ExportFiles(staging, batch_rows)
         try:
-            for row in iter_formatted_rows(connection, batch_rows=batch_rows):
+            for row in _export_rows(connection, batch_rows):
                 split = row.get("split") or "train"
                 for config, record in export_records(row):
                     writers.write(config, split, record)
         finally:
-            files = writers.close()
+            writers.close()
+        files = writers.summary()
         rows: dict[str, dict[str, int]] = {}
         for relative, entry in files.items():
             config, name = relative.split("/")
@@ -528,9 +643,11 @@ def write_export(
         if final.exists():
             return _reuse(final, staging)
         parquet = {}
-        for relative in files:
+        for relative, file in sorted(writers.files.items()):
             target = staging / relative.replace(".jsonl", ".parquet")
-            count = jsonl_to_parquet(staging / relative, target, batch_rows)
+            count = jsonl_to_parquet(
+                staging / relative, target, schema=file.schema.result(), longest_line=file.longest_line
+            )
             parquet[str(target.relative_to(staging))] = {
                 "sha256": file_digest(target),
                 "rows": count,

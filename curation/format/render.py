@@ -1,7 +1,8 @@
 """Render canonical rows for the target model: chat template, token counts, loss masks, checks.
 
-Everything goes through the tokenizer's own ``apply_chat_template`` so the text we count and
-mask is byte-for-byte what a trainer using the same tokenizer would build. Layouts:
+Everything is rendered the way the tokenizer's own ``apply_chat_template`` renders it (its template,
+through transformers' compiled template and renderer) and tokenized by the tokenizer itself, so the
+text we count and mask is byte-for-byte what a trainer using the same tokenizer would build. Layouts:
 
 * sft / chat / tool / reward: the whole conversation; ``assistant_mask`` marks the tokens the
   assistant wrote (content, tool calls and its end-of-turn token), never headers or other roles.
@@ -12,19 +13,28 @@ mask is byte-for-byte what a trainer using the same tokenizer would build. Layou
 * text: the raw text, every token trained on.
 
 Tools for tool rows are read from ``row["extra"]["tools"]`` (where the ingest mappings keep them).
+
+:func:`format_batch` renders a batch of rows and tokenizes all their texts in one tokenizer call;
+inside :func:`reusing_renderings` the verification that follows (:mod:`curation.format.render_checks`)
+finds the renderings and tokens it needs instead of computing them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import re
 import weakref
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from curation.core.schema import Message, Row
 from curation.format.tokenizers import TEMPLATE_NAMES, load_template, template_id
@@ -180,6 +190,36 @@ def _template_text(tokenizer: PreTrainedTokenizerBase, tools: Tools = None) -> s
     return tokenizer.get_chat_template(None, tools)
 
 
+# --------------------------------------------------------------------------- reuse within a batch
+
+Encoding = tuple[list[int], list[tuple[int, int]]]
+"""Token ids and each token's character span in the text."""
+Spans = list[tuple[int, int]]
+
+
+@dataclass
+class _Reuse:
+    renderings: dict[tuple[Any, ...], tuple[str, Spans | None]] = field(default_factory=dict)
+    encodings: dict[tuple[int, str], Encoding] = field(default_factory=dict)
+    control_tokens: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+
+
+_REUSE: ContextVar[_Reuse | None] = ContextVar("curation_format_reuse", default=None)
+
+
+@contextlib.contextmanager
+def reusing_renderings() -> Iterator[None]:
+    """Inside this block a conversation rendered again, or a text tokenized again, is looked up instead:
+    verifying a row renders and tokenizes what rendering it already did, and :func:`format_batch`
+    tokenizes every text of its rows in one call. Meant for one batch of rows; everything is freed at
+    the end of the block."""
+    token = _REUSE.set(_Reuse())
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -188,36 +228,108 @@ def _template_tools(tools: Tools) -> list[Any] | None:
     return tools or None
 
 
+@functools.lru_cache(maxsize=16)
+def _marks_generation(template: str) -> bool:
+    return _GENERATION_TAG.search(template) is not None
+
+
+def _render_marked(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    tools: Tools,
+    add_generation_prompt: bool = False,
+    spans: bool = True,
+) -> tuple[str, Spans | None]:
+    """The rendering and, when ``spans`` is set and the template has ``{% generation %}`` markers, the
+    character spans they mark (else None).
+
+    Renders the way ``apply_chat_template`` does (keys whose value is None dropped, special tokens as
+    template variables, through transformers' own compiled and cached template), without its per-call
+    overhead, and with the marked spans from the same rendering."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    template = _template_text(tokenizer, tools)
+    marked = spans and _marks_generation(template)
+    reuse = _REUSE.get()
+    key: tuple[Any, ...] = ()
+    if reuse is not None:
+        conversation_key = repr((messages, tools))  # the same messages give the same text
+        key = (id(tokenizer), template, conversation_key, add_generation_prompt)
+        hit = reuse.renderings.get(key)
+        if hit is not None and (hit[1] is not None or not marked):  # a rendering without spans cannot give them
+            return hit
+    conversation = [{k: v for k, v in message.items() if v is not None} for message in messages]
+    template_variables: dict[str, Any] = dict(tokenizer.special_tokens_map)
+    # Annotated as returning a string; it returns the renderings and the marked spans of each conversation.
+    rendered: Any = render_jinja_template(
+        conversations=[conversation],
+        tools=_template_tools(tools),
+        chat_template=template,
+        return_assistant_tokens_mask=marked,
+        add_generation_prompt=add_generation_prompt,
+        **template_variables,
+    )
+    texts, marked_spans = rendered
+    result = (texts[0], [(int(start), int(end)) for start, end in marked_spans[0]] if marked else None)
+    if reuse is not None:
+        reuse.renderings[key] = result
+    return result
+
+
 def _render(
     tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools, add_generation_prompt: bool = False
 ) -> str:
-    # apply_chat_template returns the rendered string when tokenize=False (its annotation is the union).
-    return cast(
-        str,
-        tokenizer.apply_chat_template(
-            messages, tools=_template_tools(tools), tokenize=False, add_generation_prompt=add_generation_prompt
-        ),
-    )
+    return _render_marked(tokenizer, messages, tools, add_generation_prompt, spans=False)[0]
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+def _encode_many(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], reused_later: Sequence[str] = ()
+) -> list[Encoding]:
+    """Ids and offsets of each text, from one batched tokenizer call (a call per text costs more in
+    transformers' bookkeeping than in tokenizing). ``reused_later``: texts that will be tokenized again
+    inside the current :func:`reusing_renderings` block, tokenized in the same call (ignored outside one)."""
+    reuse = _REUSE.get()
+    if reuse is None:
+        return _tokenize(tokenizer, texts)
+    owner = id(tokenizer)
+    missing = [t for t in dict.fromkeys([*texts, *reused_later]) if (owner, t) not in reuse.encodings]
+    for text, encoding in zip(missing, _tokenize(tokenizer, missing), strict=True):
+        reuse.encodings[owner, text] = encoding
+    return [reuse.encodings[owner, t] for t in texts]
 
 
-def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[Encoding]:
+    if not texts:
+        return []
+    out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    return list(zip(out["input_ids"], out["offset_mapping"], strict=True))
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> Encoding:
+    return _encode_many(tokenizer, [text])[0]
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """``tokenizer.decode(ids)`` for a list of ids, without its check of every element's type (which
+    costs more than the decoding)."""
+    return str(tokenizer._decode(ids))
+
+
+def _mask_from_spans(offsets: list[tuple[int, int]], spans: Spans) -> list[int]:
     # A token counts when it overlaps a span, as transformers does for {% generation %} blocks, so both
     # mask sources agree on tokens that straddle a boundary.
-    mask = [0] * len(offsets)
-    for index, (start, end) in enumerate(offsets):
-        if any(end > s and start < e for s, e in spans):
-            mask[index] = 1
-    return mask
+    if not offsets:
+        return []
+    bounds = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
+    mask = np.zeros(len(offsets), dtype=bool)
+    for start, end in spans:
+        mask |= (bounds[:, 1] > start) & (bounds[:, 0] < end)
+    return mask.astype(np.int64).tolist()
 
 
 def _assistant_spans(
     tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools, full: str
-) -> tuple[list[tuple[int, int]], bool]:
+) -> tuple[Spans, bool]:
     """Character spans of assistant turns in ``full``, by incremental rendering.
 
     Turn i spans from the end of render(messages[:i], generation prompt) to the end of
@@ -225,7 +337,7 @@ def _assistant_spans(
     as the {% generation %} templates mark it. Where the template is not prefix-stable (it rewrites
     earlier turns), fall back to finding the content text; the flag says whether that happened.
     """
-    spans: list[tuple[int, int]] = []
+    spans: Spans = []
     exact = True
     cursor = 0
     for index, message in enumerate(messages):
@@ -248,32 +360,62 @@ def _assistant_spans(
     return spans, exact
 
 
-def _chat_encoding(
-    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: Tools, add_generation_prompt: bool = False
-) -> tuple[str, list[int], list[int], str]:
-    """Rendered text, ids and assistant mask of a conversation, with where the mask came from."""
-    template = _template_text(tokenizer, tools)
-    text = _render(tokenizer, messages, tools, add_generation_prompt)
+@dataclass(frozen=True)
+class _Draft:
+    """A row rendered but not tokenized yet: the texts to tokenize, and how their tokens become the
+    row's counts and mask (:meth:`parts`). Splitting the two lets a batch tokenize in one call."""
+
+    kind: str
+    texts: tuple[str, ...]
+    """The rendering (text rows: the text); for preference rows prompt, chosen and rejected."""
+    spans: Spans | None
+    """Character spans of ``texts[0]`` that carry loss; None for every token (text rows)."""
+    mask_source: str
+    verification_texts: tuple[str, ...] = ()
+    """Renderings that verifying the row tokenizes too (:func:`round_trip_ok`)."""
+
+    def parts(self, encodings: Sequence[Encoding]) -> dict[str, Any]:
+        """The rendering's fields of :class:`RenderedRow`, from the encodings of :attr:`texts`."""
+        if self.kind == "preference":
+            prompt, chosen, rejected = self.texts
+            (prompt_ids, _), (chosen_ids, _), (rejected_ids, _) = encodings
+            # TRL tokenizes prompt and completion separately and concatenates, so counts add up the same way.
+            return {
+                "text": prompt,
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "input_ids": [],
+                "assistant_mask": [],
+                "mask_source": self.mask_source,
+                "n_prompt_tokens": len(prompt_ids),
+                "n_chosen_tokens": len(chosen_ids),
+                "n_rejected_tokens": len(rejected_ids),
+                "n_tokens": len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)),
+            }
+        ids, offsets = encodings[0]
+        mask = [1] * len(ids) if self.spans is None else _mask_from_spans(offsets, self.spans)
+        return {
+            "text": self.texts[0],
+            "n_tokens": len(ids),
+            "input_ids": ids,
+            "assistant_mask": mask,
+            "mask_source": self.mask_source,
+        }
+
+
+def _chat_draft(tokenizer: PreTrainedTokenizerBase, kind: str, messages: list[Message], tools: Tools) -> _Draft:
+    """A conversation's rendering and the spans of what the assistant wrote, with where they came from."""
+    prompt_row = kind == "prompt"
+    text, marked = _render_marked(tokenizer, messages, tools, add_generation_prompt=prompt_row)
+    # The round trip renders a prompt row without the generation prompt.
+    verification = (_render(tokenizer, messages, tools),) if prompt_row else ()
     if not any(m.get("role") == "assistant" for m in messages):
-        ids, _ = _encode(tokenizer, text)
-        return text, ids, [0] * len(ids), "none"
-    if _GENERATION_TAG.search(template):
-        # return_dict=True gives a BatchEncoding (a dict); the annotation is the union of every mode.
-        out = cast(
-            Mapping[str, Any],
-            tokenizer.apply_chat_template(
-                messages,
-                tools=_template_tools(tools),
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                add_generation_prompt=add_generation_prompt,
-            ),
-        )
-        return text, list(out["input_ids"]), list(out["assistant_masks"]), "generation"
-    ids, offsets = _encode(tokenizer, text)
+        return _Draft(kind, (text,), [], "none", verification)
+    if marked is not None:
+        return _Draft(kind, (text,), marked, "generation", verification)
     spans, exact = _assistant_spans(tokenizer, messages, tools, text)
-    return text, ids, _mask_from_spans(offsets, spans), "offsets" if exact else "content_search"
+    return _Draft(kind, (text,), spans, "offsets" if exact else "content_search", verification)
 
 
 def _with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
@@ -291,6 +433,33 @@ def _row_tools(row: Row) -> Tools:
     return tools or None
 
 
+def _draft(
+    tokenizer: PreTrainedTokenizerBase,
+    kind: str,
+    messages: list[Message],
+    tools: Tools,
+    chosen: list[Message] | None = None,
+    rejected: list[Message] | None = None,
+    text: str | None = None,
+) -> _Draft:
+    if kind == "text":
+        return _Draft(kind, (text or "",), None, "all")
+    if kind == "preference":
+        prompt = _render(tokenizer, messages, tools, add_generation_prompt=True)
+        pieces, fulls = [prompt], []
+        for side, completion in (("chosen", chosen), ("rejected", rejected)):
+            full = _render(tokenizer, messages + list(completion or []), tools)
+            if not full.startswith(prompt):
+                raise RenderError(
+                    f"the rendering of prompt + {side} does not start with the "
+                    "prompt rendering, so the template cannot split prompt and completion"
+                )
+            pieces.append(full[len(prompt) :])
+            fulls.append(full)
+        return _Draft(kind, tuple(pieces), None, "empty", tuple(fulls))
+    return _chat_draft(tokenizer, kind, messages, tools)
+
+
 def _render_parts(
     tokenizer: PreTrainedTokenizerBase,
     kind: str,
@@ -300,40 +469,8 @@ def _render_parts(
     rejected: list[Message] | None = None,
     text: str | None = None,
 ) -> dict[str, Any]:
-    if kind == "text":
-        ids, _ = _encode(tokenizer, text or "")
-        return {
-            "text": text or "",
-            "n_tokens": len(ids),
-            "input_ids": ids,
-            "assistant_mask": [1] * len(ids),
-            "mask_source": "all",
-        }
-    if kind == "preference":
-        prompt = _render(tokenizer, messages, tools, add_generation_prompt=True)
-        parts: dict[str, Any] = {
-            "text": prompt,
-            "prompt": prompt,
-            "input_ids": [],
-            "assistant_mask": [],
-            "mask_source": "empty",
-        }
-        parts["n_prompt_tokens"] = len(_encode(tokenizer, prompt)[0])
-        for side, completion in (("chosen", chosen), ("rejected", rejected)):
-            full = _render(tokenizer, messages + list(completion or []), tools)
-            if not full.startswith(prompt):
-                raise RenderError(
-                    f"the rendering of prompt + {side} does not start with the "
-                    "prompt rendering, so the template cannot split prompt and completion"
-                )
-            parts[side] = full[len(prompt) :]
-            parts[f"n_{side}_tokens"] = len(_encode(tokenizer, parts[side])[0])
-        # TRL tokenizes prompt and completion separately and concatenates, so counts add up the same way.
-        longest = max(parts["n_chosen_tokens"], parts["n_rejected_tokens"])
-        parts["n_tokens"] = parts["n_prompt_tokens"] + longest
-        return parts
-    rendered, ids, mask, source = _chat_encoding(tokenizer, messages, tools, add_generation_prompt=kind == "prompt")
-    return {"text": rendered, "n_tokens": len(ids), "input_ids": ids, "assistant_mask": mask, "mask_source": source}
+    draft = _draft(tokenizer, kind, messages, tools, chosen, rejected, text)
+    return draft.parts(_encode_many(tokenizer, draft.texts))
 
 
 class RenderError(ValueError):
@@ -341,11 +478,16 @@ class RenderError(ValueError):
     without the row. Configuration errors (no chat template, missing tokenizer) are not this."""
 
 
-def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *, system_prompt: str | None = None) -> RenderedRow:
-    """Render one canonical row with the tokenizer's chat template (see the module doc for layouts).
+@dataclass(frozen=True)
+class _Pending:
+    """A row ready to render: what :class:`RenderedRow` records besides the rendering, and its draft."""
 
-    Raises :class:`RenderError` for rows that cannot be rendered, ValueError for configuration errors.
-    """
+    fields: dict[str, Any]
+    draft: _Draft
+
+
+def _prepare(row: Row, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> _Pending:
+    """Validate a row and render it (not tokenized yet); RenderError for a row that cannot be rendered."""
     from jinja2 import TemplateError
 
     kind = row.get("kind")
@@ -374,20 +516,77 @@ def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *, system_prompt: s
             f"row {row_id}: unknown kind {kind!r}; expected one of sft, chat, tool, prompt, reward, preference, text"
         )
     try:
-        parts = _render_parts(tokenizer, kind, messages, tools, chosen, rejected, row.get("text"))
+        draft = _draft(tokenizer, kind, messages, tools, chosen, rejected, row.get("text"))
     except (TemplateError, RenderError) as error:
         raise RenderError(f"row {row_id}: {error}") from error
-    return RenderedRow(
-        row_id=row_id,
-        kind=kind,
-        messages=messages,
-        chosen_messages=chosen,
-        rejected_messages=rejected,
-        tools=tools,
-        template_id=template_id(template),
-        tokenizer_id=tokenizer_id(tokenizer),
-        **parts,
+    fields = {
+        "row_id": row_id,
+        "kind": kind,
+        "messages": messages,
+        "chosen_messages": chosen,
+        "rejected_messages": rejected,
+        "tools": tools,
+        "template_id": template_id(template),
+        "tokenizer_id": tokenizer_id(tokenizer),
+    }
+    return _Pending(fields, draft)
+
+
+def render_rows(
+    rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, *, system_prompt: str | None = None
+) -> list[RenderedRow | RenderError]:
+    """Render canonical rows with the tokenizer's chat template (see the module doc for layouts), every
+    text of the batch tokenized in one call. A row that cannot be rendered comes back as its
+    :class:`RenderError`; configuration errors raise (ValueError)."""
+    pending: list[_Pending | RenderError] = []
+    for row in rows:
+        try:
+            pending.append(_prepare(row, tokenizer, system_prompt))
+        except RenderError as error:
+            pending.append(error)
+    drafts = [p.draft for p in pending if isinstance(p, _Pending)]
+    encodings = iter(
+        _encode_many(
+            tokenizer,
+            [text for draft in drafts for text in draft.texts],
+            reused_later=[text for draft in drafts for text in draft.verification_texts],
+        )
     )
+    return [
+        p
+        if isinstance(p, RenderError)
+        else RenderedRow(**p.fields, **p.draft.parts([next(encodings) for _ in p.draft.texts]))
+        for p in pending
+    ]
+
+
+def render_row(row: Row, tokenizer: PreTrainedTokenizerBase, *, system_prompt: str | None = None) -> RenderedRow:
+    """One row of :func:`render_rows`; raises :class:`RenderError` for a row that cannot be rendered."""
+    [rendered] = render_rows([row], tokenizer, system_prompt=system_prompt)
+    if isinstance(rendered, RenderError):
+        raise rendered
+    return rendered
+
+
+def format_batch(
+    rows: Sequence[Row],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_tokens: int,
+    policy: LengthPolicy = "drop",
+    system_prompt: str | None = None,
+) -> list[tuple[RenderedRow | None, str]]:
+    """Render then apply the length policy: what the ``formatted`` asset does to each row.
+
+    A row that cannot be rendered comes back as (None, "render_error: ...") so it is recorded, not
+    lost; configuration errors still raise.
+    """
+    return [
+        (None, f"render_error: {rendered}")
+        if isinstance(rendered, RenderError)
+        else apply_length_policy(rendered, max_tokens, policy, tokenizer=tokenizer)
+        for rendered in render_rows(rows, tokenizer, system_prompt=system_prompt)
+    ]
 
 
 def format_row(
@@ -398,16 +597,9 @@ def format_row(
     policy: LengthPolicy = "drop",
     system_prompt: str | None = None,
 ) -> tuple[RenderedRow | None, str]:
-    """Render then apply the length policy: what the ``formatted`` asset does per row.
-
-    A row that cannot be rendered comes back as (None, "render_error: ...") so it is recorded, not
-    lost; configuration errors still raise.
-    """
-    try:
-        rendered = render_row(row, tokenizer, system_prompt=system_prompt)
-    except RenderError as error:
-        return None, f"render_error: {error}"
-    return apply_length_policy(rendered, max_tokens, policy, tokenizer=tokenizer)
+    """One row of :func:`format_batch`."""
+    [outcome] = format_batch([row], tokenizer, max_tokens=max_tokens, policy=policy, system_prompt=system_prompt)
+    return outcome
 
 
 # --------------------------------------------------------------------------- length policy
@@ -520,11 +712,18 @@ def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):
         template = "\0".join(template.values())
+    reuse = _REUSE.get()
+    key = (id(tokenizer), template)
+    if reuse is not None and key in reuse.control_tokens:
+        return reuse.control_tokens[key]
     found = set(tokenizer.all_special_tokens)
     for token in tokenizer.added_tokens_decoder.values():
         if token.special or (token.content in template and not token.content.isspace()):
             found.add(token.content)
-    return sorted(t for t in found if t)
+    tokens = sorted(t for t in found if t)
+    if reuse is not None:
+        reuse.control_tokens[key] = tokens
+    return tokens
 
 
 def _row_strings(row: Row) -> list[str]:
@@ -640,13 +839,13 @@ def round_trip_ok(row: Row, tokenizer: PreTrainedTokenizerBase) -> tuple[bool, s
     if row.get("kind") == "text":
         text = row.get("text") or ""
         ids, _ = _encode(tokenizer, text)
-        if tokenizer.decode(ids) != text:
+        if decode(tokenizer, ids) != text:
             return False, "decode(encode(text)) differs from the text"
         return True, "ok"
     family = _family(tokenizer)
     for conversation in _conversations(row):
         rendered = _render(tokenizer, conversation, tools)
-        if tokenizer.decode(_encode(tokenizer, rendered)[0]) != rendered:
+        if decode(tokenizer, _encode(tokenizer, rendered)[0]) != rendered:
             return False, "decode(encode(rendering)) differs from the rendering"
         if family is None:
             cursor = 0
@@ -667,6 +866,19 @@ def round_trip_ok(row: Row, tokenizer: PreTrainedTokenizerBase) -> tuple[bool, s
             if _comparable(original) != _comparable(back):
                 return False, f"message {index} ({original.get('role')}) differs after rendering and parsing"
     return True, "ok" if family else "ok (content-order check: no parser for this template)"
+
+
+def tokenize_for_round_trip(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Inside a :func:`reusing_renderings` block, render what :func:`round_trip_ok` checks for each row and
+    tokenize it all in one call, so checking many rows does not cost a tokenizer call each."""
+    texts: list[str] = []
+    for row in rows:
+        if row.get("kind") == "text":
+            texts.append(row.get("text") or "")
+            continue
+        tools = _row_tools(row)
+        texts += [_render(tokenizer, conversation, tools) for conversation in _conversations(row)]
+    _encode_many(tokenizer, [], reused_later=texts)
 
 
 def generation_prompt_matches(

@@ -2,17 +2,26 @@
 round trip that gives the messages back, and a generation prompt that is exactly what precedes the reply.
 
 The ``formatted`` stage runs :func:`verify_row` on every rendered row (a failure is a rejection), and the
-asset checks run it again, with :func:`stored_tokens_problem`, on the stored rows.
+asset checks run it again (:func:`verify_rows`), with :func:`stored_tokens_problem`, on a sample of the
+stored rows.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from curation.core.schema import Row
-from curation.format.render import generation_prompt_matches, round_trip_ok, special_tokens_in_content
+from curation.format.render import (
+    decode,
+    generation_prompt_matches,
+    reusing_renderings,
+    round_trip_ok,
+    special_tokens_in_content,
+    tokenize_for_round_trip,
+)
 
 if TYPE_CHECKING:  # transformers is slow to import; only the type checker needs it here
     from transformers import PreTrainedTokenizerBase
@@ -68,6 +77,13 @@ def verify_row(row: Row, tokenizer: PreTrainedTokenizerBase) -> Verification:
     return Verification(leaked, reason, passed, generation)
 
 
+def verify_rows(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase) -> list[Verification]:
+    """:func:`verify_row` for each row, with renderings reused and tokenized in one call."""
+    with reusing_renderings():
+        tokenize_for_round_trip(rows, tokenizer)
+        return [verify_row(row, tokenizer) for row in rows]
+
+
 def stored_tokens_problem(row: Row, tokenizer: PreTrainedTokenizerBase) -> str | None:
     """Do the stored ``input_ids`` / ``assistant_mask`` / ``n_tokens`` / ``text`` of a formatted row
     agree? (what a trainer reading the tokenized export gets is what was counted and checked)."""
@@ -77,7 +93,7 @@ def stored_tokens_problem(row: Row, tokenizer: PreTrainedTokenizerBase) -> str |
         return None if not ids and not mask else "preference row carries input_ids or a mask"
     if len(ids) != row.get("n_tokens") or len(mask) != len(ids):
         return f"n_tokens {row.get('n_tokens')}, {len(ids)} input_ids and {len(mask)} mask entries differ"
-    if tokenizer.decode(ids) != row.get("text"):
+    if decode(tokenizer, ids) != row.get("text"):
         return "decode(input_ids) differs from the stored text"
     return None
 

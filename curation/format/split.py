@@ -3,20 +3,35 @@
 Every decision comes from a seeded 64-bit hash (xxh3) of an id, never from input order or a
 global random state, so the same rows and seed give the same result on any machine, in any
 order, under any partitioning of the work. Rows that share an origin (lineage) or a near-duplicate
-cluster form one split group (:func:`split_groups`), and :func:`split_leaks` re-checks a stored split.
+cluster form one split group. :func:`assign_splits` splits rows held in memory; :func:`plan_splits`
+splits a warehouse table the same way, in DuckDB and one sorted pass; :func:`split_leaks` re-checks a
+stored split in SQL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from curation.core.components import smallest_member_groups
+import numpy as np
+import pyarrow as pa
+from duckdb.func import ARROW
+
+from curation.core.components import component_labels
 from curation.core.hashing import stable_unit
+from curation.core.warehouse import count_rows, quote, read_batches, table_names
+
+if TYPE_CHECKING:
+    import duckdb
 
 Split = Literal["train", "eval"]
+SUBSET_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 1.0)
+"""The nested subsets every formatted row is tagged with (the smallest one holding it)."""
 
 
 def _stratum(row: Mapping[str, Any], stratify_by: Sequence[str]) -> tuple[str, ...]:
@@ -50,8 +65,7 @@ def assign_splits(
     train. The result depends on the set of rows and the seed only; adding rows to a stratum can
     move a few of its groups (use :func:`nested_subsets` where per-row stability matters).
     """
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ValueError(f"eval_fraction must be within [0, 1], got {eval_fraction}")
+    _check_eval_fraction(eval_fraction)
     row_group: dict[str, str] = {}
     group_strata: dict[str, Counter[tuple[str, ...]]] = defaultdict(Counter)
     for row in rows:
@@ -77,20 +91,37 @@ def assign_splits(
         best = max(strata.values())
         stratum = min(s for s, count in strata.items() if count == best)
         by_stratum[stratum].append((stable_unit(seed, "split", group), group, sum(strata.values())))
-
-    eval_groups: set[str] = set()
-    for stratum, groups in by_stratum.items():
-        groups.sort()
-        total = sum(size for _, _, size in groups)
-        target = _rounded_count(eval_fraction * total, seed, "\x1e".join(stratum))
-        taken = 0
-        for _, group, size in groups:
-            if taken >= target:
-                break
-            if taken + size <= target:
-                eval_groups.add(group)
-                taken += size
+    targets = {
+        stratum: stratum_target(stratum, sum(size for _, _, size in groups), eval_fraction, seed)
+        for stratum, groups in by_stratum.items()
+    }
+    ordered = ((stratum, group, size) for stratum, groups in by_stratum.items() for _, group, size in sorted(groups))
+    eval_groups = set(eval_groups_in_order(ordered, targets))
     return {row_id: ("eval" if group in eval_groups else "train") for row_id, group in row_group.items()}
+
+
+def _check_eval_fraction(eval_fraction: float) -> None:
+    if not 0.0 <= eval_fraction <= 1.0:
+        raise ValueError(f"eval_fraction must be within [0, 1], got {eval_fraction}")
+
+
+def stratum_target(stratum: tuple[str, ...], rows: int, eval_fraction: float, seed: int | str) -> int:
+    """Eval rows a stratum of ``rows`` rows should get: ``eval_fraction`` × rows, rounded without bias."""
+    return _rounded_count(eval_fraction * rows, seed, "\x1e".join(stratum))
+
+
+def eval_groups_in_order(
+    groups: Iterable[tuple[tuple[str, ...], str, int]], targets: Mapping[tuple[str, ...], int]
+) -> Iterator[str]:
+    """The eval groups, from ``(stratum, group, size)`` in seeded-hash order within each stratum (strata
+    may interleave): a stratum takes each group in turn until its target is reached, skipping a group
+    that would overshoot. Holds one count per stratum, so a sorted stream of any length fits."""
+    taken: Counter[tuple[str, ...]] = Counter()
+    for stratum, group, size in groups:
+        target = targets[stratum]
+        if taken[stratum] < target and taken[stratum] + size <= target:
+            taken[stratum] += size
+            yield group
 
 
 def split_summary(
@@ -119,7 +150,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
 
 def nested_subsets(
     row_ids: Iterable[str],
-    fractions: Sequence[float] = (0.25, 0.5, 1.0),
+    fractions: Sequence[float] = SUBSET_FRACTIONS,
     seed: int | str = 0,
     strata: Mapping[str, Hashable] | None = None,
 ) -> dict[str, float]:
@@ -134,11 +165,7 @@ def nested_subsets(
     levels = _check_fractions(fractions)
     ids = [str(r) for r in row_ids]
     if strata is None:
-        result: dict[str, float] = {}
-        for row_id in ids:
-            u = stable_unit(seed, "subset", row_id)
-            result[row_id] = next(f for f in levels if u < f)
-        return result
+        return {row_id: _smallest_level(row_id, levels, seed) for row_id in ids}
 
     members: dict[str, list[str]] = defaultdict(list)
     for row_id in ids:
@@ -157,59 +184,172 @@ def nested_subsets(
     return result
 
 
+def smallest_subset(row_id: str, seed: int | str = 0, fractions: Sequence[float] = SUBSET_FRACTIONS) -> float:
+    """One row's value in :func:`nested_subsets` without strata: it depends on the id and seed only, so
+    rows can be assigned one at a time, in any order or process."""
+    return _smallest_level(row_id, _check_fractions(fractions), seed)
+
+
+def _smallest_level(row_id: str, levels: tuple[float, ...], seed: int | str) -> float:
+    u = stable_unit(seed, "subset", row_id)
+    return next(f for f in levels if u < f)
+
+
 def subset(assignment: Mapping[str, float], fraction: float) -> set[str]:
     """The row_ids of the subset for ``fraction`` from a :func:`nested_subsets` result."""
     return {row_id for row_id, smallest in assignment.items() if smallest <= fraction}
 
 
-# --------------------------------------------------------------------------- split groups
+# --------------------------------------------------------------------------- a warehouse table
 
 
-def split_groups(
-    row_ids: Iterable[str], edges: Iterable[tuple[str, str]], clusters: Mapping[str, str]
-) -> dict[str, str]:
-    """Group id per row: rows connected through any lineage edge ``(child, parent)`` or sharing a
-    near-duplicate cluster (``row_id -> cluster_id``) share a group, so a cleaned copy, a perturbation,
-    a paraphrase or a second answer to the same instruction never lands in another split than its
-    origin. Every parent of a multi-parent row is followed, not only the first.
+def _links_sql(connection: duckdb.DuckDBPyConnection) -> str:
+    """What ties rows together across the split, as ``(a, b)`` keys ``r:<row_id>`` / ``c:<cluster_id>``:
+    lineage edges of every asset before ``formatted``, every parent of a multi-parent row included, and
+    near-duplicate clusters (none before ``deduped`` has run)."""
+    sql = "SELECT 'r:' || child_id AS a, 'r:' || parent_id AS b FROM lineage WHERE asset <> 'formatted'"
+    if "dedup_clusters" in table_names(connection):
+        sql += " UNION ALL SELECT 'r:' || row_id, 'c:' || cluster_id FROM dedup_clusters"
+    return sql
 
-    The group id is the smallest member key (``r:<row_id>`` or ``c:<cluster_id>``), so it does not
-    depend on edge order; :func:`assign_splits` hashes it, so changing it would move rows between splits."""
-    ids = list(row_ids)
-    links = [(f"r:{child}", f"r:{parent}") for child, parent in edges]
-    links += [(f"r:{row_id}", f"c:{cluster_id}") for row_id, cluster_id in clusters.items()]
-    groups = smallest_member_groups((f"r:{row_id}" for row_id in ids), links)
-    return {row_id: groups[f"r:{row_id}"] for row_id in ids}
+
+@contextlib.contextmanager
+def _scratch(connection: duckdb.DuckDBPyConnection, *purposes: str) -> Iterator[list[str]]:
+    """Names for work tables, dropped at the end. Plain tables, not temporary ones: a cursor (what
+    :func:`~curation.core.warehouse.read_batches` streams from) does not see its connection's temporary
+    tables. The ``_stage_`` prefix marks them as not data if a crash leaves them behind."""
+    token = uuid.uuid4().hex[:8]
+    names = [f"_stage_split_{purpose}_{token}" for purpose in purposes]
+    try:
+        yield names
+    finally:
+        for name in names:
+            connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+
+
+def split_groups(connection: duckdb.DuckDBPyConnection, rows_table: str, into: str) -> None:
+    """Create table ``into`` ``(row_id, grp)``: each row of ``rows_table`` and its split group. Rows
+    connected through any lineage edge or sharing a near-duplicate cluster share a group, so a cleaned
+    copy, a perturbation, a paraphrase or a second answer to the same instruction never lands in another
+    split than its origin.
+
+    The group id is the smallest member key (``r:<row_id>`` or ``c:<cluster_id>``), so it does not depend
+    on edge order; :func:`plan_splits` hashes it, so changing it would move rows between splits. Keys are
+    numbered in DuckDB in key order, so the components (:func:`~curation.core.components.component_labels`,
+    over integer arrays) name each group by its smallest number, which is its smallest key."""
+    rows = quote(rows_table)
+    with _scratch(connection, "links", "keys") as (links, keys):
+        connection.execute(f"CREATE TABLE {links} AS {_links_sql(connection)}")
+        connection.execute(
+            f"CREATE TABLE {keys} AS SELECT key, row_number() OVER (ORDER BY key) - 1 AS node FROM "
+            f"(SELECT a AS key FROM {links} UNION SELECT b FROM {links} UNION SELECT 'r:' || row_id FROM {rows})"
+        )
+        pairs = connection.execute(
+            f"SELECT ka.node AS a, kb.node AS b FROM {links} l "
+            f"JOIN {keys} ka ON ka.key = l.a JOIN {keys} kb ON kb.key = l.b"
+        ).fetchnumpy()
+        labels = component_labels(count_rows(connection, keys), np.column_stack([pairs["a"], pairs["b"]]))
+        connection.register("_split_labels", pa.table({"node": np.arange(len(labels)), "label": labels}))
+        try:
+            connection.execute(
+                f"CREATE TABLE {quote(into)} AS SELECT m.row_id, g.key AS grp FROM {rows} m "
+                f"JOIN {keys} k ON k.key = 'r:' || m.row_id JOIN _split_labels l ON l.node = k.node "
+                f"JOIN {keys} g ON g.node = l.label"
+            )
+        finally:
+            connection.unregister("_split_labels")
+
+
+def plan_splits(
+    connection: duckdb.DuckDBPyConnection, rows_table: str, into: str, eval_fraction: float, seed: int | str = 0
+) -> None:
+    """Create table ``into`` ``(row_id, split)``: every row of ``rows_table`` (canonical columns) split as
+    :func:`assign_splits` would with groups from :func:`split_groups` and strata ``(kind, source)``,
+    without holding the table in Python: groups and strata are SQL, the seeded order is a sort, and
+    :func:`eval_groups_in_order` walks it once, writing the eval groups as it goes. Its rows are in the
+    order of ``rows_table``'s, so ``POSITIONAL JOIN`` lines the two up without sorting the wide table."""
+    _check_eval_fraction(eval_fraction)
+
+    def draws(groups: pa.Array) -> pa.Array:
+        return pa.array([stable_unit(seed, "split", f"g:{group}") for group in groups.to_pylist()], pa.float64())
+
+    with _scratch(connection, "groups", "strata", "eval") as (groups, strata, chosen):
+        split_groups(connection, rows_table, groups)
+        connection.create_function("_split_draw", draws, ["VARCHAR"], "DOUBLE", type=ARROW, side_effects=False)
+        try:
+            # A group's stratum is the one most of its rows belong to, ties to the smallest (as in assign_splits).
+            connection.execute(
+                f"""CREATE TABLE {strata} AS
+                WITH per_stratum AS (
+                    SELECT g.grp, coalesce(m.kind, '') AS kind, coalesce(m.source, '') AS source, count(*) AS n
+                    FROM {quote(rows_table)} m JOIN {groups} g USING (row_id) GROUP BY ALL),
+                ranked AS (
+                    SELECT *, sum(n) OVER (PARTITION BY grp) AS size,
+                           row_number() OVER (PARTITION BY grp ORDER BY n DESC, kind, source) AS rank
+                    FROM per_stratum)
+                SELECT kind, source, grp, size, _split_draw(grp) AS draw FROM ranked WHERE rank = 1"""
+            )
+        finally:
+            connection.remove_function("_split_draw")
+        targets: dict[tuple[str, ...], int] = {
+            (kind, source): stratum_target((kind, source), int(total), eval_fraction, seed)
+            for kind, source, total in connection.execute(
+                f"SELECT kind, source, sum(size) FROM {strata} GROUP BY ALL"
+            ).fetchall()
+        }
+        ordered = (
+            ((kind, source), group, size)
+            for batch in read_batches(
+                connection, f"SELECT kind, source, grp, size FROM {strata} ORDER BY kind, source, draw, grp"
+            )
+            for kind, source, group, size in zip(*(column.to_pylist() for column in batch.columns), strict=True)
+        )
+        connection.execute(f"CREATE TABLE {chosen} (grp VARCHAR)")
+        taken = eval_groups_in_order(ordered, targets)
+        for part in iter(lambda: list(itertools.islice(taken, 10_000)), []):
+            connection.register("_split_chosen", pa.table({"grp": pa.array(part, pa.string())}))
+            try:
+                connection.execute(f"INSERT INTO {chosen} SELECT grp FROM _split_chosen")
+            finally:
+                connection.unregister("_split_chosen")
+        connection.execute(
+            f"CREATE TABLE {quote(into)} AS SELECT m.row_id, "
+            f"CASE WHEN c.grp IS NULL THEN 'train' ELSE 'eval' END AS split "
+            f"FROM {quote(rows_table)} m JOIN {groups} g USING (row_id) LEFT JOIN {chosen} c USING (grp) "
+            "ORDER BY m.rowid"
+        )
 
 
 def split_leaks(
-    row_splits: Mapping[str, tuple[str, str]], edges: Iterable[tuple[str, str]], clusters: Mapping[str, str]
-) -> list[dict[str, Any]]:
-    """Ancestors and near-duplicate clusters reached from both splits (the check behind
-    ``splits_disjoint_by_cluster``).
+    connection: duckdb.DuckDBPyConnection, table: str = "formatted", sample: int = 10
+) -> tuple[int, list[dict[str, Any]]]:
+    """Ancestors and near-duplicate clusters reached from both splits of a stored ``table`` (the check
+    behind ``splits_disjoint_by_cluster``): how many, and the first ``sample`` with up to five rows per split.
 
-    ``row_splits`` maps a formatted row's id to ``(parent_id, split)``. Each row's ancestors are
-    walked through every edge; an ancestor (or its cluster) seen from a train row and an eval row is
-    a leak: the two rows share an origin. Written as a walk, not with :func:`split_groups`' connected components,
-    so the check does not trust the code it checks."""
-    parents: dict[str, list[str]] = defaultdict(list)
-    for child, parent in edges:
-        parents[child].append(parent)
-    seen_from: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for row_id, (parent_id, split) in row_splits.items():
-        stack, visited = [parent_id], set()
-        while stack:
-            node = stack.pop()
-            if node in visited:
-                continue
-            visited.add(node)
-            stack.extend(parents.get(node, ()))
-        keys = {f"row {node}" for node in visited}
-        keys |= {f"cluster {clusters[node]}" for node in visited if node in clusters}
-        for key in keys:
-            seen_from[key][split].append(row_id)
-    leaks = []
-    for key, by_split in sorted(seen_from.items()):
-        if len(by_split) > 1:
-            leaks.append({"shared": key, **{split: sorted(ids)[:5] for split, ids in sorted(by_split.items())}})
-    return leaks
+    Each row's ancestors are walked from its ``parent_id`` through every lineage edge (a recursive
+    query); an ancestor (or its cluster) seen from a train row and an eval row is a leak: the two rows
+    share an origin. Written as a walk, not with :func:`split_groups`' components, so the check does not
+    trust the code it checks."""
+    clusters = (
+        "UNION ALL SELECT 'cluster ' || c.cluster_id, a.row_id, a.split FROM ancestors a "
+        "JOIN dedup_clusters c ON c.row_id = a.node"
+        if "dedup_clusters" in table_names(connection)
+        else ""
+    )
+    rows = connection.execute(
+        f"""WITH RECURSIVE ancestors(row_id, split, node) AS (
+            SELECT row_id, split, parent_id FROM {quote(table)}
+            UNION
+            SELECT a.row_id, a.split, l.parent_id FROM ancestors a
+            JOIN lineage l ON l.child_id = a.node AND l.asset <> 'formatted'),
+        reached AS (SELECT DISTINCT * FROM (SELECT 'row ' || node AS shared, row_id, split FROM ancestors {clusters})),
+        leaks AS (
+            SELECT shared, list(row_id ORDER BY row_id) FILTER (split = 'eval') AS eval,
+                   list(row_id ORDER BY row_id) FILTER (split = 'train') AS train
+            FROM reached GROUP BY shared HAVING count(DISTINCT split) > 1)
+        SELECT count(*) OVER (), shared, eval[:5], train[:5] FROM leaks ORDER BY shared LIMIT ?""",
+        [sample],
+    ).fetchall()
+    return (int(rows[0][0]) if rows else 0), [
+        {"shared": shared, "eval": eval_ids, "train": train_ids} for _, shared, eval_ids, train_ids in rows
+    ]

@@ -5,20 +5,27 @@ tokenizer and chat template (length policy applied), verification (control token
 generation prompt). A row failing a step goes to ``format_rejections`` with the step and the reason
 (benchmark matches also to ``contamination``); a row passing all of them becomes a ``formatted`` row
 with its split and subset, and a lineage edge to its input row.
+
+Splits are planned in DuckDB first (:func:`~curation.format.split.plan_splits`); then the rows stream
+in Arrow batches through ``compute.workers`` processes (:func:`format_records`, every text of a batch
+tokenized in one call) and back in input order, so the output is the same for any number of workers,
+and each batch's rows, rejections, matches and lineage edges are appended as they come.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import pyarrow as pa
+
 from curation.core.markdown import counts_table
+from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.core.schema import Row
-from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, quote, table_names, table_rows
+from curation.core.schema import COLUMNS, Row, decode_row
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, quote, read_batches
 from curation.format.decontam import (
     BenchmarkItem,
     ContaminationIndex,
@@ -28,9 +35,9 @@ from curation.format.decontam import (
     load_benchmark,
     render_report_markdown,
 )
-from curation.format.render import format_row
+from curation.format.render import RenderedRow, format_batch, reusing_renderings
 from curation.format.render_checks import verify_row
-from curation.format.split import Split, assign_splits, nested_subsets, split_groups
+from curation.format.split import plan_splits, smallest_subset
 from curation.format.table import (
     CONTAMINATION_DDL,
     CONTAMINATION_SCHEMA,
@@ -48,13 +55,19 @@ if TYPE_CHECKING:
     from curation.core.config import FormatConfig, ProjectConfig
     from curation.core.warehouse import StagedWrite
 
+RENDER_ROWS = 500
+"""Rows rendered and verified in one :func:`~curation.format.render.reusing_renderings` block: their texts
+are tokenized in one call, and what the block keeps (every text's tokens and offsets) stays small."""
+REJECTION_STAGES: tuple[str, ...] = ("decontamination", "render", "length", "special_tokens", "round_trip")
+"""``format_rejections.stage``, in the order the steps are applied."""
+
 
 class FormatRejection(NamedTuple):
     """One row of ``format_rejections``."""
 
     row_id: str
     stage: str
-    """decontamination, render, length, special_tokens or round_trip."""
+    """One of :data:`REJECTION_STAGES`."""
     reason: str
     detail: str | None
 
@@ -78,7 +91,8 @@ class FormatResult:
     """What one run of the stage wrote, for the asset's log and metadata."""
 
     rows_in: int
-    rejections: list[FormatRejection]
+    rejected_by_stage: dict[str, int]
+    """Rejections per stage, in the order the steps are applied."""
     split_counts: dict[str, int]
     mask_sources: dict[str, int]
     tokens: TokenStats
@@ -87,16 +101,15 @@ class FormatResult:
     empty when no benchmark is configured."""
 
     @property
-    def rows_out(self) -> int:
-        return self.rows_in - len(self.rejections)
+    def rows_rejected(self) -> int:
+        return sum(self.rejected_by_stage.values())
 
     @property
-    def rejected_by_stage(self) -> dict[str, int]:
-        """Rejections per stage, stages in the order they first rejected a row."""
-        return dict(Counter(rejection.stage for rejection in self.rejections))
+    def rows_out(self) -> int:
+        return self.rows_in - self.rows_rejected
 
     def summary(self) -> str:
-        return f"formatted: {self.rows_out} rows, {len(self.rejections)} rejected {self.rejected_by_stage}"
+        return f"formatted: {self.rows_out} rows, {self.rows_rejected} rejected {self.rejected_by_stage}"
 
     def splits_markdown(self) -> str:
         return counts_table(self.split_counts, "split")
@@ -116,49 +129,64 @@ def load_benchmarks(config: ProjectConfig) -> list[BenchmarkItem]:
     ]
 
 
-def split_links(connection: duckdb.DuckDBPyConnection) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """What ties rows together across the split: lineage edges ``(child, parent)`` of every asset before
-    ``formatted``, and each row's near-duplicate cluster (none before ``deduped`` has run)."""
-    edges = connection.execute("SELECT child_id, parent_id FROM lineage WHERE asset <> 'formatted'").fetchall()
-    clusters = (
-        dict(connection.execute("SELECT row_id, cluster_id FROM dedup_clusters").fetchall())
-        if "dedup_clusters" in table_names(connection)
-        else {}
-    )
-    return edges, clusters
+@dataclass
+class FormattedRecords:
+    """What one batch of input rows became, in input order within each list."""
 
-
-def plan_splits(
-    connection: duckdb.DuckDBPyConnection, keys: list[tuple[str, str, str]], settings: FormatConfig
-) -> tuple[dict[str, Split], dict[str, float]]:
-    """Split and smallest nested subset per input row (``keys``: row_id, kind, source). Rows joined by
-    lineage (from any earlier asset) or by a near-duplicate cluster share a split."""
-    edges, clusters = split_links(connection)
-    groups = split_groups([k[0] for k in keys], edges, clusters)
-    splits = assign_splits(
-        [{"row_id": r, "kind": k, "source": s} for r, k, s in keys],
-        settings.eval_fraction,
-        settings.seed,
-        group_key=groups,
-    )
-    subsets = nested_subsets([k[0] for k in keys], seed=settings.seed)
-    return splits, subsets
+    records: list[dict[str, Any]]
+    """``formatted`` records (:func:`~curation.format.table.formatted_record`, verified)."""
+    rejections: list[FormatRejection]
+    flagged: list[FlaggedRow]
+    """Rows removed for benchmark matches, with the matches."""
 
 
 def format_and_verify(
-    row: Row, tokenizer: PreTrainedTokenizerBase, settings: FormatConfig, split: str, subset: float
+    rows: Sequence[Row],
+    splits: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    settings: FormatConfig,
+    index: ContaminationIndex | None,
+) -> FormattedRecords:
+    """Decontaminate, render and verify a batch of rows (``splits``: each row's split): every row becomes
+    a ``formatted`` record or a rejection with its reason. Rendering and verification share a
+    :func:`~curation.format.render.reusing_renderings` block (per :data:`RENDER_ROWS` rows), so nothing is
+    rendered or tokenized twice."""
+    result = FormattedRecords([], [], [])
+    clean: list[tuple[Row, str]] = []
+    for row, split in zip(rows, splits, strict=True):
+        matches = check_row(row, index) if index else []
+        if not matches:
+            clean.append((row, split))
+            continue
+        result.flagged.append(FlaggedRow(row["row_id"], row["source"], tuple(matches)))
+        detail = f"{matches[0].benchmark}:{matches[0].item_id}"
+        result.rejections.append(FormatRejection(row["row_id"], "decontamination", "matches a benchmark item", detail))
+    for start in range(0, len(clean), RENDER_ROWS):
+        chunk = clean[start : start + RENDER_ROWS]
+        with reusing_renderings():
+            outcomes = format_batch(
+                [row for row, _ in chunk],
+                tokenizer,
+                max_tokens=settings.max_tokens,
+                policy=settings.length_policy,
+                system_prompt=settings.system_prompt,
+            )
+            for (row, split), (rendered, reason) in zip(chunk, outcomes, strict=True):
+                outcome = _verified(row, split, rendered, reason, tokenizer, settings.seed)
+                if isinstance(outcome, FormatRejection):
+                    result.rejections.append(outcome)
+                else:
+                    result.records.append(outcome)
+    return result
+
+
+def _verified(
+    row: Row, split: str, rendered: RenderedRow | None, reason: str, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> dict[str, Any] | FormatRejection:
-    """Render one (decontaminated) row and verify the rendering: its ``formatted`` record, or why not."""
-    rendered, reason = format_row(
-        row,
-        tokenizer,
-        max_tokens=settings.max_tokens,
-        policy=settings.length_policy,
-        system_prompt=settings.system_prompt,
-    )
+    """A rendered row's verified ``formatted`` record, or why it is rejected."""
     if rendered is None:
         return FormatRejection(row["row_id"], "length" if reason.startswith("dropped") else "render", reason, None)
-    record = formatted_record(row, rendered, split, subset)
+    record = formatted_record(row, rendered, split, smallest_subset(row["row_id"], seed=seed))
     verification = verify_row(record, tokenizer)
     if verification.problem:
         stage, why = verification.problem
@@ -170,6 +198,70 @@ def format_and_verify(
 def _lineage_detail(record: dict[str, Any]) -> str:
     detail = f"template {record['template_id']}, {record['n_tokens']} tokens"
     return detail + (f"; {record['truncation']}" if record["truncation"] else "")
+
+
+# --------------------------------------------------------------------------- one batch in a worker
+
+
+@dataclass(frozen=True)
+class _Worker:
+    tokenizer: PreTrainedTokenizerBase
+    settings: FormatConfig
+    index: ContaminationIndex | None
+
+
+_WORKER: dict[str, _Worker] = {}
+
+
+def start_worker(tokenizer: PreTrainedTokenizerBase, settings: FormatConfig, index: ContaminationIndex | None) -> None:
+    """Keep the tokenizer (pickled whole, so an overridden template or tokenizer comes along), the
+    ``format:`` settings and the benchmark index once per process (the ``initializer`` of ``map_ordered``)."""
+    _WORKER["state"] = _Worker(tokenizer, settings, index)
+
+
+@dataclass(frozen=True)
+class FormattedBatch:
+    """One batch's tables, ready to append."""
+
+    rows_in: int
+    formatted: pa.Table
+    rejections: pa.Table
+    contamination: pa.Table
+    lineage: pa.Table
+    flagged: list[FlaggedRow]
+
+
+def format_records(batch: pa.RecordBatch) -> FormattedBatch:
+    """A batch of ``synthetic_mixed`` records with their ``split`` (and the ``split_row_id`` it was planned
+    for) through :func:`format_and_verify` with the state of :func:`start_worker`, as Arrow tables."""
+    worker = _WORKER["state"]
+    records = batch.to_pylist()
+    for record in records:
+        if record["split_row_id"] != record["row_id"]:
+            raise RuntimeError(f"row {record['row_id']} was lined up with the split of {record['split_row_id']}")
+    outcome = format_and_verify(
+        [decode_row(record) for record in records],
+        [record["split"] for record in records],
+        worker.tokenizer,
+        worker.settings,
+        worker.index,
+    )
+    edges = [
+        lineage_record(record["row_id"], record["parent_id"], "formatted", "format", _lineage_detail(record))
+        for record in outcome.records
+    ]
+    matches = [match for item in outcome.flagged for match in item.records()]
+    return FormattedBatch(
+        rows_in=len(records),
+        formatted=formatted_batch(outcome.records),
+        rejections=pa.Table.from_pylist([r._asdict() for r in outcome.rejections], schema=FORMAT_REJECTIONS_SCHEMA),
+        contamination=pa.Table.from_pylist(matches, schema=CONTAMINATION_SCHEMA),
+        lineage=pa.Table.from_pylist(edges, schema=LINEAGE_SCHEMA),
+        flagged=outcome.flagged,
+    )
+
+
+# --------------------------------------------------------------------------- the stage
 
 
 def _quiet(_: str) -> None:
@@ -188,53 +280,51 @@ def format_rows(
     benchmarks = load_benchmarks(config)
     index = ContaminationIndex(benchmarks) if benchmarks else None
     connection = staged.connection
-    keys = connection.execute("SELECT row_id, kind, source FROM synthetic_mixed").fetchall()
-    splits, subsets = plan_splits(connection, keys, settings)
+    rows_in = count_rows(connection, "synthetic_mixed")
 
     table = staged.create("formatted", canonical_ddl(FORMATTED_COLUMNS))
-    rejections_table = staged.create("format_rejections", FORMAT_REJECTIONS_DDL)
-    contamination_table = staged.create("contamination", CONTAMINATION_DDL)
+    rejections = staged.create("format_rejections", FORMAT_REJECTIONS_DDL)
+    contamination = staged.create("contamination", CONTAMINATION_DDL)
     lineage = staged.partition("lineage", LINEAGE_DDL)
+    splits = staged.staging_name("format_splits")  # a work table, never swapped in
     flagged: list[FlaggedRow] = []
-    records: list[dict[str, Any]] = []
-    edges_out: list[dict[str, str | None]] = []
-    rejections: list[FormatRejection] = []
-    for row in reported(table_rows(connection, "synthetic_mixed"), report, "formatting", len(keys)):
-        matches = check_row(row, index) if index else []
-        if matches:
-            flagged.append(FlaggedRow(row["row_id"], row["source"], tuple(matches)))
-            rejections.append(
-                FormatRejection(
-                    row["row_id"],
-                    "decontamination",
-                    "matches a benchmark item",
-                    f"{matches[0].benchmark}:{matches[0].item_id}",
-                )
-            )
-            continue
-        outcome = format_and_verify(row, tokenizer, settings, splits[row["row_id"]], subsets[row["row_id"]])
-        if isinstance(outcome, FormatRejection):
-            rejections.append(outcome)
-            continue
-        records.append(outcome)
-        edges_out.append(
-            lineage_record(outcome["row_id"], row["row_id"], "formatted", "format", _lineage_detail(outcome))
+    try:
+        plan_splits(connection, "synthetic_mixed", splits, settings.eval_fraction, settings.seed)
+        columns = ", ".join(f"m.{quote(name)}" for name in COLUMNS)
+        # In the table's own order, split by position: sorting would hold every row in DuckDB at once.
+        batches = read_batches(
+            connection,
+            f"SELECT {columns}, s.row_id AS split_row_id, s.split "
+            f"FROM synthetic_mixed m POSITIONAL JOIN {quote(splits)} s",
+            batch_rows=config.ingest.batch_rows,
         )
-        if len(records) >= config.ingest.batch_rows:
-            staged.append(table, formatted_batch(records))
-            records.clear()
-    if records:
-        staged.append(table, formatted_batch(records))
-    staged.append_rows(lineage, edges_out, LINEAGE_SCHEMA)
-    staged.append_rows(rejections_table, [r._asdict() for r in rejections], FORMAT_REJECTIONS_SCHEMA)
-    staged.append_rows(
-        contamination_table, [match for item in flagged for match in item.records()], CONTAMINATION_SCHEMA
-    )
+        workers = workers_for(rows_in, config.compute.workers)
+        report(f"formatting: {rows_in:,} rows, {workers} worker process(es)")
+        results = map_ordered(
+            format_records,
+            batches,
+            workers,
+            start_worker,
+            (tokenizer, settings, index),
+            preload=("transformers", "curation.format.stage"),
+        )
+        for result in reported(results, report, "formatting", rows_in, size=lambda result: result.rows_in):
+            staged.append(table, result.formatted)
+            staged.append(rejections, result.rejections)
+            staged.append(contamination, result.contamination)
+            staged.append(lineage, result.lineage)
+            flagged += result.flagged
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS {quote(splits)}")
 
     staging = quote(staged.staging_name("formatted"))
+    by_stage = connection.execute(
+        f"SELECT stage, count(*) FROM {rejections} GROUP BY stage ORDER BY list_position(?, stage), stage",
+        [list(REJECTION_STAGES)],
+    ).fetchall()
     return FormatResult(
-        rows_in=len(keys),
-        rejections=rejections,
+        rows_in=rows_in,
+        rejected_by_stage={stage: int(count) for stage, count in by_stage},
         split_counts=dict(connection.execute(f"SELECT split, count(*) FROM {staging} GROUP BY 1").fetchall()),
         mask_sources=dict(connection.execute(f"SELECT mask_source, count(*) FROM {staging} GROUP BY 1").fetchall()),
         tokens=token_stats(connection, staging),

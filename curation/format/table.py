@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from curation.core.schema import COLUMNS, JSON_COLUMNS, Row, encode_row, make_row_id
-from curation.core.warehouse import quote, read_batches
+from curation.core.warehouse import quote, read_batches, sample_sql
 
 if TYPE_CHECKING:
     import duckdb
@@ -99,15 +99,16 @@ def formatted_batch(records: list[dict[str, Any]]) -> pa.Table:
 
 
 def iter_formatted_rows(
-    connection: duckdb.DuckDBPyConnection, table: str = "formatted", batch_rows: int = 2_000
+    connection: duckdb.DuckDBPyConnection, table: str = "formatted", batch_rows: int = 2_000, sample: int | None = None
 ) -> Iterator[Row]:
     """Stored ``formatted`` rows with every column (``curation.core.schema.iter_rows`` keeps only the canonical
-    ones), JSON columns decoded, in ``(split, row_id)`` order, one batch in memory at a time."""
+    ones), JSON columns decoded, in ``(split, row_id)`` order, one batch in memory at a time. ``sample``:
+    only that many rows, the same ones on every call (:func:`~curation.core.warehouse.sample_sql`)."""
     json_columns = (*JSON_COLUMNS, "input_ids", "assistant_mask")
-    sql = f"SELECT * FROM {quote(table)} ORDER BY split, row_id"
-    for batch in read_batches(connection, sql, batch_rows=batch_rows):
+    source = sample_sql(table, sample) if sample else f"SELECT * FROM {quote(table)}"
+    for batch in read_batches(connection, f"{source} ORDER BY split, row_id", batch_rows=batch_rows):
         for record in batch.to_pylist():
-            for name in json_columns:
-                if isinstance(record.get(name), str):
-                    record[name] = json.loads(record[name])
+            for column in json_columns:
+                if isinstance(record.get(column), str):
+                    record[column] = json.loads(record[column])
             yield record

@@ -24,7 +24,7 @@ from curation.format.export import (
     write_export,
 )
 from curation.format.render import load_tokenizer
-from curation.format.stage import FormatRejection, format_and_verify
+from curation.format.stage import format_and_verify
 from curation.format.table import FORMATTED_COLUMNS
 from tests.conftest import REPO
 
@@ -170,9 +170,10 @@ def build_formatted(path: Path, tokenizer, rows=INPUT_ROWS) -> dict[str, dict]:
     records = {}
     for row, split, max_tokens, policy in rows:
         settings = FormatConfig(tokenizer="demo/tokenizer", max_tokens=max_tokens, length_policy=policy)
-        record = format_and_verify(row, tokenizer, settings, split, 0.5 if row["row_id"] == "sft1" else 1.0)
-        assert not isinstance(record, FormatRejection), record
-        records[row["row_id"]] = record
+        outcome = format_and_verify([row], [split], tokenizer, settings, None)
+        assert not outcome.rejections, outcome.rejections
+        [record] = outcome.records
+        records[row["row_id"]] = record | {"subset": 0.5 if row["row_id"] == "sft1" else 1.0}
     connection = duckdb.connect(str(path))
     connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")
     table = pa.Table.from_pylist([_encode(r) for r in records.values()])
@@ -384,3 +385,14 @@ def test_no_temporary_folder_is_left_when_an_export_fails(tmp_path) -> None:
     with pytest.raises(ExportError):
         write_export(connection, tmp_path / "exports", INFO)
     assert os.listdir(tmp_path / "exports") == []
+
+
+def test_reading_formatted_range_by_range_writes_the_same_files(exported, tmp_path, monkeypatch) -> None:
+    import curation.format.export
+
+    result, _, base = exported
+    monkeypatch.setattr(curation.format.export, "_RANGE_ROWS", 2)  # four ranges of row ids instead of one
+    with duckdb.connect(str(base / "w.duckdb"), read_only=True) as connection:
+        again = write_export(connection, tmp_path / "exports", INFO)
+    assert again.data_version == result.data_version
+    assert again.manifest["files"] == result.manifest["files"]

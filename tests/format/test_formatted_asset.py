@@ -4,44 +4,104 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pytest
 
 from curation.core.schema import new_row, rows_to_table
 from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
-from curation.format.split import split_groups, split_leaks
+from curation.format.split import assign_splits, plan_splits, split_groups, split_leaks
 from tests.conftest import REPO
 
 BENCHMARK_QUESTION = "Which planet in our solar system has the largest number of confirmed moons today?"
 
 
-def test_split_groups_join_every_parent_and_near_duplicate_cluster() -> None:
+def _links_db(edges: list[tuple[str, str]], clusters: list[tuple[str, str]]) -> duckdb.DuckDBPyConnection:
+    """An in-memory warehouse with lineage edges ``(child, parent)`` and cluster members ``(row, cluster)``."""
+    connection = duckdb.connect()
+    connection.execute(f"CREATE TABLE lineage ({LINEAGE_DDL})")
+    _insert(
+        connection, "lineage (child_id, parent_id, asset, operation)", [(*e, "synthetic", "perturb") for e in edges]
+    )
+    connection.execute("CREATE TABLE dedup_clusters (cluster_id VARCHAR, row_id VARCHAR)")
+    _insert(connection, "dedup_clusters (row_id, cluster_id)", clusters)
+    return connection
+
+
+def _insert(connection: duckdb.DuckDBPyConnection, target: str, rows: list[tuple]) -> None:
+    """Rows of strings (or None) into ``target`` (a table with its column list), through one Arrow table."""
+    columns = list(zip(*rows, strict=True)) if rows else []
+    connection.register("incoming", pa.table({f"c{i}": pa.array(c, pa.string()) for i, c in enumerate(columns)}))
+    connection.execute(f"INSERT INTO {target} SELECT * FROM incoming")
+    connection.unregister("incoming")
+
+
+def _groups(connection: duckdb.DuckDBPyConnection, row_ids: list[str]) -> dict[str, str]:
+    connection.execute("CREATE OR REPLACE TABLE rows (row_id VARCHAR)")
+    _insert(connection, "rows", [(r,) for r in row_ids])
+    connection.execute("DROP TABLE IF EXISTS groups")
+    split_groups(connection, "rows", "groups")
+    return dict(connection.execute("SELECT row_id, grp FROM groups").fetchall())
+
+
+def test_split_groups_join_every_parent_and_every_near_duplicate_cluster() -> None:
     edges = [("p1", "a1"), ("p2", "a1"), ("s", "x"), ("s", "y")]  # s was made from both x and y
-    row_ids = ["a1", "p1", "p2", "x", "y", "s", "c1", "c2", "lone"]
-    groups = split_groups(row_ids, edges, {"c1": "k", "c2": "k"})
+    clusters = [("c1", "k"), ("c2", "k"), ("c2", "m"), ("c3", "m")]  # c2 is in an exact and a near cluster
+    row_ids = ["a1", "p1", "p2", "x", "y", "s", "c1", "c2", "c3", "lone"]
+    groups = _groups(_links_db(edges, clusters), row_ids)
     assert groups["a1"] == groups["p1"] == groups["p2"]
     assert groups["x"] == groups["y"] == groups["s"]
-    assert groups["c1"] == groups["c2"]
+    assert groups["c1"] == groups["c2"] == groups["c3"]
     assert len({groups[r] for r in ("a1", "x", "c1", "lone")}) == 4
     # The split hashes the group id, so it must be the smallest member key whatever the edge order:
     # otherwise re-running on the same rows could move a group to the other split.
     assert (groups["a1"], groups["s"], groups["c1"], groups["lone"]) == ("r:a1", "r:s", "c:k", "r:lone")
-    assert split_groups(row_ids, edges[::-1], {"c2": "k", "c1": "k"}) == groups
+    assert _groups(_links_db(edges[::-1], clusters[::-1]), row_ids[::-1]) == groups
+
+
+def test_planned_splits_in_duckdb_equal_the_splits_in_memory() -> None:
+    draw = random.Random(7)
+    row_ids = [f"r{k:04d}" for k in range(3000)]
+    edges = [(draw.choice(row_ids), draw.choice(row_ids)) for _ in range(400)]
+    clusters = [(draw.choice(row_ids), f"cl{draw.randrange(150)}") for _ in range(600)]
+    connection = _links_db(edges, clusters)
+    groups = _groups(connection, row_ids)
+    rows = [
+        {"row_id": r, "kind": draw.choice(["sft", "chat", None]), "source": f"s{draw.randrange(5)}"} for r in row_ids
+    ]
+    connection.execute("CREATE TABLE mixed (row_id VARCHAR, kind VARCHAR, source VARCHAR)")
+    _insert(connection, "mixed", [(r["row_id"], r["kind"], r["source"]) for r in rows])
+    for fraction, seed in ((0.1, 0), (0.3, 5)):
+        connection.execute("DROP TABLE IF EXISTS splits")
+        plan_splits(connection, "mixed", "splits", fraction, seed)
+        in_duckdb = dict(connection.execute("SELECT row_id, split FROM splits").fetchall())
+        assert in_duckdb == assign_splits(rows, fraction, seed, group_key=groups)
+        assert 0 < list(in_duckdb.values()).count("eval") < len(rows)
+    assert [t for (t,) in connection.execute("SHOW TABLES").fetchall() if t.startswith("_stage_")] == []
 
 
 def test_split_leaks_name_the_shared_ancestor_or_cluster() -> None:
-    edges = [("p1", "a1"), ("p2", "a1")]
-    rows = {"f1": ("p1", "train"), "f2": ("p2", "train"), "f3": ("c1", "train"), "f4": ("c2", "train")}
-    assert split_leaks(rows, edges, {"c1": "k", "c2": "k"}) == []
-    leaks = split_leaks({**rows, "f2": ("p2", "eval"), "f4": ("c2", "eval")}, edges, {"c1": "k", "c2": "k"})
-    assert leaks == [
-        {"shared": "cluster k", "eval": ["f4"], "train": ["f3"]},
-        {"shared": "row a1", "eval": ["f2"], "train": ["f1"]},
-    ]
+    connection = _links_db([("p1", "a1"), ("p2", "a1")], [("c1", "k"), ("c2", "k")])
+    connection.execute("CREATE TABLE formatted (row_id VARCHAR, parent_id VARCHAR, split VARCHAR)")
+    connection.execute(
+        "INSERT INTO formatted VALUES ('f1', 'p1', 'train'), ('f2', 'p2', 'train'), ('f3', 'c1', 'train'), "
+        "('f4', 'c2', 'train')"
+    )
+    assert split_leaks(connection) == (0, [])
+    connection.execute("UPDATE formatted SET split = 'eval' WHERE row_id IN ('f2', 'f4')")
+    assert split_leaks(connection) == (
+        2,
+        [
+            {"shared": "cluster k", "eval": ["f4"], "train": ["f3"]},
+            {"shared": "row a1", "eval": ["f2"], "train": ["f1"]},
+        ],
+    )
+    assert split_leaks(connection, sample=1)[0] == 2
 
 
 def _sft(row_id: str, question: str, answer: str, **fields) -> dict:
@@ -114,7 +174,7 @@ def _write_warehouse(path: Path) -> None:
     connection.close()
 
 
-def _write_project(folder: Path, template: str | None = None) -> Path:
+def _write_project(folder: Path, template: str | None = None, extra: tuple[str, ...] = ()) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench.jsonl").write_text(json.dumps({"question_id": 7, "turns": [BENCHMARK_QUESTION]}) + "\n")
     lines = [
@@ -130,6 +190,7 @@ def _write_project(folder: Path, template: str | None = None) -> Path:
     ]
     if template:
         lines.insert(6, f"  chat_template: {template}")
+    lines += extra
     (folder / "distillery.yaml").write_text("\n".join(lines) + "\n")
     return folder / "distillery.yaml"
 
@@ -187,6 +248,33 @@ def test_formatted_and_exports_materialize_and_every_check_passes(run) -> None:
     }
     assert [name for name, e in evaluations.items() if not e.passed] == []
     assert evaluations["no_contamination_left"].metadata["rows_scanned"].value == len(ROWS) - 3
+
+
+@pytest.mark.slow
+def test_formatted_tables_are_the_same_with_one_or_two_workers(tmp_path, monkeypatch) -> None:
+    import curation.core.parallel
+    from curation.core.config import load_project
+    from curation.core.warehouse import Warehouse, content_hash
+    from curation.format.render import load_format_tokenizer
+    from curation.format.stage import format_rows
+
+    monkeypatch.setattr(curation.core.parallel, "MIN_ROWS_PER_WORKER", 1)  # two workers even for a few rows
+    versions = {}
+    for workers in (1, 2):
+        folder = tmp_path / f"workers{workers}"
+        folder.mkdir()
+        _write_warehouse(folder / "warehouse.duckdb")
+        # Batches of three rows: several batches in flight, results must come back in input order.
+        config = load_project(
+            _write_project(folder / "project", extra=(f"compute: {{workers: {workers}}}", "ingest: {batch_rows: 3}"))
+        )
+        with Warehouse(folder / "warehouse.duckdb").write("formatted") as staged:
+            format_rows(staged, config, load_format_tokenizer(config))
+        with duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True) as connection:
+            tables = ("formatted", "format_rejections", "contamination", "lineage")
+            versions[workers] = {table: content_hash(connection, table) for table in tables}
+            versions[workers]["order"] = connection.execute("SELECT list(row_id) FROM formatted").fetchone()
+    assert versions[1] == versions[2]
 
 
 @pytest.mark.slow
@@ -306,11 +394,33 @@ def test_round_trip_check_finds_control_tokens_and_broken_stored_tokens(tampered
     connection.execute(
         "UPDATE formatted SET input_ids = '[1, 2]', assistant_mask = '[0, 1]', n_tokens = 2 WHERE parent_id = 'b4'"
     )
+    connection.execute("UPDATE formatted SET generation_prompt_ok = false WHERE parent_id = 'b5'")
     connection.close()
     result = check(formatted_round_trip_ok)
     assert not result.passed
-    failures = result.metadata["failures"].value
-    assert failures["special_tokens_in_content"] == 1 and failures["stored_tokens"] == 1
+    assert result.metadata["failures"].value == {
+        "special_tokens_in_content": 1,
+        "round_trip": 1,  # the control token in b3 also splits its turn when parsed back
+        "stored_tokens": 1,
+        "recorded_generation_prompt": 1,
+    }
+    assert result.metadata["rendered_again"].value == f"all {len(ROWS) - 3}"
+
+
+@pytest.mark.slow
+def test_checks_that_compute_again_take_a_fixed_sample(tampered, monkeypatch) -> None:
+    import checks.formatted
+    from checks.formatted import formatted_no_contamination_left, formatted_round_trip_ok
+
+    connection, check = tampered
+    connection.close()
+    monkeypatch.setattr(checks.formatted, "RESCANNED_ROWS", 4)
+    rendered = check(formatted_round_trip_ok)
+    rescanned = check(formatted_no_contamination_left)
+    assert rendered.passed and rescanned.passed
+    assert rendered.metadata["rendered_again"].value == f"sampled 4 of {len(ROWS) - 3}"
+    assert rescanned.metadata["rescanned"].value == f"sampled 4 of {len(ROWS) - 3}"
+    assert rescanned.metadata["rows_scanned"].value == 4
 
 
 @pytest.mark.slow

@@ -16,16 +16,19 @@ from curation.format.render import (
     RenderedRow,
     RenderError,
     apply_length_policy,
+    format_batch,
     format_row,
     generation_prompt_matches,
     load_tokenizer,
     parse_rendered,
     render_row,
     resolve_chat_template,
+    reusing_renderings,
     round_trip_ok,
     special_tokens_in_content,
     tokenizer_id,
 )
+from curation.format.render_checks import verify_row
 from curation.format.tokenizers import TEMPLATE_NAMES, TEMPLATE_SPECS, load_template, train_tokenizer
 from tests.conftest import SHARED_DATA
 
@@ -434,3 +437,26 @@ def test_format_row_records_unrenderable_rows_instead_of_raising(toks):
     assert json.loads(json.dumps(kept.to_record()))["n_tokens"] == kept.n_tokens
     dropped, reason = format_row({"kind": "chat", "messages": CHAT}, tok, max_tokens=5, policy="drop")
     assert dropped is None and reason.startswith("dropped_too_long")
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_a_batch_in_one_reuse_block_renders_and_verifies_like_rows_one_by_one(toks, fastchat, preference, name):
+    # What the stage does (every text of the batch tokenized in one call, renderings and tokens reused by
+    # the verification) must give exactly what rendering and verifying each row alone gives.
+    tok = toks[name]
+    rows = [*fastchat[:25], *preference[:10], TOOL_ROW, {"row_id": "x", "kind": "text", "text": "Plain text."}]
+    rows += [{"row_id": "p", "kind": "prompt", "messages": CHAT[:1]}, {"row_id": "bad", "kind": "video"}]
+    rows += [_long_chat(6)]
+
+    def checks(outcomes: list) -> list:
+        pairs = zip(rows, outcomes, strict=True)
+        return [verify_row({**row, "messages": r.messages}, tok) for row, (r, _) in pairs if r]
+
+    alone = [format_row(row, tok, max_tokens=120, policy="truncate", system_prompt="S") for row in rows]
+    alone_checks = checks(alone)
+    with reusing_renderings():
+        batch = format_batch(rows, tok, max_tokens=120, policy="truncate", system_prompt="S")
+        batch_checks = checks(batch)
+    assert batch == alone and batch_checks == alone_checks
+    assert {r.mask_source for r, _ in batch if r} >= {"all", "none", "empty"}
+    assert any(reason.startswith("truncated") for _, reason in batch)
