@@ -4,8 +4,6 @@ it duplicates in `dedup_clusters`, with the verified similarity and why that row
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
-from curation.core.provenance import LINEAGE_SCHEMA
-from curation.core.warehouse import LINEAGE_DDL
 from curation.dedup.stage import run_dedup
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
@@ -18,17 +16,15 @@ def deduped(
     """Raw rows without repeated paragraphs and boilerplate (edits → lineage), exact duplicates (normalised
     field set), near duplicates (MinHash LSH, verified by exact Jaccard) and conflicting answers to one prompt.
     Signatures persist in `dedup_signatures`, so unchanged rows are never MinHashed again."""
+    config = project.load()
     with warehouse.get().write("deduped") as staged:
-        run = run_dedup(staged.connection, project.load().dedup)
+        run = run_dedup(staged, config.dedup, workers=config.compute.workers, log=context.log.info)
         context.log.info(run.log_line)
-        for table, (ddl, data) in run.tables.items():
-            staged.append(staged.create(table, ddl), data)
-        staged.append_rows(staged.partition("lineage", LINEAGE_DDL), run.lineage, LINEAGE_SCHEMA)
         metadata = dataset_metadata(staged.connection, staged.staging_name("deduped"), parents=["raw"])
     metadata |= {
         "dagster/table_name": "warehouse.main.deduped",
-        **run.counts(),
-        **{name: MetadataValue.md(text) for name, text in run.markdown().items()},
+        **run.counts,
+        **{name: MetadataValue.md(text) for name, text in run.markdown.items()},
         "parameters": MetadataValue.json(run.parameters()),
     }
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))

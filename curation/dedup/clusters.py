@@ -1,16 +1,16 @@
 """Duplicate clusters: which row of a cluster is kept (:class:`KeepPolicy`, a documented total order,
-so the same input always gives the same clusters), the record of every member (:class:`ClusterMember`,
-one row of the ``dedup_clusters`` table), and the licence note a kept row carries for the copies it
-absorbed."""
+so the same input always gives the same clusters; in Python for lists of rows, in SQL over the stage's
+per-row columns), the record of every member (:class:`ClusterMember`, one row of the ``dedup_clusters``
+table), and the licence note a kept row carries for the copies it absorbed."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import pyarrow as pa
+import duckdb
 
 from curation.core.licenses import permissiveness_rank
 from curation.core.schema import Row
@@ -46,17 +46,24 @@ class KeepPolicy:
     quality: Callable[[Row], float] = default_quality
     license_rank: Callable[[str | None], int] = permissiveness_rank
 
+    CRITERIA: ClassVar[tuple[str, str, str]] = ("origin_rank", "license_order", "quality_order")
+    """Names of criteria 1-3 as per-row columns (smaller is better), in :meth:`criteria` order."""
+
+    ORDER_SQL: ClassVar[str] = "origin_rank, license_order, quality_order, ingested_at IS NULL, ingested_at, position"
+    """The whole order in SQL over those columns, ``ingested_at`` and the row's input ``position``
+    (positions are unique, so ``row_id`` is never reached)."""
+
+    def criteria(self, row: Row) -> tuple[float, float, float]:
+        """Criteria 1-3 of a row, smaller is better (the stage stores them as :attr:`CRITERIA`)."""
+        return (
+            float(_ORIGIN_RANK.get(row.get("origin") or "", 3)),
+            float(-self.license_rank(row.get("license"))),
+            -self.quality(row),
+        )
+
     def sort_key(self, row: Row, position: int) -> tuple[Any, ...]:
         ingested = row.get("ingested_at")
-        return (
-            _ORIGIN_RANK.get(row.get("origin") or "", 3),
-            -self.license_rank(row.get("license")),
-            -self.quality(row),
-            ingested is None,
-            str(ingested or ""),
-            position,
-            row.get("row_id") or "",
-        )
+        return (*self.criteria(row), ingested is None, str(ingested or ""), position, row.get("row_id") or "")
 
     def choose(self, rows: Sequence[Row], positions: Sequence[int]) -> int:
         """Index (into ``rows``) of the row to keep."""
@@ -77,6 +84,22 @@ class KeepPolicy:
         if a[3:5] != b[3:5]:
             return "ingested earlier"
         return "earlier in the input (all preference criteria tied)"
+
+    @staticmethod
+    def reason_sql(kept: str, removed: str) -> str:
+        """:meth:`reason` in SQL, for the per-row columns of the kept and removed rows (table aliases)."""
+        k, r = kept, removed
+        return (
+            f"CASE WHEN {k}.origin_rank <> {r}.origin_rank THEN 'origin ' || coalesce({k}.origin, 'None') "
+            f"|| ' preferred to ' || coalesce({r}.origin, 'None') "
+            f"WHEN {k}.license_order <> {r}.license_order THEN 'licence ' || coalesce({k}.license, 'None') "
+            f"|| ' more permissive than ' || coalesce({r}.license, 'None') "
+            "|| '; the removed row''s source and licence stay on record in dedup_clusters' "
+            f"WHEN {k}.quality_order <> {r}.quality_order "
+            "THEN 'higher quality signal (non-empty response, quality/score)' "
+            f"WHEN {k}.ingested_at IS DISTINCT FROM {r}.ingested_at THEN 'ingested earlier' "
+            "ELSE 'earlier in the input (all preference criteria tied)' END"
+        )
 
 
 DEFAULT_POLICY = KeepPolicy()
@@ -107,31 +130,12 @@ class ClusterMember:
     reason: str
 
 
-CLUSTER_SCHEMA = pa.schema(
-    [
-        ("cluster_id", pa.string()),
-        ("row_id", pa.string()),
-        ("kept_row_id", pa.string()),
-        ("method", pa.string()),
-        ("jaccard", pa.float64()),
-        ("matched_row_id", pa.string()),
-        ("matched_jaccard", pa.float64()),
-        ("removed", pa.bool_()),
-        ("reason", pa.string()),
-    ]
-)
-
 CLUSTERS_DDL = (
     "cluster_id VARCHAR NOT NULL, row_id VARCHAR NOT NULL, kept_row_id VARCHAR NOT NULL, "
     "method VARCHAR NOT NULL, jaccard DOUBLE, matched_row_id VARCHAR, matched_jaccard DOUBLE, "
     "removed BOOLEAN NOT NULL, reason VARCHAR"
 )
-"""Columns of the warehouse's ``dedup_clusters`` table (:data:`CLUSTER_SCHEMA` in SQL)."""
-
-
-def clusters_table(members: Iterable[ClusterMember]) -> pa.Table:
-    """``dedup_clusters`` rows as an Arrow table."""
-    return pa.Table.from_pylist([m.__dict__ for m in members], schema=CLUSTER_SCHEMA)
+"""Columns of the warehouse's ``dedup_clusters`` table (one :class:`ClusterMember` per row)."""
 
 
 def cluster_members(
@@ -182,24 +186,113 @@ def cluster_members(
 
 
 # ---------------------------------------------------------------------------------------------
+# The same records in SQL, over the stage's per-row facts (curation.dedup.facts.FACT_SCHEMA) and its
+# table of members by input position.
+
+MEMBERS_DDL = (
+    "step INTEGER NOT NULL, method VARCHAR NOT NULL, cluster_first BIGINT NOT NULL, position BIGINT NOT NULL, "
+    "kept_position BIGINT NOT NULL, final_kept BIGINT NOT NULL, jaccard DOUBLE NOT NULL, "
+    "matched_position BIGINT NOT NULL, matched_jaccard DOUBLE NOT NULL, removed BOOLEAN NOT NULL, "
+    "reason VARCHAR NOT NULL"
+)
+"""Cluster members while the stage runs, by input position: ``kept_position`` is the row its step kept
+(it names the cluster), ``final_kept`` the row that finally holds the content (:func:`forward_kept_rows`),
+``cluster_first`` the cluster's first row and ``step`` the step's number (together the order in which a
+kept row lists the copies it absorbed)."""
+
+_FACT_COLUMNS = ", ".join(("origin", "license", "ingested_at", *KeepPolicy.CRITERIA))
+
+
+def kept_sql(groups: str, facts: str) -> str:
+    """The rows of ``groups`` (a query with ``position`` and ``cluster`` columns, and any others) with the
+    policy's columns from ``facts``, the position of the row each cluster keeps (:attr:`KeepPolicy.ORDER_SQL`),
+    the cluster's first position and its size."""
+    return (
+        f"SELECT g.*, {_FACT_COLUMNS}, first_value(position) OVER w AS kept_position, "
+        "min(position) OVER w AS cluster_first, count(*) OVER w AS size "
+        f"FROM ({groups}) AS g JOIN {facts} USING (position) "
+        f"WINDOW w AS (PARTITION BY cluster ORDER BY {KeepPolicy.ORDER_SQL} "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+    )
+
+
+def insert_members(
+    connection: duckdb.DuckDBPyConnection,
+    members: str,
+    facts: str,
+    groups: str,
+    step: int,
+    method: str,
+    remove: bool = True,
+    linked: bool = False,
+) -> None:
+    """Record the clusters of ``groups`` (``position, cluster``) as step ``step``: one kept row per cluster
+    (by the policy), the others removed (or only flagged with ``remove=False``). With ``linked`` the groups
+    also give each member's verified ``jaccard`` to its kept row and the neighbour that linked it
+    (``matched_position, matched_jaccard``); otherwise members are exact copies of the kept row."""
+    jaccard = "c.jaccard" if linked else "1.0"
+    matched = "c.matched_position" if linked else "c.kept_position"
+    matched_jaccard = "c.matched_jaccard" if linked else "1.0"
+    kept = "c.position = c.kept_position"
+    connection.execute(
+        f"INSERT INTO {members} SELECT ?, ?, c.cluster_first, c.position, c.kept_position, c.kept_position, "
+        f"CASE WHEN {kept} THEN 1.0 ELSE {jaccard} END, CASE WHEN {kept} THEN c.position ELSE {matched} END, "
+        f"CASE WHEN {kept} THEN 1.0 ELSE {matched_jaccard} END, NOT ({kept}) AND ?, "
+        f"CASE WHEN {kept} THEN 'kept: best of ' || CAST(c.size AS VARCHAR) || ' by policy' "
+        f"ELSE {KeepPolicy.reason_sql('k', 'c')} END "
+        f"FROM ({kept_sql(groups, facts)}) AS c JOIN {facts} AS k ON k.position = c.kept_position",
+        [step, method, remove],
+    )
+
+
+def forward_kept_rows(connection: duckdb.DuckDBPyConnection, members: str, step: int) -> None:
+    """After step ``step``: a row it removed that an earlier step kept passes the copies it absorbed on to
+    the row that now holds their content, so ``final_kept`` always names a published row; the earlier
+    step's kept entry for it goes (its removal is listed by this step)."""
+    connection.execute(
+        f"UPDATE {members} AS m SET final_kept = r.kept_position FROM {members} AS r "
+        "WHERE r.step = ? AND r.removed AND m.step < ? AND m.final_kept = r.position",
+        [step, step],
+    )
+    connection.execute(f"DELETE FROM {members} WHERE step < ? AND NOT removed AND final_kept <> position", [step])
+
+
+def clusters_sql(members: str, facts: str) -> str:
+    """The ``dedup_clusters`` rows (:data:`CLUSTERS_DDL`) of the stage's members."""
+    return (
+        "SELECT m.method || ':' || k.row_id AS cluster_id, f.row_id, t.row_id AS kept_row_id, m.method, m.jaccard, "
+        "x.row_id AS matched_row_id, m.matched_jaccard, m.removed, m.reason "
+        f"FROM {members} AS m JOIN {facts} AS f ON f.position = m.position "
+        f"JOIN {facts} AS k ON k.position = m.kept_position JOIN {facts} AS t ON t.position = m.final_kept "
+        f"JOIN {facts} AS x ON x.position = m.matched_position"
+    )
+
+
+def absorbed_sql(members: str, facts: str, source: str) -> str:
+    """``(position, sources)`` of each row that absorbed removed copies: their ``row_id, source, license,
+    source_uri`` from ``source`` (the input table), in the order of the steps, clusters and rows that
+    removed them (what :func:`with_license_note` writes)."""
+    return (
+        "SELECT m.final_kept AS position, list({'row_id': f.row_id, 'source': r.source, 'license': r.license, "
+        "'source_uri': r.source_uri} ORDER BY m.step, m.cluster_first, m.position) AS sources "
+        f"FROM {members} AS m JOIN {facts} AS f ON f.position = m.position JOIN {source} AS r ON r.row_id = f.row_id "
+        "WHERE m.removed GROUP BY m.final_kept"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Provenance of absorbed copies.
 
 
-def with_license_note(row: Row, members: Sequence[ClusterMember], rows_by_id: Mapping[str, Row]) -> Row:
-    """The kept row with the licences of the rows it absorbed listed in ``extra.dedup_sources``
-    (so a merged row keeps both provenances on the row itself, not only in dedup_clusters). ``members`` may
-    be all cluster members or just those absorbed by this row."""
-    absorbed = [rows_by_id[m.row_id] for m in members if m.removed and m.kept_row_id == row["row_id"]]
+def with_license_note(row: Row, absorbed: Sequence[Mapping[str, Any]]) -> Row:
+    """The kept row with the copies it absorbed (each ``{row_id, source, license, source_uri}``, in
+    cluster order) listed in ``extra.dedup_sources``, so a merged row keeps both provenances on the
+    row itself, not only in dedup_clusters."""
     if not absorbed:
         return row
     extra = dict(row.get("extra") or {})
     extra["dedup_sources"] = [
-        {
-            "row_id": r["row_id"],
-            "source": r.get("source"),
-            "license": r.get("license"),
-            "source_uri": r.get("source_uri"),
-        }
-        for r in absorbed
+        {"row_id": a["row_id"], "source": a["source"], "license": a["license"], "source_uri": a["source_uri"]}
+        for a in absorbed
     ]
     return {**row, "extra": extra}

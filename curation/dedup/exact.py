@@ -1,23 +1,26 @@
-"""Exact duplicates: rows whose normalised field set is identical (same :func:`exact_key`)."""
+"""Exact duplicates: rows whose normalised field set is identical (same :func:`exact_key`). The stage
+groups rows by this key in SQL (:mod:`curation.dedup.stage`)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions, normalize_text
+from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions
 from curation.core.schema import Row
-from curation.dedup.clusters import DEFAULT_POLICY, ClusterMember, KeepPolicy, cluster_members
-from curation.dedup.fields import FieldSet, dedup_text, field_parts
+from curation.dedup.fields import FieldSet, field_parts, normalized
 
 _SEP = "\x1f"  # cannot occur after whitespace normalisation, so joined fields never run together
 
 
 def exact_key(row: Row, fields: FieldSet, options: NormalizeOptions = DEFAULT_OPTIONS) -> str:
     """Hex digest of the normalised field set: equal keys mean exact duplicates."""
-    normalised = _SEP.join(normalize_text(p, options) for p in field_parts(row, fields))
+    return parts_key(field_parts(row, fields), options)
+
+
+def parts_key(parts: list[str], options: NormalizeOptions = DEFAULT_OPTIONS) -> str:
+    """:func:`exact_key` from the row's :func:`~curation.dedup.fields.field_parts`."""
+    normalised = _SEP.join(normalized(p, options) for p in parts)
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:32]
 
 
@@ -26,16 +29,17 @@ class ExactConfig:
     fields: FieldSet = "prompt_response"
     normalize: NormalizeOptions = DEFAULT_OPTIONS
 
+    @property
+    def method(self) -> str:
+        """How ``dedup_clusters.method`` names these clusters."""
+        return f"exact:{self.fields}"
 
-def exact_duplicates(
-    rows: Sequence[Row], config: ExactConfig = ExactConfig(), policy: KeepPolicy = DEFAULT_POLICY
-) -> list[ClusterMember]:
-    """Clusters of rows whose normalised field set is identical (only clusters of two or more).
-    Rows with nothing in the compared fields (e.g. no user turn for ``first_prompt``) are skipped:
-    empty is not a duplicate of empty."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        if not dedup_text(row, config.fields).strip():
-            continue
-        groups[exact_key(row, config.fields, config.normalize)].append(i)
-    return cluster_members(rows, (g for g in groups.values() if len(g) > 1), f"exact:{config.fields}", policy)
+
+def exact_groups_sql(rows: str) -> str:
+    """``(position, cluster)`` of the rows of ``rows`` (a relation of per-row facts) that share their exact
+    key with another; rows with nothing in the compared fields have no key (empty is not a duplicate of
+    empty)."""
+    return (
+        f"SELECT position, exact_key AS cluster FROM {rows} WHERE exact_key IS NOT NULL "
+        "QUALIFY count(*) OVER (PARTITION BY exact_key) > 1"
+    )

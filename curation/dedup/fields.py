@@ -1,15 +1,26 @@
 """What dedup compares: the field sets of a row (``first_prompt``, ``prompt``, ``prompt_response``,
-``conversation``), as pieces for the exact key or as one text for near-duplicate shingles."""
+``conversation``), as pieces for the exact key or as one text for near-duplicate shingles, and the
+normalised form of a text that every comparison uses (:func:`normalized`)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
+from curation.core.normalize import NormalizeOptions, normalize_text
 from curation.core.schema import Row
 from curation.core.texts import prompt_text, response_text
 
 FieldSet = Literal["first_prompt", "prompt", "prompt_response", "conversation"]
 FIELD_SETS: tuple[str, ...] = ("first_prompt", "prompt", "prompt_response", "conversation")
+
+
+@functools.lru_cache(maxsize=512)
+def normalized(text: str, options: NormalizeOptions) -> str:
+    """:func:`~curation.core.normalize.normalize_text`, remembered for the texts of the last few rows: a
+    row's paragraphs are normalised for in-row repeats and again for boilerplate, its prompt and
+    response for the exact key and again for conflicts."""
+    return normalize_text(text, options)
 
 
 def _first_user(row: Row) -> str:
@@ -21,14 +32,16 @@ def _first_user(row: Row) -> str:
     return ""
 
 
-def field_parts(row: Row, fields: FieldSet) -> list[str]:
-    """The pieces of a row that a field set compares, in a fixed order."""
+def field_parts(row: Row, fields: FieldSet, prompt: str | None = None, response: str | None = None) -> list[str]:
+    """The pieces of a row that a field set compares, in a fixed order. ``prompt`` and ``response`` are the
+    row's :func:`~curation.core.texts.prompt_text` and :func:`~curation.core.texts.response_text` when the
+    caller has them already."""
     if fields == "first_prompt":
         return [_first_user(row)]
     if fields == "prompt":
-        return [prompt_text(row)]
+        return [prompt_text(row) if prompt is None else prompt]
     if fields == "prompt_response":
-        return [prompt_text(row), response_text(row)]
+        return [prompt_text(row) if prompt is None else prompt, response_text(row) if response is None else response]
     if fields == "conversation":
         parts = [row.get("kind") or "", row.get("text") or ""]
         for column in ("messages", "chosen", "rejected"):
@@ -42,7 +55,11 @@ def field_parts(row: Row, fields: FieldSet) -> list[str]:
 def dedup_text(row: Row, fields: FieldSet) -> str:
     """The compared text of a row as one string (what near-duplicate shingles are taken from):
     contents only, without the kind and role labels the exact key includes."""
-    parts = field_parts(row, fields)
+    return compared_text(field_parts(row, fields), fields)
+
+
+def compared_text(parts: list[str], fields: FieldSet) -> str:
+    """:func:`dedup_text` from the row's :func:`field_parts` (when they are at hand already)."""
     if fields == "conversation":
         parts = parts[1:2] + parts[3::2]
     return "\n".join(p for p in parts if p)

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # ---------------------------------------------------------------------------------------------
 # Hash primitives (numpy and pure-Python versions must agree bit for bit; tests check it).
@@ -973,3 +975,31 @@ def signature_from_bytes(blob: bytes, num_perm: int | None = None) -> np.ndarray
             "signatures from another configuration must be recomputed"
         )
     return sig
+
+
+def signature_column(signatures: np.ndarray) -> pa.Array:
+    """A batch of signatures as an Arrow binary column (one :func:`signature_bytes` blob each)."""
+    n, num_perm = signatures.shape
+    data = pa.py_buffer(np.ascontiguousarray(signatures, dtype="<u4").tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * num_perm), n, [None, data]).cast(pa.binary())
+
+
+def signature_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.ndarray:
+    """An Arrow column of signature blobs as one ``(n, num_perm)`` uint32 array (:func:`signature_column`
+    reversed); an error if a blob was made with another ``num_perm``."""
+    width = 4 * num_perm
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        lengths = pc.min_max(pc.binary_length(chunk)).as_py()
+        if chunk.null_count or (len(chunk) and lengths != {"min": width, "max": width}):
+            raise ValueError(
+                f"stored signatures are not {num_perm} values long; signatures from another configuration "
+                "must be recomputed"
+            )
+        fixed = chunk.cast(pa.binary(width))
+        data = fixed.buffers()[1]
+        parts.append(np.frombuffer(data, dtype="<u4", count=len(fixed) * num_perm, offset=fixed.offset * width))
+    if not parts:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    return np.concatenate(parts).astype(np.uint32).reshape(-1, num_perm)

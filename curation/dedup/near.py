@@ -1,18 +1,22 @@
-"""Near duplicates: MinHash signatures (the kernels are in :mod:`curation.dedup.minhash`), LSH
-candidate pairs, exact Jaccard verification, clusters over the verified pairs, reuse of signatures
-persisted by an earlier run, and :class:`NearDupIndex` for checking a new batch against an already
-deduplicated corpus (:func:`incremental_near_duplicates`)."""
+"""Near duplicates: MinHash signatures (the kernels are in :mod:`curation.dedup.minhash`) and the key that
+persists them between runs (:func:`signature_key`, the ``dedup_signatures`` table), LSH candidate pairs
+(:func:`candidates`), exact Jaccard verification (:func:`verify`), connected components over the
+verified pairs (:func:`near_components`), and :class:`NearDupIndex` for checking a new batch against an
+already deduplicated corpus (:func:`incremental_near_duplicates`). Signatures and texts are asked for
+through callbacks, so the documents can be a list in memory (:func:`near_duplicate_pairs`) or rows of a
+table read a chunk at a time (the stage)."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from curation.core.components import component_labels
 from curation.core.schema import Row
@@ -160,12 +164,47 @@ def pair_jaccards(
     return out
 
 
-def _estimates(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def _estimates(signatures_of: Callable[[np.ndarray], np.ndarray], pairs: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """MinHash estimate of each pair, fetching the signatures of a chunk of pairs at a time."""
     out = np.empty(len(pairs), dtype=np.float64)
     for lo in range(0, len(pairs), chunk):
         part = pairs[lo : lo + chunk]
-        out[lo : lo + chunk] = estimated_jaccard(signatures[part[:, 0]], signatures[part[:, 1]])
+        ids = np.unique(part)
+        signatures = signatures_of(ids)
+        local = np.searchsorted(ids, part)
+        out[lo : lo + chunk] = estimated_jaccard(signatures[local[:, 0]], signatures[local[:, 1]])
     return out
+
+
+def candidates(
+    keys: np.ndarray,
+    shingle_counts: np.ndarray,
+    config: NearConfig,
+    signatures_of: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, int]:
+    """Pairs ``(i, j)``, ``i < j``, worth verifying among documents with LSH band ``keys`` (``(n, bands)``)
+    and ``shingle_counts``: they share a band and their MinHash estimate is within
+    ``config.estimate_margin`` of the threshold. ``signatures_of(ids)`` gives the signatures of sorted
+    document indices (full or, for the estimate, their low 16 bits). Also returns how many pairs shared a band."""
+    usable = np.flatnonzero(shingle_counts > 0)
+    cand = usable[candidate_pairs(keys[usable], config.max_bucket, config.workers)]
+    found = len(cand)
+    if found:
+        cand = cand[_estimates(signatures_of, cand) >= config.threshold - config.estimate_margin]
+    return cand, found
+
+
+def verify(
+    cand: np.ndarray, config: NearConfig, texts_of: Callable[[np.ndarray], Sequence[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs whose exact shingle Jaccard reaches ``config.threshold``, with it;
+    ``texts_of(ids)`` gives the texts of sorted document indices (asked for a chunk of pairs at a time,
+    grouped by connected component)."""
+    if not len(cand):
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    jac = pair_jaccards(config.hasher(), cand, texts_of, workers=config.workers)
+    keep = jac >= config.threshold - 1e-12
+    return cand[keep], jac[keep]
 
 
 SignatureSink = Callable[[int, np.ndarray, np.ndarray], None]
@@ -212,18 +251,24 @@ def near_duplicate_pairs(
             if sink is not None:
                 sink(start, sig, c)
         signatures, shingle_counts = full, counts
-    usable = np.flatnonzero(counts > 0)
-    cand = usable[candidate_pairs(keys[usable], config.max_bucket, config.workers)]
+    cand, found = candidates(keys, counts, config, lambda ids: sketch[ids])
     del keys
-    result = NearResult(signatures, shingle_counts, np.zeros((0, 2), np.int64), np.zeros(0), len(cand))
-    if len(cand):
-        cand = cand[_estimates(sketch, cand) >= config.threshold - config.estimate_margin]
-    result.n_verified = len(cand)
-    if len(cand):
-        jac = pair_jaccards(hasher, cand, lambda idx: [texts[i] for i in idx], workers=config.workers)
-        keep = jac >= config.threshold - 1e-12
-        result.pairs, result.jaccard = cand[keep], jac[keep]
-    return result
+    pairs, jac = verify(cand, config, lambda idx: [texts[i] for i in idx])
+    return NearResult(signatures, counts, pairs, jac, found, len(cand))
+
+
+def near_components(pairs: np.ndarray, jaccard: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The documents of verified ``pairs`` (sorted), the cluster of each (the smallest document of its
+    connected component), and the verified neighbour that linked it (highest Jaccard, then smallest
+    index) with that Jaccard."""
+    documents = np.unique(pairs)
+    cluster = documents[component_labels(documents.size, np.searchsorted(documents, pairs))]
+    this = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    other = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    both = np.concatenate([jaccard, jaccard])
+    order = np.lexsort((other, -both, this))
+    first = order[np.r_[True, this[order][1:] != this[order][:-1]]] if order.size else order
+    return documents, cluster, other[first], both[first]
 
 
 def near_clusters(
@@ -233,79 +278,42 @@ def near_clusters(
     policy: KeepPolicy = DEFAULT_POLICY,
     texts: Sequence[str] | None = None,
 ) -> list[ClusterMember]:
-    """Union-find clusters over verified pairs, one kept row each, with the exact Jaccard of every
-    member to its kept row and the verified neighbour that linked it."""
+    """Clusters over verified pairs (connected components), one kept row each, with the exact Jaccard
+    of every member to its kept row and the verified neighbour that linked it."""
     if len(result.pairs) == 0:
         return []
-    involved = np.unique(result.pairs.ravel())
-    local = {int(g): k for k, g in enumerate(involved)}
-    roots = component_labels(len(involved), np.vectorize(local.get)(result.pairs))
+    documents, cluster, matched, matched_jaccard = near_components(result.pairs, result.jaccard)
     groups: dict[int, list[int]] = defaultdict(list)
-    for k, r in enumerate(roots):
-        groups[int(r)].append(int(involved[k]))
-    best: dict[int, tuple[int, float]] = {}
-    for (a, b), j in zip(result.pairs.tolist(), result.jaccard.tolist(), strict=True):
-        for x, y in ((a, b), (b, a)):
-            if x not in best or j > best[x][1] or (j == best[x][1] and y < best[x][0]):
-                best[x] = (y, j)
+    for document, label in zip(documents.tolist(), cluster.tolist(), strict=True):
+        groups[label].append(document)
     texts = texts if texts is not None else [dedup_text(r, config.fields) for r in rows]
     kept_of: dict[int, int] = {}
-    ordered_groups = []
     for members in groups.values():
-        members = sorted(members)
         kept = members[policy.choose([rows[i] for i in members], members)]
         kept_of.update({i: kept for i in members if i != kept})
-        ordered_groups.append(members)
     to_kept = np.array(sorted(kept_of.items()), dtype=np.int64).reshape(-1, 2)
     jac = pair_jaccards(config.hasher(), to_kept, lambda idx: [texts[i] for i in idx])
     similarity = {int(i): float(j) for i, j in zip(to_kept[:, 0], jac, strict=True)}
-    method = f"near:{config.fields}:{config.shingles.unit}{config.shingles.n}"
-    return cluster_members(rows, ordered_groups, method, policy, similarity=lambda i, k: similarity[i], links=best)
+    links = {d: (m, j) for d, m, j in zip(documents.tolist(), matched.tolist(), matched_jaccard.tolist(), strict=True)}
+    return cluster_members(
+        rows, list(groups.values()), near_method(config), policy, similarity=lambda i, k: similarity[i], links=links
+    )
 
 
-SignatureStore = Mapping[str, tuple[np.ndarray, int]]
-"""Known signatures by :func:`signature_key`: (signature, shingle count)."""
+def near_method(config: NearConfig) -> str:
+    """How ``dedup_clusters.method`` names near duplicates under these settings."""
+    return f"near:{config.fields}:{config.shingles.unit}{config.shingles.n}"
+
+
+SIGNATURES_DDL = "signature_key VARCHAR PRIMARY KEY, signature BLOB NOT NULL, shingles BIGINT NOT NULL"
+"""The ``dedup_signatures`` table: signatures persisted between runs, so a text is MinHashed once."""
+SIGNATURE_SCHEMA = pa.schema([("signature_key", pa.string()), ("signature", pa.binary()), ("shingles", pa.int64())])
 
 
 def signature_key(text: str, config: NearConfig) -> str:
     """What a stored signature is valid for: the compared text and every setting that shapes it."""
     settings = f"{config.num_perm}:{config.seed}:{config.shingles.unit}:{config.shingles.n}"
     return hashlib.sha256(f"{settings}\x1f{text}".encode()).hexdigest()[:32]
-
-
-def signatures_with_store(
-    texts: Sequence[str], config: NearConfig, known: SignatureStore
-) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """Signatures of ``texts``, computing only those ``known`` lacks; also their keys and how many
-    were computed (0 on unchanged input: no MinHash work)."""
-    keys = [signature_key(t, config) for t in texts]
-    signatures = np.empty((len(texts), config.num_perm), dtype=np.uint32)
-    counts = np.empty(len(texts), dtype=np.int64)
-    missing = [i for i, key in enumerate(keys) if key not in known]
-    for i, key in enumerate(keys):
-        if key in known:
-            signatures[i], counts[i] = known[key]
-    if missing:
-        computed, computed_counts = compute_signatures([texts[i] for i in missing], config)
-        signatures[missing], counts[missing] = computed, computed_counts
-    return signatures, counts, keys, len(missing)
-
-
-def near_duplicates(
-    rows: Sequence[Row],
-    config: NearConfig = NearConfig(),
-    policy: KeepPolicy = DEFAULT_POLICY,
-    known: SignatureStore | None = None,
-) -> tuple[list[ClusterMember], NearResult]:
-    """Near-duplicate clusters of ``rows`` on ``config.fields``; also returns signatures to persist.
-    With ``known`` (signatures persisted by an earlier run) only new texts are MinHashed."""
-    texts = [dedup_text(r, config.fields) for r in rows]
-    if known is None:
-        result = near_duplicate_pairs(texts, config)
-    else:
-        signatures, counts, _, _ = signatures_with_store(texts, config, known)
-        result = near_duplicate_pairs(texts, config, signatures, counts)
-    return near_clusters(rows, result, config, policy, texts), result
 
 
 class NearDupIndex:

@@ -1,20 +1,21 @@
 """Repeated text: a paragraph (or line) repeated inside one row, and boilerplate paragraphs shared by
-many rows. The row is kept and the text removed from it; each removal is a :class:`RemovedText`.
-Fenced code blocks are never edited (``x = 1`` twice in a program is not an accident)."""
+many rows (each row's :func:`paragraph_keys`, counted across rows in SQL by the stage). The row is kept
+and the text removed from it; each removal is a :class:`RemovedText`. Fenced code blocks are never
+edited (``x = 1`` twice in a program is not an accident)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import re
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions, normalize_text
+from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions
 from curation.core.schema import Row
-from curation.core.texts import TextField, fenced_blocks, text_fields, with_texts
+from curation.core.texts import FENCE_MARKERS, TextField, fenced_blocks, text_fields, with_texts
+from curation.dedup.fields import normalized
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,13 @@ def _location(text_field: TextField) -> str:
 
 
 _PARAGRAPH_SPLIT = re.compile(r"\n[ \t]*\n")
+_LINE_SPLIT = re.compile(r"\n")
 
 
 def _blocks(text: str) -> list[tuple[str, bool]]:
     """The text as (block, is_code) pieces; fenced code blocks are never edited."""
+    if not any(marker in text for marker in FENCE_MARKERS):  # most texts: no regex search needed
+        return [(text, False)] if text else []
     out: list[tuple[str, bool]] = []
     pos = 0
     for block in fenced_blocks(text):
@@ -53,7 +57,7 @@ def _blocks(text: str) -> list[tuple[str, bool]]:
 
 
 def _key(unit: str, options: NormalizeOptions) -> str:
-    return normalize_text(unit, options)
+    return normalized(unit, options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,9 +80,12 @@ def remove_repeats(text: str, config: WithinConfig = WithinConfig()) -> tuple[st
     seen: set[str] = set()
     removed: list[str] = []
     pieces: list[str] = []
-    splitter = _PARAGRAPH_SPLIT if config.unit == "paragraph" else re.compile(r"\n")
+    splitter = _PARAGRAPH_SPLIT if config.unit == "paragraph" else _LINE_SPLIT
     joiner = "\n\n" if config.unit == "paragraph" else "\n"
-    for block, is_code in _blocks(text):
+    blocks = _blocks(text)
+    if len(blocks) < 2 and not splitter.search(text):  # one unit: nothing can repeat
+        return text, []
+    for block, is_code in blocks:
         if is_code:
             pieces.append(block)
             continue
@@ -94,11 +101,14 @@ def remove_repeats(text: str, config: WithinConfig = WithinConfig()) -> tuple[st
     return ("".join(pieces), removed) if removed else (text, [])
 
 
-def remove_repeats_in_row(row: Row, config: WithinConfig = WithinConfig()) -> tuple[Row, list[RemovedText]]:
-    """Apply :func:`remove_repeats` to each text field and message of a row (row kept, removals recorded)."""
+def remove_repeats_in_row(
+    row: Row, config: WithinConfig = WithinConfig(), fields: Iterable[TextField] | None = None
+) -> tuple[Row, list[RemovedText]]:
+    """Apply :func:`remove_repeats` to each text field and message of a row (row kept, removals recorded).
+    ``fields`` are the row's :func:`~curation.core.texts.text_fields` when the caller has them already."""
     removals: list[RemovedText] = []
     replacements: dict[tuple[str, int | None], str] = {}
-    for text_field in text_fields(row):
+    for text_field in text_fields(row) if fields is None else fields:
         new_text, removed = remove_repeats(text_field.text, config)
         if removed:
             replacements[text_field.key] = new_text
@@ -128,10 +138,12 @@ class BoilerplateConfig:
     roles: tuple[str, ...] = ("assistant",)
 
 
-def _boilerplate_fields(row: Row, config: BoilerplateConfig) -> Iterator[TextField]:
+def _boilerplate_fields(
+    row: Row, config: BoilerplateConfig, fields: Iterable[TextField] | None = None
+) -> Iterator[TextField]:
     """Text rows' text and the messages whose role is in ``config.roles`` (chosen/rejected are assistant)."""
-    for text_field in text_fields(row):
-        if text_field.column != "messages" or row["messages"][text_field.index].get("role") in config.roles:
+    for text_field in text_fields(row) if fields is None else fields:
+        if text_field.column != "messages" or text_field.role in config.roles:
             yield text_field
 
 
@@ -145,36 +157,38 @@ def _paragraph_keys(text: str, config: BoilerplateConfig) -> Iterable[tuple[str,
                 yield unit, hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
 
 
-def paragraph_counts(rows: Iterable[Row], config: BoilerplateConfig = BoilerplateConfig()) -> tuple[Counter[str], int]:
-    """How many rows each (normalised, hashed) paragraph occurs in, and the number of rows.
-    Streams: only the counter is held."""
-    counts: Counter[str] = Counter()
-    n = 0
-    for row in rows:
-        n += 1
-        counts.update(
-            {
-                key
-                for text_field in _boilerplate_fields(row, config)
-                for _, key in _paragraph_keys(text_field.text, config)
-            }
-        )
-    return counts, n
+def paragraph_keys(
+    row: Row, config: BoilerplateConfig = BoilerplateConfig(), fields: Iterable[TextField] | None = None
+) -> list[str]:
+    """The distinct (normalised, hashed) paragraphs of a row's boilerplate fields, sorted: a paragraph is
+    boilerplate when the keys of enough rows contain it (:func:`boilerplate_floor`). ``fields`` are the
+    row's :func:`~curation.core.texts.text_fields` when the caller has them already."""
+    return sorted(
+        {
+            key
+            for text_field in _boilerplate_fields(row, config, fields)
+            for _, key in _paragraph_keys(text_field.text, config)
+        }
+    )
 
 
-def boilerplate_keys(counts: Counter[str], n_rows: int, config: BoilerplateConfig = BoilerplateConfig()) -> set[str]:
-    floor = max(config.min_docs, math.ceil(config.min_fraction * n_rows))
-    return {key for key, c in counts.items() if c >= floor}
+def boilerplate_floor(n_rows: int, config: BoilerplateConfig = BoilerplateConfig()) -> int:
+    """How many of ``n_rows`` rows a paragraph must occur in to be boilerplate."""
+    return max(config.min_docs, math.ceil(config.min_fraction * n_rows))
 
 
 def strip_boilerplate(
-    row: Row, keys: set[str], config: BoilerplateConfig = BoilerplateConfig()
+    row: Row,
+    keys: Collection[str],
+    config: BoilerplateConfig = BoilerplateConfig(),
+    fields: Iterable[TextField] | None = None,
 ) -> tuple[Row, list[RemovedText]]:
     """Remove boilerplate paragraphs from a row. A field made only of boilerplate is left as it is
-    (a stock answer that is the whole response is content, not decoration; filters judge it)."""
+    (a stock answer that is the whole response is content, not decoration; filters judge it). ``fields``
+    are the row's :func:`~curation.core.texts.text_fields` when the caller has them already."""
     removals: list[RemovedText] = []
     replacements: dict[tuple[str, int | None], str] = {}
-    for text_field in _boilerplate_fields(row, config):
+    for text_field in _boilerplate_fields(row, config, fields):
         text = text_field.text
         hits = [unit for unit, key in _paragraph_keys(text, config) if key in keys]
         if not hits:

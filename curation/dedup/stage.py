@@ -1,155 +1,92 @@
-"""The ``deduped`` stage in order: the :class:`DedupPlan` (which steps run, with which settings, built
-from the project file by :func:`plan_from_project`), :func:`dedup_rows` (repeats and boilerplate
-removed inside rows, then exact, near and same-prompt dedup, each on the survivors of the previous
-step) and :func:`run_dedup`, which the asset calls: raw rows and persisted signatures in, the tables
-to write and the figures to report out."""
+"""The ``deduped`` stage: the :class:`~curation.dedup.facts.DedupPlan` (which steps run, with which
+settings, built from the project file by :func:`plan_from_project`) and :func:`run_dedup`, which the
+asset calls. Rows stream in Arrow batches through worker processes; every whole-table decision is SQL
+over narrow per-row columns in DuckDB, or numpy arrays of fixed width per row:
+
+1. one pass over the input: each row's texts without in-row repeats, its facts
+   (:mod:`curation.dedup.facts`: exact, prompt, response and signature keys, the keep policy's
+   criteria), its paragraph keys, and the MinHash signature of its compared text when
+   ``dedup_signatures`` does not hold it yet;
+2. boilerplate: paragraphs counted across rows in SQL; the rows holding one are computed again;
+3. exact duplicates, near duplicates (on the survivors of exact) and same-prompt conflicts (on the
+   survivors of both): SQL windows keep one row per cluster by
+   :class:`~curation.dedup.clusters.KeepPolicy`; near candidates come from LSH band keys, are verified
+   by exact Jaccard on the texts of candidate rows only (a pass over those rows) and grouped into
+   connected components; a row removed by a later step passes the copies it absorbed on to the row
+   that removed it (:func:`~curation.dedup.clusters.forward_kept_rows`);
+4. the output: rows that neither changed nor absorbed a copy are copied by SQL; the others pass through
+   the workers again (edited, with the copies they absorbed in ``extra.dedup_sources``, a lineage edge).
+
+Scratch tables live in an in-memory database attached for the run and detached after it."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from curation.core.components import component_labels
 from curation.core.config import DedupConfig
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.normalize import NormalizeOptions
-from curation.core.provenance import lineage_record
-from curation.core.schema import Row, derived_id, rows_to_table
-from curation.core.warehouse import SOURCE_ORDER, canonical_ddl, table_names, table_rows
-from curation.dedup.clusters import CLUSTERS_DDL, ClusterMember, KeepPolicy, clusters_table, with_license_note
-from curation.dedup.conflicts import ConflictConfig, same_prompt_conflicts
-from curation.dedup.exact import ExactConfig, exact_duplicates
-from curation.dedup.fields import dedup_text
-from curation.dedup.minhash import ShingleConfig, signature_bytes, signature_from_bytes
+from curation.core.parallel import map_ordered, workers_for
+from curation.core.schema import COLUMNS
+from curation.core.warehouse import (
+    LINEAGE_DDL,
+    SOURCE_ORDER,
+    StagedWrite,
+    canonical_ddl,
+    count_rows,
+    fetch_one,
+    quote,
+    read_batches,
+    table_names,
+)
+from curation.dedup.clusters import (
+    CLUSTERS_DDL,
+    MEMBERS_DDL,
+    absorbed_sql,
+    clusters_sql,
+    forward_kept_rows,
+    insert_members,
+    kept_sql,
+)
+from curation.dedup.conflicts import ConflictConfig, conflict_groups_sql
+from curation.dedup.exact import ExactConfig, exact_groups_sql
+from curation.dedup.facts import (
+    FACT_SCHEMA,
+    PARAGRAPH_SCHEMA,
+    TEXT_SCHEMA,
+    DedupPlan,
+    facts_batch,
+    key_bytes,
+    published_batch,
+    start_worker,
+    texts_batch,
+)
+from curation.dedup.minhash import ShingleConfig, band_keys, signature_matrix
 from curation.dedup.near import (
+    SIGNATURES_DDL,
     NearConfig,
-    SignatureStore,
-    near_clusters,
-    near_duplicate_pairs,
-    signatures_with_store,
+    candidates,
+    near_components,
+    near_method,
+    pair_jaccards,
+    verify,
 )
-from curation.dedup.repeats import (
-    BoilerplateConfig,
-    RemovedText,
-    WithinConfig,
-    boilerplate_keys,
-    paragraph_counts,
-    remove_repeats_in_row,
-    strip_boilerplate,
-)
+from curation.dedup.repeats import BoilerplateConfig, WithinConfig, boilerplate_floor
 
-# ---------------------------------------------------------------------------------------------
-# The plan and its run over rows.
+__all__ = ["DedupPlan", "DedupRun", "plan_from_project", "run_dedup"]
 
-
-@dataclass(frozen=True)
-class DedupPlan:
-    """Which dedup steps run, in order, and how; ``None`` switches a step off."""
-
-    within: WithinConfig | None = field(default_factory=WithinConfig)
-    boilerplate: BoilerplateConfig | None = field(default_factory=BoilerplateConfig)
-    exact: ExactConfig | None = field(default_factory=ExactConfig)
-    near: NearConfig | None = field(default_factory=NearConfig)
-    conflicts: ConflictConfig = field(default_factory=ConflictConfig)
-    policy: KeepPolicy = field(default_factory=KeepPolicy)
-
-
-@dataclass
-class DedupResult:
-    kept: list[Row]
-    members: list[ClusterMember]
-    removed_texts: list[RemovedText]
-    signatures: np.ndarray | None  # aligned with the rows that reached the near stage
-    signature_row_ids: list[str]
-    signature_keys: list[str] = field(default_factory=list)  # signature_key of each, to persist them
-    shingle_counts: np.ndarray | None = None
-    signatures_computed: int = 0  # MinHash work done (0 on unchanged input with known signatures)
-
-
-def dedup_rows(
-    rows: Sequence[Row], plan: DedupPlan = DedupPlan(), known_signatures: SignatureStore | None = None
-) -> DedupResult:
-    """In-text removals, then exact, near and same-prompt dedup, each on the previous stage's survivors.
-    Each removed row appears once in ``members`` (the stage that removed it). ``known_signatures``
-    (persisted by an earlier run, see :func:`curation.dedup.near.signature_key`) spares MinHash work
-    on texts seen before."""
-    rows = list(rows)
-    removed_texts: list[RemovedText] = []
-    if plan.within is not None:
-        out = []
-        for row in rows:
-            row, removals = remove_repeats_in_row(row, plan.within)
-            out.append(row)
-            removed_texts.extend(removals)
-        rows = out
-    if plan.boilerplate is not None:
-        paragraph_rows, n_rows = paragraph_counts(rows, plan.boilerplate)
-        boilerplate = boilerplate_keys(paragraph_rows, n_rows, plan.boilerplate)
-        if boilerplate:
-            out = []
-            for row in rows:
-                row, removals = strip_boilerplate(row, boilerplate, plan.boilerplate)
-                out.append(row)
-                removed_texts.extend(removals)
-            rows = out
-    members: list[ClusterMember] = []
-
-    def survivors(current: list[Row], stage: list[ClusterMember]) -> list[Row]:
-        gone = {m.row_id for m in stage if m.removed}
-        return [r for r in current if r["row_id"] not in gone]
-
-    if plan.exact is not None:
-        stage = exact_duplicates(rows, plan.exact, plan.policy)
-        members.extend(stage)
-        rows = survivors(rows, stage)
-    result = DedupResult([], [], removed_texts, None, [])
-    if plan.near is not None and rows:
-        texts = [dedup_text(r, plan.near.fields) for r in rows]
-        signatures, shingle_counts, keys, computed = signatures_with_store(texts, plan.near, known_signatures or {})
-        pairs = near_duplicate_pairs(texts, plan.near, signatures, shingle_counts)
-        stage = near_clusters(rows, pairs, plan.near, plan.policy, texts)
-        members.extend(stage)
-        result = DedupResult(
-            [], [], removed_texts, signatures, [r["row_id"] for r in rows], keys, shingle_counts, computed
-        )
-        rows = survivors(rows, stage)
-    stage = same_prompt_conflicts(rows, plan.conflicts, plan.policy)
-    members.extend(stage)
-    result.kept, result.members = survivors(rows, stage), resolve_kept_rows(members)
-    return result
-
-
-def resolve_kept_rows(members: Sequence[ClusterMember]) -> list[ClusterMember]:
-    """Point every member at the row that finally holds its content. A later step may remove the row an
-    earlier step kept (an exact cluster's kept row that is itself a near copy of another row); its absorbed
-    copies then follow it to that row, so ``kept_row_id`` always names a row in ``deduped`` (or its cleaned
-    copy). ``matched_row_id`` still names the row each was actually compared with."""
-    removed_into = {m.row_id: m.kept_row_id for m in members if m.removed}
-
-    def final(row_id: str) -> str:
-        chain = []
-        while row_id in removed_into:
-            chain.append(row_id)
-            row_id = removed_into[row_id]
-        for hop in chain:  # path compression: each chain is walked once
-            removed_into[hop] = row_id
-        return row_id
-
-    out = []
-    for member in members:
-        target = final(member.kept_row_id)
-        if member.kept_row_id != target:
-            # A kept row that lost later is listed again (removed) by that step, so its own kept entry goes.
-            if not member.removed:
-                continue
-            member = replace(member, kept_row_id=target)
-        out.append(member)
-    return out
+BATCH_ROWS = 2_000
+"""Input rows per Arrow batch (and per task of a worker process)."""
 
 
 def plan_from_project(settings: DedupConfig) -> DedupPlan:
@@ -180,125 +117,26 @@ def plan_from_project(settings: DedupConfig) -> DedupPlan:
 
 
 # ---------------------------------------------------------------------------------------------
-# Signatures persisted between runs (the dedup_signatures table), so unchanged texts are never
-# MinHashed again.
-
-SIGNATURES_DDL = "signature_key VARCHAR PRIMARY KEY, signature BLOB NOT NULL, shingles BIGINT NOT NULL"
-SIGNATURE_SCHEMA = pa.schema([("signature_key", pa.string()), ("signature", pa.binary()), ("shingles", pa.int64())])
-
-
-def load_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan) -> dict[str, tuple[np.ndarray, int]]:
-    """The signatures an earlier run persisted, by signature key (none when near dedup is off)."""
-    if "dedup_signatures" not in table_names(connection) or plan.near is None:
-        return {}
-    num_perm = plan.near.num_perm
-    return {
-        key: (signature_from_bytes(blob, num_perm), shingles)
-        for key, blob, shingles in connection.execute(
-            "SELECT signature_key, signature, shingles FROM dedup_signatures"
-        ).fetchall()
-    }
-
-
-def signatures_table(result: DedupResult) -> pa.Table:
-    """The ``dedup_signatures`` rows of this run: one per distinct signature key."""
-    if result.signatures is None or result.shingle_counts is None:
-        return SIGNATURE_SCHEMA.empty_table()
-    signatures, shingle_counts = result.signatures, result.shingle_counts
-    # The last text with a key wins; texts sharing a key are identical, so their signatures are too.
-    unique = dict(zip(result.signature_keys, range(len(result.signature_keys)), strict=True))
-    return pa.table(
-        {
-            "signature_key": list(unique),
-            "signature": [signature_bytes(signatures[i]) for i in unique.values()],
-            "shingles": [int(shingle_counts[i]) for i in unique.values()],
-        },
-        schema=SIGNATURE_SCHEMA,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The asset's run: rows in, tables and report out.
-
-
-def published_rows(result: DedupResult, rows_by_id: Mapping[str, Row]) -> tuple[list[Row], list[dict[str, Any]]]:
-    """The kept rows as ``deduped`` stores them, and their lineage edges. A kept row lists the
-    licences of the copies it absorbed (:func:`with_license_note`); a row whose text was edited gets
-    a derived id, and its edge says what was removed and where."""
-    # Grouped once, in their original order, so each kept row looks up its own (not a scan per row).
-    removed_by_row: dict[str, list[RemovedText]] = defaultdict(list)
-    for removal in result.removed_texts:
-        removed_by_row[removal.row_id].append(removal)
-    absorbed_by_kept: dict[str, list[ClusterMember]] = defaultdict(list)
-    for member in result.members:
-        if member.removed:
-            absorbed_by_kept[member.kept_row_id].append(member)
-    kept: list[Row] = []
-    edges: list[dict[str, Any]] = []
-    for row in result.kept:
-        row = with_license_note(row, absorbed_by_kept.get(row["row_id"], ()), rows_by_id)
-        removed = removed_by_row.get(row["row_id"])
-        if removed:  # text changed: a new id, and the edge says what was removed
-            parent = row["row_id"]
-            row = {**row, "row_id": derived_id(row, parent)}
-            edges.append(
-                lineage_record(
-                    row["row_id"],
-                    parent,
-                    "deduped",
-                    "dedup:" + ",".join(sorted({e.operation for e in removed})),
-                    "; ".join(f"{e.location}: removed {e.operation} {e.removed[:60]!r}" for e in removed),
-                )
-            )
-        kept.append(row)
-    return kept, edges
+# The run.
 
 
 @dataclass
 class DedupRun:
-    """One run of the ``deduped`` stage over the warehouse: the tables to write (``deduped``,
-    ``dedup_clusters``, ``dedup_signatures``, each with its DDL), the lineage edges of edited rows,
-    and what the asset reports."""
+    """What one run of the stage did: row counts, the figures the asset reports and its settings."""
 
-    settings: DedupConfig
     plan: DedupPlan
-    input_rows: dict[str, Row]  # raw rows by id, in source order
-    result: DedupResult
-    tables: dict[str, tuple[str, pa.Table]]
-    lineage: list[dict[str, Any]]
-    signatures_reused: int
+    settings: DedupConfig
+    input_rows: int
+    kept_rows: int
+    counts: dict[str, int]
+    markdown: dict[str, str]
 
     @property
     def log_line(self) -> str:
         return (
-            f"deduped: {len(self.result.kept)} of {len(self.input_rows)} rows kept; MinHash computed for "
-            f"{self.result.signatures_computed} texts, {self.signatures_reused} signatures reused"
+            f"deduped: {self.kept_rows} of {self.input_rows} rows kept; MinHash computed for "
+            f"{self.counts['minhash_computed']} texts, {self.counts['signatures_reused']} signatures reused"
         )
-
-    def counts(self) -> dict[str, int]:
-        members = self.result.members
-        return {
-            "removed": sum(1 for m in members if m.removed),
-            "edited_rows": len({e.row_id for e in self.result.removed_texts}),
-            "flagged_not_removed": sum(1 for m in members if not m.removed and m.row_id != m.kept_row_id),
-            "minhash_computed": self.result.signatures_computed,
-            "signatures_reused": self.signatures_reused,
-        }
-
-    def markdown(self) -> dict[str, str]:
-        """Removals by method and by source, the largest clusters and the cluster-size histogram."""
-        members = self.result.members
-        removed = [m for m in members if m.removed]
-        by_method = Counter(m.method for m in removed)
-        by_source = Counter(self.input_rows[m.row_id]["source"] for m in removed)
-        sizes = Counter(m.cluster_id for m in members)
-        largest = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-        return {
-            "removed_by_method": counts_table(dict(by_method), "method"),
-            "removed_by_source": counts_table(dict(by_source), "source"),
-            "largest_clusters": largest_clusters_table(members, self.input_rows, largest),
-            "cluster_sizes": cluster_size_histogram(list(sizes.values())),
-        }
 
     def parameters(self) -> dict[str, Any]:
         """The settings that shaped the clusters, as the asset reports them."""
@@ -322,49 +160,448 @@ class DedupRun:
         }
 
 
-def run_dedup(connection: duckdb.DuckDBPyConnection, settings: DedupConfig) -> DedupRun:
-    """Dedup the warehouse's ``raw`` rows with the project's ``dedup:`` settings, reusing the
-    signatures a previous run persisted in ``dedup_signatures``."""
+class _Scratch:
+    """The run's scratch tables, in an in-memory database attached under a name of its own (cursors of the
+    same connection see it, so batches stream from it while the connection writes)."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, name: str) -> None:
+        self.connection = connection
+        self.name = name
+        self.keyed: set[str] = set()  # tables with a primary key: a key met again is skipped
+
+    def __getattr__(self, table: str) -> str:
+        return f"{quote(self.name)}.{quote(table)}"
+
+    def create(self, table: str, ddl: str) -> str:
+        self.connection.execute(f"CREATE TABLE {getattr(self, table)} ({ddl})")
+        return getattr(self, table)
+
+    def create_like(self, table: str, schema: pa.Schema) -> str:
+        """A table with the columns of an Arrow schema."""
+        self.connection.register("_scratch_schema", schema.empty_table())
+        try:
+            self.connection.execute(f"CREATE TABLE {getattr(self, table)} AS SELECT * FROM _scratch_schema")
+        finally:
+            self.connection.unregister("_scratch_schema")
+        return getattr(self, table)
+
+    @contextlib.contextmanager
+    def appending(self, tables: Sequence[str]) -> Iterator[Callable[[str, pa.RecordBatch], None]]:
+        """``append(table, batch)`` for ``tables`` (columns matched by name): each table is written in one
+        transaction on a cursor of its own (a commit per batch would cost more than the batch; one
+        transaction may write to one database only). In a :attr:`keyed` table, rows whose key is there
+        already are skipped (the signature of a text met in several batches)."""
+        cursors = {table: self.connection.cursor() for table in tables}
+        try:
+            for cursor in cursors.values():
+                cursor.execute("BEGIN TRANSACTION")
+
+            def append(table: str, batch: pa.RecordBatch) -> None:
+                if batch.num_rows == 0:
+                    return
+                cursor = cursors[table]
+                cursor.register("_rows", batch)
+                try:
+                    verb = "INSERT OR IGNORE" if table in self.keyed else "INSERT"
+                    cursor.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _rows")
+                finally:
+                    cursor.unregister("_rows")
+
+            yield append
+            for cursor in cursors.values():
+                cursor.execute("COMMIT")
+        except BaseException:
+            for cursor in cursors.values():
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+            raise
+        finally:
+            for cursor in cursors.values():
+                cursor.close()
+
+    @contextlib.contextmanager
+    def registered(self, name: str, data: pa.Table) -> Iterator[str]:
+        """``data`` queryable as ``name`` for the duration of the block."""
+        self.connection.register(name, data)
+        try:
+            yield name
+        finally:
+            self.connection.unregister(name)
+
+
+@contextlib.contextmanager
+def _scratch(connection: duckdb.DuckDBPyConnection, name: str) -> Iterator[_Scratch]:
+    connection.execute(f"ATTACH ':memory:' AS {quote(name)}")
+    try:
+        yield _Scratch(connection, name)
+    finally:
+        connection.execute(f"DETACH {quote(name)}")
+
+
+_INPUT_COLUMNS = ", ".join(f"r.{quote(c)}" for c in COLUMNS)
+
+
+def run_dedup(
+    staged: StagedWrite,
+    settings: DedupConfig,
+    workers: int | None = None,
+    source: str = "raw",
+    log: Callable[[str], None] = lambda _: None,
+) -> DedupRun:
+    """Dedup the rows of ``source`` (in :data:`SOURCE_ORDER`: ties go to the earlier record) with the
+    project's ``dedup:`` settings into ``staged``'s ``deduped``, ``dedup_clusters`` and
+    ``dedup_signatures`` tables and its partition of ``lineage``, reusing the signatures a previous run
+    persisted. ``workers`` is the project's ``compute.workers`` (all cores when ``None``)."""
     plan = plan_from_project(settings)
-    known = load_signatures(connection, plan)
-    rows = list(table_rows(connection, "raw", order_by=SOURCE_ORDER))  # ties go to the earlier record
-    result = dedup_rows(rows, plan, known)
-    rows_by_id = {r["row_id"]: r for r in rows}
-    kept, edges = published_rows(result, rows_by_id)
-    tables = {
-        "deduped": (canonical_ddl(), rows_to_table(kept)),
-        "dedup_clusters": (CLUSTERS_DDL, clusters_table(result.members)),
-        "dedup_signatures": (SIGNATURES_DDL, signatures_table(result)),
-    }
-    return DedupRun(settings, plan, rows_by_id, result, tables, edges, len(known))
+    connection = staged.connection
+    total = count_rows(connection, source)
+    with _scratch(connection, staged.staging_name("dedup")) as db:
+        run = _Passes(db, plan, source, workers, _known_signatures(connection, plan))
+        connection.execute(
+            f"CREATE TABLE {db.positions} AS SELECT row_id, row_number() OVER (ORDER BY {SOURCE_ORDER}) - 1 "
+            f"AS position FROM {quote(source)}"
+        )
+        facts = db.create_like("facts", FACT_SCHEMA)
+        db.create_like("paragraphs", PARAGRAPH_SCHEMA)
+        db.create("replaced_keys", "near_key VARCHAR")
+        signatures = staged.create("dedup_signatures", SIGNATURES_DDL)
+        db.keyed.add(signatures)
+        run.over_rows("TRUE", total, facts_batch, (facts, db.paragraphs, signatures))
+        log(f"deduped: facts of {total:,} rows")
+        _boilerplate(run, total, signatures)
+        near_counts = _carry_signatures(db, signatures)
+        log(
+            f"deduped: MinHash computed for {near_counts['minhash_computed']:,} texts, "
+            f"{near_counts['signatures_reused']:,} signatures reused"
+        )
+        connection.execute(f"CREATE TABLE {db.members} ({MEMBERS_DDL})")
+        survivors = f"(SELECT * FROM {facts} WHERE position NOT IN (SELECT position FROM {db.members} WHERE removed))"
+        if plan.exact is not None:
+            insert_members(connection, db.members, facts, exact_groups_sql(survivors), 1, plan.exact.method)
+        if plan.near is not None:
+            _near(run, plan.near, signatures, survivors, log)
+            forward_kept_rows(connection, db.members, 2)
+        conflicts = plan.conflicts
+        if conflicts.mode != "off":
+            remove = conflicts.mode == "keep_best"
+            insert_members(connection, db.members, facts, conflict_groups_sql(survivors), 3, conflicts.method, remove)
+            forward_kept_rows(connection, db.members, 3)
+        log("deduped: clusters decided")
+        clusters = staged.create("dedup_clusters", CLUSTERS_DDL)
+        connection.execute(f"INSERT INTO {clusters} {clusters_sql(db.members, facts)}")
+        kept = _publish(run, staged, survivors)
+        log(f"deduped: {kept:,} rows published")
+        counts = _counts(db) | near_counts
+        figures = _figures(connection, db, clusters, source)
+    return DedupRun(plan, settings, total, kept, counts, figures)
+
+
+@dataclass
+class _Passes:
+    """Passes over the input rows in batches, in worker processes when there are enough rows."""
+
+    db: _Scratch
+    plan: DedupPlan
+    source: str
+    workers: int | None
+    known: np.ndarray  # the signature keys already stored (facts.key_bytes, sorted)
+    boilerplate: tuple[str, ...] = ()
+
+    def over_rows(
+        self,
+        where: str,
+        rows: int,
+        function: Callable[[pa.RecordBatch], tuple[pa.RecordBatch, ...]],
+        outputs: Sequence[str],
+        columns: str = "",
+        joins: str = "",
+    ) -> None:
+        """``function`` over the batches of input rows (with their ``position`` and any other ``columns``
+        of the ``joins``) that satisfy ``where``, each of its results appended to the table of ``outputs``
+        at the same place."""
+        sql = (
+            f"SELECT p.position{columns}, {_INPUT_COLUMNS} FROM {quote(self.source)} AS r "
+            f"JOIN {self.db.positions} AS p USING (row_id) {joins} WHERE {where}"
+        )
+        results = map_ordered(
+            function,
+            read_batches(self.db.connection, sql, batch_rows=BATCH_ROWS),
+            workers_for(rows, self.workers),
+            start_worker,
+            (self.plan, self.boilerplate, self.known),
+            preload=("curation.dedup.facts",),
+        )
+        with self.db.appending(outputs) as append:
+            for batches in results:
+                for table, batch in zip(outputs, batches, strict=True):
+                    append(table, batch)
+
+
+def _known_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan) -> np.ndarray:
+    """The keys of the signatures an earlier run stored, sorted (:func:`~curation.dedup.facts.key_bytes`)."""
+    if plan.near is None or "dedup_signatures" not in table_names(connection):
+        return key_bytes([])
+    keys = connection.sql(
+        "SELECT unhex(signature_key) AS k FROM dedup_signatures WHERE length(signature_key) = 32 ORDER BY k"
+    ).to_arrow_table()
+    column = keys.column("k").combine_chunks().cast(pa.binary(16))
+    return np.frombuffer(column.buffers()[1], dtype="S16", count=len(column), offset=column.offset * 16).copy()
+
+
+def _boilerplate(run: _Passes, total: int, signatures: str) -> None:
+    """The paragraphs that are boilerplate (in enough rows): the facts of the rows that hold one are
+    computed again without it (``run.boilerplate`` then holds their keys)."""
+    plan, db = run.plan, run.db
+    if plan.boilerplate is None:
+        return
+    connection = db.connection
+    run.boilerplate = tuple(
+        key
+        for (key,) in connection.execute(
+            f"SELECT paragraph FROM {db.paragraphs} GROUP BY paragraph HAVING count(*) >= ? ORDER BY paragraph",
+            [boilerplate_floor(total, plan.boilerplate)],
+        ).fetchall()
+    )
+    if not run.boilerplate:
+        return
+    with db.registered("_boilerplate", pa.table({"paragraph": run.boilerplate})):
+        connection.execute(
+            f"CREATE TABLE {db.stripped} AS SELECT DISTINCT position FROM {db.paragraphs} "
+            "WHERE paragraph IN (SELECT paragraph FROM _boilerplate)"
+        )
+    stripped = f"position IN (SELECT position FROM {db.stripped})"
+    # The signatures of their texts as they were stay stored: the next run computes those facts again.
+    connection.execute(f"INSERT INTO {db.replaced_keys} SELECT near_key FROM {db.facts} WHERE {stripped}")
+    connection.execute(f"DELETE FROM {db.facts} WHERE {stripped}")
+    (count,) = fetch_one(connection, f"SELECT count(*) FROM {db.stripped}")
+    run.over_rows(f"p.{stripped}", count, facts_batch, (db.facts, db.paragraphs, signatures))
+
+
+def _carry_signatures(db: _Scratch, signatures: str) -> dict[str, int]:
+    """Add the stored signatures of this run's texts to the ones the passes computed (``signatures``, the
+    staged ``dedup_signatures``); those of texts no longer compared are left behind. Returns how many
+    were computed and reused."""
+    connection = db.connection
+    connection.execute(f"DROP TABLE {db.paragraphs}")
+    (computed,) = fetch_one(connection, f"SELECT count(*) FROM {signatures}")
+    reused = 0
+    if "dedup_signatures" in table_names(connection):
+        (reused,) = fetch_one(
+            connection,
+            f"INSERT INTO {signatures} SELECT * FROM dedup_signatures WHERE signature_key IN "
+            f"(SELECT near_key FROM {db.facts} UNION ALL SELECT near_key FROM {db.replaced_keys})",
+        )
+    return {"minhash_computed": int(computed), "signatures_reused": int(reused)}
+
+
+def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log: Callable[[str], None]) -> None:
+    """Near-duplicate clusters among ``survivors`` (step 2), from their staged ``signatures``."""
+    db = run.db
+    connection = db.connection
+    near_rows = db.near_rows
+    connection.execute(
+        f"CREATE TABLE {near_rows} AS SELECT row_number() OVER (ORDER BY position) - 1 AS near_index, position, "
+        f"near_key FROM {survivors}"
+    )
+    positions = connection.sql(f"SELECT position FROM {near_rows} ORDER BY near_index").fetchnumpy()["position"]
+    bands, rows = config.params
+    keys = np.empty((positions.size, bands), dtype=np.uint64)
+    shingle_counts = np.zeros(positions.size, dtype=np.int64)
+    signed = f"SELECT near_index, signature, shingles FROM {near_rows} JOIN {signatures} ON signature_key = near_key"
+    for batch in read_batches(connection, signed, batch_rows=16_384):
+        index = batch.column("near_index").to_numpy()
+        keys[index] = band_keys(signature_matrix(batch.column("signature"), config.num_perm), bands, rows)
+        shingle_counts[index] = batch.column("shingles").to_numpy()
+
+    def signatures_of(ids: np.ndarray) -> np.ndarray:
+        with db.registered("_near_ids", pa.table({"near_index": ids})):
+            found = connection.sql(
+                f"SELECT signature FROM _near_ids JOIN {near_rows} USING (near_index) "
+                f"JOIN {signatures} ON signature_key = near_key ORDER BY near_index"
+            ).to_arrow_table()
+        return signature_matrix(found.column("signature"), config.num_perm)
+
+    cand, found = candidates(keys, shingle_counts, config, signatures_of)
+    del keys
+    with _candidate_texts(run, cand) as texts_of:
+        pairs, jaccard = verify(cand, config, texts_of)
+        log(f"deduped: {found:,} LSH candidate pairs, {len(cand):,} verified, {len(pairs):,} near duplicates")
+        if not len(pairs):
+            return
+        documents, cluster, matched, matched_jaccard = near_components(pairs, jaccard)
+        groups = pa.table(
+            {
+                "position": positions[documents],
+                "cluster": cluster,
+                "matched_position": positions[matched],
+                "matched_jaccard": matched_jaccard,
+            }
+        )
+        with db.registered("_near_groups", groups):
+            kept = connection.sql(
+                f"SELECT position, kept_position FROM ({kept_sql('SELECT * FROM _near_groups', db.facts)}) "
+                "WHERE position <> kept_position ORDER BY position"
+            ).fetchnumpy()
+        # Each member's exact Jaccard to its kept row (the neighbour that linked it may be another).
+        to_kept = np.stack(
+            [np.searchsorted(positions, kept["position"]), np.searchsorted(positions, kept["kept_position"])], axis=1
+        )
+        similarity = np.ones(documents.size)
+        similarity[np.searchsorted(documents, to_kept[:, 0])] = pair_jaccards(
+            config.hasher(), to_kept, texts_of, workers=config.workers
+        )
+    with db.registered("_near_groups", groups.append_column("jaccard", pa.array(similarity))):
+        method = near_method(config)
+        insert_members(connection, db.members, db.facts, "SELECT * FROM _near_groups", 2, method, linked=True)
+
+
+@contextlib.contextmanager
+def _candidate_texts(run: _Passes, cand: np.ndarray) -> Iterator[Callable[[np.ndarray], list[str]]]:
+    """``texts_of(ids)`` for the near rows of candidate pairs: their compared texts, written (from the input
+    rows) to a table in the order of their connected components, so the ids verification asks for at once
+    (pairs of neighbouring components) are one range of it; read on a cursor per thread."""
+    db = run.db
+    connection = db.connection
+    ids = np.unique(cand)
+    label = component_labels(ids.size, np.searchsorted(ids, cand)) if ids.size else ids
+    slot = np.empty(ids.size, dtype=np.int64)
+    slot[np.lexsort((ids, label))] = np.arange(ids.size)
+    with db.registered("_near_slots", pa.table({"near_index": ids, "slot": slot})):
+        connection.execute(f"CREATE TABLE {db.slots} AS SELECT * FROM _near_slots")
+    db.create_like("candidate_texts", TEXT_SCHEMA)
+    run.over_rows(
+        "TRUE",
+        ids.size,
+        texts_batch,
+        (db.candidate_texts,),
+        columns=", s.slot",
+        joins=f"JOIN {db.near_rows} USING (position) JOIN {db.slots} AS s USING (near_index)",
+    )
+    connection.execute(f"CREATE TABLE {db.near_texts} AS SELECT * FROM {db.candidate_texts} ORDER BY slot")
+    cursors: list[duckdb.DuckDBPyConnection] = []
+    local = threading.local()
+    lock = threading.Lock()
+
+    def texts_of(wanted: np.ndarray) -> list[str]:
+        cursor = getattr(local, "cursor", None)
+        if cursor is None:
+            with lock:
+                cursor = local.cursor = connection.cursor()
+                cursors.append(cursor)
+        at = slot[np.searchsorted(ids, wanted)]
+        low = int(at.min())
+        texts = (
+            cursor.sql(
+                f"SELECT text FROM {db.near_texts} WHERE slot BETWEEN $low AND $high ORDER BY slot",
+                params={"low": low, "high": int(at.max())},
+            )
+            .to_arrow_table()
+            .column("text")
+            .to_pylist()
+        )
+        return [texts[i] for i in (at - low).tolist()]
+
+    try:
+        yield texts_of
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _publish(run: _Passes, staged: StagedWrite, survivors: str) -> int:
+    """Write ``deduped`` and the lineage edges of edited rows; returns how many rows were kept. Rows that
+    neither changed nor absorbed a copy are copied as they are; the others are written again."""
+    db = run.db
+    connection = db.connection
+    deduped = staged.create("deduped", canonical_ddl())
+    lineage = staged.partition("lineage", LINEAGE_DDL)
+    connection.execute(f"CREATE TABLE {db.absorbed} AS {absorbed_sql(db.members, db.facts, quote(run.source))}")
+    kept = f"JOIN {survivors} AS f USING (position) LEFT JOIN {db.absorbed} AS a USING (position)"
+    connection.execute(
+        f"INSERT INTO {deduped} SELECT {_INPUT_COLUMNS} FROM {quote(run.source)} AS r "
+        f"JOIN {db.positions} AS p USING (row_id) {kept} WHERE NOT f.edited AND a.sources IS NULL"
+    )
+    changed = "f.edited OR a.sources IS NOT NULL"
+    count, total = fetch_one(
+        connection, f"SELECT count(*) FILTER ({changed}), count(*) FROM {db.positions} AS p {kept}"
+    )
+    run.over_rows(changed, count, published_batch, (deduped, lineage), columns=", f.edited, a.sources", joins=kept)
+    return int(total)
+
+
+def _counts(db: _Scratch) -> dict[str, int]:
+    removed, flagged = fetch_one(
+        db.connection,
+        f"SELECT count(*) FILTER (removed), count(*) FILTER (NOT removed AND position <> final_kept) FROM {db.members}",
+    )
+    (edited,) = fetch_one(db.connection, f"SELECT count(*) FILTER (edited) FROM {db.facts}")
+    return {"removed": int(removed), "edited_rows": int(edited), "flagged_not_removed": int(flagged)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Figures for the asset's metadata.
 
+LARGEST_CLUSTERS = 10
+MEMBERS_SHOWN = 25
+"""Members listed per cluster in the largest-clusters table (a cluster can hold thousands of copies)."""
 
-def largest_clusters_table(
-    members: Sequence[ClusterMember], rows_by_id: Mapping[str, Row], largest: Sequence[tuple[str, int]]
+
+def _figures(connection: duckdb.DuckDBPyConnection, db: _Scratch, clusters: str, source: str) -> dict[str, str]:
+    """Removals by method and by source, the largest clusters and the cluster-size histogram."""
+    by_method = dict(
+        connection.execute(f"SELECT method, count(*) FROM {db.members} WHERE removed GROUP BY method").fetchall()
+    )
+    by_source = dict(
+        connection.execute(
+            f"SELECT r.source, count(*) FROM {db.members} JOIN {db.facts} USING (position) "
+            f"JOIN {quote(source)} AS r USING (row_id) WHERE removed GROUP BY r.source"
+        ).fetchall()
+    )
+    sizes = f"SELECT cluster_id, count(*) AS size FROM {clusters} GROUP BY cluster_id"
+    histogram = connection.execute(f"SELECT size, count(*) FROM ({sizes}) GROUP BY size ORDER BY size").fetchall()
+    largest = connection.execute(
+        f"SELECT cluster_id, size FROM ({sizes}) ORDER BY size DESC, cluster_id LIMIT ?", [LARGEST_CLUSTERS]
+    ).fetchall()
+    return {
+        "removed_by_method": counts_table(by_method, "method"),
+        "removed_by_source": counts_table(by_source, "source"),
+        "largest_clusters": _largest_clusters_table(connection, db, clusters, source, largest),
+        "cluster_sizes": cluster_size_histogram([size for size, clusters in histogram for _ in range(clusters)]),
+    }
+
+
+def _largest_clusters_table(
+    connection: duckdb.DuckDBPyConnection, db: _Scratch, clusters: str, source: str, largest: Sequence[tuple[str, int]]
 ) -> str:
     """The members of the ``largest`` clusters (id, size) as a Markdown table, with each row's source,
     licence and prompt, so a reviewer sees at a glance what was merged."""
+    if not largest:
+        return markdown_table([])
+    with db.registered("_largest", pa.table({"cluster_id": [c for c, _ in largest], "rank": range(len(largest))})):
+        members = connection.execute(
+            "SELECT c.cluster_id, c.row_id, c.removed, c.jaccard, r.source, r.license, r.messages, r.text "
+            f"FROM {clusters} AS c JOIN _largest USING (cluster_id) JOIN {quote(source)} AS r USING (row_id) "
+            f"JOIN {db.positions} AS p USING (row_id) "
+            "QUALIFY row_number() OVER (PARTITION BY c.cluster_id ORDER BY p.position) <= ? "
+            "ORDER BY _largest.rank, p.position",
+            [MEMBERS_SHOWN],
+        ).fetchall()
+    size = dict(largest)
     rows = []
-    for cluster_id, size in largest:
-        for member in (m for m in members if m.cluster_id == cluster_id):
-            row = rows_by_id[member.row_id]
-            first = next((m.get("content") for m in row.get("messages") or [] if m.get("role") == "user"), None)
-            rows.append(
-                {
-                    "cluster": cluster_id[:40],
-                    "size": size,
-                    "row_id": member.row_id,
-                    "kept": "✓" if not member.removed else "",
-                    "jaccard": round(member.jaccard, 3),
-                    "source": row["source"],
-                    "license": row["license"],
-                    "prompt": first or row.get("text"),
-                }
-            )
+    for cluster_id, row_id, removed, jaccard, row_source, license_id, messages, text in members:
+        prompt = next((m.get("content") for m in json.loads(messages or "[]") if m.get("role") == "user"), None)
+        rows.append(
+            {
+                "cluster": cluster_id[:40],
+                "size": size[cluster_id],
+                "row_id": row_id,
+                "kept": "✓" if not removed else "",
+                "jaccard": round(jaccard, 3),
+                "source": row_source,
+                "license": license_id,
+                "prompt": prompt or text,
+            }
+        )
     return markdown_table(rows, width=50)
 
 

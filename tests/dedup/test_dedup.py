@@ -1,21 +1,24 @@
-"""Deduplication: exact, near, in-text, boilerplate, same-prompt conflicts, policy, incremental."""
+"""Deduplication: exact, near, in-text, boilerplate, same-prompt conflicts, policy, incremental; the
+stage's decisions are tested through what it writes (run_dedup over a small warehouse)."""
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from curation.core.config import DedupConfig
-from curation.core.normalize import NormalizeOptions
-from curation.core.schema import Row, make_row_id, new_row, rows_to_table
-from curation.core.warehouse import canonical_ddl
-from curation.dedup.clusters import KeepPolicy, clusters_table, with_license_note
-from curation.dedup.conflicts import ConflictConfig, same_prompt_conflicts
-from curation.dedup.exact import ExactConfig, exact_duplicates
+from curation.core.schema import Row, decode_row, make_row_id, new_row, rows_to_table
+from curation.core.warehouse import StagedWrite, canonical_ddl
+from curation.dedup.clusters import KeepPolicy, kept_sql
+from curation.dedup.exact import exact_key
+from curation.dedup.facts import FACT_SCHEMA, DedupPlan, row_facts
 from curation.dedup.fields import dedup_text
 from curation.dedup.minhash import ShingleConfig, signature_bytes, signature_from_bytes
 from curation.dedup.near import (
@@ -24,17 +27,16 @@ from curation.dedup.near import (
     compute_signatures,
     incremental_near_duplicates,
     near_duplicate_pairs,
-    near_duplicates,
 )
 from curation.dedup.repeats import (
     BoilerplateConfig,
     WithinConfig,
-    boilerplate_keys,
-    paragraph_counts,
+    boilerplate_floor,
+    paragraph_keys,
     remove_repeats,
     strip_boilerplate,
 )
-from curation.dedup.stage import DedupPlan, dedup_rows, run_dedup
+from curation.dedup.stage import DedupRun, run_dedup
 from tests.conftest import SHARED_DATA
 
 
@@ -62,24 +64,71 @@ def _set_jaccard(a: str, b: str, n: int = 5) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
+def _warehouse_with_raw(rows: list[Row]) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    connection.execute(f"CREATE TABLE raw ({canonical_ddl()})")
+    connection.register("_raw", rows_to_table(rows))
+    connection.execute("INSERT INTO raw SELECT * FROM _raw")
+    connection.unregister("_raw")
+    return connection
+
+
+@dataclass
+class Deduped:
+    """What one run of the stage wrote."""
+
+    run: DedupRun
+    kept: list[Row]
+    members: list[dict[str, Any]]
+    lineage: list[dict[str, Any]]
+    connection: duckdb.DuckDBPyConnection
+
+    def removed(self) -> dict[str, str]:
+        """Removed row → the row kept in its place."""
+        return {m["row_id"]: m["kept_row_id"] for m in self.members if m["removed"]}
+
+    def by_row(self) -> dict[str, dict[str, Any]]:
+        return {m["row_id"]: m for m in self.members}
+
+
+def _records(connection: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    cursor = connection.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def dedup(rows: list[Row], connection: duckdb.DuckDBPyConnection | None = None, **settings: Any) -> Deduped:
+    """Run the stage over ``rows`` (or over the ``raw`` table of ``connection``) with these ``dedup:`` settings."""
+    connection = connection or _warehouse_with_raw(rows)
+    staged = StagedWrite(connection, "deduped")
+    run = run_dedup(staged, DedupConfig(**settings), workers=1)
+    staged.commit()
+    kept = [decode_row(r) for r in _records(connection, "SELECT * FROM deduped ORDER BY row_id")]
+    members = _records(connection, "SELECT * FROM dedup_clusters ORDER BY cluster_id, row_id")
+    lineage = _records(connection, "SELECT * FROM lineage WHERE asset = 'deduped' ORDER BY child_id")
+    return Deduped(run, kept, members, lineage, connection)
+
+
+EXACT_ONLY: dict[str, Any] = {"near": False, "conflicts": {"mode": "off"}}
+
+
 # --- exact -----------------------------------------------------------------------------------
 
 
 def test_exact_ignores_case_whitespace_and_optionally_punctuation() -> None:
     rows = [sft("a", "What is  2+2?", "Four."), sft("b", "what is 2+2?\n", "four."), sft("c", "What is 2+2", "Four")]
-    members = exact_duplicates(rows)
-    assert {m.row_id for m in members if m.removed} == {"b"}
-    assert {m.kept_row_id for m in members} == {"a"}
-    loose = ExactConfig(normalize=NormalizeOptions(strip_punctuation=True))
-    assert {m.row_id for m in exact_duplicates(rows, loose) if m.removed} == {"b", "c"}
+    result = dedup(rows, **EXACT_ONLY)
+    assert result.removed() == {"b": "a"}
+    assert {m["kept_row_id"] for m in result.members} == {"a"}
+    assert dedup(rows, strip_punctuation=True, **EXACT_ONLY).removed() == {"b": "a", "c": "a"}
 
 
 def test_exact_field_sets_differ() -> None:
     rows = [sft("a", "Same prompt", "Answer one"), sft("b", "Same prompt", "Answer two")]
-    assert exact_duplicates(rows, ExactConfig(fields="prompt_response")) == []
-    assert [m.row_id for m in exact_duplicates(rows, ExactConfig(fields="prompt")) if m.removed] == ["b"]
+    assert dedup(rows, exact_fields="prompt_response", **EXACT_ONLY).members == []
+    assert dedup(rows, exact_fields="prompt", **EXACT_ONLY).removed() == {"b": "a"}
     with pytest.raises(ValueError, match="field set"):
-        exact_duplicates(rows, ExactConfig(fields="everything"))  # type: ignore[arg-type]
+        exact_key(rows[0], "everything")  # type: ignore[arg-type]
 
 
 def _seed_rows() -> list[Row]:
@@ -104,24 +153,25 @@ def _seed_rows() -> list[Row]:
 
 def test_seed_tasks_collapse_and_keep_the_permissive_licence() -> None:
     rows = _seed_rows()  # the CC-BY-NC copy comes first in the input on purpose
-    result = dedup_rows(rows, DedupPlan(near=None))
+    result = dedup(rows, near=False)
     assert len(result.kept) == 175
     assert {r["license"] for r in result.kept} == {"Apache-2.0"}
-    removed = [m for m in result.members if m.removed]
+    removed = [m for m in result.members if m["removed"]]
     assert len(removed) == 175
     by_id = {r["row_id"]: r for r in rows}
     for m in removed:
-        assert by_id[m.row_id]["license"] == "CC-BY-NC-4.0"
-        assert by_id[m.kept_row_id]["license"] == "Apache-2.0"
-        assert m.jaccard == 1.0 and "more permissive" in m.reason
+        assert by_id[m["row_id"]]["license"] == "CC-BY-NC-4.0"
+        assert by_id[m["kept_row_id"]]["license"] == "Apache-2.0"
+        assert m["jaccard"] == 1.0 and "more permissive" in m["reason"]
     # One query explains a removed row: which row it duplicates and how similar.
-    table = clusters_table(result.members)
-    assert table.num_rows == 350 and set(table.column("method").to_pylist()) == {"exact:prompt_response"}
+    assert len(result.members) == 350 and {m["method"] for m in result.members} == {"exact:prompt_response"}
     # The kept row carries the absorbed row's provenance too.
-    noted = with_license_note(result.kept[0], result.members, by_id)
-    assert [(s["source"], s["license"]) for s in noted["extra"]["dedup_sources"]] == [
-        ("stanford-alpaca-seed-tasks", "CC-BY-NC-4.0")
-    ]
+    absorbed = {m["kept_row_id"]: m["row_id"] for m in removed}
+    for row in result.kept:
+        (source,) = row["extra"]["dedup_sources"]
+        assert (source["source"], source["license"]) == ("stanford-alpaca-seed-tasks", "CC-BY-NC-4.0")
+        assert source["row_id"] == absorbed[row["row_id"]]
+        assert source["source_uri"] == by_id[source["row_id"]]["source_uri"]
 
 
 def test_fastchat_prompt_level_and_conversation_level_differ() -> None:
@@ -139,8 +189,9 @@ def test_fastchat_prompt_level_and_conversation_level_differ() -> None:
         )
         for c in convs
     ]
+    connection = _warehouse_with_raw(rows)
     removed = {
-        fields: sum(m.removed for m in exact_duplicates(rows, ExactConfig(fields=fields)))
+        fields: len(dedup([], connection, exact_fields=fields, **EXACT_ONLY).removed())
         for fields in ("conversation", "prompt", "first_prompt")
     }
     assert removed["conversation"] == 0
@@ -168,19 +219,20 @@ def _near_rows() -> tuple[list[Row], float]:
 def test_near_duplicate_is_verified_with_true_jaccard() -> None:
     rows, truth = _near_rows()
     assert 0.8 < truth < 0.95
-    members, result = near_duplicates(rows, NearConfig(fields="conversation"))
+    config = NearConfig(fields="conversation")
+    result = near_duplicate_pairs([dedup_text(r, config.fields) for r in rows], config)
     assert [tuple(p) for p in result.pairs.tolist()] == [(0, 1)]
     assert result.jaccard[0] == pytest.approx(truth, abs=1e-9)
-    removed = [m for m in members if m.removed]
-    assert [(m.row_id, m.kept_row_id) for m in removed] == [("edit", "base")]
-    assert removed[0].jaccard == pytest.approx(truth, abs=1e-9)
-    assert result.signatures.shape == (3, 128)
+    assert result.signatures is not None and result.signatures.shape == (3, 128)
+    written = dedup(rows, near={"fields": "conversation"})
+    assert written.removed() == {"edit": "base"}
+    assert written.by_row()["edit"]["jaccard"] == pytest.approx(truth, abs=1e-9)
+    assert written.by_row()["edit"]["method"] == "near:conversation:word5"
 
 
 def test_threshold_decides() -> None:
     rows, truth = _near_rows()
-    strict = NearConfig(threshold=round(truth + 0.01, 3), lsh_threshold=0.6)
-    assert near_duplicates(rows, strict)[0] == []
+    assert dedup(rows, near={"threshold": round(truth + 0.01, 3), "lsh_threshold": 0.6}).members == []
 
 
 def test_chain_records_the_linking_neighbour() -> None:
@@ -188,24 +240,23 @@ def test_chain_records_the_linking_neighbour() -> None:
     b = base[:100] + _words(12, "x") + base[112:]
     c = b[:200] + _words(12, "y") + b[212:]
     rows = [text_row(n, " ".join(t)) for n, t in (("a", base), ("b", b), ("c", c))]
-    members, result = near_duplicates(rows)
-    by_row = {m.row_id: m for m in members}
-    assert by_row["a"].removed is False and by_row["c"].kept_row_id == "a"
-    if (0, 2) not in {tuple(p) for p in result.pairs.tolist()}:
-        assert by_row["c"].matched_row_id == "b" and by_row["c"].matched_jaccard >= 0.8
-    assert by_row["c"].jaccard == pytest.approx(_set_jaccard(" ".join(base), " ".join(c)), abs=1e-9)
+    pairs = near_duplicate_pairs([dedup_text(r, "prompt_response") for r in rows]).pairs
+    by_row = dedup(rows).by_row()
+    assert by_row["a"]["removed"] is False and by_row["c"]["kept_row_id"] == "a"
+    if (0, 2) not in {tuple(p) for p in pairs.tolist()}:
+        assert by_row["c"]["matched_row_id"] == "b" and by_row["c"]["matched_jaccard"] >= 0.8
+    assert by_row["c"]["jaccard"] == pytest.approx(_set_jaccard(" ".join(base), " ".join(c)), abs=1e-9)
 
 
 def test_same_clusters_whatever_the_input_order() -> None:
     rows, _ = _near_rows()
     rows += _seed_rows()[:20] + _seed_rows()[175:195]
-    first = dedup_rows(rows)
+    first = dedup(rows)
     shuffled = list(rows)
     random.Random(3).shuffle(shuffled)
-    second = dedup_rows(shuffled)
-    summary = lambda res: sorted((m.row_id, m.kept_row_id, m.method, m.removed) for m in res.members)  # noqa: E731
-    assert summary(first) == summary(second)
-    assert sorted(r["row_id"] for r in first.kept) == sorted(r["row_id"] for r in second.kept)
+    second = dedup(shuffled)
+    assert first.members == second.members
+    assert first.kept == second.kept
 
 
 def test_stored_signatures_skip_minhash_and_match() -> None:
@@ -267,14 +318,21 @@ def test_boilerplate_across_documents_removed_row_kept() -> None:
     rows = [sft(f"r{i}", f"Question number {i}?", f"Answer number {i} with detail.\n\n{footer}") for i in range(12)]
     rows.append(sft("only", "Another question?", footer))
     config = BoilerplateConfig(min_docs=10, min_fraction=0.5)
-    counts, n = paragraph_counts(rows, config)
-    keys = boilerplate_keys(counts, n, config)
-    assert len(keys) == 1
+    keys = paragraph_keys(rows[0], config)
+    assert len(keys) == 1 and boilerplate_floor(len(rows), config) == 10
     cleaned, edits = strip_boilerplate(rows[0], keys, config)
     assert cleaned["messages"][1]["content"] == "Answer number 0 with detail."
     assert [(e.location, e.operation, e.removed) for e in edits] == [("messages[1]", "boilerplate", footer)]
     untouched, none = strip_boilerplate(rows[-1], keys, config)  # the footer is the whole answer
     assert untouched == rows[-1] and none == []
+    # The stage counts the paragraph across rows and strips it from the rows that hold more.
+    written = dedup(rows, boilerplate={"min_docs": 10, "min_fraction": 0.5})
+    responses = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in written.kept}
+    assert responses["Question number 3?"] == "Answer number 3 with detail."
+    assert responses["Another question?"] == footer
+    assert len(written.lineage) == 12 and {e["operation"] for e in written.lineage} == {"dedup:boilerplate"}
+    assert written.run.counts["edited_rows"] == 12
+    assert {r["row_id"] for r in written.kept} == {e["child_id"] for e in written.lineage} | {"only"}
 
 
 # --- same instruction, different responses ---------------------------------------------------
@@ -287,14 +345,15 @@ def test_conflicts_keep_best_by_policy_or_flag() -> None:
         sft("mit", "explain  gravity.", "Human answer, MIT.", license="MIT"),
         sft("solo", "Something else?", "Fine."),
     ]
-    best = same_prompt_conflicts(rows)
-    assert {m.row_id for m in best if m.removed} == {"syn", "nc"}
-    assert {m.kept_row_id for m in best} == {"mit"}
-    reasons = {m.row_id: m.reason for m in best}
+    best = dedup(rows, near=False)
+    assert best.removed() == {"syn": "mit", "nc": "mit"}
+    assert {m["kept_row_id"] for m in best.members} == {"mit"}
+    reasons = {m["row_id"]: m["reason"] for m in best.members}
     assert "origin" in reasons["syn"] and "licence" in reasons["nc"]
-    flagged = same_prompt_conflicts(rows, ConflictConfig(mode="flag"))
-    assert len(flagged) == 3 and not any(m.removed for m in flagged)
-    assert same_prompt_conflicts(rows, ConflictConfig(mode="off")) == []
+    flagged = dedup(rows, near=False, conflicts={"mode": "flag"})
+    assert len(flagged.members) == 3 and not any(m["removed"] for m in flagged.members)
+    assert flagged.run.counts["flagged_not_removed"] == 2 and len(flagged.kept) == 4
+    assert dedup(rows, near=False, conflicts={"mode": "off"}).members == []
 
 
 def test_policy_quality_then_earliest() -> None:
@@ -349,22 +408,13 @@ def test_rows_with_nothing_to_compare_are_not_duplicates() -> None:
         )
         for i in range(3)
     ]
-    assert exact_duplicates(rows, ExactConfig(fields="first_prompt")) == []
+    assert dedup(rows, exact_fields="first_prompt", **EXACT_ONLY).members == []
     copies = [{**r, "row_id": r["row_id"] + "-copy"} for r in rows]
-    members = exact_duplicates(rows + copies, ExactConfig(fields="conversation"))
-    assert sorted(m.row_id for m in members if m.removed) == ["a0-copy", "a1-copy", "a2-copy"]
+    written = dedup(rows + copies, exact_fields="conversation", **EXACT_ONLY)
+    assert sorted(written.removed()) == ["a0-copy", "a1-copy", "a2-copy"]
 
 
 # --- the asset's run over the warehouse --------------------------------------------------------
-
-
-def _warehouse_with_raw(rows: list[Row]) -> duckdb.DuckDBPyConnection:
-    connection = duckdb.connect()
-    connection.execute(f"CREATE TABLE raw ({canonical_ddl()})")
-    connection.register("_raw", rows_to_table(rows))
-    connection.execute("INSERT INTO raw SELECT * FROM _raw")
-    connection.unregister("_raw")
-    return connection
 
 
 def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -> None:
@@ -381,31 +431,84 @@ def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -
             source_uri="b.jsonl#1",
         ),
     ]
-    connection = _warehouse_with_raw(rows)
-    run = run_dedup(connection, DedupConfig())
-    published = {r["source_uri"]: r for r in run.tables["deduped"][1].to_pylist()}
+    first = dedup(rows)
+    published = {r["source_uri"]: r for r in first.kept}
     assert set(published) == {"b.jsonl#0", "b.jsonl#1"}  # the NC copy is absorbed by the MIT row
-    assert json.loads(published["b.jsonl#0"]["extra"])["dedup_sources"][0]["license"] == "CC-BY-NC-4.0"
+    assert published["b.jsonl#0"]["extra"]["dedup_sources"][0]["license"] == "CC-BY-NC-4.0"
     # The edited row is published under a derived id; its lineage edge names what was removed, and where.
     edited = published["b.jsonl#1"]
-    assert edited["row_id"] != "rep" and json.loads(edited["messages"])[1]["content"].count(para) == 1
-    assert [(e["child_id"], e["parent_id"], e["operation"]) for e in run.lineage] == [
+    assert edited["row_id"] != "rep" and edited["messages"][1]["content"].count(para) == 1
+    assert [(e["child_id"], e["parent_id"], e["operation"]) for e in first.lineage] == [
         (edited["row_id"], "rep", "dedup:repeated_paragraph")
     ]
-    assert run.lineage[0]["detail"] == f"messages[1]: removed repeated_paragraph {para!r}"
-    assert run.counts() == {
+    assert first.lineage[0]["detail"] == f"messages[1]: removed repeated_paragraph {para!r}"
+    assert first.run.counts == {
         "removed": 1,
         "edited_rows": 1,
         "flagged_not_removed": 0,
         "minhash_computed": 2,
         "signatures_reused": 0,
     }
-    assert run.tables["dedup_clusters"][1].num_rows == 2
+    assert len(first.members) == 2
     # A second run over the same rows reads the persisted signatures instead of MinHashing again.
-    ddl, signatures = run.tables["dedup_signatures"]
-    connection.execute(f"CREATE TABLE dedup_signatures ({ddl})")
-    connection.register("_signatures", signatures)
-    connection.execute("INSERT INTO dedup_signatures SELECT * FROM _signatures")
-    again = run_dedup(connection, DedupConfig())
-    assert again.counts()["minhash_computed"] == 0 and again.counts()["signatures_reused"] == 2
-    assert again.tables["deduped"][1].equals(run.tables["deduped"][1])
+    again = dedup([], first.connection)
+    assert again.run.counts["minhash_computed"] == 0 and again.run.counts["signatures_reused"] == 2
+    assert again.kept == first.kept
+    # After appending a row, only its text is MinHashed.
+    first.connection.register("_new", rows_to_table([sft("new", "Name a colour.", "Blue.", source="c")]))
+    first.connection.execute("INSERT INTO raw SELECT * FROM _new")
+    appended = dedup([], first.connection)
+    assert (appended.run.counts["minhash_computed"], appended.run.counts["signatures_reused"]) == (1, 2)
+    assert first.connection.execute("SELECT count(*) FROM dedup_signatures").fetchone() == (3,)
+
+
+def test_a_kept_row_removed_later_passes_its_copies_on() -> None:
+    """An exact pair whose kept row is itself a near copy of an earlier, preferred row: both copies end
+    up pointing at the preferred row, which lists them in order, and no cluster names a removed row."""
+    base = _words(200, "w")
+    near = " ".join([*base[:90], "x", "y", "z", *base[96:]])
+    rows = [
+        text_row("best", " ".join(base), license="MIT", source="s", source_uri="s.jsonl#0"),
+        text_row("copy", near, license="CC-BY-NC-4.0", source="s", source_uri="s.jsonl#1"),
+        text_row("copy2", near, license="CC-BY-NC-4.0", source="s", source_uri="s.jsonl#2"),
+    ]
+    written = dedup(rows)
+    assert written.removed() == {"copy": "best", "copy2": "best"}
+    by_row = written.by_row()
+    assert by_row["copy2"]["method"] == "exact:prompt_response" and by_row["copy2"]["matched_row_id"] == "copy"
+    assert by_row["copy"]["method"] == "near:prompt_response:word5" and by_row["best"]["removed"] is False
+    assert not any(m["row_id"] == "copy" and not m["removed"] for m in written.members)  # its kept entry went
+    assert [k["row_id"] for k in written.kept] == ["best"]
+    assert [s["row_id"] for s in written.kept[0]["extra"]["dedup_sources"]] == ["copy2", "copy"]
+
+
+def test_the_keep_policy_in_sql_is_the_policy_in_python() -> None:
+    rng = random.Random(7)
+    policy = KeepPolicy()
+    plan = DedupPlan(policy=policy)
+    rows = [
+        sft(
+            f"r{i:02d}",
+            "Q?",
+            rng.choice(["", "An answer."]),
+            origin=rng.choice(["human", "synthetic", "augmented"]),
+            license=rng.choice(["MIT", "CC-BY-NC-4.0", "Apache-2.0", None]),
+        )
+        for i in range(40)
+    ]
+    facts = pa.Table.from_pylist([row_facts(r, i, plan, False)[0] for i, r in enumerate(rows)], schema=FACT_SCHEMA)
+    connection = duckdb.connect()
+    connection.register("facts", facts)
+    kept, reasons = zip(
+        *connection.execute(
+            f"SELECT c.kept_position, {KeepPolicy.reason_sql('k', 'c')} "
+            f"FROM ({kept_sql('SELECT position, 1 AS cluster FROM facts', 'facts')}) AS c "
+            "JOIN facts AS k ON k.position = c.kept_position ORDER BY c.position"
+        ).fetchall(),
+        strict=True,
+    )
+    best = policy.choose(rows, list(range(len(rows))))
+    assert set(kept) == {best}
+    for i, row in enumerate(rows):
+        if i != best:
+            assert reasons[i] == policy.reason(rows[best], row, best, i)
