@@ -29,9 +29,7 @@ def filtered(
     cleaners, filters = project_chain(config)
     context.log.info("filter order: " + ", ".join(f.name for f in filters))
     with warehouse.get().write("filtered") as staged:
-        tables = filter_table(
-            staged, "deduped", cleaners, filters, batch_rows=config.ingest.batch_rows, log=context.log.info
-        )
+        tables = filter_table(staged, "deduped", config, log=context.log.info)
         metadata = dataset_metadata(staged.connection, staged.staging_name("filtered"), parents=["deduped"])
         summary = summarize(staged.connection, tables.rejections, "deduped", tables.stats, cleaners, filters)
     stats = tables.stats

@@ -18,6 +18,7 @@ from dagster import (
 from pydantic import Field
 
 from checks.expectations import (
+    DEFAULT_SAMPLE_ROWS,
     Expectation,
     between,
     columns_frame,
@@ -30,11 +31,11 @@ from checks.expectations import (
 from curation.core.config import ProjectConfig
 from curation.core.markdown import markdown_table
 from curation.core.schema import KINDS, ORIGINS, iter_rows
-from curation.core.warehouse import read_batches
+from curation.core.warehouse import count_rows, read_batches
 from curation.filter.base import Filter
 from curation.filter.chain import project_chain
 from curation.filter.quality import measured_sides
-from curation.filter.rechecks import license_breakdown, pii_left, pii_policy
+from curation.filter.rechecks import EVERY_ROW_ENTITIES, license_breakdown, pii_left, pii_left_in_every_row, pii_policy
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -129,11 +130,13 @@ rejections_explained = suite_check(
 
 
 class PiiScanConfig(Config):
-    """Run config of `no_pii_left`. The scan costs about as much as the redaction did (~3,500 rows/s
-    on one core), so very large tables may be checked on a sample instead."""
+    """Run config of `no_pii_left`: how many rows are searched for every PII type."""
 
     sample_rows: int | None = Field(
-        default=None, gt=0, description="Scan a seeded sample of this many rows; unset: every row."
+        default=DEFAULT_SAMPLE_ROWS,
+        gt=0,
+        description="Search a seeded sample of this many rows for every PII type (a smaller table whole; "
+        "unset: every row). Private keys and credentials in URLs are looked for in every row regardless.",
     )
 
 
@@ -143,8 +146,9 @@ class PiiScanConfig(Config):
     blocking=True,
     pool=POOL,
     description="No PII type that the project redacts (pii cleaner) or drops (pii filter) is still "
-    "detectable in any filtered row (every row unless a sample is configured); hits are "
-    "reported by row, type and offset, never with the text.",
+    f"detectable in a filtered row: every type in a seeded sample of {DEFAULT_SAMPLE_ROWS:,} rows (the whole "
+    "table when smaller, configurable), private keys and credentials in URLs in every row (screened in "
+    "SQL, then searched). Hits are reported by row, type and offset, never with the text.",
 )
 def filtered_no_pii_left(
     context: AssetCheckExecutionContext, config: PiiScanConfig, project: ProjectResource, warehouse: WarehouseResource
@@ -158,21 +162,30 @@ def filtered_no_pii_left(
                 "note": "the pii cleaner and the pii filter are both off: the project keeps personal data",
             },
         )
+    every_row = [entity for entity in entities if entity in EVERY_ROW_ENTITIES]
+    sampled = [entity for entity in entities if entity not in EVERY_ROW_ENTITIES]
     with warehouse.get().connect() as connection:
         if config.sample_rows is None:
-            sql, total = "SELECT * FROM filtered ORDER BY row_id", None
+            sql, total = "SELECT * FROM filtered ORDER BY row_id", count_rows(connection, "filtered")
         else:
             sql, total = sample_relation(connection, "filtered", config.sample_rows)
-        scanned, per_entity, hits = pii_left(iter_rows(read_batches(connection, sql)), entities)
+        scanned, per_entity, hits = pii_left(iter_rows(read_batches(connection, sql)), sampled)
+        screened_in, every_row_found, every_row_hits = pii_left_in_every_row(connection, "filtered", every_row)
+    per_entity += every_row_found
+    hits = (every_row_hits + hits)[:10]
     if per_entity:
         context.log.warning(f"filtered: PII left in {sum(per_entity.values())} row(s): {dict(per_entity)}")
     return AssetCheckResult(
         passed=not per_entity,
         metadata={
             "rows_scanned": scanned,
-            "rows_total": scanned if total is None else total,
+            "rows_total": total,
+            "scan": f"{', '.join(sampled) or 'nothing'} in {'all' if scanned == total else 'a seeded sample of'} "
+            f"{scanned:,} of {total:,} rows; {', '.join(every_row) or 'nothing'} in every row ({screened_in:,} "
+            "passed the SQL screen and were searched)",
             "rows_with_pii": sum(per_entity.values()),
             "entities": MetadataValue.json(list(entities)),
+            "every_row_entities": MetadataValue.json(every_row),
             "rows_by_entity": MetadataValue.json(dict(per_entity)),
             "hits": MetadataValue.md(markdown_table(hits)),
         },

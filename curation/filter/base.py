@@ -13,10 +13,16 @@ its decision.
   the row (:func:`curation.core.texts.text_fields`) and records one :class:`Edit` per changed
   field. A cleaner that needs the whole row overrides ``clean(row)`` instead.
 
+The runner hands a step a whole batch of rows, with each row's texts walked once for all steps
+(``run(rows, fields, stats)``). By default a filter decides row by row; a step that can do a batch
+more cheaply says so — a cleaner with ``screen()``, an RE2 pattern that every text it would change
+matches (:mod:`curation.filter.prefilter`), a filter by overriding ``decide_batch`` (e.g. with
+:meth:`Filter.decide_screened`) — and must end exactly as ``decide``/``clean`` row by row.
+
 ``default = True`` puts a step in the chain when the project file does not mention it. Defining
 the class registers it under its ``name`` (:data:`FILTERS`, :data:`CLEANERS`); this module
-imports no filter module, and ``curation/filter/__init__.py`` imports every module of the package,
-so a step in a new module registers without a list to update anywhere. A whole filter::
+imports no module that defines a step, and ``curation/filter/__init__.py`` imports every module of
+the package, so a step in a new module registers without a list to update anywhere. A whole filter::
 
     @dataclass(frozen=True)
     class NeedsQuestion(Filter):
@@ -35,12 +41,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from curation.core.markdown import REGENERATE_REFERENCES, generated_notice, table_cell
 from curation.core.schema import Row
-from curation.core.texts import text_fields, with_texts
+from curation.core.texts import TextField, text_fields, with_texts
+from curation.filter.prefilter import passing, passing_rows
 
 RejectionValue = float | str | None
 """What a filter measured (a count, a share, the matched text), stored as text in ``filter_rejections``."""
@@ -79,6 +86,20 @@ class FilterStats:
     edits: dict[str, int] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    def add(self, other: FilterStats) -> None:
+        """Add ``other``'s counts to these (the counts of one batch, made in a worker process)."""
+        self.rows_in += other.rows_in
+        self.rows_kept += other.rows_kept
+        self.rows_edited += other.rows_edited
+        for mine, theirs in (
+            (self.seen, other.seen),
+            (self.rejected, other.rejected),
+            (self.edits, other.edits),
+            (self.seconds, other.seconds),
+        ):
+            for name, value in theirs.items():
+                mine[name] = mine.get(name, 0) + value  # type: ignore[assignment]
+
 
 class FilterError(RuntimeError):
     """A filter or cleaner failed on a row; the message names both."""
@@ -115,18 +136,46 @@ def _register(registry: dict[str, _Step], kind: str, cls: _Step) -> None:
     registry[name] = cls
 
 
-def _timed_call(stats: FilterStats, name: str, timed: bool, kind: str, row: Row, call: Callable[[], Any]) -> Any:
+_Result = TypeVar("_Result")
+
+Fields = list[TextField]
+"""A row's texts, as :func:`curation.core.texts.text_fields` walks them: the runner walks each row once
+and hands the walk to every step, with the row."""
+
+
+def _run_step(
+    step: Filter | Cleaner,
+    kind: str,
+    rows: Sequence[Row],
+    fields: Sequence[Fields],
+    stats: FilterStats,
+    timed: bool,
+    batch: Callable[[Sequence[Row], Sequence[Fields]], list[_Result]],
+    single: Callable[[Row], _Result],
+) -> list[_Result]:
+    """``batch(rows, fields)``, counted as ``rows`` seen by ``step`` (and timed); a failure is a
+    :class:`FilterError` naming the step and the row, found by re-running the rows one by one."""
     start = time.perf_counter() if timed else 0.0
     try:
-        result = call()
+        results = batch(rows, fields)
     except Exception as error:
+        culprit, cause = rows[0] if len(rows) == 1 else None, error
+        if culprit is None:
+            for row in rows:
+                try:
+                    single(row)
+                except Exception as row_error:
+                    culprit, cause = row, row_error
+                    break
+        where = f"row {culprit.get('row_id')}" if culprit is not None else f"a batch of {len(rows)} rows"
         raise FilterError(
-            f"{kind} {name!r} failed on row {row.get('row_id')}: {type(error).__name__}: {error}. "
+            f"{kind} {step.name!r} failed on {where}: {type(cause).__name__}: {cause}. "
             f"Fix the row upstream or switch the {kind} off in the project file's filters section."
-        ) from error
+        ) from cause
+    stats.seen[step.name] = stats.seen.get(step.name, 0) + len(rows)
     if timed:
-        stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - start
-    return result
+        stats.seconds[step.name] = stats.seconds.get(step.name, 0.0) + time.perf_counter() - start
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,27 +206,49 @@ class Filter(ABC):
     def decide(self, row: Row) -> Verdict:
         """``None`` to keep ``row``; a reason, or ``(reason, measured value)``, to drop it."""
 
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        """:meth:`decide` on each row (``fields``: each row's texts). A filter overrides it when a whole
+        batch can be judged more cheaply (e.g. :meth:`decide_screened`); the verdicts must be exactly
+        those of :meth:`decide`."""
+        return [self.decide(row) for row in rows]
+
+    def decide_screened(
+        self, rows: Sequence[Row], texts: Sequence[Sequence[str]], pattern: str | None
+    ) -> list[Verdict]:
+        """:meth:`decide` on the rows one of whose ``texts`` the RE2 ``pattern`` matches
+        (:mod:`curation.filter.prefilter`), all screened in one call; the others are kept. For a filter
+        that can only reject a row when one of its texts matches ``pattern``."""
+        verdicts: list[Verdict] = [None] * len(rows)
+        for position in passing_rows(texts, pattern):
+            verdicts[position] = self.decide(rows[position])
+        return verdicts
+
     def __call__(self, row: Row) -> Rejection | None:
-        verdict = self.decide(row)
-        if verdict is None:
-            return None
-        if isinstance(verdict, str):
-            return Rejection(self.name, verdict)
-        reason, value = verdict
-        return Rejection(self.name, reason, value)
+        return _rejection(self.name, self.decide(row))
 
     def zero_counts(self, stats: FilterStats) -> None:
         """Enter this filter in ``stats`` with zero counts, so one that never fires is still listed."""
         stats.seen.setdefault(self.name, 0)
         stats.rejected.setdefault(self.name, 0)
 
-    def run(self, row: Row, stats: FilterStats, *, timed: bool = False) -> Rejection | None:
-        """Decide on ``row`` and count it in ``stats``; a failure is a :class:`FilterError` naming both."""
-        stats.seen[self.name] = stats.seen.get(self.name, 0) + 1
-        rejection: Rejection | None = _timed_call(stats, self.name, timed, "filter", row, lambda: self(row))
-        if rejection is not None:
-            stats.rejected[self.name] = stats.rejected.get(self.name, 0) + 1
-        return rejection
+    def run(
+        self, rows: Sequence[Row], fields: Sequence[Fields], stats: FilterStats, *, timed: bool = False
+    ) -> list[Rejection | None]:
+        """Decide on ``rows`` (``fields``: their texts) and count them in ``stats``; a failure is a
+        :class:`FilterError` naming both."""
+        verdicts = _run_step(self, "filter", rows, fields, stats, timed, self.decide_batch, self.decide)
+        rejections = [_rejection(self.name, verdict) for verdict in verdicts]
+        stats.rejected[self.name] = stats.rejected.get(self.name, 0) + sum(r is not None for r in rejections)
+        return rejections
+
+
+def _rejection(name: str, verdict: Verdict) -> Rejection | None:
+    if verdict is None:
+        return None
+    if isinstance(verdict, str):
+        return Rejection(name, verdict)
+    reason, value = verdict
+    return Rejection(name, reason, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,15 +284,54 @@ class Cleaner:
 
     def clean(self, row: Row) -> tuple[Row, list[Edit]]:
         """:meth:`clean_text` applied to every text of ``row``; only what changed is copied."""
+        return self.edit_texts(row, ((field, self.clean_text(field.text)) for field in text_fields(row)))
+
+    def edit_texts(
+        self, row: Row, cleaned: Iterable[tuple[TextField, tuple[str, str | None]]]
+    ) -> tuple[Row, list[Edit]]:
+        """``row`` with the new texts of ``cleaned`` (a field and what :meth:`clean_text` made of it) where
+        they differ, and one :class:`Edit` for each; the fields not listed are left as they are."""
         replacements: dict[tuple[str, int | None], str] = {}
         edits: list[Edit] = []
-        for text_field in text_fields(row):
-            new_text, description = self.clean_text(text_field.text)
+        for text_field, (new_text, description) in cleaned:
             if description is None or new_text == text_field.text:
                 continue
             replacements[text_field.key] = new_text
             edits.append(Edit(self.name, text_field.where, description))
         return with_texts(row, replacements), edits
+
+    def screen(self) -> str | None:
+        """An RE2 pattern that every text :meth:`clean_text` would change matches
+        (:mod:`curation.filter.prefilter`); in a batch, the texts it does not match are not cleaned at
+        all. ``None`` (the default): every text is."""
+        return None
+
+    def clean_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
+        """:meth:`clean` on each row (``fields``: each row's texts); for a cleaner of texts, only on the
+        texts its :meth:`screen` passes. A cleaner overrides it where a batch can be done more cheaply
+        still; the results must be exactly those of :meth:`clean`."""
+        if type(self).clean is not Cleaner.clean:
+            return [self.clean(row) for row in rows]
+        return self.clean_texts(rows, fields)
+
+    def clean_texts(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
+        """What :meth:`Cleaner.clean` makes of each row, with only the texts of the whole batch that
+        :meth:`screen` passes cleaned (:meth:`clean_screened`)."""
+        flat = [(row, field) for row, row_fields in enumerate(fields) for field in row_fields]
+        screened = [flat[position] for position in passing([field.text for _, field in flat], self.screen())]
+        cleaned = self.clean_screened([field.text for _, field in screened])
+        by_row: dict[int, list[tuple[TextField, tuple[str, str | None]]]] = {}
+        for (row, field), result in zip(screened, cleaned, strict=True):
+            by_row.setdefault(row, []).append((field, result))
+        results: list[tuple[Row, list[Edit]]] = [(row, []) for row in rows]
+        for row, row_cleaned in by_row.items():
+            results[row] = self.edit_texts(rows[row], row_cleaned)
+        return results
+
+    def clean_screened(self, texts: Sequence[str]) -> list[tuple[str, str | None]]:
+        """:meth:`clean_text` on each text the screen passed; overridden where those texts are better
+        looked at together."""
+        return [self.clean_text(text) for text in texts]
 
     def __call__(self, row: Row) -> tuple[Row, list[Edit]]:
         return self.clean(row)
@@ -231,12 +341,13 @@ class Cleaner:
         stats.seen.setdefault(self.name, 0)
         stats.edits.setdefault(self.name, 0)
 
-    def run(self, row: Row, stats: FilterStats, *, timed: bool = False) -> tuple[Row, list[Edit]]:
-        """Clean ``row`` and count it in ``stats``; a failure is a :class:`FilterError` naming both."""
-        cleaned: tuple[Row, list[Edit]] = _timed_call(stats, self.name, timed, "cleaner", row, lambda: self(row))
-        stats.seen[self.name] = stats.seen.get(self.name, 0) + 1
-        if cleaned[1]:
-            stats.edits[self.name] = stats.edits.get(self.name, 0) + len(cleaned[1])
+    def run(
+        self, rows: Sequence[Row], fields: Sequence[Fields], stats: FilterStats, *, timed: bool = False
+    ) -> list[tuple[Row, list[Edit]]]:
+        """Clean ``rows`` (``fields``: their texts) and count them in ``stats``; a failure is a
+        :class:`FilterError` naming both."""
+        cleaned = _run_step(self, "cleaner", rows, fields, stats, timed, self.clean_batch, self.clean)
+        stats.edits[self.name] = stats.edits.get(self.name, 0) + sum(len(edits) for _, edits in cleaned)
         return cleaned
 
 

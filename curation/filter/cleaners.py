@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import ftfy
+from ftfy import chardata
 from selectolax.lexbor import LexborHTMLParser
 
 from curation.core.normalize import words
 from curation.core.schema import Row
 from curation.core.texts import CODE_SPANS, prompt_text
-from curation.filter.base import Cleaner, Edit
-from curation.filter.pii import REGEX_ENTITIES, redact
+from curation.filter.base import Cleaner, Edit, Fields
+from curation.filter.pii import REGEX_ENTITIES, pii_candidates, redact
+from curation.filter.prefilter import wider_re2
+from curation.filter.quality import looks_like_mojibake, mojibake_flags
 
 # ---------------------------------------------------------------------------------------------
 # Mojibake and Unicode repair (ftfy)
@@ -27,6 +32,24 @@ from curation.filter.pii import REGEX_ENTITIES, redact
 # Control characters ftfy removes; pure-ASCII text without them has nothing for ftfy to fix, and
 # skipping it keeps this cleaner nearly free on English data.
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Every character one of ftfy's fixers (other than the mojibake repair and NFC) replaces or removes:
+# C1 and other control characters, ligatures, line separators, surrogates, terminal escapes.
+_FTFY_EDITS = re.compile(
+    "["
+    + "".join(f"\\U{code:08x}" for code in sorted({*chardata.CONTROL_CHARS, *chardata.LIGATURES}))
+    + r"\x80-\x9f\r\u2028\u2029\x1b\ud800-\udfff]"
+)
+
+
+# What the first test of clean_text passes: text that is not ASCII, or has a control character.
+_FIX_ENCODING_SCREEN = wider_re2(re.compile(rf"[^\x00-\x7f]|{_ASCII_CONTROL.pattern}"))
+
+
+def _unchanged_by_ftfy(text: str, mojibake: bool) -> bool:
+    """True when ftfy (default fixers, no HTML, quote or width changes) would return ``text`` as it is:
+    no mojibake (``mojibake`` is :func:`looks_like_mojibake` of it), nothing its fixers replace, already
+    NFC. Much cheaper than running it."""
+    return not mojibake and not _FTFY_EDITS.search(text) and unicodedata.is_normalized("NFC", text)
 
 
 @dataclass(frozen=True)
@@ -50,8 +73,22 @@ class FixEncoding(Cleaner):
             explain=True,
         )
 
+    def screen(self) -> str | None:
+        return _FIX_ENCODING_SCREEN
+
     def clean_text(self, text: str) -> tuple[str, str | None]:
-        if text.isascii() and not _ASCII_CONTROL.search(text):
+        return self._clean(text, looks_like_mojibake(text))
+
+    def clean_screened(self, texts: Sequence[str]) -> list[tuple[str, str | None]]:
+        return [self._clean(text, mojibake) for text, mojibake in zip(texts, mojibake_flags(texts), strict=True)]
+
+    def _clean(self, text: str, mojibake: bool) -> tuple[str, str | None]:
+        if text.isascii():
+            if not _ASCII_CONTROL.search(text):
+                return text, None
+        elif not (self.unescape_html or self.uncurl_quotes or self.fix_character_width) and _unchanged_by_ftfy(
+            text, mojibake
+        ):
             return text, None
         fixed, explanation = ftfy.fix_and_explain(text, config=self._config())
         if fixed == text:
@@ -92,6 +129,8 @@ _MARKUP_TOPIC = re.compile(
     r"email|newsletter|markdown)\b",
     re.IGNORECASE,
 )
+# The first test of clean_text: a known tag or an entity somewhere.
+_HTML_SCREEN = wider_re2(re.compile(f"{_RESIDUE_TAG.pattern}|{_ENTITY.pattern}", re.IGNORECASE))
 _BLOCK_TAGS = "p,div,tr,h1,h2,h3,h4,h5,h6,blockquote,pre,table,hr,dt,dd,section,article,header,footer"
 
 
@@ -154,8 +193,18 @@ class HtmlToText(Cleaner):
             return text, None
         return "".join(pieces), f"HTML residue to text ({tags} tags removed, entities decoded)"
 
+    def screen(self) -> str | None:
+        return _HTML_SCREEN
+
     def clean(self, row: Row) -> tuple[Row, list[Edit]]:
-        cleaned, edits = super().clean(row)
+        return self._about_markup(row, *super().clean(row))
+
+    def clean_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
+        cleaned = self.clean_texts(rows, fields)
+        return [self._about_markup(row, *row_cleaned) for row, row_cleaned in zip(rows, cleaned, strict=True)]
+
+    def _about_markup(self, row: Row, cleaned: Row, edits: list[Edit]) -> tuple[Row, list[Edit]]:
+        """``row`` unchanged when its prompt is about markup, else the cleaned row."""
         # Checked only for rows with residue: the topic regex is the costly part on clean data.
         if edits and self.respect_topic and _MARKUP_TOPIC.search(prompt_text(row)):
             return row, []
@@ -183,6 +232,9 @@ class MarkdownResidue(Cleaner):
     """Strip Markdown formatting (links, emphasis, headings) outside code; opt-in."""
 
     name = "markdown"
+
+    def screen(self) -> str | None:
+        return r"[*#\[\-_]"
 
     def clean_text(self, text: str) -> tuple[str, str | None]:
         if not any(ch in text for ch in "*#[-_"):
@@ -226,13 +278,26 @@ class PiiRedactor(Cleaner):
         object.__setattr__(self, "entities", tuple(e for e in chosen if e not in set(self.exclude)))
 
     def clean_text(self, text: str) -> tuple[str, str | None]:
-        redacted, matches = redact(text, self.entities)
+        return self._redact(text, self.entities or ())
+
+    def _redact(self, text: str, entities: Collection[str]) -> tuple[str, str | None]:
+        redacted, matches = redact(text, entities)
         if not matches:
             return text, None
         counts: dict[str, int] = {}
         for match in matches:
             counts[match.entity] = counts.get(match.entity, 0) + 1
         return redacted, "redacted " + ", ".join(f"{n} {entity}" for entity, n in sorted(counts.items()))
+
+    def clean_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
+        # Screened first: only the texts that may hold PII are searched, each for what it may hold.
+        candidates = iter(pii_candidates([f.text for row_fields in fields for f in row_fields], self.entities))
+        results = []
+        for row, row_fields in zip(rows, fields, strict=True):
+            flagged = [(field, entities) for field in row_fields if (entities := next(candidates))]
+            cleaned = ((field, self._redact(field.text, entities)) for field, entities in flagged)
+            results.append(self.edit_texts(row, cleaned))
+        return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +313,23 @@ _WS_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"[ \t]+$", re.MULTILINE), "", "trailing spaces"),
     (re.compile(r"\n{3,}"), "\n\n", "runs of blank lines"),
 )
-_WS_ANY = re.compile(r"[\r\u00a0\u202f\u200b\ufeff]|[ \t]\n|\n\n\n")
+_WS_UNICODE = re.compile(r"[\u00a0\u202f\u200b\ufeff]")
 _INDENTED_START = re.compile(r"\A\n*[ \t]+\S[^\n]*\n(?:[ \t]*\n)*[ \t]+\S")
+
+
+def _needs_whitespace_rules(text: str) -> bool:
+    """Whether one of the rules above would fire; substring tests, far cheaper than searching."""
+    return (
+        "\r" in text
+        or " \n" in text
+        or "\t\n" in text
+        or "\n\n\n" in text
+        or (not text.isascii() and _WS_UNICODE.search(text) is not None)
+    )
+
+
+# The first test of clean_text: one of those substrings, or white space at either end.
+_WHITESPACE_SCREEN = wider_re2(re.compile(rf"\r| \n|\t\n|\n\n\n|{_WS_UNICODE.pattern}|\A\s|\s\Z"))
 
 
 @dataclass(frozen=True)
@@ -259,8 +339,11 @@ class NormalizeWhitespace(Cleaner):
     name = "whitespace"
     default = True
 
+    def screen(self) -> str | None:
+        return _WHITESPACE_SCREEN
+
     def clean_text(self, text: str) -> tuple[str, str | None]:
-        if not _WS_ANY.search(text) and not text[:1].isspace() and not text[-1:].isspace():
+        if not _needs_whitespace_rules(text) and not text[:1].isspace() and not text[-1:].isspace():
             return text, None  # fast path: most rows are already clean
         fired: list[str] = []
         for pattern, replacement, label in _WS_RULES:

@@ -6,7 +6,7 @@ Both are opt-in: which words are unacceptable and what a build is for are the us
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,9 @@ from typing import Any
 from curation.core.licenses import INTENDED_USES, LicensePolicy
 from curation.core.schema import Row
 from curation.core.texts import all_text, prompt_text, response_text
-from curation.filter.base import Filter, Verdict
-from curation.filter.pii import find_pii
+from curation.filter.base import Fields, Filter, Verdict
+from curation.filter.pii import find_pii, pii_candidates
+from curation.filter.prefilter import any_of, wider_re2
 
 
 def _read_terms(path: str) -> list[str]:
@@ -43,6 +44,7 @@ class Blocklist(Filter):
 
     _term_re: re.Pattern[str] | None = field(default=None, init=False, repr=False)
     _patterns: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False)
+    _screen: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.where not in ("all", "prompt", "response"):
@@ -67,14 +69,21 @@ class Blocklist(Filter):
                     f"filter blocklist: pattern {pattern!r} is not a valid regular expression: {error}"
                 ) from error
         object.__setattr__(self, "_patterns", tuple(compiled))
+        terms_re = (self._term_re,) if self._term_re is not None else ()
+        object.__setattr__(self, "_screen", any_of(wider_re2(pattern) for pattern in (*terms_re, *self._patterns)))
+
+    def _text(self, row: Row) -> str:
+        if self.where == "prompt":
+            return prompt_text(row)
+        if self.where == "response":
+            return response_text(row)
+        return all_text(row)
+
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        return self.decide_screened(rows, [[self._text(row)] for row in rows], self._screen)
 
     def decide(self, row: Row) -> Verdict:
-        if self.where == "prompt":
-            text = prompt_text(row)
-        elif self.where == "response":
-            text = response_text(row)
-        else:
-            text = all_text(row)
+        text = self._text(row)
         if self._term_re is not None:
             match = self._term_re.search(text)
             if match:
@@ -118,7 +127,16 @@ class PiiFilter(Filter):
     entities: tuple[str, ...] = ("PRIVATE_KEY",)
 
     def decide(self, row: Row) -> Verdict:
-        matches = find_pii(all_text(row), self.entities)
+        return self._decide(all_text(row), self.entities)
+
+    def _decide(self, text: str, entities: Collection[str]) -> Verdict:
+        matches = find_pii(text, entities)
         if not matches:
             return None
         return (f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})", matches[0].entity)
+
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        # Screened first: only the rows that may hold one of the entities are searched.
+        texts = ["\n".join(field.text for field in row_fields) for row_fields in fields]  # all_text of each row
+        candidates = pii_candidates(texts, self.entities)
+        return [self._decide(text, found) if found else None for text, found in zip(texts, candidates, strict=True)]

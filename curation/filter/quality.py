@@ -20,12 +20,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ftfy.badness import is_bad
+import pyarrow as pa
+import pyarrow.compute as pc
+from ftfy.badness import BADNESS_RE
 
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row
 from curation.core.texts import CODE_SPANS, all_text, prompt_text, response_text, text_fields
-from curation.filter.base import Filter, Verdict
+from curation.filter.base import Fields, Filter, Verdict
+from curation.filter.prefilter import any_of, passing, passing_rows, wider_re2
 
 RESPONSE_KINDS = frozenset({"sft", "chat", "preference", "reward", "tool"})
 
@@ -204,12 +207,18 @@ class ChatTokens(Filter):
     sentence_markers: bool = True
 
     _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _screen: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         alternatives = [re.escape(t) for t in (*self.tokens, *self.extra_tokens)]
         if self.sentence_markers:
             alternatives += [r"\A\s*</?s>", r"</?s>\s*\Z"]
-        object.__setattr__(self, "_pattern", re.compile("|".join(alternatives)) if alternatives else None)
+        pattern = re.compile("|".join(alternatives)) if alternatives else None
+        object.__setattr__(self, "_pattern", pattern)
+        object.__setattr__(self, "_screen", wider_re2(pattern) if pattern else None)
+
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        return self.decide_screened(rows, [[f.text for f in row_fields] for row_fields in fields], self._screen)
 
     def decide(self, row: Row) -> Verdict:
         pattern = self._pattern
@@ -278,6 +287,11 @@ class LengthBounds(Filter):
             return (f"{side} longer than {max_chars} characters", n_chars)
         if min_words is None and max_words is None:
             return None
+        # Counting means splitting the whole text; skip it when the bounds cannot be crossed: a text
+        # of n characters has at most (n + 1) // 2 words, and one with a non-space character has one.
+        at_least = 1 if text and not text.isspace() else 0
+        if (min_words is None or min_words <= at_least) and (max_words is None or (n_chars + 1) // 2 <= max_words):
+            return None
         n_words = len(text.split())
         if min_words is not None and n_words < min_words:
             return (f"{side} shorter than {min_words} words", n_words)
@@ -316,6 +330,44 @@ class LengthBounds(Filter):
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
+# ftfy's mojibake detector is one large pattern, slow on long texts (~150 µs for 500 characters).
+# Every one of its matches is at most MOJIBAKE_WIDTH characters long, holds a non-ASCII character
+# and looks at nothing around it (tests/filter/test_quality.py checks all three on ftfy's pattern),
+# so searching the stretches around the non-ASCII characters finds a match exactly when searching the
+# whole text would.
+MOJIBAKE_WIDTH = 7
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+
+
+def looks_like_mojibake(text: str) -> bool:
+    """ftfy's ``is_bad(text)`` (text that looks like mojibake), searched only near non-ASCII characters."""
+    if text.isascii():
+        return False
+    stretches: list[list[int]] = []
+    for run in _NON_ASCII_RUN.finditer(text):
+        start, stop = max(run.start() - MOJIBAKE_WIDTH, 0), run.end() + MOJIBAKE_WIDTH
+        if stretches and start <= stretches[-1][1]:
+            stretches[-1][1] = stop
+        else:
+            stretches.append([start, stop])
+    return any(BADNESS_RE.search(text, start, stop) for start, stop in stretches)
+
+
+_MOJIBAKE_SCREEN = wider_re2(BADNESS_RE)
+
+
+def mojibake_flags(texts: Sequence[str]) -> list[bool]:
+    """:func:`looks_like_mojibake` of each text; RE2 screens them all first, so the search runs only
+    where ftfy's pattern may match."""
+    flags = [False] * len(texts)
+    for position in passing(texts, _MOJIBAKE_SCREEN):
+        flags[position] = looks_like_mojibake(texts[position])
+    return flags
+
+
+# What decide can reject: text that is not ASCII, or has a control character.
+_ENCODING_SCREEN = wider_re2(re.compile(rf"[^\x00-\x7f]|{_CONTROL.pattern}"))
+
 
 @dataclass(frozen=True)
 class BrokenEncoding(Filter):
@@ -326,8 +378,21 @@ class BrokenEncoding(Filter):
     default = True
     max_replacement_chars: int = 0
 
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        # Only a row with a non-ASCII or a control character can be rejected, and only those rows'
+        # texts are searched for mojibake (screened together first).
+        suspects = passing_rows([[f.text for f in row_fields] for row_fields in fields], _ENCODING_SCREEN)
+        texts = ["\n".join(f.text for f in fields[position]) for position in suspects]  # all_text of each
+        verdicts: list[Verdict] = [None] * len(rows)
+        for position, text, mojibake in zip(suspects, texts, mojibake_flags(texts), strict=True):
+            verdicts[position] = self._judge(text, mojibake)
+        return verdicts
+
     def decide(self, row: Row) -> Verdict:
         text = all_text(row)
+        return self._judge(text, looks_like_mojibake(text))
+
+    def _judge(self, text: str, mojibake: bool) -> Verdict:
         if text.isascii():
             control = _CONTROL.search(text)
             return ("control character", repr(control.group(0))) if control else None
@@ -337,7 +402,7 @@ class BrokenEncoding(Filter):
         control = _CONTROL.search(text)
         if control:
             return ("control character", repr(control.group(0)))
-        if is_bad(text):  # ftfy's mojibake detector; the fix_encoding cleaner already tried to repair
+        if mojibake:  # ftfy's detector; the fix_encoding cleaner already tried to repair
             return "mojibake"
         return None
 
@@ -392,6 +457,7 @@ class Refusal(Filter):
 
     _identity: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _refusal: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _screen: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _compile(self.identity_patterns, "filter refusal, identity_patterns")  # clear error per pattern
@@ -401,6 +467,18 @@ class Refusal(Filter):
         refusal = "|".join(f"(?:{p})" for p in self.refusal_patterns) or r"(?!)"
         object.__setattr__(self, "_identity", re.compile(identity, re.IGNORECASE))
         object.__setattr__(self, "_refusal", re.compile(refusal, re.IGNORECASE))
+        # Screened on whole turns: the refusal patterns search only a window, so their ends are not the text's.
+        object.__setattr__(
+            self, "_screen", any_of((wider_re2(self._identity), wider_re2(self._refusal, anchors=False)))
+        )
+
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        # Each turn as decide reads it.
+        turns = [
+            [turn.replace("\u2019", "'") for turn in _turns(row)] if row.get("kind") in RESPONSE_KINDS else []
+            for row in rows
+        ]
+        return self.decide_screened(rows, turns, self._screen)
 
     def decide(self, row: Row) -> Verdict:
         if row.get("kind") not in RESPONSE_KINDS:
@@ -439,6 +517,7 @@ class BehaviourPatterns(Filter):
     where: str = "response"  # response, prompt or all
 
     _compiled: list[tuple[str, re.Pattern[str]]] = field(default_factory=list, init=False, repr=False)
+    _screen: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.where not in ("response", "prompt", "all"):
@@ -455,15 +534,22 @@ class BehaviourPatterns(Filter):
                 f"({', '.join(sorted(PRESETS))})"
             )
         object.__setattr__(self, "_compiled", compiled)
+        object.__setattr__(self, "_screen", any_of(wider_re2(pattern) for _, pattern in compiled))
 
-    def decide(self, row: Row) -> Verdict:
+    def _text(self, row: Row) -> str:
         if self.where == "response":
             text = response_text(row)
         elif self.where == "prompt":
             text = prompt_text(row)
         else:
             text = all_text(row)
-        text = text.replace("\u2019", "'")
+        return text.replace("\u2019", "'")
+
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        return self.decide_screened(rows, [[self._text(row)] for row in rows], self._screen)
+
+    def decide(self, row: Row) -> Verdict:
+        text = self._text(row)
         for label, pattern in self._compiled:
             match = pattern.search(text)
             if match:
@@ -474,6 +560,11 @@ class BehaviourPatterns(Filter):
 # ---------------------------------------------------------------------------------------------
 # Response that echoes the instruction
 # ---------------------------------------------------------------------------------------------
+
+
+def _similar_lengths(prompt: str, response: str) -> bool:
+    """Loose early exit on raw lengths (the exact bound of :class:`Echo` needs tokenising both sides)."""
+    return min(len(prompt), len(response)) >= 0.5 * max(len(prompt), len(response))
 
 
 def _shingles(tokens: list[str], n: int) -> set[tuple[str, ...]]:
@@ -501,9 +592,34 @@ class Echo(Filter):
         if row.get("kind") not in RESPONSE_KINDS:
             return None
         prompt, response = prompt_text(row), response_text(row)
-        # Loose early exit on raw lengths (the exact bound below needs tokenising both sides).
-        if min(len(prompt), len(response)) < 0.5 * max(len(prompt), len(response)):
+        if not _similar_lengths(prompt, response):
             return None
+        return self._judge(prompt, response)
+
+    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+        sides = [
+            (position, prompt_text(row), response_text(row))
+            for position, row in enumerate(rows)
+            if row.get("kind") in RESPONSE_KINDS
+        ]
+        sides = [side for side in sides if _similar_lengths(side[1], side[2])]
+        # Word counts of ASCII texts, counted by RE2 for the whole batch: sides whose counts differ by
+        # more than the Jaccard bound below allows are kept without tokenising them in Python.
+        ascii_sides = [side for side in sides if side[1].isascii() and side[2].isascii()]
+        texts = pa.array([text for _, prompt, response in ascii_sides for text in (prompt, response)], pa.string())
+        counts = pc.count_substring_regex(texts, "[A-Za-z0-9_]+").to_pylist()  # len(words(text)) of ASCII text
+        kept = {
+            position
+            for (position, _, _), a, b in zip(ascii_sides, counts[0::2], counts[1::2], strict=True)
+            if not a or not b or (a != b and min(a, b) < self.threshold * max(a, b))
+        }
+        verdicts: list[Verdict] = [None] * len(rows)
+        for position, prompt, response in sides:
+            if position not in kept:
+                verdicts[position] = self._judge(prompt, response)
+        return verdicts
+
+    def _judge(self, prompt: str, response: str) -> Verdict:
         prompt_words, response_words = words(prompt), words(response)
         if not prompt_words or not response_words:
             return None
@@ -588,15 +704,16 @@ class Repetition(Filter):
         return None
 
     def _check(self, text: str, gopher: bool) -> Verdict:
-        # Gate on whitespace-separated words, so one long token (a regex, a URL) is not "a text".
-        if len(text.split()) < min(self.loop_min_words, self.min_words):
+        # Gate on whitespace-separated words, so one long token (a regex, a URL) is not "a text";
+        # splitting off that many words is enough to know.
+        floor = min(self.loop_min_words, self.min_words)
+        if floor > 0 and len(text.split(None, floor - 1)) < floor:
             return None
         # N-grams are counted on prose: code spans and tags (and gsm8k's <<48/2=24>> calculator
         # annotations, which repeat every number) are removed first.
-        prose = words(_CODE_OR_TAG.sub(" ", text))
-        if len(prose) >= self.loop_min_words:
-            lengths = [len(t) for t in prose]
-            share = _duplicated_ngram_share(prose, lengths, sum(lengths), self.loop_ngram)
+        prose = words(_CODE_OR_TAG.sub(" ", text) if "`" in text or "~~~" in text or "<" in text else text)
+        if len(prose) >= self.loop_min_words and _may_cover_more(prose, self.max_loop_share):
+            share = _duplicated_ngram_share(prose, self.loop_ngram)
             if share > self.max_loop_share:
                 return (
                     f"degenerate loop: repeated {self.loop_ngram}-grams cover > {self.max_loop_share} of the text",
@@ -618,8 +735,7 @@ class Repetition(Filter):
                 return (f"duplicate {label} fraction > {max_frac}", round(frac, 3))
             if chars > max_chars:
                 return (f"duplicate {label} character fraction > {max_chars}", round(chars, 3))
-        lengths = [len(t) for t in tokens]
-        total = sum(lengths)
+        total = sum(map(len, tokens))
         for n, limit in sorted(self.top_ngram.items()):
             counts = Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
             gram, count = counts.most_common(1)[0]
@@ -628,7 +744,7 @@ class Repetition(Filter):
                 if share > limit:
                     return (f"top {n}-gram character fraction > {limit}", round(share, 3))
         for n, limit in sorted(self.duplicate_ngram.items()):
-            share = _duplicated_ngram_share(tokens, lengths, total, n)
+            share = _duplicated_ngram_share(tokens, n)
             if share == 0.0:
                 break  # no repeated n-gram means no repeated longer n-gram either
             if share > limit:
@@ -644,17 +760,27 @@ def _has_letter(text: str) -> bool:
     return any(ch.isalpha() for ch in text)
 
 
-def _duplicated_ngram_share(tokens: list[str], lengths: list[int], total: int, n: int) -> float:
+def _may_cover_more(tokens: list[str], share: float) -> bool:
+    """False when repeated n-grams (of any n) cannot cover more than ``share`` of the characters. Each
+    token of a repeated n-gram occurs at least twice, so the distinct tokens hold at most
+    total × (1 − covered/2) characters: an upper bound found in C, cheaper than the n-grams."""
+    return sum(map(len, set(tokens))) < (1 - share / 2) * sum(map(len, tokens))
+
+
+def _duplicated_ngram_share(tokens: list[str], n: int) -> float:
     """Share of word characters covered by n-grams that occur more than once (overlaps once)."""
+    grams = list(zip(*(tokens[i:] for i in range(n)), strict=False))
+    if len(set(grams)) == len(grams):  # the usual case, found in C: no n-gram occurs twice
+        return 0.0
     first: dict[tuple[str, ...], int] = {}
     covered = bytearray(len(tokens))
-    for i in range(len(tokens) - n + 1):
-        gram = tuple(tokens[i : i + n])
+    for i, gram in enumerate(grams):
         j = first.setdefault(gram, i)
         if j != i:
             covered[i : i + n] = b"\x01" * n
             covered[j : j + n] = b"\x01" * n
-    return sum(length for length, c in zip(lengths, covered, strict=True) if c) / total if total else 0.0
+    total = sum(map(len, tokens))
+    return sum(len(token) for token, c in zip(tokens, covered, strict=True) if c) / total if total else 0.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -411,6 +411,39 @@ def test_pii_hits_name_the_row_and_type_but_never_the_text() -> None:
     assert hits == [{"row_id": "a", "source": "s", "entity": "EMAIL", "offset": 11, "length": 17}]
 
 
+def test_private_keys_and_url_credentials_are_looked_for_in_every_row() -> None:
+    """The SQL screen runs over the stored JSON, where newlines and quotes are escaped: it must still
+    find what the detectors find in the decoded texts."""
+    from curation.core.schema import new_row, rows_to_table
+    from curation.core.warehouse import canonical_ddl
+    from curation.filter.pii import find_pii
+    from curation.filter.rechecks import EVERY_ROW_ENTITIES, pii_left_in_every_row
+
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    answers = [key, 'use "postgres://ad"min:s3cr\u0001t@db.internal:5432/app"', "nothing here", "[PRIVATE_KEY]"]
+    rows = [
+        new_row(
+            row_id=f"r{i}",
+            kind="sft",
+            source="s",
+            messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}],
+        )
+        for i, answer in enumerate(answers * 50)
+    ]
+    assert [m.entity for answer in answers for m in find_pii(answer, EVERY_ROW_ENTITIES)] == [
+        "PRIVATE_KEY",
+        "URL_CREDENTIALS",
+    ]
+    with duckdb.connect() as connection:
+        connection.execute(f"CREATE TABLE filtered ({canonical_ddl()})")
+        connection.register("_rows", rows_to_table(rows))
+        connection.execute("INSERT INTO filtered SELECT * FROM _rows")
+        screened, per_entity, hits = pii_left_in_every_row(connection, "filtered", EVERY_ROW_ENTITIES)
+    assert per_entity == {"PRIVATE_KEY": 50, "URL_CREDENTIALS": 50}
+    assert screened == 100  # only the rows that hold one were searched
+    assert [hit["row_id"] for hit in hits[:2]] == ["r0", "r1"] and "s3cr" not in repr(hits)
+
+
 def test_great_expectations_suite_reports_which_column_broke_which_rule() -> None:
     import pandas as pd
 

@@ -343,3 +343,43 @@ def test_default_chain_on_llms_from_scratch_drops_the_degenerate_pairs():
     _, rejected, _, _, _ = collect(rows, build_cleaners(), build_filters())
     assert sorted(int(r.row_id) for r in rejected) == [122, 226, 400, 566, 628, 676]
     assert {r.rejection.filter for r in rejected} == {"chosen_equals_rejected"}
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_stage_writes_the_same_tables_with_one_or_two_workers(tmp_path, monkeypatch):
+    import duckdb
+
+    import curation.core.parallel
+    from curation.core.warehouse import Warehouse, canonical_ddl, content_hash
+    from curation.filter.runner import filter_table
+
+    monkeypatch.setattr(curation.core.parallel, "MIN_ROWS_PER_WORKER", 1)  # two workers even for a few rows
+    # Every sample row 20 times over: rejections, edits and clean rows in every batch.
+    rows = [{**row, "row_id": f"{row['row_id']}-{i:02d}"} for i in range(20) for row in _sample_rows()]
+    demo = load_project(DEMO_CONFIG)
+    outcomes = {}
+    for workers in (1, 2):
+        path = tmp_path / f"workers{workers}.duckdb"
+        with duckdb.connect(str(path)) as connection:
+            connection.execute(f"CREATE TABLE deduped ({canonical_ddl()})")
+            connection.register("_rows", rows_to_table(rows))
+            connection.execute("INSERT INTO deduped SELECT * FROM _rows")
+        config = demo.model_copy(update={"compute": demo.compute.model_copy(update={"workers": workers})})
+        assert curation.core.parallel.workers_for(len(rows), config.compute.workers) == workers
+        with Warehouse(path).write("filtered") as staged:
+            # Batches of seven rows: many batches in flight, results must come back in input order.
+            stats = filter_table(staged, "deduped", config, log=lambda _: None, batch_rows=7).stats
+        with duckdb.connect(str(path), read_only=True) as connection:
+            outcomes[workers] = {
+                "versions": {t: content_hash(connection, t) for t in ("filtered", "filter_rejections", "lineage")},
+                "kept": connection.execute("SELECT list(row_id) FROM filtered").fetchone(),
+                "rejected": connection.execute("SELECT * FROM filter_rejections").fetchall(),
+                "edited": connection.execute("SELECT * FROM lineage").fetchall(),
+                "counts": (stats.rows_in, stats.rows_kept, stats.rows_edited, stats.seen, stats.rejected, stats.edits),
+            }
+    assert outcomes[1] == outcomes[2]
+    counts = outcomes[1]["counts"]
+    assert counts[:3] == (120, 60, 20) and counts[4]["refusal"] == 20 and counts[5]["html_to_text"] == 20
