@@ -26,6 +26,7 @@ import duckdb
 
 from curation.core.config import ProjectConfig
 from curation.core.warehouse import table_names
+from curation.ingest.readers import file_digest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_FOLDERS = ("curation", "assets", "checks", "resources", "sensors")
@@ -64,20 +65,12 @@ def _digest(parts: Iterable[str]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """The project's Python sources and the versions of the libraries that shape its output."""
     files = sorted(p for folder in CODE_FOLDERS for p in (PROJECT_ROOT / folder).rglob("*.py"))
     files.append(PROJECT_ROOT / "definitions.py")
-    parts = [f"{p.relative_to(PROJECT_ROOT)}:{_file_digest(p)}" for p in files if p.is_file()]
+    parts = [f"{p.relative_to(PROJECT_ROOT)}:{file_digest(p)}" for p in files if p.is_file()]
     for library in OUTPUT_LIBRARIES:
         try:
             parts.append(f"{library}=={metadata.version(library)}")
@@ -99,16 +92,14 @@ def _named_files(config: ProjectConfig) -> list[Path]:
 def project_fingerprint(config: ProjectConfig) -> str:
     """The project file and the files it names (a changed source file only changes ``raw``'s inputs)."""
     parts = [config.file_hash, str(config.base_dir)]
-    parts += [f"{p}:{_file_digest(p) if p.is_file() else 'missing'}" for p in _named_files(config)]
+    parts += [f"{p}:{file_digest(p) if p.is_file() else 'missing'}" for p in _named_files(config)]
     return _digest(parts)
 
 
 def source_fingerprint(config: ProjectConfig) -> str:
     """Every source file that matches now, with its content digest: ``raw``'s input."""
     parts = [
-        f"{source.name}:{path}:{_file_digest(path)}"
-        for source in config.sources
-        for path in config.source_files(source)
+        f"{source.name}:{path}:{file_digest(path)}" for source in config.sources for path in config.source_files(source)
     ]
     return _digest(parts)
 
