@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +184,28 @@ def _grams(tokens: Sequence[str], n: int) -> Iterator[tuple[int, Gram]]:
         yield i, tuple(tokens[i : i + n])
 
 
+def _pair_index(keys: Iterable[Gram]) -> frozenset[tuple[str, str]] | None:
+    """The first two words of every key; None when a key is shorter than two words (no filter then)."""
+    pairs = set()
+    for key in keys:
+        if len(key) < 2:
+            return None
+        pairs.add((key[0], key[1]))
+    return frozenset(pairs)
+
+
+def _starts(tokens: Sequence[str], n: int, pairs: frozenset[tuple[str, str]] | None) -> Iterable[int]:
+    """The start of every ``n``-gram of ``tokens`` whose first two words begin some key of ``pairs``, in
+    order: the only n-grams that can be keys. Testing a word pair (made by ``pairwise`` in C) costs a
+    fraction of building each n-gram's tuple and looking it up, and few positions pass."""
+    last = len(tokens) - n + 1
+    if last <= 0:
+        return ()
+    if pairs is None:
+        return range(last)
+    return [start for start, pair in enumerate(pairwise(tokens[: last + 1])) if pair in pairs]
+
+
 def _is_trivial(gram: Gram) -> bool:
     """Numbers and single characters only ("0 1 2 … 9 a b c d e f", "1 2 2 3 3 3 …").
 
@@ -280,6 +303,8 @@ class ContaminationIndex:
                 self._short[prefix] = kept
             else:
                 del self._short[prefix]
+        self._gram_pairs = _pair_index(self._grams)
+        self._short_pairs = _pair_index(self._short)
 
     def _background_common(
         self, background: Iterable[str], grams: set[Gram], shorts: set[Gram], max_df: int
@@ -314,14 +339,16 @@ class ContaminationIndex:
         found: dict[int, set[Gram]] = defaultdict(set)
         starts: dict[int, list[int]] = defaultdict(list)
         if self._grams:
-            for start, gram in _grams(tokens, self.n):
+            for start in _starts(tokens, self.n, self._gram_pairs):
+                gram = tuple(tokens[start : start + self.n])
                 for index in self._grams.get(gram, ()):
                     if index not in exact_hits:
                         found[index].add(gram)
                         starts[index].append(start)
         short_hits: dict[int, tuple[int, int]] = {}
         if self._short:
-            for start, prefix in _grams(tokens, self.min_n):
+            for start in _starts(tokens, self.min_n, self._short_pairs):
+                prefix = tuple(tokens[start : start + self.min_n])
                 for index, sequence in self._short.get(prefix, ()):
                     if (
                         index not in exact_hits

@@ -1,8 +1,9 @@
 """Render canonical rows for the target model: chat template, token counts, loss masks, checks.
 
 Everything is rendered the way the tokenizer's own ``apply_chat_template`` renders it (its template,
-through transformers' compiled template and renderer) and tokenized by the tokenizer itself, so the
-text we count and mask is byte-for-byte what a trainer using the same tokenizer would build. Layouts:
+through transformers' compiled template and renderer) and tokenized by the tokenizer itself (its Rust
+backend, called the way ``tokenizer(texts)`` calls it), so the text we count and mask is byte-for-byte
+what a trainer using the same tokenizer would build. Layouts:
 
 * sft / chat / tool / reward: the whole conversation; ``assistant_mask`` marks the tokens the
   assistant wrote (content, tool calls and its end-of-turn token), never headers or other roles.
@@ -192,8 +193,8 @@ def _template_text(tokenizer: PreTrainedTokenizerBase, tools: Tools = None) -> s
 
 # --------------------------------------------------------------------------- reuse within a batch
 
-Encoding = tuple[list[int], list[tuple[int, int]]]
-"""Token ids and each token's character span in the text."""
+Encoding = tuple[list[int], list[tuple[int, int]] | None]
+"""Token ids and each token's character span in the text (None when only the ids were asked for)."""
 Spans = list[tuple[int, int]]
 
 
@@ -202,6 +203,7 @@ class _Reuse:
     renderings: dict[tuple[Any, ...], tuple[str, Spans | None]] = field(default_factory=dict)
     encodings: dict[tuple[int, str], Encoding] = field(default_factory=dict)
     control_tokens: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    renderers: dict[tuple[int, str], _Renderer] = field(default_factory=dict)
 
 
 _REUSE: ContextVar[_Reuse | None] = ContextVar("curation_format_reuse", default=None)
@@ -211,13 +213,32 @@ _REUSE: ContextVar[_Reuse | None] = ContextVar("curation_format_reuse", default=
 def reusing_renderings() -> Iterator[None]:
     """Inside this block a conversation rendered again, or a text tokenized again, is looked up instead:
     verifying a row renders and tokenizes what rendering it already did, and :func:`format_batch`
-    tokenizes every text of its rows in one call. Meant for one batch of rows; everything is freed at
-    the end of the block."""
+    tokenizes every text of its rows in one call. Meant for one batch of rows whose messages are not
+    changed while it lasts; everything is freed at the end of the block."""
     token = _REUSE.set(_Reuse())
     try:
         yield
     finally:
         _REUSE.reset(token)
+
+
+def _conversation_key(messages: list[Message], tools: Tools) -> tuple[Any, ...]:
+    """A key that is equal for two conversations exactly when the template sees the same data.
+
+    A message of string keys and string values is keyed by its (key, value) pairs: hashing them reuses
+    each string's cached hash, so the key costs a few operations per message, not a pass over the text
+    (as ``repr`` does). Any other message (tool calls, numbers, None) is keyed by its ``repr``, which,
+    unlike ``==``, tells 1 from 1.0 from True."""
+    key: list[Any] = [repr(tools) if tools else None]
+    for message in messages:
+        items = tuple(message.items())
+        for name, value in items:
+            if type(name) is not str or type(value) is not str:
+                key.append(repr(message))
+                break
+        else:
+            key.append(items)
+    return tuple(key)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -233,6 +254,155 @@ def _marks_generation(template: str) -> bool:
     return _GENERATION_TAG.search(template) is not None
 
 
+_JSON_SCALARS = (str, int, float, bool)
+
+
+def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
+    """transformers' ``_plain_template_data`` of one message (what the sandboxed template may see), without
+    copying a message whose keys are strings and values JSON scalars: for those it is the identity (the
+    message is already a fresh dict, and the template cannot change it)."""
+    for name, value in message.items():
+        if type(name) is not str or type(value) not in _JSON_SCALARS:
+            from transformers.utils.chat_template_utils import _plain_template_data
+
+            plain: dict[str, Any] = _plain_template_data(message)
+            return plain
+    return message
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+"""What ``getattr`` finds on a plain dict (its class's attributes; a dict instance has no others)."""
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str) -> Any:
+    """The template compiled by transformers (its sandboxed environment, filters, ``{% generation %}``
+    tracker), in an environment of its own whose attribute lookup answers ``message.role`` on a plain dict
+    without raising and catching AttributeError first, and whose render contexts start from a plain dict
+    of the globals.
+
+    Jinja's sandbox resolves ``obj.name`` by trying the attribute and, on AttributeError, the item. For an
+    object of exactly type dict and a name that is not an attribute of dict, that attempt always fails, so
+    the item lookup (and ``undefined`` when the key is missing) is what the sandbox returns too; every
+    other lookup goes through the sandbox unchanged. Half of a chat template's time is these lookups."""
+    from transformers.utils.chat_template_utils import _cached_compile_jinja_template
+
+    compiled = _cached_compile_jinja_template(template)  # a new environment, not transformers' cached one
+    environment = compiled.environment
+    sandbox_getattr = environment.getattr
+    undefined = environment.undefined
+
+    def getattr_(obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except (TypeError, LookupError):
+                return undefined(obj=obj, name=attribute)
+        return sandbox_getattr(obj, attribute)
+
+    environment.getattr = getattr_
+
+    # Every render starts a context from the template's globals, a ChainMap (template over environment)
+    # that Jinja copies and lists key by key in Python, twice per render. Nothing changes these globals
+    # after compiling, so the same context is built from a plain copy of them.
+    globals_ = dict(compiled.globals)
+    chained_new_context = compiled.new_context
+
+    def new_context(vars: dict[str, Any] | None = None, shared: bool = False, locals: Any = None) -> Any:
+        if shared or locals:
+            return chained_new_context(vars, shared, locals)
+        parent = dict(globals_, **(vars or {}))
+        return environment.context_class(environment, parent, compiled.name, compiled.blocks, globals=globals_)
+
+    compiled.new_context = new_context
+    return compiled
+
+
+class _Renderer:
+    """A chat template compiled once, by transformers' own cached compiler, with the tokenizer's special
+    tokens as template variables.
+
+    :meth:`render` renders what ``render_jinja_template`` (the renderer of ``apply_chat_template``) renders,
+    through transformers' own steps: messages made plain data, reasoning fields aliased, ``{% generation %}``
+    spans tracked. What it saves is that function's per-call work that does not change between calls:
+    re-validating and re-converting the template variables and looking the template up. Conversations
+    with tools go through ``render_jinja_template`` itself (its handling of tool schemas and callables),
+    and so does everything when transformers' helpers are not importable."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str) -> None:
+        self.template = template
+        self.marks_generation = _marks_generation(template)
+        self._variables: dict[str, Any] = dict(tokenizer.special_tokens_map)
+        try:
+            from transformers.utils.chat_template_utils import (
+                _REASONING_FIELDS,
+                _alias_reasoning_fields,
+                _plain_template_data,
+                _render_with_assistant_indices,
+            )
+
+            self._compiled: Any = _compile(template)
+        except ImportError:  # another transformers: its public renderer does everything
+            self._compiled = None
+            return
+        self._plain_variables = _plain_template_data(self._variables)
+        self._alias = _alias_reasoning_fields
+        self._reasoning = frozenset(_REASONING_FIELDS)  # the keys it reads: a message without any stays as it is
+        self._with_indices = _render_with_assistant_indices
+
+    def render(
+        self, messages: list[Message], tools: Tools, add_generation_prompt: bool, marked: bool
+    ) -> tuple[str, Spans | None]:
+        """The rendering and, when ``marked``, the character spans of its ``{% generation %}`` blocks."""
+        # apply_chat_template drops keys whose value is None before rendering.
+        conversation = [{k: v for k, v in message.items() if v is not None} for message in messages]
+        if tools or self._compiled is None:
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            # Annotated as returning a string; it returns the renderings and the marked spans of each conversation.
+            rendered: Any = render_jinja_template(
+                conversations=[conversation],
+                tools=_template_tools(tools),
+                chat_template=self.template,
+                return_assistant_tokens_mask=marked,
+                add_generation_prompt=add_generation_prompt,
+                **self._variables,
+            )
+            texts, marked_spans = rendered
+            return texts[0], [(int(start), int(end)) for start, end in marked_spans[0]] if marked else None
+        chat = [_plain_message(message) for message in conversation]
+        if any(not self._reasoning.isdisjoint(message) for message in chat):  # else aliasing changes nothing
+            chat = self._alias(chat)
+        if marked:
+            text, indices = self._with_indices(
+                compiled_template=self._compiled,
+                messages=chat,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self._plain_variables,
+            )
+            return text, [(int(start), int(end)) for start, end in indices]
+        text = self._compiled.render(
+            messages=chat,
+            tools=None,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **self._plain_variables,
+        )
+        return text, None
+
+
+def _renderer(tokenizer: PreTrainedTokenizerBase, template: str, reuse: _Reuse | None) -> _Renderer:
+    if reuse is None:
+        return _Renderer(tokenizer, template)
+    key = (id(tokenizer), template)
+    renderer = reuse.renderers.get(key)
+    if renderer is None:
+        renderer = reuse.renderers[key] = _Renderer(tokenizer, template)
+    return renderer
+
+
 def _render_marked(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[Message],
@@ -244,33 +414,18 @@ def _render_marked(
     character spans they mark (else None).
 
     Renders the way ``apply_chat_template`` does (keys whose value is None dropped, special tokens as
-    template variables, through transformers' own compiled and cached template), without its per-call
-    overhead, and with the marked spans from the same rendering."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
+    template variables, through transformers' own compiled and cached template, see :class:`_Renderer`),
+    without its per-call overhead, and with the marked spans from the same rendering."""
     template = _template_text(tokenizer, tools)
     marked = spans and _marks_generation(template)
     reuse = _REUSE.get()
     key: tuple[Any, ...] = ()
     if reuse is not None:
-        conversation_key = repr((messages, tools))  # the same messages give the same text
-        key = (id(tokenizer), template, conversation_key, add_generation_prompt)
+        key = (id(tokenizer), template, _conversation_key(messages, tools), add_generation_prompt)
         hit = reuse.renderings.get(key)
         if hit is not None and (hit[1] is not None or not marked):  # a rendering without spans cannot give them
             return hit
-    conversation = [{k: v for k, v in message.items() if v is not None} for message in messages]
-    template_variables: dict[str, Any] = dict(tokenizer.special_tokens_map)
-    # Annotated as returning a string; it returns the renderings and the marked spans of each conversation.
-    rendered: Any = render_jinja_template(
-        conversations=[conversation],
-        tools=_template_tools(tools),
-        chat_template=template,
-        return_assistant_tokens_mask=marked,
-        add_generation_prompt=add_generation_prompt,
-        **template_variables,
-    )
-    texts, marked_spans = rendered
-    result = (texts[0], [(int(start), int(end)) for start, end in marked_spans[0]] if marked else None)
+    result = _renderer(tokenizer, template, reuse).render(messages, tools, add_generation_prompt, marked)
     if reuse is not None:
         reuse.renderings[key] = result
     return result
@@ -282,36 +437,118 @@ def _render(
     return _render_marked(tokenizer, messages, tools, add_generation_prompt, spans=False)[0]
 
 
-def _encode_many(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], reused_later: Sequence[str] = ()
-) -> list[Encoding]:
-    """Ids and offsets of each text, from one batched tokenizer call (a call per text costs more in
-    transformers' bookkeeping than in tokenizing). ``reused_later``: texts that will be tokenized again
-    inside the current :func:`reusing_renderings` block, tokenized in the same call (ignored outside one)."""
-    reuse = _REUSE.get()
-    if reuse is None:
-        return _tokenize(tokenizer, texts)
-    owner = id(tokenizer)
-    missing = [t for t in dict.fromkeys([*texts, *reused_later]) if (owner, t) not in reuse.encodings]
-    for text, encoding in zip(missing, _tokenize(tokenizer, missing), strict=True):
-        reuse.encodings[owner, text] = encoding
-    return [reuse.encodings[owner, t] for t in texts]
+# --------------------------------------------------------------------------- tokenizing
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[Encoding]:
+@functools.cache
+def _tokenizers_backend() -> Any:
+    """transformers' class of tokenizers backed by the Rust ``tokenizers`` library (None in a transformers
+    without it)."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    return TokenizersBackend
+
+
+def _direct_backend(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The Rust tokenizer of a fast tokenizer when calling it directly gives exactly what
+    ``tokenizer(texts, add_special_tokens=False)`` gives (transformers' own ``__call__`` and ``_encode_plus``,
+    which pass the texts straight to ``encode_batch``, no truncation or padding set on it, special tokens
+    split as the tokenizer says); else None. Calling it directly skips transformers' per-text conversion of
+    each encoding into dicts of lists."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    backend_class = _tokenizers_backend()
+    kind = type(tokenizer)
+    if (
+        backend_class is None
+        or not isinstance(tokenizer, backend_class)
+        or kind.__call__ is not PreTrainedTokenizerBase.__call__
+        or kind._encode_plus is not backend_class._encode_plus
+        or hasattr(tokenizer, "_switch_to_input_mode")
+    ):
+        return None
+    backend = tokenizer.backend_tokenizer
+    if (
+        backend.truncation is not None
+        or backend.padding is not None
+        or backend.encode_special_tokens != bool(tokenizer.split_special_tokens)
+    ):
+        return None
+    return backend
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: bool = True) -> list[Encoding]:
+    """Ids (and, with ``offsets``, character spans) of each text, from one call."""
     if not texts:
         return []
-    out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
-    return list(zip(out["input_ids"], out["offset_mapping"], strict=True))
+    backend = _direct_backend(tokenizer)
+    if backend is not None:
+        if offsets:
+            return [(e.ids, e.offsets) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        # Same ids, without tracking offsets (a quarter of the tokenizing time).
+        return [(e.ids, None) for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+    out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=offsets, return_attention_mask=False)
+    if offsets:
+        return list(zip(out["input_ids"], out["offset_mapping"], strict=True))
+    return [(ids, None) for ids in out["input_ids"]]
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> Encoding:
-    return _encode_many(tokenizer, [text])[0]
+def _encodings(tokenizer: PreTrainedTokenizerBase, wanted: dict[str, bool]) -> dict[str, Encoding]:
+    """The encoding of each text of ``wanted`` (text -> whether its offsets are needed), every text that
+    still needs tokenizing tokenized in one call (two: with and without offsets). Inside a
+    :func:`reusing_renderings` block a text is tokenized once, and found there later."""
+    reuse = _REUSE.get()
+    if reuse is None:
+        return _tokenize_wanted(tokenizer, wanted)
+    owner = id(tokenizer)
+    cache = reuse.encodings
+    missing: dict[str, bool] = {}
+    for text, offsets in wanted.items():
+        hit = cache.get((owner, text))
+        if hit is None or (offsets and hit[1] is None):
+            missing[text] = offsets
+    for text, encoding in _tokenize_wanted(tokenizer, missing).items():
+        cache[owner, text] = encoding
+    return {text: cache[owner, text] for text in wanted}
+
+
+def _tokenize_wanted(tokenizer: PreTrainedTokenizerBase, wanted: dict[str, bool]) -> dict[str, Encoding]:
+    with_offsets = [text for text, offsets in wanted.items() if offsets]
+    ids_only = [text for text, offsets in wanted.items() if not offsets]
+    found = dict(zip(with_offsets, _tokenize(tokenizer, with_offsets), strict=True))
+    found.update(zip(ids_only, _tokenize(tokenizer, ids_only, offsets=False), strict=True))
+    return found
+
+
+def _want(wanted: dict[str, bool], texts: Sequence[str], offsets: bool) -> None:
+    for text in texts:
+        wanted[text] = wanted.get(text, False) or offsets
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, offsets: bool = True) -> Encoding:
+    return _encodings(tokenizer, {text: offsets})[text]
+
+
+def _offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> list[tuple[int, int]]:
+    offsets = _encode(tokenizer, text, offsets=True)[1]
+    assert offsets is not None  # asked for
+    return offsets
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     """``tokenizer.decode(ids)`` for a list of ids, without its check of every element's type (which
-    costs more than the decoding)."""
+    costs more than the decoding); straight from the Rust tokenizer where transformers' ``_decode`` would
+    only pass the ids on to it (its own ``_decode``, no clean-up of tokenization spaces)."""
+    backend_class = _tokenizers_backend()
+    if (
+        backend_class is not None
+        and isinstance(tokenizer, backend_class)
+        and type(tokenizer)._decode is backend_class._decode
+        and not tokenizer.clean_up_tokenization_spaces
+    ):
+        return str(tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=False))
     return str(tokenizer._decode(ids))
 
 
@@ -320,6 +557,15 @@ def _mask_from_spans(offsets: list[tuple[int, int]], spans: Spans) -> list[int]:
     # mask sources agree on tokens that straddle a boundary.
     if not offsets:
         return []
+    if len(spans) == 1:  # most rows: one reply; a comprehension beats building arrays for it
+        start, end = spans[0]
+        return [1 if token_end > start and token_start < end else 0 for token_start, token_end in offsets]
+    if len(spans) == 2:
+        (start, end), (start2, end2) = spans
+        return [
+            1 if (token_end > start and token_start < end) or (token_end > start2 and token_start < end2) else 0
+            for token_start, token_end in offsets
+        ]
     bounds = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
     mask = np.zeros(len(offsets), dtype=bool)
     for start, end in spans:
@@ -372,7 +618,18 @@ class _Draft:
     """Character spans of ``texts[0]`` that carry loss; None for every token (text rows)."""
     mask_source: str
     verification_texts: tuple[str, ...] = ()
-    """Renderings that verifying the row tokenizes too (:func:`round_trip_ok`)."""
+    """Renderings that verifying the row tokenizes too (:func:`round_trip_ok`); it needs their ids only."""
+
+    @property
+    def needs_offsets(self) -> bool:
+        """Whether :meth:`parts` reads the offsets of :attr:`texts` (the mask, a text row's cut); preference
+        rows only count tokens."""
+        return self.kind != "preference"
+
+    def want(self, wanted: dict[str, bool]) -> None:
+        """Add the texts to tokenize for this row to ``wanted`` (text -> offsets needed)."""
+        _want(wanted, self.texts, self.needs_offsets)
+        _want(wanted, self.verification_texts, False)
 
     def parts(self, encodings: Sequence[Encoding]) -> dict[str, Any]:
         """The rendering's fields of :class:`RenderedRow`, from the encodings of :attr:`texts`."""
@@ -394,6 +651,7 @@ class _Draft:
                 "n_tokens": len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)),
             }
         ids, offsets = encodings[0]
+        assert offsets is not None  # needs_offsets
         mask = [1] * len(ids) if self.spans is None else _mask_from_spans(offsets, self.spans)
         return {
             "text": self.texts[0],
@@ -470,7 +728,10 @@ def _render_parts(
     text: str | None = None,
 ) -> dict[str, Any]:
     draft = _draft(tokenizer, kind, messages, tools, chosen, rejected, text)
-    return draft.parts(_encode_many(tokenizer, draft.texts))
+    wanted: dict[str, bool] = {}
+    draft.want(wanted)
+    encodings = _encodings(tokenizer, wanted)
+    return draft.parts([encodings[t] for t in draft.texts])
 
 
 class RenderError(ValueError):
@@ -544,18 +805,15 @@ def render_rows(
             pending.append(_prepare(row, tokenizer, system_prompt))
         except RenderError as error:
             pending.append(error)
-    drafts = [p.draft for p in pending if isinstance(p, _Pending)]
-    encodings = iter(
-        _encode_many(
-            tokenizer,
-            [text for draft in drafts for text in draft.texts],
-            reused_later=[text for draft in drafts for text in draft.verification_texts],
-        )
-    )
+    wanted: dict[str, bool] = {}
+    for p in pending:
+        if isinstance(p, _Pending):
+            p.draft.want(wanted)
+    encodings = _encodings(tokenizer, wanted)
     return [
         p
         if isinstance(p, RenderError)
-        else RenderedRow(**p.fields, **p.draft.parts([next(encodings) for _ in p.draft.texts]))
+        else RenderedRow(**p.fields, **p.draft.parts([encodings[t] for t in p.draft.texts]))
         for p in pending
     ]
 
@@ -649,7 +907,7 @@ def apply_length_policy(
 
     if rendered.kind == "text":
         keep = rendered.input_ids[:max_tokens]
-        _, offsets = _encode(tokenizer, rendered.text)
+        offsets = _offsets(tokenizer, rendered.text)
         cut = offsets[max_tokens - 1][1] if keep else 0
         reason = f"truncated_text: kept first {max_tokens} of {original} tokens"
         return replace(
@@ -684,8 +942,8 @@ def apply_length_policy(
     prompt_text = _render(tokenizer, current.messages[:-1], current.tools, add_generation_prompt=True)
     if not current.text.startswith(prompt_text):
         return None, too_long + " (template is not prefix-stable, cannot cut the last turn safely)"
-    _, offsets = _encode(tokenizer, current.text)
-    prompt_len = len(_encode(tokenizer, prompt_text)[0])
+    offsets = _offsets(tokenizer, current.text)
+    prompt_len = len(_encode(tokenizer, prompt_text, offsets=False)[0])
     if prompt_len >= max_tokens:
         return None, too_long + f" (the prompt of the last exchange alone has {prompt_len} tokens)"
     cut = offsets[max_tokens - 1][1]
@@ -755,6 +1013,17 @@ def _family(template_name_or_tokenizer: Any) -> str | None:
         template = template_name_or_tokenizer
     else:
         template = getattr(template_name_or_tokenizer, "chat_template", None) or ""
+    if isinstance(template, str):
+        return _template_family(template)
+    if "<|im_start|>" in template:
+        return "chatml"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _template_family(template: str) -> str | None:
     if "<|im_start|>" in template:
         return "chatml"
     if "<|start_header_id|>" in template:
@@ -838,14 +1107,14 @@ def round_trip_ok(row: Row, tokenizer: PreTrainedTokenizerBase) -> tuple[bool, s
     tools = _row_tools(row)
     if row.get("kind") == "text":
         text = row.get("text") or ""
-        ids, _ = _encode(tokenizer, text)
+        ids, _ = _encode(tokenizer, text, offsets=False)
         if decode(tokenizer, ids) != text:
             return False, "decode(encode(text)) differs from the text"
         return True, "ok"
     family = _family(tokenizer)
     for conversation in _conversations(row):
         rendered = _render(tokenizer, conversation, tools)
-        if decode(tokenizer, _encode(tokenizer, rendered)[0]) != rendered:
+        if decode(tokenizer, _encode(tokenizer, rendered, offsets=False)[0]) != rendered:
             return False, "decode(encode(rendering)) differs from the rendering"
         if family is None:
             cursor = 0
@@ -878,7 +1147,8 @@ def tokenize_for_round_trip(rows: Sequence[Row], tokenizer: PreTrainedTokenizerB
             continue
         tools = _row_tools(row)
         texts += [_render(tokenizer, conversation, tools) for conversation in _conversations(row)]
-    _encode_many(tokenizer, [], reused_later=texts)
+    if _REUSE.get() is not None:  # outside a block there is nothing to keep them in
+        _encodings(tokenizer, dict.fromkeys(texts, False))
 
 
 def generation_prompt_matches(

@@ -14,6 +14,7 @@ and each batch's rows, rejections, matches and lineage edges are appended as the
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -233,8 +234,21 @@ class FormattedBatch:
 
 def format_records(batch: pa.RecordBatch) -> FormattedBatch:
     """A batch of ``synthetic_mixed`` records with their ``split`` (and the ``split_row_id`` it was planned
-    for) through :func:`format_and_verify` with the state of :func:`start_worker`, as Arrow tables."""
-    worker = _WORKER["state"]
+    for) through :func:`format_and_verify` with the state of :func:`start_worker`, as Arrow tables.
+
+    The cyclic garbage collector is paused for the batch: the batch makes hundreds of thousands of small
+    containers (token offsets, messages, records) that reference counting frees, and the collector would
+    otherwise scan them again and again while they live; anything left in a cycle waits for its next run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _format_records(batch, _WORKER["state"])
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _format_records(batch: pa.RecordBatch, worker: _Worker) -> FormattedBatch:
     records = batch.to_pylist()
     for record in records:
         if record["split_row_id"] != record["row_id"]:

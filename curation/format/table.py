@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from curation.core.schema import COLUMNS, JSON_COLUMNS, Row, encode_row, make_row_id
+from curation.core.schema import COLUMNS, JSON_COLUMNS, Row, make_row_id
 from curation.core.warehouse import quote, read_batches, sample_sql
 
 if TYPE_CHECKING:
@@ -94,8 +94,23 @@ def formatted_record(row: Row, rendered: RenderedRow, split: str, subset: float)
 
 def formatted_batch(records: list[dict[str, Any]]) -> pa.Table:
     """Records as an Arrow batch for ``formatted``: canonical columns encoded like every other dataset
-    table, the formatting columns as they are."""
-    return pa.Table.from_pylist([encode_row(r) | {k: v for k, v in r.items() if k not in COLUMNS} for r in records])
+    table (:func:`~curation.core.schema.encode_row`), the formatting columns as they are.
+
+    Built column by column: the same table as ``pa.Table.from_pylist`` of the encoded records (columns
+    named after the first record's keys, a missing key read as None, each column's type inferred from its
+    values), without building a dict per record first."""
+    if not records:
+        return pa.Table.from_pylist([])
+    columns: dict[str, list[Any]] = {}
+    for name in COLUMNS:
+        values = [record.get(name) for record in records]
+        if name in JSON_COLUMNS:  # as encode_row writes them
+            values = [None if value is None else json.dumps(value, ensure_ascii=False) for value in values]
+        columns[name] = values
+    for name in records[0]:
+        if name not in columns:
+            columns[name] = [record.get(name) for record in records]
+    return pa.Table.from_pydict(columns)
 
 
 def iter_formatted_rows(

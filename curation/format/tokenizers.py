@@ -7,6 +7,7 @@ local texts in seconds and saves a directory that ``transformers.AutoTokenizer``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ def load_template(name: str) -> str:
     return (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
 
 
+@functools.lru_cache(maxsize=64)
 def template_id(template: str) -> str:
     """Short stable id of a template text, recorded on every formatted row."""
     return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]

@@ -277,6 +277,35 @@ def test_short_items_match_whole_when_at_least_min_n_words(vicuna: list[Benchmar
     assert [m.kind for m in tiny.check("what is Machine Learning")] == ["exact"]
 
 
+def test_word_pair_prefilter_finds_every_match_a_full_scan_finds(
+    humaneval: list[BenchmarkItem], vicuna: list[BenchmarkItem], mt_bench: list[BenchmarkItem]
+) -> None:
+    # check() only builds the n-grams whose first two words start some benchmark n-gram (or short item);
+    # with the filter off it builds every n-gram, as it did before. Both must find the same matches, in the
+    # same order, on texts stitched from pieces of items (whole items, partial copies, mixed with noise).
+    import random
+
+    items = humaneval[:40] + vicuna + mt_bench
+    filtered = ContaminationIndex(items)
+    scanning = ContaminationIndex(items)
+    scanning._gram_pairs = scanning._short_pairs = None
+    rng = random.Random(11)
+    texts, found = [], 0
+    for _ in range(300):
+        pieces = []
+        for _ in range(rng.randrange(1, 4)):
+            words = rng.choice(items).text.split()
+            start = rng.randrange(len(words))
+            pieces.append(" ".join(words[start : start + rng.randrange(1, 40)]))
+            pieces.append(rng.choice(["and then", "", "please", "x y z", "the of a"]))
+        texts.append(" ".join(pieces))
+    for text in texts:
+        matches = filtered.check(text)
+        assert matches == scanning.check(text), text
+        found += bool(matches)
+    assert found > 30  # the texts do hit items, so the comparison means something
+
+
 def _template_items(count: int) -> list[BenchmarkItem]:
     template = "Write a python function that reads the input list and returns the number of"
     tails = [

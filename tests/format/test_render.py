@@ -460,3 +460,126 @@ def test_a_batch_in_one_reuse_block_renders_and_verifies_like_rows_one_by_one(to
     assert batch == alone and batch_checks == alone_checks
     assert {r.mask_source for r, _ in batch if r} >= {"all", "none", "empty"}
     assert any(reason.startswith("truncated") for _, reason in batch)
+
+
+# --------------------------------------------------------------------------- fast paths give the same answers
+
+# A template that reaches into the corners of Jinja's sandbox: dict methods (attributes of dict itself),
+# missing keys, unsafe attributes, loop state, indexing, namespaces, filters, tests and raise_exception.
+_PROBING_TEMPLATE = (
+    "{%- set ns = namespace(n=0) %}"
+    "{%- for message in messages %}{% set ns.n = ns.n + 1 %}"
+    "[{{ message.role }}|{{ message.get('content') }}|{{ message['role'] }}|{{ message.items() | list | length }}"
+    "|{{ message.weight if message.weight is defined else '-' }}|{{ message.pop is defined }}"
+    "|{{ message.missing is defined }}|{{ message.thinking | default('') }}"
+    "|{{ message.reasoning_content | default('') }}"
+    "|{{ message.keys is defined }}|{{ loop.last }}|{{ message.content | tojson }}"
+    "{%- if message.tool_calls is defined %}{% for call in message.tool_calls %}"
+    "<{{ call.function.name }} {{ call.function.arguments | tojson }}>{% endfor %}{% endif %}]"
+    "{%- if message.role == 'boom' %}{{ raise_exception('no boom: ' + message.content) }}{% endif %}"
+    "{%- endfor %}{{ ns.n }}{{ messages[-1].role }}{{ bos_token }}{{ eos_token }}"
+    "{%- if add_generation_prompt %}<gen>{% endif %}"
+)
+_PROBING_CONVERSATIONS = [
+    CHAT,
+    [{"role": "user", "content": "x", "weight": 1}, {"role": "assistant", "content": "y", "weight": True}],
+    [{"role": "user", "content": "x", "weight": 1.0, "name": None}, {"role": "assistant", "content": None}],
+    [{"role": "user", "content": 'é 🙂 "q"', "items": "shadowed?"}, {"role": "assistant", "content": "", "keys": 3}],
+    [{"role": "user", "content": "why"}, {"role": "assistant", "content": "because", "reasoning": "think first"}],
+    [{"role": "assistant", "content": "", "thinking": "t", "reasoning_content": "r"}],
+    TOOL_ROW["messages"],
+    [{"role": "user", "content": "nested", "meta": {"a": [1, 2, {"b": None}]}}],
+    [{"role": "user", "content": "x"}, {"role": "boom", "content": "y"}],
+]
+
+
+@pytest.mark.parametrize("name", [*TEMPLATE_NAMES, "probing"])
+def test_renderer_renders_exactly_what_render_jinja_template_renders(toks, name):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from curation.format.render import _Renderer
+
+    tok = toks["chatml_generation" if name == "probing" else name]
+    template = _PROBING_TEMPLATE if name == "probing" else tok.chat_template
+    renderer = _Renderer(tok, template)
+    for messages in _PROBING_CONVERSATIONS:
+        conversation = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        for add_generation_prompt in (False, True):
+            for marked in (False, True) if renderer.marks_generation else (False,):
+                try:
+                    texts, spans = render_jinja_template(
+                        conversations=[conversation],
+                        chat_template=template,
+                        return_assistant_tokens_mask=marked,
+                        add_generation_prompt=add_generation_prompt,
+                        **tok.special_tokens_map,
+                    )
+                except Exception as error:  # the same template error, raised the same way
+                    with pytest.raises(type(error), match=str(error)[:20]):
+                        renderer.render(messages, None, add_generation_prompt, marked)
+                    continue
+                expected = (texts[0], [tuple(span) for span in spans[0]] if marked else None)
+                assert renderer.render(messages, None, add_generation_prompt, marked) == expected
+
+
+def test_render_reuse_keys_tell_values_apart_that_compare_equal():
+    from curation.format.render import _conversation_key
+
+    one, true, float_one = ({"role": "user", "content": "x", "n": value} for value in (1, True, 1.0))
+    assert len({_conversation_key([m], None) for m in (one, true, float_one)}) == 3
+    assert _conversation_key(CHAT, None) == _conversation_key([dict(m) for m in CHAT], None)
+    assert _conversation_key(CHAT, None) != _conversation_key(CHAT, TOOLS)
+    assert _conversation_key(CHAT[:1], None) != _conversation_key([{"content": "Hi", "role": "user"}], None)
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_direct_tokenizer_calls_give_what_the_tokenizer_gives(toks, name):
+    from curation.format.render import _direct_backend, _tokenize, decode
+
+    tok = toks[name]
+    texts = ["", "Plain text.", "Ünïcode ✓ 日本語 🙂\n\ttabs  ", tok.apply_chat_template(CHAT, tokenize=False)]
+    texts.append("a special token inside content: " + TEMPLATE_SPECS[name].eos + " <tool_call>")
+
+    def expected() -> list:
+        out = tok(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+        return list(zip(out["input_ids"], out["offset_mapping"], strict=True))
+
+    assert _direct_backend(tok) is not None
+    assert _tokenize(tok, texts) == expected()
+    assert _tokenize(tok, texts, offsets=False) == [(ids, None) for ids, _ in expected()]
+    for ids, _ in expected():
+        assert decode(tok, ids) == tok.decode(ids)
+    # A backend left truncating by an earlier call, or special tokens split as text, is not called directly.
+    tok.backend_tokenizer.enable_truncation(3)
+    assert _direct_backend(tok) is None and _tokenize(tok, texts) == expected()
+    tok.split_special_tokens = True
+    try:
+        assert _direct_backend(tok) is None and _tokenize(tok, texts) == expected()
+    finally:
+        tok.split_special_tokens = False
+        tok.backend_tokenizer.encode_special_tokens = False
+
+
+def test_masks_from_spans_count_every_token_that_overlaps_a_span():
+    import random
+
+    import numpy as np
+
+    from curation.format.render import _mask_from_spans
+
+    def reference(offsets, spans):
+        bounds = np.array(offsets, dtype=np.int64).reshape(-1, 2)
+        mask = np.zeros(len(offsets), dtype=bool)
+        for start, end in spans:
+            mask |= (bounds[:, 1] > start) & (bounds[:, 0] < end)
+        return mask.astype(np.int64).tolist()
+
+    rng = random.Random(3)
+    for _ in range(300):
+        offsets, position = [], 0
+        for _ in range(rng.randrange(0, 40)):
+            start = max(0, position - rng.choice((0, 0, 0, 1)))  # overlapping and empty tokens too
+            position = start + rng.choice((0, 1, 2, 3))
+            offsets.append((start, position))
+        spans = sorted((a, a + rng.randrange(0, 8)) for a in rng.sample(range(0, 60), rng.randrange(0, 4)))
+        assert _mask_from_spans(offsets, spans) == reference(offsets, spans), (offsets, spans)
