@@ -5,7 +5,8 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from curation.core.home import exports_dir
 from curation.core.markdown import markdown_table
-from curation.core.warehouse import content_hash
+from curation.core.parallel import workers_for
+from curation.core.warehouse import content_hash, count_rows
 from curation.format.export import ExportInfo, write_export
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
@@ -29,7 +30,8 @@ def exports(
     config = project.load()
     with warehouse.get().connect(read_only=True) as connection:
         info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
-        result = write_export(connection, exports_dir(), info, batch_rows=config.ingest.batch_rows)
+        workers = workers_for(count_rows(connection, "formatted"), config.compute.workers)
+        result = write_export(connection, exports_dir(), info, batch_rows=config.ingest.batch_rows, workers=workers)
     manifest = result.manifest
     context.log.info(
         f"exports: data version {result.data_version} at {result.path}"

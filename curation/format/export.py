@@ -34,15 +34,23 @@ The data version is a content hash of the JSONL files and of the manifest's desc
 written under a temporary name and renamed into place; an existing version is verified and reused,
 never overwritten.
 
-Rows stream from DuckDB once: each JSONL line is written as its row arrives (token ids copied as stored,
-not decoded and encoded again) while each file's Parquet schema is inferred chunk by chunk; then Arrow's
-JSON reader turns each JSONL file into Parquet batch by batch. Memory holds a chunk per file, whatever
-the table's size.
+``formatted`` is read in one scan, spooled into ranges of row ids (Arrow IPC files in the staging
+folder), and handed on a range at a time, sorted by ``(split, row_id)``: every file gets its rows in row-id
+order, memory holds one range, and the table is scanned once however many ranges it takes. Each batch's
+JSONL lines are built column by column in worker processes (results in input order: the files are the
+same for any number of workers): strings and numbers through ``json``'s own C encoders, JSON columns
+decoded and encoded once, token ids copied as stored without their spaces. One thread appends the lines,
+hashes them and writes each file's Parquet alongside: a flat layout's rows from the columns themselves
+(token ids parsed by DuckDB), a nested layout's as Arrow infers them from the decoded values, a row group
+per block of JSONL the way Arrow's JSON reader batches it. That is the file the reader would make of the
+JSONL, byte for byte, when the schema inferred from all the rows is the one written, the block the
+smallest and the token ids plain ints; a file where any of these fails is converted by the reader instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -50,21 +58,26 @@ import math
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
-from curation.core.schema import JSON_COLUMNS, Row
-from curation.core.warehouse import count_rows, fetch_one, read_batches, table_names
+from curation.core.parallel import map_ordered
+from curation.core.schema import Row
+from curation.core.warehouse import count_rows, fetch_one, quote, read_batches, table_names
 from curation.ingest.readers import file_digest
 
 if TYPE_CHECKING:
@@ -82,7 +95,6 @@ CONFIGS: dict[str, str] = {
     "reward": "`messages` + `score`",
     "text": "`text` (language modelling)",
 }
-_META = ("source", "license", "origin", "subset")
 _CHAT_KINDS = ("sft", "chat", "tool")
 _HASH_EXCLUDED = ("data_version", "created_at", "parquet_files")
 
@@ -133,7 +145,7 @@ class ExportInfo:
     system_prompt: str | None = None
     eval_fraction: float | None = None
     seed: int | None = None
-    benchmarks: list[str] = field(default_factory=list)
+    benchmarks: list[str] = dataclasses.field(default_factory=list)
     formatted_data_version: str | None = None
     license_overrides: Mapping[str, Mapping[str, object]] | None = None
 
@@ -158,6 +170,106 @@ class ExportInfo:
         )
 
 
+# --------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One key of a layout's records: the ``formatted`` column its value comes from and how it is written.
+
+    ``codec``: ``str``, ``int`` or ``float``, the column's value as ``json.dumps`` writes it; ``json``, a JSON
+    column, decoded and written compactly; ``ids``, token ids, their stored JSON text without its spaces
+    (the compact form, copied without decoding thousands of ints); ``tools``, the ``tools`` of ``extra``,
+    a key only rows that have any carry."""
+
+    key: str
+    column: str
+    codec: str
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One config: which rows it holds and its records' keys, in order."""
+
+    config: str
+    kinds: tuple[str, ...]
+    fields: tuple[_Field, ...]
+    whole_turns_only: bool = False
+    """Leave out rows cut inside their last assistant turn (see the module doc)."""
+
+    @property
+    def flat(self) -> bool:
+        """Every value a plain column or token ids, no nested JSON: its Parquet can be written from the
+        columns themselves, in :attr:`schema`."""
+        return all(field.codec in _ARROW_TYPES for field in self.fields)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """A flat layout's Parquet schema when no column is null throughout and some row has token ids."""
+        return pa.schema([(field.key, _ARROW_TYPES[field.codec]) for field in self.fields])
+
+
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "ids": pa.list_(pa.int64())}
+_ID = _Field("id", "row_id", "str")
+_META_FIELDS = (
+    _Field("source", "source", "str"),
+    _Field("license", "license", "str"),
+    _Field("origin", "origin", "str"),
+    _Field("subset", "subset", "float"),
+)
+_LAYOUTS: tuple[_Layout, ...] = (
+    _Layout(
+        "sft",
+        _CHAT_KINDS,
+        (_ID, _Field("messages", "messages", "json"), _Field("tools", "extra", "tools"), *_META_FIELDS),
+        whole_turns_only=True,
+    ),
+    _Layout(
+        "sft_tokenized",
+        _CHAT_KINDS,
+        (
+            _ID,
+            _Field("input_ids", "input_ids", "ids"),
+            _Field("assistant_masks", "assistant_mask", "ids"),
+            _Field("n_tokens", "n_tokens", "int"),
+            _Field("text", "text", "str"),
+            *_META_FIELDS,
+        ),
+    ),
+    _Layout(
+        "preference",
+        ("preference",),
+        (
+            _ID,
+            _Field("prompt", "messages", "json"),
+            _Field("chosen", "chosen", "json"),
+            _Field("rejected", "rejected", "json"),
+            *_META_FIELDS,
+        ),
+    ),
+    _Layout(
+        "preference_text",
+        ("preference",),
+        (
+            _ID,
+            _Field("prompt", "prompt_text", "str"),
+            _Field("chosen", "chosen_text", "str"),
+            _Field("rejected", "rejected_text", "str"),
+            *_META_FIELDS,
+        ),
+    ),
+    _Layout("prompts", ("prompt",), (_ID, _Field("prompt", "messages", "json"), *_META_FIELDS)),
+    _Layout(
+        "reward",
+        ("reward",),
+        (_ID, _Field("messages", "messages", "json"), _Field("score", "score", "float"), *_META_FIELDS),
+    ),
+    _Layout("text", ("text",), (_ID, _Field("text", "text", "str"), *_META_FIELDS)),
+)
+_KINDS = tuple(dict.fromkeys(kind for layout in _LAYOUTS for kind in layout.kinds))
+_CUT_IN_REPLY = "truncated_last_assistant"
+
+
 # --------------------------------------------------------------------------- rows → records
 
 
@@ -179,95 +291,151 @@ def _tools(row: Row) -> Any:
     return json.loads(tools) if isinstance(tools, str) else tools
 
 
-_RANGE_ROWS = 10_000
-"""Rows per range of row ids the export reads at a time (what DuckDB sorts at once)."""
-
-
-def _export_rows(connection: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[Row]:
-    """The stored ``formatted`` rows, message columns decoded and token ids left as their JSON text, each
-    split in row-id order. Read range by range of row ids, each range sorted by ``(split, row_id)``: every
-    file still gets its rows in row-id order, and DuckDB never sorts the whole wide table at once."""
-    ranges = math.ceil(count_rows(connection, "formatted") / _RANGE_ROWS)
-    bounds: list[str] = []
-    if ranges > 1:
-        (bounds,) = fetch_one(
-            connection,
-            "SELECT list_distinct(quantile_disc(row_id, ?)) FROM formatted",
-            [[k / ranges for k in range(1, ranges)]],
-        )
-    edges = [None, *sorted(bounds), None]
-    for low, high in itertools.pairwise(edges):
-        conditions = [c for c, bound in (("row_id >= ?", low), ("row_id < ?", high)) if bound is not None]
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = f"SELECT * EXCLUDE (ingested_at) FROM formatted {where} ORDER BY split, row_id"
-        params = [bound for bound in (low, high) if bound is not None]
-        for batch in read_batches(connection, sql, params, batch_rows=batch_rows):
-            for record in batch.to_pylist():
-                for column in JSON_COLUMNS:
-                    if isinstance(record[column], str):
-                        record[column] = json.loads(record[column])
-                yield record
+def _unknown_kind(row_id: Any, kind: Any) -> ExportError:
+    return ExportError(f"formatted row {row_id}: unknown kind {kind!r}; cannot choose an export layout")
 
 
 def export_records(row: Row) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(config, record)`` for each layout a decoded ``formatted`` row belongs to (see the module doc)."""
+    """``(config, record)`` for each layout a decoded ``formatted`` row belongs to (see the module doc).
+
+    The definition of what the files hold, one row at a time: the writer builds the same lines column by
+    column (:func:`_encode_batch`), and ``_json_line`` of these records is what it must write, byte for byte."""
     kind = row.get("kind")
-    base = {"id": row["row_id"]}
-    meta = {name: row.get(name) for name in _META}
-    if kind in _CHAT_KINDS:
-        if not (row.get("truncation") or "").startswith("truncated_last_assistant"):
-            record = {**base, "messages": row.get("messages")}
-            tools = _tools(row)
-            if tools:
-                record["tools"] = tools
-            yield "sft", {**record, **meta}
-        yield (
-            "sft_tokenized",
-            {
-                **base,
-                "input_ids": _ids(row.get("input_ids")),
-                "assistant_masks": _ids(row.get("assistant_mask")),
-                "n_tokens": row.get("n_tokens"),
-                "text": row.get("text"),
-                **meta,
-            },
-        )
-    elif kind == "preference":
-        yield (
-            "preference",
-            {
-                **base,
-                "prompt": row.get("messages"),
-                "chosen": row.get("chosen"),
-                "rejected": row.get("rejected"),
-                **meta,
-            },
-        )
-        yield (
-            "preference_text",
-            {
-                **base,
-                "prompt": row.get("prompt_text"),
-                "chosen": row.get("chosen_text"),
-                "rejected": row.get("rejected_text"),
-                **meta,
-            },
-        )
-    elif kind == "prompt":
-        yield "prompts", {**base, "prompt": row.get("messages"), **meta}
-    elif kind == "reward":
-        yield "reward", {**base, "messages": row.get("messages"), "score": row.get("score"), **meta}
-    elif kind == "text":
-        yield "text", {**base, "text": row.get("text"), **meta}
-    else:
-        raise ExportError(f"formatted row {row.get('row_id')}: unknown kind {kind!r}; cannot choose an export layout")
+    if kind not in _KINDS:
+        raise _unknown_kind(row.get("row_id"), kind)
+    cut = (row.get("truncation") or "").startswith(_CUT_IN_REPLY)
+    for layout in _LAYOUTS:
+        if kind not in layout.kinds or (layout.whole_turns_only and cut):
+            continue
+        record: dict[str, Any] = {}
+        for field in layout.fields:
+            if field.codec == "ids":
+                record[field.key] = _ids(row.get(field.column))
+            elif field.codec == "tools":
+                tools = _tools(row)
+                if tools:
+                    record[field.key] = tools
+            else:
+                record[field.key] = row.get(field.column)
+        yield layout.config, record
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- reading ``formatted``
+
+
+_RANGE_ROWS = 10_000
+"""Rows per range of row ids: what is sorted in memory at once."""
+_MAX_RANGES = 256
+"""At most this many ranges (files spooled at once); past it ranges grow instead."""
+_SCAN_ROWS = 8_192
+"""Rows per batch of the one scan that spools ``formatted`` into its ranges."""
+
+
+def _bounds(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """Row ids cutting ``formatted`` into ranges of about :data:`_RANGE_ROWS` rows (none for one range)."""
+    rows = count_rows(connection, "formatted")
+    ranges = min(math.ceil(rows / _RANGE_ROWS), _MAX_RANGES)
+    if ranges <= 1:
+        return []
+    (bounds,) = fetch_one(
+        connection,
+        "SELECT list_distinct(quantile_disc(row_id, ?)) FROM formatted",
+        [[k / ranges for k in range(1, ranges)]],
+    )
+    return sorted(bounds)
+
+
+_PARSED = "#parsed"
+
+
+def _read_formatted(connection: duckdb.DuckDBPyConnection, batch_rows: int, spool: Path) -> Iterator[pa.RecordBatch]:
+    """The columns the layouts use, range by range of row ids, each range sorted by ``(split, row_id)``: every
+    file gets its rows in row-id order, and the whole wide table is never sorted at once.
+
+    ``formatted`` is read in one scan, each row appended to its range's file in ``spool`` (Arrow IPC), then
+    each range is read back, sorted and handed on (and its file deleted). A query per range would cost a
+    scan of the whole table per range: the rows of a range are spread over all of it. ``extra`` only where it
+    may hold a ``tools`` key (the word, or a ``\\u`` escape that could spell it), else NULL: most rows skip
+    decoding it. A flat layout's token ids are also parsed (``<column>#parsed``; DuckDB parses JSON fastest)
+    for the Parquet files written alongside."""
+    columns = {"row_id": "row_id", "kind": "kind", "split": "split", "truncation": "truncation"}
+    for layout in _LAYOUTS:
+        for field in layout.fields:
+            name = quote(field.column)
+            columns[field.column] = (
+                f"CASE WHEN contains({name}, 'tools') OR contains({name}, '\\u') THEN {name} END"
+                if field.codec == "tools"
+                else name
+            )
+    ids = [f.column for layout in _LAYOUTS if layout.flat for f in layout.fields if f.codec == "ids"]
+    bounds = np.array(_bounds(connection), dtype=object)
+    select = ", ".join(f"{sql} AS {quote(name)}" for name, sql in columns.items())
+    spool.mkdir()
+    try:
+        ranges: set[int] = set()
+        with contextlib.ExitStack() as files:
+            writers: dict[int, Any] = {}
+            for batch in read_batches(connection, f"SELECT {select} FROM formatted", batch_rows=_SCAN_ROWS):
+                row_ids = batch.column("row_id")
+                if len(bounds):  # as `row_id >= low AND row_id < high`: no range holds a NULL row id
+                    positions = np.flatnonzero(row_ids.is_valid().to_numpy(zero_copy_only=False))
+                    found = np.searchsorted(bounds, row_ids.to_numpy(zero_copy_only=False)[positions], side="right")
+                else:
+                    positions, found = np.arange(batch.num_rows), np.zeros(batch.num_rows, dtype=np.int64)
+                order = np.argsort(found, kind="stable")  # one copy of the batch, then a slice per range
+                grouped, found = batch.take(pa.array(positions[order])), found[order]
+                starts = np.flatnonzero(np.diff(found, prepend=-1))
+                for start, stop in itertools.pairwise([*starts.tolist(), len(found)]):
+                    index = int(found[start])
+                    if index not in writers:
+                        path = spool / f"{index}.arrows"
+                        writers[index] = files.enter_context(pa.ipc.new_stream(path, batch.schema))
+                    writers[index].write_batch(grouped.slice(start, stop - start))
+            ranges = set(writers)
+        with duckdb.connect() as parser:
+            for index in sorted(ranges):
+                path = spool / f"{index}.arrows"
+                with pa.ipc.open_stream(path) as reader:
+                    rows = reader.read_all()
+                path.unlink()
+                rows = rows.sort_by([("split", "ascending"), ("row_id", "ascending")])  # nulls last, as DuckDB
+                if ids:
+                    rows = _with_parsed_ids(parser, rows, ids)
+                yield from rows.to_batches(max_chunksize=batch_rows)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _with_parsed_ids(parser: duckdb.DuckDBPyConnection, rows: pa.Table, columns: list[str]) -> pa.Table:
+    """``rows`` with each token-id column also parsed, as ``<column>#parsed`` (a list of ints, [] for NULL)."""
+    parser.register("spooled", rows.select(columns).append_column("_position", pa.array(np.arange(rows.num_rows))))
+    try:
+        parsed = parser.sql(
+            "SELECT "
+            + ", ".join(
+                f"""coalesce(json_transform_strict({quote(c)}, '["BIGINT"]'), []) AS {quote(c + _PARSED)}"""
+                for c in columns
+            )
+            + " FROM spooled ORDER BY _position"
+        ).to_arrow_table()
+    except duckdb.Error as error:
+        raise ExportError(f"token ids ({', '.join(columns)}) that are not lists of 64-bit ints: {error}") from error
+    finally:
+        parser.unregister("spooled")
+    if parsed.num_rows != rows.num_rows:
+        raise ExportError(f"parsing token ids gave {parsed.num_rows} rows for {rows.num_rows}")
+    for name in parsed.column_names:
+        rows = rows.append_column(name, parsed.column(name))
+    return rows
+
+
+# --------------------------------------------------------------------------- one batch → lines
 
 
 # Fixed key order and separators: the same rows always give the same bytes, hence the same version.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_encode_json = _ENCODER.encode
+_encode_str = json.encoder.encode_basestring  # what _ENCODER writes for a str (ensure_ascii=False)
 
 
 def _json_line(record: Mapping[str, Any]) -> bytes:
@@ -279,6 +447,179 @@ def _json_line(record: Mapping[str, Any]) -> bytes:
         for key, value in record.items()
     )
     return ("{" + ",".join(fields) + "}\n").encode("utf-8")
+
+
+def _plain_json(values: list[Any], codec: str) -> list[str]:
+    """Strings, ints or floats (or None) as ``_ENCODER`` writes each: strings one C call each; numbers by
+    encoding the list at once and splitting it at its commas (a number's JSON text has none)."""
+    if codec == "str":
+        if None in values:
+            return ["null" if value is None else _encode_str(value) for value in values]
+        return list(map(_encode_str, values))
+    return _encode_json(values)[1:-1].split(",") if values else []
+
+
+@dataclass
+class _Chunk:
+    """One batch's lines of one export file: UTF-8 text, each line's length in bytes (newline included),
+    the Parquet schema of its records as :class:`_ParquetSchema` would infer it and, for a nested layout,
+    its rows for the Parquet file (plain columns in their column's type, JSON ones as Arrow infers them; a
+    flat layout's come from :func:`_flat_tables`)."""
+
+    relative: str
+    data: Any  # a buffer: bytes or pa.Buffer
+    lengths: np.ndarray
+    schema: pa.Schema
+    table: pa.Table | None = None
+    plain_ids: bool = True
+    """Token ids written only as ints: DuckDB's parse (for the Parquet written alongside) is then the JSON
+    reader's; a float it would round, the reader refuses."""
+
+
+def _encode_batch(batch: pa.RecordBatch) -> list[_Chunk]:
+    """The JSONL lines a batch of ``formatted`` rows (as :func:`_read_formatted` reads them) adds to each
+    file, built column by column with ``json``'s own C encoders: JSON columns decoded and encoded once,
+    token ids copied without their spaces. Runs in worker processes (module level, picklable)."""
+    kinds = batch.column("kind")
+    known = pc.fill_null(pc.is_in(kinds, value_set=pa.array(_KINDS)), False)
+    if not pc.all(known).as_py():
+        position = pc.index(known, False).as_py()
+        raise _unknown_kind(batch.column("row_id")[position].as_py(), kinds[position].as_py())
+    columns = _Columns(batch)
+    chunks = []
+    for layout, relative, rows in _selections(batch, _LAYOUTS):
+        try:
+            chunks.append(_encode_rows(layout, relative, columns, rows))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise _incompatible(relative, error) from error
+    return chunks
+
+
+def _selections(batch: pa.RecordBatch, layouts: Iterable[_Layout]) -> Iterator[tuple[_Layout, str, np.ndarray]]:
+    """``(layout, JSONL file, positions of its rows in the batch)`` for each file the batch adds rows to."""
+    kinds = batch.column("kind")
+    split = batch.column("split")
+    split = pc.if_else(pc.fill_null(pc.equal(split, ""), True), "train", split)  # `split or "train"`
+    cut = pc.fill_null(pc.starts_with(batch.column("truncation"), _CUT_IN_REPLY), False)
+    for layout in layouts:
+        rows = pc.fill_null(pc.is_in(kinds, value_set=pa.array(layout.kinds)), False)
+        if layout.whole_turns_only:
+            rows = pc.and_(rows, pc.invert(cut))
+        if not pc.any(rows).as_py():
+            continue
+        for name in pc.unique(pc.filter(split, rows)).to_pylist():
+            selected = np.flatnonzero(pc.and_(rows, pc.equal(split, name)).to_numpy(zero_copy_only=False))
+            yield layout, f"{layout.config}/{name}.jsonl", selected
+
+
+class _Columns:
+    """A batch's columns as Python lists, each converted once when first needed, and the JSON text of
+    the fields every layout has (id, meta data), encoded once for the whole batch."""
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        self.batch = batch
+        self.lists: dict[str, list[Any]] = {}
+        self.encoded: dict[_Field, list[str]] = {}
+
+    def take(self, name: str, rows: np.ndarray) -> list[Any]:
+        values = self.lists.get(name)
+        if values is None:
+            values = self.lists[name] = self.batch.column(name).to_pylist()
+        return values if len(rows) == len(values) else [values[i] for i in rows.tolist()]
+
+    def fragments(self, field: _Field, rows: np.ndarray) -> list[str]:
+        """A ``str``, ``int`` or ``float`` field's values as ``_ENCODER`` writes them."""
+        if field not in _SHARED_FIELDS:
+            return _plain_json(self.take(field.column, rows), field.codec)
+        encoded = self.encoded.get(field)
+        if encoded is None:
+            everything = np.arange(self.batch.num_rows)
+            encoded = self.encoded[field] = _plain_json(self.take(field.column, everything), field.codec)
+        return encoded if len(rows) == len(encoded) else [encoded[i] for i in rows.tolist()]
+
+
+_SHARED_FIELDS = frozenset((_ID, *_META_FIELDS))
+_SPACES = str.maketrans("", "", " ")
+_INT_LIST = str.maketrans("", "", "0123456789,[]-")  # what is left of a list of ints: nothing
+
+
+def _encode_rows(layout: _Layout, relative: str, columns: _Columns, rows: np.ndarray) -> _Chunk:
+    """One layout's lines for these rows (positions in the batch) and their Parquet schema: keys in
+    first-seen order, each typed as Arrow infers it from the values (what :class:`_ParquetSchema` does).
+    For a nested layout also the rows as that inference reads them, to write its Parquet file alongside."""
+    template = "{"
+    fragments: list[list[str]] = []
+    fields: list[pa.Field] = []
+    trailing: list[pa.Field] = []  # an optional key the first row lacks is first seen after every other key
+    arrays: dict[str, pa.Array] = {}
+    plain_ids = True
+    for field in layout.fields:
+        key = _encode_str(field.key) + ":"
+        if field.codec == "tools":
+            extras = columns.take(field.column, rows)
+            tools = [_tools({"extra": json.loads(extra)}) if extra is not None else None for extra in extras]
+            if not any(tools):
+                continue
+            template += "%s"
+            fragments.append(["," + key + _encode_json(value) if value else "" for value in tools])
+            arrays[field.key] = pa.array([value if value else None for value in tools])
+            (fields if tools[0] else trailing).append(pa.field(field.key, arrays[field.key].type))
+            continue
+        template += ("," if fields or trailing else "") + key.replace("%", "%%") + "%s"
+        if field.codec == "json":
+            decoded = [
+                json.loads(value) if isinstance(value, str) else value for value in columns.take(field.column, rows)
+            ]
+            fragments.append([_encode_json(value) for value in decoded])
+            arrays[field.key] = pa.array(decoded)
+            typed = arrays[field.key].type
+        elif field.codec == "ids":
+            compact = [
+                "[]" if value is None else value.translate(_SPACES) for value in columns.take(field.column, rows)
+            ]
+            fragments.append(compact)
+            plain_ids = plain_ids and not any(value.translate(_INT_LIST) for value in compact)
+            typed = pa.list_(pa.null()) if compact.count("[]") == len(compact) else pa.list_(pa.int64())
+        else:
+            encoded = columns.fragments(field, rows)
+            fragments.append(encoded)
+            nulls = encoded.count("null") == len(encoded)  # a string "null" is written with its quotes
+            typed = pa.null() if nulls else _ARROW_TYPES[field.codec]
+            if not layout.flat:  # in the type of the column, like a flat layout's (see _RowGroups.add)
+                arrays[field.key] = pa.array(columns.take(field.column, rows), _ARROW_TYPES[field.codec])
+        fields.append(pa.field(field.key, typed))
+    template += "}\n"
+    lines = pa.array([template % values for values in zip(*fragments, strict=True)], pa.large_string())
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1)
+    schema = pa.schema(fields + trailing)
+    return _Chunk(
+        relative,
+        lines.buffers()[2].slice(0, int(offsets[-1])),
+        np.diff(offsets),
+        schema,
+        None if layout.flat else pa.table({name: arrays[name] for name in schema.names}),
+        plain_ids,
+    )
+
+
+_FLAT_LAYOUTS = tuple(layout for layout in _LAYOUTS if layout.flat)
+
+
+def _flat_tables(batch: pa.RecordBatch) -> dict[str, pa.Table]:
+    """The batch's rows of each flat layout's file (by JSONL path) as the JSON reader would read them back
+    from their lines, in the layout's full schema: the columns themselves, token ids as DuckDB parsed them."""
+    tables = {}
+    for layout, relative, rows in _selections(batch, _FLAT_LAYOUTS):
+        positions = pa.array(rows, pa.int64())
+        arrays = [
+            batch.column(field.column + (_PARSED if field.codec == "ids" else "")).take(positions).cast(typed)
+            for field, typed in zip(layout.fields, layout.schema.types, strict=True)
+        ]
+        tables[relative] = pa.Table.from_arrays(arrays, schema=layout.schema)
+    return tables
+
+
+# --------------------------------------------------------------------------- writing
 
 
 class _ParquetSchema:
@@ -308,17 +649,29 @@ class _ParquetSchema:
             columns = list(dict.fromkeys(key for record in self.chunk for key in record))
             values = {c: [_typed_like(record.get(c)) for record in self.chunk] for c in columns}
             chunk_schema = pa.Table.from_pydict(values).schema
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise _incompatible(self.name, error) from error
+        self.chunk = []
+        self.unify(chunk_schema)
+
+    def unify(self, chunk_schema: pa.Schema) -> None:
+        """Fold in one chunk's schema. Per-chunk schemas unified give what one inference over all the rows
+        gives: fields in first-seen order, null-typed ones widened, ints promoted to floats."""
+        try:
             self.schema = (
                 chunk_schema
                 if self.schema is None
                 else pa.unify_schemas([self.schema, chunk_schema], promote_options="permissive")
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise ExportError(
-                f"{self.name}: rows have incompatible value types for Parquet ({error}); "
-                "a field holds different JSON types across rows"
-            ) from error
-        self.chunk = []
+            raise _incompatible(self.name, error) from error
+
+
+def _incompatible(name: str, error: Exception) -> ExportError:
+    return ExportError(
+        f"{name}: rows have incompatible value types for Parquet ({error}); "
+        "a field holds different JSON types across rows"
+    )
 
 
 def _typed_like(value: Any) -> Any:
@@ -328,45 +681,145 @@ def _typed_like(value: Any) -> Any:
     return value
 
 
+_MIN_BLOCK = 1 << 20
+"""The smallest block of JSONL Arrow's JSON reader parses at a time, in bytes (a block also holds two
+longest lines)."""
+
+
+def _block_size(longest_line: int) -> int:
+    return max(_MIN_BLOCK, 2 * longest_line)
+
+
+class _RowGroups:
+    """A Parquet file written while its JSONL file is, in the schema of the first rows: the rows of each
+    block of :data:`_MIN_BLOCK` bytes of JSONL form one row group, as they form one batch of Arrow's
+    streaming JSON reader (a line goes to the block its newline falls in). That is the file
+    :func:`jsonl_to_parquet` makes of the JSONL if the block stays that size and the schema inferred from
+    all the rows is the one written (:func:`_same_file`). Rows in another schema end it (``abandoned``)."""
+
+    def __init__(self, target: Path, schema: pa.Schema) -> None:
+        self.writer = pq.ParquetWriter(target, schema)
+        self.schema = schema
+        self.written = 0  # bytes of JSONL before the pending rows
+        self.pending: list[pa.Table] = []
+        self.blocks: list[np.ndarray] = []  # the block of each pending row
+        self.rows = 0
+        self.abandoned = False
+
+    def add(self, table: pa.Table, lengths: np.ndarray) -> None:
+        """Rows and their JSONL lines' lengths. Their columns are written in the file's types: a key these
+        rows lack as nulls (the reader reads a missing key as null); a column in another type ends the file."""
+        if self.abandoned or not set(table.column_names) <= set(self.schema.names):
+            self.abandon()
+            return
+        columns = []
+        for field in self.schema:
+            if field.name not in table.column_names:
+                columns.append(pa.nulls(table.num_rows, field.type))
+            elif (column := _widened(table.column(field.name), field.type)) is not None:
+                columns.append(column)
+            else:
+                self.abandon()
+                return
+        table = pa.Table.from_arrays(columns, schema=self.schema)
+        ends = self.written + np.cumsum(lengths, dtype=np.int64)
+        self.written = int(ends[-1])
+        self.pending.append(table)
+        self.blocks.append((ends - 1) // _MIN_BLOCK)
+        if self.blocks[0][0] < self.blocks[-1][-1]:  # the last row is past a block: that one is complete
+            self._flush(complete_only=True)
+
+    def _flush(self, complete_only: bool) -> None:
+        rows, blocks = pa.concat_tables(self.pending), np.concatenate(self.blocks)
+        done = int(np.searchsorted(blocks, blocks[-1])) if complete_only else len(blocks)
+        starts = [0, *(np.flatnonzero(np.diff(blocks[:done])) + 1).tolist(), done]
+        for start, stop in itertools.pairwise(starts):
+            self.writer.write_table(rows.slice(start, stop - start).combine_chunks())
+        self.rows += done
+        self.pending, self.blocks = [rows.slice(done)], [blocks[done:]]
+
+    def close(self) -> None:
+        if not self.abandoned and sum(table.num_rows for table in self.pending):
+            self._flush(complete_only=False)
+        self.writer.close()
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.pending, self.blocks = [], []
+        self.writer.close()
+
+
+def _widened(column: pa.ChunkedArray, typed: pa.DataType) -> pa.ChunkedArray | None:
+    """The column in ``typed`` when that is its type or a wider one Arrow's inference would give all the rows
+    (a struct with more keys, missing ones null; ints as floats), as the JSON reader reads them; else None."""
+    if column.type.equals(typed):
+        return column
+    try:
+        unified = pa.unify_schemas(
+            [pa.schema([("c", typed)]), pa.schema([("c", column.type)])], promote_options="permissive"
+        )
+        return column.cast(typed) if unified.field("c").type.equals(typed) else None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+
+
 @dataclass
 class _ExportFile:
     handle: IO[bytes]
     digest: Any
     schema: _ParquetSchema
+    parquet: _RowGroups | None = None
     rows: int = 0
     longest_line: int = 0
 
 
 class _ExportFiles:
-    """One open JSONL file per (config, split), hashed while written, its Parquet schema inferred as it grows."""
+    """One open JSONL file per (config, split), hashed while written, its Parquet schema unified chunk by
+    chunk and its Parquet file written alongside (:class:`_RowGroups`) while the rows allow."""
 
-    def __init__(self, folder: Path, chunk_rows: int) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.chunk_rows = chunk_rows
         self.files: dict[str, _ExportFile] = {}
 
-    def write(self, config: str, split: str, record: Mapping[str, Any]) -> None:
-        relative = f"{config}/{split}.jsonl"
-        file = self.files.get(relative)
+    def write_all(self, chunks: list[_Chunk], flat: Mapping[str, pa.Table]) -> None:
+        """Add one batch's chunks; ``flat``: the batch's rows of flat layouts, by JSONL file."""
+        for chunk in chunks:
+            table = chunk.table if chunk.table is not None else flat.get(chunk.relative)
+            self.write(chunk, table if chunk.plain_ids else None)
+
+    def write(self, chunk: _Chunk, table: pa.Table | None) -> None:
+        """Add a chunk's lines; ``table``: its rows for the Parquet file."""
+        file = self.files.get(chunk.relative)
         if file is None:
-            (self.folder / config).mkdir(parents=True, exist_ok=True)
-            handle = (self.folder / relative).open("wb")
-            file = self.files[relative] = _ExportFile(
-                handle, hashlib.sha256(), _ParquetSchema(relative, self.chunk_rows)
-            )
-        line = _json_line(record)
-        file.handle.write(line)
-        file.digest.update(line)
-        file.schema.add(record)
-        file.rows += 1
-        file.longest_line = max(file.longest_line, len(line))
+            (self.folder / chunk.relative).parent.mkdir(parents=True, exist_ok=True)
+            handle = (self.folder / chunk.relative).open("wb")
+            file = self.files[chunk.relative] = _ExportFile(handle, hashlib.sha256(), _ParquetSchema(chunk.relative, 0))
+            if table is not None:
+                file.parquet = _RowGroups(self.parquet_path(chunk.relative), table.schema)
+        file.handle.write(chunk.data)
+        file.digest.update(chunk.data)
+        file.schema.unify(chunk.schema)
+        file.rows += len(chunk.lengths)
+        file.longest_line = max(file.longest_line, int(chunk.lengths.max()))
+        if file.parquet is not None:
+            if table is None:
+                file.parquet.abandon()
+            else:
+                file.parquet.add(table, chunk.lengths)
+
+    def parquet_path(self, relative: str) -> Path:
+        return self.folder / relative.replace(".jsonl", ".parquet")
 
     def close(self) -> None:
         for file in self.files.values():
             file.handle.close()
+            if file.parquet is not None:
+                file.parquet.abandon()
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per JSONL file (relative path, sorted): sha256, rows and bytes, for the manifest."""
+        """Per JSONL file (relative path, sorted; all written, now closed): sha256, rows and bytes."""
+        for file in self.files.values():
+            file.handle.close()
         return {
             relative: {
                 "sha256": file.digest.hexdigest(),
@@ -375,6 +828,40 @@ class _ExportFiles:
             }
             for relative, file in sorted(self.files.items())
         }
+
+    def parquet(self) -> dict[str, dict[str, Any]]:
+        """A Parquet file beside each JSONL file, in the schema inferred from all its records: the one
+        written alongside if it is the file Arrow's JSON reader makes of the JSONL (:func:`_same_file`),
+        else converted by the reader (:func:`jsonl_to_parquet`). Returns the manifest's ``parquet_files``."""
+        result = {}
+        for relative, file in sorted(self.files.items()):
+            target = self.parquet_path(relative)
+            schema = file.schema.result()
+            if file.parquet is not None:
+                file.parquet.close()
+            rows = file.rows
+            if not _same_file(file, schema):
+                rows = jsonl_to_parquet(self.folder / relative, target, schema=schema, longest_line=file.longest_line)
+            result[str(target.relative_to(self.folder))] = {
+                "sha256": file_digest(target),
+                "rows": rows,
+                "bytes": target.stat().st_size,
+            }
+        return result
+
+
+def _same_file(file: _ExportFile, schema: pa.Schema | None) -> bool:
+    """Whether the Parquet written alongside is the file the JSON reader makes of the JSONL: every row
+    written, in the schema inferred from all of them, in blocks of the smallest size (two longest lines
+    fit in one)."""
+    return (
+        file.parquet is not None
+        and not file.parquet.abandoned
+        and file.parquet.rows == file.rows
+        and schema is not None
+        and schema.equals(file.parquet.schema)
+        and _block_size(file.longest_line) == _MIN_BLOCK
+    )
 
 
 def jsonl_to_parquet(
@@ -393,7 +880,7 @@ def jsonl_to_parquet(
     if schema is None:
         return 0
     # A block must hold the longest line whole.
-    read = pa_json.ReadOptions(block_size=max(1 << 20, 2 * longest_line))
+    read = pa_json.ReadOptions(block_size=_block_size(longest_line))
     parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
     rows = 0
     try:
@@ -402,10 +889,7 @@ def jsonl_to_parquet(
                 writer.write_batch(batch)
                 rows += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise ExportError(
-            f"{source}: rows have incompatible value types for Parquet ({error}); "
-            "a field holds different JSON types across rows"
-        ) from error
+        raise _incompatible(str(source), error) from error
     return rows
 
 
@@ -599,27 +1083,26 @@ def dataset_card(manifest: Mapping[str, Any]) -> str:
 
 
 def write_export(
-    connection: duckdb.DuckDBPyConnection, root: str | Path, info: ExportInfo, batch_rows: int = 2_000
+    connection: duckdb.DuckDBPyConnection,
+    root: str | Path,
+    info: ExportInfo,
+    batch_rows: int = 2_000,
+    workers: int = 1,
 ) -> ExportResult:
     """Write (or reuse) the export of ``formatted`` under ``root/<data_version>/``.
 
-    Rows stream from DuckDB to JSONL one batch at a time; Parquet is converted from the JSONL. If the
-    version folder exists it is verified and reused; if it no longer matches its manifest the export
+    Rows stream from DuckDB to JSONL one batch at a time, the lines built in ``workers`` processes (the
+    files are the same for any count); Parquet follows from the JSONL or, for flat layouts, from the columns.
+    If the version folder exists it is verified and reused; if it no longer matches its manifest the export
     stops with an error rather than touch it.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".tmp-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
+    writers = _ExportFiles(staging)
     try:
-        writers = _ExportFiles(staging, batch_rows)
-        try:
-            for row in _export_rows(connection, batch_rows):
-                split = row.get("split") or "train"
-                for config, record in export_records(row):
-                    writers.write(config, split, record)
-        finally:
-            writers.close()
+        _write_files(connection, writers, batch_rows, workers)
         files = writers.summary()
         rows: dict[str, dict[str, int]] = {}
         for relative, entry in files.items():
@@ -641,23 +1124,13 @@ def write_export(
         version = data_version(manifest)
         final = root / version
         if final.exists():
+            writers.close()
             return _reuse(final, staging)
-        parquet = {}
-        for relative, file in sorted(writers.files.items()):
-            target = staging / relative.replace(".jsonl", ".parquet")
-            count = jsonl_to_parquet(
-                staging / relative, target, schema=file.schema.result(), longest_line=file.longest_line
-            )
-            parquet[str(target.relative_to(staging))] = {
-                "sha256": file_digest(target),
-                "rows": count,
-                "bytes": target.stat().st_size,
-            }
         manifest = {
             "data_version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **manifest,
-            "parquet_files": parquet,
+            "parquet_files": writers.parquet(),
         }
         (staging / MANIFEST).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
@@ -672,8 +1145,35 @@ def write_export(
         _point_latest(root, version)
         return ExportResult(version, final, False, manifest)
     except BaseException:
+        writers.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_WRITES_IN_FLIGHT = 4
+"""Batches encoded and waiting for the writing thread, at most (bounds memory)."""
+
+
+def _write_files(connection: duckdb.DuckDBPyConnection, writers: _ExportFiles, batch_rows: int, workers: int) -> None:
+    """Every row of ``formatted`` into the export files: batches read here, their lines encoded in ``workers``
+    processes (results in order, so the files are the same for any count), and written, hashed and
+    encoded as Parquet by one thread of their own, in order: file writes, hashing and Parquet encoding
+    release the GIL, so they overlap reading and dispatching the next batches."""
+    flat: deque[dict[str, pa.Table]] = deque()  # each batch's flat-layout tables, until its lines come back
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in _read_formatted(connection, batch_rows, writers.folder / ".spool"):
+            flat.append(_flat_tables(batch))
+            yield batch.drop_columns([name for name in batch.schema.names if name.endswith(_PARSED)])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="export-writer") as writer:
+        pending: deque[Future[None]] = deque()
+        for chunks in map_ordered(_encode_batch, batches(), workers, preload=("curation.format.export",)):
+            pending.append(writer.submit(writers.write_all, chunks, flat.popleft()))
+            while len(pending) > _WRITES_IN_FLIGHT:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
 
 
 def _reuse(final: Path, staging: Path) -> ExportResult:

@@ -7,14 +7,17 @@ import os
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curation.core.config import FormatConfig
 from curation.core.provenance import PROVENANCE_DDL
 from curation.core.schema import JSON_COLUMNS, new_row
 from curation.core.warehouse import canonical_ddl
+from curation.format import export as export_module
 from curation.format.export import (
     ExportError,
     ExportInfo,
@@ -396,3 +399,200 @@ def test_reading_formatted_range_by_range_writes_the_same_files(exported, tmp_pa
         again = write_export(connection, tmp_path / "exports", INFO)
     assert again.data_version == result.data_version
     assert again.manifest["files"] == result.manifest["files"]
+
+
+# --------------------------------------------------------------------------- the writer, column by column
+
+ODD_TEXT = 'héllo 😀 \u2028\u2029 \x00\x01\x1f\x7f "quoted" back\\slash / tab\t newline\n 100%s'
+TOOL_CALL = {"type": "function", "function": {"name": "f", "arguments": {"x": 1e-05, "y": 1e16, "n": 2**62, "z": 0.1}}}
+SCORES = [0.5, 1e-05, 1e16, -2.5e-07, 123456789.123, 0.0, 1e22]
+
+
+def _stored(value):
+    """A JSON column as ``encode_row`` stores it."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _odd_rows(n: int = 120, scores=SCORES) -> list[dict]:
+    """``formatted`` rows as stored, every kind and the awkward values: escapes and astral characters,
+    floats that print with exponents, big ints, nulls, empty and missing splits, token ids stored as
+    ``json.dumps`` writes them (or NULL), tools given as objects, as JSON text or empty, rows cut inside
+    their reply; tools only from row 60 on, so files see them first in a later batch."""
+    kinds = ["sft", "chat", "tool", "preference", "reward", "text", "prompt", "sft"]
+    rows = []
+    for k in range(n):
+        kind = kinds[k % len(kinds)]
+        content = f"{ODD_TEXT} {k} " * (1 + k % 3)
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content[::-1]}]
+        if k % 6 == 2:
+            messages[1] = {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]}
+        extras = [{"tools": TOOLS}, {"tools": json.dumps(TOOLS)}, {"tools": []}, {"other": "tools"}, [1, 2], None]
+        extra = extras[k % len(extras)] if k >= 60 else {"other": f"x\\u{k}"}
+        ids = list(range(k % 7))
+        rows.append(
+            {
+                "row_id": f"r{k:03d}",
+                "kind": kind,
+                "split": ["train", "eval", None, "", "train"][k % 5],
+                "messages": _stored(messages if kind != "text" else None),
+                "chosen": _stored([{"role": "assistant", "content": content}] if kind == "preference" else None),
+                "rejected": _stored([{"role": "assistant", "content": "no"}] if kind == "preference" else None),
+                "score": scores[(k // 8) % len(scores)] if kind == "reward" else None,
+                "text": None if k % 11 == 0 else f"{ODD_TEXT} text {k}",
+                "source": ["alpaca", "chat", "wiki"][k % 3],
+                "license": ["MIT", None, "CC-BY-4.0"][k % 3],
+                "origin": "human",
+                "extra": _stored(extra),
+                "subset": [0.25, 0.5, 1.0, None][k % 3 if k < 100 else 3],
+                "n_tokens": None if k % 9 == 0 else k,
+                "prompt_text": f"prompt {ODD_TEXT} {k}" if kind == "preference" else None,
+                "chosen_text": f"chosen {k}" if kind == "preference" else None,
+                "rejected_text": f"rejected {k}" if kind == "preference" else None,
+                "input_ids": None if k % 13 == 0 else json.dumps(ids),
+                "assistant_mask": None if k % 13 == 0 else json.dumps([i % 2 for i in ids]),
+                "truncation": "truncated_last_assistant_turn" if k % 10 == 1 else None,
+            }
+        )
+    # A split whose rows leave a column null throughout and carry no token ids (null-typed Parquet columns).
+    for k in range(3):
+        rows.append({**rows[k], "row_id": f"h{k}", "split": "holdout", "kind": "chat", "license": None})
+        rows[-1].update(input_ids="[]", assistant_mask="[]", extra=None)
+    # A text row longer than half the smallest JSON block, set below (the reader's block grows with it).
+    rows.append({**rows[5], "row_id": "r999", "kind": "text", "split": "train", "text": "long " * 2_000})
+    return rows
+
+
+def _warehouse_of(path: Path, rows: list[dict]) -> Path:
+    connection = duckdb.connect(str(path))
+    connection.execute(f"CREATE TABLE formatted ({canonical_ddl(FORMATTED_COLUMNS)})")
+    table = pa.Table.from_pylist(rows)
+    connection.register("incoming", table)
+    names = ", ".join(table.schema.names)
+    connection.execute(f"INSERT INTO formatted ({names}) SELECT {names} FROM incoming")
+    connection.close()
+    return path
+
+
+def _lines_record_by_record(path: Path) -> dict[str, bytes]:
+    """The JSONL files as the definition says: ``json.dumps`` of each ``export_records`` record, rows in
+    ``(split, row_id)`` order (one range of row ids: these tables are small)."""
+    with duckdb.connect(str(path), read_only=True) as connection:
+        rows = connection.sql("SELECT * FROM formatted ORDER BY split, row_id").to_arrow_table().to_pylist()
+    files: dict[str, bytes] = {}
+    for row in rows:
+        for column in JSON_COLUMNS:
+            if isinstance(row[column], str):
+                row[column] = json.loads(row[column])
+        for config, record in export_records(row):
+            relative = f"{config}/{row['split'] or 'train'}.jsonl"
+            files[relative] = files.get(relative, b"") + export_module._json_line(record)
+    return files
+
+
+@pytest.mark.parametrize("batch_rows", [4, 2_000])
+def test_lines_are_json_dumps_of_each_record_byte_for_byte(tmp_path, batch_rows) -> None:
+    rows = _odd_rows(scores=[*SCORES, float("nan"), float("inf"), -float("inf")])
+    warehouse = _warehouse_of(tmp_path / "w.duckdb", rows)
+    expected = _lines_record_by_record(warehouse)
+    assert {"sft/train.jsonl", "sft_tokenized/holdout.jsonl", "reward/eval.jsonl", "prompts/train.jsonl"} <= set(
+        expected
+    )
+    assert any(b'"tools":' in lines for lines in expected.values())
+    assert b"NaN" in expected["reward/train.jsonl"] + expected["reward/eval.jsonl"]
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        result = write_export(connection, tmp_path / "exports", INFO, batch_rows=batch_rows)
+    written = {relative: (result.path / relative).read_bytes() for relative in result.manifest["files"]}
+    assert written == expected
+
+
+def test_parquet_written_alongside_is_the_file_the_json_reader_makes(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(export_module, "_MIN_BLOCK", 4_096)  # several row groups per file
+    converted = []
+
+    def convert(source: Path, *args, **kwargs) -> int:
+        converted.append(f"{source.parent.name}/{source.name}")
+        return jsonl_to_parquet(source, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "jsonl_to_parquet", convert)
+    warehouse = _warehouse_of(tmp_path / "w.duckdb", _odd_rows())
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        result = write_export(connection, tmp_path / "exports", INFO, batch_rows=5)
+    # Written alongside: flat and nested layouts. Converted instead: tools first seen in a later batch
+    # (sft), null-typed columns and no token ids (holdout), a line longer than half a block (text).
+    assert {"sft_tokenized/train.jsonl", "preference/train.jsonl", "prompts/train.jsonl"}.isdisjoint(converted)
+    assert {"sft/train.jsonl", "sft_tokenized/holdout.jsonl", "text/train.jsonl"} <= set(converted)
+    assert pq.ParquetFile(result.path / "sft_tokenized" / "train.parquet").metadata.num_row_groups > 2
+    for relative, entry in result.manifest["parquet_files"].items():
+        jsonl = result.path / relative.replace(".parquet", ".jsonl")
+        reference = tmp_path / "reference.parquet"
+        rows = jsonl_to_parquet(jsonl, reference)  # schema inferred here, from the JSONL alone
+        assert entry["rows"] == rows == result.manifest["files"][jsonl.relative_to(result.path).as_posix()]["rows"]
+        assert (result.path / relative).read_bytes() == reference.read_bytes(), relative
+
+
+def test_files_are_the_same_with_one_or_two_worker_processes(tmp_path) -> None:
+    warehouse = _warehouse_of(tmp_path / "w.duckdb", _odd_rows())
+    hashes = []
+    for workers in (1, 2):
+        with duckdb.connect(str(warehouse), read_only=True) as connection:
+            result = write_export(connection, tmp_path / f"exports{workers}", INFO, batch_rows=7, workers=workers)
+        hashes.append(
+            {
+                name: entry["sha256"]
+                for name, entry in {**result.manifest["files"], **result.manifest["parquet_files"]}.items()
+            }
+        )
+    assert hashes[0] == hashes[1]
+
+
+def test_row_groups_are_the_json_readers_blocks_even_where_a_line_ends_on_a_block_edge(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(export_module, "_MIN_BLOCK", 1_024)
+    # Sixteen 64-byte lines end exactly on the first block's last byte; then lines of every length.
+    sizes = [64] * 16 + [30 + (k * 37) % 200 for k in range(60)]
+    records = [{"id": f"{k:04d}", "text": ""} for k in range(len(sizes))]
+    for record, size in zip(records, sizes, strict=True):
+        record["text"] = "x" * (size - len(json.dumps(record, separators=(",", ":"))) - 1)
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    assert [len(line) for line in jsonl.read_bytes().splitlines(keepends=True)] == sizes
+    reference = tmp_path / "reference.parquet"
+    jsonl_to_parquet(jsonl, reference)
+    schema = pq.read_schema(reference)
+    written = export_module._RowGroups(tmp_path / "written.parquet", schema)
+    for start in range(0, len(records), 7):  # arriving batch by batch
+        rows = records[start : start + 7]
+        written.add(pa.Table.from_pylist(rows, schema=schema), np.array(sizes[start : start + 7]))
+    written.close()
+    assert not written.abandoned and written.rows == len(records)
+    assert pq.ParquetFile(reference).metadata.num_row_groups > 4
+    assert (tmp_path / "written.parquet").read_bytes() == reference.read_bytes()
+
+
+def test_rows_in_a_narrower_type_are_widened_and_others_end_the_file_written_alongside() -> None:
+    plain = pa.chunked_array([pa.array([[{"role": "user", "content": "hi"}]])])
+    wide = pa.array([[{"role": "user", "content": "hi", "tool_calls": [{"type": "function"}]}]]).type
+    widened = export_module._widened(plain, wide)
+    assert widened is not None and widened.type == wide
+    assert widened.to_pylist() == [[{"role": "user", "content": "hi", "tool_calls": None}]]
+    assert export_module._widened(pa.chunked_array([pa.array([1, 2])]), pa.float64()).to_pylist() == [1.0, 2.0]
+    assert export_module._widened(pa.chunked_array([pa.array([1.0])]), pa.int64()) is None  # narrower, not wider
+    assert export_module._widened(pa.chunked_array([pa.array([1])]), pa.string()) is None  # the reader would fail
+    assert export_module._widened(pa.chunked_array([pa.array([None])]), pa.string()).type == pa.string()
+
+
+@pytest.mark.parametrize(
+    ("ids", "error"),
+    [
+        ("[1.5, 2]", "incompatible value types"),  # as before: Arrow's JSON reader refuses them
+        ('["7"]', "incompatible value types"),
+        ('["a"]', "not lists of 64-bit ints"),
+        ("[9223372036854775808]", "not lists of 64-bit ints"),
+    ],
+)
+def test_token_ids_that_are_not_ints_stop_the_export(tmp_path, ids, error) -> None:
+    rows = _odd_rows(20)
+    rows[3] = {**rows[0], "row_id": "bad", "kind": "sft", "input_ids": ids}
+    warehouse = _warehouse_of(tmp_path / "w.duckdb", rows)
+    with duckdb.connect(str(warehouse), read_only=True) as connection, pytest.raises(ExportError, match=error):
+        write_export(connection, tmp_path / "exports", INFO)
+    assert os.listdir(tmp_path / "exports") == []
