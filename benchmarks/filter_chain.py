@@ -8,8 +8,12 @@ worker count in the same run, and prints rows/s, the ratio to one worker and per
 results of every worker count are compared: kept rows, rejections and lineage must be identical.
 
 Timed: reading batches from DuckDB, the workers' start (a fresh fork server here; in a pipeline run
-the first stage's is reused) and the chain; not writing the results. "to first batch" is when the
-first batch's results came back.
+the first stage's is reused) and the chain; not writing the results. "to first batch" is when the first
+batch's results came back. A worker starts the compiled screens of curation/filter/compiled.py (numba,
+about a CPU-second) once it has filtered ``JIT_AFTER_ROWS`` rows, so short runs measure the Python path.
+
+On a machine shared with other work, wall-clock rows/s says more about the neighbours than the code:
+compare "per CPU second" figures, measured back to back (``--limit`` takes the first rows only).
 
     .venv/bin/python -m benchmarks.filter_chain --warehouse /tmp/h20k/warehouse.duckdb \\
         --config /tmp/mix20k/distillery.yaml
@@ -42,12 +46,15 @@ def _digest(*parts: list[pa.Table]) -> str:
     return digest.hexdigest()[:16]
 
 
-def run(warehouse: Path, config_path: Path, table: str, workers: int, batch_rows: int) -> dict[str, object]:
-    """The chain over ``table`` with ``workers`` processes: rows, seconds, rows/s, counts and a digest."""
+def run(
+    warehouse: Path, config_path: Path, table: str, workers: int, batch_rows: int, limit: int | None = None
+) -> dict[str, object]:
+    """The chain over ``table`` (its first ``limit`` rows by id) with ``workers`` processes: rows, seconds,
+    rows/s, counts and a digest."""
     config = load_project(config_path)
     connection = duckdb.connect(str(warehouse), read_only=True)
     columns = ", ".join(quote(name) for name in COLUMNS)
-    sql = f"SELECT {columns} FROM {quote(table)} ORDER BY row_id"
+    sql = f"SELECT {columns} FROM {quote(table)} ORDER BY row_id" + (f" LIMIT {int(limit)}" if limit else "")
     stats = FilterStats()
     kept, rejections, lineage = [], [], []
     start, cpu = time.perf_counter(), time.process_time()
@@ -90,9 +97,10 @@ def main() -> None:
     parser.add_argument("--table", default="deduped")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, in one run")
     parser.add_argument("--batch-rows", type=int, default=BATCH_ROWS)
+    parser.add_argument("--limit", type=int, default=None, help="only the first rows (by id)")
     args = parser.parse_args()
     results = [
-        run(args.warehouse, args.config, args.table, int(workers), args.batch_rows)
+        run(args.warehouse, args.config, args.table, int(workers), args.batch_rows, args.limit)
         for workers in args.workers.split(",")
     ]
     base = results[0]
@@ -107,7 +115,12 @@ def main() -> None:
         )
     for result in results:
         if result["rows_per_cpu_s"]:
-            print(f"\none worker, per CPU second of this process: {result['rows_per_cpu_s']:,.0f} rows/s")
+            per_cpu = result["rows_per_cpu_s"]
+            assert isinstance(per_cpu, float)
+            print(
+                f"\none worker, per CPU second of this process: {per_cpu:,.0f} rows/s "
+                f"({1000 / per_cpu:.3f} CPU-seconds per 1,000 rows)"
+            )
     same = len({result["digest"] for result in results}) == 1
     print(f"\noutput identical for every worker count: {'yes' if same else 'NO'}")
     stats = base["stats"]

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # Unicode-aware "punctuation or symbol": anything that is not a word character or space.
 _PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
 _WORD = re.compile(r"\w+", re.UNICODE)
+# ASCII text: NFKC leaves it as it is, casefold is lower(), and `\w` is [A-Za-z0-9_]; mapping every other
+# character to a space and splitting gives the same words as the regex, about three times faster.
+_ASCII_WORDS = "".join(ch.lower() if ch.isalnum() or ch == "_" else " " for ch in (chr(code) for code in range(128)))
 
 
 @dataclass(frozen=True)
@@ -44,4 +47,6 @@ def normalize_text(text: str, options: NormalizeOptions = DEFAULT_OPTIONS) -> st
 
 def words(text: str) -> list[str]:
     """Lower-cased word tokens after NFKC: the unit for n-gram shingles and overlap."""
+    if text.isascii():
+        return text.translate(_ASCII_WORDS).split()
     return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())

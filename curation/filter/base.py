@@ -13,11 +13,13 @@ its decision.
   the row (:func:`curation.core.texts.text_fields`) and records one :class:`Edit` per changed
   field. A cleaner that needs the whole row overrides ``clean(row)`` instead.
 
-The runner hands a step a whole batch of rows, with each row's texts walked once for all steps
-(``run(rows, fields, stats)``). By default a filter decides row by row; a step that can do a batch
-more cheaply says so — a cleaner with ``screen()``, an RE2 pattern that every text it would change
-matches (:mod:`curation.filter.prefilter`), a filter by overriding ``decide_batch`` (e.g. with
-:meth:`Filter.decide_screened`) — and must end exactly as ``decide``/``clean`` row by row.
+The runner hands a step a whole batch of rows with their texts walked once for all steps
+(``run(rows, fields, stats)``; ``fields`` is a :class:`curation.filter.batch.BatchTexts`: the texts
+flat and as one Arrow array, each screen run once, per-row values such as the prompt derived once). By
+default a filter decides row by row; a step that can do a batch more cheaply says so — a cleaner with
+``screen()``, an RE2 pattern that every text it would change matches (:mod:`curation.filter.prefilter`),
+a filter by overriding ``decide_batch`` (e.g. with :meth:`Filter.decide_rows` on the rows a screen
+passes) — and must end exactly as ``decide``/``clean`` row by row.
 
 ``default = True`` puts a step in the chain when the project file does not mention it. Defining
 the class registers it under its ``name`` (:data:`FILTERS`, :data:`CLEANERS`); this module
@@ -47,7 +49,8 @@ from typing import Any, ClassVar, TypeVar
 from curation.core.markdown import REGENERATE_REFERENCES, generated_notice, table_cell
 from curation.core.schema import Row
 from curation.core.texts import TextField, text_fields, with_texts
-from curation.filter.prefilter import passing, passing_rows
+from curation.filter.batch import BatchTexts, Screen
+from curation.filter.prefilter import passing_rows
 
 RejectionValue = float | str | None
 """What a filter measured (a count, a share, the matched text), stored as text in ``filter_rejections``."""
@@ -138,21 +141,17 @@ def _register(registry: dict[str, _Step], kind: str, cls: _Step) -> None:
 
 _Result = TypeVar("_Result")
 
-Fields = list[TextField]
-"""A row's texts, as :func:`curation.core.texts.text_fields` walks them: the runner walks each row once
-and hands the walk to every step, with the row."""
-
 
 def _run_step(
     step: Filter | Cleaner,
     kind: str,
     rows: Sequence[Row],
-    fields: Sequence[Fields],
+    fields: BatchTexts,
     stats: FilterStats,
     timed: bool,
-    batch: Callable[[Sequence[Row], Sequence[Fields]], list[_Result]],
-    single: Callable[[Row], _Result],
-) -> list[_Result]:
+    batch: Callable[[Sequence[Row], BatchTexts], _Result],
+    single: Callable[[Row], object],
+) -> _Result:
     """``batch(rows, fields)``, counted as ``rows`` seen by ``step`` (and timed); a failure is a
     :class:`FilterError` naming the step and the row, found by re-running the rows one by one."""
     start = time.perf_counter() if timed else 0.0
@@ -206,11 +205,18 @@ class Filter(ABC):
     def decide(self, row: Row) -> Verdict:
         """``None`` to keep ``row``; a reason, or ``(reason, measured value)``, to drop it."""
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
-        """:meth:`decide` on each row (``fields``: each row's texts). A filter overrides it when a whole
-        batch can be judged more cheaply (e.g. :meth:`decide_screened`); the verdicts must be exactly
-        those of :meth:`decide`."""
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        """:meth:`decide` on each row (``fields``: the batch's texts; ``fields[i]`` is row ``i``'s). A
+        filter overrides it when a whole batch can be judged more cheaply (e.g. :meth:`decide_rows` on
+        the rows a screen passes); the verdicts must be exactly those of :meth:`decide`."""
         return [self.decide(row) for row in rows]
+
+    def decide_rows(self, rows: Sequence[Row], positions: Iterable[int]) -> list[Verdict]:
+        """:meth:`decide` on the rows at ``positions``; the others are kept."""
+        verdicts: list[Verdict] = [None] * len(rows)
+        for position in positions:
+            verdicts[position] = self.decide(rows[position])
+        return verdicts
 
     def decide_screened(
         self, rows: Sequence[Row], texts: Sequence[Sequence[str]], pattern: str | None
@@ -218,10 +224,12 @@ class Filter(ABC):
         """:meth:`decide` on the rows one of whose ``texts`` the RE2 ``pattern`` matches
         (:mod:`curation.filter.prefilter`), all screened in one call; the others are kept. For a filter
         that can only reject a row when one of its texts matches ``pattern``."""
-        verdicts: list[Verdict] = [None] * len(rows)
-        for position in passing_rows(texts, pattern):
-            verdicts[position] = self.decide(rows[position])
-        return verdicts
+        return self.decide_rows(rows, passing_rows(texts, pattern))
+
+    def screens(self) -> list[Screen]:
+        """The screens :meth:`decide_batch` asks the batch for (:meth:`BatchTexts.screen`), so that the
+        runner can have them run together (:meth:`BatchTexts.prefetch`): a hint, never a condition."""
+        return []
 
     def __call__(self, row: Row) -> Rejection | None:
         return _rejection(self.name, self.decide(row))
@@ -232,13 +240,19 @@ class Filter(ABC):
         stats.rejected.setdefault(self.name, 0)
 
     def run(
-        self, rows: Sequence[Row], fields: Sequence[Fields], stats: FilterStats, *, timed: bool = False
+        self, rows: Sequence[Row], fields: BatchTexts, stats: FilterStats, *, timed: bool = False
     ) -> list[Rejection | None]:
         """Decide on ``rows`` (``fields``: their texts) and count them in ``stats``; a failure is a
         :class:`FilterError` naming both."""
         verdicts = _run_step(self, "filter", rows, fields, stats, timed, self.decide_batch, self.decide)
-        rejections = [_rejection(self.name, verdict) for verdict in verdicts]
-        stats.rejected[self.name] = stats.rejected.get(self.name, 0) + sum(r is not None for r in rejections)
+        rejections: list[Rejection | None] = [None] * len(verdicts)
+        found = 0
+        if verdicts.count(None) < len(verdicts):  # most batches: no rejection at all, found in C
+            for position, verdict in enumerate(verdicts):
+                if verdict is not None:
+                    rejections[position] = _rejection(self.name, verdict)
+                    found += 1
+        stats.rejected[self.name] = stats.rejected.get(self.name, 0) + found
         return rejections
 
 
@@ -306,27 +320,43 @@ class Cleaner:
         all. ``None`` (the default): every text is."""
         return None
 
-    def clean_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
-        """:meth:`clean` on each row (``fields``: each row's texts); for a cleaner of texts, only on the
-        texts its :meth:`screen` passes. A cleaner overrides it where a batch can be done more cheaply
-        still; the results must be exactly those of :meth:`clean`."""
+    def screens(self) -> list[Screen]:
+        """The screens :meth:`clean_batch` asks the batch for (:meth:`Filter.screens`): :meth:`screen`."""
+        screen = self.screen()
+        return [] if screen is None else [Screen(screen)]
+
+    def clean_batch(self, rows: Sequence[Row], fields: BatchTexts) -> dict[int, tuple[Row, list[Edit]]]:
+        """What :meth:`clean` makes of the rows it changes, by position (``fields``: the batch's texts);
+        for a cleaner of texts, only the texts its :meth:`screen` passes are cleaned. A cleaner overrides
+        it where a batch can be done more cheaply still; the results must be exactly those of
+        :meth:`clean` (a row left out is one :meth:`clean` returns as it is, without edits)."""
         if type(self).clean is not Cleaner.clean:
-            return [self.clean(row) for row in rows]
+            changes = {}
+            for position, row in enumerate(rows):
+                new, edits = self.clean(row)
+                if new is not row or edits:
+                    changes[position] = (new, edits)
+            return changes
         return self.clean_texts(rows, fields)
 
-    def clean_texts(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
-        """What :meth:`Cleaner.clean` makes of each row, with only the texts of the whole batch that
-        :meth:`screen` passes cleaned (:meth:`clean_screened`)."""
-        flat = [(row, field) for row, row_fields in enumerate(fields) for field in row_fields]
-        screened = [flat[position] for position in passing([field.text for _, field in flat], self.screen())]
-        cleaned = self.clean_screened([field.text for _, field in screened])
+    def clean_texts(self, rows: Sequence[Row], fields: BatchTexts) -> dict[int, tuple[Row, list[Edit]]]:
+        """What :meth:`Cleaner.clean` makes of the rows it changes, with only the texts of the whole
+        batch that :meth:`screen` passes cleaned (:meth:`clean_screened`)."""
+        screened = fields.passing(self.screen())
+        cleaned = self.clean_screened([fields.texts[position] for position in screened])
         by_row: dict[int, list[tuple[TextField, tuple[str, str | None]]]] = {}
-        for (row, field), result in zip(screened, cleaned, strict=True):
-            by_row.setdefault(row, []).append((field, result))
-        results: list[tuple[Row, list[Edit]]] = [(row, []) for row in rows]
+        starts, owner = fields.starts, fields.owner
+        for position, result in zip(screened, cleaned, strict=True):
+            if result[1] is None:  # unchanged: edit_texts would skip it
+                continue
+            row = int(owner[position])
+            by_row.setdefault(row, []).append((fields[row][position - starts[row]], result))
+        changes = {}
         for row, row_cleaned in by_row.items():
-            results[row] = self.edit_texts(rows[row], row_cleaned)
-        return results
+            new, edits = self.edit_texts(rows[row], row_cleaned)
+            if edits:
+                changes[row] = (new, edits)
+        return changes
 
     def clean_screened(self, texts: Sequence[str]) -> list[tuple[str, str | None]]:
         """:meth:`clean_text` on each text the screen passed; overridden where those texts are better
@@ -342,13 +372,13 @@ class Cleaner:
         stats.edits.setdefault(self.name, 0)
 
     def run(
-        self, rows: Sequence[Row], fields: Sequence[Fields], stats: FilterStats, *, timed: bool = False
-    ) -> list[tuple[Row, list[Edit]]]:
-        """Clean ``rows`` (``fields``: their texts) and count them in ``stats``; a failure is a
-        :class:`FilterError` naming both."""
-        cleaned = _run_step(self, "cleaner", rows, fields, stats, timed, self.clean_batch, self.clean)
-        stats.edits[self.name] = stats.edits.get(self.name, 0) + sum(len(edits) for _, edits in cleaned)
-        return cleaned
+        self, rows: Sequence[Row], fields: BatchTexts, stats: FilterStats, *, timed: bool = False
+    ) -> dict[int, tuple[Row, list[Edit]]]:
+        """Clean ``rows`` (``fields``: their texts) and count them in ``stats``: the rows changed, by
+        position, with their edits. A failure is a :class:`FilterError` naming the step and the row."""
+        changes = _run_step(self, "cleaner", rows, fields, stats, timed, self.clean_batch, self.clean)
+        stats.edits[self.name] = stats.edits.get(self.name, 0) + sum(len(edits) for _, edits in changes.values())
+        return changes
 
 
 # ---------------------------------------------------------------------------------------------

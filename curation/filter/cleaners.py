@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import ftfy
@@ -20,8 +20,9 @@ from selectolax.lexbor import LexborHTMLParser
 from curation.core.normalize import words
 from curation.core.schema import Row
 from curation.core.texts import CODE_SPANS, prompt_text
-from curation.filter.base import Cleaner, Edit, Fields
-from curation.filter.pii import REGEX_ENTITIES, pii_candidates, redact
+from curation.filter.base import Cleaner, Edit
+from curation.filter.batch import BatchTexts, Screen
+from curation.filter.pii import REGEX_ENTITIES, batch_candidates, batch_screens, redact
 from curation.filter.prefilter import wider_re2
 from curation.filter.quality import looks_like_mojibake, mojibake_flags
 
@@ -199,9 +200,13 @@ class HtmlToText(Cleaner):
     def clean(self, row: Row) -> tuple[Row, list[Edit]]:
         return self._about_markup(row, *super().clean(row))
 
-    def clean_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
-        cleaned = self.clean_texts(rows, fields)
-        return [self._about_markup(row, *row_cleaned) for row, row_cleaned in zip(rows, cleaned, strict=True)]
+    def clean_batch(self, rows: Sequence[Row], fields: BatchTexts) -> dict[int, tuple[Row, list[Edit]]]:
+        changes = {}
+        for position, cleaned in self.clean_texts(rows, fields).items():
+            new, edits = self._about_markup(rows[position], *cleaned)
+            if edits:
+                changes[position] = (new, edits)
+        return changes
 
     def _about_markup(self, row: Row, cleaned: Row, edits: list[Edit]) -> tuple[Row, list[Edit]]:
         """``row`` unchanged when its prompt is about markup, else the cleaned row."""
@@ -289,29 +294,46 @@ class PiiRedactor(Cleaner):
             counts[match.entity] = counts.get(match.entity, 0) + 1
         return redacted, "redacted " + ", ".join(f"{n} {entity}" for entity, n in sorted(counts.items()))
 
-    def clean_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[tuple[Row, list[Edit]]]:
+    def screens(self) -> list[Screen]:
+        return batch_screens(self.entities)
+
+    def clean_batch(self, rows: Sequence[Row], fields: BatchTexts) -> dict[int, tuple[Row, list[Edit]]]:
         # Screened first: only the texts that may hold PII are searched, each for what it may hold.
-        candidates = iter(pii_candidates([f.text for row_fields in fields for f in row_fields], self.entities))
-        results = []
-        for row, row_fields in zip(rows, fields, strict=True):
-            flagged = [(field, entities) for field in row_fields if (entities := next(candidates))]
-            cleaned = ((field, self._redact(field.text, entities)) for field, entities in flagged)
-            results.append(self.edit_texts(row, cleaned))
-        return results
+        by_row: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
+        owner = fields.owner
+        for position, entities in batch_candidates(fields, self.entities).items():
+            by_row.setdefault(int(owner[position]), []).append((position, entities))
+        changes = {}
+        for row, flagged in by_row.items():
+            row_fields, first = fields[row], fields.starts[row]
+            cleaned = [
+                (row_fields[position - first], self._redact(fields.texts[position], entities))
+                for position, entities in flagged
+            ]
+            new, edits = self.edit_texts(rows[row], cleaned)
+            if edits:
+                changes[row] = (new, edits)
+        return changes
 
 
 # ---------------------------------------------------------------------------------------------
 # Whitespace normalisation
 # ---------------------------------------------------------------------------------------------
 
-_WS_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
-    (re.compile(r"\r\n?"), "\n", "CR line endings"),
+_WS_RULES: tuple[tuple[re.Pattern[str], str, str, Callable[[str], bool]], ...] = (
+    # Each with a test every text the rule changes passes (substrings, far cheaper than searching).
+    (re.compile(r"\r\n?"), "\n", "CR line endings", lambda text: "\r" in text),
     # No-break and narrow no-break spaces are scraping residue in instruction data; zero-width
     # space and BOM are invisible noise. ZWJ/ZWNJ are kept: they matter in emoji and Persian.
-    (re.compile(r"[\u00a0\u202f]"), " ", "no-break spaces"),
-    (re.compile(r"[\u200b\ufeff]"), "", "zero-width characters"),
-    (re.compile(r"[ \t]+$", re.MULTILINE), "", "trailing spaces"),
-    (re.compile(r"\n{3,}"), "\n\n", "runs of blank lines"),
+    (re.compile(r"[\u00a0\u202f]"), " ", "no-break spaces", lambda text: not text.isascii()),
+    (re.compile(r"[\u200b\ufeff]"), "", "zero-width characters", lambda text: not text.isascii()),
+    (
+        re.compile(r"[ \t]+$", re.MULTILINE),
+        "",
+        "trailing spaces",
+        lambda text: " \n" in text or "\t\n" in text or text.endswith((" ", "\t")),
+    ),
+    (re.compile(r"\n{3,}"), "\n\n", "runs of blank lines", lambda text: "\n\n\n" in text),
 )
 _WS_UNICODE = re.compile(r"[\u00a0\u202f\u200b\ufeff]")
 _INDENTED_START = re.compile(r"\A\n*[ \t]+\S[^\n]*\n(?:[ \t]*\n)*[ \t]+\S")
@@ -346,7 +368,9 @@ class NormalizeWhitespace(Cleaner):
         if not _needs_whitespace_rules(text) and not text[:1].isspace() and not text[-1:].isspace():
             return text, None  # fast path: most rows are already clean
         fired: list[str] = []
-        for pattern, replacement, label in _WS_RULES:
+        for pattern, replacement, label, may_fire in _WS_RULES:
+            if not may_fire(text):
+                continue
             new, n = pattern.subn(replacement, text)
             if n:
                 text = new

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
+from curation.filter.batch import BatchTexts, Screen
 from curation.filter.prefilter import any_of, text_array, wider_re2
 
 
@@ -561,6 +562,38 @@ def pii_candidates(texts: Sequence[str], entities: Collection[str] | None = None
         for k, position in enumerate(positions.to_pylist()):
             found[position] = tuple(entity for entity, hit in zip(wanted, hits, strict=True) if hit[k])
     return found
+
+
+def batch_candidates(batch: BatchTexts, entities: Collection[str] | None = None) -> dict[int, tuple[str, ...]]:
+    """:func:`pii_candidates` of ``batch.texts`` for the texts that may hold something, by position,
+    screened with the batch's own Arrow array (:class:`curation.filter.batch.BatchTexts`)."""
+    wanted = [entity for entity in _check_entities(entities) if entity in _SCREENS]
+    if not wanted or not batch.texts:
+        return {}
+    union = pii_screen(wanted)
+    if union is None:  # no screen for an entity: every text is searched for every one
+        return dict.fromkeys(range(len(batch.texts)), tuple(wanted))
+    positions = batch.passing(union)
+    if not positions:
+        return {}
+    # Each entity's screen, as the batch has it (run on the texts the union passed when prefetched).
+    hits = [batch.screen(_SCREENS[entity], within=union)[positions].tolist() for entity in wanted]
+    found = {}
+    for k, position in enumerate(positions):
+        entities_found = tuple(entity for entity, hit in zip(wanted, hits, strict=True) if hit[k])
+        if entities_found:
+            found[position] = entities_found
+    return found
+
+
+def batch_screens(entities: Collection[str] | None = None) -> list[Screen]:
+    """The screens :func:`batch_candidates` asks a batch for: the union, and each entity's own on the
+    texts the union passed."""
+    wanted = [entity for entity in _check_entities(entities) if entity in _SCREENS]
+    union = pii_screen(wanted)
+    if not wanted or union is None:
+        return []
+    return [Screen(union, alone=True), *(Screen(_SCREENS[entity], within=union) for entity in wanted)]
 
 
 def _check_entities(entities: Collection[str] | None) -> Collection[str]:

@@ -14,7 +14,8 @@ from typing import Any
 from curation.core.licenses import INTENDED_USES, LicensePolicy
 from curation.core.schema import Row
 from curation.core.texts import all_text, prompt_text, response_text
-from curation.filter.base import Fields, Filter, Verdict
+from curation.filter.base import Filter, Verdict
+from curation.filter.batch import BatchTexts
 from curation.filter.pii import find_pii, pii_candidates
 from curation.filter.prefilter import any_of, wider_re2
 
@@ -79,7 +80,7 @@ class Blocklist(Filter):
             return response_text(row)
         return all_text(row)
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
         return self.decide_screened(rows, [[self._text(row)] for row in rows], self._screen)
 
     def decide(self, row: Row) -> Verdict:
@@ -111,6 +112,17 @@ class LicenseFilter(Filter):
             raise ValueError(f"filter license: intended_use must be one of {INTENDED_USES}, got {self.intended_use!r}")
         object.__setattr__(self, "_policy", LicensePolicy.with_overrides(self.licenses))
 
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        # The verdict depends on the licence alone, and a batch holds a few distinct ones.
+        by_license: dict[Any, Verdict] = {}
+        verdicts = []
+        for row in rows:
+            license_id = row.get("license")
+            if license_id not in by_license:
+                by_license[license_id] = self.decide(row)
+            verdicts.append(by_license[license_id])
+        return verdicts
+
     def decide(self, row: Row) -> Verdict:
         allowed, why = self._policy.allows(row.get("license"), self.intended_use)
         if allowed:
@@ -135,8 +147,8 @@ class PiiFilter(Filter):
             return None
         return (f"contains {matches[0].entity} (policy: drop rows with {', '.join(self.entities)})", matches[0].entity)
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
         # Screened first: only the rows that may hold one of the entities are searched.
-        texts = ["\n".join(field.text for field in row_fields) for row_fields in fields]  # all_text of each row
+        texts = ["\n".join(fields.row_texts(position)) for position in range(len(rows))]  # all_text of each row
         candidates = pii_candidates(texts, self.entities)
         return [self._decide(text, found) if found else None for text, found in zip(texts, candidates, strict=True)]

@@ -181,6 +181,11 @@ def wider_re2(pattern: re.Pattern[str], anchors: bool = True) -> str | None:
     return translated
 
 
+def matches_empty(pattern: str) -> bool:
+    """Whether the RE2 ``pattern`` matches the empty text (then a screen cannot tell empty texts apart)."""
+    return bool(pc.match_substring_regex(pa.array([""]), pattern)[0].as_py())
+
+
 def any_of(screens: Iterable[str | None]) -> str | None:
     """One RE2 screen for several (``None`` when one of them is ``None``: no screen at all)."""
     screens = list(screens)

@@ -20,15 +20,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-import pyarrow.compute as pc
+import numpy as np
 from ftfy.badness import BADNESS_RE
 
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row
 from curation.core.texts import CODE_SPANS, all_text, prompt_text, response_text, text_fields
-from curation.filter.base import Fields, Filter, Verdict
-from curation.filter.prefilter import any_of, passing, passing_rows, wider_re2
+from curation.filter.base import Filter, Verdict
+from curation.filter.batch import BatchTexts, Screen
+from curation.filter.compiled import ASCII_WORD_BYTES, loop_screen, worth_compiling
+from curation.filter.prefilter import any_of, matches_empty, passing, wider_re2
 
 RESPONSE_KINDS = frozenset({"sft", "chat", "preference", "reward", "tool"})
 
@@ -50,6 +51,33 @@ def _turns(row: Row) -> list[str]:
         else [m for m in row.get("messages") or [] if m.get("role") == "assistant"]
     )
     return [m.get("content") or "" for m in messages or []]
+
+
+def row_sides(row: Row) -> tuple[str, str, list[str]]:
+    """``(prompt_text(row), response_text(row), _turns(row))`` from one walk of the row's messages: what
+    most steps read of a row, derived once per batch (:meth:`BatchTexts.derived` ``"sides"``)."""
+    kind = row.get("kind")
+    users: list[str] = []
+    assistants: list[str] = []
+    for message in row.get("messages") or []:
+        role = message.get("role")
+        if role == "user":
+            users.append(message.get("content") or "")
+        elif role == "assistant":
+            assistants.append(message.get("content") or "")
+    if kind == "text":
+        text = row.get("text") or ""
+        return text, "\n".join(assistants), [text]
+    prompt = "\n".join(users)
+    if kind == "preference":
+        chosen = [message.get("content") or "" for message in row.get("chosen") or []]
+        return prompt, "\n".join(chosen), chosen
+    return prompt, "\n".join(assistants), [prompt] if kind == "prompt" else assistants
+
+
+def _sides(fields: BatchTexts) -> list[tuple[str, str, list[str]]]:
+    """:func:`row_sides` of each row of the batch."""
+    return fields.derived("sides", row_sides)
 
 
 def _main_text(row: Row) -> str:
@@ -97,37 +125,47 @@ class EmptyFilter(Filter):
         object.__setattr__(self, "_placeholder", pattern)
 
     def _check_response(self, text: str, what: str) -> Verdict:
-        if not text.strip():
+        if not text or text.isspace():  # not text.strip(), without copying the text
             return f"empty {what}"
         if len(text) < 200 and self._placeholder.fullmatch(text):
             return (f"placeholder {what}", text.strip()[:80])
         return None
 
     def decide(self, row: Row) -> Verdict:
+        return self._decide(row, row_sides(row))
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        decide = self._decide
+        return [decide(row, sides) for row, sides in zip(rows, _sides(fields), strict=True)]
+
+    def _decide(self, row: Row, sides: tuple[str, str, list[str]]) -> Verdict:
+        """:meth:`decide`, with the row's :func:`row_sides`."""
         kind = row.get("kind")
         if kind == "text":
-            return None if (row.get("text") or "").strip() else "empty text"
-        if not prompt_text(row).strip() and kind != "chat":
+            text = row.get("text") or ""
+            return None if text and not text.isspace() else "empty text"
+        prompt, response, turns = sides
+        if kind != "chat" and (not prompt or prompt.isspace()):
             return "empty instruction"
         if kind == "prompt":
             return None
         if kind == "preference":
-            for column in ("chosen", "rejected"):
-                text = "\n".join(m.get("content") or "" for m in row.get(column) or [])
-                found = self._check_response(text, f"{column} response")
-                if found:
-                    return found
-            return None
-        assistant = [m for m in row.get("messages") or [] if m.get("role") == "assistant"]
-        if kind in RESPONSE_KINDS and not assistant:
+            found = self._check_response(response, "chosen response")  # the chosen completion, joined
+            if found:
+                return found
+            rejected = "\n".join(m.get("content") or "" for m in row.get("rejected") or [])
+            return self._check_response(rejected, "rejected response")
+        # The turns are the assistant messages' contents (row_sides); a turn is judged unless its
+        # message is a tool call, which carries no content by design.
+        if kind in RESPONSE_KINDS and not turns:
             return "no assistant turn"
-        for i, message in enumerate(assistant):
+        for i, text in enumerate(turns):
+            if text and not text.isspace() and (len(text) >= 200 or not self._placeholder.fullmatch(text)):
+                continue  # the usual case, decided without looking at the message
+            message = [m for m in row.get("messages") or [] if m.get("role") == "assistant"][i]
             if message.get("tool_calls"):
-                continue  # a tool call carries no content by design
-            found = self._check_response(
-                message.get("content") or "",
-                "response" if i == 0 and len(assistant) == 1 else f"assistant turn {i + 1}",
-            )
+                continue
+            found = self._check_response(text, "response" if len(turns) == 1 else f"assistant turn {i + 1}")
             if found:
                 return found
         return None
@@ -149,6 +187,9 @@ class ChosenEqualsRejected(Filter):
     default = True
     # Case and whitespace differences carry no preference either.
     ignore_case_and_spacing: bool = True
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        return self.decide_rows(rows, (i for i, row in enumerate(rows) if row.get("kind") == "preference"))
 
     def decide(self, row: Row) -> Verdict:
         if row.get("kind") != "preference":
@@ -217,8 +258,11 @@ class ChatTokens(Filter):
         object.__setattr__(self, "_pattern", pattern)
         object.__setattr__(self, "_screen", wider_re2(pattern) if pattern else None)
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
-        return self.decide_screened(rows, [[f.text for f in row_fields] for row_fields in fields], self._screen)
+    def screens(self) -> list[Screen]:
+        return [Screen(self._screen)]
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        return self.decide_rows(rows, fields.passing_rows(self._screen))
 
     def decide(self, row: Row) -> Verdict:
         pattern = self._pattern
@@ -243,9 +287,19 @@ def measured_sides(row: Row) -> tuple[str | None, str | None]:
     """The instruction and the response whose lengths ``length`` bounds (``None`` where a kind has no
     such side: ``text`` rows have no instruction, ``prompt`` rows no response)."""
     kind = row.get("kind")
-    prompt = prompt_text(row) if kind != "text" else None
-    response = _main_text(row) if kind in RESPONSE_KINDS or kind == "text" else None
-    return prompt, response
+    if kind == "text":
+        return None, _main_text(row)
+    return prompt_text(row), response_text(row) if kind in RESPONSE_KINDS else None
+
+
+def _batch_sides(rows: Sequence[Row], fields: BatchTexts) -> list[tuple[str | None, str | None]]:
+    """:func:`measured_sides` of each row, from the batch's prompts and responses (derived once)."""
+    return [
+        (None, _main_text(row))
+        if (kind := row.get("kind")) == "text"
+        else (prompt, response if kind in RESPONSE_KINDS else None)
+        for row, (prompt, response, _) in zip(rows, _sides(fields), strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -300,7 +354,13 @@ class LengthBounds(Filter):
         return None
 
     def decide(self, row: Row) -> Verdict:
-        prompt, response = measured_sides(row)
+        return self._decide(row, *measured_sides(row))
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        decide = self._decide
+        return [decide(row, *sides) for row, sides in zip(rows, _batch_sides(rows, fields), strict=True)]
+
+    def _decide(self, row: Row, prompt: str | None, response: str | None) -> Verdict:
         if prompt is not None:
             found = self._check(
                 prompt,
@@ -378,11 +438,14 @@ class BrokenEncoding(Filter):
     default = True
     max_replacement_chars: int = 0
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+    def screens(self) -> list[Screen]:
+        return [Screen(_ENCODING_SCREEN)]
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
         # Only a row with a non-ASCII or a control character can be rejected, and only those rows'
         # texts are searched for mojibake (screened together first).
-        suspects = passing_rows([[f.text for f in row_fields] for row_fields in fields], _ENCODING_SCREEN)
-        texts = ["\n".join(f.text for f in fields[position]) for position in suspects]  # all_text of each
+        suspects = fields.passing_rows(_ENCODING_SCREEN)
+        texts = ["\n".join(fields.row_texts(position)) for position in suspects]  # all_text of each
         verdicts: list[Verdict] = [None] * len(rows)
         for position, text, mojibake in zip(suspects, texts, mojibake_flags(texts), strict=True):
             verdicts[position] = self._judge(text, mojibake)
@@ -444,6 +507,10 @@ def _compile(patterns: Sequence[str] | Mapping[str, str], where: str) -> list[tu
     return compiled
 
 
+_APOSTROPHE = ("\u2019", "'")
+"""What :class:`Refusal` replaces in a turn before searching it."""
+
+
 @dataclass(frozen=True)
 class Refusal(Filter):
     """Boilerplate refusals and "As an AI language model" self-descriptions in the response."""
@@ -468,17 +535,25 @@ class Refusal(Filter):
         object.__setattr__(self, "_identity", re.compile(identity, re.IGNORECASE))
         object.__setattr__(self, "_refusal", re.compile(refusal, re.IGNORECASE))
         # Screened on whole turns: the refusal patterns search only a window, so their ends are not the text's.
-        object.__setattr__(
-            self, "_screen", any_of((wider_re2(self._identity), wider_re2(self._refusal, anchors=False)))
-        )
+        screen = any_of((wider_re2(self._identity), wider_re2(self._refusal, anchors=False)))
+        # A screen that matches nothing at all would pass no empty turn: no screen then.
+        object.__setattr__(self, "_screen", None if screen is None or matches_empty(screen) else screen)
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
-        # Each turn as decide reads it.
-        turns = [
-            [turn.replace("\u2019", "'") for turn in _turns(row)] if row.get("kind") in RESPONSE_KINDS else []
-            for row in rows
-        ]
-        return self.decide_screened(rows, turns, self._screen)
+    def screens(self) -> list[Screen]:
+        return [Screen(self._screen, _APOSTROPHE)]
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        # Each turn as decide reads it (curly apostrophes straightened) is one of the row's texts, or
+        # empty; screened with every other text of the batch, which only lets more rows through.
+        screened = set(fields.passing_rows(self._screen, _APOSTROPHE)) if self._screen is not None else None
+        return self.decide_rows(
+            rows,
+            (
+                position
+                for position, row in enumerate(rows)
+                if row.get("kind") in RESPONSE_KINDS and (screened is None or position in screened)
+            ),
+        )
 
     def decide(self, row: Row) -> Verdict:
         if row.get("kind") not in RESPONSE_KINDS:
@@ -545,7 +620,7 @@ class BehaviourPatterns(Filter):
             text = all_text(row)
         return text.replace("\u2019", "'")
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
         return self.decide_screened(rows, [[self._text(row)] for row in rows], self._screen)
 
     def decide(self, row: Row) -> Verdict:
@@ -562,15 +637,33 @@ class BehaviourPatterns(Filter):
 # ---------------------------------------------------------------------------------------------
 
 
+_WORD_BYTES = np.zeros(256, dtype=np.uint8)
+_WORD_BYTES[[ord(ch) for ch in "0123456789_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]] = 1
+
+
+def ascii_word_counts(texts: Sequence[str]) -> list[int]:
+    r"""``len(words(text))`` of each ASCII text, for a whole batch at once: the word starts of all texts
+    (a word byte after a non-word byte; ``\w`` is ``[A-Za-z0-9_]`` in ASCII) counted by numpy."""
+    if not texts:
+        return []
+    # One newline after each text: no word runs from one text into the next, and no text is empty.
+    data = np.frombuffer(("\n".join(texts) + "\n").encode("ascii"), dtype=np.uint8)
+    word = _WORD_BYTES[data]
+    starts = word.copy()
+    starts[1:] &= word[1:] > word[:-1]
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
+    return np.add.reduceat(starts.astype(np.int64), np.cumsum(lengths) - lengths).tolist()
+
+
 def _similar_lengths(prompt: str, response: str) -> bool:
     """Loose early exit on raw lengths (the exact bound of :class:`Echo` needs tokenising both sides)."""
     return min(len(prompt), len(response)) >= 0.5 * max(len(prompt), len(response))
 
 
-def _shingles(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+def _shingles(tokens: Sequence[str | bytes], n: int) -> set[tuple[str | bytes, ...]]:
     if len(tokens) < n:
         return {tuple(tokens)} if tokens else set()
-    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+    return set(zip(*(tokens[i:] for i in range(n)), strict=False))  # each n-gram, made in C
 
 
 @dataclass(frozen=True)
@@ -596,18 +689,16 @@ class Echo(Filter):
             return None
         return self._judge(prompt, response)
 
-    def decide_batch(self, rows: Sequence[Row], fields: Sequence[Fields]) -> list[Verdict]:
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
         sides = [
-            (position, prompt_text(row), response_text(row))
-            for position, row in enumerate(rows)
-            if row.get("kind") in RESPONSE_KINDS
+            (position, prompt, response)
+            for position, (row, (prompt, response, _)) in enumerate(zip(rows, _sides(fields), strict=True))
+            if row.get("kind") in RESPONSE_KINDS and _similar_lengths(prompt, response)
         ]
-        sides = [side for side in sides if _similar_lengths(side[1], side[2])]
-        # Word counts of ASCII texts, counted by RE2 for the whole batch: sides whose counts differ by
+        # Word counts of ASCII texts, counted for the whole batch at once: sides whose counts differ by
         # more than the Jaccard bound below allows are kept without tokenising them in Python.
         ascii_sides = [side for side in sides if side[1].isascii() and side[2].isascii()]
-        texts = pa.array([text for _, prompt, response in ascii_sides for text in (prompt, response)], pa.string())
-        counts = pc.count_substring_regex(texts, "[A-Za-z0-9_]+").to_pylist()  # len(words(text)) of ASCII text
+        counts = ascii_word_counts([text for _, prompt, response in ascii_sides for text in (prompt, response)])
         kept = {
             position
             for (position, _, _), a, b in zip(ascii_sides, counts[0::2], counts[1::2], strict=True)
@@ -620,7 +711,9 @@ class Echo(Filter):
         return verdicts
 
     def _judge(self, prompt: str, response: str) -> Verdict:
-        prompt_words, response_words = words(prompt), words(response)
+        # Both sides' words as bytes when both are ASCII (the same comparisons, cheaper), else as str.
+        tokens = _word_keys if prompt.isascii() and response.isascii() else words
+        prompt_words, response_words = tokens(prompt), tokens(response)
         if not prompt_words or not response_words:
             return None
         if prompt_words == response_words:
@@ -629,6 +722,14 @@ class Echo(Filter):
         small, large = sorted((len(prompt_words), len(response_words)))
         if small < self.threshold * large:
             return None
+        # Cheaper than the n-grams: a word on one side only is in none of the other side's n-grams, and
+        # an n-gram holds at most n words, so the one-sided words put at least (their number) / n
+        # n-grams outside the intersection, among at most len(prompt) + len(response) n-grams in all.
+        if self.ngram >= 1:
+            one_sided = len(set(prompt_words).symmetric_difference(response_words))
+            bound = 1 - one_sided / (self.ngram * (len(prompt_words) + len(response_words)))
+            if bound < self.threshold - 1e-9:
+                return None
         a, b = _shingles(prompt_words, self.ngram), _shingles(response_words, self.ngram)
         jaccard = len(a & b) / len(a | b)
         if jaccard >= self.threshold:
@@ -696,22 +797,66 @@ class Repetition(Filter):
     duplicate_ngram: Mapping[int, float] = field(default_factory=lambda: dict(GOPHER_DUP_NGRAM))
 
     def decide(self, row: Row) -> Verdict:
+        return self._decide(row, _turns(row))
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        sides = _sides(fields)
+        if not worth_compiling(len(rows)):
+            return [self._decide(row, turns) for row, (_, _, turns) in zip(rows, sides, strict=True)]
+        # Outside gopher_kinds a turn is only judged for a loop: the ASCII turns of the whole batch go
+        # through the compiled screen (curation.filter.compiled.loop_screen) first, and a row is judged
+        # here only when one of its turns passes it, is not ASCII, or the Gopher rules apply.
+        judge: set[int] = set()
+        screened: list[tuple[int, str]] = []
+        for position, (row, (_, _, turns)) in enumerate(zip(rows, sides, strict=True)):
+            if row.get("kind") in self.gopher_kinds:
+                judge.add(position)
+                continue
+            for turn in turns:
+                prose = self._loop_prose(turn)
+                if prose is None:
+                    continue
+                if prose.isascii():
+                    screened.append((position, prose))
+                else:
+                    judge.add(position)
+        passed = loop_screen(
+            [prose for _, prose in screened], self.loop_min_words, self.max_loop_share, self.loop_ngram
+        )
+        judge.update(position for (position, _), flag in zip(screened, passed, strict=True) if flag)
+        verdicts: list[Verdict] = [None] * len(rows)
+        for position in sorted(judge):
+            verdicts[position] = self._decide(rows[position], sides[position][2])
+        return verdicts
+
+    def _loop_prose(self, text: str) -> str | None:
+        """The prose whose words the loop check counts, or ``None`` when the text is too short to be
+        checked at all (then :meth:`_check` keeps it whatever the rules)."""
+        # Gate on whitespace-separated words, so one long token (a regex, a URL) is not "a text";
+        # splitting off that many words is enough to know. N-grams are counted on prose: code spans and
+        # tags (and gsm8k's <<48/2=24>> calculator annotations, which repeat every number) are removed.
+        floor = min(self.loop_min_words, self.min_words)
+        if floor > 0 and len(text.split(None, floor - 1)) < floor:
+            return None
+        if "`" in text or "~~~" in text:
+            return _CODE_OR_TAG.sub(" ", text)
+        if "<" in text:  # no code span can start: only tags to remove
+            return _TAG.sub(" ", text)
+        return text
+
+    def _decide(self, row: Row, turns: list[str]) -> Verdict:
         gopher = row.get("kind") in self.gopher_kinds
-        for turn in _turns(row):
+        for turn in turns:
             found = self._check(turn, gopher)
             if found:
                 return found
         return None
 
     def _check(self, text: str, gopher: bool) -> Verdict:
-        # Gate on whitespace-separated words, so one long token (a regex, a URL) is not "a text";
-        # splitting off that many words is enough to know.
-        floor = min(self.loop_min_words, self.min_words)
-        if floor > 0 and len(text.split(None, floor - 1)) < floor:
+        prose_text = self._loop_prose(text)
+        if prose_text is None:
             return None
-        # N-grams are counted on prose: code spans and tags (and gsm8k's <<48/2=24>> calculator
-        # annotations, which repeat every number) are removed first.
-        prose = words(_CODE_OR_TAG.sub(" ", text) if "`" in text or "~~~" in text or "<" in text else text)
+        prose = _word_keys(prose_text)
         if len(prose) >= self.loop_min_words and _may_cover_more(prose, self.max_loop_share):
             share = _duplicated_ngram_share(prose, self.loop_ngram)
             if share > self.max_loop_share:
@@ -754,20 +899,32 @@ class Repetition(Filter):
 
 # Code (the shared fence rule: ``` and ~~~ blocks, inline spans) and tags, which n-gram counts skip.
 _CODE_OR_TAG = re.compile(rf"{CODE_SPANS.pattern}|<[^<>]*>", re.DOTALL)
+_TAG = re.compile(r"<[^<>]*>")
+""":data:`_CODE_OR_TAG` for a text without a backtick or ``~~~``, where none of its code spans can start."""
 
 
 def _has_letter(text: str) -> bool:
     return any(ch.isalpha() for ch in text)
 
 
-def _may_cover_more(tokens: list[str], share: float) -> bool:
+def _word_keys(text: str) -> list[str] | list[bytes]:
+    """:func:`words` of ``text``, as bytes for ASCII text: the same words in the same order, equal where
+    they are equal and of the same lengths, made and hashed in half the time. For counting and comparing
+    words, never for showing them."""
+    if text.isascii():
+        return text.encode("ascii").translate(ASCII_WORD_BYTES).split()
+    return words(text)
+
+
+def _may_cover_more(tokens: Sequence[str | bytes], share: float) -> bool:
     """False when repeated n-grams (of any n) cannot cover more than ``share`` of the characters. Each
     token of a repeated n-gram occurs at least twice, so the distinct tokens hold at most
     total × (1 − covered/2) characters: an upper bound found in C, cheaper than the n-grams."""
-    return sum(map(len, set(tokens))) < (1 - share / 2) * sum(map(len, tokens))
+    empty = tokens[0][:0] if tokens else ""  # lengths summed by joining: str or bytes alike
+    return len(empty.join(set(tokens))) < (1 - share / 2) * len(empty.join(tokens))  # type: ignore[arg-type]
 
 
-def _duplicated_ngram_share(tokens: list[str], n: int) -> float:
+def _duplicated_ngram_share(tokens: Sequence[str | bytes], n: int) -> float:
     """Share of word characters covered by n-grams that occur more than once (overlaps once)."""
     grams = list(zip(*(tokens[i:] for i in range(n)), strict=False))
     if len(set(grams)) == len(grams):  # the usual case, found in C: no n-gram occurs twice
@@ -814,6 +971,9 @@ class GopherQuality(Filter):
     max_ellipsis_lines: float = 0.3
     min_alpha_words: float = 0.8
     min_stop_words: int = 2
+
+    def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
+        return self.decide_rows(rows, (i for i, row in enumerate(rows) if row.get("kind") in self.kinds))
 
     def decide(self, row: Row) -> Verdict:
         if row.get("kind") not in self.kinds:

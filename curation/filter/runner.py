@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -24,10 +25,11 @@ from curation.core.markdown import table_cell
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
-from curation.core.schema import ARROW_SCHEMA, COLUMNS, Row, derived_id, iter_rows, rows_to_table
-from curation.core.texts import all_text, text_fields
+from curation.core.schema import ARROW_SCHEMA, COLUMNS, JSON_COLUMNS, Row, derived_id, rows_to_table
+from curation.core.texts import all_text
 from curation.core.warehouse import LINEAGE_DDL, StagedWrite, canonical_ddl, count_rows, quote, read_batches
 from curation.filter.base import Cleaner, Edit, Filter, FilterStats, Rejection
+from curation.filter.batch import BatchTexts
 from curation.filter.chain import project_chain
 
 # ---------------------------------------------------------------------------------------------
@@ -101,41 +103,43 @@ def filter_batch(
     every earlier filter kept, so a filter sees exactly the rows it would see one row at a time."""
     stats.rows_in += len(rows)
     parents = [row["row_id"] for row in rows]
-    # Each row's texts are walked once and shared by every step, again only for a row a cleaner changed.
-    fields = [list(text_fields(row)) for row in rows]
-    edits: list[list[Edit]] = [[] for _ in rows]
+    # Each row's texts are walked once and shared by every step (with their screens and derived values),
+    # again only for a row a cleaner changed.
+    texts = BatchTexts(rows)
+    steps: list[Cleaner | Filter] = [*cleaners, *filters]
+    texts.prefetch(key for step in steps for key in step.screens())
+    edits: dict[int, list[Edit]] = {}
     for cleaner in cleaners:
-        cleaned = cleaner.run(rows, fields, stats, timed=timed)
-        fields = [
-            row_fields if new is old else list(text_fields(new))
-            for row_fields, old, (new, _) in zip(fields, rows, cleaned, strict=True)
-        ]
-        rows = [row for row, _ in cleaned]
-        for made, (_, new_edits) in zip(edits, cleaned, strict=True):
-            made.extend(new_edits)
+        changes = cleaner.run(texts.rows, texts, stats, timed=timed)
+        if changes:
+            for position, (_, new_edits) in changes.items():
+                edits.setdefault(position, []).extend(new_edits)
+            texts = texts.replaced({position: new for position, (new, _) in changes.items()})
+    rows = texts.rows
     rejections: list[Rejection | None] = [None] * len(rows)
-    alive, alive_rows, alive_fields = list(range(len(rows))), rows, fields
+    alive, alive_texts = list(range(len(rows))), texts
     for flt in filters:
         if not alive:
             break
-        verdicts = flt.run(alive_rows, alive_fields, stats, timed=timed)
+        verdicts = flt.run(alive_texts.rows, alive_texts, stats, timed=timed)
         if not any(verdicts):
             continue
         for position, rejection in zip(alive, verdicts, strict=True):
             rejections[position] = rejection
-        alive = [position for position in alive if rejections[position] is None]
-        alive_rows, alive_fields = [rows[i] for i in alive], [fields[i] for i in alive]
+        passed = [k for k, rejection in enumerate(verdicts) if rejection is None]
+        alive, alive_texts = [alive[k] for k in passed], alive_texts.subset(passed)
     batch = FilterBatch()
     for position, (row, parent_id, rejection) in enumerate(zip(rows, parents, rejections, strict=True)):
         if rejection is not None:
             batch.rejected.append(RejectedRow(parent_id, rejection))
             continue
-        if edits[position]:
+        row_edits = edits.get(position)
+        if row_edits:
             stats.rows_edited += 1
             child_id = derived_id(row, parent_id) if reid else parent_id
             if reid:
                 row = {**row, "row_id": child_id}
-            batch.edited.append(EditedRow(child_id, parent_id, tuple(edits[position])))
+            batch.edited.append(EditedRow(child_id, parent_id, tuple(row_edits)))
             batch.edited_positions.append(position)
         stats.rows_kept += 1
         batch.kept.append(row)
@@ -229,6 +233,43 @@ def _no_collections() -> Iterator[None]:
             gc.enable()
 
 
+_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__, not declared
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``, calling the C scanner directly: the three Python calls ``loads`` makes around
+    it cost as much as parsing a short message list. Anything but one value filling the whole text
+    (surrounding white space, an error) is left to ``json.loads`` itself."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
+def decode_batch(batch: pa.RecordBatch) -> list[Row]:
+    """The batch's rows, exactly as :func:`curation.core.schema.iter_rows` decodes them, a column at a
+    time: each column converted in one call, and a timestamp column through its few distinct values
+    (every row of a source file has the same ``ingested_at``; converting each is a tenth of decoding)."""
+    columns: list[list[Any]] = []
+    for name in COLUMNS:
+        index = batch.schema.get_field_index(name)
+        if index < 0:
+            columns.append([None] * batch.num_rows)
+            continue
+        column = batch.column(index)
+        if pa.types.is_timestamp(column.type) and not column.null_count:
+            encoded = column.dictionary_encode()
+            distinct = encoded.dictionary.to_pylist()
+            columns.append([distinct[i] for i in encoded.indices.to_numpy().tolist()])
+            continue
+        values = column.to_pylist()
+        if name in JSON_COLUMNS:
+            values = [_loads(value) if isinstance(value, str) else value for value in values]
+        columns.append(values)
+    return [dict(zip(COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
 def filter_records(batch: pa.RecordBatch) -> FilteredRecords:
     """A batch of canonical records through the chain of :func:`start_worker`. A kept row that no
     cleaner changed is its input record as it was (no JSON re-encoded); kept rows stay in input order."""
@@ -242,7 +283,7 @@ def filter_records(batch: pa.RecordBatch) -> FilteredRecords:
 def _filter_records(
     batch: pa.RecordBatch, cleaners: Sequence[Cleaner], filters: Sequence[Filter], stats: FilterStats
 ) -> FilteredRecords:
-    result = filter_batch(list(iter_rows([batch])), cleaners, filters, stats, timed=True)
+    result = filter_batch(decode_batch(batch), cleaners, filters, stats, timed=True)
     # The input records and, after them, the edited rows; each kept row is taken from one of the two.
     edited_at = {position: len(batch) + k for k, position in enumerate(result.edited_positions)}
     edited_rows = [row for row, position in zip(result.kept, result.positions, strict=True) if position in edited_at]
