@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,9 @@ class RunFigures:
     peak_rss_mib: float
     returncode: int
     steps: dict[str, float] = field(default_factory=dict)  # step key -> seconds
+    step_peak_mib: dict[str, float] = field(default_factory=dict)  # step key -> peak tree RSS while it ran
     output_tail: str = ""
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, tree RSS bytes)
 
 
 def _tree_rss(process: psutil.Process) -> int:
@@ -68,17 +69,20 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
     start = time.perf_counter()
     popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
+    samples: list[tuple[float, int]] = []
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
     reader.start()
     process = psutil.Process(popen.pid)
     while popen.poll() is None:
         with contextlib.suppress(psutil.Error):
-            peak = max(peak, _tree_rss(process))
+            rss = _tree_rss(process)
+            peak = max(peak, rss)
+            samples.append((time.time(), rss))
         time.sleep(0.2)
     reader.join()
     wall = time.perf_counter() - start
-    return RunFigures(wall, peak / 2**20, popen.returncode, output_tail="".join(output)[-3000:])
+    return RunFigures(wall, peak / 2**20, popen.returncode, output_tail="".join(output)[-3000:], samples=samples)
 
 
 def _environment(home: Path) -> dict[str, str]:
@@ -90,8 +94,8 @@ def distillery(*args: str, home: Path) -> RunFigures:
     return run_command([sys.executable, "-m", "distillery_cli", *args, "--home", str(home)], _environment(home))
 
 
-def step_seconds(home: Path) -> dict[str, float]:
-    """Seconds of each step of the home's latest run, from the Dagster event log."""
+def step_intervals(home: Path) -> dict[str, tuple[float, float]]:
+    """(start, end) epoch seconds of each step of the home's latest run, from the Dagster event log."""
     code = (
         "import json, sys\n"
         "from dagster import DagsterEventType, DagsterInstance\n"
@@ -103,7 +107,7 @@ def step_seconds(home: Path) -> dict[str, float]:
         "    if event is None: continue\n"
         "    if event.event_type == DagsterEventType.STEP_START: start[event.step_key] = record.timestamp\n"
         "    elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):\n"
-        "        seconds[event.step_key] = record.timestamp - start[event.step_key]\n"
+        "        seconds[event.step_key] = (start[event.step_key], record.timestamp)\n"
         "print(json.dumps(seconds))\n"
     )
     env = _environment(home) | {"DAGSTER_HOME": str(home / "dagster")}
@@ -202,10 +206,15 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
     first = distillery("run", "--config", config, home=home)
     if first.returncode != 0:
         print(first.output_tail, file=sys.stderr)
-    first.steps = step_seconds(home)
+    intervals = step_intervals(home)
+    first.steps = {key: end - begin for key, (begin, end) in intervals.items()}
+    first.step_peak_mib = {
+        key: max((rss for at, rss in first.samples if begin <= at <= end), default=0) / 2**20
+        for key, (begin, end) in intervals.items()
+    }
     result: dict[str, Any] = {
         "rows": rows,
-        "first": first.__dict__ | {"output_tail": None},
+        "first": first.__dict__ | {"output_tail": None, "samples": None},
         "warehouse_mib": (home / "warehouse.duckdb").stat().st_size / 2**20,
         "verified": verify(home, mix),
         "rows_per_asset": asset_rows(home),
@@ -257,14 +266,17 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
             f"for {b['rows'] / a['rows']:.1f}x the rows"
         )
     last = results[-1]
-    lines.append(f"\nSteps of the {last['rows']:,}-row run (seconds, rows/s of the asset's output):\n")
-    lines.append("| step | s | rows/s |")
-    lines.append("|---|---|---|")
-    per_asset = defaultdict(float)
+    lines.append(
+        f"\nSteps of the {last['rows']:,}-row run (seconds, rows/s of the asset's output, "
+        "peak RSS of the process tree while the step ran):\n"
+    )
+    lines.append("| step | s | rows/s | peak RSS MiB |")
+    lines.append("|---|---|---|---|")
+    peaks = last["first"].get("step_peak_mib", {})
     for key, seconds in sorted(last["first"]["steps"].items(), key=lambda kv: -kv[1]):
         rows = last["rows_per_asset"].get(key)
-        per_asset[key] += seconds
-        lines.append(f"| {key} | {seconds:.1f} | {'' if not rows else f'{rows / seconds:,.0f}'} |")
+        rate = "" if not rows else f"{rows / seconds:,.0f}"
+        lines.append(f"| {key} | {seconds:.1f} | {rate} | {peaks.get(key, 0):.0f} |")
     for name in ("audit_ms_median", "audit_ms_max", "audit_command_s", "report_command_s"):
         if name in last:
             lines.append(f"\n{name}: {last[name]:.2f}")
