@@ -19,16 +19,21 @@ from curation.core.texts import response_text
 # ---------------------------------------------------------------------------------------------
 # Which row of a cluster is kept.
 
-_ORIGIN_RANK = {"human": 0, "augmented": 1, "synthetic": 2}
+ORIGIN_RANK = {"human": 0, "augmented": 1, "synthetic": 2}
+"""Criterion 1 of :class:`KeepPolicy` by ``origin`` (smaller is better; unknown origins rank 3)."""
 
 
 def default_quality(row: Row) -> float:
     """A non-empty response first, then a numeric ``extra.quality`` or reward ``score`` if present."""
-    has_response = 1.0 if response_text(row).strip() or row.get("kind") in ("text", "prompt") else 0.0
-    extra = row.get("extra") or {}
+    return quality_of(response_text(row), row.get("kind"), row.get("extra"), row.get("score"))
+
+
+def quality_of(response: str, kind: str | None, extra: Any, score: Any) -> float:
+    """:func:`default_quality` from the parts of a row it reads (the row's response text already at hand)."""
+    has_response = 1.0 if response.strip() or kind in ("text", "prompt") else 0.0
     signal = extra.get("quality") if isinstance(extra, dict) else None
     if not isinstance(signal, int | float):
-        signal = row.get("score")
+        signal = score
     signal = float(signal) if isinstance(signal, int | float) and math.isfinite(signal) else 0.0
     return has_response * 1e6 + signal
 
@@ -56,7 +61,7 @@ class KeepPolicy:
     def criteria(self, row: Row) -> tuple[float, float, float]:
         """Criteria 1-3 of a row, smaller is better (the stage stores them as :attr:`CRITERIA`)."""
         return (
-            float(_ORIGIN_RANK.get(row.get("origin") or "", 3)),
+            float(ORIGIN_RANK.get(row.get("origin") or "", 3)),
             float(-self.license_rank(row.get("license"))),
             -self.quality(row),
         )

@@ -4,6 +4,7 @@ groups rows by this key in SQL (:mod:`curation.dedup.stage`)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions
@@ -20,8 +21,12 @@ def exact_key(row: Row, fields: FieldSet, options: NormalizeOptions = DEFAULT_OP
 
 def parts_key(parts: list[str], options: NormalizeOptions = DEFAULT_OPTIONS) -> str:
     """:func:`exact_key` from the row's :func:`~curation.dedup.fields.field_parts`."""
-    normalised = _SEP.join(normalized(p, options) for p in parts)
-    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:32]
+    return normalised_key([normalized(p, options) for p in parts])
+
+
+def normalised_key(normalised: Iterable[str]) -> str:
+    """:func:`parts_key` from the parts already normalised (the stage normalises each text once)."""
+    return hashlib.sha256(_SEP.join(normalised).encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ normalised form of a text that every comparison uses (:func:`normalized`)."""
 from __future__ import annotations
 
 import functools
+import unicodedata
+from collections.abc import Callable
 from typing import Literal
 
 from curation.core.normalize import NormalizeOptions, normalize_text
@@ -15,12 +17,36 @@ FieldSet = Literal["first_prompt", "prompt", "prompt_response", "conversation"]
 FIELD_SETS: tuple[str, ...] = ("first_prompt", "prompt", "prompt_response", "conversation")
 
 
+_FOLDED = NormalizeOptions(unicode_nfkc=True, lowercase=True, collapse_whitespace=True, strip_punctuation=False)
+"""The options :func:`normalizer` has a fast path for (the defaults, what every stage setting gives unless
+``strip_punctuation`` is on)."""
+
+
+def fold(text: str) -> str:
+    """:func:`~curation.core.normalize.normalize_text` under the default options (what :func:`normalizer`
+    gives for them). NFKC leaves ASCII as it is and ``casefold()`` is ``lower()`` on it, so only other text
+    takes the Unicode steps."""
+    if text.isascii():
+        return " ".join(text.lower().split())
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+@functools.lru_cache(maxsize=16)
+def normalizer(options: NormalizeOptions) -> Callable[[str], str]:
+    """:func:`~curation.core.normalize.normalize_text` under ``options`` as a one-argument function, for
+    loops over every paragraph of every row: the options are looked at once, not per text, and ASCII text
+    skips the Unicode steps that cannot change it (tests compare it with ``normalize_text``)."""
+    if options == _FOLDED:
+        return fold
+    return functools.partial(normalize_text, options=options)
+
+
 @functools.lru_cache(maxsize=512)
 def normalized(text: str, options: NormalizeOptions) -> str:
     """:func:`~curation.core.normalize.normalize_text`, remembered for the texts of the last few rows: a
     row's paragraphs are normalised for in-row repeats and again for boilerplate, its prompt and
     response for the exact key and again for conflicts."""
-    return normalize_text(text, options)
+    return normalizer(options)(text)
 
 
 def _first_user(row: Row) -> str:

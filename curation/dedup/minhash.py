@@ -978,10 +978,16 @@ def signature_from_bytes(blob: bytes, num_perm: int | None = None) -> np.ndarray
 
 
 def signature_column(signatures: np.ndarray) -> pa.Array:
-    """A batch of signatures as an Arrow binary column (one :func:`signature_bytes` blob each)."""
+    """A batch of signatures as an Arrow binary column (one :func:`signature_bytes` blob each), built on the
+    signatures' bytes with offsets every ``4 * num_perm`` (no cast: a process's first pyarrow cast imports
+    pandas)."""
     n, num_perm = signatures.shape
+    width = 4 * num_perm
+    if n * width >= 2**31:
+        raise ValueError(f"{n} signatures of {num_perm} values are too many for one binary column; pass fewer")
     data = pa.py_buffer(np.ascontiguousarray(signatures, dtype="<u4").tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * num_perm), n, [None, data]).cast(pa.binary())
+    offsets = pa.py_buffer(np.arange(0, (n + 1) * width, width, dtype=np.int32).tobytes())
+    return pa.Array.from_buffers(pa.binary(), n, [None, offsets, data])
 
 
 def signature_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.ndarray:

@@ -5,12 +5,13 @@ edited (``x = 1`` twice in a program is not an accident)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
+
+import xxhash
 
 from curation.core.normalize import DEFAULT_OPTIONS, NormalizeOptions
 from curation.core.schema import Row
@@ -36,6 +37,8 @@ def _location(text_field: TextField) -> str:
 
 _PARAGRAPH_SPLIT = re.compile(r"\n[ \t]*\n")
 _LINE_SPLIT = re.compile(r"\n")
+UNIT_SPLIT: dict[str, re.Pattern[str]] = {"paragraph": _PARAGRAPH_SPLIT, "line": _LINE_SPLIT}
+"""Where a text's units (``WithinConfig.unit``) end; boilerplate is counted in paragraphs."""
 
 
 def _blocks(text: str) -> list[tuple[str, bool]]:
@@ -58,6 +61,31 @@ def _blocks(text: str) -> list[tuple[str, bool]]:
 
 def _key(unit: str, options: NormalizeOptions) -> str:
     return normalized(unit, options)
+
+
+_FENCE_A, _FENCE_B = FENCE_MARKERS
+
+
+def has_fence(text: str) -> bool:
+    """Whether ``text`` holds a code-fence marker (without one it is a single prose block)."""
+    return _FENCE_A in text or _FENCE_B in text
+
+
+def prose_units(text: str, unit: str = "paragraph") -> list[str]:
+    """The units (``paragraph`` or ``line``) of ``text`` outside fenced code, in order: what in-row repeats
+    compare and boilerplate counts."""
+    split = UNIT_SPLIT[unit]
+    if not has_fence(text):
+        # One prose block; neither unit can end in a text without a newline.
+        return split.split(text) if "\n" in text else [text] if text else []
+    return [piece for block, is_code in _blocks(text) if not is_code for piece in split.split(block)]
+
+
+def paragraph_digest(key: str) -> str:
+    """The key of a normalised paragraph among the boilerplate counts (:func:`paragraph_keys`): 128 bits of
+    XXH3, several times cheaper than a cryptographic digest and as unlikely to collide by chance (the
+    keys live only while the stage runs)."""
+    return xxhash.xxh3_128_hexdigest(key.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,13 +176,10 @@ def _boilerplate_fields(
 
 
 def _paragraph_keys(text: str, config: BoilerplateConfig) -> Iterable[tuple[str, str]]:
-    for block, is_code in _blocks(text):
-        if is_code:
-            continue
-        for unit in _PARAGRAPH_SPLIT.split(block):
-            key = _key(unit, config.normalize)
-            if len(key) >= config.min_chars:
-                yield unit, hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
+    for unit in prose_units(text):
+        key = _key(unit, config.normalize)
+        if len(key) >= config.min_chars:
+            yield unit, paragraph_digest(key)
 
 
 def paragraph_keys(
@@ -203,8 +228,7 @@ def strip_boilerplate(
             kept = []
             for unit in units:
                 key = _key(unit, config.normalize)
-                digest = hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
-                if len(key) >= config.min_chars and digest in keys:
+                if len(key) >= config.min_chars and paragraph_digest(key) in keys:
                     removed.append(unit)
                 else:
                     kept.append(unit)

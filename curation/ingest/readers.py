@@ -23,7 +23,7 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,9 @@ def _text_error(text: str, max_bytes: int | None) -> str | None:
     """Why a record's raw text cannot be used: over the size limit (None: no limit) or not UTF-8."""
     try:
         # Raw text holds surrogates only where bytes were not UTF-8, so a strict encode that succeeds
-        # settles both questions at C speed; scanning every character in Python dominated reading.
-        clean_size: int | None = len(text.encode("utf-8"))
+        # settles both questions at C speed; scanning every character in Python dominated reading. ASCII
+        # text (a flag CPython keeps on every string) is valid, one byte a character.
+        clean_size: int | None = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError:
         clean_size = None
     if max_bytes is not None:
@@ -144,6 +145,13 @@ def _parse_json_object(text: str) -> tuple[Any, str | None]:
 def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False, parse: bool = True) -> Iterator[Record]:
     """One JSON object per line; blank lines are not records. ``parse=False`` leaves each line unparsed
     (``value`` and ``error`` None) for :func:`parse_record` to finish, e.g. in a worker process."""
+    for record_no, line_no, text in _jsonl_lines(path, skip_bom):
+        record = Record(record_no, line_no, text)
+        yield parse_record(record, max_bytes) if parse else record
+
+
+def _jsonl_lines(path: Path, skip_bom: bool = False) -> Iterator[tuple[int, int, str]]:
+    """``(record number, line number, text)`` of each line of a JSONL file that is a record (not blank)."""
     record_no = 0
     with open_binary(path, skip_bom) as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -151,19 +159,23 @@ def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False, parse:
             if not text.strip():
                 continue
             record_no += 1
-            record = Record(record_no, line_no, text)
-            yield parse_record(record, max_bytes) if parse else record
+            yield record_no, line_no, text
 
 
 def parse_record(record: Record, max_bytes: int | None) -> Record:
     """A record read with ``parse=False``, checked (size, encoding) and parsed; any other record as it is."""
     if record.value is not None or record.error is not None:
         return record
-    error = _text_error(record.raw_text, max_bytes)
-    value = None
-    if error is None:
-        value, error = _parse_json_object(record.raw_text)
+    value, error = parse_text(record.raw_text, max_bytes)
     return dataclasses.replace(record, value=value, error=error)
+
+
+def parse_text(text: str, max_bytes: int | None) -> tuple[Any, str | None]:
+    """The object a record's unparsed JSON text holds, or why it cannot be read (see :func:`parse_record`)."""
+    error = _text_error(text, max_bytes)
+    if error is not None:
+        return None, error
+    return _parse_json_object(text)
 
 
 _CHUNK_BYTES = 1 << 20
@@ -408,6 +420,68 @@ def read_records(
             yield from READERS[fmt](path, max_bytes, skip_bom)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         yield Record(0, None, "", error=f"file could not be read to the end: {exc}")
+
+
+@dataclass
+class RecordChunk:
+    """Consecutive records of one file as columns, which cost a fraction of as many :class:`Record` objects to
+    build and to send to a worker process. A record whose ``value`` and ``error`` are both None is JSON text
+    still to be parsed (:func:`parse_text`): a JSONL line, or an element of a JSON array (the reader parsed
+    it to find where it ends; parsing the text again in the worker costs less than sending the object)."""
+
+    record_nos: list[int] = field(default_factory=list)
+    line_nos: list[int | None] = field(default_factory=list)
+    raw_texts: list[str] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.record_nos)
+
+    def add(self, record: Record, keep_value: bool = True) -> None:
+        self.record_nos.append(record.record_no)
+        self.line_nos.append(record.line_no)
+        self.raw_texts.append(record.raw_text)
+        self.values.append(record.value if keep_value or record.error is not None else None)
+        self.errors.append(record.error)
+
+    def unparsed(self) -> RecordChunk:
+        """The chunk with the records added by number, line and text only marked as still to be parsed."""
+        missing = len(self.record_nos) - len(self.values)
+        self.values.extend([None] * missing)
+        self.errors.extend([None] * missing)
+        return self
+
+    def records(self) -> Iterator[Record]:
+        """The records of the chunk (those still to be parsed unparsed)."""
+        columns = (self.record_nos, self.line_nos, self.raw_texts, self.values, self.errors)
+        for record_no, line_no, raw_text, value, error in zip(*columns, strict=True):
+            yield Record(record_no, line_no, raw_text, value, error)
+
+
+def read_chunks(path: Path, fmt: str, max_bytes: int | None, rows: int) -> Iterator[RecordChunk]:
+    """The records of :func:`read_records` (``parse=False``) in chunks of ``rows``, at least one chunk per file
+    (empty for an empty file). JSONL lines go straight into the columns, and JSON elements leave their parsed
+    object behind, to be parsed in the worker that maps them."""
+    chunk = RecordChunk()
+    try:
+        if fmt == "jsonl":
+            for record_no, line_no, text in _jsonl_lines(path):
+                chunk.record_nos.append(record_no)
+                chunk.line_nos.append(line_no)
+                chunk.raw_texts.append(text)
+                if len(chunk.record_nos) >= rows:
+                    yield chunk.unparsed()
+                    chunk = RecordChunk()
+        else:
+            for record in READERS[fmt](path, max_bytes, False):
+                chunk.add(record, keep_value=fmt != "json")
+                if len(chunk) >= rows:
+                    yield chunk
+                    chunk = RecordChunk()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        chunk.unparsed().add(Record(0, None, "", error=f"file could not be read to the end: {exc}"))
+    yield chunk.unparsed()
 
 
 def read_objects(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

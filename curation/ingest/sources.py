@@ -5,6 +5,7 @@ canonical rows through its source's mapping (:mod:`curation.ingest.mappings`) or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -14,14 +15,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
-from curation.core.parallel import map_ordered, workers_for
-from curation.core.schema import Row, content_key, make_row_id, new_row, rows_to_table, utcnow
+from curation.core.parallel import gc_paused, map_ordered, preload_in_workers, workers_for
+from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_names
-from curation.ingest.mappings import RecordError, mapping_spec
-from curation.ingest.readers import Record, file_digest, file_format, parse_record, read_records
+from curation.ingest.encoding import COLUMN_JSON, content_json
+from curation.ingest.mappings import Mapped, RecordError, mapping_spec
+from curation.ingest.readers import (
+    Record,
+    RecordChunk,
+    file_digest,
+    file_format,
+    parse_record,
+    parse_text,
+    read_chunks,
+    read_records,
+)
+
+preload_in_workers("curation.ingest.sources")
 
 BYTES_PER_RECORD_ESTIMATE = 1_000
 """Files are not counted before they are read: their size over this guesses the rows, to decide whether
@@ -131,11 +145,30 @@ class RowNumbering:
         self._seen[digest] = occurrence + 1
         return first_id if occurrence == 0 else make_row_id(self.source, self.display_path, key, str(occurrence))
 
+    def number(self, rows: pa.Table, digests: list[bytes], keys: pa.Array) -> pa.Table:
+        """:meth:`row_id` over a :class:`MappedChunk`: ``rows`` with the ids of later copies in place of the
+        first copy's (most chunks have none, and come back as they are)."""
+        seen = self._seen
+        later = []
+        for index, digest in enumerate(digests):
+            occurrence = seen.get(digest, 0)
+            seen[digest] = occurrence + 1
+            if occurrence:
+                later.append((index, occurrence))
+        if not later:
+            return rows
+        ids = rows.column("row_id").to_pylist()
+        for index, occurrence in later:
+            ids[index] = make_row_id(self.source, self.display_path, keys[index].as_py(), str(occurrence))
+        return rows.set_column(0, "row_id", pa.array(ids, pa.string()))
+
 
 def first_copy(source: str, display_path: str, key: str) -> tuple[bytes, str]:
-    """The digest :class:`RowNumbering` counts copies by, and the id of the first copy of ``key``."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    return digest, make_row_id(source, display_path, key, "0")
+    """The digest :class:`RowNumbering` counts copies by, and the id of the first copy of ``key``: both cut from
+    the one hash that ``make_row_id(source, display_path, key, "0")`` is (its first 16 bytes, and its first
+    10 in hex, which is that id)."""
+    digest = hashlib.sha256("\x1f".join((source, display_path, key, "0")).encode("utf-8")).digest()
+    return digest[:16], digest[:10].hex()
 
 
 def ingest_file(
@@ -166,31 +199,123 @@ def ingest_file(
 
 @dataclass
 class MappedChunk:
-    """A chunk of a file's records mapped in a worker: rows in Arrow (``row_id`` still empty), their
-    content keys in the same order, and the quarantine entries."""
+    """A chunk of a file's records mapped in a worker: rows in Arrow (``row_id`` holds the id of a first copy,
+    :func:`first_copy`), each row's content digest and content key (:class:`RowNumbering` needs the key of a
+    later copy only), and the quarantine entries."""
 
     file: tuple[str, str]  # source name, display path
     rows: pa.Table
-    keys: list[str]
-    first_copies: list[tuple[bytes, str]]
+    digests: list[bytes]
+    keys: pa.Array
     quarantined: list[dict[str, Any]]
     records: int
 
 
-def map_chunk(work: tuple[FileTask, list[Record]]) -> MappedChunk:
-    task, records = work
-    rows: list[Row] = []
+class _ChunkRows:
+    """The rows of one chunk of a file, built column by column: what :func:`map_record` and
+    :func:`~curation.core.schema.rows_to_table` make of the same records, without a row dict per row
+    (tests check the two agree on every mapping and on broken input)."""
+
+    def __init__(self, task: FileTask) -> None:
+        self.task = task
+        self.kinds: list[str] = []
+        self.json: dict[str, list[str | None]] = {"messages": [], "chosen": [], "rejected": [], "extra": []}
+        self.scores: list[float | None] = []
+        self.texts: list[str | None] = []
+        self.uris: list[str] = []
+        self.origins: list[str | None] = []
+        self.generators: list[str | None] = []
+        self.annotators: list[str | None] = []
+        self.keys: list[str] = []
+
+    def add(self, item: Mapped, uri: str, annotator: str | None) -> None:
+        source = self.task.source
+        kind = source.kind or item.kind
+        key, messages, chosen, rejected = content_json(
+            kind, item.messages, item.chosen, item.rejected, item.score, item.text
+        )
+        self.keys.append(key)
+        self.kinds.append(kind)
+        self.json["messages"].append(messages)
+        self.json["chosen"].append(chosen)
+        self.json["rejected"].append(rejected)
+        extra = dict(item.extra)
+        if source.annotator_field:
+            extra.pop(source.annotator_field, None)
+        self.json["extra"].append(COLUMN_JSON(extra) if extra else None)
+        self.scores.append(item.score)
+        self.texts.append(item.text)
+        self.uris.append(f"{uri}/{item.part}" if item.part else uri)
+        self.origins.append(item.origin or source.origin)
+        self.generators.append(item.generator or source.generator)
+        self.annotators.append(annotator)
+
+    def table(self) -> tuple[pa.Table, list[bytes]]:
+        """The rows in :data:`~curation.core.schema.ARROW_SCHEMA` (ids of first copies) and their digests."""
+        task, count = self.task, len(self.keys)
+        digests, first_ids = _first_copies(task.source.name, task.display_path, self.keys)
+        columns: dict[str, Any] = {
+            "row_id": first_ids,
+            "kind": self.kinds,
+            **self.json,
+            "score": self.scores,
+            "text": self.texts,
+            "source": [task.source.name] * count,
+            "source_uri": self.uris,
+            "license": [task.source.license] * count,
+            "origin": self.origins,
+            "generator": self.generators,
+            "annotator": self.annotators,
+            "ingested_at": [task.ingested_at] * count,
+        }
+        arrays = [pa.array(columns[field.name], field.type) for field in ARROW_SCHEMA]
+        return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA), digests
+
+
+def _first_copies(source: str, display_path: str, keys: list[str]) -> tuple[list[bytes], list[str]]:
+    """:func:`first_copy` of each key: the part of the hashed text before the key is hashed once, and the hash
+    state copied for each key."""
+    prefix = hashlib.sha256(f"{source}\x1f{display_path}\x1f".encode())
+    digests, ids = [], []
+    for key in keys:
+        state = prefix.copy()
+        state.update(key.encode("utf-8"))
+        state.update(b"\x1f0")
+        digest = state.digest()
+        digests.append(digest[:16])
+        ids.append(digest[:10].hex())
+    return digests, ids
+
+
+@gc_paused
+def map_chunk(work: tuple[FileTask, RecordChunk]) -> MappedChunk:
+    """A chunk of records (:func:`~curation.ingest.readers.read_chunks`) parsed and mapped: what
+    :func:`map_record` does record by record, for the whole chunk in the columns of its table."""
+    task, chunk = work
+    source = task.source
+    spec = mapping_spec(source.mapping)
+    rows = _ChunkRows(task)
     quarantined: list[dict[str, Any]] = []
-    for record in records:
-        item = map_record(record, task)
-        if isinstance(item, Quarantined):
-            quarantined.append(vars(item) | {"ingested_at": task.ingested_at})
-        else:
-            rows.extend(item)
-    keys = [content_key(row) for row in rows]
-    first_copies = [first_copy(task.source.name, task.display_path, key) for key in keys]
-    file = (task.source.name, task.display_path)
-    return MappedChunk(file, rows_to_table(rows), keys, first_copies, quarantined, len(records))
+    columns = (chunk.record_nos, chunk.line_nos, chunk.raw_texts, chunk.values, chunk.errors)
+    for record_no, line_no, raw_text, value, error in zip(*columns, strict=True):
+        if value is None and error is None:
+            value, error = parse_text(raw_text, task.max_bytes)
+        uri = f"{task.display_path}#{record_no}"
+        if error is None:
+            try:
+                mapped = spec.map(value, source.fields, task.options)
+                annotator = _annotator(value, source)
+            except RecordError as exc:
+                error = str(exc)
+        if error is not None:
+            entry = Quarantined(source.name, uri, task.display_path, record_no, line_no, error, _shown(raw_text))
+            quarantined.append(vars(entry) | {"ingested_at": task.ingested_at})
+            continue
+        for item in mapped:
+            rows.add(item, uri, annotator)
+    table, digests = rows.table()
+    keys = pa.array(rows.keys, pa.large_string())
+    return MappedChunk((source.name, task.display_path), table, digests, keys, quarantined, len(chunk))
 
 
 def _annotator(value: Any, source: SourceConfig) -> str | None:
@@ -305,53 +430,65 @@ def ingest_sources(
     ]
     chunk_rows = project.ingest.batch_rows
 
-    def chunks() -> Iterator[tuple[FileTask, list[Record]]]:
+    def chunks() -> Iterator[tuple[FileTask, RecordChunk]]:
         for source, path, shown, _ in todo:
             if progress:
                 progress(f"ingesting {source.name}: {shown}")
             task = FileTask.of(source, shown, ingested_at, project.ingest.max_record_bytes)
-            records = read_records(path, file_format(path, source.format), task.max_bytes, parse=False)
-            while chunk := list(itertools.islice(records, chunk_rows)):
+            for chunk in read_chunks(path, file_format(path, source.format), task.max_bytes, chunk_rows):
                 yield task, chunk
-            yield task, []  # so that an empty file is listed too
 
     # Reading is sequential; parsing, mapping and encoding (most of the work) run in the workers.
     total_bytes = sum(path.stat().st_size for _, path, _, _ in todo)
     workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
     file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
     mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
-    for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
-        path, digest = file_digests[source_name, shown]
-        result = FileResult(source_name, shown, "ingested")
-        numbering = RowNumbering(source_name, shown)
-        pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
-        for mapped in file_chunks:
-            ids = [numbering.row_id(key, *copy) for key, copy in zip(mapped.keys, mapped.first_copies, strict=True)]
-            pending.append(mapped.rows.set_column(0, "row_id", pa.array(ids, pa.string())))
-            if sum(t.num_rows for t in pending) >= APPEND_ROWS:
+    # One transaction for every insert: committed one by one, each insert rewrote the table's last row group.
+    with _transaction(connection):
+        for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
+            path, digest = file_digests[source_name, shown]
+            result = FileResult(source_name, shown, "ingested")
+            numbering = RowNumbering(source_name, shown)
+            pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
+            for mapped in file_chunks:
+                pending.append(numbering.number(mapped.rows, mapped.digests, mapped.keys))
+                if sum(t.num_rows for t in pending) >= APPEND_ROWS:
+                    staged.append(raw_table, pa.concat_tables(pending))
+                    pending.clear()
+                staged.append_rows(quarantine_table, mapped.quarantined, _QUARANTINE_SCHEMA)
+                result.records += mapped.records
+                result.rows += mapped.rows.num_rows
+                result.quarantined += len(mapped.quarantined)
+            if pending:
                 staged.append(raw_table, pa.concat_tables(pending))
-                pending.clear()
-            staged.append_rows(quarantine_table, mapped.quarantined, _QUARANTINE_SCHEMA)
-            result.records += mapped.records
-            result.rows += mapped.rows.num_rows
-            result.quarantined += len(mapped.quarantined)
-        if pending:
-            staged.append(raw_table, pa.concat_tables(pending))
-        connection.execute(
-            f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                result.source,
-                result.file,
-                digest,
-                path.stat().st_size,
-                result.records,
-                result.rows,
-                result.quarantined,
-                ingested_at,
-            ],
-        )
-        results.append(result)
+            connection.execute(
+                f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    result.source,
+                    result.file,
+                    digest,
+                    path.stat().st_size,
+                    result.records,
+                    result.rows,
+                    result.quarantined,
+                    ingested_at,
+                ],
+            )
+            results.append(result)
     return IngestSummary(results)
+
+
+@contextlib.contextmanager
+def _transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The block's statements in one transaction, rolled back if the block fails."""
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
 
 
 def quarantine_overview(staged: StagedWrite, sample_size: int = 20) -> tuple[int, list[dict[str, Any]]]:

@@ -1,0 +1,80 @@
+"""map_ordered: results in input order for any worker count, and the fork server imports what stages register
+(one fork server per process, so the preload test runs in a process of its own)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from curation.core.parallel import gc_paused, map_ordered, workers_for
+
+
+def _square(value: int) -> int:
+    return value * value
+
+
+def test_results_come_back_in_input_order_whatever_the_worker_count() -> None:
+    items = list(range(40))
+    expected = [value * value for value in items]
+    assert list(map_ordered(_square, items, 1)) == expected
+    assert list(map_ordered(_square, items, 2)) == expected
+
+
+@gc_paused
+def _collector_state(fail: bool) -> bool:
+    if fail:
+        raise ValueError("the batch failed")
+    return gc.isenabled()
+
+
+def test_the_collector_is_paused_while_a_batch_runs_and_back_on_after() -> None:
+    assert gc.isenabled()
+    assert list(map_ordered(_collector_state, [False, False], 1)) == [False, False]
+    assert list(map_ordered(_collector_state, [False], 2)) == [False]  # picklable, and paused in workers too
+    assert gc.isenabled()
+    with pytest.raises(ValueError, match="the batch failed"):
+        _collector_state(True)
+    assert gc.isenabled()
+
+
+def test_configured_workers_are_used_and_small_inputs_stay_in_process() -> None:
+    assert workers_for(10, 3) == 3
+    assert workers_for(10, None) == 1
+
+
+def test_registered_modules_are_imported_in_the_fork_server_not_in_each_worker(tmp_path: Path) -> None:
+    (tmp_path / "heavy.py").write_text("import os\nIMPORTED_IN = os.getpid()\n")
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import sys
+
+            def where(_):
+                heavy = sys.modules.get("heavy")  # the worker does not import it: only a preload can
+                return None if heavy is None else heavy.IMPORTED_IN != os.getpid()
+            """
+        )
+    )
+    script = textwrap.dedent(
+        """
+        from curation.core.parallel import map_ordered, preload_in_workers
+        from tasks import where
+
+        preload_in_workers("heavy")  # registered before the first map starts the server
+
+        if __name__ == "__main__":
+            print(set(map_ordered(where, range(4), 2, preload=["tasks"])))
+        """
+    )
+    (tmp_path / "main.py").write_text(script)
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+    )
+    # Every worker found the module already imported, by another process: the server it was forked from.
+    assert result.stdout.strip() == "{True}", result.stderr
