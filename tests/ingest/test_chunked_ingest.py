@@ -16,11 +16,11 @@ import yaml
 
 from curation.core.config import load_project
 from curation.core.schema import content_key, encode_row, new_row, rows_to_table
-from curation.core.warehouse import Warehouse
 from curation.ingest.encoding import content_json
 from curation.ingest.readers import read_chunks, read_records
-from curation.ingest.sources import Quarantined, ingest_file, ingest_sources, path_for_uri
+from curation.ingest.sources import Quarantined, ingest_file, path_for_uri
 from tests.conftest import SHARED_DATA
+from tests.ingest import ingest_tables
 
 TURN = {"role": "user", "content": "Hello"}
 REPLY = {"role": "assistant", "content": "Hi there"}
@@ -100,24 +100,6 @@ def _project(folder: Path, sources: list[dict[str, Any]]) -> Path:
     return project
 
 
-def _stage_tables(project_file: Path, home: Path, workers: int) -> dict[str, list[tuple]]:
-    config = load_project(project_file)
-    config = config.model_copy(
-        update={
-            "compute": config.compute.model_copy(update={"workers": workers}),
-            "ingest": config.ingest.model_copy(update={"batch_rows": 3}),  # many chunks per file
-        }
-    )
-    warehouse = Warehouse(home / "warehouse.duckdb")
-    with warehouse.write("raw") as staged:
-        ingest_sources(config, staged)
-    with warehouse.connect(read_only=True) as connection:
-        return {
-            table: sorted(connection.execute(f"SELECT * EXCLUDE (ingested_at) FROM {table}").fetchall(), key=repr)
-            for table in ("raw", "quarantine")
-        }
-
-
 def _reference_tables(project_file: Path) -> dict[str, list[tuple]]:
     """What ``ingest_file`` makes of every file, row by row, as the stage's tables would hold it."""
     config = load_project(project_file)
@@ -145,7 +127,7 @@ def test_the_stage_writes_what_the_row_by_row_reference_makes(tmp_path: Path, wo
             path = str((SHARED_DATA / relative).resolve())
             sources.append({"name": f"shared{index}", "path": path, "mapping": mapping, "license": "MIT", **settings})
     project = _project(data, sources)
-    stage = _stage_tables(project, tmp_path / "home", workers)
+    stage = ingest_tables(project, tmp_path / "home", workers=workers, batch_rows=3)  # many chunks per file
     reference = _reference_tables(project)
     assert len(stage["raw"]) > 50 and len(stage["quarantine"]) >= 10
     assert stage == reference
