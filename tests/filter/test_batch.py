@@ -34,6 +34,7 @@ from curation.filter.quality import (
     row_sides,
 )
 from curation.filter.runner import _loads, decode_batch, filter_batch
+from tests.filter import one_at_a_time
 
 # Characters where RE2, Python and the steps' shortcuts may disagree: cases, spaces, digits, separators.
 TRICKY = list("aAbBiIkKsS_ \n\t\r\x0b\x1c\x85\xa0\u2028İıſ0123456789٣.-:@<>[]`~'’\"éß\ufffd\x07")
@@ -449,18 +450,6 @@ def _edge_rows() -> list[dict]:
     return [{**row, "source": "s", "license": "MIT"} for row in rows]
 
 
-def _one_at_a_time(rows: list[dict], cleaners: list, filters: list) -> list[tuple]:
-    outcome = []
-    for row in rows:
-        edits = []
-        for cleaner in cleaners:
-            row, made = cleaner(row)
-            edits += made
-        rejection = next((r for f in filters if (r := f(row)) is not None), None)
-        outcome.append((json.dumps(row, sort_keys=True), tuple(edits), rejection))
-    return outcome
-
-
 @pytest.mark.parametrize(
     "settings",
     [
@@ -478,7 +467,7 @@ def test_each_default_filter_decides_a_batch_as_it_decides_each_row(settings: di
     rejected = {item.row_id: item.rejection for item in batch.rejected}
     kept = {row["row_id"]: json.dumps(row, sort_keys=True) for row in batch.kept}
     edits = {item.parent_id: item.edits for item in batch.edited}
-    for row, (cleaned, row_edits, rejection) in zip(rows, _one_at_a_time(rows, cleaners, filters), strict=True):
+    for row, (cleaned, row_edits, rejection) in zip(rows, one_at_a_time(rows, cleaners, filters), strict=True):
         assert rejected.get(row["row_id"]) == rejection, row["row_id"]
         if rejection is None:
             assert kept[row["row_id"]] == cleaned and edits.get(row["row_id"], ()) == row_edits, row["row_id"]

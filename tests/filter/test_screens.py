@@ -33,6 +33,7 @@ from curation.filter.quality import MOJIBAKE_WIDTH, looks_like_mojibake, mojibak
 from curation.filter.runner import filter_batch
 from curation.ingest.readers import read_objects
 from tests.conftest import SHARED_DATA
+from tests.filter import one_at_a_time
 
 PRESIDIO = SHARED_DATA / "presidio-synth-pii" / "synth_dataset_v2.json"
 # Characters where Python's and RE2's ideas of digits, spaces, word characters and case differ.
@@ -273,19 +274,6 @@ def _rows() -> list[dict]:
     return rows
 
 
-def _one_at_a_time(rows: list[dict], steps_cleaners: list, steps_filters: list) -> list[tuple]:
-    """Each row through each cleaner, then each filter until one rejects it (the runner's contract)."""
-    outcome = []
-    for row in rows:
-        edits = []
-        for cleaner in steps_cleaners:
-            row, made = cleaner(row)
-            edits += made
-        rejection = next((r for f in steps_filters if (r := f(row)) is not None), None)
-        outcome.append((json.dumps(row, sort_keys=True), tuple(edits), rejection))
-    return outcome
-
-
 @pytest.mark.parametrize(
     "config",
     [
@@ -309,7 +297,7 @@ def test_a_batch_ends_exactly_as_each_row_through_each_step(config: dict) -> Non
     edits = {item.parent_id: item.edits for item in batch.edited}
     kept = {row["row_id"]: row for row in batch.kept}
     in_batch = [(json.dumps(kept[row["row_id"]], sort_keys=True) if row["row_id"] in kept else None) for row in rows]
-    expected = _one_at_a_time(rows, steps_cleaners, steps_filters)
+    expected = one_at_a_time(rows, steps_cleaners, steps_filters)
     for row, (cleaned, row_edits, rejection), kept_json in zip(rows, expected, in_batch, strict=True):
         assert rejected.get(row["row_id"]) == rejection, row["row_id"]
         if rejection is None:
