@@ -41,6 +41,7 @@ def formatted(
         "max_tokens": settings.max_tokens,
         "length_policy": settings.length_policy,
         "rows_rejected": result.rows_rejected,
+        "rows_reused": result.rows_reused,
         "rows_rejected_by_stage": MetadataValue.json(result.rejected_by_stage),
         "rows_truncated": tokens.truncated_rows,
         "tokens_total": tokens.total,

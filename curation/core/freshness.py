@@ -96,6 +96,22 @@ def project_fingerprint(config: ProjectConfig) -> str:
     return _digest(parts)
 
 
+def stage_fingerprint(config: ProjectConfig, settings: str, files: Iterable[Path] = ()) -> str:
+    """What a per-row stage's result depends on besides the row itself, the key of its memo
+    (:mod:`curation.core.memo`): the code and library versions, the stage's ``settings`` (their JSON;
+    relative paths in them count from the project folder, which is part of the key) and the content of
+    the ``files`` they name."""
+    parts = [code_fingerprint(), str(config.base_dir), settings]
+    parts += [f"{p}:{file_digest(p) if p.is_file() else 'missing'}" for p in files]
+    return _digest(parts)
+
+
+def format_fingerprint(config: ProjectConfig, tokenizer: str) -> str:
+    """:func:`stage_fingerprint` of ``formatted``: the ``format:`` settings, the files they name and the
+    ``tokenizer`` actually used (its id and chat template: a resource may override the project file's)."""
+    return stage_fingerprint(config, config.format.model_dump_json() + tokenizer, _named_files(config))
+
+
 def source_fingerprint(config: ProjectConfig) -> str:
     """Every source file that matches now, with its content digest: ``raw``'s input."""
     parts = [

@@ -10,6 +10,10 @@ Splits are planned in DuckDB first (:func:`~curation.format.split.plan_splits`);
 in Arrow batches through ``compute.workers`` processes (:func:`format_records`, every text of a batch
 tokenized in one call) and back in input order, so the output is the same for any number of workers,
 and each batch's rows, rejections, matches and lineage edges are appended as they come.
+
+A row whose content, split and settings are what they were last run (the stage's memo,
+:mod:`curation.core.memo`) is not rendered again: its ``formatted`` row, rejection, matches and lineage
+edge are copied from the previous tables in SQL, so appending 1% new rows renders 1% of the rows.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
+from curation.core.freshness import format_fingerprint
 from curation.core.markdown import counts_table
+from curation.core.memo import Reuse, drop_reuse, plan_reuse
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
@@ -31,12 +37,13 @@ from curation.format.decontam import (
     BenchmarkItem,
     ContaminationIndex,
     FlaggedRow,
+    Match,
     check_row,
     contamination_report,
     load_benchmark,
     render_report_markdown,
 )
-from curation.format.render import RenderedRow, format_batch, reusing_renderings
+from curation.format.render import RenderedRow, format_batch, reusing_renderings, tokenizer_id
 from curation.format.render_checks import verify_row
 from curation.format.split import plan_splits, smallest_subset
 from curation.format.table import (
@@ -100,6 +107,8 @@ class FormatResult:
     contamination: dict[str, dict[str, Any]]
     """Per benchmark: items and rows hit (:func:`curation.format.decontam.contamination_report`);
     empty when no benchmark is configured."""
+    rows_reused: int = 0
+    """Input rows unchanged since the last run, copied rather than formatted again."""
 
     @property
     def rows_rejected(self) -> int:
@@ -229,7 +238,6 @@ class FormattedBatch:
     rejections: pa.Table
     contamination: pa.Table
     lineage: pa.Table
-    flagged: list[FlaggedRow]
 
 
 def format_records(batch: pa.RecordBatch) -> FormattedBatch:
@@ -271,7 +279,6 @@ def _format_records(batch: pa.RecordBatch, worker: _Worker) -> FormattedBatch:
         rejections=pa.Table.from_pylist([r._asdict() for r in outcome.rejections], schema=FORMAT_REJECTIONS_SCHEMA),
         contamination=pa.Table.from_pylist(matches, schema=CONTAMINATION_SCHEMA),
         lineage=pa.Table.from_pylist(edges, schema=LINEAGE_SCHEMA),
-        flagged=outcome.flagged,
     )
 
 
@@ -289,7 +296,8 @@ def format_rows(
     report: Callable[[str], None] = _quiet,
 ) -> FormatResult:
     """Format ``synthetic_mixed`` into the staged ``formatted``, ``format_rejections`` and ``contamination``
-    tables and this asset's lineage partition; ``report`` receives progress lines."""
+    tables and this asset's lineage partition; ``report`` receives progress lines. Rows the memo says were
+    formatted last time under the same settings are copied (:func:`_copy_reused`), the others rendered."""
     settings = config.format
     benchmarks = load_benchmarks(config)
     index = ContaminationIndex(benchmarks) if benchmarks else None
@@ -300,20 +308,32 @@ def format_rows(
     rejections = staged.create("format_rejections", FORMAT_REJECTIONS_DDL)
     contamination = staged.create("contamination", CONTAMINATION_DDL)
     lineage = staged.partition("lineage", LINEAGE_DDL)
-    splits = staged.staging_name("format_splits")  # a work table, never swapped in
-    flagged: list[FlaggedRow] = []
+    splits = staged.staging_name("format_splits")  # work tables, never swapped in
+    reuse: Reuse | None = None
     try:
         plan_splits(connection, "synthetic_mixed", splits, settings.eval_fraction, settings.seed)
         columns = ", ".join(f"m.{quote(name)}" for name in COLUMNS)
         # In the table's own order, split by position: sorting would hold every row in DuckDB at once.
+        planned = (
+            f"(SELECT {columns}, s.row_id AS split_row_id, s.split "
+            f"FROM synthetic_mixed m POSITIONAL JOIN {quote(splits)} s)"
+        )
+        fingerprint = format_fingerprint(config, f"{tokenizer_id(tokenizer)}:{tokenizer.chat_template}")
+        reuse = plan_reuse(
+            staged, "format_memo", planned, [*COLUMNS, "split"], fingerprint, (*FORMAT_OUTPUTS, "lineage")
+        )
+        _copy_reused(staged, reuse, table, rejections, contamination, lineage)
+        to_render = rows_in - reuse.rows
         batches = read_batches(
             connection,
-            f"SELECT {columns}, s.row_id AS split_row_id, s.split "
-            f"FROM synthetic_mixed m POSITIONAL JOIN {quote(splits)} s",
+            f"SELECT * FROM {planned} WHERE {reuse.excluding('row_id')}",
             batch_rows=config.ingest.batch_rows,
         )
-        workers = workers_for(rows_in, config.compute.workers)
-        report(f"formatting: {rows_in:,} rows, {workers} worker process(es)")
+        workers = workers_for(to_render, config.compute.workers)
+        report(
+            f"formatting: {to_render:,} rows, {workers} worker process(es); "
+            f"{reuse.rows:,} unchanged rows copied from the last run"
+        )
         results = map_ordered(
             format_records,
             batches,
@@ -322,14 +342,14 @@ def format_rows(
             (tokenizer, settings, index),
             preload=("transformers", "curation.format.stage"),
         )
-        for result in reported(results, report, "formatting", rows_in, size=lambda result: result.rows_in):
+        for result in reported(results, report, "formatting", to_render, size=lambda result: result.rows_in):
             staged.append(table, result.formatted)
             staged.append(rejections, result.rejections)
             staged.append(contamination, result.contamination)
             staged.append(lineage, result.lineage)
-            flagged += result.flagged
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {quote(splits)}")
+        drop_reuse(connection, reuse)
 
     staging = quote(staged.staging_name("formatted"))
     by_stage = connection.execute(
@@ -342,8 +362,55 @@ def format_rows(
         split_counts=dict(connection.execute(f"SELECT split, count(*) FROM {staging} GROUP BY 1").fetchall()),
         mask_sources=dict(connection.execute(f"SELECT mask_source, count(*) FROM {staging} GROUP BY 1").fetchall()),
         tokens=token_stats(connection, staging),
-        contamination=contamination_report(flagged, index) if index else {},
+        contamination=contamination_report(flagged_rows(connection, contamination), index) if index else {},
+        rows_reused=reuse.rows,
     )
+
+
+FORMAT_OUTPUTS = ("formatted", "format_rejections", "contamination")
+"""The stage's own tables (besides its lineage partition), from which a re-run copies unchanged rows."""
+
+
+def _copy_reused(
+    staged: StagedWrite, reuse: Reuse, table: str, rejections: str, contamination: str, lineage: str
+) -> None:
+    """Copy the reused rows' outputs from the previous tables into the staged ones. Each output is keyed by
+    its input row: ``formatted`` by ``parent_id``, rejections and matches by ``row_id``, and the lineage
+    edge by its parent. Matches keep their order (a row's matches are listed as they were found)."""
+    if not reuse.rows:
+        return
+    connection = staged.connection
+    reused = f"(SELECT row_id FROM {reuse.table})"
+    formatted_columns = ", ".join(quote(name) for name in (*COLUMNS, *(name for name, _ in FORMATTED_COLUMNS)))
+    connection.execute(
+        f"INSERT INTO {table} ({formatted_columns}) SELECT {formatted_columns} FROM formatted "
+        f"WHERE parent_id IN {reused}"
+    )
+    for staged_table, previous in ((rejections, "format_rejections"), (contamination, "contamination")):
+        connection.execute(
+            f"INSERT INTO {staged_table} SELECT * FROM {quote(previous)} WHERE row_id IN {reused} ORDER BY rowid"
+        )
+    connection.execute(
+        f"INSERT INTO {lineage} SELECT child_id, parent_id, asset, operation, detail FROM lineage "
+        f"WHERE asset = 'formatted' AND parent_id IN {reused}"
+    )
+
+
+def flagged_rows(connection: duckdb.DuckDBPyConnection, contamination: str) -> list[FlaggedRow]:
+    """The rows of a (staged) ``contamination`` table with their matches, in ``synthetic_mixed`` order
+    and each row's matches in the order they were found: what the report's examples are chosen from."""
+    records = connection.execute(
+        f"SELECT c.row_id, c.source, c.benchmark, c.item_id, c.kind, c.overlap, c.ratio, c.n "
+        f"FROM {contamination} c JOIN (SELECT row_id, rowid AS position FROM synthetic_mixed) m USING (row_id) "
+        f"ORDER BY m.position, c.rowid"
+    ).fetchall()
+    flagged: list[FlaggedRow] = []
+    for row_id, source, *match in records:
+        if not flagged or flagged[-1].row_id != row_id:
+            flagged.append(FlaggedRow(row_id, source, ()))
+        last = flagged[-1]
+        flagged[-1] = FlaggedRow(row_id, source, (*last.matches, Match(*match)))
+    return flagged
 
 
 def token_stats(connection: duckdb.DuckDBPyConnection, quoted_table: str) -> TokenStats:

@@ -277,6 +277,77 @@ def test_formatted_tables_are_the_same_with_one_or_two_workers(tmp_path, monkeyp
     assert versions[1] == versions[2]
 
 
+def _append_and_edit(path: Path) -> None:
+    """What a user's next run brings: one new row, and one row whose answer was corrected."""
+    with duckdb.connect(str(path)) as connection:
+        connection.register("incoming", rows_to_table([_sft("n1", "Name a prime number.", "Seven.")]))
+        connection.execute("INSERT INTO synthetic_mixed SELECT * FROM incoming")
+        corrected = [{"role": "user", "content": "Boiling point of water?"}, {"role": "assistant", "content": "100 C."}]
+        connection.execute("UPDATE synthetic_mixed SET messages = ? WHERE row_id = 'a1'", [json.dumps(corrected)])
+
+
+@pytest.mark.slow
+def test_a_rerun_formats_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path) -> None:
+    from curation.core.config import load_project
+    from curation.core.warehouse import Warehouse, content_hash
+    from curation.format.render import load_format_tokenizer
+    from curation.format.stage import format_rows
+
+    tables = ("formatted", "format_rejections", "contamination", "lineage")
+    memo = "SELECT row_id, digest FROM format_memo ORDER BY row_id"  # its fingerprint names the project folder
+
+    def format_once(folder: Path, *extra: str, template: str | None = None):
+        config = load_project(_write_project(folder / "project", template=template, extra=extra))
+        with Warehouse(folder / "warehouse.duckdb").write("formatted") as staged:
+            return format_rows(staged, config, load_format_tokenizer(config))
+
+    again, fresh = tmp_path / "again", tmp_path / "fresh"
+    for folder in (again, fresh):
+        folder.mkdir()
+        _write_warehouse(folder / "warehouse.duckdb")
+    assert format_once(again).rows_reused == 0
+    with duckdb.connect(str(again / "warehouse.duckdb")) as connection:  # marks what a re-run copies
+        connection.execute("UPDATE formatted SET text = text || ' [copied]'")
+        connection.execute("UPDATE format_rejections SET reason = reason || ' [copied]'")
+    _append_and_edit(again / "warehouse.duckdb")
+    _append_and_edit(fresh / "warehouse.duckdb")
+
+    rerun = format_once(again)
+    with duckdb.connect(str(again / "warehouse.duckdb")) as connection:
+        copied = {
+            row_id
+            for (row_id,) in connection.execute(
+                "SELECT parent_id FROM formatted WHERE text LIKE '% [copied]' "
+                "UNION ALL SELECT row_id FROM format_rejections WHERE reason LIKE '% [copied]'"
+            ).fetchall()
+        }
+        connection.execute("UPDATE formatted SET text = replace(text, ' [copied]', '')")
+        connection.execute("UPDATE format_rejections SET reason = replace(reason, ' [copied]', '')")
+        rerun_versions = {table: content_hash(connection, table) for table in tables}
+        rerun_memo = connection.execute(memo).fetchall()
+    # Every row but the new and the corrected one (and any whose split moved with the new row) is copied,
+    # rejected ones (a benchmark match, a leak, an over-long row) with their reasons and matches.
+    assert rerun.rows_reused == len(copied)
+    assert "a1" not in copied and "n1" not in copied and {"bench1", "leak1", "long1"} <= copied
+    assert len(copied) >= len(ROWS) - 3
+
+    first_run = format_once(fresh)
+    assert first_run.rows_reused == 0
+    with duckdb.connect(str(fresh / "warehouse.duckdb"), read_only=True) as connection:
+        assert rerun_versions == {table: content_hash(connection, table) for table in tables}
+        assert rerun_memo == connection.execute(memo).fetchall() and len(rerun_memo) == len(ROWS) + 1
+    assert rerun.contamination == first_run.contamination and rerun.contamination["bench"]["rows_hit"] == 1
+    assert (rerun.rejected_by_stage, rerun.split_counts, rerun.tokens) == (
+        first_run.rejected_by_stage,
+        first_run.split_counts,
+        first_run.tokens,
+    )
+
+    # The number of workers does not change a row's result; another chat template changes every row's.
+    assert format_once(fresh, "compute: {workers: 2}").rows_reused == len(ROWS) + 1
+    assert format_once(fresh, template="llama3").rows_reused == 0
+
+
 @pytest.mark.slow
 def test_rejected_rows_are_recorded_with_their_reason(db) -> None:
     rejected = {

@@ -1,0 +1,66 @@
+"""A per-row stage's memo: which input rows' previous results a run may copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from curation.core.memo import drop_reuse, plan_reuse
+from curation.core.warehouse import Warehouse, quote
+
+COLUMNS = ("row_id", "text", "source")
+
+
+def _source(connection: duckdb.DuckDBPyConnection, rows: list[tuple[str, str | None, str]]) -> None:
+    connection.execute("CREATE OR REPLACE TABLE source (row_id VARCHAR, text VARCHAR, source VARCHAR)")
+    connection.executemany("INSERT INTO source VALUES (?, ?, ?)", rows)
+
+
+def _run(warehouse: Warehouse, fingerprint: str, outputs: tuple[str, ...] = ("out",)) -> set[str]:
+    """One run of a toy stage: returns the ids it may reuse; its output table is written and swapped in."""
+    with warehouse.write("toy") as staged:
+        reuse = plan_reuse(staged, "toy_memo", quote("source"), COLUMNS, fingerprint, outputs)
+        reused = {row_id for (row_id,) in staged.connection.execute(f"SELECT row_id FROM {reuse.table}").fetchall()}
+        assert reuse.rows == len(reused)
+        staged.create_as("out", "SELECT row_id FROM source")
+        drop_reuse(staged.connection, reuse)
+    return reused
+
+
+def test_only_rows_seen_unchanged_under_the_same_fingerprint_are_reused(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.connect() as connection:
+        _source(connection, [("a", "one", "s"), ("b", "two", "s"), ("c", None, "s")])
+    assert _run(warehouse, "f1") == set()  # no memo yet: everything is computed
+
+    assert _run(warehouse, "f1") == {"a", "b", "c"}
+
+    with warehouse.connect() as connection:  # b's content changes, d is new, c's NULL becomes ""
+        _source(connection, [("a", "one", "s"), ("b", "TWO", "s"), ("c", "", "s"), ("d", "four", "s")])
+    assert _run(warehouse, "f1") == {"a"}
+    assert _run(warehouse, "f1") == {"a", "b", "c", "d"}
+
+    assert _run(warehouse, "f2") == set()  # other code or settings: nothing is reused
+
+
+def test_nothing_is_reused_without_the_previous_outputs(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.connect() as connection:
+        _source(connection, [("a", "one", "s")])
+    _run(warehouse, "f1")
+    assert _run(warehouse, "f1", outputs=("out", "missing_side_table")) == set()
+
+
+def test_a_failed_run_leaves_the_previous_memo(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.connect() as connection:
+        _source(connection, [("a", "one", "s")])
+    _run(warehouse, "f1")
+    try:
+        with warehouse.write("toy") as staged:
+            plan_reuse(staged, "toy_memo", quote("source"), COLUMNS, "other", ("out",))
+            raise RuntimeError("the stage crashed")
+    except RuntimeError:
+        pass
+    assert _run(warehouse, "f1") == {"a"}
