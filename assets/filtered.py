@@ -39,6 +39,7 @@ def filtered(
         "rows_in": stats.rows_in,
         "rows_rejected": stats.rows_in - stats.rows_kept,
         "rows_edited": stats.rows_edited,
+        "rows_reused": tables.rows_reused,
         "per_filter": MetadataValue.md(summary.per_filter),
         "rejections_plot": MetadataValue.md(summary.rejections_plot),
         "rejected_by_filter": MetadataValue.json(dict(stats.rejected)),

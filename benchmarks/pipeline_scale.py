@@ -223,9 +223,21 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
     if reruns:
         again = distillery("run", "--config", config, home=home)
         result["rerun_unchanged"] = {"wall_s": again.wall_s, "returncode": again.returncode}
-        added = append_rows(mix, 0.01, seed)
-        more = distillery("run", "--config", config, home=home)
-        result["rerun_plus_1pct"] = {"wall_s": more.wall_s, "returncode": more.returncode, "rows_added": added}
+        grown = mix / "sft_alpaca.jsonl"
+        size = grown.stat().st_size
+        try:
+            added = append_rows(mix, 0.01, seed)
+            more = distillery("run", "--config", config, home=home)
+        finally:  # the cached mix stays the one its duplicates.json describes
+            with grown.open("r+b") as handle:
+                handle.truncate(size)
+        steps = {key: end - begin for key, (begin, end) in step_intervals(home).items()}
+        result["rerun_plus_1pct"] = {
+            "wall_s": more.wall_s,
+            "returncode": more.returncode,
+            "rows_added": added,
+            "steps": steps,
+        }
     return result
 
 
@@ -277,6 +289,11 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
         rows = last["rows_per_asset"].get(key)
         rate = "" if not rows else f"{rows / seconds:,.0f}"
         lines.append(f"| {key} | {seconds:.1f} | {rate} | {peaks.get(key, 0):.0f} |")
+    plus = last.get("rerun_plus_1pct", {}).get("steps")
+    if plus:
+        lines.append("\nSlowest steps of the re-run after appending 1% rows (seconds):\n")
+        lines += ["| step | s |", "|---|---|"]
+        lines += [f"| {key} | {seconds:.1f} |" for key, seconds in sorted(plus.items(), key=lambda kv: -kv[1])[:12]]
     for name in ("audit_ms_median", "audit_ms_max", "audit_command_s", "report_command_s"):
         if name in last:
             lines.append(f"\n{name}: {last[name]:.2f}")

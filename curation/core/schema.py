@@ -42,7 +42,7 @@ COLUMN_SPECS: tuple[tuple[str, str, str], ...] = (
     ("generator", "VARCHAR", "Model or procedure that produced the row; NULL for human rows."),
     ("annotator", "VARCHAR", "Who wrote or labelled the row, when known."),
     ("extra", "JSON", "Every input field that was not mapped, so nothing is dropped."),
-    ("ingested_at", "TIMESTAMP", "When the source file was ingested."),
+    ("ingested_at", "TIMESTAMP", "When the record was first ingested (re-reading its changed file keeps it)."),
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in COLUMN_SPECS)
 

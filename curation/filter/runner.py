@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -21,16 +22,26 @@ from typing import Any
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig
+from curation.core.freshness import stage_fingerprint
 from curation.core.markdown import table_cell
+from curation.core.memo import Reuse, drop_reuse, plan_reuse
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.core.schema import ARROW_SCHEMA, COLUMNS, JSON_COLUMNS, Row, derived_id, rows_to_table
 from curation.core.texts import all_text
-from curation.core.warehouse import LINEAGE_DDL, StagedWrite, canonical_ddl, count_rows, quote, read_batches
+from curation.core.warehouse import (
+    LINEAGE_DDL,
+    StagedWrite,
+    canonical_ddl,
+    count_rows,
+    fetch_one,
+    quote,
+    read_batches,
+)
 from curation.filter.base import Cleaner, Edit, Filter, FilterStats, Rejection
 from curation.filter.batch import BatchTexts
-from curation.filter.chain import project_chain
+from curation.filter.chain import filter_settings, project_chain
 
 # ---------------------------------------------------------------------------------------------
 # Runner
@@ -78,13 +89,16 @@ class EditedRow:
 @dataclass
 class FilterBatch:
     """What became of one batch of input rows, each list in input order. ``positions`` are the kept
-    rows' places in the input batch, ``edited_positions`` those of the kept rows that cleaners changed."""
+    rows' places in the input batch, ``edited_positions`` those of the kept rows that cleaners changed;
+    ``edit_counts`` has ``(input row id, cleaner, edits)`` for every row a cleaner changed, rejected or
+    kept (what ``FilterStats.edits`` counts)."""
 
     kept: list[Row] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     edited: list[EditedRow] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     edited_positions: list[int] = field(default_factory=list)
+    edit_counts: list[tuple[str, str, int]] = field(default_factory=list)
 
     def kept_table(self) -> pa.Table:
         return rows_to_table(self.kept)
@@ -130,6 +144,9 @@ def filter_batch(
         alive, alive_texts = [alive[k] for k in passed], alive_texts.subset(passed)
     batch = FilterBatch()
     for position, (row, parent_id, rejection) in enumerate(zip(rows, parents, rejections, strict=True)):
+        if position in edits:
+            per_cleaner = Counter(edit.cleaner for edit in edits[position])
+            batch.edit_counts += [(parent_id, cleaner, count) for cleaner, count in per_cleaner.items()]
         if rejection is not None:
             batch.rejected.append(RejectedRow(parent_id, rejection))
             continue
@@ -192,6 +209,12 @@ REJECTIONS_DDL = "row_id VARCHAR NOT NULL, filter VARCHAR NOT NULL, reason VARCH
 REJECTIONS_SCHEMA = pa.schema([(name, pa.string()) for name in ("row_id", "filter", "reason", "value")])
 
 
+EDITS_DDL = "row_id VARCHAR NOT NULL, cleaner VARCHAR NOT NULL, edits INTEGER NOT NULL"
+EDITS_SCHEMA = pa.schema([("row_id", pa.string()), ("cleaner", pa.string()), ("edits", pa.int32())])
+FILTER_OUTPUTS = ("filtered", "filter_rejections", "filter_edits", "lineage")
+"""The tables a re-run copies unchanged rows' results from (``lineage``: this asset's edges)."""
+
+
 @dataclass(frozen=True)
 class FilteredTables:
     """What :func:`filter_table` staged (quoted names to query before the commit) and its counts."""
@@ -199,6 +222,8 @@ class FilteredTables:
     kept: str
     rejections: str
     stats: FilterStats
+    rows_reused: int = 0
+    """Input rows unchanged since the last run under the same chain, copied rather than filtered again."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,7 @@ class FilteredRecords:
     kept: pa.Table
     rejections: pa.Table
     lineage: pa.Table
+    edits: pa.Table
     stats: FilterStats
 
 
@@ -293,6 +319,10 @@ def _filter_records(
         kept,
         pa.Table.from_pylist([rejected.as_record() for rejected in result.rejected], REJECTIONS_SCHEMA),
         pa.Table.from_pylist([edited.lineage() for edited in result.edited], LINEAGE_SCHEMA),
+        pa.Table.from_pylist(
+            [{"row_id": row_id, "cleaner": cleaner, "edits": n} for row_id, cleaner, n in result.edit_counts],
+            EDITS_SCHEMA,
+        ),
         stats,
     )
 
@@ -306,34 +336,117 @@ def filter_table(
     batch_rows: int = BATCH_ROWS,
 ) -> FilteredTables:
     """Clean and filter the warehouse table ``source`` with the project's chain into the staged
-    ``filtered`` table, one ``filter_rejections`` record per dropped row and one lineage edge per edited
-    row (its edits as the detail). Batches stream from DuckDB (in the table's order) through
-    ``compute.workers`` processes and back in input order, so the output is the same for any number of
-    workers; ``log`` gets progress."""
+    ``filtered`` table, one ``filter_rejections`` record per dropped row, one lineage edge per edited
+    row (its edits as the detail) and the edit counts per row and cleaner (``filter_edits``). Batches
+    stream from DuckDB (in the table's order) through ``compute.workers`` processes and back in input
+    order, so the output is the same for any number of workers; ``log`` gets progress.
+
+    Rows the stage's memo (:mod:`curation.core.memo`) says went through the same chain unchanged last
+    time are not filtered again: their results are copied from the previous tables in SQL and their
+    counts read from them (:func:`_reused_stats`)."""
     connection = staged.connection
+    cleaners, filters = project_chain(config)
     stats = FilterStats()
-    _zero_counts(stats, *project_chain(config))
+    _zero_counts(stats, cleaners, filters)
     kept = staged.create("filtered", canonical_ddl())
     rejections = staged.create("filter_rejections", REJECTIONS_DDL)
+    edits = staged.create("filter_edits", EDITS_DDL)
     lineage = staged.partition("lineage", LINEAGE_DDL)
     total = count_rows(connection, source)
+    reuse: Reuse | None = None
+    try:
+        reuse = plan_reuse(staged, "filter_memo", quote(source), COLUMNS, chain_fingerprint(config), FILTER_OUTPUTS)
+        _copy_reused(staged, reuse, kept, rejections, edits, lineage)
+        stats.add(_reused_stats(staged, reuse, cleaners, filters))
+        columns = ", ".join(quote(name) for name in COLUMNS)
+        # In the table's own order: no row depends on another, and sorting first would hold the whole table.
+        batches = read_batches(
+            connection,
+            f"SELECT {columns} FROM {quote(source)} WHERE {reuse.excluding('row_id')}",
+            batch_rows=batch_rows,
+        )
+        to_filter = total - reuse.rows
+        if reuse.rows:
+            log(f"filtering: {reuse.rows:,} unchanged rows copied from the last run")
+        results = map_ordered(
+            filter_records,
+            batches,
+            workers_for(to_filter, config.compute.workers),
+            start_worker,
+            (config,),
+            preload=("curation.filter",),
+        )
+        for result in reported(results, log, "filtering", to_filter, size=lambda result: result.stats.rows_in):
+            stats.add(result.stats)
+            staged.append(kept, result.kept)
+            staged.append(rejections, result.rejections)
+            staged.append(edits, result.edits)
+            staged.append(lineage, result.lineage)
+    finally:
+        drop_reuse(connection, reuse)
+    return FilteredTables(kept, rejections, stats, reuse.rows)
+
+
+def chain_fingerprint(config: ProjectConfig) -> str:
+    """What every row's result depends on besides the row: the code and the chain's settings (cleaners,
+    filters, and the intended use, licences and per-source languages they are bound to)."""
+    settings = {
+        "cleaners": config.filters.get("cleaners"),
+        "filters": filter_settings(config.filters, config.policy.intended_use, config.policy.licenses, config.sources),
+    }
+    return stage_fingerprint(config, json.dumps(settings, sort_keys=True, default=repr))
+
+
+def _copy_reused(staged: StagedWrite, reuse: Reuse, kept: str, rejections: str, edits: str, lineage: str) -> None:
+    """Copy the reused rows' results from the previous tables into the staged ones: a kept row under its
+    input id, or under its new id when cleaners changed it (the lineage edge from its input row says which);
+    rejections and edit counts by input id."""
+    if not reuse.rows:
+        return
+    connection = staged.connection
+    reused = f"(SELECT row_id FROM {reuse.table})"
+    edges = "(SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE asset = 'filtered')"
+    connection.execute(f"INSERT INTO {lineage} SELECT * FROM {edges} WHERE parent_id IN {reused}")
     columns = ", ".join(quote(name) for name in COLUMNS)
-    # In the table's own order: no row depends on another, and sorting first would hold the whole table.
-    batches = read_batches(connection, f"SELECT {columns} FROM {quote(source)}", batch_rows=batch_rows)
-    results = map_ordered(
-        filter_records,
-        batches,
-        workers_for(total, config.compute.workers),
-        start_worker,
-        (config,),
-        preload=("curation.filter",),
+    connection.execute(
+        f"INSERT INTO {kept} ({columns}) SELECT {columns} FROM filtered "
+        f"WHERE row_id IN {reused} OR row_id IN (SELECT child_id FROM {lineage})"
     )
-    for result in reported(results, log, "filtering", total, size=lambda result: result.stats.rows_in):
-        stats.add(result.stats)
-        staged.append(kept, result.kept)
-        staged.append(rejections, result.rejections)
-        staged.append(lineage, result.lineage)
-    return FilteredTables(kept, rejections, stats)
+    connection.execute(f"INSERT INTO {rejections} SELECT * FROM filter_rejections WHERE row_id IN {reused}")
+    connection.execute(f"INSERT INTO {edits} SELECT * FROM filter_edits WHERE row_id IN {reused}")
+
+
+def _reused_stats(
+    staged: StagedWrite, reuse: Reuse, cleaners: Sequence[Cleaner], filters: Sequence[Filter]
+) -> FilterStats:
+    """The counts the chain made for the reused rows, from their copied results: every cleaner saw every
+    row; each filter saw the rows no earlier filter rejected (the chain's order, which the memo's
+    fingerprint fixes). Their seconds were spent by an earlier run and are not counted again."""
+    stats = FilterStats(rows_in=reuse.rows)
+    if not reuse.rows:
+        return stats
+    connection = staged.connection
+    reused = f"(SELECT row_id FROM {reuse.table})"
+    rejections, edits, lineage = (
+        quote(staged.staging_name(table)) for table in ("filter_rejections", "filter_edits", "lineage")
+    )
+    rejected = dict(
+        connection.execute(f"SELECT filter, count(*) FROM {rejections} WHERE row_id IN {reused} GROUP BY 1").fetchall()
+    )
+    edit_counts = dict(
+        connection.execute(f"SELECT cleaner, sum(edits) FROM {edits} WHERE row_id IN {reused} GROUP BY 1").fetchall()
+    )
+    (edited,) = fetch_one(connection, f"SELECT count(*) FROM {lineage} WHERE parent_id IN {reused}")
+    for cleaner in cleaners:
+        stats.seen[cleaner.name] = reuse.rows
+        stats.edits[cleaner.name] = int(edit_counts.get(cleaner.name, 0))
+    alive = reuse.rows
+    for flt in filters:
+        stats.seen[flt.name] = alive
+        stats.rejected[flt.name] = int(rejected.get(flt.name, 0))
+        alive -= stats.rejected[flt.name]
+    stats.rows_kept, stats.rows_edited = alive, int(edited)
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------

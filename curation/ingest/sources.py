@@ -384,8 +384,9 @@ def ingest_sources(
     """Write new versions of ``raw``, ``quarantine`` and ``ingested_files`` into ``staged``.
 
     Files whose content hash was already ingested are carried over without being read again, so
-    re-ingesting unchanged files adds nothing; changed files replace their previous rows; files
-    that disappeared (or whose source was removed from the project file) leave the tables.
+    re-ingesting unchanged files adds nothing; changed files replace their previous rows (a record they
+    still hold keeps the time it was first ingested); files that disappeared (or whose source was removed
+    from the project file) leave the tables.
     """
     connection = staged.connection
     existing = table_names(connection)
@@ -475,7 +476,22 @@ def ingest_sources(
                 ],
             )
             results.append(result)
+    if todo and "raw" in existing:
+        _keep_first_ingestion_times(connection, raw_table, ingested_at)
     return IngestSummary(results)
+
+
+def _keep_first_ingestion_times(connection: duckdb.DuckDBPyConnection, staged_raw: str, ingested_at: datetime) -> None:
+    """Give the records of files read again (they changed) that ``raw`` already held (the same id: same
+    source, file and content) the time they were first ingested. A file that grew is then new rows plus
+    rows exactly as they were: stages downstream see those rows unchanged (their memos reuse them), and
+    dedup's "ingested earlier" rule keeps the copy it kept before instead of switching to another file's."""
+    connection.execute(
+        f"UPDATE {staged_raw} AS fresh SET ingested_at = previous.ingested_at FROM raw AS previous "
+        "WHERE fresh.row_id = previous.row_id AND fresh.ingested_at = ? "
+        "AND previous.ingested_at IS DISTINCT FROM fresh.ingested_at",
+        [ingested_at],
+    )
 
 
 @contextlib.contextmanager

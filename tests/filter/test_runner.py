@@ -383,3 +383,74 @@ def test_the_stage_writes_the_same_tables_with_one_or_two_workers(tmp_path, monk
     assert outcomes[1] == outcomes[2]
     counts = outcomes[1]["counts"]
     assert counts[:3] == (120, 60, 20) and counts[4]["refusal"] == 20 and counts[5]["html_to_text"] == 20
+
+
+def _deduped(path: Path, rows: list[dict]) -> None:
+    import duckdb
+
+    from curation.core.warehouse import canonical_ddl
+
+    with duckdb.connect(str(path)) as connection:
+        connection.execute(f"CREATE OR REPLACE TABLE deduped ({canonical_ddl()})")
+        connection.register("_rows", rows_to_table(rows))
+        connection.execute("INSERT INTO deduped SELECT * FROM _rows")
+
+
+@pytest.mark.slow
+def test_a_rerun_filters_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path):
+    import duckdb
+
+    from curation.core.warehouse import Warehouse, content_hash
+    from curation.filter.runner import filter_table
+
+    rows = [{**row, "row_id": f"{row['row_id']}-{i}"} for i in range(3) for row in _sample_rows()]
+    # The next run: one clean row gains an HTML answer, one rejected row is fixed, two rows are new.
+    changed = {
+        "ok1-0": sft("ok1-0", "What is 2+2?", "<p>4</p>"),
+        "empty-1": sft("empty-1", "What is 2+2?", "Four."),
+    }
+    later = [changed.get(row["row_id"], row) for row in rows] + [
+        {**row, "row_id": f"{row['row_id']}-new"} for row in _sample_rows()[:2]
+    ]
+    demo = load_project(DEMO_CONFIG)
+    tables = ("filtered", "filter_rejections", "filter_edits", "lineage")
+
+    def run(path: Path, config=demo):
+        with Warehouse(path).write("filtered") as staged:
+            return filter_table(staged, "deduped", config, log=lambda _: None, batch_rows=5)
+
+    def counts(result) -> tuple:
+        stats = result.stats
+        return stats.rows_in, stats.rows_kept, stats.rows_edited, stats.seen, stats.rejected, stats.edits
+
+    again, fresh = tmp_path / "again.duckdb", tmp_path / "fresh.duckdb"
+    _deduped(again, rows)
+    assert run(again).rows_reused == 0
+    with duckdb.connect(str(again)) as connection:  # marks what the re-run copies
+        connection.execute("UPDATE filtered SET source_uri = coalesce(source_uri, '') || ' [copied]'")
+        connection.execute("UPDATE filter_rejections SET reason = reason || ' [copied]'")
+    _deduped(again, later)
+    rerun = run(again)
+    with duckdb.connect(str(again)) as connection:
+        (copied,) = connection.execute("SELECT count(*) FROM filtered WHERE source_uri LIKE '% [copied]'").fetchone()
+        (copied_rejections,) = connection.execute(
+            "SELECT count(*) FROM filter_rejections WHERE reason LIKE '% [copied]'"
+        ).fetchone()
+        recomputed = connection.execute(
+            "SELECT list(row_id ORDER BY row_id) FROM filtered WHERE coalesce(source_uri, '') NOT LIKE '% [copied]'"
+        ).fetchone()[0]
+        connection.execute("UPDATE filtered SET source_uri = nullif(replace(source_uri, ' [copied]', ''), '')")
+        connection.execute("UPDATE filter_rejections SET reason = replace(reason, ' [copied]', '')")
+        rerun_versions = {table: content_hash(connection, table) for table in tables}
+    assert rerun.rows_reused == len(rows) - 2 == copied + copied_rejections
+    assert len(recomputed) == 3  # the corrected answers and the new clean row ("empty-new" is rejected again)
+
+    _deduped(fresh, later)
+    first = run(fresh)
+    with duckdb.connect(str(fresh), read_only=True) as connection:
+        assert rerun_versions == {table: content_hash(connection, table) for table in tables}
+    assert counts(rerun) == counts(first) and first.stats.edits["html_to_text"] == 4
+
+    # Other filter settings: nothing is reused.
+    without_refusals = demo.model_copy(update={"filters": {**demo.filters, "refusal": False}})
+    assert run(fresh, without_refusals).rows_reused == 0
