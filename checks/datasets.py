@@ -183,26 +183,30 @@ def deduped_no_exact_duplicates(
     blocking=True,
     pool=POOL,
     description="Every row removed as a duplicate names a kept row that is in deduped (or whose "
-    "cleaned copy is, through lineage), so each removal is explained by one query.",
+    "cleaned copy is, through lineage), so each removal is explained by one query; and the clustering is one: "
+    "no removed row is published, and none is removed twice.",
 )
 def deduped_removed_point_to_kept(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> AssetCheckResult:
     with warehouse.get().connect() as connection:
-        dangling, removed = connection.execute(
+        dangling, removed, published, twice = connection.execute(
             "WITH kept AS (SELECT row_id FROM deduped UNION SELECT parent_id FROM lineage WHERE asset = 'deduped') "
-            "SELECT count(*) FILTER (kept_row_id NOT IN (SELECT row_id FROM kept)), count(*) "
+            "SELECT count(*) FILTER (kept_row_id NOT IN (SELECT row_id FROM kept)), count(*), "
+            "count(*) FILTER (row_id IN (SELECT row_id FROM kept)), count(*) - count(DISTINCT row_id) "
             "FROM dedup_clusters WHERE removed"
         ).fetchone()
         (wrong_similarity,) = connection.execute(
             "SELECT count(*) FROM dedup_clusters WHERE removed AND (jaccard IS NULL OR jaccard <= 0 OR jaccard > 1)"
         ).fetchone()
     return AssetCheckResult(
-        passed=dangling == 0 and wrong_similarity == 0,
+        passed=dangling == 0 and wrong_similarity == 0 and published == 0 and twice == 0,
         metadata={
             "removed_rows": int(removed),
             "pointing_to_missing_rows": int(dangling),
             "without_valid_similarity": int(wrong_similarity),
+            "removed_but_published": int(published),
+            "removed_more_than_once": int(twice),
         },
     )
 

@@ -124,7 +124,11 @@ class DedupConfig(_Strict):
     near: dict[str, Any] | bool = Field(default_factory=dict, description="threshold, num_perm, unit, n, fields…")
     within: dict[str, Any] | bool = Field(default_factory=dict, description="Repeated paragraphs inside a row.")
     boilerplate: dict[str, Any] | bool = Field(default_factory=dict, description="Paragraphs repeated across rows.")
-    conflicts: dict[str, Any] = Field(default_factory=dict, description="Same prompt, different responses.")
+    conflicts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Same-prompt conflicts per kind (SFT/chat: different responses; preference: contradictory "
+        "orderings): mode keep_best|flag|off, prompt_fields.",
+    )
 
 
 class SynthesisConfig(_Strict):

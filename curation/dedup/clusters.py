@@ -201,7 +201,7 @@ MEMBERS_DDL = (
     "reason VARCHAR NOT NULL"
 )
 """Cluster members while the stage runs, by input position: ``kept_position`` is the row its step kept
-(it names the cluster), ``final_kept`` the row that finally holds the content (:func:`forward_kept_rows`),
+(it names the cluster), ``final_kept`` the row that finally holds the content (:func:`resolve_kept_rows`),
 ``cluster_first`` the cluster's first row and ``step`` the step's number (together the order in which a
 kept row lists the copies it absorbed)."""
 
@@ -250,16 +250,39 @@ def insert_members(
     )
 
 
-def forward_kept_rows(connection: duckdb.DuckDBPyConnection, members: str, step: int) -> None:
-    """After step ``step``: a row it removed that an earlier step kept passes the copies it absorbed on to
-    the row that now holds their content, so ``final_kept`` always names a published row; the earlier
-    step's kept entry for it goes (its removal is listed by this step)."""
+def resolve_kept_rows(connection: duckdb.DuckDBPyConnection, members: str) -> None:
+    """One resolution of every step's clusters into one clustering, in SQL over the whole members table.
+
+    Each step runs on the rows no earlier step removed, so the removals form a forest: a removed row has
+    one edge, to the row its step kept, and only a row still kept ends a path. ``final_kept`` of every
+    member becomes the end of its path (the row that finally holds its content: the root of its tree,
+    what a union-find over all the steps' edges would name), and the kept entry of a row that a later
+    step removed goes (its removal is listed by that step). A member that would still name a removed
+    row is an error here, not a dangling ``kept_row_id`` for the blocking check to find."""
     connection.execute(
-        f"UPDATE {members} AS m SET final_kept = r.kept_position FROM {members} AS r "
-        "WHERE r.step = ? AND r.removed AND m.step < ? AND m.final_kept = r.position",
-        [step, step],
+        f"""
+        UPDATE {members} AS m SET final_kept = r.target FROM (
+            WITH RECURSIVE removal AS (SELECT position, kept_position FROM {members} WHERE removed),
+            path(position, step, target, hops) AS (
+                SELECT position, step, kept_position, 0 FROM {members}
+                UNION ALL
+                SELECT p.position, p.step, r.kept_position, p.hops + 1
+                FROM path AS p JOIN removal AS r ON r.position = p.target WHERE p.hops < 64
+            )
+            SELECT position, step, target FROM path WHERE target NOT IN (SELECT position FROM removal)
+        ) AS r
+        WHERE r.position = m.position AND r.step = m.step
+        """
     )
-    connection.execute(f"DELETE FROM {members} WHERE step < ? AND NOT removed AND final_kept <> position", [step])
+    connection.execute(
+        f"DELETE FROM {members} WHERE NOT removed AND position = kept_position "
+        f"AND position IN (SELECT position FROM {members} WHERE removed)"
+    )
+    (dangling,) = connection.execute(
+        f"SELECT count(*) FROM {members} WHERE final_kept IN (SELECT position FROM {members} WHERE removed)"
+    ).fetchone() or (0,)
+    if dangling:
+        raise RuntimeError(f"dedup: {dangling} cluster members still name a removed row after resolution")
 
 
 def clusters_sql(members: str, facts: str) -> str:

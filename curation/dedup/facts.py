@@ -26,7 +26,16 @@ from curation.core.texts import TextField, prompt_text, response_text, text_fiel
 from curation.dedup.clusters import ORIGIN_RANK, KeepPolicy, default_quality, quality_of, with_license_note
 from curation.dedup.conflicts import ConflictConfig
 from curation.dedup.exact import ExactConfig, normalised_key, parts_key
-from curation.dedup.fields import FieldSet, compared_text, dedup_text, field_parts, fold, normalized, normalizer
+from curation.dedup.fields import (
+    FieldSet,
+    compared_text,
+    dedup_text,
+    field_parts,
+    fold,
+    normalized,
+    normalizer,
+    rejected_text,
+)
 from curation.dedup.minhash import MinHasher, signature_column
 from curation.dedup.near import SIGNATURE_SCHEMA, NearConfig, signature_key, signature_keyer
 from curation.dedup.repeats import (
@@ -66,7 +75,8 @@ FACT_SCHEMA = pa.schema(
         ("edited", pa.bool_()),  # repeats or boilerplate removed from its texts
         ("exact_key", pa.string()),  # NULL: nothing to compare
         ("prompt_key", pa.string()),  # NULL: no prompt, or a text/prompt row (no conflicts)
-        ("response_key", pa.string()),
+        ("response_key", pa.string()),  # a preference row's chosen answer
+        ("rejected_key", pa.string()),  # a preference row's rejected answer (always); NULL for other kinds
         ("near_key", pa.string()),  # curation.dedup.near.signature_key of the compared text
     ]
 )
@@ -111,6 +121,7 @@ def row_facts(row: Row, position: int, plan: DedupPlan, was_edited: bool) -> tup
         "exact_key": None,
         "prompt_key": None,
         "response_key": None,
+        "rejected_key": None,
         "near_key": None,
     }
     prompt, response = prompt_text(row), response_text(row)  # what most field sets are made of
@@ -127,6 +138,8 @@ def row_facts(row: Row, position: int, plan: DedupPlan, was_edited: bool) -> tup
     if conflicts.mode != "off" and row.get("kind") not in ("text", "prompt") and prompt.strip():
         record["prompt_key"] = parts_key(pieces(conflicts.prompt_fields), conflicts.normalize)
         record["response_key"] = _digest(normalized(response, conflicts.normalize))
+    if row.get("kind") == "preference":
+        record["rejected_key"] = _digest(normalized(rejected_text(row), conflicts.normalize))
     if plan.near is None:
         return record, None
     text = compared_text(pieces(plan.near.fields), plan.near.fields)
@@ -134,8 +147,8 @@ def row_facts(row: Row, position: int, plan: DedupPlan, was_edited: bool) -> tup
     return record, text
 
 
-_Keys = tuple[str | None, str | None, str | None, str | None, str | None]
-"""A row's exact, prompt, response and signature keys, and the text near dedup compares."""
+_Keys = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+"""A row's exact, prompt, response, rejected and signature keys, and the text near dedup compares."""
 _DECIDING: tuple[str, ...] = tuple(FACT_SCHEMA.names[5:])
 """The fact columns computed from a row's content (the others are copied from the input)."""
 _CONTENT_COLUMNS = ("kind", "text", "messages", "chosen", "rejected", "score", "extra", "origin", "license")
@@ -211,7 +224,7 @@ class FastFacts:
                         return None
         kind = row["kind"]
         prompt, response = prompt_text(row), response_text(row)
-        if self.standard:
+        if self.standard and kind != "preference":  # a preference row compares its rejected answer too
             keys = self._standard_keys(kind, prompt, response, normal)
         else:
             keys = self._keys(row, kind, prompt, response, normal)
@@ -227,9 +240,9 @@ class FastFacts:
             license_order,
             -quality_of(response, kind, extra, row["score"]),
             False,
-            *keys[:4],
+            *keys[:5],
         )
-        return values, keys[4], sorted(paragraphs)
+        return values, keys[5], sorted(paragraphs)
 
     def _standard_keys(self, kind: str, prompt: str, response: str, normal: dict[str, str]) -> _Keys:
         """:meth:`_keys` for the default field sets (exact and near compare prompt and response, conflicts
@@ -249,7 +262,7 @@ class FastFacts:
             prompt_key = normalised_key((prompt_norm,))
             response_key = _digest(response_norm)
         assert self.near_key is not None
-        return exact_key, prompt_key, response_key, self.near_key(compared), compared
+        return exact_key, prompt_key, response_key, None, self.near_key(compared), compared
 
     def _keys(self, row: Row, kind: str, prompt: str, response: str, normal: dict[str, str]) -> _Keys:
         """The exact, prompt, response and signature keys of a row, and the text near dedup compares."""
@@ -266,7 +279,7 @@ class FastFacts:
                 return [norm(t) for t in texts]
             return [normal[t] if t in normal else normal.setdefault(t, norm(t)) for t in texts]
 
-        exact_key = prompt_key = response_key = near_key = compared = None
+        exact_key = prompt_key = response_key = rejected_key = near_key = compared = None
         if plan.exact is not None and self.exact_norm is not None:
             fields = plan.exact.fields
             if compared_text(parts(fields), fields).strip():
@@ -275,10 +288,12 @@ class FastFacts:
         if conflicts.mode != "off" and kind not in ("text", "prompt") and prompt.strip():
             prompt_key = normalised_key(normalised(parts(conflicts.prompt_fields), self.conflict_norm))
             response_key = _digest(normalised([response], self.conflict_norm)[0])
+        if kind == "preference":
+            rejected_key = _digest(normalised([rejected_text(row)], self.conflict_norm)[0])
         if plan.near is not None and self.near_key is not None:
             compared = compared_text(parts(plan.near.fields), plan.near.fields)
             near_key = self.near_key(compared)
-        return exact_key, prompt_key, response_key, near_key, compared
+        return exact_key, prompt_key, response_key, rejected_key, near_key, compared
 
     def _units(
         self, text: str, eligible: bool, count_paragraphs: bool, paragraphs: set[str], normal: dict[str, str]
@@ -433,7 +448,7 @@ def texts_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch]:
     plan: DedupPlan = _WORKER["plan"]
     assert plan.near is not None
     fields = plan.near.fields
-    texts = []
+    texts, chosen, rejected = [], [], []
     for index, (content, was_edited) in enumerate(
         zip(_content(batch), batch.column("edited").to_pylist(), strict=True)
     ):
@@ -441,12 +456,22 @@ def texts_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch]:
             ((raw, _),) = _rows(batch.slice(index, 1))
             content, _ = edited(raw, plan, _WORKER["boilerplate"])
         texts.append(dedup_text(content, fields))
-    arrays = [_typed(batch.column("slot"), pa.int64()), pa.array(texts, pa.string())]
+        preference = content["kind"] == "preference"
+        chosen.append(response_text(content) if preference else None)
+        rejected.append(rejected_text(content) if preference else None)
+    arrays = [
+        _typed(batch.column("slot"), pa.int64()),
+        *(pa.array(column, pa.string()) for column in (texts, chosen, rejected)),
+    ]
     return (pa.RecordBatch.from_arrays(arrays, schema=TEXT_SCHEMA),)
 
 
-TEXT_SCHEMA = pa.schema([("slot", pa.int64()), ("text", pa.string())])
-"""Compared texts of near-duplicate candidates, by their place in verification order."""
+TEXT_SCHEMA = pa.schema(
+    [("slot", pa.int64()), ("text", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+)
+"""Compared texts of near-duplicate candidates, by their place in verification order; for preference rows
+also each answer on its own (two pairs are near copies only when each side is: see
+:func:`curation.dedup.stage.run_dedup`)."""
 
 
 @gc_paused

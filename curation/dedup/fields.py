@@ -1,6 +1,7 @@
 """What dedup compares: the field sets of a row (``first_prompt``, ``prompt``, ``prompt_response``,
-``conversation``), as pieces for the exact key or as one text for near-duplicate shingles, and the
-normalised form of a text that every comparison uses (:func:`normalized`)."""
+``conversation``; for a preference row ``prompt_response`` is the prompt, the chosen and the rejected
+answer), as pieces for the exact key or as one text for near-duplicate shingles, and the normalised form
+of a text that every comparison uses (:func:`normalized`)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ def field_parts(row: Row, fields: FieldSet, prompt: str | None = None, response:
     if fields == "prompt":
         return [prompt_text(row) if prompt is None else prompt]
     if fields == "prompt_response":
-        return [prompt_text(row) if prompt is None else prompt, response_text(row) if response is None else response]
+        pair = [prompt_text(row) if prompt is None else prompt, response_text(row) if response is None else response]
+        # A preference row's response is the comparison, not the chosen side alone: two pairs that share
+        # a prompt and a chosen answer but reject different answers are different data.
+        return [*pair, rejected_text(row)] if row.get("kind") == "preference" else pair
     if fields == "conversation":
         parts = [row.get("kind") or "", row.get("text") or ""]
         for column in ("messages", "chosen", "rejected"):
@@ -76,6 +80,14 @@ def field_parts(row: Row, fields: FieldSet, prompt: str | None = None, response:
                 parts.append(message.get("content") or "")
         return parts
     raise ValueError(f"unknown dedup field set {fields!r}; use one of {', '.join(FIELD_SETS)}")
+
+
+def rejected_text(row: Row) -> str:
+    """The rejected completion of a preference row (its contents joined, as ``response_text`` joins the
+    chosen one); empty for other kinds."""
+    if row.get("kind") != "preference":
+        return ""
+    return "\n".join(m.get("content") or "" for m in (row.get("rejected") or []))
 
 
 def dedup_text(row: Row, fields: FieldSet) -> str:

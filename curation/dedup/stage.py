@@ -9,11 +9,13 @@ over narrow per-row columns in DuckDB, or numpy arrays of fixed width per row:
    ``dedup_signatures`` does not hold it yet;
 2. boilerplate: paragraphs counted across rows in SQL; the rows holding one are computed again;
 3. exact duplicates, near duplicates (on the survivors of exact) and same-prompt conflicts (on the
-   survivors of both): SQL windows keep one row per cluster by
-   :class:`~curation.dedup.clusters.KeepPolicy`; near candidates come from LSH band keys, are verified
-   by exact Jaccard on the texts of candidate rows only (a pass over those rows) and grouped into
-   connected components; a row removed by a later step passes the copies it absorbed on to the row
-   that removed it (:func:`~curation.dedup.clusters.forward_kept_rows`);
+   survivors of both; per kind, :mod:`curation.dedup.conflicts`): SQL windows keep one row per cluster
+   by :class:`~curation.dedup.clusters.KeepPolicy`; near candidates come from LSH band keys, are
+   verified by exact Jaccard on the texts of candidate rows only (a pass over those rows; preference
+   pairs on each answer too) and grouped into connected components. Then one SQL resolution over all
+   the steps' clusters (:func:`~curation.dedup.clusters.resolve_kept_rows`) makes them one clustering:
+   every removed row, whichever step removed it, names the row that finally holds its content (a row
+   removed by a later step passes the copies it absorbed on), and no member names a removed row;
 4. the output: rows that neither changed nor absorbed a copy are copied by SQL; the others pass through
    the workers again (edited, with the copies they absorbed in ``extra.dedup_sources``, a lineage edge).
 
@@ -22,6 +24,7 @@ Scratch tables live in an in-memory database attached for the run and detached a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,9 +57,9 @@ from curation.dedup.clusters import (
     MEMBERS_DDL,
     absorbed_sql,
     clusters_sql,
-    forward_kept_rows,
     insert_members,
     kept_sql,
+    resolve_kept_rows,
 )
 from curation.dedup.conflicts import ConflictConfig, conflict_groups_sql
 from curation.dedup.exact import ExactConfig, exact_groups_sql
@@ -285,12 +288,11 @@ def run_dedup(
             insert_members(connection, db.members, facts, exact_groups_sql(survivors), 1, plan.exact.method)
         if plan.near is not None:
             _near(run, plan.near, signatures, survivors, log)
-            forward_kept_rows(connection, db.members, 2)
         conflicts = plan.conflicts
         if conflicts.mode != "off":
             remove = conflicts.mode == "keep_best"
             insert_members(connection, db.members, facts, conflict_groups_sql(survivors), 3, conflicts.method, remove)
-            forward_kept_rows(connection, db.members, 3)
+        resolve_kept_rows(connection, db.members)
         log("deduped: clusters decided")
         clusters = staged.create("dedup_clusters", CLUSTERS_DDL)
         connection.execute(f"INSERT INTO {clusters} {clusters_sql(db.members, facts)}")
@@ -408,9 +410,10 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
     near_rows = db.near_rows
     connection.execute(
         f"CREATE TABLE {near_rows} AS SELECT row_number() OVER (ORDER BY position) - 1 AS near_index, position, "
-        f"near_key FROM {survivors}"
+        f"near_key, rejected_key IS NOT NULL AS preference FROM {survivors}"
     )
-    positions = connection.sql(f"SELECT position FROM {near_rows} ORDER BY near_index").fetchnumpy()["position"]
+    ordered = connection.sql(f"SELECT position, preference FROM {near_rows} ORDER BY near_index").fetchnumpy()
+    positions, preference = ordered["position"], ordered["preference"]
     bands, rows = config.params
     keys = np.empty((positions.size, bands), dtype=np.uint64)
     shingle_counts = np.zeros(positions.size, dtype=np.int64)
@@ -432,6 +435,7 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
     del keys
     with _candidate_texts(run, cand) as texts_of:
         pairs, jaccard = verify(cand, config, texts_of)
+        pairs, jaccard = _each_side_near(pairs, jaccard, np.asarray(preference, dtype=bool), config, texts_of)
         log(f"deduped: {found:,} LSH candidate pairs, {len(cand):,} verified, {len(pairs):,} near duplicates")
         if not len(pairs):
             return
@@ -460,6 +464,35 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
     with db.registered("_near_groups", groups.append_column("jaccard", pa.array(similarity))):
         method = near_method(config)
         insert_members(connection, db.members, db.facts, "SELECT * FROM _near_groups", 2, method, linked=True)
+
+
+def _each_side_near(
+    pairs: np.ndarray,
+    jaccard: np.ndarray,
+    preference: np.ndarray,
+    config: NearConfig,
+    texts_of: Callable[..., list[str]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The verified ``pairs`` (near indices, with their ``jaccard``) that are near copies per kind. Two
+    preference pairs are near copies only when the chosen answers are and the rejected answers are too
+    (each side's Jaccard reaches the threshold): one text of prompt, chosen and rejected answer reaches it
+    when one long answer is shared and the other, short, differs entirely (A > B and A > C, distinct
+    comparisons of one prompt), or when the same two answers are ordered both ways (a contradiction, the
+    conflict step's business). A preference pair and a row of another kind are never near copies (they
+    are different data)."""
+    if not len(pairs):
+        return pairs, jaccard
+    left, right = preference[pairs[:, 0]], preference[pairs[:, 1]]
+    keep = left == right
+    both = np.flatnonzero(left & right)
+    if both.size:
+        hasher = config.hasher()
+        for side in ("chosen", "rejected"):
+            side_jaccard = pair_jaccards(
+                hasher, pairs[both], functools.partial(texts_of, column=side), workers=config.workers
+            )
+            keep[both[side_jaccard < config.threshold - 1e-12]] = False
+    return pairs[keep], jaccard[keep]
 
 
 @contextlib.contextmanager
@@ -491,7 +524,7 @@ def _candidate_texts(run: _Passes, cand: np.ndarray) -> Iterator[Callable[[np.nd
     local = threading.local()
     lock = threading.Lock()
 
-    def texts_of(wanted: np.ndarray) -> list[str]:
+    def texts_of(wanted: np.ndarray, column: str = "text") -> list[str]:
         cursor = getattr(local, "cursor", None)
         if cursor is None:
             with lock:
@@ -501,11 +534,11 @@ def _candidate_texts(run: _Passes, cand: np.ndarray) -> Iterator[Callable[[np.nd
         low = int(at.min())
         texts = (
             cursor.sql(
-                f"SELECT text FROM {db.near_texts} WHERE slot BETWEEN $low AND $high ORDER BY slot",
+                f"SELECT {quote(column)} AS t FROM {db.near_texts} WHERE slot BETWEEN $low AND $high ORDER BY slot",
                 params={"low": low, "high": int(at.max())},
             )
             .to_arrow_table()
-            .column("text")
+            .column("t")
             .to_pylist()
         )
         return [texts[i] for i in (at - low).tolist()]
