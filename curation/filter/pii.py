@@ -10,6 +10,11 @@ Presidio's context enhancement does; only unambiguous shapes (``+`` prefix, Nort
 ``(415) 555-0100`` style) fire on their own.
 
 Person names need a model; pass an :class:`NerBackend` (see ``curation/filter/pii_ner.py``).
+
+One detector serves the `pii` cleaner, the `pii` filter and the `no_pii_left` check, and they agree:
+the detectors judge a text as the `whitespace` cleaner (which runs after `pii`) will store it
+(:func:`whitespace_view`), and :func:`redact` repeats until nothing is found, so whatever the check
+would flag in a cleaned text the cleaner has already redacted.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow.compute as pc
 
 from curation.filter.batch import BatchTexts, Screen
@@ -382,10 +388,12 @@ _PHONE = re.compile(
     re.IGNORECASE,
 )
 # Shapes that are phones without any context: an international "+" prefix, or the North-American
-# "(415) 555-0100" / "415-555-0100" / "415.555.0100" layout with consistent separators.
+# "(415) 555-0100" / "415-555-0100" / "415.555.0100" layout with consistent separators (a bracketed
+# area code may be followed by any of them: "(415) 555 0100", "(415)-555-0100"). "415 555 0100" still
+# needs a context word: space-grouped digits are how large numbers are written.
 _PHONE_STRONG = re.compile(
     r"^(?:\+\d.*"
-    r"|(?:(?:00)?1[ .-])?(?:\(\d{3}\)[ ]?\d{3}-\d{4}|\d{3}([.-])\d{3}\1\d{4})"
+    r"|(?:(?:00)?1[ .-])?(?:\(\d{3}\)[ -]?\d{3}[ .-]\d{4}|\d{3}([.-])\d{3}\1\d{4})"
     r"(?:[ ]?(?:x|ext\.?|extension)[ ]?\d{1,6})?)$",
     re.IGNORECASE,
 )
@@ -473,23 +481,55 @@ def _secrets(text: str) -> Iterator[Span]:
             yield m.span(1)
 
 
-# Street addresses, "where feasible": a house number, one to four capitalised words and a street
-# type (US/UK/Commonwealth suffixes), optionally followed by a unit. Continental formats
-# ("Rua do Arenque 1634") and bare unit lines are not attempted: too close to ordinary prose.
+# Street addresses, "where feasible". Four shapes, each with a mark that ordinary prose, maths and
+# code lack (rules written from the `dev` split of presidio-synth-pii and checked for false positives
+# on gsm8k, Code Alpaca and Self-Instruct; see benchmarks/pii_eval.py):
+# * English: a house number, one to four capitalised words and a street type, optionally a unit;
+# * continental, type first: "Rue de Piétrain 371", "Via Roma 131", "ul. Zamkowa 33";
+# * continental, type last: "Wingertweg 126", "Loorenstrasse 149", "Koepenicker Str. 74";
+# * postal: "P.O. Box 149", "PSC 6477, Box 2981", "APO AE 83700", and unit lines ("Apt. 322", "Suite 578").
+# A house number after a bare name ("Pavlou Drandaki 214") and lone postcodes are not attempted.
 _STREET_TYPES = (
     r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Square|Sq|"
     r"Terrace|Parkway|Pkwy|Highway|Hwy|Way|Crescent|Cres|Circle|Cir|Close|Grove|Gardens|Row|Walk|"
     r"Trail|Alley|Plaza|Mews|Hill|Park"
 )
+_UNIT = r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Fl\.?|Floor)"
 _STREET = re.compile(
     rf"(?<![\w.,-])\d{{1,5}}[A-Za-z]?[ \t]+(?:[A-Z][a-zA-Z'’.-]+[ \t]+){{1,4}}(?:{_STREET_TYPES})\.?"
-    r"(?:,?\s+(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Fl\.?|Floor)\s*#?\w{1,6})?(?![\w])"
+    rf"(?:,?\s+{_UNIT}\s*#?\w{{1,6}})?(?![\w])"
+)
+# A capitalised word in any Latin script, and the particles that join the words of a street name.
+_NAME_WORD = r"[A-ZÀ-ÖØ-ÞĀ-ſ][\w'’.-]*"
+_PARTICLE = r"(?:de|del|della|delle|dei|di|da|do|dos|das|du|des|la|le|les|el|los|las|e|y|am|an|der|im|van|den)"
+_HOUSE_NUMBER = r"[0-9]{1,4}[A-Za-z]?(?![\w/-]|[.,]\d)"
+_TYPE_FIRST = (
+    r"Rue|Rua|Via|Viale|Piazza|Piazzale|Corso|Largo|Vicolo|Calle|Carrer|Avenida|Avda\.|Paseo|Praça|Travessa|"
+    r"Rambla|Camino|Carretera|Ronda|Chemin|Allée|Quai|Impasse|ul\.|ulica|Aleja|Plac|Strada|Str\.|"
+    r"Bulevardul|Calea|Odos|Leoforos"
+)
+_STREET_TYPE_FIRST = re.compile(
+    rf"(?<![\w.-])(?:{_TYPE_FIRST})[ \t]+(?:(?:{_NAME_WORD}|{_PARTICLE})[ \t]+){{0,4}}{_NAME_WORD}[ \t]+{_HOUSE_NUMBER}"
+)
+# German, Dutch, Scandinavian, Finnish and Hungarian street words, as a word's ending or on their own.
+_TYPE_LAST = (
+    r"strasse|straße|str\.|gasse|weg|allee|platz|damm|ufer|vej|gade|gata|gatan|vägen|veien|vegen|laan|straat|"
+    r"gracht|plein|katu|tie|utca"
+)
+_STREET_TYPE_LAST = re.compile(
+    rf"(?<![\w.-])(?:[A-ZÀ-ÖØ-Þ][\w'’-]{{2,}}(?:{_TYPE_LAST})"
+    rf"|(?:{_NAME_WORD}[ \t]+){{1,3}}(?:{_TYPE_LAST.title()}|u\.))[ \t]+{_HOUSE_NUMBER}"
+)
+_POSTAL = re.compile(
+    r"(?<![\w.-])(?:P\.?[ ]?O\.?[ ]?Box[ \t]+[0-9]{1,6}|PSC[ \t]+[0-9]{3,5},?[ \t]+Box[ \t]+[0-9]{1,5}"
+    r"|(?:APO|FPO|DPO)[ \t]+A[AEP][ \t]+[0-9]{5}|(?:Apt\.|Apartment|Suite)[ \t]*#?[0-9]{1,5}[A-Za-z]?)(?![\w-])"
 )
 
 
 def _street_addresses(text: str) -> Iterator[Span]:
-    for m in _STREET.finditer(text):
-        yield m.span()
+    for pattern in (_STREET, _STREET_TYPE_FIRST, _STREET_TYPE_LAST, _POSTAL):
+        for m in pattern.finditer(text):
+            yield m.span()
 
 
 _DETECTORS: dict[str, Callable[[str], Iterator[Span]]] = {
@@ -533,12 +573,37 @@ _HINTS: dict[str, str] = {
     r"|[\"'][A-Za-z0-9+/=_-]{24,200}[\"']",
     "STREET_ADDRESS": rf"\d[A-Za-z]?[ \t]+(?:[A-Z][a-zA-Z'’.-]+[ \t]+){{1,4}}(?:{_STREET_TYPES})",
 }
+# Second hints, run as a second union: the continental and postal street shapes' marks (a street word
+# before a name or an ASCII house number, a postal word before a number). Joined to the first union
+# they would make its automaton larger than RE2's DFA keeps fast (about 14 against 10 µs a row of chat
+# text); alone they cost about 3.
+_EXTRA_HINTS: dict[str, str] = {
+    "STREET_ADDRESS": rf"(?:{_TYPE_FIRST})[ \t]"
+    rf"|(?:{_TYPE_LAST}|{_TYPE_LAST.title()}|[^\s][ \t]+u\.)[ \t]+[0-9]"
+    r"|Box[ \t]+[0-9]|(?:APO|FPO|DPO)[ \t]|(?:Apt\.|Apartment|Suite)[ \t]*#?[0-9]",
+}
+# The detectors judge the whitespace cleaner's view of a text (:func:`whitespace_view`), in which a
+# no-break space is a space and a zero-width character is gone: a text holding one is searched for
+# every entity (the second union holds that screen too). (The view's other rules cannot make a hint
+# match: they only drop spaces before line breaks, turn CR into LF and shorten runs of blank lines.)
+_INVISIBLE = r"[\x{a0}\x{202f}\x{200b}\x{feff}]"
 _SCREENS: dict[str, str | None] = {entity: wider_re2(re.compile(hint)) for entity, hint in _HINTS.items()}
+_EXTRA_SCREENS: dict[str, str | None] = {entity: wider_re2(re.compile(hint)) for entity, hint in _EXTRA_HINTS.items()}
+
+
+def _unions(entities: Collection[str]) -> tuple[str | None, str | None]:
+    """The two unions a text must pass one of to hold one of ``entities`` (``None`` first: no screen)."""
+    first = any_of(_SCREENS.get(entity) for entity in entities)
+    second = any_of([*(_EXTRA_SCREENS[entity] for entity in entities if entity in _EXTRA_SCREENS), _INVISIBLE])
+    return first, second
 
 
 def pii_screen(entities: Collection[str]) -> str | None:
     """One RE2 pattern that every text holding one of ``entities`` matches (``None``: no screen)."""
-    return any_of(_SCREENS.get(entity) for entity in entities) if entities else None
+    if not entities:
+        return None
+    first, second = _unions(entities)
+    return None if first is None else any_of([first, second])
 
 
 def pii_candidates(texts: Sequence[str], entities: Collection[str] | None = None) -> list[tuple[str, ...]]:
@@ -549,18 +614,27 @@ def pii_candidates(texts: Sequence[str], entities: Collection[str] | None = None
     found: list[tuple[str, ...]] = [()] * len(texts)
     if not wanted or not texts:
         return found
-    union = pii_screen(wanted)
-    if union is None:  # no screen for an entity: every text is searched for every one
+    first, second = _unions(wanted)
+    if first is None or second is None:  # no screen for an entity: every text is searched for every one
         return [tuple(wanted)] * len(texts)
     array, unscreened = text_array(texts)
     for position in unscreened:
         found[position] = tuple(wanted)
-    positions = pc.indices_nonzero(pc.match_substring_regex(array, union))
+    passed = pc.or_(pc.match_substring_regex(array, first), pc.match_substring_regex(array, second))
+    positions = pc.indices_nonzero(passed)
     if len(positions):
         flagged = array.take(positions)
-        hits = [pc.match_substring_regex(flagged, _SCREENS[entity]).to_pylist() for entity in wanted]
+
+        def hits(pattern: str | None) -> list[bool]:
+            return pc.match_substring_regex(flagged, pattern).to_pylist() if pattern else [False] * len(flagged)
+
+        own = [hits(_SCREENS[entity]) for entity in wanted]
+        extra = [hits(_EXTRA_SCREENS.get(entity)) for entity in wanted]
+        invisible = hits(_INVISIBLE)
         for k, position in enumerate(positions.to_pylist()):
-            found[position] = tuple(entity for entity, hit in zip(wanted, hits, strict=True) if hit[k])
+            found[position] = tuple(
+                entity for entity, a, b in zip(wanted, own, extra, strict=True) if a[k] or b[k] or invisible[k]
+            )
     return found
 
 
@@ -570,16 +644,24 @@ def batch_candidates(batch: BatchTexts, entities: Collection[str] | None = None)
     wanted = [entity for entity in _check_entities(entities) if entity in _SCREENS]
     if not wanted or not batch.texts:
         return {}
-    union = pii_screen(wanted)
-    if union is None:  # no screen for an entity: every text is searched for every one
+    first, second = _unions(wanted)
+    if first is None or second is None:  # no screen for an entity: every text is searched for every one
         return dict.fromkeys(range(len(batch.texts)), tuple(wanted))
-    positions = batch.passing(union)
-    if not positions:
+    passed = batch.screen(first) | batch.screen(second)
+    positions = np.flatnonzero(passed)
+    if not len(positions):
         return {}
-    # Each entity's screen, as the batch has it (run on the texts the union passed when prefetched).
-    hits = [batch.screen(_SCREENS[entity], within=union)[positions].tolist() for entity in wanted]
+    # Each entity's screens, as the batch has them (run on the texts its union passed when prefetched).
+    none = np.zeros(len(positions), dtype=bool)
+    invisible = batch.screen(_INVISIBLE, within=second)[positions]
+    hits = [
+        batch.screen(_SCREENS[entity], within=first)[positions]
+        | (batch.screen(extra, within=second)[positions] if (extra := _EXTRA_SCREENS.get(entity)) else none)
+        | invisible
+        for entity in wanted
+    ]
     found = {}
-    for k, position in enumerate(positions):
+    for k, position in enumerate(positions.tolist()):
         entities_found = tuple(entity for entity, hit in zip(wanted, hits, strict=True) if hit[k])
         if entities_found:
             found[position] = entities_found
@@ -587,13 +669,21 @@ def batch_candidates(batch: BatchTexts, entities: Collection[str] | None = None)
 
 
 def batch_screens(entities: Collection[str] | None = None) -> list[Screen]:
-    """The screens :func:`batch_candidates` asks a batch for: the union, and each entity's own on the
-    texts the union passed."""
+    """The screens :func:`batch_candidates` asks a batch for: the two unions, and each entity's own on
+    the texts its union passed."""
     wanted = [entity for entity in _check_entities(entities) if entity in _SCREENS]
-    union = pii_screen(wanted)
-    if not wanted or union is None:
+    if not wanted:
         return []
-    return [Screen(union, alone=True), *(Screen(_SCREENS[entity], within=union) for entity in wanted)]
+    first, second = _unions(wanted)
+    if first is None or second is None:
+        return []
+    return [
+        Screen(first, alone=True),
+        Screen(second, alone=True),
+        *(Screen(_SCREENS[entity], within=first) for entity in wanted),
+        *(Screen(_EXTRA_SCREENS[entity], within=second) for entity in wanted if entity in _EXTRA_SCREENS),
+        Screen(_INVISIBLE, within=second),
+    ]
 
 
 def _check_entities(entities: Collection[str] | None) -> Collection[str]:
@@ -605,38 +695,123 @@ def _check_entities(entities: Collection[str] | None) -> Collection[str]:
     return entities
 
 
+# ---------------------------------------------------------------- the text as it will be stored
+# The chain's last cleaner normalises white space (``whitespace``, after ``pii``): it turns no-break
+# spaces into spaces, deletes zero-width characters, trailing spaces and extra blank lines. Each of
+# those can make a match out of what was none ("555\u200b1234", "call" followed by spaces and a line
+# break, …), so a redactor that looked at the text before it would leave PII that the `no_pii_left`
+# check finds afterwards. The detectors therefore look at the text as that cleaner will leave it (the
+# *view*) and report spans in the text they were given. Kept in step with
+# :class:`curation.filter.cleaners.NormalizeWhitespace` by a test; trimming the ends is left out (it
+# can neither make nor break a match).
+
+_VIEW_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\r\n?"), "\n"),
+    (re.compile(r"[\u00a0\u202f]"), " "),
+    (re.compile(r"[\u200b\ufeff]"), ""),
+    (re.compile(r"[ \t]+$", re.MULTILINE), ""),
+    (re.compile(r"\n{3,}"), "\n\n"),
+)
+_VIEW_UNICODE = re.compile(r"[\u00a0\u202f\u200b\ufeff]")
+
+
+def _needs_view(text: str) -> bool:
+    """Whether a rule of :data:`_VIEW_RULES` may change ``text`` (substring tests, far cheaper than searching)."""
+    return (
+        "\r" in text
+        or " \n" in text
+        or "\t\n" in text
+        or "\n\n\n" in text
+        or (not text.isascii() and _VIEW_UNICODE.search(text) is not None)
+    )
+
+
+def _view_text(text: str) -> str:
+    """:func:`whitespace_view`'s text alone (``text`` itself when no rule changes it), without offsets."""
+    if not _needs_view(text):
+        return text
+    view = text
+    for pattern, replacement in _VIEW_RULES:
+        view = pattern.sub(replacement, view)
+    return text if view == text else view
+
+
+def whitespace_view(text: str) -> tuple[str, list[int] | None, list[int] | None]:
+    """``text`` as the whitespace cleaner leaves it (but for its ends), and for each character of it
+    the span of ``text`` it came from (``None``, ``None`` when nothing changes: the view is the text)."""
+    if not _needs_view(text):
+        return text, None, None
+    view = text
+    starts: list[int] = list(range(len(text)))
+    ends: list[int] = list(range(1, len(text) + 1))
+    for pattern, replacement in _VIEW_RULES:
+        pieces: list[str] = []
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        cursor = 0
+        for m in pattern.finditer(view):
+            s, e = m.span()
+            pieces.append(view[cursor:s])
+            new_starts += starts[cursor:s]
+            new_ends += ends[cursor:s]
+            pieces.append(replacement)
+            # A replacing character stands for the whole replaced run.
+            new_starts += [starts[s]] * len(replacement)
+            new_ends += [ends[e - 1]] * len(replacement)
+            cursor = e
+        if cursor == 0 and not pieces:
+            continue
+        pieces.append(view[cursor:])
+        new_starts += starts[cursor:]
+        new_ends += ends[cursor:]
+        view, starts, ends = "".join(pieces), new_starts, new_ends
+    return view, starts, ends
+
+
 def find_pii(text: str, entities: Collection[str] | None = None, ner: NerBackend | None = None) -> list[PiiMatch]:
     """Non-overlapping PII spans in ``text``, sorted by position.
 
     ``entities`` limits the types searched (default: all). ``ner`` adds model-based matches
     (PERSON); without it PERSON is silently not searched. Overlaps are resolved by
-    :data:`ENTITIES` priority, then by the longer span.
+    :data:`ENTITIES` priority, then by the longer span. The detectors judge the text as the
+    whitespace cleaner will store it (:func:`whitespace_view`); spans are in ``text``.
     """
     wanted = _check_entities(entities)
+    view = _view_text(text)
     candidates: list[PiiMatch] = []
     for entity, detect in _DETECTORS.items():
         if entity in wanted:
-            candidates.extend(PiiMatch(entity, s, e, text[s:e]) for s, e in detect(text) if e > s)
+            candidates.extend(PiiMatch(entity, s, e, view[s:e]) for s, e in detect(view) if e > s)
     if ner is not None:
-        candidates.extend(m for m in ner(text) if m.entity in wanted and m.end > m.start)
+        # A model may read a placeholder ("[PERSON]") as a name; it is already redacted.
+        candidates.extend(
+            m for m in ner(view) if m.entity in wanted and m.end > m.start and m.text.strip("[]") not in _PRIORITY
+        )
     candidates.sort(key=lambda m: (_PRIORITY.get(m.entity, len(ENTITIES)), m.start - m.end, m.start))
     chosen: list[PiiMatch] = []
     for match in candidates:
         if all(match.end <= c.start or match.start >= c.end for c in chosen):
             chosen.append(match)
-    return sorted(chosen, key=lambda m: m.start)
+    chosen.sort(key=lambda m: m.start)
+    if view is text or not chosen:
+        return chosen
+    # Offsets back into ``text``: worked out only for the few texts that hold a match.
+    _, starts, ends = whitespace_view(text)
+    assert starts is not None and ends is not None
+    mapped = []
+    for m in chosen:
+        start, end = starts[m.start], ends[m.end - 1]
+        mapped.append(PiiMatch(m.entity, start, end, text[start:end]))
+    return mapped
 
 
-def redact(
-    text: str, entities: Collection[str] | None = None, ner: NerBackend | None = None
-) -> tuple[str, list[PiiMatch]]:
-    """``text`` with every match replaced by its placeholder (``[EMAIL]``), and the matches.
+REDACT_ROUNDS = 8
+"""Rounds of :func:`redact` at most. Replacing a span can make a match appear next to it (a number
+that a phone number hid from a context word, a context window that now reaches further); one more
+round redacts it, and text that needs more than two is already unusual."""
 
-    Placeholders are never detected again, so redacting twice changes nothing.
-    """
-    matches = find_pii(text, entities, ner)
-    if not matches:
-        return text, matches
+
+def _replace(text: str, matches: Sequence[PiiMatch]) -> str:
     parts: list[str] = []
     cursor = 0
     for m in matches:
@@ -644,4 +819,26 @@ def redact(
         parts.append(placeholder(m.entity))
         cursor = m.end
     parts.append(text[cursor:])
-    return "".join(parts), matches
+    return "".join(parts)
+
+
+def redact(
+    text: str, entities: Collection[str] | None = None, ner: NerBackend | None = None
+) -> tuple[str, list[PiiMatch]]:
+    """``text`` with every match replaced by its placeholder (``[EMAIL]``), and the matches.
+
+    Redaction reaches a fixed point: the result holds nothing :func:`find_pii` finds with the same
+    ``entities`` (the ``ner`` model is asked once), so redacting twice changes nothing and the
+    ``no_pii_left`` check, which runs the same detectors, agrees with it. A match found in a later
+    round is reported with offsets in the text of that round.
+    """
+    found: list[PiiMatch] = []
+    for round_ in range(REDACT_ROUNDS):
+        # The model runs once: what the rounds after it look for is what the regexes (and the check,
+        # which runs no model) can newly see around a placeholder.
+        matches = find_pii(text, entities, ner if round_ == 0 else None)
+        if not matches:
+            break
+        found += matches
+        text = _replace(text, matches)
+    return text, found

@@ -14,10 +14,10 @@ import duckdb
 from curation.core.config import ProjectConfig
 from curation.core.licenses import LicensePolicy
 from curation.core.schema import COLUMNS, Row, iter_rows
-from curation.core.texts import all_text
 from curation.core.warehouse import quote, read_batches
 from curation.filter.base import Cleaner, Filter
-from curation.filter.pii import find_pii, pii_candidates, pii_screen
+from curation.filter.batch import BatchTexts
+from curation.filter.pii import batch_candidates, find_pii, pii_screen
 
 EVERY_ROW_ENTITIES: tuple[str, ...] = ("PRIVATE_KEY", "URL_CREDENTIALS")
 """Looked for in every row even when the check scans a sample: the most damaging secrets, and their
@@ -41,25 +41,39 @@ def pii_left(
     rows: Iterable[Row], entities: Collection[str], sample: int = 10
 ) -> tuple[int, Counter[str], list[dict[str, Any]]]:
     """(rows scanned, rows with a match per entity type, a few hits). Hits name the row, the type and
-    the offset but never the matched text: the check's metadata must not republish the secret. Rows are
-    screened a batch at a time (:func:`curation.filter.pii.pii_candidates`), with the same result."""
+    the offset (in :func:`curation.core.texts.all_text` of the row) but never the matched text: the
+    check's metadata must not republish the secret.
+
+    Each text of a row is searched on its own, exactly as the `pii` cleaner redacts it: a context word
+    at the end of the prompt does not make a number at the start of the answer a phone number here
+    when it did not for the cleaner. Texts are walked and screened a batch at a time, the way the cleaner
+    does it (:func:`curation.filter.pii.batch_candidates`), with the same result."""
     scanned, per_entity = 0, Counter[str]()
     hits: list[dict[str, Any]] = []
     for batch in _batches(rows):
-        texts = [all_text(row) for row in batch]
         scanned += len(batch)
-        for row, text, candidates in zip(batch, texts, pii_candidates(texts, entities), strict=True):
-            matches = find_pii(text, candidates) if candidates else []
-            for entity in dict.fromkeys(m.entity for m in matches):
+        # The cleaner's own walk and screens (curation.filter.batch), so both search the same texts.
+        texts = BatchTexts(batch)
+        found: dict[int, list[tuple[str, int, int]]] = {}  # row → (entity, offset in all_text, length)
+        for position, wanted in batch_candidates(texts, entities).items():
+            row = int(texts.owner[position])
+            # all_text joins the row's texts with a newline: this text starts after the earlier ones.
+            offset = sum(len(text) + 1 for text in texts.texts[texts.starts[row] : position])
+            found.setdefault(row, []).extend(
+                (m.entity, offset + m.start, m.end - m.start) for m in find_pii(texts.texts[position], wanted)
+            )
+        for row, matches in sorted(found.items()):
+            for entity in dict.fromkeys(entity for entity, _, _ in matches):
                 per_entity[entity] += 1
             if matches and len(hits) < sample:
+                entity, offset, length = matches[0]
                 hits.append(
                     {
-                        "row_id": row["row_id"],
-                        "source": row.get("source"),
-                        "entity": matches[0].entity,
-                        "offset": matches[0].start,
-                        "length": matches[0].end - matches[0].start,
+                        "row_id": batch[row]["row_id"],
+                        "source": batch[row].get("source"),
+                        "entity": entity,
+                        "offset": offset,
+                        "length": length,
                     }
                 )
     return scanned, per_entity, hits
