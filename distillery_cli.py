@@ -55,10 +55,41 @@ def _load_config_or_exit() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     _set_home(args)
     _load_config_or_exit()
+    from curation.core.home import exclusive_lock, run_lock_path
+    from curation.core.warehouse import WarehouseBusy
+
+    def waiting(holder: str) -> None:
+        print(
+            f"waiting: {holder}, a `distillery run` writing this home; this run starts when it ends "
+            "(Ctrl-C to stop waiting)",
+            file=sys.stderr,
+        )
+
+    try:
+        # One run per home at a time: the second waits here, in plain Python (signals work), instead of
+        # inside Dagster's silent slot wait. The kernel frees the lock when its holder dies, even by SIGKILL.
+        with exclusive_lock(run_lock_path(), on_wait=waiting):
+            return _run_holding_home(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted (every table keeps its last committed version)", file=sys.stderr)
+        return 130
+    except WarehouseBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run_holding_home(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from definitions import ASSETS, CHECKS, RESOURCES
+    from resources.recovery import PID_TAG, recover_dead_runs, wait_for_pool
 
+    def say(message: str) -> None:
+        print(f"recovery: {message}", file=sys.stderr)
+
+    instance = dg.DagsterInstance.get()
+    recover_dead_runs(instance, say)  # runs killed earlier: failed, their writer slot freed
+    wait_for_pool(instance, say)  # a live run started elsewhere (the UI) holds the writer slot
     selection = None
     graph = _asset_graph(ASSETS)
     freshness = _freshness(graph)
@@ -92,11 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = dg.materialize(
         [*ASSETS, *CHECKS],
         selection=selection,
-        instance=dg.DagsterInstance.get(),
+        instance=instance,
         resources=RESOURCES,
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        tags={"distillery/cli": "run"},
+        tags={"distillery/cli": "run", PID_TAG: str(os.getpid())},
     )
     _print_summary(result)
     _record_freshness(freshness, result)

@@ -3,7 +3,7 @@ directly, with a manifest; one immutable folder per data version under $DISTILLE
 
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from curation.core.home import exports_dir
+from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps
 from curation.core.markdown import markdown_table
 from curation.core.parallel import workers_for
 from curation.core.warehouse import content_hash, count_rows
@@ -28,10 +28,17 @@ def exports(
     (data version, row counts, licences and attribution, teachers, tokenizer and template, project-file
     hash) and a dataset card. An existing version folder is verified and reused, never overwritten."""
     config = project.load()
-    with warehouse.get().connect(read_only=True) as connection:
+    root = exports_dir()
+    # Every export is written holding this lock, so a temp folder found while holding it is a dead run's.
+    with (
+        exclusive_lock(root.parent / "exports.lock", on_wait=context.log.info),
+        warehouse.get().connect(read_only=True) as connection,
+    ):
+        for leftover in remove_dead_export_temps(root):
+            context.log.warning(f"exports: removed {leftover.name}, the unfinished export of a crashed run")
         info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
         workers = workers_for(count_rows(connection, "formatted"), config.compute.workers)
-        result = write_export(connection, exports_dir(), info, batch_rows=config.ingest.batch_rows, workers=workers)
+        result = write_export(connection, root, info, batch_rows=config.ingest.batch_rows, workers=workers)
     manifest = result.manifest
     context.log.info(
         f"exports: data version {result.data_version} at {result.path}"

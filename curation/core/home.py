@@ -6,7 +6,12 @@ exports and reports. The project file comes from ``$DISTILLERY_CONFIG`` or the b
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "demo" / "distillery.yaml"
@@ -55,3 +60,57 @@ def ensure_dagster_home() -> Path:
     if not settings.exists():
         settings.write_text(INSTANCE_YAML)
     return home
+
+
+def run_lock_path() -> Path:
+    return distillery_home() / "run.lock"
+
+
+class HomeBusy(RuntimeError):
+    """Another live process holds the lock (the message names its pid)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: Path, wait: bool = True, on_wait: Callable[[str], None] | None = None, poll_s: float = 0.5
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block. The kernel drops it when the holder dies,
+    however it dies, so a lock is never stale after a crash and whatever a holder leaves behind (staging,
+    temp folders) is debris once the lock is ours. The holder's pid is written into the file for the
+    message of whoever waits. With ``wait``, ``on_wait`` is called once with that message and the wait
+    polls in Python, so SIGINT and SIGTERM stop it as usual; without, :class:`HomeBusy` is raised."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block: closing it releases the lock
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                message = f"{path.parent} is in use by another process ({holder})"
+                if not wait:
+                    raise HomeBusy(message) from None
+                if on_wait and not told:
+                    on_wait(message)
+                    told = True
+                time.sleep(poll_s)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def remove_dead_export_temps(root: Path) -> list[Path]:
+    """Remove ``root/.tmp-*`` folders: half-written exports of runs that died. Call it holding
+    :func:`exclusive_lock` on ``exports.lock`` beside ``root`` (every export is written under it), so none of them
+    belongs to a live writer."""
+    removed = sorted(p for p in root.glob(".tmp-*") if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

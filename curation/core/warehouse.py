@@ -11,6 +11,9 @@ same transaction. Every table written gets ART indexes on the ids rows are looke
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,12 +62,25 @@ class WarehouseBusy(RuntimeError):
     """Another process holds the DuckDB file."""
 
 
+_log = logging.getLogger(__name__)
+
+_open_writes = 0
+"""Staged writes open in this process. DuckDB lets one process at a time open the file for writing, so
+while this process holds it no other live process can be between staging and commit: every ``_stage_*``
+table present when this process's first write begins was left by a process that died (or failed to
+clean up). A write nested in, or concurrent with, another write of this process leaves the cleanup to
+the outer one, whose tables are alive."""
+_open_writes_lock = threading.Lock()
+
+
 class Warehouse:
     """A DuckDB file with staged, transactional table replacement."""
 
     def __init__(self, path: str | Path, lock_timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.recovered: list[str] = []
+        """Staging tables of dead processes that the last write removed before it began."""
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -101,16 +117,26 @@ class Warehouse:
     @contextlib.contextmanager
     def write(self, asset: str) -> Iterator[StagedWrite]:
         """Stage new versions of tables, then swap them all in one transaction on success."""
+        global _open_writes
         with self.connect() as connection:
-            # Shared tables exist from the first write on, so readers and checks can always query them.
-            connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
-            staged = StagedWrite(connection, asset)
+            with _open_writes_lock:
+                first = _open_writes == 0
+                _open_writes += 1
             try:
-                yield staged
-            except BaseException:
-                staged.discard()
-                raise
-            staged.commit()
+                if first:
+                    self.recovered = drop_orphan_staging(connection)
+                # Shared tables exist from the first write on, so readers and checks can always query them.
+                connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
+                staged = StagedWrite(connection, asset)
+                try:
+                    yield staged
+                except BaseException:
+                    staged.discard()
+                    raise
+                staged.commit()
+            finally:
+                with _open_writes_lock:
+                    _open_writes -= 1
 
 
 class StagedWrite:
@@ -119,7 +145,8 @@ class StagedWrite:
     def __init__(self, connection: duckdb.DuckDBPyConnection, asset: str) -> None:
         self.connection = connection
         self.asset = asset
-        self._token = uuid.uuid4().hex[:8]
+        # The writing process's id in every staging name says, in a crashed warehouse, whose debris it is.
+        self._token = f"p{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._replace: dict[str, str] = {}  # final table -> staging table
         self._partitions: dict[str, tuple[str, str]] = {}  # shared table -> (staging, its DDL)
 
@@ -224,15 +251,20 @@ def drop_lookup_indexes(connection: duckdb.DuckDBPyConnection, table: str) -> No
 
 
 def drop_orphan_staging(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    """Remove staging tables left by a process that died before it could clean up."""
-    names = [
+    """Remove staging tables left by a process that died before it could clean up (``kill -9``, power
+    cut). Only safe on a read-write connection with no staged write of this process open: the DuckDB
+    file lock then guarantees that no other live process is writing (:meth:`Warehouse.write` calls it
+    so). Returns the names dropped."""
+    names = sorted(
         r[0]
         for r in connection.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '\\_stage\\_%' ESCAPE '\\'"
         ).fetchall()
-    ]
+    )
     for name in names:
         connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+    if names:
+        _log.warning("removed %d staging table(s) left by a crashed run: %s", len(names), ", ".join(names))
     return names
 
 

@@ -1,0 +1,126 @@
+"""Recovery of a home after a crash, piece by piece: dead runs and their writer slot, the run lock, export
+temp folders. tests/pipeline/test_kill_recovery.py does it end to end with real kill -9s."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+
+from curation.core.home import HomeBusy, ensure_dagster_home, exclusive_lock, remove_dead_export_temps, run_lock_path
+from resources.recovery import PID_TAG, process_alive, recover_dead_runs
+from resources.warehouse import POOL
+from tests.conftest import REPO
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process now
+    return child.pid
+
+
+def _started_run(instance: DagsterInstance, pid: int) -> str:
+    run_id = str(uuid.uuid4())
+    instance.add_run(
+        DagsterRun(
+            job_name="__ephemeral_asset_job__", run_id=run_id, status=DagsterRunStatus.STARTED, tags={PID_TAG: str(pid)}
+        )
+    )
+    instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
+    instance.event_log_storage.claim_concurrency_slot(POOL, run_id, "raw")
+    return run_id
+
+
+def test_a_started_run_whose_process_is_gone_is_failed_and_its_slot_freed(home: Path) -> None:
+    ensure_dagster_home()
+    messages: list[str] = []
+    with DagsterInstance.get() as instance:
+        dead = _started_run(instance, _dead_pid())
+        live = _started_run(instance, os.getpid())  # a concurrent live run: left alone
+        info = instance.event_log_storage.get_concurrency_info(POOL)
+        assert [s.run_id for s in info.claimed_slots] == [dead]  # the dead run holds the one slot
+        assert {s.run_id for s in info.pending_steps} == {dead, live}  # the live run waits for it
+
+        assert recover_dead_runs(instance, messages.append) == [dead]
+
+        assert instance.get_run_by_id(dead).status == DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(live).status == DagsterRunStatus.STARTED
+        info = instance.event_log_storage.get_concurrency_info(POOL)
+        assert dead not in {s.run_id for s in info.claimed_slots} | {s.run_id for s in info.pending_steps}
+        # The live run's claim now succeeds: nothing holds the slot any more.
+        assert instance.event_log_storage.claim_concurrency_slot(POOL, live, "raw").is_claimed
+    assert len(messages) == 1 and dead in messages[0] and "is gone" in messages[0]
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_run_that_died() -> None:
+    assert process_alive(os.getpid())
+    assert not process_alive(_dead_pid())
+    # This process, started before "now", cannot be a run that started a minute ago with its pid.
+    assert process_alive(os.getpid(), started_by=9e12)
+    assert not process_alive(os.getpid(), started_by=0.0)
+
+
+def test_the_home_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
+    lock = tmp_path / "run.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib; from curation.core.home import exclusive_lock\n"
+            f"with exclusive_lock(pathlib.Path({str(lock)!r})):\n print('held', flush=True); sys.stdin.read()",
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(HomeBusy, match=f"pid {holder.pid}"), exclusive_lock(lock, wait=False):
+            pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the kernel frees the lock
+        holder.wait()
+    with exclusive_lock(lock, wait=False):
+        assert f"pid {os.getpid()}" in lock.read_text()
+
+
+def test_export_temp_folders_of_dead_runs_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "exports"
+    (root / ".tmp-0123456789ab" / "sft").mkdir(parents=True)
+    (root / "8872392636e9359d").mkdir()
+    (root / "LATEST").write_text("8872392636e9359d\n")
+    assert [p.name for p in remove_dead_export_temps(root)] == [".tmp-0123456789ab"]
+    assert sorted(p.name for p in root.iterdir()) == ["8872392636e9359d", "LATEST"]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_home_says_it_waits_and_stops_on_ctrl_c(home: Path) -> None:
+    """Concurrency: the second `distillery run` waits, says why, and honours SIGINT and SIGTERM while
+    it waits (before, it waited silently on Dagster's slot and ignored both)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
+    for sig, expected in ((signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)):
+        with exclusive_lock(run_lock_path()):  # a live run holds the home
+            second = subprocess.Popen(
+                [sys.executable, "-m", "distillery_cli", "run", "--home", str(home)],
+                cwd=REPO,
+                env=environment,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert second.stderr is not None
+            first_line = second.stderr.readline()
+            while first_line and not first_line.startswith("waiting:"):
+                first_line = second.stderr.readline()
+            assert f"pid {os.getpid()}" in first_line and "Ctrl-C" in first_line
+            second.send_signal(sig)
+            assert second.wait(timeout=30) == expected
+            rest = second.stderr.read()
+        assert "Traceback" not in rest and "lock" not in rest.lower().replace("block", "")
+        assert not (home / "warehouse.duckdb").exists(), "the waiting run wrote nothing"
