@@ -50,39 +50,57 @@ class RunFigures:
     wall_s: float
     peak_rss_mib: float
     returncode: int
+    peak_pss_mib: float = 0.0
+    """Peak of the tree's proportional set size: each page shared between processes (a worker forked from
+    its fork server, shared libraries) counted once, as the kernel charges memory; RSS counts it per process."""
     steps: dict[str, float] = field(default_factory=dict)  # step key -> seconds
     step_peak_mib: dict[str, float] = field(default_factory=dict)  # step key -> peak tree RSS while it ran
     output_tail: str = ""
     samples: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, tree RSS bytes)
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    total = 0
+def _tree_memory(process: psutil.Process, *, proportional: bool) -> tuple[int, int]:
+    """RSS and (when ``proportional``, else 0) PSS of the process and all its descendants, in bytes."""
+    rss = pss = 0
     for member in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # a step process may exit between listing and reading
-            total += member.memory_info().rss
-    return total
+            if proportional:
+                info = member.memory_full_info()  # /proc/PID/smaps_rollup
+                rss, pss = rss + info.rss, pss + info.pss
+            else:
+                rss += member.memory_info().rss
+    return rss, pss
 
 
 def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
-    """Run a command, sampling the RSS of its whole process tree (Dagster runs each step in a child)."""
+    """Run a command, sampling the RSS (every 0.2 s) and PSS (every second) of its whole process tree
+    (Dagster runs each step in a child, and stages start worker processes)."""
     start = time.perf_counter()
     popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
+    peak = peak_pss = 0
     samples: list[tuple[float, int]] = []
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
     reader.start()
     process = psutil.Process(popen.pid)
+    tick = 0
     while popen.poll() is None:
         with contextlib.suppress(psutil.Error):
-            rss = _tree_rss(process)
-            peak = max(peak, rss)
+            rss, pss = _tree_memory(process, proportional=tick % 5 == 0)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             samples.append((time.time(), rss))
+        tick += 1
         time.sleep(0.2)
     reader.join()
     wall = time.perf_counter() - start
-    return RunFigures(wall, peak / 2**20, popen.returncode, output_tail="".join(output)[-3000:], samples=samples)
+    return RunFigures(
+        wall,
+        peak / 2**20,
+        popen.returncode,
+        peak_pss_mib=peak_pss / 2**20,
+        output_tail="".join(output)[-3000:],
+        samples=samples,
+    )
 
 
 def _environment(home: Path) -> dict[str, str]:
@@ -219,7 +237,11 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
         "verified": verify(home, mix),
         "rows_per_asset": asset_rows(home),
     }
-    print(f"{rows:,} rows: first run {first.wall_s:.0f} s, peak RSS {first.peak_rss_mib:.0f} MiB", file=sys.stderr)
+    print(
+        f"{rows:,} rows: first run {first.wall_s:.0f} s, peak RSS {first.peak_rss_mib:.0f} MiB "
+        f"(PSS {first.peak_pss_mib:.0f} MiB)",
+        file=sys.stderr,
+    )
     if reruns:
         again = distillery("run", "--config", config, home=home)
         result["rerun_unchanged"] = {"wall_s": again.wall_s, "returncode": again.returncode}
@@ -252,9 +274,9 @@ def asset_rows(home: Path) -> dict[str, int]:
 
 def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
     lines = [
-        "| rows | wall s | peak RSS MiB | warehouse MiB | checks share | re-run | re-run +1% | conserved "
-        "| exact pairs | near pairs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| rows | wall s | peak RSS MiB | peak PSS MiB | warehouse MiB | checks share | re-run | re-run +1% "
+        "| conserved | exact pairs | near pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         first = r["first"]
@@ -267,7 +289,8 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
         plus_share = "" if plus is None else f"{plus / first['wall_s']:.0%}"
         v = r["verified"]
         lines.append(
-            f"| {r['rows']:,} | {first['wall_s']:.0f} | {first['peak_rss_mib']:.0f} | {r['warehouse_mib']:.0f} | "
+            f"| {r['rows']:,} | {first['wall_s']:.0f} | {first['peak_rss_mib']:.0f} | "
+            f"{first.get('peak_pss_mib', 0):.0f} | {r['warehouse_mib']:.0f} | "
             f"{share:.0%} | {rerun_share} | {plus_share} | {v['conserved']} | "
             f"{v['exact_pairs_collapsed']:.1%} | {v['near_pairs_collapsed']:.1%} |"
         )
