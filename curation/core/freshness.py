@@ -26,7 +26,7 @@ import duckdb
 
 from curation.core.config import ProjectConfig
 from curation.core.warehouse import table_names
-from curation.ingest.readers import file_digest
+from curation.ingest.readers import digest_or_reason, file_digest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_FOLDERS = ("curation", "assets", "checks", "resources", "sensors")
@@ -115,7 +115,9 @@ def format_fingerprint(config: ProjectConfig, tokenizer: str) -> str:
 def source_fingerprint(config: ProjectConfig) -> str:
     """Every source file that matches now, with its content digest: ``raw``'s input."""
     parts = [
-        f"{source.name}:{path}:{file_digest(path)}" for source in config.sources for path in config.source_files(source)
+        f"{source.name}:{path}:{digest_or_reason(path)}"  # an unreadable file is quarantined by raw, not a crash
+        for source in config.sources
+        for path in config.source_files(source)
     ]
     return _digest(parts)
 

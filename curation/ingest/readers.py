@@ -9,7 +9,8 @@ Reading is streaming: memory follows the largest record, not the file (a JSON fi
 rather than an array is that one record). Bytes that are not UTF-8 are decoded with
 ``surrogateescape`` so that one bad byte costs one record (reported as undecodable), not the
 file. A JSON array that is truncated keeps every element before the damage. Gzip is recognised by
-its magic bytes, whatever the file is called.
+its magic bytes, whatever the file is called. A UTF-8 byte-order mark at the start of a file (Excel,
+Notepad) is dropped once, when the file is opened, so it costs no record and shifts no line number.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from typing import Any
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
+_CSV_FIELD_LIMIT = 2**31 - 1
+"""Characters a CSV field may hold (the csv module's default, 128 KiB, failed whole files). Fields are not
+cut at ``ingest.max_record_bytes`` by the csv module itself: after its field-limit error it resumes in the
+middle of the row (inside a quoted field, the next lines would read as records), so a large field is read
+like a long JSONL line, whole, and its record quarantined as oversized. The largest value a C long holds
+on every platform."""
+_READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, csv.Error)
+"""What ends reading a file early: the records before it are kept and one record numbered 0 says why."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,17 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def digest_or_reason(path: Path) -> str:
+    """:func:`file_digest`, or for a file that cannot be read (no permission, an I/O error) why not, as
+    ``unreadable: <reason>``: ingestion still plans such a file, and reading it yields one file-level
+    quarantine record with the reason instead of failing every source. While the reason stays the same the
+    entry is carried over like an unchanged file's; once the file is readable its hash differs and it is read."""
+    try:
+        return file_digest(path)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
 
 
 def open_binary(path: Path, skip_bom: bool = False) -> gzip.GzipFile | io.BufferedReader:
@@ -142,7 +162,7 @@ def _parse_json_object(text: str) -> tuple[Any, str | None]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False, parse: bool = True) -> Iterator[Record]:
+def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = True, parse: bool = True) -> Iterator[Record]:
     """One JSON object per line; blank lines are not records. ``parse=False`` leaves each line unparsed
     (``value`` and ``error`` None) for :func:`parse_record` to finish, e.g. in a worker process."""
     for record_no, line_no, text in _jsonl_lines(path, skip_bom):
@@ -150,7 +170,7 @@ def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = False, parse:
         yield parse_record(record, max_bytes) if parse else record
 
 
-def _jsonl_lines(path: Path, skip_bom: bool = False) -> Iterator[tuple[int, int, str]]:
+def _jsonl_lines(path: Path, skip_bom: bool = True) -> Iterator[tuple[int, int, str]]:
     """``(record number, line number, text)`` of each line of a JSONL file that is a record (not blank)."""
     record_no = 0
     with open_binary(path, skip_bom) as handle:
@@ -192,7 +212,7 @@ _NON_SPACE = re.compile(r"\S")
 _NON_SEPARATOR = re.compile(r"[^\s,]")
 
 
-def read_json(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+def read_json(path: Path, max_bytes: int | None, skip_bom: bool = True) -> Iterator[Record]:
     """A JSON array of objects (or one object). Elements are decoded one by one from a window that slides
     over the file, so memory follows the largest element, and a truncated file yields every element
     before the damage and one unreadable record for the rest."""
@@ -354,8 +374,10 @@ def _single_json(text: str, max_bytes: int | None) -> Iterator[Record]:
     yield Record(1, 1, text, value, error)
 
 
-def read_csv(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+def read_csv(path: Path, max_bytes: int | None, skip_bom: bool = True) -> Iterator[Record]:
     """A header row, then one record per row; rows of blank cells only are not records."""
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # process-wide; only ever raised
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     with open_binary(path, skip_bom) as binary:
         stream = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.reader(stream)
@@ -380,7 +402,7 @@ def read_csv(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Itera
             yield Record(record_no, start_line, raw, value, error)
 
 
-def read_parquet(path: Path, max_bytes: int | None, skip_bom: bool = False) -> Iterator[Record]:
+def read_parquet(path: Path, max_bytes: int | None, skip_bom: bool = True) -> Iterator[Record]:
     """One record per table row (``skip_bom`` is meaningless for a binary format and ignored)."""
     import pyarrow.parquet as pq
 
@@ -398,6 +420,14 @@ def read_parquet(path: Path, max_bytes: int | None, skip_bom: bool = False) -> I
             yield Record(record_no, None, raw, value if error is None else None, error)
 
 
+def _read_error(exc: BaseException) -> Record:
+    """The file-level record (numbered 0) that says why reading a file stopped: at the start (it cannot be
+    opened) or part way (a cut gzip, an I/O error, a CSV field over the csv module's limit)."""
+    if isinstance(exc, (PermissionError, FileNotFoundError, IsADirectoryError)):
+        return Record(0, None, "", error=f"file could not be read: {exc}")
+    return Record(0, None, "", error=f"file could not be read to the end: {exc}")
+
+
 READERS: dict[str, Callable[[Path, int | None, bool], Iterator[Record]]] = {
     "jsonl": read_jsonl,
     "json": read_json,
@@ -407,7 +437,7 @@ READERS: dict[str, Callable[[Path, int | None, bool], Iterator[Record]]] = {
 
 
 def read_records(
-    path: Path, fmt: str, max_bytes: int | None, skip_bom: bool = False, parse: bool = True
+    path: Path, fmt: str, max_bytes: int | None, skip_bom: bool = True, parse: bool = True
 ) -> Iterator[Record]:
     """Every record of a file, readable or not; a file that breaks off (truncated gzip, I/O error) ends
     with one record numbered 0 that says so. ``max_bytes``: larger records are errors (None: no limit).
@@ -418,8 +448,8 @@ def read_records(
             yield from read_jsonl(path, max_bytes, skip_bom, parse)
         else:
             yield from READERS[fmt](path, max_bytes, skip_bom)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        yield Record(0, None, "", error=f"file could not be read to the end: {exc}")
+    except _READ_ERRORS as exc:
+        yield _read_error(exc)
 
 
 @dataclass
@@ -474,13 +504,13 @@ def read_chunks(path: Path, fmt: str, max_bytes: int | None, rows: int) -> Itera
                     yield chunk.unparsed()
                     chunk = RecordChunk()
         else:
-            for record in READERS[fmt](path, max_bytes, False):
+            for record in READERS[fmt](path, max_bytes, True):
                 chunk.add(record, keep_value=fmt != "json")
                 if len(chunk) >= rows:
                     yield chunk
                     chunk = RecordChunk()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        chunk.unparsed().add(Record(0, None, "", error=f"file could not be read to the end: {exc}"))
+    except _READ_ERRORS as exc:
+        chunk.unparsed().add(_read_error(exc))
     yield chunk.unparsed()
 
 

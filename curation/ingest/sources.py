@@ -27,7 +27,7 @@ from curation.ingest.mappings import Mapped, RecordError, mapping_spec
 from curation.ingest.readers import (
     Record,
     RecordChunk,
-    file_digest,
+    digest_or_reason,
     file_format,
     parse_record,
     parse_text,
@@ -405,7 +405,7 @@ def ingest_sources(
                 f"(relative to {project.base_dir}); fix 'path' in the project file"
             )
         for path in files:
-            plan.append((source, path, path_for_uri(path, project.base_dir), file_digest(path)))
+            plan.append((source, path, path_for_uri(path, project.base_dir), digest_or_reason(path)))
     kept = [(s.name, shown) for s, _, shown, digest in plan if previous.get((s.name, shown)) == digest]
     current = {(s.name, shown) for s, _, shown, _ in plan}
 
