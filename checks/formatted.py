@@ -1,7 +1,8 @@
 """Blocking checks on `formatted`, the data that goes to training: token budget, contamination, split
-disjointness at cluster level and the template round trip. Each verifies what the asset recorded in SQL,
-over every row, and where independence needs a second computation (re-rendering, re-scanning against the
-benchmarks) repeats it on a fixed sample of rows, whatever the table's size; the metadata says how many."""
+disjointness at cluster level, the template round trip and the loss masks. Each verifies what the asset
+recorded in SQL, over every row, and where independence needs a second computation (re-rendering,
+re-scanning against the benchmarks) repeats it on a fixed sample of rows, whatever the table's size; the
+metadata says how many."""
 
 from collections import Counter
 
@@ -12,7 +13,7 @@ from curation.core.markdown import markdown_table
 from curation.core.warehouse import count_rows, fetch_one, table_names
 from curation.format.decontam import ContaminationIndex, check_row
 from curation.format.export import MANIFEST, verify_export
-from curation.format.render_checks import stored_tokens_problem, verify_rows
+from curation.format.render_checks import MASKED_KINDS, stored_tokens_problem, verify_rows
 from curation.format.split import split_leaks
 from curation.format.stage import load_benchmarks
 from curation.format.table import iter_formatted_rows
@@ -23,6 +24,14 @@ from resources.warehouse import POOL
 _SAMPLE = 10  # failing rows shown in the check's metadata
 RESCANNED_ROWS = 2_000
 """Rows the contamination and round-trip checks compute again from scratch (the same rows every run)."""
+
+
+_NO_LOSS_TOKEN = (
+    f"kind IN ({', '.join(repr(kind) for kind in MASKED_KINDS)}) AND NOT coalesce(contains(assistant_mask, '1'), false)"
+)
+"""An sft/chat row with no 1 in its ``assistant_mask`` (a JSON list of 0/1, so a text search is exact and
+spares parsing a million lists): nothing to learn from it; the asset rejects such a row (``loss_mask``), so
+none should be stored."""
 
 
 def _sampled(scanned: int, total: int) -> str:
@@ -169,7 +178,9 @@ def formatted_splits_disjoint(context: AssetCheckExecutionContext, warehouse: Wa
     description="Every formatted row recorded a passed round trip and a generation prompt that matches; on "
     "a fixed sample, rendered again: no control token of the template inside message content, rendering "
     "then parsing back gives the messages, the generation prompt is exactly what precedes the reply (what "
-    "inference will send), and the stored token ids decode to the stored text.",
+    "inference will send), the stored token ids decode to the stored text, and (sft/chat) the tokens under the loss "
+    "mask decode to each assistant content plus the template's end-of-turn marker. Over every row: each sft/chat "
+    "row has at least one loss token.",
 )
 def formatted_round_trip_ok(
     context: AssetCheckExecutionContext,
@@ -192,6 +203,7 @@ def formatted_round_trip_ok(
         recorded = {
             "recorded_round_trip": "round_trip IS NULL OR NOT starts_with(round_trip, 'ok')",
             "recorded_generation_prompt": "generation_prompt_ok = false",
+            "no_loss_token": _NO_LOSS_TOKEN,
         }
         for name, condition in recorded.items():
             found = connection.execute(
@@ -199,7 +211,10 @@ def formatted_round_trip_ok(
                 "ORDER BY row_id LIMIT 1"
             ).fetchall()
             for row_id, kind, round_trip, rows in found:
-                failed(row_id, kind, name, f"round trip recorded as {round_trip!r}", rows=int(rows))
+                detail = (
+                    "no 1 in assistant_mask" if name == "no_loss_token" else f"round trip recorded as {round_trip!r}"
+                )
+                failed(row_id, kind, name, detail, rows=int(rows))
         total = count_rows(connection, "formatted")
         sampled = list(iter_formatted_rows(connection, sample=RESCANNED_ROWS))
         for row, verification in zip(sampled, verify_rows(sampled, target), strict=True):
@@ -218,6 +233,11 @@ def formatted_round_trip_ok(
             stored = stored_tokens_problem(row, target)
             if stored:
                 failed(row["row_id"], row["kind"], "stored_tokens", stored)
+            # Compared only once the tokens decode to the text and the messages are what was rendered (the
+            # stage's order too): otherwise the mask problem is a consequence of the one already reported.
+            clean = not stored and verification.round_trip_passed and not verification.leaked_tokens
+            if verification.loss_mask and clean:
+                failed(row["row_id"], row["kind"], "loss_mask", verification.loss_mask)
     return AssetCheckResult(
         passed=not failures,
         metadata={

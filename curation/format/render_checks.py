@@ -1,5 +1,6 @@
 """What a rendering of one row guarantees: no control token inside message content, a render-then-parse
-round trip that gives the messages back, and a generation prompt that is exactly what precedes the reply.
+round trip that gives the messages back, a generation prompt that is exactly what precedes the reply, and
+(sft / chat rows) a loss mask whose tokens decode to exactly what the assistant wrote (:func:`mask_problem`).
 
 The ``formatted`` stage runs :func:`verify_row` on every rendered row (a failure is a rejection), and the
 asset checks run it again (:func:`verify_rows`), with :func:`stored_tokens_problem`, on a sample of the
@@ -13,8 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from curation.core.schema import Row
 from curation.format.render import (
+    control_tokens,
     decode,
     generation_prompt_matches,
     reusing_renderings,
@@ -36,6 +40,8 @@ class Verification:
     round_trip_passed: bool
     generation_prompt_ok: bool | None
     """None where the row has no assistant reply to check against (text and prompt rows)."""
+    loss_mask: str | None = None
+    """Why the stored loss mask does not cover exactly the assistant content (:func:`mask_problem`), or None."""
 
     @property
     def problem(self) -> tuple[str, str] | None:
@@ -48,6 +54,8 @@ class Verification:
             )
         if not self.round_trip_passed:
             return "round_trip", self.round_trip
+        if self.loss_mask:
+            return "loss_mask", self.loss_mask
         return None
 
 
@@ -74,7 +82,7 @@ def verify_row(row: Row, tokenizer: PreTrainedTokenizerBase) -> Verification:
         if isinstance(tools, str):
             tools = json.loads(tools)
         generation = generation_prompt_matches(conversation, tokenizer, tools=tools or None)
-    return Verification(leaked, reason, passed, generation)
+    return Verification(leaked, reason, passed, generation, mask_problem(row, tokenizer))
 
 
 def verify_rows(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase) -> list[Verification]:
@@ -95,6 +103,63 @@ def stored_tokens_problem(row: Row, tokenizer: PreTrainedTokenizerBase) -> str |
         return f"n_tokens {row.get('n_tokens')}, {len(ids)} input_ids and {len(mask)} mask entries differ"
     if decode(tokenizer, ids) != row.get("text"):
         return "decode(input_ids) differs from the stored text"
+    return None
+
+
+MASKED_KINDS = ("sft", "chat")
+"""Kinds whose every row must carry loss on what the assistant wrote (:func:`mask_problem`)."""
+
+
+def mask_problem(row: Row, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Does the loss mask of a rendered sft / chat row cover exactly what the assistant wrote?
+
+    A row without stored token ids (an input row, not rendered yet) and rows of other kinds pass (None).
+    What is compared: each run of consecutive masked tokens, decoded, is one assistant message of the
+    rendered ``messages``, in order: its ``content`` followed by nothing but control tokens of the template
+    (the end-of-turn marker ``<|im_end|>`` / ``<|eot_id|>`` is inside the mask by design, so the model
+    learns to stop; a template that leaves it out passes too). No header, no other role's text, no
+    whitespace of the layout may be under the mask, and every assistant message must have its run, so a
+    reply the mask-building could not find in the rendering (no loss at all) is caught. A row whose last
+    assistant turn was cut by the length policy (``truncated_last_assistant``) ends on a non-empty prefix
+    of that turn's content instead. Assistant messages with tool calls are rendered as template-specific
+    text, so for them only the number of runs is compared."""
+    if row.get("kind") not in MASKED_KINDS or row.get("input_ids") is None:
+        return None
+    ids = _json_list(row.get("input_ids"))
+    mask = np.asarray(_json_list(row.get("assistant_mask")), dtype=np.int8)
+    replies = [m for m in row.get("messages") or [] if m.get("role") == "assistant"]
+    if len(mask) != len(ids):
+        return f"{len(mask)} mask entries for {len(ids)} input_ids"
+    if not mask.any():
+        return (
+            f"no loss token: none of the {len(replies)} assistant turn(s) was found in the rendering "
+            f"(mask source {row.get('mask_source')!r}), so the row would teach nothing"
+        )
+    # Starts and ends of the runs of 1s, from the steps of the zero-padded mask.
+    steps = np.flatnonzero(np.diff(np.concatenate(([0], mask, [0]))))
+    runs = list(zip(steps[0::2].tolist(), steps[1::2].tolist(), strict=True))
+    if len(runs) != len(replies):
+        return f"{len(runs)} masked run(s) of tokens for {len(replies)} assistant turn(s)"
+    cut = str(row.get("truncation") or "").startswith("truncated_last_assistant")
+    markers = control_tokens(tokenizer)
+    for number, ((start, end), reply) in enumerate(zip(runs, replies, strict=True), start=1):
+        if reply.get("tool_calls"):
+            continue
+        content = reply.get("content") if isinstance(reply.get("content"), str) else ""
+        masked = decode(tokenizer, ids[start:end])
+        if cut and number == len(runs):
+            # The cut may split a character's bytes: the last token then decodes to U+FFFD.
+            if not masked or not content.startswith(masked.rstrip("\ufffd")):
+                return f"assistant turn {number}: masked tokens {masked[:80]!r} are not a prefix of its content"
+            continue
+        rest = masked[len(content) :]
+        for marker in markers:
+            rest = rest.replace(marker, "")
+        if not masked.startswith(content) or rest:
+            return (
+                f"assistant turn {number}: masked tokens decode to {masked[:80]!r}, not its content "
+                f"{content[:80]!r} followed by the template's end-of-turn marker"
+            )
     return None
 
 

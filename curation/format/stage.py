@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 RENDER_ROWS = 500
 """Rows rendered and verified in one :func:`~curation.format.render.reusing_renderings` block: their texts
 are tokenized in one call, and what the block keeps (every text's tokens and offsets) stays small."""
-REJECTION_STAGES: tuple[str, ...] = ("decontamination", "render", "length", "special_tokens", "round_trip")
+REJECTION_STAGES: tuple[str, ...] = ("decontamination", "render", "length", "special_tokens", "round_trip", "loss_mask")
 """``format_rejections.stage``, in the order the steps are applied."""
 
 
