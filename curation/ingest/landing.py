@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from curation.core.config import ProjectConfig
-from curation.ingest.readers import file_digest
+from curation.ingest.readers import digest_or_reason
 
 
 def _split(state: str | None) -> tuple[str, str]:
@@ -35,7 +35,7 @@ def file_states(project: ProjectConfig, previous: Mapping[str, str] | None = Non
             stat = Path(path).stat()
             stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
             old_stamp, old_sha = _split(previous.get(key))
-            sha = old_sha if old_stamp == stamp and old_sha else file_digest(Path(path))
+            sha = old_sha if old_stamp == stamp and old_sha else digest_or_reason(Path(path))
             states[key] = f"{stamp}:{sha}"
     return states
 

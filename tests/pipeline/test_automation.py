@@ -105,13 +105,34 @@ def test_unchanged_files_are_not_read_again(project: Path, monkeypatch: pytest.M
     with dg.instance_for_test() as instance:
         _, _, cursor = evaluate(instance, None)
         hashed: list[Path] = []
-        real = landing.file_digest
-        monkeypatch.setattr(landing, "file_digest", lambda path: hashed.append(path) or real(path))
+        real = landing.digest_or_reason
+        monkeypatch.setattr(landing, "digest_or_reason", lambda path: hashed.append(path) or real(path))
         evaluate(instance, cursor)
         assert hashed == []
         (project / "landing" / "chat.json").write_text("[]")
         evaluate(instance, cursor)
         assert hashed == [project / "landing" / "chat.json"]
+
+
+def test_an_unreadable_landing_file_starts_a_run_instead_of_failing_the_tick(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curation.ingest.readers as readers
+
+    locked = project / "landing" / "chat.json"
+    real = readers.file_digest
+
+    def refuse(path: Path) -> str:  # tests run as root, which file modes do not stop
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    with dg.instance_for_test() as instance:
+        _, _, cursor = evaluate(instance, None)
+        os.utime(locked, ns=(locked.stat().st_atime_ns, locked.stat().st_mtime_ns + 5_000_000_000))
+        monkeypatch.setattr(readers, "file_digest", refuse)
+        requests, _, _ = evaluate(instance, cursor)  # raw quarantines the file with the reason
+        assert len(requests) == 1 and requests[0].tags["distillery/changed_sources"] == "chat"
 
 
 def test_going_back_to_earlier_content_is_a_new_change() -> None:
