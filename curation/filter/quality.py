@@ -511,9 +511,28 @@ _APOSTROPHE = ("\u2019", "'")
 """What :class:`Refusal` replaces in a turn before searching it."""
 
 
+PREFERENCE_REFUSAL_MODES = ("both", "chosen", "off")
+"""What :class:`Refusal` does with a preference pair whose chosen completion is flagged (its ``preference``)."""
+
+
 @dataclass(frozen=True)
 class Refusal(Filter):
-    """Boilerplate refusals and "As an AI language model" self-descriptions in the response."""
+    """Boilerplate refusals and "As an AI" phrases in responses; a preference pair only when both sides refuse.
+
+    SFT, chat, reward and tool rows are dropped when any model turn is flagged. A preference pair is
+    judged on what it teaches, per ``preference``:
+
+    - ``both`` (default): dropped only when the chosen *and* the rejected completion are flagged. A
+      refusing chosen answer over a complying rejected one (chosen "I can't provide that", rejected a
+      made-up SSN) is what harmlessness data exists to teach, so it is kept; two refusals carry no
+      preference signal about refusing and teach the boilerplate either way.
+    - ``chosen``: dropped when the chosen completion is flagged, whatever the rejected one says (for
+      helpfulness-only data where a refusal is never the wanted answer).
+    - ``off``: preference rows are never judged by this filter.
+
+    The same flag (a refusal opener in the first ``refusal_window`` characters, or an identity phrase
+    anywhere) is used on both sides: "As an AI, I can't…" is a refusal in harmlessness data too.
+    """
 
     name = "refusal"
     cost = 3.0
@@ -521,12 +540,19 @@ class Refusal(Filter):
     identity_patterns: Sequence[str] = DEFAULT_IDENTITY_PATTERNS
     refusal_patterns: Sequence[str] = DEFAULT_REFUSAL_PATTERNS
     refusal_window: int = 200  # characters from the start of the response
+    preference: str = "both"  # both, chosen or off: see the class docstring
 
     _identity: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _refusal: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _screen: str | None = field(init=False, repr=False, compare=False)
+    _kinds: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.preference not in PREFERENCE_REFUSAL_MODES:
+            raise ValueError(
+                f"filter refusal: preference must be one of {', '.join(PREFERENCE_REFUSAL_MODES)}, "
+                f"got {self.preference!r}"
+            )
         _compile(self.identity_patterns, "filter refusal, identity_patterns")  # clear error per pattern
         _compile(self.refusal_patterns, "filter refusal, refusal_patterns")
         # One alternation per group: a single regex scan instead of one per pattern.
@@ -538,27 +564,42 @@ class Refusal(Filter):
         screen = any_of((wider_re2(self._identity), wider_re2(self._refusal, anchors=False)))
         # A screen that matches nothing at all would pass no empty turn: no screen then.
         object.__setattr__(self, "_screen", None if screen is None or matches_empty(screen) else screen)
+        # The kinds judged at all: with ``preference: off`` the batch never hands preference rows to decide.
+        kinds = RESPONSE_KINDS - {"preference"} if self.preference == "off" else RESPONSE_KINDS
+        object.__setattr__(self, "_kinds", kinds)
 
     def screens(self) -> list[Screen]:
         return [Screen(self._screen, _APOSTROPHE)]
 
     def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
         # Each turn as decide reads it (curly apostrophes straightened) is one of the row's texts, or
-        # empty; screened with every other text of the batch, which only lets more rows through.
+        # empty; screened with every other text of the batch, which only lets more rows through. A pair
+        # dropped under ``both`` has a flagged chosen turn, so the same row screen is enough for it too.
         screened = set(fields.passing_rows(self._screen, _APOSTROPHE)) if self._screen is not None else None
+        kinds = self._kinds
         return self.decide_rows(
             rows,
             (
                 position
                 for position, row in enumerate(rows)
-                if row.get("kind") in RESPONSE_KINDS and (screened is None or position in screened)
+                if row.get("kind") in kinds and (screened is None or position in screened)
             ),
         )
 
     def decide(self, row: Row) -> Verdict:
-        if row.get("kind") not in RESPONSE_KINDS:
+        kind = row.get("kind")
+        if kind not in self._kinds:
             return None
-        for turn in _turns(row):
+        verdict = self._flag(_turns(row))  # the chosen completion of a preference pair
+        if verdict is None or kind != "preference" or self.preference == "chosen":
+            return verdict
+        # ``both``: the pair is dropped only when the rejected completion is flagged too.
+        rejected = [m.get("content") or "" for m in row.get("rejected") or []]
+        return verdict if self._flag(rejected) is not None else None
+
+    def _flag(self, turns: Sequence[str]) -> Verdict:
+        """The first refusal opener or identity phrase in ``turns``, as a verdict."""
+        for turn in turns:
             text = turn.replace("\u2019", "'")
             match = self._refusal.search(text, 0, self.refusal_window)
             if match:
