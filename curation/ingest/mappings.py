@@ -279,12 +279,29 @@ def _chat_kind(messages: list[Message]) -> str:
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
+# A role marker the turn splitter did not take (no space after the colon, e.g. an empty
+# "\n\nHuman:" turn in public HH data): left alone it would stay inside the previous turn's
+# text and glue two assistant turns together.
+_HH_STRAY_MARKER = re.compile(r"\n\n(?:Human|Assistant):")
+
+
 def parse_hh_transcript(transcript: str) -> list[Message]:
-    """Anthropic HH layout: "\\n\\nHuman: …\\n\\nAssistant: …" → messages."""
+    """Anthropic HH layout: "\\n\\nHuman: …\\n\\nAssistant: …" → messages.
+
+    Raises :class:`RecordError` when a role marker would survive inside a turn's content.
+    """
     text = transcript if transcript.startswith("\n\n") else "\n\n" + transcript
     pieces = _HH_TURN.split(text)
     if len(pieces) < 3 or pieces[0].strip():
         raise RecordError("transcript is not in the 'Human: … Assistant: …' layout")
+    # The splitter consumed every well-formed marker, so any marker left is malformed; one
+    # regex pass over the pieces keeps the common case cheap.
+    for index, content in enumerate(pieces[2::2]):
+        if _HH_STRAY_MARKER.search(content):
+            raise RecordError(
+                f"turn {index} contains a role marker ('Human:'/'Assistant:' without the usual space) "
+                "inside its text: the transcript's turns cannot be told apart"
+            )
     messages = []
     for speaker, content in zip(pieces[1::2], pieces[2::2], strict=True):
         messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
@@ -453,18 +470,34 @@ def map_preference(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     kinds=["preference"],
     fields={"chosen": "chosen", "rejected": "rejected"},
     doc="Anthropic HH: `chosen` and `rejected` full transcripts (`\\n\\nHuman: … \\n\\nAssistant: …`); "
-    "their shared turns are the prompt.",
+    "all turns before the final assistant reply are the prompt and must match; a record whose transcripts "
+    "differ earlier, do not end with an assistant reply, or keep a role marker inside a turn is quarantined.",
 )
 def map_hh(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     chosen_text = fields.text("chosen")
     rejected_text = fields.text("rejected")
     chosen = parse_hh_transcript(chosen_text or "")
     rejected = parse_hh_transcript(rejected_text or "")
-    prompt, chosen_tail, rejected_tail = _split_common_prefix(chosen, rejected)
+    # An HH pair compares two final assistant replies to one conversation. Transcripts that end
+    # elsewhere, or differ earlier, are not that comparison: splitting them at their first
+    # difference would make multi-turn "completions" that mix both speakers.
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if turns[-1]["role"] != "assistant":
+            raise RecordError(f"{name} transcript ends with a Human turn, not an assistant reply")
+    prompt = chosen[:-1]
+    if prompt != rejected[:-1]:
+        differs_at = next(
+            (i for i, (c, r) in enumerate(zip(prompt, rejected[:-1], strict=False)) if c != r),
+            min(len(prompt), len(rejected) - 1),
+        )
+        raise RecordError(
+            f"chosen and rejected transcripts differ at turn {differs_at}, before the final assistant turn "
+            f"({len(chosen)} vs {len(rejected)} turns): not a comparison of two replies to one conversation"
+        )
     if not prompt:
         raise RecordError("chosen and rejected transcripts share no prompt turns")
     return [
-        Mapped(kind="preference", messages=prompt, chosen=chosen_tail, rejected=rejected_tail, extra=fields.extra())
+        Mapped(kind="preference", messages=prompt, chosen=chosen[-1:], rejected=rejected[-1:], extra=fields.extra())
     ]
 
 
