@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import ftfy
@@ -25,6 +25,7 @@ from curation.filter.batch import BatchTexts, Screen
 from curation.filter.pii import REGEX_ENTITIES, batch_candidates, batch_screens, redact
 from curation.filter.prefilter import wider_re2
 from curation.filter.quality import looks_like_mojibake, mojibake_flags
+from curation.filter.whitespace import WHITESPACE_RULES, WHITESPACE_UNICODE, needs_whitespace_rules
 
 # ---------------------------------------------------------------------------------------------
 # Mojibake and Unicode repair (ftfy)
@@ -320,38 +321,10 @@ class PiiRedactor(Cleaner):
 # Whitespace normalisation
 # ---------------------------------------------------------------------------------------------
 
-_WS_RULES: tuple[tuple[re.Pattern[str], str, str, Callable[[str], bool]], ...] = (
-    # Each with a test every text the rule changes passes (substrings, far cheaper than searching).
-    (re.compile(r"\r\n?"), "\n", "CR line endings", lambda text: "\r" in text),
-    # No-break and narrow no-break spaces are scraping residue in instruction data; zero-width
-    # space and BOM are invisible noise. ZWJ/ZWNJ are kept: they matter in emoji and Persian.
-    (re.compile(r"[\u00a0\u202f]"), " ", "no-break spaces", lambda text: not text.isascii()),
-    (re.compile(r"[\u200b\ufeff]"), "", "zero-width characters", lambda text: not text.isascii()),
-    (
-        re.compile(r"[ \t]+$", re.MULTILINE),
-        "",
-        "trailing spaces",
-        lambda text: " \n" in text or "\t\n" in text or text.endswith((" ", "\t")),
-    ),
-    (re.compile(r"\n{3,}"), "\n\n", "runs of blank lines", lambda text: "\n\n\n" in text),
-)
-_WS_UNICODE = re.compile(r"[\u00a0\u202f\u200b\ufeff]")
 _INDENTED_START = re.compile(r"\A\n*[ \t]+\S[^\n]*\n(?:[ \t]*\n)*[ \t]+\S")
 
-
-def _needs_whitespace_rules(text: str) -> bool:
-    """Whether one of the rules above would fire; substring tests, far cheaper than searching."""
-    return (
-        "\r" in text
-        or " \n" in text
-        or "\t\n" in text
-        or "\n\n\n" in text
-        or (not text.isascii() and _WS_UNICODE.search(text) is not None)
-    )
-
-
-# The first test of clean_text: one of those substrings, or white space at either end.
-_WHITESPACE_SCREEN = wider_re2(re.compile(rf"\r| \n|\t\n|\n\n\n|{_WS_UNICODE.pattern}|\A\s|\s\Z"))
+# The first test of clean_text: one of the substrings of `needs_whitespace_rules`, or white space at either end.
+_WHITESPACE_SCREEN = wider_re2(re.compile(rf"\r| \n|\t\n|\n\n\n|{WHITESPACE_UNICODE.pattern}|\A\s|\s\Z"))
 
 
 @dataclass(frozen=True)
@@ -365,10 +338,10 @@ class NormalizeWhitespace(Cleaner):
         return _WHITESPACE_SCREEN
 
     def clean_text(self, text: str) -> tuple[str, str | None]:
-        if not _needs_whitespace_rules(text) and not text[:1].isspace() and not text[-1:].isspace():
+        if not needs_whitespace_rules(text) and not text[:1].isspace() and not text[-1:].isspace():
             return text, None  # fast path: most rows are already clean
         fired: list[str] = []
-        for pattern, replacement, label, may_fire in _WS_RULES:
+        for pattern, replacement, label, may_fire in WHITESPACE_RULES:
             if not may_fire(text):
                 continue
             new, n = pattern.subn(replacement, text)

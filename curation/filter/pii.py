@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from curation.filter.batch import BatchTexts, Screen
 from curation.filter.prefilter import any_of, text_array, wider_re2
+from curation.filter.whitespace import WHITESPACE_RULES, needs_whitespace_rules
 
 
 @dataclass(frozen=True)
@@ -701,34 +702,18 @@ def _check_entities(entities: Collection[str] | None) -> Collection[str]:
 # those can make a match out of what was none ("555\u200b1234", "call" followed by spaces and a line
 # break, …), so a redactor that looked at the text before it would leave PII that the `no_pii_left`
 # check finds afterwards. The detectors therefore look at the text as that cleaner will leave it (the
-# *view*) and report spans in the text they were given. Kept in step with
-# :class:`curation.filter.cleaners.NormalizeWhitespace` by a test; trimming the ends is left out (it
+# *view*) and report spans in the text they were given. The view applies the cleaner's own rules
+# (:mod:`curation.filter.whitespace`); trimming the ends is left out (it
 # can neither make nor break a match).
 
-_VIEW_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\r\n?"), "\n"),
-    (re.compile(r"[\u00a0\u202f]"), " "),
-    (re.compile(r"[\u200b\ufeff]"), ""),
-    (re.compile(r"[ \t]+$", re.MULTILINE), ""),
-    (re.compile(r"\n{3,}"), "\n\n"),
+_VIEW_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (pattern, replacement) for pattern, replacement, _, _ in WHITESPACE_RULES
 )
-_VIEW_UNICODE = re.compile(r"[\u00a0\u202f\u200b\ufeff]")
-
-
-def _needs_view(text: str) -> bool:
-    """Whether a rule of :data:`_VIEW_RULES` may change ``text`` (substring tests, far cheaper than searching)."""
-    return (
-        "\r" in text
-        or " \n" in text
-        or "\t\n" in text
-        or "\n\n\n" in text
-        or (not text.isascii() and _VIEW_UNICODE.search(text) is not None)
-    )
 
 
 def _view_text(text: str) -> str:
     """:func:`whitespace_view`'s text alone (``text`` itself when no rule changes it), without offsets."""
-    if not _needs_view(text):
+    if not needs_whitespace_rules(text):
         return text
     view = text
     for pattern, replacement in _VIEW_RULES:
@@ -739,7 +724,7 @@ def _view_text(text: str) -> str:
 def whitespace_view(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     """``text`` as the whitespace cleaner leaves it (but for its ends), and for each character of it
     the span of ``text`` it came from (``None``, ``None`` when nothing changes: the view is the text)."""
-    if not _needs_view(text):
+    if not needs_whitespace_rules(text):
         return text, None, None
     view = text
     starts: list[int] = list(range(len(text)))
