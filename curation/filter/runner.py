@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig
@@ -357,7 +358,7 @@ def filter_table(
     try:
         reuse = plan_reuse(staged, "filter_memo", quote(source), COLUMNS, chain_fingerprint(config), FILTER_OUTPUTS)
         _copy_reused(staged, reuse, kept, rejections, edits, lineage)
-        stats.add(_reused_stats(staged, reuse, cleaners, filters))
+        stats.add(_reused_stats(connection, reuse, (rejections, edits, lineage), cleaners, filters))
         columns = ", ".join(quote(name) for name in COLUMNS)
         # In the table's own order: no row depends on another, and sorting first would hold the whole table.
         batches = read_batches(
@@ -417,19 +418,21 @@ def _copy_reused(staged: StagedWrite, reuse: Reuse, kept: str, rejections: str, 
 
 
 def _reused_stats(
-    staged: StagedWrite, reuse: Reuse, cleaners: Sequence[Cleaner], filters: Sequence[Filter]
+    connection: duckdb.DuckDBPyConnection,
+    reuse: Reuse,
+    staged_tables: tuple[str, str, str],
+    cleaners: Sequence[Cleaner],
+    filters: Sequence[Filter],
 ) -> FilterStats:
-    """The counts the chain made for the reused rows, from their copied results: every cleaner saw every
-    row; each filter saw the rows no earlier filter rejected (the chain's order, which the memo's
-    fingerprint fixes). Their seconds were spent by an earlier run and are not counted again."""
+    """The counts the chain made for the reused rows, from their results copied into ``staged_tables``
+    (rejections, edit counts, lineage edges): every cleaner saw every row; each filter saw the rows no
+    earlier filter rejected (the chain's order, which the memo's fingerprint fixes). Their seconds were
+    spent by an earlier run and are not counted again."""
     stats = FilterStats(rows_in=reuse.rows)
     if not reuse.rows:
         return stats
-    connection = staged.connection
     reused = f"(SELECT row_id FROM {reuse.table})"
-    rejections, edits, lineage = (
-        quote(staged.staging_name(table)) for table in ("filter_rejections", "filter_edits", "lineage")
-    )
+    rejections, edits, lineage = staged_tables
     rejected = dict(
         connection.execute(f"SELECT filter, count(*) FROM {rejections} WHERE row_id IN {reused} GROUP BY 1").fetchall()
     )

@@ -19,6 +19,7 @@ edge are copied from the previous tables in SQL, so appending 1% new rows render
 from __future__ import annotations
 
 import gc
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -404,13 +405,10 @@ def flagged_rows(connection: duckdb.DuckDBPyConnection, contamination: str) -> l
         f"FROM {contamination} c JOIN (SELECT row_id, rowid AS position FROM synthetic_mixed) m USING (row_id) "
         f"ORDER BY m.position, c.rowid"
     ).fetchall()
-    flagged: list[FlaggedRow] = []
-    for row_id, source, *match in records:
-        if not flagged or flagged[-1].row_id != row_id:
-            flagged.append(FlaggedRow(row_id, source, ()))
-        last = flagged[-1]
-        flagged[-1] = FlaggedRow(row_id, source, (*last.matches, Match(*match)))
-    return flagged
+    return [
+        FlaggedRow(row_id, source, tuple(Match(*match) for _, _, *match in matches))
+        for (row_id, source), matches in itertools.groupby(records, key=lambda record: (record[0], record[1]))
+    ]
 
 
 def token_stats(connection: duckdb.DuckDBPyConnection, quoted_table: str) -> TokenStats:
