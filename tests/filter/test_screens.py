@@ -23,7 +23,7 @@ from ftfy.badness import BADNESS_RE, is_bad
 
 from curation.core.schema import new_row
 from curation.core.texts import CODE_SPANS, text_fields
-from curation.filter import cleaners, language, pii, policy, quality
+from curation.filter import cleaners, language, pii, policy, quality, whitespace
 from curation.filter.base import FilterStats
 from curation.filter.chain import build_cleaners, build_filters
 from curation.filter.cleaners import FixEncoding
@@ -75,7 +75,7 @@ def _patterns() -> list[re.Pattern[str]]:
     """Every pattern the filter modules compile, and constructs the translation must widen correctly."""
     found = [
         value
-        for module in (quality, cleaners, pii, policy, language)
+        for module in (quality, cleaners, pii, policy, language, whitespace)
         for value in vars(module).values()
         if isinstance(value, re.Pattern)
     ]
