@@ -198,7 +198,11 @@ def _verified(
     if rendered is None:
         return FormatRejection(row["row_id"], "length" if reason.startswith("dropped") else "render", reason, None)
     record = formatted_record(row, rendered, split, smallest_subset(row["row_id"], seed=seed))
-    verification = verify_row(record, tokenizer)
+    # Verified with the token lists still in hand: parsing the record's JSON text back costs as much as
+    # the mask check itself.
+    verification = verify_row(
+        {**record, "input_ids": rendered.input_ids, "assistant_mask": rendered.assistant_mask}, tokenizer
+    )
     if verification.problem:
         stage, why = verification.problem
         return FormatRejection(row["row_id"], stage, why, ", ".join(verification.leaked_tokens) or None)
