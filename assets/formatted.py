@@ -5,6 +5,7 @@ near-duplicates and derived rows kept together, and tagged with nested subsets."
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.parallel import use_engine
 from curation.format.stage import format_rows
 from resources import ProjectResource, WarehouseResource
 from resources.tokenizer import TokenizerResource
@@ -28,7 +29,7 @@ def formatted(
     config = project.load()
     settings = config.format
     target_tokenizer = tokenizer.load(config)
-    with warehouse.get().write("formatted") as staged:
+    with use_engine(config.compute), warehouse.get().write("formatted") as staged:
         result = format_rows(staged, config, target_tokenizer, report=context.log.info)
         metadata = dataset_metadata(staged.connection, staged.staging_name("formatted"), parents=["synthetic_mixed"])
     context.log.info(result.summary())
@@ -52,5 +53,6 @@ def formatted(
         "mask_sources": MetadataValue.json(result.mask_sources),
         "splits": MetadataValue.md(result.splits_markdown()),
         "contamination": MetadataValue.md(result.contamination_markdown()),
+        "decontamination": MetadataValue.json(result.decontamination),
     }
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))

@@ -11,7 +11,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDef
 from curation.core.home import exports_dir
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import count_rows, fetch_one, table_names
-from curation.format.decontam import ContaminationIndex, check_row
+from curation.format.decontam import check_row, index_for
 from curation.format.export import MANIFEST, verify_export
 from curation.format.render_checks import MASKED_KINDS, stored_tokens_problem, verify_rows
 from curation.format.split import split_leaks
@@ -101,7 +101,8 @@ def formatted_no_contamination_left(
 ) -> AssetCheckResult:
     config = project.load()
     items = load_benchmarks(config)
-    index = ContaminationIndex(items) if items else None
+    settings = config.format.decontamination
+    index = index_for(items, settings) if items else None
     found, scanned = [], 0
     with warehouse.get().connect() as connection:
         (flagged_left,) = fetch_one(
@@ -117,7 +118,7 @@ def formatted_no_contamination_left(
         if index is not None:
             for row in iter_formatted_rows(connection, sample=RESCANNED_ROWS):
                 scanned += 1
-                for match in check_row(row, index):
+                for match in check_row(row, index, settings.fields):
                     found.append(
                         {
                             "row_id": row["row_id"],
@@ -132,6 +133,7 @@ def formatted_no_contamination_left(
         metadata={
             "benchmarks": [b.name for b in config.format.benchmarks],
             "benchmark_items": len(items),
+            "fields": settings.fields,
             "rows_scanned": scanned,
             "rescanned": _sampled(scanned, total) if index is not None else "no benchmarks configured",
             "matches_left": len(found),

@@ -131,6 +131,17 @@ class DedupConfig(_Strict):
     )
 
 
+class SandboxConfig(_Strict):
+    """How generated code (the ``code`` method) may be run: curation/synth/sandbox.py."""
+
+    allow_weaker: bool = Field(
+        default=False,
+        description="Run generated code even where the sandbox lacks namespaces, the read-only filesystem or (as "
+        "root) a throw-away uid; each code row's provenance then records the isolation used. Off: code synthesis "
+        "refuses, naming what is missing.",
+    )
+
+
 class SynthesisConfig(_Strict):
     teacher: dict[str, Any] = Field(default_factory=lambda: {"backend": "procedural"})
     judge: dict[str, Any] | Literal["procedural", "teacher"] | None = Field(
@@ -138,6 +149,7 @@ class SynthesisConfig(_Strict):
     )
     methods: dict[str, Any] = Field(default_factory=lambda: {"perturbation": {"count": 50}})
     verify: dict[str, Any] = Field(default_factory=dict, description="Verification settings (min_judge_score…).")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     seed: int = 0
 
 
@@ -159,6 +171,52 @@ class BenchmarkConfig(_Strict):
     id_field: str | None = None
 
 
+class DecontamConfig(_Strict):
+    """How rows are compared with ``format.benchmarks`` (:mod:`curation.format.decontam`): what is scanned
+    and what counts as evidence. The defaults follow GPT-3 (Brown et al. 2020, appendix C: 13-grams, n-grams
+    too frequent to be evidence ignored), with frequency counted over the benchmark items so that template
+    text is not evidence; they equal the defaults of :class:`curation.format.decontam.ContaminationIndex`
+    (a test holds them equal). The formatted asset records them with its contamination report."""
+
+    fields: Literal["prompt", "all"] = Field(
+        default="prompt",
+        description="prompt: user turns (and text rows) only; all: every message, so a benchmark item copied "
+        "into a response (or a system prompt) is caught too.",
+    )
+    n: int = Field(default=13, ge=1, description="n-gram length in words.")
+    min_n: int = Field(
+        default=8,
+        ge=1,
+        description="Items of min_n to n-1 words match when contained whole; shorter ones only exactly.",
+    )
+    common_ngram_max_df: int | None = Field(
+        default=10,
+        ge=1,
+        description="An n-gram found in more than this many benchmark items is template text, not evidence "
+        "(null: every n-gram counts).",
+    )
+    min_overlap_ratio: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of an item's usable n-grams a text must contain (0: one shared n-gram is enough).",
+    )
+    ignore_trivial: bool = Field(default=True, description="Ignore n-grams of only numbers and single characters.")
+    filled_template_min_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="An item matched only by n-grams that fill a template shared by more than common_ngram_max_df "
+        "items with numbers (templated word problems) needs this share of them (0: any one counts).",
+    )
+
+    @model_validator(mode="after")
+    def _min_n_within_n(self) -> DecontamConfig:
+        if self.min_n > self.n:
+            raise ValueError(f"min_n ({self.min_n}) must not exceed n ({self.n})")
+        return self
+
+
 class FormatConfig(_Strict):
     tokenizer: str = Field(description="Local tokenizer directory (relative to the project file) or hub id.")
     chat_template: str | None = Field(
@@ -170,6 +228,9 @@ class FormatConfig(_Strict):
     eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     seed: int = 0
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    decontamination: DecontamConfig = Field(
+        default_factory=DecontamConfig, description="How rows are compared with the benchmarks."
+    )
 
 
 class TeacherTerms(_Strict):
@@ -187,13 +248,40 @@ class PolicyConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
-    """Where the row-wise work runs (cleaners and filters, PII, rendering and token counts, MinHash)."""
+    """Where the row-wise work runs (cleaners and filters, PII, rendering and token counts, MinHash).
 
+    Every engine runs the same functions over the same Arrow batches and returns their results in input
+    order, so every table and data version is the same on either engine and with any number of workers."""
+
+    engine: Literal["local", "ray"] = Field(
+        default="local",
+        description=(
+            "local: worker processes on this machine. ray: Ray tasks, on a Ray started in this process "
+            "(no address) or on the cluster at `address`."
+        ),
+    )
+    address: str | None = Field(
+        default=None,
+        description=(
+            "Ray cluster to run on (engine ray only), as `ray.init` takes it: `ray://head:10001` (Ray Client) "
+            "or `head:6379` / `auto` (this machine is a node of the cluster). None starts a Ray of `workers` "
+            "CPUs in this process."
+        ),
+    )
     workers: int | None = Field(
         default=None,
         gt=0,
-        description="Worker processes for row-wise work; all cores by default. Output is the same for any count.",
+        description=(
+            "Worker processes for row-wise work (local), or CPUs of the Ray started here and tasks in flight "
+            "per CPU (ray); all cores by default. Output is the same for any count."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> ComputeConfig:
+        if self.address is not None and self.engine != "ray":
+            raise ValueError("compute.address names a Ray cluster; set compute.engine: ray to use it")
+        return self
 
 
 class ProjectConfig(_Strict):

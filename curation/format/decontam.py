@@ -12,6 +12,22 @@ Two kinds of evidence, checked per message (so a multi-turn row is compared turn
   in more than ``common_ngram_max_df`` items is template phrasing) and, optionally, over a
   background corpus (pass the training texts themselves to get GPT-3's exact rule).
 
+Templated benchmarks (GSM-Symbolic-style word problems: one text, many sets of numbers) need one step
+more. The words around the numbers are template text by the rule above, but where the values are
+small, another question on the same template shares the literal n-grams whose numbers happen to
+coincide with some instance's. So an n-gram whose *template* (numbers masked) is in more than
+``common_ngram_max_df`` items is evidence only together with the rest of its item: an item matched by
+such n-grams alone needs ``filled_template_min_ratio`` (half) of them. A copied question has them all;
+on gsm8k-train questions made into templates, another question on the template is flagged 7 times in
+60 against 35 with the frequency rule alone and 56 with every n-gram counted, and every verbatim or
+wrapped copy is still flagged (``tests/format/test_decontam.py``). Benchmarks without templates
+(every n-gram's template in at most ``common_ngram_max_df`` items) are checked exactly as before.
+
+What is scanned is the caller's choice (:func:`row_segments`): user turns (``prompt``, the default)
+or every message (``all``: a benchmark item copied into a response counts too). The project file's
+``format.decontamination`` section sets all of it (:func:`index_for`), and the formatted asset records
+the settings with its contamination report (:func:`settings_record`).
+
 Benchmark items shorter than ``n`` words (most chat-benchmark questions) have no ``n``-gram.
 GPT-3 lowered N for benchmarks with short examples (N = the 5th-percentile example length, kept
 within 8..13 words); we apply the same bounds per item: an item of ``min_n`` (8) to ``n - 1`` words
@@ -28,15 +44,18 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from curation.core.markdown import table_cell
 from curation.core.normalize import NormalizeOptions, normalize_text, words
 from curation.core.schema import Row
 from curation.core.texts import text_fields
 from curation.ingest.readers import UnreadableFile, read_objects
+
+if TYPE_CHECKING:
+    from curation.core.config import DecontamConfig
 
 # Exact comparison ignores everything normalisation can ignore, punctuation included.
 EXACT_OPTIONS = NormalizeOptions(strip_punctuation=True)
@@ -46,6 +65,9 @@ EXACT_OPTIONS = NormalizeOptions(strip_punctuation=True)
 DEFAULT_N = 13
 DEFAULT_MIN_N = 8
 DEFAULT_COMMON_MAX_DF = 10
+# An item matched only through its filled-in template (see ContaminationIndex) needs this share of those
+# n-grams: a copy has them all, another question on the same template only those whose numbers coincide.
+FILLED_TEMPLATE_MIN_RATIO = 0.5
 
 # Field names tried, in order, when the caller does not name the text / id fields.
 _TEXT_FIELD_GUESSES = ("turns", "prompt", "question", "instruction", "Instruction", "input", "text", "query")
@@ -206,6 +228,16 @@ def _starts(tokens: Sequence[str], n: int, pairs: frozenset[tuple[str, str]] | N
     return [start for start, pair in enumerate(pairwise(tokens[: last + 1])) if pair in pairs]
 
 
+def _templates(tokens: Sequence[str], n: int) -> Iterator[tuple[Gram, Gram]]:
+    """Each ``n``-gram of ``tokens`` that holds a number, with its template: the numbers replaced by ``#``
+    (the slots a word problem's values fill). Masked once per text and sliced, not rebuilt per n-gram."""
+    numbers = list(accumulate((token.isdigit() for token in tokens), initial=0))  # numbers before each position
+    masked = ["#" if token.isdigit() else token for token in tokens]
+    for start in range(len(tokens) - n + 1):
+        if numbers[start + n] > numbers[start]:
+            yield tuple(tokens[start : start + n]), tuple(masked[start : start + n])
+
+
 def _is_trivial(gram: Gram) -> bool:
     """Numbers and single characters only ("0 1 2 … 9 a b c d e f", "1 2 2 3 3 3 …").
 
@@ -236,7 +268,9 @@ class ContaminationIndex:
     more than that many background texts is ignored too. ``min_overlap_ratio``: an ``ngram`` match
     needs at least this share of the item's usable n-grams (0 = any one shared n-gram, as GPT-3).
     ``ignore_trivial``: n-grams of only numbers and single characters are ignored (see
-    :func:`_is_trivial`). Ignored n-grams are in :attr:`common_ngrams`.
+    :func:`_is_trivial`). Ignored n-grams are in :attr:`common_ngrams`, their number per rule in
+    :attr:`ignored`. ``filled_template_min_ratio``: the share of an item's filled-template n-grams
+    (:meth:`_filled_templates`) a text needs when it shares nothing else with the item (0 disables).
     """
 
     def __init__(
@@ -249,11 +283,14 @@ class ContaminationIndex:
         background_max_df: int = DEFAULT_COMMON_MAX_DF,
         min_overlap_ratio: float = 0.0,
         ignore_trivial: bool = True,
+        filled_template_min_ratio: float = FILLED_TEMPLATE_MIN_RATIO,
     ) -> None:
         if n < 1 or not 1 <= min_n <= n:
             raise ValueError(f"need 1 <= min_n <= n, got n={n}, min_n={min_n}")
         if not 0.0 <= min_overlap_ratio <= 1.0:
             raise ValueError(f"min_overlap_ratio must be within [0, 1], got {min_overlap_ratio}")
+        if not 0.0 <= filled_template_min_ratio <= 1.0:
+            raise ValueError(f"filled_template_min_ratio must be within [0, 1], got {filled_template_min_ratio}")
         self.items: list[BenchmarkItem] = list(items)
         if not self.items:
             raise ValueError("no benchmark items to index; check the benchmark files and their text_fields")
@@ -267,6 +304,8 @@ class ContaminationIndex:
         # Short items are found through their first min_n words, then compared in full.
         self._short: dict[Gram, list[tuple[int, Gram]]] = defaultdict(list)
         short_df: Counter[Gram] = Counter()
+        # Every n-gram with a number → its template (the numbers masked), for _filled_templates.
+        slots: dict[Gram, Gram] = {}
         for index, item in enumerate(self.items):
             key = normalize_text(item.text, EXACT_OPTIONS)
             if key:
@@ -275,21 +314,43 @@ class ContaminationIndex:
             if len(tokens) >= n:
                 for _, gram in _grams(tokens, n):
                     grams[gram].add(index)
+                if common_ngram_max_df is not None:
+                    slots.update(_templates(tokens, n))
             elif len(tokens) >= min_n:
                 sequence = tuple(tokens)
                 self._short[sequence[:min_n]].append((index, sequence))
                 short_df[sequence] += 1
 
         common: set[Gram] = set()
+        # How many n-grams (and short items) each rule ignored, each counted under the first rule that
+        # applies: what the formatted asset's metadata reports next to the settings.
+        self.ignored: dict[str, int] = {}
         if ignore_trivial:
-            common.update(g for g in grams if _is_trivial(g))
-            common.update(s for s in short_df if _is_trivial(s))
+            self._ignore(
+                common, "trivial", {g for g in grams if _is_trivial(g)} | {s for s in short_df if _is_trivial(s)}
+            )
         if common_ngram_max_df is not None:
-            common.update(g for g, owners in grams.items() if len(owners) > common_ngram_max_df)
-            common.update(s for s, df in short_df.items() if df > common_ngram_max_df)
+            self._ignore(
+                common,
+                "template",
+                {g for g, owners in grams.items() if len(owners) > common_ngram_max_df}
+                | {s for s, df in short_df.items() if df > common_ngram_max_df},
+            )
         if background is not None:
-            common.update(self._background_common(background, set(grams), set(short_df), background_max_df))
+            self._ignore(
+                common, "background", self._background_common(background, set(grams), set(short_df), background_max_df)
+            )
         self.common_ngrams: frozenset[Gram] = frozenset(common)
+        self.settings: dict[str, Any] = {
+            "n": n,
+            "min_n": min_n,
+            "common_ngram_max_df": common_ngram_max_df,
+            "background_max_df": background_max_df if background is not None else None,
+            "min_overlap_ratio": min_overlap_ratio,
+            "ignore_trivial": ignore_trivial,
+            "filled_template_min_ratio": filled_template_min_ratio,
+        }
+        """The settings the index was built with (recorded with the contamination report)."""
 
         self._grams: dict[Gram, tuple[int, ...]] = {
             g: tuple(sorted(owners)) for g, owners in grams.items() if g not in common
@@ -305,6 +366,30 @@ class ContaminationIndex:
                 del self._short[prefix]
         self._gram_pairs = _pair_index(self._grams)
         self._short_pairs = _pair_index(self._short)
+        self._filled: frozenset[Gram] = frozenset()
+        self._filled_usable: Counter[int] = Counter()
+        if common_ngram_max_df is not None:
+            self._filled = self._filled_templates(grams, slots, common_ngram_max_df)
+            for gram in self._filled:
+                self._filled_usable.update(self._grams[gram])
+        self.filled_template_min_ratio = filled_template_min_ratio
+
+    def _filled_templates(
+        self, grams: Mapping[Gram, set[int]], slots: Mapping[Gram, Gram], max_df: int
+    ) -> frozenset[Gram]:
+        """Usable n-grams with numbers whose template (``slots``: the n-gram with its numbers masked) is in
+        more than ``max_df`` items: templated word problems (GSM-Symbolic-style) share the text around their
+        numbers, and where the values are small, another question on the template shares the literal n-grams
+        whose numbers happen to coincide. Such n-grams are evidence only together (see :meth:`check`)."""
+        owners: dict[Gram, set[int]] = defaultdict(set)
+        for gram, template in slots.items():
+            owners[template] |= grams[gram]
+        common = {template for template, items in owners.items() if len(items) > max_df}
+        return frozenset(g for g, template in slots.items() if template in common and g in self._grams)
+
+    def _ignore(self, common: set[Gram], reason: str, grams: set[Gram]) -> None:
+        self.ignored[reason] = len(grams - common)
+        common |= grams
 
     def _background_common(
         self, background: Iterable[str], grams: set[Gram], shorts: set[Gram], max_df: int
@@ -366,6 +451,9 @@ class ContaminationIndex:
                 )
                 continue
             ratio = len(found[index]) / self._usable[index]
+            filled = sum(gram in self._filled for gram in found[index]) if self._filled else 0
+            if filled == len(found[index]) and filled < self.filled_template_min_ratio * self._filled_usable[index]:
+                continue  # only the filled-in template, and too little of it: another question on the template
             if ratio >= self.min_overlap_ratio:
                 matches.append(
                     Match(
@@ -378,6 +466,33 @@ class ContaminationIndex:
                     )
                 )
         return matches
+
+
+def index_for(items: Iterable[BenchmarkItem], settings: DecontamConfig) -> ContaminationIndex:
+    """The index of ``items`` under the project file's ``format.decontamination`` settings: the formatted
+    stage and its ``no_contamination_left`` check build it this way, so the check re-scans with the rule
+    the stage applied."""
+    return ContaminationIndex(
+        items,
+        n=settings.n,
+        min_n=settings.min_n,
+        common_ngram_max_df=settings.common_ngram_max_df,
+        min_overlap_ratio=settings.min_overlap_ratio,
+        ignore_trivial=settings.ignore_trivial,
+        filled_template_min_ratio=settings.filled_template_min_ratio,
+    )
+
+
+def settings_record(index: ContaminationIndex, fields: Fields) -> dict[str, Any]:
+    """What decontamination checked, for the formatted asset's metadata and the contamination report: the
+    fields scanned, the index's settings, the number of benchmark items and of n-grams each rule ignored."""
+    return {
+        "fields": fields,
+        **index.settings,
+        "benchmark_items": len(index),
+        "ngrams_ignored": dict(index.ignored),
+        "ngrams_of_filled_templates": len(index._filled),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,9 +588,39 @@ def contamination_report(
     }
 
 
-def render_report_markdown(report: Mapping[str, Mapping[str, Any]]) -> str:
-    """The report as a Markdown summary table plus examples (for asset metadata and reports)."""
-    lines = ["| benchmark | items | items hit | rows hit | exact | n-gram |", "|---|---:|---:|---:|---:|---:|"]
+def settings_markdown(settings: Mapping[str, Any]) -> str:
+    """One sentence saying what was checked (a :func:`settings_record`), above the report's table."""
+    scanned = "every message" if settings["fields"] == "all" else "user turns"
+    n, min_n = settings["n"], settings["min_n"]
+    parts = [
+        f"Checked {scanned} (`fields: {settings['fields']}`) against {settings['benchmark_items']:,} benchmark items",
+        f"exact text and {n}-word n-grams" + (f" (items of {min_n}–{n - 1} words whole)" if min_n < n else ""),
+    ]
+    ignored = settings.get("ngrams_ignored", {})
+    if settings["common_ngram_max_df"] is not None:
+        parts.append(
+            f"an n-gram in more than {settings['common_ngram_max_df']} items is template text "
+            f"({ignored.get('template', 0):,} ignored)"
+        )
+        if settings["filled_template_min_ratio"] and settings.get("ngrams_of_filled_templates"):
+            parts.append(
+                f"{settings['ngrams_of_filled_templates']:,} n-grams fill such a template with numbers: an item "
+                f"matched by those alone needs {settings['filled_template_min_ratio']:.0%} of them"
+            )
+    else:
+        parts.append("every shared n-gram counts (`common_ngram_max_df: null`)")
+    if settings["min_overlap_ratio"]:
+        parts.append(f"a match needs {settings['min_overlap_ratio']:.0%} of an item's n-grams")
+    if settings["ignore_trivial"]:
+        parts.append(f"number-only n-grams ignored ({ignored.get('trivial', 0):,})")
+    return "; ".join(parts) + "."
+
+
+def render_report_markdown(report: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any] | None = None) -> str:
+    """The report as a Markdown summary table plus examples (for asset metadata and reports), after what was
+    checked when ``settings`` (a :func:`settings_record`) is given."""
+    lines = [settings_markdown(settings), ""] if settings else []
+    lines += ["| benchmark | items | items hit | rows hit | exact | n-gram |", "|---|---:|---:|---:|---:|---:|"]
     for name, entry in report.items():
         total = "?" if entry.get("items_total") is None else entry["items_total"]
         lines.append(

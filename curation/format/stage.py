@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
@@ -41,8 +41,10 @@ from curation.format.decontam import (
     Match,
     check_row,
     contamination_report,
+    index_for,
     load_benchmark,
     render_report_markdown,
+    settings_record,
 )
 from curation.format.render import RenderedRow, format_batch, reusing_renderings, tokenizer_id
 from curation.format.render_checks import verify_row
@@ -110,6 +112,9 @@ class FormatResult:
     empty when no benchmark is configured."""
     rows_reused: int = 0
     """Input rows unchanged since the last run, copied rather than formatted again."""
+    decontamination: dict[str, Any] = field(default_factory=dict)
+    """What decontamination checked (:func:`curation.format.decontam.settings_record`: fields, n-gram
+    settings, n-grams ignored); empty when no benchmark is configured."""
 
     @property
     def rows_rejected(self) -> int:
@@ -126,7 +131,9 @@ class FormatResult:
         return counts_table(self.split_counts, "split")
 
     def contamination_markdown(self) -> str:
-        return render_report_markdown(self.contamination) if self.contamination else "_no benchmarks configured_"
+        if not self.contamination:
+            return "_no benchmarks configured_"
+        return render_report_markdown(self.contamination, self.decontamination or None)
 
 
 def load_benchmarks(config: ProjectConfig) -> list[BenchmarkItem]:
@@ -165,7 +172,7 @@ def format_and_verify(
     result = FormattedRecords([], [], [])
     clean: list[tuple[Row, str]] = []
     for row, split in zip(rows, splits, strict=True):
-        matches = check_row(row, index) if index else []
+        matches = check_row(row, index, settings.decontamination.fields) if index else []
         if not matches:
             clean.append((row, split))
             continue
@@ -305,7 +312,7 @@ def format_rows(
     formatted last time under the same settings are copied (:func:`_copy_reused`), the others rendered."""
     settings = config.format
     benchmarks = load_benchmarks(config)
-    index = ContaminationIndex(benchmarks) if benchmarks else None
+    index = index_for(benchmarks, settings.decontamination) if benchmarks else None
     connection = staged.connection
     rows_in = count_rows(connection, "synthetic_mixed")
 
@@ -369,6 +376,7 @@ def format_rows(
         tokens=token_stats(connection, staging),
         contamination=contamination_report(flagged_rows(connection, contamination), index) if index else {},
         rows_reused=reuse.rows,
+        decontamination=settings_record(index, settings.decontamination.fields) if index else {},
     )
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import inspect
 import json
+import random
+import re
 import time
 from pathlib import Path
 
 import pytest
 
+from curation.core.config import ConfigError, DecontamConfig, load_project
 from curation.core.schema import Row, make_row_id, new_row
 from curation.format.decontam import (
     BenchmarkItem,
@@ -17,8 +21,10 @@ from curation.format.decontam import (
     FlaggedRow,
     check_row,
     contamination_report,
+    index_for,
     load_benchmark,
     render_report_markdown,
+    settings_record,
 )
 from tests.conftest import SHARED_DATA
 
@@ -445,5 +451,135 @@ def test_index_rejects_bad_settings() -> None:
         ContaminationIndex([item], n=5, min_n=8)
     with pytest.raises(ValueError, match="min_overlap_ratio"):
         ContaminationIndex([item], min_overlap_ratio=2.0)
+    with pytest.raises(ValueError, match="filled_template_min_ratio"):
+        ContaminationIndex([item], filled_template_min_ratio=-0.1)
     with pytest.raises(ValueError, match="no benchmark items"):
         ContaminationIndex([])
+
+
+# --------------------------------------------------------------------------------------------
+# gsm8k-style templates (issue 15): same template, different question
+# --------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"\d+")
+
+
+def _instance(question: str, rng: random.Random) -> str:
+    """Another question on the template of a real gsm8k question, as GSM-Symbolic instantiates templates: its
+    numbers drawn again with as many digits (single digits 2-9, the small values grade-school problems use)."""
+
+    def redraw(number: re.Match[str]) -> str:
+        digits = len(number.group())
+        return str(rng.randint(10 ** (digits - 1) if digits > 1 else 2, 10**digits - 1))
+
+    return _NUMBER.sub(redraw, question)
+
+
+@pytest.fixture(scope="module")
+def gsm8k() -> list[dict[str, str]]:
+    with open(SHARED_DATA / "gsm8k-train" / "train.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _sft(row_id: str, question: str, answer: str) -> Row:
+    return new_row(
+        row_id=row_id,
+        kind="sft",
+        source="gsm8k",
+        messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+    )
+
+
+def test_gsm8k_template_questions_are_not_contamination_but_copies_are(gsm8k: list[dict[str, str]]) -> None:
+    # A templated benchmark from real gsm8k questions: 60 templates x 20 instances. The text around the numbers
+    # is shared by 20 items (template text); with single-digit values, a new question on a template also shares
+    # literal 13-grams with the instances whose numbers happen to coincide.
+    rng = random.Random(0)
+    records = [r for r in gsm8k if _NUMBER.search(r["question"])][:60]
+    items = [
+        BenchmarkItem("gsm-symbolic", f"{t}-{k}", _instance(r["question"], rng))
+        for t, r in enumerate(records)
+        for k in range(20)
+    ]
+    others = [_sft(f"other{t}", _instance(r["question"], rng), r["answer"]) for t, r in enumerate(records)]
+    copies = [_sft(f"copy{t}", items[t * 20].text, r["answer"]) for t, r in enumerate(records)]
+    wrapped = [
+        _sft(f"wrapped{t}", f"Solve step by step. {items[t * 20].text} Put the answer after ####.", r["answer"])
+        for t, r in enumerate(records)
+    ]
+    # The copied question is in the response: found when responses are checked too (fields: all).
+    in_answer = [_sft(f"answer{t}", "Write a word problem.", items[t * 20].text) for t in range(len(records))]
+
+    def flagged(index: ContaminationIndex, rows: list[Row], fields: Fields = "prompt") -> int:
+        return len(_flag(rows, index, fields))
+
+    default = ContaminationIndex(items)
+    assert flagged(default, others) <= 12  # 7 of the 60 measured
+    assert flagged(default, copies) == flagged(default, wrapped) == 60
+    assert flagged(default, in_answer) == 0 and flagged(default, in_answer, "all") == 60
+    # Template text is recognised by the number of benchmark items sharing it, the values filled in by their
+    # template: with every shared n-gram as evidence (GPT-3 without its frequency rule) most are flagged.
+    every_ngram = ContaminationIndex(items, common_ngram_max_df=None)
+    assert flagged(every_ngram, others) >= 45  # 56 measured
+    # Ignoring only the n-grams more than 10 items share leaves those whose small numbers coincide.
+    assert 20 <= flagged(ContaminationIndex(items, filled_template_min_ratio=0.0), others) <= 50  # 35 measured
+    assert default.ignored["template"] > 0
+    record = settings_record(default, "prompt")
+    assert record["ngrams_of_filled_templates"] > 0
+    assert "an item matched by those alone needs 50% of them" in render_report_markdown({}, record)
+    # The real questions themselves (one instance each, no template) are matched as before.
+    real = ContaminationIndex([BenchmarkItem("gsm8k", str(t), r["question"]) for t, r in enumerate(records)])
+    assert flagged(real, [_sft(f"r{t}", f"Q: {r['question']}", "") for t, r in enumerate(records)]) == 60
+
+
+def test_decontamination_settings_in_the_project_file_are_the_index_defaults(vicuna: list[BenchmarkItem]) -> None:
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(ContaminationIndex).parameters.items()
+        if name in DecontamConfig.model_fields
+    }
+    assert defaults == DecontamConfig().model_dump(exclude={"fields"})
+    assert inspect.signature(check_row).parameters["fields"].default == DecontamConfig().fields
+    settings = DecontamConfig(fields="all", n=10, common_ngram_max_df=None, min_overlap_ratio=0.5)
+    index = index_for(vicuna, settings)
+    record = settings_record(index, settings.fields)
+    assert record == {
+        "fields": "all",
+        "n": 10,
+        "min_n": 8,
+        "common_ngram_max_df": None,
+        "background_max_df": None,
+        "min_overlap_ratio": 0.5,
+        "ignore_trivial": True,
+        "filled_template_min_ratio": 0.5,
+        "benchmark_items": 80,
+        "ngrams_ignored": {"trivial": 0},
+        "ngrams_of_filled_templates": 0,
+    }
+    markdown = render_report_markdown(contamination_report([], index), record)
+    assert markdown.startswith("Checked every message (`fields: all`) against 80 benchmark items; exact text and ")
+    assert "`common_ngram_max_df: null`" in markdown and "| vicuna-bench | 80 |" in markdown
+    default = settings_record(index_for(vicuna, DecontamConfig()), "prompt")
+    assert "Checked user turns" in render_report_markdown({}, default)
+    assert "more than 10 items is template text" in render_report_markdown({}, default)
+
+
+def test_decontamination_settings_are_validated_with_their_path(tmp_path: Path) -> None:
+    def project(decontamination: str) -> Path:
+        path = tmp_path / "distillery.yaml"
+        path.write_text(
+            "sources: [{name: s, path: x.jsonl, mapping: alpaca, license: MIT}]\n"
+            f"format:\n  tokenizer: t\n{decontamination}"
+        )
+        return path
+
+    assert load_project(project("")).format.decontamination == DecontamConfig()
+    assert load_project(project("  decontamination: {fields: all}\n")).format.decontamination.fields == "all"
+    for wrong, message in (
+        ("{fields: responses}", "format.decontamination.fields"),
+        ("{n: 5}", "min_n"),
+        ("{ngram: 8}", "format.decontamination.ngram"),
+        ("{common_ngram_max_df: 0}", "format.decontamination.common_ngram_max_df"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_project(project(f"  decontamination: {wrong}\n"))
