@@ -188,6 +188,13 @@ class CachedTeacher:
     def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         keys = [cache_key(self.info, r, self.extra) for r in requests]
         hits = self.cache.get_many(keys)
+        scrub = getattr(self.teacher, "scrub_secrets", None)
+        if scrub is not None:
+            # Entries stored before replies were scrubbed of the API key must not carry it into rows.
+            hits = {
+                k: replace(g, text=scrub(g.text), finish_reason=scrub(g.finish_reason or "") or g.finish_reason)
+                for k, g in hits.items()
+            }
         results: list[Generation | None] = [hits.get(k) for k in keys]
         for i, gen in enumerate(results):
             if gen is not None and on_result is not None:

@@ -27,6 +27,12 @@ FATAL_LINT_CODES: frozenset[str] = frozenset({"F821", "F822", "F823", "F631"})
 MAX_MESSAGE_CHARS = 1500
 _TRACEBACK_FRAMES_KEPT = 3
 
+# What the lint step did, in results and provenance: ruff is a dev dependency, so a runtime install may lack
+# it, and a missing linter must not read as a clean lint.
+LINT_RAN = "ok: ruff"
+LINT_SKIPPED = "skipped: ruff not installed"
+LINT_OFF = "off"
+
 _FRAME = re.compile(r'^  File "(?P<file>[^"]*)", line (?P<line>\d+), in (?P<func>.*)$')
 _EXC_NAME = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?::|$)")
 # Caret/tilde markers under a source line (Python 3.11+ error locations).
@@ -56,6 +62,8 @@ class VerifyResult:
 
     ``status`` is one of ``passed``, ``syntax_error``, ``lint_error``, ``failed`` (a test assertion
     or an exception), ``timeout`` (wall or CPU time) or ``resource_limit`` (memory, file size, disk).
+    ``lint_status`` says whether the lint step ran (:data:`LINT_RAN`), found no linter
+    (:data:`LINT_SKIPPED`) or was turned off (:data:`LINT_OFF`); empty when the syntax check failed first.
     """
 
     passed: bool
@@ -64,6 +72,7 @@ class VerifyResult:
     error_type: str | None = None
     lint: tuple[LintIssue, ...] = ()
     sandbox: SandboxResult | None = None
+    lint_status: str = ""
 
 
 def check_python_syntax(code: str, filename: str = "main.py") -> str | None:
@@ -90,8 +99,14 @@ def _ruff_binary() -> str | None:
     return shutil.which("ruff")
 
 
+def lint_available() -> bool:
+    """Whether a linter (ruff) is installed here; without one, :func:`lint_python` finds nothing."""
+    return _ruff_binary() is not None
+
+
 def lint_python(code: str, select: str = "F", timeout_s: float = 30.0) -> list[LintIssue]:
-    """Pyflakes-family findings (ruff's ``F`` rules) for ``code``; empty when no linter is installed.
+    """Pyflakes-family findings (ruff's ``F`` rules) for ``code``; empty when no linter is installed
+    (:func:`lint_available` tells the two apart; :func:`verify_program` reports it as :data:`LINT_SKIPPED`).
 
     Syntax errors are :func:`check_python_syntax`'s business and are not returned here.
     """
@@ -220,24 +235,29 @@ def _summarize_traceback(stderr: str) -> tuple[str, str | None]:
     return out, exc_name
 
 
-def verify_program(program: str, limits: SandboxLimits | None = None, lint: bool = True) -> VerifyResult:
+def verify_program(
+    program: str, limits: SandboxLimits | None = None, lint: bool = True, *, allow_weaker: bool = False
+) -> VerifyResult:
     """Syntax check, lint, then run ``program`` in the sandbox; it passes when it exits cleanly.
 
     Raises :class:`curation.synth.sandbox.SandboxSetupError` when the sandbox cannot start: that is no
-    verdict on the program, and must not be recorded as a failure.
+    verdict on the program, and must not be recorded as a failure. Its subclass
+    :class:`~curation.synth.sandbox.SandboxUnavailable` when the sandbox is incomplete here and
+    ``allow_weaker`` is not set.
     """
     limits = limits or SandboxLimits()
     error = check_python_syntax(program)
     if error is not None:
         return VerifyResult(False, "syntax_error", error, "SyntaxError")
-    issues = tuple(lint_python(program)) if lint else ()
+    lint_status = LINT_OFF if not lint else LINT_RAN if lint_available() else LINT_SKIPPED
+    issues = tuple(lint_python(program)) if lint_status == LINT_RAN else ()
     fatal = [i for i in issues if i.fatal]
     if fatal:
         message = "Lint errors:\n" + "\n".join(str(i) for i in fatal[:10])
-        return VerifyResult(False, "lint_error", message, None, issues)
-    result = run_python(program, limits)
+        return VerifyResult(False, "lint_error", message, None, issues, lint_status=lint_status)
+    result = run_python(program, limits, allow_weaker=allow_weaker)
     if result.ok:
-        return VerifyResult(True, "passed", "", None, issues, result)
+        return VerifyResult(True, "passed", "", None, issues, result, lint_status)
     message, exc_name = failure_message(result, limits)
     if result.killed_reason in ("wall_time", "cpu_time"):
         status = "timeout"
@@ -245,13 +265,21 @@ def verify_program(program: str, limits: SandboxLimits | None = None, lint: bool
         status = "resource_limit"
     else:
         status = "failed"
-    return VerifyResult(False, status, message, exc_name, issues, result)
+    return VerifyResult(False, status, message, exc_name, issues, result, lint_status)
 
 
 def run_unit_tests(
-    prompt: str, completion: str, test: str, entry_point: str, limits: SandboxLimits | None = None, lint: bool = True
+    prompt: str,
+    completion: str,
+    test: str,
+    entry_point: str,
+    limits: SandboxLimits | None = None,
+    lint: bool = True,
+    *,
+    allow_weaker: bool = False,
 ) -> VerifyResult:
     """Run a HumanEval-style ``test`` (defining ``check(candidate)``) against ``prompt + completion``."""
     if not entry_point.isidentifier():
         raise ValueError(f"entry_point must be a Python identifier, got {entry_point!r}")
-    return verify_program(build_humaneval_program(prompt, completion, test, entry_point), limits, lint)
+    program = build_humaneval_program(prompt, completion, test, entry_point)
+    return verify_program(program, limits, lint, allow_weaker=allow_weaker)

@@ -23,10 +23,25 @@ Layers, each used where this machine allows it (:func:`sandbox_capabilities` say
   deleted afterwards, stdin/stdout/stderr as files (bounded by the file-size limit, so a
   print loop cannot fill our memory) and output truncated to a bound when read back.
 
+* a lifeline: the sandbox's init holds the read end of a pipe whose write end only the calling
+  process holds, so when that process dies, even by SIGKILL, the init exits and the kernel kills
+  everything in the pid namespace (without namespaces, ``PR_SET_PDEATHSIG`` kills the code's own
+  process). Working directories are named after their owner (pid and start time) and those of
+  dead owners are removed by the next sandbox start in any process (:func:`sweep_stale_workdirs`).
+
+Fail closed: :func:`run_python` refuses to run code when any of the namespaces, the read-only
+filesystem or (as root) the throw-away uid is missing here (:class:`SandboxUnavailable`, naming
+what is missing and how to enable it), unless the caller allows a weaker sandbox
+(``allow_weaker=True``; the project file's ``synthesis.sandbox.allow_weaker``); code rows then
+record which isolation was used (:func:`sandbox_isolation`). The rlimits are always set: when
+they cannot be, the run raises :class:`SandboxSetupError`.
+
 Not covered: world-readable files stay readable (the code may read the repository, never
 secrets kept out of reach of an unprivileged user); without the mount layer, world-writable
 directories (``/tmp``, ``/dev/shm``) stay writable. Where namespaces are missing (no
-``unshare``, no user namespaces) the network block is only an in-process best effort.
+``unshare``, no user namespaces) the network block is only an in-process best effort, and
+processes the code starts do not follow the caller's death (with a throw-away uid, the next
+sandbox start kills them).
 :class:`SandboxSetupError` means the sandbox could not start: no verdict on the code.
 """
 
@@ -37,6 +52,7 @@ import errno
 import functools
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -62,6 +78,10 @@ _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 class SandboxSetupError(RuntimeError):
     """The sandbox itself could not start (the code never ran): a machine problem, not a verdict."""
+
+
+class SandboxUnavailable(SandboxSetupError):
+    """Some isolation layer is missing on this machine and a weaker sandbox was not allowed: nothing ran."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +158,28 @@ def _setup():
         os.setgroups([])
         os.setgid(cfg["uid"])
         os.setuid(cfg["uid"])
-    if cfg["status_fd"] is not None:
+    if cfg["namespaces"]:
         _drop_privileges()
     if cfg["block_sockets"]:
         _block_sockets()
-    if cfg["status_fd"] is not None:
-        _become_init(cfg["status_fd"])
+    if cfg["namespaces"]:
+        _become_init(cfg["status_fd"], cfg["lifeline_fd"])
+    else:
+        _follow_parent(cfg["parent_pid"])
+        # Setup done: say so (the parent treats anything else as a sandbox failure, not a verdict).
+        os.write(cfg["status_fd"], b"ready")
+        os.close(cfg["status_fd"])
+
+
+def _follow_parent(parent_pid):
+    # No namespace init to hold a lifeline: ask the kernel to SIGKILL this process when the caller dies
+    # (set after setuid, which clears it), then make sure the caller did not die before we asked.
+    import ctypes, signal
+    PR_SET_PDEATHSIG = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent_pid:
+        os._exit(137)
 
 
 def _readonly_mounts(work, disk_bytes, uid):
@@ -234,14 +270,27 @@ def _block_sockets():
             setattr(socket, n, denied)
 
 
-def _become_init(status_fd):
+def _become_init(status_fd, lifeline_fd):
     # We are pid 1 of a fresh pid namespace. Run the code as pid 2 and stay behind as a minimal
     # init: reap orphans, and when pid 2 ends, report its raw wait status and exit, which makes
-    # the kernel kill everything else left in the namespace.
+    # the kernel kill everything else left in the namespace. The same happens when the lifeline
+    # reads end-of-file: the caller died (even by SIGKILL) and nobody will enforce the limits.
     child = os.fork()
     if child == 0:
         os.close(status_fd)
+        os.close(lifeline_fd)
         return
+    import threading
+
+    def watch():
+        try:
+            while os.read(lifeline_fd, 1):
+                pass
+        except OSError:
+            pass
+        os._exit(137)
+
+    threading.Thread(target=watch, daemon=True).start()
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -260,8 +309,7 @@ try:
     _setup()
 except BaseException as e:
     msg = "setup-error: %s: %s" % (type(e).__name__, e)
-    if cfg["status_fd"] is not None:
-        os.write(cfg["status_fd"], msg.encode())
+    os.write(cfg["status_fd"], msg.encode())
     sys.stderr.write("distillery sandbox " + msg + "\n")
     os._exit(125)
 sys.argv = [{main!r}]
@@ -371,6 +419,65 @@ def _kill_uid(uid: int, rounds: int = 50) -> int:
     return killed
 
 
+_WORKDIR_PREFIX = "distillery-sandbox-"
+# <prefix><owner pid>.<owner start time>[.u<uid>]-<random>: who owns it, and the throw-away uid it ran as.
+_WORKDIR = re.compile(r"^distillery-sandbox-(?P<pid>\d+)\.(?P<start>\d+)(?:\.u(?P<uid>\d+))?-[^/]+$")
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot): with the pid, names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()[19].decode()  # field 22 of proc(5), counted after comm
+
+
+def _workdir_prefix(uid: int | None) -> str:
+    pid = os.getpid()
+    return f"{_WORKDIR_PREFIX}{pid}.{_start_time(pid) or 0}" + (f".u{uid}" if uid is not None else "") + "-"
+
+
+def sweep_stale_workdirs(directory: str | None = None) -> list[str]:
+    """Remove sandbox working directories whose owning process is gone (a caller killed mid-run), after
+    killing what is left of their throw-away uid; return the paths removed. Directories of live owners,
+    and of uids a live owner uses, are left alone."""
+    directory = directory or tempfile.gettempdir()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    stale: list[tuple[str, int | None]] = []
+    live_uids: set[int] = set()
+    for name in names:
+        m = _WORKDIR.match(name)
+        if m is None:
+            continue
+        uid = int(m["uid"]) if m["uid"] else None
+        if _start_time(int(m["pid"])) == m["start"]:
+            if uid is not None:
+                live_uids.add(uid)
+        else:
+            stale.append((os.path.join(directory, name), uid))
+    removed = []
+    for path, uid in stale:
+        with _uid_lock:
+            mine = uid in _uids_in_use
+        if uid is not None and uid not in live_uids and not mine:
+            _kill_uid(uid)  # without namespaces, processes the code started may have survived their caller
+        _remove_tree(path)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
+
+
+@functools.lru_cache(maxsize=1)
+def _swept_once() -> None:
+    # Once per process, at the first sandbox start: what dead callers left behind.
+    sweep_stale_workdirs()
+
+
 def _python_candidates() -> list[str]:
     cands = [sys.executable, getattr(sys, "_base_executable", ""), os.path.realpath(sys.executable)]
     cands += [shutil.which(n) or "" for n in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3")]
@@ -446,10 +553,73 @@ def sandbox_capabilities() -> dict[str, Any]:
         "rlimits": ["RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CORE"],
         "process_group_kill": True,
         "uid_sweep": plan.drop_uid,
+        "running_as_root": os.geteuid() == 0,
+        "parent_death_kill": True,  # lifeline to the namespace init, else PR_SET_PDEATHSIG
         "scrubbed_env": True,
         "temp_workdir": True,
         "notes": list(plan.notes),
     }
+
+
+# What a full sandbox has, and how to get each layer where it is missing.
+_ISOLATION_LAYERS: tuple[tuple[str, str], ...] = (
+    (
+        "namespaces",
+        "no network, pid and mount namespaces, so no read-only filesystem either (needs util-linux "
+        "`unshare` and user namespaces; as a non-root user: `sysctl user.max_user_namespaces` above 0, "
+        "`kernel.unprivileged_userns_clone=1` on Debian kernels, `kernel.apparmor_restrict_unprivileged_userns=0` "
+        "on Ubuntu 23.10+; in a container: a seccomp/AppArmor profile that allows `unshare`, e.g. "
+        "`--security-opt seccomp=unconfined`)",
+    ),
+    (
+        "readonly_filesystem",
+        "no read-only filesystem outside the working directory (the mount namespace cannot remount "
+        "filesystems or mount a tmpfs; in a container, allow mounts in user namespaces)",
+    ),
+    (
+        "throwaway_uid",
+        "no throw-away uid (running as root, the code would run as root: the sandbox needs a Python an "
+        "unprivileged uid can read and run, e.g. /usr/bin/python3, and permission to change uid, CAP_SETUID)",
+    ),
+)
+
+
+def _missing_layers(caps: dict[str, Any]) -> list[tuple[str, str]]:
+    present = {
+        "namespaces": caps["network_namespace"] and caps["pid_namespace"] and caps["mount_namespace"],
+        "readonly_filesystem": caps["readonly_filesystem"],
+        # Only root needs another uid: an unprivileged caller's code already runs as nobody special.
+        "throwaway_uid": caps["throwaway_uid"] or not caps["running_as_root"],
+    }
+    return [(name, how) for name, how in _ISOLATION_LAYERS if not present[name]]
+
+
+def sandbox_isolation() -> dict[str, Any]:
+    """Which isolation generated code runs under here, for provenance: ``level`` ``full`` or ``weaker``,
+    the ``missing`` layers and the ``layers`` in use."""
+    caps = sandbox_capabilities()
+    missing = [name for name, _ in _missing_layers(caps)]
+    layers = sorted(k for k, v in caps.items() if v is True and k != "running_as_root")
+    return {"level": "weaker" if missing else "full", "missing": missing, "layers": layers}
+
+
+def require_isolation(allow_weaker: bool = False) -> dict[str, Any]:
+    """:func:`sandbox_isolation`, or :class:`SandboxUnavailable` naming what is missing (and how to enable
+    it) when the sandbox is not complete here and ``allow_weaker`` is not set."""
+    caps = sandbox_capabilities()
+    missing = _missing_layers(caps)
+    if missing and not allow_weaker:
+        names = {name for name, _ in missing}
+        # Without namespaces there is no mount layer to fix: one explanation covers both.
+        hows = [how for name, how in missing if not (name == "readonly_filesystem" and "namespaces" in names)]
+        raise SandboxUnavailable(
+            "refusing to run generated code: the sandbox is incomplete on this machine: "
+            + "; ".join(hows)
+            + (f". Probe notes: {'; '.join(caps['notes'])}" if caps["notes"] else "")
+            + ". Enable what is missing, or accept a weaker sandbox with `synthesis: {sandbox: {allow_weaker: "
+            "true}}` in the project file (every code row's provenance then records the isolation used)."
+        )
+    return sandbox_isolation()
 
 
 def _rlimits(limits: SandboxLimits, nproc_base: int) -> list[tuple[str, int, int]]:
@@ -575,22 +745,35 @@ def _wait_unreaped(proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def run_python(
-    code: str, limits: SandboxLimits | None = None, stdin: str = "", files: dict[str, str] | None = None
+    code: str,
+    limits: SandboxLimits | None = None,
+    stdin: str = "",
+    files: dict[str, str] | None = None,
+    *,
+    allow_weaker: bool = False,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh sandbox and return what happened.
 
     ``files`` are extra text files written next to ``main.py`` (name -> content), e.g. a module the
-    code imports. Nothing the code writes survives the call.
+    code imports. Nothing the code writes survives the call. Raises :class:`SandboxUnavailable` when
+    an isolation layer is missing here, unless ``allow_weaker`` (see :func:`require_isolation`).
     """
     for name in files or {}:
         if os.path.basename(name) != name or name in ("", ".", "..", MAIN_FILE):
             raise ValueError(f"sandbox file name {name!r} must be a plain file name (not {MAIN_FILE})")
+    require_isolation(allow_weaker)
     return _run(_plan(), code, limits or SandboxLimits(), stdin, files or {})
 
 
 def _run(plan: _Plan, code: str, limits: SandboxLimits, stdin: str, files: dict[str, str]) -> SandboxResult:
+    _swept_once()
     uid = _allocate_uid() if plan.drop_uid else None
-    root = tempfile.mkdtemp(prefix="distillery-sandbox-")
+    try:
+        root = tempfile.mkdtemp(prefix=_workdir_prefix(uid))
+    except BaseException:
+        if uid is not None:
+            _release_uid(uid)
+        raise
     try:
         return _run_in(root, plan, uid, code, limits, stdin, files)
     finally:
@@ -617,9 +800,14 @@ def _run_in(
 
     namespaces = plan.unshare is not None
     status_path = Path(root, "status")
-    status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if namespaces else None
-    # The bootstrap's init process counts against RLIMIT_NPROC too, hence the + 1.
-    nproc_base = (0 if uid is not None else _user_task_count(os.getuid())) + (1 if namespaces else 0)
+    # The bootstrap reports setup failures here (and, as a namespace init, the code's wait status).
+    status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The lifeline: only we hold the write end (os.pipe fds are not inherited by other children), so
+    # the sandbox's init reads end-of-file when this process dies, however it dies.
+    lifeline_read, lifeline_write = os.pipe() if namespaces else (None, None)
+    # The bootstrap's init counts against RLIMIT_NPROC too (which counts threads): its main thread and the
+    # lifeline's watcher, hence the + 2.
+    nproc_base = (0 if uid is not None else _user_task_count(os.getuid())) + (2 if namespaces else 0)
     cfg = {
         "rlimits": _rlimits(limits, nproc_base),
         "status_fd": status_fd,
@@ -628,6 +816,9 @@ def _run_in(
         "readonly": plan.readonly and namespaces,
         "uid": uid if namespaces else None,
         "block_sockets": not limits.network and not namespaces,
+        "namespaces": namespaces,
+        "lifeline_fd": lifeline_read,
+        "parent_pid": os.getpid(),
     }
     boot = _BOOT.format(cfg=cfg, main=MAIN_FILE)
     cmd: list[str] = []
@@ -635,9 +826,11 @@ def _run_in(
     if namespaces:
         # The bootstrap sets up mounts as root, then drops to the uid itself.
         cmd += _unshare_prefix(plan.unshare or "unshare", limits.network)
+        kw = {"pass_fds": (status_fd, lifeline_read)}
+    else:
         kw = {"pass_fds": (status_fd,)}
-    elif uid is not None:
-        kw = {"user": uid, "group": uid, "extra_groups": []}
+        if uid is not None:
+            kw |= {"user": uid, "group": uid, "extra_groups": []}
     # -S: no site-packages, -s: no user site, -B: no .pyc writes. Not -I/-E: the environment is
     # already ours alone, and -E would drop PYTHONHASHSEED, which makes runs repeatable.
     cmd += [plan.python, "-S", "-s", "-B", "-c", boot]
@@ -667,9 +860,14 @@ def _run_in(
                 close_fds=True,
                 **kw,
             )
+        except BaseException:
+            if lifeline_write is not None:
+                os.close(lifeline_write)
+            raise
         finally:
-            if status_fd is not None:
-                os.close(status_fd)
+            os.close(status_fd)
+            if lifeline_read is not None:
+                os.close(lifeline_read)
         try:
             timed_out = not _wait_unreaped(proc, limits.wall_seconds)
         finally:
@@ -678,16 +876,20 @@ def _run_in(
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if lifeline_write is not None:
+                os.close(lifeline_write)
     duration = time.monotonic() - start
     stdout = _read_bounded(out_path, limits.max_output_bytes)
     stderr = _read_bounded(err_path, limits.max_output_bytes)
-    if namespaces and not timed_out:
+    if not timed_out:
         raw = status_path.read_text(errors="replace").strip()
         if not raw or raw.startswith("setup-error"):
-            # The code never ran: unshare or the bootstrap failed. Not the code's fault, so not a result.
+            # The code never ran: unshare or the bootstrap (namespaces, uid, rlimits) failed. Not the
+            # code's fault, so not a result.
             detail = raw or stderr.strip()[-500:] or f"exit status {proc.returncode}"
             raise SandboxSetupError(f"sandbox setup failed ({plan.python}, namespaces via {plan.unshare}): {detail}")
-    exit_code = None if timed_out else _exit_code(proc.returncode, status_path)
+    # Without namespaces the code could have rewritten the status file: only an init's report is trusted.
+    exit_code = None if timed_out else _exit_code(proc.returncode, status_path) if namespaces else proc.returncode
     reason = _killed_reason(exit_code, timed_out, stderr)
     return SandboxResult(
         ok=exit_code == 0 and reason is None,

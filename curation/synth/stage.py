@@ -171,6 +171,7 @@ class SynthesisPlan:
     intended_use: str
     seed: int
     base_dir: Path
+    allow_weaker_sandbox: bool = False
 
     @classmethod
     def from_config(cls, config: ProjectConfig) -> SynthesisPlan:
@@ -183,6 +184,7 @@ class SynthesisPlan:
             config.policy.intended_use,
             synthesis.seed,
             config.base_dir,
+            synthesis.sandbox.allow_weaker,
         )
         validate_methods(plan.methods)
         return plan
@@ -194,7 +196,14 @@ class SynthesisPlan:
         whole table, or :func:`seed_rows`' choice), then synthesize with ``teacher`` as the policy registers it."""
         info = registered_teacher(teacher.info, self.registry)
         ctx = SynthContext(
-            teacher, info, self.policy, self.registry, seed=self.seed, judge=judge, base_dir=self.base_dir
+            teacher,
+            info,
+            self.policy,
+            self.registry,
+            seed=self.seed,
+            judge=judge,
+            base_dir=self.base_dir,
+            allow_weaker_sandbox=self.allow_weaker_sandbox,
         )
         seeds = select_seeds(filtered, self.methods, self.seed)
         return synthesize(ctx, seeds, self.methods, self.verify, self.intended_use, created_at)

@@ -692,11 +692,17 @@ class _Secret:
     __str__ = __repr__
 
 
+REDACTED_API_KEY = "[REDACTED_API_KEY]"
+"""What replaces the configured API key wherever a server sends it back (replies, errors)."""
+
+
 class OpenAICompatibleTeacher:
     """Chat completions over HTTP with bounded concurrency, retries and back-off.
 
     The API key is held privately and only ever put in the Authorization header: it is not
-    in ``repr``, ``info``, log lines or error messages (which are also scrubbed of it).
+    in ``repr``, ``info``, log lines or error messages (which are also scrubbed of it). A reply
+    that contains it (a server or model echoing the request's headers) is scrubbed before the
+    generation leaves this class, so no row, cache entry, judge verdict or export can store it.
     ``revision``: hosted APIs can change weights behind one name, so pass a dated snapshot
     id when there is one; it is part of the cache key.
     """
@@ -753,7 +759,12 @@ class OpenAICompatibleTeacher:
         return json.dumps(self.extra_body, sort_keys=True) if self.extra_body else ""
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key.reveal(), "***") if self._api_key else text
+        return text.replace(self._api_key.reveal(), REDACTED_API_KEY) if self._api_key else text
+
+    def scrub_secrets(self, text: str) -> str:
+        """``text`` with this teacher's API key replaced by :data:`REDACTED_API_KEY` (for generations that
+        come from elsewhere, e.g. a cache filled before replies were scrubbed)."""
+        return self._scrub(text)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -798,13 +809,14 @@ class OpenAICompatibleTeacher:
                 else:
                     if response.status_code == 200:
                         return self._parse(response)
-                    last = f"HTTP {response.status_code}: {response.text[:300]}"
+                    # Scrubbed before cutting: a cut through the key would leave a prefix no scrub finds.
+                    last = f"HTTP {response.status_code}: {self._scrub(response.text)[:300]}"
                     if response.status_code not in _RETRY_STATUS:
                         raise TeacherError(self._scrub(f"{url} refused the request ({last}); not retried"))
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt < self.max_retries:
                 delay = self._backoff(attempt, retry_after)
-                log.info("retrying %s in %.2fs after %s", url, delay, self._scrub(last[:80]))
+                log.info("retrying %s in %.2fs after %s", url, delay, self._scrub(last)[:80])
                 await asyncio.sleep(delay)
         raise TeacherError(self._scrub(f"{url} failed after {self.max_retries + 1} attempts; last: {last}"))
 
@@ -816,13 +828,15 @@ class OpenAICompatibleTeacher:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise TeacherError(
                 self._scrub(
-                    f"{self.base_url}: not a chat-completions reply ({type(exc).__name__}): {response.text[:300]}"
+                    f"{self.base_url}: not a chat-completions reply ({type(exc).__name__}): "
+                    f"{self._scrub(response.text)[:300]}"
                 )
             ) from None
         usage = payload.get("usage") or {}
         return Generation(
-            text=text,
-            finish_reason=choice.get("finish_reason") or "stop",
+            # The only strings of a reply that are kept (cache, rows): neither may carry the key.
+            text=self._scrub(str(text)),
+            finish_reason=self._scrub(str(choice.get("finish_reason") or "stop")),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
         )

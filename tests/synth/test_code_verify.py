@@ -118,3 +118,129 @@ def test_all_humaneval_reference_solutions_pass_and_broken_ones_fail(tasks: list
     swapped = run_all([tasks[(i + 1) % len(tasks)]["canonical_solution"] for i in range(len(tasks))])
     assert not any(r.passed for r in swapped)
     assert {r.status for r in swapped} <= {"failed", "lint_error", "timeout"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The lint step says when it did not run; code synthesis fails closed on an incomplete sandbox.
+# ---------------------------------------------------------------------------------------------
+
+# A solution that passes its test but uses an undefined name on a branch the test never takes: only lint sees it.
+_UNTESTED_BUG = (
+    "def f(x):\n    if x < 0:\n        return math.inf\n    return x\n\ndef check(c):\n    assert c(2) == 2\n"
+)
+
+
+def test_lint_runs_where_ruff_is_installed_and_says_so() -> None:
+    from curation.synth import code_verify
+
+    assert code_verify.lint_available()  # ruff ships with the dev install this suite runs in
+    res = code_verify.verify_program(_UNTESTED_BUG + "check(f)\n")
+    assert res.status == "lint_error" and res.lint_status == code_verify.LINT_RAN and "F821" in res.message
+    assert code_verify.verify_program("print(1)\n", lint=False).lint_status == code_verify.LINT_OFF
+
+
+def test_lint_without_ruff_is_reported_as_skipped_not_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    from curation.synth import code_verify
+
+    monkeypatch.setattr(code_verify, "_ruff_binary", lambda: None)
+    assert not code_verify.lint_available() and code_verify.lint_python("x = y\n") == []
+    res = code_verify.verify_program(_UNTESTED_BUG + "check(f)\n")
+    # The program runs and passes, but the result says that nothing linted it.
+    assert res.passed and res.lint_status == "skipped: ruff not installed" == code_verify.LINT_SKIPPED
+
+
+_PROBLEM = {
+    "task_id": "toy/0",
+    "prompt": 'def add(a, b):\n    """The sum of a and b."""\n',
+    "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+    "entry_point": "add",
+}
+
+
+class _Coder:
+    """Answers every code request with a correct ``add``; records how many requests it got."""
+
+    def __init__(self) -> None:
+        from curation.core.provenance import TeacherInfo
+
+        self.info = TeacherInfo("openai-compatible", "toy-coder", "1", "Apache-2.0")
+        self.requests = 0
+
+    def generate(self, requests: Any, on_result: Any = None) -> list[Any]:
+        from curation.synth.teachers import Generation
+
+        self.requests += len(requests)
+        return [Generation("```python\ndef add(a, b):\n    return a + b\n```", "stop") for _ in requests]
+
+
+def _code_context(teacher: _Coder, allow_weaker: bool) -> Any:
+    from curation.core.licenses import LicensePolicy
+    from curation.synth.judges import ProceduralJudge
+    from curation.synth.methods import SynthContext
+
+    return SynthContext(
+        teacher, teacher.info, LicensePolicy(), {}, judge=ProceduralJudge(), allow_weaker_sandbox=allow_weaker
+    )
+
+
+@pytest.fixture
+def no_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capability probe as on a machine without user namespaces."""
+    from curation.synth import sandbox
+
+    full = sandbox._plan()
+    plan = sandbox._Plan(full.python, None, False, full.drop_uid, full.python_version, ("simulated",))
+    monkeypatch.setattr(sandbox, "_plan", lambda: plan)
+
+
+@pytest.mark.fail_closed
+@pytest.mark.usefixtures("no_namespaces")
+def test_code_synthesis_refuses_an_incomplete_sandbox_before_asking_the_teacher() -> None:
+    from curation.synth.methods.code import CodeSettings, code_candidates
+    from curation.synth.sandbox import SandboxUnavailable
+
+    teacher = _Coder()
+    with pytest.raises(SandboxUnavailable, match=r"no network, pid and mount namespaces.*allow_weaker: true"):
+        code_candidates(_code_context(teacher, False), [_PROBLEM], CodeSettings(license="MIT"))
+    assert teacher.requests == 0
+
+
+@pytest.mark.usefixtures("no_namespaces")
+def test_an_allowed_weaker_sandbox_is_recorded_in_each_code_rows_provenance(tmp_path: Any) -> None:
+    from datetime import datetime
+
+    from curation.synth.stage import synthesize
+    from curation.synth.verify import VerifySettings
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps(_PROBLEM) + "\n")
+    result = synthesize(
+        _code_context(_Coder(), True),
+        [],
+        {"code": {"count": 1, "problems": str(problems), "license": "MIT"}},
+        VerifySettings(),
+        "research",
+        datetime(2026, 1, 1),
+    )
+    assert len(result.accepted) == 1
+    record = result.provenance_records()[0]
+    checks = json.loads(record["verification"])["method_checks"]
+    assert checks["tests_passed"] and checks["lint"] == "ok: ruff"
+    assert checks["sandbox"]["level"] == "weaker" and "namespaces" in checks["sandbox"]["missing"]
+    assert "socket_blocker" in checks["sandbox"]["layers"]
+
+
+def test_the_project_file_allows_a_weaker_sandbox_explicitly(tmp_path: Any) -> None:
+    import yaml
+
+    from curation.core.config import ProjectConfig
+    from curation.synth.stage import SynthesisPlan
+    from tests.conftest import DEMO_CONFIG
+
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    assert SynthesisPlan.from_config(ProjectConfig.model_validate(raw)).allow_weaker_sandbox is False
+    raw["synthesis"]["sandbox"] = {"allow_weaker": True}
+    assert SynthesisPlan.from_config(ProjectConfig.model_validate(raw)).allow_weaker_sandbox is True
+    raw["synthesis"]["sandbox"] = {"allow_weakre": True}
+    with pytest.raises(ValueError, match="allow_weakre"):
+        ProjectConfig.model_validate(raw)

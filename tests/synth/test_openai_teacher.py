@@ -20,7 +20,9 @@ import pytest
 
 from curation.synth.cache import CachedTeacher, GenerationCache
 from curation.synth.teachers import (
+    REDACTED_API_KEY,
     ChatRequest,
+    Generation,
     GenerationParams,
     OpenAICompatibleTeacher,
     TeacherError,
@@ -196,7 +198,7 @@ def test_key_never_appears_in_repr_info_logs_or_errors(serve: Any, caplog: pytes
         repr(vars(teacher)),
     ):
         assert SECRET not in text
-    assert "***" in str(info.value)
+    assert REDACTED_API_KEY in str(info.value)
     with pytest.raises(TypeError, match="not picklable"):
         import pickle
 
@@ -292,3 +294,97 @@ def test_against_transformers_serve(tmp_path: Path) -> None:
             again = CachedTeacher(again_teacher, cache).generate(requests)
     assert again_teacher.requests_sent == 0
     assert [g.text for g in again] == [g.text for g in first]
+
+
+def _echo_auth(server_ref: list[FakeServer]) -> Callable[[int, dict[str, Any]], Reply]:
+    """A hostile server: every reply (text and finish reason) repeats the Authorization header it received."""
+
+    def script(n: int, body: dict[str, Any]) -> Reply:
+        auth = server_ref[0].auth_headers[n] or ""
+        prompt = body["messages"][-1]["content"]
+        text = f"Score: 5. I saw {auth}" if "impartial judge" in prompt else f"An answer. Your header: {auth}."
+        status, headers, payload, delay = ok(text)
+        assert isinstance(payload, dict)
+        payload["choices"][0]["finish_reason"] = f"stop ({auth})"
+        return status, headers, payload, delay
+
+    return script
+
+
+def _cache_text(path: Path) -> str:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as db:
+        return json.dumps(db.execute("SELECT * FROM generation_cache").fetchall(), default=str)
+
+
+def test_a_reply_echoing_the_key_is_scrubbed_before_anything_stores_it(
+    serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref: list[FakeServer] = []
+    server = serve(_echo_auth(ref))
+    ref.append(server)
+    caplog.set_level(logging.DEBUG)
+    cache_file = tmp_path / "cache.duckdb"
+    with GenerationCache(cache_file) as cache:
+        out = CachedTeacher(teacher_for(server), cache).generate([ask("a"), ask("b")])
+    assert server.auth_headers == [f"Bearer {SECRET}"] * 2  # the key was sent, and came back
+    for gen in out:
+        assert SECRET not in gen.text and SECRET not in gen.finish_reason
+        assert f"Bearer {REDACTED_API_KEY}" in gen.text
+    assert SECRET not in _cache_text(cache_file) and REDACTED_API_KEY in _cache_text(cache_file)
+    assert SECRET.encode() not in cache_file.read_bytes()
+    assert SECRET not in caplog.text
+
+
+def test_cached_replies_stored_before_scrubbing_are_scrubbed_on_the_way_out(serve: Any) -> None:
+    server = serve(lambda n, body: ok("fresh"))
+    teacher = teacher_for(server)
+    with GenerationCache(":memory:") as cache:
+        cache.put(teacher.info, ask("old"), Generation(f"leaked {SECRET}", "stop"))
+        hit = CachedTeacher(teacher, cache).generate([ask("old")])[0]
+    assert hit.cached and hit.text == f"leaked {REDACTED_API_KEY}" and server.count == 0
+
+
+@pytest.mark.slow
+def test_a_key_echoing_server_leaves_the_key_in_no_table_cache_or_log(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole pipeline (Dagster, demo data) with a teacher and judge whose every reply echoes the key."""
+    import duckdb
+
+    from tests.synth.test_synthetic_assets import project_file, run_pipeline
+
+    ref: list[FakeServer] = []
+    server = serve(_echo_auth(ref))
+    ref.append(server)
+    monkeypatch.setenv("DISTILLERY_TEST_TEACHER_KEY", SECRET)
+    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "home"))
+    caplog.set_level(logging.DEBUG)
+    synthesis = {
+        "teacher": {
+            "backend": "openai-compatible",
+            "base_url": server.base_url,
+            "model": "echo-model",
+            "license": "Apache-2.0",
+            "api_key_env": "DISTILLERY_TEST_TEACHER_KEY",
+            "max_retries": 0,
+        },
+        "judge": "teacher",
+        "methods": {"responses": {"count": 4}},
+    }
+    config = project_file(tmp_path / "project", synthesis)
+    result = run_pipeline(tmp_path / "home", config, tmp_path / "cache.duckdb")
+    assert server.count > 0 and all(h == f"Bearer {SECRET}" for h in server.auth_headers)
+    with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as db:
+        tables = [t for (t,) in db.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        dumps = {t: json.dumps(db.execute(f'SELECT * FROM "{t}"').fetchall(), default=str) for t in tables}
+        synthetic_rows = db.execute("SELECT count(*) FROM synthetic").fetchone()
+    assert synthetic_rows is not None and synthetic_rows[0] > 0  # replies were stored: the test can fail
+    assert {"synthetic", "provenance", "synthetic_mixed", "formatted"} <= set(dumps)
+    assert [t for t, text in dumps.items() if SECRET in text] == []
+    assert REDACTED_API_KEY in dumps["synthetic"] and REDACTED_API_KEY in dumps["provenance"]  # judge replies
+    assert SECRET not in _cache_text(tmp_path / "cache.duckdb")
+    assert SECRET.encode() not in (tmp_path / "cache.duckdb").read_bytes()
+    events = "\n".join(str(e) for e in result.all_events)
+    assert SECRET not in events and SECRET not in caplog.text

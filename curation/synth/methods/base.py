@@ -87,6 +87,9 @@ class SynthContext:
     judge: Judge | None = None  # scores responses in verification; preference pairs need it
     base_dir: Path | None = None  # relative paths in method settings (code problems) are read from here
     limits: SandboxLimits | None = None  # sandbox limits for generated code; None: the defaults
+    # Run generated code even where the sandbox is incomplete (synthesis.sandbox.allow_weaker); off, the code
+    # method refuses (curation.synth.sandbox.SandboxUnavailable) before asking the teacher for anything.
+    allow_weaker_sandbox: bool = False
 
 
 def derived_row(

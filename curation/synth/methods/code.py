@@ -17,6 +17,7 @@ from curation.ingest.readers import read_objects
 from curation.synth.code_verify import run_unit_tests
 from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, params_record, unsupported, user_turn
 from curation.synth.methods.registry import synthesis_method
+from curation.synth.sandbox import require_isolation
 from curation.synth.teachers import ChatRequest, GenerationParams
 from curation.synth.verify import Candidate
 
@@ -100,10 +101,16 @@ class _Attempt:
 def code_candidates(
     ctx: SynthContext, problems: Sequence[Mapping[str, str]], settings: CodeSettings
 ) -> list[Candidate]:
-    """Solve, test, repair (at most ``max_repairs`` rounds); every attempt is in the verification record.
+    """Solve, test, repair (at most ``max_repairs`` rounds); every attempt is in the verification record, with
+    the sandbox's isolation and what the lint step did.
 
-    Raises :class:`curation.synth.sandbox.SandboxSetupError` when the sandbox cannot run: no verdict then.
+    Raises :class:`curation.synth.sandbox.SandboxSetupError` when the sandbox cannot run: no verdict then; its
+    subclass :class:`~curation.synth.sandbox.SandboxUnavailable` before any teacher request when the sandbox
+    is incomplete here and ``ctx.allow_weaker_sandbox`` is off.
     """
+    # Checked before the first request: a sandbox that will refuse must not cost a teacher's tokens.
+    isolation = require_isolation(ctx.allow_weaker_sandbox) if problems else None
+    lint_status = ""
     max_repairs = settings.max_repairs
     params = GenerationParams(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, seed=ctx.seed)
     attempts = [_Attempt(p, list(user_turn(_CODE_PROMPT.format(prompt=p["prompt"]))), []) for p in problems]
@@ -118,8 +125,14 @@ def code_candidates(
                 continue
             code = extract_code(gen.text)
             result = run_unit_tests(
-                problem["prompt"], completion_for(problem, code), problem["test"], problem["entry_point"], ctx.limits
+                problem["prompt"],
+                completion_for(problem, code),
+                problem["test"],
+                problem["entry_point"],
+                ctx.limits,
+                allow_weaker=ctx.allow_weaker_sandbox,
             )
+            lint_status = result.lint_status or lint_status
             attempt.solution = code
             attempt.passed = result.passed
             attempt.history.append({"round": round_no, "status": result.status, "message": result.message[:500]})
@@ -146,7 +159,15 @@ def code_candidates(
         )
         last = attempt.history[-1]
         rounds = sum(1 for h in attempt.history if h["status"] != "no_code")
-        checks = {"tests_passed": attempt.passed, "repair_rounds": max(0, rounds - 1), "attempts": attempt.history}
+        checks = {
+            "tests_passed": attempt.passed,
+            "repair_rounds": max(0, rounds - 1),
+            "attempts": attempt.history,
+            # Which isolation ran the tests (full, or the weaker sandbox the project file allowed) and whether
+            # lint ran or was skipped for want of ruff.
+            "sandbox": isolation,
+            "lint": lint_status or None,
+        }
         out.append(
             Candidate(
                 row=row,
