@@ -4,6 +4,7 @@ it duplicates in `dedup_clusters`, with the verified similarity and why that row
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.parallel import use_engine
 from curation.dedup.stage import run_dedup
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
@@ -17,7 +18,7 @@ def deduped(
     field set), near duplicates (MinHash LSH, verified by exact Jaccard) and conflicting answers to one prompt.
     Signatures persist in `dedup_signatures`, so unchanged rows are never MinHashed again."""
     config = project.load()
-    with warehouse.get().write("deduped") as staged:
+    with use_engine(config.compute), warehouse.get().write("deduped") as staged:
         run = run_dedup(staged, config.dedup, workers=config.compute.workers, log=context.log.info)
         context.log.info(run.log_line)
         metadata = dataset_metadata(staged.connection, staged.staging_name("deduped"), parents=["raw"])

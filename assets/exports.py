@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps
 from curation.core.markdown import markdown_table
-from curation.core.parallel import workers_for
+from curation.core.parallel import use_engine, workers_for
 from curation.core.warehouse import content_hash, count_rows
 from curation.format.export import ExportInfo, write_export
 from resources import ProjectResource, WarehouseResource
@@ -31,13 +31,15 @@ def exports(
     root = exports_dir()
     # Every export is written holding this lock, so a temp folder found while holding it is a dead run's.
     with (
+        use_engine(config.compute),
         exclusive_lock(root.parent / "exports.lock", on_wait=context.log.info),
         warehouse.get().connect(read_only=True) as connection,
     ):
         for leftover in remove_dead_export_temps(root):
             context.log.warning(f"exports: removed {leftover.name}, the unfinished export of a crashed run")
         info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
-        workers = workers_for(count_rows(connection, "formatted"), config.compute.workers)
+        exported_rows = count_rows(connection, "formatted")
+        workers = workers_for(exported_rows, config.compute.workers)
         result = write_export(connection, root, info, batch_rows=config.ingest.batch_rows, workers=workers)
     manifest = result.manifest
     context.log.info(
@@ -49,7 +51,9 @@ def exports(
         metadata={
             "data_version": result.data_version,
             "dagster/uri": MetadataValue.path(str(result.path)),
-            "dagster/row_count": int(manifest["rows_total"]),
+            # Rows of `formatted` exported, each written once per layout: `rows_written` counts the lines.
+            "dagster/row_count": int(exported_rows),
+            "rows_written": int(manifest["rows_total"]),
             "reused_existing_version": result.reused,
             "created_at": manifest["created_at"],
             "rows": MetadataValue.md(result.rows_markdown()),

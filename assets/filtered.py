@@ -4,6 +4,7 @@ its reason in `filter_rejections`, each edit as a lineage edge."""
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.parallel import use_engine
 from curation.filter.chain import project_chain
 from curation.filter.runner import filter_table
 from curation.filter.summary import summarize
@@ -28,7 +29,7 @@ def filtered(
     config = project.load()
     cleaners, filters = project_chain(config)
     context.log.info("filter order: " + ", ".join(f.name for f in filters))
-    with warehouse.get().write("filtered") as staged:
+    with use_engine(config.compute), warehouse.get().write("filtered") as staged:
         tables = filter_table(staged, "deduped", config, log=context.log.info)
         metadata = dataset_metadata(staged.connection, staged.staging_name("filtered"), parents=["deduped"])
         summary = summarize(staged.connection, tables.rejections, "deduped", tables.stats, cleaners, filters)

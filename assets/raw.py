@@ -1,9 +1,10 @@
 """raw: every declared source read into canonical rows; unreadable records quarantined with a reason."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
 from curation.core.markdown import markdown_table
+from curation.core.parallel import use_engine
 from curation.ingest.sources import ingest_sources, quarantine_overview
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
@@ -14,7 +15,7 @@ def raw(context: AssetExecutionContext, project: ProjectResource, warehouse: War
     """Canonical rows from every source in the project file (file + record number in source_uri).
     Writes `raw`, `quarantine` and `ingested_files`; files already ingested unchanged are not re-read."""
     config = project.load()
-    with warehouse.get().write("raw") as staged:
+    with use_engine(config.compute), warehouse.get().write("raw") as staged:
         summary = ingest_sources(config, staged, progress=context.log.info)
         metadata = dataset_metadata(staged.connection, staged.staging_name("raw"))
         quarantined, quarantine_sample = quarantine_overview(staged)
@@ -26,4 +27,6 @@ def raw(context: AssetExecutionContext, project: ProjectResource, warehouse: War
         "quarantine_sample": MetadataValue.md(markdown_table(quarantine_sample, width=100)),
         "project_file_hash": config.file_hash,
     }
-    return MaterializeResult(metadata=metadata)
+    # Dagster's data version is the table's content hash, as for every dataset: the UI's staleness and the
+    # CLI's printed version then agree, and a new raw row makes everything downstream stale.
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(metadata["data_version"]))

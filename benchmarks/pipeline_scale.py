@@ -18,6 +18,7 @@ is a timed test. Results are printed as Markdown and written to ``<workdir>/resu
 
     .venv/bin/python -m benchmarks.pipeline_scale                          # 250k, 500k, 1M
     .venv/bin/python -m benchmarks.pipeline_scale --rows 20000 50000       # a quick look
+    .venv/bin/python -m benchmarks.pipeline_scale --rows 100000 --engine ray --no-reruns  # ray vs local
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class RunFigures:
     step_peak_mib: dict[str, float] = field(default_factory=dict)  # step key -> peak tree RSS while it ran
     output_tail: str = ""
     samples: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, tree RSS bytes)
+    peak_driver_mib: float = 0.0
+    """Peak RSS of the command's own process (the Dagster run: on Ray, the driver)."""
 
 
 def _tree_memory(process: psutil.Process, *, proportional: bool) -> tuple[int, int]:
@@ -77,7 +80,7 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
     (Dagster runs each step in a child, and stages start worker processes)."""
     start = time.perf_counter()
     popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = peak_pss = 0
+    peak = peak_pss = peak_driver = 0
     samples: list[tuple[float, int]] = []
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
@@ -88,6 +91,7 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
         with contextlib.suppress(psutil.Error):
             rss, pss = _tree_memory(process, proportional=tick % 5 == 0)
             peak, peak_pss = max(peak, rss), max(peak_pss, pss)
+            peak_driver = max(peak_driver, process.memory_info().rss)
             samples.append((time.time(), rss))
         tick += 1
         time.sleep(0.2)
@@ -98,6 +102,7 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
         peak / 2**20,
         popen.returncode,
         peak_pss_mib=peak_pss / 2**20,
+        peak_driver_mib=peak_driver / 2**20,
         output_tail="".join(output)[-3000:],
         samples=samples,
     )
@@ -263,6 +268,38 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
     return result
 
 
+DATASETS = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
+
+
+def data_versions(home: Path) -> dict[str, str]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        return dict(connection.execute("SELECT asset, data_version FROM asset_state").fetchall())
+
+
+def measure_ray(rows: int, workdir: Path, local_wall_s: float) -> dict[str, Any]:
+    """The same mix on ``compute.engine: ray`` (a Ray of this machine's cores started by the run), from a
+    project file beside the local one (same paths, so the same row ids): wall time against the local
+    engine's first run of this invocation, memory of the whole tree and of the driver, and whether every
+    dataset's data version equals the local run's."""
+    mix, home = workdir / f"mix-{rows}", workdir / f"home-ray-{rows}"
+    shutil.rmtree(home, ignore_errors=True)
+    config = mix / "distillery-ray.yaml"
+    config.write_text((mix / "distillery.yaml").read_text() + "\ncompute:\n  engine: ray\n")
+    run = distillery("run", "--config", str(config), home=home)
+    if run.returncode != 0:
+        print(run.output_tail, file=sys.stderr)
+    local, ray = data_versions(workdir / f"home-{rows}"), data_versions(home)
+    return {
+        "wall_s": run.wall_s,
+        "overhead": run.wall_s / local_wall_s,
+        "peak_rss_mib": run.peak_rss_mib,
+        "peak_pss_mib": run.peak_pss_mib,
+        "peak_driver_mib": run.peak_driver_mib,
+        "returncode": run.returncode,
+        "same_versions": all(local.get(name) == ray.get(name) for name in DATASETS),
+    }
+
+
 def asset_rows(home: Path) -> dict[str, int]:
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
         tables = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -317,6 +354,21 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
         lines.append("\nSlowest steps of the re-run after appending 1% rows (seconds):\n")
         lines += ["| step | s |", "|---|---|"]
         lines += [f"| {key} | {seconds:.1f} |" for key, seconds in sorted(plus.items(), key=lambda kv: -kv[1])[:12]]
+    if any("ray" in r for r in results):
+        lines.append(
+            "\nThe ray engine (a Ray of this machine's cores started by the run), against the local runs above:\n"
+        )
+        lines.append(
+            "| rows | wall s | × local | peak RSS MiB (tree) | peak PSS MiB | driver peak RSS MiB | same versions |"
+        )
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in results:
+            if "ray" in r:
+                ray = r["ray"]
+                lines.append(
+                    f"| {r['rows']:,} | {ray['wall_s']:.0f} | {ray['overhead']:.2f} | {ray['peak_rss_mib']:.0f} | "
+                    f"{ray['peak_pss_mib']:.0f} | {ray['peak_driver_mib']:.0f} | {ray['same_versions']} |"
+                )
     for name in ("audit_ms_median", "audit_ms_max", "audit_command_s", "report_command_s"):
         if name in last:
             lines.append(f"\n{name}: {last[name]:.2f}")
@@ -329,11 +381,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/distillery-scale"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-reruns", action="store_true", help="skip the re-runs (unchanged, +1%%)")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: after each size's local run, run the same mix on the ray engine and compare",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for rows in args.rows:
-        results.append(measure_size(rows, args.workdir, args.seed, not args.no_reruns))
+        result = measure_size(rows, args.workdir, args.seed, not args.no_reruns)
+        if args.engine == "ray":
+            result["ray"] = measure_ray(rows, args.workdir, result["first"]["wall_s"])
+        results.append(result)
         (args.workdir / "results.json").write_text(json.dumps(results, indent=1), "utf-8")
     largest = results[-1]
     home = args.workdir / f"home-{largest['rows']}"

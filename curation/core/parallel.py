@@ -11,6 +11,10 @@ started any thread, so a worker never inherits a lock held by another thread. Ea
 own state once (``initializer``), e.g. the filter chain or the tokenizer, and the per-batch function
 reads it from a module global.
 
+The ``ray`` engine (``compute.engine: ray``, :mod:`curation.core.ray_engine`) runs the same functions over
+the same batches as Ray tasks: a stage runs its maps inside :func:`use_engine` and every map in it goes to
+that engine, with the same ordered results.
+
 There is one fork server per process, started by the first map that needs workers, and what it imported
 then is what every later worker starts with. A ``distillery run`` starts it in ``raw``; a stage whose
 workers need heavy imports (or compiled kernels loaded) registers the modules that do that with
@@ -20,6 +24,7 @@ every pass importing them again (two CPU-seconds per worker for dedup's).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import multiprocessing
@@ -27,7 +32,10 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from curation.core.ray_engine import RayEngine
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -77,11 +85,58 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+class EngineSettings(Protocol):
+    """What :func:`use_engine` reads (the project's ``compute`` section)."""
+
+    @property
+    def engine(self) -> str: ...
+    @property
+    def address(self) -> str | None: ...
+    @property
+    def workers(self) -> int | None: ...
+
+
+_ENGINE: list[RayEngine | None] = []
+"""The engines of the :func:`use_engine` blocks open now, innermost last (None: the local one)."""
+
+
+def _current() -> RayEngine | None:
+    return _ENGINE[-1] if _ENGINE else None
+
+
+@contextlib.contextmanager
+def use_engine(settings: EngineSettings) -> Iterator[None]:
+    """Run the maps inside on the engine the settings name: worker processes here (``local``) or Ray tasks
+    (``ray``, connected or started now, so a cluster that does not answer fails before any work)."""
+    if settings.engine == "ray":
+        from curation.core.ray_engine import connect
+
+        _ENGINE.append(connect(settings.address, settings.workers))
+    else:
+        _ENGINE.append(None)
+    try:
+        yield
+    finally:
+        _ENGINE.pop()
+
+
+def engine_description() -> str:
+    """The engine maps run on now, for logs and metadata."""
+    engine = _current()
+    if engine is None:
+        return "local"
+    return f"ray ({engine.address or 'started here'}, {engine.cpus} CPUs)"
+
+
 def workers_for(rows: int, configured: int | None) -> int:
     """How many worker processes a stage should use for about ``rows`` rows: the configured count when the
-    project file sets one; otherwise all cores, fewer when there is not enough work to repay their start."""
+    project file sets one; otherwise all cores, fewer when there is not enough work to repay their start.
+    On Ray, whose workers are started once for the cluster, every CPU of the cluster."""
     if configured is not None:
         return configured
+    engine = _current()
+    if engine is not None:
+        return engine.cpus
     return max(1, min(available_cores(), rows // MIN_ROWS_PER_WORKER))
 
 
@@ -97,7 +152,12 @@ def map_ordered(
     (after calling ``initializer`` here); otherwise in that many processes, with ``preload`` modules
     (and those of :func:`preload_in_workers`) imported once in the fork server so workers start fast, if
     this map starts it. ``function`` and ``initializer`` must be module-level (picklable); an exception in
-    a worker is raised here, naming nothing new."""
+    a worker is raised here, naming nothing new. Inside :func:`use_engine` with Ray, the batches are Ray
+    tasks (``workers``: tasks in flight per half), whatever their number."""
+    engine = _current()
+    if engine is not None:
+        yield from engine.map_ordered(function, items, workers, initializer, initargs)
+        return
     if workers <= 1:
         if initializer is not None:
             initializer(*initargs)

@@ -27,3 +27,13 @@ def test_five_dataset_versions_in_order_with_checks() -> None:
 def test_every_asset_writes_through_the_single_writer_pool() -> None:
     for asset in defs.assets:
         assert asset.op.pool == "duckdb_writer", asset.key
+
+
+def test_the_distill_job_runs_its_steps_in_one_process() -> None:
+    """A UI launch of `distill` costs what a CLI run costs: no process (and import) per step."""
+    import dagster as dg
+
+    from definitions import defs
+
+    job = defs.resolve_job_def("distill")
+    assert job.executor_def is dg.in_process_executor

@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from curation.core.warehouse import content_hash
 from tests.conftest import DEMO_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -227,3 +228,15 @@ def test_rerun_on_unchanged_input_does_no_minhash_work(demo_run) -> None:
         e.asset_key.to_user_string(): e.materialization.metadata for e in demo_run[0].get_asset_materialization_events()
     }["deduped"]
     assert metadata["data_version"].value == first["data_version"].value
+
+
+def test_each_dataset_reports_its_content_hash_as_its_dagster_data_version(demo_run) -> None:
+    """What the UI's staleness compares is what the CLI prints: raw included (it once reported none, so
+    Dagster kept one version of raw for every content)."""
+    result, warehouse = demo_run
+    reported = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        for name in ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted"):
+            materialization = reported[name]
+            assert materialization.tags.get("dagster/data_version") == materialization.metadata["data_version"].value
+            assert materialization.metadata["data_version"].value == content_hash(connection, name)

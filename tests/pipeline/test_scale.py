@@ -17,7 +17,15 @@ pytestmark = [
 ]
 
 
-def test_a_20k_row_mix_runs_clean_end_to_end(tmp_path: Path) -> None:
+DATASETS = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
+
+
+def _versions(home: Path) -> dict[str, str]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        return dict(connection.execute("SELECT asset, data_version FROM asset_state").fetchall())
+
+
+def test_a_20k_row_mix_runs_clean_end_to_end_and_the_same_on_ray(tmp_path: Path) -> None:
     mix = build_mix(tmp_path / "mix", 20_000, seed=3)
     home = tmp_path / "home"
     result = run_cli("run", "--config", str(tmp_path / "mix" / "distillery.yaml"), home=home, timeout=900)
@@ -47,3 +55,14 @@ def test_a_20k_row_mix_runs_clean_end_to_end(tmp_path: Path) -> None:
 
     again = run_cli("run", "--config", str(tmp_path / "mix" / "distillery.yaml"), home=home)
     assert again.returncode == 0 and "Every asset is up to date" in again.stdout
+
+    # The same project on the ray engine (a Ray of 2 CPUs started by the run), beside the first file so
+    # every path, row id and data version can be the same.
+    on_ray = tmp_path / "mix" / "distillery-ray.yaml"
+    on_ray.write_text((tmp_path / "mix" / "distillery.yaml").read_text() + "\ncompute:\n  engine: ray\n  workers: 2\n")
+    ray_home = tmp_path / "ray-home"
+    ray_run = run_cli("run", "--config", str(on_ray), home=ray_home, timeout=900)
+    assert ray_run.returncode == 0, ray_run.stdout[-3000:] + ray_run.stderr[-3000:]
+    assert " 0 failed" in ray_run.stdout
+    local, ray = _versions(home), _versions(ray_home)
+    assert {name: ray[name] for name in DATASETS} == {name: local[name] for name in DATASETS}

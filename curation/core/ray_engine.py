@@ -1,0 +1,180 @@
+"""The ``ray`` compute engine: the same ordered map over batches as :func:`curation.core.parallel.map_ordered`,
+as Ray tasks.
+
+Each batch is one task: the stage's batch function (module-level, so it is pickled by reference and the
+worker imports the stage's module) applied to one Arrow record batch. The driver keeps at most
+``2 * workers`` tasks in flight and takes their results in submission order, so the output — every
+table and data version — is the same as the local engine's, and the driver's memory stays bounded
+however large the input.
+
+A stage's per-process state (the filter chain, the tokenizer, the dedup plan) is built once per Ray worker
+process and map: the ``initializer`` and its arguments go to the object store once per map, and a worker
+runs the initializer before the first batch of that map it is given (:func:`_apply`).
+
+Failure: a task whose worker process dies (killed, out of memory, node lost) is run again by Ray
+(``max_retries``). A batch function is pure, and the driver takes exactly one result per batch, so a
+retried batch is neither lost nor counted twice. An exception raised by the stage's own code is not
+retried: it is raised in the driver as the original exception.
+
+``ray`` is imported only when this engine is used (it takes a second to import, and a local run never
+needs it).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from curation.core.parallel import available_cores
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+TASK_RETRIES = 3
+"""Times Ray runs a batch again after its worker process died (Ray's own default for tasks)."""
+
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
+"""Object store of a Ray started in this process. Only the batches in flight and the stage's worker state
+live there; Ray's default (30% of the machine's memory) would reserve gigabytes of shared memory."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The configured engine cannot run (Ray not installed, no cluster at the address)."""
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """A connected Ray: where it runs and how many CPUs it has."""
+
+    address: str | None
+    cpus: int
+
+    def map_ordered(
+        self,
+        function: Callable[[Item], Result],
+        items: Iterable[Item],
+        workers: int,
+        initializer: Callable[..., None] | None = None,
+        initargs: Sequence[Any] = (),
+    ) -> Iterator[Result]:
+        """``function`` over ``items`` as Ray tasks, at most ``2 * workers`` in flight, results in input
+        order; an exception raised by ``function`` or ``initializer`` is raised here as itself."""
+        import ray
+
+        remote = _remote_apply()
+        setup = ray.put((uuid.uuid4().hex, initializer, tuple(initargs)))
+        pending: deque[Any] = deque()
+        in_flight = 2 * max(1, workers)
+        try:
+            for item in items:
+                pending.append(remote.remote(setup, function, item))
+                if len(pending) >= in_flight:
+                    yield _result(pending.popleft())
+            while pending:
+                yield _result(pending.popleft())
+        finally:
+            for task in pending:
+                ray.cancel(task, force=True)
+
+
+def connect(address: str | None, workers: int | None) -> RayEngine:
+    """Connect to the Ray cluster at ``address``, or start a Ray of ``workers`` CPUs in this process (all
+    cores when None); an existing connection of this process is reused. A missing package or a cluster
+    that does not answer is one :class:`EngineUnavailable` naming what to do, raised before any work."""
+    try:
+        import ray
+    except ImportError as error:
+        raise EngineUnavailable(
+            "compute.engine is ray but the ray package is not installed: pip install 'ray[data]' "
+            "(or set compute.engine: local)"
+        ) from error
+    if address is not None and address != "auto":
+        _probe(address)
+    if not ray.is_initialized():
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "configure_logging": False,
+            "log_to_driver": False,
+            "namespace": "distillery",
+        }
+        if address is None:
+            options |= {"num_cpus": workers or available_cores(), "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as error:
+            raise EngineUnavailable(
+                f"compute.address {address!r}: no Ray cluster answers there ({_first_line(error)}). Start one "
+                "(`ray start --head` on the head node), correct the address, or set compute.engine: local"
+            ) from error
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < 1:
+        raise EngineUnavailable(f"the Ray cluster at {address or 'this process'} has no CPUs to run tasks on")
+    return RayEngine(address, cpus)
+
+
+PROBE_SECONDS = 5.0
+"""How long the head node may take to accept a connection before the address counts as unreachable
+(``ray.init`` itself retries for minutes, silently)."""
+
+
+def _probe(address: str) -> None:
+    """Fail fast when nothing listens at a cluster address (``ray://host[:port]`` or ``host[:port]``)."""
+    client = address.startswith("ray://")
+    location = address.removeprefix("ray://")
+    host, _, port = location.rpartition(":") if ":" in location else (location, "", "")
+    port_number = int(port) if port.isdigit() else (10001 if client else 6379)  # Ray's default ports
+    try:
+        with socket.create_connection((host or location, port_number), timeout=PROBE_SECONDS):
+            pass
+    except OSError as error:
+        raise EngineUnavailable(
+            f"compute.address {address!r}: nothing answers at {host or location}:{port_number} ({error}). "
+            "Start the cluster (`ray start --head` on the head node), correct the address, "
+            "or set compute.engine: local"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _result(task: Any) -> Any:
+    import ray
+
+    try:
+        return ray.get(task)
+    except ray.exceptions.RayTaskError as error:
+        raise error.as_instanceof_cause() from None
+
+
+_REMOTE: list[Any] = []
+
+
+def _remote_apply() -> Any:
+    """:func:`_apply` as a Ray remote function (made once: ``ray.remote`` must run after ``import ray``)."""
+    if not _REMOTE:
+        import ray
+
+        _REMOTE.append(ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)(_apply))
+    return _REMOTE[0]
+
+
+_READY: list[str] = []
+"""In a Ray worker process: the map whose initializer ran last here (its id)."""
+
+
+def _apply(
+    setup: tuple[str, Callable[..., None] | None, tuple[Any, ...]], function: Callable[[Any], Any], item: Any
+) -> Any:
+    """One batch on a Ray worker: the map's initializer first if this process has not run it for this map
+    (a worker runs one task at a time, so the module state it builds is this map's until the next map)."""
+    map_id, initializer, initargs = setup
+    if [map_id] != _READY:
+        if initializer is not None:
+            initializer(*initargs)
+        _READY[:] = [map_id]
+    return function(item)

@@ -1,0 +1,118 @@
+"""The ``ray`` compute engine: the same ordered results as the local engine, errors raised as themselves,
+retries after a worker dies, and one clear error for a cluster that is not there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from curation.core.config import ComputeConfig
+from curation.core.parallel import engine_description, map_ordered, use_engine, workers_for
+from curation.core.ray_engine import EngineUnavailable
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+RAY = ComputeConfig(engine="ray", workers=2)
+
+_STATE: dict[str, int] = {}
+
+
+def _remember(factor: int) -> None:
+    _STATE["factor"] = factor
+
+
+def _scaled_sum(batch: pa.RecordBatch) -> tuple[int, int]:
+    return batch.num_rows, sum(batch.column("n").to_pylist()) * _STATE["factor"]
+
+
+def _reject_odd(batch: pa.RecordBatch) -> int:
+    if batch.num_rows % 2:
+        raise ValueError(f"odd batch of {batch.num_rows} rows")
+    return batch.num_rows
+
+
+def _slow_unless_retried(batch: pa.RecordBatch) -> tuple[int, int]:
+    """Sleeps the first time a worker process sees the marked batch: long enough to be killed."""
+    marker = Path(batch.column("marker")[0].as_py())
+    if batch.num_rows == 7 and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        time.sleep(60)
+    return batch.num_rows, os.getpid()
+
+
+def _batches(sizes: range) -> list[pa.RecordBatch]:
+    return [pa.record_batch({"n": list(range(size))}) for size in sizes]
+
+
+@pytest.fixture(scope="module")
+def ray_engine() -> Iterator[None]:
+    import ray
+
+    with use_engine(RAY):
+        yield
+    ray.shutdown()  # a Ray started here lives as long as its process: this test worker's
+
+
+def test_ray_maps_give_the_local_results_in_input_order(ray_engine: None) -> None:
+    batches = _batches(range(1, 40))
+    on_ray = list(map_ordered(_scaled_sum, batches, workers_for(10, None), _remember, (3,)))
+    local = list(map_ordered(_scaled_sum, batches, 1, _remember, (3,)))
+    assert on_ray == local == [(n, 3 * n * (n - 1) // 2) for n in range(1, 40)]
+    assert engine_description().startswith("ray (started here, 2 CPUs)")
+    # A second map with other settings: each worker runs the new initializer before its first batch.
+    assert [total for _, total in map_ordered(_scaled_sum, batches[:5], 2, _remember, (5,))] == [
+        5 * n * (n - 1) // 2 for n in range(1, 6)
+    ]
+
+
+def test_an_error_in_a_batch_is_raised_as_itself(ray_engine: None) -> None:
+    with pytest.raises(ValueError, match="odd batch of 3 rows"):
+        list(map_ordered(_reject_odd, _batches(range(2, 9)), 2))
+
+
+def test_a_killed_worker_is_retried_without_losing_or_repeating_a_batch(ray_engine: None, tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    batches = [pa.record_batch({"marker": [str(marker)] * size}) for size in range(1, 15)]
+    with ThreadPoolExecutor(1) as driver:  # the map submits as it is consumed
+        consumed = driver.submit(list, map_ordered(_slow_unless_retried, batches, 2))
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the marked batch never started"
+        os.kill(_wait_for_pid(marker), signal.SIGKILL)
+        got = consumed.result(timeout=120)
+    assert [rows for rows, _ in got] == list(range(1, 15))  # every batch once, in order
+    killed = int(marker.read_text())
+    assert dict(got)[7] != killed  # the marked batch was run again by another worker process
+
+
+def _wait_for_pid(marker: Path) -> int:
+    for _ in range(50):
+        text = marker.read_text()
+        if text:
+            return int(text)
+        time.sleep(0.1)
+    raise AssertionError("the worker never wrote its pid")
+
+
+def test_an_unreachable_cluster_is_one_clear_error_before_any_work() -> None:
+    started = time.monotonic()
+    for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):
+        with (
+            pytest.raises(EngineUnavailable, match=r"compute.address .*nothing answers at 127.0.0.1:9"),
+            use_engine(ComputeConfig(engine="ray", address=address)),
+        ):
+            pytest.fail("work started without a cluster")
+    assert time.monotonic() - started < 30
+
+
+def test_an_address_needs_the_ray_engine() -> None:
+    with pytest.raises(ValueError, match=r"set compute\.engine: ray"):
+        ComputeConfig(address="head:6379")

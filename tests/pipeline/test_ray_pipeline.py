@@ -1,0 +1,70 @@
+"""The whole demo graph with ``compute.engine: ray`` (a Ray of 2 CPUs started by the run): every dataset
+table has the data version of the local engine's run, and the row-wise work really ran as Ray tasks."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from curation.core.ray_engine import RayEngine
+from curation.core.warehouse import content_hash
+from tests.conftest import DEMO_CONFIG
+from tests.pipeline.test_kill_recovery import REFERENCE
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+
+def _ray_demo(tmp_path: Path) -> Path:
+    """The demo project (same files, same relative paths, so the same row ids) on the ray engine."""
+    project = tmp_path / "demo"
+    shutil.copytree(DEMO_CONFIG.parent, project, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    config = project / "distillery.yaml"
+    config.write_text(config.read_text() + "\ncompute:\n  engine: ray\n  workers: 2\n")
+    return config
+
+
+def test_the_demo_on_ray_has_the_local_data_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("DISTILLERY_HOME", str(home))
+    monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
+    maps: Counter[str] = Counter()
+    original = RayEngine.map_ordered
+
+    def counted(self: RayEngine, function, *args, **kwargs):  # type: ignore[no-untyped-def]
+        maps[function.__module__] += 1
+        return original(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(RayEngine, "map_ordered", counted)
+    from definitions import ASSETS, CHECKS
+    from resources import ProjectResource, WarehouseResource
+    from resources.teachers import TeacherResource
+    from resources.tokenizer import TokenizerResource
+
+    resources = {
+        "project": ProjectResource(config_path=str(_ray_demo(tmp_path))),
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "teacher": TeacherResource(),
+        "tokenizer": TokenizerResource(),
+    }
+    import ray
+
+    try:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([*ASSETS, *CHECKS], instance=instance, resources=resources, raise_on_error=False)
+    finally:
+        ray.shutdown()  # the run started a Ray in this test worker's process
+    assert result.success
+    failed = [e.asset_check_key for e in result.get_asset_check_evaluations() if not e.passed]
+    assert not failed
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        versions = {table: content_hash(connection, table) for table in REFERENCE}
+    assert versions == REFERENCE
+    # Ingestion, dedup, the filter chain, rendering and the exports' encoding each ran on Ray.
+    assert {"curation.ingest.sources", "curation.filter.runner", "curation.format.stage"} <= set(maps)
+    assert any(module.startswith("curation.dedup") for module in maps)
+    assert "curation.format.export" in maps
