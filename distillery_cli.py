@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from curation.core.config import ConfigError, load_project
 from curation.core.freshness import (
@@ -28,9 +28,16 @@ from curation.core.freshness import (
     source_fingerprint,
 )
 from curation.core.home import DEMO_CONFIG, ensure_dagster_home, warehouse_path
+from curation.core.parallel import engine_description, use_engine
 from curation.core.warehouse import Warehouse
 
 PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+def _fail(message: str) -> NoReturn:
+    """A command-line problem: one line on stderr and exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _set_home(args: argparse.Namespace) -> None:
@@ -40,22 +47,38 @@ def _set_home(args: argparse.Namespace) -> None:
     os.environ.setdefault("DISTILLERY_HOME", str(Path(".distillery").resolve()))
     if getattr(args, "config", None):
         os.environ["DISTILLERY_CONFIG"] = str(Path(args.config).resolve())
-    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
+    home = Path(os.environ["DISTILLERY_HOME"])
+    try:
+        os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
+    except OSError as error:
+        what = "is a file, not a folder" if home.is_file() else f"cannot be created or written ({error.strerror})"
+        _fail(f"the Distillery home {home} {what}; pass --home a folder this user can write (or set DISTILLERY_HOME)")
+    if not os.access(home, os.W_OK | os.X_OK):
+        _fail(f"the Distillery home {home} is not writable by this user; pass --home a folder it can write")
 
 
 def _load_config_or_exit() -> None:
-    path = os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG))
+    path = Path(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
+    # Checked before reading: a folder fails with a bare IsADirectoryError, a device (/dev/zero) never ends.
+    if path.is_dir():
+        inside = path / "distillery.yaml"
+        hint = f"; did you mean {inside}?" if inside.is_file() else ""
+        _fail(f"--config {path} is a folder, not a project file{hint}")
+    if path.exists() and not path.is_file():
+        _fail(f"--config {path} is not a regular file (a device or a pipe?); pass the project file (distillery.yaml)")
     try:
         load_project(path)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(error))
+    except OSError as error:
+        _fail(f"{path}: the project file cannot be read ({error.strerror or error})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     _set_home(args)
     _load_config_or_exit()
     from curation.core.home import exclusive_lock, run_lock_path
+    from curation.core.ray_engine import EngineUnavailable
     from curation.core.warehouse import WarehouseBusy
 
     def waiting(holder: str) -> None:
@@ -73,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted (every table keeps its last committed version)", file=sys.stderr)
         return 130
-    except WarehouseBusy as error:
+    except (WarehouseBusy, EngineUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -89,6 +112,10 @@ def _run_holding_home(args: argparse.Namespace) -> int:
 
     instance = dg.DagsterInstance.get()
     recover_dead_runs(instance, say)  # runs killed earlier: failed, their writer slot freed
+    from curation.synth.sandbox import sweep_stale_workdirs
+
+    for leftover in sweep_stale_workdirs():  # code sandboxes of a killed run: already dead, their folders not
+        say(f"removed {leftover}, the working folder of a code sandbox whose run was killed")
     wait_for_pool(instance, say)  # a live run started elsewhere (the UI) holds the writer slot
     selection = None
     graph = _asset_graph(ASSETS)
@@ -115,24 +142,33 @@ def _run_holding_home(args: argparse.Namespace) -> int:
             up_to_date = ", ".join(a for a in graph if a not in stale)
             print(f"Up to date, not run again: {up_to_date}", file=sys.stderr)
             selection = dg.AssetSelection.assets(*stale)
+    _wait_for_readers()
     print(
         f"Distillery home: {os.environ['DISTILLERY_HOME']}\nProject file: "
         f"{os.environ.get('DISTILLERY_CONFIG', DEMO_CONFIG)}",
         file=sys.stderr,
     )
-    result = dg.materialize(
-        [*ASSETS, *CHECKS],
-        selection=selection,
-        instance=instance,
-        resources=RESOURCES,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        tags={"distillery/cli": "run", PID_TAG: str(os.getpid())},
-    )
+    compute = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG))).compute
+    # Connected (or started) before the run, so a Ray cluster that does not answer is one line before any
+    # work; the steps run in this process and find the connection made.
+    with use_engine(compute):
+        if compute.engine != "local":
+            print(f"Compute engine: {engine_description()}", file=sys.stderr)
+        result = dg.materialize(
+            [*ASSETS, *CHECKS],
+            selection=selection,
+            instance=instance,
+            resources=RESOURCES,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+            tags={"distillery/cli": "run", PID_TAG: str(os.getpid())},
+        )
     _print_summary(result)
     _record_freshness(freshness, result)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success:
+        for reason in _busy_failures(result):
+            print(f"error: {reason}", file=sys.stderr)
         print(
             "\nThe run FAILED; see the errors above (the previous version of every table is intact).", file=sys.stderr
         )
@@ -140,6 +176,35 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     if any(e.severity.value == "ERROR" for e in failed_checks):
         return 1
     return 0
+
+
+def _say_waiting(message: str) -> None:
+    print(f"{message} (Ctrl-C to stop waiting)", file=sys.stderr)
+
+
+def _wait_for_readers() -> None:
+    """Wait here, saying so, while another process has the warehouse open (a notebook, `distillery audit`):
+    DuckDB lets one process write or several read, and a step that finds the file held fails in Dagster
+    with a traceback. A process still holding it after the wait ends the command with one line
+    (:class:`~curation.core.warehouse.WarehouseBusy`, caught by :func:`cmd_run`)."""
+    if warehouse_path().exists():
+        with Warehouse(warehouse_path()).connect(on_wait=_say_waiting):
+            pass
+
+
+def _busy_failures(result: Any) -> list[str]:
+    """The messages of steps that failed because another process held the warehouse, or because the code
+    sandbox cannot be set up here: shown again after the run as one line each, not only inside Dagster's
+    traceback of the step."""
+    reasons = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        while error is not None:
+            if error.cls_name in ("WarehouseBusy", "SandboxUnavailable"):
+                reasons.append(f"step {event.step_key}: {error.message.strip().partition(f'{error.cls_name}: ')[2]}")
+                break
+            error = error.cause
+    return reasons
 
 
 def _asset_graph(assets: Sequence[Any]) -> dict[str, list[str]]:
@@ -157,7 +222,7 @@ def _freshness(graph: dict[str, list[str]]) -> Freshness:
     config = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
     state = {}
     if warehouse_path().exists():
-        with Warehouse(warehouse_path()).connect(read_only=True) as connection:
+        with Warehouse(warehouse_path()).connect(read_only=True, on_wait=_say_waiting) as connection:
             state = read_state(connection)
     base = code_fingerprint() + project_fingerprint(config)
     return Freshness(graph, state, base, source_fingerprint(config))
@@ -181,7 +246,7 @@ def _record_freshness(freshness: Freshness, result: Any) -> None:
     record, forget = freshness.after_run(materialized, failed)
     if not warehouse_path().exists():
         return
-    with Warehouse(warehouse_path()).connect() as connection:
+    with Warehouse(warehouse_path()).connect(on_wait=_say_waiting) as connection:
         forget_state(connection, forget)
         record_state(connection, record)
 
@@ -265,10 +330,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _open_read_only(timeout_s: float = 10.0):
-    """The warehouse, read-only; a run holding the file is reported, not waited on for long."""
-    from curation.core.warehouse import Warehouse
+    """The warehouse, read-only; a run writing the file is waited on for ``timeout_s`` (or
+    ``$DISTILLERY_LOCK_TIMEOUT_S``), saying so, then reported in one line."""
+    from curation.core.warehouse import LOCK_TIMEOUT_ENV, Warehouse
 
-    return Warehouse(warehouse_path(), lock_timeout_s=timeout_s).connect(read_only=True)
+    timeout_s = float(os.environ.get(LOCK_TIMEOUT_ENV, timeout_s))
+    return Warehouse(warehouse_path(), lock_timeout_s=timeout_s).connect(read_only=True, on_wait=_say_waiting)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ and every error names the key path and what was expected.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -316,10 +315,11 @@ class ProjectConfig(_Strict):
         return path if path.is_absolute() else (self.base_dir / path)
 
     def source_files(self, source: SourceConfig) -> list[Path]:
-        """The files a source's path or glob matches now, sorted for determinism."""
-        pattern = str(self.resolve(source.path))
-        matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-        return [p for p in matches if p.is_file()]
+        """The files a source's path or glob matches now, sorted, each once, a link loop walked once
+        (:func:`curation.ingest.files.source_files`)."""
+        from curation.ingest.files import source_files  # curation.ingest imports this module
+
+        return source_files(self, source)
 
 
 def _format_errors(path: Path, error: ValidationError) -> str:

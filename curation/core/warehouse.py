@@ -15,10 +15,11 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,29 @@ class WarehouseBusy(RuntimeError):
     """Another process holds the DuckDB file."""
 
 
+LOCK_TIMEOUT_ENV = "DISTILLERY_LOCK_TIMEOUT_S"
+"""Seconds a connection waits for another process to let go of the file (default 60)."""
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the DuckDB file, in words, from DuckDB's lock error ("... is held in /usr/bin/python3 (PID
+    123)"): the process id and its command line, e.g. ``process 123 (distillery run --home h)``."""
+    found = re.search(r"\(PID (\d+)\)", str(error))
+    if not found:
+        return "another process"
+    pid = found.group(1)
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return f"process {pid}"
+    words = [arg.decode(errors="replace") for arg in argv]
+    words[0] = Path(words[0]).name
+    if len(words) > 2 and words[1] == "-m":  # python -m distillery_cli run ...
+        words = words[2:]
+    command = " ".join(" ".join(words).split()).replace("distillery_cli", "distillery")  # on one line
+    return f"process {pid} ({command[:120]})"
+
+
 _log = logging.getLogger(__name__)
 
 _open_writes = 0
@@ -96,20 +120,25 @@ def _return_free_memory() -> None:
 class Warehouse:
     """A DuckDB file with staged, transactional table replacement."""
 
-    def __init__(self, path: str | Path, lock_timeout_s: float = 60.0) -> None:
+    def __init__(self, path: str | Path, lock_timeout_s: float | None = None) -> None:
         self.path = Path(path)
-        self.lock_timeout_s = lock_timeout_s
+        self.lock_timeout_s = float(os.environ.get(LOCK_TIMEOUT_ENV, 60)) if lock_timeout_s is None else lock_timeout_s
         self.recovered: list[str] = []
         """Staging tables of dead processes that the last write removed before it began."""
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection; waits for a writer in another process, then says clearly who blocks."""
+    def connect(
+        self, read_only: bool = False, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection. DuckDB lets one process write the file or several read it: while another process
+        stands in the way this waits (up to ``lock_timeout_s``), telling ``on_wait`` (else the log) once who
+        holds the file, then raises :class:`WarehouseBusy` naming that process."""
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no warehouse yet; run `distillery run` first")
         deadline = time.monotonic() + self.lock_timeout_s
+        told = False
         while True:
             try:
                 connection = duckdb.connect(
@@ -117,11 +146,22 @@ class Warehouse:
                 )
                 break
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" not in str(exc).lower():
+                    raise
+                holder = lock_holder(exc)
+                blocked = (
+                    f"{self.path} is being written by {holder}; reading waits until that write ends"
+                    if read_only
+                    else f"{self.path} is open in {holder}; writing waits until that process closes it"
+                )
+                if time.monotonic() > deadline:
                     raise WarehouseBusy(
-                        f"{self.path} is locked by another process (a run in progress?): {exc}. "
-                        "Wait for it to finish and try again."
-                    ) from exc
+                        f"{blocked}, and it did not within {self.lock_timeout_s:g} s; try again when it has "
+                        f"(${LOCK_TIMEOUT_ENV} sets the wait)"
+                    ) from None
+                if not told:
+                    (on_wait or _log.warning)(f"waiting: {blocked} (DuckDB lets one process write or several read)")
+                    told = True
                 time.sleep(0.5)
         try:
             yield connection

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from curation.core.config import ProjectConfig
+from curation.ingest.files import source_files
 from curation.ingest.readers import digest_or_reason
 
 
@@ -20,8 +21,10 @@ def _split(state: str | None) -> tuple[str, str]:
     """``(size:mtime, sha)`` of a stored state; older cursors held ``size:mtime`` only."""
     if not state:
         return "", ""
-    stamp, _, sha = state.rpartition(":") if state.count(":") >= 2 else (state, "", "")
-    return stamp, sha
+    if state.count(":") < 2:
+        return state, ""
+    size, mtime, sha = state.split(":", 2)  # the hash may be a reason with colons ("unreadable: ...")
+    return f"{size}:{mtime}", sha
 
 
 def file_states(project: ProjectConfig, previous: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -30,10 +33,13 @@ def file_states(project: ProjectConfig, previous: Mapping[str, str] | None = Non
     previous = previous or {}
     states: dict[str, str] = {}
     for source in project.sources:
-        for path in project.source_files(source):
+        for path in source_files(project, source):
             key = f"{source.name}:{path}"
-            stat = Path(path).stat()
-            stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+            try:
+                stat = path.stat()
+                stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:  # a link to nothing: ingestion quarantines it, and a new target is a change
+                stamp = "-:-"
             old_stamp, old_sha = _split(previous.get(key))
             sha = old_sha if old_stamp == stamp and old_sha else digest_or_reason(Path(path))
             states[key] = f"{stamp}:{sha}"

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,46 @@ def _last_extension(path: Path) -> str:
     return suffixes[-1].lstrip(".") if suffixes else ""
 
 
+class NotAFile(OSError):
+    """What a source's glob matched is not a regular file (a folder named like one, a device, a pipe, a link to
+    nothing): reading it would fail, never end (``/dev/zero``) or block (a pipe), so it is not opened."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        hint = f" (to read the files in it, make the source's path match them, e.g. {path.name}/*)"
+        super().__init__(f"{path.name} is {kind}, not a file of records" + (hint if kind == "a folder" else ""))
+        self.kind = kind
+
+
+def file_kind(path: Path) -> str | None:
+    """None for a regular file (after links) or one that cannot be looked at (reading it says why); otherwise
+    what it is, in words."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a link to nothing" if path.is_symlink() else None
+    except OSError:
+        return None
+    kinds = [
+        (stat.S_ISREG, ""),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file") or None
+
+
+def require_file(path: Path) -> None:
+    """Raise :class:`NotAFile` unless ``path`` is a regular file (or cannot be looked at)."""
+    kind = file_kind(path)
+    if kind is not None:
+        raise NotAFile(path, kind)
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of the file's bytes (what "this file changed" means everywhere)."""
+    require_file(path)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -97,6 +136,8 @@ def digest_or_reason(path: Path) -> str:
     entry is carried over like an unchanged file's; once the file is readable its hash differs and it is read."""
     try:
         return file_digest(path)
+    except NotAFile as exc:
+        return f"unreadable: {exc.kind}"
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
 
@@ -423,7 +464,7 @@ def read_parquet(path: Path, max_bytes: int | None, skip_bom: bool = True) -> It
 def _read_error(exc: BaseException) -> Record:
     """The file-level record (numbered 0) that says why reading a file stopped: at the start (it cannot be
     opened) or part way (a cut gzip, an I/O error, a CSV field over the csv module's limit)."""
-    if isinstance(exc, (PermissionError, FileNotFoundError, IsADirectoryError)):
+    if isinstance(exc, (PermissionError, FileNotFoundError, IsADirectoryError, NotAFile)):
         return Record(0, None, "", error=f"file could not be read: {exc}")
     return Record(0, None, "", error=f"file could not be read to the end: {exc}")
 
@@ -444,6 +485,7 @@ def read_records(
     ``parse=False`` leaves JSONL lines for :func:`parse_record` (the other formats are parsed to find
     where their records end)."""
     try:
+        require_file(path)
         if fmt == "jsonl":
             yield from read_jsonl(path, max_bytes, skip_bom, parse)
         else:
@@ -495,6 +537,7 @@ def read_chunks(path: Path, fmt: str, max_bytes: int | None, rows: int) -> Itera
     object behind, to be parsed in the worker that maps them."""
     chunk = RecordChunk()
     try:
+        require_file(path)
         if fmt == "jsonl":
             for record_no, line_no, text in _jsonl_lines(path):
                 chunk.record_nos.append(record_no)

@@ -23,12 +23,15 @@ from curation.core.parallel import gc_paused, map_ordered, preload_in_workers, w
 from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_names
 from curation.ingest.encoding import COLUMN_JSON, content_json
+from curation.ingest.files import project_files
 from curation.ingest.mappings import Mapped, RecordError, mapping_spec
 from curation.ingest.readers import (
     Record,
     RecordChunk,
     digest_or_reason,
     file_format,
+    file_kind,
+    format_from_extension,
     parse_record,
     parse_text,
     read_chunks,
@@ -396,16 +399,23 @@ def ingest_sources(
             (s, f): h for s, f, h in connection.execute("SELECT source, file, sha256 FROM ingested_files").fetchall()
         }
 
-    plan: list[tuple[SourceConfig, Path, str, str]] = []
+    planned = project_files(project)
     for source in project.sources:
-        files = project.source_files(source)
-        if not files:
+        if not any(p.source is source for p in planned):
             raise FileNotFoundError(
                 f"source {source.name!r}: no file matches {source.path!r} "
                 f"(relative to {project.base_dir}); fix 'path' in the project file"
             )
-        for path in files:
-            plan.append((source, path, path_for_uri(path, project.base_dir), digest_or_reason(path)))
+    read_by = {(p.source.name, p.path): p.read_by for p in planned}
+    plan: list[tuple[SourceConfig, Path, str, str]] = [
+        (
+            p.source,
+            p.path,
+            path_for_uri(p.path, project.base_dir),
+            f"read by source {p.read_by}" if p.read_by else digest_or_reason(p.path),
+        )
+        for p in planned
+    ]
     kept = [(s.name, shown) for s, _, shown, digest in plan if previous.get((s.name, shown)) == digest]
     current = {(s.name, shown) for s, _, shown, _ in plan}
 
@@ -436,11 +446,11 @@ def ingest_sources(
             if progress:
                 progress(f"ingesting {source.name}: {shown}")
             task = FileTask.of(source, shown, ingested_at, project.ingest.max_record_bytes)
-            for chunk in read_chunks(path, file_format(path, source.format), task.max_bytes, chunk_rows):
+            for chunk in _file_chunks(source, path, read_by[source.name, path], task.max_bytes, chunk_rows):
                 yield task, chunk
 
     # Reading is sequential; parsing, mapping and encoding (most of the work) run in the workers.
-    total_bytes = sum(path.stat().st_size for _, path, _, _ in todo)
+    total_bytes = sum(_size(path) for _, path, _, _ in todo)
     workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
     file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
     mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
@@ -468,7 +478,7 @@ def ingest_sources(
                     result.source,
                     result.file,
                     digest,
-                    path.stat().st_size,
+                    _size(path),
                     result.records,
                     result.rows,
                     result.quarantined,
@@ -479,6 +489,36 @@ def ingest_sources(
     if todo and "raw" in existing:
         _keep_first_ingestion_times(connection, raw_table, ingested_at)
     return IngestSummary(results)
+
+
+def _file_chunks(
+    source: SourceConfig, path: Path, read_by: str | None, max_bytes: int, rows: int
+) -> Iterator[RecordChunk]:
+    """:func:`~curation.ingest.readers.read_chunks` of one planned file, or the one file-level record (numbered
+    0) that says why it is not read: another source reads it, or its format cannot be told."""
+    reason = None
+    fmt = source.format or format_from_extension(path)
+    if read_by is not None:
+        reason = (
+            f"not read again: source {read_by!r} reads this file with the same mapping and settings (a file "
+            "is read once, whatever the names or globs that reach it); narrow this source's path"
+        )
+    elif fmt is None and file_kind(path) is None:
+        reason = f"cannot tell the format of {path.name}; set 'format' on the source (or give the file its extension)"
+    if reason is None:
+        yield from read_chunks(path, fmt or "jsonl", max_bytes, rows)  # a non-file is reported, never opened
+        return
+    chunk = RecordChunk()
+    chunk.add(Record(0, None, "", error=reason))
+    yield chunk
+
+
+def _size(path: Path) -> int:
+    """A planned file's size in bytes (0 for what is not a regular file: it is not read)."""
+    try:
+        return path.stat().st_size if file_kind(path) is None else 0
+    except OSError:
+        return 0
 
 
 def _keep_first_ingestion_times(connection: duckdb.DuckDBPyConnection, staged_raw: str, ingested_at: datetime) -> None:

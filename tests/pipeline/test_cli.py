@@ -86,3 +86,49 @@ def test_missing_source_file_names_the_source(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(config), "--select", "raw", home=tmp_path / "home")
     assert result.returncode == 1
     assert "source 'mine': no file matches 'nowhere/*.jsonl'" in result.stderr
+
+
+def test_an_unreachable_ray_cluster_is_one_line_before_any_work(tmp_path: Path) -> None:
+    config = tmp_path / "distillery.yaml"
+    (tmp_path / "x.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    config.write_text(
+        "sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT}\nformat: {tokenizer: t}\n"
+        "compute: {engine: ray, address: '127.0.0.1:9'}\n"
+    )
+    result = run_cli("run", "--config", str(config), home=tmp_path / "home")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: compute.address '127.0.0.1:9': nothing answers at 127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr and "STEP_START" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("config is a folder", "is a folder, not a project file; did you mean"),
+        ("config is /dev/zero", "--config /dev/zero is not a regular file"),
+        ("config is missing", "missing.yaml: project file not found"),
+        ("home is a file", "is a file, not a folder"),
+        ("home cannot be created", "cannot be created or written"),
+    ],
+)
+def test_command_line_errors_are_one_line_and_status_2(tmp_path: Path, case: str, expected: str) -> None:
+    """Each mistake a user can make on the command line: a clear line on stderr, exit status 2, no traceback
+    (a folder or a device as the project file, or a file as the home, used to end in one; /dev/zero in a
+    read that never ended)."""
+    (tmp_path / "distillery.yaml").write_text(
+        "sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT}\nformat: {tokenizer: t}\n"
+    )
+    (tmp_path / "a_file").write_text("")
+    home, config = tmp_path / "home", tmp_path / "distillery.yaml"
+    arguments = {
+        "config is a folder": (["--config", str(tmp_path)], home),
+        "config is /dev/zero": (["--config", "/dev/zero"], home),
+        "config is missing": (["--config", str(tmp_path / "missing.yaml")], home),
+        "home is a file": (["--config", str(config)], tmp_path / "a_file"),
+        "home cannot be created": (["--config", str(config)], Path("/sys/distillery-home")),  # EPERM, root too
+    }[case]
+    result = run_cli("run", *arguments[0], home=arguments[1], timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]

@@ -124,3 +124,25 @@ def test_a_second_run_on_a_busy_home_says_it_waits_and_stops_on_ctrl_c(home: Pat
             rest = second.stderr.read()
         assert "Traceback" not in rest and "lock" not in rest.lower().replace("block", "")
         assert not (home / "warehouse.duckdb").exists(), "the waiting run wrote nothing"
+
+
+@pytest.mark.slow
+def test_a_run_removes_the_sandbox_folders_of_a_killed_run(tmp_path: Path) -> None:
+    """A run killed while code synthesis ran leaves its sandboxes dead (they follow their pipeline) but their
+    folders behind; the next `distillery run` removes them before any work, whatever it synthesizes."""
+    from tests.conftest import run_cli
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    leftover = scratch / f"distillery-sandbox-{_dead_pid()}.12345-abcd"
+    (leftover / "work").mkdir(parents=True)
+    (leftover / "work" / "solution.py").write_text("print('left behind')\n")
+    config = tmp_path / "distillery.yaml"
+    (tmp_path / "x.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    config.write_text("sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT}\nformat: {tokenizer: t}\n")
+    result = run_cli(
+        "run", "--config", str(config), "--select", "raw", home=tmp_path / "home", env={"TMPDIR": str(scratch)}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not leftover.exists()
+    assert f"removed {leftover}" in result.stderr
