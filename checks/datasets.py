@@ -26,8 +26,8 @@ DATASETS = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "forma
 
 
 STRUCTURE_SAMPLE_ROWS = 100_000
-"""Rows whose messages canonical_schema parses (roles, non-empty list; a seeded sample beyond): parsing
-costs ~3 s per million rows, every other rule ~0.5 s for all of them."""
+"""Rows whose messages canonical_schema parses (roles, non-empty list, turn order, role markers; a seeded sample
+beyond): parsing costs ~5 s per million rows, every other rule ~0.5 s for all of them."""
 
 
 def conformance_check(asset: str) -> AssetChecksDefinition:
@@ -37,8 +37,10 @@ def conformance_check(asset: str) -> AssetChecksDefinition:
         blocking=True,
         pool=POOL,
         description=f"Every {asset} row is a canonical row: unique ids, known kind/origin, licence and source "
-        f"present, columns typed (JSON columns hold valid JSON); messages a non-empty list with known roles "
-        f"(on a sample of {STRUCTURE_SAMPLE_ROWS:,} rows).",
+        f"present, columns typed (JSON columns hold valid JSON); messages a non-empty list with known roles, "
+        f"no two assistant turns in a row (unless named as different speakers) and no transcript role marker "
+        f"('Human:', 'Assistant:', '### Instruction:') inside assistant text (on a sample of "
+        f"{STRUCTURE_SAMPLE_ROWS:,} rows).",
     )
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
         with warehouse.get().connect() as connection:

@@ -123,14 +123,38 @@ _CODE_LINE = re.compile(
     r"const |let |var |public |private |return |SELECT |<\?)",
     re.MULTILINE,
 )
-# Prompts about markup: the HTML in the answer is the point (code-alpaca "create an HTML page …").
+# Prompts about markup: the HTML in the answer is the point (code-alpaca "create an HTML page …"). Only words
+# that name markup or the tools that write it; "email" and "newsletter" name kinds of prose, and scraped pages
+# mention them as often as any other word (issue 15: a scraped row with "email" in it escaped cleaning).
 _MARKUP_TOPIC = re.compile(
     r"\b(?:html5?|xhtml|xml|css|svg|dom|jsx|tsx|react|vue|angular|markup|tags?|"
     r"web ?pages?|websites?|templates?|php|jsp|jinja|django|flask|bootstrap|jquery|"
-    r"javascript|js|scrap(?:e|ing)|beautifulsoup|selectolax|parser|elements?|"
-    r"email|newsletter|markdown)\b",
+    r"javascript|js|scrap(?:e|ing)|beautifulsoup|selectolax|parser|elements?|markdown)\b",
     re.IGNORECASE,
 )
+# Elements whose end tag HTML requires: a page (or residue cut from one) closes them, so an opening tag of one
+# that is never closed in the user's text is an element named in a question ("how do I write a <div>?").
+_END_TAG_REQUIRED = _HTML_ELEMENTS - {"br", "hr", "img", "p", "li", "dt", "dd", "tr", "td", "th"}
+_OPENING_TAG = re.compile(r"<([a-z][a-z0-9]*)(?:\s[^<>]*)?>", re.IGNORECASE)
+_CLOSING_TAG = re.compile(r"</([a-z][a-z0-9]*)\s*>", re.IGNORECASE)
+
+
+def about_markup(prompt: str) -> bool:
+    """Does the user's text ask about markup, so that tags in the row are its subject and not residue?
+
+    Judged on what the user writes, not on the markup around it: words inside tags (``class="email-signup"``,
+    ``href="/tags/…"``) do not count, so a scraped page is not "about markup" because of its own residue.
+    A tag quoted in a code span, or an element opened and never closed, is an element named in a question."""
+    pieces = CODE_SPANS.split(prompt)
+    if any(_RESIDUE_TAG.search(code) or _HTML_IS_CODE.search(code) for code in pieces[1::2]):
+        return True
+    prose = " ".join(pieces[0::2])
+    if _MARKUP_TOPIC.search(_RESIDUE_TAG.sub(" ", prose)):
+        return True
+    opened = {m.group(1).lower() for m in _OPENING_TAG.finditer(prose)} & _END_TAG_REQUIRED
+    return bool(opened - {m.group(1).lower() for m in _CLOSING_TAG.finditer(prose)})
+
+
 # The first test of clean_text: a known tag or an entity somewhere.
 _HTML_SCREEN = wider_re2(re.compile(f"{_RESIDUE_TAG.pattern}|{_ENTITY.pattern}", re.IGNORECASE))
 _BLOCK_TAGS = "p,div,tr,h1,h2,h3,h4,h5,h6,blockquote,pre,table,hr,dt,dd,section,article,header,footer"
@@ -212,7 +236,7 @@ class HtmlToText(Cleaner):
     def _about_markup(self, row: Row, cleaned: Row, edits: list[Edit]) -> tuple[Row, list[Edit]]:
         """``row`` unchanged when its prompt is about markup, else the cleaned row."""
         # Checked only for rows with residue: the topic regex is the costly part on clean data.
-        if edits and self.respect_topic and _MARKUP_TOPIC.search(prompt_text(row)):
+        if edits and self.respect_topic and about_markup(prompt_text(row)):
             return row, []
         return cleaned, edits
 

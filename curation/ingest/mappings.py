@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
+from curation.core.conformance import structure_problem
 from curation.core.markdown import generated_notice, table_cell
 from curation.core.schema import KINDS, Message
 
@@ -171,6 +172,14 @@ class MappingSpec:
                     f"mapping {self.name!r} produced a {row.kind!r} row but declares the kinds "
                     f"{list(self.kinds)}; fix its @mapping(kinds=...)"
                 )
+            # Every mapping, built-in or not, is held to the structure canonical_schema checks at every stage
+            # (no two assistant turns in a row, no role marker in assistant text): a record that breaks it is
+            # quarantined here with the reason instead of stopping the build at the raw check.
+            if row.messages is not None:
+                completions = [row.chosen or [], row.rejected or []] if row.kind == "preference" else []
+                problem = structure_problem(row.messages, *completions)
+                if problem:
+                    raise RecordError(problem + (f" ({row.part})" if row.part else ""))
         return rows
 
 
@@ -308,14 +317,34 @@ def parse_hh_transcript(transcript: str) -> list[Message]:
     return messages
 
 
-def _split_common_prefix(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], ...]:
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-        shared += 1
-    # The completion must start at an assistant turn.
-    while shared > 0 and chosen[shared]["role"] != "assistant":
-        shared -= 1
-    return chosen[:shared], chosen[shared:], rejected[shared:]
+def _reply_start(turns: list[Message]) -> int:
+    """Where the final reply of a conversation starts: after its last user or system turn. Tool turns belong
+    to the reply (an assistant calls a tool and answers with its result)."""
+    return next((i + 1 for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] in ("user", "system")), 0)
+
+
+def _split_preference_lists(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], ...]:
+    """Two whole conversations → (prompt, chosen reply, rejected reply). Like HH transcripts, a pair compares
+    two replies to one conversation: both must share every turn up to their final reply and both replies must
+    start with an assistant turn; anything else is quarantined with where they differ."""
+    splits = {name: _reply_start(turns) for name, turns in (("chosen", chosen), ("rejected", rejected))}
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        start = splits[name]
+        if start == 0:
+            raise RecordError(f"{name} has no user turn before its reply: no prompt to compare replies to")
+        if start == len(turns) or turns[start]["role"] != "assistant":
+            raise RecordError(f"{name} does not end with an assistant reply after its last user turn")
+    prompt = chosen[: splits["chosen"]]
+    if prompt != rejected[: splits["rejected"]]:
+        differs_at = next(
+            (i for i, (c, r) in enumerate(zip(prompt, rejected, strict=False)) if c != r),
+            min(len(prompt), splits["rejected"]),
+        )
+        raise RecordError(
+            f"chosen and rejected differ at turn {differs_at}, before their final assistant reply "
+            f"({len(chosen)} vs {len(rejected)} turns): not a comparison of two replies to one conversation"
+        )
+    return prompt, chosen[splits["chosen"] :], rejected[splits["rejected"] :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,8 +457,9 @@ def map_openai(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     "preference",
     kinds=["preference"],
     fields={"chosen": "chosen", "rejected": "rejected", "prompt": "prompt"},
-    doc="Preference pairs: `{prompt, chosen, rejected}` strings, or `chosen`/`rejected` message lists whose "
-    "shared first turns are the prompt.",
+    doc="Preference pairs: `{prompt, chosen, rejected}` strings, or `chosen`/`rejected` message lists: two "
+    "conversations that must share every turn up to their final assistant reply (the prompt); a pair that "
+    "differs earlier is quarantined.",
 )
 def map_preference(fields: FieldReader, options: NoOptions) -> list[Mapped]:
     chosen_raw = fields.raw("chosen")
@@ -438,7 +468,7 @@ def map_preference(fields: FieldReader, options: NoOptions) -> list[Mapped]:
         roles = {r: r for r in ("system", "user", "assistant", "tool")}
         chosen = _messages_from_list(chosen_raw, "role", "content", roles, "chosen")
         rejected = _messages_from_list(rejected_raw, "role", "content", roles, "rejected")
-        prompt_turns, chosen_tail, rejected_tail = _split_common_prefix(chosen, rejected)
+        prompt_turns, chosen_tail, rejected_tail = _split_preference_lists(chosen, rejected)
         return [
             Mapped(
                 kind="preference",

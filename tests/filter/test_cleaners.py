@@ -75,6 +75,50 @@ def test_html_kept_when_the_prompt_is_about_markup():
 
 
 @pytest.mark.parametrize(
+    "prompt",
+    [
+        "How do I write a <div> on my page?",  # an element named in the question: opened, never closed
+        "How do I center a `<div>` horizontally?",  # a tag quoted as code
+        "Write an HTML email with a greeting in a box",  # "email", but the HTML is named
+    ],
+)
+def test_html_kept_when_the_user_asks_about_an_element(prompt):
+    row = sft(prompt, 'Like this: <div style="margin: auto">Hello</div>')
+    cleaned, edits = HtmlToText()(row)
+    assert cleaned is row and edits == []
+
+
+def test_scraped_residue_is_cleaned_though_the_row_mentions_email():
+    """Issue 15: "email" made a row look like a markup topic, so its scraped residue was kept."""
+    row = sft(
+        "Write a short email to my landlord about the broken heater.",
+        "Dear Mr. Smith,<br><br>The heater has been broken since Monday.&nbsp;Could you send someone?<br>Ana",
+    )
+    cleaned, edits = HtmlToText()(row)
+    assert response_of(cleaned) == (
+        "Dear Mr. Smith,\n\nThe heater has been broken since Monday. Could you send someone?\nAna"
+    )
+    assert len(edits) == 1
+
+
+def test_scraped_page_is_not_about_markup_because_of_its_own_markup():
+    """A text row is its own prompt: words of the page (newsletter, email) and of its tags' attributes
+    (class="tags") say nothing about what the row is for."""
+    page = new_row(
+        row_id="t1",
+        kind="text",
+        text='<div class="post-tags"><p>Subscribe to our newsletter for weekly deals.</p>'
+        "<p>Questions? Email us at the front desk&nbsp;anytime.</p></div>",
+    )
+    cleaned, edits = HtmlToText()(page)
+    assert (
+        cleaned["text"]
+        == "Subscribe to our newsletter for weekly deals.\n\nQuestions? Email us at the front desk anytime."
+    )
+    assert len(edits) == 1
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "if a<b and c>d then print <br> done",  # the parser would eat "b and c" as a tag

@@ -90,3 +90,84 @@ def test_ingester_quarantines_bad_records_and_keeps_rows_well_formed(tmp_path: P
         roles = [m["role"] for m in turns]
         assert not any(a == b == "assistant" for a, b in itertools.pairwise(roles))
         assert not any("Human:" in m["content"] or "Assistant:" in m["content"] for m in turns)
+
+
+# --- Message-list inputs (`preference` with chosen/rejected as message lists, `sharegpt`, `openai`) -----------
+
+
+def run_mapping(name: str, record: dict) -> list[Mapped]:
+    spec = MAPPINGS[name]
+    return spec.map(record, {}, spec.parse_options({}))
+
+
+def _turn(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def test_preference_lists_share_every_turn_before_the_final_reply() -> None:
+    prompt = [_turn("system", "Be brief."), _turn("user", "Hi"), _turn("assistant", "Hello!"), _turn("user", "2+2?")]
+    (row,) = run_mapping(
+        "preference",
+        {"chosen": [*prompt, _turn("assistant", "4.")], "rejected": [*prompt, _turn("assistant", "5.")]},
+    )
+    assert row.messages == prompt
+    assert row.chosen == [_turn("assistant", "4.")] and row.rejected == [_turn("assistant", "5.")]
+
+
+def test_preference_lists_that_differ_before_the_final_reply_are_quarantined() -> None:
+    # Before the fix the common prefix was split off and the rest kept as "completions": here the rejected
+    # completion started with an assistant turn and carried a user turn inside it.
+    chosen = [_turn("user", "Hi"), _turn("assistant", "Hello!"), _turn("user", "Colour?"), _turn("assistant", "Blue")]
+    rejected = [_turn("user", "Hi"), _turn("assistant", "Go away."), _turn("user", "Rude."), _turn("assistant", "Ok")]
+    with pytest.raises(RecordError, match="differ at turn 1, before their final assistant reply"):
+        run_mapping("preference", {"chosen": chosen, "rejected": rejected})
+
+
+def test_preference_lists_with_different_questions_are_quarantined() -> None:
+    # Before the fix: no shared turn, so the whole conversations (user turns included) became the completions.
+    with pytest.raises(RecordError, match="differ at turn 0"):
+        run_mapping(
+            "preference",
+            {
+                "chosen": [_turn("user", "Name a colour."), _turn("assistant", "Blue.")],
+                "rejected": [_turn("user", "Name a fruit."), _turn("assistant", "Apple.")],
+            },
+        )
+
+
+def test_preference_list_ending_with_a_user_turn_is_quarantined() -> None:
+    with pytest.raises(RecordError, match="rejected does not end with an assistant reply"):
+        run_mapping(
+            "preference",
+            {
+                "chosen": [_turn("user", "Hi"), _turn("assistant", "Hello")],
+                "rejected": [_turn("user", "Hi"), _turn("assistant", "Hello"), _turn("user", "And?")],
+            },
+        )
+
+
+def test_message_lists_with_two_assistant_turns_in_a_row_are_quarantined() -> None:
+    conversation = [
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello!"},
+        {"from": "gpt", "value": "How can I help?"},
+    ]
+    with pytest.raises(RecordError, match=r"two assistant turns in a row \(turns 1 and 2\)"):
+        run_mapping("sharegpt", {"conversations": conversation})
+    # The source says so by naming two different speakers.
+    named = [
+        _turn("user", "Debate it."),
+        {"role": "assistant", "content": "Yes.", "name": "pro"},
+        {"role": "assistant", "content": "No.", "name": "con"},
+    ]
+    (row,) = run_mapping("openai", {"messages": named})
+    assert [m.get("name") for m in row.messages] == [None, "pro", "con"]
+
+
+def test_role_marker_inside_an_assistant_message_is_quarantined() -> None:
+    messages = [_turn("user", "Hi"), _turn("assistant", "Hello!\n\nHuman: thanks\n\nAssistant: welcome")]
+    with pytest.raises(RecordError, match="role marker \\('Human:'\\) inside assistant text"):
+        run_mapping("openai", {"messages": messages})
+    # A user pasting a transcript is content, not a marker.
+    pasted = [_turn("user", "Summarise:\n\nHuman: hi\n\nAssistant: yo"), _turn("assistant", "A greeting.")]
+    assert run_mapping("openai", {"messages": pasted})
