@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -205,22 +205,59 @@ def _parse_json_object(text: str) -> tuple[Any, str | None]:
 
 def read_jsonl(path: Path, max_bytes: int | None, skip_bom: bool = True, parse: bool = True) -> Iterator[Record]:
     """One JSON object per line; blank lines are not records. ``parse=False`` leaves each line unparsed
-    (``value`` and ``error`` None) for :func:`parse_record` to finish, e.g. in a worker process."""
-    for record_no, line_no, text in _jsonl_lines(path, skip_bom):
-        record = Record(record_no, line_no, text)
+    (``value`` and ``error`` None) for :func:`parse_record` to finish, e.g. in a worker process; a line over
+    ``max_bytes`` is an error either way (its text cut, see :func:`_jsonl_lines`)."""
+    for record_no, line_no, text, error in _jsonl_lines(path, skip_bom, max_bytes):
+        record = Record(record_no, line_no, text, error=error)
         yield parse_record(record, max_bytes) if parse else record
 
 
-def _jsonl_lines(path: Path, skip_bom: bool = True) -> Iterator[tuple[int, int, str]]:
-    """``(record number, line number, text)`` of each line of a JSONL file that is a record (not blank)."""
+OVERSIZED_TEXT_KEPT = 1 << 20
+"""Bytes of a line over ``ingest.max_record_bytes`` kept as its raw text (quarantine shows the beginning of
+that): the line itself may be gigabytes without a newline (a sparse or binary file), and is never held
+whole."""
+
+
+def _jsonl_lines(
+    path: Path, skip_bom: bool = True, max_bytes: int | None = None
+) -> Iterator[tuple[int, int, str, str | None]]:
+    """``(record number, line number, text, error)`` of each line of a JSONL file that is a record (not
+    blank). A line longer than ``max_bytes`` is read in pieces and not kept whole: its text is its first
+    :data:`OVERSIZED_TEXT_KEPT` bytes and its error says how long it was, so memory stays bounded by the
+    limit whatever the file holds."""
     record_no = 0
+    limit = None if max_bytes is None else max_bytes + 2  # the record, "\r\n", and one byte to know it is over
     with open_binary(path, skip_bom) as handle:
-        for line_no, line in enumerate(handle, start=1):
+        line_no = 0
+        while True:
+            line = handle.readline() if limit is None else handle.readline(limit)
+            if not line:
+                return
+            line_no += 1
+            error = None
+            if limit is not None and len(line) == limit and not line.endswith(b"\n"):
+                line, size = _skip_rest_of_line(handle, line)
+                error = (
+                    f"oversized record: {size} bytes, over ingest.max_record_bytes={max_bytes} "
+                    "(raise the limit in the project file if such records are expected)"
+                )
             text = line.decode("utf-8", "surrogateescape").rstrip("\r\n")
-            if not text.strip():
+            if error is None and not text.strip():
                 continue
             record_no += 1
-            yield record_no, line_no, text
+            yield record_no, line_no, text, error
+
+
+def _skip_rest_of_line(handle: IO[bytes], start: bytes) -> tuple[bytes, int]:
+    """Read past the rest of a line begun with ``start``: its first :data:`OVERSIZED_TEXT_KEPT` bytes and its
+    length without the line break."""
+    kept, size = start[:OVERSIZED_TEXT_KEPT], len(start)
+    while not start.endswith(b"\n"):
+        start = handle.readline(_CHUNK_BYTES)
+        if not start:
+            break
+        size += len(start)
+    return kept, size - (2 if start.endswith(b"\r\n") else 1 if start.endswith(b"\n") else 0)
 
 
 def parse_record(record: Record, max_bytes: int | None) -> Record:
@@ -539,10 +576,12 @@ def read_chunks(path: Path, fmt: str, max_bytes: int | None, rows: int) -> Itera
     try:
         require_file(path)
         if fmt == "jsonl":
-            for record_no, line_no, text in _jsonl_lines(path):
+            for record_no, line_no, text, error in _jsonl_lines(path, True, max_bytes):
                 chunk.record_nos.append(record_no)
                 chunk.line_nos.append(line_no)
                 chunk.raw_texts.append(text)
+                chunk.values.append(None)
+                chunk.errors.append(error)
                 if len(chunk.record_nos) >= rows:
                     yield chunk.unparsed()
                     chunk = RecordChunk()

@@ -8,6 +8,7 @@ import glob
 import gzip
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -81,7 +82,24 @@ def _corpus(data: Path) -> dict[str, tuple[int, int]]:
     expected["data/pipe.jsonl"] = (0, 1)
     (data / "zero.jsonl").symlink_to("/dev/zero")  # reading it never ends: one entry
     expected[_shown("/dev/zero", data.parent)] = (0, 1)
+    # A gibibyte without a newline (a sparse file: no disk used): one oversized record, read in pieces.
+    _sparse(data / "sparse.jsonl", _good(11) + b"\n", _good(12) + b"\n")
+    expected["data/sparse.jsonl"] = (1, 1)
+    _sparse(data / "sparse.json", b"[" + json.dumps(GOOD).encode() + b",", json.dumps(GOOD).encode() + b"]")
+    expected["data/sparse.json"] = (1, 1)
     return expected
+
+
+SPARSE_BYTES = 1 << 30
+
+
+def _sparse(path: Path, head: bytes, tail: bytes) -> None:
+    """``head``, a hole of zero bytes up to :data:`SPARSE_BYTES`, then ``tail``."""
+    with path.open("wb") as handle:
+        handle.write(head)
+        handle.truncate(SPARSE_BYTES)
+        handle.seek(0, os.SEEK_END)
+        handle.write(tail)
 
 
 @pytest.mark.slow
@@ -105,6 +123,9 @@ def test_every_broken_shape_is_accounted_for_without_a_traceback(tmp_path: Path)
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
     assert time.monotonic() - started < 100, "the symlink loop or /dev/zero held the run up"
+    # No process of the run held a sparse file's gibibyte line (each was over 3 GiB when lines were read whole).
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 2 * SPARSE_BYTES // 1024, f"a process of the run reached {peak_kib // 1024} MiB"
 
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as connection:
         files = connection.execute(
