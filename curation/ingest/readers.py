@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -248,7 +248,7 @@ def _jsonl_lines(
             yield record_no, line_no, text, error
 
 
-def _skip_rest_of_line(handle: IO[bytes], start: bytes) -> tuple[bytes, int]:
+def _skip_rest_of_line(handle: gzip.GzipFile | io.BufferedReader, start: bytes) -> tuple[bytes, int]:
     """Read past the rest of a line begun with ``start``: its first :data:`OVERSIZED_TEXT_KEPT` bytes and its
     length without the line break."""
     kept, size = start[:OVERSIZED_TEXT_KEPT], len(start)

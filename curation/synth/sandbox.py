@@ -4,7 +4,7 @@ Layers, each used where this machine allows it (:func:`sandbox_capabilities` say
 
 * a fresh network namespace with only a downed loopback (``unshare --net``), so no
   connection can leave the box; without one, a best-effort ``socket`` blocker instead;
-* a fresh pid namespace whose init (our bootstrap) runs the code as pid 2: when the code
+* a fresh pid namespace whose init (our bootstrap) runs the code as its child: when the code
   exits or we kill the run, the kernel kills and reaps everything it started (no orphans,
   no zombies), and the code can neither see (own ``/proc``) nor signal processes outside it;
 * a fresh mount namespace in which every filesystem is read-only except the working
@@ -271,15 +271,12 @@ def _block_sockets():
 
 
 def _become_init(status_fd, lifeline_fd):
-    # We are pid 1 of a fresh pid namespace. Run the code as pid 2 and stay behind as a minimal
-    # init: reap orphans, and when pid 2 ends, report its raw wait status and exit, which makes
+    # We are pid 1 of a fresh pid namespace. Run the code as our child and stay behind as a minimal
+    # init: reap orphans, and when the child ends, report its raw wait status and exit, which makes
     # the kernel kill everything else left in the namespace. The same happens when the lifeline
     # reads end-of-file: the caller died (even by SIGKILL) and nobody will enforce the limits.
-    child = os.fork()
-    if child == 0:
-        os.close(status_fd)
-        os.close(lifeline_fd)
-        return
+    # The watcher starts before the code exists: a fork bomb in the child would otherwise use up RLIMIT_NPROC
+    # (which counts threads) before init could start it. The forked child has no copy of the thread.
     import threading
 
     def watch():
@@ -291,6 +288,11 @@ def _become_init(status_fd, lifeline_fd):
         os._exit(137)
 
     threading.Thread(target=watch, daemon=True).start()
+    child = os.fork()
+    if child == 0:
+        os.close(status_fd)
+        os.close(lifeline_fd)
+        return
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
