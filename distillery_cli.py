@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -435,6 +436,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="materialize the pipeline (or --select a subset) through Dagster")
@@ -446,16 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on this home")
-    ui.add_argument("--home")
+    ui.add_argument("--home", help="state folder (default: $DISTILLERY_HOME or ./.distillery)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=int, default=3000, help="port of the UI (default: 3000)")
     ui.set_defaults(func=cmd_ui)
 
     prev = sub.add_parser("preview", help="show what the cleaners and filters would do to a sample, writing nothing")
-    prev.add_argument("--config")
-    prev.add_argument("--home")
+    prev.add_argument("--config", help="project file (default: $DISTILLERY_CONFIG or the bundled demo)")
+    prev.add_argument("--home", help="state folder (default: $DISTILLERY_HOME or ./.distillery)")
     prev.add_argument("--table", default="deduped", help="table to sample (default: deduped)")
-    prev.add_argument("--sample", type=int, default=500)
+    prev.add_argument("--sample", type=int, default=500, help="rows to sample (default: 500)")
     prev.set_defaults(func=cmd_preview)
 
     aud = sub.add_parser(
@@ -496,7 +498,22 @@ def main(argv: list[str] | None = None) -> int:
     # The pipeline needs only transformers' tokenizers; its "PyTorch was not found" advice is noise here.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`distillery audit … | head`): stop quietly, as a tool killed by SIGPIPE
+        # would, and keep Python from reporting the same broken pipe again while it flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distillery")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -132,3 +132,40 @@ def test_command_line_errors_are_one_line_and_status_2(tmp_path: Path, case: str
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]
+
+
+def test_version_is_the_installed_package_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run_cli("--version", home=tmp_path / "home")
+    assert result.returncode == 0 and result.stdout.strip() == f"distillery {version('distillery')}"
+
+
+def test_audit_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`distillery audit ROW | head`: the reader leaves early; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "distillery.yaml"
+    (tmp_path / "x.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    config.write_text("sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT}\nformat: {tokenizer: t}\n")
+    home = tmp_path / "home"
+    assert run_cli("run", "--config", str(config), "--select", "raw", home=home).returncode == 0
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        (row_id,) = connection.execute("SELECT row_id FROM raw").fetchone()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first line is written
+    process = subprocess.run(
+        [sys.executable, "-m", "distillery_cli", "audit", row_id, "--home", str(home)],
+        cwd=REPO,
+        env=environment,
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(writer)
+    assert "Traceback" not in process.stderr and "BrokenPipeError" not in process.stderr, process.stderr
+    assert process.returncode == 141  # as a tool ended by SIGPIPE
