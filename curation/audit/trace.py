@@ -68,6 +68,8 @@ INFO_COLUMNS: tuple[str, ...] = (
 
 _JSON_FIELDS = ("generation_params", "parent_ids", "verification")
 _SKIP_TABLES = {"lineage", "provenance", "dedup_clusters", "quarantine"}
+MEMO_SUFFIX = "_memo"
+"""Tables of :mod:`curation.core.memo` (``filter_memo``, ``format_memo``)."""
 _KEY_COLUMNS = ("row_id", "candidate_id")  # how side tables name the row (a rejected candidate never was a row)
 _CONTENT_COLUMNS = {
     "messages",
@@ -226,7 +228,10 @@ def discover(connection: duckdb.DuckDBPyConnection) -> WarehouseTables:
     notes = sorted(
         t
         for t, cols in columns.items()
-        if set(_KEY_COLUMNS) & set(cols) and t not in datasets and t not in _SKIP_TABLES
+        if set(_KEY_COLUMNS) & set(cols)
+        and t not in datasets
+        and t not in _SKIP_TABLES
+        and not t.endswith(MEMO_SUFFIX)  # a stage's reuse bookkeeping (digests), not something done to the row
     )
     return WarehouseTables(tuple(datasets), tuple(notes), {t: tuple(c) for t, c in columns.items()})
 
