@@ -1,6 +1,6 @@
 """The Dagster code location: every asset, check, sensor, schedule and resource of Distillery."""
 
-from dagster import Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from assets.compliance import compliance_report
 from assets.deduped import deduped
@@ -31,7 +31,7 @@ RESOURCES = {
 # process per step (Dagster's default) made a UI run of the demo cost minutes of imports for seconds of work.
 distill_job = define_asset_job(
     "distill",
-    selection="*",
+    selection=AssetSelection.all(),
     description="Materialize every dataset version, the exports and the compliance report.",
     executor_def=in_process_executor,
 )

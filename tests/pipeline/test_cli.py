@@ -151,7 +151,8 @@ def test_audit_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     config.write_text("sources:\n  - {name: s, path: x.jsonl, mapping: alpaca, license: MIT}\nformat: {tokenizer: t}\n")
     home = tmp_path / "home"
-    assert run_cli("run", "--config", str(config), "--select", "raw", home=home).returncode == 0
+    ran = run_cli("run", "--config", str(config), "--select", "raw", home=home)
+    assert ran.returncode == 0 and "BetaWarning" not in ran.stderr, ran.stderr[-2000:]  # no noise on every run
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
         (row_id,) = connection.execute("SELECT row_id FROM raw").fetchone()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "DAGSTER_"))}
