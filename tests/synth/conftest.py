@@ -33,3 +33,11 @@ def _weaker_sandbox_where_the_full_one_is_missing(request: pytest.FixtureRequest
         patch.setattr(sandbox, "require_isolation", allowing)
         patch.setattr(code, "require_isolation", allowing)
         yield
+
+
+@pytest.fixture
+def no_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capability probe as on a machine without user namespaces (no ``unshare``): the plan it would pick."""
+    full = sandbox._plan()
+    plan = sandbox._Plan(full.python, None, False, full.drop_uid, full.python_version, ("simulated: no namespaces",))
+    monkeypatch.setattr(sandbox, "_plan", lambda: plan)

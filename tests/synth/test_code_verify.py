@@ -183,16 +183,6 @@ def _code_context(teacher: _Coder, allow_weaker: bool) -> Any:
     )
 
 
-@pytest.fixture
-def no_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The capability probe as on a machine without user namespaces."""
-    from curation.synth import sandbox
-
-    full = sandbox._plan()
-    plan = sandbox._Plan(full.python, None, False, full.drop_uid, full.python_version, ("simulated",))
-    monkeypatch.setattr(sandbox, "_plan", lambda: plan)
-
-
 @pytest.mark.fail_closed
 @pytest.mark.usefixtures("no_namespaces")
 def test_code_synthesis_refuses_an_incomplete_sandbox_before_asking_the_teacher() -> None:

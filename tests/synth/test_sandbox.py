@@ -366,16 +366,6 @@ def test_a_gigabyte_of_stdout_is_cut_at_the_file_size_limit() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The capability probe as on a machine without user namespaces (no ``unshare``): the plan it would pick."""
-    from curation.synth import sandbox
-
-    full = sandbox._plan()
-    plan = sandbox._Plan(full.python, None, False, full.drop_uid, full.python_version, ("simulated: no namespaces",))
-    monkeypatch.setattr(sandbox, "_plan", lambda: plan)
-
-
 @pytest.mark.fail_closed
 @pytest.mark.usefixtures("no_namespaces")
 def test_missing_namespaces_refuse_to_run_code_with_a_clear_error(tmp_path: Path) -> None:
