@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from curation.core.config import ConfigError, load_project
+from curation.core.config import ConfigError, ProjectConfig, load_project
 from curation.core.freshness import (
     Freshness,
     code_fingerprint,
@@ -120,7 +120,10 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     wait_for_pool(instance, say)  # a live run started elsewhere (the UI) holds the writer slot
     selection = None
     graph = _asset_graph(ASSETS)
-    freshness = _freshness(graph)
+    # Read once the home is ours (the file may have changed while this run waited), for the freshness
+    # decision and the engine alike.
+    config = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
+    freshness = _freshness(graph, config)
     if args.select:
         known = set(graph)
         names = [name.strip() for name in args.select.split(",") if name.strip()]
@@ -149,7 +152,7 @@ def _run_holding_home(args: argparse.Namespace) -> int:
         f"{os.environ.get('DISTILLERY_CONFIG', DEMO_CONFIG)}",
         file=sys.stderr,
     )
-    compute = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG))).compute
+    compute = config.compute
     # Connected (or started) before the run, so a Ray cluster that does not answer is one line before any
     # work; the steps run in this process and find the connection made.
     with use_engine(compute):
@@ -219,8 +222,7 @@ def _asset_graph(assets: Sequence[Any]) -> dict[str, list[str]]:
     return ordered
 
 
-def _freshness(graph: dict[str, list[str]]) -> Freshness:
-    config = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
+def _freshness(graph: dict[str, list[str]], config: ProjectConfig) -> Freshness:
     state = {}
     if warehouse_path().exists():
         with Warehouse(warehouse_path()).connect(read_only=True, on_wait=_say_waiting) as connection:
