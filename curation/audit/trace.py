@@ -32,6 +32,7 @@ from typing import Any
 
 import duckdb
 
+from curation.core.memo import MEMO_SUFFIX
 from curation.core.schema import COLUMNS
 from curation.core.warehouse import quote
 
@@ -68,8 +69,6 @@ INFO_COLUMNS: tuple[str, ...] = (
 
 _JSON_FIELDS = ("generation_params", "parent_ids", "verification")
 _SKIP_TABLES = {"lineage", "provenance", "dedup_clusters", "quarantine"}
-MEMO_SUFFIX = "_memo"
-"""Tables of :mod:`curation.core.memo` (``filter_memo``, ``format_memo``)."""
 _KEY_COLUMNS = ("row_id", "candidate_id")  # how side tables name the row (a rejected candidate never was a row)
 _CONTENT_COLUMNS = {
     "messages",

@@ -25,6 +25,9 @@ import duckdb
 from curation.core.warehouse import StagedWrite, fetch_one, quote, table_names
 
 MEMO_DDL = "row_id VARCHAR NOT NULL, digest UBIGINT NOT NULL, fingerprint VARCHAR NOT NULL"
+MEMO_SUFFIX = "_memo"
+"""How every memo table's name ends (``filter_memo``, ``format_memo``): readers of the warehouse that show
+what happened to a row (the audit) know them by it and leave this bookkeeping out."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ def plan_reuse(
     the rows whose outputs can be copied from the previous run: those matching the previous memo exactly,
     when every table in ``outputs`` (the previous outputs to copy from) exists. Drop the work table with
     :func:`drop_reuse` when done."""
+    if not memo.endswith(MEMO_SUFFIX):
+        raise ValueError(f"memo table {memo!r} must be named *{MEMO_SUFFIX}")
     connection = staged.connection
     selected = ", ".join(quote(column) for column in columns)
     new_memo = staged.create(memo, MEMO_DDL)
