@@ -1,6 +1,6 @@
 """The Dagster code location: every asset, check, sensor, schedule and resource of Distillery."""
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, JobDefinition, define_asset_job, in_process_executor
 
 from assets.compliance import compliance_report
 from assets.deduped import deduped
@@ -29,8 +29,16 @@ RESOURCES = {
 
 # In one process, as `distillery run` runs: every step writes the one DuckDB file in turn anyway, and a
 # process per step (Dagster's default) made a UI run of the demo cost minutes of imports for seconds of work.
+CODE_LOCATION = "distillery"
+"""The code location's name in workspace.yaml; Dagster names the repository of a ``Definitions`` object
+``__repository__``. Runs of ``distillery run`` carry both, as the UI's do."""
+REPOSITORY = "__repository__"
+DISTILL_JOB = "distill"
+"""The job of every asset and check: what `distillery run` executes (a subset of it for a selection), so its
+runs are this job's runs in the UI and can be re-executed there."""
+
 distill_job = define_asset_job(
-    "distill",
+    DISTILL_JOB,
     selection=AssetSelection.all(),
     description="Materialize every dataset version, the exports and the compliance report.",
     executor_def=in_process_executor,
@@ -44,3 +52,10 @@ defs = Definitions(
     sensors=[landing_files_sensor, run_failure_alert],
     resources=RESOURCES,
 )
+
+
+def distill() -> JobDefinition:
+    """The ``distill`` job with its resources bound, importable for Dagster's Python APIs that rebuild a job
+    from its module: ``execute_job(reconstructable(distill), instance, reexecution_options=...)`` re-executes a
+    run of ``distillery run`` (or of the UI) from Python, as the UI's Re-execute does."""
+    return defs.resolve_job_def(DISTILL_JOB)

@@ -41,19 +41,28 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _set_home(args: argparse.Namespace) -> None:
-    """--home / --config win over the environment; everything downstream reads the environment."""
+def _set_home(args: argparse.Namespace, writable: bool = True) -> None:
+    """--home / --config win over the environment; everything downstream reads the environment.
+
+    Commands that only read (``audit``, ``preview``, ``report --out``) pass ``writable=False``: they create
+    nothing in the home, so a home on a read-only disk or of another user can still be inspected."""
     if getattr(args, "home", None):
         os.environ["DISTILLERY_HOME"] = str(Path(args.home).resolve())
     os.environ.setdefault("DISTILLERY_HOME", str(Path(".distillery").resolve()))
     if getattr(args, "config", None):
         os.environ["DISTILLERY_CONFIG"] = str(Path(args.config).resolve())
     home = Path(os.environ["DISTILLERY_HOME"])
+    if home.is_file():
+        _fail(f"the Distillery home {home} is a file, not a folder; pass --home a folder (or set DISTILLERY_HOME)")
+    if not writable:
+        return
     try:
         os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     except OSError as error:
-        what = "is a file, not a folder" if home.is_file() else f"cannot be created or written ({error.strerror})"
-        _fail(f"the Distillery home {home} {what}; pass --home a folder this user can write (or set DISTILLERY_HOME)")
+        _fail(
+            f"the Distillery home {home} cannot be created or written ({error.strerror or error}); pass --home a "
+            "folder this user can write (or set DISTILLERY_HOME)"
+        )
     if not os.access(home, os.W_OK | os.X_OK):
         _fail(f"the Distillery home {home} is not writable by this user; pass --home a folder it can write")
 
@@ -105,8 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_holding_home(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from definitions import ASSETS, CHECKS, RESOURCES
-    from resources.recovery import PID_TAG, recover_dead_runs, wait_for_pool
+    from definitions import ASSETS
+    from resources.recovery import recover_dead_runs, wait_for_pool
 
     def say(message: str) -> None:
         print(f"recovery: {message}", file=sys.stderr)
@@ -118,23 +127,18 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     for leftover in sweep_stale_workdirs():  # code sandboxes of a killed run: already dead, their folders not
         say(f"removed {leftover}, the working folder of a code sandbox whose run was killed")
     wait_for_pool(instance, say)  # a live run started elsewhere (the UI) holds the writer slot
-    selection = None
+    selection: dg.AssetSelection | None = None
     graph = _asset_graph(ASSETS)
     # Read once the home is ours (the file may have changed while this run waited), for the freshness
     # decision and the engine alike.
     config = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
     freshness = _freshness(graph, config)
     if args.select:
-        known = set(graph)
-        names = [name.strip() for name in args.select.split(",") if name.strip()]
-        unknown = [name for name in names if name.rstrip("+") not in known]
-        if unknown:
-            print(f"error: unknown asset(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
+        try:
+            selection = _parse_select(args.select, set(graph))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
             return 2
-        selection = dg.AssetSelection.assets(*[n for n in names if not n.endswith("+")])
-        downstream = [n.rstrip("+") for n in names if n.endswith("+")]
-        if downstream:
-            selection = selection | dg.AssetSelection.assets(*downstream).downstream()
     elif not args.force:
         stale = freshness.stale()
         if not stale:
@@ -146,6 +150,13 @@ def _run_holding_home(args: argparse.Namespace) -> int:
             up_to_date = ", ".join(a for a in graph if a not in stale)
             print(f"Up to date, not run again: {up_to_date}", file=sys.stderr)
             selection = dg.AssetSelection.assets(*stale)
+    # Job subsets are asset keys; the checks of the selected assets come with them.
+    keys = sorted(selection.resolve(ASSETS)) if selection is not None else None
+    running = {key.to_user_string() for key in keys} if keys is not None else set(graph)
+    problems = _path_problems(config, running)
+    if problems:
+        print(f"error: {problems}", file=sys.stderr)
+        return 2
     _wait_for_readers()
     print(
         f"Distillery home: {os.environ['DISTILLERY_HOME']}\nProject file: "
@@ -158,14 +169,11 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     with use_engine(compute):
         if compute.engine != "local":
             print(f"Compute engine: {engine_description()}", file=sys.stderr)
-        result = dg.materialize(
-            [*ASSETS, *CHECKS],
-            selection=selection,
-            instance=instance,
-            resources=RESOURCES,
-            raise_on_error=False,
+        result = _execute_distill(
+            instance,
+            keys,
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-            tags={"distillery/cli": "run", PID_TAG: str(os.getpid())},
+            tags={"distillery/cli": "run"},
         )
     _print_summary(result)
     _record_freshness(freshness, result)
@@ -173,13 +181,109 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     if not result.success:
         for reason in _busy_failures(result):
             print(f"error: {reason}", file=sys.stderr)
-        print(
-            "\nThe run FAILED; see the errors above (the previous version of every table is intact).", file=sys.stderr
-        )
+        print(f"\nThe run FAILED; see the errors above. {_what_changed(freshness, result)}", file=sys.stderr)
         return 1
     if any(e.severity.value == "ERROR" for e in failed_checks):
         return 1
     return 0
+
+
+def _execute_distill(instance: Any, keys: list[Any] | None, run_config: dict[str, Any], tags: dict[str, str]) -> Any:
+    """Run the code location's ``distill`` job (the subset of ``keys``, or all of it) in this process, recorded
+    in ``instance`` as the UI records the runs it launches: under that job, with the origin of the workspace's
+    code location, so the UI's Re-execute (which finds the job through that origin) works on it. An ad-hoc
+    ``materialize`` showed as ``__ephemeral_asset_job__`` with Re-execute disabled, and ``execute_in_process``
+    records no origin, which Re-execute refuses.
+
+    No pid tag: a re-execution copies its parent's tags, and recovery would take the new run for this
+    process's dead one; the in-process executor records the pid in its first engine event, which
+    :func:`resources.recovery.run_pid` reads."""
+    import dagster as dg
+
+    # Dagster has no public API that creates a run with its code location's origin outside a code server:
+    # these are the calls `dagster job launch` makes (dagster is pinned to one minor version).
+    from dagster._core.execution.api import execute_run
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    import definitions
+
+    job = dg.reconstructable(definitions.distill)
+    if keys is not None:
+        job = job.get_subset(asset_selection=frozenset(keys))  # the checks of those assets come with them
+    (location,) = [
+        origin
+        for origin in location_origins_from_yaml_paths([str(PROJECT_ROOT / "workspace.yaml")])
+        if origin.location_name == definitions.CODE_LOCATION
+    ]
+    run = instance.create_run_for_job(
+        job_def=job.get_definition(),
+        run_config=run_config,
+        tags=tags,
+        asset_selection=frozenset(keys) if keys is not None else None,
+        remote_job_origin=RemoteJobOrigin(
+            RemoteRepositoryOrigin(location, definitions.REPOSITORY), definitions.DISTILL_JOB
+        ),
+        job_code_origin=job.get_python_origin(),
+    )
+    return execute_run(job, run, instance)
+
+
+def _parse_select(text: str, known: set[str]) -> Any:
+    """``--select``: comma-separated asset names; ``name+`` adds everything downstream of ``name``,
+    ``+name`` everything upstream (what it is made from), ``+name+`` both."""
+    import dagster as dg
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"--select names no asset; known: {sorted(known)}")
+    unknown = [item for item in items if item.strip("+") not in known]
+    if unknown:
+        raise ValueError(f"unknown asset(s) {unknown}; known: {sorted(known)} (name+ adds downstream, +name upstream)")
+    selection = None
+    for item in items:
+        name = item.strip("+")
+        part = dg.AssetSelection.assets(name)
+        if item.startswith("+"):
+            part = part | dg.AssetSelection.assets(name).upstream()
+        if item.endswith("+"):
+            part = part | dg.AssetSelection.assets(name).downstream()
+        selection = part if selection is None else selection | part
+    return selection
+
+
+def _path_problems(config: ProjectConfig, running: set[str]) -> str | None:
+    """The message for the files this run would read and cannot (sources for ``raw``, benchmarks for
+    ``formatted``), or None: checked before any step, so no table is touched."""
+    from curation.core.home import project_config_path
+    from curation.core.preflight import benchmark_path_problems, describe, source_path_problems
+
+    problems = source_path_problems(config) if "raw" in running else []
+    problems += benchmark_path_problems(config) if "formatted" in running else []
+    return describe(project_config_path(), problems) if problems else None
+
+
+def _what_changed(freshness: Freshness, result: Any) -> str:
+    """After a failed run, which assets it replaced (each committed step replaces its tables in one
+    transaction and then reports the materialization) and which keep the version they had before."""
+    changed: dict[str, str] = {}
+    for event in result.get_asset_materialization_events():
+        name = event.materialization.asset_key.to_user_string()
+        metadata = event.materialization.metadata
+        version, rows = metadata.get("data_version"), metadata.get("dagster/row_count")
+        before = freshness.state.get(name)
+        was = (
+            f"was {before.row_count} rows, {before.data_version}"
+            if before is not None and before.data_version
+            else "was not recorded"
+        )
+        changed[name] = f"{was}; now {rows.value if rows else '-'} rows, {version.value if version else '-'}"
+    if not changed:
+        return "No table was changed: every asset keeps its previous version."
+    kept = [name for name in freshness.graph if name not in changed]
+    lines = ["Replaced by this run:", *(f"  {name} ({what})" for name, what in changed.items())]
+    lines.append(f"Not changed by this run (each keeps what it had before): {', '.join(kept) if kept else 'none'}.")
+    return "\n".join(lines)
 
 
 def _say_waiting(message: str) -> None:
@@ -289,17 +393,25 @@ def _print_summary(result: object) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     _set_home(args)
+    _load_config_or_exit()
     # The dagster script of this interpreter's environment, so `.venv/bin/distillery ui` works unactivated.
     beside = Path(sys.executable).parent / "dagster"
     dagster = str(beside) if beside.exists() else shutil.which("dagster") or "dagster"
     command = [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}", file=sys.stderr)
+    # The webserver, the daemon and the code server they start inherit this environment: DISTILLERY_CONFIG
+    # (from --config) is the project the code location loads, so runs launched in the UI use it too.
+    settings = " ".join(
+        f"{name}={os.environ[name]}"
+        for name in ("DISTILLERY_HOME", "DISTILLERY_CONFIG", "DAGSTER_HOME")
+        if name in os.environ
+    )
+    print(f"{settings} {' '.join(command)}", file=sys.stderr)
     return subprocess.call(command, cwd=PROJECT_ROOT)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Run the cleaners and filters on a sample of a table and print what they would do."""
-    _set_home(args)
+    _set_home(args, writable=False)
     _load_config_or_exit()
     import duckdb
 
@@ -343,7 +455,7 @@ def _open_read_only(timeout_s: float = 10.0):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """The full chain of one row (by row_id or file#record) back to the raw records, and where it went."""
-    _set_home(args)
+    _set_home(args, writable=False)
     from curation.audit.trace import RowNotFound, audit_row
     from curation.core.warehouse import WarehouseBusy
 
@@ -366,7 +478,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the compliance report of a dataset version (Markdown, HTML, JSON, violations.csv)."""
-    _set_home(args)
+    _set_home(args, writable=False)  # only the report's folder is written (--out, or reports/ in the home)
     _load_config_or_exit()
     from curation.audit.report import CompliancePolicy, build_report, write_report
     from curation.audit.trace import discover
@@ -396,6 +508,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             paths = write_report(connection, report, out)
     except (FileNotFoundError, WarehouseBusy, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the report's folder: a home on a read-only disk, or of another user
+        where = error.filename or (args.out or reports_dir())
+        print(
+            f"error: the report cannot be written to {where} ({error.strerror or error}); pass --out a folder "
+            "this user can write",
+            file=sys.stderr,
+        )
         return 2
     print(report.summary_markdown())
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
@@ -444,12 +564,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="materialize the pipeline (or --select a subset) through Dagster")
     run.add_argument("--config", help="project file (default: $DISTILLERY_CONFIG or the bundled demo)")
     run.add_argument("--home", help="state folder (default: $DISTILLERY_HOME or ./.distillery)")
-    run.add_argument("--select", help="comma-separated assets, e.g. raw,deduped; filtered+ adds everything downstream")
+    run.add_argument(
+        "--select",
+        help="comma-separated assets, e.g. raw,deduped; filtered+ adds everything downstream, +formatted "
+        "everything upstream",
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--force", action="store_true", help="materialize every asset, even those that are up to date")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on this home")
+    ui.add_argument(
+        "--config", help="project file runs launched in the UI use (default: $DISTILLERY_CONFIG or the bundled demo)"
+    )
     ui.add_argument("--home", help="state folder (default: $DISTILLERY_HOME or ./.distillery)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     ui.add_argument("--port", type=int, default=3000, help="port of the UI (default: 3000)")

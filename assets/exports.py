@@ -40,7 +40,9 @@ def exports(
         info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
         exported_rows = count_rows(connection, "formatted")
         workers = workers_for(exported_rows, config.compute.workers)
-        result = write_export(connection, root, info, batch_rows=config.ingest.batch_rows, workers=workers)
+        result = write_export(
+            connection, root, info, batch_rows=config.ingest.batch_rows, workers=workers, log=context.log.info
+        )
     manifest = result.manifest
     context.log.info(
         f"exports: data version {result.data_version} at {result.path}"

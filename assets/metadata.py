@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -17,8 +18,15 @@ from dagster import (
 )
 
 from curation.core.markdown import counts_table, markdown_table
-from curation.core.schema import COLUMN_SPECS
-from curation.core.warehouse import content_hash, count_by, count_rows, sample_records, table_columns
+from curation.core.schema import COLUMN_SPECS, COLUMNS
+from curation.core.warehouse import (
+    content_hash,
+    count_by,
+    count_rows,
+    sample_records,
+    table_columns,
+    unstaged_name,
+)
 
 PREVIEW_COLUMNS = ("row_id", "kind", "source", "license", "origin", "messages")
 _DAGSTER_TYPES = {
@@ -46,14 +54,103 @@ def table_schema(connection: duckdb.DuckDBPyConnection, table: str) -> TableSche
     )
 
 
-def column_lineage(parents: Sequence[str], columns: Sequence[str] | None = None) -> TableColumnLineage:
-    """Each canonical column of a derived dataset comes from the same column of its parents."""
-    names = columns or [name for name, _, _ in COLUMN_SPECS]
-    return TableColumnLineage(
-        deps_by_column={
-            name: [TableColumnDep(asset_key=AssetKey(parent), column_name=name) for parent in parents] for name in names
-        }
-    )
+@dataclass(frozen=True)
+class ColumnDep:
+    """One column of a parent dataset that a column is made from. ``copied``: the value is that column of
+    the parent row, unchanged (the row a row comes from: same ``row_id``, its ``lineage`` edge, or
+    ``formatted.parent_id``); the pipeline tests check every copied dependency against a demo run."""
+
+    asset: str
+    column: str
+    copied: bool = False
+
+
+def _copied(parent: str, columns: Sequence[str]) -> dict[str, tuple[ColumnDep, ...]]:
+    return {column: (ColumnDep(parent, column, copied=True),) for column in columns}
+
+
+def _made_from(parent: str, *columns: str) -> tuple[ColumnDep, ...]:
+    return tuple(ColumnDep(parent, column) for column in columns)
+
+
+_CONTENT = ("kind", "messages", "chosen", "rejected", "score", "text")
+"""What a derived row id hashes besides its parent's id (:func:`curation.core.schema.derived_id`)."""
+_RENDERED = ("kind", "messages", "chosen", "rejected", "text")
+"""What the chat template renders (:mod:`curation.format.render`)."""
+_PASSED_ON = ("kind", "score", "source", "source_uri", "license", "origin", "generator", "annotator", "ingested_at")
+"""Columns dedup and the filters pass on as they are."""
+
+COLUMN_LINEAGE: Mapping[str, Mapping[str, tuple[ColumnDep, ...]]] = {
+    # Edited rows (repeats, boilerplate removed) get an id derived from the parent's and the new content;
+    # a kept row lists the copies it absorbed (their id, source, licence, place) in extra.dedup_sources.
+    "deduped": {
+        "row_id": _made_from("raw", "row_id", *_CONTENT),
+        **{column: _made_from("raw", column) for column in ("messages", "chosen", "rejected", "text")},
+        "extra": _made_from("raw", "extra", "row_id", "source", "license", "source_uri"),
+        **_copied("raw", _PASSED_ON),
+    },
+    # Cleaners edit the texts in place; an edited row gets a derived id.
+    "filtered": {
+        "row_id": _made_from("deduped", "row_id", *_CONTENT),
+        **{column: _made_from("deduped", column) for column in ("messages", "chosen", "rejected", "text")},
+        **_copied("deduped", (*_PASSED_ON, "extra")),
+    },
+    # From seed rows where a method has them (templates and code problems have none). `generator` and `origin`
+    # name the teacher and the method, not a column: no dependency. Perturbation and reverse instruction keep
+    # the seed's kind, source, place, annotator and extra; the licence combines the seeds' with the teacher's.
+    "synthetic": {
+        "row_id": _made_from("filtered", "row_id", "messages"),
+        "messages": _made_from("filtered", "messages", "text"),
+        "chosen": _made_from("filtered", "messages"),
+        "rejected": _made_from("filtered", "messages"),
+        "license": _made_from("filtered", "license"),
+        "extra": _made_from("filtered", "extra"),
+        **{column: _made_from("filtered", column) for column in ("kind", "source", "source_uri", "annotator")},
+    },
+    # Real rows and accepted synthetic rows, each unchanged.
+    "synthetic_mixed": {
+        column: (ColumnDep("filtered", column, copied=True), ColumnDep("synthetic", column, copied=True))
+        for column in COLUMNS
+    },
+    # A formatted row is its input row rendered: a new id, the input's id in parent_id.
+    "formatted": {
+        "row_id": _made_from("synthetic_mixed", "row_id"),
+        "parent_id": (ColumnDep("synthetic_mixed", "row_id", copied=True),),
+        "messages": _made_from("synthetic_mixed", "messages"),  # as rendered: system prompt, dropped turns
+        "split": _made_from("synthetic_mixed", "row_id", "kind", "source"),
+        "subset": _made_from("synthetic_mixed", "row_id"),
+        **{
+            column: _made_from("synthetic_mixed", *_RENDERED)
+            for column in (
+                "text",
+                "prompt_text",
+                "chosen_text",
+                "rejected_text",
+                "n_tokens",
+                "input_ids",
+                "assistant_mask",
+                "mask_source",
+                "truncation",
+                "round_trip",
+                "generation_prompt_ok",
+            )
+        },
+        **_copied("synthetic_mixed", ("chosen", "rejected", "extra", *_PASSED_ON)),
+    },
+}
+"""Where each column of each dataset comes from, as each stage makes it; a column left out has no parent
+column (``raw``'s come from files, ``template_id`` from the tokenizer, ``synthetic.generator`` from the
+teacher). Reported as ``dagster/column_lineage``."""
+
+
+def column_lineage(asset: str, parents: Sequence[str]) -> TableColumnLineage | None:
+    """:data:`COLUMN_LINEAGE` of ``asset`` over the ``parents`` its caller reads (None when none is declared)."""
+    declared = {
+        column: [TableColumnDep(asset_key=AssetKey(d.asset), column_name=d.column) for d in deps if d.asset in parents]
+        for column, deps in COLUMN_LINEAGE.get(asset, {}).items()
+    }
+    deps_by_column = {column: deps for column, deps in declared.items() if deps}
+    return TableColumnLineage(deps_by_column=deps_by_column) if deps_by_column else None
 
 
 def dataset_metadata(
@@ -61,16 +158,19 @@ def dataset_metadata(
     table: str,
     parents: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Row count, schema, column lineage, breakdowns and a preview for a canonical dataset table."""
+    """Row count, schema, column lineage, breakdowns and a preview for a canonical dataset table (its staging
+    table while the asset writes it). ``parents``: the assets it is made from; the column lineage reported is
+    what :data:`COLUMN_LINEAGE` declares for the table over those."""
     rows = count_rows(connection, table)
     metadata: dict[str, Any] = {
         "dagster/row_count": int(rows),
-        "dagster/table_name": f"warehouse.main.{table}",
+        "dagster/table_name": f"warehouse.main.{unstaged_name(table)}",
         "dagster/column_schema": table_schema(connection, table),
         "data_version": content_hash(connection, table),
     }
-    if parents:
-        metadata["dagster/column_lineage"] = column_lineage(parents)
+    lineage = column_lineage(unstaged_name(table), parents)
+    if lineage is not None:
+        metadata["dagster/column_lineage"] = lineage
     summary = []
     for column in ("kind", "source", "license", "origin"):
         counts = count_by(connection, table, column)

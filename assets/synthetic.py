@@ -9,6 +9,7 @@ from curation.core.markdown import markdown_table
 from curation.core.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA
 from curation.core.schema import rows_to_table, utcnow
 from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
+from curation.synth.ingested import insert_ingested_provenance
 from curation.synth.stage import REJECTIONS_DDL, REJECTIONS_SCHEMA, SynthesisPlan, seed_rows
 from resources import ProjectResource, WarehouseResource
 from resources.teachers import TeacherResource
@@ -36,13 +37,17 @@ def synthetic(
         warehouse.get().write("synthetic") as staged,
     ):
         seeds = seed_rows(staged.connection, "filtered", plan.methods, plan.seed)
-        result = plan.run(model, judge, seeds, created_at)
+        context.log.info(f"synthetic: {len(seeds):,} seed rows from filtered")
+        result = plan.run(model, judge, seeds, created_at, log=context.log.info)
         table = staged.create("synthetic", canonical_ddl())
         provenance = staged.create("provenance", PROVENANCE_DDL)
         rejections = staged.create("synthetic_rejections", REJECTIONS_DDL)
         lineage = staged.partition("lineage", LINEAGE_DDL)
         staged.append(table, rows_to_table(result.rows()))
         staged.append_rows(provenance, result.provenance_records(), PROVENANCE_SCHEMA)
+        insert_ingested_provenance(
+            staged.connection, staged.staging_name("provenance"), "filtered", plan.registry, created_at
+        )
         staged.append_rows(lineage, result.lineage_edges(), LINEAGE_SCHEMA)
         staged.append_rows(rejections, result.rejection_records(), REJECTIONS_SCHEMA)
         metadata = dataset_metadata(staged.connection, staged.staging_name("synthetic"), parents=["filtered"])

@@ -201,8 +201,9 @@ def license_check(asset: str) -> AssetChecksDefinition:
         name="licenses_allowed",
         blocking=True,
         pool=POOL,
-        description=f"Every {asset} row's licence allows the project's policy.intended_use "
-        "(curation.core.licenses; the project's policy.licenses extend the table).",
+        description=f"Every {asset} row's licence (each id of its expression) and, for a model-made row, its "
+        "generator's terms (policy.teachers) allow the project's policy.intended_use (curation.core.licenses; the "
+        "project's policy.licenses extend the table).",
     )
     def _check(
         context: AssetCheckExecutionContext, project: ProjectResource, warehouse: WarehouseResource
@@ -217,7 +218,12 @@ def license_check(asset: str) -> AssetChecksDefinition:
                 "intended_use": config.policy.intended_use,
                 "rows_disallowed": sum(b["rows"] for b in bad),
                 "licenses": MetadataValue.md(markdown_table(breakdown)),
-                "disallowed": MetadataValue.json({str(b["license"]): b["why_not"] for b in bad}),
+                "disallowed": MetadataValue.json(
+                    {
+                        str(b["license"]) + (f" (generator {b['generator']})" if b["generator"] else ""): b["why_not"]
+                        for b in bad
+                    }
+                ),
             },
         )
 

@@ -29,7 +29,7 @@ import html
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import combinations
@@ -39,8 +39,9 @@ from typing import Any
 import duckdb
 
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
+from curation.core.progress import reported
 from curation.core.schema import iter_rows
-from curation.core.warehouse import quote, read_batches, sample_sql, table_names
+from curation.core.warehouse import count_rows, quote, read_batches, sample_sql, table_names
 
 VERSIONS: tuple[str, ...] = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
 """Dataset versions inspected, in pipeline order (the five of the spine plus the teacher's output)."""
@@ -702,11 +703,16 @@ def plots(version: VersionInspection) -> dict[str, bytes]:
     }
 
 
-def inspect_versions(connection: duckdb.DuckDBPyConnection) -> tuple[list[VersionInspection], list[str]]:
+def inspect_versions(
+    connection: duckdb.DuckDBPyConnection, log: Callable[[str], None] = lambda _: None
+) -> tuple[list[VersionInspection], list[str]]:
     """Every dataset version of :data:`VERSIONS` present in the warehouse, inspected; and the names of
-    those not materialized yet."""
+    those not materialized yet. ``log`` gets progress: rows of the versions inspected so far, of all."""
     present = table_names(connection)
-    inspected = [inspect_version(connection, version) for version in VERSIONS if version in present]
+    versions = [version for version in VERSIONS if version in present]
+    rows = {version: count_rows(connection, version) for version in versions}
+    progress = reported(versions, log, "inspection", sum(rows.values()), size=rows.__getitem__)
+    inspected = [inspect_version(connection, version) for version in progress]
     return inspected, [version for version in VERSIONS if version not in present]
 
 

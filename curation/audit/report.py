@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from curation.audit.trace import discover
-from curation.core.licenses import LicensePolicy
+from curation.core.licenses import LicensePolicy, license_ids
 from curation.core.markdown import counts_table, markdown_table
 from curation.core.schema import utcnow
 from curation.core.warehouse import quote
@@ -61,14 +61,17 @@ class CompliancePolicy:
         teachers = {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in (policy.teachers or {}).items()}
         return cls(policy.intended_use, LicensePolicy.with_overrides(policy.licenses), parse_model_registry(teachers))
 
-    def license_problem(self, spdx: str | None) -> tuple[str, str] | None:
-        """(rule, reason) when rows under ``spdx`` may not be used; unknown licences always are flagged."""
-        if self.licenses.lookup(spdx) is None:
-            return "unknown-licence", (
-                f"licence {spdx or '(missing)'} is unknown: declare its terms under policy.licenses"
-            )
-        allowed, why = self.licenses.allows(spdx, self.intended_use)
-        return None if allowed else ("licence", why)
+    def license_problems(self, expression: str | None) -> list[tuple[str, str]]:
+        """Every (rule, reason) for which rows under the licence expression may not be used, one per id:
+        each unknown id (always flagged, whatever the use), each id whose terms refuse the intended use."""
+        ids = license_ids(expression)
+        unknown = self.licenses.unknown_ids(expression) if ids else ["(missing)"]
+        problems = [
+            ("unknown-licence", f"licence {license_id} is unknown: declare its terms under policy.licenses")
+            for license_id in unknown
+        ]
+        problems += [("licence", why) for why in self.licenses.refusals(expression, self.intended_use, unknown=False)]
+        return problems
 
     def teacher_problem(self, model: str, recorded_license: str | None) -> tuple[str, str] | None:
         """(rule, reason) when data written by ``model`` may not be used for the intended use."""
@@ -80,9 +83,9 @@ class CompliancePolicy:
             )
         license_ = (entry.license if entry else None) or recorded_license
         if license_:
-            problem = self.license_problem(license_)
-            if problem:
-                return "teacher-licence", f"teacher {model}: {problem[1]}"
+            problems = self.license_problems(license_)
+            if problems:
+                return "teacher-licence", f"teacher {model}: " + "; ".join(reason for _, reason in problems)
             return None
         if entry is None and self.intended_use == "commercial":
             return "teacher-undeclared", (
@@ -178,7 +181,9 @@ def build_report(
             f"SELECT DISTINCT license FROM _report_rows UNION SELECT DISTINCT license FROM {target}"
         ).fetchall()
     ]
-    verdicts = [(lic, *(policy.license_problem(lic) or (None, None))) for lic in licences]
+    # One verdict row per (licence expression, problem): an expression is judged id by id.
+    no_problem: list[tuple[str | None, str | None]] = [(None, None)]
+    verdicts = [(lic, *problem) for lic in licences for problem in policy.license_problems(lic) or no_problem]
     _register(connection, "_report_lic", ["license", "rule", "reason"], verdicts)
     teachers = run("SELECT teacher, any_value(teacher_license) FROM _report_teachers GROUP BY 1").fetchall()
     teacher_verdicts = [(t, *(policy.teacher_problem(t, lic) or (None, None))) for t, lic in teachers]
@@ -196,6 +201,9 @@ def build_report(
           JOIN _report_rows r ON r.row_id = a.ancestor
           JOIN _report_lic v ON v.license IS NOT DISTINCT FROM r.license
           WHERE v.rule IS NOT NULL AND r.license IS DISTINCT FROM t.license
+            -- an ancestor's problem the row's own licence expression already carries is reported once, as its own
+            AND NOT EXISTS (SELECT 1 FROM _report_lic o WHERE o.license IS NOT DISTINCT FROM t.license
+                            AND o.reason = v.reason)
           GROUP BY t.row_id, t.source, t.source_uri, t.license, r.license, v.rule, v.reason
           UNION ALL
           SELECT t.row_id, t.source, t.source_uri, t.license, v.rule, v.reason
@@ -221,23 +229,39 @@ def build_report(
     ).fetchall()[0]
     if no_teacher:
         by_teacher["(none: human-written)"] = int(no_teacher)
-    obligations = _dicts(
+    # Whom the rows owe: every source row that reached the table (raw rows, the duplicates they absorbed) and
+    # every parentless row made from a seed pool or problem set outside raw, by licence id: a row under
+    # "A AND B" owes what A and B each require.
+    origins = _dicts(
         connection,
         """
-        SELECT license, source, string_agg(DISTINCT file, ', ' ORDER BY file) AS files,
-               count(DISTINCT row_id) AS source_rows
+        SELECT license, source, list(DISTINCT file ORDER BY file) AS files, count(DISTINCT row_id) AS source_rows
         FROM (SELECT r.row_id, r.license, r.source, split_part(r.source_uri, '#', 1) AS file
-              FROM _report_rows r WHERE r.in_raw) GROUP BY 1, 2 ORDER BY 1, 2""",
-    )  # every raw row that reached it
+              FROM _report_rows r
+              WHERE r.in_raw OR r.row_id NOT IN (SELECT child_id FROM _report_edges WHERE parent_id IS NOT NULL))
+        GROUP BY 1, 2""",
+    )
+    by_id: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in origins:
+        for license_id in license_ids(item["license"]) or ("(missing)",):
+            owed = by_id.setdefault((license_id, item["source"]), {"files": set(), "source_rows": 0})
+            owed["files"].update(item["files"])
+            owed["source_rows"] += int(item["source_rows"])
     attribution, share_alike, non_commercial = [], [], []
-    for item in obligations:
-        terms = policy.licenses.lookup(item["license"])
+    for (license_id, source), owed in sorted(by_id.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        row = {
+            "license": license_id,
+            "source": source,
+            "files": ", ".join(sorted(owed["files"])),
+            "source_rows": owed["source_rows"],
+        }
+        terms = policy.licenses.lookup(license_id)
         if terms and terms.attribution:
-            attribution.append(item)
+            attribution.append(row)
         if terms and terms.share_alike:
-            share_alike.append(item)
+            share_alike.append(row)
         if terms and not terms.commercial:
-            non_commercial.append(item)
+            non_commercial.append(row)
     teacher_rows = []
     recorded = {
         r["teacher"]: r
@@ -289,7 +313,9 @@ def build_report(
         ),
         violating_rows=int(run("SELECT count(DISTINCT row_id) FROM _report_violations").fetchall()[0][0]),
         violations_total=int(run("SELECT count(*) FROM _report_violations").fetchall()[0][0]),
-        unknown_licenses=sorted(str(lic) for lic, rule, _ in verdicts if rule == "unknown-licence"),
+        unknown_licenses=sorted(
+            {i for lic in licences for i in (policy.licenses.unknown_ids(lic) if license_ids(lic) else ["(missing)"])}
+        ),
     )
 
 

@@ -363,9 +363,11 @@ def load_project(path: str | Path) -> ProjectConfig:
 
 def stage_setting_problems(project: ProjectConfig) -> list[str]:
     """What the stages refuse in their sections — unknown filters or parameters, dedup steps, synthesis
-    methods and their settings — judged by the same registrations and builders the stages run, so a typo
-    fails when the file is loaded instead of halfway through a run."""
+    methods and their settings — and licences that are neither SPDX ids nor declared, judged by the same
+    registrations and builders the stages run, so a typo fails when the file is loaded instead of halfway
+    through a run."""
     # Imported here, not at the top: every stage imports this module for ProjectConfig.
+    from curation.core.licenses import undeclared_license_problems
     from curation.dedup.stage import plan_from_project
     from curation.filter.chain import project_chain
     from curation.synth.stage import SynthesisPlan
@@ -381,4 +383,4 @@ def stage_setting_problems(project: ProjectConfig) -> list[str]:
             check(project)
         except (ValueError, TypeError) as error:
             problems.append(str(error))
-    return problems
+    return problems + undeclared_license_problems(project)

@@ -2,8 +2,8 @@
 
 An asset is up to date when it was last materialized — with every one of its checks passing — from
 exactly what it would be materialized from now: the same code, the same project file and files it
-names (tokenizer, benchmarks), the same source files (for ``raw``) and the same data versions of its
-upstream assets. That is its *fingerprint*; ``asset_state`` in the warehouse keeps the fingerprint,
+names (tokenizer, benchmarks), the same source files and source settings (for ``raw``) and the same data
+versions of its upstream assets. That is its *fingerprint*; ``asset_state`` in the warehouse keeps the fingerprint,
 data version and row count of each asset's last good materialization. ``distillery run`` materializes
 only the assets whose fingerprint changed, and what depends on them.
 
@@ -27,6 +27,7 @@ import duckdb
 from curation.core.config import ProjectConfig
 from curation.core.warehouse import table_names
 from curation.ingest.readers import digest_or_reason, file_digest
+from curation.ingest.settings import settings_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_FOLDERS = ("curation", "assets", "checks", "resources", "sensors")
@@ -113,8 +114,12 @@ def format_fingerprint(config: ProjectConfig, tokenizer: str) -> str:
 
 
 def source_fingerprint(config: ProjectConfig) -> str:
-    """Every source file that matches now, with its content digest: ``raw``'s input."""
-    parts = [
+    """``raw``'s input: every source file that matches now with its content digest, and each source's
+    settings that shape its rows (:func:`~curation.ingest.settings.settings_fingerprint`, the key ingestion
+    itself re-reads a source by), so a settings change is a change of ``raw``'s input even where the
+    project file's hash is not part of the base."""
+    parts = [f"{source.name}:settings:{settings_fingerprint(config, source)}" for source in config.sources]
+    parts += [
         f"{source.name}:{path}:{digest_or_reason(path)}"  # an unreadable file is quarantined by raw, not a crash
         for source in config.sources
         for path in config.source_files(source)

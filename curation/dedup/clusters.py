@@ -45,7 +45,11 @@ class KeepPolicy:
     1. human before augmented before synthetic (``origin``; unknown last);
     2. more permissive licence (``license_rank``, default :func:`curation.core.licenses.permissiveness_rank`);
     3. higher quality (``quality``, default :func:`default_quality`);
-    4. earliest ``ingested_at``, then earliest in the input, then smallest ``row_id``.
+    4. earliest in the input: by source name, file and record number
+       (:data:`curation.core.warehouse.SOURCE_ORDER`), then smallest ``row_id``.
+
+    When a row was ingested is not a criterion: the same data keeps the same row whatever order its
+    sources were ingested in, and in however many runs.
     """
 
     quality: Callable[[Row], float] = default_quality
@@ -54,9 +58,9 @@ class KeepPolicy:
     CRITERIA: ClassVar[tuple[str, str, str]] = ("origin_rank", "license_order", "quality_order")
     """Names of criteria 1-3 as per-row columns (smaller is better), in :meth:`criteria` order."""
 
-    ORDER_SQL: ClassVar[str] = "origin_rank, license_order, quality_order, ingested_at IS NULL, ingested_at, position"
-    """The whole order in SQL over those columns, ``ingested_at`` and the row's input ``position``
-    (positions are unique, so ``row_id`` is never reached)."""
+    ORDER_SQL: ClassVar[str] = "origin_rank, license_order, quality_order, position"
+    """The whole order in SQL over those columns and the row's input ``position`` (its rank in
+    :data:`~curation.core.warehouse.SOURCE_ORDER`; positions are unique, so ``row_id`` is never reached)."""
 
     def criteria(self, row: Row) -> tuple[float, float, float]:
         """Criteria 1-3 of a row, smaller is better (the stage stores them as :attr:`CRITERIA`)."""
@@ -67,8 +71,7 @@ class KeepPolicy:
         )
 
     def sort_key(self, row: Row, position: int) -> tuple[Any, ...]:
-        ingested = row.get("ingested_at")
-        return (*self.criteria(row), ingested is None, str(ingested or ""), position, row.get("row_id") or "")
+        return (*self.criteria(row), position, row.get("row_id") or "")
 
     def choose(self, rows: Sequence[Row], positions: Sequence[int]) -> int:
         """Index (into ``rows``) of the row to keep."""
@@ -86,8 +89,6 @@ class KeepPolicy:
             )
         if a[2] != b[2]:
             return "higher quality signal (non-empty response, quality/score)"
-        if a[3:5] != b[3:5]:
-            return "ingested earlier"
         return "earlier in the input (all preference criteria tied)"
 
     @staticmethod
@@ -102,7 +103,6 @@ class KeepPolicy:
             "|| '; the removed row''s source and licence stay on record in dedup_clusters' "
             f"WHEN {k}.quality_order <> {r}.quality_order "
             "THEN 'higher quality signal (non-empty response, quality/score)' "
-            f"WHEN {k}.ingested_at IS DISTINCT FROM {r}.ingested_at THEN 'ingested earlier' "
             "ELSE 'earlier in the input (all preference criteria tied)' END"
         )
 
@@ -205,7 +205,7 @@ MEMBERS_DDL = (
 ``cluster_first`` the cluster's first row and ``step`` the step's number (together the order in which a
 kept row lists the copies it absorbed)."""
 
-_FACT_COLUMNS = ", ".join(("origin", "license", "ingested_at", *KeepPolicy.CRITERIA))
+_FACT_COLUMNS = ", ".join(("origin", "license", *KeepPolicy.CRITERIA))
 
 
 def kept_sql(groups: str, facts: str) -> str:

@@ -70,7 +70,6 @@ FACT_SCHEMA = pa.schema(
         ("row_id", pa.string()),
         ("origin", pa.string()),
         ("license", pa.string()),
-        ("ingested_at", pa.timestamp("us")),
         *((name, pa.float64()) for name in KeepPolicy.CRITERIA),
         ("edited", pa.bool_()),  # repeats or boilerplate removed from its texts
         ("exact_key", pa.string()),  # NULL: nothing to compare
@@ -115,7 +114,6 @@ def row_facts(row: Row, position: int, plan: DedupPlan, was_edited: bool) -> tup
         "row_id": row["row_id"],
         "origin": row.get("origin"),
         "license": row.get("license"),
-        "ingested_at": row.get("ingested_at"),
         **dict(zip(KeepPolicy.CRITERIA, plan.policy.criteria(row), strict=True)),
         "edited": was_edited,
         "exact_key": None,
@@ -149,11 +147,13 @@ def row_facts(row: Row, position: int, plan: DedupPlan, was_edited: bool) -> tup
 
 _Keys = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
 """A row's exact, prompt, response, rejected and signature keys, and the text near dedup compares."""
-_DECIDING: tuple[str, ...] = tuple(FACT_SCHEMA.names[5:])
+_COPIED: tuple[str, ...] = ("position", "row_id", "origin", "license")
+"""The fact columns copied from the input as they are."""
+_DECIDING: tuple[str, ...] = tuple(name for name in FACT_SCHEMA.names if name not in _COPIED)
 """The fact columns computed from a row's content (the others are copied from the input)."""
 _CONTENT_COLUMNS = ("kind", "text", "messages", "chosen", "rejected", "score", "extra", "origin", "license")
 """The input columns the facts are made of."""
-FACT_INPUTS: tuple[str, ...] = ("row_id", *_CONTENT_COLUMNS, "ingested_at")
+FACT_INPUTS: tuple[str, ...] = ("row_id", *_CONTENT_COLUMNS)
 """The input columns :func:`facts_batch` and :func:`texts_batch` read (nothing reads the others)."""
 
 
@@ -395,7 +395,7 @@ def facts_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch, 
             unsigned.setdefault(row_values[-1], text)
         paragraph_positions.extend([position] * len(keys))
         paragraphs.extend(keys)
-    copied = [_typed(batch.column(name), FACT_SCHEMA.field(name).type) for name in FACT_SCHEMA.names[:5]]
+    copied = [_typed(batch.column(name), FACT_SCHEMA.field(name).type) for name in _COPIED]
     computed = [
         pa.array(column, FACT_SCHEMA.field(name).type)
         for name, column in zip(_DECIDING, zip(*values, strict=True) if values else [[]] * len(_DECIDING), strict=True)

@@ -40,6 +40,7 @@ from curation.core.config import DedupConfig
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.normalize import NormalizeOptions
 from curation.core.parallel import map_ordered, preload_in_workers, workers_for
+from curation.core.progress import reported
 from curation.core.schema import COLUMNS
 from curation.core.warehouse import (
     LINEAGE_DDL,
@@ -264,7 +265,7 @@ def run_dedup(
     connection = staged.connection
     total = count_rows(connection, source)
     with _scratch(connection, staged.staging_name("dedup")) as db:
-        run = _Passes(db, plan, source, workers, _known_signatures(connection, plan))
+        run = _Passes(db, plan, source, workers, _known_signatures(connection, plan), log)
         connection.execute(
             f"CREATE TABLE {db.positions} AS SELECT row_id, row_number() OVER (ORDER BY {SOURCE_ORDER}) - 1 "
             f"AS position FROM {quote(source)}"
@@ -274,8 +275,9 @@ def run_dedup(
         db.create("replaced_keys", "near_key VARCHAR")
         signatures = staged.create("dedup_signatures", SIGNATURES_DDL)
         db.keyed.add(signatures)
-        run.over_rows("TRUE", total, facts_batch, (facts, db.paragraphs, signatures), inputs=FACT_INPUTS)
-        log(f"deduped: facts of {total:,} rows")
+        run.over_rows(
+            "deduped: facts", "TRUE", total, facts_batch, (facts, db.paragraphs, signatures), inputs=FACT_INPUTS
+        )
         _boilerplate(run, total, signatures)
         near_counts = _carry_signatures(db, signatures)
         log(
@@ -312,10 +314,12 @@ class _Passes:
     source: str
     workers: int | None
     known: np.ndarray  # the signature keys already stored (facts.key_bytes, sorted)
+    log: Callable[[str], None] = lambda _: None  # progress lines
     boilerplate: tuple[str, ...] = ()
 
     def over_rows(
         self,
+        label: str,
         where: str,
         rows: int,
         function: Callable[[pa.RecordBatch], tuple[pa.RecordBatch, ...]],
@@ -326,7 +330,8 @@ class _Passes:
     ) -> None:
         """``function`` over the batches of input rows (their ``inputs`` columns, with their ``position`` and
         any other ``columns`` of the ``joins``) that satisfy ``where``, each of its results appended to the
-        table of ``outputs`` at the same place."""
+        table of ``outputs`` at the same place. Progress goes to ``log`` under ``label``, counted by the first
+        output (one row per input row in every pass)."""
         selected = ", ".join(f"r.{quote(c)}" for c in inputs)
         sql = (
             f"SELECT p.position{columns}, {selected} FROM {quote(self.source)} AS r "
@@ -341,7 +346,7 @@ class _Passes:
             preload=("curation.dedup.preload",),
         )
         with self.db.appending(outputs) as append:
-            for batches in results:
+            for batches in reported(results, self.log, label, rows, size=lambda batches: batches[0].num_rows):
                 for table, batch in zip(outputs, batches, strict=True):
                     append(table, batch)
 
@@ -383,7 +388,14 @@ def _boilerplate(run: _Passes, total: int, signatures: str) -> None:
     connection.execute(f"INSERT INTO {db.replaced_keys} SELECT near_key FROM {db.facts} WHERE {stripped}")
     connection.execute(f"DELETE FROM {db.facts} WHERE {stripped}")
     (count,) = fetch_one(connection, f"SELECT count(*) FROM {db.stripped}")
-    run.over_rows(f"p.{stripped}", count, facts_batch, (db.facts, db.paragraphs, signatures), inputs=FACT_INPUTS)
+    run.over_rows(
+        "deduped: boilerplate rows again",
+        f"p.{stripped}",
+        count,
+        facts_batch,
+        (db.facts, db.paragraphs, signatures),
+        inputs=FACT_INPUTS,
+    )
 
 
 def _carry_signatures(db: _Scratch, signatures: str) -> dict[str, int]:
@@ -418,7 +430,8 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
     keys = np.empty((positions.size, bands), dtype=np.uint64)
     shingle_counts = np.zeros(positions.size, dtype=np.int64)
     signed = f"SELECT near_index, signature, shingles FROM {near_rows} JOIN {signatures} ON signature_key = near_key"
-    for batch in read_batches(connection, signed, batch_rows=16_384):
+    batches = read_batches(connection, signed, batch_rows=16_384)
+    for batch in reported(batches, log, "deduped: LSH band keys", positions.size, size=len):
         index = batch.column("near_index").to_numpy()
         keys[index] = band_keys(signature_matrix(batch.column("signature"), config.num_perm), bands, rows)
         shingle_counts[index] = batch.column("shingles").to_numpy()
@@ -510,6 +523,7 @@ def _candidate_texts(run: _Passes, cand: np.ndarray) -> Iterator[Callable[[np.nd
         connection.execute(f"CREATE TABLE {db.slots} AS SELECT * FROM _near_slots")
     db.create_like("candidate_texts", TEXT_SCHEMA)
     run.over_rows(
+        "deduped: texts of candidate pairs",
         "TRUE",
         ids.size,
         texts_batch,
@@ -567,7 +581,15 @@ def _publish(run: _Passes, staged: StagedWrite, survivors: str) -> int:
     count, total = fetch_one(
         connection, f"SELECT count(*) FILTER ({changed}), count(*) FROM {db.positions} AS p {kept}"
     )
-    run.over_rows(changed, count, published_batch, (deduped, lineage), columns=", f.edited, a.sources", joins=kept)
+    run.over_rows(
+        "deduped: publishing changed rows",
+        changed,
+        count,
+        published_batch,
+        (deduped, lineage),
+        columns=", f.edited, a.sources",
+        joins=kept,
+    )
     return int(total)
 
 

@@ -129,13 +129,20 @@ def _language_settings(language: Any, sources: Sequence[SourceConfig]) -> Any:
 
 
 def filter_settings(
-    filters: Mapping[str, Any], intended_use: str, licenses: Mapping[str, Any], sources: Sequence[SourceConfig] = ()
+    filters: Mapping[str, Any],
+    intended_use: str,
+    licenses: Mapping[str, Any],
+    sources: Sequence[SourceConfig] = (),
+    teachers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The project's filter settings, with the licence filter bound to the build's intended use and the
-    language filter to each source's ``allowed_languages``."""
+    """The project's filter settings, with the licence filter bound to the build's intended use, licence table
+    and model registry (``policy.teachers``), and the language filter to each source's ``allowed_languages``."""
     settings = dict(filters)
     if settings.get("license") is not False:
-        settings["license"] = {"intended_use": intended_use, "licenses": licenses} | dict(settings.get("license") or {})
+        bound: dict[str, Any] = {"intended_use": intended_use, "licenses": licenses}
+        if teachers:  # only when declared: a project without a registry keeps its chain fingerprint
+            bound["teachers"] = {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in teachers.items()}
+        settings["license"] = bound | dict(settings.get("license") or {})
     language = _language_settings(settings.get("language"), sources)
     if language is not None:
         settings["language"] = language
@@ -146,6 +153,8 @@ def project_chain(config: ProjectConfig) -> tuple[list[Cleaner], list[Filter]]:
     """The cleaners and filters a project file asks for, exactly as the `filtered` asset runs them."""
     cleaners = build_cleaners(config.filters.get("cleaners"))
     filters = build_filters(
-        filter_settings(config.filters, config.policy.intended_use, config.policy.licenses, config.sources)
+        filter_settings(
+            config.filters, config.policy.intended_use, config.policy.licenses, config.sources, config.policy.teachers
+        )
     )
     return cleaners, filters

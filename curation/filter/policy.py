@@ -18,6 +18,7 @@ from curation.filter.base import Filter, Verdict
 from curation.filter.batch import BatchTexts
 from curation.filter.pii import find_pii, pii_candidates
 from curation.filter.prefilter import any_of, wider_re2
+from curation.synth.terms import ModelTerms, parse_model_registry, row_refusals
 
 
 def _read_terms(path: str) -> list[str]:
@@ -98,36 +99,49 @@ class Blocklist(Filter):
 
 @dataclass(frozen=True)
 class LicenseFilter(Filter):
-    """Drop rows whose licence does not allow the build's intended use (policy in curation.core.licenses)."""
+    """Drop rows whose licence or model terms forbid the build's intended use, naming every reason.
+
+    Judged: every id of the row's licence expression (policy in curation.core.licenses), the terms recorded
+    in the row, and the terms of the model that wrote an ingested model-made row (``policy.teachers``; an
+    undeclared one is unknown terms, refused by a commercial build)."""
 
     name = "license"
     cost = 0.05
     intended_use: str = "research"
     licenses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    teachers: Mapping[str, Any] = field(default_factory=dict)  # policy.teachers: {model: {license, terms, forbids}}
 
     _policy: LicensePolicy = field(init=False, repr=False)
+    _registry: Mapping[str, ModelTerms] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.intended_use not in INTENDED_USES:
             raise ValueError(f"filter license: intended_use must be one of {INTENDED_USES}, got {self.intended_use!r}")
         object.__setattr__(self, "_policy", LicensePolicy.with_overrides(self.licenses))
+        object.__setattr__(self, "_registry", parse_model_registry(self.teachers))
+
+    @staticmethod
+    def _key(row: Row) -> tuple[Any, ...]:
+        """What the verdict depends on; a batch holds a few distinct ones."""
+        made_by = row.get("generator") if row.get("origin") not in (None, "human") else None
+        carried = (row.get("extra") or {}).get("terms") or {}
+        return (row.get("license"), made_by, tuple(carried.get("forbids") or ()), tuple(carried.get("models") or ()))
 
     def decide_batch(self, rows: Sequence[Row], fields: BatchTexts) -> list[Verdict]:
-        # The verdict depends on the licence alone, and a batch holds a few distinct ones.
-        by_license: dict[Any, Verdict] = {}
+        by_key: dict[tuple[Any, ...], Verdict] = {}
         verdicts = []
         for row in rows:
-            license_id = row.get("license")
-            if license_id not in by_license:
-                by_license[license_id] = self.decide(row)
-            verdicts.append(by_license[license_id])
+            key = self._key(row)
+            if key not in by_key:
+                by_key[key] = self.decide(row)
+            verdicts.append(by_key[key])
         return verdicts
 
     def decide(self, row: Row) -> Verdict:
-        allowed, why = self._policy.allows(row.get("license"), self.intended_use)
-        if allowed:
+        reasons = row_refusals(row, self.intended_use, self._policy, self._registry)
+        if not reasons:
             return None
-        return (why, row.get("license"))
+        return ("; ".join(reasons), row.get("license"))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from curation.core.warehouse import quote, read_batches
 from curation.filter.base import Cleaner, Filter
 from curation.filter.batch import BatchTexts
 from curation.filter.pii import batch_candidates, find_pii, pii_screen
+from curation.synth.terms import parse_model_registry, row_refusals
 
 EVERY_ROW_ENTITIES: tuple[str, ...] = ("PRIVATE_KEY", "URL_CREDENTIALS")
 """Looked for in every row even when the check scans a sample: the most damaging secrets, and their
@@ -106,12 +107,27 @@ def pii_left_in_every_row(
 def license_breakdown(
     connection: duckdb.DuckDBPyConnection, table: str, project: ProjectConfig
 ) -> list[dict[str, Any]]:
-    """Rows per licence in ``table`` and whether the project's policy allows it for its intended use."""
+    """Rows per licence (and, for model-made rows, generator) in ``table`` and whether the project's policy
+    allows them for its intended use: every refusal the licence filter would give (each id of the licence
+    expression, the generator's terms in ``policy.teachers``; :func:`curation.synth.terms.row_refusals`)."""
     policy = LicensePolicy.with_overrides(project.policy.licenses)
+    registry = parse_model_registry(
+        {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in (project.policy.teachers or {}).items()}
+    )
     result = []
-    for license_id, rows in connection.execute(
-        f"SELECT license, count(*) FROM {quote(table)} GROUP BY 1 ORDER BY 2 DESC, 1"
+    for license_id, generator, rows in connection.execute(
+        f"SELECT license, CASE WHEN origin <> 'human' THEN generator END, count(*) FROM {quote(table)} "
+        "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
     ).fetchall():
-        allowed, why = policy.allows(license_id, project.policy.intended_use)
-        result.append({"license": license_id, "rows": int(rows), "allowed": allowed, "why_not": why or None})
+        row = {"license": license_id, "origin": "synthetic" if generator else "human", "generator": generator}
+        reasons = row_refusals(row, project.policy.intended_use, policy, registry)
+        result.append(
+            {
+                "license": license_id,
+                "generator": generator,
+                "rows": int(rows),
+                "allowed": not reasons,
+                "why_not": "; ".join(reasons) or None,
+            }
+        )
     return result

@@ -393,7 +393,9 @@ def chain_fingerprint(config: ProjectConfig) -> str:
     filters, and the intended use, licences and per-source languages they are bound to)."""
     settings = {
         "cleaners": config.filters.get("cleaners"),
-        "filters": filter_settings(config.filters, config.policy.intended_use, config.policy.licenses, config.sources),
+        "filters": filter_settings(
+            config.filters, config.policy.intended_use, config.policy.licenses, config.sources, config.policy.teachers
+        ),
     }
     return stage_fingerprint(config, json.dumps(settings, sort_keys=True, default=repr))
 

@@ -59,7 +59,7 @@ import os
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +76,7 @@ import pyarrow.parquet as pq
 from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
 from curation.core.parallel import map_ordered
+from curation.core.progress import Progress
 from curation.core.schema import Row
 from curation.core.warehouse import count_rows, fetch_one, quote, read_batches, table_names
 from curation.ingest.readers import file_digest
@@ -1088,8 +1089,10 @@ def write_export(
     info: ExportInfo,
     batch_rows: int = 2_000,
     workers: int = 1,
+    log: Callable[[str], None] = lambda _line: None,
 ) -> ExportResult:
-    """Write (or reuse) the export of ``formatted`` under ``root/<data_version>/``.
+    """Write (or reuse) the export of ``formatted`` under ``root/<data_version>/``, reporting progress (rows
+    written of ``formatted``'s) through ``log``.
 
     Rows stream from DuckDB to JSONL one batch at a time, the lines built in ``workers`` processes (the
     files are the same for any count); Parquet follows from the JSONL or, for flat layouts, from the columns.
@@ -1102,7 +1105,7 @@ def write_export(
     staging.mkdir()
     writers = _ExportFiles(staging)
     try:
-        _write_files(connection, writers, batch_rows, workers)
+        _write_files(connection, writers, batch_rows, workers, log)
         files = writers.summary()
         rows: dict[str, dict[str, int]] = {}
         for relative, entry in files.items():
@@ -1154,26 +1157,37 @@ _WRITES_IN_FLIGHT = 4
 """Batches encoded and waiting for the writing thread, at most (bounds memory)."""
 
 
-def _write_files(connection: duckdb.DuckDBPyConnection, writers: _ExportFiles, batch_rows: int, workers: int) -> None:
+def _write_files(
+    connection: duckdb.DuckDBPyConnection,
+    writers: _ExportFiles,
+    batch_rows: int,
+    workers: int,
+    log: Callable[[str], None],
+) -> None:
     """Every row of ``formatted`` into the export files: batches read here, their lines encoded in ``workers``
     processes (results in order, so the files are the same for any count), and written, hashed and
     encoded as Parquet by one thread of their own, in order: file writes, hashing and Parquet encoding
     release the GIL, so they overlap reading and dispatching the next batches."""
     flat: deque[dict[str, pa.Table]] = deque()  # each batch's flat-layout tables, until its lines come back
+    sizes: deque[int] = deque()  # each batch's rows, until its lines come back
+    progress = Progress(log, "exports", count_rows(connection, "formatted"))
 
     def batches() -> Iterator[pa.RecordBatch]:
         for batch in _read_formatted(connection, batch_rows, writers.folder / ".spool"):
             flat.append(_flat_tables(batch))
+            sizes.append(batch.num_rows)
             yield batch.drop_columns([name for name in batch.schema.names if name.endswith(_PARSED)])
 
     with ThreadPoolExecutor(1, thread_name_prefix="export-writer") as writer:
         pending: deque[Future[None]] = deque()
         for chunks in map_ordered(_encode_batch, batches(), workers, preload=("curation.format.export",)):
             pending.append(writer.submit(writers.write_all, chunks, flat.popleft()))
+            progress.advance(sizes.popleft())
             while len(pending) > _WRITES_IN_FLIGHT:
                 pending.popleft().result()
         while pending:
             pending.popleft().result()
+    progress.finish()
 
 
 def _reuse(final: Path, staging: Path) -> ExportResult:

@@ -158,6 +158,9 @@ class MappingSpec:
     optional: frozenset[str]
     options: type[MappingOptions]
     kinds: tuple[str, ...]
+    version: int = 1
+    """Bumped when the function's rows change for the same record and settings: the sources it maps are
+    then read again (:func:`curation.ingest.settings.settings_fingerprint`), not carried over."""
 
     def parse_options(self, options: Mapping[str, Any]) -> MappingOptions:
         """A source's ``options`` as this mapping's settings (pydantic ``ValidationError`` if they do not fit)."""
@@ -195,13 +198,16 @@ def mapping(
     fields: Mapping[str, FieldKeys],
     optional: Collection[str] = (),
     options: type[MappingOptions] = NoOptions,
+    version: int = 1,
 ) -> Callable[[_Fn], _Fn]:
     """Register the decorated function as the mapping ``name``.
 
     ``doc``: what a record looks like (one line, shown in docs/mappings.md). ``kinds``: the row kinds it
     produces. ``fields``: logical field → default record key(s); the function reads only these, and a source
     can rename them. ``optional``: fields that may be absent. ``options``: the settings model of
-    ``options`` in the project file; the function receives it validated.
+    ``options`` in the project file; the function receives it validated. ``version``: raise it when a change
+    to the function changes the rows of records it already mapped, so files ingested with the old code are
+    read again instead of kept as they were (their content and settings did not change).
     """
 
     def register(function: _Fn) -> _Fn:
@@ -219,7 +225,9 @@ def mapping(
             )
         if not (isinstance(options, type) and issubclass(options, MappingOptions)):
             raise TypeError(f"mapping {name!r}: options must be a MappingOptions subclass, got {options!r}")
-        MAPPINGS[name] = MappingSpec(name, function, doc, dict(fields), frozenset(optional), options, tuple(kinds))
+        MAPPINGS[name] = MappingSpec(
+            name, function, doc, dict(fields), frozenset(optional), options, tuple(kinds), version
+        )
         return function
 
     return register

@@ -1,6 +1,7 @@
 """Ingest the project's sources into ``raw``: every record read (:mod:`curation.ingest.readers`) becomes
 canonical rows through its source's mapping (:mod:`curation.ingest.mappings`) or, with the reason, a
-``quarantine`` entry; ``ingested_files`` remembers each file's hash so unchanged files are not read again.
+``quarantine`` entry; ``ingested_files`` remembers each file's hash and the fingerprint of the settings it was
+read with (:mod:`curation.ingest.settings`), so a file is read again only when one of the two changed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow as pa
 from curation.core.config import ProjectConfig, SourceConfig
 from curation.core.parallel import gc_paused, map_ordered, preload_in_workers, workers_for
 from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
-from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_names
+from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_columns, table_names
 from curation.ingest.encoding import COLUMN_JSON, content_json
 from curation.ingest.files import project_files
 from curation.ingest.mappings import Mapped, RecordError, mapping_spec
@@ -37,6 +38,7 @@ from curation.ingest.readers import (
     read_chunks,
     read_records,
 )
+from curation.ingest.settings import settings_fingerprint
 
 preload_in_workers("curation.ingest.sources")
 
@@ -334,8 +336,11 @@ QUARANTINE_DDL = (
 )
 INGESTED_FILES_DDL = (
     "source VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT, records BIGINT, rows BIGINT, "
-    "quarantined BIGINT, ingested_at TIMESTAMP"
+    "quarantined BIGINT, ingested_at TIMESTAMP, settings VARCHAR"
 )
+INGESTED_FILES_COLUMNS = "source, file, sha256, bytes, records, rows, quarantined, ingested_at, settings"
+"""``settings``: the :func:`~curation.ingest.settings.settings_fingerprint` the file was read with (NULL in
+warehouses written before it was kept: their files are read again once)."""
 _QUARANTINE_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -358,6 +363,7 @@ class FileResult:
     records: int = 0
     rows: int = 0
     quarantined: int = 0
+    reason: str = ""  # why an ingested file was read: new file, file changed, settings or mapping code changed
 
 
 @dataclass
@@ -386,18 +392,26 @@ def ingest_sources(
 ) -> IngestSummary:
     """Write new versions of ``raw``, ``quarantine`` and ``ingested_files`` into ``staged``.
 
-    Files whose content hash was already ingested are carried over without being read again, so
-    re-ingesting unchanged files adds nothing; changed files replace their previous rows (a record they
-    still hold keeps the time it was first ingested); files that disappeared (or whose source was removed
-    from the project file) leave the tables.
+    Files whose content hash was already ingested with the same settings (the source's
+    :func:`~curation.ingest.settings.settings_fingerprint`) are carried over without being read again, so
+    re-ingesting unchanged files adds nothing; changed files, and every file of a source whose settings
+    changed, replace their previous rows (a record they still hold keeps the time it was first ingested);
+    files that disappeared (or whose source was removed from the project file) leave the tables.
     """
     connection = staged.connection
     existing = table_names(connection)
-    previous: dict[tuple[str, str], str] = {}
+    previous: dict[tuple[str, str], tuple[str, str | None]] = {}
     if "ingested_files" in existing:
+        # Warehouses written before the settings were kept have no column: NULL reads their files again once.
+        has_settings = "settings" in dict(table_columns(connection, "ingested_files"))
+        settings_column = "settings" if has_settings else "NULL"
         previous = {
-            (s, f): h for s, f, h in connection.execute("SELECT source, file, sha256 FROM ingested_files").fetchall()
+            (s, f): (h, fp)
+            for s, f, h, fp in connection.execute(
+                f"SELECT source, file, sha256, {settings_column} FROM ingested_files"
+            ).fetchall()
         }
+    fingerprints = {source.name: settings_fingerprint(project, source) for source in project.sources}
 
     planned = project_files(project)
     for source in project.sources:
@@ -416,7 +430,11 @@ def ingest_sources(
         )
         for p in planned
     ]
-    kept = [(s.name, shown) for s, _, shown, digest in plan if previous.get((s.name, shown)) == digest]
+    kept = [
+        (s.name, shown)
+        for s, _, shown, digest in plan
+        if previous.get((s.name, shown)) == (digest, fingerprints[s.name])
+    ]
     current = {(s.name, shown) for s, _, shown, _ in plan}
 
     raw_table = staged.create("raw", canonical_ddl())
@@ -427,8 +445,12 @@ def ingest_sources(
         connection.register("_kept", pa.table({"source": [k[0] for k in kept], "file": [k[1] for k in kept]}))
         for table, staging in (("raw", raw_table), ("quarantine", quarantine_table), ("ingested_files", files_table)):
             file_expr = "split_part(t.source_uri, '#', 1)" if table == "raw" else "t.file"
+            # A kept file's ingested_files row has the settings column (without it, no file is kept).
+            columns = (
+                "t.*" if table != "ingested_files" else ", ".join(f"t.{c}" for c in INGESTED_FILES_COLUMNS.split(", "))
+            )
             connection.execute(
-                f"INSERT INTO {staging} SELECT t.* FROM {quote(table)} t "
+                f"INSERT INTO {staging} SELECT {columns} FROM {quote(table)} t "
                 f"JOIN _kept k ON t.source = k.source AND {file_expr} = k.file"
             )
         connection.unregister("_kept")
@@ -440,11 +462,14 @@ def ingest_sources(
         (source, path, shown, digest) for source, path, shown, digest in plan if (source.name, shown) not in kept_set
     ]
     chunk_rows = project.ingest.batch_rows
+    reasons = {
+        (source.name, shown): _why_read(previous.get((source.name, shown)), digest) for source, _, shown, digest in todo
+    }
 
     def chunks() -> Iterator[tuple[FileTask, RecordChunk]]:
         for source, path, shown, _ in todo:
             if progress:
-                progress(f"ingesting {source.name}: {shown}")
+                progress(f"ingesting {source.name}: {shown} ({reasons[source.name, shown]})")
             task = FileTask.of(source, shown, ingested_at, project.ingest.max_record_bytes)
             for chunk in _file_chunks(source, path, read_by[source.name, path], task.max_bytes, chunk_rows):
                 yield task, chunk
@@ -458,7 +483,7 @@ def ingest_sources(
     with _transaction(connection):
         for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
             path, digest = file_digests[source_name, shown]
-            result = FileResult(source_name, shown, "ingested")
+            result = FileResult(source_name, shown, "ingested", reason=reasons[source_name, shown])
             numbering = RowNumbering(source_name, shown)
             pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
             for mapped in file_chunks:
@@ -473,7 +498,7 @@ def ingest_sources(
             if pending:
                 staged.append(raw_table, pa.concat_tables(pending))
             connection.execute(
-                f"INSERT INTO {files_table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO {files_table} ({INGESTED_FILES_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     result.source,
                     result.file,
@@ -483,12 +508,20 @@ def ingest_sources(
                     result.rows,
                     result.quarantined,
                     ingested_at,
+                    fingerprints[source_name],
                 ],
             )
             results.append(result)
     if todo and "raw" in existing:
         _keep_first_ingestion_times(connection, raw_table, ingested_at)
     return IngestSummary(results)
+
+
+def _why_read(previous: tuple[str, str | None] | None, digest: str) -> str:
+    """Why a file is read: what differs from the ``(sha256, settings)`` it was last ingested with."""
+    if previous is None:
+        return "new file"
+    return "file changed" if previous[0] != digest else "settings or mapping code changed"
 
 
 def _file_chunks(
@@ -525,7 +558,7 @@ def _keep_first_ingestion_times(connection: duckdb.DuckDBPyConnection, staged_ra
     """Give the records of files read again (they changed) that ``raw`` already held (the same id: same
     source, file and content) the time they were first ingested. A file that grew is then new rows plus
     rows exactly as they were: stages downstream see those rows unchanged (their memos reuse them), and
-    dedup's "ingested earlier" rule keeps the copy it kept before instead of switching to another file's."""
+    the audit shows when each record first arrived."""
     connection.execute(
         f"UPDATE {staged_raw} AS fresh SET ingested_at = previous.ingested_at FROM raw AS previous "
         "WHERE fresh.row_id = previous.row_id AND fresh.ingested_at = ? "

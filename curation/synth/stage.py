@@ -5,8 +5,9 @@ candidates with the reason and every verdict (``synthetic_rejections``)."""
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,11 +19,12 @@ import pyarrow as pa
 from curation.core.config import ProjectConfig
 from curation.core.hashing import stable_unit_sql
 from curation.core.licenses import LicensePolicy
+from curation.core.progress import Progress
 from curation.core.provenance import Provenance, TeacherInfo
 from curation.core.schema import Row, iter_rows
 from curation.core.warehouse import quote, read_batches
 from curation.synth.methods import MethodSettings, SynthContext, generate_candidates, select_seeds, validate_methods
-from curation.synth.teachers import Teacher
+from curation.synth.teachers import ChatRequest, Generation, ResultCallback, Teacher, TeacherError
 from curation.synth.terms import ModelTerms, parse_model_registry, policy_violation, registered_teacher
 from curation.synth.verify import Candidate, Judge, VerifySettings, verify_candidates
 
@@ -160,6 +162,65 @@ def synthesize(
     return SynthesisResult(accepted, [c for c in candidates if not c.accepted], warnings, ctx.info, created_at)
 
 
+class ReportingTeacher:
+    """A teacher whose every ``generate`` call reports its progress: requests done of the call's total, how
+    many came from the generation cache and, when the backend gives up on some, how many failed. The
+    requests, their order and the generations are the wrapped teacher's, untouched; every other attribute
+    is the wrapped teacher's too."""
+
+    def __init__(
+        self, teacher: Teacher, log: Callable[[str], None], label: str = "synthetic: teacher requests"
+    ) -> None:
+        self.teacher = teacher
+        self.info = teacher.info
+        self.log = log
+        self.label = label
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "teacher":  # not set yet (a copy being built): never ask the wrapped teacher for itself
+            raise AttributeError(name)
+        return getattr(self.teacher, name)
+
+    def __repr__(self) -> str:
+        return repr(self.teacher)
+
+    def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
+        progress = Progress(self.log, self.label, len(requests), unit="requests")
+        progress.counts = {"cached": 0, "failed": 0}
+        seen: set[int] = set()
+
+        def landed(index: int, generation: Generation) -> None:
+            if index not in seen:
+                seen.add(index)
+                progress.advance(1, cached=int(generation.cached))
+            if on_result is not None:
+                on_result(index, generation)
+
+        try:
+            generations = self.teacher.generate(requests, on_result=landed)
+        except TeacherError:
+            progress.counts["failed"] = len(requests) - len(seen)
+            progress.finish()
+            raise
+        for index, generation in enumerate(generations):  # a backend that ignores on_result: counted now
+            if index not in seen:
+                seen.add(index)
+                progress.advance(1, cached=int(generation.cached))
+        progress.finish()
+        return generations
+
+
+def reporting_judge(judge: Judge | None, log: Callable[[str], None]) -> Judge | None:
+    """``judge`` with its requests reported like the teacher's, when it is a model judge (one that asks a
+    teacher); a copy, so the judge the caller holds is left as it was."""
+    model = getattr(judge, "teacher", None)
+    if judge is None or model is None:
+        return judge
+    reporting = copy.copy(judge)
+    reporting.teacher = ReportingTeacher(model, log, "synthetic: judge requests")  # type: ignore[attr-defined]
+    return reporting
+
+
 @dataclass(frozen=True)
 class SynthesisPlan:
     """The project file's synthesis settings and policy, validated before any teacher model is loaded."""
@@ -190,11 +251,19 @@ class SynthesisPlan:
         return plan
 
     def run(
-        self, teacher: Teacher, judge: Judge | None, filtered: Iterable[Row], created_at: datetime
+        self,
+        teacher: Teacher,
+        judge: Judge | None,
+        filtered: Iterable[Row],
+        created_at: datetime,
+        log: Callable[[str], None] | None = None,
     ) -> SynthesisResult:
         """Pick the seed rows out of ``filtered`` (any rows that include the methods' picks, streamed once: the
-        whole table, or :func:`seed_rows`' choice), then synthesize with ``teacher`` as the policy registers it."""
+        whole table, or :func:`seed_rows`' choice), then synthesize with ``teacher`` as the policy registers it.
+        With ``log``, the teacher's and a model judge's requests report their progress there."""
         info = registered_teacher(teacher.info, self.registry)
+        if log is not None:
+            teacher, judge = ReportingTeacher(teacher, log), reporting_judge(judge, log)
         ctx = SynthContext(
             teacher,
             info,

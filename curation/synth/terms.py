@@ -1,9 +1,10 @@
 """Model terms: the licences and usage terms of the models that wrote rows (project file ``policy.teachers``).
 
-Licences and terms propagate (docs/architecture.md §4): a synthetic row carries the strictest licence of its parents
-and its teacher, and the union of the usage restrictions (``forbids``) of its teacher and of the models
-that generated its parents. The ``synthetic`` asset applies them to every candidate, the licence-and-terms
-checks and the compliance report re-read them on the finished tables.
+Licences and terms propagate (docs/architecture.md §4): a synthetic row carries the conjunction of the licences of
+its parents, its seed pool and its teacher (:func:`curation.core.licenses.combine`), and the union of the usage
+restrictions (``forbids``) of its teacher and of the models that generated its parents. The ``synthetic`` asset
+applies them to every candidate, the licence filter to every ingested row (:func:`row_refusals`), the
+licence-and-terms checks and the compliance report re-read them on the finished tables.
 """
 
 from __future__ import annotations
@@ -88,14 +89,50 @@ def inherited_terms(
     return {"forbids": sorted(forbids), "terms": sorted(terms), "models": sorted(m for m in models if m)}
 
 
+def _recorded_terms_refusal(row: Row, intended_use: str) -> list[str]:
+    """The restriction synthesis recorded in the row (``extra.terms``), if it forbids ``intended_use``."""
+    carried = (row.get("extra") or {}).get("terms") or {}
+    if intended_use in (carried.get("forbids") or []):
+        return [f"terms of {', '.join(carried.get('models') or []) or 'a teacher'} forbid {intended_use} use"]
+    return []
+
+
+def generator_refusals(
+    generator: str, intended_use: str, policy: LicensePolicy, registry: Mapping[str, ModelTerms]
+) -> list[str]:
+    """Every reason the outputs of ``generator`` (the model that wrote an ingested row) may not be used for
+    ``intended_use``: its registered terms, its registered licence, or, in a commercial build, terms nobody
+    declared (an undeclared generator is unknown terms, judged like an unknown licence)."""
+    entry = registry.get(generator)
+    if entry is None:
+        if intended_use == "commercial":
+            return [f"generator {generator} is not declared under policy.teachers: its terms are unknown"]
+        return []
+    reasons = []
+    if intended_use in entry.forbids:
+        reasons.append(f"terms of {entry.model} ({entry.terms or 'registered'}) forbid {intended_use} use")
+    if entry.license:
+        reasons += [f"generator {entry.model}: {why}" for why in policy.refusals(entry.license, intended_use)]
+    return reasons
+
+
+def row_refusals(
+    row: Row, intended_use: str, policy: LicensePolicy, registry: Mapping[str, ModelTerms] | None = None
+) -> list[str]:
+    """Every reason ``row`` may not be used for ``intended_use``, in a fixed order: its licence (each id of
+    the expression), the terms recorded in it, and, when ``registry`` is given, the terms of the model that
+    wrote it (``generator`` of a row whose origin is not human). Empty: allowed."""
+    reasons = policy.refusals(row.get("license"), intended_use) + _recorded_terms_refusal(row, intended_use)
+    generator = row.get("generator")
+    if registry is not None and generator and row.get("origin") not in (None, "human"):
+        reasons += generator_refusals(generator, intended_use, policy, registry)
+    return list(dict.fromkeys(reasons))
+
+
 def policy_violation(row: Row, intended_use: str, policy: LicensePolicy) -> str | None:
-    """Why ``row`` may not be used for ``intended_use`` (licence or inherited terms), or None."""
-    forbidden = ((row.get("extra") or {}).get("terms") or {}).get("forbids") or []
-    if intended_use in forbidden:
-        models = ((row.get("extra") or {}).get("terms") or {}).get("models") or []
-        return f"terms of {', '.join(models) or 'a teacher'} forbid {intended_use} use"
-    allowed, why = policy.allows(row.get("license"), intended_use)
-    return None if allowed else why
+    """Why ``row`` may not be used for ``intended_use`` (every refusal: inherited terms, licence), or None."""
+    reasons = _recorded_terms_refusal(row, intended_use) + policy.refusals(row.get("license"), intended_use)
+    return "; ".join(reasons) or None
 
 
 def terms_violations(
@@ -109,8 +146,9 @@ def terms_violations(
     for row in rows:
         why = policy_violation(row, intended_use, policy)
         entry = registry.get(row.get("generator") or "")
-        if why is None and entry is not None and intended_use in entry.forbids:
-            why = f"terms of {entry.model} ({entry.terms or 'registered'}) forbid {intended_use} use"
+        if entry is not None and intended_use in entry.forbids:
+            registered = f"terms of {entry.model} ({entry.terms or 'registered'}) forbid {intended_use} use"
+            why = registered if why is None else f"{why}; {registered}"
         if why is not None:
             count += 1
             if len(sample) < limit:

@@ -23,7 +23,7 @@ from curation.core.schema import new_row, rows_to_table, utcnow
 from curation.core.texts import prompt_text, response_text
 from curation.core.warehouse import canonical_ddl
 from curation.ingest.sources import Quarantined, ingest_file
-from tests.conftest import DEMO_CONFIG, SHARED_DATA
+from tests.conftest import DEMO_CONFIG, SHARED_DATA, require_shared_data
 
 
 def load(connection: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> None:
@@ -41,6 +41,7 @@ def shared_rows(relative: str, mapping: str, **settings) -> list[dict]:
         license=settings.pop("license", "Apache-2.0"),
         **settings,
     )
+    require_shared_data(SHARED_DATA / relative)  # a missing file would be quarantined, not raised
     items = list(ingest_file(SHARED_DATA / relative, relative, source, utcnow(), 1_000_000))
     return [i for i in items if not isinstance(i, Quarantined)]
 

@@ -179,7 +179,9 @@ def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Pat
     assert metadata["compliant"].value is True and metadata["violating_rows"].value == 0  # research build
 
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
-        nc_rows = connection.execute("SELECT count(*) FROM formatted WHERE license = 'CC-BY-NC-4.0'").fetchall()[0][0]
+        nc_rows = connection.execute(
+            "SELECT count(*) FROM formatted WHERE list_contains(string_split(license, ' AND '), 'CC-BY-NC-4.0')"
+        ).fetchall()[0][0]
         taught = connection.execute(
             "SELECT count(*) FROM formatted WHERE generator = 'distillery-procedural'"
         ).fetchall()[0][0]

@@ -42,3 +42,26 @@ def test_a_failed_check_forgets_the_asset_and_what_was_made_from_it() -> None:
     record, forget = fresh.after_run(versions, failed={"deduped"})
     assert set(record) == {"raw"} and forget == {"deduped", "filtered", "report"}
     assert Freshness(GRAPH, record, "code+project", "files-v1").stale() == ["deduped", "filtered", "report"]
+
+
+def test_a_source_setting_that_shapes_rows_changes_raws_input(tmp_path) -> None:
+    """``raw``'s input is its files and each source's settings (the key ingestion re-reads a source by): with
+    code and project base held equal, a new licence still makes ``raw`` and everything after it stale; a
+    setting that does not shape rows (the filter's languages) leaves ``raw``'s input as it was."""
+    from curation.core.config import load_project
+    from curation.core.freshness import source_fingerprint
+
+    (tmp_path / "x.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+
+    def project(source: str) -> str:
+        path = tmp_path / "distillery.yaml"
+        path.write_text(
+            f"sources:\n  - {{name: s, path: x.jsonl, mapping: alpaca, {source}}}\nformat: {{tokenizer: t}}\n"
+        )
+        return source_fingerprint(load_project(path))
+
+    mit = project("license: MIT")
+    assert project("license: MIT, allowed_languages: [en]") == mit
+    changed = project("license: Apache-2.0")
+    assert changed != mit
+    assert Freshness(GRAPH, recorded(mit).state, "code+project", changed).stale() == list(GRAPH)

@@ -18,7 +18,7 @@ from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
 from curation.dedup import stage
 from curation.dedup.clusters import CLUSTERS_DDL, MEMBERS_DDL, resolve_kept_rows
 from resources import WarehouseResource
-from tests.conftest import SHARED_DATA
+from tests.conftest import needs_shared_data
 from tests.dedup.test_dedup import Deduped, _words, dedup, sft
 from tests.ingest.test_ingest_shared_data import ingest
 
@@ -45,7 +45,7 @@ def dangling(result: Deduped) -> list[dict[str, Any]]:
 # --- one clustering ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
+@needs_shared_data
 def test_oasst_threads_with_default_settings_point_every_removal_at_a_kept_row() -> None:
     """The issue's case: near dedup keeps one thread of a tree and removes a sibling in its favour, then
     the same-prompt step removes the kept thread; the sibling must follow to the row finally kept."""

@@ -11,9 +11,9 @@ from curation.core.config import load_project
 from curation.core.warehouse import Warehouse
 from curation.dedup.stage import run_dedup
 from curation.ingest.sources import ingest_sources
-from tests.conftest import SHARED_DATA
+from tests.conftest import needs_shared_data
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the mix is built from ../shared/data")
+pytestmark = needs_shared_data  # the mix is built from ../shared/data
 
 TABLES = ("deduped", "dedup_clusters", "dedup_signatures")
 

@@ -12,7 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, require_shared_data
 
 CODE_ALPACA = SHARED_DATA / "code-alpaca-2k" / "code_alpaca_2k.json"
 LLMS_PREFERENCE = SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json"
@@ -104,6 +104,8 @@ def filtered_metadata(result: dg.ExecuteInProcessResult) -> dict:
 
 @pytest.fixture(scope="module")
 def research(tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProcessResult, Path]:
+    require_shared_data(CODE_ALPACA)
+    require_shared_data(LLMS_PREFERENCE)
     folder = tmp_path_factory.mktemp("research")
     write_jsonl(folder / "forum_fr.jsonl", FORUM_FR)
     config = project(
@@ -231,6 +233,7 @@ def test_materialization_reports_per_filter_counts_a_plot_and_examples(research,
 
 @pytest.mark.slow
 def test_commercial_build_drops_the_non_commercial_source(tmp_path: Path) -> None:
+    require_shared_data(CODE_ALPACA)
     write_jsonl(tmp_path / "contacts.jsonl", CONTACTS)
     config = project(
         tmp_path,

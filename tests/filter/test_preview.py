@@ -12,7 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, run_cli
+from tests.conftest import REPO, SHARED_DATA, require_shared_data, run_cli
 from tests.filter.test_filtered_checks import materialize
 
 pytestmark = pytest.mark.slow
@@ -43,6 +43,7 @@ def sha256(path: Path) -> str:
 @pytest.fixture
 def staged_project(tmp_path: Path) -> tuple[Path, Path]:
     """A project with llms-from-scratch and a small Q&A file, ingested and deduplicated (not yet filtered)."""
+    require_shared_data(LLMS_PREFERENCE)
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in QA))
     config = tmp_path / "distillery.yaml"
     config.write_text(f"""\

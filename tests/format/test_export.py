@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.core.config import FormatConfig
+from curation.core.progress import EVERY_S_ENV
 from curation.core.provenance import PROVENANCE_DDL
 from curation.core.schema import JSON_COLUMNS, new_row
 from curation.core.warehouse import canonical_ddl
@@ -596,3 +598,20 @@ def test_token_ids_that_are_not_ints_stop_the_export(tmp_path, ids, error) -> No
     with duckdb.connect(str(warehouse), read_only=True) as connection, pytest.raises(ExportError, match=error):
         write_export(connection, tmp_path / "exports", INFO)
     assert os.listdir(tmp_path / "exports") == []
+
+
+def test_export_reports_rows_written_of_formatted(tmp_path, monkeypatch) -> None:
+    """`exports` was silent until done (issue 13): it now logs rows written of `formatted`'s total."""
+    monkeypatch.setenv(EVERY_S_ENV, "0")  # a line per batch
+    warehouse = _warehouse_of(tmp_path / "w.duckdb", _odd_rows())
+    lines: list[str] = []
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        total = connection.execute("SELECT count(*) FROM formatted").fetchone()[0]
+        write_export(connection, tmp_path / "exports", INFO, batch_rows=5, log=lines.append)
+    done = [
+        int(m[1].replace(",", ""))
+        for line in lines
+        if (m := re.fullmatch(rf"exports: ([\d,]+) of {total} rows .*", line))
+    ]
+    assert len(done) >= 2 and done == sorted(done) and done[-1] == total
+    assert re.fullmatch(rf"exports: done, {total} rows in [\d.]+ s", lines[-1])

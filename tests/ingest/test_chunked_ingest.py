@@ -19,7 +19,7 @@ from curation.core.schema import content_key, encode_row, new_row, rows_to_table
 from curation.ingest.encoding import content_json
 from curation.ingest.readers import read_chunks, read_records
 from curation.ingest.sources import Quarantined, ingest_file, path_for_uri
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared_data
 from tests.ingest import ingest_tables
 
 TURN = {"role": "user", "content": "Hello"}
@@ -122,10 +122,10 @@ def test_the_stage_writes_what_the_row_by_row_reference_makes(tmp_path: Path, wo
     data = tmp_path / "data"
     data.mkdir()
     sources = _broken_files(data)
-    if SHARED_DATA.is_dir():
-        for index, (relative, mapping, settings) in enumerate(_SHARED_SOURCES):
-            path = str((SHARED_DATA / relative).resolve())
-            sources.append({"name": f"shared{index}", "path": path, "mapping": mapping, "license": "MIT", **settings})
+    require_shared_data()  # the counts below hold with the shared files
+    for index, (relative, mapping, settings) in enumerate(_SHARED_SOURCES):
+        path = str((SHARED_DATA / relative).resolve())
+        sources.append({"name": f"shared{index}", "path": path, "mapping": mapping, "license": "MIT", **settings})
     project = _project(data, sources)
     stage = ingest_tables(project, tmp_path / "home", workers=workers, batch_rows=3)  # many chunks per file
     reference = _reference_tables(project)

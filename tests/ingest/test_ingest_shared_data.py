@@ -10,7 +10,7 @@ import pytest
 from curation.core.config import SourceConfig
 from curation.core.schema import utcnow
 from curation.ingest.sources import Quarantined, ingest_file
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared_data
 
 
 def ingest(relative: str, mapping: str, **settings) -> tuple[list[dict], list[Quarantined]]:
@@ -21,6 +21,7 @@ def ingest(relative: str, mapping: str, **settings) -> tuple[list[dict], list[Qu
         license=settings.pop("license", "Apache-2.0"),
         **settings,
     )
+    require_shared_data(SHARED_DATA / relative)  # a missing file would be quarantined, not raised
     items = list(ingest_file(SHARED_DATA / relative, relative, source, utcnow(), 1_000_000))
     rows = [i for i in items if not isinstance(i, Quarantined)]
     return rows, [i for i in items if isinstance(i, Quarantined)]

@@ -2,13 +2,11 @@
 
 from pathlib import Path
 
-import pytest
-
 from benchmarks.scale_mix import build_mix
-from tests.conftest import SHARED_DATA
+from tests.conftest import needs_shared_data
 from tests.ingest import ingest_tables
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the mix is built from ../shared/data")
+pytestmark = needs_shared_data  # the mix is built from ../shared/data
 
 
 def _ingested(project_file: Path, home: Path, workers: int) -> dict[str, list[tuple]]:

@@ -29,14 +29,14 @@ from curation.format.export import verify_export
 from tests.conftest import REPO
 
 REFERENCE = {
-    "raw": "0052c94f20d073b9",
-    "deduped": "d22e14773528f08a",
-    "filtered": "e48c1061695a878f",
-    "synthetic": "934506f365304d51",
-    "synthetic_mixed": "38cd6e17166dbca0",
-    "formatted": "b37376b824f45df0",
+    "raw": "a92b6a957ff903ef",
+    "deduped": "31a21b99f0b27621",
+    "filtered": "a4049cd21c1fbe2c",
+    "synthetic": "458c399f00ffd219",
+    "synthetic_mixed": "8e7c06ff4b20ae25",
+    "formatted": "847b2517e7de439f",
 }
-EXPORTS_VERSION = "8872392636e9359d"
+EXPORTS_VERSION = "16e84516f30f819f"
 
 # (asset, what shows the run is inside that asset's write): a log line printed while its staging
 # tables exist, or the export's temp folder appearing.

@@ -9,11 +9,11 @@ import pytest
 
 from benchmarks.pipeline_scale import verify
 from benchmarks.scale_mix import build_mix
-from tests.conftest import SHARED_DATA, run_cli
+from tests.conftest import needs_shared_data, run_cli
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the mix is built from ../shared/data"),
+    needs_shared_data,  # the mix is built from ../shared/data
 ]
 
 

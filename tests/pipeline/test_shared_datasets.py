@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from curation.core.accounting import STAGES
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, needs_shared_data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_shared_data]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from curation.synth.code_verify import (
     run_unit_tests,
 )
 from curation.synth.sandbox import SandboxLimits
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 HUMANEVAL = SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"
-needs_humaneval = pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"{HUMANEVAL} not present")
+needs_humaneval = needs_shared_data
 
 
 @pytest.fixture(scope="module")

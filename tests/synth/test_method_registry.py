@@ -146,7 +146,7 @@ def test_a_method_registered_in_a_test_module_is_validated_dispatched_and_traced
         (parent_id,) = s.provenance.parent_ids
         parent = next(r for r in seeds if r["row_id"] == parent_id)
         assert s.row["messages"][1]["content"] == f"It has {len(parent['messages'][0]['content'].split())} tokens."
-        assert s.row["origin"] == "synthetic" and s.row["license"] == "MIT"
+        assert s.row["origin"] == "synthetic" and s.row["license"] == "CC0-1.0 AND MIT"  # parent's and teacher's
         assert s.provenance.verification["method_checks"] == {"counted": True}
         assert s.lineage == (lineage_record(s.row["row_id"], parent_id, "synthetic", "word_count"),)
     # The streaming seed selection knows the new method's eligibility and pick.

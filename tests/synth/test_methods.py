@@ -120,7 +120,7 @@ def test_perturbation_keeps_the_human_response_and_links_its_parent() -> None:
         assert s.lineage[0]["parent_id"] == parent_id and s.lineage[0]["operation"].startswith("perturb:")
 
 
-def test_licence_and_terms_propagate_to_the_strictest() -> None:
+def test_licence_and_terms_propagate_as_every_obligation() -> None:
     registry = {
         "acme/teacher-7b": {"license": "LicenseRef-acme", "terms": "no-competing-models", "forbids": ["commercial"]},
         "old-writer": {"terms": "research-only", "forbids": ["commercial"]},
@@ -142,8 +142,9 @@ def test_licence_and_terms_propagate_to_the_strictest() -> None:
     )
     result = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, VerifySettings(), "research", NOW)
     rows = {s.provenance.parent_ids[0]: s.row for s in result.accepted}
-    assert rows["nc"]["license"] == "CC-BY-NC-4.0"  # stricter than the teacher's licence
-    assert rows["gen"]["license"] == "LicenseRef-acme"  # MIT parent, teacher's licence is stricter
+    # Every input's licence, none dropped for a "stricter" one: the parent's and the teacher's.
+    assert rows["nc"]["license"] == "CC-BY-NC-4.0 AND LicenseRef-acme"
+    assert rows["gen"]["license"] == "LicenseRef-acme AND MIT"
     assert rows["nc"]["extra"]["terms"] == {
         "forbids": ["commercial"],
         "terms": ["no-competing-models"],
@@ -161,8 +162,10 @@ def test_licence_and_terms_propagate_to_the_strictest() -> None:
     # In a commercial build the rows are rejected with the reason, and never accepted.
     commercial = synthesize(ctx, [nc, by_model], {"responses": {"count": 2}}, VerifySettings(), "commercial", NOW)
     assert commercial.accepted == []
+    # Every reason is recorded: the terms, and the non-commercial licence of the first row's parent.
     assert {c.rejected for c in commercial.rejected} == {
-        "policy: terms of acme/teacher-7b forbid commercial use",
+        "policy: terms of acme/teacher-7b forbid commercial use; CC-BY-NC-4.0 is non-commercial: not allowed in "
+        "a commercial build",
         "policy: terms of acme/teacher-7b, old-writer forbid commercial use",
     }
     # The check re-reads the registry: a model whose terms were added later is still caught.
@@ -260,7 +263,7 @@ def test_reverse_instruction_keeps_the_human_text_as_the_response() -> None:
         {"role": "user", "content": "Write an essay about how bees live and make honey."},
         {"role": "assistant", "content": essay},
     ]
-    assert s.row["origin"] == "augmented" and s.row["license"] == "CC-BY-4.0"
+    assert s.row["origin"] == "augmented" and s.row["license"] == "CC-BY-4.0 AND CC0-1.0"  # parent's and teacher's
     assert s.lineage[0]["parent_id"] == "doc" and s.lineage[0]["operation"] == "reverse_instruction"
     assert "Bees pollinate" in teacher.requests[0].messages[0]["content"]
 
@@ -405,7 +408,7 @@ def test_code_loop_repairs_with_feedback_and_drops_what_never_passes(humaneval) 
         assert c.failed is None and c.checks["tests_passed"] and c.checks["repair_rounds"] == 1
         assert [a["status"] for a in c.checks["attempts"]] == ["failed", "passed"]
         assert tasks[task_id]["canonical_solution"].strip() in c.row["messages"][1]["content"]
-        assert c.row["license"] == "CC-BY-SA-4.0"  # the stricter of the problem set and the teacher (Apache-2.0)
+        assert c.row["license"] == "Apache-2.0 AND CC-BY-SA-4.0"  # the problem set's and the teacher's
     hopeless = by_task["HumanEval/4"]
     assert not hopeless.checks["tests_passed"] and len(hopeless.checks["attempts"]) == 3  # 1 try + 2 repairs
     assert hopeless.failed == "unit tests still fail after 3 attempt(s): failed"

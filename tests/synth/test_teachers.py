@@ -31,7 +31,7 @@ from curation.synth.teachers import (
     solve_arithmetic,
     unit_problem,
 )
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared_data
 
 
 def ask(text: str, **params: object) -> ChatRequest:
@@ -114,8 +114,7 @@ def test_unit_conversion_known_values() -> None:
 def test_unit_answers_agree_with_a_public_dataset() -> None:
     # rasbt/LLMs-from-scratch preference data: "Convert N unit to unit." rows with reference outputs.
     path = SHARED_DATA / "llms-from-scratch-preference" / "instruction-data-with-preference.json"
-    if not path.exists():
-        pytest.skip(f"shared test data missing: {path}")
+    require_shared_data(path)
     rows = json.loads(path.read_text())
     convert = [r for r in rows if re.fullmatch(r"Convert [\d,.]+ \w+ to \w+\.", r["instruction"].strip())]
     assert len(convert) >= 40
@@ -131,8 +130,7 @@ def test_unit_answers_agree_with_a_public_dataset() -> None:
 def test_word_problems_are_not_answered_by_rules() -> None:
     # GSM8K questions contain numbers and operators in prose; rules must decline them, not guess.
     path = SHARED_DATA / "gsm8k-train" / "train.jsonl"
-    if not path.exists():
-        pytest.skip(f"shared test data missing: {path}")
+    require_shared_data(path)
     teacher = ProceduralTeacher()
     questions = [json.loads(line)["question"] for line in path.read_text().splitlines()[:2000]]
     assert [q for q in questions if teacher.answer(q) is not None] == []

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.core.hashing import stable_unit
-from curation.core.licenses import LicensePolicy, strictest
+from curation.core.licenses import LicensePolicy, combine
 from curation.core.provenance import TeacherInfo, lineage_record
 from curation.core.schema import KINDS, Row, make_row_id, new_row
 from curation.synth.sandbox import SandboxLimits
@@ -101,7 +101,9 @@ def derived_row(
     base_license: str | None = None,
     **fields: Any,
 ) -> Row:
-    """A new canonical row whose licence and terms are the strictest of its parents and teacher."""
+    """A new canonical row that owes every obligation of what it was made from: its licence is the conjunction
+    (:func:`curation.core.licenses.combine`) of its parents', the teacher's and ``base_license`` (the licence
+    of a parentless seed pool such as a code problem set), and its terms the union of theirs."""
     licenses = [p.get("license") for p in parents] + [ctx.info.license] + ([base_license] if base_license else [])
     terms = inherited_terms(parents, ctx.info, ctx.registry)
     extra_out = dict(extra or {})
@@ -109,7 +111,7 @@ def derived_row(
         extra_out["terms"] = terms
     return new_row(
         row_id=row_id,
-        license=strictest(licenses, ctx.policy),
+        license=combine(licenses),
         origin=origin,
         generator=ctx.info.model,
         extra=extra_out or None,
