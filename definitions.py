@@ -9,6 +9,7 @@ from assets.filtered import filtered
 from assets.formatted import formatted
 from assets.inspection import inspection
 from assets.raw import raw
+from assets.sources import source_files
 from assets.synthetic import synthetic
 from assets.synthetic_mixed import synthetic_mixed
 from checks import ALL_CHECKS
@@ -19,6 +20,9 @@ from sensors import landing_files_sensor, nightly_schedule, run_failure_alert
 
 DATASETS = [raw, deduped, filtered, synthetic, synthetic_mixed, formatted]
 ASSETS = [*DATASETS, exports, compliance_report, inspection]
+"""What runs materialize: every asset of the `distill` job. Not the observable ``source_files`` (observed, never
+materialized), which `distillery run`'s up-to-date decision reads directly (``source_fingerprint``)."""
+SOURCES = [source_files]
 CHECKS = ALL_CHECKS
 RESOURCES = {
     "project": ProjectResource(),
@@ -45,12 +49,14 @@ distill_job = define_asset_job(
 )
 
 defs = Definitions(
-    assets=ASSETS,
+    assets=[*SOURCES, *ASSETS],
     asset_checks=CHECKS,
     jobs=[distill_job],
     schedules=[nightly_schedule],
     sensors=[landing_files_sensor, run_failure_alert],
     resources=RESOURCES,
+    # The jobs the UI builds for its Materialize and Observe buttons run in one process too, like `distill`.
+    executor=in_process_executor,
 )
 
 

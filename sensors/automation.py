@@ -20,19 +20,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dagster import (
+    AssetObservation,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     run_failure_sensor,
     schedule,
     sensor,
 )
 
-from curation.core.config import ConfigError, load_project
+from assets.sources import WATCH_KEY, latest_watch_key, source_observation, watch_key
+from curation.core.config import ConfigError, ProjectConfig, load_project
+from curation.core.freshness import source_fingerprint
 from curation.core.home import distillery_home, project_config_path
 from curation.ingest.landing import changed_files, changed_sources, file_states, state_key
 
@@ -62,9 +66,10 @@ def nightly_schedule(context: ScheduleEvaluationContext) -> RunRequest:
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
     description="Start a run when a file matching a source's path is added or its content changes "
-    "(sha256; a touched but unchanged file starts nothing).",
+    "(sha256; a touched but unchanged file starts nothing), and observe source_files when its files or "
+    "the sources' settings changed, so the UI shows raw Unsynced.",
 )
-def landing_files_sensor(context: SensorEvaluationContext):
+def landing_files_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
     try:
         project = load_project(project_config_path())
     except ConfigError as error:
@@ -74,10 +79,12 @@ def landing_files_sensor(context: SensorEvaluationContext):
     current = file_states(project, previous)
     changed = changed_files(previous, current)
     context.update_cursor(json.dumps(current, sort_keys=True))
+    observations = _observe_sources(context, project, current)
     if not changed:
-        return SkipReason(f"no landing file added or changed ({len(current)} files watched)")
+        skip = SkipReason(f"no landing file added or changed ({len(current)} files watched)")
+        return SensorResult(skip_reason=skip, asset_events=observations) if observations else skip
     sources = changed_sources(changed)
-    return RunRequest(
+    request = RunRequest(
         run_key=f"landing-{state_key(current, previous)}",
         tags={
             "distillery/trigger": "landing",
@@ -85,6 +92,20 @@ def landing_files_sensor(context: SensorEvaluationContext):
             "distillery/changed_sources": ",".join(sources)[:200],
         },
     )
+    return SensorResult(run_requests=[request], asset_events=observations)
+
+
+def _observe_sources(
+    context: SensorEvaluationContext, project: ProjectConfig, states: dict[str, str]
+) -> list[AssetObservation]:
+    """An observation of ``source_files`` when what its version depends on changed since the latest one the
+    sensor made: the file hashes (known from the cursor) or a source's settings. Only then is the fingerprint,
+    which reads every file, computed; after an observation from elsewhere (a run of ``raw``, the UI's button)
+    once more, at the same version when nothing changed."""
+    key = watch_key(project, states)
+    if latest_watch_key(context.instance) == key:
+        return []
+    return [source_observation(project, source_fingerprint(project), {WATCH_KEY: key, "files": len(states)})]
 
 
 def alert_record(run_id: str, job: str, error: str | None, at: datetime | None = None) -> dict[str, Any]:

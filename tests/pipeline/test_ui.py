@@ -27,7 +27,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 DATASETS = {
-    "raw": [],
+    "raw": ["source_files"],  # the observable source asset of the landing files
     "deduped": ["raw"],
     "filtered": ["deduped"],
     "synthetic_mixed": ["filtered", "synthetic"],
