@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from curation.core.parallel import available_cores
+from curation.core.parallel import _current, available_cores
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -79,6 +79,13 @@ class RayEngine:
         finally:
             for task in pending:
                 ray.cancel(task, force=True)
+
+
+def current() -> RayEngine | None:
+    """The Ray engine the stages' maps run on now (inside :func:`curation.core.parallel.use_engine` with
+    ``engine: ray``), or None on the local engine: for a stage whose work is more than an ordered map
+    (dedup's near-duplicate shuffle, :mod:`curation.dedup.distributed`)."""
+    return _current()
 
 
 def connect(address: str | None, workers: int | None) -> RayEngine:

@@ -821,9 +821,28 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return _fmix64(keys)
 
 
-def _pairs_in_groups(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> np.ndarray:
+def bucket_ties_by_index(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> np.ndarray:
+    """``order`` (an argsort giving ``sorted_keys``) with the members of each bucket over ``max_bucket + 1``
+    in ascending index order. Only there does the order within a bucket decide which pairs
+    :func:`pairs_in_groups` makes; putting them in index order makes that choice one that a distributed
+    grouping, which never sees a whole band in one place, makes too (:mod:`curation.dedup.distributed`).
+    Such buckets are rare, so this costs a scan of the run lengths and a sort of each big bucket."""
+    if sorted_keys.size <= max_bucket + 1:
+        return order
+    run_start = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    run_stop = np.r_[run_start[1:], sorted_keys.size]
+    big = np.flatnonzero(run_stop - run_start > max_bucket + 1)
+    if big.size:
+        order = order.copy()
+        for start, stop in zip(run_start[big].tolist(), run_stop[big].tolist(), strict=True):
+            order[start:stop] = np.sort(order[start:stop])
+    return order
+
+
+def pairs_in_groups(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> np.ndarray:
     """(i, j) index pairs that share a key; in buckets over ``max_bucket`` each member is paired
-    with its ``max_bucket`` successors only (a near-duplicate run is still chained together)."""
+    with its ``max_bucket`` successors only (a near-duplicate run is still chained together). ``order``
+    holds the documents in key order (:func:`bucket_ties_by_index` for the canonical choice in big buckets)."""
     if sorted_keys.size < 2:
         return np.zeros((0, 2), dtype=np.int64)
     run_start = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
@@ -849,12 +868,14 @@ def candidate_pairs(keys: np.ndarray, max_bucket: int = 64, workers: int = 1) ->
     """Unique ``(i, j)`` with ``i < j`` sharing at least one band key; ``keys`` is ``(n, bands)``.
     One band at a time, so the sort needs ~24 bytes per document, not per document and band.
     ``workers > 1`` sorts bands on threads (numpy's sort releases the GIL): run serially this was
-    the largest single-threaded part of the two-thread stage. The result does not depend on it."""
+    the largest single-threaded part of the two-thread stage. The result does not depend on it, nor on how
+    the sort breaks ties: a bucket over ``max_bucket`` pairs its members in index order."""
 
     def band_codes(band: int) -> np.ndarray | None:
         column = np.ascontiguousarray(keys[:, band])
         order = np.argsort(column)  # numpy's SIMD sort; ties only matter in buckets over max_bucket
-        pairs = _pairs_in_groups(order, column[order], max_bucket)
+        sorted_keys = column[order]
+        pairs = pairs_in_groups(bucket_ties_by_index(order, sorted_keys, max_bucket), sorted_keys, max_bucket)
         if not pairs.size:
             return None
         lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)

@@ -99,8 +99,8 @@ def compute_signatures(
     return sig, counts
 
 
-def _component_order(pairs: np.ndarray) -> np.ndarray:
-    """Pair order grouped by connected component."""
+def component_order(pairs: np.ndarray) -> np.ndarray:
+    """Pair order grouped by connected component (so the pairs of one group share a chunk)."""
     if len(pairs) == 0:
         return np.zeros(0, dtype=np.int64)
     ids, local = np.unique(pairs, return_inverse=True)
@@ -122,7 +122,7 @@ def pair_jaccards(
     defaults to ``left_texts`` (pairs within one collection)."""
     out = np.empty(len(pairs), dtype=np.float64)
     # Pairs of one near-duplicate group go into the same chunk, so each document is hashed once.
-    order = _component_order(pairs) if right_texts is None else np.argsort(pairs[:, 0], kind="stable")
+    order = component_order(pairs) if right_texts is None else np.argsort(pairs[:, 0], kind="stable")
     local = threading.local()
 
     def work(lo: int) -> None:
@@ -133,26 +133,13 @@ def pair_jaccards(
         part = pairs[sel]
         if right_texts is None:
             ids = np.unique(part)
-            texts = left_texts(ids)
-            idx = np.searchsorted(ids, part)
-            # Identical texts have identical shingle sets, so their Jaccard is exactly 1.0 without
-            # hashing (exact copies are ~10% of candidate pairs; ~18% fewer documents to re-hash).
-            same = np.fromiter((texts[i] == texts[j] for i, j in idx.tolist()), dtype=bool, count=len(idx))
-            if same.any():
-                out[sel[same]] = 1.0
-                sel, idx = sel[~same], idx[~same]
-                if not len(sel):
-                    return
-                needed = np.unique(idx)
-                texts = [texts[i] for i in needed.tolist()]
-                idx = np.searchsorted(needed, idx)
-            values, offsets = own.shingle_hashes(texts)
-        else:
-            left_ids, right_ids = np.unique(part[:, 0]), np.unique(part[:, 1])
-            values, offsets = own.shingle_hashes(list(left_texts(left_ids)) + list(right_texts(right_ids)))
-            idx = np.stack(
-                [np.searchsorted(left_ids, part[:, 0]), left_ids.size + np.searchsorted(right_ids, part[:, 1])], axis=1
-            )
+            out[sel] = chunk_jaccards(own, left_texts(ids), np.searchsorted(ids, part))
+            return
+        left_ids, right_ids = np.unique(part[:, 0]), np.unique(part[:, 1])
+        values, offsets = own.shingle_hashes(list(left_texts(left_ids)) + list(right_texts(right_ids)))
+        idx = np.stack(
+            [np.searchsorted(left_ids, part[:, 0]), left_ids.size + np.searchsorted(right_ids, part[:, 1])], axis=1
+        )
         out[sel] = pairs_jaccard(values, offsets, idx)
 
     starts = range(0, len(order), chunk)
@@ -162,6 +149,27 @@ def pair_jaccards(
     else:
         for lo in starts:
             work(lo)
+    return out
+
+
+def chunk_jaccards(hasher: MinHasher, texts: Sequence[str], pairs: np.ndarray) -> np.ndarray:
+    """Exact shingle Jaccard of each pair of ``texts`` (``pairs`` index them): one chunk of
+    :func:`pair_jaccards`, here or on a worker (:func:`curation.dedup.distributed.pair_jaccards`)."""
+    out = np.empty(len(pairs), dtype=np.float64)
+    # Identical texts have identical shingle sets, so their Jaccard is exactly 1.0 without
+    # hashing (exact copies are ~10% of candidate pairs; ~18% fewer documents to re-hash).
+    same = np.fromiter((texts[i] == texts[j] for i, j in pairs.tolist()), dtype=bool, count=len(pairs))
+    rest = np.flatnonzero(~same)
+    out[same] = 1.0
+    if not rest.size:
+        return out
+    idx = pairs[rest]
+    if rest.size < len(pairs):
+        needed = np.unique(idx)
+        texts = [texts[i] for i in needed.tolist()]
+        idx = np.searchsorted(needed, idx)
+    values, offsets = hasher.shingle_hashes(texts)
+    out[rest] = pairs_jaccard(values, offsets, idx)
     return out
 
 
@@ -195,15 +203,26 @@ def candidates(
     return cand, found
 
 
+Jaccards = Callable[[np.ndarray, Callable[[np.ndarray], Sequence[str]]], np.ndarray]
+"""``jaccards(pairs, texts_of)``: :func:`pair_jaccards` of pairs within one collection, computed here or on
+workers (:func:`curation.dedup.distributed.pair_jaccards`)."""
+
+
 def verify(
-    cand: np.ndarray, config: NearConfig, texts_of: Callable[[np.ndarray], Sequence[str]]
+    cand: np.ndarray,
+    config: NearConfig,
+    texts_of: Callable[[np.ndarray], Sequence[str]],
+    jaccards: Jaccards | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidate pairs whose exact shingle Jaccard reaches ``config.threshold``, with it;
     ``texts_of(ids)`` gives the texts of sorted document indices (asked for a chunk of pairs at a time,
-    grouped by connected component)."""
+    grouped by connected component). ``jaccards`` computes them elsewhere (threads here by default)."""
     if not len(cand):
         return np.zeros((0, 2), np.int64), np.zeros(0)
-    jac = pair_jaccards(config.hasher(), cand, texts_of, workers=config.workers)
+    if jaccards is None:
+        jac = pair_jaccards(config.hasher(), cand, texts_of, workers=config.workers)
+    else:
+        jac = jaccards(cand, texts_of)
     keep = jac >= config.threshold - 1e-12
     return cand[keep], jac[keep]
 

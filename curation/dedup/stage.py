@@ -41,6 +41,7 @@ from curation.core.markdown import counts_table, figure_png, markdown_table, png
 from curation.core.normalize import NormalizeOptions
 from curation.core.parallel import map_ordered, preload_in_workers, workers_for
 from curation.core.progress import reported
+from curation.core.ray_engine import current as current_engine
 from curation.core.schema import COLUMNS
 from curation.core.warehouse import (
     LINEAGE_DDL,
@@ -53,6 +54,7 @@ from curation.core.warehouse import (
     read_batches,
     table_names,
 )
+from curation.dedup import distributed
 from curation.dedup.clusters import (
     CLUSTERS_DDL,
     MEMBERS_DDL,
@@ -79,6 +81,7 @@ from curation.dedup.facts import (
 from curation.dedup.minhash import ShingleConfig, band_keys, signature_matrix
 from curation.dedup.near import (
     SIGNATURES_DDL,
+    Jaccards,
     NearConfig,
     candidates,
     near_components,
@@ -426,29 +429,22 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
     )
     ordered = connection.sql(f"SELECT position, preference FROM {near_rows} ORDER BY near_index").fetchnumpy()
     positions, preference = ordered["position"], ordered["preference"]
-    bands, rows = config.params
-    keys = np.empty((positions.size, bands), dtype=np.uint64)
-    shingle_counts = np.zeros(positions.size, dtype=np.int64)
     signed = f"SELECT near_index, signature, shingles FROM {near_rows} JOIN {signatures} ON signature_key = near_key"
-    batches = read_batches(connection, signed, batch_rows=16_384)
-    for batch in reported(batches, log, "deduped: LSH band keys", positions.size, size=len):
-        index = batch.column("near_index").to_numpy()
-        keys[index] = band_keys(signature_matrix(batch.column("signature"), config.num_perm), bands, rows)
-        shingle_counts[index] = batch.column("shingles").to_numpy()
-
-    def signatures_of(ids: np.ndarray) -> np.ndarray:
-        with db.registered("_near_ids", pa.table({"near_index": ids})):
-            found = connection.sql(
-                f"SELECT signature FROM _near_ids JOIN {near_rows} USING (near_index) "
-                f"JOIN {signatures} ON signature_key = near_key ORDER BY near_index"
-            ).to_arrow_table()
-        return signature_matrix(found.column("signature"), config.num_perm)
-
-    cand, found = candidates(keys, shingle_counts, config, signatures_of)
-    del keys
+    batches = reported(
+        read_batches(connection, signed, batch_rows=16_384), log, "deduped: LSH band keys", positions.size, size=len
+    )
+    engine = current_engine()
+    if engine is None:
+        cand, found = _local_candidates(db, config, signatures, batches, positions.size)
+        jaccards = functools.partial(_local_jaccards, config)
+    else:
+        # On Ray the band keys are grouped, and the pairs verified, on the workers (curation.dedup.distributed).
+        partitions = distributed.partitions_for(positions.size, engine.cpus)
+        cand, found = distributed.candidates(batches, config, partitions, in_flight=2 * engine.cpus)
+        jaccards = functools.partial(distributed.pair_jaccards, config, workers=engine.cpus)
     with _candidate_texts(run, cand) as texts_of:
-        pairs, jaccard = verify(cand, config, texts_of)
-        pairs, jaccard = _each_side_near(pairs, jaccard, np.asarray(preference, dtype=bool), config, texts_of)
+        pairs, jaccard = verify(cand, config, texts_of, jaccards)
+        pairs, jaccard = _each_side_near(pairs, jaccard, np.asarray(preference, dtype=bool), config, texts_of, jaccards)
         log(f"deduped: {found:,} LSH candidate pairs, {len(cand):,} verified, {len(pairs):,} near duplicates")
         if not len(pairs):
             return
@@ -471,12 +467,42 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
             [np.searchsorted(positions, kept["position"]), np.searchsorted(positions, kept["kept_position"])], axis=1
         )
         similarity = np.ones(documents.size)
-        similarity[np.searchsorted(documents, to_kept[:, 0])] = pair_jaccards(
-            config.hasher(), to_kept, texts_of, workers=config.workers
-        )
+        similarity[np.searchsorted(documents, to_kept[:, 0])] = jaccards(to_kept, texts_of)
     with db.registered("_near_groups", groups.append_column("jaccard", pa.array(similarity))):
         method = near_method(config)
         insert_members(connection, db.members, db.facts, "SELECT * FROM _near_groups", 2, method, linked=True)
+
+
+def _local_candidates(
+    db: _Scratch, config: NearConfig, signatures: str, batches: Iterator[pa.RecordBatch], size: int
+) -> tuple[np.ndarray, int]:
+    """The LSH candidate pairs of the near rows (:func:`~curation.dedup.near.candidates`), in this process:
+    every row's band keys in one array, fixed width per row."""
+    connection = db.connection
+    bands, rows = config.params
+    keys = np.empty((size, bands), dtype=np.uint64)
+    shingle_counts = np.zeros(size, dtype=np.int64)
+    for batch in batches:
+        index = batch.column("near_index").to_numpy()
+        keys[index] = band_keys(signature_matrix(batch.column("signature"), config.num_perm), bands, rows)
+        shingle_counts[index] = batch.column("shingles").to_numpy()
+
+    def signatures_of(ids: np.ndarray) -> np.ndarray:
+        with db.registered("_near_ids", pa.table({"near_index": ids})):
+            found = connection.sql(
+                f"SELECT signature FROM _near_ids JOIN {db.near_rows} USING (near_index) "
+                f"JOIN {signatures} ON signature_key = near_key ORDER BY near_index"
+            ).to_arrow_table()
+        return signature_matrix(found.column("signature"), config.num_perm)
+
+    return candidates(keys, shingle_counts, config, signatures_of)
+
+
+def _local_jaccards(
+    config: NearConfig, pairs: np.ndarray, texts_of: Callable[[np.ndarray], Sequence[str]]
+) -> np.ndarray:
+    """Exact Jaccards of near-row pairs on this process's threads."""
+    return pair_jaccards(config.hasher(), pairs, texts_of, workers=config.workers)
 
 
 def _each_side_near(
@@ -485,6 +511,7 @@ def _each_side_near(
     preference: np.ndarray,
     config: NearConfig,
     texts_of: Callable[..., list[str]],
+    jaccards: Jaccards,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The verified ``pairs`` (near indices, with their ``jaccard``) that are near copies per kind. Two
     preference pairs are near copies only when the chosen answers are and the rejected answers are too
@@ -499,11 +526,8 @@ def _each_side_near(
     keep = left == right
     both = np.flatnonzero(left & right)
     if both.size:
-        hasher = config.hasher()
         for side in ("chosen", "rejected"):
-            side_jaccard = pair_jaccards(
-                hasher, pairs[both], functools.partial(texts_of, column=side), workers=config.workers
-            )
+            side_jaccard = jaccards(pairs[both], functools.partial(texts_of, column=side))
             keep[both[side_jaccard < config.threshold - 1e-12]] = False
     return pairs[keep], jaccard[keep]
 
