@@ -506,7 +506,11 @@ def _provenance_lines(provenance: dict[str, Any]) -> list[str]:
     ]
     lines.append(f"template {p.get('prompt_template') or '-'}  params {json.dumps(p.get('generation_params'))}")
     if p.get("judge_model") or p.get("judge_score") is not None:
-        lines.append(f"judged by {p.get('judge_model')} with score {p.get('judge_score')}")
+        lines.append(
+            f"judged by {p.get('judge_model')} with score {p.get('judge_score')} "
+            f"(rev {p.get('judge_revision') or '-'}, licence {p.get('judge_license') or 'not declared'}, "
+            f"terms {p.get('judge_terms') or '-'})"
+        )
     if p.get("verification"):
         lines.append(f"verification {json.dumps(p['verification'], ensure_ascii=False)}")
     return lines

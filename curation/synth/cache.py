@@ -1,7 +1,9 @@
-"""A DuckDB cache of generations keyed by (model, revision, prompt, parameters).
+"""A DuckDB cache of generations keyed by (model, revision, weights fingerprint, prompt, parameters).
 
 A re-run sends nothing already generated, and because each generation is written (and
 committed) the moment its teacher reports it, a crash mid-run keeps everything done so far.
+What the backend reported with each generation (served model id, system fingerprint, the sampling it
+applied) is stored beside it, so a cached generation keeps the provenance of the call that made it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,19 @@ _ARROW = pa.schema(
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
         ("created_at", pa.timestamp("us")),
+        ("weights", pa.string()),
+        ("served_model", pa.string()),
+        ("system_fingerprint", pa.string()),
+        ("effective_params", pa.string()),
     ]
+)
+# Added after the first layout: a cache file written before them gains them (NULL in old entries, which
+# provenance then reports as not confirmed) when it is opened.
+_ADDED_COLUMNS = (
+    ("weights", "VARCHAR"),
+    ("served_model", "VARCHAR"),
+    ("system_fingerprint", "VARCHAR"),
+    ("effective_params", "JSON"),
 )
 _COLUMNS = tuple(_ARROW.names)
 _LOOKUP_CHUNK = 10_000  # keys per IN-list query: keeps one bound list parameter small
@@ -55,10 +69,16 @@ def params_json(request: ChatRequest) -> str:
 def cache_key(info: TeacherInfo, request: ChatRequest, extra: str = "") -> str:
     """sha256 of (model, revision, prompt, params) as canonical JSON; the backend is deliberately left out
     so the same weights served locally or over HTTP share entries. ``extra``: backend settings that
-    change outputs (a teacher's ``cache_extra``, e.g. an OpenAI ``extra_body``); empty by default."""
+    change outputs (a teacher's ``cache_extra``, e.g. an OpenAI ``extra_body``); empty by default.
+
+    A local model's weights fingerprint (``info.weights``) is in the key too, so replaced weights never get
+    the old weights' generations back, whatever revision the project file names. When the revision is the
+    fingerprint itself (no revision configured) it is not repeated, so those keys are what they were."""
     parts: list[Any] = [info.model, info.revision, request.messages_list(), asdict(request.params)]
     if extra:  # appended only when set, so keys without extras stay the same
         parts.append(extra)
+    if info.weights and info.weights != info.revision:
+        parts.append({"weights": info.weights})  # an object: never equal to an ``extra`` string
     return hashlib.sha256(_canonical(parts).encode("utf-8")).hexdigest()
 
 
@@ -89,6 +109,8 @@ class GenerationCache:
                 completion_tokens INTEGER,
                 created_at TIMESTAMP NOT NULL
             )""")
+        for name, sql_type in _ADDED_COLUMNS:
+            self.con.execute(f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS {name} {sql_type}")
 
     def close(self) -> None:
         if self._owns:
@@ -111,13 +133,21 @@ class GenerationCache:
         for start in range(0, len(unique), _LOOKUP_CHUNK):
             chunk = unique[start : start + _LOOKUP_CHUNK]
             rows = self.con.execute(
-                f"SELECT cache_key, text, finish_reason, prompt_tokens, completion_tokens FROM {self._table} "
+                "SELECT cache_key, text, finish_reason, prompt_tokens, completion_tokens, served_model, "
+                f"system_fingerprint, effective_params FROM {self._table} "
                 "WHERE cache_key IN (SELECT unnest($keys::VARCHAR[]))",
                 {"keys": chunk},
             ).fetchall()
-            for key, text, finish, p_tok, c_tok in rows:
+            for key, text, finish, p_tok, c_tok, served, fingerprint, effective in rows:
                 found[key] = Generation(
-                    text=text, finish_reason=finish, cached=True, prompt_tokens=p_tok, completion_tokens=c_tok
+                    text=text,
+                    finish_reason=finish,
+                    cached=True,
+                    prompt_tokens=p_tok,
+                    completion_tokens=c_tok,
+                    served_model=served,
+                    system_fingerprint=fingerprint,
+                    effective_params=json.loads(effective) if effective is not None else None,
                 )
         return found
 
@@ -140,19 +170,27 @@ class GenerationCache:
                 gen.prompt_tokens,
                 gen.completion_tokens,
                 now,
+                info.weights or None,
+                gen.served_model,
+                gen.system_fingerprint,
+                None if gen.effective_params is None else _canonical(dict(gen.effective_params)),
             ]
             for info, request, gen, extra in entries
         ]
         if not records:
             return []
-        sql = f"INSERT OR IGNORE INTO {self._table} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        # By name: a file created with the first layout has the added columns at its end, in the same order.
+        columns = ", ".join(_COLUMNS)
         if len(records) == 1:
-            self.con.execute(sql, records[0])
+            slots = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+            self.con.execute(f"INSERT OR IGNORE INTO {self._table} ({columns}) VALUES ({slots})", records[0])
         else:  # one Arrow scan is ~50x faster than executemany, which DuckDB runs row by row
             batch = pa.Table.from_pylist([dict(zip(_COLUMNS, r, strict=True)) for r in records], schema=_ARROW)
             self.con.register("_distillery_cache_batch", batch)
             try:
-                self.con.execute(f"INSERT OR IGNORE INTO {self._table} SELECT * FROM _distillery_cache_batch")
+                self.con.execute(
+                    f"INSERT OR IGNORE INTO {self._table} ({columns}) SELECT {columns} FROM _distillery_cache_batch"
+                )
             finally:
                 self.con.unregister("_distillery_cache_batch")
         return [r[0] for r in records]

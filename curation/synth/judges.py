@@ -241,12 +241,14 @@ def _model_key(model: str) -> str:
 
 
 def judge_is_teacher(judge: TeacherInfo, teacher: TeacherInfo) -> bool:
-    """True when the judge is (very likely) the teacher's own model: same content hash, or the same
-    model name once organisation prefixes and quantisation suffixes are removed.
+    """True when the judge is (very likely) the teacher's own model: same weights fingerprint (or content-hash
+    revision), or the same model name once organisation prefixes and quantisation suffixes are removed.
 
     LLM judges favour their own generations (Panickssery et al. 2024, "LLM Evaluators Recognize
     and Favor Their Own Generations"), so such verdicts deserve a warning.
     """
+    if judge.weights and judge.weights == teacher.weights:
+        return True
     if judge.revision.startswith("sha256:") and judge.revision == teacher.revision:
         return True
     return _model_key(judge.model) == _model_key(teacher.model)

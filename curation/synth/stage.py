@@ -57,10 +57,15 @@ class SyntheticRow:
     lineage: tuple[dict[str, str | None], ...]
 
 
-def accepted_row(c: Candidate, info: TeacherInfo, created_at: datetime, judge_model: str | None) -> SyntheticRow:
-    """An accepted candidate as a row, its provenance (with every verdict) and its lineage edges."""
+def accepted_row(c: Candidate, info: TeacherInfo, created_at: datetime, judge: TeacherInfo | None) -> SyntheticRow:
+    """An accepted candidate as a row, its provenance (with every verdict and, when a judge scored it, the judge
+    as the policy registers it) and its lineage edges. The served model and system fingerprint a method put
+    under ``generation_params["served"]`` (:func:`curation.synth.methods.base.backend_record`) become
+    provenance columns."""
     row = {**c.row, "ingested_at": created_at}
     scored = "judge" in c.verification or c.method == "preference"
+    params = dict(c.generation_params)
+    served = params.pop("served", None) or {}
     return SyntheticRow(
         row,
         Provenance(
@@ -68,12 +73,14 @@ def accepted_row(c: Candidate, info: TeacherInfo, created_at: datetime, judge_mo
             c.method,
             info,
             created_at,
-            c.generation_params,
+            params,
             c.prompt_template,
             c.parent_ids,
-            judge_model=judge_model if scored else None,
+            judge=judge if scored else None,
             judge_score=c.judge_score,
             verification=c.verification,
+            served_model=served.get("model"),
+            system_fingerprint=served.get("system_fingerprint"),
         ),
         c.lineage,
     )
@@ -157,8 +164,9 @@ def synthesize(
         if violation:
             c.verification["policy"] = {"intended_use": intended_use, "violation": violation}
             c.rejected = f"policy: {violation}"
-    judge_model = ctx.judge.info.model if ctx.judge is not None else None
-    accepted = [accepted_row(c, ctx.info, created_at, judge_model) for c in candidates if c.accepted]
+    # The judge's licence and terms as policy.teachers declares them, like the teacher's (registered_teacher).
+    judge = registered_teacher(ctx.judge.info, ctx.registry) if ctx.judge is not None else None
+    accepted = [accepted_row(c, ctx.info, created_at, judge) for c in candidates if c.accepted]
     return SynthesisResult(accepted, [c for c in candidates if not c.accepted], warnings, ctx.info, created_at)
 
 

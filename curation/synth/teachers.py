@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import copy
 import email.utils
 import hashlib
 import json
@@ -84,13 +85,23 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class Generation:
-    """One completion. ``finish_reason``: stop, length, or unsupported (procedural: no rule applies)."""
+    """One completion. ``finish_reason``: stop, length, or unsupported (procedural: no rule applies).
+
+    What the backend reported about how it made the completion, kept (and cached) with it so provenance
+    records what happened rather than what was asked: ``served_model`` and ``system_fingerprint`` as an
+    OpenAI-compatible reply names them, and ``effective_params``, the sampling the backend confirms it applied
+    (a value of None: that parameter did not apply, e.g. temperature in greedy decoding), or None as a whole
+    when the backend cannot tell (an HTTP server does not report whether it honoured ``temperature``).
+    """
 
     text: str
     finish_reason: str
     cached: bool = False
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    served_model: str | None = None
+    system_fingerprint: str | None = None
+    effective_params: Mapping[str, Any] | None = None
 
 
 class TeacherError(RuntimeError):
@@ -516,7 +527,17 @@ class ProceduralTeacher:
         out: list[Generation] = []
         for i, request in enumerate(requests):
             text = self.answer(_last_user(request.messages), request.params.seed)
-            gen = Generation(text=text or "", finish_reason="stop" if text is not None else "unsupported")
+            gen = Generation(
+                text=text or "",
+                finish_reason="stop" if text is not None else "unsupported",
+                # Rules and templates: the seed picks the wording; there is no sampling and no token budget.
+                effective_params={
+                    "seed": request.params.seed,
+                    "temperature": None,
+                    "top_p": None,
+                    "max_new_tokens": None,
+                },
+            )
             out.append(gen)
             if on_result is not None:
                 on_result(i, gen)
@@ -529,9 +550,20 @@ class ProceduralTeacher:
 
 
 def hash_model_dir(model_dir: Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 over every file's relative path and bytes: a revision for a local model directory."""
+    """sha256 over every file's relative path and bytes: the weights fingerprint of a local model directory.
+
+    Every byte, not the safetensors index and shard headers: those name tensors, shapes, dtypes and offsets,
+    which a fine-tune of the same architecture leaves as they were, so a header digest would keep the
+    fingerprint while every weight changed. Config, generation config, tokenizer and chat template are in too:
+    each changes what the model writes. The cost is one sequential read of the directory (the model load
+    reads the same bytes; sha256 runs at about 1–2 GB/s)."""
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Hidden files and folders are left out: `.cache/huggingface` (download metadata the hub rewrites), `.git`.
+    files = sorted(
+        p
+        for p in Path(model_dir).rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
+    )
     if not files:
         raise FileNotFoundError(f"model directory {model_dir} has no files")
     for path in files:
@@ -567,13 +599,16 @@ class TransformersTeacher:
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
-        # Hashing reads every weight file once; pass `revision` (e.g. a hub commit) to skip it.
+        # The fingerprint is taken even when the project file names a revision (a hub commit): a name cannot
+        # tell that the files in model_dir were replaced, and the cache key must (curation.synth.cache.cache_key).
+        weights = hash_model_dir(self.model_dir)
         self.info = TeacherInfo(
             backend="transformers",
             model=model_id or self.model_dir.name,
-            revision=revision or hash_model_dir(self.model_dir),
+            revision=revision or weights,
             license=license,
             terms=terms,
+            weights=weights,
         )
         self._model: Any = None
         self._tokenizer: Any = None
@@ -598,6 +633,52 @@ class TransformersTeacher:
         self._model = model.to(self.device)  # type: ignore[arg-type]
         self._model.eval()
 
+    def _generation_config(self, params: GenerationParams) -> tuple[Any, dict[str, Any]]:
+        """The generation config ``generate`` gets for ``params`` (the model's own defaults from its
+        generation_config.json under the request's values), and the sampling it applies, as provenance
+        records it: a model's default ``top_k`` or ``repetition_penalty`` applies although no request set it."""
+        config = copy.deepcopy(self._model.generation_config)
+        sample = params.temperature > 0
+        values: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": sample,
+            "pad_token_id": self._tokenizer.pad_token_id,
+        }
+        if sample:
+            values.update(temperature=params.temperature, top_p=params.top_p)
+        else:  # greedy: explicit Nones silence "flag ignored" warnings from model defaults
+            values.update(temperature=None, top_p=None, top_k=None)
+        config.update(**values)
+        # transformers 5 fills what is still unset with its global defaults inside generate (top_k 50 when
+        # sampling: applied although no request asked for it); the record reads them the same way.
+        defaults_of = getattr(config, "_get_default_generation_params", None)
+        defaults: dict[str, Any] = defaults_of() if callable(defaults_of) else {}
+
+        def used(name: str) -> Any:
+            value = getattr(config, name, None)
+            return defaults.get(name) if value is None else value
+
+        effective: dict[str, Any] = {
+            "do_sample": sample,
+            "max_new_tokens": params.max_new_tokens,
+            "num_beams": used("num_beams") or 1,
+            # Greedy decoding applies no temperature, top_p or top_k, and the seed changes nothing.
+            "temperature": used("temperature") if sample else None,
+            "top_p": used("top_p") if sample else None,
+            "top_k": used("top_k") if sample else None,
+            "seed": params.seed if sample else None,
+        }
+        for name, neutral, sampling_only in (
+            ("min_p", None, True),
+            ("typical_p", 1.0, True),
+            ("repetition_penalty", 1.0, False),
+            ("no_repeat_ngram_size", 0, False),
+        ):
+            value = used(name)
+            if value is not None and value != neutral and (sample or not sampling_only):
+                effective[name] = value
+        return config, effective
+
     def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         import torch
 
@@ -621,19 +702,11 @@ class TransformersTeacher:
                 enc = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                     self.device
                 )
-                sample = params.temperature > 0
-                kwargs: dict[str, Any] = {
-                    "max_new_tokens": params.max_new_tokens,
-                    "do_sample": sample,
-                    "pad_token_id": self._tokenizer.pad_token_id,
-                }
-                if sample:
-                    kwargs.update(temperature=params.temperature, top_p=params.top_p)
+                config, effective = self._generation_config(params)
+                if config.do_sample:
                     torch.manual_seed(params.seed)
-                else:  # greedy: explicit Nones silence "flag ignored" warnings from model defaults
-                    kwargs.update(temperature=None, top_p=None, top_k=None)
                 with torch.no_grad():
-                    out = self._model.generate(**enc, **kwargs)
+                    out = self._model.generate(**enc, generation_config=config)
                 new = out[:, enc["input_ids"].shape[1] :]
                 prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
                 for row, i in enumerate(batch):
@@ -645,6 +718,7 @@ class TransformersTeacher:
                         finish_reason="stop" if stop_at is not None else "length",
                         prompt_tokens=int(prompt_lens[row]),
                         completion_tokens=len(kept),
+                        effective_params=effective,
                     )
                     results[i] = gen
                     if on_result is not None:
@@ -833,12 +907,19 @@ class OpenAICompatibleTeacher:
                 )
             ) from None
         usage = payload.get("usage") or {}
+        served = payload.get("model")
+        fingerprint = payload.get("system_fingerprint")
         return Generation(
-            # The only strings of a reply that are kept (cache, rows): neither may carry the key.
+            # The strings of a reply that are kept (cache, rows, provenance): none may carry the key.
             text=self._scrub(str(text)),
             finish_reason=self._scrub(str(choice.get("finish_reason") or "stop")),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
+            # What the server says answered: the configured name may be an alias for changing weights.
+            served_model=self._scrub(str(served)) if served else None,
+            system_fingerprint=self._scrub(str(fingerprint)) if fingerprint else None,
+            # effective_params stays None: the protocol does not report whether temperature, top_p or seed
+            # were honoured, so provenance marks them requested, not confirmed.
         )
 
     async def agenerate(

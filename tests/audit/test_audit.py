@@ -155,7 +155,7 @@ def build_warehouse(path: Path, extra_raw: list[dict] | None = None) -> None:
     connection.execute(f"CREATE TABLE provenance ({PROVENANCE_DDL})")
     names = PROVENANCE_SCHEMA.names  # by name, so columns a newer layout adds stay NULL
     provenance = [
-        dict(zip(names, values, strict=True))
+        dict(zip(names, values, strict=False))  # shorter tuples: the later columns stay NULL
         for values in (
             (
                 "s1",

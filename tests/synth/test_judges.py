@@ -188,3 +188,11 @@ def test_same_weights_under_another_name_are_the_teacher() -> None:
     judge = TeacherInfo("transformers", "my-judge", "sha256:abc", "x")
     teacher = TeacherInfo("transformers", "my-teacher", "sha256:abc", "x")
     assert judge_is_teacher(judge, teacher)
+
+
+def test_same_weights_under_configured_revisions_are_the_teacher() -> None:
+    # Both configs name a revision, so only the weights fingerprint shows the two directories hold the same model.
+    judge = TeacherInfo("transformers", "my-judge", "judge-v1", "x", weights="sha256:abc")
+    teacher = TeacherInfo("transformers", "my-teacher", "teacher-v3", "x", weights="sha256:abc")
+    assert judge_is_teacher(judge, teacher)
+    assert not judge_is_teacher(judge, TeacherInfo("transformers", "my-teacher", "teacher-v3", "x", weights="sha256:d"))

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -388,3 +389,99 @@ def test_a_key_echoing_server_leaves_the_key_in_no_table_cache_or_log(
     assert SECRET.encode() not in (tmp_path / "cache.duckdb").read_bytes()
     events = "\n".join(str(e) for e in result.all_events)
     assert SECRET not in events and SECRET not in caplog.text
+
+
+# ----------------------------------------------------------------------------- provenance as it happened
+
+SERVED = "fake-model-2026-01-15"  # what the server says answered: the configured name is an alias
+FINGERPRINT = "fp_44709d6fcb"
+
+
+def served(content: str, model: str = SERVED, fingerprint: str | None = FINGERPRINT) -> Reply:
+    status, headers, body, delay = ok(content)
+    assert isinstance(body, dict)
+    return status, headers, {**body, "model": model, "system_fingerprint": fingerprint}, delay
+
+
+def _synthesize_and_store(teacher: Any, judge: Any, cache: GenerationCache, policy_teachers: dict) -> list[dict]:
+    """The ``responses`` method through the generation cache, its provenance written to a DuckDB table the way
+    the ``synthetic`` asset writes it; the records as a reviewer selects them."""
+    import duckdb
+    import pyarrow as pa
+
+    from curation.core.licenses import LicensePolicy
+    from curation.core.provenance import PROVENANCE_DDL, PROVENANCE_SCHEMA
+    from curation.core.schema import new_row
+    from curation.synth.methods import SynthContext
+    from curation.synth.stage import synthesize
+    from curation.synth.terms import parse_model_registry, registered_teacher
+    from curation.synth.verify import VerifySettings
+
+    registry = parse_model_registry(policy_teachers)
+    cached = CachedTeacher(teacher, cache)
+    ctx = SynthContext(cached, registered_teacher(cached.info, registry), LicensePolicy(), registry, judge=judge)
+    seeds = [
+        new_row(
+            row_id=f"s{i}",
+            kind="prompt",
+            messages=[{"role": "user", "content": f"Explain how tides work, part {i}"}],
+            source="seeds",
+            source_uri=f"seeds#{i}",
+            license="Apache-2.0",
+            origin="human",
+        )
+        for i in range(2)
+    ]
+    result = synthesize(ctx, seeds, {"responses": {"count": 2}}, VerifySettings(), "research", datetime(2026, 1, 1))
+    assert len(result.accepted) == 2, result.rejected
+    connection = duckdb.connect()
+    connection.execute(f"CREATE TABLE provenance ({PROVENANCE_DDL})")
+    connection.register("_p", pa.Table.from_pylist(result.provenance_records(), schema=PROVENANCE_SCHEMA))
+    connection.execute("INSERT INTO provenance SELECT * FROM _p")
+    return connection.sql("SELECT * FROM provenance ORDER BY row_id").to_arrow_table().to_pylist()
+
+
+def test_provenance_records_the_served_model_its_fingerprint_and_what_was_not_confirmed(serve: Any) -> None:
+    from curation.synth.judges import ProceduralJudge
+
+    server = serve(lambda n, body: served("Tides come from the pull of the moon on the oceans, twice a day."))
+    teacher = teacher_for(server, revision="2026-01")
+    with GenerationCache(":memory:") as cache:
+        first = _synthesize_and_store(teacher, ProceduralJudge(), cache, {})
+        sent = server.count
+        again = _synthesize_and_store(teacher_for(server, revision="2026-01"), ProceduralJudge(), cache, {})
+    assert sent == 2 and server.count == sent  # the second run came from the cache …
+    for record in first + again:  # … and still says what the server did when it answered
+        assert (record["teacher_model"], record["teacher_revision"]) == ("fake-model", "2026-01")  # as configured
+        assert (record["served_model"], record["system_fingerprint"]) == (SERVED, FINGERPRINT)
+        params = json.loads(record["generation_params"])
+        assert params["temperature"] == 0.0 and params["seed"] == 0  # what was requested …
+        assert params["not_confirmed"] == ["max_new_tokens", "seed", "temperature", "top_p"]  # … not confirmed
+        assert "not confirmed" in params["note"] and "openai-compatible" in params["note"]
+        assert "effective" not in params and "served" not in params  # the served fields are columns
+        assert record["teacher_weights"] is None  # no local files to fingerprint
+
+
+def test_provenance_records_the_judge_model_revision_licence_and_terms(serve: Any) -> None:
+    from curation.synth.verify import ModelJudge
+
+    teacher_server = serve(lambda n, body: served("Tides come from the pull of the moon on the oceans."))
+    judge_server = serve(lambda n, body: served("Accurate and clear. Score: 4", model="acme/judge-9b-0125"))
+    judge = ModelJudge(
+        OpenAICompatibleTeacher(
+            judge_server.base_url, "acme/judge-9b", license="LicenseRef-acme", revision="2025-01-25", timeout_s=5.0
+        )
+    )
+    declared = {"acme/judge-9b": {"license": "Apache-2.0", "terms": "acme-judge-terms-v2"}}
+    with GenerationCache(":memory:") as cache:
+        records = _synthesize_and_store(teacher_for(teacher_server), judge, cache, declared)
+    assert judge_server.count == 2
+    for record in records:
+        assert record["judge_score"] == 4.0
+        # The judge as the policy declares it: licence and terms from policy.teachers, revision from its config.
+        assert (record["judge_model"], record["judge_backend"], record["judge_revision"]) == (
+            "acme/judge-9b",
+            "openai-compatible",
+            "2025-01-25",
+        )
+        assert (record["judge_license"], record["judge_terms"]) == ("Apache-2.0", "acme-judge-terms-v2")

@@ -6,14 +6,15 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from curation.core.provenance import TeacherInfo
+from curation.core.provenance import Provenance, TeacherInfo
 from curation.synth.cache import CachedTeacher, GenerationCache, cache_key
 from curation.synth.teachers import (
     PERTURBATIONS,
@@ -255,6 +256,10 @@ def test_hash_model_dir_changes_with_content(tmp_path: Path) -> None:
     assert first.startswith("sha256:") and first == hash_model_dir(tmp_path)
     (tmp_path / "w.bin").write_bytes(b"abd")
     assert hash_model_dir(tmp_path) != first
+    second = hash_model_dir(tmp_path)
+    (tmp_path / ".cache" / "huggingface").mkdir(parents=True)  # download metadata the hub rewrites
+    (tmp_path / ".cache" / "huggingface" / "w.bin.metadata").write_text("etag, commit, time")
+    assert hash_model_dir(tmp_path) == second
     with pytest.raises(FileNotFoundError):
         hash_model_dir(tmp_path / "missing")
 
@@ -339,3 +344,94 @@ def test_build_teacher_from_project_spec(tmp_path: Path, monkeypatch: pytest.Mon
         build_teacher({"backend": "vllm"})
     with pytest.raises(ValueError, match="needs 'license'"):
         build_teacher({"backend": "transformers", "model_dir": str(tmp_path)})
+
+
+# ----------------------------------------------------------------------------- weights fingerprint
+
+
+def _safetensors_header(path: Path) -> bytes:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets): 8-byte length, then it."""
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        return fh.read(size)
+
+
+@pytest.mark.slow
+def test_replaced_weights_miss_the_cache_and_change_the_fingerprint(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from curation.synth.teachers import build_teacher
+    from tests.model_fixtures import build_tiny_chat_model
+
+    model_dir = build_tiny_chat_model(tmp_path / "tiny")
+    # As a project file that names a hub commit: the name cannot tell that the files in model_dir changed.
+    spec = {"backend": "transformers", "model_dir": str(model_dir), "license": "Apache-2.0", "revision": "abc123"}
+    requests = [ask("hello", max_new_tokens=6), ask("hello", temperature=1.0, max_new_tokens=6, seed=2)]
+    with GenerationCache(tmp_path / "cache.duckdb") as cache:
+        before = CountingWrapper(build_teacher(spec))
+        old = CachedTeacher(before, cache).generate(requests)
+
+    weights_file = model_dir / "model.safetensors"
+    header = _safetensors_header(weights_file)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.lm_head.weight.data.neg_()  # a "fine-tune": the same tensors with other values
+    model.save_pretrained(model_dir)
+    # Names, dtypes, shapes and offsets are all unchanged: a fingerprint of the index and shard headers would be
+    # too, which is why the fingerprint digests the bytes.
+    assert _safetensors_header(weights_file) == header
+
+    with GenerationCache(tmp_path / "cache.duckdb") as cache:
+        after = CountingWrapper(build_teacher(spec))
+        new = CachedTeacher(after, cache).generate(requests)
+        unchanged = CountingWrapper(build_teacher(spec))
+        again = CachedTeacher(unchanged, cache).generate(requests)
+    assert after.calls == 1 and not any(g.cached for g in new)  # the old weights' generations were not reused
+    assert [g.text for g in new] != [g.text for g in old]
+    assert before.info.revision == after.info.revision == "abc123"  # the configured revision, as recorded
+    assert before.info.weights.startswith("sha256:") and after.info.weights != before.info.weights
+    assert Provenance("r", "responses", after.info, datetime(2026, 1, 1)).as_record()["teacher_weights"] == (
+        after.info.weights
+    )
+    assert unchanged.calls == 0 and [g.text for g in again] == [g.text for g in new]  # same weights: cache hits
+    # The sampling the backend applied, kept in the cache with each generation: greedy applies no temperature;
+    # sampling applies transformers' default top_k 50, which no request asked for.
+    assert new[0].effective_params is not None and again[0].effective_params == new[0].effective_params
+    assert (new[0].effective_params["do_sample"], new[0].effective_params["temperature"]) == (False, None)
+    assert again[1].effective_params is not None
+    assert {k: again[1].effective_params[k] for k in ("do_sample", "temperature", "seed", "max_new_tokens")} == {
+        "do_sample": True,
+        "temperature": 1.0,
+        "seed": 2,
+        "max_new_tokens": 6,
+    }
+
+
+def test_the_weights_fingerprint_keys_the_cache_beside_the_revision() -> None:
+    named = TeacherInfo("transformers", "m", "abc123", "MIT", weights="sha256:aaa")
+    assert cache_key(named, ask("hi")) != cache_key(replace(named, weights="sha256:bbb"), ask("hi"))
+    # No revision configured: the revision is the fingerprint, and keys are what they were before fingerprints.
+    hashed = TeacherInfo("transformers", "m", "sha256:aaa", "MIT", weights="sha256:aaa")
+    assert cache_key(hashed, ask("hi")) == cache_key(TeacherInfo("transformers", "m", "sha256:aaa", "MIT"), ask("hi"))
+
+
+def test_a_cache_file_of_the_first_layout_is_upgraded_and_old_entries_are_not_confirmed(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    info = TeacherInfo("openai-compatible", "m", "r1", "MIT")
+    with duckdb.connect(str(path)) as con:  # the table as the first layout created it
+        con.execute(
+            "CREATE TABLE generation_cache (cache_key VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, revision VARCHAR "
+            "NOT NULL, prompt_json JSON NOT NULL, params_json JSON NOT NULL, text VARCHAR NOT NULL, finish_reason "
+            "VARCHAR, prompt_tokens INTEGER, completion_tokens INTEGER, created_at TIMESTAMP NOT NULL)"
+        )
+        con.execute(
+            "INSERT INTO generation_cache VALUES (?, 'm', 'r1', '[]', '{}', 'old answer', 'stop', 1, 2, now())",
+            [cache_key(info, ask("q"))],
+        )
+    reported = Generation("new", "stop", served_model="m-0125", system_fingerprint="fp_1", effective_params={"a": 1})
+    with GenerationCache(path) as cache:
+        (old,) = cache.get_many([cache_key(info, ask("q"))]).values()
+        cache.put(info, ask("q2"), reported)
+        (new,) = cache.get_many([cache_key(info, ask("q2"))]).values()
+    assert (old.text, old.served_model, old.effective_params) == ("old answer", None, None)
+    assert (new.served_model, new.system_fingerprint, new.effective_params) == ("m-0125", "fp_1", {"a": 1})

@@ -155,8 +155,43 @@ def unsupported(gen: Generation) -> str | None:
 
 
 def params_record(p: GenerationParams) -> dict[str, Any]:
-    """Generation parameters as they go into provenance."""
+    """Generation parameters as they go into provenance (what was requested)."""
     return {"temperature": p.temperature, "max_new_tokens": p.max_new_tokens, "top_p": p.top_p, "seed": p.seed}
+
+
+_REQUESTED = ("temperature", "top_p", "max_new_tokens", "seed")  # the fields of GenerationParams
+
+
+def backend_record(ctx: SynthContext, generations: Sequence[Generation]) -> dict[str, Any]:
+    """What the backend reported for the generations that made one row, as provenance records it beside the
+    requested parameters: ``effective`` (the sampling it confirms it applied; a list when the generations
+    differ, e.g. one seed per sample), ``not_confirmed`` and a ``note`` for requested parameters it could not
+    confirm (an OpenAI-compatible server reports none), and under ``served`` the model id and system
+    fingerprint the server answered with (taken out into provenance columns by
+    :func:`curation.synth.stage.accepted_row`). Empty for no generations."""
+    out: dict[str, Any] = {}
+    if not generations:
+        return out
+    known = [dict(g.effective_params) for g in generations if g.effective_params is not None]
+    if known:
+        out["effective"] = known[0] if all(e == known[0] for e in known) else known
+    unconfirmed = sorted(
+        {k for g in generations for k in _REQUESTED if g.effective_params is None or k not in g.effective_params}
+    )
+    if unconfirmed:
+        out["not_confirmed"] = unconfirmed
+        out["note"] = (
+            f"{', '.join(unconfirmed)} requested, not confirmed: the {ctx.info.backend} backend did not report "
+            "the sampling it applied"
+        )
+    served = {
+        "model": ", ".join(sorted({g.served_model for g in generations if g.served_model})) or None,
+        "system_fingerprint": ", ".join(sorted({g.system_fingerprint for g in generations if g.system_fingerprint}))
+        or None,
+    }
+    if any(served.values()):
+        out["served"] = served
+    return out
 
 
 def response_rows(
@@ -171,9 +206,11 @@ def response_rows(
     topic: str | None = None,
     template: str = "instruction",
     lineage_op: str = "respond",
+    instruction_generation: Generation | None = None,
 ) -> list[Candidate]:
     """One ``sft`` candidate per generated response to ``instruction`` (several when sampled with several
-    seeds), linked to ``parent`` when the instruction came from a seed row."""
+    seeds), linked to ``parent`` when the instruction came from a seed row; ``instruction_generation``: the
+    generation that wrote the instruction, when the teacher wrote it (its backend report joins the row's)."""
     out = []
     parents = [parent] if parent is not None else []
     for gen, p in zip(generations, params, strict=True):
@@ -202,6 +239,7 @@ def response_rows(
                     "max_new_tokens": p.max_new_tokens,
                     "seed": p.seed,
                     "finish_reason": gen.finish_reason,
+                    **backend_record(ctx, [g for g in (instruction_generation, gen) if g is not None]),
                 },
                 prompt_template=template,
                 topic=topic,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,18 @@ from curation.core.schema import Row, make_row_id
 from curation.core.texts import first_fenced_block
 from curation.ingest.readers import read_objects
 from curation.synth.code_verify import run_unit_tests
-from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, params_record, unsupported, user_turn
+from curation.synth.methods.base import (
+    MethodSettings,
+    SynthContext,
+    backend_record,
+    derived_row,
+    params_record,
+    unsupported,
+    user_turn,
+)
 from curation.synth.methods.registry import synthesis_method
 from curation.synth.sandbox import require_isolation
-from curation.synth.teachers import ChatRequest, GenerationParams
+from curation.synth.teachers import ChatRequest, Generation, GenerationParams
 from curation.synth.verify import Candidate
 
 _CODE_PROMPT = (
@@ -96,6 +104,7 @@ class _Attempt:
     history: list[dict[str, Any]]
     solution: str = ""
     passed: bool = False
+    generations: list[Generation] = field(default_factory=list)  # every round's, for provenance
 
 
 def code_candidates(
@@ -118,6 +127,7 @@ def code_candidates(
     for round_no in range(max_repairs + 1):
         gens = ctx.teacher.generate([ChatRequest(tuple(a.messages), params) for a in todo])
         for attempt, gen in zip(todo, gens, strict=True):
+            attempt.generations.append(gen)
             problem = attempt.problem
             no_answer = unsupported(gen)
             if no_answer:
@@ -172,7 +182,11 @@ def code_candidates(
             Candidate(
                 row=row,
                 method="code",
-                generation_params={**params_record(params), "max_repairs": max_repairs},
+                generation_params={
+                    **params_record(params),
+                    "max_repairs": max_repairs,
+                    **backend_record(ctx, attempt.generations),
+                },
                 prompt_template="code:solve+repair",
                 checks=checks,
                 skip_judge=attempt.passed,

@@ -12,9 +12,17 @@ from pydantic import Field
 
 from curation.core.hashing import stable_unit
 from curation.core.schema import Row, make_row_id
-from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, response_rows, unsupported, user_turn
+from curation.synth.methods.base import (
+    MethodSettings,
+    SynthContext,
+    backend_record,
+    derived_row,
+    response_rows,
+    unsupported,
+    user_turn,
+)
 from curation.synth.methods.registry import synthesis_method
-from curation.synth.teachers import ChatRequest, GenerationParams, perturb
+from curation.synth.teachers import ChatRequest, Generation, GenerationParams, perturb
 from curation.synth.verify import Candidate
 
 # Prompt wording in the spirit of Self-Instruct (Wang et al. 2023) and the coverage-matrix
@@ -134,7 +142,7 @@ def instructions(ctx: SynthContext, seeds: Sequence[Row], settings: Instructions
     ]
     written = ctx.teacher.generate([ChatRequest(user_turn(p), params) for p in prompts])
     out: list[Candidate] = []
-    ready: list[tuple[dict[str, Any], str]] = []
+    ready: list[tuple[dict[str, Any], str, Generation]] = []
     for cell, gen in zip(cells, written, strict=True):
         problem = unsupported(gen)
         text = gen.text.strip().strip('"').strip()
@@ -158,20 +166,20 @@ def instructions(ctx: SynthContext, seeds: Sequence[Row], settings: Instructions
                     topic=cell["topic"],
                     failed=problem,
                     prompt_template="instructions:matrix",
-                    generation_params={"seed": ctx.seed},
+                    generation_params={"seed": ctx.seed, **backend_record(ctx, [gen])},
                 )
             )
             continue
-        ready.append((cell, text))
+        ready.append((cell, text, gen))
     per = settings.per_instruction
     temperature = settings.temperature if settings.temperature is not None else 0.7 if per > 1 else 0.0
     response_params = [
         GenerationParams(temperature=temperature, max_new_tokens=settings.max_new_tokens or 512, seed=ctx.seed + k)
         for k in range(per)
     ]
-    response_requests = [ChatRequest(user_turn(text), p) for _, text in ready for p in response_params]
+    response_requests = [ChatRequest(user_turn(text), p) for _, text, _ in ready for p in response_params]
     answers = iter(ctx.teacher.generate(response_requests) if response_requests else [])
-    for cell, text in ready:
+    for cell, text, written_by in ready:
         gens = [next(answers) for _ in response_params]
         out += response_rows(
             ctx,
@@ -183,5 +191,6 @@ def instructions(ctx: SynthContext, seeds: Sequence[Row], settings: Instructions
             extra=dict(cell),
             topic=cell["topic"],
             template="instructions:matrix",
+            instruction_generation=written_by,
         )
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import Field
 
@@ -11,6 +12,7 @@ from curation.core.schema import Row, make_row_id
 from curation.synth.methods.base import (
     SeedInstructionSettings,
     SynthContext,
+    backend_record,
     derived_row,
     params_record,
     seed_prompts,
@@ -60,7 +62,7 @@ def preference(ctx: SynthContext, seeds: Sequence[Row], settings: PreferenceSett
         if texts
         else []
     )
-    staged: list[tuple[Row, str, str, str, list[int | None]]] = []
+    staged: list[tuple[Row, str, str, str, list[int | None], dict[str, Any]]] = []
     out: list[Candidate] = []
     for i, (parent, prompt) in enumerate(pairs):
         options = texts[i * samples : (i + 1) * samples]
@@ -89,9 +91,12 @@ def preference(ctx: SynthContext, seeds: Sequence[Row], settings: PreferenceSett
                 )
             )
             continue
-        staged.append((parent, prompt, options[best[1]], options[worst[1]], scores))
-    confirmations = judge.compare([(prompt, a, b) for _, prompt, a, b, _ in staged]) if staged else []
-    for (parent, prompt, chosen_text, rejected_text, scores), verdict in zip(staged, confirmations, strict=True):
+        backend = backend_record(ctx, gens[i * samples : (i + 1) * samples])
+        staged.append((parent, prompt, options[best[1]], options[worst[1]], scores, backend))
+    confirmations = judge.compare([(prompt, a, b) for _, prompt, a, b, _, _ in staged]) if staged else []
+    for (parent, prompt, chosen_text, rejected_text, scores, backend), verdict in zip(
+        staged, confirmations, strict=True
+    ):
         row_id = make_row_id(parent["row_id"], "preference", ctx.info.model, str(ctx.seed))
         row = derived_row(
             ctx,
@@ -117,7 +122,7 @@ def preference(ctx: SynthContext, seeds: Sequence[Row], settings: PreferenceSett
                     f"{samples} sampled responses judged; best and worst kept",
                 ),
             ),
-            generation_params={"samples": samples, **params_record(params[0])},
+            generation_params={"samples": samples, **params_record(params[0]), **backend},
             prompt_template="preference",
             checks={
                 "scores": scores,

@@ -8,7 +8,14 @@ from pydantic import Field
 
 from curation.core.provenance import lineage_record
 from curation.core.schema import Row, make_row_id
-from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, unsupported, user_turn
+from curation.synth.methods.base import (
+    MethodSettings,
+    SynthContext,
+    backend_record,
+    derived_row,
+    unsupported,
+    user_turn,
+)
 from curation.synth.methods.registry import synthesis_method
 from curation.synth.teachers import ChatRequest, GenerationParams
 from curation.synth.verify import Candidate
@@ -94,7 +101,11 @@ def reverse_instruction(
                         "instruction generated for the human-written response",
                     ),
                 ),
-                generation_params={"seed": ctx.seed, "max_new_tokens": params.max_new_tokens},
+                generation_params={
+                    "seed": ctx.seed,
+                    "max_new_tokens": params.max_new_tokens,
+                    **backend_record(ctx, [gen]),
+                },
                 prompt_template="reverse_instruction",
                 checks={"response": "human text kept verbatim"},
                 failed=problem,

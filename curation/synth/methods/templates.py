@@ -9,7 +9,7 @@ from pydantic import Field
 
 from curation.core.schema import Row, make_row_id
 from curation.synth.judges import mentions_value
-from curation.synth.methods.base import MethodSettings, SynthContext, derived_row, user_turn
+from curation.synth.methods.base import MethodSettings, SynthContext, backend_record, derived_row, user_turn
 from curation.synth.methods.registry import synthesis_method
 from curation.synth.teachers import ChatRequest, GenerationParams, arithmetic_problem, unit_problem
 from curation.synth.verify import Candidate
@@ -54,7 +54,7 @@ def template_candidates(
             Candidate(
                 row=row,
                 method=f"template:{method}",
-                generation_params={"seed": ctx.seed},
+                generation_params={"seed": ctx.seed, **backend_record(ctx, [gen])},
                 prompt_template=method,
                 checks={"expected": expected, "answer_matches": matches},
                 failed=None if matches else f"answer does not contain the computed {expected}",
