@@ -476,6 +476,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_use(folder: Path) -> str | None:
+    """The intended use the report in ``folder`` was judged for (None: no readable report there)."""
+    try:
+        return json.loads((folder / "compliance.json").read_text(encoding="utf-8")).get("intended_use")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the compliance report of a dataset version (Markdown, HTML, JSON, violations.csv)."""
     _set_home(args, writable=False)  # only the report's folder is written (--out, or reports/ in the home)
@@ -491,6 +499,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {project_config_path()}: {error}", file=sys.stderr)
         return 2
+    # The project's own use writes where the compliance_report asset does (the same report of the same data);
+    # any other use writes beside it, in a folder of its own, so the asset's files (and its metadata, which
+    # points at them) keep describing the project's intended use. A report already there for another use (the
+    # project file's use changed since) is not written over either.
+    other_use = bool(args.intended_use) and args.intended_use != policy.intended_use
     if args.intended_use:
         policy = CompliancePolicy(args.intended_use, policy.licenses, policy.teachers)
     try:
@@ -504,7 +517,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                 project=config.name,
                 project_file_hash=config.file_hash,
             )
-            out = Path(args.out) if args.out else reports_dir() / version
+            default = reports_dir() / version
+            if other_use or _report_use(default) not in (None, policy.intended_use):
+                default = default / policy.intended_use
+            out = Path(args.out) if args.out else default
             paths = write_report(connection, report, out)
     except (FileNotFoundError, WarehouseBusy, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -603,7 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--config")
     rep.add_argument("--home")
     rep.add_argument("--table", default="formatted", help="dataset version to report on (default: formatted)")
-    rep.add_argument("--out", help="folder for the report (default: $DISTILLERY_HOME/reports/<data version>)")
+    rep.add_argument(
+        "--out",
+        help="folder for the report (default: $DISTILLERY_HOME/reports/<data version>, the compliance_report "
+        "asset's; for an --intended-use other than the project's, reports/<data version>/<intended use>)",
+    )
     rep.add_argument(
         "--intended-use",
         choices=["research", "commercial"],

@@ -1,5 +1,7 @@
-"""compliance_report: the compliance report of the formatted dataset version, written under
-`$DISTILLERY_HOME/reports/<data_version>/` each time `formatted` changes."""
+"""compliance_report: the compliance report of the formatted dataset version for the project's intended use,
+written under `$DISTILLERY_HOME/reports/<data_version>/` each time `formatted` changes (`distillery report` for
+another use writes beside it, in `<data_version>/<use>/`). `exports` waits for it: its blocking checks
+(checks/compliance.py) stop a version that may not be used for the intended use before it is exported."""
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 

@@ -15,7 +15,9 @@ from resources.warehouse import POOL
 @asset(
     group_name="datasets",
     pool=POOL,
-    deps=["formatted"],
+    # After the compliance report: its blocking checks (checks/compliance.py) stop a version that may not be
+    # used for the intended use before anything is exported.
+    deps=["formatted", "compliance_report"],
     kinds={"parquet", "json"},
     code_version="exports-1",
     owners=["team:data"],

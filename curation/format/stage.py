@@ -9,7 +9,9 @@ with its split and subset, and a lineage edge to its input row.
 Splits are planned in DuckDB first (:func:`~curation.format.split.plan_splits`); then the rows stream
 in Arrow batches through ``compute.workers`` processes (:func:`format_records`, every text of a batch
 tokenized in one call) and back in input order, so the output is the same for any number of workers,
-and each batch's rows, rejections, matches and lineage edges are appended as they come.
+and each batch's rows, rejections, matches and lineage edges are appended as they come. Then, over the
+whole table in SQL, model-made train rows past ``mix.synthetic_cap`` are left out (:func:`cap_model_made`):
+the rows formatting removed may have raised their share past what the mix allowed.
 
 A row whose content, split and settings are what they were last run (the stage's memo,
 :mod:`curation.core.memo`) is not rendered again: its ``formatted`` row, rejection, matches and lineage
@@ -27,13 +29,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pyarrow as pa
 
 from curation.core.freshness import format_fingerprint
+from curation.core.hashing import stable_unit_sql
 from curation.core.markdown import counts_table
 from curation.core.memo import Reuse, drop_reuse, plan_reuse
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.core.schema import COLUMNS, Row, decode_row
-from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, quote, read_batches
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, fetch_one, quote, read_batches
 from curation.format.decontam import (
     BenchmarkItem,
     ContaminationIndex,
@@ -58,6 +61,7 @@ from curation.format.table import (
     formatted_batch,
     formatted_record,
 )
+from curation.synth.mix import synthetic_budget
 
 if TYPE_CHECKING:
     import duckdb
@@ -69,8 +73,22 @@ if TYPE_CHECKING:
 RENDER_ROWS = 500
 """Rows rendered and verified in one :func:`~curation.format.render.reusing_renderings` block: their texts
 are tokenized in one call, and what the block keeps (every text's tokens and offsets) stays small."""
-REJECTION_STAGES: tuple[str, ...] = ("decontamination", "render", "length", "special_tokens", "round_trip", "loss_mask")
-"""``format_rejections.stage``, in the order the steps are applied."""
+REJECTION_STAGES: tuple[str, ...] = (
+    "decontamination",
+    "render",
+    "length",
+    "special_tokens",
+    "round_trip",
+    "loss_mask",
+    "synthetic_cap",
+)
+"""``format_rejections.stage``, in the order the steps are applied (``synthetic_cap`` last, over the whole
+table: :func:`cap_model_made`)."""
+CAPPED_SPLIT = "train"
+"""The split :func:`cap_model_made` holds to ``mix.synthetic_cap``: the rows a trainer learns from. The eval
+split is held out (no row of it shares a cluster or an ancestor with a train row), so its model-made rows
+teach the model nothing; capping it too would only shrink a small measurement set by the luck of the split
+draw (the demo's 12 eval rows hold 4 model-made ones, 33%, from a 29% mix)."""
 
 
 class FormatRejection(NamedTuple):
@@ -359,6 +377,12 @@ def format_rows(
             staged.append(rejections, result.rejections)
             staged.append(contamination, result.contamination)
             staged.append(lineage, result.lineage)
+        capped = cap_model_made(staged, config.mix.synthetic_cap, settings.seed)
+        if capped:
+            report(
+                f"formatting: {capped:,} model-made {CAPPED_SPLIT} row(s) left out to keep the "
+                f"{config.mix.synthetic_cap:.0%} synthetic cap after the rows formatting removed"
+            )
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {quote(splits)}")
         drop_reuse(connection, reuse)
@@ -378,6 +402,70 @@ def format_rows(
         rows_reused=reuse.rows,
         decontamination=settings_record(index, settings.decontamination.fields) if index else {},
     )
+
+
+def model_made_share_sql(table: str) -> str:
+    """Per split of a ``formatted`` table (quoted name): ``split, model_made, rows``. Model-made is any
+    origin but ``human``, as the mix counts it (:mod:`curation.synth.mix`)."""
+    return (
+        f"SELECT split, count(*) FILTER (origin IS DISTINCT FROM 'human') AS model_made, count(*) AS rows "
+        f"FROM {table} GROUP BY split ORDER BY split"
+    )
+
+
+def cap_model_made(staged: StagedWrite, cap: float, seed: int) -> int:
+    """Hold the staged ``formatted`` table's :data:`CAPPED_SPLIT` split to ``cap`` (``mix.synthetic_cap``),
+    returning how many rows were left out.
+
+    The mix meets the cap over ``synthetic_mixed``, but formatting then removes rows (over-long,
+    contaminated, unrenderable), and when those are mostly human the model-made share of what training reads
+    can rise past the cap. So, after every row is formatted, the model-made rows of the split past the budget
+    (:func:`curation.synth.mix.synthetic_budget`, the mix's own rule) are left out in a seeded order of their
+    input ids: decided in SQL over the whole table, the same for any worker count or batch size and for a
+    re-run that copied rows from its memo. Each goes to ``format_rejections`` (stage ``synthetic_cap``, so
+    row conservation holds) with its edge removed from the staged lineage, and its memo entry is dropped:
+    whether a row fits under the cap depends on the other rows, so the next run must render it again
+    rather than copy a rejection that may no longer hold."""
+    connection = staged.connection
+    table = quote(staged.staging_name("formatted"))
+    counts = {split: (int(m), int(n)) for split, m, n in connection.execute(model_made_share_sql(table)).fetchall()}
+    model_made, rows = counts.get(CAPPED_SPLIT, (0, 0))
+    human = rows - model_made
+    keep = synthetic_budget(human, 0, model_made, cap)
+    if keep >= model_made:
+        return 0
+    dropped = quote(staged.staging_name("format_cap_drops"))
+    reason = (
+        f"over the synthetic cap of {cap:.0%} (mix.synthetic_cap) in the {CAPPED_SPLIT} split once formatting "
+        "had removed other rows"
+    )
+    detail = f"{keep} of {model_made} model-made rows kept beside {human} human rows"
+    try:
+        with stable_unit_sql(connection, seed) as unit:
+            connection.execute(
+                f"""CREATE TABLE {dropped} AS SELECT row_id, parent_id FROM (
+                    SELECT row_id, parent_id,
+                           row_number() OVER (ORDER BY {unit}('synthetic_cap', parent_id), parent_id) AS rank
+                    FROM {table} WHERE split = ? AND origin IS DISTINCT FROM 'human')
+                WHERE rank > ?""",
+                [CAPPED_SPLIT, keep],
+            )
+        connection.execute(
+            f"INSERT INTO {quote(staged.staging_name('format_rejections'))} "
+            f"SELECT parent_id, 'synthetic_cap', ?, ? FROM {dropped} ORDER BY parent_id",
+            [reason, detail],
+        )
+        connection.execute(f"DELETE FROM {table} WHERE row_id IN (SELECT row_id FROM {dropped})")
+        connection.execute(
+            f"DELETE FROM {quote(staged.staging_name('lineage'))} WHERE child_id IN (SELECT row_id FROM {dropped})"
+        )
+        connection.execute(
+            f"DELETE FROM {quote(staged.staging_name('format_memo'))} WHERE row_id IN (SELECT parent_id FROM {dropped})"
+        )
+        (left_out,) = fetch_one(connection, f"SELECT count(*) FROM {dropped}")
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS {dropped}")
+    return int(left_out)
 
 
 FORMAT_OUTPUTS = ("formatted", "format_rejections", "contamination")

@@ -40,7 +40,8 @@ for text rows) and ``messages`` the messages actually rendered (system prompt ad
 dropped by truncation), so re-rendering ``messages`` gives ``text``. ``input_ids`` and
 ``assistant_mask`` are empty lists for preference rows (prompt/chosen/rejected texts are the split)."""
 
-# format_rejections.stage: decontamination, render, length, special_tokens or round_trip (in the order applied).
+# format_rejections.stage: one of curation.format.stage.REJECTION_STAGES (decontamination, render, length,
+# special_tokens, round_trip, loss_mask, then synthetic_cap over the whole table), in the order applied.
 FORMAT_REJECTIONS_DDL = "row_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR"
 FORMAT_REJECTIONS_SCHEMA = pa.schema(
     [("row_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]

@@ -193,7 +193,9 @@ def test_demo_run_writes_the_report_and_the_cli_audits_and_reports(tmp_path: Pat
 
     commercial = run_cli("report", "--config", str(config), "--intended-use", "commercial", "--check", home=home)
     assert commercial.returncode == 1, commercial.stderr[-2000:]
-    written = json.loads((home / "reports" / version / "compliance.json").read_text())
+    # Another use than the project's (research) is written beside the asset's report, which stays its own.
+    written = json.loads((home / "reports" / version / "commercial" / "compliance.json").read_text())
+    assert json.loads((home / "reports" / version / "compliance.json").read_text())["intended_use"] == "research"
     by_rule = {}
     for item in written["violations_by_rule"]:
         by_rule[item["rule"]] = by_rule.get(item["rule"], 0) + item["rows"]

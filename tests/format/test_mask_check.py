@@ -28,9 +28,14 @@ def _gsm8k_rows(count: int) -> list[dict]:
     with open(SHARED_DATA / "gsm8k-train" / "train.jsonl", encoding="utf-8") as handle:
         pairs = [json.loads(next(handle)) for _ in range(count)]
     turns = [[{"role": "user", "content": p["question"]}, {"role": "assistant", "content": p["answer"]}] for p in pairs]
-    sft = [new_row(row_id=f"gsm{k}", kind="sft", source="qa", license="MIT", messages=t) for k, t in enumerate(turns)]
+    sft = [
+        new_row(row_id=f"gsm{k}", kind="sft", source="qa", license="MIT", origin="human", messages=t)
+        for k, t in enumerate(turns)
+    ]
     chats = [
-        new_row(row_id=f"chat{k}", kind="chat", source="qa", license="MIT", messages=turns[k] + turns[k + 1])
+        new_row(
+            row_id=f"chat{k}", kind="chat", source="qa", license="MIT", origin="human", messages=turns[k] + turns[k + 1]
+        )
         for k in range(0, count, 2)
     ]
     return sft + chats
