@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from assets.metadata import latest_data_version
 from curation.audit.report import CompliancePolicy, build_report, write_report
+from curation.core.freshness import module_code_version
 from curation.core.home import reports_dir
 from curation.core.warehouse import content_hash
 from resources import ProjectResource, WarehouseResource
@@ -18,7 +19,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=["formatted"],
     kinds={"duckdb", "html"},
-    code_version="compliance-1",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def compliance_report(

@@ -4,13 +4,21 @@ it duplicates in `dedup_clusters`, with the verified similarity and why that row
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.freshness import module_code_version
 from curation.core.parallel import use_engine
 from curation.dedup.stage import run_dedup
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
 
-@asset(group_name="datasets", pool=POOL, deps=["raw"], kinds={"duckdb"}, code_version="deduped-1", owners=["team:data"])
+@asset(
+    group_name="datasets",
+    pool=POOL,
+    deps=["raw"],
+    kinds={"duckdb"},
+    code_version=module_code_version(__name__),
+    owners=["team:data"],
+)
 def deduped(
     context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource
 ) -> MaterializeResult:

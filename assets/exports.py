@@ -3,6 +3,7 @@ directly, with a manifest; one immutable folder per data version under $DISTILLE
 
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
+from curation.core.freshness import module_code_version
 from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps
 from curation.core.markdown import markdown_table
 from curation.core.parallel import use_engine, workers_for
@@ -19,7 +20,7 @@ from resources.warehouse import POOL
     # used for the intended use before anything is exported.
     deps=["formatted", "compliance_report"],
     kinds={"parquet", "json"},
-    code_version="exports-1",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def exports(

@@ -4,6 +4,7 @@ its reason in `filter_rejections`, each edit as a lineage edge."""
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.freshness import module_code_version
 from curation.core.parallel import use_engine
 from curation.filter.chain import project_chain
 from curation.filter.runner import filter_table
@@ -17,7 +18,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=["deduped"],
     kinds={"duckdb"},
-    code_version="filtered-2",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def filtered(

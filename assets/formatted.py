@@ -5,6 +5,7 @@ near-duplicates and derived rows kept together, and tagged with nested subsets."
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.freshness import module_code_version
 from curation.core.parallel import use_engine
 from curation.format.stage import format_rows
 from resources import ProjectResource, WarehouseResource
@@ -17,7 +18,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=["synthetic_mixed"],
     kinds={"duckdb"},
-    code_version="formatted-3",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def formatted(

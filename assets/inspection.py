@@ -13,6 +13,7 @@ from curation.audit.inspection import (
     overview_plot_markdown,
     write_inspection_report,
 )
+from curation.core.freshness import module_code_version
 from curation.core.home import reports_dir
 from resources import WarehouseResource
 from resources.warehouse import POOL
@@ -23,7 +24,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=list(VERSIONS),
     kinds={"duckdb", "html"},
-    code_version="inspection-1",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:

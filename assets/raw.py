@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from assets.metadata import dataset_metadata
 from assets.sources import SOURCE_FILES, ingested_events
-from curation.core.freshness import source_fingerprint
+from curation.core.freshness import module_code_version, source_fingerprint
 from curation.core.markdown import markdown_table
 from curation.core.parallel import use_engine
 from curation.ingest.sources import ingest_sources, quarantine_overview
@@ -17,7 +17,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=[SOURCE_FILES],
     kinds={"duckdb"},
-    code_version="raw-1",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def raw(context: AssetExecutionContext, project: ProjectResource, warehouse: WarehouseResource) -> MaterializeResult:

@@ -5,6 +5,7 @@ verified, each with a `provenance` record and lineage edges to its parents. Reje
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.freshness import module_code_version
 from curation.core.markdown import markdown_table
 from curation.core.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA
 from curation.core.schema import rows_to_table, utcnow
@@ -21,7 +22,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=["filtered"],
     kinds={"duckdb"},
-    code_version="synthetic-2",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def synthetic(

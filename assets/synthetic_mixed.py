@@ -4,6 +4,7 @@ weights, synthetic cap); every row left out is in `mix_excluded` with the reason
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import dataset_metadata
+from curation.core.freshness import module_code_version
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import canonical_ddl
 from curation.synth.mix import MIX_EXCLUDED_DDL, MixPolicy, mix_warehouse
@@ -16,7 +17,7 @@ from resources.warehouse import POOL
     pool=POOL,
     deps=["filtered", "synthetic"],
     kinds={"duckdb"},
-    code_version="synthetic_mixed-2",
+    code_version=module_code_version(__name__),
     owners=["team:data"],
 )
 def synthetic_mixed(
