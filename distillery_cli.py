@@ -1,8 +1,8 @@
-"""The ``distillery`` command: run the pipeline through Dagster, open the UI, preview filters, audit a
+"""The distillery command: run the pipeline through Dagster, open the UI, preview filters, audit a
 row's provenance and write the compliance report of a dataset version.
 
-Runs started here use the persistent Dagster instance under ``$DISTILLERY_HOME/dagster``, so they
-show up in ``distillery ui`` (or ``dagster dev``) afterwards.
+Runs started here use the persistent Dagster instance under $DISTILLERY_HOME/dagster, so they
+show up in `distillery ui` (or `dagster dev`) afterwards.
 """
 
 from __future__ import annotations
@@ -585,7 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated assets, e.g. raw,deduped; filtered+ adds everything downstream, +formatted "
         "everything upstream",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="least severe Dagster log lines shown on the terminal (default: INFO)",
+    )
     run.add_argument("--force", action="store_true", help="materialize every asset, even those that are up to date")
     run.set_defaults(func=cmd_run)
 
@@ -612,12 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aud.add_argument("row_id", nargs="+", help="row id (any dataset version) or the file#record it was read from")
     aud.add_argument("--json", action="store_true", help="machine-readable output")
-    aud.add_argument("--home")
+    aud.add_argument("--home", help="state folder to read (default: $DISTILLERY_HOME or ./.distillery)")
     aud.set_defaults(func=cmd_audit)
 
     rep = sub.add_parser("report", help="compliance report of a dataset version (Markdown, HTML, violations.csv)")
-    rep.add_argument("--config")
-    rep.add_argument("--home")
+    rep.add_argument("--config", help="project file (default: $DISTILLERY_CONFIG or the bundled demo)")
+    rep.add_argument("--home", help="state folder to read (default: $DISTILLERY_HOME or ./.distillery)")
     rep.add_argument("--table", default="formatted", help="dataset version to report on (default: formatted)")
     rep.add_argument(
         "--out",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -779,6 +780,11 @@ def overview_plot_markdown(versions: Sequence[VersionInspection]) -> str:
     return png_markdown(plot_overview(versions), "rows per version by origin")
 
 
+def _inline_code_html(markdown: str) -> str:
+    """A line of the Markdown notes (shown as Markdown in the UI) as HTML: escaped, `code` as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(markdown))
+
+
 def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "<p><em>(none)</em></p>"
@@ -811,7 +817,7 @@ def render_html(
         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px} th{background:#eee} img{max-width:100%}"
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p>Generated {datetime.now(UTC).isoformat(timespec='seconds')}. "
-        f"{html.escape(DEFINITIONS_MD)}</p>",
+        f"{_inline_code_html(DEFINITIONS_MD)}</p>",
         _html_table(
             [
                 {
@@ -829,7 +835,8 @@ def render_html(
     for version in versions:
         out.append(f"<h2 id='{html.escape(version.table)}'>{html.escape(version.table)}</h2>")
         out.append(
-            f"<h3>Lengths</h3><p>{html.escape(version.measured_note)}</p>" + _html_table(_distribution_rows(version))
+            f"<h3>Lengths</h3><p>{_inline_code_html(version.measured_note)}</p>"
+            + _html_table(_distribution_rows(version))
         )
         for name, path in images.get(version.table, {}).items():
             out.append(f"<img alt='{html.escape(version.table)} {html.escape(name)}' src='{html.escape(path)}'>")

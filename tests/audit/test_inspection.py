@@ -249,6 +249,8 @@ def test_inspection_asset_reports_in_metadata_and_html(home: Path) -> None:
     assert metadata["raw"].value.count("data:image/png;base64,") == 3
     report = Path(metadata["report"].value)
     assert report == home / "reports" / "inspection" / "index.html" and report.exists()
+    page = report.read_text(encoding="utf-8")
+    assert "`" not in page and "<code>n_tokens</code>" in page  # the notes' Markdown code spans as HTML
     kinds = Counter(r["kind"] for r in rows)
     assert metadata["raw_stats"].value["categories"]["kind"] == dict(kinds)
 

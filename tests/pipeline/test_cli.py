@@ -141,6 +141,21 @@ def test_version_is_the_installed_package_version(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"distillery {version('distillery')}"
 
 
+def test_help_is_plain_text_and_explains_every_option() -> None:
+    """The help showed reStructuredText ``literals`` and options without text (--home, --port, --sample)."""
+    import argparse
+
+    from distillery_cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = {"distillery": parser} | dict(commands.choices)
+    for name, command in parsers.items():
+        assert "``" not in command.format_help(), name
+        silent = [a.option_strings for a in command._actions if a.option_strings and not a.help]
+        assert silent == [], f"{name}: options without help text: {silent}"
+
+
 def test_audit_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     """`distillery audit ROW | head`: the reader leaves early; no BrokenPipeError traceback."""
     import os

@@ -192,6 +192,9 @@ def test_materialization_metadata_shows_in_the_ui(demo_run) -> None:
     assert {c.name for c in raw["dagster/column_schema"].value.columns} >= {"row_id", "messages", "license"}
     assert raw["quarantined"].value >= 1
     assert "column_lineage" in str(events["formatted"].keys()) or "dagster/column_lineage" in events["formatted"]
+    # `exports` counted each row once per layout as its row count: it is formatted's rows, the lines apart.
+    assert events["exports"]["dagster/row_count"].value == events["formatted"]["dagster/row_count"].value
+    assert events["exports"]["rows_written"].value > events["exports"]["dagster/row_count"].value
 
 
 def test_duplicates_are_explained_and_the_earlier_record_is_kept(db) -> None:
