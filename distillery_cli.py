@@ -115,12 +115,12 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from definitions import ASSETS
-    from resources.recovery import recover_dead_runs, wait_for_pool
+    from resources.recovery import open_instance, recover_dead_runs, wait_for_pool
 
     def say(message: str) -> None:
         print(f"recovery: {message}", file=sys.stderr)
 
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     recover_dead_runs(instance, say)  # runs killed earlier: failed, their writer slot freed
     from curation.synth.sandbox import sweep_stale_workdirs
 
@@ -335,6 +335,20 @@ def _freshness(graph: dict[str, list[str]], config: ProjectConfig) -> Freshness:
     return Freshness(graph, state, base, source_fingerprint(config))
 
 
+def unverified_assets(result: Any, materialized: set[str], checks: Sequence[Any]) -> set[str]:
+    """Assets of the run whose checks did not all pass: a check that failed, or a check (of ``checks``, the
+    definitions) of an asset the run materialized that gave no evaluation because it raised (an error is no
+    pass)."""
+    evaluations = result.get_asset_check_evaluations()
+    failed = {e.asset_key.to_user_string() for e in evaluations if not e.passed}
+    evaluated = {e.asset_check_key for e in evaluations}
+    for definition in checks:
+        for key in definition.check_keys:
+            if key.asset_key.to_user_string() in materialized and key not in evaluated:
+                failed.add(key.asset_key.to_user_string())
+    return failed
+
+
 def _record_freshness(freshness: Freshness, result: Any) -> None:
     """Remember what this run materialized with every check passing, so an unchanged re-run skips it."""
     materialized = {}
@@ -345,12 +359,9 @@ def _record_freshness(freshness: Freshness, result: Any) -> None:
             version.value if version else None,
             rows.value if rows else None,
         )
-    failed = {
-        e.asset_key.to_user_string()
-        for e in result.get_asset_check_evaluations()  # type: ignore[attr-defined]
-        if not e.passed
-    }
-    record, forget = freshness.after_run(materialized, failed)
+    from definitions import CHECKS
+
+    record, forget = freshness.after_run(materialized, unverified_assets(result, set(materialized), CHECKS))
     if not warehouse_path().exists():
         return
     with Warehouse(warehouse_path()).connect(on_wait=_say_waiting) as connection:
@@ -406,6 +417,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if name in os.environ
     )
     print(f"{settings} {' '.join(command)}", file=sys.stderr)
+    from resources.recovery import open_instance
+
+    open_instance().dispose()  # the storages exist before the webserver, daemon and code server open them
     return subprocess.call(command, cwd=PROJECT_ROOT)
 
 

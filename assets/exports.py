@@ -1,10 +1,11 @@
 """exports: the formatted dataset as JSONL + Parquet folders that `datasets` and TRL trainers read
 directly, with a manifest; one immutable folder per data version under $DISTILLERY_HOME/exports."""
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 
+from curation.audit.report import export_refusal
 from curation.core.freshness import module_code_version
-from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps
+from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps, reports_dir
 from curation.core.markdown import markdown_table
 from curation.core.parallel import use_engine, workers_for
 from curation.core.warehouse import content_hash, count_rows
@@ -17,7 +18,8 @@ from resources.warehouse import POOL
     group_name="datasets",
     pool=POOL,
     # After the compliance report: its blocking checks (checks/compliance.py) stop a version that may not be
-    # used for the intended use before anything is exported.
+    # used for the intended use before anything is exported, and the asset itself refuses a version whose
+    # report is missing or finds a violation (a run that selects exports alone).
     deps=["formatted", "compliance_report"],
     kinds={"parquet", "json"},
     code_version=module_code_version(__name__),
@@ -41,6 +43,10 @@ def exports(
         for leftover in remove_dead_export_temps(root):
             context.log.warning(f"exports: removed {leftover.name}, the unfinished export of a crashed run")
         info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
+        version = info.formatted_data_version
+        refusal = export_refusal(reports_dir() / version, version, config.policy.intended_use)
+        if refusal:  # e.g. `--select exports` after the compliance checks failed: nothing is written
+            raise Failure(description=f"exports: {refusal}")
         exported_rows = count_rows(connection, "formatted")
         workers = workers_for(exported_rows, config.compute.workers)
         result = write_export(

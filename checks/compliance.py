@@ -23,6 +23,7 @@ from dagster import (
 )
 
 from assets.metadata import latest_data_version
+from curation.audit.report import report_mismatches
 from curation.core.home import exports_dir
 from curation.core.licenses import LicensePolicy, license_ids
 from curation.core.markdown import markdown_table
@@ -146,17 +147,6 @@ def _formatted_version(context: AssetCheckExecutionContext, connection: duckdb.D
     return latest_data_version(context.instance, "formatted") or content_hash(connection, "formatted")
 
 
-def _report_problems(report: dict[str, Any], version: str, intended_use: str) -> list[str]:
-    problems = []
-    if report.get("table") != "formatted" or report.get("data_version") != version:
-        problems.append(
-            f"the report describes {report.get('table')} version {report.get('data_version')}, not formatted {version}"
-        )
-    if report.get("intended_use") != intended_use:
-        problems.append(f"the report judges {report.get('intended_use')} use, the project's is {intended_use}")
-    return problems
-
-
 @asset_check(
     asset="compliance_report",
     name="no_row_forbidden_for_intended_use",
@@ -191,7 +181,7 @@ def compliance_no_row_forbidden(
         if found:
             rejudged += int(rows)
             sample += [judged[0] | {"row_id": row_id} for row_id in row_ids]
-    problems = [where] if report is None else _report_problems(report, version, use)
+    problems = [where] if report is None else report_mismatches(report, version, use)
     violating = int(report.get("violating_rows", 0)) if report else 0
     return AssetCheckResult(
         passed=not problems and violating == 0 and rejudged == 0,
@@ -279,7 +269,7 @@ def compliance_every_obligation_listed(
                 missing.append({"obligation": section, "licence": license_id})
     named = {item["teacher"] for item in report.get("teachers", [])}
     missing += [{"obligation": "teachers", "licence": f"teacher {t} not listed"} for t in sorted(teachers - named)]
-    problems = _report_problems(report, version, config.policy.intended_use)
+    problems = report_mismatches(report, version, config.policy.intended_use)
     return AssetCheckResult(
         passed=not missing and not problems,
         metadata={

@@ -16,12 +16,23 @@ from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from curation.core.home import dagster_home, exclusive_lock
 from resources.warehouse import POOL
 
 PID_TAG = "distillery/pid"
 """Tag of every run ``distillery run`` starts: the process that executes its steps."""
 
 UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def open_instance() -> DagsterInstance:
+    """The home's Dagster instance, its SQLite storages created under a lock.
+
+    Opening an instance creates and stamps its schema on first use; two processes doing that at once
+    (a `distillery run` started while `distillery ui` comes up) leave two alembic heads and an instance
+    nobody can open again. Whoever comes second waits for the first and opens a finished schema."""
+    with exclusive_lock(dagster_home() / "storage.lock"):
+        return DagsterInstance.get()
 
 
 def run_pid(instance: DagsterInstance, run_id: str, tags: dict[str, str]) -> int | None:

@@ -434,6 +434,41 @@ def write_report(connection: duckdb.DuckDBPyConnection, report: ComplianceReport
 # --- rendering ---------------------------------------------------------------------------------
 
 
+def report_mismatches(report: Mapping[str, Any], version: str, intended_use: str) -> list[str]:
+    """Why a written report (its ``compliance.json``) does not speak for ``formatted`` at ``version`` under
+    ``intended_use``: another table or version, another use."""
+    problems = []
+    if report.get("table") != "formatted" or report.get("data_version") != version:
+        problems.append(
+            f"the report describes {report.get('table')} version {report.get('data_version')}, not formatted {version}"
+        )
+    if report.get("intended_use") != intended_use:
+        problems.append(f"the report judges {report.get('intended_use')} use, the project's is {intended_use}")
+    return problems
+
+
+def export_refusal(report_dir: Path, version: str, intended_use: str) -> str | None:
+    """Why ``formatted`` at ``version`` may not be exported for ``intended_use``, or None: the compliance
+    report written for that version (``report_dir/compliance.json``, the ``compliance_report`` asset's) must
+    exist, judge that use, and find no violating row. The ``exports`` asset asks before writing anything, so
+    a run that selects ``exports`` alone cannot export what the compliance checks would stop."""
+    path = report_dir / "compliance.json"
+    if not path.is_file():
+        return (
+            f"formatted version {version} has no compliance report ({path} is missing): materialize "
+            "compliance_report first (`distillery run --select compliance_report+`)"
+        )
+    report = json.loads(path.read_text(encoding="utf-8"))
+    problems = report_mismatches(report, version, intended_use)
+    violating = int(report.get("violating_rows", 0))
+    if violating:
+        problems.append(
+            f"{violating} rows violate the {intended_use} policy (see {report_dir / 'violations.csv'}): "
+            "fix the sources or the policy, then run again"
+        )
+    return f"formatted version {version} may not be exported: {'; '.join(problems)}" if problems else None
+
+
 def _render(template: str, report: ComplianceReport, autoescape: bool) -> str:
     environment = jinja2.Environment(
         autoescape=autoescape, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined

@@ -8,14 +8,14 @@ of what the procedural rules can solve.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
 from curation.core.normalize import words
 from curation.core.provenance import TeacherInfo
-from curation.synth.teachers import ChatRequest, GenerationParams, Teacher, solve_arithmetic, solve_units
+from curation.synth.teachers import ChatRequest, Generation, GenerationParams, Teacher, solve_arithmetic, solve_units
 
 Winner = Literal["a", "b", "tie"]
 
@@ -77,10 +77,23 @@ def parse_preference(reply: str) -> Literal["A", "B", "C"] | None:
     return bare.group(1).upper() if bare else None  # type: ignore[return-value]
 
 
+def served_record(generations: Sequence[Generation]) -> dict[str, str]:
+    """What the server said answered a judge's requests (model id, fingerprint), for the verdict's record:
+    the judge's configured name and revision are only what the project file says."""
+    record: dict[str, str] = {}
+    for generation in generations:
+        if generation.served_model and "served_model" not in record:
+            record["served_model"] = generation.served_model
+        if generation.system_fingerprint and "system_fingerprint" not in record:
+            record["system_fingerprint"] = generation.system_fingerprint
+    return record
+
+
 @dataclass(frozen=True)
 class RubricVerdict:
     score: int | None  # None: the judge gave no parseable score (treat as unverified, not as 1)
     raw: str
+    served: Mapping[str, str] = field(default_factory=dict)  # served_record of the reply
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,7 @@ class PairwiseVerdict:
     consistent: bool
     raw_ab: str  # reply with response a shown first
     raw_ba: str  # reply with response b shown first
+    served: Mapping[str, str] = field(default_factory=dict)  # served_record of both replies
 
 
 class RubricJudge:
@@ -108,7 +122,7 @@ class RubricJudge:
 
     def score(self, items: Sequence[tuple[str, str]]) -> list[RubricVerdict]:
         generations = self.teacher.generate([self.request(p, r) for p, r in items])
-        return [RubricVerdict(score=parse_score(g.text), raw=g.text) for g in generations]
+        return [RubricVerdict(score=parse_score(g.text), raw=g.text, served=served_record([g])) for g in generations]
 
 
 def _combine(first: str | None, second: str | None) -> Winner | None:
@@ -147,7 +161,8 @@ class PairwiseJudge:
         for k in range(len(items)):
             ab, ba = gens[2 * k].text, gens[2 * k + 1].text
             winner = _combine(parse_preference(ab), parse_preference(ba))
-            verdicts.append(PairwiseVerdict(winner=winner, consistent=winner is not None, raw_ab=ab, raw_ba=ba))
+            served = served_record(gens[2 * k : 2 * k + 2])
+            verdicts.append(PairwiseVerdict(winner, winner is not None, ab, ba, served))
         return verdicts
 
 

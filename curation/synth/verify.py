@@ -269,6 +269,7 @@ def verify_candidates(
                 "score": verdict.score,
                 "raw": verdict.raw[:_RAW_CHARS],
                 "min_score": settings.min_judge_score,
+                **verdict.served,  # what the judge's server said answered
             }
             if verdict.score is None:
                 _reject(c, "judge gave no parseable score")

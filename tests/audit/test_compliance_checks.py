@@ -109,6 +109,22 @@ def test_a_non_compliant_version_is_not_exported(gated) -> None:
     assert not (base / "home" / "exports").exists() or not any((base / "home" / "exports").iterdir())
 
 
+def test_exports_selected_alone_refuse_a_version_the_report_forbids(gated) -> None:
+    """`distillery run --select exports` runs no compliance check: the asset itself reads the version's
+    report and refuses, so a non-compliant version is never exported whatever the selection."""
+    from assets.exports import exports
+
+    _, instance, base, resources = gated
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILLERY_HOME", str(base / "home"))
+        alone = dg.materialize([exports], instance=instance, resources=resources, raise_on_error=False)
+    assert not alone.success
+    [failure] = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert "may not be exported" in message and "2 rows violate the commercial policy" in message
+    assert not (base / "home" / "exports").exists() or not any((base / "home" / "exports").iterdir())
+
+
 def test_a_report_missing_an_obligation_fails_the_check(gated, tmp_path) -> None:
     from checks.compliance import compliance_every_obligation_listed
 

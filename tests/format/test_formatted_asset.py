@@ -15,6 +15,7 @@ import pytest
 
 from curation.core.schema import new_row, rows_to_table
 from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
+from curation.dedup.clusters import CLUSTERS_DDL
 from curation.format.split import assign_splits, plan_splits, split_groups, split_leaks
 from tests.conftest import REPO
 
@@ -164,12 +165,11 @@ def _write_warehouse(path: Path) -> None:
         "INSERT INTO lineage VALUES ('p1', 'a1', 'synthetic', 'perturb', NULL), "
         "('p2', 'a1', 'synthetic', 'perturb', NULL)"
     )
+    connection.execute(f"CREATE TABLE dedup_clusters ({CLUSTERS_DDL})")
     connection.execute(
-        "CREATE TABLE dedup_clusters (cluster_id VARCHAR, row_id VARCHAR, kept_row_id VARCHAR, "
-        "method VARCHAR, jaccard DOUBLE, reason VARCHAR)"
-    )
-    connection.execute(
-        "INSERT INTO dedup_clusters VALUES ('k', 'c1', 'c1', 'near', 0.8, ''), ('k', 'c2', 'c2', 'near', 0.8, '')"
+        "INSERT INTO dedup_clusters BY NAME SELECT * FROM (VALUES ('k', 'c1', 'c1', 'near', 0.8, false, ''), "
+        "('k', 'c2', 'c2', 'near', 0.8, false, '')) v(cluster_id, row_id, kept_row_id, method, jaccard, removed, "
+        "reason)"
     )
     connection.close()
 
@@ -213,6 +213,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     config = _write_project(base / "project")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DISTILLERY_HOME", str(base))
+        from assets.compliance import compliance_report
         from assets.exports import exports
         from assets.formatted import formatted
         from checks.formatted import FORMATTED_CHECKS
@@ -220,7 +221,10 @@ def run(tmp_path_factory: pytest.TempPathFactory):
         resources = _resources(config, base / "warehouse.duckdb")
         with dg.instance_for_test() as instance:
             first = dg.materialize(
-                [formatted, exports, *FORMATTED_CHECKS], instance=instance, resources=resources, raise_on_error=False
+                [formatted, compliance_report, exports, *FORMATTED_CHECKS],
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
             )
             again = dg.materialize([exports], instance=instance, resources=resources, raise_on_error=False)
             yield first, again, base, config
@@ -237,7 +241,8 @@ def db(run):
 def test_formatted_and_exports_materialize_and_every_check_passes(run) -> None:
     first, again, _, _ = run
     assert first.success and again.success
-    assert {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()} == {"formatted", "exports"}
+    materialized = {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()}
+    assert materialized == {"formatted", "compliance_report", "exports"}
     evaluations = {e.check_name: e for e in first.get_asset_check_evaluations()}
     assert set(evaluations) == {
         "every_row_within_token_budget",

@@ -185,3 +185,29 @@ def test_audit_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     os.close(writer)
     assert "Traceback" not in process.stderr and "BrokenPipeError" not in process.stderr, process.stderr
     assert process.returncode == 141  # as a tool ended by SIGPIPE
+
+
+def test_an_asset_whose_check_raised_is_not_recorded_as_verified() -> None:
+    """A check that raises gives no evaluation: the run used to record its asset as up to date, so the next
+    `distillery run` skipped it with the check never passed."""
+    from distillery_cli import unverified_assets
+
+    @dg.asset
+    def table() -> None:
+        return None
+
+    @dg.asset_check(asset=table)
+    def broken() -> dg.AssetCheckResult:
+        raise RuntimeError("the check itself crashed")
+
+    @dg.asset_check(asset=table)
+    def fine() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    @dg.asset
+    def other() -> None:
+        return None
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([table, other, broken, fine], instance=instance, raise_on_error=False)
+    assert unverified_assets(result, {"table", "other"}, [broken, fine]) == {"table"}

@@ -146,3 +146,27 @@ def test_a_run_removes_the_sandbox_folders_of_a_killed_run(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-2000:]
     assert not leftover.exists()
     assert f"removed {leftover}" in result.stderr
+
+
+def test_processes_opening_a_new_home_at_once_leave_one_instance_every_later_process_opens(tmp_path: Path) -> None:
+    """`distillery run` started while `distillery ui` comes up: both create the Dagster storages of a new
+    home. Unserialised, the schema gets two alembic heads and no process can open the home again."""
+    home = tmp_path / "home"
+    environment = {**os.environ, "DISTILLERY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    opener = "from curation.core.home import ensure_dagster_home; ensure_dagster_home()\n"
+    opener += "from resources.recovery import open_instance; open_instance().dispose()\n"
+    openers = [
+        subprocess.Popen([sys.executable, "-c", opener], cwd=REPO, env=environment, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in openers]
+    assert [process.returncode for process in openers] == [0] * 6, "\n".join(errors)[-3000:]
+    later = subprocess.run(
+        [sys.executable, "-c", opener + "import dagster as dg\nprint(len(dg.DagsterInstance.get().get_runs()))"],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert later.returncode == 0 and later.stdout.strip() == "0", later.stderr[-3000:]

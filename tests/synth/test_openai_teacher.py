@@ -485,3 +485,6 @@ def test_provenance_records_the_judge_model_revision_licence_and_terms(serve: An
             "2025-01-25",
         )
         assert (record["judge_license"], record["judge_terms"]) == ("Apache-2.0", "acme-judge-terms-v2")
+        # … and what the judge's server said answered (its model id and fingerprint), in the verdict.
+        judged = json.loads(record["verification"])["judge"]
+        assert (judged["served_model"], judged["system_fingerprint"]) == ("acme/judge-9b-0125", FINGERPRINT)

@@ -131,6 +131,7 @@ def preference(ctx: SynthContext, seeds: Sequence[Row], settings: PreferenceSett
                     "consistent": verdict.consistent,
                     "raw_ab": verdict.raw_ab[:300],
                     "raw_ba": verdict.raw_ba[:300],
+                    **verdict.served,  # what the judge's server said answered
                 },
             },
             skip_judge=True,
