@@ -132,6 +132,12 @@ def _run_holding_home(args: argparse.Namespace) -> int:
     # Read once the home is ours (the file may have changed while this run waited), for the freshness
     # decision and the engine alike.
     config = load_project(os.environ.get("DISTILLERY_CONFIG", str(DEMO_CONFIG)))
+    if config.compute.engine == "ray":
+        from curation.core.intermediates import sweep
+        from curation.core.parallel import intermediates_root
+
+        for leftover in sweep(intermediates_root(config.compute.intermediates)):
+            say(f"removed {leftover}, the Parquet intermediates of a run that was killed")
     freshness = _freshness(graph, config)
     if args.select:
         try:

@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from assets.metadata import dataset_metadata
 from curation.core.freshness import module_code_version
 from curation.core.markdown import markdown_table
+from curation.core.parallel import use_engine
 from curation.core.provenance import LINEAGE_SCHEMA, PROVENANCE_DDL, PROVENANCE_SCHEMA
 from curation.core.schema import rows_to_table, utcnow
 from curation.core.warehouse import LINEAGE_DDL, canonical_ddl
@@ -34,6 +35,7 @@ def synthetic(
     plan = SynthesisPlan.from_config(config)
     created_at = utcnow()
     with (
+        use_engine(config.compute),  # on ray, the model teacher's requests that miss the cache are Ray tasks
         teacher.open(config.synthesis.teacher, config.synthesis.judge, config.base_dir) as (model, judge),
         warehouse.get().write("synthetic") as staged,
     ):

@@ -5,7 +5,9 @@ set on this resource override them per deployment (e.g. a different server URL i
 The API key comes from the spec's ``api_key_env`` (the name of an environment variable), or from this
 resource's ``api_key`` set with ``EnvVar("...")`` in a deployment's definitions (Dagster then requires the
 variable to be set, so it is not the default). It is handed to the client only and never logged or put
-in metadata.
+in metadata. On the ``ray`` compute engine a model teacher's requests run as Ray tasks
+(:mod:`curation.synth.ray_teacher`), whose workers read the key from ``api_key_env`` themselves; a key set
+on this resource is never sent to them, so that teacher's requests stay in the asset's process.
 
 Model generations are cached in their own DuckDB file (``$DISTILLERY_HOME/generation_cache.duckdb``),
 not in the warehouse: each generation is committed the moment it arrives, so a crash mid-synthesis
@@ -25,6 +27,7 @@ from pydantic import Field
 from curation.core.home import distillery_home
 from curation.synth.cache import CachedTeacher, GenerationCache
 from curation.synth.judges import ProceduralJudge
+from curation.synth.ray_teacher import on_ray_when_active
 from curation.synth.teachers import Teacher, build_teacher
 from curation.synth.verify import Judge, ModelJudge
 
@@ -74,6 +77,8 @@ class TeacherResource(ConfigurableResource):
         """(teacher, judge) for one materialization; the cache file is closed when the block ends."""
         spec = self.teacher_spec(project_spec)
         teacher = build_teacher(spec, api_key=self.api_key, base_dir=base_dir)
+        if self.api_key is None:  # a Ray worker reads the key from api_key_env; one given here stays here
+            teacher = on_ray_when_active(teacher, spec, base_dir)
         with contextlib.ExitStack() as stack:
             model_judge = isinstance(judge_spec, Mapping) and judge_spec.get("backend", "procedural") != "procedural"
             cache = None
@@ -100,7 +105,7 @@ class TeacherResource(ConfigurableResource):
             raise ValueError(f"synthesis.judge must be 'procedural', 'teacher' or a backend mapping, got {spec!r}")
         options = dict(spec)
         rubric = options.pop("rubric", None)
-        judge_teacher: Any = build_teacher(options, base_dir=base_dir)
+        judge_teacher: Any = on_ray_when_active(build_teacher(options, base_dir=base_dir), options, base_dir)
         if cache is not None:
             judge_teacher = CachedTeacher(judge_teacher, cache)
         return ModelJudge(judge_teacher, rubric)

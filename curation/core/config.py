@@ -275,11 +275,24 @@ class ComputeConfig(_Strict):
             "per CPU (ray); all cores by default. Output is the same for any count."
         ),
     )
+    intermediates: str | None = Field(
+        default=None,
+        description=(
+            "Engine ray only: a folder (relative: inside the Distillery home) or an object-store URI "
+            "(`s3://bucket/prefix`, `gs://...`) where Ray tasks read their input batches and write their "
+            "results as Parquet files, which DuckDB appends with read_parquet. None: batches travel through "
+            "Ray's object store. On a cluster, every node and the driver must reach it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _address_needs_ray(self) -> ComputeConfig:
         if self.address is not None and self.engine != "ray":
             raise ValueError("compute.address names a Ray cluster; set compute.engine: ray to use it")
+        if self.intermediates is not None and self.engine != "ray":
+            raise ValueError(
+                "compute.intermediates is where Ray tasks exchange data; set compute.engine: ray to use it"
+            )
         return self
 
 

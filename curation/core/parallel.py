@@ -94,6 +94,8 @@ class EngineSettings(Protocol):
     def address(self) -> str | None: ...
     @property
     def workers(self) -> int | None: ...
+    @property
+    def intermediates(self) -> str | None: ...
 
 
 _ENGINE: list[RayEngine | None] = []
@@ -111,13 +113,23 @@ def use_engine(settings: EngineSettings) -> Iterator[None]:
     if settings.engine == "ray":
         from curation.core.ray_engine import connect
 
-        _ENGINE.append(connect(settings.address, settings.workers))
+        _ENGINE.append(connect(settings.address, settings.workers, intermediates_root(settings.intermediates)))
     else:
         _ENGINE.append(None)
     try:
         yield
     finally:
         _ENGINE.pop()
+
+
+def intermediates_root(setting: str | None) -> str | None:
+    """Where the Ray engine's Parquet intermediates go: a URI as given, a relative path inside the
+    Distillery home (so every run of a home finds, and sweeps, the same folder)."""
+    if setting is None or "://" in setting or os.path.isabs(os.path.expanduser(setting)):
+        return None if setting is None else os.path.expanduser(setting)
+    from curation.core.home import distillery_home
+
+    return str(distillery_home() / setting)
 
 
 def engine_description() -> str:
@@ -147,16 +159,19 @@ def map_ordered(
     initializer: Callable[..., None] | None = None,
     initargs: Sequence[Any] = (),
     preload: Sequence[str] = (),
+    parts: bool = False,
 ) -> Iterator[Result]:
     """``function`` over ``items``, results in input order. ``workers <= 1`` runs in this process
     (after calling ``initializer`` here); otherwise in that many processes, with ``preload`` modules
     (and those of :func:`preload_in_workers`) imported once in the fork server so workers start fast, if
     this map starts it. ``function`` and ``initializer`` must be module-level (picklable); an exception in
     a worker is raised here, naming nothing new. Inside :func:`use_engine` with Ray, the batches are Ray
-    tasks (``workers``: tasks in flight per half), whatever their number."""
+    tasks (``workers``: tasks in flight per half), whatever their number. ``parts``: the caller only appends
+    the results' Arrow tables to the warehouse (:meth:`~curation.core.warehouse.StagedTables.append`), so on
+    Ray with Parquet intermediates they may stay files (:class:`~curation.core.intermediates.ParquetPart`)."""
     engine = _current()
     if engine is not None:
-        yield from engine.map_ordered(function, items, workers, initializer, initargs)
+        yield from engine.map_ordered(function, items, workers, initializer, initargs, parts)
         return
     if workers <= 1:
         if initializer is not None:

@@ -52,6 +52,9 @@ class RayEngine:
 
     address: str | None
     cpus: int
+    intermediates: str | None = None
+    """Folder or object-store URI where tasks exchange Arrow data as Parquet (:mod:`curation.core.intermediates`);
+    None: through Ray's object store."""
 
     def map_ordered(
         self,
@@ -60,25 +63,54 @@ class RayEngine:
         workers: int,
         initializer: Callable[..., None] | None = None,
         initargs: Sequence[Any] = (),
+        parts: bool = False,
     ) -> Iterator[Result]:
         """``function`` over ``items`` as Ray tasks, at most ``2 * workers`` in flight, results in input
-        order; an exception raised by ``function`` or ``initializer`` is raised here as itself."""
+        order; an exception raised by ``function`` or ``initializer`` is raised here as itself.
+
+        With :attr:`intermediates`, Arrow data in items and results goes through Parquet files; the results
+        hold :class:`~curation.core.intermediates.ParquetPart` in place of their Arrow tables when ``parts``
+        (the caller appends them to the warehouse, which reads the files), else the tables read back. A
+        result's files are deleted when the caller asks for the next result."""
         import ray
 
+        from curation.core import intermediates as store
+
+        map_id = uuid.uuid4().hex
+        folder = None
+        if self.intermediates is not None:
+            folder = store.new_folder(self.intermediates, map_id)
         remote = _remote_apply()
-        setup = ray.put((uuid.uuid4().hex, initializer, tuple(initargs)))
-        pending: deque[Any] = deque()
+        setup = ray.put((map_id, initializer, tuple(initargs), folder))
+        pending: deque[tuple[Any, list[Any]]] = deque()
         in_flight = 2 * max(1, workers)
+
+        def submit(number: int, item: Any) -> None:
+            sent = item if folder is None else store.spill(item, folder, f"in-{number}")
+            pending.append((remote.remote(setup, function, sent), store.parts_in(sent)))
+
+        def taken() -> Iterator[Any]:
+            task, inputs = pending.popleft()
+            result = _result(task)
+            for part in inputs:
+                store.delete_part(part)
+            made = store.parts_in(result)
+            yield result if parts else store.load(result)
+            for part in made:
+                store.delete_part(part)
+
         try:
-            for item in items:
-                pending.append(remote.remote(setup, function, item))
+            for number, item in enumerate(items):
+                submit(number, item)
                 if len(pending) >= in_flight:
-                    yield _result(pending.popleft())
+                    yield from taken()
             while pending:
-                yield _result(pending.popleft())
+                yield from taken()
         finally:
-            for task in pending:
+            for task, _ in pending:
                 ray.cancel(task, force=True)
+            if folder is not None:
+                store.delete_folder(folder)
 
 
 def current() -> RayEngine | None:
@@ -88,7 +120,7 @@ def current() -> RayEngine | None:
     return _current()
 
 
-def connect(address: str | None, workers: int | None) -> RayEngine:
+def connect(address: str | None, workers: int | None, intermediates: str | None = None) -> RayEngine:
     """Connect to the Ray cluster at ``address``, or start a Ray of ``workers`` CPUs in this process (all
     cores when None); an existing connection of this process is reused. A missing package or a cluster
     that does not answer is one :class:`EngineUnavailable` naming what to do, raised before any work."""
@@ -120,7 +152,7 @@ def connect(address: str | None, workers: int | None) -> RayEngine:
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < 1:
         raise EngineUnavailable(f"the Ray cluster at {address or 'this process'} has no CPUs to run tasks on")
-    return RayEngine(address, cpus)
+    return RayEngine(address, cpus, intermediates)
 
 
 PROBE_SECONDS = 5.0
@@ -175,13 +207,20 @@ _READY: list[str] = []
 
 
 def _apply(
-    setup: tuple[str, Callable[..., None] | None, tuple[Any, ...]], function: Callable[[Any], Any], item: Any
+    setup: tuple[str, Callable[..., None] | None, tuple[Any, ...], str | None],
+    function: Callable[[Any], Any],
+    item: Any,
 ) -> Any:
     """One batch on a Ray worker: the map's initializer first if this process has not run it for this map
-    (a worker runs one task at a time, so the module state it builds is this map's until the next map)."""
-    map_id, initializer, initargs = setup
+    (a worker runs one task at a time, so the module state it builds is this map's until the next map).
+    With a Parquet folder, the batch is read from its file and the result's Arrow data written to files."""
+    map_id, initializer, initargs, folder = setup
     if [map_id] != _READY:
         if initializer is not None:
             initializer(*initargs)
         _READY[:] = [map_id]
-    return function(item)
+    if folder is None:
+        return function(item)
+    from curation.core import intermediates as store
+
+    return store.spill(function(store.load(item)), folder, "out")

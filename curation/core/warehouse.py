@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from curation.core.intermediates import ParquetPart, read_part
 from curation.core.schema import COLUMN_SPECS
 
 LINEAGE_DDL = (
@@ -246,16 +247,12 @@ class StagedWrite:
         self._partitions[table] = (staging, ddl)
         return quote(staging)
 
-    def append(self, staged_table: str, batch: pa.Table | pa.RecordBatch) -> None:
-        """Append an Arrow batch to a staging table (columns matched by name)."""
+    def append(self, staged_table: str, batch: pa.Table | pa.RecordBatch | ParquetPart) -> None:
+        """Append an Arrow batch (or a Parquet part of one) to a staging table (columns matched by name)."""
         if batch.num_rows == 0:
             return
-        columns = ", ".join(quote(name) for name in batch.schema.names)
-        self.connection.register("_incoming", batch)
-        try:
-            self.connection.execute(f"INSERT INTO {staged_table} ({columns}) SELECT {columns} FROM _incoming")
-        finally:
-            self.connection.unregister("_incoming")
+        columns = ", ".join(quote(name) for name in batch.column_names)
+        insert_from(self.connection, f"INSERT INTO {staged_table} ({columns}) SELECT {columns} FROM {{rows}}", batch)
 
     def append_rows(self, staged_table: str, records: Iterable[dict[str, Any]], schema: pa.Schema) -> None:
         self.append(staged_table, pa.Table.from_pylist(list(records), schema=schema))
@@ -321,6 +318,26 @@ def index_lookup_columns(connection: duckdb.DuckDBPyConnection, table: str) -> N
 def drop_lookup_indexes(connection: duckdb.DuckDBPyConnection, table: str) -> None:
     for column in lookup_columns(connection, table):
         connection.execute(f"DROP INDEX IF EXISTS {_index_name(table, column)}")
+
+
+def insert_from(
+    connection: duckdb.DuckDBPyConnection, statement: str, rows: pa.Table | pa.RecordBatch | ParquetPart
+) -> None:
+    """Run ``statement``, SQL that reads the incoming rows where it says ``{rows}``: an Arrow table or batch
+    (registered for the statement), or a Parquet part a Ray task wrote (:mod:`curation.core.intermediates`).
+    A part in a folder (local or a mounted shared file system) is read by DuckDB itself with
+    ``read_parquet``, so its rows never pass through Python; one on an object store is read by pyarrow,
+    which takes the cloud's standard credentials (DuckDB would need a secret of its own)."""
+    if isinstance(rows, ParquetPart):
+        if "://" not in rows.uri:
+            connection.execute(statement.replace("{rows}", "read_parquet(?)"), [rows.uri])
+            return
+        rows = read_part(rows)
+    connection.register("_incoming", rows)
+    try:
+        connection.execute(statement.replace("{rows}", "_incoming"))
+    finally:
+        connection.unregister("_incoming")
 
 
 def drop_orphan_staging(connection: duckdb.DuckDBPyConnection) -> list[str]:

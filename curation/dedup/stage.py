@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from curation.core.components import component_labels
 from curation.core.config import DedupConfig
+from curation.core.intermediates import ParquetPart
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.normalize import NormalizeOptions
 from curation.core.parallel import map_ordered, preload_in_workers, workers_for
@@ -50,6 +51,7 @@ from curation.core.warehouse import (
     canonical_ddl,
     count_rows,
     fetch_one,
+    insert_from,
     quote,
     read_batches,
     table_names,
@@ -198,7 +200,7 @@ class _Scratch:
         return getattr(self, table)
 
     @contextlib.contextmanager
-    def appending(self, tables: Sequence[str]) -> Iterator[Callable[[str, pa.RecordBatch], None]]:
+    def appending(self, tables: Sequence[str]) -> Iterator[Callable[[str, pa.RecordBatch | ParquetPart], None]]:
         """``append(table, batch)`` for ``tables`` (columns matched by name): each table is written in one
         transaction on a cursor of its own (a commit per batch would cost more than the batch; one
         transaction may write to one database only). In a :attr:`keyed` table, rows whose key is there
@@ -208,16 +210,11 @@ class _Scratch:
             for cursor in cursors.values():
                 cursor.execute("BEGIN TRANSACTION")
 
-            def append(table: str, batch: pa.RecordBatch) -> None:
+            def append(table: str, batch: pa.RecordBatch | ParquetPart) -> None:
                 if batch.num_rows == 0:
                     return
-                cursor = cursors[table]
-                cursor.register("_rows", batch)
-                try:
-                    verb = "INSERT OR IGNORE" if table in self.keyed else "INSERT"
-                    cursor.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _rows")
-                finally:
-                    cursor.unregister("_rows")
+                verb = "INSERT OR IGNORE" if table in self.keyed else "INSERT"
+                insert_from(cursors[table], f"{verb} INTO {table} BY NAME SELECT * FROM {{rows}}", batch)
 
             yield append
             for cursor in cursors.values():
@@ -347,6 +344,7 @@ class _Passes:
             start_worker,
             (self.plan, self.boilerplate, self.known),
             preload=("curation.dedup.preload",),
+            parts=True,  # only appended below
         )
         with self.db.appending(outputs) as append:
             for batches in reported(results, self.log, label, rows, size=lambda batches: batches[0].num_rows):

@@ -376,6 +376,7 @@ def filter_table(
             start_worker,
             (config,),
             preload=("curation.filter",),
+            parts=True,  # only appended below
         )
         for result in reported(results, log, "filtering", to_filter, size=lambda result: result.stats.rows_in):
             stats.add(result.stats)

@@ -371,6 +371,7 @@ def format_rows(
             start_worker,
             (tokenizer, settings, index),
             preload=("transformers", "curation.format.stage"),
+            parts=True,  # only appended below
         )
         for result in reported(results, report, "formatting", to_render, size=lambda result: result.rows_in):
             staged.append(table, result.formatted)

@@ -77,10 +77,15 @@ def test_an_error_in_a_batch_is_raised_as_itself(ray_engine: None) -> None:
         list(map_ordered(_reject_odd, _batches(range(2, 9)), 2))
 
 
-def test_a_killed_worker_is_retried_without_losing_or_repeating_a_batch(ray_engine: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("through", ["object store", "parquet"])
+def test_a_killed_worker_is_retried_without_losing_or_repeating_a_batch(
+    ray_engine: None, tmp_path: Path, through: str
+) -> None:
     marker = tmp_path / "killed"
     batches = [pa.record_batch({"marker": [str(marker)] * size}) for size in range(1, 15)]
-    with ThreadPoolExecutor(1) as driver:  # the map submits as it is consumed
+    root = tmp_path / "parts"
+    settings = ComputeConfig(engine="ray", workers=2, intermediates=str(root) if through == "parquet" else None)
+    with use_engine(settings), ThreadPoolExecutor(1) as driver:  # the map submits as it is consumed
         consumed = driver.submit(list, map_ordered(_slow_unless_retried, batches, 2))
         deadline = time.monotonic() + 60
         while not marker.exists() and time.monotonic() < deadline:
@@ -91,6 +96,7 @@ def test_a_killed_worker_is_retried_without_losing_or_repeating_a_batch(ray_engi
     assert [rows for rows, _ in got] == list(range(1, 15))  # every batch once, in order
     killed = int(marker.read_text())
     assert dict(got)[7] != killed  # the marked batch was run again by another worker process
+    assert not root.exists() or list(root.iterdir()) == []  # the killed attempt's files went with its map
 
 
 def _wait_for_pid(marker: Path) -> int:
@@ -116,3 +122,73 @@ def test_an_unreachable_cluster_is_one_clear_error_before_any_work() -> None:
 def test_an_address_needs_the_ray_engine() -> None:
     with pytest.raises(ValueError, match=r"set compute\.engine: ray"):
         ComputeConfig(address="head:6379")
+
+
+def _summed_table(batch: pa.RecordBatch) -> tuple[pa.Table, int, pa.RecordBatch]:
+    """A result with Arrow data among other values, as the stages' results are."""
+    numbers = batch.column("n").to_pylist()
+    return pa.table({"n": numbers, "twice": [2 * n for n in numbers]}), sum(numbers), batch
+
+
+@pytest.mark.parametrize("address", ["path", "uri"])
+def test_parquet_intermediates_carry_batches_and_results_as_files_duckdb_appends(
+    ray_engine: None, tmp_path: Path, address: str
+) -> None:
+    """`compute.intermediates`: inputs and results are Parquet files in the folder while the map runs, the
+    results hold parts that DuckDB appends (with read_parquet from a folder; through pyarrow's file systems
+    from a URI, as from an object store), and nothing is left once the map ends."""
+    import duckdb
+
+    from curation.core.intermediates import ParquetPart, read_part
+    from curation.core.warehouse import insert_from
+
+    root = tmp_path / "parts"
+    setting = str(root) if address == "path" else root.as_uri()
+    batches = _batches(range(1, 12))
+    local = list(map_ordered(_summed_table, batches, 1))
+    connection = duckdb.connect()
+    connection.execute("CREATE TABLE appended (n BIGINT, twice BIGINT)")
+    with use_engine(ComputeConfig(engine="ray", workers=2, intermediates=setting)):
+        results = map_ordered(_summed_table, batches, 2, parts=True)
+        table, total, echoed = next(results)
+        (folder,) = root.iterdir()
+        names = sorted(p.name.split("-")[0] for p in folder.iterdir())
+        # Three batches still in flight, read by their tasks from files; two tables from each finished task.
+        assert names.count("in") == 3 and names.count("out") in (2, 4, 6, 8), names
+        assert isinstance(table, ParquetPart) and isinstance(echoed, ParquetPart) and total == 0
+        assert table.uri.startswith(setting)
+        got = [(read_part(table), total, read_part(echoed))]
+        insert_from(connection, "INSERT INTO appended SELECT * FROM {rows}", table)
+        for table, total, echoed in results:
+            got.append((read_part(table), total, read_part(echoed)))
+            insert_from(connection, "INSERT INTO appended SELECT * FROM {rows}", table)
+        assert not folder.exists()
+        assert [(t.to_pylist(), s, e.to_pylist()) for t, s, e in got] == [
+            (t.to_pylist(), s, e.to_pylist()) for t, s, e in local
+        ]
+        assert all(isinstance(e, pa.RecordBatch) for _, _, e in got)
+        # Without `parts`, the caller gets the Arrow data back, as on the local engine.
+        assert [s for _, s, _ in map_ordered(_summed_table, batches, 2)] == [s for _, s, _ in local]
+    expected = [(n, 2 * n) for size in range(1, 12) for n in range(size)]
+    assert connection.execute("SELECT * FROM appended").fetchall() == expected
+    assert list(root.iterdir()) == []
+
+
+def test_a_killed_run_leaves_intermediates_the_next_run_removes(tmp_path: Path) -> None:
+    """A run killed mid-map cannot delete its folder; the next run on the home deletes the folders whose
+    process is gone, and leaves a live process's."""
+    import subprocess
+    import sys
+
+    from curation.core.intermediates import new_folder, sweep
+
+    root = str(tmp_path / "parts")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print(input())"], stdin=subprocess.PIPE, text=True)
+    code = f"from curation.core.intermediates import new_folder; new_folder({root!r}, 'a' * 32)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    live = new_folder(root, "b" * 32)
+    (dead,) = [p for p in Path(root).iterdir() if p.name.startswith("a")]
+    (dead / "out-0.parquet").write_bytes(b"partial")
+    assert sweep(root) == [str(dead)]
+    assert sorted(p.name for p in Path(root).iterdir()) == [Path(live).name]
+    child.communicate("done")

@@ -19,16 +19,22 @@ from tests.pipeline.test_kill_recovery import REFERENCE
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
-def _ray_demo(tmp_path: Path) -> Path:
+def _ray_demo(tmp_path: Path, intermediates: str | None) -> Path:
     """The demo project (same files, same relative paths, so the same row ids) on the ray engine."""
     project = tmp_path / "demo"
     shutil.copytree(DEMO_CONFIG.parent, project, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     config = project / "distillery.yaml"
-    config.write_text(config.read_text() + "\ncompute:\n  engine: ray\n  workers: 2\n")
+    compute = "\ncompute:\n  engine: ray\n  workers: 2\n"
+    if intermediates:
+        compute += f"  intermediates: {intermediates}\n"
+    config.write_text(config.read_text() + compute)
     return config
 
 
-def test_the_demo_on_ray_has_the_local_data_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("intermediates", [None, "parts"], ids=["object-store", "parquet-intermediates"])
+def test_the_demo_on_ray_has_the_local_data_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, intermediates: str | None
+) -> None:
     home = tmp_path / "home"
     monkeypatch.setenv("DISTILLERY_HOME", str(home))
     monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
@@ -46,7 +52,7 @@ def test_the_demo_on_ray_has_the_local_data_versions(tmp_path: Path, monkeypatch
     from resources.tokenizer import TokenizerResource
 
     resources = {
-        "project": ProjectResource(config_path=str(_ray_demo(tmp_path))),
+        "project": ProjectResource(config_path=str(_ray_demo(tmp_path, intermediates))),
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "teacher": TeacherResource(),
         "tokenizer": TokenizerResource(),
@@ -68,3 +74,5 @@ def test_the_demo_on_ray_has_the_local_data_versions(tmp_path: Path, monkeypatch
     assert {"curation.ingest.sources", "curation.filter.runner", "curation.format.stage"} <= set(maps)
     assert any(module.startswith("curation.dedup") for module in maps)
     assert "curation.format.export" in maps
+    if intermediates:  # relative: inside the home; every map's folder removed when the map ended
+        assert (home / intermediates).is_dir() and list((home / intermediates).iterdir()) == []
