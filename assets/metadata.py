@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from curation.core.markdown import counts_table, markdown_table
+from curation.core.parallel import engine_description
 from curation.core.schema import COLUMN_SPECS, COLUMNS
 from curation.core.warehouse import (
     content_hash,
@@ -167,6 +168,8 @@ def dataset_metadata(
         "dagster/table_name": f"warehouse.main.{unstaged_name(table)}",
         "dagster/column_schema": table_schema(connection, table),
         "data_version": content_hash(connection, table),
+        # Where the row-wise work ran (the dataset is the same on either engine; the timing is not).
+        "compute": engine_description(),
     }
     lineage = column_lineage(unstaged_name(table), parents)
     if lineage is not None:

@@ -276,20 +276,24 @@ def data_versions(home: Path) -> dict[str, str]:
         return dict(connection.execute("SELECT asset, data_version FROM asset_state").fetchall())
 
 
-def measure_ray(rows: int, workdir: Path, local_wall_s: float) -> dict[str, Any]:
+def measure_ray(rows: int, workdir: Path, local_wall_s: float, intermediates: bool = False) -> dict[str, Any]:
     """The same mix on ``compute.engine: ray`` (a Ray of this machine's cores started by the run), from a
     project file beside the local one (same paths, so the same row ids): wall time against the local
-    engine's first run of this invocation, memory of the whole tree and of the driver, and whether every
-    dataset's data version equals the local run's."""
+    engine's first run of this invocation, per-step seconds, memory of the whole tree and of the driver,
+    and whether every dataset's data version equals the local run's. ``intermediates``: the tasks exchange
+    batches as Parquet files in the home (``compute.intermediates``) instead of through the object store."""
     mix, home = workdir / f"mix-{rows}", workdir / f"home-ray-{rows}"
     shutil.rmtree(home, ignore_errors=True)
     config = mix / "distillery-ray.yaml"
-    config.write_text((mix / "distillery.yaml").read_text() + "\ncompute:\n  engine: ray\n")
+    compute = "\ncompute:\n  engine: ray\n" + ("  intermediates: parts\n" if intermediates else "")
+    config.write_text((mix / "distillery.yaml").read_text() + compute)
     run = distillery("run", "--config", str(config), home=home)
     if run.returncode != 0:
         print(run.output_tail, file=sys.stderr)
     local, ray = data_versions(workdir / f"home-{rows}"), data_versions(home)
     return {
+        "intermediates": "parquet" if intermediates else "object store",
+        "steps": {key: end - begin for key, (begin, end) in step_intervals(home).items()},
         "wall_s": run.wall_s,
         "overhead": run.wall_s / local_wall_s,
         "peak_rss_mib": run.peak_rss_mib,
@@ -369,6 +373,15 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
                     f"| {r['rows']:,} | {ray['wall_s']:.0f} | {ray['overhead']:.2f} | {ray['peak_rss_mib']:.0f} | "
                     f"{ray['peak_pss_mib']:.0f} | {ray['peak_driver_mib']:.0f} | {ray['same_versions']} |"
                 )
+        ray_steps = last.get("ray", {}).get("steps")
+        if ray_steps:
+            local_steps = last["first"]["steps"]
+            lines.append(f"\nSteps of the {last['rows']:,}-row run on each engine (seconds):\n")
+            lines += ["| step | local | ray | ray / local |", "|---|---|---|---|"]
+            for key in sorted(set(local_steps) | set(ray_steps), key=lambda k: -local_steps.get(k, 0)):
+                here, there = local_steps.get(key), ray_steps.get(key)
+                ratio = f"{there / here:.2f}" if here and there else ""
+                lines.append(f"| {key} | {here or 0:.1f} | {there or 0:.1f} | {ratio} |")
     for name in ("audit_ms_median", "audit_ms_max", "audit_command_s", "report_command_s"):
         if name in last:
             lines.append(f"\n{name}: {last[name]:.2f}")
@@ -387,13 +400,18 @@ def main() -> None:
         default="local",
         help="ray: after each size's local run, run the same mix on the ray engine and compare",
     )
+    parser.add_argument(
+        "--intermediates",
+        action="store_true",
+        help="with --engine ray: the tasks exchange batches as Parquet files (compute.intermediates)",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for rows in args.rows:
         result = measure_size(rows, args.workdir, args.seed, not args.no_reruns)
         if args.engine == "ray":
-            result["ray"] = measure_ray(rows, args.workdir, result["first"]["wall_s"])
+            result["ray"] = measure_ray(rows, args.workdir, result["first"]["wall_s"], args.intermediates)
         results.append(result)
         (args.workdir / "results.json").write_text(json.dumps(results, indent=1), "utf-8")
     largest = results[-1]

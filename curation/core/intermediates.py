@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -162,6 +163,45 @@ def load(value: Any) -> Any:
     if fields is None:
         return value
     return _rebuild(value, {k: read_part(v) for k, v in fields if isinstance(v, ParquetPart)})
+
+
+def _owned(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``data`` in memory of this process: one copy through Arrow IPC."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write(data)
+    reader = pa.ipc.open_stream(sink.getvalue())
+    if isinstance(data, pa.Table):
+        return reader.read_all()
+    return reader.read_next_batch()
+
+
+def _owned_any(item: Any) -> Any:
+    if isinstance(item, pa.Table | pa.RecordBatch):
+        return _owned(item)
+    if isinstance(item, pa.Array):
+        return _owned(pa.record_batch([item], names=["values"])).column(0)
+    if isinstance(item, np.ndarray):
+        return item.copy()
+    return item
+
+
+_BUFFERED = (pa.Table, pa.RecordBatch, pa.Array, np.ndarray)
+
+
+def owned(value: Any) -> Any:
+    """``value`` with every Arrow table, batch or array and numpy array in it (itself, or an item of a
+    tuple, list or dataclass) copied into this
+    process's memory. What ``ray.get`` returns is read in place from the object store, and an object stays
+    pinned there while anything built on its buffers lives: a stage that keeps a few results (ingest gathers
+    20,000 rows per insert) would otherwise fill the store and make Ray spill every new task's input to
+    disk and read it back."""
+    if isinstance(value, _BUFFERED):
+        return _owned_any(value)
+    fields = _fields(value)
+    if fields is None:
+        return value
+    return _rebuild(value, {k: _owned_any(v) for k, v in fields if isinstance(v, _BUFFERED)})
 
 
 def parts_in(value: Any) -> list[ParquetPart]:

@@ -131,7 +131,13 @@ def connect(address: str | None, workers: int | None, intermediates: str | None 
             "compute.engine is ray but the ray package is not installed: pip install 'ray[data]' "
             "(or set compute.engine: local)"
         ) from error
-    if address is not None and address != "auto":
+    if address is None and ray.is_initialized():
+        connected = ray.get_runtime_context().gcs_address
+        if connected not in _STARTED_HERE:
+            # Connected before the stage by the deployment's dagster-ray resource: named by its address, so
+            # logs and metadata say which cluster did the work.
+            address = connected
+    elif address is not None and address != "auto":
         _probe(address)
     if not ray.is_initialized():
         options: dict[str, Any] = {
@@ -144,6 +150,8 @@ def connect(address: str | None, workers: int | None, intermediates: str | None 
             options |= {"num_cpus": workers or available_cores(), "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
         try:
             ray.init(address=address, **options)
+            if address is None:
+                _STARTED_HERE.append(ray.get_runtime_context().gcs_address)
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as error:
             raise EngineUnavailable(
                 f"compute.address {address!r}: no Ray cluster answers there ({_first_line(error)}). Start one "
@@ -153,6 +161,11 @@ def connect(address: str | None, workers: int | None, intermediates: str | None 
     if cpus < 1:
         raise EngineUnavailable(f"the Ray cluster at {address or 'this process'} has no CPUs to run tasks on")
     return RayEngine(address, cpus, intermediates)
+
+
+_STARTED_HERE: list[str] = []
+"""Addresses of the Rays :func:`connect` started in this process (a connection it did not make is named by
+its address)."""
 
 
 PROBE_SECONDS = 5.0
@@ -182,10 +195,13 @@ def _first_line(error: BaseException) -> str:
 
 
 def _result(task: Any) -> Any:
+    """The task's value, its Arrow data copied out of the object store (:func:`~curation.core.intermediates.owned`)."""
     import ray
 
+    from curation.core.intermediates import owned
+
     try:
-        return ray.get(task)
+        return owned(ray.get(task))
     except ray.exceptions.RayTaskError as error:
         raise error.as_instanceof_cause() from None
 

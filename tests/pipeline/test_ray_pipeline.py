@@ -76,3 +76,56 @@ def test_the_demo_on_ray_has_the_local_data_versions(
     assert "curation.format.export" in maps
     if intermediates:  # relative: inside the home; every map's folder removed when the map ended
         assert (home / intermediates).is_dir() and list((home / intermediates).iterdir()) == []
+
+
+def test_a_dagster_ray_resource_provides_the_cluster_the_stages_run_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ProjectResource(ray_cluster=...)`: dagster-ray's resource connects the run to its Ray before the
+    steps (here `LocalRay`; `KubeRayCluster` in a deployment), and the stages run on that connection — not
+    on a Ray of their own — with the local engine's data versions."""
+    from dagster_ray import LocalRay
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("DISTILLERY_HOME", str(home))
+    monkeypatch.delenv("DISTILLERY_CONFIG", raising=False)
+    from definitions import ASSETS
+    from resources import ProjectResource, WarehouseResource
+
+    # One CPU: the project file's `workers: 2` would start a Ray of two, so the count says whose Ray it is.
+    cluster = LocalRay(ray_init_options={"num_cpus": 1, "include_dashboard": False})
+    resources = {
+        "project": ProjectResource(config_path=str(_ray_demo(tmp_path, None)), ray_cluster=cluster),
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+    }
+    import ray
+
+    selected = [a for a in ASSETS if a.key.to_user_string() in ("raw", "deduped")]
+    try:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(selected, instance=instance, resources=resources)
+    finally:
+        ray.shutdown()
+    assert result.success
+    materialized = {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+    for asset in ("raw", "deduped"):
+        compute = materialized[asset]["compute"].value
+        # The resource's Ray (1 CPU, named by its address), not one the engine started (2 CPUs, "started here").
+        assert compute.startswith("ray (") and compute.endswith(", 1 CPUs)") and "started here" not in compute
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        assert {t: content_hash(connection, t) for t in ("raw", "deduped")} == {
+            t: REFERENCE[t] for t in ("raw", "deduped")
+        }
+
+
+def test_a_ray_cluster_resource_with_a_local_project_is_one_clear_error(tmp_path: Path) -> None:
+    from dagster_ray import LocalRay
+
+    from resources import ProjectResource
+
+    project = ProjectResource(config_path=str(DEMO_CONFIG), ray_cluster=LocalRay())
+    with pytest.raises(ValueError, match=r"has no compute.engine: ray.*remove ray_cluster"):
+        project.load()
