@@ -27,6 +27,7 @@ import dataclasses
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,26 +144,31 @@ def _rebuild(value: Any, changed: dict[Any, Any]) -> Any:
     return dataclasses.replace(value, **changed)
 
 
-def spill(value: Any, folder: str, name: str) -> Any:
-    """``value`` with every Arrow table or batch in it — itself, or an item of a tuple, list or dataclass —
-    written to ``folder`` and replaced by its :class:`ParquetPart`."""
-    if isinstance(value, pa.Table | pa.RecordBatch):
-        return write_part(value, folder, name)
+def _replaced(value: Any, kinds: tuple[type, ...], change: Callable[[Any, Any], Any]) -> Any:
+    """``value`` with each of its items of ``kinds`` — itself (key None), or an item of a tuple, list or
+    dataclass (its index or field name) — replaced by ``change(key, item)``: the one walk of :func:`spill`,
+    :func:`load` and :func:`owned`."""
+    if isinstance(value, kinds):
+        return change(None, value)
     fields = _fields(value)
     if fields is None:
         return value
-    changed = {k: write_part(v, folder, f"{name}-{k}") for k, v in fields if isinstance(v, pa.Table | pa.RecordBatch)}
-    return _rebuild(value, changed)
+    return _rebuild(value, {k: change(k, v) for k, v in fields if isinstance(v, kinds)})
+
+
+def spill(value: Any, folder: str, name: str) -> Any:
+    """``value`` with every Arrow table or batch in it — itself, or an item of a tuple, list or dataclass —
+    written to ``folder`` and replaced by its :class:`ParquetPart`."""
+
+    def written(key: Any, data: pa.Table | pa.RecordBatch) -> ParquetPart:
+        return write_part(data, folder, name if key is None else f"{name}-{key}")
+
+    return _replaced(value, (pa.Table, pa.RecordBatch), written)
 
 
 def load(value: Any) -> Any:
     """The inverse of :func:`spill`: every part in ``value`` (at the same places) read back into Arrow."""
-    if isinstance(value, ParquetPart):
-        return read_part(value)
-    fields = _fields(value)
-    if fields is None:
-        return value
-    return _rebuild(value, {k: read_part(v) for k, v in fields if isinstance(v, ParquetPart)})
+    return _replaced(value, (ParquetPart,), lambda _, part: read_part(part))
 
 
 def _owned(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
@@ -196,12 +202,7 @@ def owned(value: Any) -> Any:
     pinned there while anything built on its buffers lives: a stage that keeps a few results (ingest gathers
     20,000 rows per insert) would otherwise fill the store and make Ray spill every new task's input to
     disk and read it back."""
-    if isinstance(value, _BUFFERED):
-        return _owned_any(value)
-    fields = _fields(value)
-    if fields is None:
-        return value
-    return _rebuild(value, {k: _owned_any(v) for k, v in fields if isinstance(v, _BUFFERED)})
+    return _replaced(value, _BUFFERED, lambda _, item: _owned_any(item))
 
 
 def parts_in(value: Any) -> list[ParquetPart]:
