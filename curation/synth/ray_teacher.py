@@ -46,7 +46,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from curation.core.provenance import TeacherInfo
 from curation.core.ray_engine import current as current_engine
 from curation.synth.teachers import (
     ChatRequest,
@@ -54,6 +53,7 @@ from curation.synth.teachers import (
     ResultCallback,
     Teacher,
     TeacherError,
+    WrappedTeacher,
     build_teacher,
 )
 
@@ -84,7 +84,7 @@ def on_ray_when_active(teacher: Teacher, spec: Mapping[str, Any], base_dir: Path
     return RayTeacher(teacher, spec, base_dir)
 
 
-class RayTeacher:
+class RayTeacher(WrappedTeacher):
     """A model teacher whose requests run as Ray tasks while the Ray engine is active (module docstring);
     on the local engine, the wrapped teacher in this process. Every other attribute (``info``,
     ``cache_extra``, ``scrub_secrets``) is the wrapped teacher's."""
@@ -92,18 +92,9 @@ class RayTeacher:
     def __init__(self, teacher: Teacher, spec: Mapping[str, Any], base_dir: Path | None = None) -> None:
         if "api_key" in spec:
             raise ValueError("a teacher spec sent to Ray workers must name its key's variable (api_key_env)")
-        self.teacher = teacher
-        self.info: TeacherInfo = teacher.info
+        super().__init__(teacher)
         self.spec = dict(spec)
         self.base_dir = base_dir
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "teacher":  # not set yet (a copy being built): never ask the wrapped teacher for itself
-            raise AttributeError(name)
-        return getattr(self.teacher, name)
-
-    def __repr__(self) -> str:
-        return f"RayTeacher({self.teacher!r})"
 
     def __reduce__(self) -> Any:
         raise TypeError("RayTeacher holds the driver's teacher (and its key); workers rebuild it from the spec")

@@ -24,7 +24,7 @@ from curation.core.provenance import Provenance, TeacherInfo
 from curation.core.schema import Row, iter_rows
 from curation.core.warehouse import quote, read_batches
 from curation.synth.methods import MethodSettings, SynthContext, generate_candidates, select_seeds, validate_methods
-from curation.synth.teachers import ChatRequest, Generation, ResultCallback, Teacher, TeacherError
+from curation.synth.teachers import ChatRequest, Generation, ResultCallback, Teacher, TeacherError, WrappedTeacher
 from curation.synth.terms import ModelTerms, parse_model_registry, policy_violation, registered_teacher
 from curation.synth.verify import Candidate, Judge, VerifySettings, verify_candidates
 
@@ -170,7 +170,7 @@ def synthesize(
     return SynthesisResult(accepted, [c for c in candidates if not c.accepted], warnings, ctx.info, created_at)
 
 
-class ReportingTeacher:
+class ReportingTeacher(WrappedTeacher):
     """A teacher whose every ``generate`` call reports its progress: requests done of the call's total, how
     many came from the generation cache and, when the backend gives up on some, how many failed. The
     requests, their order and the generations are the wrapped teacher's, untouched; every other attribute
@@ -179,18 +179,12 @@ class ReportingTeacher:
     def __init__(
         self, teacher: Teacher, log: Callable[[str], None], label: str = "synthetic: teacher requests"
     ) -> None:
-        self.teacher = teacher
-        self.info = teacher.info
+        super().__init__(teacher)
         self.log = log
         self.label = label
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "teacher":  # not set yet (a copy being built): never ask the wrapped teacher for itself
-            raise AttributeError(name)
-        return getattr(self.teacher, name)
-
     def __repr__(self) -> str:
-        return repr(self.teacher)
+        return repr(self.teacher)  # reported as the teacher it wraps
 
     def generate(self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None) -> list[Generation]:
         progress = Progress(self.log, self.label, len(requests), unit="requests")

@@ -119,6 +119,23 @@ class Teacher(Protocol):
         ...
 
 
+class WrappedTeacher:
+    """A teacher that adds behaviour around another teacher's ``generate`` (progress reports, Ray tasks);
+    every other attribute (``info``, ``cache_extra``, ``scrub_secrets``…) is the wrapped teacher's."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        self.teacher = teacher
+        self.info: TeacherInfo = teacher.info
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "teacher":  # not set yet (a copy being built): never ask the wrapped teacher for itself
+            raise AttributeError(name)
+        return getattr(self.teacher, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.teacher!r})"
+
+
 def _last_user(messages: Sequence[Message]) -> str:
     for m in reversed(messages):
         if m.get("role") == "user":
