@@ -100,6 +100,8 @@ table present when this process's first write begins was left by a process that 
 clean up). A write nested in, or concurrent with, another write of this process leaves the cleanup to
 the outer one, whose tables are alive."""
 _open_writes_lock = threading.Lock()
+_shared_tables_lock = threading.Lock()
+"""Held by a write from copying a shared table's other partitions to swapping its new version in."""
 
 
 @functools.cache
@@ -189,6 +191,7 @@ class Warehouse:
             try:
                 if first:
                     self.recovered = drop_orphan_staging(connection)
+                    index_missing_lookups(connection)
                 # Shared tables exist from the first write on, so readers and checks can always query them.
                 connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
                 staged = StagedWrite(connection, asset)
@@ -258,30 +261,55 @@ class StagedWrite:
         self.append(staged_table, pa.Table.from_pylist(list(records), schema=schema))
 
     def commit(self) -> None:
+        """Swap every staged table in, in one transaction, then index the lookup columns of what changed.
+
+        The transaction only drops and renames tables. A shared table's new version (the other assets'
+        rows, then this asset's partition) is written before it, as a staging table of its own: DuckDB
+        holds a transaction's inserted rows, the rows it deletes and the index entries it must add in its
+        buffer pool until COMMIT, and replacing a million-row partition in place (DELETE, INSERT) outgrew
+        :data:`DUCKDB_MEMORY_LIMIT` at commit ("could not allocate block"), after which DuckDB invalidates
+        the connection. The indexes are built after COMMIT for the same reason, from committed rows. A process
+        that dies in between leaves tables without an index (lookups scan, answers the same); the next write
+        builds them (:func:`index_missing_lookups`)."""
         connection = self.connection
-        connection.execute("BEGIN TRANSACTION")
-        try:
-            for table, staging in self._replace.items():
-                connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
-                # Indexed only now: DuckDB cannot rename a table that has an index.
-                connection.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+        with _shared_tables_lock:  # the other assets' rows must not change between copying them and the swap
+            wholes: dict[str, str] = {}
+            try:
+                for table, (staging, ddl) in self._partitions.items():
+                    connection.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
+                    whole = wholes[table] = self.staging_name(f"{table}_whole")
+                    connection.execute(
+                        f"CREATE TABLE {quote(whole)} AS SELECT * FROM {quote(table)} WHERE asset IS DISTINCT FROM ?",
+                        [self.asset],
+                    )
+                    connection.execute(f"INSERT INTO {quote(whole)} SELECT * FROM {quote(staging)}")
+                connection.execute("BEGIN TRANSACTION")
+                try:
+                    for table, staging in [*self._replace.items(), *wholes.items()]:
+                        connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+                        connection.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            except BaseException:
+                for whole in wholes.values():
+                    with contextlib.suppress(duckdb.Error):  # the orphan sweep takes what this cannot
+                        connection.execute(f"DROP TABLE IF EXISTS {quote(whole)}")
+                self.discard()
+                raise
+        for staging, _ in self._partitions.values():
+            connection.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+        for table in (*self._replace, *self._partitions):
+            try:
                 index_lookup_columns(connection, table)
-            for table, (staging, ddl) in self._partitions.items():
-                connection.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
-                (previous,) = fetch_one(
-                    connection, f"SELECT count(*) FROM {quote(table)} WHERE asset = ?", [self.asset]
+            except duckdb.OutOfMemoryException as error:  # the tables are committed: only lookups slow down
+                _log.warning(
+                    "%s: its lookup index was not built (%s); audits of its rows scan the table instead. "
+                    "Raise the DuckDB memory limit (DUCKDB_MEMORY_LIMIT) to index it; the next write tries again.",
+                    table,
+                    str(error).splitlines()[0],
                 )
-                if previous:  # DuckDB deletes ART keys one by one (~50 s per million); a rebuild takes ~1 s
-                    drop_lookup_indexes(connection, table)
-                connection.execute(f"DELETE FROM {quote(table)} WHERE asset = ?", [self.asset])
-                connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {quote(staging)}")
-                connection.execute(f"DROP TABLE {quote(staging)}")
-                index_lookup_columns(connection, table)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            self.discard()
-            raise
 
     def discard(self) -> None:
         staged = list(self._replace.values()) + [s for s, _ in self._partitions.values()]
@@ -313,6 +341,16 @@ def index_lookup_columns(connection: duckdb.DuckDBPyConnection, table: str) -> N
         connection.execute(
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, column)} ON {quote(table)} ({quote(column)})"
         )
+
+
+def index_missing_lookups(connection: duckdb.DuckDBPyConnection) -> None:
+    """Index the lookup columns of every table that lacks an index on one: a writer that died between
+    committing its tables and indexing them (:meth:`StagedWrite.commit`) left them unindexed. Creating an
+    index that exists is a catalog lookup, so this costs nothing when all are there."""
+    tables = connection.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()
+    for (table,) in tables:
+        if unstaged_name(table) == table:  # another live write's staging tables are not ours to touch
+            index_lookup_columns(connection, table)
 
 
 def drop_lookup_indexes(connection: duckdb.DuckDBPyConnection, table: str) -> None:

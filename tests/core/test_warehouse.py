@@ -8,8 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from curation.core import warehouse as warehouse_module
 from curation.core.config import load_project
-from curation.core.warehouse import Warehouse, quote
+from curation.core.warehouse import LINEAGE_DDL, Warehouse, quote
 from curation.ingest.sources import ingest_sources
 from tests.conftest import DEMO_CONFIG
 
@@ -102,6 +103,76 @@ def test_partitions_of_shared_tables_are_replaced_per_asset(tmp_path: Path) -> N
     with warehouse.connect(read_only=True) as connection:
         counts = dict(connection.execute("SELECT asset, count(*) FROM lineage GROUP BY 1").fetchall())
     assert counts == {"one": 1, "two": 3}
+
+
+@pytest.mark.slow
+def test_replacing_a_large_partition_stays_within_duckdbs_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 1M rows a re-run of `formatted` failed at COMMIT: replacing its lineage partition in place (DELETE,
+    # INSERT, index rebuild in the transaction) held more than the 512 MB limit, and DuckDB invalidated the
+    # database. The same shape at 200k rows under a 128 MB limit failed the same way on the second write.
+    monkeypatch.setattr(warehouse_module, "DUCKDB_MEMORY_LIMIT", "128MB")
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    rows = 200_000
+    with warehouse.write("other") as staged:
+        other = staged.partition("lineage", LINEAGE_DDL)
+        staged.connection.execute(
+            f"INSERT INTO {other} SELECT 'o' || i, 'p' || i, 'other', 'op', NULL FROM range(1000) r(i)"
+        )
+    for run in ("first", "second"):
+        with warehouse.write("big") as staged:
+            table = staged.create("things", "row_id VARCHAR, text VARCHAR")
+            lineage = staged.partition("lineage", LINEAGE_DDL)
+            staged.connection.execute(
+                f"INSERT INTO {table} SELECT sha256(i || ?), repeat('x', 200) FROM range(?) r(i)", [run, rows]
+            )
+            staged.connection.execute(
+                f"INSERT INTO {lineage} SELECT sha256(i || ?), sha256(i::VARCHAR), 'big', 'op', 'detail' "
+                "FROM range(?) r(i)",
+                [run, rows],
+            )
+    with warehouse.connect(read_only=True) as connection:
+        counts = dict(connection.execute("SELECT asset, count(*) FROM lineage GROUP BY 1").fetchall())
+        indexes = {name for (name,) in connection.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+        (current,) = connection.execute(
+            "SELECT count(*) FROM lineage WHERE child_id = sha256(7 || 'second')"
+        ).fetchone()
+    assert counts == {"other": 1000, "big": rows}
+    assert current == 1
+    assert {"things__row_id", "lineage__child_id", "lineage__parent_id"} <= indexes
+
+
+def test_tables_a_killed_writer_left_unindexed_are_indexed_by_the_next_write(tmp_path: Path) -> None:
+    # A writer that dies after COMMIT and before building its indexes leaves committed tables without them.
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.write("demo") as staged:
+        staged.connection.execute(f"INSERT INTO {staged.create('things', 'row_id VARCHAR')} VALUES ('a')")
+    with warehouse.connect() as connection:
+        connection.execute('DROP INDEX "things__row_id"')
+    with warehouse.write("other") as staged:
+        staged.create("unrelated", "x INTEGER")
+    with warehouse.connect(read_only=True) as connection:
+        indexes = {name for (name,) in connection.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+    assert "things__row_id" in indexes
+
+
+def test_a_failed_swap_leaves_the_shared_tables_as_they_were(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.write("demo") as staged:
+        staged.connection.execute(
+            f"INSERT INTO {staged.partition('lineage', LINEAGE_DDL)} VALUES ('c', 'p', 'demo', 'op', NULL)"
+        )
+    with pytest.raises(duckdb.Error), warehouse.write("demo") as staged:
+        staged.connection.execute(
+            f"INSERT INTO {staged.partition('lineage', LINEAGE_DDL)} VALUES ('d', 'p', 'demo', 'op', NULL)"
+        )
+        staged.create("b", "x INTEGER")
+        staged.connection.execute(f"DROP TABLE {quote(staged.staging_name('b'))}")  # the swap fails
+    with warehouse.connect(read_only=True) as connection:
+        assert connection.execute("SELECT child_id FROM lineage").fetchall() == [("c",)]
+        names = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert not any(name.startswith("_stage_") for name in names), "staging tables are cleaned up"
 
 
 def test_names_are_quoted(tmp_path: Path) -> None:
