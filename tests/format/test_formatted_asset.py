@@ -105,6 +105,33 @@ def test_split_leaks_name_the_shared_ancestor_or_cluster() -> None:
     assert split_leaks(connection, sample=1)[0] == 2
 
 
+def test_split_leaks_stay_within_duckdbs_memory_limit_and_stop_on_a_lineage_cycle(tmp_path) -> None:
+    # At 1M rows the check ran out of DuckDB's 512 MB limit (a recursive UNION cannot spill, and every shared
+    # node's rows were listed before filtering). The same walk over 400k rows (every row with a lineage edge and a
+    # cluster) ran out of 256 MB that way; it must now fit in 128 MB.
+    connection = duckdb.connect(str(tmp_path / "w.duckdb"), config={"memory_limit": "128MB"})
+    rows = 400_000
+    connection.execute(f"CREATE TABLE lineage ({LINEAGE_DDL})")
+    connection.execute(
+        "INSERT INTO lineage SELECT 'p' || i, 'r' || i, 'filtered', 'clean', NULL FROM range(?) t(i)", [rows]
+    )
+    connection.execute(
+        "CREATE TABLE dedup_clusters AS SELECT 'k' || (i // 2) AS cluster_id, 'r' || i AS row_id FROM range(?) t(i)",
+        [rows],
+    )
+    connection.execute(
+        "CREATE TABLE formatted AS SELECT 'f' || i AS row_id, 'p' || i AS parent_id, "
+        "CASE WHEN i % 10 = 0 THEN 'eval' ELSE 'train' END AS split FROM range(?) t(i)",
+        [rows],
+    )
+    # Rows 2k and 2k+1 share cluster k<k>: a leak wherever exactly one of the pair is eval (i % 10 == 0).
+    leaks, sample = split_leaks(connection, sample=2)
+    assert leaks == rows // 10
+    assert sample[0] == {"shared": "cluster k0", "eval": ["f0"], "train": ["f1"]}
+    connection.execute("INSERT INTO lineage VALUES ('r0', 'p0', 'filtered', 'clean', NULL)")  # p0 -> r0 -> p0
+    assert split_leaks(connection, sample=1)[0] == rows // 10
+
+
 def _sft(row_id: str, question: str, answer: str, **fields) -> dict:
     return new_row(
         row_id=row_id,
