@@ -93,6 +93,11 @@ def conservation_check(asset: str) -> AssetChecksDefinition:
     return _check
 
 
+_ROW_HASH = "hash(kind, messages, text, chosen, rejected)"
+"""One hash over the columns that make two rows the same content. Groups of it are listed only once known to
+hold more than one row (listing every group's ids before filtering took 1.0 s instead of 0.6 s at 1M rows)."""
+
+
 @asset_check(
     asset="raw",
     name="records_conserved",
@@ -156,9 +161,9 @@ def deduped_no_exact_duplicates(
         # over the whole table, and the first groups confirmed by their keys (a hash collision is no duplicate).
         identical = (
             f"SELECT {columns} FROM deduped WHERE row_id IN (SELECT unnest(ids) FROM ("
-            "SELECT list(row_id ORDER BY row_id) AS ids FROM deduped GROUP BY hash(kind, messages, text, chosen, "
-            "rejected) HAVING count(*) > 1 ORDER BY ids LIMIT 100)) ORDER BY hash(kind, messages, text, chosen, "
-            "rejected), row_id"
+            f"SELECT list(row_id ORDER BY row_id) AS ids FROM deduped WHERE {_ROW_HASH} IN ("
+            f"SELECT {_ROW_HASH} FROM deduped GROUP BY ALL HAVING count(*) > 1) "
+            f"GROUP BY {_ROW_HASH} ORDER BY ids LIMIT 100)) ORDER BY {_ROW_HASH}, row_id"
         )
         _, identical_pairs = _duplicate_pairs(iter_rows(read_batches(connection, identical)), exact)
         sample = sample_sql("deduped", EXACT_SAMPLE_ROWS, columns=_COMPARED_COLUMNS) + " ORDER BY row_id"

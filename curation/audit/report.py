@@ -333,12 +333,15 @@ def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target_table: 
     edge_sql = " UNION ".join(edges) or "SELECT NULL::VARCHAR, NULL::VARCHAR WHERE false"
     # Duplicate edges cost nothing: the walk's UNION drops repeated (row, ancestor) pairs.
     run(f"CREATE OR REPLACE TEMP TABLE _report_edges AS SELECT * FROM ({edge_sql}) e(child_id, parent_id)")
-    # UNION (not UNION ALL) makes the recursion stop on a cycle.
+    # UNION ALL, deduplicated afterwards: a recursive UNION keeps every pair it has seen in a hash table that
+    # does not spill (the split-leak check ran out of DuckDB's limit so at 1M rows). The depth bound stops
+    # the walk on a cycle, which UNION's deduplication used to do; the pipeline's chains are a handful long.
     run(f"""CREATE OR REPLACE TEMP TABLE _report_anc AS
-        WITH RECURSIVE anc(row_id, ancestor) AS (
-          SELECT row_id, row_id FROM {target}
-          UNION SELECT a.row_id, e.parent_id FROM anc a JOIN _report_edges e ON e.child_id = a.ancestor)
-        SELECT * FROM anc""")
+        WITH RECURSIVE anc(row_id, ancestor, depth) AS (
+          SELECT row_id, row_id, 0 FROM {target}
+          UNION ALL SELECT a.row_id, e.parent_id, a.depth + 1 FROM anc a
+          JOIN _report_edges e ON e.child_id = a.ancestor WHERE a.depth < 64)
+        SELECT DISTINCT row_id, ancestor FROM anc""")
     # A kept row stands for the duplicates removed in its favour: their licences add obligations
     # (credit every copy's source), not restrictions (the kept copy's own licence grants the use).
     absorbed = (

@@ -113,6 +113,24 @@ def test_counts_and_obligations(db, policy) -> None:
     assert teachers["teacher-z"]["verdict"] == "ok"
 
 
+def test_a_cycle_in_lineage_ends_the_walk_and_changes_no_count(db, policy, tmp_path: Path) -> None:
+    # The ancestry walk is a UNION ALL bounded in depth (it spills where a recursive UNION cannot), so a
+    # damaged lineage table with a cycle must still end, and give the counts of the same rows.
+    path = tmp_path / "warehouse.duckdb"
+    build_warehouse(path)
+    with duckdb.connect(str(path)) as connection:
+        child, parent = connection.execute("SELECT child_id, parent_id FROM lineage ORDER BY ALL LIMIT 1").fetchone()
+        connection.execute("INSERT INTO lineage VALUES (?, ?, 'deduped', 'cycle', NULL)", [parent, child])
+        damaged = build_report(connection, policy)
+    expected = build_report(db, policy)
+    assert (damaged.rows, damaged.by_license, damaged.by_teacher) == (
+        expected.rows,
+        expected.by_license,
+        expected.by_teacher,
+    )
+    assert _violations(damaged) == _violations(expected)
+
+
 def test_files_carry_the_version_hash_and_the_full_violation_list(db, policy, tmp_path: Path) -> None:
     project = load_project(tmp_path / "distillery.yaml")
     report = build_report(
