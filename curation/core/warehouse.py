@@ -301,15 +301,7 @@ class StagedWrite:
         for staging, _ in self._partitions.values():
             connection.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
         for table in (*self._replace, *self._partitions):
-            try:
-                index_lookup_columns(connection, table)
-            except duckdb.OutOfMemoryException as error:  # the tables are committed: only lookups slow down
-                _log.warning(
-                    "%s: its lookup index was not built (%s); audits of its rows scan the table instead. "
-                    "Raise the DuckDB memory limit (DUCKDB_MEMORY_LIMIT) to index it; the next write tries again.",
-                    table,
-                    str(error).splitlines()[0],
-                )
+            _index_committed(connection, table)
 
     def discard(self) -> None:
         staged = list(self._replace.values()) + [s for s, _ in self._partitions.values()]
@@ -350,7 +342,21 @@ def index_missing_lookups(connection: duckdb.DuckDBPyConnection) -> None:
     tables = connection.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()
     for (table,) in tables:
         if unstaged_name(table) == table:  # another live write's staging tables are not ours to touch
-            index_lookup_columns(connection, table)
+            _index_committed(connection, table)
+
+
+def _index_committed(connection: duckdb.DuckDBPyConnection, table: str) -> None:
+    """:func:`index_lookup_columns` of a committed table, where an index that does not fit DuckDB's memory
+    limit is a warning: the rows are safe, only lookups of them slow down."""
+    try:
+        index_lookup_columns(connection, table)
+    except duckdb.OutOfMemoryException as error:
+        _log.warning(
+            "%s: its lookup index was not built (%s); audits of its rows scan the table instead. Raise the "
+            "DuckDB memory limit (DUCKDB_MEMORY_LIMIT) to index it; the next write tries again.",
+            table,
+            str(error).splitlines()[0],
+        )
 
 
 def drop_lookup_indexes(connection: duckdb.DuckDBPyConnection, table: str) -> None:

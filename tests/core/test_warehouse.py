@@ -157,6 +157,26 @@ def test_tables_a_killed_writer_left_unindexed_are_indexed_by_the_next_write(tmp
     assert "things__row_id" in indexes
 
 
+def test_an_index_that_does_not_fit_in_memory_is_a_warning_and_the_next_write_builds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def out_of_memory(connection: duckdb.DuckDBPyConnection, table: str) -> None:
+        raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block of size 256.0 KiB")
+
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with monkeypatch.context() as patched:
+        patched.setattr(warehouse_module, "index_lookup_columns", out_of_memory)
+        with warehouse.write("demo") as staged:
+            staged.connection.execute(f"INSERT INTO {staged.create('things', 'row_id VARCHAR')} VALUES ('a')")
+    assert "things: its lookup index was not built" in caplog.text
+    assert count(warehouse, "things") == 1  # committed all the same
+    with warehouse.write("other") as staged:
+        staged.create("unrelated", "x INTEGER")
+    with warehouse.connect(read_only=True) as connection:
+        indexes = {name for (name,) in connection.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+    assert "things__row_id" in indexes
+
+
 def test_a_failed_swap_leaves_the_shared_tables_as_they_were(tmp_path: Path) -> None:
     warehouse = Warehouse(tmp_path / "w.duckdb")
     with warehouse.write("demo") as staged:
