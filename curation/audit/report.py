@@ -39,6 +39,7 @@ import pyarrow.csv as pa_csv
 from curation.audit.trace import discover
 from curation.core.licenses import LicensePolicy, license_ids
 from curation.core.markdown import counts_table, markdown_table
+from curation.core.provenance import LINEAGE_WALK_DEPTH
 from curation.core.schema import utcnow
 from curation.core.warehouse import quote
 from curation.synth.terms import ModelTerms, parse_model_registry
@@ -331,16 +332,14 @@ def _ancestry(connection: duckdb.DuckDBPyConnection, tables: Any, target_table: 
             "SELECT row_id, unnest(CAST(json_extract_string(parent_ids, '$[*]') AS VARCHAR[])) FROM provenance"
         )
     edge_sql = " UNION ".join(edges) or "SELECT NULL::VARCHAR, NULL::VARCHAR WHERE false"
-    # Duplicate edges cost nothing: the walk's UNION drops repeated (row, ancestor) pairs.
+    # Duplicate edges cost nothing: the UNION of the edge sources drops them, the walk's DISTINCT repeated pairs.
     run(f"CREATE OR REPLACE TEMP TABLE _report_edges AS SELECT * FROM ({edge_sql}) e(child_id, parent_id)")
-    # UNION ALL, deduplicated afterwards: a recursive UNION keeps every pair it has seen in a hash table that
-    # does not spill (the split-leak check ran out of DuckDB's limit so at 1M rows). The depth bound stops
-    # the walk on a cycle, which UNION's deduplication used to do; the pipeline's chains are a handful long.
+    # UNION ALL, deduplicated afterwards, and bounded in depth (see LINEAGE_WALK_DEPTH).
     run(f"""CREATE OR REPLACE TEMP TABLE _report_anc AS
         WITH RECURSIVE anc(row_id, ancestor, depth) AS (
           SELECT row_id, row_id, 0 FROM {target}
           UNION ALL SELECT a.row_id, e.parent_id, a.depth + 1 FROM anc a
-          JOIN _report_edges e ON e.child_id = a.ancestor WHERE a.depth < 64)
+          JOIN _report_edges e ON e.child_id = a.ancestor WHERE a.depth < {LINEAGE_WALK_DEPTH})
         SELECT DISTINCT row_id, ancestor FROM anc""")
     # A kept row stands for the duplicates removed in its favour: their licences add obligations
     # (credit every copy's source), not restrictions (the kept copy's own licence grants the use).

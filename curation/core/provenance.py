@@ -58,6 +58,11 @@ LINEAGE_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
+LINEAGE_WALK_DEPTH = 64
+"""Lineage edges a walk up from a row follows at most (the split-leak check, the compliance report's
+ancestry). The pipeline's chains are a handful long; the walks keep every path rather than deduplicating as
+they go (a recursive UNION's seen-set does not spill, and ran out of DuckDB's memory at 1M rows), so a cycle
+in a damaged lineage table must not run them forever."""
 
 
 @dataclass(frozen=True)

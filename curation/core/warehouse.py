@@ -288,6 +288,8 @@ class StagedWrite:
                     for table, staging in [*self._replace.items(), *wholes.items()]:
                         connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
                         connection.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+                    for staging, _ in self._partitions.values():  # copied into its whole table
+                        connection.execute(f"DROP TABLE {quote(staging)}")
                     connection.execute("COMMIT")
                 except BaseException:
                     connection.execute("ROLLBACK")
@@ -298,8 +300,6 @@ class StagedWrite:
                         connection.execute(f"DROP TABLE IF EXISTS {quote(whole)}")
                 self.discard()
                 raise
-        for staging, _ in self._partitions.values():
-            connection.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
         for table in (*self._replace, *self._partitions):
             _index_committed(connection, table)
 
@@ -357,11 +357,6 @@ def _index_committed(connection: duckdb.DuckDBPyConnection, table: str) -> None:
             table,
             str(error).splitlines()[0],
         )
-
-
-def drop_lookup_indexes(connection: duckdb.DuckDBPyConnection, table: str) -> None:
-    for column in lookup_columns(connection, table):
-        connection.execute(f"DROP INDEX IF EXISTS {_index_name(table, column)}")
 
 
 def insert_from(

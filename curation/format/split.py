@@ -24,6 +24,7 @@ from duckdb.func import ARROW
 
 from curation.core.components import component_labels
 from curation.core.hashing import stable_unit
+from curation.core.provenance import LINEAGE_WALK_DEPTH
 from curation.core.warehouse import count_rows, quote, read_batches, table_names
 
 if TYPE_CHECKING:
@@ -320,12 +321,6 @@ def plan_splits(
         )
 
 
-_MAX_DEPTH = 64
-"""Lineage edges :func:`split_leaks` follows up from a row at most (the pipeline's chains are a handful long):
-the walk keeps every path rather than deduplicating as it goes, which lets DuckDB spill it, so a cycle in a
-damaged lineage table must not run it forever."""
-
-
 def split_leaks(
     connection: duckdb.DuckDBPyConnection, table: str = "formatted", sample: int = 10
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -351,7 +346,7 @@ def split_leaks(
             SELECT row_id, split, parent_id, 0 FROM {quote(table)}
             UNION ALL
             SELECT a.row_id, a.split, l.parent_id, a.depth + 1 FROM ancestors a
-            JOIN lineage l ON l.child_id = a.node AND l.asset <> 'formatted' WHERE a.depth < {_MAX_DEPTH}),
+            JOIN lineage l ON l.child_id = a.node AND l.asset <> 'formatted' WHERE a.depth < {LINEAGE_WALK_DEPTH}),
         reached AS (SELECT DISTINCT * FROM (SELECT 'row ' || node AS shared, row_id, split FROM ancestors {clusters})),
         leaking AS (SELECT shared FROM reached GROUP BY shared HAVING min(split) <> max(split)),
         shown AS (SELECT shared FROM leaking ORDER BY shared LIMIT ?)
