@@ -378,12 +378,13 @@ def filter_table(
             preload=("curation.filter",),
             parts=True,  # only appended below
         )
-        for result in reported(results, log, "filtering", to_filter, size=lambda result: result.stats.rows_in):
-            stats.add(result.stats)
-            staged.append(kept, result.kept)
-            staged.append(rejections, result.rejections)
-            staged.append(edits, result.edits)
-            staged.append(lineage, result.lineage)
+        with staged.appending():
+            for result in reported(results, log, "filtering", to_filter, size=lambda result: result.stats.rows_in):
+                stats.add(result.stats)
+                staged.append(kept, result.kept)
+                staged.append(rejections, result.rejections)
+                staged.append(edits, result.edits)
+                staged.append(lineage, result.lineage)
     finally:
         drop_reuse(connection, reuse)
     return FilteredTables(kept, rejections, stats, reuse.rows)

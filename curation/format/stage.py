@@ -373,11 +373,12 @@ def format_rows(
             preload=("transformers", "curation.format.stage"),
             parts=True,  # only appended below
         )
-        for result in reported(results, report, "formatting", to_render, size=lambda result: result.rows_in):
-            staged.append(table, result.formatted)
-            staged.append(rejections, result.rejections)
-            staged.append(contamination, result.contamination)
-            staged.append(lineage, result.lineage)
+        with staged.appending():
+            for result in reported(results, report, "formatting", to_render, size=lambda result: result.rows_in):
+                staged.append(table, result.formatted)
+                staged.append(rejections, result.rejections)
+                staged.append(contamination, result.contamination)
+                staged.append(lineage, result.lineage)
         capped = cap_model_made(staged, config.mix.synthetic_cap, settings.seed)
         if capped:
             report(

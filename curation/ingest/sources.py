@@ -6,7 +6,6 @@ read with (:mod:`curation.ingest.settings`), so a file is read again only when o
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import os
@@ -479,8 +478,7 @@ def ingest_sources(
     workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
     file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
     mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
-    # One transaction for every insert: committed one by one, each insert rewrote the table's last row group.
-    with _transaction(connection):
+    with staged.appending():
         for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
             path, digest = file_digests[source_name, shown]
             result = FileResult(source_name, shown, "ingested", reason=reasons[source_name, shown])
@@ -565,19 +563,6 @@ def _keep_first_ingestion_times(connection: duckdb.DuckDBPyConnection, staged_ra
         "AND previous.ingested_at IS DISTINCT FROM fresh.ingested_at",
         [ingested_at],
     )
-
-
-@contextlib.contextmanager
-def _transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """The block's statements in one transaction, rolled back if the block fails."""
-    connection.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
 
 
 def quarantine_overview(staged: StagedWrite, sample_size: int = 20) -> tuple[int, list[dict[str, Any]]]:

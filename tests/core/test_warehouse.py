@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from curation.core import warehouse as warehouse_module
@@ -90,6 +91,44 @@ def test_failure_during_swap_rolls_back_every_table(tmp_path: Path) -> None:
     with warehouse.connect(read_only=True) as connection:
         assert connection.execute("SELECT x FROM a").fetchall() == [(1,)]
         assert connection.execute("SELECT x FROM b").fetchall() == [(1,)]
+
+
+def test_appends_in_one_transaction_arrive_together_or_not_at_all(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    batch = pa.table({"id": list(range(1_000))})
+    with warehouse.write("demo") as staged:
+        table = staged.create("things", "id INTEGER")
+        with staged.appending():
+            for _ in range(3):
+                staged.append(table, batch)
+            # The block's transaction is its own: the stage's connection sees the rows once it ends.
+            assert staged.connection.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        assert staged.connection.execute(f"SELECT count(*) FROM {table}").fetchone() == (3_000,)
+        with pytest.raises(RuntimeError, match="do not nest"), staged.appending(), staged.appending():
+            pass
+    with pytest.raises(RuntimeError, match="worker died"), warehouse.write("demo") as staged:
+        table = staged.create("things", "id INTEGER")
+        with staged.appending():
+            staged.append(table, batch)
+            raise RuntimeError("worker died")
+    assert count(warehouse, "things") == 3_000
+
+
+def test_a_transaction_of_appends_does_not_keep_the_appended_batches(tmp_path: Path) -> None:
+    """Memory stays bounded by DuckDB's limit, not the data: the Arrow batches appended inside one transaction
+    are freed as they go. (Registering each batch as a view, as appends once did, kept every batch alive until
+    COMMIT, so a stage's whole output stayed in memory.)"""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    batch_bytes = 4 << 20
+    with warehouse.write("demo") as staged:
+        table = staged.create("blobs", "data VARCHAR")
+        with staged.appending():
+            before = pa.total_allocated_bytes()
+            for number in range(40):
+                staged.append(table, pa.table({"data": [f"{number:08d}" * (batch_bytes // 8 // 64)] * 64}))
+            held = pa.total_allocated_bytes() - before
+        assert held < 4 * batch_bytes, f"{held >> 20} MiB of appended Arrow data still held"
+    assert count(warehouse, "blobs") == 40 * 64
 
 
 def test_partitions_of_shared_tables_are_replaced_per_asset(tmp_path: Path) -> None:
