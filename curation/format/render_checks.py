@@ -10,11 +10,10 @@ stored rows.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from curation.core.schema import Row
 from curation.format.render import (
@@ -126,18 +125,16 @@ def mask_problem(row: Row, tokenizer: PreTrainedTokenizerBase) -> str | None:
     if row.get("kind") not in MASKED_KINDS or row.get("input_ids") is None:
         return None
     ids = _json_list(row.get("input_ids"))
-    mask = np.asarray(_json_list(row.get("assistant_mask")), dtype=np.int8)
+    mask = _json_list(row.get("assistant_mask"))
     replies = [m for m in row.get("messages") or [] if m.get("role") == "assistant"]
     if len(mask) != len(ids):
         return f"{len(mask)} mask entries for {len(ids)} input_ids"
-    if not mask.any():
+    runs = _masked_runs(mask)
+    if not runs:
         return (
             f"no loss token: none of the {len(replies)} assistant turn(s) was found in the rendering "
             f"(mask source {row.get('mask_source')!r}), so the row would teach nothing"
         )
-    # Starts and ends of the runs of 1s, from the steps of the zero-padded mask.
-    steps = np.flatnonzero(np.diff(np.concatenate(([0], mask, [0]))))
-    runs = list(zip(steps[0::2].tolist(), steps[1::2].tolist(), strict=True))
     if len(runs) != len(replies):
         return f"{len(runs)} masked run(s) of tokens for {len(replies)} assistant turn(s)"
     cut = str(row.get("truncation") or "").startswith("truncated_last_assistant")
@@ -161,6 +158,19 @@ def mask_problem(row: Row, tokenizer: PreTrainedTokenizerBase) -> str | None:
                 f"{content[:80]!r} followed by the template's end-of-turn marker"
             )
     return None
+
+
+_MASKED_RUN = re.compile(rb"[^\x00]+")
+
+
+def _masked_runs(mask: list[Any]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive non-zero entries of a loss mask; found in the mask's bytes by
+    the regex engine when every entry fits a byte (a 0/1 mask), else entry by entry."""
+    try:
+        packed = bytes(mask)
+    except (TypeError, ValueError):
+        packed = bytes(1 if value else 0 for value in mask)
+    return [found.span() for found in _MASKED_RUN.finditer(packed)]
 
 
 def _json_list(value: Any) -> list[Any]:

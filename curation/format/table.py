@@ -65,6 +65,22 @@ CONTAMINATION_SCHEMA = pa.schema(
 )
 
 
+_MASK_DIGITS = bytes.maketrans(b"\x00\x01" + bytes(range(2, 256)), b"01" + b"x" * 254)
+
+
+def mask_json(mask: list[int]) -> str:
+    """``json.dumps(mask)`` of a loss mask of 0s and 1s, written from the mask's bytes in C instead of one
+    number at a time (a quarter of the time on the benchmark's rows; ``formatted`` writes one per row). Any
+    other list, or a mask of booleans, goes to ``json.dumps``."""
+    try:
+        digits = bytes(mask).translate(_MASK_DIGITS)
+    except (TypeError, ValueError):
+        return json.dumps(mask)
+    if b"x" in digits or not set(map(type, mask)) <= {int}:
+        return json.dumps(mask)
+    return "[" + ", ".join(digits.decode("ascii")) + "]"
+
+
 def formatted_record(row: Row, rendered: RenderedRow, split: str, subset: float) -> dict[str, Any]:
     """The ``formatted`` row for one rendered input row (a new id; the edge goes to lineage).
     ``round_trip`` and ``generation_prompt_ok`` stay None until the record is verified."""
@@ -80,7 +96,7 @@ def formatted_record(row: Row, rendered: RenderedRow, split: str, subset: float)
         chosen_text=rendered.chosen,
         rejected_text=rendered.rejected,
         input_ids=json.dumps(rendered.input_ids),
-        assistant_mask=json.dumps(rendered.assistant_mask),
+        assistant_mask=mask_json(rendered.assistant_mask),
         mask_source=rendered.mask_source,
         truncation=rendered.truncation,
         round_trip=None,

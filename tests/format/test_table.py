@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pyarrow as pa
 
 from curation.core.schema import COLUMNS, encode_row, new_row
-from curation.format.table import formatted_batch
+from curation.format.table import formatted_batch, mask_json
 
 
 def _from_records(records: list[dict]) -> pa.Table:
@@ -38,3 +39,11 @@ def test_formatted_batch_equals_the_table_of_encoded_records() -> None:
         assert built.schema == expected.schema
         assert built.equals(expected)
     assert formatted_batch([]).equals(_from_records([]))
+
+
+def test_loss_masks_are_written_exactly_as_json_writes_them() -> None:
+    """The stored mask is what ``json.dumps`` gives, whichever way it was written: 0/1 lists through the fast
+    path, anything else (booleans, other numbers, a mix) through ``json``."""
+    masks = [[], [0], [1], [0, 0, 1, 1, 1, 0] * 300, [True, False], [0, True], [0, 2, 1], [1.0, 0], [256], [-1]]
+    for mask in masks:
+        assert mask_json(mask) == json.dumps(mask)
