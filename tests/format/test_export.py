@@ -26,6 +26,7 @@ from curation.format.export import (
     export_records,
     jsonl_to_parquet,
     verify_export,
+    verify_published,
     write_export,
 )
 from curation.format.render import load_tokenizer
@@ -325,6 +326,49 @@ def test_manifest_lists_versions_counts_licences_attribution_teachers_and_tokeni
     assert manifest["rows_removed_at_formatting"] == {"decontamination": 1}
     assert set(manifest["files"]) == {f"{c}/{s}.jsonl" for c, splits in manifest["rows"].items() for s in splits}
     assert verify_export(result.path) == []
+
+
+def test_published_versions_are_checked_without_hashing_every_version_every_time(exported, tmp_path) -> None:
+    """Each check hashes the files changed since they last matched and one whole version in rotation, so its
+    cost does not grow with the versions kept, and an edit is still found: at once when it touched the file's
+    stat, within as many checks as there are versions when it did not."""
+    _, _, base = exported
+    root = tmp_path / "exports"
+    root.mkdir()
+    with duckdb.connect(str(base / "w.duckdb"), read_only=True) as connection:
+        versions = [
+            write_export(connection, root, ExportInfo(**{**INFO.__dict__, "project_file_hash": f"v{n}"})).path
+            for n in range(3)
+        ]
+    files = len(list(versions[0].rglob("*.jsonl"))) + len(list(versions[0].rglob("*.parquet")))
+    first = verify_published(root)
+    assert (first.versions, first.files_hashed, first.files_trusted, first.problems) == (3, 3 * files, 0, [])
+    second = verify_published(root)
+    assert (second.files_hashed, second.files_trusted, second.problems) == (files, 2 * files, [])
+    rotation = {second.hashed_in_full, verify_published(root).hashed_in_full, verify_published(root).hashed_in_full}
+    assert rotation == {path.name for path in versions}
+
+    # An edit that kept the size and put the modification time back: the status-change time still moved.
+    edited = versions[1] / "sft" / "train.jsonl"
+    stat = edited.stat()
+    text = edited.read_text()
+    edited.write_text(text.replace('"', "'", 1))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    found = verify_published(root)
+    assert found.problems == [
+        {"version": versions[1].name, "problem": "sft/train.jsonl: content differs from the manifest's sha256"}
+    ]
+
+    # An edit the stat cannot show (here: the record altered to match it) is found when its version's turn comes.
+    edited.write_text(text)
+    verify_published(root)
+    edited.write_text(text.replace('"', "'", 1))
+    record = json.loads((root / ".verified.json").read_text())
+    record["versions"][versions[1].name]["files"]["sft/train.jsonl"] = list(export_module._file_stat(edited))
+    (root / ".verified.json").write_text(json.dumps(record))
+    rounds = [verify_published(root) for _ in range(3)]
+    first_found = next(r for r in rounds if r.problems)
+    assert first_found.hashed_in_full == versions[1].name
 
 
 def test_an_export_is_immutable_and_a_new_data_version_gets_a_new_folder(exported, tokenizer) -> None:
