@@ -8,7 +8,7 @@ from curation.core.freshness import module_code_version
 from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps, reports_dir
 from curation.core.markdown import markdown_table
 from curation.core.parallel import use_engine, workers_for
-from curation.core.warehouse import content_hash, count_rows
+from curation.core.warehouse import SCAN_MEMORY_LIMIT, content_hash, count_rows
 from curation.format.export import ExportInfo, write_export
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
@@ -38,7 +38,7 @@ def exports(
     with (
         use_engine(config.compute),
         exclusive_lock(root.parent / "exports.lock", on_wait=context.log.info),
-        warehouse.get().connect(read_only=True) as connection,
+        warehouse.get().connect(read_only=True, memory_limit=SCAN_MEMORY_LIMIT) as connection,
     ):
         for leftover in remove_dead_export_temps(root):
             context.log.warning(f"exports: removed {leftover.name}, the unfinished export of a crashed run")
