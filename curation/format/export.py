@@ -1050,9 +1050,11 @@ def _verify_folder(folder: Path, unchanged: Mapping[str, FileStat]) -> _FolderCh
     return check
 
 
-VERIFIED_RECORD = ".verified.json"
-"""Beside the version folders: how many checks ran and, per version, in which check its files were last all
-hashed and the stat of each file that matched its manifest (:func:`verify_published`)."""
+def verified_record(root: Path) -> Path:
+    """Beside the exports folder (which holds versions only): how many checks ran and, per version, in which
+    check its files were last all hashed and the stat of each file that matched its manifest
+    (:func:`verify_published`)."""
+    return root.parent / f"{root.name}.verified.json"
 
 
 @dataclass(frozen=True)
@@ -1075,10 +1077,10 @@ def verify_published(root: Path) -> PublishedCheck:
     differs from when it last matched, and the version hashed in full longest ago is hashed in full again,
     so even a change that kept the stat (a restored disk image, the clock set back) is found within as many
     runs as there are versions. Hashing every version each run cost 62 s with two 1M-row versions on disk.
-    What was hashed is kept in ``root/.verified.json``; a record that is missing or unreadable means
-    hashing everything."""
+    What was hashed is kept in :func:`verified_record`; a record that is missing or unreadable means hashing
+    everything."""
     folders = sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
-    record_path = root / VERIFIED_RECORD
+    record_path = verified_record(root)
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -1103,7 +1105,7 @@ def verify_published(root: Path) -> PublishedCheck:
             "files": check.matched,
         }
     if folders:
-        temporary = root / f".verified-{uuid.uuid4().hex[:8]}.json"
+        temporary = record_path.with_name(f".{record_path.name}-{uuid.uuid4().hex[:8]}")
         try:
             temporary.write_text(json.dumps({"checks": this_check, "versions": versions}, indent=1), encoding="utf-8")
             os.replace(temporary, record_path)

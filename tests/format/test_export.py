@@ -363,9 +363,9 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
     edited.write_text(text)
     verify_published(root)
     edited.write_text(text.replace('"', "'", 1))
-    record = json.loads((root / ".verified.json").read_text())
+    record = json.loads(export_module.verified_record(root).read_text())
     record["versions"][versions[1].name]["files"]["sft/train.jsonl"] = list(export_module._file_stat(edited))
-    (root / ".verified.json").write_text(json.dumps(record))
+    export_module.verified_record(root).write_text(json.dumps(record))
     rounds = [verify_published(root) for _ in range(3)]
     first_found = next(r for r in rounds if r.problems)
     assert first_found.hashed_in_full == versions[1].name
