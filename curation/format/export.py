@@ -1036,12 +1036,11 @@ def _verify_folder(folder: Path, unchanged: Mapping[str, FileStat]) -> _FolderCh
         stat = _file_stat(path)
         if unchanged.get(relative) == stat:
             check.trusted += 1
-        elif file_digest(path) == expected["sha256"]:
-            check.hashed += 1
         else:
             check.hashed += 1
-            check.problems.append(f"{relative}: content differs from the manifest's sha256")
-            continue
+            if file_digest(path) != expected["sha256"]:
+                check.problems.append(f"{relative}: content differs from the manifest's sha256")
+                continue
         check.matched[relative] = stat
     if data_version(manifest) != manifest.get("data_version"):
         check.problems.append("manifest fields were edited: they no longer hash to its data_version")
