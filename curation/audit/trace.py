@@ -68,7 +68,13 @@ INFO_COLUMNS: tuple[str, ...] = (
 """What the audit shows of a row: where it came from and under which terms, never its content."""
 
 _JSON_FIELDS = ("generation_params", "parent_ids", "verification")
-_SKIP_TABLES = {"lineage", "provenance", "dedup_clusters", "quarantine"}
+_SKIP_TABLES = {
+    "lineage",
+    "provenance",
+    "dedup_clusters",
+    "dedup_facts",
+    "quarantine",
+}  # dedup_facts: keys, reuse bookkeeping
 _KEY_COLUMNS = ("row_id", "candidate_id")  # how side tables name the row (a rejected candidate never was a row)
 _CONTENT_COLUMNS = {
     "messages",

@@ -6,8 +6,12 @@ over narrow per-row columns in DuckDB, or numpy arrays of fixed width per row:
 1. one pass over the input: each row's texts without in-row repeats, its facts
    (:mod:`curation.dedup.facts`: exact, prompt, response and signature keys, the keep policy's
    criteria), its paragraph keys, and the MinHash signature of its compared text when
-   ``dedup_signatures`` does not hold it yet;
-2. boilerplate: paragraphs counted across rows in SQL; the rows holding one are computed again;
+   ``dedup_signatures`` does not hold it yet. The facts and paragraph keys persist
+   (``dedup_facts``, ``dedup_paragraphs``) with a memo (:mod:`curation.core.memo`), so a re-run
+   copies them for every row it has seen unchanged under the same code and settings and passes only
+   the new rows through the workers;
+2. boilerplate: paragraphs counted across rows in SQL; the rows holding one are computed again (and
+   left out of the memo: their facts depend on which paragraphs are boilerplate, a whole-table fact);
 3. exact duplicates, near duplicates (on the survivors of exact) and same-prompt conflicts (on the
    survivors of both; per kind, :mod:`curation.dedup.conflicts`): SQL windows keep one row per cluster
    by :class:`~curation.dedup.clusters.KeepPolicy`; near candidates come from LSH band keys, are
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,8 +42,10 @@ import pyarrow as pa
 
 from curation.core.components import component_labels
 from curation.core.config import DedupConfig
+from curation.core.freshness import code_fingerprint
 from curation.core.intermediates import ParquetPart
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
+from curation.core.memo import Reuse, drop_reuse, plan_reuse
 from curation.core.normalize import NormalizeOptions
 from curation.core.parallel import map_ordered, preload_in_workers, workers_for
 from curation.core.progress import reported
@@ -182,8 +189,11 @@ class _Scratch:
         self.connection = connection
         self.name = name
         self.keyed: set[str] = set()  # tables with a primary key: a key met again is skipped
+        self.persisted: dict[str, str] = {}  # work tables that are staged warehouse tables instead
 
     def __getattr__(self, table: str) -> str:
+        if table in self.__dict__.get("persisted", {}):
+            return self.persisted[table]
         return f"{quote(self.name)}.{quote(table)}"
 
     def create(self, table: str, ddl: str) -> str:
@@ -192,11 +202,8 @@ class _Scratch:
 
     def create_like(self, table: str, schema: pa.Schema) -> str:
         """A table with the columns of an Arrow schema."""
-        self.connection.register("_scratch_schema", schema.empty_table())
-        try:
-            self.connection.execute(f"CREATE TABLE {getattr(self, table)} AS SELECT * FROM _scratch_schema")
-        finally:
-            self.connection.unregister("_scratch_schema")
+        with _no_rows(self.connection, schema) as select:
+            self.connection.execute(f"CREATE TABLE {getattr(self, table)} AS {select}")
         return getattr(self, table)
 
     @contextlib.contextmanager
@@ -270,16 +277,33 @@ def run_dedup(
             f"CREATE TABLE {db.positions} AS SELECT row_id, row_number() OVER (ORDER BY {SOURCE_ORDER}) - 1 "
             f"AS position FROM {quote(source)}"
         )
-        facts = db.create_like("facts", FACT_SCHEMA)
-        db.create_like("paragraphs", PARAGRAPH_SCHEMA)
+        for table, schema in (("facts", FACT_SCHEMA), ("paragraphs", PARAGRAPH_SCHEMA)):
+            with _no_rows(connection, schema) as select:
+                db.persisted[table] = staged.create_as(f"dedup_{table}", select)
+        facts = db.facts
         db.create("replaced_keys", "near_key VARCHAR")
         signatures = staged.create("dedup_signatures", SIGNATURES_DDL)
         db.keyed.add(signatures)
-        run.over_rows(
-            "deduped: facts", "TRUE", total, facts_batch, (facts, db.paragraphs, signatures), inputs=FACT_INPUTS
-        )
-        _boilerplate(run, total, signatures)
-        near_counts = _carry_signatures(db, signatures)
+        reuse: Reuse | None = None
+        try:
+            reuse = plan_reuse(
+                staged, "dedup_memo", quote(source), FACT_INPUTS, facts_fingerprint(settings), FACTS_OUTPUTS
+            )
+            _copy_reused_facts(db, reuse)
+            if reuse.rows:
+                log(f"deduped: facts of {reuse.rows:,} unchanged rows copied from the last run")
+            run.over_rows(
+                "deduped: facts",
+                reuse.excluding("r.row_id"),
+                total - reuse.rows,
+                facts_batch,
+                (facts, db.paragraphs, signatures),
+                inputs=FACT_INPUTS,
+            )
+        finally:
+            drop_reuse(connection, reuse)
+        _boilerplate(run, total, signatures, quote(staged.staging_name("dedup_memo")))
+        near_counts = _carry_signatures(db, signatures) | {"facts_reused": reuse.rows}
         log(
             f"deduped: MinHash computed for {near_counts['minhash_computed']:,} texts, "
             f"{near_counts['signatures_reused']:,} signatures reused"
@@ -303,6 +327,45 @@ def run_dedup(
         counts = _counts(db) | near_counts
         figures = _figures(connection, db, clusters, source)
     return DedupRun(plan, settings, total, kept, counts, figures)
+
+
+FACTS_OUTPUTS = ("dedup_facts", "dedup_paragraphs")
+"""What the facts pass leaves for the next run to copy (with ``dedup_memo``)."""
+
+
+def facts_fingerprint(settings: DedupConfig) -> str:
+    """The key of the facts memo besides each row's content: the code and library versions and the
+    ``dedup:`` settings (they name no files)."""
+    return hashlib.sha256(f"{code_fingerprint()}\n{settings.model_dump_json()}".encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _no_rows(connection: duckdb.DuckDBPyConnection, schema: pa.Schema) -> Iterator[str]:
+    """A query of no rows with the columns of an Arrow schema (to create a table from)."""
+    connection.register("_dedup_schema", schema.empty_table())
+    try:
+        yield "SELECT * FROM _dedup_schema"
+    finally:
+        connection.unregister("_dedup_schema")
+
+
+def _copy_reused_facts(db: _Scratch, reuse: Reuse) -> None:
+    """The facts and paragraph keys of the reused rows, from the last run's tables, at this run's positions
+    (rows appended to a source move the ones after them). The last run's paragraphs name its positions,
+    which its facts map to row ids."""
+    if not reuse.rows:
+        return
+    connection = db.connection
+    reused = f"(SELECT row_id FROM {reuse.table})"
+    connection.execute(
+        f"INSERT INTO {db.facts} BY NAME SELECT p.position, f.* EXCLUDE (position) FROM dedup_facts AS f "
+        f"JOIN {db.positions} AS p USING (row_id) WHERE f.row_id IN {reused}"
+    )
+    connection.execute(
+        f"INSERT INTO {db.paragraphs} SELECT p.position, g.paragraph FROM dedup_paragraphs AS g "
+        f"JOIN dedup_facts AS f ON f.position = g.position JOIN {db.positions} AS p ON p.row_id = f.row_id "
+        f"WHERE f.row_id IN {reused}"
+    )
 
 
 @dataclass
@@ -363,9 +426,10 @@ def _known_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan) ->
     return np.frombuffer(column.buffers()[1], dtype="S16", count=len(column), offset=column.offset * 16).copy()
 
 
-def _boilerplate(run: _Passes, total: int, signatures: str) -> None:
+def _boilerplate(run: _Passes, total: int, signatures: str, memo: str) -> None:
     """The paragraphs that are boilerplate (in enough rows): the facts of the rows that hold one are
-    computed again without it (``run.boilerplate`` then holds their keys)."""
+    computed again without it (``run.boilerplate`` then holds their keys), and those rows leave the staged
+    ``memo``: the next run computes them from the start, since what counts as boilerplate may change."""
     plan, db = run.plan, run.db
     if plan.boilerplate is None:
         return
@@ -387,6 +451,7 @@ def _boilerplate(run: _Passes, total: int, signatures: str) -> None:
     stripped = f"position IN (SELECT position FROM {db.stripped})"
     # The signatures of their texts as they were stay stored: the next run computes those facts again.
     connection.execute(f"INSERT INTO {db.replaced_keys} SELECT near_key FROM {db.facts} WHERE {stripped}")
+    connection.execute(f"DELETE FROM {memo} WHERE row_id IN (SELECT row_id FROM {db.facts} WHERE {stripped})")
     connection.execute(f"DELETE FROM {db.facts} WHERE {stripped}")
     (count,) = fetch_one(connection, f"SELECT count(*) FROM {db.stripped}")
     run.over_rows(
@@ -404,7 +469,6 @@ def _carry_signatures(db: _Scratch, signatures: str) -> dict[str, int]:
     staged ``dedup_signatures``); those of texts no longer compared are left behind. Returns how many
     were computed and reused."""
     connection = db.connection
-    connection.execute(f"DROP TABLE {db.paragraphs}")
     (computed,) = fetch_one(connection, f"SELECT count(*) FROM {signatures}")
     reused = 0
     if "dedup_signatures" in table_names(connection):

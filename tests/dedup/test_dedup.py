@@ -335,6 +335,22 @@ def test_boilerplate_across_documents_removed_row_kept() -> None:
     assert {r["row_id"] for r in written.kept} == {e["child_id"] for e in written.lineage} | {"only"}
 
 
+def test_rows_stripped_of_boilerplate_are_computed_again_when_it_no_longer_is() -> None:
+    """Which paragraphs are boilerplate depends on every row: a row stripped of one is left out of the facts
+    memo, so once the paragraph falls under the floor the next run sees the row whole, as a fresh run does."""
+    footer = "Thanks for asking, I hope this was useful to you and good luck!"
+    rows = [sft(f"r{i}", f"Question number {i}?", f"Answer number {i} with detail.\n\n{footer}") for i in range(10)]
+    settings: dict[str, Any] = {"boilerplate": {"min_docs": 10, "min_fraction": 0.5}}
+    first = dedup(rows, **settings)
+    assert first.run.counts["edited_rows"] == 10
+    first.connection.execute("DELETE FROM raw WHERE row_id = 'r0'")  # the footer is now in 9 rows only
+    again = dedup([], first.connection, **settings)
+    fresh = dedup(rows[1:], **settings)
+    assert again.run.counts["facts_reused"] == 0  # the nine rows were stripped: none is in the memo
+    assert again.run.counts["edited_rows"] == fresh.run.counts["edited_rows"] == 0
+    assert again.kept == fresh.kept and all(footer in r["messages"][1]["content"] for r in again.kept)
+
+
 # --- same instruction, different responses ---------------------------------------------------
 
 
@@ -448,17 +464,20 @@ def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -
         "flagged_not_removed": 0,
         "minhash_computed": 2,
         "signatures_reused": 0,
+        "facts_reused": 0,
     }
     assert len(first.members) == 2
     # A second run over the same rows reads the persisted signatures instead of MinHashing again.
     again = dedup([], first.connection)
     assert again.run.counts["minhash_computed"] == 0 and again.run.counts["signatures_reused"] == 2
+    assert again.run.counts["facts_reused"] == 3  # nor are the rows' facts computed again
     assert again.kept == first.kept
     # After appending a row, only its text is MinHashed.
     first.connection.register("_new", rows_to_table([sft("new", "Name a colour.", "Blue.", source="c")]))
     first.connection.execute("INSERT INTO raw SELECT * FROM _new")
     appended = dedup([], first.connection)
     assert (appended.run.counts["minhash_computed"], appended.run.counts["signatures_reused"]) == (1, 2)
+    assert appended.run.counts["facts_reused"] == 3
     assert first.connection.execute("SELECT count(*) FROM dedup_signatures").fetchone() == (3,)
 
 
