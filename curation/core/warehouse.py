@@ -123,7 +123,10 @@ def _malloc_trim() -> Any:
 def _return_free_memory() -> None:
     """Hand the heap memory freed by the work just done back to the system. Every step of a run shares one
     process (Dagster's in-process executor), and glibc keeps freed memory for reuse, so without this each step's
-    peak adds to what earlier steps left; measured on the 250k benchmark: peak RSS -106 MiB, PSS -271 MiB."""
+    peak adds to what earlier steps left; measured on the 250k benchmark: peak RSS -106 MiB, PSS -271 MiB.
+    Arrow's allocator (mimalloc) keeps freed pages as well: releasing them took the main process into 1M
+    ``exports`` at 849 instead of 946 MiB, and its peak there from 1,782 to 1,684 MiB (one run each)."""
+    pa.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

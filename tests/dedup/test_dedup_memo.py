@@ -35,8 +35,8 @@ def _raw(warehouse_file: Path, project_file: Path) -> None:
 
 
 def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_path: Path) -> None:
-    build_mix(tmp_path / "mix", 3_000, seed=2)
-    build_mix(tmp_path / "more", 400, seed=9)  # other records under the same source names and line numbers
+    build_mix(tmp_path / "mix", 2_000, seed=2)
+    build_mix(tmp_path / "more", 300, seed=9)  # other records under the same source names and line numbers
     project = tmp_path / "mix" / "distillery.yaml"
     memo_file = tmp_path / "memo.duckdb"
     _raw(memo_file, project)
@@ -66,19 +66,11 @@ def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_p
     again, with_memo = _dedup(memo_file, project)
     fresh_run, fresh = _dedup(tmp_path / "fresh.duckdb", project)
     assert fresh_run.counts["facts_reused"] == 0
-    assert 2_500 < again.counts["facts_reused"] == expected_reuse
+    assert 1_500 < again.counts["facts_reused"] == expected_reuse
     assert with_memo == fresh
     assert again.counts == fresh_run.counts | {"facts_reused": expected_reuse}
 
-
-def test_other_dedup_settings_reuse_nothing(tmp_path: Path) -> None:
-    build_mix(tmp_path / "mix", 500, seed=4)
-    project = tmp_path / "mix" / "distillery.yaml"
-    warehouse_file = tmp_path / "w.duckdb"
-    _raw(warehouse_file, project)
-    _dedup(warehouse_file, project)
-    unchanged, _ = _dedup(warehouse_file, project)
-    assert unchanged.counts["facts_reused"] > 400
+    # Other dedup settings: nothing is reused.
     project.write_text(project.read_text() + "dedup:\n  lowercase: false\n")
-    changed, _ = _dedup(warehouse_file, project)
+    changed, _ = _dedup(memo_file, project)
     assert changed.counts["facts_reused"] == 0
