@@ -32,9 +32,8 @@ from typing import Any
 
 import duckdb
 
-from curation.core.memo import MEMO_SUFFIX
 from curation.core.schema import COLUMNS
-from curation.core.warehouse import quote
+from curation.core.warehouse import is_bookkeeping, quote
 
 STAGE_ORDER: tuple[str, ...] = ("raw", "deduped", "filtered", "synthetic", "synthetic_mixed", "formatted")
 """The spine's dataset tables in the order rows move through them (others sort after, by name)."""
@@ -68,13 +67,7 @@ INFO_COLUMNS: tuple[str, ...] = (
 """What the audit shows of a row: where it came from and under which terms, never its content."""
 
 _JSON_FIELDS = ("generation_params", "parent_ids", "verification")
-_SKIP_TABLES = {
-    "lineage",
-    "provenance",
-    "dedup_clusters",
-    "dedup_facts",
-    "quarantine",
-}  # dedup_facts: keys, reuse bookkeeping
+_SKIP_TABLES = {"lineage", "provenance", "dedup_clusters", "quarantine"}
 _KEY_COLUMNS = ("row_id", "candidate_id")  # how side tables name the row (a rejected candidate never was a row)
 _CONTENT_COLUMNS = {
     "messages",
@@ -246,7 +239,7 @@ def discover(connection: duckdb.DuckDBPyConnection) -> WarehouseTables:
         if set(_KEY_COLUMNS) & set(cols)
         and t not in datasets
         and t not in _SKIP_TABLES
-        and not t.endswith(MEMO_SUFFIX)  # a stage's reuse bookkeeping (digests), not something done to the row
+        and not is_bookkeeping(t)  # a stage's reuse bookkeeping (digests, keys), not something done to the row
     )
     return WarehouseTables(tuple(datasets), tuple(notes), {t: tuple(c) for t, c in columns.items()})
 

@@ -22,12 +22,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from curation.core.warehouse import StagedWrite, fetch_one, quote, table_names
+from curation.core.warehouse import MEMO_SUFFIX, StagedWrite, fetch_one, quote, table_names
 
 MEMO_DDL = "row_id VARCHAR NOT NULL, digest UBIGINT NOT NULL, fingerprint VARCHAR NOT NULL"
-MEMO_SUFFIX = "_memo"
-"""How every memo table's name ends (``filter_memo``, ``format_memo``): readers of the warehouse that show
-what happened to a row (the audit) know them by it and leave this bookkeeping out."""
 
 
 @dataclass(frozen=True)

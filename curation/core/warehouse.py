@@ -359,11 +359,25 @@ LOOKUP_COLUMNS: tuple[str, ...] = ("row_id", "candidate_id", "kept_row_id", "chi
 """Columns rows are looked up by one id at a time (``distillery audit`` walks them). Every table an
 asset writes gets an ART index on each of these it has, so a lookup in a million-row table reads a
 few index nodes instead of scanning the column. ``lineage`` is walked both ways: its ``parent_id``
-is indexed too."""
+is indexed too. Bookkeeping tables (:data:`BOOKKEEPING_TABLES`) are not."""
+
+MEMO_SUFFIX = "_memo"
+"""How every memo table's name ends (``filter_memo``, ``format_memo``, :mod:`curation.core.memo`)."""
+BOOKKEEPING_TABLES = frozenset({"dedup_facts"})
+"""Tables of a stage's reuse bookkeeping besides its memo tables: read whole by the stage's joins, never
+looked up one id at a time (the audit leaves them out), so no index is built for them (a million-row
+index costs ~0.5 s at every write)."""
+
+
+def is_bookkeeping(table: str) -> bool:
+    """Is ``table`` a stage's reuse bookkeeping (a memo or :data:`BOOKKEEPING_TABLES`), not data about rows?"""
+    return table.endswith(MEMO_SUFFIX) or table in BOOKKEEPING_TABLES
 
 
 def lookup_columns(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     """The columns of ``table`` that :data:`LOOKUP_COLUMNS` indexes."""
+    if is_bookkeeping(table):
+        return []
     keys = LOOKUP_COLUMNS + (("parent_id",) if table == "lineage" else ())
     return [name for name, _ in table_columns(connection, table) if name in keys]
 

@@ -416,6 +416,9 @@ def test_every_table_an_asset_writes_is_indexed_on_its_lookup_columns(tmp_path: 
             staged.append(rows, rows_to_table([_sft(f"c{attempt}", "s", "a.jsonl#1", "MIT", "q", "a")]))
             edges = staged.partition("lineage", LINEAGE_DDL)
             staged.append_rows(edges, [lineage_record(f"c{attempt}", "r1", "filtered", "clean:pii")], LINEAGE_SCHEMA)
+            # A stage's reuse bookkeeping is read whole by its joins, never one id at a time: no index.
+            for bookkeeping in ("filter_memo", "dedup_facts"):
+                staged.connection.execute(f"INSERT INTO {staged.create(bookkeeping, 'row_id VARCHAR')} VALUES ('c1')")
     with warehouse.connect(read_only=True) as connection:
         indexed = set(connection.execute("SELECT table_name, sql FROM duckdb_indexes()").fetchall())
         assert {(table, column) for table, column in _index_columns(indexed)} == {

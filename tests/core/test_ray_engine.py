@@ -153,8 +153,9 @@ def test_parquet_intermediates_carry_batches_and_results_as_files_duckdb_appends
         table, total, echoed = next(results)
         (folder,) = root.iterdir()
         names = sorted(p.name.split("-")[0] for p in folder.iterdir())
-        # Three batches still in flight, read by their tasks from files; two tables from each finished task.
-        assert names.count("in") == 3 and names.count("out") in (2, 4, 6, 8), names
+        # Three batches still in flight, read by their tasks from files; two tables from each finished task,
+        # and a task finishing now may have written one of its two so far.
+        assert names.count("in") == 3 and 2 <= names.count("out") <= 8, names
         assert isinstance(table, ParquetPart) and isinstance(echoed, ParquetPart) and total == 0
         assert table.uri.startswith(setting)
         got = [(read_part(table), total, read_part(echoed))]
