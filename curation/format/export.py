@@ -1070,6 +1070,39 @@ class PublishedCheck:
     """The version whose files were all hashed this time (the one hashed longest ago), if any."""
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """What the record says of one version: the check that last hashed all its files, and the stat of each
+    file when it last matched its manifest."""
+
+    hashed_in_check: int
+    files: dict[str, FileStat]
+
+
+_NEVER_HASHED = _Verified(0, {})
+
+
+def _verified_so_far(path: Path) -> tuple[int, dict[str, _Verified]]:
+    """The checks counted so far and each version's :class:`_Verified`, from the record at ``path``. A record
+    that is missing, unreadable or not of this shape (edited by hand, cut short) counts as none: every file
+    is hashed again and the record written anew."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        versions = {
+            str(name): _Verified(
+                int(entry.get("hashed_in_check", 0)),
+                {
+                    str(file): (int(size), int(mtime), int(ctime))
+                    for file, (size, mtime, ctime) in entry["files"].items()
+                },
+            )
+            for name, entry in record["versions"].items()
+        }
+        return int(record.get("checks", 0)), versions
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return 0, {}
+
+
 def verify_published(root: Path) -> PublishedCheck:
     """Every version folder under ``root`` against its manifest (:func:`verify_export`), at a cost that does
     not grow with the number of versions kept: a file is hashed again only when its stat (:data:`FileStat`)
@@ -1080,27 +1113,21 @@ def verify_published(root: Path) -> PublishedCheck:
     everything."""
     folders = sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
     record_path = verified_record(root)
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        record = {}
-    if not isinstance(record, dict) or not isinstance(record.get("versions"), dict):
-        record = {"versions": {}}
-    known: dict[str, Any] = {name: entry for name, entry in record["versions"].items() if isinstance(entry, dict)}
-    this_check = int(record.get("checks", 0)) + 1
+    checks, known = _verified_so_far(record_path)
+    this_check = checks + 1
     # Versions never hashed in full sort first, then the one hashed in full the most checks ago.
-    due = min(folders, key=lambda folder: int((known.get(folder.name) or {}).get("hashed_in_check", 0)), default=None)
+    due = min(folders, key=lambda folder: known.get(folder.name, _NEVER_HASHED).hashed_in_check, default=None)
     problems: list[dict[str, str]] = []
     hashed = trusted = 0
     versions: dict[str, Any] = {}
     for folder in folders:
-        previous = known.get(folder.name) or {}
-        unchanged = {} if folder == due else {k: tuple(v) for k, v in (previous.get("files") or {}).items()}
+        previous = known.get(folder.name, _NEVER_HASHED)
+        unchanged = {} if folder == due else previous.files
         check = _verify_folder(folder, unchanged)
         problems += [{"version": folder.name, "problem": problem} for problem in check.problems]
         hashed, trusted = hashed + check.hashed, trusted + check.trusted
         versions[folder.name] = {
-            "hashed_in_check": this_check if not check.trusted else previous.get("hashed_in_check", 0),
+            "hashed_in_check": this_check if not check.trusted else previous.hashed_in_check,
             "files": check.matched,
         }
     if folders:

@@ -370,6 +370,18 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
     first_found = next(r for r in rounds if r.problems)
     assert first_found.hashed_in_full == versions[1].name
 
+    # A record edited by hand or cut short counts as none: everything is hashed again, nothing raises.
+    edited.write_text(text)
+    record_file = export_module.verified_record(root)
+    good = record_file.read_text()
+    broken = json.loads(good)
+    broken["checks"] = "many"
+    for garbage in (json.dumps(broken), good[: len(good) // 2], '{"versions": {"x": {"files": {"a": 5}}}}', "[]"):
+        record_file.write_text(garbage)
+        again = verify_published(root)
+        assert (again.files_hashed, again.files_trusted, again.problems) == (3 * files, 0, [])
+        assert json.loads(record_file.read_text())["checks"] == 1  # written anew
+
 
 def test_an_export_is_immutable_and_a_new_data_version_gets_a_new_folder(exported, tokenizer) -> None:
     result, _, base = exported
