@@ -132,6 +132,11 @@ def intermediates_root(setting: str | None) -> str | None:
     return str(distillery_home() / setting)
 
 
+def engine_is_local() -> bool:
+    """Whether maps run in worker processes here (not as Ray tasks)."""
+    return _current() is None
+
+
 def engine_description() -> str:
     """The engine maps run on now, for logs and metadata."""
     engine = _current()

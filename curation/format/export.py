@@ -78,7 +78,15 @@ from curation.core.markdown import markdown_table
 from curation.core.parallel import map_ordered
 from curation.core.progress import Progress
 from curation.core.schema import Row
-from curation.core.warehouse import count_rows, fetch_one, quote, read_batches, table_names
+from curation.core.warehouse import (
+    SCAN_MEMORY_LIMIT,
+    count_rows,
+    drop_cached_pages,
+    fetch_one,
+    quote,
+    read_batches,
+    table_names,
+)
 from curation.ingest.readers import file_digest
 
 if TYPE_CHECKING:
@@ -393,6 +401,7 @@ def _read_formatted(connection: duckdb.DuckDBPyConnection, batch_rows: int, spoo
                         writers[index] = files.enter_context(pa.ipc.new_stream(path, batch.schema))
                     writers[index].write_batch(grouped.slice(start, stop - start))
             ranges = set(writers)
+        drop_cached_pages(connection, SCAN_MEMORY_LIMIT)  # the scan was the last read of the table's rows
         with duckdb.connect() as parser:
             for index in sorted(ranges):
                 path = spool / f"{index}.arrows"
@@ -1221,7 +1230,8 @@ def write_export(
     Rows stream from DuckDB to JSONL one batch at a time, the lines built in ``workers`` processes (the
     files are the same for any count); Parquet follows from the JSONL or, for flat layouts, from the columns.
     If the version folder exists it is verified and reused; if it no longer matches its manifest the export
-    stops with an error rather than touch it.
+    stops with an error rather than touch it. ``connection`` is read-only, opened with
+    :data:`~curation.core.warehouse.SCAN_MEMORY_LIMIT`: its cached pages are dropped after the one scan.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -249,3 +249,23 @@ def test_read_only_open_of_missing_warehouse_says_what_to_do(tmp_path: Path) -> 
         Warehouse(tmp_path / "none.duckdb").connect(read_only=True),
     ):
         pass
+
+
+def test_drop_cached_pages_evicts_a_scanned_tables_pages_and_restores_the_limit(tmp_path: Path) -> None:
+    """After a one-pass scan (exports), the pages DuckDB cached for reuse are handed back and the
+    connection keeps the memory limit it was opened with."""
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE t AS SELECT md5(range::VARCHAR) || repeat('x', 400) AS s FROM range(600000)")
+    cached = "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'BASE_TABLE'"
+    setting = "SELECT current_setting('memory_limit')"
+    with duckdb.connect(str(path), read_only=True, config={"memory_limit": "256MB"}) as connection:
+        limit = connection.execute(setting).fetchall()
+        for _ in connection.sql("SELECT * FROM t").to_arrow_reader(8192):
+            pass
+        (before,) = connection.execute(cached).fetchall()[0]
+        assert before > 32 << 20  # the scan left more than the 16 MB eviction target cached
+        warehouse_module.drop_cached_pages(connection, "256MB")
+        (after,) = connection.execute(cached).fetchall()[0]
+        assert after <= 16 << 20
+        assert connection.execute(setting).fetchall() == limit
