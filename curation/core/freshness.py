@@ -27,7 +27,8 @@ import duckdb
 
 from curation.core.config import ProjectConfig
 from curation.core.warehouse import table_names
-from curation.ingest.readers import digest_or_reason, file_digest
+from curation.ingest.digests import source_digests
+from curation.ingest.readers import file_digest
 from curation.ingest.settings import settings_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -211,11 +212,10 @@ def source_fingerprint(config: ProjectConfig) -> str:
     itself re-reads a source by), so a settings change is a change of ``raw``'s input even where the
     project file's hash is not part of the base."""
     parts = [f"{source.name}:settings:{settings_fingerprint(config, source)}" for source in config.sources]
-    parts += [
-        f"{source.name}:{path}:{digest_or_reason(path)}"  # an unreadable file is quarantined by raw, not a crash
-        for source in config.sources
-        for path in config.source_files(source)
-    ]
+    files = [(source, path) for source in config.sources for path in config.source_files(source)]
+    digests = source_digests(path for _, path in files)
+    # An unreadable file's "digest" is its reason: raw quarantines it, the fingerprint does not crash.
+    parts += [f"{source.name}:{path}:{digests[path]}" for source, path in files]
     return _digest(parts)
 
 

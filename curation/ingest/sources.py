@@ -22,13 +22,13 @@ from curation.core.config import ProjectConfig, SourceConfig
 from curation.core.parallel import gc_paused, map_ordered, preload_in_workers, workers_for
 from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_columns, table_names
+from curation.ingest.digests import source_digests
 from curation.ingest.encoding import COLUMN_JSON, content_json
 from curation.ingest.files import project_files
 from curation.ingest.mappings import Mapped, RecordError, mapping_spec
 from curation.ingest.readers import (
     Record,
     RecordChunk,
-    digest_or_reason,
     file_format,
     file_kind,
     format_from_extension,
@@ -420,12 +420,13 @@ def ingest_sources(
                 f"(relative to {project.base_dir}); fix 'path' in the project file"
             )
     read_by = {(p.source.name, p.path): p.read_by for p in planned}
+    digests = source_digests(p.path for p in planned if not p.read_by)
     plan: list[tuple[SourceConfig, Path, str, str]] = [
         (
             p.source,
             p.path,
             path_for_uri(p.path, project.base_dir),
-            f"read by source {p.read_by}" if p.read_by else digest_or_reason(p.path),
+            f"read by source {p.read_by}" if p.read_by else digests[p.path],
         )
         for p in planned
     ]
