@@ -11,6 +11,7 @@ import fcntl
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,21 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "demo" / "distillery.yaml"
 
 def distillery_home() -> Path:
     return Path(os.environ.get("DISTILLERY_HOME", ".distillery")).expanduser().resolve()
+
+
+def write_record(path: Path, text: str) -> bool:
+    """Replace ``path`` with ``text`` atomically (a temporary file beside it, then a rename), for a record the
+    next run reads back; False, and nothing left behind, where the folder cannot be written (the record is
+    then missing, which its readers take as "start over")."""
+    temporary = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def warehouse_path() -> Path:

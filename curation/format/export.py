@@ -73,6 +73,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from curation.core.home import write_record
 from curation.core.licenses import LicensePolicy
 from curation.core.markdown import markdown_table
 from curation.core.parallel import map_ordered
@@ -1139,14 +1140,8 @@ def verify_published(root: Path) -> PublishedCheck:
             "hashed_in_check": this_check if not check.trusted else previous.hashed_in_check,
             "files": check.matched,
         }
-    if folders:
-        temporary = record_path.with_name(f".{record_path.name}-{uuid.uuid4().hex[:8]}")
-        try:
-            temporary.write_text(json.dumps({"checks": this_check, "versions": versions}, indent=1), encoding="utf-8")
-            os.replace(temporary, record_path)
-        except OSError:  # a read-only exports folder: verified all the same, hashed in full next time too
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
+    if folders:  # a read-only exports folder: verified all the same, hashed in full next time too
+        write_record(record_path, json.dumps({"checks": this_check, "versions": versions}, indent=1))
     return PublishedCheck(problems, len(folders), hashed, trusted, due.name if due else None)
 
 

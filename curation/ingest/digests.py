@@ -15,16 +15,13 @@ run) nothing is kept.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from curation.core.home import distillery_home
+from curation.core.home import distillery_home, write_record
 from curation.ingest.readers import digest_or_reason
 
 DIGESTS_FILE = "source_digests.json"
@@ -75,12 +72,6 @@ def source_digests(paths: Iterable[Path]) -> dict[Path, str]:
         readable = not result[path].startswith("unreadable")
         if after is not None and after == stamp and after[1] < hashed_at - SETTLE_NS and readable:
             kept[key] = [*after, result[path]]
-    if home.is_dir() and kept != known:
-        temporary = home / f".{DIGESTS_FILE}-{uuid.uuid4().hex[:8]}"
-        try:
-            temporary.write_text(json.dumps(kept), encoding="utf-8")
-            os.replace(temporary, record)
-        except OSError:  # a read-only home: hashed again next time, nothing else changes
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
+    if home.is_dir() and kept != known:  # a read-only home: hashed again next time, nothing else changes
+        write_record(record, json.dumps(kept))
     return result
