@@ -120,8 +120,6 @@ def load_tokenizer(
     ``chat_template`` (shipped name, .jinja path or Jinja text) replaces the tokenizer's own. Offsets
     are needed for loss masks, so only fast (Rust-backed) tokenizers are accepted.
     """
-    from transformers import AutoTokenizer
-
     source = str(path_or_id)
     path = Path(source).expanduser()
     local = path.is_dir()
@@ -136,9 +134,15 @@ def load_tokenizer(
             "tokenizer_config.json; build one with curation.format.tokenizers or save_pretrained"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(path) if local else source, local_files_only=local or not allow_network
-        )
+        plain = _plain_rust_tokenizer_class(path) if local else None
+        if plain is not None:
+            tokenizer = plain.from_pretrained(str(path), local_files_only=True)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path) if local else source, local_files_only=local or not allow_network
+            )
     except (OSError, ValueError) as error:
         hint = (
             (
@@ -157,6 +161,31 @@ def load_tokenizer(
     if chat_template is not None:
         tokenizer.chat_template = resolve_chat_template(chat_template)
     return tokenizer
+
+
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _plain_rust_tokenizer_class(path: Path) -> Any:
+    """transformers' generic Rust-backed class when ``path`` holds a tokenizer that ``AutoTokenizer`` would
+    load as that class anyway (a ``tokenizer.json``, a ``tokenizer_config.json`` naming the generic class,
+    no ``auto_map`` of custom code, no model ``config.json`` that could name a model-specific class): what
+    :mod:`curation.format.tokenizers` saves, the demo's tokenizer among them. Else None.
+
+    Loaded through the class itself rather than ``AutoTokenizer``, whose import brings in transformers'
+    configuration code and, with it, torch when torch is installed: about 200 MiB and seconds in the run's
+    process for a tokenizer that needs neither."""
+    if not (path / "tokenizer.json").is_file() or (path / "config.json").exists():
+        return None
+    try:
+        settings = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # AutoTokenizer's own loading reports what is wrong with it
+    if not isinstance(settings, dict) or "auto_map" in settings:
+        return None
+    if settings.get("tokenizer_class") not in _GENERIC_TOKENIZER_CLASSES:
+        return None
+    return _tokenizers_backend()
 
 
 def load_format_tokenizer(config: ProjectConfig) -> PreTrainedTokenizerBase:

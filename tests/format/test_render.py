@@ -6,7 +6,11 @@ conversations (../shared/data), so nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from transformers import AutoTokenizer
 from curation.format.render import (
     RenderedRow,
     RenderError,
+    _plain_rust_tokenizer_class,
     apply_length_policy,
     format_batch,
     format_row,
@@ -139,6 +144,52 @@ def test_trained_tokenizer_loads_offline_with_template_and_atomic_control_tokens
         assert len(tok.encode(token, add_special_tokens=False)) == 1, token
     text = "Ünïcode ✓ 日本語 and emoji 🙂\n\ttabs"  # byte-level: nothing is unknown, decoding is exact
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_our_tokenizers_load_as_autotokenizer_loads_them(tokenizer_dirs, toks, name):
+    # load_tokenizer takes the generic class directly for what train_tokenizer saves: it must be the object
+    # AutoTokenizer would have built, down to its settings and what it makes of a text.
+    expected = AutoTokenizer.from_pretrained(str(tokenizer_dirs[name]), local_files_only=True)
+    loaded = toks[name]
+    assert type(loaded) is type(expected)
+    assert loaded.init_kwargs == expected.init_kwargs
+    assert loaded.special_tokens_map == expected.special_tokens_map
+    assert loaded.chat_template == expected.chat_template
+    text = "<|im_start|>user\nÜnïcode ✓ 日本語 🙂<|im_end|>\n<|eot_id|> tabs\t"
+    assert loaded(text)["input_ids"] == expected(text)["input_ids"]
+    assert tokenizer_id(loaded) == tokenizer_id(expected)
+
+
+def test_a_tokenizer_with_a_model_config_or_custom_code_goes_through_autotokenizer(tokenizer_dirs, tmp_path):
+    # A model's config.json or an auto_map may name a class other than the generic one: AutoTokenizer decides.
+    source = tokenizer_dirs[TEMPLATE_NAMES[0]]
+    assert _plain_rust_tokenizer_class(source) is not None
+    with_config = tmp_path / "with_config"
+    shutil.copytree(source, with_config)
+    (with_config / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert _plain_rust_tokenizer_class(with_config) is None
+    custom = tmp_path / "custom"
+    shutil.copytree(source, custom)
+    settings = json.loads((custom / "tokenizer_config.json").read_text())
+    settings["auto_map"] = {"AutoTokenizer": ["tokenization_mine.MyTokenizer", None]}
+    (custom / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert _plain_rust_tokenizer_class(custom) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (the models extra)")
+def test_loading_the_format_tokenizer_does_not_import_torch():
+    # The run's process keeps whatever it imports to the end of the run: torch would add about 200 MiB.
+    probe = (
+        "import sys\n"
+        "from curation.format.render import load_tokenizer\n"
+        "tokenizer = load_tokenizer('demo/tokenizer', 'chatml')\n"
+        "assert tokenizer('hello')['input_ids']\n"
+        "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.'))[:3])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_training_is_deterministic(tmp_path):
