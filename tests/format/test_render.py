@@ -35,7 +35,7 @@ from curation.format.render import (
 )
 from curation.format.render_checks import verify_row
 from curation.format.tokenizers import TEMPLATE_NAMES, TEMPLATE_SPECS, load_template, train_tokenizer
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 EOS = {name: spec.eos for name, spec in TEMPLATE_SPECS.items()}
 
@@ -187,8 +187,7 @@ def test_loading_the_format_tokenizer_does_not_import_torch():
         "assert tokenizer('hello')['input_ids']\n"
         "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.'))[:3])\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
 
 
