@@ -15,11 +15,13 @@ The ``ray`` engine (``compute.engine: ray``, :mod:`curation.core.ray_engine`) ru
 the same batches as Ray tasks: a stage runs its maps inside :func:`use_engine` and every map in it goes to
 that engine, with the same ordered results.
 
-There is one fork server per process, started by the first map that needs workers, and what it imported
-then is what every later worker starts with. A ``distillery run`` starts it in ``raw``; a stage whose
-workers need heavy imports (or compiled kernels loaded) registers the modules that do that with
-:func:`preload_in_workers` when it is imported, so the server imports them once instead of every worker of
-every pass importing them again (two CPU-seconds per worker for dedup's).
+The fork server imports the modules a map names (``preload``: the stage's batch functions and their
+libraries, compiled kernels loaded) once, so every worker of every pass of the stage is forked with them
+instead of importing them again (two CPU-seconds per worker for dedup's). Python runs one fork server per
+process; a map that names other modules than the running server's replaces it (:func:`_fork_server`), so a
+stage's workers carry only their own stage's libraries: every worker's resident memory counts the pages it
+shares with the server, and a server kept from ``deduped`` put dedup's numba and scipy (~90 MiB) into each
+of ``formatted``'s three processes for nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import functools
 import gc
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -45,17 +48,52 @@ MIN_ROWS_PER_WORKER = 5_000
 libraries) costs more than it saves: the work runs in the calling process."""
 
 
-_PRELOAD: set[str] = {"__main__", "pandas"}
-"""Modules the fork server imports when it starts (:func:`preload_in_workers`). ``__main__``, the standard
-library's default: otherwise every worker imports the main script again (the ``distillery`` command's
-imports). ``pandas``: every worker hands its results back in Arrow, and pyarrow imports pandas the first
-time it converts Python values (most of a CPU-second)."""
+_BASE_PRELOAD = ("__main__", "pandas")
+"""Modules every fork server imports. ``__main__``, the standard library's default: otherwise every worker
+imports the main script again (the ``distillery`` command's imports). ``pandas``: every worker hands its
+results back in Arrow, and pyarrow imports pandas the first time it converts Python values (most of a
+CPU-second)."""
+
+_server_lock = threading.Lock()
+_server_modules: tuple[str, ...] | None = None
+"""What the fork server started by this process imported (None: none started yet)."""
+_pools_open = 0
+"""Worker pools of this process alive now: the fork server is not replaced under one (a pool may fork
+another worker from it at any time)."""
 
 
-def preload_in_workers(*modules: str) -> None:
-    """Have the fork server import ``modules`` when it starts, whichever map starts it (call this when the
-    module that maps is imported: the server starts once, with what is registered by then)."""
-    _PRELOAD.update(modules)
+def _stop_fork_server() -> bool:
+    """Stop this process's fork server, if the interpreter lets us; the next pool starts a new one. Python has
+    no public call for this: ``ForkServer._stop`` is what CPython's own tests use (3.8 to 3.14 at least).
+    Where it is missing the running server is kept, which is only bigger, never wrong: a worker imports what
+    its server did not."""
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is None:
+        return False
+    stop()
+    return True
+
+
+@contextlib.contextmanager
+def _fork_server(preload: Sequence[str]) -> Iterator[multiprocessing.context.ForkServerContext]:
+    """The forkserver context for one pool, its server importing :data:`_BASE_PRELOAD` and ``preload``: a
+    server another map started with other modules is stopped first, unless a pool still uses it."""
+    global _server_modules, _pools_open
+    wanted = tuple(sorted({*_BASE_PRELOAD, *preload}))
+    context = multiprocessing.get_context("forkserver")
+    with _server_lock:
+        replace = _server_modules != wanted and _pools_open == 0
+        if replace and (_server_modules is None or _stop_fork_server()):
+            context.set_forkserver_preload(list(wanted))
+            _server_modules = wanted
+        _pools_open += 1
+    try:
+        yield context
+    finally:
+        with _server_lock:
+            _pools_open -= 1
 
 
 def gc_paused(function: Callable[[Item], Result]) -> Callable[[Item], Result]:
@@ -166,14 +204,14 @@ def map_ordered(
     preload: Sequence[str] = (),
     parts: bool = False,
 ) -> Iterator[Result]:
-    """``function`` over ``items``, results in input order. ``workers <= 1`` runs in this process
-    (after calling ``initializer`` here); otherwise in that many processes, with ``preload`` modules
-    (and those of :func:`preload_in_workers`) imported once in the fork server so workers start fast, if
-    this map starts it. ``function`` and ``initializer`` must be module-level (picklable); an exception in
-    a worker is raised here, naming nothing new. Inside :func:`use_engine` with Ray, the batches are Ray
-    tasks (``workers``: tasks in flight per half), whatever their number. ``parts``: the caller only appends
-    the results' Arrow tables to the warehouse (:meth:`~curation.core.warehouse.StagedTables.append`), so on
-    Ray with Parquet intermediates they may stay files (:class:`~curation.core.intermediates.ParquetPart`)."""
+    """``function`` over ``items``, results in input order. ``workers <= 1`` runs in this process (after
+    calling ``initializer`` here); otherwise in that many processes, forked from a server that imported the
+    ``preload`` modules (:func:`_fork_server`) so workers start fast. ``function`` and ``initializer`` must
+    be module-level (picklable); an exception in a worker is raised here, naming nothing new. Inside
+    :func:`use_engine` with Ray, the batches are Ray tasks (``workers``: tasks in flight per half), whatever
+    their number. ``parts``: the caller only appends the results' Arrow tables to the warehouse
+    (:meth:`~curation.core.warehouse.StagedTables.append`), so on Ray with Parquet intermediates they may
+    stay files (:class:`~curation.core.intermediates.ParquetPart`)."""
     engine = _current()
     if engine is not None:
         yield from engine.map_ordered(function, items, workers, initializer, initargs, parts)
@@ -183,16 +221,15 @@ def map_ordered(
             initializer(*initargs)
         yield from map(function, items)
         return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(sorted(_PRELOAD.union(preload)))
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=tuple(initargs))
-    pending: deque[Future[Result]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= 2 * workers:
+    with _fork_server(preload) as context:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=tuple(initargs))
+        pending: deque[Future[Result]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

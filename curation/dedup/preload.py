@@ -1,8 +1,8 @@
-"""What the dedup stage's worker processes start with. The fork server imports this module once
-(:func:`curation.core.parallel.preload_in_workers`, registered by :mod:`curation.dedup.stage`), so the
-workers of every pass are forked with the batch functions' libraries imported and the compiled MinHash
-kernel loaded from numba's cache; each worker of each pass otherwise did both again, about two CPU-seconds
-apiece. Nothing imports it in the main process."""
+"""What the dedup stage's worker processes start with. The stage's maps name this module as their ``preload``
+(:func:`curation.core.parallel.map_ordered`), so the fork server imports it once and the workers of every
+pass are forked with the batch functions' libraries imported and the compiled MinHash kernel loaded from
+numba's cache; each worker of each pass otherwise did both again, about two CPU-seconds apiece. Nothing
+imports it in the main process."""
 
 from __future__ import annotations
 

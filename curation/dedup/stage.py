@@ -47,7 +47,7 @@ from curation.core.intermediates import ParquetPart
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.memo import Reuse, drop_reuse, plan_reuse
 from curation.core.normalize import NormalizeOptions
-from curation.core.parallel import map_ordered, preload_in_workers, workers_for
+from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.ray_engine import current as current_engine
 from curation.core.schema import COLUMNS
@@ -101,8 +101,6 @@ from curation.dedup.near import (
 from curation.dedup.repeats import BoilerplateConfig, WithinConfig, boilerplate_floor
 
 __all__ = ["DedupPlan", "DedupRun", "plan_from_project", "run_dedup"]
-
-preload_in_workers("curation.dedup.preload")
 
 BATCH_ROWS = 8_192
 """Input rows per Arrow batch (and per task of a worker process). Each batch's results cost the main process

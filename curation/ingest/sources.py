@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
-from curation.core.parallel import gc_paused, map_ordered, preload_in_workers, workers_for
+from curation.core.parallel import gc_paused, map_ordered, workers_for
 from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_columns, table_names
 from curation.ingest.digests import source_digests
@@ -38,8 +38,6 @@ from curation.ingest.readers import (
     read_records,
 )
 from curation.ingest.settings import settings_fingerprint
-
-preload_in_workers("curation.ingest.sources")
 
 BYTES_PER_RECORD_ESTIMATE = 1_000
 """Files are not counted before they are read: their size over this guesses the rows, to decide whether

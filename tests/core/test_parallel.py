@@ -1,5 +1,5 @@
-"""map_ordered: results in input order for any worker count, and the fork server imports what stages register
-(one fork server per process, so the preload test runs in a process of its own)."""
+"""map_ordered: results in input order for any worker count, and the fork server imports what a map names and
+nothing another stage named (one fork server per process, so the preload test runs in a process of its own)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_configured_workers_are_used_and_small_inputs_stay_in_process() -> None:
     assert workers_for(10, None) == 1
 
 
-def test_registered_modules_are_imported_in_the_fork_server_not_in_each_worker(tmp_path: Path) -> None:
+def test_a_maps_modules_are_imported_in_the_fork_server_and_not_carried_into_other_stages(tmp_path: Path) -> None:
     (tmp_path / "heavy.py").write_text("import os\nIMPORTED_IN = os.getpid()\n")
     (tmp_path / "tasks.py").write_text(
         textwrap.dedent(
@@ -63,18 +63,25 @@ def test_registered_modules_are_imported_in_the_fork_server_not_in_each_worker(t
     )
     script = textwrap.dedent(
         """
-        from curation.core.parallel import map_ordered, preload_in_workers
+        from curation.core.parallel import map_ordered
         from tasks import where
 
-        preload_in_workers("heavy")  # registered before the first map starts the server
+        def found(*preload):
+            return sorted(set(map_ordered(where, range(4), 2, preload=["tasks", *preload])), key=str)
 
         if __name__ == "__main__":
-            print(set(map_ordered(where, range(4), 2, preload=["tasks"])))
+            print(found("heavy"), found(), found("heavy"))
+            outer = map_ordered(where, range(4), 2, preload=["tasks", "heavy"])
+            first = next(outer)
+            print(found(), [first, *outer])  # a pool still open keeps its server: the other map uses it
         """
     )
     (tmp_path / "main.py").write_text(script)
     result = subprocess.run(
         [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
     )
-    # Every worker found the module already imported, by another process: the server it was forked from.
-    assert result.stdout.strip() == "{True}", result.stderr
+    stages, nested = result.stdout.strip().splitlines()
+    # Every worker of a map naming "heavy" found it imported by another process (the server it was forked
+    # from); the map between them got a server of its own, without it.
+    assert stages == "[True] [None] [True]", result.stderr
+    assert nested == "[True] [True, True, True, True]", result.stderr
