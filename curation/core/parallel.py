@@ -20,8 +20,8 @@ libraries, compiled kernels loaded) once, so every worker of every pass of the s
 instead of importing them again (two CPU-seconds per worker for dedup's). Python runs one fork server per
 process; a map that names other modules than the running server's replaces it (:func:`_fork_server`), so a
 stage's workers carry only their own stage's libraries: every worker's resident memory counts the pages it
-shares with the server, and a server kept from ``deduped`` put dedup's numba and scipy (~90 MiB) into each
-of ``formatted``'s three processes for nothing.
+shares with the server, and one server for the whole run had put dedup's numba and scipy (~90 MiB) into
+each of ``formatted``'s three processes for nothing.
 """
 
 from __future__ import annotations
