@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,18 @@ def unstaged_name(table: str) -> str:
     return found.group("table") if found else table
 
 
+@dataclass(frozen=True)
+class Patch:
+    """A table staged as a change of its current version (:meth:`StagedWrite.patch`)."""
+
+    added: str
+    """Quoted name of the staging table to append the new version's new rows to."""
+    removed: str
+    """Quoted name of the staging table of the ``key`` values whose current rows the new version drops."""
+    key: str
+    """The column the current rows are kept or dropped by."""
+
+
 class StagedWrite:
     """Tables written during one asset materialization, swapped in together at the end."""
 
@@ -253,6 +266,7 @@ class StagedWrite:
         self._token = f"p{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._replace: dict[str, str] = {}  # final table -> staging table
         self._partitions: dict[str, tuple[str, str]] = {}  # shared table -> (staging, its DDL)
+        self._patches: dict[str, Patch] = {}  # final table -> its patch (:meth:`patch`)
         self._appender: duckdb.DuckDBPyConnection | None = None  # the cursor of an open appending() block
 
     def staging_name(self, table: str) -> str:
@@ -270,6 +284,48 @@ class StagedWrite:
         self.connection.execute(f"CREATE TABLE {quote(staging)} AS {select_sql}", list(params))
         self._replace[table] = staging
         return quote(staging)
+
+    def patch(self, table: str, ddl: str, key: str, kept_keys_sql: str) -> Patch | None:
+        """Stage ``table``'s new version as a patch of the current one rather than a copy: the current rows
+        whose ``key`` is among ``kept_keys_sql`` (a query of one column) stay where they are, the others go,
+        and the rows appended to :attr:`Patch.added` come in. Returns None, staging nothing, when there is
+        no current table or its columns are not ``ddl``'s: stage the table with :meth:`create` then.
+
+        While staged, ``staging_name(table)`` is a (temporary) view of the whole new version, so whatever
+        reads a staged table reads this one; :meth:`delete` removes rows from it. The commit deletes the
+        dropped rows and inserts the added ones inside its transaction, where DuckDB holds both and their
+        index entries in memory until COMMIT: patch when the change is small against the table
+        (a re-run after appending rows), never to replace most of a large table."""
+        connection = self.connection
+        if table not in table_names(connection):
+            return None
+        added = self.staging_name(f"{table}_added")
+        connection.execute(f"CREATE TABLE {quote(added)} ({ddl})")
+        if table_columns(connection, added) != table_columns(connection, table):
+            connection.execute(f"DROP TABLE {quote(added)}")
+            return None
+        removed = self.staging_name(f"{table}_removed")
+        connection.execute(
+            f"CREATE TABLE {quote(removed)} AS SELECT {quote(key)} AS key FROM {quote(table)} "
+            f"WHERE {quote(key)} NOT IN ({kept_keys_sql})"
+        )
+        connection.execute(
+            f"CREATE TEMP VIEW {quote(self.staging_name(table))} AS "
+            f"SELECT * FROM {quote(table)} WHERE {quote(key)} NOT IN (SELECT key FROM {quote(removed)}) "
+            f"UNION ALL SELECT * FROM {quote(added)}"
+        )
+        patch = self._patches[table] = Patch(quote(added), quote(removed), key)
+        return patch
+
+    def delete(self, table: str, condition_sql: str) -> None:
+        """Delete the rows matching ``condition_sql`` from ``table``'s staged version (created or patched)."""
+        patch = self._patches.get(table)
+        if patch is None:
+            self.connection.execute(f"DELETE FROM {quote(self.staging_name(table))} WHERE {condition_sql}")
+            return
+        key = quote(patch.key)
+        self.connection.execute(f"INSERT INTO {patch.removed} SELECT {key} FROM {quote(table)} WHERE {condition_sql}")
+        self.connection.execute(f"DELETE FROM {patch.added} WHERE {condition_sql}")
 
     def partition(self, table: str, ddl: str) -> str:
         """Stage this asset's partition of a shared table (rows with asset = this asset)."""
@@ -330,7 +386,10 @@ class StagedWrite:
         :data:`DUCKDB_MEMORY_LIMIT` at commit ("could not allocate block"), after which DuckDB invalidates
         the connection. The indexes are built after COMMIT for the same reason, from committed rows. A process
         that dies in between leaves tables without an index (lookups scan, answers the same); the next write
-        builds them (:func:`index_missing_lookups`)."""
+        builds them (:func:`index_missing_lookups`).
+
+        A patched table (:meth:`patch`) is changed in place inside the same transaction: its dropped rows
+        deleted, its added rows inserted; its indexes are kept up to date by DuckDB."""
         connection = self.connection
         with _shared_tables_lock:  # the other assets' rows must not change between copying them and the swap
             wholes: dict[str, str] = {}
@@ -343,11 +402,21 @@ class StagedWrite:
                         [self.asset],
                     )
                     connection.execute(f"INSERT INTO {quote(whole)} SELECT * FROM {quote(staging)}")
+                for table in self._patches:
+                    connection.execute(f"DROP VIEW {quote(self.staging_name(table))}")
                 connection.execute("BEGIN TRANSACTION")
                 try:
                     for table, staging in [*self._replace.items(), *wholes.items()]:
                         connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
                         connection.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+                    for table, patch in self._patches.items():
+                        key = quote(patch.key)
+                        connection.execute(
+                            f"DELETE FROM {quote(table)} WHERE {key} IN (SELECT key FROM {patch.removed})"
+                        )
+                        connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {patch.added}")
+                        connection.execute(f"DROP TABLE {patch.added}")
+                        connection.execute(f"DROP TABLE {patch.removed}")
                     for staging, _ in self._partitions.values():  # copied into its whole table
                         connection.execute(f"DROP TABLE {quote(staging)}")
                     connection.execute("COMMIT")
@@ -360,14 +429,19 @@ class StagedWrite:
                         connection.execute(f"DROP TABLE IF EXISTS {quote(whole)}")
                 self.discard()
                 raise
-        for table in (*self._replace, *self._partitions):
+        for table in (*self._replace, *self._partitions, *self._patches):
             _index_committed(connection, table)
 
     def discard(self) -> None:
-        staged = list(self._replace.values()) + [s for s, _ in self._partitions.values()]
-        for staging in staged:
+        statements = [f"DROP VIEW IF EXISTS {quote(self.staging_name(table))}" for table in self._patches]
+        staged = [*self._replace.values(), *(staging for staging, _ in self._partitions.values())]
+        statements += [f"DROP TABLE IF EXISTS {quote(staging)}" for staging in staged]
+        statements += [
+            f"DROP TABLE IF EXISTS {name}" for patch in self._patches.values() for name in (patch.added, patch.removed)
+        ]
+        for statement in statements:
             with contextlib.suppress(duckdb.Error):
-                self.connection.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+                self.connection.execute(statement)
 
 
 LOOKUP_COLUMNS: tuple[str, ...] = ("row_id", "candidate_id", "kept_row_id", "child_id")

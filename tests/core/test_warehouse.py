@@ -131,6 +131,49 @@ def test_a_transaction_of_appends_does_not_keep_the_appended_batches(tmp_path: P
     assert count(warehouse, "blobs") == 40 * 64
 
 
+def test_a_patched_table_changes_in_place_and_reads_whole_while_staged(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    ddl = "row_id VARCHAR, parent_id VARCHAR, n INTEGER"
+    with warehouse.write("demo") as staged:
+        table = staged.create("things", ddl)
+        staged.connection.execute(f"INSERT INTO {table} SELECT 'r' || i, 'p' || i, i FROM range(6) t(i)")
+
+    def contents(connection: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, int]]:
+        return connection.execute(f"SELECT row_id, n FROM {quote(table)} ORDER BY row_id").fetchall()
+
+    with warehouse.write("demo") as staged:
+        assert staged.patch("missing", ddl, "parent_id", "SELECT 'p1'") is None
+        assert staged.patch("things", "row_id VARCHAR, n INTEGER", "parent_id", "SELECT 'p1'") is None
+        patch = staged.patch("things", ddl, "parent_id", "SELECT 'p' || i FROM range(4) t(i)")  # p4, p5 go
+        assert patch is not None
+        staged.connection.execute(f"INSERT INTO {patch.added} VALUES ('n1', 'q1', 10), ('n2', 'q2', 20)")
+        # While staged, the new version reads whole under the staging name; deleting reaches both halves.
+        staged.delete("things", "n IN (0, 20)")
+        view = staged.staging_name("things")
+        assert contents(staged.connection, view) == [("n1", 10), ("r1", 1), ("r2", 2), ("r3", 3)]
+        with staged.connection.cursor() as reader:  # the committed table is untouched until the swap
+            assert len(contents(reader, "things")) == 6
+    with warehouse.connect(read_only=True) as connection:
+        assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 2), ("r3", 3)]
+        # The rows kept never moved: the new one comes after them.
+        assert connection.execute("SELECT list(row_id ORDER BY rowid) FROM things").fetchone()[0][-1] == "n1"
+        assert connection.execute("SELECT count(*) FROM things WHERE row_id = 'r2'").fetchone() == (1,)
+        names = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        indexes = {r[0] for r in connection.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+    assert not any(name.startswith("_stage_") for name in names)
+    assert "things__row_id" in indexes
+
+    with pytest.raises(RuntimeError, match="power cut"), warehouse.write("demo") as staged:
+        patch = staged.patch("things", ddl, "parent_id", "SELECT 'p1'")
+        assert patch is not None
+        staged.connection.execute(f"INSERT INTO {patch.added} VALUES ('n3', 'q3', 30)")
+        raise RuntimeError("power cut")
+    with warehouse.connect(read_only=True) as connection:
+        assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 2), ("r3", 3)]
+        names = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert not any(name.startswith("_stage_") for name in names), "staging tables and views are cleaned up"
+
+
 def test_partitions_of_shared_tables_are_replaced_per_asset(tmp_path: Path) -> None:
     warehouse = Warehouse(tmp_path / "w.duckdb")
     ddl = "child_id VARCHAR, parent_id VARCHAR, asset VARCHAR, operation VARCHAR, detail VARCHAR"

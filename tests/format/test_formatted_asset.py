@@ -319,11 +319,21 @@ def _append_and_edit(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_rerun_formats_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path) -> None:
+@pytest.mark.parametrize("patched", [False, True], ids=["copied", "patched"])
+def test_a_rerun_formats_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path, monkeypatch, patched) -> None:
     from curation.core.config import load_project
-    from curation.core.warehouse import Warehouse, content_hash
+    from curation.core.warehouse import StagedWrite, Warehouse, content_hash
+    from curation.format import stage
     from curation.format.render import load_format_tokenizer
     from curation.format.stage import format_rows
+
+    # The re-run either copies the reused rows into a new `formatted` or changes the current one in place.
+    monkeypatch.setattr(stage, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
+    patches = []
+    original_patch = StagedWrite.patch
+    monkeypatch.setattr(
+        StagedWrite, "patch", lambda self, *args: patches.append(original_patch(self, *args)) or patches[-1]
+    )
 
     tables = ("formatted", "format_rejections", "contamination", "lineage")
     memo = "SELECT row_id, digest FROM format_memo ORDER BY row_id"  # its fingerprint names the project folder
@@ -345,6 +355,7 @@ def test_a_rerun_formats_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_p
     _append_and_edit(fresh / "warehouse.duckdb")
 
     rerun = format_once(again)
+    assert [patch is not None for patch in patches] == ([True] if patched else [])
     with duckdb.connect(str(again / "warehouse.duckdb")) as connection:
         copied = {
             row_id

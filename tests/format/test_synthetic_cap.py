@@ -128,9 +128,13 @@ def test_length_drops_that_would_break_the_cap_leave_out_model_made_rows(formatt
 
 
 @pytest.mark.slow
-def test_the_rebalanced_tables_are_the_same_for_any_worker_count_and_on_a_rerun(formatted, tmp_path, monkeypatch):
+@pytest.mark.parametrize("patched", [False, True], ids=["copied", "patched"])
+def test_the_rebalanced_tables_are_the_same_for_any_worker_count_and_on_a_rerun(
+    formatted, tmp_path, monkeypatch, patched
+):
     import curation.core.parallel
     from curation.core.warehouse import content_hash
+    from curation.format import stage
 
     tables = ("formatted", "format_rejections", "contamination", "lineage")
 
@@ -145,7 +149,9 @@ def test_the_rebalanced_tables_are_the_same_for_any_worker_count_and_on_a_rerun(
     monkeypatch.setattr(curation.core.parallel, "MIN_ROWS_PER_WORKER", 1)  # two workers even for a few rows
     _format(tmp_path / "two", "compute: {workers: 2}", "ingest: {batch_rows: 7}")
     assert versions(tmp_path / "two" / "warehouse.duckdb") == expected
-    # A re-run copies every row it kept or rejected for its own sake and renders the capped row again.
+    # A re-run copies every row it kept or rejected for its own sake and renders the capped row again, whether
+    # it writes a new table or changes the current one in place.
+    monkeypatch.setattr(stage, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
     again = _format(formatted[0], fresh=False)
     assert again.rows_reused == HUMAN + MODEL_MADE - 1
     assert versions(formatted[0] / "warehouse.duckdb") == expected
