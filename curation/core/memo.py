@@ -13,6 +13,10 @@ digest, same fingerprint); their outputs are copied from the previous tables by 
 other rows go through the stage's Python. Whatever a stage decides over the whole table (a split
 planned over every row, a report) it still decides over the whole table. A stage that has no memo,
 or a memo from other code or settings, simply computes every row, as on a first run.
+
+A stage's main output (:func:`stage_output`) is not even copied when the run changes little of it: the
+current table is patched in place (:meth:`~curation.core.warehouse.StagedWrite.patch`), so a re-run after
+appending 1% new rows reads and writes about 1% of it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from dataclasses import dataclass
 import duckdb
 
 from curation.core.warehouse import MEMO_SUFFIX, StagedWrite, fetch_one, quote, table_names
+
+PATCH_MAX_CHANGE = 0.1
+""":func:`stage_output` patches the current table in place when the rows it drops and the rows the run
+computes are together at most this share of it, as after appending a few new rows; a larger change writes a
+new, compact table and copies the kept rows into it. Copying reads and writes every kept row (a +1% re-run's
+``formatted`` step took 10.0 s at 100k rows copying, 3.5 s patching). Patching 300k deleted and 300k inserted
+rows of 3.8 KB committed within the 256 MB memory limit, so a change this small fits at any size measured."""
 
 MEMO_DDL = "row_id VARCHAR NOT NULL, digest UBIGINT NOT NULL, fingerprint VARCHAR NOT NULL"
 
@@ -73,3 +84,38 @@ def plan_reuse(
 def drop_reuse(connection: duckdb.DuckDBPyConnection, reuse: Reuse | None) -> None:
     if reuse is not None:
         connection.execute(f"DROP TABLE IF EXISTS {reuse.table}")
+
+
+def stage_output(
+    staged: StagedWrite,
+    table: str,
+    ddl: str,
+    reuse: Reuse,
+    key: str,
+    kept_keys_sql: str,
+    computed_rows: int,
+    columns: Sequence[str],
+) -> str:
+    """Stage a memo stage's main ``table`` (``ddl``) with the previous rows it keeps already in it: those whose
+    ``key`` is among ``kept_keys_sql`` (a query of one column, the reused rows' outputs). The current table is
+    patched in place when that changes little of it (:data:`PATCH_MAX_CHANGE`, ``computed_rows``: the rows
+    the run will append), else a new table is created and the kept rows' ``columns`` copied into it. Returns
+    the quoted table to append the computed rows to; the whole new version reads as
+    ``staged.staging_name(table)`` either way."""
+    connection = staged.connection
+    if reuse.rows:
+        current, dropped = fetch_one(
+            connection, f"SELECT count(*), count(*) FILTER ({quote(key)} NOT IN ({kept_keys_sql})) FROM {quote(table)}"
+        )
+        if dropped + computed_rows <= PATCH_MAX_CHANGE * current:
+            patch = staged.patch(table, ddl, key, kept_keys_sql)
+            if patch is not None:
+                return patch.added
+    staged_table = staged.create(table, ddl)
+    if reuse.rows:
+        selected = ", ".join(quote(name) for name in columns)
+        connection.execute(
+            f"INSERT INTO {staged_table} ({selected}) SELECT {selected} FROM {quote(table)} "
+            f"WHERE {quote(key)} IN ({kept_keys_sql})"
+        )
+    return staged_table

@@ -25,7 +25,7 @@ import pyarrow as pa
 from curation.core.config import ProjectConfig
 from curation.core.freshness import stage_fingerprint
 from curation.core.markdown import table_cell
-from curation.core.memo import Reuse, drop_reuse, plan_reuse
+from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_output
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
@@ -349,7 +349,6 @@ def filter_table(
     cleaners, filters = project_chain(config)
     stats = FilterStats()
     _zero_counts(stats, cleaners, filters)
-    kept = staged.create("filtered", canonical_ddl())
     rejections = staged.create("filter_rejections", REJECTIONS_DDL)
     edits = staged.create("filter_edits", EDITS_DDL)
     lineage = staged.partition("lineage", LINEAGE_DDL)
@@ -357,7 +356,11 @@ def filter_table(
     reuse: Reuse | None = None
     try:
         reuse = plan_reuse(staged, "filter_memo", quote(source), COLUMNS, chain_fingerprint(config), FILTER_OUTPUTS)
-        _copy_reused(staged, reuse, kept, rejections, edits, lineage)
+        _copy_reused(staged, reuse, rejections, edits, lineage)
+        # A reused row was kept under its input id, or under its new id when cleaners changed it (the
+        # lineage edge from its input row, copied above, says which).
+        kept_ids = f"SELECT row_id FROM {reuse.table} UNION ALL SELECT child_id FROM {lineage}"
+        kept = stage_output(staged, "filtered", canonical_ddl(), reuse, "row_id", kept_ids, total - reuse.rows, COLUMNS)
         stats.add(_reused_stats(connection, reuse, (rejections, edits, lineage), cleaners, filters))
         columns = ", ".join(quote(name) for name in COLUMNS)
         # In the table's own order: no row depends on another, and sorting first would hold the whole table.
@@ -368,7 +371,7 @@ def filter_table(
         )
         to_filter = total - reuse.rows
         if reuse.rows:
-            log(f"filtering: {reuse.rows:,} unchanged rows copied from the last run")
+            log(f"filtering: {reuse.rows:,} unchanged rows reused from the last run")
         results = map_ordered(
             filter_records,
             batches,
@@ -387,7 +390,7 @@ def filter_table(
                 staged.append(lineage, result.lineage)
     finally:
         drop_reuse(connection, reuse)
-    return FilteredTables(kept, rejections, stats, reuse.rows)
+    return FilteredTables(quote(staged.staging_name("filtered")), rejections, stats, reuse.rows)
 
 
 def chain_fingerprint(config: ProjectConfig) -> str:
@@ -402,21 +405,15 @@ def chain_fingerprint(config: ProjectConfig) -> str:
     return stage_fingerprint(config, json.dumps(settings, sort_keys=True, default=repr))
 
 
-def _copy_reused(staged: StagedWrite, reuse: Reuse, kept: str, rejections: str, edits: str, lineage: str) -> None:
-    """Copy the reused rows' results from the previous tables into the staged ones: a kept row under its
-    input id, or under its new id when cleaners changed it (the lineage edge from its input row says which);
-    rejections and edit counts by input id."""
+def _copy_reused(staged: StagedWrite, reuse: Reuse, rejections: str, edits: str, lineage: str) -> None:
+    """Copy the reused rows' lineage edges, rejections and edit counts from the previous tables into the
+    staged ones, by input id (their kept rows are staged by :func:`~curation.core.memo.stage_output`)."""
     if not reuse.rows:
         return
     connection = staged.connection
     reused = f"(SELECT row_id FROM {reuse.table})"
     edges = "(SELECT child_id, parent_id, asset, operation, detail FROM lineage WHERE asset = 'filtered')"
     connection.execute(f"INSERT INTO {lineage} SELECT * FROM {edges} WHERE parent_id IN {reused}")
-    columns = ", ".join(quote(name) for name in COLUMNS)
-    connection.execute(
-        f"INSERT INTO {kept} ({columns}) SELECT {columns} FROM filtered "
-        f"WHERE row_id IN {reused} OR row_id IN (SELECT child_id FROM {lineage})"
-    )
     connection.execute(f"INSERT INTO {rejections} SELECT * FROM filter_rejections WHERE row_id IN {reused}")
     connection.execute(f"INSERT INTO {edits} SELECT * FROM filter_edits WHERE row_id IN {reused}")
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 from curation.core.freshness import format_fingerprint
 from curation.core.hashing import stable_unit_sql
 from curation.core.markdown import counts_table
-from curation.core.memo import Reuse, drop_reuse, plan_reuse
+from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_output
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
@@ -351,7 +351,16 @@ def format_rows(
         reuse = plan_reuse(
             staged, "format_memo", planned, [*COLUMNS, "split"], fingerprint, (*FORMAT_OUTPUTS, "lineage")
         )
-        table = _stage_formatted(staged, reuse, rows_in)
+        table = stage_output(
+            staged,
+            "formatted",
+            canonical_ddl(FORMATTED_COLUMNS),
+            reuse,
+            "parent_id",
+            f"SELECT row_id FROM {reuse.table}",
+            rows_in - reuse.rows,
+            (*COLUMNS, *(name for name, _ in FORMATTED_COLUMNS)),
+        )
         _copy_reused(staged, reuse, rejections, contamination, lineage)
         to_render = rows_in - reuse.rows
         batches = read_batches(
@@ -362,7 +371,7 @@ def format_rows(
         workers = workers_for(to_render, config.compute.workers)
         report(
             f"formatting: {to_render:,} rows, {workers} worker process(es); "
-            f"{reuse.rows:,} unchanged rows copied from the last run"
+            f"{reuse.rows:,} unchanged rows reused from the last run"
         )
         results = map_ordered(
             format_records,
@@ -474,41 +483,11 @@ FORMAT_OUTPUTS = ("formatted", "format_rejections", "contamination")
 """The stage's own tables (besides its lineage partition), from which a re-run copies unchanged rows."""
 
 
-PATCH_MAX_CHANGE = 0.1
-"""A re-run changes the current ``formatted`` table in place (:meth:`~curation.core.warehouse.StagedWrite.patch`)
-when the rows it drops and the rows it renders are together at most this share of it, as after appending a
-few new rows; otherwise it writes a new table, copying the reused rows. Copying costs a read and a write of
-every kept row (~40 s for 850k rows at 1M input), patching only the change; a change this small fits the
-commit transaction's memory (:data:`~curation.core.warehouse.DUCKDB_MEMORY_LIMIT`) at any table size we measured."""
-
-
-def _stage_formatted(staged: StagedWrite, reuse: Reuse, rows_in: int) -> str:
-    """Stage ``formatted`` with the reused rows' previous records already in it (patched in place or copied,
-    :data:`PATCH_MAX_CHANGE`); returns the quoted table to append the rendered rows to."""
-    ddl = canonical_ddl(FORMATTED_COLUMNS)
-    kept = f"SELECT row_id FROM {reuse.table}"
-    if reuse.rows:
-        current, dropped = fetch_one(
-            staged.connection, f"SELECT count(*), count(*) FILTER (parent_id NOT IN ({kept})) FROM formatted"
-        )
-        if dropped + rows_in - reuse.rows <= PATCH_MAX_CHANGE * current:
-            patch = staged.patch("formatted", ddl, "parent_id", kept)
-            if patch is not None:
-                return patch.added
-    table = staged.create("formatted", ddl)
-    if reuse.rows:
-        columns = ", ".join(quote(name) for name in (*COLUMNS, *(name for name, _ in FORMATTED_COLUMNS)))
-        staged.connection.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM formatted WHERE parent_id IN ({kept})"
-        )
-    return table
-
-
 def _copy_reused(staged: StagedWrite, reuse: Reuse, rejections: str, contamination: str, lineage: str) -> None:
     """Copy the reused rows' rejections, matches and lineage edges from the previous tables into the staged
-    ones (their ``formatted`` records: :func:`_stage_formatted`). Each is keyed by its input row:
-    rejections and matches by ``row_id``, the lineage edge by its parent. Matches keep their order (a row's
-    matches are listed as they were found)."""
+    ones (their ``formatted`` records are staged by :func:`~curation.core.memo.stage_output`). Each is keyed
+    by its input row: rejections and matches by ``row_id``, the lineage edge by its parent. Matches keep their
+    order (a row's matches are listed as they were found)."""
     if not reuse.rows:
         return
     connection = staged.connection

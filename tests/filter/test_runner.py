@@ -397,11 +397,21 @@ def _deduped(path: Path, rows: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_a_rerun_filters_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path):
+@pytest.mark.parametrize("patched", [False, True], ids=["copied", "patched"])
+def test_a_rerun_filters_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path, monkeypatch, patched):
     import duckdb
 
-    from curation.core.warehouse import Warehouse, content_hash
+    from curation.core import memo
+    from curation.core.warehouse import StagedWrite, Warehouse, content_hash
     from curation.filter.runner import filter_table
+
+    # The re-run either copies the kept rows into a new `filtered` or changes the current one in place.
+    monkeypatch.setattr(memo, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
+    patches = []
+    original_patch = StagedWrite.patch
+    monkeypatch.setattr(
+        StagedWrite, "patch", lambda self, *args: patches.append(original_patch(self, *args)) or patches[-1]
+    )
 
     rows = [{**row, "row_id": f"{row['row_id']}-{i}"} for i in range(3) for row in _sample_rows()]
     # The next run: one clean row gains an HTML answer, one rejected row is fixed, two rows are new.
@@ -431,6 +441,7 @@ def test_a_rerun_filters_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_p
         connection.execute("UPDATE filter_rejections SET reason = reason || ' [copied]'")
     _deduped(again, later)
     rerun = run(again)
+    assert [patch is not None for patch in patches] == ([True] if patched else [])
     with duckdb.connect(str(again)) as connection:
         (copied,) = connection.execute("SELECT count(*) FROM filtered WHERE source_uri LIKE '% [copied]'").fetchone()
         (copied_rejections,) = connection.execute(

@@ -321,14 +321,14 @@ def _append_and_edit(path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("patched", [False, True], ids=["copied", "patched"])
 def test_a_rerun_formats_only_new_and_changed_rows_and_matches_a_fresh_run(tmp_path, monkeypatch, patched) -> None:
+    from curation.core import memo
     from curation.core.config import load_project
     from curation.core.warehouse import StagedWrite, Warehouse, content_hash
-    from curation.format import stage
     from curation.format.render import load_format_tokenizer
     from curation.format.stage import format_rows
 
     # The re-run either copies the reused rows into a new `formatted` or changes the current one in place.
-    monkeypatch.setattr(stage, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
+    monkeypatch.setattr(memo, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
     patches = []
     original_patch = StagedWrite.patch
     monkeypatch.setattr(

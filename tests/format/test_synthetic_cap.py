@@ -133,8 +133,8 @@ def test_the_rebalanced_tables_are_the_same_for_any_worker_count_and_on_a_rerun(
     formatted, tmp_path, monkeypatch, patched
 ):
     import curation.core.parallel
+    from curation.core import memo
     from curation.core.warehouse import content_hash
-    from curation.format import stage
 
     tables = ("formatted", "format_rejections", "contamination", "lineage")
 
@@ -151,7 +151,7 @@ def test_the_rebalanced_tables_are_the_same_for_any_worker_count_and_on_a_rerun(
     assert versions(tmp_path / "two" / "warehouse.duckdb") == expected
     # A re-run copies every row it kept or rejected for its own sake and renders the capped row again, whether
     # it writes a new table or changes the current one in place.
-    monkeypatch.setattr(stage, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
+    monkeypatch.setattr(memo, "PATCH_MAX_CHANGE", 1.0 if patched else 0.0)
     again = _format(formatted[0], fresh=False)
     assert again.rows_reused == HUMAN + MODEL_MADE - 1
     assert versions(formatted[0] / "warehouse.duckdb") == expected
