@@ -3,6 +3,7 @@ directly, with a manifest; one immutable folder per data version under $DISTILLE
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 
+from assets.metadata import latest_data_version
 from curation.audit.report import export_refusal
 from curation.core.freshness import module_code_version
 from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps, reports_dir
@@ -49,7 +50,10 @@ def exports(
     ):
         for leftover in remove_dead_export_temps(root):
             context.log.warning(f"exports: removed {leftover.name}, the unfinished export of a crashed run")
-        info = ExportInfo.from_config(config, formatted_data_version=content_hash(connection, "formatted"))
+        # The version `formatted` reported, as the compliance report names it (hashing a million rendered
+        # rows again costs ~6 s); hashed only when there is no materialization to read it from.
+        formatted_version = latest_data_version(context.instance, "formatted") or content_hash(connection, "formatted")
+        info = ExportInfo.from_config(config, formatted_data_version=formatted_version)
         version = info.formatted_data_version
         refusal = export_refusal(reports_dir() / version, version, config.policy.intended_use)
         if refusal:  # e.g. `--select exports` after the compliance checks failed: nothing is written
