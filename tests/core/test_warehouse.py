@@ -163,13 +163,22 @@ def test_a_patched_table_changes_in_place_and_reads_whole_while_staged(tmp_path:
     assert not any(name.startswith("_stage_") for name in names)
     assert "things__row_id" in indexes
 
+    # A row dropped and added back under the same key (its input changed, not its id) is replaced.
+    with warehouse.write("demo") as staged:
+        patch = staged.patch("things", ddl, "row_id", "SELECT row_id FROM things WHERE row_id <> 'r2'")
+        assert patch is not None
+        staged.connection.execute(f"INSERT INTO {patch.added} VALUES ('r2', 'p2', 22)")
+    with warehouse.connect(read_only=True) as connection:
+        assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 22), ("r3", 3)]
+        assert connection.execute("SELECT n FROM things WHERE row_id = 'r2'").fetchall() == [(22,)]
+
     with pytest.raises(RuntimeError, match="power cut"), warehouse.write("demo") as staged:
         patch = staged.patch("things", ddl, "parent_id", "SELECT 'p1'")
         assert patch is not None
         staged.connection.execute(f"INSERT INTO {patch.added} VALUES ('n3', 'q3', 30)")
         raise RuntimeError("power cut")
     with warehouse.connect(read_only=True) as connection:
-        assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 2), ("r3", 3)]
+        assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 22), ("r3", 3)]
         names = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert not any(name.startswith("_stage_") for name in names), "staging tables and views are cleaned up"
 
