@@ -75,6 +75,26 @@ benchmark's ``formatted`` peaked at 1,409 MiB in the main process with :data:`DU
 with this, in the same time (65 s against 63–67; 128 MB: 1,040 MiB in 70 s)."""
 
 
+MEMORY_LIMIT_ENV = "DISTILLERY_DUCKDB_MEMORY_LIMIT"
+"""DuckDB's buffer for every warehouse connection (a size DuckDB reads, e.g. ``1GB``), in place of
+:data:`DUCKDB_MEMORY_LIMIT` and :data:`SCAN_MEMORY_LIMIT`. Past its buffer DuckDB spills to disk, but an
+operator that cannot spill (an index build, a transaction's own rows) fails with an out-of-memory error; rows
+much larger than the benchmark's can need more, and this is what to raise then."""
+
+
+def configured_memory_limit(default: str) -> str:
+    """$DISTILLERY_DUCKDB_MEMORY_LIMIT when set, else ``default``."""
+    return os.environ.get(MEMORY_LIMIT_ENV, "").strip() or default
+
+
+def _out_of_memory_advice(error: duckdb.OutOfMemoryException, limit: str) -> duckdb.OutOfMemoryException:
+    """The error again, saying what to do: DuckDB's own message names no setting of ours."""
+    return type(error)(
+        f"{error}\nDuckDB ran out of its {limit} buffer in an operation that cannot spill to disk. Nothing was "
+        f"committed. Set ${MEMORY_LIMIT_ENV} (e.g. 1GB) and run again."
+    )
+
+
 class WarehouseBusy(RuntimeError):
     """Another process holds the DuckDB file."""
 
@@ -164,10 +184,11 @@ class Warehouse:
         on_wait: Callable[[str], None] | None = None,
         memory_limit: str = DUCKDB_MEMORY_LIMIT,
     ) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection (DuckDB's buffer bounded by ``memory_limit``). DuckDB lets one process write the file or
-        several read it: while another process stands in the way this waits (up to ``lock_timeout_s``), telling
-        ``on_wait`` (else the log) once who holds the file, then raises :class:`WarehouseBusy` naming that
-        process."""
+        """A connection (DuckDB's buffer bounded by ``memory_limit``, or by $DISTILLERY_DUCKDB_MEMORY_LIMIT when
+        set). DuckDB lets one process write the file or several read it: while another process stands in the way
+        this waits (up to ``lock_timeout_s``), telling ``on_wait`` (else the log) once who holds the file, then
+        raises :class:`WarehouseBusy` naming that process."""
+        memory_limit = configured_memory_limit(memory_limit)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
@@ -178,6 +199,13 @@ class Warehouse:
             try:
                 connection = duckdb.connect(str(self.path), read_only=read_only, config={"memory_limit": memory_limit})
                 break
+            except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
+                if MEMORY_LIMIT_ENV not in os.environ:
+                    raise
+                raise ValueError(
+                    f"${MEMORY_LIMIT_ENV}={os.environ[MEMORY_LIMIT_ENV]!r} is not a memory size DuckDB reads "
+                    f"(e.g. 512MB, 2GB): {exc}"
+                ) from None
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
                     raise
@@ -224,11 +252,14 @@ class Warehouse:
                 connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
                 staged = StagedWrite(connection, asset)
                 try:
-                    yield staged
-                except BaseException:
-                    staged.discard()
-                    raise
-                staged.commit()
+                    try:
+                        yield staged
+                    except BaseException:
+                        staged.discard()
+                        raise
+                    staged.commit()
+                except duckdb.OutOfMemoryException as error:
+                    raise _out_of_memory_advice(error, configured_memory_limit(DUCKDB_MEMORY_LIMIT)) from error
             finally:
                 with _open_writes_lock:
                     _open_writes -= 1
@@ -500,8 +531,8 @@ def _index_committed(connection: duckdb.DuckDBPyConnection, table: str) -> None:
         index_lookup_columns(connection, table)
     except duckdb.OutOfMemoryException as error:
         _log.warning(
-            "%s: its lookup index was not built (%s); audits of its rows scan the table instead. Raise the "
-            "DuckDB memory limit (DUCKDB_MEMORY_LIMIT) to index it; the next write tries again.",
+            "%s: its lookup index was not built (%s); audits of its rows scan the table instead. Raise "
+            f"DuckDB's memory limit (${MEMORY_LIMIT_ENV}) to index it; the next write tries again.",
             table,
             str(error).splitlines()[0],
         )

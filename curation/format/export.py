@@ -81,6 +81,7 @@ from curation.core.progress import Progress
 from curation.core.schema import Row
 from curation.core.warehouse import (
     SCAN_MEMORY_LIMIT,
+    configured_memory_limit,
     count_rows,
     drop_cached_pages,
     fetch_one,
@@ -402,7 +403,8 @@ def _read_formatted(connection: duckdb.DuckDBPyConnection, batch_rows: int, spoo
                         writers[index] = files.enter_context(pa.ipc.new_stream(path, batch.schema))
                     writers[index].write_batch(grouped.slice(start, stop - start))
             ranges = set(writers)
-        drop_cached_pages(connection, SCAN_MEMORY_LIMIT)  # the scan was the last read of the table's rows
+        # The scan was the last read of the table's rows.
+        drop_cached_pages(connection, configured_memory_limit(SCAN_MEMORY_LIMIT))
         with duckdb.connect() as parser:
             for index in sorted(ranges):
                 path = spool / f"{index}.arrows"

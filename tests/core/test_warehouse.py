@@ -260,12 +260,50 @@ def test_an_index_that_does_not_fit_in_memory_is_a_warning_and_the_next_write_bu
         with warehouse.write("demo") as staged:
             staged.connection.execute(f"INSERT INTO {staged.create('things', 'row_id VARCHAR')} VALUES ('a')")
     assert "things: its lookup index was not built" in caplog.text
+    assert "$DISTILLERY_DUCKDB_MEMORY_LIMIT" in caplog.text
     assert count(warehouse, "things") == 1  # committed all the same
     with warehouse.write("other") as staged:
         staged.create("unrelated", "x INTEGER")
     with warehouse.connect(read_only=True) as connection:
         indexes = {name for (name,) in connection.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
     assert "things__row_id" in indexes
+
+
+def test_duckdbs_buffer_is_set_from_the_environment_and_running_out_says_what_to_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def limit(connection: duckdb.DuckDBPyConnection) -> str:
+        return connection.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    with duckdb.connect(config={"memory_limit": warehouse_module.DUCKDB_MEMORY_LIMIT}) as default:
+        expected_default = limit(default)
+    with duckdb.connect(config={"memory_limit": "1GB"}) as raised:
+        expected_raised = limit(raised)
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.connect() as connection:
+        assert limit(connection) == expected_default
+    monkeypatch.setenv(warehouse_module.MEMORY_LIMIT_ENV, "1GB")
+    with warehouse.connect() as connection, warehouse.connect(read_only=False) as again:
+        assert limit(connection) == limit(again) == expected_raised != expected_default
+    with warehouse.write("demo") as staged:
+        staged.connection.execute(f"INSERT INTO {staged.create('things', 'id INTEGER')} VALUES (1)")
+
+    monkeypatch.setenv(warehouse_module.MEMORY_LIMIT_ENV, "lots")
+    with (
+        pytest.raises(ValueError, match="DISTILLERY_DUCKDB_MEMORY_LIMIT='lots' is not a memory size"),
+        warehouse.connect(),
+    ):
+        pass
+    monkeypatch.delenv(warehouse_module.MEMORY_LIMIT_ENV)
+
+    # DuckDB's own message names no setting of ours; the write's says which one to raise, and commits nothing.
+    with (
+        pytest.raises(duckdb.OutOfMemoryException, match="Set \\$DISTILLERY_DUCKDB_MEMORY_LIMIT"),
+        warehouse.write("demo") as staged,
+    ):
+        staged.connection.execute(f"INSERT INTO {staged.create('things', 'id INTEGER')} VALUES (2)")
+        raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block of size 256.0 KiB")
+    assert count(warehouse, "things") == 1
 
 
 def test_a_failed_swap_leaves_the_shared_tables_as_they_were(tmp_path: Path) -> None:
