@@ -97,15 +97,17 @@ def stage_output(
     columns: Sequence[str],
 ) -> str:
     """Stage a memo stage's main ``table`` (``ddl``) with the previous rows it keeps already in it: those whose
-    ``key`` is among ``kept_keys_sql`` (a query of one column, the reused rows' outputs). The current table is
-    patched in place when that changes little of it (:data:`PATCH_MAX_CHANGE`, ``computed_rows``: the rows
-    the run will append), else a new table is created and the kept rows' ``columns`` copied into it. Returns
-    the quoted table to append the computed rows to; the whole new version reads as
-    ``staged.staging_name(table)`` either way."""
+    ``key`` is among ``kept_keys_sql`` (a query of one column without NULLs: the reused rows' outputs). The
+    current table is patched in place when that changes little of it (:data:`PATCH_MAX_CHANGE`;
+    ``computed_rows``: the rows the run will append), else a new table is created and the kept rows'
+    ``columns`` copied into it. Returns the quoted table to append the computed rows to; the whole new version
+    reads as ``staged.staging_name(table)`` either way."""
     connection = staged.connection
     if reuse.rows:
         current, dropped = fetch_one(
-            connection, f"SELECT count(*), count(*) FILTER ({quote(key)} NOT IN ({kept_keys_sql})) FROM {quote(table)}"
+            connection,
+            f"SELECT count(*), count(*) FILTER ({quote(key)} IS NULL OR {quote(key)} NOT IN ({kept_keys_sql})) "
+            f"FROM {quote(table)}",
         )
         if dropped + computed_rows <= PATCH_MAX_CHANGE * current:
             patch = staged.patch(table, ddl, key, kept_keys_sql)

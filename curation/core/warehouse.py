@@ -318,8 +318,9 @@ class StagedWrite:
 
     def patch(self, table: str, ddl: str, key: str, kept_keys_sql: str) -> Patch | None:
         """Stage ``table``'s new version as a patch of the current one rather than a copy: the current rows
-        whose ``key`` is among ``kept_keys_sql`` (a query of one column) stay where they are, the others go,
-        and the rows appended to :attr:`Patch.added` come in. Returns None, staging nothing, when there is
+        whose ``key`` is among ``kept_keys_sql`` (a query of one column, no NULLs) stay where they are, the
+        others go (one whose key is NULL too, as a copy of the kept rows would leave it out), and the rows
+        appended to :attr:`Patch.added` come in. Returns None, staging nothing, when there is
         no current table or its columns are not ``ddl``'s: stage the table with :meth:`create` then.
 
         While staged, ``staging_name(table)`` is a (temporary) view of the whole new version, so whatever
@@ -344,7 +345,7 @@ class StagedWrite:
             f"CREATE TEMP VIEW {quote(self.staging_name(table))} AS "
             f"SELECT * FROM {quote(table)} WHERE {quote(key)} NOT IN (SELECT key FROM {quote(removed)}) "
             f"UNION ALL SELECT * FROM {quote(added)}"
-        )
+        )  # a NULL key is in no IN list and passes no NOT IN: such a current row drops out of the view
         patch = self._patches[table] = Patch(quote(added), quote(removed), key)
         return patch
 
@@ -355,7 +356,10 @@ class StagedWrite:
             self.connection.execute(f"DELETE FROM {quote(self.staging_name(table))} WHERE {condition_sql}")
             return
         key = quote(patch.key)
-        self.connection.execute(f"INSERT INTO {patch.removed} SELECT {key} FROM {quote(table)} WHERE {condition_sql}")
+        self.connection.execute(
+            f"INSERT INTO {patch.removed} SELECT {key} FROM {quote(table)} "
+            f"WHERE ({condition_sql}) AND {key} IS NOT NULL"
+        )
         self.connection.execute(f"DELETE FROM {patch.added} WHERE {condition_sql}")
 
     def partition(self, table: str, ddl: str) -> str:
@@ -443,7 +447,8 @@ class StagedWrite:
                     for table, patch in self._patches.items():
                         key = quote(patch.key)
                         connection.execute(
-                            f"DELETE FROM {quote(table)} WHERE {key} IN (SELECT key FROM {patch.removed})"
+                            f"DELETE FROM {quote(table)} "
+                            f"WHERE {key} IS NULL OR {key} IN (SELECT key FROM {patch.removed})"
                         )
                         connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {patch.added}")
                         connection.execute(f"DROP TABLE {patch.added}")

@@ -137,6 +137,7 @@ def test_a_patched_table_changes_in_place_and_reads_whole_while_staged(tmp_path:
     with warehouse.write("demo") as staged:
         table = staged.create("things", ddl)
         staged.connection.execute(f"INSERT INTO {table} SELECT 'r' || i, 'p' || i, i FROM range(6) t(i)")
+        staged.connection.execute(f"INSERT INTO {table} VALUES ('rn', NULL, 99)")  # a key no list can keep
 
     def contents(connection: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, int]]:
         return connection.execute(f"SELECT row_id, n FROM {quote(table)} ORDER BY row_id").fetchall()
@@ -152,7 +153,7 @@ def test_a_patched_table_changes_in_place_and_reads_whole_while_staged(tmp_path:
         view = staged.staging_name("things")
         assert contents(staged.connection, view) == [("n1", 10), ("r1", 1), ("r2", 2), ("r3", 3)]
         with staged.connection.cursor() as reader:  # the committed table is untouched until the swap
-            assert len(contents(reader, "things")) == 6
+            assert len(contents(reader, "things")) == 7
     with warehouse.connect(read_only=True) as connection:
         assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 2), ("r3", 3)]
         # The rows kept never moved: the new one comes after them.
