@@ -5,11 +5,10 @@ another use writes beside it, in `<data_version>/<use>/`). `exports` waits for i
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import latest_data_version
+from assets.metadata import reported_data_version
 from curation.audit.report import CompliancePolicy, build_report, write_report
 from curation.core.freshness import module_code_version
 from curation.core.home import reports_dir
-from curation.core.warehouse import content_hash
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -31,8 +30,7 @@ def compliance_report(
     config = project.load()
     policy = CompliancePolicy.from_config(config.policy)
     with warehouse.get().connect() as connection:
-        # formatted's own version, as it reported it; hashed again only if it never did (a copied warehouse).
-        version = latest_data_version(context.instance, "formatted") or content_hash(connection, "formatted")
+        version = reported_data_version(context.instance, connection, "formatted")
         report = build_report(
             connection,
             policy,

@@ -3,13 +3,13 @@ directly, with a manifest; one immutable folder per data version under $DISTILLE
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import latest_data_version
+from assets.metadata import reported_data_version
 from curation.audit.report import export_refusal
 from curation.core.freshness import module_code_version
 from curation.core.home import exclusive_lock, exports_dir, remove_dead_export_temps, reports_dir
 from curation.core.markdown import markdown_table
 from curation.core.parallel import engine_is_local, use_engine, workers_for
-from curation.core.warehouse import SCAN_MEMORY_LIMIT, content_hash, count_rows
+from curation.core.warehouse import SCAN_MEMORY_LIMIT, count_rows
 from curation.format.export import ExportInfo, write_export
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
@@ -50,9 +50,8 @@ def exports(
     ):
         for leftover in remove_dead_export_temps(root):
             context.log.warning(f"exports: removed {leftover.name}, the unfinished export of a crashed run")
-        # The version `formatted` reported, as the compliance report names it (hashing a million rendered
-        # rows again costs ~6 s); hashed only when there is no materialization to read it from.
-        formatted_version = latest_data_version(context.instance, "formatted") or content_hash(connection, "formatted")
+        # The version `formatted` reported, as the compliance report names it.
+        formatted_version = reported_data_version(context.instance, connection, "formatted")
         info = ExportInfo.from_config(config, formatted_data_version=formatted_version)
         version = info.formatted_data_version
         refusal = export_refusal(reports_dir() / version, version, config.policy.intended_use)

@@ -191,3 +191,9 @@ def latest_data_version(instance: DagsterInstance, asset: str) -> str:
     event = instance.get_latest_materialization_event(AssetKey(asset))
     value = event.asset_materialization.metadata.get("data_version") if event and event.asset_materialization else None
     return str(value.value) if value is not None else ""
+
+
+def reported_data_version(instance: DagsterInstance, connection: duckdb.DuckDBPyConnection, asset: str) -> str:
+    """:func:`latest_data_version` of ``asset``, hashed from its table only when it never reported one (a
+    copied warehouse): hashing a million rendered rows again costs ~6 s."""
+    return latest_data_version(instance, asset) or content_hash(connection, asset)

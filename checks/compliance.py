@@ -22,12 +22,12 @@ from dagster import (
     asset_check,
 )
 
-from assets.metadata import latest_data_version
+from assets.metadata import latest_data_version, reported_data_version
 from curation.audit.report import report_mismatches
 from curation.core.home import exports_dir
 from curation.core.licenses import LicensePolicy, license_ids
 from curation.core.markdown import markdown_table
-from curation.core.warehouse import content_hash, quote
+from curation.core.warehouse import quote
 from curation.format.export import MANIFEST
 from curation.format.stage import CAPPED_SPLIT, model_made_share_sql
 from curation.synth.terms import parse_model_registry, terms_violations
@@ -143,10 +143,6 @@ def _asset_report(instance: DagsterInstance) -> tuple[dict[str, Any] | None, str
     return json.loads(path.read_text(encoding="utf-8")), str(path)
 
 
-def _formatted_version(context: AssetCheckExecutionContext, connection: duckdb.DuckDBPyConnection) -> str:
-    return latest_data_version(context.instance, "formatted") or content_hash(connection, "formatted")
-
-
 @asset_check(
     asset="compliance_report",
     name="no_row_forbidden_for_intended_use",
@@ -165,7 +161,7 @@ def compliance_no_row_forbidden(
     registry = parse_model_registry(config.policy.teachers)
     report, where = _asset_report(context.instance)
     with warehouse.get().connect() as connection:
-        version = _formatted_version(context, connection)
+        version = reported_data_version(context.instance, connection, "formatted")
         # A verdict depends on a row's licence, generator and recorded terms only: each distinct combination is
         # judged once and counts for all its rows.
         combinations = connection.execute(
@@ -230,7 +226,7 @@ def compliance_every_obligation_listed(
     policy = LicensePolicy.with_overrides(config.policy.licenses)
     report, where = _asset_report(context.instance)
     with warehouse.get().connect() as connection:
-        version = _formatted_version(context, connection)
+        version = reported_data_version(context.instance, connection, "formatted")
         expressions = [r[0] for r in connection.execute("SELECT DISTINCT license FROM formatted").fetchall()]
         teachers = _teachers_of_rows(connection)
     if report is None:

@@ -467,12 +467,8 @@ def cap_model_made(staged: StagedWrite, cap: float, seed: int) -> int:
             [reason, detail],
         )
         staged.delete("formatted", f"row_id IN (SELECT row_id FROM {dropped})")
-        connection.execute(
-            f"DELETE FROM {quote(staged.staging_name('lineage'))} WHERE child_id IN (SELECT row_id FROM {dropped})"
-        )
-        connection.execute(
-            f"DELETE FROM {quote(staged.staging_name('format_memo'))} WHERE row_id IN (SELECT parent_id FROM {dropped})"
-        )
+        staged.delete("lineage", f"child_id IN (SELECT row_id FROM {dropped})")
+        staged.delete("format_memo", f"row_id IN (SELECT parent_id FROM {dropped})")
         (left_out,) = fetch_one(connection, f"SELECT count(*) FROM {dropped}")
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {dropped}")
