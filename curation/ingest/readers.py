@@ -218,17 +218,61 @@ that): the line itself may be gigabytes without a newline (a sparse or binary fi
 whole."""
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where reading a JSONL file that grew by appending picks up: after its first ``offset`` bytes, which held
+    ``records`` records on ``lines`` lines (see :func:`appended_jsonl`)."""
+
+    offset: int
+    records: int
+    lines: int
+
+
+def appended_jsonl(path: Path, previous_bytes: int, previous_sha256: str, previous_records: int) -> Resume | None:
+    """Where to resume reading ``path`` if it is a plain JSONL file that grew only by appending whole lines to
+    what was ingested before (``previous_bytes`` bytes with SHA-256 ``previous_sha256``, holding
+    ``previous_records`` records); None when it must be read whole: compressed (a gzip member appended is no
+    byte prefix), not longer, another prefix, or a prefix whose last line had no line break yet (the append may
+    have continued that record). One pass over the prefix hashes it and counts its lines."""
+    try:
+        size = path.stat().st_size
+        if previous_bytes <= 0 or size <= previous_bytes:
+            return None
+        digest, lines, last = hashlib.sha256(), 0, b""
+        with path.open("rb") as handle:
+            if handle.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC:
+                return None
+            handle.seek(0)
+            left = previous_bytes
+            while left:
+                block = handle.read(min(left, 1 << 20))
+                if not block:
+                    return None
+                digest.update(block)
+                lines += block.count(b"\n")
+                left -= len(block)
+                last = block[-1:]
+    except OSError:
+        return None
+    if last != b"\n" or digest.hexdigest() != previous_sha256:
+        return None
+    return Resume(previous_bytes, previous_records, lines)
+
+
 def _jsonl_lines(
-    path: Path, skip_bom: bool = True, max_bytes: int | None = None
+    path: Path, skip_bom: bool = True, max_bytes: int | None = None, resume: Resume | None = None
 ) -> Iterator[tuple[int, int, str, str | None]]:
     """``(record number, line number, text, error)`` of each line of a JSONL file that is a record (not
-    blank). A line longer than ``max_bytes`` is read in pieces and not kept whole: its text is its first
+    blank); with ``resume``, of the lines after its offset, numbered on from the records and lines before it.
+    A line longer than ``max_bytes`` is read in pieces and not kept whole: its text is its first
     :data:`OVERSIZED_TEXT_KEPT` bytes and its error says how long it was, so memory stays bounded by the
     limit whatever the file holds."""
-    record_no = 0
+    record_no = resume.records if resume else 0
     limit = None if max_bytes is None else max_bytes + 2  # the record, "\r\n", and one byte to know it is over
-    with open_binary(path, skip_bom) as handle:
-        line_no = 0
+    with open_binary(path, skip_bom and resume is None) as handle:
+        line_no = resume.lines if resume else 0
+        if resume:
+            handle.seek(resume.offset)
         while True:
             line = handle.readline() if limit is None else handle.readline(limit)
             if not line:
@@ -568,15 +612,20 @@ class RecordChunk:
             yield Record(record_no, line_no, raw_text, value, error)
 
 
-def read_chunks(path: Path, fmt: str, max_bytes: int | None, rows: int) -> Iterator[RecordChunk]:
+def read_chunks(
+    path: Path, fmt: str, max_bytes: int | None, rows: int, resume: Resume | None = None
+) -> Iterator[RecordChunk]:
     """The records of :func:`read_records` (``parse=False``) in chunks of ``rows``, at least one chunk per file
     (empty for an empty file). JSONL lines go straight into the columns, and JSON elements leave their parsed
-    object behind, to be parsed in the worker that maps them."""
+    object behind, to be parsed in the worker that maps them. ``resume``: only the records a JSONL file
+    gained by appending (:func:`appended_jsonl`)."""
     chunk = RecordChunk()
     try:
         require_file(path)
+        if fmt != "jsonl" and resume is not None:
+            raise ValueError(f"{path}: only a JSONL file is read from where it grew, not {fmt}")
         if fmt == "jsonl":
-            for record_no, line_no, text, error in _jsonl_lines(path, True, max_bytes):
+            for record_no, line_no, text, error in _jsonl_lines(path, True, max_bytes, resume):
                 chunk.record_nos.append(record_no)
                 chunk.line_nos.append(line_no)
                 chunk.raw_texts.append(text)

@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
+from curation.core.memo import PATCH_MAX_CHANGE
 from curation.core.parallel import gc_paused, map_ordered, workers_for
 from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_columns, table_names
@@ -29,6 +30,8 @@ from curation.ingest.mappings import Mapped, RecordError, mapping_spec
 from curation.ingest.readers import (
     Record,
     RecordChunk,
+    Resume,
+    appended_jsonl,
     file_format,
     file_kind,
     format_from_extension,
@@ -146,6 +149,32 @@ class RowNumbering:
         occurrence = self._seen.get(digest, 0)
         self._seen[digest] = occurrence + 1
         return first_id if occurrence == 0 else make_row_id(self.source, self.display_path, key, str(occurrence))
+
+    def count_earlier(
+        self, rows: pa.Table, digests: list[bytes], keys: pa.Array, present: Callable[[list[str]], set[str]]
+    ) -> None:
+        """Before numbering a chunk of the records a file gained by appending: for each content in the chunk
+        not seen yet, count its copies among the file's earlier records, which ``raw`` holds under the ids
+        :meth:`row_id` gave them (``present``: which of some ids it holds). The first copy's id, then the
+        second's, and so on while present: the records added then get the ids a reading of the whole file
+        gives them."""
+        ids = rows.column("row_id").to_pylist()
+        unseen: dict[bytes, int] = {}
+        for index, digest in enumerate(digests):
+            if digest not in self._seen:
+                unseen.setdefault(digest, index)
+        probes = {digest: ids[index] for digest, index in unseen.items()}
+        copies = 0
+        while probes:
+            found = present(list(probes.values()))
+            copies += 1
+            probes = {
+                digest: make_row_id(self.source, self.display_path, keys[unseen[digest]].as_py(), str(copies))
+                for digest, probe in probes.items()
+                if probe in found
+            }
+            for digest in probes:
+                self._seen[digest] = copies
 
     def number(self, rows: pa.Table, digests: list[bytes], keys: pa.Array) -> pa.Table:
         """:meth:`row_id` over a :class:`MappedChunk`: ``rows`` with the ids of later copies in place of the
@@ -384,6 +413,18 @@ def path_for_uri(path: Path, base_dir: Path) -> str:
         return os.path.relpath(path.resolve(), base_dir.resolve()).replace(os.sep, "/")
 
 
+@dataclass(frozen=True)
+class _Previous:
+    """A file's ``ingested_files`` entry: what its last ingestion read."""
+
+    sha256: str
+    settings: str | None
+    bytes: int
+    records: int
+    rows: int
+    quarantined: int
+
+
 def ingest_sources(
     project: ProjectConfig, staged: StagedWrite, progress: Callable[[str], None] | None = None
 ) -> IngestSummary:
@@ -391,23 +432,30 @@ def ingest_sources(
 
     Files whose content hash was already ingested with the same settings (the source's
     :func:`~curation.ingest.settings.settings_fingerprint`) are carried over without being read again, so
-    re-ingesting unchanged files adds nothing; changed files, and every file of a source whose settings
-    changed, replace their previous rows (a record they still hold keeps the time it was first ingested);
-    files that disappeared (or whose source was removed from the project file) leave the tables.
+    re-ingesting unchanged files adds nothing. A JSONL file that only grew by appending lines is read from
+    where the last ingestion stopped (:func:`~curation.ingest.readers.appended_jsonl`): its rows and
+    quarantine entries are those a reading of the whole file gives, numbered on. Other changed files, and
+    every file of a source whose settings changed, replace their previous rows (a record they still hold
+    keeps the time it was first ingested); files that disappeared (or whose source was removed from the
+    project file) leave the tables. ``raw`` is patched in place when this changes little of it
+    (:data:`~curation.core.memo.PATCH_MAX_CHANGE`), else written anew.
     """
     connection = staged.connection
     existing = table_names(connection)
-    previous: dict[tuple[str, str], tuple[str, str | None]] = {}
+    previous: dict[tuple[str, str], _Previous] = {}
+    failed: set[tuple[str, str]] = set()  # files whose last reading ended early (a record numbered 0)
     if "ingested_files" in existing:
         # Warehouses written before the settings were kept have no column: NULL reads their files again once.
         has_settings = "settings" in dict(table_columns(connection, "ingested_files"))
         settings_column = "settings" if has_settings else "NULL"
         previous = {
-            (s, f): (h, fp)
-            for s, f, h, fp in connection.execute(
-                f"SELECT source, file, sha256, {settings_column} FROM ingested_files"
+            (s, f): _Previous(h, fp, b or 0, r or 0, n or 0, q or 0)
+            for s, f, h, fp, b, r, n, q in connection.execute(
+                f"SELECT source, file, sha256, {settings_column}, bytes, records, rows, quarantined FROM ingested_files"
             ).fetchall()
         }
+    if "quarantine" in existing:
+        failed = set(connection.execute("SELECT DISTINCT source, file FROM quarantine WHERE record_no = 0").fetchall())
     fingerprints = {source.name: settings_fingerprint(project, source) for source in project.sources}
 
     planned = project_files(project)
@@ -431,37 +479,56 @@ def ingest_sources(
     kept = [
         (s.name, shown)
         for s, _, shown, digest in plan
-        if previous.get((s.name, shown)) == (digest, fingerprints[s.name])
+        if (before := previous.get((s.name, shown))) is not None
+        and (before.sha256, before.settings) == (digest, fingerprints[s.name])
     ]
     current = {(s.name, shown) for s, _, shown, _ in plan}
+    kept_set = set(kept)
+    todo = [
+        (source, path, shown, digest) for source, path, shown, digest in plan if (source.name, shown) not in kept_set
+    ]
+    resumes: dict[tuple[str, str], Resume] = {}
+    for source, path, shown, _ in todo:
+        before = previous.get((source.name, shown))
+        if (
+            before is not None
+            and before.settings == fingerprints[source.name]
+            and (source.name, shown) not in failed
+            and read_by[source.name, path] is None
+            and file_format(path, source.format) == "jsonl"
+            and (resume := appended_jsonl(path, before.bytes, before.sha256, before.records)) is not None
+        ):
+            resumes[source.name, shown] = resume
+    staying = [*kept, *resumes]  # files whose current rows stay in the new version
 
-    raw_table = staged.create("raw", canonical_ddl())
+    raw_table = _stage_raw(staged, "raw" in existing, staying, previous, todo, resumes)
     quarantine_table = staged.create("quarantine", QUARANTINE_DDL)
     files_table = staged.create("ingested_files", INGESTED_FILES_DDL)
     results = [FileResult(s, f, "removed") for (s, f) in previous if (s, f) not in current]
-    if kept:
-        connection.register("_kept", pa.table({"source": [k[0] for k in kept], "file": [k[1] for k in kept]}))
-        for table, staging in (("raw", raw_table), ("quarantine", quarantine_table), ("ingested_files", files_table)):
-            file_expr = "split_part(t.source_uri, '#', 1)" if table == "raw" else "t.file"
+    if staying:
+        connection.register("_staying", _file_table(staying))
+        connection.register("_kept", _file_table(kept))
+        for table, staging, files in (
+            ("quarantine", quarantine_table, "_staying"),
+            ("ingested_files", files_table, "_kept"),  # a grown file gets a new entry
+        ):
             # A kept file's ingested_files row has the settings column (without it, no file is kept).
             columns = (
                 "t.*" if table != "ingested_files" else ", ".join(f"t.{c}" for c in INGESTED_FILES_COLUMNS.split(", "))
             )
             connection.execute(
                 f"INSERT INTO {staging} SELECT {columns} FROM {quote(table)} t "
-                f"JOIN _kept k ON t.source = k.source AND {file_expr} = k.file"
+                f"JOIN {files} k ON t.source = k.source AND t.file = k.file"
             )
+        connection.unregister("_staying")
         connection.unregister("_kept")
         results += [FileResult(s, f, "unchanged") for s, f in kept]
 
     ingested_at = utcnow()
-    kept_set = set(kept)
-    todo = [
-        (source, path, shown, digest) for source, path, shown, digest in plan if (source.name, shown) not in kept_set
-    ]
     chunk_rows = project.ingest.batch_rows
     reasons = {
-        (source.name, shown): _why_read(previous.get((source.name, shown)), digest) for source, _, shown, digest in todo
+        (source.name, shown): _why_read(previous.get((source.name, shown)), digest, resumes.get((source.name, shown)))
+        for source, _, shown, digest in todo
     }
 
     def chunks() -> Iterator[tuple[FileTask, RecordChunk]]:
@@ -469,21 +536,33 @@ def ingest_sources(
             if progress:
                 progress(f"ingesting {source.name}: {shown} ({reasons[source.name, shown]})")
             task = FileTask.of(source, shown, ingested_at, project.ingest.max_record_bytes)
-            for chunk in _file_chunks(source, path, read_by[source.name, path], task.max_bytes, chunk_rows):
+            resume = resumes.get((source.name, shown))
+            for chunk in _file_chunks(source, path, read_by[source.name, path], task.max_bytes, chunk_rows, resume):
                 yield task, chunk
 
     # Reading is sequential; parsing, mapping and encoding (most of the work) run in the workers.
-    total_bytes = sum(_size(path) for _, path, _, _ in todo)
+    total_bytes = sum(_size(path) - _resumed_at(resumes.get((s.name, shown))) for s, path, shown, _ in todo)
     workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
     file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
     mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
+
+    def in_raw(ids: list[str]) -> set[str]:
+        found = connection.execute("SELECT row_id FROM raw WHERE row_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+        return {row_id for (row_id,) in found.fetchall()}
+
     with staged.appending():
         for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
             path, digest = file_digests[source_name, shown]
             result = FileResult(source_name, shown, "ingested", reason=reasons[source_name, shown])
+            resume = resumes.get((source_name, shown))
+            if resume is not None:  # the counts go on from what the earlier records gave
+                before = previous[source_name, shown]
+                result.records, result.rows, result.quarantined = before.records, before.rows, before.quarantined
             numbering = RowNumbering(source_name, shown)
             pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
             for mapped in file_chunks:
+                if resume is not None:
+                    numbering.count_earlier(mapped.rows, mapped.digests, mapped.keys, in_raw)
                 pending.append(numbering.number(mapped.rows, mapped.digests, mapped.keys))
                 if sum(t.num_rows for t in pending) >= APPEND_ROWS:
                     staged.append(raw_table, pa.concat_tables(pending))
@@ -509,20 +588,71 @@ def ingest_sources(
                 ],
             )
             results.append(result)
-    if todo and "raw" in existing:
+    if len(resumes) < len(todo) and "raw" in existing:
         _keep_first_ingestion_times(connection, raw_table, ingested_at)
     return IngestSummary(results)
 
 
-def _why_read(previous: tuple[str, str | None] | None, digest: str) -> str:
-    """Why a file is read: what differs from the ``(sha256, settings)`` it was last ingested with."""
+def _file_table(files: list[tuple[str, str]]) -> pa.Table:
+    return pa.table({"source": [f[0] for f in files], "file": [f[1] for f in files]}, pa.schema(_FILE_FIELDS))
+
+
+_FILE_FIELDS = [("source", pa.string()), ("file", pa.string())]
+
+
+def _resumed_at(resume: Resume | None) -> int:
+    return resume.offset if resume else 0
+
+
+def _stage_raw(
+    staged: StagedWrite,
+    exists: bool,
+    staying: list[tuple[str, str]],
+    previous: dict[tuple[str, str], _Previous],
+    todo: list[tuple[SourceConfig, Path, str, str]],
+    resumes: dict[tuple[str, str], Resume],
+) -> str:
+    """Stage ``raw`` with the current rows of the ``staying`` files in it, and return the table to append the
+    rows read to. When the rows it drops and the rows it will add (estimated from the bytes to read at the
+    current table's bytes per row) are a small share of the current table, it is patched in place: after
+    appending to one file, a re-run writes the new rows only, instead of copying every row of every file."""
+    connection = staged.connection
+    if staying:
+        connection.register("_raw_staying", _file_table(staying))
+    try:
+        staying_rows = (
+            "FROM raw t JOIN _raw_staying k ON t.source = k.source AND split_part(t.source_uri, '#', 1) = k.file"
+        )
+        if exists and staying:
+            stay = set(staying)
+            current_rows = sum(p.rows for p in previous.values())
+            dropped = sum(p.rows for key, p in previous.items() if key not in stay)
+            bytes_per_row = max(1, sum(p.bytes for p in previous.values())) / max(1, current_rows)
+            to_read = sum(_size(path) - _resumed_at(resumes.get((s.name, shown))) for s, path, shown, _ in todo)
+            if dropped + to_read / bytes_per_row <= PATCH_MAX_CHANGE * current_rows:
+                patch = staged.patch("raw", canonical_ddl(), "row_id", f"SELECT t.row_id {staying_rows}")
+                if patch is not None:
+                    return patch.added
+        table = staged.create("raw", canonical_ddl())
+        if exists and staying:
+            connection.execute(f"INSERT INTO {table} SELECT t.* {staying_rows}")
+        return table
+    finally:
+        if staying:
+            connection.unregister("_raw_staying")
+
+
+def _why_read(previous: _Previous | None, digest: str, resume: Resume | None) -> str:
+    """Why a file is read: what differs from what it was last ingested with."""
     if previous is None:
         return "new file"
-    return "file changed" if previous[0] != digest else "settings or mapping code changed"
+    if resume is not None:
+        return f"grew by appending: read from byte {resume.offset:,}, record {resume.records + 1:,}"
+    return "file changed" if previous.sha256 != digest else "settings or mapping code changed"
 
 
 def _file_chunks(
-    source: SourceConfig, path: Path, read_by: str | None, max_bytes: int, rows: int
+    source: SourceConfig, path: Path, read_by: str | None, max_bytes: int, rows: int, resume: Resume | None = None
 ) -> Iterator[RecordChunk]:
     """:func:`~curation.ingest.readers.read_chunks` of one planned file, or the one file-level record (numbered
     0) that says why it is not read: another source reads it, or its format cannot be told."""
@@ -536,7 +666,8 @@ def _file_chunks(
     elif fmt is None and file_kind(path) is None:
         reason = f"cannot tell the format of {path.name}; set 'format' on the source (or give the file its extension)"
     if reason is None:
-        yield from read_chunks(path, fmt or "jsonl", max_bytes, rows)  # a non-file is reported, never opened
+        # A non-file is reported, never opened.
+        yield from read_chunks(path, fmt or "jsonl", max_bytes, rows, resume)
         return
     chunk = RecordChunk()
     chunk.add(Record(0, None, "", error=reason))
