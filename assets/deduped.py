@@ -29,7 +29,7 @@ def deduped(
     with use_engine(config.compute), warehouse.get().write("deduped") as staged:
         run = run_dedup(staged, config.dedup, workers=config.compute.workers, log=context.log.info)
         context.log.info(run.log_line)
-        metadata = dataset_metadata(staged.connection, staged.staging_name("deduped"), parents=["raw"])
+        metadata = dataset_metadata(staged, "deduped", parents=["raw"])
     metadata |= {
         "dagster/table_name": "warehouse.main.deduped",
         **run.counts,

@@ -32,7 +32,7 @@ def filtered(
     context.log.info("filter order: " + ", ".join(f.name for f in filters))
     with use_engine(config.compute), warehouse.get().write("filtered") as staged:
         tables = filter_table(staged, "deduped", config, log=context.log.info)
-        metadata = dataset_metadata(staged.connection, staged.staging_name("filtered"), parents=["deduped"])
+        metadata = dataset_metadata(staged, "filtered", parents=["deduped"])
         summary = summarize(staged.connection, tables.rejections, "deduped", tables.stats, cleaners, filters)
     stats = tables.stats
     context.log.info(f"filtered: kept {stats.rows_kept} of {stats.rows_in}, edited {stats.rows_edited}")

@@ -32,7 +32,7 @@ def formatted(
     target_tokenizer = tokenizer.load(config)
     with use_engine(config.compute), warehouse.get().write("formatted") as staged:
         result = format_rows(staged, config, target_tokenizer, report=context.log.info)
-        metadata = dataset_metadata(staged.connection, staged.staging_name("formatted"), parents=["synthetic_mixed"])
+        metadata = dataset_metadata(staged, "formatted", parents=["synthetic_mixed"])
     context.log.info(result.summary())
     tokens = result.tokens
     metadata |= {

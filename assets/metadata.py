@@ -21,12 +21,12 @@ from curation.core.markdown import counts_table, markdown_table
 from curation.core.parallel import engine_description
 from curation.core.schema import COLUMN_SPECS, COLUMNS
 from curation.core.warehouse import (
+    StagedWrite,
     content_hash,
     count_by,
     count_rows,
     sample_records,
     table_columns,
-    unstaged_name,
 )
 
 PREVIEW_COLUMNS = ("row_id", "kind", "source", "license", "origin", "messages")
@@ -154,24 +154,23 @@ def column_lineage(asset: str, parents: Sequence[str]) -> TableColumnLineage | N
     return TableColumnLineage(deps_by_column=deps_by_column) if deps_by_column else None
 
 
-def dataset_metadata(
-    connection: duckdb.DuckDBPyConnection,
-    table: str,
-    parents: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Row count, schema, column lineage, breakdowns and a preview for a canonical dataset table (its staging
-    table while the asset writes it). ``parents``: the assets it is made from; the column lineage reported is
-    what :data:`COLUMN_LINEAGE` declares for the table over those."""
+def dataset_metadata(staged: StagedWrite, dataset: str, parents: Sequence[str] = ()) -> dict[str, Any]:
+    """Row count, schema, data version (:meth:`StagedWrite.data_version`), column lineage, breakdowns and a
+    preview for the canonical dataset table an asset has staged, once its rows are all written. ``parents``:
+    the assets it is made from; the column lineage reported is what :data:`COLUMN_LINEAGE` declares for the
+    table over those."""
+    connection = staged.connection
+    table = staged.staging_name(dataset)
     rows = count_rows(connection, table)
     metadata: dict[str, Any] = {
         "dagster/row_count": int(rows),
-        "dagster/table_name": f"warehouse.main.{unstaged_name(table)}",
+        "dagster/table_name": f"warehouse.main.{dataset}",
         "dagster/column_schema": table_schema(connection, table),
-        "data_version": content_hash(connection, table),
+        "data_version": staged.data_version(dataset),
         # Where the row-wise work ran (the dataset is the same on either engine; the timing is not).
         "compute": engine_description(),
     }
-    lineage = column_lineage(unstaged_name(table), parents)
+    lineage = column_lineage(dataset, parents)
     if lineage is not None:
         metadata["dagster/column_lineage"] = lineage
     summary = []

@@ -28,7 +28,7 @@ def raw(context: AssetExecutionContext, project: ProjectResource, warehouse: War
     sources_version = source_fingerprint(config)
     with use_engine(config.compute), warehouse.get().write("raw") as staged:
         summary = ingest_sources(config, staged, progress=context.log.info)
-        metadata = dataset_metadata(staged.connection, staged.staging_name("raw"))
+        metadata = dataset_metadata(staged, "raw")
         quarantined, quarantine_sample = quarantine_overview(staged)
     metadata["dagster/table_name"] = "warehouse.main.raw"
     metadata |= {

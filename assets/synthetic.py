@@ -53,7 +53,7 @@ def synthetic(
         )
         staged.append_rows(lineage, result.lineage_edges(), LINEAGE_SCHEMA)
         staged.append_rows(rejections, result.rejection_records(), REJECTIONS_SCHEMA)
-        metadata = dataset_metadata(staged.connection, staged.staging_name("synthetic"), parents=["filtered"])
+        metadata = dataset_metadata(staged, "synthetic", parents=["filtered"])
         cache = getattr(model, "cache", None)  # a CachedTeacher: model backends only
         cached_generations = len(cache) if cache is not None else 0
     for warning in result.warnings:

@@ -31,9 +31,7 @@ def synthetic_mixed(
         table = staged.create("synthetic_mixed", canonical_ddl())
         excluded = staged.create("mix_excluded", MIX_EXCLUDED_DDL)
         result = mix_warehouse(staged.connection, policy, table, excluded)
-        metadata = dataset_metadata(
-            staged.connection, staged.staging_name("synthetic_mixed"), parents=["filtered", "synthetic"]
-        )
+        metadata = dataset_metadata(staged, "synthetic_mixed", parents=["filtered", "synthetic"])
     plan = result.plan
     context.log.info(
         f"synthetic_mixed: {plan.synthetic_kept}/{plan.synthetic_available} synthetic rows kept "

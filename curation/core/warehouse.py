@@ -298,6 +298,7 @@ class StagedWrite:
         self._replace: dict[str, str] = {}  # final table -> staging table
         self._partitions: dict[str, tuple[str, str]] = {}  # shared table -> (staging, its DDL)
         self._patches: dict[str, Patch] = {}  # final table -> its patch (:meth:`patch`)
+        self._versions: dict[str, tuple[str, int]] = {}  # final table -> (data version, rows) (:meth:`data_version`)
         self._appender: duckdb.DuckDBPyConnection | None = None  # the cursor of an open appending() block
 
     def staging_name(self, table: str) -> str:
@@ -349,8 +350,33 @@ class StagedWrite:
         patch = self._patches[table] = Patch(quote(added), quote(removed), key)
         return patch
 
+    def data_version(self, table: str) -> str:
+        """The :func:`content_hash` of ``table``'s staged version, once its rows are all written; the commit
+        stores it with the table (:data:`CONTENT_HASHES`). A patched table's is the stored hash of its current
+        version with the digests of the rows it drops taken out and those of the rows it adds put in, since
+        the hash is a sum of per-row digests: after appending 1% of rows, ~1% of them are hashed. Without a
+        stored hash for the current version (or one stored for another row count: the table was changed
+        by other means), every row is hashed."""
+        connection = self.connection
+        staged = self.staging_name(table)
+        rows = count_rows(connection, staged)
+        patch = self._patches.get(table)
+        stored = _stored_version(connection, table) if patch is not None else None
+        if patch is not None and stored is not None and stored[1] == count_rows(connection, table):
+            key = quote(patch.key)
+            dropped = _digest_sum(
+                connection, table, quote(table), f"{key} IS NULL OR {key} IN (SELECT key FROM {patch.removed})"
+            )
+            added = _digest_sum(connection, table, patch.added)
+            version = f"{(int(stored[0], 16) - dropped + added) % 2**64:016x}"
+        else:
+            version = content_hash(connection, staged)
+        self._versions[table] = (version, rows)
+        return version
+
     def delete(self, table: str, condition_sql: str) -> None:
         """Delete the rows matching ``condition_sql`` from ``table``'s staged version (created or patched)."""
+        self._versions.pop(table, None)
         patch = self._patches.get(table)
         if patch is None:
             self.connection.execute(f"DELETE FROM {quote(self.staging_name(table))} WHERE {condition_sql}")
@@ -437,6 +463,15 @@ class StagedWrite:
                         [self.asset],
                     )
                     connection.execute(f"INSERT INTO {quote(whole)} SELECT * FROM {quote(staging)}")
+                # A version is stored only if the staged table still has the rows it was computed over.
+                versions = [
+                    (table, version, rows)
+                    for table, (version, rows) in self._versions.items()
+                    if count_rows(connection, self.staging_name(table)) == rows
+                ]
+                written = [*self._replace, *self._partitions, *self._patches]
+                if written:
+                    connection.execute(f"CREATE TABLE IF NOT EXISTS {CONTENT_HASHES} ({CONTENT_HASHES_DDL})")
                 for table in self._patches:
                     connection.execute(f"DROP VIEW {quote(self.staging_name(table))}")
                 connection.execute("BEGIN TRANSACTION")
@@ -455,6 +490,12 @@ class StagedWrite:
                         connection.execute(f"DROP TABLE {patch.removed}")
                     for staging, _ in self._partitions.values():  # copied into its whole table
                         connection.execute(f"DROP TABLE {quote(staging)}")
+                    if written:  # whatever this write changed, its stored version goes or is replaced
+                        connection.execute(
+                            f"DELETE FROM {CONTENT_HASHES} WHERE list_contains(?, table_name)", [written]
+                        )
+                    for table, version, rows in versions:
+                        connection.execute(f"INSERT INTO {CONTENT_HASHES} VALUES (?, ?, ?)", [table, version, rows])
                     connection.execute("COMMIT")
                 except BaseException:
                     connection.execute("ROLLBACK")
@@ -488,7 +529,7 @@ is indexed too. Bookkeeping tables (:data:`BOOKKEEPING_TABLES`) are not."""
 
 MEMO_SUFFIX = "_memo"
 """How every memo table's name ends (``filter_memo``, ``format_memo``, :mod:`curation.core.memo`)."""
-BOOKKEEPING_TABLES = frozenset({"dedup_facts"})
+BOOKKEEPING_TABLES = frozenset({"dedup_facts", "content_hashes"})
 """Tables of a stage's reuse bookkeeping besides its memo tables: read whole by the stage's joins, never
 looked up one id at a time (the audit leaves them out), so no index is built for them (a million-row
 index costs ~0.5 s at every write)."""
@@ -722,14 +763,37 @@ def content_hash(connection: duckdb.DuckDBPyConnection, table: str) -> str:
     read as a little-endian integer, and the integers are summed modulo 2**64, printed as 16 hex digits.
     A sum, unlike XOR, counts a duplicated row twice (two copies do not cancel out). An empty table is
     ``0000000000000000``. ``tests/core/test_content_hash.py`` recomputes it with :mod:`hashlib`."""
+    return f"{_digest_sum(connection, table, quote(table)):016x}"
+
+
+def _digest_sum(connection: duckdb.DuckDBPyConnection, table: str, rows_sql: str, where: str = "") -> int:
+    """The sum modulo 2**64 of :func:`content_hash`'s per-row digests over ``rows_sql`` (a relation with
+    ``table``'s columns) ``WHERE where``."""
     columns = [
         (name, sql_type) for name, sql_type in table_columns(connection, table) if name not in CONTENT_HASH_EXCLUDED
     ]
     if not columns:
-        return f"{0:016x}"
+        return 0
     # md5_number is the digest as a little-endian 128-bit integer: its low 64 bits are the first 8 bytes.
     (total,) = fetch_one(
         connection,
-        f"SELECT sum(CAST(md5_number({row_text_sql(columns)}) & 18446744073709551615 AS UBIGINT)) FROM {quote(table)}",
+        f"SELECT sum(CAST(md5_number({row_text_sql(columns)}) & 18446744073709551615 AS UBIGINT)) FROM {rows_sql}"
+        + (f" WHERE {where}" if where else ""),
     )
-    return f"{int(total or 0) % 2**64:016x}"
+    return int(total or 0) % 2**64
+
+
+CONTENT_HASHES = "content_hashes"
+"""The :func:`content_hash` of tables as their last write committed them (``table_name``, ``data_version``,
+``row_count``), written in the commit's transaction (:meth:`StagedWrite.data_version`)."""
+CONTENT_HASHES_DDL = "table_name VARCHAR NOT NULL, data_version VARCHAR NOT NULL, row_count BIGINT NOT NULL"
+
+
+def _stored_version(connection: duckdb.DuckDBPyConnection, table: str) -> tuple[str, int] | None:
+    """The ``(data version, rows)`` stored for ``table`` by its last write, if any."""
+    if CONTENT_HASHES not in table_names(connection):
+        return None
+    found = connection.execute(
+        f"SELECT data_version, row_count FROM {CONTENT_HASHES} WHERE table_name = ?", [table]
+    ).fetchone()
+    return (str(found[0]), int(found[1])) if found else None

@@ -11,7 +11,7 @@ import pytest
 
 from curation.core import warehouse as warehouse_module
 from curation.core.config import load_project
-from curation.core.warehouse import LINEAGE_DDL, Warehouse, quote
+from curation.core.warehouse import LINEAGE_DDL, Warehouse, content_hash, quote
 from curation.ingest.sources import ingest_sources
 from tests.conftest import DEMO_CONFIG
 
@@ -182,6 +182,60 @@ def test_a_patched_table_changes_in_place_and_reads_whole_while_staged(tmp_path:
         assert contents(connection, "things") == [("n1", 10), ("r1", 1), ("r2", 22), ("r3", 3)]
         names = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert not any(name.startswith("_stage_") for name in names), "staging tables and views are cleaned up"
+
+
+def test_a_patched_tables_data_version_is_updated_from_the_rows_it_drops_and_adds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    ddl = "row_id VARCHAR, text VARCHAR, n DOUBLE"
+    with warehouse.write("demo") as staged:
+        table = staged.create("things", ddl)
+        staged.connection.execute(f"INSERT INTO {table} SELECT 'r' || i, repeat('x', i), i / 3 FROM range(50) t(i)")
+        staged.connection.execute(f"INSERT INTO {table} VALUES (NULL, 'no key', 0), ('r7', 'a copy', 7)")
+        first = staged.data_version("things")
+
+    hashed: list[str] = []
+
+    def hashing_every_row(connection: duckdb.DuckDBPyConnection, table: str) -> str:
+        hashed.append(table)
+        return content_hash(connection, table)
+
+    monkeypatch.setattr(warehouse_module, "content_hash", hashing_every_row)
+
+    def patched(kept: str, added: str, delete: str = "") -> tuple[str, str]:
+        """The staged version's data version and, committed, the table's content hash."""
+        with warehouse.write("demo") as staged:
+            patch = staged.patch("things", ddl, "row_id", kept)
+            assert patch is not None
+            staged.connection.execute(f"INSERT INTO {patch.added} {added}")
+            if delete:
+                staged.delete("things", delete)
+            version = staged.data_version("things")
+        with warehouse.connect(read_only=True) as connection:
+            return version, content_hash(connection, "things")
+
+    with warehouse.connect(read_only=True) as connection:
+        assert first == content_hash(connection, "things")
+    # Rows dropped (both copies of r7, the NULL key), replaced (r3) and added, some twice.
+    version, committed = patched(
+        "SELECT row_id FROM things WHERE row_id NOT IN ('r3', 'r7')",
+        "VALUES ('r3', 'changed', 3), ('n1', 'new', 1), ('n1', 'new', 1), ('n2', NULL, NULL)",
+    )
+    assert version == committed != first and hashed == []  # no row hashed but the changed ones
+    # Deleting after the version was taken leaves no stored version: the next patch hashes every row.
+    with warehouse.write("demo") as staged:
+        patch = staged.patch("things", ddl, "row_id", "SELECT row_id FROM things")
+        assert patch is not None
+        staged.data_version("things")
+        staged.delete("things", "row_id = 'r1'")
+    version, committed = patched("SELECT row_id FROM things", "VALUES ('n3', 'more', 3)")
+    assert version == committed and len(hashed) == 1
+    # A table changed by other means (another row count than stored) is hashed whole, not trusted.
+    with warehouse.connect() as connection:
+        connection.execute("DELETE FROM things WHERE row_id = 'r2'")
+    version, committed = patched("SELECT row_id FROM things", "VALUES ('n4', 'more', 4)", delete="row_id = 'n3'")
+    assert version == committed and len(hashed) == 2
 
 
 def test_partitions_of_shared_tables_are_replaced_per_asset(tmp_path: Path) -> None:
