@@ -41,7 +41,7 @@ from curation.core.licenses import LicensePolicy, license_ids
 from curation.core.markdown import counts_table, markdown_table
 from curation.core.provenance import LINEAGE_WALK_DEPTH
 from curation.core.schema import utcnow
-from curation.core.warehouse import quote
+from curation.core.warehouse import quote, source_file_sql
 from curation.synth.terms import ModelTerms, parse_model_registry
 
 # --- the policy: licences and the teachers' registry -------------------------------------------
@@ -235,9 +235,9 @@ def build_report(
     # "A AND B" owes what A and B each require.
     origins = _dicts(
         connection,
-        """
+        f"""
         SELECT license, source, list(DISTINCT file ORDER BY file) AS files, count(DISTINCT row_id) AS source_rows
-        FROM (SELECT r.row_id, r.license, r.source, split_part(r.source_uri, '#', 1) AS file
+        FROM (SELECT r.row_id, r.license, r.source, {source_file_sql("r.source_uri")} AS file
               FROM _report_rows r
               WHERE r.in_raw OR r.row_id NOT IN (SELECT child_id FROM _report_edges WHERE parent_id IS NOT NULL))
         GROUP BY 1, 2""",

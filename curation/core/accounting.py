@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from curation.core.warehouse import fetch_one, quote
+from curation.core.warehouse import fetch_one, quote, source_file_sql, source_record_sql
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,9 @@ def unaccounted(connection: duckdb.DuckDBPyConnection, stage: Accounting) -> Con
 
 def raw_conservation(connection: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
     """Files where records read != records that became rows + records quarantined."""
-    sql = """
+    sql = f"""
         WITH produced AS (
-            SELECT source, split_part(source_uri, '#', 1) AS file,
-                   count(DISTINCT split_part(split_part(source_uri, '#', 2), '/', 1)) AS records
+            SELECT source, {source_file_sql()} AS file, count(DISTINCT {source_record_sql()}) AS records
             FROM raw GROUP BY 1, 2),
         quarantined AS (SELECT source, file, count(DISTINCT record_no) AS records FROM quarantine GROUP BY 1, 2)
         SELECT f.source, f.file, f.records AS read,

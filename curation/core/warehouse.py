@@ -638,10 +638,19 @@ def read_batches(
         cursor.close()
 
 
-SOURCE_ORDER = (
-    "source, split_part(source_uri, '#', 1), "
-    "TRY_CAST(split_part(split_part(source_uri, '#', 2), '/', 1) AS BIGINT), source_uri, row_id"
-)
+def source_file_sql(column: str = "source_uri") -> str:
+    """SQL for the file a ``source_uri`` column names (as ``ingested_files.file`` and ``quarantine.file``): what
+    precedes its last ``#`` (``<file>#<record number>[/<part>]``, or a problem set's ``<file>#<task id>``), so a
+    file whose name holds a ``#`` is still one file."""
+    return f"regexp_replace({column}, '#[^#]*$', '')"
+
+
+def source_record_sql(column: str = "source_uri") -> str:
+    """SQL for the record number a ``source_uri`` column names (BIGINT; NULL if it names none)."""
+    return f"TRY_CAST(regexp_extract({column}, '#([0-9]+)(/[^#]*)?$', 1) AS BIGINT)"
+
+
+SOURCE_ORDER = f"source, {source_file_sql()}, {source_record_sql()}, source_uri, row_id"
 """Rows as they stood in their sources: source by source (by name), file by file, record by record (numeric,
 not string, order). Only content decides it, never ``ingested_at``: the same data gives the same order (and
 dedup keeps the same copy, :class:`curation.dedup.clusters.KeepPolicy`) whatever the ingestion history."""

@@ -87,6 +87,7 @@ from curation.core.warehouse import (
     fetch_one,
     quote,
     read_batches,
+    source_file_sql,
     table_names,
 )
 from curation.ingest.readers import file_digest
@@ -937,9 +938,9 @@ def describe_formatted(connection: duckdb.DuckDBPyConnection, info: ExportInfo) 
     needs_credit = [lic["license"] for lic in licenses if lic["attribution"] or not lic["known"]]
     attribution = _query(
         connection,
-        """
+        f"""
         SELECT source, license, count(*) AS rows,
-               list(DISTINCT split_part(source_uri, '#', 1) ORDER BY split_part(source_uri, '#', 1)) AS files
+               list(DISTINCT {source_file_sql()} ORDER BY {source_file_sql()}) AS files
         FROM formatted WHERE list_contains(?, license) GROUP BY 1, 2 ORDER BY 1, 2""",
         [needs_credit],
     )

@@ -16,13 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
 from curation.core.memo import PATCH_MAX_CHANGE
 from curation.core.parallel import gc_paused, map_ordered, workers_for
 from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
-from curation.core.warehouse import StagedWrite, canonical_ddl, quote, table_columns, table_names
+from curation.core.warehouse import (
+    StagedWrite,
+    canonical_ddl,
+    fetch_one,
+    quote,
+    source_file_sql,
+    table_columns,
+    table_names,
+)
 from curation.ingest.digests import source_digests
 from curation.ingest.encoding import COLUMN_JSON, content_json
 from curation.ingest.files import project_files
@@ -546,23 +555,21 @@ def ingest_sources(
     file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
     mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
 
-    def in_raw(ids: list[str]) -> set[str]:
-        found = connection.execute("SELECT row_id FROM raw WHERE row_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-        return {row_id for (row_id,) in found.fetchall()}
-
     with staged.appending():
         for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):
             path, digest = file_digests[source_name, shown]
             result = FileResult(source_name, shown, "ingested", reason=reasons[source_name, shown])
             resume = resumes.get((source_name, shown))
+            earlier = None
             if resume is not None:  # the counts go on from what the earlier records gave
                 before = previous[source_name, shown]
                 result.records, result.rows, result.quarantined = before.records, before.rows, before.quarantined
+                earlier = _EarlierIds(connection, source_name, shown)
             numbering = RowNumbering(source_name, shown)
             pending: list[pa.Table] = []  # DuckDB inserts large batches several times faster than small ones
             for mapped in file_chunks:
-                if resume is not None:
-                    numbering.count_earlier(mapped.rows, mapped.digests, mapped.keys, in_raw)
+                if earlier is not None:
+                    numbering.count_earlier(mapped.rows, mapped.digests, mapped.keys, earlier.present)
                 pending.append(numbering.number(mapped.rows, mapped.digests, mapped.keys))
                 if sum(t.num_rows for t in pending) >= APPEND_ROWS:
                     staged.append(raw_table, pa.concat_tables(pending))
@@ -593,6 +600,37 @@ def ingest_sources(
     return IngestSummary(results)
 
 
+class _EarlierIds:
+    """The ids ``raw`` holds for the earlier records of a file that grew, to tell which ids of its new records are
+    already taken without a scan of ``raw`` per chunk: their DuckDB hashes (8 bytes a row, read in one scan)
+    sorted in memory, and a hash found confirmed by index lookups of the few ids it names."""
+
+    _PROBE = 32  # ids per lookup: DuckDB probes the row_id index for short lists, and scans for long ones
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, source: str, file: str) -> None:
+        self.connection = connection
+        found = connection.execute(
+            f"SELECT hash(row_id) AS h FROM raw WHERE source = ? AND {source_file_sql()} = ?", [source, file]
+        ).fetchnumpy()["h"]
+        self.hashes = np.sort(np.asarray(found, dtype=np.uint64))
+
+    def present(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` ``raw`` holds."""
+        if not ids or not self.hashes.size:
+            return set()
+        (hashed,) = fetch_one(self.connection, "SELECT list_transform(?::VARCHAR[], lambda x: hash(x))", [ids])
+        wanted = np.asarray(hashed, dtype=np.uint64)
+        places = np.minimum(np.searchsorted(self.hashes, wanted), self.hashes.size - 1)
+        candidates = [ids[i] for i in np.flatnonzero(self.hashes[places] == wanted)]
+        found: set[str] = set()
+        for start in range(0, len(candidates), self._PROBE):
+            rows = self.connection.execute(
+                "SELECT row_id FROM raw WHERE row_id = ANY($ids)", {"ids": candidates[start : start + self._PROBE]}
+            ).fetchall()
+            found.update(row_id for (row_id,) in rows)
+        return found
+
+
 def _file_table(files: list[tuple[str, str]]) -> pa.Table:
     return pa.table({"source": [f[0] for f in files], "file": [f[1] for f in files]}, pa.schema(_FILE_FIELDS))
 
@@ -621,7 +659,7 @@ def _stage_raw(
         connection.register("_raw_staying", _file_table(staying))
     try:
         staying_rows = (
-            "FROM raw t JOIN _raw_staying k ON t.source = k.source AND split_part(t.source_uri, '#', 1) = k.file"
+            f"FROM raw t JOIN _raw_staying k ON t.source = k.source AND {source_file_sql('t.source_uri')} = k.file"
         )
         if exists and staying:
             stay = set(staying)

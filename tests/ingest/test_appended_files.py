@@ -48,10 +48,15 @@ def _ingest(project: Path, home: Path) -> tuple[dict[str, list[tuple]], dict[str
 
 
 def _project(folder: Path, name: str) -> Path:
+    """A project reading ``name`` and, unchanged, a file whose name holds a ``#`` as a record address does."""
     project = folder / "distillery.yaml"
-    source = {"name": "sft", "path": name, "mapping": "alpaca", "license": "MIT", "format": "jsonl"}
+    (folder / "other#2.jsonl").write_bytes(_lines([_record(n) for n in range(500, 510)]))
+    sources = [
+        {"name": "sft", "path": name, "mapping": "alpaca", "license": "MIT", "format": "jsonl"},
+        {"name": "other", "path": "other#2.jsonl", "mapping": "alpaca", "license": "MIT"},
+    ]
     settings = {"ingest": {"max_record_bytes": 600, "batch_rows": 4}, "format": {"tokenizer": "tokenizer"}}
-    project.write_text(yaml.safe_dump({"name": "appended", "sources": [source], **settings}))
+    project.write_text(yaml.safe_dump({"name": "appended", "sources": sources, **settings}))
     return project
 
 
@@ -69,13 +74,18 @@ def patches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return patched
 
 
-@pytest.mark.parametrize("tail_copies", [1, 4])  # a small change patches `raw`, a large one writes it anew
-def test_a_grown_jsonl_file_is_read_from_where_it_stopped(tmp_path: Path, patches: list[str], tail_copies: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "tail_copies"),  # a small change patches `raw`, a large one writes it anew
+    [("sft.jsonl", 1), ("sft.jsonl", 4), ("sft#1.jsonl", 1)],  # a `#` in a name is no record address
+)
+def test_a_grown_jsonl_file_is_read_from_where_it_stopped(
+    tmp_path: Path, patches: list[str], name: str, tail_copies: int
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    path = data / "sft.jsonl"
+    path = data / name
     path.write_bytes(_lines(PREFIX))
-    project = _project(data, "sft.jsonl")
+    project = _project(data, name)
     before, _ = _ingest(project, tmp_path / "home")
     with Warehouse(tmp_path / "home" / "warehouse.duckdb").connect() as connection:  # as if ingested yesterday
         connection.execute("UPDATE raw SET ingested_at = ingested_at - INTERVAL 1 DAY")
@@ -85,15 +95,16 @@ def test_a_grown_jsonl_file_is_read_from_where_it_stopped(tmp_path: Path, patche
         handle.write(_lines(TAIL * tail_copies))
     grown, results = _ingest(project, tmp_path / "home")
     resumed_at = f"byte {len(_lines(PREFIX)):,}, record {len(PREFIX) - 1}"  # after the prefix's 2 blank lines
-    assert results["sft.jsonl"].reason == f"grew by appending: read from {resumed_at}"
+    assert results[name].reason == f"grew by appending: read from {resumed_at}"
+    assert results["other#2.jsonl"].status == "unchanged"
     assert patches == (["raw"] if tail_copies == 1 else [])
 
     fresh, _ = _ingest(project, tmp_path / "fresh")
     assert grown == fresh
     assert len(grown["raw"]) > len(before["raw"]) and len(grown["quarantine"]) > len(before["quarantine"])
-    (entry,) = grown["ingested_files"]
+    (entry,) = [e for e in grown["ingested_files"] if e[1] == name]
     records = len(PREFIX) - 2 + (len(TAIL) - 1) * tail_copies  # blank lines are no records
-    assert entry[4:7] == (records, len(grown["raw"]), 2 + 2 * tail_copies)
+    assert entry[4:7] == (records, len(grown["raw"]) - 10, 2 + 2 * tail_copies)  # the other file: 10 rows
     with Warehouse(tmp_path / "home" / "warehouse.duckdb").connect(read_only=True) as connection:
         now = dict(connection.execute("SELECT row_id, ingested_at FROM raw").fetchall())
     assert {row_id: now[row_id] for row_id in earlier} == earlier  # the earlier records were left as they were
