@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,6 +103,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             red=True,
         )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def patched_tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables the test's writes stage as a patch of their current version (``StagedWrite.patch``), in order."""
+    from curation.core.warehouse import StagedWrite
+
+    patched: list[str] = []
+    original = StagedWrite.patch
+
+    def recording(self: StagedWrite, table: str, *args: Any, **kwargs: Any) -> Any:
+        patched.append(table)
+        return original(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(StagedWrite, "patch", recording)
+    return patched
 
 
 @pytest.fixture

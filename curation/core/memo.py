@@ -97,27 +97,43 @@ def stage_output(
     columns: Sequence[str],
 ) -> str:
     """Stage a memo stage's main ``table`` (``ddl``) with the previous rows it keeps already in it: those whose
-    ``key`` is among ``kept_keys_sql`` (a query of one column without NULLs: the reused rows' outputs). The
-    current table is patched in place when that changes little of it (:data:`PATCH_MAX_CHANGE`;
-    ``computed_rows``: the rows the run will append), else a new table is created and the kept rows'
-    ``columns`` copied into it. Returns the quoted table to append the computed rows to; the whole new version
-    reads as ``staged.staging_name(table)`` either way."""
+    ``key`` is among ``kept_keys_sql`` (a query of one column without NULLs: the reused rows' outputs), as
+    :func:`stage_kept_rows` does; a new, empty table when the run reuses nothing. ``computed_rows``: the rows
+    the run will append. Returns the quoted table to append them to."""
+    if not reuse.rows:
+        return staged.create(table, ddl)
+    return stage_kept_rows(staged, table, ddl, key, kept_keys_sql, computed_rows, columns)
+
+
+def stage_kept_rows(
+    staged: StagedWrite,
+    table: str,
+    ddl: str,
+    key: str,
+    kept_keys_sql: str,
+    added_rows: float,
+    columns: Sequence[str],
+) -> str:
+    """Stage ``table``'s new version (``ddl``) with the current rows whose ``key`` is among ``kept_keys_sql`` (a
+    query of one column without NULLs) already in it. The current table is patched in place when the rows it
+    drops plus ``added_rows`` (the rows the caller will append, or an estimate) are at most
+    :data:`PATCH_MAX_CHANGE` of it, else a new table is created and the kept rows' ``columns`` copied into it.
+    Returns the quoted table to append the new rows to; the whole new version reads as
+    ``staged.staging_name(table)`` either way."""
     connection = staged.connection
-    if reuse.rows:
-        current, dropped = fetch_one(
-            connection,
-            f"SELECT count(*), count(*) FILTER ({quote(key)} IS NULL OR {quote(key)} NOT IN ({kept_keys_sql})) "
-            f"FROM {quote(table)}",
-        )
-        if dropped + computed_rows <= PATCH_MAX_CHANGE * current:
-            patch = staged.patch(table, ddl, key, kept_keys_sql)
-            if patch is not None:
-                return patch.added
+    current, dropped = fetch_one(
+        connection,
+        f"SELECT count(*), count(*) FILTER ({quote(key)} IS NULL OR {quote(key)} NOT IN ({kept_keys_sql})) "
+        f"FROM {quote(table)}",
+    )
+    if dropped + added_rows <= PATCH_MAX_CHANGE * current:
+        patch = staged.patch(table, ddl, key, kept_keys_sql)
+        if patch is not None:
+            return patch.added
     staged_table = staged.create(table, ddl)
-    if reuse.rows:
-        selected = ", ".join(quote(name) for name in columns)
-        connection.execute(
-            f"INSERT INTO {staged_table} ({selected}) SELECT {selected} FROM {quote(table)} "
-            f"WHERE {quote(key)} IN ({kept_keys_sql})"
-        )
+    selected = ", ".join(quote(name) for name in columns)
+    connection.execute(
+        f"INSERT INTO {staged_table} ({selected}) SELECT {selected} FROM {quote(table)} "
+        f"WHERE {quote(key)} IN ({kept_keys_sql})"
+    )
     return staged_table

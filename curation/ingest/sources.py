@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
-from curation.core.memo import PATCH_MAX_CHANGE
+from curation.core.memo import stage_kept_rows
 from curation.core.parallel import gc_paused, map_ordered, workers_for
-from curation.core.schema import ARROW_SCHEMA, Row, content_key, make_row_id, new_row, utcnow
+from curation.core.schema import ARROW_SCHEMA, COLUMNS, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import (
     StagedWrite,
     canonical_ddl,
@@ -447,7 +447,7 @@ def ingest_sources(
     every file of a source whose settings changed, replace their previous rows (a record they still hold
     keeps the time it was first ingested); files that disappeared (or whose source was removed from the
     project file) leave the tables. ``raw`` is patched in place when this changes little of it
-    (:data:`~curation.core.memo.PATCH_MAX_CHANGE`), else written anew.
+    (:func:`~curation.core.memo.stage_kept_rows`), else written anew.
     """
     connection = staged.connection
     existing = table_names(connection)
@@ -650,34 +650,24 @@ def _stage_raw(
     todo: list[tuple[SourceConfig, Path, str, str]],
     resumes: dict[tuple[str, str], Resume],
 ) -> str:
-    """Stage ``raw`` with the current rows of the ``staying`` files in it, and return the table to append the
-    rows read to. When the rows it drops and the rows it will add (estimated from the bytes to read at the
-    current table's bytes per row) are a small share of the current table, it is patched in place: after
-    appending to one file, a re-run writes the new rows only, instead of copying every row of every file."""
+    """Stage ``raw`` with the current rows of the ``staying`` files in it (:func:`~curation.core.memo.stage_kept_rows`:
+    patched in place when the change is small, as after appending to one file, else copied into a new table),
+    and return the table to append the rows read to. The rows to read are estimated from the bytes to read at
+    the current table's bytes per row."""
+    if not (exists and staying):
+        return staged.create("raw", canonical_ddl())
     connection = staged.connection
-    if staying:
-        connection.register("_raw_staying", _file_table(staying))
+    bytes_per_row = max(1, sum(p.bytes for p in previous.values())) / max(1, sum(p.rows for p in previous.values()))
+    to_read = sum(_size(path) - _resumed_at(resumes.get((s.name, shown))) for s, path, shown, _ in todo)
+    connection.register("_raw_staying", _file_table(staying))
     try:
-        staying_rows = (
-            f"FROM raw t JOIN _raw_staying k ON t.source = k.source AND {source_file_sql('t.source_uri')} = k.file"
+        kept_ids = (
+            "SELECT t.row_id FROM raw t JOIN _raw_staying k "
+            f"ON t.source = k.source AND {source_file_sql('t.source_uri')} = k.file"
         )
-        if exists and staying:
-            stay = set(staying)
-            current_rows = sum(p.rows for p in previous.values())
-            dropped = sum(p.rows for key, p in previous.items() if key not in stay)
-            bytes_per_row = max(1, sum(p.bytes for p in previous.values())) / max(1, current_rows)
-            to_read = sum(_size(path) - _resumed_at(resumes.get((s.name, shown))) for s, path, shown, _ in todo)
-            if dropped + to_read / bytes_per_row <= PATCH_MAX_CHANGE * current_rows:
-                patch = staged.patch("raw", canonical_ddl(), "row_id", f"SELECT t.row_id {staying_rows}")
-                if patch is not None:
-                    return patch.added
-        table = staged.create("raw", canonical_ddl())
-        if exists and staying:
-            connection.execute(f"INSERT INTO {table} SELECT t.* {staying_rows}")
-        return table
+        return stage_kept_rows(staged, "raw", canonical_ddl(), "row_id", kept_ids, to_read / bytes_per_row, COLUMNS)
     finally:
-        if staying:
-            connection.unregister("_raw_staying")
+        connection.unregister("_raw_staying")
 
 
 def _why_read(previous: _Previous | None, digest: str, resume: Resume | None) -> str:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from curation.core.config import load_project
-from curation.core.warehouse import StagedWrite, Warehouse
+from curation.core.warehouse import Warehouse
 from curation.ingest.sources import FileResult, ingest_sources
 
 GOOD = {"instruction": "Name a prime number.", "input": "", "output": "Seven is a prime number."}
@@ -60,26 +59,12 @@ def _project(folder: Path, name: str) -> Path:
     return project
 
 
-@pytest.fixture
-def patches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The tables staged as a patch of their current version."""
-    patched: list[str] = []
-    original = StagedWrite.patch
-
-    def recording(self: StagedWrite, table: str, *args: Any) -> Any:
-        patched.append(table)
-        return original(self, table, *args)
-
-    monkeypatch.setattr(StagedWrite, "patch", recording)
-    return patched
-
-
 @pytest.mark.parametrize(
     ("name", "tail_copies"),  # a small change patches `raw`, a large one writes it anew
     [("sft.jsonl", 1), ("sft.jsonl", 4), ("sft#1.jsonl", 1)],  # a `#` in a name is no record address
 )
 def test_a_grown_jsonl_file_is_read_from_where_it_stopped(
-    tmp_path: Path, patches: list[str], name: str, tail_copies: int
+    tmp_path: Path, patched_tables: list[str], name: str, tail_copies: int
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -97,7 +82,7 @@ def test_a_grown_jsonl_file_is_read_from_where_it_stopped(
     resumed_at = f"byte {len(_lines(PREFIX)):,}, record {len(PREFIX) - 1}"  # after the prefix's 2 blank lines
     assert results[name].reason == f"grew by appending: read from {resumed_at}"
     assert results["other#2.jsonl"].status == "unchanged"
-    assert patches == (["raw"] if tail_copies == 1 else [])
+    assert patched_tables == (["raw"] if tail_copies == 1 else [])
 
     fresh, _ = _ingest(project, tmp_path / "fresh")
     assert grown == fresh

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import duckdb
 import pytest
 
-from curation.core.warehouse import StagedWrite, content_hash
+from curation.core.warehouse import content_hash
 from tests.conftest import DEMO_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -45,21 +44,14 @@ def _materialize(project: Path, home: Path) -> dict[str, str]:
 
 
 def test_a_rerun_after_appending_records_reports_what_a_fresh_run_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, patched_tables: list[str]
 ) -> None:
     project = tmp_path / "project"
     shutil.copytree(DEMO_CONFIG.parent, project, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     config = project / DEMO_CONFIG.name
     first = _materialize(config, tmp_path / "home")
+    patched_tables.clear()
 
-    patched: list[str] = []
-    original = StagedWrite.patch
-
-    def recording(self: StagedWrite, table: str, *args: Any) -> Any:
-        patched.append(table)
-        return original(self, table, *args)
-
-    monkeypatch.setattr(StagedWrite, "patch", recording)
     sft = project / "data" / "alpaca_sft.jsonl"
     earlier = sft.read_bytes().splitlines()[3]  # a second copy of a record: numbered on
     assert json.loads(earlier)["output"]
@@ -67,7 +59,7 @@ def test_a_rerun_after_appending_records_reports_what_a_fresh_run_does(
     with sft.open("ab") as handle:
         handle.write(json.dumps(new).encode() + b"\n" + earlier + b"\n")
     rerun = _materialize(config, tmp_path / "home")
-    assert {"raw", "filtered"} <= set(patched)
+    assert {"raw", "filtered"} <= set(patched_tables)
     fresh = _materialize(config, tmp_path / "fresh")
 
     assert rerun == fresh and rerun["raw"] != first["raw"]
