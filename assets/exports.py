@@ -80,6 +80,8 @@ def exports(
             "dagster/row_count": int(exported_rows),
             "rows_written": int(manifest["rows_total"]),
             "reused_existing_version": result.reused,
+            # Shard files hard-linked from the previous version: their rows did not change.
+            "files_taken_over": result.files_taken_over,
             "created_at": manifest["created_at"],
             "rows": MetadataValue.md(result.rows_markdown()),
             "files": MetadataValue.md(result.files_markdown()),

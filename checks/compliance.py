@@ -28,7 +28,7 @@ from curation.core.home import exports_dir
 from curation.core.licenses import LicensePolicy, license_ids
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import quote
-from curation.format.export import MANIFEST
+from curation.format.export import MANIFEST, split_of
 from curation.format.stage import CAPPED_SPLIT, model_made_share_sql
 from curation.synth.terms import parse_model_registry, terms_violations
 from resources import ProjectResource, WarehouseResource
@@ -104,7 +104,7 @@ def exports_synthetic_share_within_cap(
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     by_split: dict[str, list[str]] = {}
     for relative in sorted(manifest["parquet_files"]):
-        by_split.setdefault(Path(relative).stem, []).append(str(folder / relative))
+        by_split.setdefault(split_of(relative), []).append(str(folder / relative))  # a split's shards together
     counts = []
     with duckdb.connect() as connection:
         for split, files in sorted(by_split.items()):

@@ -1,8 +1,9 @@
 """Exports of the formatted dataset that trainers read directly, with a manifest; one immutable folder
 per data version.
 
-Layout (``<exports root>/<data_version>/``), one sub-folder per *config*, one file per split, each in
-JSONL and Parquet, plus ``manifest.json`` and a ``README.md`` dataset card whose ``configs:`` header lets
+Layout (``<exports root>/<data_version>/``), one sub-folder per *config*, one file per split (``train.jsonl``)
+or, for a split of more than one shard, one per shard (``train-00000-of-00042.jsonl``), each in JSONL and
+Parquet, plus ``manifest.json`` and a ``README.md`` dataset card whose ``configs:`` header lets
 ``datasets.load_dataset(folder, "<config>")`` read the Parquet files:
 
 ========================  ==========================================================================
@@ -34,9 +35,18 @@ The data version is a content hash of the JSONL files and of the manifest's desc
 written under a temporary name and renamed into place; an existing version is verified and reused,
 never overwritten.
 
-``formatted`` is read in one scan, spooled into ranges of row ids (Arrow IPC files in the staging
-folder), and handed on a range at a time, sorted by ``(split, row_id)``: every file gets its rows in row-id
-order, memory holds one range, and the table is scanned once however many ranges it takes. Each batch's
+Rows are in source order (source, file, record: :data:`~curation.core.warehouse.SOURCE_ORDER`), as they
+stood in the sources; trainers shuffle. A split is cut into shards of about :data:`_SHARD_ROWS` rows after
+each row whose id's MD5 is a multiple of it, so the cuts move only where rows are added or removed. Each
+shard file has a key: a hash of its config and of its rows' content, in order. A file whose key the
+previous version (``LATEST``) has, that file matching its manifest, is hard-linked from it instead of
+written: records appended to a source rewrite only the shards they land in, and versions share the space
+of what they share. Every shard of a split is written in the Parquet schema inferred from the whole split
+(the union of the shards' own schemas, kept in the manifest), so the shards read as one dataset.
+
+The rows of the shards to write are read in one scan, spooled into ranges of positions (Arrow IPC files in
+the staging folder), and handed on a range at a time, sorted: memory holds one range, and the table is
+scanned once however many ranges it takes. Each batch's
 JSONL lines are built column by column in worker processes (results in input order: the files are the
 same for any number of workers): strings and numbers through ``json``'s own C encoders, JSON columns
 decoded and encoded once, token ids copied as stored without their spaces. One thread appends the lines,
@@ -49,6 +59,7 @@ smallest and the token ids plain ints; a file where any of these fails is conver
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -56,6 +67,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from collections import deque
@@ -81,8 +93,8 @@ from curation.core.progress import Progress
 from curation.core.schema import Row
 from curation.core.warehouse import (
     SCAN_MEMORY_LIMIT,
+    SOURCE_ORDER,
     configured_memory_limit,
-    count_rows,
     drop_cached_pages,
     fetch_one,
     quote,
@@ -121,6 +133,8 @@ class ExportResult:
     path: Path
     reused: bool
     manifest: dict[str, Any]
+    files_taken_over: int = 0
+    """JSONL files of this version taken over from the previous one (hard-linked), not written again."""
 
     def rows_markdown(self) -> str:
         """Rows per config and split, with the config's layout."""
@@ -332,26 +346,141 @@ def export_records(row: Row) -> Iterator[tuple[str, dict[str, Any]]]:
         yield layout.config, record
 
 
+# --------------------------------------------------------------------------- shards
+
+_SHARD_ROWS = 16_384
+"""Rows of ``formatted`` per shard, on average. A split's rows, in source order, are cut after every row whose
+id's MD5 is a multiple of this: the cuts depend on the rows themselves, not on
+their positions, so rows added to a source (a file that grew) or removed from it change only the shards
+they fall in, and every other shard's files are taken over from the previous version as they are."""
+_SHARD_FORMAT = "distillery-export-shard/1"
+"""Part of every shard's key: change it when the same rows would give other bytes (the writer, a layout)."""
+
+_WORK = "distillery_export_work"
+"""An in-memory database attached for the export's own tables: the warehouse connection is read-only, and
+a temporary table would be invisible to the cursor :func:`read_batches` reads on."""
+_ROWS = f"{_WORK}.export_rows"
+_PLAN = f"{_WORK}.export_plan"
+_TODO = f"{_WORK}.export_todo"
+_SPLIT_SQL = "coalesce(nullif(split, ''), 'train')"  # `split or "train"`, as _selections reads it
+
+
+def _layout_sql(layout: _Layout) -> str:
+    """SQL true for the ``formatted`` rows a layout holds (what :func:`_selections` selects)."""
+    kinds = ", ".join("'" + kind.replace("'", "''") + "'" for kind in layout.kinds)
+    selected = f"kind IN ({kinds})"
+    if layout.whole_turns_only:
+        selected += f" AND NOT coalesce(starts_with(truncation, '{_CUT_IN_REPLY}'), false)"
+    return selected
+
+
+@dataclass(frozen=True)
+class _ShardFile:
+    """One export file of one shard: a layout's rows of the shard in one split."""
+
+    config: str
+    split: str
+    shard: int
+    rows: int
+    key: str
+    """What decides the file's bytes: the shard format, the config and every row's content, in order."""
+    relative: str
+    """The JSONL file: ``<config>/<split>.jsonl`` when the split is one shard, else
+    ``<config>/<split>-00001-of-00012.jsonl``."""
+
+    @property
+    def provisional(self) -> str:
+        """How the batches name the file before the writer gives it its name (:func:`_selections`)."""
+        return _provisional(self.config, self.split, self.shard)
+
+
+def _provisional(config: str, split: str, shard: int) -> str:
+    return f"{config}/{split}#{shard}"
+
+
+def _plan(connection: duckdb.DuckDBPyConnection) -> list[_ShardFile]:
+    """Every row's place (split, source order) and shard, kept in a temporary table, and the files the
+    export is made of. Each row's content is hashed (every column a layout or the order reads) for the keys."""
+    kinds = ", ".join("'" + kind + "'" for kind in _KINDS)
+    unknown = connection.execute(
+        f"SELECT row_id, kind FROM formatted WHERE kind IS NULL OR kind NOT IN ({kinds}) LIMIT 1"
+    )
+    for row_id, kind in unknown.fetchall():
+        raise _unknown_kind(row_id, kind)
+    columns = {"row_id", "kind", "split", "truncation", "source", "source_uri"}
+    columns |= {field.column for layout in _LAYOUTS for field in layout.fields}
+    digest = "hash(" + ", ".join(quote(column) for column in sorted(columns)) + ")"
+    # Two steps: a sort that carries the hash computes it on the sorted rows, twice the time.
+    connection.execute(
+        f"CREATE OR REPLACE TABLE {_ROWS} AS SELECT row_id, {_SPLIT_SQL} AS split_name, kind, "
+        f"truncation, source, source_uri, {digest} AS digest FROM formatted WHERE row_id IS NOT NULL"
+    )
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TABLE {_PLAN} AS
+        SELECT row_id, split_name, kind, truncation, digest, position,
+               dense_rank() OVER (ORDER BY split_name, piece) - 1 AS shard
+        FROM (
+            SELECT *, coalesce(sum(closes) OVER (
+                PARTITION BY split_name ORDER BY position
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS piece
+            FROM (
+                SELECT *, row_number() OVER (ORDER BY split_name, {SOURCE_ORDER}) AS position,
+                       CAST(md5_number(row_id) % {_SHARD_ROWS} = 0 AS INTEGER) AS closes
+                FROM {_ROWS}))"""
+    )
+    connection.execute(f"DROP TABLE {_ROWS}")
+    files: list[_ShardFile] = []
+    for layout in _LAYOUTS:
+        shards = connection.execute(
+            f"SELECT split_name, shard, count(*), md5(string_agg(CAST(digest AS VARCHAR), ',' ORDER BY position)) "
+            f"FROM {_PLAN} WHERE {_layout_sql(layout)} GROUP BY ALL ORDER BY 1, 2"
+        ).fetchall()
+        for split, group in itertools.groupby(shards, key=lambda shard: shard[0]):
+            members = list(group)
+            for number, (_, shard, rows, rows_digest) in enumerate(members):
+                key = hashlib.sha256(f"{_SHARD_FORMAT}|{layout.config}|{rows_digest}".encode()).hexdigest()[:32]
+                name = split if len(members) == 1 else f"{split}-{number:05d}-of-{len(members):05d}"
+                files.append(
+                    _ShardFile(layout.config, split, int(shard), int(rows), key, f"{layout.config}/{name}.jsonl")
+                )
+    return files
+
+
+_SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def split_of(relative: str) -> str:
+    """The split an export file holds, from its path (``sft/train.jsonl``, ``sft/train-00001-of-00012.parquet``)."""
+    stem = relative.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return _SHARD_NAME.sub("", stem)
+
+
 # --------------------------------------------------------------------------- reading ``formatted``
 
 
 _RANGE_ROWS = 10_000
-"""Rows per range of row ids: what is sorted in memory at once."""
+"""Rows per range of positions: what is sorted in memory at once."""
 _MAX_RANGES = 256
 """At most this many ranges (files spooled at once); past it ranges grow instead."""
 _SCAN_ROWS = 8_192
 """Rows per batch of the one scan that spools ``formatted`` into its ranges."""
+_POSITION = "#position"
+_SHARD = "#shard"
 
 
-def _bounds(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    """Row ids cutting ``formatted`` into ranges of about :data:`_RANGE_ROWS` rows (none for one range)."""
-    rows = count_rows(connection, "formatted")
+def _todo_sql() -> str:
+    return f"{_PLAN} p SEMI JOIN {_TODO} t ON t.split_name = p.split_name AND t.shard = p.shard"
+
+
+def _bounds(connection: duckdb.DuckDBPyConnection, rows: int) -> list[int]:
+    """Positions cutting the rows to write into ranges of about :data:`_RANGE_ROWS` rows (none for one range)."""
     ranges = min(math.ceil(rows / _RANGE_ROWS), _MAX_RANGES)
     if ranges <= 1:
         return []
     (bounds,) = fetch_one(
         connection,
-        "SELECT list_distinct(quantile_disc(row_id, ?)) FROM formatted",
+        f"SELECT list_distinct(quantile_disc(position, ?)) FROM {_todo_sql()}",
         [[k / ranges for k in range(1, ranges)]],
     )
     return sorted(bounds)
@@ -360,42 +489,43 @@ def _bounds(connection: duckdb.DuckDBPyConnection) -> list[str]:
 _PARSED = "#parsed"
 
 
-def _read_formatted(connection: duckdb.DuckDBPyConnection, batch_rows: int, spool: Path) -> Iterator[pa.RecordBatch]:
-    """The columns the layouts use, range by range of row ids, each range sorted by ``(split, row_id)``: every
-    file gets its rows in row-id order, and the whole wide table is never sorted at once.
+def _read_formatted(
+    connection: duckdb.DuckDBPyConnection, batch_rows: int, spool: Path, rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The columns the layouts use of the rows of the shards to write (``rows`` of them, in the temporary
+    tables of :func:`_plan` and :func:`write_export`), with their position and shard, range by range of
+    positions, each range sorted: every file gets its rows in source order, and the whole wide table is
+    never sorted at once.
 
     ``formatted`` is read in one scan, each row appended to its range's file in ``spool`` (Arrow IPC), then
     each range is read back, sorted and handed on (and its file deleted). A query per range would cost a
-    scan of the whole table per range: the rows of a range are spread over all of it. ``extra`` only where it
-    may hold a ``tools`` key (the word, or a ``\\u`` escape that could spell it), else NULL: most rows skip
-    decoding it. A flat layout's token ids are also parsed (``<column>#parsed``; DuckDB parses JSON fastest)
-    for the Parquet files written alongside."""
-    columns = {"row_id": "row_id", "kind": "kind", "split": "split", "truncation": "truncation"}
+    scan of the whole table per range. ``extra`` only where it may hold a ``tools`` key (the word, or a
+    ``\\u`` escape that could spell it), else NULL: most rows skip decoding it. A flat layout's token ids are
+    also parsed (``<column>#parsed``; DuckDB parses JSON fastest) for the Parquet files written alongside."""
+    columns = {"row_id": "f.row_id", "kind": "f.kind", "split": "f.split", "truncation": "f.truncation"}
     for layout in _LAYOUTS:
         for field in layout.fields:
-            name = quote(field.column)
+            name = "f." + quote(field.column)
             columns[field.column] = (
                 f"CASE WHEN contains({name}, 'tools') OR contains({name}, '\\u') THEN {name} END"
                 if field.codec == "tools"
                 else name
             )
     ids = [f.column for layout in _LAYOUTS if layout.flat for f in layout.fields if f.codec == "ids"]
-    bounds = np.array(_bounds(connection), dtype=object)
+    bounds = np.array(_bounds(connection, rows), dtype=np.int64)
     select = ", ".join(f"{sql} AS {quote(name)}" for name, sql in columns.items())
+    select += f", p.position AS {quote(_POSITION)}, p.shard AS {quote(_SHARD)}"
     spool.mkdir()
     try:
         ranges: set[int] = set()
         with contextlib.ExitStack() as files:
             writers: dict[int, Any] = {}
-            for batch in read_batches(connection, f"SELECT {select} FROM formatted", batch_rows=_SCAN_ROWS):
-                row_ids = batch.column("row_id")
-                if len(bounds):  # as `row_id >= low AND row_id < high`: no range holds a NULL row id
-                    positions = np.flatnonzero(row_ids.is_valid().to_numpy(zero_copy_only=False))
-                    found = np.searchsorted(bounds, row_ids.to_numpy(zero_copy_only=False)[positions], side="right")
-                else:
-                    positions, found = np.arange(batch.num_rows), np.zeros(batch.num_rows, dtype=np.int64)
+            scan = f"SELECT {select} FROM formatted f JOIN (SELECT * FROM {_todo_sql()}) p ON p.row_id = f.row_id"
+            for batch in read_batches(connection, scan, batch_rows=_SCAN_ROWS):
+                positions = batch.column(_POSITION).to_numpy()
+                found = np.searchsorted(bounds, positions, side="right")
                 order = np.argsort(found, kind="stable")  # one copy of the batch, then a slice per range
-                grouped, found = batch.take(pa.array(positions[order])), found[order]
+                grouped, found = batch.take(pa.array(order)), found[order]
                 starts = np.flatnonzero(np.diff(found, prepend=-1))
                 for start, stop in itertools.pairwise([*starts.tolist(), len(found)]):
                     index = int(found[start])
@@ -410,12 +540,12 @@ def _read_formatted(connection: duckdb.DuckDBPyConnection, batch_rows: int, spoo
             for index in sorted(ranges):
                 path = spool / f"{index}.arrows"
                 with pa.ipc.open_stream(path) as reader:
-                    rows = reader.read_all()
+                    ranged = reader.read_all()
                 path.unlink()
-                rows = rows.sort_by([("split", "ascending"), ("row_id", "ascending")])  # nulls last, as DuckDB
+                ranged = ranged.sort_by([(_POSITION, "ascending")]).drop_columns([_POSITION])
                 if ids:
-                    rows = _with_parsed_ids(parser, rows, ids)
-                yield from rows.to_batches(max_chunksize=batch_rows)
+                    ranged = _with_parsed_ids(parser, ranged, ids)
+                yield from ranged.to_batches(max_chunksize=batch_rows)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 
@@ -515,6 +645,7 @@ def _selections(batch: pa.RecordBatch, layouts: Iterable[_Layout]) -> Iterator[t
     split = batch.column("split")
     split = pc.if_else(pc.fill_null(pc.equal(split, ""), True), "train", split)  # `split or "train"`
     cut = pc.fill_null(pc.starts_with(batch.column("truncation"), _CUT_IN_REPLY), False)
+    shards = batch.column(_SHARD)
     for layout in layouts:
         rows = pc.fill_null(pc.is_in(kinds, value_set=pa.array(layout.kinds)), False)
         if layout.whole_turns_only:
@@ -522,8 +653,14 @@ def _selections(batch: pa.RecordBatch, layouts: Iterable[_Layout]) -> Iterator[t
         if not pc.any(rows).as_py():
             continue
         for name in pc.unique(pc.filter(split, rows)).to_pylist():
-            selected = np.flatnonzero(pc.and_(rows, pc.equal(split, name)).to_numpy(zero_copy_only=False))
-            yield layout, f"{layout.config}/{name}.jsonl", selected
+            in_split = pc.and_(rows, pc.equal(split, name))
+            for shard in pc.unique(pc.filter(shards, in_split)).to_pylist():
+                selected = pc.and_(in_split, pc.equal(shards, shard))
+                yield (
+                    layout,
+                    _provisional(layout.config, name, shard),
+                    np.flatnonzero(selected.to_numpy(zero_copy_only=False)),
+                )
 
 
 class _Columns:
@@ -788,28 +925,34 @@ class _ExportFile:
 
 
 class _ExportFiles:
-    """One open JSONL file per (config, split), hashed while written, its Parquet schema unified chunk by
-    chunk and its Parquet file written alongside (:class:`_RowGroups`) while the rows allow."""
+    """One open JSONL file per shard file to write, hashed while written, its Parquet schema unified chunk by
+    chunk and its Parquet file written alongside (:class:`_RowGroups`) while the rows allow. ``names``: the
+    files to write, by the name the batches give them (:attr:`_ShardFile.provisional`); chunks of other files
+    (taken over from the previous version) are skipped."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, names: Mapping[str, str]) -> None:
         self.folder = folder
+        self.names = names
         self.files: dict[str, _ExportFile] = {}
 
     def write_all(self, chunks: list[_Chunk], flat: Mapping[str, pa.Table]) -> None:
-        """Add one batch's chunks; ``flat``: the batch's rows of flat layouts, by JSONL file."""
+        """Add one batch's chunks; ``flat``: the batch's rows of flat layouts, by provisional name."""
         for chunk in chunks:
+            if chunk.relative not in self.names:
+                continue
             table = chunk.table if chunk.table is not None else flat.get(chunk.relative)
             self.write(chunk, table if chunk.plain_ids else None)
 
     def write(self, chunk: _Chunk, table: pa.Table | None) -> None:
         """Add a chunk's lines; ``table``: its rows for the Parquet file."""
-        file = self.files.get(chunk.relative)
+        relative = self.names[chunk.relative]
+        file = self.files.get(relative)
         if file is None:
-            (self.folder / chunk.relative).parent.mkdir(parents=True, exist_ok=True)
-            handle = (self.folder / chunk.relative).open("wb")
-            file = self.files[chunk.relative] = _ExportFile(handle, hashlib.sha256(), _ParquetSchema(chunk.relative, 0))
+            (self.folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            handle = (self.folder / relative).open("wb")
+            file = self.files[relative] = _ExportFile(handle, hashlib.sha256(), _ParquetSchema(relative, 0))
             if table is not None:
-                file.parquet = _RowGroups(self.parquet_path(chunk.relative), table.schema)
+                file.parquet = _RowGroups(self.parquet_path(relative), table.schema)
         file.handle.write(chunk.data)
         file.digest.update(chunk.data)
         file.schema.unify(chunk.schema)
@@ -822,7 +965,7 @@ class _ExportFiles:
                 file.parquet.add(table, chunk.lengths)
 
     def parquet_path(self, relative: str) -> Path:
-        return self.folder / relative.replace(".jsonl", ".parquet")
+        return self.folder / _parquet_name(relative)
 
     def close(self) -> None:
         for file in self.files.values():
@@ -830,38 +973,176 @@ class _ExportFiles:
             if file.parquet is not None:
                 file.parquet.abandon()
 
-    def summary(self) -> dict[str, dict[str, Any]]:
-        """Per JSONL file (relative path, sorted; all written, now closed): sha256, rows and bytes."""
+    def summary(self, plan: Iterable[_ShardFile]) -> dict[str, dict[str, Any]]:
+        """Per JSONL file written (relative path; all written, now closed): sha256, rows, bytes and shard key."""
         for file in self.files.values():
             file.handle.close()
         return {
-            relative: {
-                "sha256": file.digest.hexdigest(),
-                "rows": file.rows,
-                "bytes": (self.folder / relative).stat().st_size,
+            shard.relative: {
+                "sha256": self.files[shard.relative].digest.hexdigest(),
+                "rows": self.files[shard.relative].rows,
+                "bytes": (self.folder / shard.relative).stat().st_size,
+                "key": shard.key,
             }
-            for relative, file in sorted(self.files.items())
+            for shard in plan
+            if shard.relative in self.files
         }
 
-    def parquet(self) -> dict[str, dict[str, Any]]:
-        """A Parquet file beside each JSONL file, in the schema inferred from all its records: the one
-        written alongside if it is the file Arrow's JSON reader makes of the JSONL (:func:`_same_file`),
-        else converted by the reader (:func:`jsonl_to_parquet`). Returns the manifest's ``parquet_files``."""
+    def parquet(self, plan: list[_ShardFile], taken: Mapping[str, _TakenOver]) -> dict[str, dict[str, Any]]:
+        """A Parquet file beside each JSONL file, every shard of a split in the schema inferred from all the
+        split's records (so a reader that reads the shards as one dataset finds one schema): the one written
+        alongside if it is the file Arrow's JSON reader makes of the JSONL in that schema (:func:`_same_file`),
+        the previous version's if it was in that schema, else converted by the reader (:func:`jsonl_to_parquet`).
+        Returns the manifest's ``parquet_files``; each entry keeps its own rows' schema and longest line, what
+        a later version taking the shard over needs."""
         result = {}
-        for relative, file in sorted(self.files.items()):
-            target = self.parquet_path(relative)
-            schema = file.schema.result()
-            if file.parquet is not None:
-                file.parquet.close()
-            rows = file.rows
-            if not _same_file(file, schema):
-                rows = jsonl_to_parquet(self.folder / relative, target, schema=schema, longest_line=file.longest_line)
-            result[str(target.relative_to(self.folder))] = {
-                "sha256": file_digest(target),
-                "rows": rows,
-                "bytes": target.stat().st_size,
-            }
-        return result
+        for _, group in itertools.groupby(plan, key=lambda shard: (shard.config, shard.split)):
+            members = list(group)
+            own: list[pa.Schema | None] = []
+            for shard in members:
+                previous = taken.get(shard.relative)
+                own.append(previous.row_schema if previous else self.files[shard.relative].schema.result())
+            merged = _ParquetSchema(members[0].relative, 0)
+            for schema in own:
+                if schema is not None:
+                    merged.unify(schema)
+            split_schema = merged.schema
+            for shard, row_schema in zip(members, own, strict=True):
+                target = self.parquet_path(shard.relative)
+                previous = taken.get(shard.relative)
+                if previous is not None and split_schema is not None and previous.parquet_schema.equals(split_schema):
+                    _link(previous.parquet, target)
+                    result[_parquet_name(shard.relative)] = previous.parquet_entry
+                    continue
+                if previous is not None:  # the split's schema changed: the shard's Parquet is written anew
+                    longest_line = previous.longest_line
+                    rows = jsonl_to_parquet(
+                        self.folder / shard.relative, target, schema=split_schema, longest_line=longest_line
+                    )
+                else:
+                    file = self.files[shard.relative]
+                    if file.parquet is not None:
+                        file.parquet.close()
+                    longest_line, rows = file.longest_line, file.rows
+                    if not _same_file(file, split_schema):
+                        rows = jsonl_to_parquet(
+                            self.folder / shard.relative, target, schema=split_schema, longest_line=longest_line
+                        )
+                result[_parquet_name(shard.relative)] = {
+                    "sha256": file_digest(target),
+                    "rows": rows,
+                    "bytes": target.stat().st_size,
+                    "row_schema": None if row_schema is None else _schema_text(row_schema),
+                    "longest_line": longest_line,
+                }
+        return dict(sorted(result.items()))
+
+
+def _parquet_name(relative: str) -> str:
+    return relative.removesuffix(".jsonl") + ".parquet"
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def _schema_of(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a file of an immutable version: sharing it costs no space),
+    or a copy where the file system has no hard links."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@dataclass(frozen=True)
+class _TakenOver:
+    """A file of the previous version with the key of one of this version's: its rows, bytes and order."""
+
+    jsonl: Path
+    entry: dict[str, Any]
+    parquet: Path
+    parquet_entry: dict[str, Any]
+    parquet_schema: pa.Schema
+    row_schema: pa.Schema | None
+    longest_line: int
+
+
+def _taken_over(root: Path, plan: list[_ShardFile]) -> dict[str, _TakenOver]:
+    """The files of the plan (by relative path) that the latest version under ``root`` holds with the same key,
+    JSONL and Parquet each matching its manifest: hashed again unless its stat is the one
+    :func:`verify_published` recorded when it last matched. Anything unreadable is simply written anew."""
+    try:
+        version = (root / "LATEST").read_text(encoding="utf-8").strip()
+        folder = root / version
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files, parquet_files = dict(manifest["files"]), dict(manifest["parquet_files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    by_key = {entry["key"]: name for name, entry in files.items() if isinstance(entry, dict) and "key" in entry}
+    trusted = _verified_so_far(verified_record(root))[1].get(version, _NEVER_HASHED).files
+    found: dict[str, _TakenOver] = {}
+    for shard in plan:
+        name = by_key.get(shard.key)
+        if name is None or files[name].get("rows") != shard.rows:
+            continue
+        parquet_entry = parquet_files.get(_parquet_name(name))
+        if not isinstance(parquet_entry, dict) or "longest_line" not in parquet_entry:
+            continue
+        try:
+            if not all(
+                _matches(folder / relative, entry, trusted.get(relative))
+                for relative, entry in ((name, files[name]), (_parquet_name(name), parquet_entry))
+            ):
+                continue
+            row_schema = parquet_entry.get("row_schema")
+            found[shard.relative] = _TakenOver(
+                folder / name,
+                files[name],
+                folder / _parquet_name(name),
+                dict(parquet_entry),
+                pq.read_schema(folder / _parquet_name(name)),
+                None if row_schema is None else _schema_of(row_schema),
+                int(parquet_entry["longest_line"]),
+            )
+        except (OSError, ValueError, TypeError, pa.ArrowException):
+            continue
+    return found
+
+
+def _restat_taken_over(root: Path, taken: Iterable[_TakenOver]) -> None:
+    """Record the new stat of the previous version's files that were just linked (a link changes a file's
+    status-change time): they matched their manifest a moment ago, and :func:`verify_published` would
+    otherwise hash them all again at its next check for a change of nothing but their link count."""
+    taken = list(taken)
+    path = verified_record(root)
+    checks, known = _verified_so_far(path)
+    if not taken or not known:
+        return
+    for item in taken:
+        version = known.get(item.jsonl.parent.parent.name)
+        if version is None:
+            continue
+        for file in (item.jsonl, item.parquet):
+            relative = file.relative_to(file.parent.parent).as_posix()
+            if relative in version.files:
+                version.files[relative] = _file_stat(file)
+    record = {
+        "checks": checks,
+        "versions": {
+            name: {"hashed_in_check": entry.hashed_in_check, "files": entry.files} for name, entry in known.items()
+        },
+    }
+    write_record(path, json.dumps(record, indent=1))
+
+
+def _matches(path: Path, entry: Mapping[str, Any], stat: FileStat | None) -> bool:
+    return (stat is not None and _file_stat(path) == stat) or file_digest(path) == entry.get("sha256")
 
 
 def _same_file(file: _ExportFile, schema: pa.Schema | None) -> bool:
@@ -1155,15 +1436,16 @@ def dataset_card(manifest: Mapping[str, Any]) -> str:
     """README.md with the Hub's ``configs:`` header (so ``load_dataset(folder, config)`` works; ``sft`` is
     the default config) and a human summary: how to load, rows, licences and attribution, teachers, tokenizer."""
     lines = ["---", "configs:"]
-    by_config: dict[str, list[str]] = {}
+    by_config: dict[str, dict[str, list[str]]] = {}
     for relative in manifest["parquet_files"]:
-        config, name = relative.split("/")
-        by_config.setdefault(config, []).append(name.removesuffix(".parquet"))
+        by_config.setdefault(relative.split("/")[0], {}).setdefault(split_of(relative), []).append(relative)
     default = "sft" if "sft" in by_config else next(iter(by_config), None)
     for config, splits in by_config.items():
         lines += [f"- config_name: {config}", *(["  default: true"] if config == default else []), "  data_files:"]
         for split in sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS)):
-            lines += [f"  - split: {split}", f"    path: {config}/{split}.parquet"]
+            paths = sorted(splits[split])
+            lines += [f"  - split: {split}", f"    path: {paths[0]}" if len(paths) == 1 else "    path:"]
+            lines += [f"    - {path}" for path in paths] if len(paths) > 1 else []
     licenses = sorted({lic["license"] for lic in manifest["licenses"] if lic["license"]})
     lines.append(f"license: {licenses[0].lower() if len(licenses) == 1 else 'other'}")
     lines += [
@@ -1235,16 +1517,35 @@ def write_export(
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".tmp-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
-    writers = _ExportFiles(staging)
+    writers = _ExportFiles(staging, {})
     try:
-        _write_files(connection, writers, batch_rows, workers, log)
-        files = writers.summary()
+        connection.execute(f"DETACH DATABASE IF EXISTS {_WORK}")  # left by an export that failed in this process
+        connection.execute(f"ATTACH ':memory:' AS {_WORK} (READ_ONLY false)")
+        plan = _plan(connection)
+        taken = _taken_over(root, plan)
+        to_write = [shard for shard in plan if shard.relative not in taken]
+        connection.execute(f"CREATE OR REPLACE TABLE {_TODO} (split_name VARCHAR, shard BIGINT)")
+        shards = sorted({(shard.split, shard.shard) for shard in to_write})
+        if shards:
+            connection.executemany(f"INSERT INTO {_TODO} VALUES (?, ?)", shards)
+        (rows_to_read,) = fetch_one(connection, f"SELECT count(*) FROM {_todo_sql()}")
+        if taken:
+            log(
+                f"exports: {len(taken):,} of {len(plan):,} files taken over unchanged from the last version; "
+                f"{int(rows_to_read):,} rows to write"
+            )
+        writers = _ExportFiles(staging, {shard.provisional: shard.relative for shard in to_write})
+        if to_write:
+            _write_files(connection, writers, batch_rows, workers, log, int(rows_to_read))
+        files = writers.summary(plan)
+        files.update((relative, dict(previous.entry)) for relative, previous in taken.items())
+        files = dict(sorted(files.items()))
         rows: dict[str, dict[str, int]] = {}
         for relative, entry in files.items():
-            config, name = relative.split("/")
-            rows.setdefault(config, {})[name.removesuffix(".jsonl")] = entry["rows"]
+            config, split = relative.split("/")[0], split_of(relative)
+            rows.setdefault(config, {})[split] = rows.get(config, {}).get(split, 0) + entry["rows"]
         manifest: dict[str, Any] = {
-            "format": "distillery-export/1",
+            "format": "distillery-export/2",
             "project": info.project,
             "project_file_hash": info.project_file_hash,
             "intended_use": info.intended_use,
@@ -1261,12 +1562,15 @@ def write_export(
         if final.exists():
             writers.close()
             return _reuse(final, staging)
+        for relative, previous in taken.items():  # only now: a link changes the linked file's status time
+            _link(previous.jsonl, staging / relative)
         manifest = {
             "data_version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **manifest,
-            "parquet_files": writers.parquet(),
+            "parquet_files": writers.parquet(plan, taken),
         }
+        _restat_taken_over(root, taken.values())
         (staging / MANIFEST).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
         )
@@ -1278,11 +1582,14 @@ def write_export(
                 return _reuse(final, staging)
             raise
         _point_latest(root, version)
-        return ExportResult(version, final, False, manifest)
+        return ExportResult(version, final, False, manifest, files_taken_over=len(taken))
     except BaseException:
         writers.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            connection.execute(f"DETACH DATABASE IF EXISTS {_WORK}")
 
 
 _WRITES_IN_FLIGHT = 4
@@ -1295,17 +1602,18 @@ def _write_files(
     batch_rows: int,
     workers: int,
     log: Callable[[str], None],
+    rows: int,
 ) -> None:
-    """Every row of ``formatted`` into the export files: batches read here, their lines encoded in ``workers``
+    """The ``rows`` rows of the shards to write into their files: batches read here, their lines encoded in ``workers``
     processes (results in order, so the files are the same for any count), and written, hashed and
     encoded as Parquet by one thread of their own, in order: file writes, hashing and Parquet encoding
     release the GIL, so they overlap reading and dispatching the next batches."""
     flat: deque[dict[str, pa.Table]] = deque()  # each batch's flat-layout tables, until its lines come back
     sizes: deque[int] = deque()  # each batch's rows, until its lines come back
-    progress = Progress(log, "exports", count_rows(connection, "formatted"))
+    progress = Progress(log, "exports", rows)
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for batch in _read_formatted(connection, batch_rows, writers.folder / ".spool"):
+        for batch in _read_formatted(connection, batch_rows, writers.folder / ".spool", rows):
             flat.append(_flat_tables(batch))
             sizes.append(batch.num_rows)
             yield batch.drop_columns([name for name in batch.schema.names if name.endswith(_PARSED)])

@@ -18,7 +18,7 @@ from curation.core.config import FormatConfig
 from curation.core.progress import EVERY_S_ENV
 from curation.core.provenance import PROVENANCE_DDL
 from curation.core.schema import JSON_COLUMNS, new_row
-from curation.core.warehouse import canonical_ddl
+from curation.core.warehouse import SOURCE_ORDER, canonical_ddl
 from curation.format import export as export_module
 from curation.format.export import (
     ExportError,
@@ -328,10 +328,18 @@ def test_manifest_lists_versions_counts_licences_attribution_teachers_and_tokeni
     assert verify_export(result.path) == []
 
 
-def test_published_versions_are_checked_without_hashing_every_version_every_time(exported, tmp_path) -> None:
+def test_published_versions_are_checked_without_hashing_every_version_every_time(
+    exported, tmp_path, monkeypatch
+) -> None:
     """Each check hashes the files changed since they last matched and one whole version in rotation, so its
     cost does not grow with the versions kept, and an edit is still found: at once when it touched the file's
-    stat, within as many checks as there are versions when it did not."""
+    stat, within as many checks as there are versions when it did not. (The versions here hold copies, not
+    links to one another's files, so an edit touches one version.)"""
+
+    def no_links(source: str, target: str) -> None:
+        raise OSError(f"no hard links here: {source} -> {target}")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links: versions get copies
     _, _, base = exported
     root = tmp_path / "exports"
     root.mkdir()
@@ -533,9 +541,9 @@ def _warehouse_of(path: Path, rows: list[dict]) -> Path:
 
 def _lines_record_by_record(path: Path) -> dict[str, bytes]:
     """The JSONL files as the definition says: ``json.dumps`` of each ``export_records`` record, rows in
-    ``(split, row_id)`` order (one range of row ids: these tables are small)."""
+    source order (one shard per split and one range: these tables are small)."""
     with duckdb.connect(str(path), read_only=True) as connection:
-        rows = connection.sql("SELECT * FROM formatted ORDER BY split, row_id").to_arrow_table().to_pylist()
+        rows = connection.sql(f"SELECT * FROM formatted ORDER BY {SOURCE_ORDER}").to_arrow_table().to_pylist()
     files: dict[str, bytes] = {}
     for row in rows:
         for column in JSON_COLUMNS:
@@ -575,10 +583,12 @@ def test_parquet_written_alongside_is_the_file_the_json_reader_makes(tmp_path, m
     warehouse = _warehouse_of(tmp_path / "w.duckdb", _odd_rows())
     with duckdb.connect(str(warehouse), read_only=True) as connection:
         result = write_export(connection, tmp_path / "exports", INFO, batch_rows=5)
-    # Written alongside: flat and nested layouts. Converted instead: tools first seen in a later batch
-    # (sft), null-typed columns and no token ids (holdout), a line longer than half a block (text).
-    assert {"sft_tokenized/train.jsonl", "preference/train.jsonl", "prompts/train.jsonl"}.isdisjoint(converted)
-    assert {"sft/train.jsonl", "sft_tokenized/holdout.jsonl", "text/train.jsonl"} <= set(converted)
+    # Written alongside: flat and nested layouts. Converted instead: tools or tool calls first seen in a later
+    # batch (sft, prompts), null-typed columns and no token ids (holdout), a line longer than half a block (text).
+    assert {"sft_tokenized/train.jsonl", "preference/train.jsonl"}.isdisjoint(converted)
+    assert {"sft/train.jsonl", "prompts/train.jsonl", "sft_tokenized/holdout.jsonl", "text/train.jsonl"} <= set(
+        converted
+    )
     assert pq.ParquetFile(result.path / "sft_tokenized" / "train.parquet").metadata.num_row_groups > 2
     for relative, entry in result.manifest["parquet_files"].items():
         jsonl = result.path / relative.replace(".parquet", ".jsonl")
@@ -671,3 +681,124 @@ def test_export_reports_rows_written_of_formatted(tmp_path, monkeypatch) -> None
     ]
     assert len(done) >= 2 and done == sorted(done) and done[-1] == total
     assert re.fullmatch(rf"exports: done, {total} rows in [\d.]+ s", lines[-1])
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _sourced_rows(n: int) -> list[dict]:
+    """:func:`_odd_rows` read from three sources, record by record (``<source>.jsonl#<k>``)."""
+    rows = _odd_rows(n)
+    for row in rows:
+        if row["row_id"].startswith("r"):
+            row["source_uri"] = f"{row['source']}.jsonl#{int(row['row_id'][1:])}"
+    return rows
+
+
+def _files_of(result) -> dict[str, bytes]:
+    names = [*result.manifest["files"], *result.manifest["parquet_files"]]
+    return {name: (result.path / name).read_bytes() for name in names}
+
+
+def test_a_split_is_cut_into_shards_in_source_order_read_as_one_dataset(tmp_path, monkeypatch) -> None:
+    """Shards of a split are its one file cut in pieces: their lines, in order, are the single file's, and
+    every shard's Parquet has the split's schema (tools only in later shards), so ``datasets`` reads them as
+    one dataset from the card."""
+    rows = _sourced_rows(400)
+    warehouse = _warehouse_of(tmp_path / "w.duckdb", rows)
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        whole = write_export(connection, tmp_path / "whole", INFO)
+        monkeypatch.setattr(export_module, "_SHARD_ROWS", 16)
+        sharded = write_export(connection, tmp_path / "sharded", INFO, batch_rows=7)
+    assert set(whole.manifest["files"]) == set(_lines_record_by_record(warehouse))
+    shards = [name for name in sharded.manifest["files"] if name.startswith("sft/train-")]
+    assert len(shards) > 5 and shards[0].endswith(f"-00000-of-{len(shards):05d}.jsonl")
+    assert sharded.manifest["rows"] == whole.manifest["rows"]
+    for name in whole.manifest["files"]:
+        config, split = name.split("/")[0], name.split("/")[1].removesuffix(".jsonl")
+        pieces = sorted(p for p in sharded.manifest["files"] if p.split("/")[0] == config and _split(p) == split)
+        assert b"".join((sharded.path / p).read_bytes() for p in pieces) == (whole.path / name).read_bytes()
+        schemas = {pq.read_schema(sharded.path / p.replace(".jsonl", ".parquet")) for p in pieces}
+        assert schemas == {pq.read_schema(whole.path / name.replace(".jsonl", ".parquet"))}, name
+    tools_first_seen = [p for p in shards if b'"tools":' in (sharded.path / p).read_bytes()]
+    assert tools_first_seen and tools_first_seen[0] != shards[0]  # the schema is not just the first shard's
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(str(sharded.path), "sft", cache_dir=str(tmp_path / "cache"))
+    assert loaded["train"].num_rows == whole.manifest["rows"]["sft"]["train"]
+    reference = pd.read_parquet(whole.path / "sft" / "train.parquet")
+    assert loaded["train"]["id"] == reference["id"].tolist()
+
+
+def _split(relative: str) -> str:
+    return export_module.split_of(relative)
+
+
+def test_a_new_version_takes_over_the_shards_whose_rows_did_not_change(tmp_path, monkeypatch) -> None:
+    """Records appended to a source and one row edited: only the shards they fall in are written again; every
+    other file of the new version is the previous version's file, linked, and the version is byte for byte
+    what an export from scratch gives. The check of published versions then hashes the new version only."""
+    monkeypatch.setattr(export_module, "_SHARD_ROWS", 16)
+    rows = _sourced_rows(400)
+    root = tmp_path / "exports"
+    with duckdb.connect(str(_warehouse_of(tmp_path / "v1.duckdb", rows)), read_only=True) as connection:
+        first = write_export(connection, root, INFO)
+    assert verify_published(root).problems == []
+
+    grown = [dict(row) for row in rows]
+    grown[150]["text"] = "edited " + grown[150]["text"]  # a row in the middle of a source changes
+    for k in range(400, 430):  # records appended to one source's file
+        grown.append({**grown[k - 300], "row_id": f"r{k}", "source": "alpaca", "source_uri": f"alpaca.jsonl#{k}"})
+    # The last one's messages have a key no other row has: the sft split's Parquet schema gains a field.
+    messages = json.loads(grown[-1]["messages"])
+    grown[-1]["messages"] = json.dumps([{**messages[0], "weight": 1}, *messages[1:]])
+    assert grown[-1]["kind"] == "chat"
+    warehouse = _warehouse_of(tmp_path / "v2.duckdb", grown)
+    lines: list[str] = []
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        second = write_export(connection, root, INFO, log=lines.append)
+        fresh = write_export(connection, tmp_path / "fresh", INFO)
+
+    assert second.data_version == fresh.data_version != first.data_version
+    assert _files_of(second) == _files_of(fresh)
+    assert verify_export(second.path) == []
+    previous_keys = {entry["key"]: name for name, entry in first.manifest["files"].items()}
+    linked = written = 0
+    for name, entry in second.manifest["files"].items():
+        old = previous_keys.get(entry["key"])
+        same_inode = old is not None and os.path.samefile(second.path / name, first.path / old)
+        assert same_inode == (old is not None), name  # taken over exactly when the key is the previous one's
+        linked, written = linked + same_inode, written + (not same_inode)
+    assert linked == second.files_taken_over and linked > 3 * written > 0
+    assert any(f"{linked:,} of {len(second.manifest['files']):,} files taken over" in line for line in lines)
+
+    # Every sft/train shard is in the grown schema: a taken-over JSONL file gets a Parquet file of its own.
+    regrown = [
+        (name, previous_keys[entry["key"]])
+        for name, entry in second.manifest["files"].items()
+        if name.startswith("sft/train") and entry["key"] in previous_keys
+    ]
+    assert len(regrown) > 3
+    for name, old in regrown:
+        new_parquet, old_parquet = (
+            folder / n.replace(".jsonl", ".parquet") for folder, n in ((second.path, name), (first.path, old))
+        )
+        assert "weight" in pq.read_schema(new_parquet).field("messages").type.value_type.names
+        assert "weight" not in pq.read_schema(old_parquet).field("messages").type.value_type.names
+        assert not os.path.samefile(new_parquet, old_parquet)
+
+    check = verify_published(root)
+    files_of_second = len(second.manifest["files"]) + len(second.manifest["parquet_files"])
+    assert (check.problems, check.hashed_in_full, check.files_hashed) == ([], second.data_version, files_of_second)
+
+    # A linked file is one file in both versions: editing it in place is found in both.
+    shared = next(
+        name
+        for name in second.manifest["files"]
+        if name in first.manifest["files"] and os.path.samefile(second.path / name, first.path / name)
+    )
+    with (second.path / shared).open("ab") as handle:
+        handle.write(b"{}\n")
+    assert {problem["version"] for problem in verify_published(root).problems} == {
+        first.data_version,
+        second.data_version,
+    }

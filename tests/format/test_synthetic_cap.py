@@ -201,9 +201,11 @@ def test_the_blocking_check_reads_the_train_split_and_fails_over_the_cap(formatt
 @pytest.mark.slow
 def test_the_exports_check_reads_the_train_files_a_trainer_reads(formatted, tmp_path, monkeypatch) -> None:
     """``exports:synthetic_share_within_cap`` counts the rows of the export folder itself (each row once, by
-    id, across the layouts it is written in), so an export of a table over the cap fails it."""
+    id, across the layouts it is written in, and across a split's shards), so an export of a table over the
+    cap fails it."""
     import shutil
 
+    import curation.format.export
     from assets.compliance import compliance_report
     from assets.exports import exports
     from checks.compliance import exports_synthetic_share_within_cap
@@ -217,6 +219,7 @@ def test_the_exports_check_reads_the_train_files_a_trainer_reads(formatted, tmp_
         "project": ProjectResource(config_path=str(folder / "project" / "distillery.yaml")),
         "warehouse": WarehouseResource(path=str(copy)),
     }
+    monkeypatch.setattr(curation.format.export, "_SHARD_ROWS", 8)  # the train split in several shards
     with dg.instance_for_test() as instance:
         gated = [compliance_report, exports, exports_synthetic_share_within_cap]  # exports need the version's report
         within = dg.materialize(gated, instance=instance, resources=resources)
@@ -224,6 +227,8 @@ def test_the_exports_check_reads_the_train_files_a_trainer_reads(formatted, tmp_
         assert evaluation.passed and evaluation.metadata["by_split"].value == {
             "train": {"model_made": 34, "rows": 68, "share": 0.5}
         }
+        exported = Path(within.asset_materializations_for_node("exports")[0].metadata["dagster/uri"].value)
+        assert len(list((exported / "sft_tokenized").glob("train-*-of-*.parquet"))) > 2
         with duckdb.connect(str(copy)) as db:  # a formatted table the cap was never applied to
             db.execute(
                 "INSERT INTO formatted SELECT * REPLACE (row_id || 'x' AS row_id, parent_id || 'x' AS parent_id) "
