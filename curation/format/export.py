@@ -444,6 +444,8 @@ def _plan(connection: duckdb.DuckDBPyConnection) -> list[_ShardFile]:
                 files.append(
                     _ShardFile(layout.config, split, int(shard), int(rows), key, f"{layout.config}/{name}.jsonl")
                 )
+    # Only what reading needs is kept while the rows are read (the content hashes were the bulk).
+    connection.execute(f"CREATE OR REPLACE TABLE {_PLAN} AS SELECT row_id, split_name, shard, position FROM {_PLAN}")
     return files
 
 
@@ -459,12 +461,17 @@ def split_of(relative: str) -> str:
 # --------------------------------------------------------------------------- reading ``formatted``
 
 
-_RANGE_ROWS = 10_000
-"""Rows per range of positions: what is sorted in memory at once."""
+_RANGE_ROWS = 5_000
+"""Rows per range of positions: what is sorted in memory at once. In source order a range holds one
+source's rows, the longest ones together (in row-id order every range held the average mix): at 10k rows
+the 1M benchmark's export peaked ~140 MiB higher."""
 _MAX_RANGES = 256
 """At most this many ranges (files spooled at once); past it ranges grow instead."""
 _SCAN_ROWS = 8_192
 """Rows per batch of the one scan that spools ``formatted`` into its ranges."""
+_BATCH_BYTES = 8 << 20
+"""Bytes of a batch handed on from a range at most (``batch_rows`` rows at most either way): about what
+``batch_rows`` rows of an average mix take."""
 _POSITION = "#position"
 _SHARD = "#shard"
 
@@ -534,7 +541,9 @@ def _read_formatted(
                         writers[index] = files.enter_context(pa.ipc.new_stream(path, batch.schema))
                     writers[index].write_batch(grouped.slice(start, stop - start))
             ranges = set(writers)
-        # The scan was the last read of the table's rows.
+        # The scan was the last read of the table's rows, and the last use of the plan (its memory is not
+        # DuckDB's cache: only detaching the work database hands it back).
+        connection.execute(f"DETACH DATABASE IF EXISTS {_WORK}")
         drop_cached_pages(connection, configured_memory_limit(SCAN_MEMORY_LIMIT))
         with duckdb.connect() as parser:
             for index in sorted(ranges):
@@ -545,7 +554,10 @@ def _read_formatted(
                 ranged = ranged.sort_by([(_POSITION, "ascending")]).drop_columns([_POSITION])
                 if ids:
                     ranged = _with_parsed_ids(parser, ranged, ids)
-                yield from ranged.to_batches(max_chunksize=batch_rows)
+                # Rows in source order come a source at a time, some far longer than others: batches are
+                # bounded in bytes too, so the long ones do not multiply what the writer holds in flight.
+                rows_per_batch = int(_BATCH_BYTES * ranged.num_rows / max(ranged.nbytes, 1))
+                yield from ranged.to_batches(max_chunksize=max(1, min(batch_rows, rows_per_batch)))
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 
@@ -892,6 +904,7 @@ class _RowGroups:
     def close(self) -> None:
         if not self.abandoned and sum(table.num_rows for table in self.pending):
             self._flush(complete_only=False)
+        self.pending, self.blocks = [], []  # an empty slice still holds the last row group's buffers
         self.writer.close()
 
     def abandon(self) -> None:
@@ -934,6 +947,10 @@ class _ExportFiles:
         self.folder = folder
         self.names = names
         self.files: dict[str, _ExportFile] = {}
+        self.open: dict[str, _ExportFile] = {}
+        """The file being written of each config and split: rows come in source order, shard after shard,
+        so a shard's files are complete once the next shard's rows arrive, and are closed then (their
+        Parquet rows pending a block flushed), not held open to the end."""
 
     def write_all(self, chunks: list[_Chunk], flat: Mapping[str, pa.Table]) -> None:
         """Add one batch's chunks; ``flat``: the batch's rows of flat layouts, by provisional name."""
@@ -948,9 +965,15 @@ class _ExportFiles:
         relative = self.names[chunk.relative]
         file = self.files.get(relative)
         if file is None:
+            split = chunk.relative.rsplit("#", 1)[0]  # the provisional name's config and split
+            if (finished := self.open.pop(split, None)) is not None:
+                finished.handle.close()
+                if finished.parquet is not None:
+                    finished.parquet.close()
             (self.folder / relative).parent.mkdir(parents=True, exist_ok=True)
             handle = (self.folder / relative).open("wb")
             file = self.files[relative] = _ExportFile(handle, hashlib.sha256(), _ParquetSchema(relative, 0))
+            self.open[split] = file
             if table is not None:
                 file.parquet = _RowGroups(self.parquet_path(relative), table.schema)
         file.handle.write(chunk.data)
