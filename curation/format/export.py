@@ -100,6 +100,7 @@ from curation.core.warehouse import (
     quote,
     read_batches,
     source_file_sql,
+    table_columns,
     table_names,
 )
 from curation.ingest.readers import file_digest
@@ -409,16 +410,26 @@ def _plan(connection: duckdb.DuckDBPyConnection) -> list[_ShardFile]:
         raise _unknown_kind(row_id, kind)
     columns = {"row_id", "kind", "split", "truncation", "source", "source_uri"}
     columns |= {field.column for layout in _LAYOUTS for field in layout.fields}
-    digest = "hash(" + ", ".join(quote(column) for column in sorted(columns)) + ")"
-    # Two steps: a sort that carries the hash computes it on the sorted rows, twice the time.
+    types = dict(table_columns(connection, "formatted"))
+    # Floats as their text: DuckDB hashes -0.0 as 0.0, which JSON writes differently.
+    digest = (
+        "hash("
+        + ", ".join(
+            f"CAST({quote(column)} AS VARCHAR)" if types.get(column) in ("DOUBLE", "FLOAT", "REAL") else quote(column)
+            for column in sorted(columns)
+        )
+        + ")"
+    )
+    # Two steps: a sort that carries the hash computes it on the sorted rows, twice the time. Rows are
+    # found again by their place in the table (rowid), which stays unique where a row id would not.
     connection.execute(
-        f"CREATE OR REPLACE TABLE {_ROWS} AS SELECT row_id, {_SPLIT_SQL} AS split_name, kind, "
-        f"truncation, source, source_uri, {digest} AS digest FROM formatted WHERE row_id IS NOT NULL"
+        f"CREATE OR REPLACE TABLE {_ROWS} AS SELECT rowid AS table_row, row_id, {_SPLIT_SQL} AS split_name, "
+        f"kind, truncation, source, source_uri, {digest} AS digest FROM formatted WHERE row_id IS NOT NULL"
     )
     connection.execute(
         f"""
         CREATE OR REPLACE TABLE {_PLAN} AS
-        SELECT row_id, split_name, kind, truncation, digest, position,
+        SELECT table_row, row_id, split_name, kind, truncation, digest, position,
                dense_rank() OVER (ORDER BY split_name, piece) - 1 AS shard
         FROM (
             SELECT *, coalesce(sum(closes) OVER (
@@ -445,7 +456,7 @@ def _plan(connection: duckdb.DuckDBPyConnection) -> list[_ShardFile]:
                     _ShardFile(layout.config, split, int(shard), int(rows), key, f"{layout.config}/{name}.jsonl")
                 )
     # Only what reading needs is kept while the rows are read (the content hashes were the bulk).
-    connection.execute(f"CREATE OR REPLACE TABLE {_PLAN} AS SELECT row_id, split_name, shard, position FROM {_PLAN}")
+    connection.execute(f"CREATE OR REPLACE TABLE {_PLAN} AS SELECT table_row, split_name, shard, position FROM {_PLAN}")
     return files
 
 
@@ -527,7 +538,7 @@ def _read_formatted(
         ranges: set[int] = set()
         with contextlib.ExitStack() as files:
             writers: dict[int, Any] = {}
-            scan = f"SELECT {select} FROM formatted f JOIN (SELECT * FROM {_todo_sql()}) p ON p.row_id = f.row_id"
+            scan = f"SELECT {select} FROM formatted f JOIN (SELECT * FROM {_todo_sql()}) p ON p.table_row = f.rowid"
             for batch in read_batches(connection, scan, batch_rows=_SCAN_ROWS):
                 positions = batch.column(_POSITION).to_numpy()
                 found = np.searchsorted(bounds, positions, side="right")
@@ -1011,7 +1022,9 @@ class _ExportFiles:
             if shard.relative in self.files
         }
 
-    def parquet(self, plan: list[_ShardFile], taken: Mapping[str, _TakenOver]) -> dict[str, dict[str, Any]]:
+    def parquet(
+        self, plan: list[_ShardFile], taken: Mapping[str, _TakenOver], linked: dict[FileStat, FileStat]
+    ) -> dict[str, dict[str, Any]]:
         """A Parquet file beside each JSONL file, every shard of a split in the schema inferred from all the
         split's records (so a reader that reads the shards as one dataset finds one schema): the one written
         alongside if it is the file Arrow's JSON reader makes of the JSONL in that schema (:func:`_same_file`),
@@ -1034,7 +1047,7 @@ class _ExportFiles:
                 target = self.parquet_path(shard.relative)
                 previous = taken.get(shard.relative)
                 if previous is not None and split_schema is not None and previous.parquet_schema.equals(split_schema):
-                    _link(previous.parquet, target)
+                    _take_over(previous, previous.parquet, target, linked)
                     result[_parquet_name(shard.relative)] = previous.parquet_entry
                     continue
                 if previous is not None:  # the split's schema changed: the shard's Parquet is written anew
@@ -1094,6 +1107,8 @@ class _TakenOver:
     parquet_schema: pa.Schema
     row_schema: pa.Schema | None
     longest_line: int
+    seen: dict[Path, os.stat_result]
+    """Each of the two files' stat when it was found to match its manifest."""
 
 
 def _taken_over(root: Path, plan: list[_ShardFile]) -> dict[str, _TakenOver]:
@@ -1105,9 +1120,15 @@ def _taken_over(root: Path, plan: list[_ShardFile]) -> dict[str, _TakenOver]:
         folder = root / version
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         files, parquet_files = dict(manifest["files"]), dict(manifest["parquet_files"])
-    except (OSError, ValueError, KeyError, TypeError):
+        if not version or manifest.get("data_version") != version or data_version(manifest) != version:
+            return {}  # an edited manifest describes nothing for sure
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    by_key = {entry["key"]: name for name, entry in files.items() if isinstance(entry, dict) and "key" in entry}
+    by_key = {
+        entry["key"]: name
+        for name, entry in files.items()
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str)
+    }
     trusted = _verified_so_far(verified_record(root))[1].get(version, _NEVER_HASHED).files
     found: dict[str, _TakenOver] = {}
     for shard in plan:
@@ -1118,6 +1139,10 @@ def _taken_over(root: Path, plan: list[_ShardFile]) -> dict[str, _TakenOver]:
         if not isinstance(parquet_entry, dict) or "longest_line" not in parquet_entry:
             continue
         try:
+            seen = {
+                folder / name: (folder / name).stat(),
+                folder / _parquet_name(name): (folder / _parquet_name(name)).stat(),
+            }
             if not all(
                 _matches(folder / relative, entry, trusted.get(relative))
                 for relative, entry in ((name, files[name]), (_parquet_name(name), parquet_entry))
@@ -1132,29 +1157,44 @@ def _taken_over(root: Path, plan: list[_ShardFile]) -> dict[str, _TakenOver]:
                 pq.read_schema(folder / _parquet_name(name)),
                 None if row_schema is None else _schema_of(row_schema),
                 int(parquet_entry["longest_line"]),
+                seen,
             )
-        except (OSError, ValueError, TypeError, pa.ArrowException):
+        except (OSError, ValueError, TypeError, AttributeError, pa.ArrowException):
             continue
     return found
 
 
-def _restat_taken_over(root: Path, taken: Iterable[_TakenOver]) -> None:
-    """Record the new stat of the previous version's files that were just linked (a link changes a file's
-    status-change time): they matched their manifest a moment ago, and :func:`verify_published` would
-    otherwise hash them all again at its next check for a change of nothing but their link count."""
-    taken = list(taken)
+def _take_over(previous: _TakenOver, source: Path, target: Path, linked: dict[FileStat, FileStat]) -> None:
+    """Link ``target`` to ``source`` (a file of ``previous``) and make sure it is still the file that matched
+    its manifest: the same inode, size and modification time as then (a copy, where links fail: hashed
+    again). ``linked``: the source's stat before and after, for :func:`_restat_taken_over`."""
+    seen = previous.seen[source]
+    _link(source, target)
+    now = target.stat()
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (seen.st_ino, seen.st_size, seen.st_mtime_ns):
+        expected = previous.entry if source == previous.jsonl else previous.parquet_entry
+        if now.st_ino == seen.st_ino or file_digest(target) != expected.get("sha256"):
+            raise ExportError(
+                f"{source} changed while this export was taking it over (a published version is immutable): "
+                "restore it or move that version away, then export again"
+            )
+    before = (seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+    linked[before] = _file_stat(source)
+
+
+def _restat_taken_over(root: Path, linked: Mapping[FileStat, FileStat]) -> None:
+    """Record the new stat of the files that were just linked (a link changes a file's status-change time)
+    wherever the record had their stat from before (the previous version, and older ones sharing the file):
+    they matched their manifest a moment ago, and :func:`verify_published` would otherwise hash them all
+    again at its next check for a change of nothing but their link count."""
     path = verified_record(root)
     checks, known = _verified_so_far(path)
-    if not taken or not known:
+    if not linked or not known:
         return
-    for item in taken:
-        version = known.get(item.jsonl.parent.parent.name)
-        if version is None:
-            continue
-        for file in (item.jsonl, item.parquet):
-            relative = file.relative_to(file.parent.parent).as_posix()
-            if relative in version.files:
-                version.files[relative] = _file_stat(file)
+    for version in known.values():
+        for relative, stat in version.files.items():
+            if stat in linked:
+                version.files[relative] = linked[stat]
     record = {
         "checks": checks,
         "versions": {
@@ -1307,6 +1347,13 @@ def data_version(manifest: Mapping[str, Any]) -> str:
     """Content hash of a manifest: JSONL file hashes plus every descriptive field (not the Parquet
     hashes, which depend on the writer's version, nor the creation time)."""
     payload = {k: v for k, v in manifest.items() if k not in _HASH_EXCLUDED}
+    # A file's shard key is bookkeeping for the next version (it hashes columns the file does not show):
+    # the version is what the files hold and what the manifest says of them.
+    if isinstance(payload.get("files"), dict):
+        payload["files"] = {
+            name: {k: v for k, v in entry.items() if k != "key"} if isinstance(entry, dict) else entry
+            for name, entry in payload["files"].items()
+        }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -1585,15 +1632,16 @@ def write_export(
         if final.exists():
             writers.close()
             return _reuse(final, staging)
+        linked: dict[FileStat, FileStat] = {}
         for relative, previous in taken.items():  # only now: a link changes the linked file's status time
-            _link(previous.jsonl, staging / relative)
+            _take_over(previous, previous.jsonl, staging / relative, linked)
         manifest = {
             "data_version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **manifest,
-            "parquet_files": writers.parquet(plan, taken),
+            "parquet_files": writers.parquet(plan, taken, linked),
         }
-        _restat_taken_over(root, taken.values())
+        _restat_taken_over(root, linked)
         (staging / MANIFEST).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
         )

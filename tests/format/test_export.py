@@ -21,6 +21,7 @@ from curation.core.schema import JSON_COLUMNS, new_row
 from curation.core.warehouse import SOURCE_ORDER, canonical_ddl
 from curation.format import export as export_module
 from curation.format.export import (
+    MANIFEST,
     ExportError,
     ExportInfo,
     export_records,
@@ -802,3 +803,73 @@ def test_a_new_version_takes_over_the_shards_whose_rows_did_not_change(tmp_path,
         first.data_version,
         second.data_version,
     }
+
+
+def test_what_decides_a_taken_over_file_is_its_exported_content(tmp_path, monkeypatch) -> None:
+    """A score that becomes -0.0 (JSON tells it from 0.0, DuckDB's hash does not) makes a new version; a
+    change to a column no file shows does not; a row id held twice is written twice, not four times; a
+    corrupt key in the previous manifest is ignored; links through a chain of versions keep every version's
+    record current."""
+    monkeypatch.setattr(export_module, "_SHARD_ROWS", 16)
+    rows = _sourced_rows(200)
+    reward = next(k for k, row in enumerate(rows) if row["kind"] == "reward")
+    rows[reward]["score"] = 0.0
+    root = tmp_path / "exports"
+
+    def export(name: str, table: list[dict]):
+        with duckdb.connect(str(_warehouse_of(tmp_path / f"{name}.duckdb", table)), read_only=True) as connection:
+            return write_export(connection, root, INFO), write_export(connection, tmp_path / f"fresh-{name}", INFO)
+
+    first, _ = export("v1", rows)
+    verify_published(root)
+    negative = [dict(row) for row in rows]
+    negative[reward]["score"] = -0.0
+    second, fresh = export("v2", negative)
+    assert second.data_version == fresh.data_version != first.data_version
+    assert any(b'"score":-0.0' in (second.path / n).read_bytes() for n in second.manifest["files"])
+
+    unseen = [dict(row) for row in negative]
+    unseen[5]["extra"] = _stored({"other": "not exported"})  # `extra` shows only its tools
+    third, _ = export("v3", unseen)
+    assert third.reused and third.data_version == second.data_version
+
+    # Chain: v2 took files over from v1; a v4 that takes them over again leaves no stale stat behind.
+    doubled = [dict(row) for row in negative] + [dict(negative[7])]  # one row id twice
+    manifest = json.loads((second.path / MANIFEST).read_text())
+    name = next(iter(manifest["files"]))
+    manifest["files"][name]["key"] = ["not", "a", "key"]  # corrupt, and outside the version's hash
+    (second.path / MANIFEST).write_text(json.dumps(manifest))
+    verify_published(root)
+    fourth, _ = export("v4", doubled)
+    lines = b"".join((fourth.path / n).read_bytes() for n in fourth.manifest["files"] if n.startswith("sft_tokenized"))
+    assert lines.count(f'"id":"{negative[7]["row_id"]}"'.encode()) == 2
+    assert 0 < fourth.files_taken_over < len(fourth.manifest["files"]) - 1
+    check = verify_published(root)
+    files_of_fourth = len(fourth.manifest["files"]) + len(fourth.manifest["parquet_files"])
+    assert (check.problems, check.files_hashed) == ([], files_of_fourth)
+
+
+def test_a_previous_file_changed_while_it_is_taken_over_stops_the_export(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(export_module, "_SHARD_ROWS", 16)
+    rows = _sourced_rows(200)
+    root = tmp_path / "exports"
+    with duckdb.connect(str(_warehouse_of(tmp_path / "v1.duckdb", rows)), read_only=True) as connection:
+        write_export(connection, root, INFO)
+    grown = [*rows, {**rows[100], "row_id": "r900", "source_uri": "alpaca.jsonl#900", "source": "alpaca"}]
+    checked = export_module._taken_over
+
+    def edited_after_the_check(*args):
+        found = checked(*args)
+        victim = next(iter(found.values())).jsonl
+        data = victim.read_bytes()
+        victim.write_bytes(data.replace(b'"', b"'", 1))  # same size, same inode, new content
+        return found
+
+    monkeypatch.setattr(export_module, "_taken_over", edited_after_the_check)
+    warehouse = _warehouse_of(tmp_path / "v2.duckdb", grown)
+    with (
+        duckdb.connect(str(warehouse), read_only=True) as connection,
+        pytest.raises(ExportError, match="changed while this export was taking it over"),
+    ):
+        write_export(connection, root, INFO)
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []

@@ -36,7 +36,7 @@ REFERENCE = {
     "synthetic_mixed": "8e7c06ff4b20ae25",
     "formatted": "847b2517e7de439f",
 }
-EXPORTS_VERSION = "51e50b2c1d3dc58e"
+EXPORTS_VERSION = "8f3a7493bd8a777d"
 
 # (asset, what shows the run is inside that asset's write): a log line printed while its staging
 # tables exist, or the export's temp folder appearing.
