@@ -1144,7 +1144,7 @@ def _taken_over(root: Path, plan: list[_ShardFile]) -> dict[str, _TakenOver]:
                 folder / _parquet_name(name): (folder / _parquet_name(name)).stat(),
             }
             if not all(
-                _matches(folder / relative, entry, trusted.get(relative))
+                _matches(folder / relative, entry, seen[folder / relative], trusted.get(relative))
                 for relative, entry in ((name, files[name]), (_parquet_name(name), parquet_entry))
             ):
                 continue
@@ -1178,8 +1178,7 @@ def _take_over(previous: _TakenOver, source: Path, target: Path, linked: dict[Fi
                 f"{source} changed while this export was taking it over (a published version is immutable): "
                 "restore it or move that version away, then export again"
             )
-    before = (seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
-    linked[before] = _file_stat(source)
+    linked[_as_file_stat(seen)] = _file_stat(source)
 
 
 def _restat_taken_over(root: Path, linked: Mapping[FileStat, FileStat]) -> None:
@@ -1195,17 +1194,13 @@ def _restat_taken_over(root: Path, linked: Mapping[FileStat, FileStat]) -> None:
         for relative, stat in version.files.items():
             if stat in linked:
                 version.files[relative] = linked[stat]
-    record = {
-        "checks": checks,
-        "versions": {
-            name: {"hashed_in_check": entry.hashed_in_check, "files": entry.files} for name, entry in known.items()
-        },
-    }
-    write_record(path, json.dumps(record, indent=1))
+    _write_verified(path, checks, known)
 
 
-def _matches(path: Path, entry: Mapping[str, Any], stat: FileStat | None) -> bool:
-    return (stat is not None and _file_stat(path) == stat) or file_digest(path) == entry.get("sha256")
+def _matches(path: Path, entry: Mapping[str, Any], now: os.stat_result, recorded: FileStat | None) -> bool:
+    """Does the file match its manifest entry: its stat ``now`` is the one recorded when it last matched, or
+    its hash is the entry's."""
+    return _as_file_stat(now) == recorded or file_digest(path) == entry.get("sha256")
 
 
 def _same_file(file: _ExportFile, schema: pa.Schema | None) -> bool:
@@ -1370,7 +1365,10 @@ even when it keeps the size and puts the modification time back, and nothing but
 
 
 def _file_stat(path: Path) -> FileStat:
-    stat = path.stat()
+    return _as_file_stat(path.stat())
+
+
+def _as_file_stat(stat: os.stat_result) -> FileStat:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
@@ -1467,6 +1465,15 @@ def _verified_so_far(path: Path) -> tuple[int, dict[str, _Verified]]:
         return 0, {}
 
 
+def _write_verified(path: Path, checks: int, versions: Mapping[str, _Verified]) -> None:
+    """Write the record :func:`_verified_so_far` reads back."""
+    record = {
+        "checks": checks,
+        "versions": {name: {"hashed_in_check": v.hashed_in_check, "files": v.files} for name, v in versions.items()},
+    }
+    write_record(path, json.dumps(record, indent=1))
+
+
 def verify_published(root: Path) -> PublishedCheck:
     """Every version folder under ``root`` against its manifest (:func:`verify_export`), at a cost that does
     not grow with the number of versions kept: a file is hashed again only when its stat (:data:`FileStat`)
@@ -1483,19 +1490,16 @@ def verify_published(root: Path) -> PublishedCheck:
     due = min(folders, key=lambda folder: known.get(folder.name, _NEVER_HASHED).hashed_in_check, default=None)
     problems: list[dict[str, str]] = []
     hashed = trusted = 0
-    versions: dict[str, Any] = {}
+    versions: dict[str, _Verified] = {}
     for folder in folders:
         previous = known.get(folder.name, _NEVER_HASHED)
         unchanged = {} if folder == due else previous.files
         check = _verify_folder(folder, unchanged)
         problems += [{"version": folder.name, "problem": problem} for problem in check.problems]
         hashed, trusted = hashed + check.hashed, trusted + check.trusted
-        versions[folder.name] = {
-            "hashed_in_check": this_check if not check.trusted else previous.hashed_in_check,
-            "files": check.matched,
-        }
+        versions[folder.name] = _Verified(this_check if not check.trusted else previous.hashed_in_check, check.matched)
     if folders:  # a read-only exports folder: verified all the same, hashed in full next time too
-        write_record(record_path, json.dumps({"checks": this_check, "versions": versions}, indent=1))
+        _write_verified(record_path, this_check, versions)
     return PublishedCheck(problems, len(folders), hashed, trusted, due.name if due else None)
 
 
