@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 Split = Literal["train", "eval"]
 SUBSET_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 1.0)
 """The nested subsets every formatted row is tagged with (the smallest one holding it)."""
+SPLIT_TOLERANCE = 0.1
+"""How far (a share of its target, rounded down) a stratum's eval rows may be from ``eval_fraction`` × rows
+before the split overrides a group's own draw. Within it a row keeps its split when data is added, so eval
+figures across data versions are comparable; a stratum's eval count is binomial around the target, so a
+target of ~1,000 rows or more (tolerance ≈ 3 standard deviations) is practically always inside."""
 
 
 def _stratum(row: Mapping[str, Any], stratify_by: Sequence[str]) -> tuple[str, ...]:
@@ -60,11 +65,10 @@ def assign_splits(
     ``rows`` are mappings with ``row_id`` and the ``stratify_by`` fields. ``group_key`` names a
     field holding a group id (e.g. a near-duplicate ``cluster_id``) or maps row_id → group id;
     rows without a group are their own group. A group is never split: it goes wholly to the
-    stratum most of its rows belong to. Within a stratum, groups are taken in seeded-hash order
-    into eval until the stratum's target (``eval_fraction`` × rows, rounded without bias) is reached;
-    a group that would overshoot is skipped for a smaller one, so large clusters tend to stay in
-    train. The result depends on the set of rows and the seed only; adding rows to a stratum can
-    move a few of its groups (use :func:`nested_subsets` where per-row stability matters).
+    stratum most of its rows belong to. Within a stratum, a group is in eval when its seeded draw is
+    under ``eval_fraction``, as long as the stratum's eval rows stay within :data:`SPLIT_TOLERANCE` of
+    its target (``eval_fraction`` × rows, rounded without bias); see :func:`eval_groups_in_order`.
+    The result depends on the set of rows and the seed only, and a row keeps its split as data grows.
     """
     _check_eval_fraction(eval_fraction)
     row_group: dict[str, str] = {}
@@ -96,8 +100,10 @@ def assign_splits(
         stratum: stratum_target(stratum, sum(size for _, _, size in groups), eval_fraction, seed)
         for stratum, groups in by_stratum.items()
     }
-    ordered = ((stratum, group, size) for stratum, groups in by_stratum.items() for _, group, size in sorted(groups))
-    eval_groups = set(eval_groups_in_order(ordered, targets))
+    ordered = (
+        (stratum, group, size, draw) for stratum, groups in by_stratum.items() for draw, group, size in sorted(groups)
+    )
+    eval_groups = set(eval_groups_in_order(ordered, targets, eval_fraction))
     return {row_id: ("eval" if group in eval_groups else "train") for row_id, group in row_group.items()}
 
 
@@ -112,15 +118,25 @@ def stratum_target(stratum: tuple[str, ...], rows: int, eval_fraction: float, se
 
 
 def eval_groups_in_order(
-    groups: Iterable[tuple[tuple[str, ...], str, int]], targets: Mapping[tuple[str, ...], int]
+    groups: Iterable[tuple[tuple[str, ...], str, int, float]],
+    targets: Mapping[tuple[str, ...], int],
+    eval_fraction: float,
 ) -> Iterator[str]:
-    """The eval groups, from ``(stratum, group, size)`` in seeded-hash order within each stratum (strata
-    may interleave): a stratum takes each group in turn until its target is reached, skipping a group
-    that would overshoot. Holds one count per stratum, so a sorted stream of any length fits."""
+    """The eval groups, from ``(stratum, group, size, draw)`` in seeded-draw order within each stratum
+    (strata may interleave). Holds one count per stratum, so a sorted stream of any length fits.
+
+    A group goes to eval when its draw is under ``eval_fraction`` — a decision about the group alone, so
+    rows added to a stratum never move its earlier groups — unless that would leave the stratum's eval
+    rows outside its target ± :data:`SPLIT_TOLERANCE`: below the band, the next groups in draw order are
+    taken too; a group that would carry the count above it is skipped (so a large cluster tends to stay
+    in train). Large strata land inside the band by the law of large numbers and keep every row's split
+    as data grows; small ones (a target under 10 rows has no tolerance) get their share exactly.
+    """
     taken: Counter[tuple[str, ...]] = Counter()
-    for stratum, group, size in groups:
+    for stratum, group, size, draw in groups:
         target = targets[stratum]
-        if taken[stratum] < target and taken[stratum] + size <= target:
+        slack = math.floor(target * SPLIT_TOLERANCE)
+        if taken[stratum] + size <= target + slack and (draw < eval_fraction or taken[stratum] < target - slack):
             taken[stratum] += size
             yield group
 
@@ -299,14 +315,14 @@ def plan_splits(
             ).fetchall()
         }
         ordered = (
-            ((kind, source), group, size)
+            ((kind, source), group, size, draw)
             for batch in read_batches(
-                connection, f"SELECT kind, source, grp, size FROM {strata} ORDER BY kind, source, draw, grp"
+                connection, f"SELECT kind, source, grp, size, draw FROM {strata} ORDER BY kind, source, draw, grp"
             )
-            for kind, source, group, size in zip(*(column.to_pylist() for column in batch.columns), strict=True)
+            for kind, source, group, size, draw in zip(*(column.to_pylist() for column in batch.columns), strict=True)
         )
         connection.execute(f"CREATE TABLE {chosen} (grp VARCHAR)")
-        taken = eval_groups_in_order(ordered, targets)
+        taken = eval_groups_in_order(ordered, targets, eval_fraction)
         for part in iter(lambda: list(itertools.islice(taken, 10_000)), []):
             connection.register("_split_chosen", pa.table({"grp": pa.array(part, pa.string())}))
             try:
