@@ -38,7 +38,8 @@ never overwritten.
 Rows are in source order (source, file, record: :data:`~curation.core.warehouse.SOURCE_ORDER`), as they
 stood in the sources; trainers shuffle. A split is cut into shards of about :data:`_SHARD_ROWS` rows after
 each row whose id's MD5 is a multiple of it, so the cuts move only where rows are added or removed. Each
-shard file has a key: a hash of its config and of its rows' content, in order. A file whose key the
+shard file has a key: a hash of its config and of what it shows of each of its rows, in order (a column
+the layout does not write, such as an absorbed copy's licence note, is left out). A file whose key the
 previous version (``LATEST``) has, that file matching its manifest, is hard-linked from it instead of
 written: records appended to a source rewrite only the shards they land in, and versions share the space
 of what they share. Every shard of a split is written in the Parquet schema inferred from the whole split
@@ -366,6 +367,10 @@ _TODO = f"{_WORK}.export_todo"
 _SPLIT_SQL = "coalesce(nullif(split, ''), 'train')"  # `split or "train"`, as _selections reads it
 
 
+def _digest_column(layout: _Layout) -> str:
+    return f"digest_{layout.config}"
+
+
 def _layout_sql(layout: _Layout) -> str:
     """SQL true for the ``formatted`` rows a layout holds (what :func:`_selections` selects)."""
     kinds = ", ".join("'" + kind.replace("'", "''") + "'" for kind in layout.kinds)
@@ -399,37 +404,43 @@ def _provisional(config: str, split: str, shard: int) -> str:
     return f"{config}/{split}#{shard}"
 
 
+def _content_digest(layout: _Layout, types: Mapping[str, str]) -> str:
+    """SQL hashing what a layout writes of a row, and nothing else: a column no file of the layout shows
+    (an absorbed copy's licence note in ``extra``, the token ids in a text-only layout) must not change
+    its shards' keys, or an unchanged file would be written again."""
+    hashed = []
+    for field in layout.fields:
+        if field.codec == "tools":  # the only part of ``extra`` a layout writes (_tools)
+            hashed.append("json_extract(extra, '$.tools')")
+        elif types.get(field.column) in ("DOUBLE", "FLOAT", "REAL"):
+            # Floats as their text: DuckDB hashes -0.0 as 0.0, which JSON writes differently.
+            hashed.append(f"CAST({quote(field.column)} AS VARCHAR)")
+        else:
+            hashed.append(quote(field.column))
+    return f"CASE WHEN {_layout_sql(layout)} THEN hash({', '.join(hashed)}) END"
+
+
 def _plan(connection: duckdb.DuckDBPyConnection) -> list[_ShardFile]:
     """Every row's place (split, source order) and shard, kept in a temporary table, and the files the
-    export is made of. Each row's content is hashed (every column a layout or the order reads) for the keys."""
+    export is made of. Each row's content is hashed, per layout it belongs to, for the keys."""
     kinds = ", ".join("'" + kind + "'" for kind in _KINDS)
     unknown = connection.execute(
         f"SELECT row_id, kind FROM formatted WHERE kind IS NULL OR kind NOT IN ({kinds}) LIMIT 1"
     )
     for row_id, kind in unknown.fetchall():
         raise _unknown_kind(row_id, kind)
-    columns = {"row_id", "kind", "split", "truncation", "source", "source_uri"}
-    columns |= {field.column for layout in _LAYOUTS for field in layout.fields}
     types = dict(table_columns(connection, "formatted"))
-    # Floats as their text: DuckDB hashes -0.0 as 0.0, which JSON writes differently.
-    digest = (
-        "hash("
-        + ", ".join(
-            f"CAST({quote(column)} AS VARCHAR)" if types.get(column) in ("DOUBLE", "FLOAT", "REAL") else quote(column)
-            for column in sorted(columns)
-        )
-        + ")"
-    )
-    # Two steps: a sort that carries the hash computes it on the sorted rows, twice the time. Rows are
+    digests = ", ".join(f"{_content_digest(layout, types)} AS {quote(_digest_column(layout))}" for layout in _LAYOUTS)
+    # Two steps: a sort that carries the hashes computes them on the sorted rows, twice the time. Rows are
     # found again by their place in the table (rowid), which stays unique where a row id would not.
     connection.execute(
         f"CREATE OR REPLACE TABLE {_ROWS} AS SELECT rowid AS table_row, row_id, {_SPLIT_SQL} AS split_name, "
-        f"kind, truncation, source, source_uri, {digest} AS digest FROM formatted WHERE row_id IS NOT NULL"
+        f"kind, truncation, source, source_uri, {digests} FROM formatted WHERE row_id IS NOT NULL"
     )
     connection.execute(
         f"""
         CREATE OR REPLACE TABLE {_PLAN} AS
-        SELECT table_row, row_id, split_name, kind, truncation, digest, position,
+        SELECT * EXCLUDE (source, source_uri, closes, piece),
                dense_rank() OVER (ORDER BY split_name, piece) - 1 AS shard
         FROM (
             SELECT *, coalesce(sum(closes) OVER (
@@ -444,7 +455,8 @@ def _plan(connection: duckdb.DuckDBPyConnection) -> list[_ShardFile]:
     files: list[_ShardFile] = []
     for layout in _LAYOUTS:
         shards = connection.execute(
-            f"SELECT split_name, shard, count(*), md5(string_agg(CAST(digest AS VARCHAR), ',' ORDER BY position)) "
+            f"SELECT split_name, shard, count(*), "
+            f"md5(string_agg(CAST({quote(_digest_column(layout))} AS VARCHAR), ',' ORDER BY position)) "
             f"FROM {_PLAN} WHERE {_layout_sql(layout)} GROUP BY ALL ORDER BY 1, 2"
         ).fetchall()
         for split, group in itertools.groupby(shards, key=lambda shard: shard[0]):
@@ -1342,8 +1354,8 @@ def data_version(manifest: Mapping[str, Any]) -> str:
     """Content hash of a manifest: JSONL file hashes plus every descriptive field (not the Parquet
     hashes, which depend on the writer's version, nor the creation time)."""
     payload = {k: v for k, v in manifest.items() if k not in _HASH_EXCLUDED}
-    # A file's shard key is bookkeeping for the next version (it hashes columns the file does not show):
-    # the version is what the files hold and what the manifest says of them.
+    # A file's shard key is bookkeeping for the next version (DuckDB's row hashes, not the bytes): the
+    # version is what the files hold and what the manifest says of them.
     if isinstance(payload.get("files"), dict):
         payload["files"] = {
             name: {k: v for k, v in entry.items() if k != "key"} if isinstance(entry, dict) else entry
