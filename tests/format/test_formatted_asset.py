@@ -459,16 +459,25 @@ def tampered(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_budget_check_fails_on_an_over_long_or_miscounted_row(tampered) -> None:
+def test_budget_check_fails_on_an_over_long_or_miscounted_row(tampered, monkeypatch) -> None:
+    import checks.formatted
     from checks.formatted import formatted_within_token_budget
 
     connection, check = tampered
     connection.execute("UPDATE formatted SET n_tokens = 65 WHERE parent_id = 'b1'")
+    (rows,) = connection.execute("SELECT count(*) FROM formatted").fetchone()
     connection.close()
     result = check(formatted_within_token_budget)
     assert not result.passed
     assert result.metadata["over_budget"].value == 1
     assert result.metadata["count_differs_from_ids_or_mask"].value == 1  # 65 is not the number of ids either
+    assert result.metadata["ids_and_mask_counted"].value == f"all {rows}"
+    # Counting ids parses every row's lists: beyond COUNTED_ROWS a fixed sample is counted; the budget is
+    # still held over every row's count.
+    monkeypatch.setattr(checks.formatted, "COUNTED_ROWS", 2)
+    sampled = check(formatted_within_token_budget)
+    assert not sampled.passed and sampled.metadata["over_budget"].value == 1
+    assert sampled.metadata["ids_and_mask_counted"].value == f"sampled 2 of {rows}"
 
 
 @pytest.mark.slow
