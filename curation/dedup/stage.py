@@ -45,7 +45,7 @@ from curation.core.config import DedupConfig
 from curation.core.freshness import code_fingerprint
 from curation.core.intermediates import ParquetPart
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
-from curation.core.memo import Reuse, drop_reuse, plan_reuse
+from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_kept_rows
 from curation.core.normalize import NormalizeOptions
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
@@ -61,6 +61,7 @@ from curation.core.warehouse import (
     insert_from,
     quote,
     read_batches,
+    table_columns,
     table_names,
 )
 from curation.dedup import distributed
@@ -280,8 +281,8 @@ def run_dedup(
                 db.persisted[table] = staged.create_as(f"dedup_{table}", select)
         facts = db.facts
         db.create("replaced_keys", "near_key VARCHAR")
-        signatures = staged.create("dedup_signatures", SIGNATURES_DDL)
-        db.keyed.add(signatures)
+        computed = _computed_signatures(staged)
+        db.keyed.add(computed)
         reuse: Reuse | None = None
         try:
             reuse = plan_reuse(
@@ -295,13 +296,14 @@ def run_dedup(
                 reuse.excluding("r.row_id"),
                 total - reuse.rows,
                 facts_batch,
-                (facts, db.paragraphs, signatures),
+                (facts, db.paragraphs, computed),
                 inputs=FACT_INPUTS,
             )
         finally:
             drop_reuse(connection, reuse)
-        _boilerplate(run, total, signatures, quote(staged.staging_name("dedup_memo")))
-        near_counts = _carry_signatures(db, signatures) | {"facts_reused": reuse.rows}
+        _boilerplate(run, total, computed, quote(staged.staging_name("dedup_memo")))
+        signatures, near_counts = _stage_signatures(staged, db, computed)
+        near_counts["facts_reused"] = reuse.rows
         log(
             f"deduped: MinHash computed for {near_counts['minhash_computed']:,} texts, "
             f"{near_counts['signatures_reused']:,} signatures reused"
@@ -462,20 +464,44 @@ def _boilerplate(run: _Passes, total: int, signatures: str, memo: str) -> None:
     )
 
 
-def _carry_signatures(db: _Scratch, signatures: str) -> dict[str, int]:
-    """Add the stored signatures of this run's texts to the ones the passes computed (``signatures``, the
-    staged ``dedup_signatures``); those of texts no longer compared are left behind. Returns how many
-    were computed and reused."""
+def _computed_signatures(staged: StagedWrite) -> str:
+    """The table the passes append the signatures they compute to: the staged ``dedup_signatures`` itself on
+    a first run; else a work table beside it, which :func:`_stage_signatures` adds to the stored ones."""
+    if "dedup_signatures" not in table_names(staged.connection):
+        return staged.create("dedup_signatures", SIGNATURES_DDL)
+    computed = quote(staged.staging_name("dedup_signatures_computed"))  # `_stage_`: a crash's debris is swept
+    staged.connection.execute(f"CREATE TABLE {computed} ({SIGNATURES_DDL})")
+    return computed
+
+
+def _stage_signatures(staged: StagedWrite, db: _Scratch, computed: str) -> tuple[str, dict[str, int]]:
+    """Stage the new ``dedup_signatures``: the stored signatures of this run's texts (those of texts no longer
+    compared are left behind) and the ``computed`` ones. After a small change the stored table is patched
+    (:func:`~curation.core.memo.stage_kept_rows`), not copied: a +1% re-run at 1M rows copied 894k
+    signatures (~480 MB) and their key index for 9k new ones. Returns a relation of this run's signatures
+    that cursors can read, and how many were computed and reused."""
     connection = db.connection
-    (computed,) = fetch_one(connection, f"SELECT count(*) FROM {signatures}")
-    reused = 0
-    if "dedup_signatures" in table_names(connection):
-        (reused,) = fetch_one(
-            connection,
-            f"INSERT INTO {signatures} SELECT * FROM dedup_signatures WHERE signature_key IN "
-            f"(SELECT near_key FROM {db.facts} UNION ALL SELECT near_key FROM {db.replaced_keys})",
-        )
-    return {"minhash_computed": int(computed), "signatures_reused": int(reused)}
+    (computed_rows,) = fetch_one(connection, f"SELECT count(*) FROM {computed}")
+    counts = {"minhash_computed": int(computed_rows), "signatures_reused": 0}
+    if computed == quote(staged.staging_name("dedup_signatures")):  # a first run: nothing was stored
+        return computed, counts
+    wanted = (
+        f"SELECT near_key FROM {db.facts} WHERE near_key IS NOT NULL "
+        f"UNION SELECT near_key FROM {db.replaced_keys} WHERE near_key IS NOT NULL"
+    )
+    columns = [name for name, _ in table_columns(connection, "dedup_signatures")]
+    target = stage_kept_rows(
+        staged, "dedup_signatures", SIGNATURES_DDL, "signature_key", wanted, computed_rows, columns
+    )
+    connection.execute(f"INSERT INTO {target} SELECT * FROM {computed}")
+    connection.execute(f"DROP TABLE {computed}")
+    (total,) = fetch_one(connection, f"SELECT count(*) FROM {quote(staged.staging_name('dedup_signatures'))}")
+    counts["signatures_reused"] = int(total) - int(computed_rows)
+    if target == quote(staged.staging_name("dedup_signatures")):  # copied: a table of its own
+        return target, counts
+    # Patched: the staged version is a temporary view, which a cursor does not see; the stored table holds
+    # every kept signature (and some that go, which no text of this run asks for).
+    return f"(SELECT * FROM dedup_signatures UNION ALL SELECT * FROM {target})", counts
 
 
 def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log: Callable[[str], None]) -> None:

@@ -5,10 +5,12 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from benchmarks.scale_mix import build_mix
+from curation.core import memo
 from curation.core.config import load_project
-from curation.core.warehouse import Warehouse
+from curation.core.warehouse import StagedWrite, Warehouse
 from curation.dedup.stage import DedupRun, run_dedup
 from curation.ingest.sources import ingest_sources
 from tests.conftest import needs_shared_data
@@ -34,7 +36,20 @@ def _raw(warehouse_file: Path, project_file: Path) -> None:
         ingest_sources(load_project(project_file), staged)
 
 
-def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", ["copied", "patched"])
+def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_path: Path, monkeypatch, stored) -> None:
+    """``stored``: how the re-runs stage ``dedup_signatures``, a copy of the kept signatures (this change, 17%
+    of the rows, is past ``PATCH_MAX_CHANGE``) or the stored table patched in place."""
+    patched: list[str] = []
+    if stored == "patched":
+        monkeypatch.setattr(memo, "PATCH_MAX_CHANGE", 1.0)
+        patch = StagedWrite.patch
+
+        def recorded(self, table, *args, **kwargs):
+            patched.append(table)
+            return patch(self, table, *args, **kwargs)
+
+        monkeypatch.setattr(StagedWrite, "patch", recorded)
     build_mix(tmp_path / "mix", 2_000, seed=2)
     build_mix(tmp_path / "more", 300, seed=9)  # other records under the same source names and line numbers
     project = tmp_path / "mix" / "distillery.yaml"
@@ -62,12 +77,16 @@ def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_p
     shutil.copy(memo_file, tmp_path / "fresh.duckdb")
     with duckdb.connect(str(tmp_path / "fresh.duckdb")) as connection:
         connection.execute("DROP TABLE dedup_memo")  # this one computes every row's facts
+    shutil.copy(tmp_path / "fresh.duckdb", tmp_path / "unsigned.duckdb")
+    with duckdb.connect(str(tmp_path / "unsigned.duckdb")) as connection:
+        connection.execute("DROP TABLE dedup_signatures")  # and this one every signature
 
     again, with_memo = _dedup(memo_file, project)
     fresh_run, fresh = _dedup(tmp_path / "fresh.duckdb", project)
     assert fresh_run.counts["facts_reused"] == 0
     assert 1_500 < again.counts["facts_reused"] == expected_reuse
-    assert with_memo == fresh
+    assert with_memo == fresh == _dedup(tmp_path / "unsigned.duckdb", project)[1]
+    assert ("dedup_signatures" in patched) == (stored == "patched")
     assert again.counts == fresh_run.counts | {"facts_reused": expected_reuse}
 
     # Other dedup settings: nothing is reused.
