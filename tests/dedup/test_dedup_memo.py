@@ -38,8 +38,8 @@ def _raw(warehouse_file: Path, project_file: Path) -> None:
 
 @pytest.mark.parametrize("stored", ["copied", "patched"])
 def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_path: Path, monkeypatch, stored) -> None:
-    """``stored``: how the re-runs stage ``dedup_signatures``, a copy of the kept signatures (this change, 17%
-    of the rows, is past ``PATCH_MAX_CHANGE``) or the stored table patched in place."""
+    """``stored``: how the re-runs stage ``dedup_signatures`` and ``deduped``, a copy of what they keep (this
+    change, 17% of the rows, is past ``PATCH_MAX_CHANGE``) or the stored tables patched in place."""
     patched: list[str] = []
     if stored == "patched":
         monkeypatch.setattr(memo, "PATCH_MAX_CHANGE", 1.0)
@@ -71,6 +71,11 @@ def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_p
         connection.execute(
             "DELETE FROM raw WHERE row_id IN (SELECT row_id FROM raw USING SAMPLE 50 ROWS (reservoir, 3))"
         )
+        # Records that moved in their file: same id and texts (the facts memo holds them), another source_uri.
+        connection.execute(
+            "UPDATE raw SET source_uri = source_uri || '-moved' "
+            "WHERE row_id IN (SELECT row_id FROM raw USING SAMPLE 40 ROWS (reservoir, 5))"
+        )
         (expected_reuse,) = connection.execute(
             "SELECT count(*) FROM raw WHERE row_id IN (SELECT row_id FROM dedup_memo)"
         ).fetchone()
@@ -79,14 +84,17 @@ def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_p
         connection.execute("DROP TABLE dedup_memo")  # this one computes every row's facts
     shutil.copy(tmp_path / "fresh.duckdb", tmp_path / "unsigned.duckdb")
     with duckdb.connect(str(tmp_path / "unsigned.duckdb")) as connection:
-        connection.execute("DROP TABLE dedup_signatures")  # and this one every signature
+        connection.execute("DROP TABLE dedup_signatures")  # and this one every signature, and writes
+        connection.execute("DROP TABLE deduped")  # every row of a new deduped
 
     again, with_memo = _dedup(memo_file, project)
     fresh_run, fresh = _dedup(tmp_path / "fresh.duckdb", project)
     assert fresh_run.counts["facts_reused"] == 0
     assert 1_500 < again.counts["facts_reused"] == expected_reuse
     assert with_memo == fresh == _dedup(tmp_path / "unsigned.duckdb", project)[1]
-    assert ("dedup_signatures" in patched) == (stored == "patched")
+    assert {"dedup_signatures", "deduped"} & set(patched) == (
+        {"dedup_signatures", "deduped"} if stored == "patched" else set()
+    )
     assert again.counts == fresh_run.counts | {"facts_reused": expected_reuse}
 
     # Other dedup settings: nothing is reused.
