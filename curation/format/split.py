@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from duckdb.func import ARROW
 
 from curation.core.components import component_labels
-from curation.core.hashing import stable_unit
+from curation.core.hashing import stable_unit, stable_unit_sql
 from curation.core.provenance import LINEAGE_WALK_DEPTH
 from curation.core.warehouse import count_rows, quote, read_batches, table_names
 
@@ -282,18 +281,16 @@ def plan_splits(
 ) -> None:
     """Create table ``into`` ``(row_id, split)``: every row of ``rows_table`` (canonical columns) split as
     :func:`assign_splits` would with groups from :func:`split_groups` and strata ``(kind, source)``,
-    without holding the table in Python: groups and strata are SQL, the seeded order is a sort, and
-    :func:`eval_groups_in_order` walks it once, writing the eval groups as it goes. Its rows are in the
-    order of ``rows_table``'s, so ``POSITIONAL JOIN`` lines the two up without sorting the wide table."""
+    without holding the table in Python: groups, strata and draws are SQL. A stratum whose draws land
+    inside its tolerance (large ones always do) takes its groups under ``eval_fraction`` in SQL; only
+    the others are walked in draw order by :func:`eval_groups_in_order`, which decides those exactly as it
+    would decide them all (an in-tolerance stratum's walk takes exactly the groups under the fraction). Its
+    rows are in the order of ``rows_table``'s, so ``POSITIONAL JOIN`` lines the two up without sorting the
+    wide table."""
     _check_eval_fraction(eval_fraction)
-
-    def draws(groups: pa.Array) -> pa.Array:
-        return pa.array([stable_unit(seed, "split", f"g:{group}") for group in groups.to_pylist()], pa.float64())
-
-    with _scratch(connection, "groups", "strata", "eval") as (groups, strata, chosen):
+    with _scratch(connection, "groups", "strata", "walked", "eval") as (groups, strata, walked_table, chosen):
         split_groups(connection, rows_table, groups)
-        connection.create_function("_split_draw", draws, ["VARCHAR"], "DOUBLE", type=ARROW, side_effects=False)
-        try:
+        with stable_unit_sql(connection, seed) as unit:
             # A group's stratum is the one most of its rows belong to, ties to the smallest (as in assign_splits).
             connection.execute(
                 f"""CREATE TABLE {strata} AS
@@ -304,24 +301,34 @@ def plan_splits(
                     SELECT *, sum(n) OVER (PARTITION BY grp) AS size,
                            row_number() OVER (PARTITION BY grp ORDER BY n DESC, kind, source) AS rank
                     FROM per_stratum)
-                SELECT kind, source, grp, size, _split_draw(grp) AS draw FROM ranked WHERE rank = 1"""
+                SELECT kind, source, grp, size, {unit}('split', 'g:' || grp) AS draw FROM ranked WHERE rank = 1"""
             )
-        finally:
-            connection.remove_function("_split_draw")
-        targets: dict[tuple[str, ...], int] = {
-            (kind, source): stratum_target((kind, source), int(total), eval_fraction, seed)
-            for kind, source, total in connection.execute(
-                f"SELECT kind, source, sum(size) FROM {strata} GROUP BY ALL"
-            ).fetchall()
-        }
+        targets: dict[tuple[str, ...], int] = {}
+        walked: list[tuple[str, str]] = []
+        for kind, source, total, natural in connection.execute(
+            f"SELECT kind, source, sum(size), coalesce(sum(size) FILTER (draw < ?), 0) FROM {strata} GROUP BY ALL",
+            [eval_fraction],
+        ).fetchall():
+            target = targets[kind, source] = stratum_target((kind, source), int(total), eval_fraction, seed)
+            slack = math.floor(target * SPLIT_TOLERANCE)
+            if not target - slack <= natural <= target + slack:
+                walked.append((kind, source))
+        connection.execute(f"CREATE TABLE {walked_table} (kind VARCHAR, source VARCHAR)")
+        if walked:
+            connection.executemany(f"INSERT INTO {walked_table} VALUES (?, ?)", walked)
+        walked_sql = f"(kind, source) IN (SELECT (kind, source) FROM {walked_table})"
+        connection.execute(
+            f"CREATE TABLE {chosen} AS SELECT grp FROM {strata} WHERE draw < ? AND NOT {walked_sql}", [eval_fraction]
+        )
         ordered = (
             ((kind, source), group, size, draw)
             for batch in read_batches(
-                connection, f"SELECT kind, source, grp, size, draw FROM {strata} ORDER BY kind, source, draw, grp"
+                connection,
+                f"SELECT kind, source, grp, size, draw FROM {strata} WHERE {walked_sql} "
+                "ORDER BY kind, source, draw, grp",
             )
-            for kind, source, group, size, draw in zip(*(column.to_pylist() for column in batch.columns), strict=True)
+            for kind, source, group, size, draw in zip(*(c.to_pylist() for c in batch.columns), strict=True)
         )
-        connection.execute(f"CREATE TABLE {chosen} (grp VARCHAR)")
         taken = eval_groups_in_order(ordered, targets, eval_fraction)
         for part in iter(lambda: list(itertools.islice(taken, 10_000)), []):
             connection.register("_split_chosen", pa.table({"grp": pa.array(part, pa.string())}))
