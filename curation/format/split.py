@@ -116,6 +116,13 @@ def stratum_target(stratum: tuple[str, ...], rows: int, eval_fraction: float, se
     return _rounded_count(eval_fraction * rows, seed, "\x1e".join(stratum))
 
 
+def _eval_band(target: int) -> tuple[int, int]:
+    """The fewest and most eval rows a stratum of eval ``target`` may hold: target ± :data:`SPLIT_TOLERANCE` of
+    it, rounded down (a target under 10 rows has no tolerance)."""
+    slack = math.floor(target * SPLIT_TOLERANCE)
+    return target - slack, target + slack
+
+
 def eval_groups_in_order(
     groups: Iterable[tuple[tuple[str, ...], str, int, float]],
     targets: Mapping[tuple[str, ...], int],
@@ -134,8 +141,8 @@ def eval_groups_in_order(
     taken: Counter[tuple[str, ...]] = Counter()
     for stratum, group, size, draw in groups:
         target = targets[stratum]
-        slack = math.floor(target * SPLIT_TOLERANCE)
-        if taken[stratum] + size <= target + slack and (draw < eval_fraction or taken[stratum] < target - slack):
+        low, high = _eval_band(target)
+        if taken[stratum] + size <= high and (draw < eval_fraction or taken[stratum] < low):
             taken[stratum] += size
             yield group
 
@@ -310,8 +317,8 @@ def plan_splits(
             [eval_fraction],
         ).fetchall():
             target = targets[kind, source] = stratum_target((kind, source), int(total), eval_fraction, seed)
-            slack = math.floor(target * SPLIT_TOLERANCE)
-            if not target - slack <= natural <= target + slack:
+            low, high = _eval_band(target)
+            if not low <= natural <= high:
                 walked.append((kind, source))
         connection.execute(f"CREATE TABLE {walked_table} (kind VARCHAR, source VARCHAR)")
         if walked:
