@@ -6,8 +6,10 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from assets.metadata import dataset_metadata
 from curation.core.freshness import module_code_version
 from curation.core.markdown import markdown_table
+from curation.core.memo import stage_rows
+from curation.core.schema import COLUMNS
 from curation.core.warehouse import canonical_ddl
-from curation.synth.mix import MIX_EXCLUDED_DDL, MixPolicy, mix_warehouse
+from curation.synth.mix import MIX_EXCLUDED_DDL, MixPolicy, mix_warehouse, mixed_rows_sql
 from resources import ProjectResource, WarehouseResource
 from resources.warehouse import POOL
 
@@ -28,9 +30,10 @@ def synthetic_mixed(
     mix = project.load().mix
     policy = MixPolicy.from_config(mix.synthetic_cap, mix.seed, mix.weights, mix.quotas)
     with warehouse.get().write("synthetic_mixed") as staged:
-        table = staged.create("synthetic_mixed", canonical_ddl())
         excluded = staged.create("mix_excluded", MIX_EXCLUDED_DDL)
-        result = mix_warehouse(staged.connection, policy, table, excluded)
+        result = mix_warehouse(staged.connection, policy, excluded)
+        # After a small change upstream the table is patched: most rows are as the last run copied them.
+        stage_rows(staged, "synthetic_mixed", canonical_ddl(), "row_id", mixed_rows_sql(excluded), COLUMNS)
         metadata = dataset_metadata(staged, "synthetic_mixed", parents=["filtered", "synthetic"])
     plan = result.plan
     context.log.info(

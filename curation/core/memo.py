@@ -105,6 +105,35 @@ def stage_output(
     return stage_kept_rows(staged, table, ddl, key, kept_keys_sql, computed_rows, columns)
 
 
+def stage_rows(staged: StagedWrite, table: str, ddl: str, key: str, rows_sql: str, columns: Sequence[str]) -> None:
+    """Stage ``table``'s new version (``ddl``) as the rows of ``rows_sql`` (a query of ``columns``, one row per
+    ``key``) for a stage that copies whole rows of its inputs. The current rows equal to a new row (the same
+    ``key`` and 64-bit digest of ``columns``) are kept by :func:`stage_kept_rows`, so after a small change the
+    table is patched in place; only the other new rows are written. Hashing a million canonical rows takes
+    DuckDB ~0.4 s on two cores, copying them ~5 s."""
+    connection = staged.connection
+    selected = ", ".join(quote(name) for name in columns)
+    if table not in table_names(connection):
+        connection.execute(f"INSERT INTO {staged.create(table, ddl)} ({selected}) SELECT {selected} FROM ({rows_sql})")
+        return
+    kept = quote(staged.staging_name(f"{table}_kept"))  # `_stage_`: a crash's debris is swept
+    digest = f"hash({selected})"
+    connection.execute(
+        f"CREATE TABLE {kept} AS SELECT {quote(key)} AS key FROM {quote(table)} "
+        f"WHERE ({quote(key)}, {digest}) IN (SELECT ({quote(key)}, {digest}) FROM ({rows_sql}))"
+    )
+    try:
+        (total,) = fetch_one(connection, f"SELECT count(*) FROM ({rows_sql})")
+        (staying,) = fetch_one(connection, f"SELECT count(*) FROM {kept}")
+        into = stage_kept_rows(staged, table, ddl, key, f"SELECT key FROM {kept}", total - staying, columns)
+        connection.execute(
+            f"INSERT INTO {into} ({selected}) SELECT {selected} FROM ({rows_sql}) "
+            f"WHERE {quote(key)} IS NULL OR {quote(key)} NOT IN (SELECT key FROM {kept})"
+        )
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS {kept}")
+
+
 def stage_kept_rows(
     staged: StagedWrite,
     table: str,

@@ -358,22 +358,26 @@ def excluded_by_reason(connection: duckdb.DuckDBPyConnection, excluded: str) -> 
     ]
 
 
-def mix_warehouse(connection: duckdb.DuckDBPyConnection, policy: MixPolicy, into: str, excluded: str) -> MixResult:
-    """The mix of the warehouse's ``filtered`` and ``synthetic`` tables under ``policy``: the kept rows are
-    copied whole into ``into`` (an existing canonical table), each row left out goes into ``excluded`` (an
-    empty table of :data:`MIX_EXCLUDED_DDL`) with the reason; all in SQL."""
+def mix_warehouse(connection: duckdb.DuckDBPyConnection, policy: MixPolicy, excluded: str) -> MixResult:
+    """The mix of the warehouse's ``filtered`` and ``synthetic`` tables under ``policy``, all in SQL: each row
+    left out goes into ``excluded`` (an empty table of :data:`MIX_EXCLUDED_DDL`) with the reason; the kept
+    rows are :func:`mixed_rows_sql`."""
     items = quote(f"_mix_items_{uuid.uuid4().hex[:8]}")
     select_sql, params = _items_sql(policy.dimension)
     # Temporary: the items are read several times (and an extra field parsed once), then dropped.
     connection.execute(f"CREATE TEMP TABLE {items} AS {select_sql}", params)
     try:
         plan = plan_mix(connection, items, excluded, policy)
-        for parent in _PARENTS:
-            connection.execute(
-                f"INSERT INTO {into} SELECT p.* FROM {quote(parent)} p ANTI JOIN {excluded} x USING (row_id)"
-            )
         return MixResult(
             plan, mix_report(connection, items, excluded, plan, policy), excluded_by_reason(connection, excluded)
         )
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {items}")
+
+
+def mixed_rows_sql(excluded: str) -> str:
+    """The mix's rows, whole: every ``filtered`` and ``synthetic`` row that :func:`mix_warehouse` did not put
+    in ``excluded``."""
+    return " UNION ALL ".join(
+        f"SELECT p.* FROM {quote(parent)} p ANTI JOIN {excluded} x USING (row_id)" for parent in _PARENTS
+    )

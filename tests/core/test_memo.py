@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pytest
 
-from curation.core.memo import drop_reuse, plan_reuse
+from curation.core.memo import drop_reuse, plan_reuse, stage_rows
 from curation.core.warehouse import Warehouse, quote
 
 COLUMNS = ("row_id", "text", "source")
@@ -64,3 +65,39 @@ def test_a_failed_run_leaves_the_previous_memo(tmp_path: Path) -> None:
     except RuntimeError:
         pass
     assert _run(warehouse, "f1") == {"a"}
+
+
+@pytest.mark.parametrize("change", ["small", "large"])
+def test_staged_rows_equal_the_query_whether_the_table_is_patched_or_copied(tmp_path: Path, change: str) -> None:
+    """``stage_rows`` keeps the current rows equal to a new row in place and writes only the others: a row
+    whose key stays but whose content changed is replaced, a row the query no longer returns goes."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    rows = [(f"r{i:03d}", f"text {i}", "s") for i in range(100)]
+    with warehouse.connect() as connection:
+        _source(connection, rows)
+    ddl = "row_id VARCHAR, text VARCHAR, source VARCHAR"
+
+    def stage(patched: list[str]) -> list[tuple[str, str, str]]:
+        with warehouse.write("toy") as staged:
+            original = staged.patch
+
+            def recorded(table: str, *args: object) -> object:
+                patched.append(table)
+                return original(table, *args)
+
+            staged.patch = recorded  # type: ignore[method-assign]
+            stage_rows(staged, "out", ddl, "row_id", "SELECT * FROM source", COLUMNS)
+        with warehouse.connect(read_only=True) as connection:
+            return connection.execute("SELECT * FROM out ORDER BY row_id").fetchall()
+
+    first: list[str] = []
+    assert stage(first) == rows and first == []  # no table yet: created whole
+    changed = 3 if change == "small" else 60
+    new_rows = [(r, f"{t} edited" if i < changed else t, s) for i, (r, t, s) in enumerate(rows[1:])]
+    new_rows += [("r100", "text 100", "s"), ("r101", None, "t")]
+    with warehouse.connect() as connection:
+        _source(connection, new_rows)
+    patched: list[str] = []
+    assert stage(patched) == sorted(new_rows)
+    # Past PATCH_MAX_CHANGE the kept rows are copied into a new table; within it the table is patched.
+    assert patched == (["out"] if change == "small" else [])

@@ -18,7 +18,15 @@ from curation.core.hashing import stable_unit, stable_unit_sql
 from curation.core.schema import new_row, rows_to_table
 from curation.core.warehouse import canonical_ddl
 from curation.synth import mix
-from curation.synth.mix import MIX_EXCLUDED_DDL, MixPlan, MixPolicy, mix_plot_png, mix_warehouse, synthetic_budget
+from curation.synth.mix import (
+    MIX_EXCLUDED_DDL,
+    MixPlan,
+    MixPolicy,
+    mix_plot_png,
+    mix_warehouse,
+    mixed_rows_sql,
+    synthetic_budget,
+)
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,8 @@ def test_the_warehouse_mix_weighs_an_extra_field_and_copies_exactly_the_kept_row
     policy = MixPolicy.from_config(0.25, 0, {"task_type": {"math": 1, "code": 1}}, None)
     connection.execute(f"CREATE TABLE mixed ({canonical_ddl()})")
     connection.execute(f"CREATE TABLE excluded ({MIX_EXCLUDED_DDL})")
-    result = mix_warehouse(connection, policy, "mixed", "excluded")
+    result = mix_warehouse(connection, policy, "excluded")
+    connection.execute(f"INSERT INTO mixed {mixed_rows_sql('excluded')}")
     report = {r["value"]: r for r in result.report}
     assert report["math"]["available"] == 4 + 6  # the teacher's rows' task_type is read from extra too
     assert result.plan.synthetic_kept == 0 and result.plan.human == 8  # the weights leave no room for math rows
