@@ -45,7 +45,7 @@ from curation.core.config import DedupConfig
 from curation.core.freshness import code_fingerprint
 from curation.core.intermediates import ParquetPart
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
-from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_kept_rows
+from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_kept_rows, stage_output
 from curation.core.normalize import NormalizeOptions
 from curation.core.parallel import map_ordered, workers_for
 from curation.core.progress import reported
@@ -283,8 +283,9 @@ def run_dedup(
         db.create("replaced_keys", "near_key VARCHAR")
         computed = _computed_signatures(staged)
         db.keyed.add(computed)
-        reuse = plan_reuse(staged, "dedup_memo", quote(source), FACT_INPUTS, facts_fingerprint(settings), FACTS_OUTPUTS)
-        cleanup.callback(drop_reuse, connection, reuse)  # publishing reads it too
+        fingerprint = facts_fingerprint(settings)
+        reuse = plan_reuse(staged, "dedup_memo", quote(source), FACT_INPUTS, fingerprint, FACTS_OUTPUTS)
+        cleanup.callback(drop_reuse, connection, reuse)
         _copy_reused_facts(db, reuse)
         if reuse.rows:
             log(f"deduped: facts of {reuse.rows:,} unchanged rows copied from the last run")
@@ -317,9 +318,9 @@ def run_dedup(
         log("deduped: clusters decided")
         clusters = staged.create("dedup_clusters", CLUSTERS_DDL)
         connection.execute(f"INSERT INTO {clusters} {clusters_sql(db.members, facts)}")
-        kept = _publish(run, staged, survivors, reuse)
-        log(f"deduped: {kept:,} rows published")
-        counts = _counts(db) | near_counts
+        kept, in_place = _publish(run, staged, survivors, fingerprint)
+        log(f"deduped: {kept:,} rows published, {in_place:,} of them already in place as the last run wrote them")
+        counts = _counts(db) | near_counts | {"rows_in_place": in_place}
         figures = _figures(connection, db, clusters, source)
     return DedupRun(plan, settings, total, kept, counts, figures)
 
@@ -669,87 +670,58 @@ def _candidate_texts(run: _Passes, cand: np.ndarray) -> Iterator[Callable[[np.nd
             cursor.close()
 
 
-_HEAVY_COLUMNS = ("messages", "chosen", "rejected", "text")
-"""The canonical columns that hold a row's texts: the facts memo's digest vouches for them."""
+PUBLISHED_INPUTS = (*COLUMNS, "sources")
+"""What an unedited kept row's ``deduped`` row is made of: its input row and the copies it absorbed."""
 
 
-def _publish(run: _Passes, staged: StagedWrite, survivors: str, reuse: Reuse) -> int:
-    """Write ``deduped`` and the lineage edges of edited rows; returns how many rows were kept. Rows that
+def _publish(run: _Passes, staged: StagedWrite, survivors: str, fingerprint: str) -> tuple[int, int]:
+    """Write ``deduped`` and the lineage edges of edited rows; returns how many rows were kept, and how many of
+    them the current ``deduped`` already held as written (they stay in place). Rows that
     neither changed nor absorbed a copy are the input rows as they are; the others are written again
-    (:func:`~curation.dedup.facts.published_batch`). Rows the current ``deduped`` already holds as they would
-    be written stay in place (:func:`_unchanged_rows`): after a small change the table is patched."""
+    (:func:`~curation.dedup.facts.published_batch`).
+
+    An unedited row's ``deduped`` row follows from its input row and the copies it absorbed alone, so a memo
+    of those (``dedup_publish_memo``, under the facts memo's ``fingerprint``) says which rows the current
+    ``deduped`` already holds as this run would write them: they stay in place, and after a small change the
+    table is patched. Without it a +1% re-run at 1M rows wrote ~115k rows again for their licence notes and
+    compared them with the stored ones. Edited rows (a few dozen at 1M) are always written again."""
     db = run.db
     connection = db.connection
     lineage = staged.partition("lineage", LINEAGE_DDL)
     connection.execute(f"CREATE TABLE {db.absorbed} AS {absorbed_sql(db.members, db.facts, quote(run.source))}")
     kept = f"JOIN {survivors} AS f USING (position) LEFT JOIN {db.absorbed} AS a USING (position)"
-    changed = "f.edited OR a.sources IS NOT NULL"
-    count, total = fetch_one(
-        connection, f"SELECT count(*) FILTER ({changed}), count(*) FROM {db.positions} AS p {kept}"
-    )
-    copies = f"FROM {quote(run.source)} AS r JOIN {db.positions} AS p USING (row_id) {kept} WHERE NOT ({changed})"
-    if "deduped" not in table_names(connection):  # a first run: every row is written
-        deduped = staged.create("deduped", canonical_ddl())
-        _publish_changed(run, changed, count, kept, deduped, lineage)
-        connection.execute(f"INSERT INTO {deduped} SELECT {_INPUT_COLUMNS} {copies}")
-        return int(total)
-    # On disk, not in the scratch database: every run rewrites the rows that absorbed a copy (~115k at 1M).
-    rewritten = quote(staged.staging_name("deduped_rewritten"))
-    connection.execute(f"CREATE TABLE {rewritten} ({canonical_ddl()})")
+    rows = f"FROM {quote(run.source)} AS r JOIN {db.positions} AS p USING (row_id) {kept}"
+    unedited = f"(SELECT {_INPUT_COLUMNS}, a.sources {rows} WHERE NOT f.edited)"
+    unchanged = plan_reuse(staged, "dedup_publish_memo", unedited, PUBLISHED_INPUTS, fingerprint, ("deduped",))
     try:
-        _publish_changed(run, changed, count, kept, rewritten, lineage)
-        in_place = _unchanged_rows(db, copies, rewritten, reuse)
-        (staying,) = fetch_one(connection, f"SELECT count(*) FROM {in_place}")
-        deduped = stage_kept_rows(
-            staged, "deduped", canonical_ddl(), "row_id", f"SELECT row_id FROM {in_place}", total - staying, COLUMNS
+        fresh = unchanged.excluding("r.row_id")
+        changed = f"f.edited OR (a.sources IS NOT NULL AND {fresh})"
+        count, total = fetch_one(connection, f"SELECT count(*) FILTER ({changed}), count(*) {rows}")
+        deduped = stage_output(
+            staged,
+            "deduped",
+            canonical_ddl(),
+            unchanged,
+            "row_id",
+            f"SELECT row_id FROM {unchanged.table}",
+            total - unchanged.rows,
+            COLUMNS,
         )
-        fresh = f"row_id NOT IN (SELECT row_id FROM {in_place})"
-        connection.execute(f"INSERT INTO {deduped} SELECT {_INPUT_COLUMNS} {copies} AND r.{fresh}")
-        connection.execute(f"INSERT INTO {deduped} SELECT * FROM {rewritten} WHERE {fresh}")
+        run.over_rows(
+            "deduped: publishing changed rows",
+            changed,
+            count,
+            published_batch,
+            (deduped, lineage),
+            columns=", f.edited, a.sources",
+            joins=kept,
+        )
+        connection.execute(
+            f"INSERT INTO {deduped} SELECT {_INPUT_COLUMNS} {rows} WHERE NOT f.edited AND a.sources IS NULL AND {fresh}"
+        )
     finally:
-        connection.execute(f"DROP TABLE IF EXISTS {rewritten}")
-    return int(total)
-
-
-def _publish_changed(run: _Passes, changed: str, count: int, kept: str, into: str, lineage: str) -> None:
-    run.over_rows(
-        "deduped: publishing changed rows",
-        changed,
-        count,
-        published_batch,
-        (into, lineage),
-        columns=", f.edited, a.sources",
-        joins=kept,
-    )
-
-
-def _unchanged_rows(db: _Scratch, copies: str, rewritten: str, reuse: Reuse) -> str:
-    """A scratch table of the ids of the rows the current ``deduped`` holds exactly as this run writes them.
-    Comparing whole rows costs more than copying them (7 s for 700k rows at 1M), so an input row written as
-    it is (``copies``) is compared by a digest of its short columns only: its texts are vouched for by the
-    facts memo (``reuse``: the same texts as last run) and by its id (a row whose texts were edited got
-    another id). The rewritten rows (~15% of them) are compared by a digest of the whole row."""
-    connection = db.connection
-    in_place = db.create("in_place", "row_id VARCHAR")
-    if not reuse.rows:
-        return in_place
-
-    def digest(columns: Sequence[str], alias: str) -> str:
-        return f"hash({', '.join(f'{alias}.{quote(c)}' for c in columns)})"
-
-    # Matched on ids and 64-bit digests (the memo's own kind), not on the columns: a join carrying the stored
-    # rows' columns outgrew DuckDB's 256 MB buffer in a second re-run of the 1M benchmark's warehouse.
-    short = [column for column in COLUMNS if column not in _HEAVY_COLUMNS]
-    connection.execute(
-        f"INSERT INTO {in_place} SELECT r.row_id {copies} AND r.row_id IN (SELECT row_id FROM {reuse.table}) "
-        f"AND (r.row_id, {digest(short, 'r')}) IN (SELECT (d.row_id, {digest(short, 'd')}) FROM deduped AS d)"
-    )
-    connection.execute(
-        f"INSERT INTO {in_place} SELECT w.row_id FROM {rewritten} AS w WHERE (w.row_id, {digest(COLUMNS, 'w')}) IN "
-        f"(SELECT (d.row_id, {digest(COLUMNS, 'd')}) FROM deduped AS d "
-        f"WHERE d.row_id IN (SELECT row_id FROM {rewritten}))"
-    )
-    return in_place
+        drop_reuse(connection, unchanged)
+    return int(total), unchanged.rows
 
 
 def _counts(db: _Scratch) -> dict[str, int]:

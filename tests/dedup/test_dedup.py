@@ -465,12 +465,14 @@ def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -
         "minhash_computed": 2,
         "signatures_reused": 0,
         "facts_reused": 0,
+        "rows_in_place": 0,
     }
     assert len(first.members) == 2
     # A second run over the same rows reads the persisted signatures instead of MinHashing again.
     again = dedup([], first.connection)
     assert again.run.counts["minhash_computed"] == 0 and again.run.counts["signatures_reused"] == 2
     assert again.run.counts["facts_reused"] == 3  # nor are the rows' facts computed again
+    assert again.run.counts["rows_in_place"] == 1  # the unedited kept row stays; the edited one is written again
     assert again.kept == first.kept
     # After appending a row, only its text is MinHashed.
     first.connection.register("_new", rows_to_table([sft("new", "Name a colour.", "Blue.", source="c")]))

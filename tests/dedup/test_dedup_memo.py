@@ -91,10 +91,13 @@ def test_a_rerun_after_new_and_removed_rows_writes_what_a_fresh_run_writes(tmp_p
     fresh_run, fresh = _dedup(tmp_path / "fresh.duckdb", project)
     assert fresh_run.counts["facts_reused"] == 0
     assert 1_500 < again.counts["facts_reused"] == expected_reuse
-    assert with_memo == fresh == _dedup(tmp_path / "unsigned.duckdb", project)[1]
+    unsigned_run, unsigned = _dedup(tmp_path / "unsigned.duckdb", project)
+    assert with_memo == fresh == unsigned
     assert {"dedup_signatures", "deduped"} & set(patched) == (
         {"dedup_signatures", "deduped"} if stored == "patched" else set()
     )
+    # Most kept rows stay as the first run wrote them; with no deduped to keep, every row is written.
+    assert again.counts["rows_in_place"] > 1_000 and unsigned_run.counts["rows_in_place"] == 0
     assert again.counts == fresh_run.counts | {"facts_reused": expected_reuse}
 
     # Other dedup settings: nothing is reused.
