@@ -26,14 +26,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from curation.core.warehouse import MEMO_SUFFIX, StagedWrite, fetch_one, quote, table_names
-
-PATCH_MAX_CHANGE = 0.1
-""":func:`stage_output` patches the current table in place when the rows it drops and the rows the run
-computes are together at most this share of it, as after appending a few new rows; a larger change writes a
-new, compact table and copies the kept rows into it. Copying reads and writes every kept row (a +1% re-run's
-``formatted`` step took 10.0 s at 100k rows copying, 3.5 s patching). Patching 300k deleted and 300k inserted
-rows of 3.8 KB committed within the 256 MB memory limit, so a change this small fits at any size measured."""
+from curation.core.warehouse import MEMO_SUFFIX, PATCH_MAX_CHANGE, StagedWrite, fetch_one, quote, table_names
 
 MEMO_DDL = "row_id VARCHAR NOT NULL, digest UBIGINT NOT NULL, fingerprint VARCHAR NOT NULL"
 

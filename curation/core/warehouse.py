@@ -454,9 +454,14 @@ class StagedWrite:
         connection = self.connection
         with _shared_tables_lock:  # the other assets' rows must not change between copying them and the swap
             wholes: dict[str, str] = {}
+            changes: dict[str, _PartitionChange] = {}
             try:
                 for table, (staging, ddl) in self._partitions.items():
                     connection.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
+                    change = _partition_change(connection, table, staging, self.asset, self.staging_name(table))
+                    if change is not None:
+                        changes[table] = change
+                        continue
                     whole = wholes[table] = self.staging_name(f"{table}_whole")
                     connection.execute(
                         f"CREATE TABLE {quote(whole)} AS SELECT * FROM {quote(table)} WHERE asset IS DISTINCT FROM ?",
@@ -488,7 +493,9 @@ class StagedWrite:
                         connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {patch.added}")
                         connection.execute(f"DROP TABLE {patch.added}")
                         connection.execute(f"DROP TABLE {patch.removed}")
-                    for staging, _ in self._partitions.values():  # copied into its whole table
+                    for table, change in changes.items():
+                        change.apply(connection, table)
+                    for staging, _ in self._partitions.values():  # copied into its whole table, or its change applied
                         connection.execute(f"DROP TABLE {quote(staging)}")
                     if written:  # whatever this write changed, its stored version goes or is replaced
                         connection.execute(
@@ -501,12 +508,13 @@ class StagedWrite:
                     connection.execute("ROLLBACK")
                     raise
             except BaseException:
-                for whole in wholes.values():
+                leftovers = [*wholes.values(), *(name for change in changes.values() for name in change.tables())]
+                for name in leftovers:
                     with contextlib.suppress(duckdb.Error):  # the orphan sweep takes what this cannot
-                        connection.execute(f"DROP TABLE IF EXISTS {quote(whole)}")
+                        connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
                 self.discard()
                 raise
-        for table in (*self._replace, *self._partitions, *self._patches):
+        for table in (*self._replace, *self._partitions, *self._patches):  # an index that exists is kept
             _index_committed(connection, table)
 
     def discard(self) -> None:
@@ -519,6 +527,69 @@ class StagedWrite:
         for statement in statements:
             with contextlib.suppress(duckdb.Error):
                 self.connection.execute(statement)
+
+
+PATCH_MAX_CHANGE = 0.1
+"""A table is changed in place rather than written anew when the rows a write drops and the rows it adds are
+together at most this share of it, as after appending a few new rows (:meth:`StagedWrite.commit` for an asset's
+partition of a shared table, :func:`curation.core.memo.stage_kept_rows` for a stage's own tables); a larger
+change writes a new, compact table. Copying reads and writes every kept row and builds its indexes again (a
++1% re-run's ``formatted`` step took 10.0 s at 100k rows copying, 3.5 s patching). Patching 300k deleted and
+300k inserted rows of 3.8 KB committed within the 256 MB memory limit, so a change this small fits at any
+size measured."""
+
+
+@dataclass(frozen=True)
+class _PartitionChange:
+    """An asset's new partition of a shared table as a change of its current one: the ``rowid`` of each current
+    row it drops (work table ``removed``) and the rows it adds (work table ``added``)."""
+
+    removed: str
+    added: str
+
+    def tables(self) -> tuple[str, str]:
+        return self.removed, self.added
+
+    def apply(self, connection: duckdb.DuckDBPyConnection, table: str) -> None:
+        """Inside the commit's transaction; DuckDB keeps the table's indexes up to date."""
+        connection.execute(f"DELETE FROM {quote(table)} WHERE rowid IN (SELECT rid FROM {quote(self.removed)})")
+        connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {quote(self.added)}")
+        for name in self.tables():
+            connection.execute(f"DROP TABLE {quote(name)}")
+
+
+def _partition_change(
+    connection: duckdb.DuckDBPyConnection, table: str, staging: str, asset: str, prefix: str
+) -> _PartitionChange | None:
+    """``asset``'s new partition of ``table`` (staged in ``staging``) as a change of the current one, when that
+    change is at most :data:`PATCH_MAX_CHANGE` of the table; else None (the commit writes the table anew).
+    Rows are matched whole, by a 64-bit digest of all their columns; a partition holding identical rows (or
+    digests that collide) is written anew too, since matching those would need counting each one. Writing
+    the table anew copies every other asset's rows and builds its indexes again: ``formatted``,
+    ``filtered``, ``deduped`` and ``synthetic`` each did that to the 926k edges of ``lineage`` in a +1%
+    re-run at 1M rows, ~1.2 s apiece; matching the rows takes ~0.5 s for ``formatted``'s 806k."""
+    columns = [name for name, _ in table_columns(connection, table)]
+    if [name for name, _ in table_columns(connection, staging)] != columns:
+        return None
+    digest = f"hash({', '.join(quote(name) for name in columns)})"
+    mine = f"(SELECT rowid AS rid, *, {digest} AS h FROM {quote(table)} WHERE asset IS NOT DISTINCT FROM ?)"
+    staged = f"(SELECT *, {digest} AS h FROM {quote(staging)})"
+    (total,) = fetch_one(connection, f"SELECT count(*) FROM {quote(table)}")
+    current_rows, current_digests = fetch_one(connection, f"SELECT count(*), count(DISTINCT h) FROM {mine}", [asset])
+    staged_rows, staged_digests = fetch_one(connection, f"SELECT count(*), count(DISTINCT h) FROM {staged}")
+    limit = PATCH_MAX_CHANGE * total
+    if abs(staged_rows - current_rows) > limit or (current_rows, staged_rows) != (current_digests, staged_digests):
+        return None
+    removed, added = f"{prefix}_removed_rows", f"{prefix}_added_rows"
+    connection.execute(f"CREATE TABLE {quote(removed)} AS SELECT rid FROM {mine} ANTI JOIN {staged} USING (h)", [asset])
+    connection.execute(
+        f"CREATE TABLE {quote(added)} AS SELECT s.* EXCLUDE (h) FROM {staged} AS s ANTI JOIN {mine} USING (h)", [asset]
+    )
+    if count_rows(connection, removed) + count_rows(connection, added) <= limit:
+        return _PartitionChange(removed, added)
+    for name in (removed, added):
+        connection.execute(f"DROP TABLE {quote(name)}")
+    return None
 
 
 LOOKUP_COLUMNS: tuple[str, ...] = ("row_id", "candidate_id", "kept_row_id", "child_id")

@@ -251,6 +251,51 @@ def test_partitions_of_shared_tables_are_replaced_per_asset(tmp_path: Path) -> N
     assert counts == {"one": 1, "two": 3}
 
 
+@pytest.mark.parametrize("change", ["small", "large", "identical rows"])
+def test_a_partition_that_changed_little_is_changed_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A small change of an asset's partition is applied to the shared table in place (rows matched whole); a
+    large one, or one of a partition holding identical rows, writes the table anew. Either way the table holds
+    the other assets' rows and exactly the new partition, indexed, and no work table is left."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    applied: list[str] = []
+    apply = warehouse_module._PartitionChange.apply
+
+    def recorded(self: object, connection: duckdb.DuckDBPyConnection, table: str) -> None:
+        applied.append(table)
+        apply(self, connection, table)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(warehouse_module._PartitionChange, "apply", recorded)
+
+    def write(asset: str, rows: list[tuple[str, str, str, str, str | None]]) -> None:
+        with warehouse.write(asset) as staged:
+            table = staged.partition("lineage", LINEAGE_DDL)
+            if rows:
+                staged.connection.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", rows)
+
+    other = [(f"o{i}", "p", "other", "op", None) for i in range(100)]
+    mine = [(f"c{i}", "p", "mine", "op", f"d{i}") for i in range(100)]
+    if change == "identical rows":
+        mine += [("dup", "p", "mine", "op", None)] * 2
+    write("other", other)
+    write("mine", mine)
+    if change == "large":
+        new = [(f"n{i}", "p", "mine", "op", None) for i in range(60)]
+    else:  # one row goes (and one of two identical ones), one comes: at most 3 of 200-202 rows
+        new = [*mine[1:-1], ("c100", "p", "mine", "op", "d100")]
+    applied.clear()
+    write("mine", new)
+    with warehouse.connect(read_only=True) as connection:
+        rows = connection.execute("SELECT * FROM lineage").fetchall()
+        indexes = {name for (name,) in connection.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+        work = connection.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_stage_%'").fetchall()
+    assert sorted(rows, key=repr) == sorted(other + new, key=repr)
+    assert applied == (["lineage"] if change == "small" else [])
+    assert len(rows) == len(other) + len(new)
+    assert {"lineage__child_id", "lineage__parent_id"} <= indexes and work == []
+
+
 @pytest.mark.slow
 def test_replacing_a_large_partition_stays_within_duckdbs_memory_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
