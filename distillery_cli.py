@@ -170,6 +170,9 @@ def _run_holding_home(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     compute = config.compute
+    from checks.expectations import import_early
+
+    importing = import_early()  # for the suite checks, while the first asset runs
     # Connected (or started) before the run, so a Ray cluster that does not answer is one line before any
     # work; the steps run in this process and find the connection made.
     with use_engine(compute):
@@ -181,6 +184,7 @@ def _run_holding_home(args: argparse.Namespace) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
             tags={"distillery/cli": "run"},
         )
+    importing.join()  # not left running while the interpreter shuts down
     _print_summary(result)
     _record_freshness(freshness, result)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
