@@ -34,10 +34,10 @@ def inspection(context: AssetExecutionContext, warehouse: WarehouseResource) -> 
     agreement where several annotators labelled one item. Report: `$DISTILLERY_HOME/reports/inspection/`."""
     data_versions = {version: latest_data_version(context.instance, version) for version in VERSIONS}
     with warehouse.get().connect(read_only=True) as connection:
-        inspected, missing = inspect_versions(connection, log=context.log.info)
+        inspected, missing, drawn = inspect_versions(connection, log=context.log.info)
     if missing:
         context.log.warning(f"inspection: not in the warehouse yet, skipped: {', '.join(missing)}")
-    report, pngs = write_inspection_report(reports_dir() / "inspection", inspected, data_versions)
+    report, pngs = write_inspection_report(reports_dir() / "inspection", inspected, data_versions, drawn)
     context.log.info(f"inspection report: {report}")
     metadata: dict[str, Any] = {
         "report": MetadataValue.path(str(report)),

@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import combinations
@@ -40,6 +40,7 @@ from typing import Any
 import duckdb
 
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
+from curation.core.parallel import available_cores, map_ordered
 from curation.core.progress import reported
 from curation.core.schema import iter_rows
 from curation.core.warehouse import count_rows, quote, read_batches, sample_sql, table_names
@@ -705,16 +706,30 @@ def plots(version: VersionInspection) -> dict[str, bytes]:
 
 
 def inspect_versions(
-    connection: duckdb.DuckDBPyConnection, log: Callable[[str], None] = lambda _: None
-) -> tuple[list[VersionInspection], list[str]]:
-    """Every dataset version of :data:`VERSIONS` present in the warehouse, inspected; and the names of
-    those not materialized yet. ``log`` gets progress: rows of the versions inspected so far, of all."""
+    connection: duckdb.DuckDBPyConnection, log: Callable[[str], None] = lambda _: None, workers: int | None = None
+) -> tuple[list[VersionInspection], list[str], dict[str, dict[str, bytes]]]:
+    """Every dataset version of :data:`VERSIONS` present in the warehouse, inspected; the names of those not
+    materialized yet; and each inspected version's :func:`plots`. ``log`` gets progress: rows of the versions
+    inspected so far, of all.
+
+    A version's plots are drawn in one of ``workers`` processes (all cores when None) while the next version
+    is inspected here: drawing is all Python (~0.7 s a version at 1M rows), inspecting is mostly DuckDB, and
+    one after the other they took 6.5 s of a +1% re-run at 1M."""
     present = table_names(connection)
     versions = [version for version in VERSIONS if version in present]
     rows = {version: count_rows(connection, version) for version in versions}
     progress = reported(versions, log, "inspection", sum(rows.values()), size=rows.__getitem__)
-    inspected = [inspect_version(connection, version) for version in progress]
-    return inspected, [version for version in VERSIONS if version not in present]
+    inspected: list[VersionInspection] = []
+
+    def each_inspected() -> Iterator[VersionInspection]:
+        for version in progress:
+            inspected.append(inspect_version(connection, version))
+            yield inspected[-1]
+
+    count = min(len(versions), available_cores() if workers is None else workers)
+    drawn = list(map_ordered(plots, each_inspected(), count, preload=("matplotlib.pyplot", __name__)))
+    pngs = {version.table: images for version, images in zip(inspected, drawn, strict=True)}
+    return inspected, [version for version in VERSIONS if version not in present], pngs
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -863,13 +878,17 @@ def render_html(
 
 
 def write_inspection_report(
-    out_dir: Path, versions: Iterable[VersionInspection], versions_info: Mapping[str, str] | None = None
+    out_dir: Path,
+    versions: Iterable[VersionInspection],
+    versions_info: Mapping[str, str] | None = None,
+    drawn: Mapping[str, dict[str, bytes]] | None = None,
 ) -> tuple[Path, dict[str, dict[str, bytes]]]:
     """Write ``index.html``, one PNG per plot and ``stats.json`` under ``out_dir``; return the report path
-    and the PNG bytes per version (for the Dagster UI)."""
+    and the PNG bytes per version (for the Dagster UI). ``drawn``: the versions' :func:`plots`, when
+    :func:`inspect_versions` drew them already."""
     out_dir.mkdir(parents=True, exist_ok=True)
     versions = list(versions)
-    pngs = {version.table: plots(version) for version in versions}
+    pngs = {version.table: drawn[version.table] if drawn else plots(version) for version in versions}
     paths: dict[str, dict[str, str]] = {}
     for version in versions:
         for name, png in pngs[version.table].items():

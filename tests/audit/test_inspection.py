@@ -12,6 +12,7 @@ import pytest
 
 from curation.audit.inspection import (
     inspect_version,
+    inspect_versions,
     krippendorff_alpha_nominal,
     markdown_summary,
     pairwise_agreement,
@@ -214,6 +215,19 @@ def test_plots_are_pngs_and_the_report_links_them(tmp_path: Path, oasst) -> None
     assert stats["raw"]["rows"] == 626
     summary = markdown_summary(result, pngs["raw"])
     assert summary.count("data:image/png;base64,") == 3
+
+
+def test_versions_are_plotted_in_workers_as_in_this_process(oasst) -> None:
+    """``inspect_versions`` draws each version's plots in worker processes while it inspects the next: the
+    figures are the ones :func:`plots` draws here, byte for byte, for each version present."""
+    connection, _ = oasst
+    connection.execute("CREATE OR REPLACE TABLE deduped AS SELECT * FROM raw WHERE kind = 'chat'")
+    try:
+        inspected, missing, drawn = inspect_versions(connection, workers=2)
+    finally:
+        connection.execute("DROP TABLE deduped")
+    assert [version.table for version in inspected] == ["raw", "deduped"] and "formatted" in missing
+    assert drawn == {version.table: plots(version) for version in inspected}
 
 
 def test_inspecting_a_missing_table_says_what_to_do() -> None:
