@@ -270,7 +270,7 @@ def run_dedup(
     plan = plan_from_project(settings)
     connection = staged.connection
     total = count_rows(connection, source)
-    with _scratch(connection, staged.staging_name("dedup")) as db, contextlib.ExitStack() as cleanup:
+    with _scratch(connection, staged.staging_name("dedup")) as db:
         run = _Passes(db, plan, source, workers, _known_signatures(connection, plan), log)
         connection.execute(
             f"CREATE TABLE {db.positions} AS SELECT row_id, row_number() OVER (ORDER BY {SOURCE_ORDER}) - 1 "
@@ -285,18 +285,20 @@ def run_dedup(
         db.keyed.add(computed)
         fingerprint = facts_fingerprint(settings)
         reuse = plan_reuse(staged, "dedup_memo", quote(source), FACT_INPUTS, fingerprint, FACTS_OUTPUTS)
-        cleanup.callback(drop_reuse, connection, reuse)
-        _copy_reused_facts(db, reuse)
-        if reuse.rows:
-            log(f"deduped: facts of {reuse.rows:,} unchanged rows copied from the last run")
-        run.over_rows(
-            "deduped: facts",
-            reuse.excluding("r.row_id"),
-            total - reuse.rows,
-            facts_batch,
-            (facts, db.paragraphs, computed),
-            inputs=FACT_INPUTS,
-        )
+        try:
+            _copy_reused_facts(db, reuse)
+            if reuse.rows:
+                log(f"deduped: facts of {reuse.rows:,} unchanged rows copied from the last run")
+            run.over_rows(
+                "deduped: facts",
+                reuse.excluding("r.row_id"),
+                total - reuse.rows,
+                facts_batch,
+                (facts, db.paragraphs, computed),
+                inputs=FACT_INPUTS,
+            )
+        finally:
+            drop_reuse(connection, reuse)
         _boilerplate(run, total, computed, quote(staged.staging_name("dedup_memo")))
         signatures, near_counts = _stage_signatures(staged, db, computed)
         near_counts["facts_reused"] = reuse.rows
