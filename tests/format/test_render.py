@@ -594,8 +594,11 @@ def test_direct_tokenizer_calls_give_what_the_tokenizer_gives(toks, name):
         out = tok(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         return list(zip(out["input_ids"], out["offset_mapping"], strict=True))
 
+    def materialized(encodings: list) -> list:
+        return [(ids, None if offsets is None else list(offsets)) for ids, offsets in encodings]
+
     assert _direct_backend(tok) is not None
-    assert _tokenize(tok, texts) == expected()
+    assert materialized(_tokenize(tok, texts)) == expected()
     assert _tokenize(tok, texts, offsets=False) == [(ids, None) for ids, _ in expected()]
     for ids, _ in expected():
         assert decode(tok, ids) == tok.decode(ids)
@@ -633,3 +636,66 @@ def test_masks_from_spans_count_every_token_that_overlaps_a_span():
             offsets.append((start, position))
         spans = sorted((a, a + rng.randrange(0, 8)) for a in rng.sample(range(0, 60), rng.randrange(0, 4)))
         assert _mask_from_spans(offsets, spans) == reference(offsets, spans), (offsets, spans)
+
+
+def _offset_tokenizers(texts: list[str]) -> dict:
+    """Rust tokenizers of the other common shapes, trained on ``texts`` in a second: WordPiece behind a
+    normalizer that lowercases and strips accents (BERT), Unigram behind Metaspace (T5, Llama 2), and a
+    byte-level BPE whose post-processor trims spaces off the offsets (GPT-2, RoBERTa)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    bert = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    bert.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    bert.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    bert.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[UNK]"]))
+    t5 = Tokenizer(models.Unigram())
+    t5.pre_tokenizer = pre_tokenizers.Metaspace()
+    t5.decoder = decoders.Metaspace()
+    t5.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=600, special_tokens=["<unk>"], unk_token="<unk>"))
+    gpt2 = Tokenizer(models.BPE())
+    gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    gpt2.post_processor = processors.ByteLevel(trim_offsets=True)
+    gpt2.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
+    return {"wordpiece": bert, "unigram": t5, "byte-level trimmed": gpt2}
+
+
+def test_offsets_read_from_the_rust_encoding_give_the_masks_of_the_whole_offset_list(toks, fastchat, preference):
+    """What formatting reads token by token (:class:`TokenOffsets`: spans, bisected loss masks) is what the
+    encoding's whole offset list gives, for the shipped tokenizers and the other common shapes, on real
+    conversations, accents, emoji split into byte tokens, runs of spaces and special tokens."""
+    import random
+
+    from curation.format.render import TokenOffsets, _mask_from_spans
+
+    texts = [m["content"] for row in fastchat for m in row["messages"]] + [
+        row["chosen"][0]["content"] for row in preference
+    ]
+    rendered = [toks[name].apply_chat_template(row["messages"], tokenize=False) for name in toks for row in fastchat]
+    odd = [
+        "",
+        " ",
+        "Ünïcode ✓ 日本語 🙂🙂\n\ttabs    end  ",
+        "a   b\n\n\n c  ",
+        "<|im_end|> in <|eot_id|> text <tool_call>",
+    ]
+    backends = {name: tok.backend_tokenizer for name, tok in toks.items()} | _offset_tokenizers(texts)
+    rng = random.Random(5)
+    for name, backend in backends.items():
+        for text in [*rendered[:150], *texts[:150], *odd]:
+            encoding = backend.encode(text, add_special_tokens=False)
+            offsets = TokenOffsets(encoding)
+            assert list(offsets) == encoding.offsets, (name, text)
+            if encoding.offsets:
+                assert offsets[-1] == encoding.offsets[-1] and offsets[1:3] == encoding.offsets[1:3]
+            # spans at every token boundary and at random places, empty ones and ones past the end too
+            edges = sorted({0, len(text), *(edge for span in encoding.offsets for edge in span)})
+            for _ in range(12):
+                count = rng.randrange(1, 4)
+                points = sorted(
+                    rng.choice(edges) if rng.random() < 0.7 else rng.randrange(0, len(text) + 3)
+                    for _ in range(2 * count)
+                )
+                spans = list(zip(points[::2], points[1::2], strict=True))
+                assert offsets.mask(spans) == _mask_from_spans(encoding.offsets, spans), (name, text, spans)
