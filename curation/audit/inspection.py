@@ -645,7 +645,7 @@ def plot_by_source(version: VersionInspection) -> bytes:
             if s["count"]
         ]
         if stats:
-            ax.bxp(stats, vert=False, showfliers=False)
+            ax.bxp(stats, orientation="horizontal", showfliers=False)
             ax.set_xscale("symlog")
             _no_minor_ticks(ax)
         ax.set_title(f"{measure.replace('_', ' ')} by source (p5–p95)", fontsize=10)
