@@ -232,8 +232,8 @@ class TokenOffsets(Sequence[tuple[int, int]]):
     (``token_to_chars``) when asked for.
 
     ``encoding.offsets`` builds a Python tuple of two ints per token: on the benchmark's rows that costs
-    ~70 µs a row, 40% of tokenizing it. What formatting reads of the offsets is a few tokens: where a loss
-    span starts and ends (:meth:`mask`, by bisection) and where a cut falls."""
+    ~70 µs a row, as much as 40% of tokenizing it. What formatting reads of the offsets is a few tokens: where
+    a loss span starts and ends (:meth:`mask`) and where a cut falls."""
 
     __slots__ = ("_encoding", "_length")
 
@@ -270,7 +270,7 @@ class TokenOffsets(Sequence[tuple[int, int]]):
         return list(mask)
 
     def _first_ending_after(self, position: int) -> int:
-        # The token holding the character is the answer when the one before it ends by then: two lookups
+        # The token holding the character is the answer when the one before it ends by then: three lookups
         # in Rust instead of a bisection's dozen. Characters no token holds (spaces trimmed off the
         # offsets, a position past the text) are bisected.
         spans = self._encoding.token_to_chars
