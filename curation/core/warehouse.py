@@ -572,24 +572,44 @@ def _partition_change(
     if [name for name, _ in table_columns(connection, staging)] != columns:
         return None
     digest = f"hash({', '.join(quote(name) for name in columns)})"
-    mine = f"(SELECT rowid AS rid, *, {digest} AS h FROM {quote(table)} WHERE asset IS NOT DISTINCT FROM ?)"
-    staged = f"(SELECT *, {digest} AS h FROM {quote(staging)})"
     (total,) = fetch_one(connection, f"SELECT count(*) FROM {quote(table)}")
-    current_rows, current_digests = fetch_one(connection, f"SELECT count(*), count(DISTINCT h) FROM {mine}", [asset])
-    staged_rows, staged_digests = fetch_one(connection, f"SELECT count(*), count(DISTINCT h) FROM {staged}")
     limit = PATCH_MAX_CHANGE * total
-    if abs(staged_rows - current_rows) > limit or (current_rows, staged_rows) != (current_digests, staged_digests):
-        return None
+    # Each side's rows are hashed once, into a work table of (place, digest) that the counts and both
+    # differences read; the added rows are then taken from the staging table by place.
     removed, added = f"{prefix}_removed_rows", f"{prefix}_added_rows"
-    connection.execute(f"CREATE TABLE {quote(removed)} AS SELECT rid FROM {mine} ANTI JOIN {staged} USING (h)", [asset])
-    connection.execute(
-        f"CREATE TABLE {quote(added)} AS SELECT s.* EXCLUDE (h) FROM {staged} AS s ANTI JOIN {mine} USING (h)", [asset]
-    )
-    if count_rows(connection, removed) + count_rows(connection, added) <= limit:
-        return _PartitionChange(removed, added)
-    for name in (removed, added):
-        connection.execute(f"DROP TABLE {quote(name)}")
-    return None
+    current, incoming = f"{prefix}_current_digests", f"{prefix}_staged_digests"
+    work = (current, incoming, removed, added)
+    try:
+        connection.execute(
+            f"CREATE TABLE {quote(current)} AS SELECT rowid AS rid, {digest} AS h FROM {quote(table)} "
+            "WHERE asset IS NOT DISTINCT FROM ?",
+            [asset],
+        )
+        connection.execute(
+            f"CREATE TABLE {quote(incoming)} AS SELECT rowid AS rid, {digest} AS h FROM {quote(staging)}"
+        )
+        current_rows, current_digests = fetch_one(
+            connection, f"SELECT count(*), count(DISTINCT h) FROM {quote(current)}"
+        )
+        staged_rows, staged_digests = fetch_one(
+            connection, f"SELECT count(*), count(DISTINCT h) FROM {quote(incoming)}"
+        )
+        if abs(staged_rows - current_rows) > limit or (current_rows, staged_rows) != (current_digests, staged_digests):
+            return None
+        connection.execute(
+            f"CREATE TABLE {quote(removed)} AS SELECT rid FROM {quote(current)} ANTI JOIN {quote(incoming)} USING (h)"
+        )
+        connection.execute(
+            f"CREATE TABLE {quote(added)} AS SELECT * FROM {quote(staging)} WHERE rowid IN "
+            f"(SELECT rid FROM {quote(incoming)} ANTI JOIN {quote(current)} USING (h))"
+        )
+        if count_rows(connection, removed) + count_rows(connection, added) <= limit:
+            work = (current, incoming)
+            return _PartitionChange(removed, added)
+        return None
+    finally:
+        for name in work:
+            connection.execute(f"DROP TABLE IF EXISTS {quote(name)}")
 
 
 LOOKUP_COLUMNS: tuple[str, ...] = ("row_id", "candidate_id", "kept_row_id", "child_id")
