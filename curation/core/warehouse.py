@@ -572,8 +572,12 @@ def _partition_change(
     if [name for name, _ in table_columns(connection, staging)] != columns:
         return None
     digest = f"hash({', '.join(quote(name) for name in columns)})"
-    (total,) = fetch_one(connection, f"SELECT count(*) FROM {quote(table)}")
+    total, current_rows = fetch_one(
+        connection, f"SELECT count(*), count(*) FILTER (asset IS NOT DISTINCT FROM ?) FROM {quote(table)}", [asset]
+    )
     limit = PATCH_MAX_CHANGE * total
+    if abs(count_rows(connection, staging) - current_rows) > limit:  # a first run, say: nothing to hash
+        return None
     # Each side's rows are hashed once, into a work table of (place, digest) that the counts and both
     # differences read; the added rows are then taken from the staging table by place.
     removed, added = f"{prefix}_removed_rows", f"{prefix}_added_rows"
@@ -588,13 +592,11 @@ def _partition_change(
         connection.execute(
             f"CREATE TABLE {quote(incoming)} AS SELECT rowid AS rid, {digest} AS h FROM {quote(staging)}"
         )
-        current_rows, current_digests = fetch_one(
-            connection, f"SELECT count(*), count(DISTINCT h) FROM {quote(current)}"
-        )
+        (current_digests,) = fetch_one(connection, f"SELECT count(DISTINCT h) FROM {quote(current)}")
         staged_rows, staged_digests = fetch_one(
             connection, f"SELECT count(*), count(DISTINCT h) FROM {quote(incoming)}"
         )
-        if abs(staged_rows - current_rows) > limit or (current_rows, staged_rows) != (current_digests, staged_digests):
+        if (current_rows, staged_rows) != (current_digests, staged_digests):
             return None
         connection.execute(
             f"CREATE TABLE {quote(removed)} AS SELECT rid FROM {quote(current)} ANTI JOIN {quote(incoming)} USING (h)"
