@@ -582,7 +582,7 @@ def _partition_change(
     # differences read; the added rows are then taken from the staging table by place.
     removed, added = f"{prefix}_removed_rows", f"{prefix}_added_rows"
     current, incoming = f"{prefix}_current_digests", f"{prefix}_staged_digests"
-    work = (current, incoming, removed, added)
+    work: tuple[str, ...] = (current, incoming, removed, added)
     try:
         connection.execute(
             f"CREATE TABLE {quote(current)} AS SELECT rowid AS rid, {digest} AS h FROM {quote(table)} "
