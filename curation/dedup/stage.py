@@ -47,7 +47,7 @@ from curation.core.intermediates import ParquetPart
 from curation.core.markdown import counts_table, figure_png, markdown_table, png_markdown, pyplot
 from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_kept_rows, stage_output
 from curation.core.normalize import NormalizeOptions
-from curation.core.parallel import map_ordered, workers_for
+from curation.core.parallel import map_ordered, warm_up, workers_for
 from curation.core.progress import reported
 from curation.core.ray_engine import current as current_engine
 from curation.core.schema import COLUMNS
@@ -270,6 +270,9 @@ def run_dedup(
     plan = plan_from_project(settings)
     connection = staged.connection
     total = count_rows(connection, source)
+    # Verifying near-duplicate candidates reads a share of all rows in workers, even when the memo spares
+    # the facts pass: their server starts while the memo is planned and the reused facts are copied.
+    warm_up(_PRELOAD, workers_for(total, workers))
     with _scratch(connection, staged.staging_name("dedup")) as db:
         run = _Passes(db, plan, source, workers, _known_signatures(connection, plan), log)
         connection.execute(
@@ -404,13 +407,17 @@ class _Passes:
             workers_for(rows, self.workers),
             start_worker,
             (self.plan, self.boilerplate, self.known),
-            preload=("curation.dedup.preload",),
+            preload=_PRELOAD,
             parts=True,  # only appended below
         )
         with self.db.appending(outputs) as append:
             for batches in reported(results, self.log, label, rows, size=lambda batches: batches[0].num_rows):
                 for table, batch in zip(outputs, batches, strict=True):
                     append(table, batch)
+
+
+_PRELOAD = ("curation.dedup.preload",)
+"""What the workers of every pass of the stage start with (one fork server for all of them)."""
 
 
 def _known_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan) -> np.ndarray:

@@ -26,7 +26,7 @@ from curation.core.config import ProjectConfig
 from curation.core.freshness import stage_fingerprint
 from curation.core.markdown import table_cell
 from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_output
-from curation.core.parallel import map_ordered, workers_for
+from curation.core.parallel import map_ordered, warm_up, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.core.schema import ARROW_SCHEMA, COLUMNS, JSON_COLUMNS, Row, derived_id, rows_to_table
@@ -39,6 +39,7 @@ from curation.core.warehouse import (
     fetch_one,
     quote,
     read_batches,
+    table_names,
 )
 from curation.filter.base import Cleaner, Edit, Filter, FilterStats, Rejection
 from curation.filter.batch import BatchTexts
@@ -201,6 +202,8 @@ def run_filters(
 # The stage: a warehouse table in, the filtered table, its rejections and lineage out
 # ---------------------------------------------------------------------------------------------
 
+_PRELOAD = ("curation.filter",)
+"""What the filter chain's workers start with."""
 BATCH_ROWS = 5_000
 """Rows per batch of the stage: enough that each step's screen (an RE2 pattern compiled per call, up to
 a few milliseconds) costs little per row, few enough that the batches in flight (two per worker) take a
@@ -353,9 +356,14 @@ def filter_table(
     edits = staged.create("filter_edits", EDITS_DDL)
     lineage = staged.partition("lineage", LINEAGE_DDL)
     total = count_rows(connection, source)
+    if "filter_memo" not in table_names(connection):  # every row is filtered: start the workers' server now
+        warm_up(_PRELOAD, workers_for(total, config.compute.workers))
     reuse: Reuse | None = None
     try:
         reuse = plan_reuse(staged, "filter_memo", quote(source), COLUMNS, chain_fingerprint(config), FILTER_OUTPUTS)
+        to_filter = total - reuse.rows
+        workers = workers_for(to_filter, config.compute.workers)
+        warm_up(_PRELOAD, workers)  # while the reused rows are copied
         _copy_reused(staged, reuse, rejections, edits, lineage)
         # A reused row was kept under its input id, or under its new id when cleaners changed it (the
         # lineage edge from its input row, copied above, says which).
@@ -369,16 +377,15 @@ def filter_table(
             f"SELECT {columns} FROM {quote(source)} WHERE {reuse.excluding('row_id')}",
             batch_rows=batch_rows,
         )
-        to_filter = total - reuse.rows
         if reuse.rows:
             log(f"filtering: {reuse.rows:,} unchanged rows reused from the last run")
         results = map_ordered(
             filter_records,
             batches,
-            workers_for(to_filter, config.compute.workers),
+            workers,
             start_worker,
             (config,),
-            preload=("curation.filter",),
+            preload=_PRELOAD,
             parts=True,  # only appended below
         )
         with staged.appending():

@@ -32,11 +32,19 @@ from curation.core.freshness import format_fingerprint
 from curation.core.hashing import stable_unit_sql
 from curation.core.markdown import counts_table
 from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_output
-from curation.core.parallel import map_ordered, workers_for
+from curation.core.parallel import map_ordered, warm_up, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.core.schema import COLUMNS, Row, decode_row
-from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, fetch_one, quote, read_batches
+from curation.core.warehouse import (
+    LINEAGE_DDL,
+    canonical_ddl,
+    count_rows,
+    fetch_one,
+    quote,
+    read_batches,
+    table_names,
+)
 from curation.format.decontam import (
     BenchmarkItem,
     ContaminationIndex,
@@ -319,6 +327,10 @@ def _quiet(_: str) -> None:
     pass
 
 
+_PRELOAD = ("transformers", "curation.format.stage")
+"""What the rendering workers start with (transformers: ~1 s to import)."""
+
+
 def format_rows(
     staged: StagedWrite,
     config: ProjectConfig,
@@ -329,10 +341,12 @@ def format_rows(
     tables and this asset's lineage partition; ``report`` receives progress lines. Rows the memo says were
     formatted last time under the same settings are copied (:func:`_copy_reused`), the others rendered."""
     settings = config.format
-    benchmarks = load_benchmarks(config)
-    index = index_for(benchmarks, settings.decontamination) if benchmarks else None
     connection = staged.connection
     rows_in = count_rows(connection, "synthetic_mixed")
+    if "format_memo" not in table_names(connection):  # every row is rendered: start the workers' server now
+        warm_up(_PRELOAD, workers_for(rows_in, config.compute.workers))
+    benchmarks = load_benchmarks(config)
+    index = index_for(benchmarks, settings.decontamination) if benchmarks else None
 
     rejections = staged.create("format_rejections", FORMAT_REJECTIONS_DDL)
     contamination = staged.create("contamination", CONTAMINATION_DDL)
@@ -351,6 +365,9 @@ def format_rows(
         reuse = plan_reuse(
             staged, "format_memo", planned, [*COLUMNS, "split"], fingerprint, (*FORMAT_OUTPUTS, "lineage")
         )
+        to_render = rows_in - reuse.rows
+        workers = workers_for(to_render, config.compute.workers)
+        warm_up(_PRELOAD, workers)  # while the reused rows are copied
         table = stage_output(
             staged,
             "formatted",
@@ -358,17 +375,15 @@ def format_rows(
             reuse,
             "parent_id",
             f"SELECT row_id FROM {reuse.table}",
-            rows_in - reuse.rows,
+            to_render,
             (*COLUMNS, *(name for name, _ in FORMATTED_COLUMNS)),
         )
         _copy_reused(staged, reuse, rejections, contamination, lineage)
-        to_render = rows_in - reuse.rows
         batches = read_batches(
             connection,
             f"SELECT * FROM {planned} WHERE {reuse.excluding('row_id')}",
             batch_rows=config.ingest.batch_rows,
         )
-        workers = workers_for(to_render, config.compute.workers)
         report(
             f"formatting: {to_render:,} rows, {workers} worker process(es); "
             f"{reuse.rows:,} unchanged rows reused from the last run"
@@ -379,7 +394,7 @@ def format_rows(
             workers,
             start_worker,
             (tokenizer, settings, index),
-            preload=("transformers", "curation.format.stage"),
+            preload=_PRELOAD,
             parts=True,  # only appended below
         )
         with staged.appending():

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from curation.core.config import ProjectConfig, SourceConfig
 from curation.core.memo import stage_kept_rows
-from curation.core.parallel import gc_paused, map_ordered, workers_for
+from curation.core.parallel import gc_paused, map_ordered, warm_up, workers_for
 from curation.core.schema import ARROW_SCHEMA, COLUMNS, Row, content_key, make_row_id, new_row, utcnow
 from curation.core.warehouse import (
     StagedWrite,
@@ -51,6 +51,8 @@ from curation.ingest.readers import (
 )
 from curation.ingest.settings import settings_fingerprint
 
+_PRELOAD = ("curation.ingest.sources",)
+"""What the parsing workers start with."""
 BYTES_PER_RECORD_ESTIMATE = 1_000
 """Files are not counted before they are read: their size over this guesses the rows, to decide whether
 worker processes would repay their start."""
@@ -475,6 +477,9 @@ def ingest_sources(
                 f"(relative to {project.base_dir}); fix 'path' in the project file"
             )
     read_by = {(p.source.name, p.path): p.read_by for p in planned}
+    if not previous:  # every file is read: the parsing workers' server starts while the files are hashed
+        everything = sum(_size(p.path) for p in planned) // BYTES_PER_RECORD_ESTIMATE
+        warm_up(_PRELOAD, workers_for(everything, project.compute.workers))
     digests = source_digests(p.path for p in planned if not p.read_by)
     plan: list[tuple[SourceConfig, Path, str, str]] = [
         (
@@ -553,7 +558,7 @@ def ingest_sources(
     total_bytes = sum(_size(path) - _resumed_at(resumes.get((s.name, shown))) for s, path, shown, _ in todo)
     workers = workers_for(total_bytes // BYTES_PER_RECORD_ESTIMATE, project.compute.workers)
     file_digests = {(source.name, shown): (path, digest) for source, path, shown, digest in todo}
-    mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=["curation.ingest.sources"])
+    mapped_chunks = map_ordered(map_chunk, chunks(), workers, preload=_PRELOAD)
 
     with staged.appending():
         for (source_name, shown), file_chunks in itertools.groupby(mapped_chunks, key=lambda m: m.file):

@@ -85,3 +85,50 @@ def test_a_maps_modules_are_imported_in_the_fork_server_and_not_carried_into_oth
     # from); the map between them got a server of its own, without it.
     assert stages == "[True] [None] [True]", result.stderr
     assert nested == "[True] [True, True, True, True]", result.stderr
+
+
+def test_a_warmed_up_fork_server_is_started_before_the_map_and_is_the_one_its_workers_come_from(tmp_path: Path) -> None:
+    (tmp_path / "heavy.py").write_text(
+        "import os\nIMPORTED_IN = os.getpid()\nwith open('imported', 'a') as f:\n    f.write(f'{IMPORTED_IN}\\n')\n"
+    )
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import sys
+
+            def where(_):
+                heavy = sys.modules.get("heavy")
+                return None if heavy is None else heavy.IMPORTED_IN != os.getpid()
+            """
+        )
+    )
+    script = textwrap.dedent(
+        """
+        import pathlib
+        import time
+
+        from curation.core.parallel import map_ordered, warm_up
+        from tasks import where
+
+        if __name__ == "__main__":
+            marker = pathlib.Path("imported")
+            warm_up(["tasks", "heavy"], 1)  # one worker runs in this process: no server
+            time.sleep(1)
+            print(marker.exists())
+            warm_up(["tasks", "heavy"], 2)
+            deadline = time.monotonic() + 60
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            print(marker.exists())  # imported with no map running
+            print(sorted(set(map_ordered(where, range(4), 2, preload=["tasks", "heavy"])), key=str))
+            print(len(marker.read_text().split()))
+        """
+    )
+    (tmp_path / "main.py").write_text(script)
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+    )
+    # Nothing started for one worker; the warmed server imported "heavy" before the map, its workers found it
+    # imported by another process, and it was imported once: they were forked from that server.
+    assert result.stdout.split("\n")[:4] == ["False", "True", "[True]", "1"], result.stderr
