@@ -1368,7 +1368,7 @@ def data_version(manifest: Mapping[str, Any]) -> str:
 def verify_export(folder: str | Path) -> list[str]:
     """Problems with an export folder: missing or changed files, or a name that is not its data
     version. Empty when the folder is exactly what its manifest describes."""
-    return _verify_folder(Path(folder), {}).problems
+    return _verify_folder(Path(folder))
 
 
 FileStat = tuple[int, int, int]
@@ -1384,94 +1384,95 @@ def _as_file_stat(stat: os.stat_result) -> FileStat:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
-@dataclass
-class _FolderCheck:
-    problems: list[str]
-    matched: dict[str, FileStat]
-    """The stat of every file that matched its manifest, hashed or trusted."""
-    hashed: int = 0
-    trusted: int = 0
-
-
-def _verify_folder(folder: Path, unchanged: Mapping[str, FileStat]) -> _FolderCheck:
-    """:func:`verify_export`, hashing only the files whose stat is not the one in ``unchanged`` (relative
-    path -> stat when the file last matched its hash)."""
+def _read_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """A version folder's manifest (None when unreadable) and what is wrong with it as a whole: fields edited
+    (they no longer hash to its data version), or a folder name that is not that version."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        return _FolderCheck([f"{folder / MANIFEST}: unreadable ({error})"], {})
-    check = _FolderCheck([], {})
+        return None, [f"{folder / MANIFEST}: unreadable ({error})"]
+    problems = []
+    if data_version(manifest) != manifest.get("data_version"):
+        problems.append("manifest fields were edited: they no longer hash to its data_version")
+    if folder.name != manifest.get("data_version"):
+        problems.append(f"folder name {folder.name!r} is not the data version {manifest.get('data_version')!r}")
+    return manifest, problems
+
+
+def _manifest_files(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file a manifest lists, JSONL and Parquet, sorted."""
     files = {**manifest.get("files", {}), **manifest.get("parquet_files", {})}
-    for relative, expected in sorted(files.items()):
+    return sorted((relative, entry["sha256"]) for relative, entry in files.items())
+
+
+def _verify_folder(folder: Path) -> list[str]:
+    """:func:`verify_export`: every file hashed."""
+    manifest, problems = _read_manifest(folder)
+    if manifest is None:
+        return problems
+    found = []
+    for relative, sha256 in _manifest_files(manifest):
         path = folder / relative
         if not path.is_file():
-            check.problems.append(f"{relative}: missing")
-            continue
-        stat = _file_stat(path)
-        if unchanged.get(relative) == stat:
-            check.trusted += 1
-        else:
-            check.hashed += 1
-            if file_digest(path) != expected["sha256"]:
-                check.problems.append(f"{relative}: content differs from the manifest's sha256")
-                continue
-        check.matched[relative] = stat
-    if data_version(manifest) != manifest.get("data_version"):
-        check.problems.append("manifest fields were edited: they no longer hash to its data_version")
-    if folder.name != manifest.get("data_version"):
-        check.problems.append(f"folder name {folder.name!r} is not the data version {manifest.get('data_version')!r}")
-    return check
+            found.append(f"{relative}: missing")
+        elif file_digest(path) != sha256:
+            found.append(f"{relative}: content differs from the manifest's sha256")
+    return found + problems
 
 
 def verified_record(root: Path) -> Path:
-    """Beside the exports folder (which holds versions only): how many checks ran and, per version, in which
-    check its files were last all hashed and the stat of each file that matched its manifest
+    """Beside the exports folder (which holds versions only): how many checks ran and, per version, the stat
+    of each file when it last matched its manifest and the check that last hashed it
     (:func:`verify_published`)."""
     return root.parent / f"{root.name}.verified.json"
 
 
 @dataclass(frozen=True)
 class PublishedCheck:
-    """What :func:`verify_published` found and what it cost."""
+    """What :func:`verify_published` found and what it cost. Files are counted once however many versions
+    share them (hard links)."""
 
     problems: list[dict[str, str]]
     """``{version, problem}`` for each problem of each version folder."""
     versions: int
     files_hashed: int
+    """Files hashed because they are new to the record or their stat changed since they last matched."""
+    files_rotated: int
+    """Unchanged files hashed again in rotation (those hashed longest ago, up to :data:`_ROTATION_BYTES`)."""
     files_trusted: int
     """Files not hashed this time: stat unchanged since they last matched their hash."""
-    hashed_in_full: str | None
-    """The version whose files were all hashed this time (the one hashed longest ago), if any."""
+    bytes_hashed: int
+    checks_since_oldest_hash: int
+    """How many checks ago the file hashed longest ago was last hashed (0: every file hashed by this one)."""
 
 
 @dataclass(frozen=True)
 class _Verified:
-    """What the record says of one version: the check that last hashed all its files, and the stat of each
-    file when it last matched its manifest."""
+    """What the record says of one version: the stat of each file when it last matched its manifest, and the
+    check that last hashed it."""
 
-    hashed_in_check: int
     files: dict[str, FileStat]
+    hashed_in: dict[str, int]
 
 
-_NEVER_HASHED = _Verified(0, {})
+_NEVER_HASHED = _Verified({}, {})
 
 
 def _verified_so_far(path: Path) -> tuple[int, dict[str, _Verified]]:
     """The checks counted so far and each version's :class:`_Verified`, from the record at ``path``. A record
     that is missing, unreadable or not of this shape (edited by hand, cut short) counts as none: every file
-    is hashed again and the record written anew."""
+    is hashed again and the record written anew. A record of the earlier shape (one ``hashed_in_check`` per
+    version) gives that check to each of the version's files."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        versions = {
-            str(name): _Verified(
-                int(entry.get("hashed_in_check", 0)),
-                {
-                    str(file): (int(size), int(mtime), int(ctime))
-                    for file, (size, mtime, ctime) in entry["files"].items()
-                },
-            )
-            for name, entry in record["versions"].items()
-        }
+        versions = {}
+        for name, entry in record["versions"].items():
+            files = {
+                str(file): (int(size), int(mtime), int(ctime)) for file, (size, mtime, ctime) in entry["files"].items()
+            }
+            whole = int(entry.get("hashed_in_check", 0))
+            hashed_in = {str(file): int(check) for file, check in entry.get("hashed_in", {}).items()}
+            versions[str(name)] = _Verified(files, {file: hashed_in.get(file, whole) for file in files})
         return int(record.get("checks", 0)), versions
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return 0, {}
@@ -1481,38 +1482,103 @@ def _write_verified(path: Path, checks: int, versions: Mapping[str, _Verified]) 
     """Write the record :func:`_verified_so_far` reads back."""
     record = {
         "checks": checks,
-        "versions": {name: {"hashed_in_check": v.hashed_in_check, "files": v.files} for name, v in versions.items()},
+        "versions": {name: {"files": v.files, "hashed_in": v.hashed_in} for name, v in versions.items()},
     }
     write_record(path, json.dumps(record, indent=1))
 
 
+_ROTATION_BYTES = 256 << 20
+"""Bytes of unchanged files each check hashes again, those hashed longest ago first (~0.2 s): a change that
+kept a file's stat (a restored disk image, the clock set back) is found within (bytes published) / this many
+checks. Hashing a whole version in rotation instead took 2.3-2.8 s a check at 1M rows (2.8 GB a version),
+and grew with the data."""
+
+
+@dataclass(frozen=True)
+class _PublishedFile:
+    """A file of a version as this check finds it."""
+
+    version: str
+    relative: str
+    path: Path
+    sha256: str
+    stat: FileStat
+    hashed_in: int | None
+    """The check that last hashed it, if its stat is still the one it had then (else it must be hashed)."""
+
+
 def verify_published(root: Path) -> PublishedCheck:
     """Every version folder under ``root`` against its manifest (:func:`verify_export`), at a cost that does
-    not grow with the number of versions kept: a file is hashed again only when its stat (:data:`FileStat`)
-    differs from when it last matched, and the version hashed in full longest ago is hashed in full again,
-    so even a change that kept the stat (a restored disk image, the clock set back) is found within as many
-    runs as there are versions. Hashing every version each run cost 62 s with two 1M-row versions on disk.
+    not grow with the versions kept or their size: a file is hashed when it is new to the record or its stat
+    (:data:`FileStat`) differs from when it last matched, and otherwise only in rotation, :data:`_ROTATION_BYTES`
+    a check, those hashed longest ago first. A file linked into several versions (an export takes unchanged
+    shards over from the previous one) has one stat and one hash: it is hashed once, and a version that links
+    it trusts it as the others do. Hashing every version each run cost 62 s with two 1M-row versions on disk.
     What was hashed is kept in :func:`verified_record`; a record that is missing or unreadable means hashing
     everything."""
     folders = sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
     record_path = verified_record(root)
     checks, known = _verified_so_far(record_path)
     this_check = checks + 1
-    # Versions never hashed in full sort first, then the one hashed in full the most checks ago.
-    due = min(folders, key=lambda folder: known.get(folder.name, _NEVER_HASHED).hashed_in_check, default=None)
     problems: list[dict[str, str]] = []
-    hashed = trusted = 0
-    versions: dict[str, _Verified] = {}
+    same_file: dict[tuple[FileStat, str], list[_PublishedFile]] = {}
     for folder in folders:
+        manifest, manifest_problems = _read_manifest(folder)
+        problems += [{"version": folder.name, "problem": problem} for problem in manifest_problems]
         previous = known.get(folder.name, _NEVER_HASHED)
-        unchanged = {} if folder == due else previous.files
-        check = _verify_folder(folder, unchanged)
-        problems += [{"version": folder.name, "problem": problem} for problem in check.problems]
-        hashed, trusted = hashed + check.hashed, trusted + check.trusted
-        versions[folder.name] = _Verified(this_check if not check.trusted else previous.hashed_in_check, check.matched)
-    if folders:  # a read-only exports folder: verified all the same, hashed in full next time too
+        for relative, sha256 in _manifest_files(manifest or {}):
+            path = folder / relative
+            if not path.is_file():
+                problems.append({"version": folder.name, "problem": f"{relative}: missing"})
+                continue
+            stat = _file_stat(path)
+            hashed_in = previous.hashed_in.get(relative) if previous.files.get(relative) == stat else None
+            found = _PublishedFile(folder.name, relative, path, sha256, stat, hashed_in)
+            same_file.setdefault((stat, sha256), []).append(found)
+
+    def last_hashed(copies: list[_PublishedFile]) -> int | None:
+        return max((copy.hashed_in for copy in copies if copy.hashed_in is not None), default=None)
+
+    changed = [copies for copies in same_file.values() if last_hashed(copies) is None]
+    unchanged = sorted(
+        (copies for copies in same_file.values() if last_hashed(copies) is not None),
+        key=lambda copies: (last_hashed(copies), copies[0].version, copies[0].relative),
+    )
+    budget, rotated = _ROTATION_BYTES, 0
+    for copies in unchanged:
+        size = copies[0].stat[0]
+        if rotated and size > budget:
+            break
+        budget, rotated = budget - size, rotated + 1
+    versions = {folder.name: _Verified({}, {}) for folder in folders}
+    hashed_bytes = 0
+    for number, copies in enumerate([*changed, *unchanged]):
+        first = copies[0]
+        checked = number < len(changed) + rotated
+        if checked:
+            hashed_bytes += first.stat[0]
+            if file_digest(first.path) != first.sha256:
+                problems += [
+                    {"version": c.version, "problem": f"{c.relative}: content differs from the manifest's sha256"}
+                    for c in copies
+                ]
+                continue  # not recorded: hashed again next time
+        when = this_check if checked else last_hashed(copies)
+        for copy in copies:
+            versions[copy.version].files[copy.relative] = copy.stat
+            versions[copy.version].hashed_in[copy.relative] = int(when or this_check)
+    if folders:  # a read-only exports folder: verified all the same, hashed again next time too
         _write_verified(record_path, this_check, versions)
-    return PublishedCheck(problems, len(folders), hashed, trusted, due.name if due else None)
+    waiting = [last_hashed(copies) or this_check for copies in unchanged[rotated:]]
+    return PublishedCheck(
+        sorted(problems, key=lambda problem: (problem["version"], problem["problem"])),
+        len(folders),
+        len(changed),
+        rotated,
+        len(unchanged) - rotated,
+        hashed_bytes,
+        this_check - min(waiting, default=this_check),
+    )
 
 
 # --------------------------------------------------------------------------- dataset card

@@ -24,6 +24,7 @@ from curation.format.export import (
     MANIFEST,
     ExportError,
     ExportInfo,
+    ExportResult,
     export_records,
     jsonl_to_parquet,
     verify_export,
@@ -332,15 +333,17 @@ def test_manifest_lists_versions_counts_licences_attribution_teachers_and_tokeni
 def test_published_versions_are_checked_without_hashing_every_version_every_time(
     exported, tmp_path, monkeypatch
 ) -> None:
-    """Each check hashes the files changed since they last matched and one whole version in rotation, so its
-    cost does not grow with the versions kept, and an edit is still found: at once when it touched the file's
-    stat, within as many checks as there are versions when it did not. (The versions here hold copies, not
-    links to one another's files, so an edit touches one version.)"""
+    """Each check hashes the files new to it or changed since they last matched, and re-hashes a bounded
+    number of bytes of the others in rotation, those hashed longest ago first, so its cost does not grow with
+    the versions kept or their size, and an edit is still found: at once when it touched the file's stat,
+    within as many checks as there are files (here, one re-hashed per check) when it did not. (The versions
+    here hold copies, not links to one another's files, so an edit touches one version.)"""
 
     def no_links(source: str, target: str) -> None:
         raise OSError(f"no hard links here: {source} -> {target}")
 
     monkeypatch.setattr(os, "link", no_links)  # a file system without hard links: versions get copies
+    monkeypatch.setattr(export_module, "_ROTATION_BYTES", 1)  # one file per check: the smallest rotation
     _, _, base = exported
     root = tmp_path / "exports"
     root.mkdir()
@@ -351,11 +354,16 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
         ]
     files = len(list(versions[0].rglob("*.jsonl"))) + len(list(versions[0].rglob("*.parquet")))
     first = verify_published(root)
-    assert (first.versions, first.files_hashed, first.files_trusted, first.problems) == (3, 3 * files, 0, [])
-    second = verify_published(root)
-    assert (second.files_hashed, second.files_trusted, second.problems) == (files, 2 * files, [])
-    rotation = {second.hashed_in_full, verify_published(root).hashed_in_full, verify_published(root).hashed_in_full}
-    assert rotation == {path.name for path in versions}
+    assert (first.versions, first.files_hashed, first.files_rotated, first.files_trusted) == (3, 3 * files, 0, 0)
+    assert (first.problems, first.checks_since_oldest_hash) == ([], 0)
+    rounds = [verify_published(root) for _ in range(3 * files)]
+    assert [(r.files_hashed, r.files_rotated, r.files_trusted, r.problems) for r in rounds] == [
+        (0, 1, 3 * files - 1, [])
+    ] * (3 * files)
+    assert all(r.bytes_hashed > 0 for r in rounds)
+    # Oldest first: the first check's hashes age one check a round until the last of them is re-hashed, and by
+    # then every file has been hashed again once (the oldest hash is from the round after the first check).
+    assert [r.checks_since_oldest_hash for r in rounds] == [*range(1, 3 * files), 3 * files - 1]
 
     # An edit that kept the size and put the modification time back: the status-change time still moved.
     edited = versions[1] / "sft" / "train.jsonl"
@@ -368,19 +376,20 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
         {"version": versions[1].name, "problem": "sft/train.jsonl: content differs from the manifest's sha256"}
     ]
 
-    # An edit the stat cannot show (here: the record altered to match it) is found when its version's turn comes.
+    # An edit the stat cannot show (here: the record altered to match it) is found when the file's turn comes.
     edited.write_text(text)
     verify_published(root)
     edited.write_text(text.replace('"', "'", 1))
     record = json.loads(export_module.verified_record(root).read_text())
     record["versions"][versions[1].name]["files"]["sft/train.jsonl"] = list(export_module._file_stat(edited))
     export_module.verified_record(root).write_text(json.dumps(record))
-    rounds = [verify_published(root) for _ in range(3)]
-    first_found = next(r for r in rounds if r.problems)
-    assert first_found.hashed_in_full == versions[1].name
+    rounds = [verify_published(root) for _ in range(3 * files)]
+    found_in = next(number for number, r in enumerate(rounds) if r.problems)
+    assert all(r.problems for r in rounds[found_in:])  # a file that failed is not recorded: hashed each check
+    edited.write_text(text)
+    assert verify_published(root).problems == []
 
     # A record edited by hand or cut short counts as none: everything is hashed again, nothing raises.
-    edited.write_text(text)
     record_file = export_module.verified_record(root)
     good = record_file.read_text()
     broken = json.loads(good)
@@ -388,8 +397,17 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
     for garbage in (json.dumps(broken), good[: len(good) // 2], '{"versions": {"x": {"files": {"a": 5}}}}', "[]"):
         record_file.write_text(garbage)
         again = verify_published(root)
-        assert (again.files_hashed, again.files_trusted, again.problems) == (3 * files, 0, [])
+        assert (again.files_hashed, again.files_rotated, again.problems) == (3 * files, 0, [])
         assert json.loads(record_file.read_text())["checks"] == 1  # written anew
+
+    # A record of the earlier shape (one check per version) is read: nothing is hashed for its sake.
+    record = json.loads(record_file.read_text())
+    for entry in record["versions"].values():
+        entry["hashed_in_check"] = 1
+        del entry["hashed_in"]
+    record_file.write_text(json.dumps(record))
+    check = verify_published(root)
+    assert (check.files_hashed, check.files_rotated, check.problems) == (0, 1, [])
 
 
 def test_an_export_is_immutable_and_a_new_data_version_gets_a_new_folder(exported, tokenizer) -> None:
@@ -734,10 +752,18 @@ def _split(relative: str) -> str:
     return export_module.split_of(relative)
 
 
+def _written_anew(version: ExportResult, earlier: list[ExportResult]) -> list[Path]:
+    """The files of ``version`` (JSONL and Parquet) that are no file of the ``earlier`` versions (not linked)."""
+    theirs = [e.path / name for e in earlier for name in (*e.manifest["files"], *e.manifest["parquet_files"])]
+    mine = [version.path / name for name in (*version.manifest["files"], *version.manifest["parquet_files"])]
+    return [path for path in mine if not any(path.exists() and os.path.samefile(path, other) for other in theirs)]
+
+
 def test_a_new_version_takes_over_the_shards_whose_rows_did_not_change(tmp_path, monkeypatch) -> None:
     """Records appended to a source and one row edited: only the shards they fall in are written again; every
-    other file of the new version is the previous version's file, linked, and the version is byte for byte
-    what an export from scratch gives. The check of published versions then hashes the new version only."""
+        other file of the new version is the previous version's file, linked, and the version is byte for byte
+        what an export from scratch gives. The check of published versions then hashes only the files the new
+    version wrote: the ones it links are the previous version's, trusted as they are."""
     monkeypatch.setattr(export_module, "_SHARD_ROWS", 16)
     rows = _sourced_rows(400)
     root = tmp_path / "exports"
@@ -788,8 +814,7 @@ def test_a_new_version_takes_over_the_shards_whose_rows_did_not_change(tmp_path,
         assert not os.path.samefile(new_parquet, old_parquet)
 
     check = verify_published(root)
-    files_of_second = len(second.manifest["files"]) + len(second.manifest["parquet_files"])
-    assert (check.problems, check.hashed_in_full, check.files_hashed) == ([], second.data_version, files_of_second)
+    assert (check.problems, check.files_hashed) == ([], len(_written_anew(second, [first])))
 
     # A linked file is one file in both versions: editing it in place is found in both.
     shared = next(
@@ -885,9 +910,8 @@ def test_what_decides_a_taken_over_file_is_its_exported_content(tmp_path, monkey
     lines = b"".join((fourth.path / n).read_bytes() for n in fourth.manifest["files"] if n.startswith("sft_tokenized"))
     assert lines.count(f'"id":"{negative[7]["row_id"]}"'.encode()) == 2
     assert 0 < fourth.files_taken_over < len(fourth.manifest["files"]) - 1
-    check = verify_published(root)
-    files_of_fourth = len(fourth.manifest["files"]) + len(fourth.manifest["parquet_files"])
-    assert (check.problems, check.files_hashed) == ([], files_of_fourth)
+    check = verify_published(root)  # no stale stat: only what v4 wrote is hashed, not the files it links
+    assert (check.problems, check.files_hashed) == ([], len(_written_anew(fourth, [first, second])))
 
 
 def test_a_previous_file_changed_while_it_is_taken_over_stops_the_export(tmp_path, monkeypatch) -> None:
