@@ -208,16 +208,17 @@ def engine_description() -> str:
     return f"ray ({engine.address or 'started here'}, {engine.cpus} CPUs)"
 
 
-def workers_for(rows: int, configured: int | None) -> int:
+def workers_for(rows: int, configured: int | None, rows_per_worker: int = MIN_ROWS_PER_WORKER) -> int:
     """How many worker processes a stage should use for about ``rows`` rows: the configured count when the
-    project file sets one; otherwise all cores, fewer when there is not enough work to repay their start.
-    On Ray, whose workers are started once for the cluster, every CPU of the cluster."""
+    project file sets one; otherwise all cores, fewer when there is not enough work to repay their start
+    (``rows_per_worker`` at least each: fewer for a stage whose rows cost more). On Ray, whose workers are
+    started once for the cluster, every CPU of the cluster."""
     if configured is not None:
         return configured
     engine = _current()
     if engine is not None:
         return engine.cpus
-    return max(1, min(available_cores(), rows // MIN_ROWS_PER_WORKER))
+    return max(1, min(available_cores(), rows // rows_per_worker))
 
 
 def map_ordered(

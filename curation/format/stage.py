@@ -329,6 +329,9 @@ def _quiet(_: str) -> None:
 
 _PRELOAD = ("transformers", "curation.format.stage")
 """What the rendering workers start with (transformers: ~1 s to import)."""
+RENDER_ROWS_PER_WORKER = 2_000
+"""Rows to render per worker at least (:func:`~curation.core.parallel.workers_for`): a row takes ~0.5 ms, so
+2,000 are a second of work, about what a worker costs to start from a server already running."""
 
 
 def format_rows(
@@ -343,8 +346,12 @@ def format_rows(
     settings = config.format
     connection = staged.connection
     rows_in = count_rows(connection, "synthetic_mixed")
-    if "format_memo" not in table_names(connection):  # every row is rendered: start the workers' server now
-        warm_up(_PRELOAD, workers_for(rows_in, config.compute.workers))
+    # Rows whose ids the memo lacks are rendered whatever it holds: when they are enough for workers, their
+    # server starts now and imports transformers while the splits are planned.
+    certain = rows_in
+    if "format_memo" in table_names(connection):
+        (certain,) = fetch_one(connection, "SELECT count(*) FROM synthetic_mixed ANTI JOIN format_memo USING (row_id)")
+    warm_up(_PRELOAD, workers_for(int(certain), config.compute.workers, RENDER_ROWS_PER_WORKER))
     benchmarks = load_benchmarks(config)
     index = index_for(benchmarks, settings.decontamination) if benchmarks else None
 
@@ -366,8 +373,8 @@ def format_rows(
             staged, "format_memo", planned, [*COLUMNS, "split"], fingerprint, (*FORMAT_OUTPUTS, "lineage")
         )
         to_render = rows_in - reuse.rows
-        workers = workers_for(to_render, config.compute.workers)
-        warm_up(_PRELOAD, workers)  # while the reused rows are copied
+        workers = workers_for(to_render, config.compute.workers, RENDER_ROWS_PER_WORKER)
+        warm_up(_PRELOAD, workers)  # while the reused rows are copied, if it did not start above
         table = stage_output(
             staged,
             "formatted",
