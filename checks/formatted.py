@@ -12,7 +12,7 @@ from curation.core.home import exports_dir
 from curation.core.markdown import markdown_table
 from curation.core.warehouse import count_rows, fetch_one, sample_sql, table_names
 from curation.format.decontam import check_row, index_for
-from curation.format.export import verify_published
+from curation.format.export import ROTATION_BYTES, verify_published
 from curation.format.render_checks import MASKED_KINDS, stored_tokens_problem, verify_rows
 from curation.format.split import split_leaks
 from curation.format.stage import load_benchmarks
@@ -265,8 +265,8 @@ def formatted_round_trip_ok(
     name="published_versions_unchanged",
     description="Every export folder still matches its manifest (file hashes, data version = folder name): "
     "a published data version was never edited in place. A file whose size and times are those it had when it "
-    "last matched is not hashed again, except in rotation: each check hashes again up to 256 MiB of files, "
-    "those hashed longest ago first.",
+    "last matched is not hashed again, except in rotation: each check hashes again up to "
+    f"{ROTATION_BYTES >> 20} MiB of files, those hashed longest ago first.",
 )
 def exports_unchanged(context: AssetCheckExecutionContext) -> AssetCheckResult:
     root = exports_dir()

@@ -70,9 +70,10 @@ import math
 import os
 import re
 import shutil
+import stat as stat_module
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1399,10 +1400,27 @@ def _read_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     return manifest, problems
 
 
-def _manifest_files(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(relative path, sha256) of every file a manifest lists, JSONL and Parquet, sorted."""
+def _manifest_files(manifest: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(relative path, sha256) of every file a manifest lists, JSONL and Parquet, sorted; and the entries
+    that name no hash (an edited manifest), as problems."""
     files = {**manifest.get("files", {}), **manifest.get("parquet_files", {})}
-    return sorted((relative, entry["sha256"]) for relative, entry in files.items())
+    listed, problems = [], []
+    for relative, entry in sorted(files.items()):
+        sha256 = entry.get("sha256") if isinstance(entry, dict) else None
+        if isinstance(sha256, str):
+            listed.append((str(relative), sha256))
+        else:
+            problems.append(f"{relative}: the manifest's entry has no sha256")
+    return listed, problems
+
+
+def _digest_problem(path: Path, sha256: str) -> str | None:
+    """What is wrong with a listed file's content, if anything: another hash, or no way to read it."""
+    try:
+        digest = file_digest(path)
+    except OSError as error:
+        return f"unreadable ({error})"
+    return None if digest == sha256 else "content differs from the manifest's sha256"
 
 
 def _verify_folder(folder: Path) -> list[str]:
@@ -1410,13 +1428,13 @@ def _verify_folder(folder: Path) -> list[str]:
     manifest, problems = _read_manifest(folder)
     if manifest is None:
         return problems
-    found = []
-    for relative, sha256 in _manifest_files(manifest):
+    listed, found = _manifest_files(manifest)
+    for relative, sha256 in listed:
         path = folder / relative
         if not path.is_file():
             found.append(f"{relative}: missing")
-        elif file_digest(path) != sha256:
-            found.append(f"{relative}: content differs from the manifest's sha256")
+        elif (problem := _digest_problem(path, sha256)) is not None:
+            found.append(f"{relative}: {problem}")
     return found + problems
 
 
@@ -1438,7 +1456,7 @@ class PublishedCheck:
     files_hashed: int
     """Files hashed because they are new to the record or their stat changed since they last matched."""
     files_rotated: int
-    """Unchanged files hashed again in rotation (those hashed longest ago, up to :data:`_ROTATION_BYTES`)."""
+    """Unchanged files hashed again in rotation (those hashed longest ago, up to :data:`ROTATION_BYTES`)."""
     files_trusted: int
     """Files not hashed this time: stat unchanged since they last matched their hash."""
     bytes_hashed: int
@@ -1487,7 +1505,7 @@ def _write_verified(path: Path, checks: int, versions: Mapping[str, _Verified]) 
     write_record(path, json.dumps(record, indent=1))
 
 
-_ROTATION_BYTES = 256 << 20
+ROTATION_BYTES = 256 << 20
 """Bytes of unchanged files each check hashes again, those hashed longest ago first (~0.2 s): a change that
 kept a file's stat (a restored disk image, the clock set back) is found within (bytes published) / this many
 checks. Hashing a whole version in rotation instead took 2.3-2.8 s a check at 1M rows (2.8 GB a version),
@@ -1507,12 +1525,18 @@ class _PublishedFile:
     """The check that last hashed it, if its stat is still the one it had then (else it must be hashed)."""
 
 
+def _last_hashed(copies: Sequence[_PublishedFile]) -> int | None:
+    """When one file (the copies: its paths in several versions) was last hashed, if its stat says it has not
+    changed since."""
+    return max((copy.hashed_in for copy in copies if copy.hashed_in is not None), default=None)
+
+
 def verify_published(root: Path) -> PublishedCheck:
     """Every version folder under ``root`` against its manifest (:func:`verify_export`), at a cost that does
     not grow with the versions kept or their size: a file is hashed when it is new to the record or its stat
-    (:data:`FileStat`) differs from when it last matched, and otherwise only in rotation, :data:`_ROTATION_BYTES`
+    (:data:`FileStat`) differs from when it last matched, and otherwise only in rotation, :data:`ROTATION_BYTES`
     a check, those hashed longest ago first. A file linked into several versions (an export takes unchanged
-    shards over from the previous one) has one stat and one hash: it is hashed once, and a version that links
+    shards over from the previous one: the same device and inode) is hashed once, and a version that links
     it trusts it as the others do. Hashing every version each run cost 62 s with two 1M-row versions on disk.
     What was hashed is kept in :func:`verified_record`; a record that is missing or unreadable means hashing
     everything."""
@@ -1521,55 +1545,57 @@ def verify_published(root: Path) -> PublishedCheck:
     checks, known = _verified_so_far(record_path)
     this_check = checks + 1
     problems: list[dict[str, str]] = []
-    same_file: dict[tuple[FileStat, str], list[_PublishedFile]] = {}
+    same_file: dict[tuple[int, int, str], list[_PublishedFile]] = {}
     for folder in folders:
         manifest, manifest_problems = _read_manifest(folder)
-        problems += [{"version": folder.name, "problem": problem} for problem in manifest_problems]
+        listed, entry_problems = _manifest_files(manifest or {})
+        problems += [{"version": folder.name, "problem": problem} for problem in entry_problems + manifest_problems]
         previous = known.get(folder.name, _NEVER_HASHED)
-        for relative, sha256 in _manifest_files(manifest or {}):
+        for relative, sha256 in listed:
             path = folder / relative
-            if not path.is_file():
+            try:
+                now = path.stat()
+            except OSError:
+                now = None
+            if now is None or not stat_module.S_ISREG(now.st_mode):
                 problems.append({"version": folder.name, "problem": f"{relative}: missing"})
                 continue
-            stat = _file_stat(path)
+            stat = _as_file_stat(now)
             hashed_in = previous.hashed_in.get(relative) if previous.files.get(relative) == stat else None
             found = _PublishedFile(folder.name, relative, path, sha256, stat, hashed_in)
-            same_file.setdefault((stat, sha256), []).append(found)
+            same_file.setdefault((now.st_dev, now.st_ino, sha256), []).append(found)
 
-    def last_hashed(copies: list[_PublishedFile]) -> int | None:
-        return max((copy.hashed_in for copy in copies if copy.hashed_in is not None), default=None)
-
-    changed = [copies for copies in same_file.values() if last_hashed(copies) is None]
+    changed = [copies for copies in same_file.values() if _last_hashed(copies) is None]
     unchanged = sorted(
-        (copies for copies in same_file.values() if last_hashed(copies) is not None),
-        key=lambda copies: (last_hashed(copies), copies[0].version, copies[0].relative),
+        ((last, copies) for copies in same_file.values() if (last := _last_hashed(copies)) is not None),
+        key=lambda item: (item[0], item[1][0].version, item[1][0].relative),
     )
-    budget, rotated = _ROTATION_BYTES, 0
-    for copies in unchanged:
+    budget, rotated = ROTATION_BYTES, 0
+    for _, copies in unchanged:
         size = copies[0].stat[0]
         if rotated and size > budget:
             break
         budget, rotated = budget - size, rotated + 1
     versions = {folder.name: _Verified({}, {}) for folder in folders}
-    hashed_bytes = 0
-    for number, copies in enumerate([*changed, *unchanged]):
-        first = copies[0]
-        checked = number < len(changed) + rotated
-        if checked:
-            hashed_bytes += first.stat[0]
-            if file_digest(first.path) != first.sha256:
-                problems += [
-                    {"version": c.version, "problem": f"{c.relative}: content differs from the manifest's sha256"}
-                    for c in copies
-                ]
-                continue  # not recorded: hashed again next time
-        when = this_check if checked else last_hashed(copies)
+
+    def record(copies: Sequence[_PublishedFile], hashed_in: int) -> None:
         for copy in copies:
             versions[copy.version].files[copy.relative] = copy.stat
-            versions[copy.version].hashed_in[copy.relative] = int(when or this_check)
+            versions[copy.version].hashed_in[copy.relative] = hashed_in
+
+    hashed_bytes = 0
+    for copies in [*changed, *(copies for _, copies in unchanged[:rotated])]:
+        first = copies[0]
+        hashed_bytes += first.stat[0]
+        problem = _digest_problem(first.path, first.sha256)
+        if problem is None:
+            record(copies, this_check)
+        else:  # not recorded: hashed again at the next check
+            problems += [{"version": c.version, "problem": f"{c.relative}: {problem}"} for c in copies]
+    for last, copies in unchanged[rotated:]:
+        record(copies, last)
     if folders:  # a read-only exports folder: verified all the same, hashed again next time too
         _write_verified(record_path, this_check, versions)
-    waiting = [last_hashed(copies) or this_check for copies in unchanged[rotated:]]
     return PublishedCheck(
         sorted(problems, key=lambda problem: (problem["version"], problem["problem"])),
         len(folders),
@@ -1577,7 +1603,7 @@ def verify_published(root: Path) -> PublishedCheck:
         rotated,
         len(unchanged) - rotated,
         hashed_bytes,
-        this_check - min(waiting, default=this_check),
+        this_check - min((last for last, _ in unchanged[rotated:]), default=this_check),
     )
 
 

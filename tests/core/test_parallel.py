@@ -108,27 +108,51 @@ def test_a_warmed_up_fork_server_is_started_before_the_map_and_is_the_one_its_wo
         import pathlib
         import time
 
+        from curation.core import parallel
         from curation.core.parallel import map_ordered, warm_up
         from tasks import where
 
-        if __name__ == "__main__":
-            marker = pathlib.Path("imported")
-            warm_up(["tasks", "heavy"], 1)  # one worker runs in this process: no server
-            time.sleep(1)
-            print(marker.exists())
-            warm_up(["tasks", "heavy"], 2)
+        marker = pathlib.Path("imported")
+
+        def imports_of_heavy():
+            return len(marker.read_text().split()) if marker.exists() else 0
+
+        def wait_for(count):
             deadline = time.monotonic() + 60
-            while not marker.exists() and time.monotonic() < deadline:
+            while imports_of_heavy() < count and time.monotonic() < deadline:
                 time.sleep(0.05)
-            print(marker.exists())  # imported with no map running
-            print(sorted(set(map_ordered(where, range(4), 2, preload=["tasks", "heavy"])), key=str))
-            print(len(marker.read_text().split()))
+            return imports_of_heavy()
+
+        def found(*preload):
+            return sorted(set(map_ordered(where, range(4), 2, preload=["tasks", *preload])), key=str)
+
+        if __name__ == "__main__":
+            warm_up(["tasks", "heavy"], 1)  # one worker runs in this process: no server
+            print(parallel._server_modules is None, imports_of_heavy())
+            warm_up(["tasks", "heavy"], 2)
+            print(wait_for(1))  # imported by the server with no map running
+            print(found("heavy"), imports_of_heavy())  # its workers were forked from that server
+            print(found(), imports_of_heavy())  # another map's modules replace it
+            warm_up(["tasks", "heavy"], 2)
+            print(wait_for(2), found("heavy"), imports_of_heavy())  # and warming up replaces that one
+            outer = map_ordered(where, range(4), 2, preload=["tasks"])
+            next(outer)
+            warm_up(["tasks", "heavy"], 2)  # a pool is open on the running server: it is left alone
+            time.sleep(1)
+            print("heavy" in parallel._server_modules, imports_of_heavy(), sorted(set(outer), key=str))
         """
     )
     (tmp_path / "main.py").write_text(script)
     result = subprocess.run(
         [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
     )
-    # Nothing started for one worker; the warmed server imported "heavy" before the map, its workers found it
-    # imported by another process, and it was imported once: they were forked from that server.
-    assert result.stdout.split("\n")[:4] == ["False", "True", "[True]", "1"], result.stderr
+    # No server for one worker; a warmed server imports "heavy" before any map and its workers come from it
+    # (imported once); other modules replace it, warming up replaces theirs, but never under an open pool.
+    assert result.stdout.splitlines() == [
+        "True 0",
+        "1",
+        "[True] 1",
+        "[None] 1",
+        "2 [True] 2",
+        "False 2 [None]",
+    ], result.stderr

@@ -343,7 +343,7 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
         raise OSError(f"no hard links here: {source} -> {target}")
 
     monkeypatch.setattr(os, "link", no_links)  # a file system without hard links: versions get copies
-    monkeypatch.setattr(export_module, "_ROTATION_BYTES", 1)  # one file per check: the smallest rotation
+    monkeypatch.setattr(export_module, "ROTATION_BYTES", 1)  # one file per check: the smallest rotation
     _, _, base = exported
     root = tmp_path / "exports"
     root.mkdir()
@@ -400,14 +400,47 @@ def test_published_versions_are_checked_without_hashing_every_version_every_time
         assert (again.files_hashed, again.files_rotated, again.problems) == (3 * files, 0, [])
         assert json.loads(record_file.read_text())["checks"] == 1  # written anew
 
-    # A record of the earlier shape (one check per version) is read: nothing is hashed for its sake.
+    # A record of the earlier shape (one check per version) is read: nothing is hashed for its sake, and the
+    # version hashed in full longest ago is the first rotated.
     record = json.loads(record_file.read_text())
-    for entry in record["versions"].values():
-        entry["hashed_in_check"] = 1
-        del entry["hashed_in"]
+    record["checks"] = 10
+    for version, hashed_in_check in zip(versions, (5, 2, 7), strict=True):
+        record["versions"][version.name]["hashed_in_check"] = hashed_in_check
+        del record["versions"][version.name]["hashed_in"]
     record_file.write_text(json.dumps(record))
     check = verify_published(root)
     assert (check.files_hashed, check.files_rotated, check.problems) == (0, 1, [])
+    assert check.checks_since_oldest_hash == 11 - 2
+    hashed_in = {
+        name: sorted(entry["hashed_in"].values())
+        for name, entry in json.loads(record_file.read_text())["versions"].items()
+    }
+    assert hashed_in == {
+        versions[0].name: [5] * files,
+        versions[1].name: [2] * (files - 1) + [11],
+        versions[2].name: [7] * files,
+    }
+
+    # A file that cannot be read is a problem of its version, not the end of the check.
+    unreadable = versions[2] / "sft" / "train.jsonl"
+    edited.write_text(text.replace('"', "'", 1))  # changed: hashed this check
+    real_digest = export_module.file_digest
+
+    def failing_digest(path: Path) -> str:
+        if Path(path) == unreadable:
+            raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
+        return real_digest(path)
+
+    monkeypatch.setattr(export_module, "file_digest", failing_digest)
+    os.utime(unreadable)  # its stat changed: hashed this check
+    found = verify_published(root)
+    assert found.problems == [
+        {"version": versions[1].name, "problem": "sft/train.jsonl: content differs from the manifest's sha256"},
+        {
+            "version": versions[2].name,
+            "problem": f"sft/train.jsonl: unreadable ([Errno 13] Permission denied: '{unreadable}')",
+        },
+    ]
 
 
 def test_an_export_is_immutable_and_a_new_data_version_gets_a_new_folder(exported, tokenizer) -> None:
@@ -761,9 +794,10 @@ def _written_anew(version: ExportResult, earlier: list[ExportResult]) -> list[Pa
 
 def test_a_new_version_takes_over_the_shards_whose_rows_did_not_change(tmp_path, monkeypatch) -> None:
     """Records appended to a source and one row edited: only the shards they fall in are written again; every
-        other file of the new version is the previous version's file, linked, and the version is byte for byte
-        what an export from scratch gives. The check of published versions then hashes only the files the new
-    version wrote: the ones it links are the previous version's, trusted as they are."""
+    other file of the new version is the previous version's file, linked, and the version is byte for byte
+    what an export from scratch gives. The check of published versions then hashes, besides its one file in
+    rotation, only the files the new version wrote: the ones it links are the previous version's, trusted as
+    they are."""
     monkeypatch.setattr(export_module, "_SHARD_ROWS", 16)
     rows = _sourced_rows(400)
     root = tmp_path / "exports"
@@ -813,8 +847,12 @@ def test_a_new_version_takes_over_the_shards_whose_rows_did_not_change(tmp_path,
         assert "weight" not in pq.read_schema(old_parquet).field("messages").type.value_type.names
         assert not os.path.samefile(new_parquet, old_parquet)
 
+    monkeypatch.setattr(export_module, "ROTATION_BYTES", 1)  # one unchanged file re-hashed in rotation
     check = verify_published(root)
-    assert (check.problems, check.files_hashed) == ([], len(_written_anew(second, [first])))
+    written_anew = len(_written_anew(second, [first]))
+    assert (check.problems, check.files_hashed, check.files_rotated) == ([], written_anew, 1)
+    files_of_first = len(first.manifest["files"]) + len(first.manifest["parquet_files"])
+    assert check.files_trusted == files_of_first - 1  # the linked ones among them, counted once
 
     # A linked file is one file in both versions: editing it in place is found in both.
     shared = next(
@@ -910,7 +948,14 @@ def test_what_decides_a_taken_over_file_is_its_exported_content(tmp_path, monkey
     lines = b"".join((fourth.path / n).read_bytes() for n in fourth.manifest["files"] if n.startswith("sft_tokenized"))
     assert lines.count(f'"id":"{negative[7]["row_id"]}"'.encode()) == 2
     assert 0 < fourth.files_taken_over < len(fourth.manifest["files"]) - 1
-    check = verify_published(root)  # no stale stat: only what v4 wrote is hashed, not the files it links
+    # Linking changed the taken-over files' status time: every version's record has their new stat.
+    record = json.loads(export_module.verified_record(root).read_text())
+    for version in (first, second):
+        recorded = record["versions"][version.data_version]["files"]
+        assert recorded and all(
+            tuple(stat) == export_module._file_stat(version.path / name) for name, stat in recorded.items()
+        )
+    check = verify_published(root)  # so only what v4 wrote is hashed as new, not the files it links
     assert (check.problems, check.files_hashed) == ([], len(_written_anew(fourth, [first, second])))
 
 
