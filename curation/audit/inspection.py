@@ -721,7 +721,7 @@ def inspect_versions(
     present = table_names(connection)
     versions = [version for version in VERSIONS if version in present]
     count = min(len(versions), available_cores() if workers is None else workers)
-    warm_up(_PLOT_PRELOAD, count)  # the first version is inspected while the server imports matplotlib
+    warm_up(_PLOT_PRELOAD, len(versions), count)  # the first version is inspected while the server imports matplotlib
     rows = {version: count_rows(connection, version) for version in versions}
     progress = reported(versions, log, "inspection", sum(rows.values()), size=rows.__getitem__)
     inspected: list[VersionInspection] = []

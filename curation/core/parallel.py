@@ -106,12 +106,13 @@ def _fork_server(preload: Sequence[str]) -> Iterator[multiprocessing.context.For
             _pools_open -= 1
 
 
-def warm_up(preload: Sequence[str], workers: int) -> None:
+def warm_up(preload: Sequence[str], items: int, workers: int) -> None:
     """Start now the fork server a coming :func:`map_ordered` with ``preload`` and ``workers`` will fork its
-    workers from (nothing when they are too few for a pool, or on Ray). The server imports its modules
+    workers from to work on ``items`` (rows, versions): nothing when there are none, when the workers are
+    too few for a pool, or on Ray. The server imports its modules
     (0.5-1.1 s: transformers, matplotlib, the stage's code) in its own process while the stage goes on with
     its SQL, instead of while the map waits for its first workers."""
-    if _current() is not None or workers <= 1:
+    if _current() is not None or items <= 0 or workers <= 1:
         return
     with _server_lock:
         if not _select_fork_server(preload):

@@ -272,7 +272,7 @@ def run_dedup(
     total = count_rows(connection, source)
     # Verifying near-duplicate candidates reads a share of all rows in workers, even when the memo spares
     # the facts pass: their server starts while the memo is planned and the reused facts are copied.
-    warm_up(_PRELOAD, workers_for(total, workers))
+    warm_up(_PRELOAD, total, workers_for(total, workers))
     with _scratch(connection, staged.staging_name("dedup")) as db:
         run = _Passes(db, plan, source, workers, _known_signatures(connection, plan), log)
         connection.execute(

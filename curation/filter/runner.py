@@ -357,13 +357,13 @@ def filter_table(
     lineage = staged.partition("lineage", LINEAGE_DDL)
     total = count_rows(connection, source)
     if "filter_memo" not in table_names(connection):  # every row is filtered: start the workers' server now
-        warm_up(_PRELOAD, workers_for(total, config.compute.workers))
+        warm_up(_PRELOAD, total, workers_for(total, config.compute.workers))
     reuse: Reuse | None = None
     try:
         reuse = plan_reuse(staged, "filter_memo", quote(source), COLUMNS, chain_fingerprint(config), FILTER_OUTPUTS)
         to_filter = total - reuse.rows
         workers = workers_for(to_filter, config.compute.workers)
-        warm_up(_PRELOAD, workers)  # while the reused rows are copied
+        warm_up(_PRELOAD, to_filter, workers)  # while the reused rows are copied
         _copy_reused(staged, reuse, rejections, edits, lineage)
         # A reused row was kept under its input id, or under its new id when cleaners changed it (the
         # lineage edge from its input row, copied above, says which).

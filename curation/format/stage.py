@@ -351,7 +351,7 @@ def format_rows(
     certain = rows_in
     if "format_memo" in table_names(connection):
         (certain,) = fetch_one(connection, "SELECT count(*) FROM synthetic_mixed ANTI JOIN format_memo USING (row_id)")
-    warm_up(_PRELOAD, workers_for(int(certain), config.compute.workers, RENDER_ROWS_PER_WORKER))
+    warm_up(_PRELOAD, int(certain), workers_for(int(certain), config.compute.workers, RENDER_ROWS_PER_WORKER))
     benchmarks = load_benchmarks(config)
     index = index_for(benchmarks, settings.decontamination) if benchmarks else None
 
@@ -374,7 +374,7 @@ def format_rows(
         )
         to_render = rows_in - reuse.rows
         workers = workers_for(to_render, config.compute.workers, RENDER_ROWS_PER_WORKER)
-        warm_up(_PRELOAD, workers)  # while the reused rows are copied, if it did not start above
+        warm_up(_PRELOAD, to_render, workers)  # while the reused rows are copied, if it did not start above
         table = stage_output(
             staged,
             "formatted",

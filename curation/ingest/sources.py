@@ -479,7 +479,7 @@ def ingest_sources(
     read_by = {(p.source.name, p.path): p.read_by for p in planned}
     if not previous:  # every file is read: the parsing workers' server starts while the files are hashed
         everything = sum(_size(p.path) for p in planned) // BYTES_PER_RECORD_ESTIMATE
-        warm_up(_PRELOAD, workers_for(everything, project.compute.workers))
+        warm_up(_PRELOAD, everything, workers_for(everything, project.compute.workers))
     digests = source_digests(p.path for p in planned if not p.read_by)
     plan: list[tuple[SourceConfig, Path, str, str]] = [
         (

@@ -127,17 +127,18 @@ def test_a_warmed_up_fork_server_is_started_before_the_map_and_is_the_one_its_wo
             return sorted(set(map_ordered(where, range(4), 2, preload=["tasks", *preload])), key=str)
 
         if __name__ == "__main__":
-            warm_up(["tasks", "heavy"], 1)  # one worker runs in this process: no server
+            warm_up(["tasks", "heavy"], 4, 1)  # one worker runs in this process: no server
+            warm_up(["tasks", "heavy"], 0, 2)  # nothing to work on: no server
             print(parallel._server_modules is None, imports_of_heavy())
-            warm_up(["tasks", "heavy"], 2)
+            warm_up(["tasks", "heavy"], 4, 2)
             print(wait_for(1))  # imported by the server with no map running
             print(found("heavy"), imports_of_heavy())  # its workers were forked from that server
             print(found(), imports_of_heavy())  # another map's modules replace it
-            warm_up(["tasks", "heavy"], 2)
+            warm_up(["tasks", "heavy"], 4, 2)
             print(wait_for(2), found("heavy"), imports_of_heavy())  # and warming up replaces that one
             outer = map_ordered(where, range(4), 2, preload=["tasks"])
             next(outer)
-            warm_up(["tasks", "heavy"], 2)  # a pool is open on the running server: it is left alone
+            warm_up(["tasks", "heavy"], 4, 2)  # a pool is open on the running server: it is left alone
             time.sleep(1)
             print("heavy" in parallel._server_modules, imports_of_heavy(), sorted(set(outer), key=str))
         """
@@ -146,7 +147,7 @@ def test_a_warmed_up_fork_server_is_started_before_the_map_and_is_the_one_its_wo
     result = subprocess.run(
         [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
     )
-    # No server for one worker; a warmed server imports "heavy" before any map and its workers come from it
+    # No server for one worker or no work; a warmed server imports "heavy" before any map and its workers come from it
     # (imported once); other modules replace it, warming up replaces theirs, but never under an open pool.
     assert result.stdout.splitlines() == [
         "True 0",
