@@ -26,7 +26,15 @@ from dataclasses import dataclass
 
 import duckdb
 
-from curation.core.warehouse import MEMO_SUFFIX, PATCH_MAX_CHANGE, StagedWrite, fetch_one, quote, table_names
+from curation.core.warehouse import (
+    MEMO_SUFFIX,
+    PATCH_MAX_CHANGE,
+    StagedWrite,
+    count_rows,
+    fetch_one,
+    quote,
+    table_names,
+)
 
 MEMO_DDL = "row_id VARCHAR NOT NULL, digest UBIGINT NOT NULL, fingerprint VARCHAR NOT NULL"
 
@@ -72,6 +80,16 @@ def plan_reuse(
         connection.execute(f"CREATE TABLE {reuse} (row_id VARCHAR)")
     (rows,) = fetch_one(connection, f"SELECT count(*) FROM {reuse}")
     return Reuse(reuse, int(rows))
+
+
+def rows_missing_from_memo(connection: duckdb.DuckDBPyConnection, source: str, memo: str) -> int:
+    """How many rows of table ``source`` have no entry in ``memo`` under their id (every row when there is no
+    memo yet): the run computes them whatever the rest of the memo says. A cheap lower bound, known before
+    :func:`plan_reuse` hashes every row, for starting the stage's workers early."""
+    if memo not in table_names(connection):
+        return count_rows(connection, source)
+    (missing,) = fetch_one(connection, f"SELECT count(*) FROM {quote(source)} ANTI JOIN {quote(memo)} USING (row_id)")
+    return int(missing)
 
 
 def drop_reuse(connection: duckdb.DuckDBPyConnection, reuse: Reuse | None) -> None:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from curation.core.config import ProjectConfig
 from curation.core.freshness import stage_fingerprint
 from curation.core.markdown import table_cell
-from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_output
+from curation.core.memo import Reuse, drop_reuse, plan_reuse, rows_missing_from_memo, stage_output
 from curation.core.parallel import map_ordered, warm_up, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
@@ -39,7 +39,6 @@ from curation.core.warehouse import (
     fetch_one,
     quote,
     read_batches,
-    table_names,
 )
 from curation.filter.base import Cleaner, Edit, Filter, FilterStats, Rejection
 from curation.filter.batch import BatchTexts
@@ -356,8 +355,10 @@ def filter_table(
     edits = staged.create("filter_edits", EDITS_DDL)
     lineage = staged.partition("lineage", LINEAGE_DDL)
     total = count_rows(connection, source)
-    if "filter_memo" not in table_names(connection):  # every row is filtered: start the workers' server now
-        warm_up(_PRELOAD, total, workers_for(total, config.compute.workers))
+    # The rows the memo has no id for are filtered whatever it holds: enough of them, and the workers' server
+    # starts now, while the memo is planned.
+    certain = rows_missing_from_memo(connection, source, "filter_memo")
+    warm_up(_PRELOAD, certain, workers_for(certain, config.compute.workers))
     reuse: Reuse | None = None
     try:
         reuse = plan_reuse(staged, "filter_memo", quote(source), COLUMNS, chain_fingerprint(config), FILTER_OUTPUTS)

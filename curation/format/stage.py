@@ -31,20 +31,12 @@ import pyarrow as pa
 from curation.core.freshness import format_fingerprint
 from curation.core.hashing import stable_unit_sql
 from curation.core.markdown import counts_table
-from curation.core.memo import Reuse, drop_reuse, plan_reuse, stage_output
+from curation.core.memo import Reuse, drop_reuse, plan_reuse, rows_missing_from_memo, stage_output
 from curation.core.parallel import map_ordered, warm_up, workers_for
 from curation.core.progress import reported
 from curation.core.provenance import LINEAGE_SCHEMA, lineage_record
 from curation.core.schema import COLUMNS, Row, decode_row
-from curation.core.warehouse import (
-    LINEAGE_DDL,
-    canonical_ddl,
-    count_rows,
-    fetch_one,
-    quote,
-    read_batches,
-    table_names,
-)
+from curation.core.warehouse import LINEAGE_DDL, canonical_ddl, count_rows, fetch_one, quote, read_batches
 from curation.format.decontam import (
     BenchmarkItem,
     ContaminationIndex,
@@ -346,12 +338,10 @@ def format_rows(
     settings = config.format
     connection = staged.connection
     rows_in = count_rows(connection, "synthetic_mixed")
-    # Rows whose ids the memo lacks are rendered whatever it holds: when they are enough for workers, their
-    # server starts now and imports transformers while the splits are planned.
-    certain = rows_in
-    if "format_memo" in table_names(connection):
-        (certain,) = fetch_one(connection, "SELECT count(*) FROM synthetic_mixed ANTI JOIN format_memo USING (row_id)")
-    warm_up(_PRELOAD, int(certain), workers_for(int(certain), config.compute.workers, RENDER_ROWS_PER_WORKER))
+    # The rows the memo has no id for are rendered whatever it holds: enough of them, and the workers' server
+    # starts now and imports transformers while the splits are planned.
+    certain = rows_missing_from_memo(connection, "synthetic_mixed", "format_memo")
+    warm_up(_PRELOAD, certain, workers_for(certain, config.compute.workers, RENDER_ROWS_PER_WORKER))
     benchmarks = load_benchmarks(config)
     index = index_for(benchmarks, settings.decontamination) if benchmarks else None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from curation.core.memo import drop_reuse, plan_reuse, stage_rows
+from curation.core.memo import drop_reuse, plan_reuse, rows_missing_from_memo, stage_rows
 from curation.core.warehouse import Warehouse, quote
 
 COLUMNS = ("row_id", "text", "source")
@@ -43,6 +43,20 @@ def test_only_rows_seen_unchanged_under_the_same_fingerprint_are_reused(tmp_path
     assert _run(warehouse, "f1") == {"a", "b", "c", "d"}
 
     assert _run(warehouse, "f2") == set()  # other code or settings: nothing is reused
+
+
+def test_rows_missing_from_the_memo_are_the_rows_whose_ids_it_lacks(tmp_path: Path) -> None:
+    """What a stage will compute whatever the memo says, before it plans the reuse: every row without a memo,
+    then the rows with new ids (a changed row keeps its id, so it is not counted: the count is a lower bound)."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with warehouse.connect() as connection:
+        _source(connection, [("a", "one", "s"), ("b", "two", "s")])
+        assert rows_missing_from_memo(connection, "source", "toy_memo") == 2
+    _run(warehouse, "f1")
+    with warehouse.connect() as connection:
+        assert rows_missing_from_memo(connection, "source", "toy_memo") == 0
+        _source(connection, [("a", "one", "s"), ("b", "TWO", "s"), ("c", "three", "s"), ("d", "four", "s")])
+        assert rows_missing_from_memo(connection, "source", "toy_memo") == 2
 
 
 def test_nothing_is_reused_without_the_previous_outputs(tmp_path: Path) -> None:
