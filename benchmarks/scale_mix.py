@@ -260,13 +260,31 @@ def _write_project(directory: Path, sources: list[dict[str, Any]]) -> None:
         "name": "distillery-scale",
         "sources": sources,
         "synthesis": {"methods": {}},
-        "format": {
-            "tokenizer": str(REPO / "demo" / "tokenizer"),
-            "max_tokens": 2048,
-            "benchmarks": [
-                {"name": "mt_bench", "path": str(SHARED_DATA / "mt-bench" / "question.jsonl"), "text_fields": ["turns"]}
-            ],
-        },
+        "format": _checkout_format(),
         "policy": {"intended_use": "research"},
     }
     (directory / "distillery.yaml").write_text(yaml.safe_dump(project, sort_keys=False), "utf-8")
+
+
+def _checkout_format() -> dict[str, Any]:
+    """The mix's ``format:`` settings, with the paths of this checkout (its demo tokenizer, the shared
+    benchmark file)."""
+    return {
+        "tokenizer": str(REPO / "demo" / "tokenizer"),
+        "max_tokens": 2048,
+        "benchmarks": [
+            {"name": "mt_bench", "path": str(SHARED_DATA / "mt-bench" / "question.jsonl"), "text_fields": ["turns"]}
+        ],
+    }
+
+
+def point_at_checkout(directory: Path) -> None:
+    """Rewrite a cached mix's project file for this checkout: a mix built from another checkout (a worktree
+    since removed) names that checkout's tokenizer, and its run would fail at ``formatted``."""
+    import yaml
+
+    path = directory / "distillery.yaml"
+    project = yaml.safe_load(path.read_text("utf-8"))
+    if project.get("format") != _checkout_format():
+        project["format"] = _checkout_format()
+        path.write_text(yaml.safe_dump(project, sort_keys=False), "utf-8")
