@@ -180,8 +180,27 @@ def verify(home: Path, mix: Path) -> dict[str, Any]:
         }
 
 
+_APPENDED = "appended.json"
+"""Written before rows are appended to a mix's SFT file: its size before, so that a benchmark killed before
+cutting the rows off again has its next invocation do it (else that one measures another mix than its
+``duplicates.json`` describes, and rows do not add up)."""
+
+
+def restore_mix(mix: Path) -> None:
+    """Cut the SFT file back to its size before :func:`append_rows`, if rows appended are still there."""
+    marker = mix / _APPENDED
+    if not marker.exists():
+        return
+    size = json.loads(marker.read_text("utf-8"))["sft_bytes"]
+    with (mix / "sft_alpaca.jsonl").open("r+b") as handle:
+        handle.truncate(size)
+    marker.unlink()
+
+
 def append_rows(mix: Path, share: float, seed: int) -> int:
-    """Append ``share`` new rows (another seed's records) to the mix's SFT file; returns how many."""
+    """Append ``share`` new rows (another seed's records) to the mix's SFT file; returns how many.
+    :func:`restore_mix` takes them off again."""
+    (mix / _APPENDED).write_text(json.dumps({"sft_bytes": (mix / "sft_alpaca.jsonl").stat().st_size}), "utf-8")
     fresh = mix.parent / f"{mix.name}-append"
     records = [line for line in (mix / "sft_alpaca.jsonl").read_text("utf-8").splitlines() if line.startswith("{")]
     count = max(1, int(len(records) / 0.4 * share))  # the SFT file holds ~40% of the rows
@@ -223,6 +242,7 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
         started = time.perf_counter()
         build_mix(mix, rows, seed)
         print(f"built the {rows:,}-row mix in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    restore_mix(mix)
     point_at_checkout(mix)
     home = workdir / f"home-{rows}"
     shutil.rmtree(home, ignore_errors=True)
@@ -252,14 +272,11 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
     if reruns:
         again = distillery("run", "--config", config, home=home)
         result["rerun_unchanged"] = {"wall_s": again.wall_s, "returncode": again.returncode}
-        grown = mix / "sft_alpaca.jsonl"
-        size = grown.stat().st_size
         try:
             added = append_rows(mix, 0.01, seed)
             more = distillery("run", "--config", config, home=home)
         finally:  # the cached mix stays the one its duplicates.json describes
-            with grown.open("r+b") as handle:
-                handle.truncate(size)
+            restore_mix(mix)
         steps = {key: end - begin for key, (begin, end) in step_intervals(home).items()}
         result["rerun_plus_1pct"] = {
             "wall_s": more.wall_s,
