@@ -30,7 +30,7 @@ import re
 import threading
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -874,20 +874,32 @@ def candidate_pairs(keys: np.ndarray, max_bucket: int = 64, workers: int = 1) ->
     def band_codes(band: int) -> np.ndarray | None:
         column = np.ascontiguousarray(keys[:, band])
         order = np.argsort(column)  # numpy's SIMD sort; ties only matter in buckets over max_bucket
-        sorted_keys = column[order]
-        pairs = pairs_in_groups(bucket_ties_by_index(order, sorted_keys, max_bucket), sorted_keys, max_bucket)
-        if not pairs.size:
-            return None
-        lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-        hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
-        return (lo << 32) | hi
+        return band_pair_codes(order, column[order], max_bucket)
 
     bands = range(keys.shape[1])
     if workers > 1 and len(bands) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:  # at most `workers` bands in memory
-            found = [c for c in pool.map(band_codes, bands) if c is not None]
+            found = list(pool.map(band_codes, bands))
     else:
-        found = [c for c in map(band_codes, bands) if c is not None]
+        found = list(map(band_codes, bands))
+    return pairs_of_codes(found)
+
+
+def band_pair_codes(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> np.ndarray | None:
+    """The pairs one band makes (:func:`pairs_in_groups`) of documents ``order`` whose keys are ``sorted_keys``,
+    each as ``(low << 32) | high`` (documents numbered below 2**32), or None when it makes none. ``order``
+    need hold only the documents whose key another shares: a key alone in the band pairs nothing."""
+    pairs = pairs_in_groups(bucket_ties_by_index(order, sorted_keys, max_bucket), sorted_keys, max_bucket)
+    if not pairs.size:
+        return None
+    lo = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+    hi = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.int64)
+    return (lo << 32) | hi
+
+
+def pairs_of_codes(codes: Iterable[np.ndarray | None]) -> np.ndarray:
+    """Unique ``(i, j)`` pairs, ``i < j``, in order, from the :func:`band_pair_codes` of every band."""
+    found = [code for code in codes if code is not None]
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     code = np.unique(np.concatenate(found))

@@ -197,10 +197,15 @@ def candidates(
     document indices (full or, for the estimate, their low 16 bits). Also returns how many pairs shared a band."""
     usable = np.flatnonzero(shingle_counts > 0)
     cand = usable[candidate_pairs(keys[usable], config.max_bucket, config.workers)]
-    found = len(cand)
-    if found:
-        cand = cand[_estimates(signatures_of, cand) >= config.threshold - config.estimate_margin]
-    return cand, found
+    return plausible(cand, config, signatures_of), len(cand)
+
+
+def plausible(cand: np.ndarray, config: NearConfig, signatures_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The pairs of documents that shared a band (``cand``) whose MinHash estimate is within
+    ``config.estimate_margin`` of the threshold: the ones worth the exact Jaccard."""
+    if not len(cand):
+        return cand
+    return cand[_estimates(signatures_of, cand) >= config.threshold - config.estimate_margin]
 
 
 Jaccards = Callable[[np.ndarray, Callable[[np.ndarray], Sequence[str]]], np.ndarray]
@@ -326,12 +331,15 @@ def near_method(config: NearConfig) -> str:
 
 
 SIGNATURES_DDL = (
-    "signature_key VARCHAR PRIMARY KEY, signature BLOB USING COMPRESSION uncompressed NOT NULL, "
-    "shingles BIGINT NOT NULL"
+    "signature_key VARCHAR NOT NULL, signature BLOB USING COMPRESSION uncompressed NOT NULL, shingles BIGINT NOT NULL"
 )
 """The ``dedup_signatures`` table: signatures persisted between runs, so a text is MinHashed once. Signatures
 are random bytes: DuckDB's attempts to compress them (dictionary, FSST) never pay, and cost more than the rest
-of their insert (4.1 against 2.1 CPU-seconds for 223k signatures), so the column is stored as it is."""
+of their insert (4.1 against 2.1 CPU-seconds for 223k signatures), so the column is stored as it is.
+
+One row per key, but no primary key: DuckDB holds an index in memory whole, and the one of a 2M-row run's
+keys, built in the facts pass's transaction, outgrew the connection's memory limit and aborted the run. The
+stage drops repeated keys itself (``curation.dedup.stage._drop_repeated_keys``)."""
 SIGNATURE_SCHEMA = pa.schema([("signature_key", pa.string()), ("signature", pa.binary()), ("shingles", pa.int64())])
 
 

@@ -88,15 +88,15 @@ from curation.dedup.facts import (
     start_worker,
     texts_batch,
 )
-from curation.dedup.minhash import ShingleConfig, band_keys, signature_matrix
+from curation.dedup.minhash import ShingleConfig, band_keys, band_pair_codes, pairs_of_codes, signature_matrix
 from curation.dedup.near import (
     SIGNATURES_DDL,
     Jaccards,
     NearConfig,
-    candidates,
     near_components,
     near_method,
     pair_jaccards,
+    plausible,
     verify,
 )
 from curation.dedup.repeats import BoilerplateConfig, WithinConfig, boilerplate_floor
@@ -187,7 +187,6 @@ class _Scratch:
     def __init__(self, connection: duckdb.DuckDBPyConnection, name: str) -> None:
         self.connection = connection
         self.name = name
-        self.keyed: set[str] = set()  # tables with a primary key: a key met again is skipped
         self.persisted: dict[str, str] = {}  # work tables that are staged warehouse tables instead
 
     def __getattr__(self, table: str) -> str:
@@ -209,8 +208,7 @@ class _Scratch:
     def appending(self, tables: Sequence[str]) -> Iterator[Callable[[str, pa.RecordBatch | ParquetPart], None]]:
         """``append(table, batch)`` for ``tables`` (columns matched by name): each table is written in one
         transaction on a cursor of its own (a commit per batch would cost more than the batch; one
-        transaction may write to one database only). In a :attr:`keyed` table, rows whose key is there
-        already are skipped (the signature of a text met in several batches)."""
+        transaction may write to one database only)."""
         cursors = {table: self.connection.cursor() for table in tables}
         try:
             for cursor in cursors.values():
@@ -219,8 +217,7 @@ class _Scratch:
             def append(table: str, batch: pa.RecordBatch | ParquetPart) -> None:
                 if batch.num_rows == 0:
                     return
-                verb = "INSERT OR IGNORE" if table in self.keyed else "INSERT"
-                insert_from(cursors[table], f"{verb} INTO {table} BY NAME SELECT * FROM {{rows}}", batch)
+                insert_from(cursors[table], f"INSERT INTO {table} BY NAME SELECT * FROM {{rows}}", batch)
 
             yield append
             for cursor in cursors.values():
@@ -285,7 +282,6 @@ def run_dedup(
         facts = db.facts
         db.create("replaced_keys", "near_key VARCHAR")
         computed = _computed_signatures(staged)
-        db.keyed.add(computed)
         fingerprint = facts_fingerprint(settings)
         reuse = plan_reuse(staged, "dedup_memo", quote(source), FACT_INPUTS, fingerprint, FACTS_OUTPUTS)
         try:
@@ -479,6 +475,17 @@ def _computed_signatures(staged: StagedWrite) -> str:
     return computed
 
 
+def _drop_repeated_keys(connection: duckdb.DuckDBPyConnection, signatures: str) -> None:
+    """Keep one row per key of the ``signatures`` the passes computed. A text met in two batches (an exact
+    copy, in most cases) is MinHashed by each; both signatures are the same, so the first stays. Its rows
+    are never among the stored ones: workers skip every key an earlier run stored."""
+    (repeated,) = fetch_one(connection, f"SELECT count(*) - count(DISTINCT signature_key) FROM {signatures}")
+    if repeated:
+        connection.execute(
+            f"DELETE FROM {signatures} WHERE rowid NOT IN (SELECT min(rowid) FROM {signatures} GROUP BY signature_key)"
+        )
+
+
 def _stage_signatures(staged: StagedWrite, db: _Scratch, computed: str) -> tuple[str, dict[str, int]]:
     """Stage the new ``dedup_signatures``: the stored signatures of this run's texts (those of texts no longer
     compared are left behind) and the ``computed`` ones. After a small change the stored table is patched
@@ -486,6 +493,7 @@ def _stage_signatures(staged: StagedWrite, db: _Scratch, computed: str) -> tuple
     signatures (~480 MB) and their key index for 9k new ones. Returns a relation of this run's signatures
     that cursors can read, and how many were computed and reused."""
     connection = db.connection
+    _drop_repeated_keys(connection, computed)
     (computed_rows,) = fetch_one(connection, f"SELECT count(*) FROM {computed}")
     counts = {"minhash_computed": int(computed_rows), "signatures_reused": 0}
     if computed == quote(staged.staging_name("dedup_signatures")):  # a first run: nothing was stored
@@ -526,7 +534,7 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
     )
     engine = current_engine()
     if engine is None:
-        cand, found = _local_candidates(db, config, signatures, batches, positions.size)
+        cand, found = _local_candidates(db, config, signatures, batches)
         jaccards = functools.partial(_local_jaccards, config)
     else:
         # On Ray the band keys are grouped, and the pairs verified, on the workers (curation.dedup.distributed).
@@ -565,18 +573,39 @@ def _near(run: _Passes, config: NearConfig, signatures: str, survivors: str, log
 
 
 def _local_candidates(
-    db: _Scratch, config: NearConfig, signatures: str, batches: Iterator[pa.RecordBatch], size: int
+    db: _Scratch, config: NearConfig, signatures: str, batches: Iterator[pa.RecordBatch]
 ) -> tuple[np.ndarray, int]:
-    """The LSH candidate pairs of the near rows (:func:`~curation.dedup.near.candidates`), in this process:
-    every row's band keys in one array, fixed width per row."""
+    """The LSH candidate pairs of the near rows (:func:`~curation.dedup.near.candidates`), in this process.
+
+    Each row's band keys go to a scratch table (DuckDB's to hold, and spill, not this process's: 144 bytes a
+    row at 18 bands, 1.3 GB at 10M rows), and each band's buckets are grouped there: only the rows whose key
+    another row shares in that band come back, in key and then row order, to be paired
+    (:func:`~curation.dedup.minhash.band_pair_codes`, the same pairs as sorting every key here). Rows without
+    shingles are never near duplicates and get no keys."""
     connection = db.connection
     bands, rows = config.params
-    keys = np.empty((size, bands), dtype=np.uint64)
-    shingle_counts = np.zeros(size, dtype=np.int64)
-    for batch in batches:
-        index = batch.column("near_index").to_numpy()
-        keys[index] = band_keys(signature_matrix(batch.column("signature"), config.num_perm), bands, rows)
-        shingle_counts[index] = batch.column("shingles").to_numpy()
+    columns = [f"band_{band}" for band in range(bands)]
+    table = db.create("near_bands", ", ".join(["near_index BIGINT", *(f"{c} UBIGINT" for c in columns)]))
+    with db.appending([table]) as append:
+        for batch in batches:
+            usable = np.flatnonzero(batch.column("shingles").to_numpy(zero_copy_only=False) > 0)
+            if not usable.size:
+                continue
+            signed = batch.take(pa.array(usable))
+            keys = band_keys(signature_matrix(signed.column("signature"), config.num_perm), bands, rows)
+            arrays = {"near_index": signed.column("near_index")}
+            arrays.update((column, pa.array(keys[:, band])) for band, column in enumerate(columns))
+            append(table, pa.record_batch(arrays))
+
+    def band_codes(column: str) -> np.ndarray | None:
+        shared = connection.sql(
+            f"SELECT near_index, {column} AS band_key FROM {table} WHERE {column} IN "
+            f"(SELECT {column} FROM {table} GROUP BY ALL HAVING count(*) > 1) ORDER BY band_key, near_index"
+        ).fetchnumpy()
+        return band_pair_codes(shared["near_index"], shared["band_key"], config.max_bucket)
+
+    cand = pairs_of_codes(band_codes(column) for column in columns)
+    connection.execute(f"DROP TABLE {table}")
 
     def signatures_of(ids: np.ndarray) -> np.ndarray:
         with db.registered("_near_ids", pa.table({"near_index": ids})):
@@ -586,7 +615,7 @@ def _local_candidates(
             ).to_arrow_table()
         return signature_matrix(found.column("signature"), config.num_perm)
 
-    return candidates(keys, shingle_counts, config, signatures_of)
+    return plausible(cand, config, signatures_of), len(cand)
 
 
 def _local_jaccards(
@@ -679,8 +708,9 @@ def _candidate_texts(run: _Passes, cand: np.ndarray) -> Iterator[Callable[[np.nd
             cursor.close()
 
 
-PUBLISHED_INPUTS = (*COLUMNS, "sources")
-"""What an unedited kept row's ``deduped`` row is made of: its input row and the copies it absorbed."""
+PUBLISHED_INPUTS = (*COLUMNS, "sources_digest")
+"""What an unedited kept row's ``deduped`` row is made of: its input row and the copies it absorbed (the
+digest of their list: a join that carried the lists themselves outgrew DuckDB's 256 MB buffer at 2M rows)."""
 
 
 def _publish(run: _Passes, staged: StagedWrite, survivors: str, fingerprint: str) -> tuple[int, int]:
@@ -697,19 +727,31 @@ def _publish(run: _Passes, staged: StagedWrite, survivors: str, fingerprint: str
     db = run.db
     connection = db.connection
     lineage = staged.partition("lineage", LINEAGE_DDL)
-    connection.execute(f"CREATE TABLE {db.absorbed} AS {absorbed_sql(db.members, db.facts, quote(run.source))}")
-    kept = f"JOIN {survivors} AS f USING (position) LEFT JOIN {db.absorbed} AS a USING (position)"
-    rows = f"FROM {quote(run.source)} AS r JOIN {db.positions} AS p USING (row_id) {kept}"
-    unedited = f"(SELECT {_INPUT_COLUMNS}, a.sources {rows} WHERE NOT f.edited)"
+    connection.execute(
+        f"CREATE TABLE {db.absorbed} AS SELECT *, hash(sources) AS sources_digest "
+        f"FROM ({absorbed_sql(db.members, db.facts, quote(run.source))})"
+    )
+    # The kept rows, with what decides how they are written, in a table of their own: the same joins inside
+    # the memo's query were planned from an estimate of a twentieth of the rows, and at 2M rows the join
+    # built on the wrong side outgrew DuckDB's 256 MB buffer.
+    connection.execute(
+        f"CREATE TABLE {db.kept_rows} AS SELECT p.row_id, f.position, f.edited, a.sources_digest, "
+        f"a.position IS NOT NULL AS absorbed FROM {db.positions} AS p JOIN {survivors} AS f USING (position) "
+        f"LEFT JOIN {db.absorbed} AS a USING (position)"
+    )
+    unedited = (
+        f"(SELECT {_INPUT_COLUMNS}, k.sources_digest FROM {quote(run.source)} AS r "
+        f"JOIN {db.kept_rows} AS k USING (row_id) WHERE NOT k.edited)"
+    )
     unchanged = plan_reuse(staged, "dedup_publish_memo", unedited, PUBLISHED_INPUTS, fingerprint, ("deduped",))
     try:
         # The rows to write, by position, before any input row is read: a read that also carried the ~900k ids
         # of the rows in place outgrew DuckDB's 256 MB buffer in a +1% re-run at 1M.
         connection.execute(
-            f"CREATE TABLE {db.to_write} AS SELECT p.position, f.edited, f.edited OR a.sources IS NOT NULL AS "
-            f"rewrite FROM {db.positions} AS p {kept} WHERE f.edited OR {unchanged.excluding('p.row_id')}"
+            f"CREATE TABLE {db.to_write} AS SELECT position, edited, edited OR absorbed AS rewrite "
+            f"FROM {db.kept_rows} WHERE edited OR {unchanged.excluding('row_id')}"
         )
-        (total,) = fetch_one(connection, f"SELECT count(*) FROM {survivors}")
+        (total,) = fetch_one(connection, f"SELECT count(*) FROM {db.kept_rows}")
         (count,) = fetch_one(connection, f"SELECT count(*) FILTER (rewrite) FROM {db.to_write}")
         deduped = stage_output(
             staged,

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import curation.dedup.stage
 from curation.core.config import DedupConfig
 from curation.core.schema import Row, decode_row, make_row_id, new_row, rows_to_table
 from curation.core.warehouse import StagedWrite, canonical_ddl
@@ -481,6 +482,23 @@ def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -
     assert (appended.run.counts["minhash_computed"], appended.run.counts["signatures_reused"]) == (1, 2)
     assert appended.run.counts["facts_reused"] == 3
     assert first.connection.execute("SELECT count(*) FROM dedup_signatures").fetchone() == (3,)
+
+
+def test_a_text_met_in_several_batches_is_stored_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch MinHashes the texts no earlier run stored, so a text met again in a later batch (an exact
+    copy) is MinHashed twice; ``dedup_signatures`` still holds one row per text, and the next run reuses it."""
+    monkeypatch.setattr(curation.dedup.stage, "BATCH_ROWS", 2)
+    copy = " ".join(_words(60, "c"))
+    texts = [copy, " ".join(_words(60, "a")), copy, copy, " ".join(_words(60, "b")), copy]
+    rows = [text_row(f"r{i}", text, source="s", source_uri=f"s.jsonl#{i}") for i, text in enumerate(texts)]
+    first = dedup(rows)
+    assert first.removed() == {"r2": "r0", "r3": "r0", "r5": "r0"}
+    keys = first.connection.execute("SELECT count(*), count(DISTINCT signature_key) FROM dedup_signatures")
+    assert keys.fetchone() == (3, 3)
+    assert first.run.counts["minhash_computed"] == 3
+    again = dedup([], first.connection)
+    assert (again.run.counts["minhash_computed"], again.run.counts["signatures_reused"]) == (0, 3)
+    assert again.kept == first.kept
 
 
 def test_a_kept_row_removed_later_passes_its_copies_on() -> None:

@@ -1,6 +1,7 @@
-"""Near duplicates on the ``ray`` engine (:mod:`curation.dedup.distributed`): the band keys grouped by a
-shuffle on the workers find the local engine's candidate pairs, Jaccards and clusters to the bit, and the
-driver never computes a band key or holds the signatures."""
+"""Where the LSH band keys are grouped: in DuckDB for the local engine (the stage's own path), by a shuffle on
+the workers on the ``ray`` engine (:mod:`curation.dedup.distributed`). Both find the candidate pairs of
+sorting every key in memory, and on Ray the Jaccards and clusters too, to the bit; the driver never computes
+a band key or holds the signatures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -101,6 +103,39 @@ def test_the_shuffle_steps_find_the_local_candidates(rows: int, partitions: int)
     assert rows < 10 or local_found > len(local) > 100
 
 
+@pytest.mark.parametrize("rows", [1_200, 3])
+def test_band_keys_grouped_in_duckdb_find_the_in_memory_candidates(rows: int) -> None:
+    """The local engine keeps band keys in a scratch table, not in memory (144 bytes a row), and pairs only
+    the rows whose key another shares: the same pairs (big buckets included) and the same count of pairs
+    that shared a band as sorting every key here, whatever order the batches come in."""
+    _, config, table = _signatures(rows, seed=rows)
+    signatures = signature_matrix(table.column("signature"), config.num_perm)
+    local, local_found = candidates(
+        band_keys(signatures, *config.params), table.column("shingles").to_numpy(), config, lambda ids: signatures[ids]
+    )
+    stored = pa.table(
+        {
+            "near_index": table.column("near_index"),
+            "near_key": pa.array([str(i) for i in range(rows)]),
+            "signature": table.column("signature"),
+        }
+    )
+    shuffled = table.take(np.random.default_rng(rows).permutation(rows))
+    with duckdb.connect() as connection, curation.dedup.stage._scratch(connection, "scratch") as db:
+        connection.register("stored", stored)
+        connection.execute(f"CREATE TABLE {db.near_rows} AS SELECT near_index, near_key FROM stored")
+        connection.execute("CREATE TABLE scratch.signatures AS SELECT near_key AS signature_key, signature FROM stored")
+        cand, found = curation.dedup.stage._local_candidates(
+            db, config, "scratch.signatures", iter(shuffled.to_batches(max_chunksize=500))
+        )
+        assert connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'near_bands'"
+        ).fetchone() == (0,)
+    assert found == local_found
+    assert np.array_equal(cand, local)
+    assert rows < 10 or local_found > len(local) > 100
+
+
 @pytest.fixture(scope="module")
 def ray_engine() -> Iterator[None]:
     import ray
@@ -176,7 +211,7 @@ def test_dedup_on_ray_writes_the_local_tables_without_signatures_in_the_driver(
     for module, name in [
         (curation.dedup.stage, "band_keys"),
         (curation.dedup.stage, "signature_matrix"),
-        (curation.dedup.stage, "candidates"),
+        (curation.dedup.stage, "band_pair_codes"),
         (curation.dedup.distributed, "band_keys"),
         (curation.dedup.distributed, "signature_matrix"),
     ]:
