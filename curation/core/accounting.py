@@ -75,7 +75,7 @@ def unaccounted(connection: duckdb.DuckDBPyConnection, stage: Accounting) -> Con
           (SELECT count(*) FROM kept WHERE row_id NOT IN (SELECT row_id FROM input)),
           (SELECT count(*) FROM input WHERE row_id IN (SELECT row_id FROM kept)
                                         AND row_id IN (SELECT row_id FROM removed)),
-          (SELECT list(row_id ORDER BY row_id)[:5] FROM input WHERE row_id NOT IN (SELECT row_id FROM kept)
+          (SELECT min(row_id, 5) FROM input WHERE row_id NOT IN (SELECT row_id FROM kept)
                                         AND row_id NOT IN (SELECT row_id FROM removed))
     """
     rows_in, rows_out, removed_n, missing, unexplained, double, sample = fetch_one(connection, sql)
