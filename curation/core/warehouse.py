@@ -240,7 +240,8 @@ class Warehouse:
     def write(self, asset: str) -> Iterator[StagedWrite]:
         """Stage new versions of tables, then swap them all in one transaction on success."""
         global _open_writes
-        with self.connect() as connection:
+        memory_limit = configured_memory_limit(DUCKDB_MEMORY_LIMIT)
+        with self.connect(memory_limit=memory_limit) as connection:
             with _open_writes_lock:
                 first = _open_writes == 0
                 _open_writes += 1
@@ -250,7 +251,7 @@ class Warehouse:
                     index_missing_lookups(connection)
                 # Shared tables exist from the first write on, so readers and checks can always query them.
                 connection.execute(f"CREATE TABLE IF NOT EXISTS lineage ({LINEAGE_DDL})")
-                staged = StagedWrite(connection, asset)
+                staged = StagedWrite(connection, asset, memory_limit)
                 try:
                     try:
                         yield staged
@@ -290,9 +291,11 @@ class Patch:
 class StagedWrite:
     """Tables written during one asset materialization, swapped in together at the end."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, asset: str) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, asset: str, memory_limit: str | None = None) -> None:
         self.connection = connection
         self.asset = asset
+        self.memory_limit = memory_limit or configured_memory_limit(DUCKDB_MEMORY_LIMIT)
+        """DuckDB's buffer as the connection was opened with it, set back after the commit raised it."""
         # The writing process's id in every staging name says, in a crashed warehouse, whose debris it is.
         self._token = f"p{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._replace: dict[str, str] = {}  # final table -> staging table
@@ -479,6 +482,7 @@ class StagedWrite:
                     connection.execute(f"CREATE TABLE IF NOT EXISTS {CONTENT_HASHES} ({CONTENT_HASHES_DDL})")
                 for table in self._patches:
                     connection.execute(f"DROP VIEW {quote(self.staging_name(table))}")
+                raised = _raise_memory_limit(connection)
                 connection.execute("BEGIN TRANSACTION")
                 try:
                     for table, staging in [*self._replace.items(), *wholes.items()]:
@@ -507,6 +511,10 @@ class StagedWrite:
                 except BaseException:
                     connection.execute("ROLLBACK")
                     raise
+                finally:
+                    if raised:  # after a failed rollback the connection is invalidated: the error is the rollback's
+                        with contextlib.suppress(duckdb.Error):
+                            drop_cached_pages(connection, self.memory_limit)
             except BaseException:
                 leftovers = [*wholes.values(), *(name for change in changes.values() for name in change.tables())]
                 for name in leftovers:
@@ -527,6 +535,22 @@ class StagedWrite:
         for statement in statements:
             with contextlib.suppress(duckdb.Error):
                 self.connection.execute(statement)
+
+
+COMMIT_MEMORY_LIMIT = "1GB"
+"""DuckDB's buffer while a write's transaction commits, unless $DISTILLERY_DUCKDB_MEMORY_LIMIT sets one. A patched
+table and a changed partition are updated in place, and DuckDB updates their ART indexes (row ids; lineage's
+child and parent ids), which it must hold in memory whole: their size follows the table's rows, not the
+change's. A +1% re-run at 2M rows ran out of 256 MB committing ``filtered``, and the rollback then failed
+too, which invalidates the connection. Only what the commit needs is used; the limit is set back after it."""
+
+
+def _raise_memory_limit(connection: duckdb.DuckDBPyConnection) -> bool:
+    """:data:`COMMIT_MEMORY_LIMIT` for the commit, unless the user set the limit; whether it was raised."""
+    if os.environ.get(MEMORY_LIMIT_ENV, "").strip():
+        return False
+    connection.execute(f"SET memory_limit = '{COMMIT_MEMORY_LIMIT}'")
+    return True
 
 
 PATCH_MAX_CHANGE = 0.1

@@ -334,6 +334,43 @@ def test_replacing_a_large_partition_stays_within_duckdbs_memory_limit(
     assert {"things__row_id", "lineage__child_id", "lineage__parent_id"} <= indexes
 
 
+def test_a_small_change_to_a_large_indexed_partition_commits_under_a_small_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed in place, a partition's rows go but its table's indexes must be updated, and DuckDB holds an
+    index in memory whole: its size follows the table, not the change. A +1% re-run at 2M rows ran out of the
+    256 MB buffer committing `filtered`, the rollback failed too and DuckDB invalidated the connection. The
+    commit runs under COMMIT_MEMORY_LIMIT, and the buffer is set back after it."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    rows = 300_000
+
+    def write(run: str) -> None:
+        with warehouse.write("big") as staged:
+            lineage = staged.partition("lineage", LINEAGE_DDL)
+            staged.connection.execute(
+                f"INSERT INTO {lineage} SELECT sha256(i::VARCHAR || (CASE WHEN i < 3000 THEN ? ELSE '' END)), "
+                "sha256('p' || i), 'big', 'op', NULL FROM range(?) r(i)",
+                [run, rows],
+            )
+
+    write("first")  # indexed under the default buffer
+    monkeypatch.setattr(warehouse_module, "DUCKDB_MEMORY_LIMIT", "24MB")
+    monkeypatch.setattr(warehouse_module, "COMMIT_MEMORY_LIMIT", "24MB")
+    with pytest.raises(duckdb.Error):  # the indexes do not fit the small buffer (the failure, reproduced)
+        write("second")
+    monkeypatch.setattr(warehouse_module, "COMMIT_MEMORY_LIMIT", "1GB")
+    write("third")
+    with warehouse.connect(read_only=True) as connection:
+        (changed,) = connection.execute(
+            "SELECT count(*) FROM lineage WHERE child_id = sha256('7' || 'third')"
+        ).fetchone()
+        (total,) = connection.execute("SELECT count(*) FROM lineage").fetchone()
+    assert (changed, total) == (1, rows)
+    with warehouse.write("big") as staged:  # a writer's buffer is the configured one again
+        (limit,) = staged.connection.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert limit == "22.8 MiB"
+
+
 def test_tables_a_killed_writer_left_unindexed_are_indexed_by_the_next_write(tmp_path: Path) -> None:
     # A writer that dies after COMMIT and before building its indexes leaves committed tables without them.
     warehouse = Warehouse(tmp_path / "w.duckdb")
