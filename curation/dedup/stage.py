@@ -479,11 +479,9 @@ def _drop_repeated_keys(connection: duckdb.DuckDBPyConnection, signatures: str) 
     """Keep one row per key of the ``signatures`` the passes computed. A text met in two batches (an exact
     copy, in most cases) is MinHashed by each; both signatures are the same, so the first stays. Its rows
     are never among the stored ones: workers skip every key an earlier run stored."""
-    (repeated,) = fetch_one(connection, f"SELECT count(*) - count(DISTINCT signature_key) FROM {signatures}")
-    if repeated:
-        connection.execute(
-            f"DELETE FROM {signatures} WHERE rowid NOT IN (SELECT min(rowid) FROM {signatures} GROUP BY signature_key)"
-        )
+    connection.execute(
+        f"DELETE FROM {signatures} WHERE rowid NOT IN (SELECT min(rowid) FROM {signatures} GROUP BY signature_key)"
+    )
 
 
 def _stage_signatures(staged: StagedWrite, db: _Scratch, computed: str) -> tuple[str, dict[str, int]]:
