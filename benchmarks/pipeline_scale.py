@@ -4,9 +4,11 @@ For each size the mix of :mod:`benchmarks.scale_mix` (SFT, chat and preference r
 datasets, ~10% exact and ~5% near duplicates with known pairs, several licences, human and
 model-generated rows, a few malformed records) is built once and cached under ``--workdir``, then:
 
-* the first run, raw → formatted and every check: wall seconds, peak RSS of the whole process tree
-  (sampled from /proc every 0.2 s), warehouse size, and per step seconds and rows/s read from the
-  Dagster event log; checks' share of the step time;
+* the first run, raw → formatted and every check: wall seconds, peak RSS and CPU seconds of the whole
+  process tree (sampled from /proc every 0.2 s), warehouse size, and per step seconds and rows/s read
+  from the Dagster event log, with the tree's CPU seconds and cores busy while each step ran (how far
+  from the machine's cores a step is, and the least wall time the run's CPU allows); checks' share of
+  the step time;
 * the output verified: every record is a raw row or a quarantine entry, every known exact pair and
   (reported as a rate) every known near pair collapsed to one row, all checks passed;
 * a re-run on unchanged input and a re-run after appending 1% new rows, as shares of the first run;
@@ -24,6 +26,7 @@ is a timed test. Results are printed as Markdown and written to ``<workdir>/resu
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import os
@@ -60,6 +63,10 @@ class RunFigures:
     samples: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, tree RSS bytes)
     peak_driver_mib: float = 0.0
     """Peak RSS of the command's own process (the Dagster run: on Ray, the driver)."""
+    cpu_s: float = 0.0
+    """CPU seconds (user + system) of the whole tree: what the run costs however many cores it has."""
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (epoch seconds, tree CPU s so far)
+    step_cpu_s: dict[str, float] = field(default_factory=dict)  # step key -> tree CPU seconds while it ran
 
 
 def _tree_memory(process: psutil.Process, *, proportional: bool) -> tuple[int, int]:
@@ -75,9 +82,25 @@ def _tree_memory(process: psutil.Process, *, proportional: bool) -> tuple[int, i
     return rss, pss
 
 
+class _TreeCpu:
+    """CPU seconds used so far by a process and its descendants: each process's own user + system time as last
+    seen, kept after it exits (what it used in its last sampling interval is missed: a slight undercount)."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self.seen: dict[tuple[int, float], float] = {}
+
+    def sample(self) -> float:
+        for member in [self.process, *self.process.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = member.cpu_times()
+                self.seen[member.pid, member.create_time()] = times.user + times.system
+        return sum(self.seen.values())
+
+
 def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
-    """Run a command, sampling the RSS (every 0.2 s) and PSS (every second) of its whole process tree
-    (Dagster runs each step in a child, and stages start worker processes)."""
+    """Run a command, sampling the RSS and CPU time (every 0.2 s) and PSS (every second) of its whole process
+    tree (Dagster runs each step in a child, and stages start worker processes)."""
     start = time.perf_counter()
     popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = peak_pss = peak_driver = 0
@@ -86,6 +109,8 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
     reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
     reader.start()
     process = psutil.Process(popen.pid)
+    cpu = _TreeCpu(process)
+    cpu_samples: list[tuple[float, float]] = []
     tick = 0
     while popen.poll() is None:
         with contextlib.suppress(psutil.Error):
@@ -93,6 +118,7 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
             peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             peak_driver = max(peak_driver, process.memory_info().rss)
             samples.append((time.time(), rss))
+            cpu_samples.append((time.time(), cpu.sample()))
         tick += 1
         time.sleep(0.2)
     reader.join()
@@ -105,7 +131,15 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
         peak_driver_mib=peak_driver / 2**20,
         output_tail="".join(output)[-3000:],
         samples=samples,
+        cpu_s=cpu_samples[-1][1] if cpu_samples else 0.0,
+        cpu_samples=cpu_samples,
     )
+
+
+def _cpu_at(samples: list[tuple[float, float]], moment: float) -> float:
+    """Tree CPU seconds used by ``moment`` (the last sample taken at or before it)."""
+    at = bisect.bisect_right(samples, moment, key=lambda sample: sample[0])
+    return samples[at - 1][1] if at else 0.0
 
 
 def _environment(home: Path) -> dict[str, str]:
@@ -257,9 +291,13 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
         key: max((rss for at, rss in first.samples if begin <= at <= end), default=0) / 2**20
         for key, (begin, end) in intervals.items()
     }
+    first.step_cpu_s = {
+        key: _cpu_at(first.cpu_samples, end) - _cpu_at(first.cpu_samples, begin)
+        for key, (begin, end) in intervals.items()
+    }
     result: dict[str, Any] = {
         "rows": rows,
-        "first": first.__dict__ | {"output_tail": None, "samples": None},
+        "first": first.__dict__ | {"output_tail": None, "samples": None, "cpu_samples": None},
         "warehouse_mib": (home / "warehouse.duckdb").stat().st_size / 2**20,
         "verified": verify(home, mix),
         "rows_per_asset": asset_rows(home),
@@ -361,17 +399,31 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
             f"for {b['rows'] / a['rows']:.1f}x the rows"
         )
     last = results[-1]
+    first = last["first"]
+    cores = os.cpu_count() or 1
+    if first.get("cpu_s"):
+        lines.append(
+            f"\nCPU of the {last['rows']:,}-row first run: {first['cpu_s']:,.0f} s over the process tree, "
+            f"{first['cpu_s'] / first['wall_s']:.2f} of {cores} cores busy on average; at this CPU the run "
+            f"takes at least {first['cpu_s'] / cores:,.0f} s on {cores} cores."
+        )
     lines.append(
-        f"\nSteps of the {last['rows']:,}-row run (seconds, rows/s of the asset's output, "
-        "peak RSS of the process tree while the step ran):\n"
+        f"\nSteps of the {last['rows']:,}-row run (seconds, rows/s of the asset's output, CPU seconds of the "
+        "process tree and cores busy while the step ran, peak RSS of the tree):\n"
     )
-    lines.append("| step | s | rows/s | peak RSS MiB |")
-    lines.append("|---|---|---|---|")
-    peaks = last["first"].get("step_peak_mib", {})
-    for key, seconds in sorted(last["first"]["steps"].items(), key=lambda kv: -kv[1]):
+    lines.append("| step | s | rows/s | CPU s | cores busy | peak RSS MiB |")
+    lines.append("|---|---|---|---|---|---|")
+    peaks = first.get("step_peak_mib", {})
+    cpu = first.get("step_cpu_s", {})
+    for key, seconds in sorted(first["steps"].items(), key=lambda kv: -kv[1]):
         rows = last["rows_per_asset"].get(key)
         rate = "" if not rows else f"{rows / seconds:,.0f}"
-        lines.append(f"| {key} | {seconds:.1f} | {rate} | {peaks.get(key, 0):.0f} |")
+        used = cpu.get(key)
+        busy = "" if used is None else f"{used / max(seconds, 1e-9):.2f}"
+        lines.append(
+            f"| {key} | {seconds:.1f} | {rate} | {'' if used is None else f'{used:.1f}'} | {busy} | "
+            f"{peaks.get(key, 0):.0f} |"
+        )
     plus = last.get("rerun_plus_1pct", {}).get("steps")
     if plus:
         lines.append("\nSlowest steps of the re-run after appending 1% rows (seconds):\n")
