@@ -321,6 +321,8 @@ def measure_size(rows: int, workdir: Path, seed: int, reruns: bool) -> dict[str,
             "returncode": more.returncode,
             "rows_added": added,
             "steps": steps,
+            "peak_rss_mib": more.peak_rss_mib,
+            "peak_pss_mib": more.peak_pss_mib,
         }
     return result
 
@@ -426,7 +428,11 @@ def markdown(results: list[dict[str, Any]], assets: set[str]) -> str:
         )
     plus = last.get("rerun_plus_1pct", {}).get("steps")
     if plus:
-        lines.append("\nSlowest steps of the re-run after appending 1% rows (seconds):\n")
+        rerun = last["rerun_plus_1pct"]
+        lines.append(
+            f"\nSlowest steps of the re-run after appending 1% rows (seconds; its peak RSS of the tree "
+            f"{rerun.get('peak_rss_mib', 0):.0f} MiB, PSS {rerun.get('peak_pss_mib', 0):.0f} MiB):\n"
+        )
         lines += ["| step | s |", "|---|---|"]
         lines += [f"| {key} | {seconds:.1f} |" for key, seconds in sorted(plus.items(), key=lambda kv: -kv[1])[:12]]
     if any("ray" in r for r in results):

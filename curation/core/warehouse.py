@@ -95,6 +95,23 @@ def _out_of_memory_advice(error: duckdb.OutOfMemoryException, limit: str) -> duc
     )
 
 
+_OUT_OF_MEMORY = ("Out of Memory", "could not allocate block", "failed to pin block")
+"""How DuckDB's message reads when a commit ran out of its buffer: a commit error ("Failed to commit: could not
+allocate block …") or, when its rollback failed too, a fatal one ("… Original Error: … Out of Memory Error …")."""
+
+
+def _commit_out_of_memory(error: duckdb.Error, asset: str) -> duckdb.OutOfMemoryException:
+    """A commit that ran out of memory, saying what happened and what to do."""
+    limit = configured_memory_limit(COMMIT_MEMORY_LIMIT or "its default, 80% of the machine's memory")
+    return duckdb.OutOfMemoryException(
+        f"committing {asset} ran out of DuckDB's buffer ({limit}): the lookup indexes of the tables it changed "
+        "in place are updated whole at commit, and their size follows the tables' rows. Nothing of this write was "
+        "committed; the previous version of every table is intact (when DuckDB's rollback failed too, it invalidated "
+        f"the database for this process). Set ${MEMORY_LIMIT_ENV} to a larger size (it applies to the commit too), "
+        f"or run on a machine with more memory, and run again.\nDuckDB: {error}"
+    )
+
+
 class WarehouseBusy(RuntimeError):
     """Another process holds the DuckDB file."""
 
@@ -261,6 +278,10 @@ class Warehouse:
                     staged.commit()
                 except duckdb.OutOfMemoryException as error:
                     raise _out_of_memory_advice(error, configured_memory_limit(DUCKDB_MEMORY_LIMIT)) from error
+                except (duckdb.TransactionException, duckdb.FatalException) as error:
+                    if not any(sign in str(error) for sign in _OUT_OF_MEMORY):
+                        raise
+                    raise _commit_out_of_memory(error, asset) from error
             finally:
                 with _open_writes_lock:
                     _open_writes -= 1
@@ -509,10 +530,13 @@ class StagedWrite:
                         connection.execute(f"INSERT INTO {CONTENT_HASHES} VALUES (?, ?, ?)", [table, version, rows])
                     connection.execute("COMMIT")
                 except BaseException:
-                    connection.execute("ROLLBACK")
+                    # After a commit that failed, DuckDB's own rollback may have failed and invalidated the
+                    # database: this one then fails too, and the error worth raising is the first.
+                    with contextlib.suppress(duckdb.Error):
+                        connection.execute("ROLLBACK")
                     raise
                 finally:
-                    if raised:  # after a failed rollback the connection is invalidated: the error is the rollback's
+                    if raised:  # after a failed rollback the connection is invalidated; the commit's error is raised
                         with contextlib.suppress(duckdb.Error):
                             drop_cached_pages(connection, self.memory_limit)
             except BaseException:
@@ -537,19 +561,25 @@ class StagedWrite:
                 self.connection.execute(statement)
 
 
-COMMIT_MEMORY_LIMIT = "1GB"
-"""DuckDB's buffer while a write's transaction commits, unless $DISTILLERY_DUCKDB_MEMORY_LIMIT sets one. A patched
-table and a changed partition are updated in place, and DuckDB updates their ART indexes (row ids; lineage's
-child and parent ids), which it must hold in memory whole: their size follows the table's rows, not the
-change's. A +1% re-run at 2M rows ran out of 256 MB committing ``filtered``, and the rollback then failed
-too, which invalidates the connection. Only what the commit needs is used; the limit is set back after it."""
+COMMIT_MEMORY_LIMIT: str | None = None
+"""DuckDB's buffer while a write's transaction commits, unless $DISTILLERY_DUCKDB_MEMORY_LIMIT sets one; None:
+DuckDB's own default (80% of the memory the machine or its container allows). A patched table and a changed
+partition are updated in place, and DuckDB updates their ART indexes (row ids; lineage's child and parent ids),
+which it must hold in memory whole: their size follows the table's rows, not the change's. A commit that does
+not fit fails, its rollback fails with it and DuckDB invalidates the database, so a fixed buffer is a size past
+which every run fails the same way: a +1% re-run at 2M rows ran out of 256 MB committing ``filtered``, and a 1%
+change to a 10M-row indexed table and a 10M-edge lineage needs ~1.5 GB (``benchmarks/commit_buffer.py``).
+The buffer is a cap, not an allocation: the commit uses what it needs, and the limit is set back after it."""
 
 
 def _raise_memory_limit(connection: duckdb.DuckDBPyConnection) -> bool:
     """:data:`COMMIT_MEMORY_LIMIT` for the commit, unless the user set the limit; whether it was raised."""
     if os.environ.get(MEMORY_LIMIT_ENV, "").strip():
         return False
-    connection.execute(f"SET memory_limit = '{COMMIT_MEMORY_LIMIT}'")
+    if COMMIT_MEMORY_LIMIT is None:
+        connection.execute("RESET memory_limit")
+    else:
+        connection.execute(f"SET memory_limit = '{COMMIT_MEMORY_LIMIT}'")
     return True
 
 
@@ -580,6 +610,17 @@ class _PartitionChange:
         connection.execute(f"INSERT INTO {quote(table)} SELECT * FROM {quote(self.added)}")
         for name in self.tables():
             connection.execute(f"DROP TABLE {quote(name)}")
+
+
+def _rows_and_distinct(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> tuple[int, int]:
+    """Rows of ``table`` and distinct values of its ``column``, grouped so that DuckDB can spill: at 10M rows
+    ``count(DISTINCT …)`` asked for a 64 MiB block its 256 MB buffer, full of the table's pages, did not have."""
+    rows, distinct = fetch_one(
+        connection,
+        f"SELECT coalesce(sum(n), 0), count(*) "
+        f"FROM (SELECT count(*) AS n FROM {quote(table)} GROUP BY {quote(column)})",
+    )
+    return int(rows), int(distinct)
 
 
 def _partition_change(
@@ -616,10 +657,8 @@ def _partition_change(
         connection.execute(
             f"CREATE TABLE {quote(incoming)} AS SELECT rowid AS rid, {digest} AS h FROM {quote(staging)}"
         )
-        (current_digests,) = fetch_one(connection, f"SELECT count(DISTINCT h) FROM {quote(current)}")
-        staged_rows, staged_digests = fetch_one(
-            connection, f"SELECT count(*), count(DISTINCT h) FROM {quote(incoming)}"
-        )
+        _, current_digests = _rows_and_distinct(connection, current, "h")
+        staged_rows, staged_digests = _rows_and_distinct(connection, incoming, "h")
         if (current_rows, staged_rows) != (current_digests, staged_digests):
             return None
         connection.execute(
