@@ -271,7 +271,7 @@ def run_dedup(
     # the facts pass: their server starts while the memo is planned and the reused facts are copied.
     warm_up(_PRELOAD, total, workers_for(total, workers))
     with _scratch(connection, staged.staging_name("dedup")) as db:
-        run = _Passes(db, plan, source, workers, _known_signatures(connection, plan), log)
+        run = _Passes(db, plan, source, workers, key_bytes([]), log)
         connection.execute(
             f"CREATE TABLE {db.positions} AS SELECT row_id, row_number() OVER (ORDER BY {SOURCE_ORDER}) - 1 "
             f"AS position FROM {quote(source)}"
@@ -284,6 +284,7 @@ def run_dedup(
         computed = _computed_signatures(staged)
         fingerprint = facts_fingerprint(settings)
         reuse = plan_reuse(staged, "dedup_memo", quote(source), FACT_INPUTS, fingerprint, FACTS_OUTPUTS)
+        run.known = _known_signatures(connection, plan, total - reuse.rows)
         try:
             _copy_reused_facts(db, reuse)
             if reuse.rows:
@@ -299,7 +300,7 @@ def run_dedup(
         finally:
             drop_reuse(connection, reuse)
         _boilerplate(run, total, computed, quote(staged.staging_name("dedup_memo")))
-        signatures, near_counts = _stage_signatures(staged, db, computed)
+        signatures, near_counts = _stage_signatures(staged, db, computed, stored_skipped=run.known.size > 0)
         near_counts["facts_reused"] = reuse.rows
         log(
             f"deduped: MinHash computed for {near_counts['minhash_computed']:,} texts, "
@@ -416,15 +417,33 @@ _PRELOAD = ("curation.dedup.preload",)
 """What the workers of every pass of the stage start with (one fork server for all of them)."""
 
 
-def _known_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan) -> np.ndarray:
-    """The keys of the signatures an earlier run stored, sorted (:func:`~curation.dedup.facts.key_bytes`)."""
+KNOWN_KEYS_MIN_SHARE = 0.1
+"""Workers skip MinHash for a text whose signature an earlier run stored by looking its key up in the stored keys,
+sorted, which every worker and the stage's own process then hold (16 bytes a key: ~160 MB each at 10M rows).
+That pays when the facts pass computes at least this share of the stored count again (a first run after the
+memo was invalidated, where MinHash is most of the pass). After a small change (appended rows) the few texts
+met before are MinHashed again instead, and their signatures dropped in SQL (:func:`_drop_stored_keys`)."""
+
+
+def _known_signatures(connection: duckdb.DuckDBPyConnection, plan: DedupPlan, rows_to_compute: int) -> np.ndarray:
+    """The keys of the signatures an earlier run stored, sorted (:func:`~curation.dedup.facts.key_bytes`), when
+    ``rows_to_compute`` rows are enough to be worth the memory (:data:`KNOWN_KEYS_MIN_SHARE`); else none."""
     if plan.near is None or "dedup_signatures" not in table_names(connection):
+        return key_bytes([])
+    (stored,) = fetch_one(connection, "SELECT count(*) FROM dedup_signatures")
+    if rows_to_compute < KNOWN_KEYS_MIN_SHARE * stored:
         return key_bytes([])
     keys = connection.sql(
         "SELECT unhex(signature_key) AS k FROM dedup_signatures WHERE length(signature_key) = 32 ORDER BY k"
     ).to_arrow_table()
     column = keys.column("k").combine_chunks().cast(pa.binary(16))
     return np.frombuffer(column.buffers()[1], dtype="S16", count=len(column), offset=column.offset * 16).copy()
+
+
+def _drop_stored_keys(connection: duckdb.DuckDBPyConnection, signatures: str) -> None:
+    """Drop from the ``signatures`` the passes computed those of texts an earlier run stored (workers that did
+    not hold the stored keys MinHashed them again): each key is stored once."""
+    connection.execute(f"DELETE FROM {signatures} WHERE signature_key IN (SELECT signature_key FROM dedup_signatures)")
 
 
 def _boilerplate(run: _Passes, total: int, signatures: str, memo: str) -> None:
@@ -477,24 +496,30 @@ def _computed_signatures(staged: StagedWrite) -> str:
 
 def _drop_repeated_keys(connection: duckdb.DuckDBPyConnection, signatures: str) -> None:
     """Keep one row per key of the ``signatures`` the passes computed. A text met in two batches (an exact
-    copy, in most cases) is MinHashed by each; both signatures are the same, so the first stays. Its rows
-    are never among the stored ones: workers skip every key an earlier run stored."""
+    copy, in most cases) is MinHashed by each; both signatures are the same, so the first stays. Keys an
+    earlier run stored are skipped by the workers or dropped by :func:`_drop_stored_keys`."""
     connection.execute(
         f"DELETE FROM {signatures} WHERE rowid NOT IN (SELECT min(rowid) FROM {signatures} GROUP BY signature_key)"
     )
 
 
-def _stage_signatures(staged: StagedWrite, db: _Scratch, computed: str) -> tuple[str, dict[str, int]]:
+def _stage_signatures(
+    staged: StagedWrite, db: _Scratch, computed: str, stored_skipped: bool
+) -> tuple[str, dict[str, int]]:
     """Stage the new ``dedup_signatures``: the stored signatures of this run's texts (those of texts no longer
     compared are left behind) and the ``computed`` ones. After a small change the stored table is patched
     (:func:`~curation.core.memo.stage_kept_rows`), not copied: a +1% re-run at 1M rows copied 894k
     signatures (~480 MB) and their key index for 9k new ones. Returns a relation of this run's signatures
-    that cursors can read, and how many were computed and reused."""
+    that cursors can read, and how many were computed and reused. ``stored_skipped``: the workers skipped the
+    texts whose signature is stored (:func:`_known_signatures`); else those are dropped here."""
     connection = db.connection
     _drop_repeated_keys(connection, computed)
+    first_run = computed == quote(staged.staging_name("dedup_signatures"))  # nothing was stored
+    if not first_run and not stored_skipped:
+        _drop_stored_keys(connection, computed)
     (computed_rows,) = fetch_one(connection, f"SELECT count(*) FROM {computed}")
     counts = {"minhash_computed": int(computed_rows), "signatures_reused": 0}
-    if computed == quote(staged.staging_name("dedup_signatures")):  # a first run: nothing was stored
+    if first_run:
         return computed, counts
     wanted = (
         f"SELECT near_key FROM {db.facts} WHERE near_key IS NOT NULL "

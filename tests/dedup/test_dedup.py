@@ -484,6 +484,27 @@ def test_run_dedup_publishes_edited_rows_under_new_ids_and_reuses_signatures() -
     assert first.connection.execute("SELECT count(*) FROM dedup_signatures").fetchone() == (3,)
 
 
+@pytest.mark.parametrize("min_share", [0.0, 1e9], ids=["workers hold the stored keys", "workers do not"])
+def test_a_text_stored_by_an_earlier_run_is_stored_once_after_rows_are_appended(
+    monkeypatch: pytest.MonkeyPatch, min_share: float
+) -> None:
+    """Workers skip MinHash for texts an earlier run stored when enough rows go through the facts pass to pay
+    for holding every stored key (KNOWN_KEYS_MIN_SHARE); after a small change they do not hold them (~160 MB
+    each at 10M rows), MinHash those texts again and the stage drops the copies in SQL. Either way each text's
+    signature is stored once, only the new text counts as computed, and the same rows are kept."""
+    monkeypatch.setattr(curation.dedup.stage, "KNOWN_KEYS_MIN_SHARE", min_share)
+    first = dedup([sft("a", "What is 2+2?", "Four."), sft("b", "Name a colour.", "Blue.")])
+    appended = [sft("copy", "What is 2+2?", "Four.", source="z"), sft("new", "Name a fruit.", "Apple.", source="z")]
+    first.connection.register("_new", rows_to_table(appended))
+    first.connection.execute("INSERT INTO raw SELECT * FROM _new")
+    again = dedup([], first.connection)
+    assert (again.run.counts["minhash_computed"], again.run.counts["signatures_reused"]) == (1, 2)
+    stored = first.connection.execute("SELECT signature_key, count(*) FROM dedup_signatures GROUP BY 1").fetchall()
+    assert len(stored) == 3 and {copies for _, copies in stored} == {1}
+    assert again.removed() in ({"copy": "a"}, {"a": "copy"})  # the copy and its original: one is kept
+    assert {row["row_id"] for row in again.kept} >= {"b", "new"} and len(again.kept) == 3
+
+
 def test_a_text_met_in_several_batches_is_stored_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each batch MinHashes the texts no earlier run stored, so a text met again in a later batch (an exact
     copy) is MinHashed twice; ``dedup_signatures`` still holds one row per text, and the next run reuses it."""
