@@ -69,10 +69,10 @@ class RunFigures:
     step_cpu_s: dict[str, float] = field(default_factory=dict)  # step key -> tree CPU seconds while it ran
 
 
-def _tree_memory(process: psutil.Process, *, proportional: bool) -> tuple[int, int]:
-    """RSS and (when ``proportional``, else 0) PSS of the process and all its descendants, in bytes."""
+def _tree_memory(members: list[psutil.Process], *, proportional: bool) -> tuple[int, int]:
+    """RSS and (when ``proportional``, else 0) PSS of the processes of a tree, in bytes."""
     rss = pss = 0
-    for member in [process, *process.children(recursive=True)]:
+    for member in members:
         with contextlib.suppress(psutil.Error):  # a step process may exit between listing and reading
             if proportional:
                 info = member.memory_full_info()  # /proc/PID/smaps_rollup
@@ -83,15 +83,14 @@ def _tree_memory(process: psutil.Process, *, proportional: bool) -> tuple[int, i
 
 
 class _TreeCpu:
-    """CPU seconds used so far by a process and its descendants: each process's own user + system time as last
-    seen, kept after it exits (what it used in its last sampling interval is missed: a slight undercount)."""
+    """CPU seconds used so far by a process tree: each process's own user + system time as last seen, kept after
+    it exits (what it used in its last sampling interval is missed: a slight undercount)."""
 
-    def __init__(self, process: psutil.Process) -> None:
-        self.process = process
+    def __init__(self) -> None:
         self.seen: dict[tuple[int, float], float] = {}
 
-    def sample(self) -> float:
-        for member in [self.process, *self.process.children(recursive=True)]:
+    def sample(self, members: list[psutil.Process]) -> float:
+        for member in members:
             with contextlib.suppress(psutil.Error):
                 times = member.cpu_times()
                 self.seen[member.pid, member.create_time()] = times.user + times.system
@@ -109,16 +108,18 @@ def run_command(args: list[str], env: dict[str, str]) -> RunFigures:
     reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
     reader.start()
     process = psutil.Process(popen.pid)
-    cpu = _TreeCpu(process)
+    cpu = _TreeCpu()
     cpu_samples: list[tuple[float, float]] = []
     tick = 0
     while popen.poll() is None:
         with contextlib.suppress(psutil.Error):
-            rss, pss = _tree_memory(process, proportional=tick % 5 == 0)
+            members = [process, *process.children(recursive=True)]  # listed once for both samples
+            rss, pss = _tree_memory(members, proportional=tick % 5 == 0)
             peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             peak_driver = max(peak_driver, process.memory_info().rss)
-            samples.append((time.time(), rss))
-            cpu_samples.append((time.time(), cpu.sample()))
+            now = time.time()
+            samples.append((now, rss))
+            cpu_samples.append((now, cpu.sample(members)))
         tick += 1
         time.sleep(0.2)
     reader.join()

@@ -277,7 +277,7 @@ class Warehouse:
                         raise
                     staged.commit()
                 except duckdb.OutOfMemoryException as error:
-                    raise _out_of_memory_advice(error, configured_memory_limit(DUCKDB_MEMORY_LIMIT)) from error
+                    raise _out_of_memory_advice(error, memory_limit) from error
                 except (duckdb.TransactionException, duckdb.FatalException) as error:
                     if not any(sign in str(error) for sign in _OUT_OF_MEMORY):
                         raise
